@@ -1,0 +1,301 @@
+// The stage: wiring of the op families into Llama blocks, forward and backward.
+#include "stage.h"
+#include <cmath>
+#include <cstring>
+#include <sstream>
+#include <stdexcept>
+#include "ops.h"
+#include "schedule.h"
+
+namespace caravan {
+
+struct LayerCache {
+  // x, xn1, h, xn2 [N,d]; rstd1, rstd2 [N]; q, attn [N,H·hd]; k, v [N,Hkv·hd];
+  // probs [B,H,T,T]; gate, up, act [N,F]
+  std::vector<float> x, rstd1, xn1, q, k, v, probs, attn, h, rstd2, xn2, gate, up, act;
+};
+
+struct Stash {
+  int B = 0, T = 0;
+  std::vector<int32_t> tokens, targets;   // [N]
+  std::vector<LayerCache> layers;
+  std::vector<float> final_in, rstd_f, xn_f, probs;  // [N,d], [N], [N,d], [N,V]
+};
+
+static std::string fmt_shape(std::initializer_list<long long> dims) {
+  std::ostringstream o;
+  o << "[";
+  bool first = true;
+  for (long long v : dims) { o << (first ? "" : ",") << v; first = false; }
+  o << "]";
+  return o.str();
+}
+
+Stage::Stage(const ModelConfig& model, const OptimConfig& optim, int begin, int end, uint64_t seed)
+    : model_(model), optim_(optim), begin_(begin), end_(end) {
+  validate(model_);
+  validate(optim_);
+  if (begin < 0 || end > model.n_layers || begin >= end) {
+    throw std::invalid_argument("invalid layer range [" + std::to_string(begin) + ", " + std::to_string(end) +
+                                ") for a model of " + std::to_string(model.n_layers) + " layers");
+  }
+  if (model.tied_embeddings && !(is_first() && is_last())) {
+    throw std::invalid_argument("tiedEmbeddings needs the embedding and the head on one stage (layers [0, " +
+                                std::to_string(model.n_layers) + ")); got " + describe());
+  }
+  params = std::make_shared<std::vector<float>>();
+  const int d = model.d_model, hd = model.head_dim(), H = model.n_heads, Hkv = model.n_kv_heads,
+            F = model.ffn_hidden, V = model.vocab;
+  const float std_in = 0.02f;
+  const float std_out = 0.02f / std::sqrt(2.0f * model.n_layers);  // residual projections, as GPT-2
+  if (is_first()) emb_ = add_tensor("model.embed_tokens.weight", {V, d}, true, std_in, seed);
+  for (int l = begin; l < end; l++) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    LayerOffsets o;
+    o.norm1 = add_tensor(p + "input_layernorm.weight", {d}, false, 0, seed);
+    o.wq = add_tensor(p + "self_attn.q_proj.weight", {H * hd, d}, true, std_in, seed);
+    o.wk = add_tensor(p + "self_attn.k_proj.weight", {Hkv * hd, d}, true, std_in, seed);
+    o.wv = add_tensor(p + "self_attn.v_proj.weight", {Hkv * hd, d}, true, std_in, seed);
+    o.wo = add_tensor(p + "self_attn.o_proj.weight", {d, H * hd}, true, std_out, seed);
+    o.norm2 = add_tensor(p + "post_attention_layernorm.weight", {d}, false, 0, seed);
+    o.wg = add_tensor(p + "mlp.gate_proj.weight", {F, d}, true, std_in, seed);
+    o.wu = add_tensor(p + "mlp.up_proj.weight", {F, d}, true, std_in, seed);
+    o.wd = add_tensor(p + "mlp.down_proj.weight", {d, F}, true, std_out, seed);
+    layers_.push_back(o);
+  }
+  if (is_last()) {
+    norm_f_ = add_tensor("model.norm.weight", {d}, false, 0, seed);
+    head_ = model.tied_embeddings ? emb_ : add_tensor("lm_head.weight", {V, d}, true, std_in, seed);
+  }
+  const size_t n = params->size();
+  grads = std::make_shared<std::vector<float>>(n, 0.0f);
+  exp_avg = std::make_shared<std::vector<float>>(n, 0.0f);
+  exp_avg_sq = std::make_shared<std::vector<float>>(n, 0.0f);
+  rope_cos_.resize((size_t)model.max_seq * hd / 2);
+  rope_sin_.resize((size_t)model.max_seq * hd / 2);
+  rope_tables(rope_cos_.data(), rope_sin_.data(), model.max_seq, hd, model.rope_theta);
+}
+
+Stage::~Stage() = default;
+
+std::string Stage::describe() const {
+  return "stage [" + std::to_string(begin_) + ", " + std::to_string(end_) + ") of " +
+         std::to_string(model_.n_layers) + " layers";
+}
+
+size_t Stage::add_tensor(const std::string& name, std::vector<int64_t> shape, bool decay, float init_std,
+                         uint64_t seed) {
+  size_t numel = 1;
+  for (int64_t s : shape) numel *= (size_t)s;
+  const size_t offset = params->size();
+  params->resize(offset + numel);
+  if (init_std > 0) {
+    fill_normal(params->data() + offset, numel, seed, stream_id(name.c_str()), init_std);
+  } else {
+    std::fill(params->begin() + offset, params->end(), 1.0f);  // norm gains start at one
+  }
+  tensors_.push_back({name, std::move(shape), offset, numel, decay});
+  return offset;
+}
+
+size_t Stage::output_len(int B, int T, bool logits) const {
+  return (size_t)B * T * (logits ? model_.vocab : model_.d_model);
+}
+
+void Stage::block_forward(int layer, float* x, LayerCache& c, int B, int T) {
+  const LayerOffsets& o = layers_[layer - begin_];
+  const int N = B * T, d = model_.d_model, hd = model_.head_dim(), H = model_.n_heads,
+            Hkv = model_.n_kv_heads, F = model_.ffn_hidden;
+  c.x.assign(x, x + (size_t)N * d);
+  c.rstd1.resize(N);
+  c.xn1.resize((size_t)N * d);
+  rmsnorm_forward(c.xn1.data(), c.rstd1.data(), x, P(o.norm1), N, d, model_.norm_eps);
+  c.q.resize((size_t)N * H * hd);
+  c.k.resize((size_t)N * Hkv * hd);
+  c.v.resize((size_t)N * Hkv * hd);
+  linear_forward(c.q.data(), c.xn1.data(), P(o.wq), N, d, H * hd);
+  linear_forward(c.k.data(), c.xn1.data(), P(o.wk), N, d, Hkv * hd);
+  linear_forward(c.v.data(), c.xn1.data(), P(o.wv), N, d, Hkv * hd);
+  rope_forward(c.q.data(), rope_cos_.data(), rope_sin_.data(), B, T, H, hd);
+  rope_forward(c.k.data(), rope_cos_.data(), rope_sin_.data(), B, T, Hkv, hd);
+  c.probs.resize((size_t)B * H * T * T);
+  c.attn.resize((size_t)N * H * hd);
+  attention_forward(c.attn.data(), c.probs.data(), c.q.data(), c.k.data(), c.v.data(), B, T, H, Hkv, hd);
+  c.h = c.x;  // h = x + o_proj(attn)
+  linear_forward(c.h.data(), c.attn.data(), P(o.wo), N, H * hd, d, true);
+  c.rstd2.resize(N);
+  c.xn2.resize((size_t)N * d);
+  rmsnorm_forward(c.xn2.data(), c.rstd2.data(), c.h.data(), P(o.norm2), N, d, model_.norm_eps);
+  c.gate.resize((size_t)N * F);
+  c.up.resize((size_t)N * F);
+  c.act.resize((size_t)N * F);
+  linear_forward(c.gate.data(), c.xn2.data(), P(o.wg), N, d, F);
+  linear_forward(c.up.data(), c.xn2.data(), P(o.wu), N, d, F);
+  swiglu_forward(c.act.data(), c.gate.data(), c.up.data(), (size_t)N * F);
+  std::memcpy(x, c.h.data(), sizeof(float) * N * d);  // out = h + down_proj(act)
+  linear_forward(x, c.act.data(), P(o.wd), N, F, d, true);
+}
+
+void Stage::block_backward(int layer, float* dx, const LayerCache& c, int B, int T) {
+  const LayerOffsets& o = layers_[layer - begin_];
+  const int N = B * T, d = model_.d_model, hd = model_.head_dim(), H = model_.n_heads,
+            Hkv = model_.n_kv_heads, F = model_.ffn_hidden;
+  std::vector<float> dh(dx, dx + (size_t)N * d);  // residual path
+  std::vector<float> dact((size_t)N * F), dgate((size_t)N * F), dup((size_t)N * F);
+  linear_backward(dact.data(), G(o.wd), dx, c.act.data(), P(o.wd), N, F, d, false);
+  swiglu_backward(dgate.data(), dup.data(), dact.data(), c.gate.data(), c.up.data(), (size_t)N * F);
+  std::vector<float> dxn((size_t)N * d);
+  linear_backward(dxn.data(), G(o.wg), dgate.data(), c.xn2.data(), P(o.wg), N, d, F, false);
+  linear_backward(dxn.data(), G(o.wu), dup.data(), c.xn2.data(), P(o.wu), N, d, F, true);
+  rmsnorm_backward(dh.data(), G(o.norm2), dxn.data(), c.h.data(), P(o.norm2), c.rstd2.data(), N, d, true);
+  std::vector<float> dattn((size_t)N * H * hd), dq((size_t)N * H * hd), dk((size_t)N * Hkv * hd),
+      dv((size_t)N * Hkv * hd);
+  linear_backward(dattn.data(), G(o.wo), dh.data(), c.attn.data(), P(o.wo), N, H * hd, d, false);
+  attention_backward(dq.data(), dk.data(), dv.data(), dattn.data(), c.probs.data(), c.q.data(), c.k.data(),
+                     c.v.data(), B, T, H, Hkv, hd);
+  rope_backward(dq.data(), rope_cos_.data(), rope_sin_.data(), B, T, H, hd);
+  rope_backward(dk.data(), rope_cos_.data(), rope_sin_.data(), B, T, Hkv, hd);
+  linear_backward(dxn.data(), G(o.wq), dq.data(), c.xn1.data(), P(o.wq), N, d, H * hd, false);
+  linear_backward(dxn.data(), G(o.wk), dk.data(), c.xn1.data(), P(o.wk), N, d, Hkv * hd, true);
+  linear_backward(dxn.data(), G(o.wv), dv.data(), c.xn1.data(), P(o.wv), N, d, Hkv * hd, true);
+  std::memcpy(dx, dh.data(), sizeof(float) * N * d);
+  rmsnorm_backward(dx, G(o.norm1), dxn.data(), c.x.data(), P(o.norm1), c.rstd1.data(), N, d, true);
+}
+
+double Stage::forward(int64_t mb, const int32_t* tokens, const float* acts, size_t input_len, int B, int T,
+                      const int32_t* targets, size_t targets_len, float* out, size_t out_len, bool train) {
+  const int d = model_.d_model, V = model_.vocab;
+  const std::string where = describe() + ", microbatch " + std::to_string(mb);
+  if (B <= 0 || T <= 0) throw std::invalid_argument(where + ": B and T must be > 0, got B=" + std::to_string(B) + " T=" + std::to_string(T));
+  if (T > model_.max_seq) throw std::invalid_argument(where + ": T=" + std::to_string(T) + " exceeds maxSeqLen " + std::to_string(model_.max_seq));
+  const int N = B * T;
+  if (is_first()) {
+    if (!tokens) throw std::invalid_argument(where + ": stage 0 takes token ids (Int32Array of shape [B,T])");
+    if (input_len != (size_t)N) throw std::invalid_argument(where + ": expected token ids of shape " + fmt_shape({B, T}) + " (" + std::to_string(N) + " values), got " + std::to_string(input_len));
+    for (int i = 0; i < N; i++) {
+      if (tokens[i] < 0 || tokens[i] >= V) throw std::invalid_argument(where + ": token id " + std::to_string(tokens[i]) + " at position " + std::to_string(i) + " is outside the vocabulary [0, " + std::to_string(V) + ")");
+    }
+  } else {
+    if (!acts) throw std::invalid_argument(where + ": this stage takes activations (Float32Array of shape [B,T,d])");
+    if (input_len != (size_t)N * d) throw std::invalid_argument(where + ": expected activations of shape " + fmt_shape({B, T, d}) + " (" + std::to_string((size_t)N * d) + " floats), got " + std::to_string(input_len));
+  }
+  const bool loss_mode = is_last() && targets;
+  if (is_last() && train && !targets) throw std::invalid_argument(where + ": the last stage needs targets of shape [B,T] to train");
+  if (targets) {
+    if (!is_last()) throw std::invalid_argument(where + ": only the last stage takes targets");
+    if (targets_len != (size_t)N) throw std::invalid_argument(where + ": expected targets of shape " + fmt_shape({B, T}) + ", got " + std::to_string(targets_len) + " values");
+    for (int i = 0; i < N; i++) {
+      if (targets[i] < 0 || targets[i] >= V) throw std::invalid_argument(where + ": target id " + std::to_string(targets[i]) + " at position " + std::to_string(i) + " is outside the vocabulary [0, " + std::to_string(V) + ")");
+    }
+  }
+  if (!loss_mode && out_len != output_len(B, T, is_last())) throw std::invalid_argument(where + ": output buffer has " + std::to_string(out_len) + " floats, expected " + std::to_string(output_len(B, T, is_last())));
+  if (train && stash_.count(mb)) throw std::invalid_argument(where + ": microbatch already has a stashed forward (backward not yet run)");
+
+  auto st = std::make_unique<Stash>();
+  st->B = B;
+  st->T = T;
+  std::vector<float> x((size_t)N * d);
+  if (is_first()) {
+    embedding_forward(x.data(), tokens, P(emb_), N, d);
+    st->tokens.assign(tokens, tokens + N);
+  } else {
+    std::memcpy(x.data(), acts, sizeof(float) * x.size());
+  }
+  // Inference reuses one cache for every layer; training keeps one per layer.
+  st->layers.resize(train ? layers_.size() : 1);
+  for (int l = begin_; l < end_; l++) block_forward(l, x.data(), st->layers[train ? l - begin_ : 0], B, T);
+  double loss = 0.0;
+  if (is_last()) {
+    st->rstd_f.resize(N);
+    st->xn_f.resize((size_t)N * d);
+    rmsnorm_forward(st->xn_f.data(), st->rstd_f.data(), x.data(), P(norm_f_), N, d, model_.norm_eps);
+    if (loss_mode) {
+      std::vector<float> logits((size_t)N * V);
+      linear_forward(logits.data(), st->xn_f.data(), P(head_), N, d, V);
+      st->probs.resize((size_t)N * V);
+      loss = cross_entropy_forward(st->probs.data(), logits.data(), targets, N, V) / N;
+      st->targets.assign(targets, targets + N);
+    } else {
+      linear_forward(out, st->xn_f.data(), P(head_), N, d, V);
+    }
+    st->final_in = std::move(x);
+  } else {
+    std::memcpy(out, x.data(), sizeof(float) * x.size());
+  }
+  if (train) stash_[mb] = std::move(st);
+  return loss;
+}
+
+void Stage::backward(int64_t mb, const float* grad_out, size_t grad_len, float* grad_in, size_t grad_in_len) {
+  const std::string where = describe() + ", microbatch " + std::to_string(mb);
+  auto it = stash_.find(mb);
+  if (it == stash_.end()) {
+    std::string have;
+    for (auto& kv : stash_) have += (have.empty() ? "" : ", ") + std::to_string(kv.first);
+    throw std::invalid_argument(where + ": backward for a microbatch with no stashed forward (stashed: " + (have.empty() ? "none" : have) + ")");
+  }
+  Stash& st = *it->second;
+  const int B = st.B, T = st.T, N = B * T, d = model_.d_model, V = model_.vocab;
+  if (is_last()) {
+    if (grad_out) throw std::invalid_argument(where + ": the last stage starts backward from its loss and takes no gradient");
+  } else {
+    if (!grad_out) throw std::invalid_argument(where + ": backward needs the gradient of this stage's output");
+    if (grad_len != (size_t)N * d) throw std::invalid_argument(where + ": expected a gradient of shape " + fmt_shape({B, T, d}) + " (" + std::to_string((size_t)N * d) + " floats), got " + std::to_string(grad_len));
+  }
+  if (!is_first() && grad_in_len != (size_t)N * d) throw std::invalid_argument(where + ": grad_in buffer has " + std::to_string(grad_in_len) + " floats, expected " + std::to_string((size_t)N * d));
+
+  std::vector<float> dx((size_t)N * d);
+  if (is_last()) {
+    std::vector<float> dlogits((size_t)N * V), dxn((size_t)N * d);
+    cross_entropy_backward(dlogits.data(), st.probs.data(), st.targets.data(), N, V, 1.0f / N);
+    linear_backward(dxn.data(), G(head_), dlogits.data(), st.xn_f.data(), P(head_), N, d, V, false);
+    rmsnorm_backward(dx.data(), G(norm_f_), dxn.data(), st.final_in.data(), P(norm_f_), st.rstd_f.data(), N, d, false);
+  } else {
+    std::memcpy(dx.data(), grad_out, sizeof(float) * dx.size());
+  }
+  for (int l = end_ - 1; l >= begin_; l--) block_backward(l, dx.data(), st.layers[l - begin_], B, T);
+  if (is_first()) {
+    embedding_backward(G(emb_), dx.data(), st.tokens.data(), N, d);
+  } else {
+    std::memcpy(grad_in, dx.data(), sizeof(float) * dx.size());
+  }
+  stash_.erase(it);
+}
+
+std::vector<int64_t> Stage::stashed() const {
+  std::vector<int64_t> ids;
+  for (auto& kv : stash_) ids.push_back(kv.first);
+  return ids;
+}
+
+bool Stage::drop(int64_t mb) { return stash_.erase(mb) > 0; }
+
+bool Stage::stash_shape(int64_t mb, int* B, int* T) const {
+  auto it = stash_.find(mb);
+  if (it == stash_.end()) return false;
+  *B = it->second->B;
+  *T = it->second->T;
+  return true;
+}
+
+std::vector<double> Stage::grad_sum_squares() const {
+  std::vector<double> out;
+  for (const TensorInfo& t : tensors_) out.push_back(sum_squares(grads->data() + t.offset, t.numel));
+  return out;
+}
+
+double Stage::step(double grad_scale) {
+  const double lr = lr_at(optim_, optimizer_step);
+  optimizer_step++;
+  for (const TensorInfo& t : tensors_) {
+    adamw_update(params->data() + t.offset, grads->data() + t.offset, exp_avg->data() + t.offset,
+                 exp_avg_sq->data() + t.offset, t.numel, (float)lr, optim_.beta1, optim_.beta2, optim_.eps,
+                 t.decay ? optim_.weight_decay : 0.0f, (float)grad_scale, optimizer_step);
+  }
+  zero_grad();
+  return lr;
+}
+
+void Stage::zero_grad() { std::fill(grads->begin(), grads->end(), 0.0f); }
+
+}  // namespace caravan

@@ -1,0 +1,91 @@
+// A pipeline stage: a contiguous slice of layers [begin, end) of the model,
+// with its parameters, gradients, AdamW moments and per-microbatch stashes.
+// Stage 0 also owns the embedding; the last stage the final norm, head and loss.
+//
+// Determinism: every op sums in a fixed order, gradients accumulate in the
+// order backward() is called, and initialisation depends only on (seed,
+// tensor name), so the same layers give the same bits however the model is
+// split into stages.
+#pragma once
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+#include "config.h"
+
+namespace caravan {
+
+struct TensorInfo {
+  std::string name;            // transformers' Llama name
+  std::vector<int64_t> shape;
+  size_t offset;               // in floats, into each arena
+  size_t numel;
+  bool decay;                  // weight decay applies (matrices only)
+};
+
+// One contiguous fp32 buffer; shared so that views handed to JavaScript keep it alive.
+using Arena = std::shared_ptr<std::vector<float>>;
+
+struct LayerCache;
+struct Stash;
+
+class Stage {
+ public:
+  Stage(const ModelConfig& model, const OptimConfig& optim, int begin, int end, uint64_t seed);
+  ~Stage();
+
+  bool is_first() const { return begin_ == 0; }
+  bool is_last() const { return end_ == model_.n_layers; }
+  int begin() const { return begin_; }
+  int end() const { return end_; }
+  const ModelConfig& model() const { return model_; }
+  const OptimConfig& optim() const { return optim_; }
+  std::string describe() const;  // "stage [a, b) of L layers"
+
+  // Input: stage 0 takes tokens[B,T] (int32); other stages acts[B,T,d].
+  // Output: a non-last stage writes out[B,T,d]. The last stage with targets
+  // returns the mean loss; without targets it writes logits[B,T,V] to out.
+  // train=true keeps what backward needs under the microbatch id.
+  double forward(int64_t mb, const int32_t* tokens, const float* acts, size_t input_len, int B, int T,
+                 const int32_t* targets, size_t targets_len, float* out, size_t out_len, bool train);
+  // grad_out[B,T,d] (none for the last stage, which starts from its loss);
+  // writes grad_in[B,T,d] unless this is stage 0. Frees the stash.
+  void backward(int64_t mb, const float* grad_out, size_t grad_len, float* grad_in, size_t grad_in_len);
+  size_t output_len(int B, int T, bool logits) const;
+  std::vector<int64_t> stashed() const;
+  bool drop(int64_t mb);
+  // Shape of a stashed microbatch, for callers sizing grad buffers.
+  bool stash_shape(int64_t mb, int* B, int* T) const;
+
+  // Per-tensor Σg² in tensor order; the caller combines them in model order
+  // across stages into one clip factor.
+  std::vector<double> grad_sum_squares() const;
+  // AdamW step with g · grad_scale; advances the schedule; zeroes gradients.
+  // Returns the learning rate used.
+  double step(double grad_scale);
+  void zero_grad();
+
+  const std::vector<TensorInfo>& tensors() const { return tensors_; }
+  Arena params, grads, exp_avg, exp_avg_sq;
+  int optimizer_step = 0;  // steps taken
+
+ private:
+  struct LayerOffsets { size_t norm1, wq, wk, wv, wo, norm2, wg, wu, wd; };
+  size_t add_tensor(const std::string& name, std::vector<int64_t> shape, bool decay, float init_std, uint64_t seed);
+  void block_forward(int layer, float* x, LayerCache& c, int B, int T);
+  void block_backward(int layer, float* dx, const LayerCache& c, int B, int T);
+  float* P(size_t off) { return params->data() + off; }
+  float* G(size_t off) { return grads->data() + off; }
+
+  ModelConfig model_;
+  OptimConfig optim_;
+  int begin_, end_;
+  std::vector<TensorInfo> tensors_;
+  std::vector<LayerOffsets> layers_;
+  size_t emb_ = 0, norm_f_ = 0, head_ = 0;
+  std::vector<float> rope_cos_, rope_sin_;  // [max_seq, hd/2]
+  std::map<int64_t, std::unique_ptr<Stash>> stash_;
+};
+
+}  // namespace caravan

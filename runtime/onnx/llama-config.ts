@@ -1,0 +1,84 @@
+// The shape of a Llama-style model (docs/engine.md) and the checkpoint tensors it
+// implies, in model order. Pure data: nothing here touches ONNX or the engine, so
+// the engine bindings, checkpoint store and ONNX export can all share it.
+
+export interface LlamaConfig {
+  readonly vocabSize: number;
+  readonly dModel: number;
+  readonly nLayers: number;
+  readonly nHeads: number;
+  readonly nKvHeads: number;
+  readonly ffnHidden: number;
+  readonly maxSeqLen: number;
+  readonly ropeTheta: number;
+  readonly normEps: number;
+  readonly tiedEmbeddings: boolean;
+}
+
+export interface TensorSpec {
+  readonly name: string;
+  readonly shape: readonly number[];
+}
+
+export function headDim(config: LlamaConfig): number {
+  return config.dModel / config.nHeads;
+}
+
+/** Throws one line naming the first field that cannot describe a valid model. */
+export function validateLlamaConfig(config: LlamaConfig): void {
+  const positiveInts = ['vocabSize', 'dModel', 'nLayers', 'nHeads', 'nKvHeads', 'ffnHidden', 'maxSeqLen'] as const;
+  for (const key of positiveInts) {
+    const value = config[key];
+    if (!Number.isSafeInteger(value) || value <= 0) {
+      throw new Error(`LlamaConfig.${key} must be a positive integer, got ${value}`);
+    }
+  }
+  if (config.dModel % config.nHeads !== 0) {
+    throw new Error(`LlamaConfig: dModel ${config.dModel} is not divisible by nHeads ${config.nHeads}`);
+  }
+  if (config.nHeads % config.nKvHeads !== 0) {
+    throw new Error(`LlamaConfig: nHeads ${config.nHeads} is not divisible by nKvHeads ${config.nKvHeads}`);
+  }
+  // rotate_half pairs element i with i + hd/2, so hd must split evenly.
+  if (headDim(config) % 2 !== 0) {
+    throw new Error(`LlamaConfig: head dim ${headDim(config)} (dModel / nHeads) must be even for rotary embeddings`);
+  }
+  if (!(config.ropeTheta > 0) || !Number.isFinite(config.ropeTheta)) {
+    throw new Error(`LlamaConfig.ropeTheta must be a positive finite number, got ${config.ropeTheta}`);
+  }
+  if (!(config.normEps > 0) || !Number.isFinite(config.normEps)) {
+    throw new Error(`LlamaConfig.normEps must be a positive finite number, got ${config.normEps}`);
+  }
+  if (typeof config.tiedEmbeddings !== 'boolean') {
+    throw new Error(`LlamaConfig.tiedEmbeddings must be a boolean, got ${String(config.tiedEmbeddings)}`);
+  }
+}
+
+/** Checkpoint tensors in model order (the order they are listed, stored and hashed). */
+export function llamaTensorSpecs(config: LlamaConfig): TensorSpec[] {
+  validateLlamaConfig(config);
+  const { vocabSize: V, dModel: d, nLayers, nHeads: H, nKvHeads: Hkv, ffnHidden: F } = config;
+  const hd = headDim(config);
+  const specs: TensorSpec[] = [{ name: 'model.embed_tokens.weight', shape: [V, d] }];
+  for (let i = 0; i < nLayers; i++) {
+    const p = `model.layers.${i}`;
+    specs.push(
+      { name: `${p}.input_layernorm.weight`, shape: [d] },
+      { name: `${p}.self_attn.q_proj.weight`, shape: [H * hd, d] },
+      { name: `${p}.self_attn.k_proj.weight`, shape: [Hkv * hd, d] },
+      { name: `${p}.self_attn.v_proj.weight`, shape: [Hkv * hd, d] },
+      { name: `${p}.self_attn.o_proj.weight`, shape: [d, H * hd] },
+      { name: `${p}.post_attention_layernorm.weight`, shape: [d] },
+      { name: `${p}.mlp.gate_proj.weight`, shape: [F, d] },
+      { name: `${p}.mlp.up_proj.weight`, shape: [F, d] },
+      { name: `${p}.mlp.down_proj.weight`, shape: [d, F] },
+    );
+  }
+  specs.push({ name: 'model.norm.weight', shape: [d] });
+  if (!config.tiedEmbeddings) specs.push({ name: 'lm_head.weight', shape: [V, d] });
+  return specs;
+}
+
+export function elementCount(shape: readonly number[]): number {
+  return shape.reduce((n, s) => n * s, 1);
+}

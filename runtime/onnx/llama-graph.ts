@@ -1,0 +1,198 @@
+// Builds the ONNX inference graph of the Llama-style model of docs/engine.md:
+// input_ids int64 [batch, seq] -> logits float32 [batch, seq, V].
+//
+// It is the independent oracle for the engine's forward pass and the graph we
+// export and benchmark, so it is written the way an exporter would write it:
+// checkpoint tensors are initializers under their checkpoint names and shapes
+// ([out, in]; linears go through a Transpose node that ORT constant-folds), and
+// RMSNorm is spelt Pow/ReduceMean/Add/Sqrt/Div/Mul, the pattern ORT fuses into
+// SimplifiedLayerNormalization. It is not a training graph and has no KV cache.
+
+import { elementCount, headDim, llamaTensorSpecs, validateLlamaConfig, type LlamaConfig, type TensorSpec } from './llama-config.ts';
+import { attr, floatTensor, OnnxGraph } from './onnx-graph.ts';
+
+// Opset 17 with IR version 8 is what torch.onnx exports by default; it keeps
+// ReduceMean's axes an attribute, which every ORT fusion recognises.
+export const LLAMA_ONNX_OPSET = 17;
+export const LLAMA_ONNX_IR_VERSION = 8;
+
+/** A weight with its stored shape, so the builder can check more than the element count. */
+export interface ShapedWeight {
+  readonly data: Float32Array;
+  readonly shape: readonly number[];
+}
+
+export type WeightSource = (name: string) => Float32Array | ShapedWeight;
+
+export interface BuildLlamaOnnxOptions {
+  /** ModelProto graph name; default "caravan-llama". */
+  readonly graphName?: string;
+  readonly docString?: string;
+}
+
+const sameShape = (a: readonly number[], b: readonly number[]): boolean => a.length === b.length && a.every((x, i) => x === b[i]);
+const fmt = (shape: readonly number[]): string => `[${shape.join(', ')}]`;
+
+function readWeight(weights: WeightSource, spec: TensorSpec): Float32Array {
+  let got: Float32Array | ShapedWeight | undefined;
+  try {
+    got = weights(spec.name);
+  } catch (err) {
+    throw new Error(`buildLlamaOnnx: reading ${spec.name}: ${(err as Error).message}`, { cause: err });
+  }
+  const expected = elementCount(spec.shape);
+  if (got instanceof Float32Array) {
+    if (got.length !== expected) {
+      throw new Error(
+        `buildLlamaOnnx: ${spec.name}: expected shape ${fmt(spec.shape)} (${expected} values), got ${got.length} values`,
+      );
+    }
+    return got;
+  }
+  if (got === undefined || got === null || !(got.data instanceof Float32Array)) {
+    throw new Error(`buildLlamaOnnx: ${spec.name}: no Float32Array for this tensor (shape ${fmt(spec.shape)})`);
+  }
+  if (!sameShape(got.shape, spec.shape)) {
+    throw new Error(`buildLlamaOnnx: ${spec.name}: expected shape ${fmt(spec.shape)}, got ${fmt(got.shape)}`);
+  }
+  if (got.data.length !== expected) {
+    throw new Error(
+      `buildLlamaOnnx: ${spec.name}: shape ${fmt(spec.shape)} needs ${expected} values, data has ${got.data.length}`,
+    );
+  }
+  return got.data;
+}
+
+/**
+ * cos/sin of p·inv_freq[i mod hd/2] for every position p < maxSeqLen, laid out
+ * [maxSeqLen, hd] with the half-table repeated, as rotate_half expects. Angles
+ * are computed in float64 so the only rounding is the final one to float32.
+ */
+export function rotaryTables(config: LlamaConfig): { cos: Float32Array; sin: Float32Array } {
+  const hd = headDim(config);
+  const half = hd / 2;
+  const cos = new Float32Array(config.maxSeqLen * hd);
+  const sin = new Float32Array(config.maxSeqLen * hd);
+  for (let p = 0; p < config.maxSeqLen; p++) {
+    for (let i = 0; i < half; i++) {
+      const a = p * Math.pow(config.ropeTheta, (-2 * i) / hd);
+      cos[p * hd + i] = cos[p * hd + i + half] = Math.cos(a);
+      sin[p * hd + i] = sin[p * hd + i + half] = Math.sin(a);
+    }
+  }
+  return { cos, sin };
+}
+
+export function buildLlamaOnnx(config: LlamaConfig, weights: WeightSource, options: BuildLlamaOnnxOptions = {}): Uint8Array {
+  validateLlamaConfig(config);
+  const { vocabSize: V, dModel: d, nLayers, nHeads: H, nKvHeads: Hkv } = config;
+  const hd = headDim(config);
+  const g = new OnnxGraph();
+
+  for (const spec of llamaTensorSpecs(config)) g.addFloatInitializer(spec.name, spec.shape, readWeight(weights, spec));
+  const rope = rotaryTables(config);
+  const cosTable = g.addFloatInitializer('model.rotary_emb.cos_table', [config.maxSeqLen, hd], rope.cos);
+  const sinTable = g.addFloatInitializer('model.rotary_emb.sin_table', [config.maxSeqLen, hd], rope.sin);
+
+  const inputIds = g.addInput('input_ids', 'int64', ['batch', 'seq']);
+
+  // seq as a 1-D [1] tensor, to slice the rotary tables and size the mask.
+  const inputShape = g.node('Shape', '/model/Shape', [inputIds]);
+  const seqLen = g.node('Slice', '/model/Slice_seq', [inputShape, g.int64([1]), g.int64([2]), g.int64([0])]);
+  const cos = g.node('Slice', '/model/rotary_emb/Slice_cos', [cosTable, g.int64([0]), seqLen, g.int64([0])]);
+  const sin = g.node('Slice', '/model/rotary_emb/Slice_sin', [sinTable, g.int64([0]), seqLen, g.int64([0])]);
+
+  // Causal mask [seq, seq]: -inf strictly above the diagonal, 0 elsewhere. The
+  // diagonal is always kept, so no softmax row is all -inf.
+  const maskShape = g.node('Concat', '/model/mask/Concat', [seqLen, seqLen], [attr.int('axis', 0)]);
+  const minusInf = g.node('ConstantOfShape', '/model/mask/ConstantOfShape', [maskShape], [
+    attr.tensor('value', floatTensor('', [1], Float32Array.of(-Infinity))),
+  ]);
+  const mask = g.node('Trilu', '/model/mask/Trilu', [minusInf, g.int64([1], true)], [attr.int('upper', 1)]);
+
+  const linear = (scope: string, x: string, weight: string, output = `${scope}/MatMul_output_0`): string => {
+    const wT = g.node('Transpose', `${scope}/Transpose`, [weight], [attr.ints('perm', [1, 0])]);
+    return g.nodeAs(output, 'MatMul', `${scope}/MatMul`, [x, wT]);
+  };
+
+  const rmsNorm = (scope: string, x: string, weight: string): string => {
+    const sq = g.node('Pow', `${scope}/Pow`, [x, g.float(2)]);
+    const mean = g.node('ReduceMean', `${scope}/ReduceMean`, [sq], [attr.ints('axes', [-1]), attr.int('keepdims', 1)]);
+    const rms = g.node('Sqrt', `${scope}/Sqrt`, [g.node('Add', `${scope}/Add`, [mean, g.float(config.normEps)])]);
+    const normed = g.node('Div', `${scope}/Div`, [x, rms]);
+    return g.node('Mul', `${scope}/Mul`, [normed, weight]);
+  };
+
+  // [batch, seq, heads·hd] -> [batch, heads, seq, hd]
+  const splitHeads = (scope: string, x: string, heads: number): string => {
+    const r = g.node('Reshape', `${scope}/Reshape`, [x, g.int64([0, 0, heads, hd])]);
+    return g.node('Transpose', `${scope}/Transpose`, [r], [attr.ints('perm', [0, 2, 1, 3])]);
+  };
+
+  // x·cos + rotate_half(x)·sin, rotate_half(x) = [-x2, x1] for halves x1, x2.
+  const applyRotary = (scope: string, x: string): string => {
+    const [x1, x2] = g.nodeN('Split', `${scope}/Split`, [x, g.int64([hd / 2, hd / 2])], 2, [attr.int('axis', -1)]);
+    const rotated = g.node('Concat', `${scope}/Concat`, [g.node('Neg', `${scope}/Neg`, [x2]), x1], [attr.int('axis', -1)]);
+    return g.node('Add', `${scope}/Add`, [
+      g.node('Mul', `${scope}/Mul_cos`, [x, cos]),
+      g.node('Mul', `${scope}/Mul_sin`, [rotated, sin]),
+    ]);
+  };
+
+  // [batch, Hkv, seq, hd] -> [batch, H, seq, hd], each kv head repeated H/Hkv
+  // times consecutively so query head h reads kv head floor(h / (H/Hkv)).
+  const repeatKv = (scope: string, x: string): string => {
+    const nRep = H / Hkv;
+    if (nRep === 1) return x;
+    const u = g.node('Unsqueeze', `${scope}/Unsqueeze`, [x, g.int64([2])]);
+    const e = g.node('Expand', `${scope}/Expand`, [u, g.int64([1, 1, nRep, 1, 1])]);
+    return g.node('Reshape', `${scope}/Reshape`, [e, g.int64([0, H, -1, hd])]);
+  };
+
+  let x = g.node('Gather', '/model/embed_tokens/Gather', ['model.embed_tokens.weight', inputIds], [attr.int('axis', 0)]);
+  const scale = g.float(1 / Math.sqrt(hd));
+
+  for (let i = 0; i < nLayers; i++) {
+    const w = `model.layers.${i}`;
+    const s = `/model/layers.${i}`;
+    const a = `${s}/self_attn`;
+
+    const h = rmsNorm(`${s}/input_layernorm`, x, `${w}.input_layernorm.weight`);
+    const q = splitHeads(`${a}/q`, linear(`${a}/q_proj`, h, `${w}.self_attn.q_proj.weight`), H);
+    const k = splitHeads(`${a}/k`, linear(`${a}/k_proj`, h, `${w}.self_attn.k_proj.weight`), Hkv);
+    const v = splitHeads(`${a}/v`, linear(`${a}/v_proj`, h, `${w}.self_attn.v_proj.weight`), Hkv);
+    const qr = applyRotary(`${a}/rotary_q`, q);
+    const kr = repeatKv(`${a}/repeat_k`, applyRotary(`${a}/rotary_k`, k));
+    const vr = repeatKv(`${a}/repeat_v`, v);
+
+    const kT = g.node('Transpose', `${a}/Transpose_k`, [kr], [attr.ints('perm', [0, 1, 3, 2])]);
+    const scores = g.node('Mul', `${a}/Mul_scale`, [g.node('MatMul', `${a}/MatMul_qk`, [qr, kT]), scale]);
+    const probs = g.node('Softmax', `${a}/Softmax`, [g.node('Add', `${a}/Add_mask`, [scores, mask])], [attr.int('axis', -1)]);
+    const ctx = g.node('Transpose', `${a}/Transpose_ctx`, [g.node('MatMul', `${a}/MatMul_pv`, [probs, vr])], [
+      attr.ints('perm', [0, 2, 1, 3]),
+    ]);
+    const merged = g.node('Reshape', `${a}/Reshape_ctx`, [ctx, g.int64([0, 0, H * hd])]);
+    x = g.node('Add', `${s}/Add_attn`, [x, linear(`${a}/o_proj`, merged, `${w}.self_attn.o_proj.weight`)]);
+
+    const m = `${s}/mlp`;
+    const h2 = rmsNorm(`${s}/post_attention_layernorm`, x, `${w}.post_attention_layernorm.weight`);
+    const gate = linear(`${m}/gate_proj`, h2, `${w}.mlp.gate_proj.weight`);
+    const up = linear(`${m}/up_proj`, h2, `${w}.mlp.up_proj.weight`);
+    const silu = g.node('Mul', `${m}/act_fn/Mul`, [gate, g.node('Sigmoid', `${m}/act_fn/Sigmoid`, [gate])]);
+    const down = linear(`${m}/down_proj`, g.node('Mul', `${m}/Mul`, [silu, up]), `${w}.mlp.down_proj.weight`);
+    x = g.node('Add', `${s}/Add_mlp`, [x, down]);
+  }
+
+  const normed = rmsNorm('/model/norm', x, 'model.norm.weight');
+  const headWeight = config.tiedEmbeddings ? 'model.embed_tokens.weight' : 'lm_head.weight';
+  const logits = linear('/lm_head', normed, headWeight, 'logits');
+  g.addOutput(logits, 'float32', ['batch', 'seq', V]);
+
+  return g.encode({
+    graphName: options.graphName ?? 'caravan-llama',
+    opset: LLAMA_ONNX_OPSET,
+    irVersion: LLAMA_ONNX_IR_VERSION,
+    producerName: 'caravan',
+    docString: options.docString,
+  });
+}
