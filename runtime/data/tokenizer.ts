@@ -5,11 +5,18 @@
 // what the llm.c / nanoGPT shards hold on disk, so encode -> writeTokenShard
 // needs no conversion and a corpus costs 2 bytes per token in memory.
 
-import {
-  encode as gpt2Encode,
-  decode as gpt2Decode,
-  vocabularySize as gpt2VocabularySize,
-} from 'gpt-tokenizer/encoding/gpt2';
+import { createRequire } from 'node:module';
+
+type Gpt2Module = typeof import('gpt-tokenizer/encoding/gpt2');
+let gpt2Module: Gpt2Module | undefined;
+
+// Loaded on first use: the GPT-2 merge tables take ~0.2 s to load, which
+// byte-level runs, shard tools and batch code should not pay at import time.
+// require() of the package's CJS build keeps createTokenizer synchronous.
+function loadGpt2(): Gpt2Module {
+  gpt2Module ??= createRequire(import.meta.url)('gpt-tokenizer/encoding/gpt2') as Gpt2Module;
+  return gpt2Module;
+}
 
 export type TokenizerName = 'byte' | 'gpt2';
 
@@ -53,18 +60,24 @@ export class ByteTokenizer implements Tokenizer {
 
 export class Gpt2Tokenizer implements Tokenizer {
   readonly name = 'gpt2' as const;
-  readonly vocabSize: number = gpt2VocabularySize;
+  readonly vocabSize: number;
+  readonly #bpe: Gpt2Module;
+
+  constructor() {
+    this.#bpe = loadGpt2();
+    this.vocabSize = this.#bpe.vocabularySize;
+  }
 
   encode(text: string): Uint16Array {
     // Like tiktoken's encode_ordinary (used by nanoGPT's and llm.c's prepro):
     // a literal "<|endoftext|>" in a corpus is ordinary text, not the EOT token,
     // and must not make gpt-tokenizer throw. EOT is inserted on purpose, by id.
-    return Uint16Array.from(gpt2Encode(text, { disallowedSpecial: new Set() }));
+    return Uint16Array.from(this.#bpe.encode(text, { disallowedSpecial: new Set() }));
   }
 
   decode(ids: ArrayLike<number>): string {
     checkIds(ids, this.vocabSize, this.name);
-    return gpt2Decode(Array.from(ids));
+    return this.#bpe.decode(Array.from(ids));
   }
 }
 
