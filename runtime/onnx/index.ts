@@ -5,7 +5,7 @@ export {
   validateLlamaConfig,
   type LlamaConfig,
   type TensorSpec,
-} from './llama-config.ts';
+} from '../../schemas/model-config.ts';
 export {
   buildLlamaOnnx,
   rotaryTables,

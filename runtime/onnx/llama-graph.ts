@@ -8,7 +8,7 @@
 // RMSNorm is spelt Pow/ReduceMean/Add/Sqrt/Div/Mul, the pattern ORT fuses into
 // SimplifiedLayerNormalization. It is not a training graph and has no KV cache.
 
-import { elementCount, headDim, llamaTensorSpecs, validateLlamaConfig, type LlamaConfig, type TensorSpec } from './llama-config.ts';
+import { elementCount, headDim, llamaTensorSpecs, validateLlamaConfig, type LlamaConfig, type TensorSpec } from '../../schemas/model-config.ts';
 import { attr, floatTensor, OnnxGraph } from './onnx-graph.ts';
 
 // Opset 17 with IR version 8 is what torch.onnx exports by default; it keeps

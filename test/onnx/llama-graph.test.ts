@@ -5,7 +5,7 @@
 
 import test from 'ava';
 import { buildLlamaOnnx, LLAMA_ONNX_OPSET, type LlamaConfig } from '../../runtime/onnx/index.ts';
-import { llamaTensorSpecs } from '../../runtime/onnx/llama-config.ts';
+import { llamaTensorSpecs } from '../../schemas/model-config.ts';
 import { onnx } from '../../runtime/onnx/onnx-graph.ts';
 import { openOnnxSession, runOnnxLogits, runSessionLogits } from '../../runtime/onnx/onnx-logits.ts';
 import { crossEntropy, referenceLlamaLogits } from '../support/reference-llama.ts';

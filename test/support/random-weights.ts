@@ -1,7 +1,7 @@
 // Deterministic small random weights for a LlamaConfig, so engine, ONNX and
 // reference tests can build the same model from a seed.
 
-import { elementCount, llamaTensorSpecs, type LlamaConfig } from '../../runtime/onnx/llama-config.ts';
+import { elementCount, llamaTensorSpecs, type LlamaConfig } from '../../schemas/model-config.ts';
 
 /** mulberry32: tiny, seedable, and good enough for test weights. */
 export function mulberry32(seed: number): () => number {

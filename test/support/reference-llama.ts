@@ -3,7 +3,7 @@
 // time, and shares no code with the ONNX graph or the engine, so agreement
 // between any two of them means something. Slow on purpose; not for real sizes.
 
-import { headDim, llamaTensorSpecs, type LlamaConfig } from '../../runtime/onnx/llama-config.ts';
+import { headDim, llamaTensorSpecs, type LlamaConfig } from '../../schemas/model-config.ts';
 
 export type ReferenceWeights = (name: string) => ArrayLike<number>;
 

@@ -1,6 +1,6 @@
 // The shape of a Llama-style model (docs/engine.md) and the checkpoint tensors it
-// implies, in model order. Pure data: nothing here touches ONNX or the engine, so
-// the engine bindings, checkpoint store and ONNX export can all share it.
+// implies, in model order. Pure data shared by the runtime, the engine surface
+// and the ONNX builder; part of a run's config on the wire.
 
 export interface LlamaConfig {
   readonly vocabSize: number;

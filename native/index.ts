@@ -1,0 +1,303 @@
+// The engine's TypeScript surface: loads the Node-API addon and wraps its
+// Stage with typed calls, versioned state (safetensors) and parameter hashes.
+// Imports nothing from the rest of caravan, as native/ may not.
+import { createHash } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { decodeSafeTensors, encodeSafeTensors, type SafeTensor } from './safetensors.ts';
+
+export { decodeSafeTensors, encodeSafeTensors, type SafeTensor, type SafeTensorsFile } from './safetensors.ts';
+
+/** Structurally the same as schemas' LlamaConfig (native/ imports no TS from the rest). */
+export interface EngineModelConfig {
+  readonly vocabSize: number;
+  readonly dModel: number;
+  readonly nLayers: number;
+  readonly nHeads: number;
+  readonly nKvHeads: number;
+  readonly ffnHidden: number;
+  readonly maxSeqLen: number;
+  readonly ropeTheta: number;
+  readonly normEps: number;
+  readonly tiedEmbeddings: boolean;
+}
+
+export interface OptimizerConfig {
+  readonly lr: number;
+  readonly minLrRatio: number;
+  readonly warmupSteps: number;
+  readonly totalSteps: number;
+  readonly beta1: number;
+  readonly beta2: number;
+  readonly eps: number;
+  readonly weightDecay: number;
+}
+
+export interface StageSpec {
+  readonly model: EngineModelConfig;
+  readonly optim: OptimizerConfig;
+  readonly layerBegin: number;
+  readonly layerEnd: number;
+  readonly seed: number;
+}
+
+export interface TensorEntry {
+  readonly name: string;
+  readonly shape: readonly number[];
+  readonly offset: number;
+  readonly numel: number;
+  readonly decay: boolean;
+}
+
+export interface GradCheckResult {
+  readonly op: string;
+  readonly input: string;
+  readonly samples: number;
+  readonly relErr: number;
+  readonly tolerance: number;
+}
+
+interface NativeStage {
+  forward(mb: number, input: Int32Array | Float32Array, B: number, T: number, targets: Int32Array | null, train: boolean): number | Float32Array;
+  backward(mb: number, gradOut: Float32Array | null): Float32Array | null;
+  gradSumSquares(): Float64Array;
+  step(gradScale: number): number;
+  zeroGrad(): void;
+  tensors(): TensorEntry[];
+  arena(kind: 'params' | 'grads' | 'exp_avg' | 'exp_avg_sq'): Float32Array;
+  stashed(): number[];
+  drop(mb: number): boolean;
+  optimizerStep: number;
+}
+
+interface NativeModule {
+  Stage: new (spec: StageSpec) => NativeStage;
+  gradcheck(seed: number): GradCheckResult[];
+  sgemmGflops(M: number, N: number, K: number, reps: number): number;
+  info(): { backend: string; blas: string; blasThreads: number; ompThreads: number };
+}
+
+export const ADDON_PATH = join(dirname(fileURLToPath(import.meta.url)), 'build', 'Release', 'caravan_engine.node');
+export const DRIVER_PATH = join(dirname(fileURLToPath(import.meta.url)), '..', 'build', 'driver', 'caravan-engine');
+
+let loaded: NativeModule | undefined;
+function addon(): NativeModule {
+  if (!loaded) {
+    if (!existsSync(ADDON_PATH)) {
+      throw new Error(`the native engine is not built (${ADDON_PATH} is missing): run 'npm run build:native'`);
+    }
+    loaded = createRequire(import.meta.url)(ADDON_PATH) as NativeModule;
+  }
+  return loaded;
+}
+
+export const STATE_FORMAT = 'caravan-stage';
+export const STATE_VERSION = 1;
+
+export const DEFAULT_OPTIMIZER: OptimizerConfig = {
+  lr: 3e-3, minLrRatio: 0.1, warmupSteps: 10, totalSteps: 1000, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1,
+};
+
+/** Layer ranges of `stages` stages, as even as possible, earlier stages taking the remainder. */
+export function splitLayers(nLayers: number, stages: number): Array<[number, number]> {
+  if (!Number.isSafeInteger(stages) || stages < 1 || stages > nLayers) {
+    throw new Error(`cannot split ${nLayers} layers into ${stages} stages: stages must be an integer in [1, ${nLayers}]`);
+  }
+  const ranges: Array<[number, number]> = [];
+  let begin = 0;
+  for (let s = 0; s < stages; s++) {
+    const n = Math.floor(nLayers / stages) + (s < nLayers % stages ? 1 : 0);
+    ranges.push([begin, begin + n]);
+    begin += n;
+  }
+  return ranges;
+}
+
+/**
+ * One pipeline stage of the model on the CPU backend. Stage 0 takes token ids
+ * Int32Array[B·T]; other stages take activations Float32Array[B·T·d]. The last
+ * stage returns the mean loss when given targets, or logits [B·T·V] without.
+ */
+export class EngineStage {
+  readonly spec: StageSpec;
+  readonly isFirst: boolean;
+  readonly isLast: boolean;
+  private readonly native: NativeStage;
+  private readonly tensorList: TensorEntry[];
+
+  constructor(spec: StageSpec) {
+    this.spec = spec;
+    this.native = new (addon().Stage)(spec);
+    this.isFirst = spec.layerBegin === 0;
+    this.isLast = spec.layerEnd === spec.model.nLayers;
+    this.tensorList = this.native.tensors();
+  }
+
+  get describe(): string {
+    return `stage [${this.spec.layerBegin}, ${this.spec.layerEnd}) of ${this.spec.model.nLayers} layers`;
+  }
+
+  /** Training forward: keeps what backward needs under `mb`. Returns the output activations [B,T,d], or the loss on the last stage. */
+  forwardTrain(mb: number, input: Int32Array | Float32Array, B: number, T: number, targets?: Int32Array): Float32Array | number {
+    return this.native.forward(mb, input, B, T, targets ?? null, true);
+  }
+
+  /** Inference forward: nothing is stashed. Returns activations [B,T,d], or logits [B,T,V] on the last stage. */
+  forwardInfer(input: Int32Array | Float32Array, B: number, T: number): Float32Array {
+    return this.native.forward(0, input, B, T, null, false) as Float32Array;
+  }
+
+  /** Loss of a batch without stashing (last stage only): for evaluation. */
+  evalLoss(input: Int32Array | Float32Array, B: number, T: number, targets: Int32Array): number {
+    if (!this.isLast) throw new Error(`${this.describe}: evalLoss needs the last stage`);
+    return this.native.forward(0, input, B, T, targets, false) as number;
+  }
+
+  /** Backward of a stashed microbatch: gradOut [B,T,d] (null on the last stage) → gradIn [B,T,d] (null on stage 0). */
+  backward(mb: number, gradOut: Float32Array | null): Float32Array | null {
+    return this.native.backward(mb, gradOut);
+  }
+
+  /** Σg² per tensor, in model order, of the gradients accumulated since the last step. */
+  gradSumSquares(): Float64Array {
+    return this.native.gradSumSquares();
+  }
+
+  /** AdamW on g·gradScale; advances the learning-rate schedule and zeroes gradients. Returns the lr used. */
+  step(gradScale: number): number {
+    return this.native.step(gradScale);
+  }
+
+  zeroGrad(): void {
+    this.native.zeroGrad();
+  }
+
+  get optimizerStep(): number {
+    return this.native.optimizerStep;
+  }
+
+  stashed(): number[] {
+    return this.native.stashed();
+  }
+
+  /** Forgets a stashed forward (a microbatch abandoned by recovery). */
+  drop(mb: number): boolean {
+    return this.native.drop(mb);
+  }
+
+  tensors(): readonly TensorEntry[] {
+    return this.tensorList;
+  }
+
+  /** All parameters in model order, as one zero-copy view of the engine's memory. */
+  params(): Float32Array {
+    return this.native.arena('params');
+  }
+
+  grads(): Float32Array {
+    return this.native.arena('grads');
+  }
+
+  /** A named parameter tensor as a zero-copy view. */
+  param(name: string): Float32Array {
+    const t = this.tensorList.find((e) => e.name === name);
+    if (!t) throw new Error(`${this.describe} has no tensor ${name}`);
+    const all = this.params();
+    return all.subarray(t.offset, t.offset + t.numel);
+  }
+
+  /** sha256 of the parameters in model order. */
+  paramHash(): string {
+    return hashStages([this]);
+  }
+
+  /** Parameters and AdamW moments as a safetensors blob, with the format, version, config and step in its metadata. */
+  state(): Uint8Array {
+    const arenas = { params: this.params(), exp_avg: this.native.arena('exp_avg'), exp_avg_sq: this.native.arena('exp_avg_sq') };
+    const tensors: SafeTensor[] = [];
+    for (const [prefix, arena] of [['', arenas.params], ['optimizer.exp_avg.', arenas.exp_avg], ['optimizer.exp_avg_sq.', arenas.exp_avg_sq]] as const) {
+      for (const t of this.tensorList) tensors.push({ name: prefix + t.name, shape: t.shape, data: arena.subarray(t.offset, t.offset + t.numel) });
+    }
+    return encodeSafeTensors(tensors, {
+      format: STATE_FORMAT,
+      version: String(STATE_VERSION),
+      layer_begin: String(this.spec.layerBegin),
+      layer_end: String(this.spec.layerEnd),
+      optimizer_step: String(this.optimizerStep),
+      model: JSON.stringify(this.spec.model),
+      optimizer: JSON.stringify(this.spec.optim),
+    });
+  }
+
+  /**
+   * Restores state() output. Everything is checked before anything is
+   * written, so a truncated or foreign blob leaves the stage as it was.
+   */
+  loadState(bytes: Uint8Array, source = 'stage state'): void {
+    const where = `${source} (loading into ${this.describe})`;
+    const file = decodeSafeTensors(bytes, where);
+    const meta = file.metadata;
+    if (meta.format !== STATE_FORMAT) throw new Error(`${where}: not a caravan stage state (format ${JSON.stringify(meta.format ?? null)})`);
+    if (meta.version !== String(STATE_VERSION)) throw new Error(`${where}: unknown state version ${meta.version} (this build reads ${STATE_VERSION})`);
+    if (meta.layer_begin !== String(this.spec.layerBegin) || meta.layer_end !== String(this.spec.layerEnd)) {
+      throw new Error(`${where}: state holds layers [${meta.layer_begin}, ${meta.layer_end})`);
+    }
+    let model: Record<string, unknown>;
+    try {
+      model = JSON.parse(meta.model ?? 'null');
+    } catch {
+      throw new Error(`${where}: model metadata is not JSON`);
+    }
+    for (const [k, v] of Object.entries(this.spec.model)) {
+      if (model?.[k] !== v) throw new Error(`${where}: model ${k} is ${JSON.stringify(model?.[k])} in the state, ${JSON.stringify(v)} here`);
+    }
+    const step = Number(meta.optimizer_step);
+    if (!Number.isSafeInteger(step) || step < 0) throw new Error(`${where}: bad optimizer_step ${meta.optimizer_step}`);
+    const expected = new Set<string>();
+    const copies: Array<[Float32Array, Float32Array]> = [];
+    for (const [prefix, kind] of [['', 'params'], ['optimizer.exp_avg.', 'exp_avg'], ['optimizer.exp_avg_sq.', 'exp_avg_sq']] as const) {
+      const arena = this.native.arena(kind);
+      for (const t of this.tensorList) {
+        const name = prefix + t.name;
+        expected.add(name);
+        const got = file.tensors.get(name);
+        if (!got) throw new Error(`${where}: tensor ${name} is missing`);
+        if (got.shape.length !== t.shape.length || got.shape.some((s, i) => s !== t.shape[i])) {
+          throw new Error(`${where}: tensor ${name} has shape [${got.shape.join(', ')}], expected [${t.shape.join(', ')}]`);
+        }
+        copies.push([arena.subarray(t.offset, t.offset + t.numel), got.data]);
+      }
+    }
+    for (const name of file.tensors.keys()) {
+      if (!expected.has(name)) throw new Error(`${where}: unexpected tensor ${name}`);
+    }
+    for (const [dst, src] of copies) dst.set(src);
+    this.native.optimizerStep = step;
+    this.native.zeroGrad();
+  }
+}
+
+/** sha256 over the parameters of consecutive stages in model order: equal for every split of the same weights. */
+export function hashStages(stages: readonly EngineStage[]): string {
+  const h = createHash('sha256');
+  for (const s of stages) {
+    const p = s.params();
+    h.update(new Uint8Array(p.buffer, p.byteOffset, p.byteLength));
+  }
+  return h.digest('hex');
+}
+
+export function gradcheck(seed = 1): GradCheckResult[] {
+  return addon().gradcheck(seed);
+}
+
+/** GFLOP/s of a plain cblas_sgemm of M×K · K×N: the machine's practical fp32 peak. */
+export function sgemmGflops(M: number, N: number, K: number, reps: number): number {
+  return addon().sgemmGflops(M, N, K, reps);
+}
+
+export function engineInfo(): { backend: string; blas: string; blasThreads: number; ompThreads: number } {
+  return addon().info();
+}

@@ -1,0 +1,17 @@
+#!/usr/bin/env -S node --import=tsx
+// caravan: the command line. Each command has --help; --json prints one
+// machine-readable line; failures exit non-zero with one clear line.
+import { Command, InvalidArgumentError } from 'commander';
+import { trainCommand } from './train-command.ts';
+
+const program = new Command('caravan')
+  .description('Pipeline-parallel transformer training across datacenters over NATS JetStream')
+  .showHelpAfterError();
+
+trainCommand(program);
+
+program.parseAsync(process.argv).catch((err: unknown) => {
+  const message = err instanceof InvalidArgumentError ? err.message : err instanceof Error ? err.message : String(err);
+  process.stderr.write(`caravan: ${message}\n`);
+  process.exit(1);
+});

@@ -1,0 +1,64 @@
+// All stages of one replica chained in one process, activations and gradients
+// handed over as Float32Arrays: the reference the distributed pipeline must
+// equal bit for bit.
+import { clipDecision } from '../../actors/grad-clip.ts';
+import { EngineStage, hashStages, splitLayers, type EngineModelConfig, type OptimizerConfig } from '../../native/index.ts';
+
+export interface MicroBatch {
+  readonly tokens: Int32Array;   // [B,T]
+  readonly targets: Int32Array;  // [B,T]
+}
+
+export interface StepResult {
+  readonly loss: number;      // mean over the step's microbatches
+  readonly gradNorm: number;
+  readonly lr: number;
+  readonly clipped: boolean;
+}
+
+export class LocalPipeline {
+  readonly stages: EngineStage[];
+
+  constructor(model: EngineModelConfig, optim: OptimizerConfig, stageCount: number, seed: number) {
+    this.stages = splitLayers(model.nLayers, stageCount).map(
+      ([layerBegin, layerEnd]) => new EngineStage({ model, optim, layerBegin, layerEnd, seed }),
+    );
+  }
+
+  /** One optimizer step over the microbatches, each forward then backward, gradients accumulating in microbatch order. */
+  trainStep(microbatches: readonly MicroBatch[], B: number, T: number, maxGradNorm: number): StepResult {
+    let lossSum = 0;
+    microbatches.forEach((mb, id) => {
+      let x: Int32Array | Float32Array = mb.tokens;
+      for (const stage of this.stages) {
+        const out = stage.forwardTrain(id, x, B, T, stage.isLast ? mb.targets : undefined);
+        if (typeof out === 'number') lossSum += out;
+        else x = out;
+      }
+      let grad: Float32Array | null = null;
+      for (let s = this.stages.length - 1; s >= 0; s--) grad = this.stages[s].backward(id, grad);
+    });
+    const clip = clipDecision(this.stages.map((s) => s.gradSumSquares()), microbatches.length, maxGradNorm);
+    let lr = 0;
+    for (const stage of this.stages) lr = stage.step(clip.gradScale);
+    return { loss: lossSum / microbatches.length, gradNorm: clip.gradNorm, lr, clipped: clip.clipped };
+  }
+
+  /** Mean loss of a batch, nothing stashed. */
+  evalLoss(batch: MicroBatch, B: number, T: number): number {
+    let x: Int32Array | Float32Array = batch.tokens;
+    for (const stage of this.stages.slice(0, -1)) x = stage.forwardInfer(x, B, T);
+    return this.stages[this.stages.length - 1].evalLoss(x, B, T, batch.targets);
+  }
+
+  /** Logits [B,T,V] of a batch of token ids. */
+  logits(tokens: Int32Array, B: number, T: number): Float32Array {
+    let x: Int32Array | Float32Array = tokens;
+    for (const stage of this.stages) x = stage.forwardInfer(x, B, T);
+    return x as Float32Array;
+  }
+
+  paramHash(): string {
+    return hashStages(this.stages);
+  }
+}
