@@ -1,7 +1,10 @@
 // Central differences in fp32 have truncation error O(eps²) and round-off
-// O(ulp(loss)/eps); with eps = 1e-2 on inputs of unit scale both stay well
-// under 5e-4 relative (measured: at most ~5e-4 on whole stages, ~2e-5 on single ops), so the stated tolerance of 2e-3 leaves room without
-// hiding a wrong gradient (a wrong term is off by O(1)).
+// O(ulp(loss)/eps). Single ops are checked element by element (eps = 1e-2 on
+// inputs of unit scale): measured error ~5e-5 over 40 seeds, tolerance 1e-3.
+// Whole stages are checked along random directions with Richardson
+// extrapolation (see compare_directional): measured ~2e-3 at worst over 40
+// seeds, limited by the fp32 loss, tolerance 1e-2. A wrong gradient term is
+// off by O(1), far above either.
 #include "gradcheck.h"
 #include <algorithm>
 #include <cmath>
@@ -13,7 +16,8 @@ namespace caravan {
 
 namespace {
 
-constexpr double kTolerance = 2e-3;
+constexpr double kOpTolerance = 1e-3;
+constexpr double kStageTolerance = 1e-2;
 
 std::vector<float> randn(size_t n, uint64_t seed, uint64_t stream, float std = 1.0f) {
   std::vector<float> v(n);
@@ -47,7 +51,38 @@ GradCheckResult compare(const std::string& op, const std::string& input, const s
     n2 += num * num;
   }
   const double denom = std::max(std::sqrt(std::max(a2, n2)), 1e-12);
-  return {op, input, (int)samples, std::sqrt(diff2) / denom, kTolerance};
+  return {op, input, (int)samples, std::sqrt(diff2) / denom, kOpTolerance};
+}
+
+// For a whole tensor of a model: the derivative along random directions u,
+// (f(x+eps·u) − f(x−eps·u)) / 2eps against g·u. One direction sums every
+// element's contribution, so the signal is ‖g‖ rather than one |g_i|, and fp32
+// round-off in the loss stays far below it.
+GradCheckResult compare_directional(const std::string& op, const std::string& input, const std::function<double()>& f,
+                                    float* x, const float* analytic, size_t n, float eps, uint64_t seed, int directions = 4) {
+  std::vector<float> orig(x, x + n);
+  double diff2 = 0.0, a2 = 0.0, n2 = 0.0;
+  for (int k = 0; k < directions; k++) {
+    auto u = randn(n, seed, 1000 + k);
+    double ana = 0.0;
+    for (size_t i = 0; i < n; i++) ana += (double)analytic[i] * u[i];
+    auto central = [&](float h) {
+      for (size_t i = 0; i < n; i++) x[i] = orig[i] + h * u[i];
+      const double fp = f();
+      for (size_t i = 0; i < n; i++) x[i] = orig[i] - h * u[i];
+      const double fm = f();
+      std::copy(orig.begin(), orig.end(), x);
+      return (fp - fm) / (2.0 * h);
+    };
+    // Richardson extrapolation cancels the O(eps²) term, which dominates for
+    // the strongly curved loss of a model with large random weights.
+    const double num = (4.0 * central(eps / 2) - central(eps)) / 3.0;
+    diff2 += (ana - num) * (ana - num);
+    a2 += ana * ana;
+    n2 += num * num;
+  }
+  const double denom = std::max(std::sqrt(std::max(a2, n2)), 1e-12);
+  return {op, input, directions, std::sqrt(diff2) / denom, kStageTolerance};
 }
 
 }  // namespace
@@ -150,7 +185,7 @@ std::vector<GradCheckResult> gradcheck_all(uint64_t seed) {
     st.backward(0, nullptr, 0, nullptr, 0);
     const std::string op = tied ? "model (tied head)" : "model";
     for (const TensorInfo& t : st.tensors()) {
-      out.push_back(compare(op, t.name, f, st.params->data() + t.offset, st.grads->data() + t.offset, t.numel, 5e-3f, 8));
+      out.push_back(compare_directional(op, t.name, f, st.params->data() + t.offset, st.grads->data() + t.offset, t.numel, 1e-3f, seed ^ stream_id(t.name.c_str())));
     }
   }
   {  // a middle stage: gradient with respect to its input activations
@@ -164,7 +199,7 @@ std::vector<GradCheckResult> gradcheck_all(uint64_t seed) {
     auto f = [&] { st.forward(-1, nullptr, x.data(), x.size(), B, T, nullptr, 0, y.data(), y.size(), false); return dot(y, r); };
     st.forward(0, nullptr, x.data(), x.size(), B, T, nullptr, 0, y.data(), y.size(), true);
     st.backward(0, r.data(), r.size(), dx.data(), dx.size());
-    out.push_back(compare("stage [1, 2)", "input activations", f, x.data(), dx.data(), x.size(), eps));
+    out.push_back(compare_directional("stage [1, 2)", "input activations", f, x.data(), dx.data(), x.size(), 1e-3f, seed));
   }
   return out;
 }
