@@ -4,6 +4,8 @@
 // parameters, gradients and stashed microbatches are unchanged right after the
 // failure, and afterwards the stage trains to the same bits as a twin that
 // never saw the bad call.
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import test, { type ExecutionContext } from 'ava';
 import { DEFAULT_OPTIMIZER, EngineStage, type EngineModelConfig, type StageSpec } from '../../native/index.ts';
 import { mulberry32, randomTokens } from '../support/random-weights.ts';
@@ -92,13 +94,36 @@ for (const length of [0, N - 1, N + 1, N * d]) {
 }
 
 for (const position of ['middle', 'last'] as const) {
-  for (const length of [N, N * d - 1, N * d + d]) {
+  for (const length of [0, N, N * d - 1, N * d + d]) {
     test(`${position} stage refuses ${length} activations for [B,T,d] = [${B},${T},${d}]`, (t) => {
       refusesAndRecovers(t, () => stageWithStash(position), (s) => s.forwardTrain(9, new Float32Array(length), B, T, s.isLast ? randomTokens(N, V, 1) : undefined),
         new RegExp(`${where[position]}, microbatch 9: expected activations of shape \\[2,4,16\\] \\(128 floats\\), got ${length}$`));
     });
   }
 }
+
+// A batch size far beyond the input must fail on the shape check, not first
+// size an output of B·T·V floats for it. Run in a child process: if the engine
+// allocates before it checks, the allocation aborts the whole process.
+test('a huge B with a small input is refused, not allocated for', (t) => {
+  const indexUrl = new URL('../../native/index.ts', import.meta.url).href;
+  const script = `
+    import { DEFAULT_OPTIMIZER, EngineStage } from ${JSON.stringify(indexUrl)};
+    const stage = new EngineStage({ model: ${JSON.stringify(model)}, optim: DEFAULT_OPTIMIZER, layerBegin: 2, layerEnd: 3, seed: 1 });
+    try { stage.forwardInfer(new Float32Array(${N * d}), 1e9, ${T}); console.log('accepted'); }
+    catch (err) { console.log(err.message); }`;
+  const child = spawnSync(process.execPath, ['--import=tsx', '--input-type=module', '-e', script], {
+    cwd: fileURLToPath(new URL('../..', import.meta.url)), encoding: 'utf8', timeout: 30_000,
+  });
+  t.is(child.status, 0, `the process died (signal ${child.signal}): ${child.stderr.split('\n').find((l) => /FATAL|Error/.test(l)) ?? ''}`);
+  t.regex(child.stdout, /stage \[2, 3\) of 3 layers, microbatch 0: expected activations of shape \[1000000000,4,16\] \(64000000000 floats\), got 128/);
+});
+
+// An empty typed array is an input of length 0, not a missing one.
+test('evalLoss refuses empty targets instead of returning logits', (t) => {
+  refusesAndRecovers(t, () => stageWithStash('last'), (s) => s.evalLoss(floats(N * d, 1), B, T, new Int32Array(0)),
+    /expected targets of shape \[2,4\], got 0 values/);
+});
 
 test('inference and evaluation check shapes as training does', (t) => {
   refusesAndRecovers(t, () => stageWithStash('middle'), (s) => s.forwardInfer(new Float32Array(N * d - 1), B, T),

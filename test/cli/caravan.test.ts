@@ -1,0 +1,33 @@
+// The command line as a user meets it: help, a clear line on bad flags, JSON output.
+import test from 'ava';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+
+const run = promisify(execFile);
+const caravan = (...args: string[]) => run(process.execPath, ['--import=tsx', 'runtime/cli/bin.ts', ...args]);
+
+test('caravan --help and caravan train --help describe the commands', async (t) => {
+  t.regex((await caravan('--help')).stdout, /train/);
+  const help = (await caravan('train', '--help')).stdout;
+  for (const flag of ['--steps', '--stages', '--microbatches', '--checkpoint-dir', '--json', '--data']) t.regex(help, new RegExp(flag));
+});
+
+test('a bad flag value exits non-zero with one line naming it', async (t) => {
+  const err = await t.throwsAsync(caravan('train', '--steps', 'many'));
+  t.regex((err as Error & { stderr: string }).stderr, /--steps must be a positive integer, got 'many'/);
+});
+
+test('more stages than layers is refused clearly', async (t) => {
+  const err = await t.throwsAsync(caravan('train', '--stages', '9', '--steps', '1'));
+  t.regex((err as Error & { stderr: string }).stderr, /cannot split 4 layers into 9 stages/);
+});
+
+test('caravan train --json prints one summary line', async (t) => {
+  const { stdout } = await caravan('train', '--steps', '2', '--seq', '32', '--batch', '2', '--json');
+  const lines = stdout.trim().split('\n');
+  t.is(lines.length, 1);
+  const summary = JSON.parse(lines[0]);
+  t.is(summary.steps, 2);
+  t.is(summary.losses.length, 2);
+  t.regex(summary.paramsSha256, /^[0-9a-f]{64}$/);
+});
