@@ -88,6 +88,10 @@ function addon(): NativeModule {
     if (!existsSync(ADDON_PATH)) {
       throw new Error(`the native engine is not built (${ADDON_PATH} is missing): run 'npm run build:native'`);
     }
+    // OpenMP's threads would otherwise spin after each parallel loop and take
+    // the cores from OpenBLAS's own threads (measured: half the throughput on
+    // 2 cores). libgomp reads this once, when the addon loads it.
+    process.env.OMP_WAIT_POLICY ??= 'PASSIVE';
     loaded = createRequire(import.meta.url)(ADDON_PATH) as NativeModule;
   }
   return loaded;
@@ -253,8 +257,8 @@ export class EngineStage {
     for (const [k, v] of Object.entries(this.spec.model)) {
       if (model?.[k] !== v) throw new Error(`${where}: model ${k} is ${JSON.stringify(model?.[k])} in the state, ${JSON.stringify(v)} here`);
     }
-    const step = Number(meta.optimizer_step);
-    if (!Number.isSafeInteger(step) || step < 0) throw new Error(`${where}: bad optimizer_step ${meta.optimizer_step}`);
+    const step = /^\d{1,10}$/.test(meta.optimizer_step ?? '') ? Number(meta.optimizer_step) : NaN;
+    if (!(step <= 2 ** 31 - 1)) throw new Error(`${where}: bad optimizer_step ${JSON.stringify(meta.optimizer_step ?? null)}`);
     const expected = new Set<string>();
     const copies: Array<[Float32Array, Float32Array]> = [];
     for (const [prefix, kind] of [['', 'params'], ['optimizer.exp_avg.', 'exp_avg'], ['optimizer.exp_avg_sq.', 'exp_avg_sq']] as const) {
@@ -276,6 +280,8 @@ export class EngineStage {
     for (const [dst, src] of copies) dst.set(src);
     this.native.optimizerStep = step;
     this.native.zeroGrad();
+    // Forwards stashed under the old weights cannot be backpropagated under the new ones.
+    for (const mb of this.native.stashed()) this.native.drop(mb);
   }
 }
 

@@ -11,7 +11,7 @@ void adamw_update(float* p, const float* g, float* m, float* v, size_t n, float 
                   float beta2, float eps, float weight_decay, float grad_scale, int t) {
   const float c1 = 1.0f - (float)std::pow((double)beta1, t);
   const float c2 = 1.0f - (float)std::pow((double)beta2, t);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
   for (size_t i = 0; i < n; i++) {
     const float gi = g[i] * grad_scale;
     m[i] = beta1 * m[i] + (1.0f - beta1) * gi;
@@ -26,7 +26,7 @@ double sum_squares(const float* g, size_t n) {
   constexpr size_t chunk = 4096;
   const size_t chunks = (n + chunk - 1) / chunk;
   std::vector<double> partial(chunks);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
   for (size_t c = 0; c < chunks; c++) {
     double s = 0.0;
     const size_t end = std::min(n, (c + 1) * chunk);

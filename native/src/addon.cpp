@@ -68,7 +68,7 @@ int64_t microbatch_id(const Napi::Value& v) {
   if (!v.IsNumber()) throw Napi::TypeError::New(v.Env(), "microbatch id must be a number");
   double d = v.As<Napi::Number>().DoubleValue();
   if (d != std::floor(d) || d < 0 || d > 9007199254740991.0) {
-    throw Napi::TypeError::New(v.Env(), "microbatch id must be a non-negative safe integer, got " + std::to_string(d));
+    throw Napi::TypeError::New(v.Env(), "microbatch id must be a non-negative safe integer, got " + v.ToString().Utf8Value());
   }
   return (int64_t)d;
 }
@@ -76,8 +76,16 @@ int64_t microbatch_id(const Napi::Value& v) {
 int dim(const Napi::Value& v, const char* name) {
   if (!v.IsNumber()) throw Napi::TypeError::New(v.Env(), std::string(name) + " must be a number");
   double d = v.As<Napi::Number>().DoubleValue();
-  if (d != std::floor(d) || d < 1 || d > 1e9) throw Napi::TypeError::New(v.Env(), std::string(name) + " must be a positive integer, got " + std::to_string(d));
+  if (d != std::floor(d) || d < 1 || d > 1e9) throw Napi::TypeError::New(v.Env(), std::string(name) + " must be a positive integer, got " + v.ToString().Utf8Value());
   return (int)d;
+}
+
+// Data() of an empty typed array is null, which the engine reads as "not
+// given"; an empty array is given, with length 0, and gets the length error.
+template <typename T>
+const T* data_of(Napi::TypedArrayOf<T> a) {
+  static const T empty{};
+  return a.ElementLength() == 0 ? &empty : a.Data();
 }
 
 bool is_typed(const Napi::Value& v, napi_typedarray_type type) {
@@ -159,12 +167,12 @@ class StageWrap : public Napi::ObjectWrap<StageWrap> {
     if (s.is_first()) {
       if (!is_typed(info[1], napi_int32_array)) throw Napi::TypeError::New(env, where + ": stage 0 takes token ids as an Int32Array, got " + typed_name(info[1]));
       auto a = info[1].As<Napi::Int32Array>();
-      tokens = a.Data();
+      tokens = data_of(a);
       input_len = a.ElementLength();
     } else {
       if (!is_typed(info[1], napi_float32_array)) throw Napi::TypeError::New(env, where + ": this stage takes activations as a Float32Array, got " + typed_name(info[1]));
       auto a = info[1].As<Napi::Float32Array>();
-      acts = a.Data();
+      acts = data_of(a);
       input_len = a.ElementLength();
     }
     const int32_t* targets = nullptr;
@@ -172,9 +180,12 @@ class StageWrap : public Napi::ObjectWrap<StageWrap> {
     if (!info[4].IsNull() && !info[4].IsUndefined()) {
       if (!is_typed(info[4], napi_int32_array)) throw Napi::TypeError::New(env, where + ": targets must be an Int32Array, got " + typed_name(info[4]));
       auto t = info[4].As<Napi::Int32Array>();
-      targets = t.Data();
+      targets = data_of(t);
       targets_len = t.ElementLength();
     }
+    // Shapes are checked before the output is allocated, so a wrong B or T
+    // is an error rather than a huge allocation.
+    guarded(env, [&] { s.check_forward(mb, tokens, acts, input_len, B, T, targets, targets_len, train); return 0; });
     if (s.is_last() && targets) {
       double loss = guarded(env, [&] { return s.forward(mb, tokens, acts, input_len, B, T, targets, targets_len, nullptr, 0, train); });
       return Napi::Number::New(env, loss);
@@ -195,7 +206,7 @@ class StageWrap : public Napi::ObjectWrap<StageWrap> {
     if (!info[1].IsNull() && !info[1].IsUndefined()) {
       if (!is_typed(info[1], napi_float32_array)) throw Napi::TypeError::New(env, s.describe() + ", microbatch " + std::to_string(mb) + ": gradient must be a Float32Array, got " + typed_name(info[1]));
       auto g = info[1].As<Napi::Float32Array>();
-      grad = g.Data();
+      grad = data_of(g);
       grad_len = g.ElementLength();
     }
     if (s.is_first()) {

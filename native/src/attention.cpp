@@ -66,7 +66,8 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
 #pragma omp parallel for collapse(2) schedule(dynamic)
   for (int b = 0; b < B; b++) {
     for (int kvh = 0; kvh < Hkv; kvh++) {
-      std::vector<float> ds((size_t)T * T);  // [T,T]
+      thread_local std::vector<float> ds;  // [T,T], kept per thread across calls
+      ds.resize((size_t)T * T);
       const float* kh = k + (size_t)b * T * ldk + (size_t)kvh * hd;
       const float* vh = v + (size_t)b * T * ldk + (size_t)kvh * hd;
       float* dkh = dk + (size_t)b * T * ldk + (size_t)kvh * hd;

@@ -8,7 +8,7 @@ namespace caravan {
 
 double cross_entropy_forward(float* probs, const float* logits, const int32_t* targets, int N, int V) {
   std::vector<double> row_loss(N);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)N * V >= kParallelMin)
   for (int i = 0; i < N; i++) {
     const float* l = logits + (size_t)i * V;
     float* p = probs + (size_t)i * V;
@@ -30,7 +30,7 @@ double cross_entropy_forward(float* probs, const float* logits, const int32_t* t
 
 void cross_entropy_backward(float* dlogits, const float* probs, const int32_t* targets,
                             int N, int V, float scale) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)N * V >= kParallelMin)
   for (int i = 0; i < N; i++) {
     const float* p = probs + (size_t)i * V;
     float* g = dlogits + (size_t)i * V;

@@ -8,6 +8,10 @@
 
 namespace caravan {
 
+// Elementwise loops smaller than this run on one thread: waking the OpenMP
+// team costs more than the loop.
+constexpr size_t kParallelMin = 1 << 15;
+
 // linear.cpp — y = x · Wᵀ with W stored [out, in] (as torch.nn.Linear).
 // y[N,out] (= or +=) x[N,in] · w[out,in]ᵀ; += folds a residual add into the GEMM
 void linear_forward(float* y, const float* x, const float* w, int N, int in, int out,

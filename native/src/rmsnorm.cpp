@@ -5,7 +5,7 @@
 namespace caravan {
 
 void rmsnorm_forward(float* y, float* rstd, const float* x, const float* w, int N, int d, float eps) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)N * d >= kParallelMin)
   for (int i = 0; i < N; i++) {
     const float* xi = x + (size_t)i * d;
     float* yi = y + (size_t)i * d;
@@ -20,7 +20,7 @@ void rmsnorm_forward(float* y, float* rstd, const float* x, const float* w, int 
 void rmsnorm_backward(float* dx, float* dw, const float* dy, const float* x, const float* w,
                       const float* rstd, int N, int d, bool accumulate_dx) {
   // With xh = x·r and y = xh·w:  dx = r · (dxh − xh · mean(dxh · xh)),  dxh = dy·w.
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)N * d >= kParallelMin)
   for (int i = 0; i < N; i++) {
     const float* xi = x + (size_t)i * d;
     const float* dyi = dy + (size_t)i * d;

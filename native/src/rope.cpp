@@ -21,7 +21,7 @@ void rope_tables(float* cos_t, float* sin_t, int max_seq, int hd, float theta) {
 static void rotate(float* x, const float* cos_t, const float* sin_t, int B, int T, int nh, int hd,
                    float sign) {
   const int half = hd / 2;
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) if ((size_t)B * T * nh * hd >= kParallelMin)
   for (int b = 0; b < B; b++) {
     for (int t = 0; t < T; t++) {
       const float* c = cos_t + (size_t)t * half;

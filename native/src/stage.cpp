@@ -1,5 +1,7 @@
 // The stage: wiring of the op families into Llama blocks, forward and backward.
 #include "stage.h"
+#include <algorithm>
+#include <climits>
 #include <cmath>
 #include <cstring>
 #include <sstream>
@@ -98,6 +100,40 @@ size_t Stage::add_tensor(const std::string& name, std::vector<int64_t> shape, bo
   return offset;
 }
 
+void Stage::check_forward(int64_t mb, const int32_t* tokens, const float* acts, size_t input_len, int B, int T,
+                          const int32_t* targets, size_t targets_len, bool train) const {
+  const int d = model_.d_model, V = model_.vocab;
+  const std::string where = describe() + ", microbatch " + std::to_string(mb);
+  if (B <= 0 || T <= 0) throw std::invalid_argument(where + ": B and T must be > 0, got B=" + std::to_string(B) + " T=" + std::to_string(T));
+  if (T > model_.max_seq) throw std::invalid_argument(where + ": T=" + std::to_string(T) + " exceeds maxSeqLen " + std::to_string(model_.max_seq));
+  const size_t N = (size_t)B * T;
+  if (is_first()) {
+    if (!tokens) throw std::invalid_argument(where + ": stage 0 takes token ids (Int32Array of shape [B,T])");
+    if (input_len != N) throw std::invalid_argument(where + ": expected token ids of shape " + fmt_shape({B, T}) + " (" + std::to_string(N) + " values), got " + std::to_string(input_len));
+  } else {
+    if (!acts) throw std::invalid_argument(where + ": this stage takes activations (Float32Array of shape [B,T,d])");
+    if (input_len != N * d) throw std::invalid_argument(where + ": expected activations of shape " + fmt_shape({B, T, d}) + " (" + std::to_string(N * d) + " floats), got " + std::to_string(input_len));
+  }
+  // The engine indexes with int: the widest buffer, B·T·max(d, V, F, H·T), must fit.
+  const size_t widest = (size_t)std::max({d, V, model_.ffn_hidden, model_.n_heads * T});
+  if (N * widest > (size_t)INT32_MAX) throw std::invalid_argument(where + ": B=" + std::to_string(B) + " T=" + std::to_string(T) + " is too large a microbatch for this model");
+  if (is_first()) {
+    for (size_t i = 0; i < N; i++) {
+      if (tokens[i] < 0 || tokens[i] >= V) throw std::invalid_argument(where + ": token id " + std::to_string(tokens[i]) + " at position " + std::to_string(i) + " is outside the vocabulary [0, " + std::to_string(V) + ")");
+    }
+  }
+  if (is_last() && train && !targets) throw std::invalid_argument(where + ": the last stage needs targets of shape [B,T] to train");
+  if (targets) {
+    if (!is_last()) throw std::invalid_argument(where + ": only the last stage takes targets");
+    if (targets_len != N) throw std::invalid_argument(where + ": expected targets of shape " + fmt_shape({B, T}) + ", got " + std::to_string(targets_len) + " values");
+    for (size_t i = 0; i < N; i++) {
+      if (targets[i] < 0 || targets[i] >= V) throw std::invalid_argument(where + ": target id " + std::to_string(targets[i]) + " at position " + std::to_string(i) + " is outside the vocabulary [0, " + std::to_string(V) + ")");
+    }
+  }
+  if (train && stash_.count(mb)) throw std::invalid_argument(where + ": microbatch already has a stashed forward (backward not yet run)");
+
+}
+
 size_t Stage::output_len(int B, int T, bool logits) const {
   return (size_t)B * T * (logits ? model_.vocab : model_.d_model);
 }
@@ -140,16 +176,23 @@ void Stage::block_backward(int layer, float* dx, const LayerCache& c, int B, int
   const LayerOffsets& o = layers_[layer - begin_];
   const int N = B * T, d = model_.d_model, hd = model_.head_dim(), H = model_.n_heads,
             Hkv = model_.n_kv_heads, F = model_.ffn_hidden;
-  std::vector<float> dh(dx, dx + (size_t)N * d);  // residual path
-  std::vector<float> dact((size_t)N * F), dgate((size_t)N * F), dup((size_t)N * F);
+  Workspace& w = ws_;
+  w.dh.assign(dx, dx + (size_t)N * d);  // residual path
+  w.dact.resize((size_t)N * F);
+  w.dgate.resize((size_t)N * F);
+  w.dup.resize((size_t)N * F);
+  w.dxn.resize((size_t)N * d);
+  w.dattn.resize((size_t)N * H * hd);
+  w.dq.resize((size_t)N * H * hd);
+  w.dk.resize((size_t)N * Hkv * hd);
+  w.dv.resize((size_t)N * Hkv * hd);
+  std::vector<float>&dh = w.dh, &dact = w.dact, &dgate = w.dgate, &dup = w.dup, &dxn = w.dxn, &dattn = w.dattn,
+                    &dq = w.dq, &dk = w.dk, &dv = w.dv;
   linear_backward(dact.data(), G(o.wd), dx, c.act.data(), P(o.wd), N, F, d, false);
   swiglu_backward(dgate.data(), dup.data(), dact.data(), c.gate.data(), c.up.data(), (size_t)N * F);
-  std::vector<float> dxn((size_t)N * d);
   linear_backward(dxn.data(), G(o.wg), dgate.data(), c.xn2.data(), P(o.wg), N, d, F, false);
   linear_backward(dxn.data(), G(o.wu), dup.data(), c.xn2.data(), P(o.wu), N, d, F, true);
   rmsnorm_backward(dh.data(), G(o.norm2), dxn.data(), c.h.data(), P(o.norm2), c.rstd2.data(), N, d, true);
-  std::vector<float> dattn((size_t)N * H * hd), dq((size_t)N * H * hd), dk((size_t)N * Hkv * hd),
-      dv((size_t)N * Hkv * hd);
   linear_backward(dattn.data(), G(o.wo), dh.data(), c.attn.data(), P(o.wo), N, H * hd, d, false);
   attention_backward(dq.data(), dk.data(), dv.data(), dattn.data(), c.probs.data(), c.q.data(), c.k.data(),
                      c.v.data(), B, T, H, Hkv, hd);
@@ -164,37 +207,18 @@ void Stage::block_backward(int layer, float* dx, const LayerCache& c, int B, int
 
 double Stage::forward(int64_t mb, const int32_t* tokens, const float* acts, size_t input_len, int B, int T,
                       const int32_t* targets, size_t targets_len, float* out, size_t out_len, bool train) {
-  const int d = model_.d_model, V = model_.vocab;
-  const std::string where = describe() + ", microbatch " + std::to_string(mb);
-  if (B <= 0 || T <= 0) throw std::invalid_argument(where + ": B and T must be > 0, got B=" + std::to_string(B) + " T=" + std::to_string(T));
-  if (T > model_.max_seq) throw std::invalid_argument(where + ": T=" + std::to_string(T) + " exceeds maxSeqLen " + std::to_string(model_.max_seq));
-  const int N = B * T;
-  if (is_first()) {
-    if (!tokens) throw std::invalid_argument(where + ": stage 0 takes token ids (Int32Array of shape [B,T])");
-    if (input_len != (size_t)N) throw std::invalid_argument(where + ": expected token ids of shape " + fmt_shape({B, T}) + " (" + std::to_string(N) + " values), got " + std::to_string(input_len));
-    for (int i = 0; i < N; i++) {
-      if (tokens[i] < 0 || tokens[i] >= V) throw std::invalid_argument(where + ": token id " + std::to_string(tokens[i]) + " at position " + std::to_string(i) + " is outside the vocabulary [0, " + std::to_string(V) + ")");
-    }
-  } else {
-    if (!acts) throw std::invalid_argument(where + ": this stage takes activations (Float32Array of shape [B,T,d])");
-    if (input_len != (size_t)N * d) throw std::invalid_argument(where + ": expected activations of shape " + fmt_shape({B, T, d}) + " (" + std::to_string((size_t)N * d) + " floats), got " + std::to_string(input_len));
-  }
+  check_forward(mb, tokens, acts, input_len, B, T, targets, targets_len, train);
+  const int d = model_.d_model, V = model_.vocab, N = B * T;
   const bool loss_mode = is_last() && targets;
-  if (is_last() && train && !targets) throw std::invalid_argument(where + ": the last stage needs targets of shape [B,T] to train");
-  if (targets) {
-    if (!is_last()) throw std::invalid_argument(where + ": only the last stage takes targets");
-    if (targets_len != (size_t)N) throw std::invalid_argument(where + ": expected targets of shape " + fmt_shape({B, T}) + ", got " + std::to_string(targets_len) + " values");
-    for (int i = 0; i < N; i++) {
-      if (targets[i] < 0 || targets[i] >= V) throw std::invalid_argument(where + ": target id " + std::to_string(targets[i]) + " at position " + std::to_string(i) + " is outside the vocabulary [0, " + std::to_string(V) + ")");
-    }
+  if (!loss_mode && out_len != output_len(B, T, is_last())) {
+    throw std::invalid_argument(describe() + ", microbatch " + std::to_string(mb) + ": output buffer has " + std::to_string(out_len) + " floats, expected " + std::to_string(output_len(B, T, is_last())));
   }
-  if (!loss_mode && out_len != output_len(B, T, is_last())) throw std::invalid_argument(where + ": output buffer has " + std::to_string(out_len) + " floats, expected " + std::to_string(output_len(B, T, is_last())));
-  if (train && stash_.count(mb)) throw std::invalid_argument(where + ": microbatch already has a stashed forward (backward not yet run)");
 
-  auto st = std::make_unique<Stash>();
+  std::unique_ptr<Stash> st = take_stash();
   st->B = B;
   st->T = T;
-  std::vector<float> x((size_t)N * d);
+  std::vector<float>& x = ws_.x;
+  x.resize((size_t)N * d);
   if (is_first()) {
     embedding_forward(x.data(), tokens, P(emb_), N, d);
     st->tokens.assign(tokens, tokens + N);
@@ -210,7 +234,8 @@ double Stage::forward(int64_t mb, const int32_t* tokens, const float* acts, size
     st->xn_f.resize((size_t)N * d);
     rmsnorm_forward(st->xn_f.data(), st->rstd_f.data(), x.data(), P(norm_f_), N, d, model_.norm_eps);
     if (loss_mode) {
-      std::vector<float> logits((size_t)N * V);
+      std::vector<float>& logits = ws_.logits;
+      logits.resize((size_t)N * V);
       linear_forward(logits.data(), st->xn_f.data(), P(head_), N, d, V);
       st->probs.resize((size_t)N * V);
       loss = cross_entropy_forward(st->probs.data(), logits.data(), targets, N, V) / N;
@@ -218,11 +243,12 @@ double Stage::forward(int64_t mb, const int32_t* tokens, const float* acts, size
     } else {
       linear_forward(out, st->xn_f.data(), P(head_), N, d, V);
     }
-    st->final_in = std::move(x);
+    st->final_in.assign(x.begin(), x.end());
   } else {
     std::memcpy(out, x.data(), sizeof(float) * x.size());
   }
   if (train) stash_[mb] = std::move(st);
+  else spare_.push_back(std::move(st));
   return loss;
 }
 
@@ -244,9 +270,13 @@ void Stage::backward(int64_t mb, const float* grad_out, size_t grad_len, float* 
   }
   if (!is_first() && grad_in_len != (size_t)N * d) throw std::invalid_argument(where + ": grad_in buffer has " + std::to_string(grad_in_len) + " floats, expected " + std::to_string((size_t)N * d));
 
-  std::vector<float> dx((size_t)N * d);
+  std::vector<float>& dx = ws_.x;  // block_backward's scratch is separate
+  dx.resize((size_t)N * d);
   if (is_last()) {
-    std::vector<float> dlogits((size_t)N * V), dxn((size_t)N * d);
+    std::vector<float>& dlogits = ws_.dlogits;
+    std::vector<float>& dxn = ws_.dxn;
+    dlogits.resize((size_t)N * V);
+    dxn.resize((size_t)N * d);
     cross_entropy_backward(dlogits.data(), st.probs.data(), st.targets.data(), N, V, 1.0f / N);
     linear_backward(dxn.data(), G(head_), dlogits.data(), st.xn_f.data(), P(head_), N, d, V, false);
     rmsnorm_backward(dx.data(), G(norm_f_), dxn.data(), st.final_in.data(), P(norm_f_), st.rstd_f.data(), N, d, false);
@@ -259,7 +289,15 @@ void Stage::backward(int64_t mb, const float* grad_out, size_t grad_len, float* 
   } else {
     std::memcpy(grad_in, dx.data(), sizeof(float) * dx.size());
   }
+  spare_.push_back(std::move(it->second));
   stash_.erase(it);
+}
+
+std::unique_ptr<Stash> Stage::take_stash() {
+  if (spare_.empty()) return std::make_unique<Stash>();
+  std::unique_ptr<Stash> st = std::move(spare_.back());
+  spare_.pop_back();
+  return st;
 }
 
 std::vector<int64_t> Stage::stashed() const {

@@ -52,6 +52,9 @@ class Stage {
   // grad_out[B,T,d] (none for the last stage, which starts from its loss);
   // writes grad_in[B,T,d] unless this is stage 0. Frees the stash.
   void backward(int64_t mb, const float* grad_out, size_t grad_len, float* grad_in, size_t grad_in_len);
+  // The checks forward() makes before touching anything; throws std::invalid_argument.
+  void check_forward(int64_t mb, const int32_t* tokens, const float* acts, size_t input_len, int B, int T,
+                     const int32_t* targets, size_t targets_len, bool train) const;
   size_t output_len(int B, int T, bool logits) const;
   std::vector<int64_t> stashed() const;
   bool drop(int64_t mb);
@@ -86,6 +89,14 @@ class Stage {
   size_t emb_ = 0, norm_f_ = 0, head_ = 0;
   std::vector<float> rope_cos_, rope_sin_;  // [max_seq, hd/2]
   std::map<int64_t, std::unique_ptr<Stash>> stash_;
+  // Stashes freed by backward, kept with their buffers: the next forward of
+  // the same shape reuses them instead of faulting in fresh pages.
+  std::vector<std::unique_ptr<Stash>> spare_;
+  std::unique_ptr<Stash> take_stash();
+  // Scratch of one forward or backward call, reused across calls.
+  struct Workspace {
+    std::vector<float> x, logits, dh, dact, dgate, dup, dxn, dattn, dq, dk, dv, dlogits;
+  } ws_;
 };
 
 }  // namespace caravan

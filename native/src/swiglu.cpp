@@ -5,7 +5,7 @@
 namespace caravan {
 
 void swiglu_forward(float* act, const float* gate, const float* up, size_t n) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
   for (size_t i = 0; i < n; i++) {
     const float z = gate[i];
     act[i] = z / (1.0f + std::exp(-z)) * up[i];
@@ -15,7 +15,7 @@ void swiglu_forward(float* act, const float* gate, const float* up, size_t n) {
 void swiglu_backward(float* dgate, float* dup, const float* dact, const float* gate,
                      const float* up, size_t n) {
   // silu'(z) = s · (1 + z · (1 − s)), s = sigmoid(z)
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
   for (size_t i = 0; i < n; i++) {
     const float z = gate[i];
     const float s = 1.0f / (1.0f + std::exp(-z));
