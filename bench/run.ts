@@ -1,0 +1,18 @@
+// `npm run bench -- <name> [--flags]`: runs one benchmark, prints readable
+// lines, then its result as the final JSON line.
+import { benchEngine } from './engine.ts';
+
+const benches: Record<string, (args: string[]) => Promise<Record<string, unknown>>> = { engine: benchEngine };
+
+const [name, ...args] = process.argv.slice(2);
+if (!name || name === '--help' || !benches[name]) {
+  const out = `usage: npm run bench -- <${Object.keys(benches).join('|')}> [--reps=N]\n`;
+  if (name && name !== '--help') {
+    process.stderr.write(`bench: unknown benchmark '${name}'\n${out}`);
+    process.exit(2);
+  }
+  process.stdout.write(out);
+  process.exit(0);
+}
+const result = await benches[name](args);
+console.log(JSON.stringify(result));
