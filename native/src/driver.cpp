@@ -26,6 +26,9 @@
 #include "blas.h"
 #include "gradcheck.h"
 #include "stage.h"
+#if defined(CARAVAN_CUDA)
+#include "../cuda/cuda_commands.h"
+#endif
 
 using namespace caravan;
 
@@ -42,11 +45,14 @@ struct Args {
 };
 
 const char* kUsage =
-    "usage: caravan-engine <gradcheck|train|bench> [--flag value ...]\n"
+    "usage: caravan-engine <gradcheck|train|bench|cuda-info|cuda-check|cuda-bench> [--flag value ...]\n"
     "  model:     --vocab 256 --d 128 --layers 4 --heads 4 --kv-heads 4 --ffn 352 --max-seq 128 --tied 0\n"
     "  optimizer: --lr 3e-3 --warmup 10 --total-steps 1000 --weight-decay 0.1 --clip 1.0\n"
     "  train:     --tokens FILE --steps N --microbatches M --batch B --seq T --stages S --seed N [--dump-params FILE]\n"
-    "  bench:     --batch B --seq T --reps R (also prints a plain sgemm's GFLOP/s)\n";
+    "  bench:     --batch B --seq T --reps R (also prints a plain sgemm's GFLOP/s)\n"
+    "  cuda-info [--gpu N]                        the GPU the CUDA backend would use\n"
+    "  cuda-check [--gpu N]                       CUDA backend against the CPU backend\n"
+    "  cuda-bench --preset gpt2-124m|stage-4096|tiny [--steps N] [--warmup N] [--gpu N]\n";
 
 ModelConfig model_from(const Args& a) {
   ModelConfig m;
@@ -212,6 +218,14 @@ int main(int argc, char** argv) {
     if (cmd == "gradcheck") return gradcheck(a);
     if (cmd == "train") return train(a);
     if (cmd == "bench") return bench(a);
+    if (cmd.rfind("cuda-", 0) == 0) {
+#if defined(CARAVAN_CUDA)
+      return caravan::cuda::run_cuda_command(cmd, a.kv);
+#else
+      std::fprintf(stderr, "caravan-engine: this build has no CUDA backend (no CUDA compiler was found when it was built)\n");
+      return 2;
+#endif
+    }
     std::fprintf(stderr, "caravan-engine: unknown command '%s'\n%s", cmd.c_str(), kUsage);
     return 2;
   } catch (const std::exception& e) {

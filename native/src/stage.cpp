@@ -37,38 +37,10 @@ Stage::Stage(const ModelConfig& model, const OptimConfig& optim, int begin, int 
     : model_(model), optim_(optim), begin_(begin), end_(end) {
   validate(model_);
   validate(optim_);
-  if (begin < 0 || end > model.n_layers || begin >= end) {
-    throw std::invalid_argument("invalid layer range [" + std::to_string(begin) + ", " + std::to_string(end) +
-                                ") for a model of " + std::to_string(model.n_layers) + " layers");
-  }
-  if (model.tied_embeddings && !(is_first() && is_last())) {
-    throw std::invalid_argument("tiedEmbeddings needs the embedding and the head on one stage (layers [0, " +
-                                std::to_string(model.n_layers) + ")); got " + describe());
-  }
-  params = std::make_shared<std::vector<float>>();
-  const int d = model.d_model, hd = model.head_dim(), H = model.n_heads, Hkv = model.n_kv_heads,
-            F = model.ffn_hidden, V = model.vocab;
-  const float std_in = 0.02f;
-  const float std_out = 0.02f / std::sqrt(2.0f * model.n_layers);  // residual projections, as GPT-2
-  if (is_first()) emb_ = add_tensor("model.embed_tokens.weight", {V, d}, true, std_in, seed);
-  for (int l = begin; l < end; l++) {
-    const std::string p = "model.layers." + std::to_string(l) + ".";
-    LayerOffsets o;
-    o.norm1 = add_tensor(p + "input_layernorm.weight", {d}, false, 0, seed);
-    o.wq = add_tensor(p + "self_attn.q_proj.weight", {H * hd, d}, true, std_in, seed);
-    o.wk = add_tensor(p + "self_attn.k_proj.weight", {Hkv * hd, d}, true, std_in, seed);
-    o.wv = add_tensor(p + "self_attn.v_proj.weight", {Hkv * hd, d}, true, std_in, seed);
-    o.wo = add_tensor(p + "self_attn.o_proj.weight", {d, H * hd}, true, std_out, seed);
-    o.norm2 = add_tensor(p + "post_attention_layernorm.weight", {d}, false, 0, seed);
-    o.wg = add_tensor(p + "mlp.gate_proj.weight", {F, d}, true, std_in, seed);
-    o.wu = add_tensor(p + "mlp.up_proj.weight", {F, d}, true, std_in, seed);
-    o.wd = add_tensor(p + "mlp.down_proj.weight", {d, F}, true, std_out, seed);
-    layers_.push_back(o);
-  }
-  if (is_last()) {
-    norm_f_ = add_tensor("model.norm.weight", {d}, false, 0, seed);
-    head_ = model.tied_embeddings ? emb_ : add_tensor("lm_head.weight", {V, d}, true, std_in, seed);
-  }
+  layout_ = stage_layout(model_, begin, end);
+  params = std::make_shared<std::vector<float>>(layout_.total);
+  init_parameters(params->data(), layout_, seed);
+  const int hd = model.head_dim();
   const size_t n = params->size();
   grads = std::make_shared<std::vector<float>>(n, 0.0f);
   exp_avg = std::make_shared<std::vector<float>>(n, 0.0f);
@@ -83,21 +55,6 @@ Stage::~Stage() = default;
 std::string Stage::describe() const {
   return "stage [" + std::to_string(begin_) + ", " + std::to_string(end_) + ") of " +
          std::to_string(model_.n_layers) + " layers";
-}
-
-size_t Stage::add_tensor(const std::string& name, std::vector<int64_t> shape, bool decay, float init_std,
-                         uint64_t seed) {
-  size_t numel = 1;
-  for (int64_t s : shape) numel *= (size_t)s;
-  const size_t offset = params->size();
-  params->resize(offset + numel);
-  if (init_std > 0) {
-    fill_normal(params->data() + offset, numel, seed, stream_id(name.c_str()), init_std);
-  } else {
-    std::fill(params->begin() + offset, params->end(), 1.0f);  // norm gains start at one
-  }
-  tensors_.push_back({name, std::move(shape), offset, numel, decay});
-  return offset;
 }
 
 void Stage::check_forward(int64_t mb, const int32_t* tokens, const float* acts, size_t input_len, int B, int T,
@@ -139,7 +96,7 @@ size_t Stage::output_len(int B, int T, bool logits) const {
 }
 
 void Stage::block_forward(int layer, float* x, LayerCache& c, int B, int T) {
-  const LayerOffsets& o = layers_[layer - begin_];
+  const LayerOffsets& o = layout_.layers[layer - begin_];
   const int N = B * T, d = model_.d_model, hd = model_.head_dim(), H = model_.n_heads,
             Hkv = model_.n_kv_heads, F = model_.ffn_hidden;
   c.x.assign(x, x + (size_t)N * d);
@@ -173,7 +130,7 @@ void Stage::block_forward(int layer, float* x, LayerCache& c, int B, int T) {
 }
 
 void Stage::block_backward(int layer, float* dx, const LayerCache& c, int B, int T) {
-  const LayerOffsets& o = layers_[layer - begin_];
+  const LayerOffsets& o = layout_.layers[layer - begin_];
   const int N = B * T, d = model_.d_model, hd = model_.head_dim(), H = model_.n_heads,
             Hkv = model_.n_kv_heads, F = model_.ffn_hidden;
   Workspace& w = ws_;
@@ -220,28 +177,28 @@ double Stage::forward(int64_t mb, const int32_t* tokens, const float* acts, size
   std::vector<float>& x = ws_.x;
   x.resize((size_t)N * d);
   if (is_first()) {
-    embedding_forward(x.data(), tokens, P(emb_), N, d);
+    embedding_forward(x.data(), tokens, P(layout_.emb), N, d);
     st->tokens.assign(tokens, tokens + N);
   } else {
     std::memcpy(x.data(), acts, sizeof(float) * x.size());
   }
   // Inference reuses one cache for every layer; training keeps one per layer.
-  st->layers.resize(train ? layers_.size() : 1);
+  st->layers.resize(train ? layout_.layers.size() : 1);
   for (int l = begin_; l < end_; l++) block_forward(l, x.data(), st->layers[train ? l - begin_ : 0], B, T);
   double loss = 0.0;
   if (is_last()) {
     st->rstd_f.resize(N);
     st->xn_f.resize((size_t)N * d);
-    rmsnorm_forward(st->xn_f.data(), st->rstd_f.data(), x.data(), P(norm_f_), N, d, model_.norm_eps);
+    rmsnorm_forward(st->xn_f.data(), st->rstd_f.data(), x.data(), P(layout_.norm_f), N, d, model_.norm_eps);
     if (loss_mode) {
       std::vector<float>& logits = ws_.logits;
       logits.resize((size_t)N * V);
-      linear_forward(logits.data(), st->xn_f.data(), P(head_), N, d, V);
+      linear_forward(logits.data(), st->xn_f.data(), P(layout_.head), N, d, V);
       st->probs.resize((size_t)N * V);
       loss = cross_entropy_forward(st->probs.data(), logits.data(), targets, N, V) / N;
       st->targets.assign(targets, targets + N);
     } else {
-      linear_forward(out, st->xn_f.data(), P(head_), N, d, V);
+      linear_forward(out, st->xn_f.data(), P(layout_.head), N, d, V);
     }
     st->final_in.assign(x.begin(), x.end());
   } else {
@@ -278,14 +235,14 @@ void Stage::backward(int64_t mb, const float* grad_out, size_t grad_len, float* 
     dlogits.resize((size_t)N * V);
     dxn.resize((size_t)N * d);
     cross_entropy_backward(dlogits.data(), st.probs.data(), st.targets.data(), N, V, 1.0f / N);
-    linear_backward(dxn.data(), G(head_), dlogits.data(), st.xn_f.data(), P(head_), N, d, V, false);
-    rmsnorm_backward(dx.data(), G(norm_f_), dxn.data(), st.final_in.data(), P(norm_f_), st.rstd_f.data(), N, d, false);
+    linear_backward(dxn.data(), G(layout_.head), dlogits.data(), st.xn_f.data(), P(layout_.head), N, d, V, false);
+    rmsnorm_backward(dx.data(), G(layout_.norm_f), dxn.data(), st.final_in.data(), P(layout_.norm_f), st.rstd_f.data(), N, d, false);
   } else {
     std::memcpy(dx.data(), grad_out, sizeof(float) * dx.size());
   }
   for (int l = end_ - 1; l >= begin_; l--) block_backward(l, dx.data(), st.layers[l - begin_], B, T);
   if (is_first()) {
-    embedding_backward(G(emb_), dx.data(), st.tokens.data(), N, d);
+    embedding_backward(G(layout_.emb), dx.data(), st.tokens.data(), N, d);
   } else {
     std::memcpy(grad_in, dx.data(), sizeof(float) * dx.size());
   }
@@ -318,14 +275,14 @@ bool Stage::stash_shape(int64_t mb, int* B, int* T) const {
 
 std::vector<double> Stage::grad_sum_squares() const {
   std::vector<double> out;
-  for (const TensorInfo& t : tensors_) out.push_back(sum_squares(grads->data() + t.offset, t.numel));
+  for (const TensorInfo& t : layout_.tensors) out.push_back(sum_squares(grads->data() + t.offset, t.numel));
   return out;
 }
 
 double Stage::step(double grad_scale) {
   const double lr = lr_at(optim_, optimizer_step);
   optimizer_step++;
-  for (const TensorInfo& t : tensors_) {
+  for (const TensorInfo& t : layout_.tensors) {
     adamw_update(params->data() + t.offset, grads->data() + t.offset, exp_avg->data() + t.offset,
                  exp_avg_sq->data() + t.offset, t.numel, (float)lr, optim_.beta1, optim_.beta2, optim_.eps,
                  t.decay ? optim_.weight_decay : 0.0f, (float)grad_scale, optimizer_step);

@@ -13,16 +13,9 @@
 #include <string>
 #include <vector>
 #include "config.h"
+#include "layout.h"
 
 namespace caravan {
-
-struct TensorInfo {
-  std::string name;            // transformers' Llama name
-  std::vector<int64_t> shape;
-  size_t offset;               // in floats, into each arena
-  size_t numel;
-  bool decay;                  // weight decay applies (matrices only)
-};
 
 // One contiguous fp32 buffer; shared so that views handed to JavaScript keep it alive.
 using Arena = std::shared_ptr<std::vector<float>>;
@@ -69,13 +62,11 @@ class Stage {
   double step(double grad_scale);
   void zero_grad();
 
-  const std::vector<TensorInfo>& tensors() const { return tensors_; }
+  const std::vector<TensorInfo>& tensors() const { return layout_.tensors; }
   Arena params, grads, exp_avg, exp_avg_sq;
   int optimizer_step = 0;  // steps taken
 
  private:
-  struct LayerOffsets { size_t norm1, wq, wk, wv, wo, norm2, wg, wu, wd; };
-  size_t add_tensor(const std::string& name, std::vector<int64_t> shape, bool decay, float init_std, uint64_t seed);
   void block_forward(int layer, float* x, LayerCache& c, int B, int T);
   void block_backward(int layer, float* dx, const LayerCache& c, int B, int T);
   float* P(size_t off) { return params->data() + off; }
@@ -84,9 +75,7 @@ class Stage {
   ModelConfig model_;
   OptimConfig optim_;
   int begin_, end_;
-  std::vector<TensorInfo> tensors_;
-  std::vector<LayerOffsets> layers_;
-  size_t emb_ = 0, norm_f_ = 0, head_ = 0;
+  StageLayout layout_;
   std::vector<float> rope_cos_, rope_sin_;  // [max_seq, hd/2]
   std::map<int64_t, std::unique_ptr<Stash>> stash_;
   // Stashes freed by backward, kept with their buffers: the next forward of

@@ -1,0 +1,506 @@
+// The CUDA stage: the CPU Stage's wiring (native/src/stage.cpp) op for op,
+// with GEMMs through cuBLAS (bf16 operands, fp32 accumulation) and the other
+// op families in kernels/. Every reduction has a fixed order, so a run is
+// bitwise repeatable on the same GPU model.
+#include "cuda_stage.h"
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include "../src/ops.h"
+#include "../src/schedule.h"
+#include "cublas_api.h"
+#include "kernels/kernels.h"
+
+namespace caravan::cuda {
+
+namespace {
+// Hands out aligned pieces of one device allocation. Run once with base ==
+// nullptr to size it, then again over the allocation.
+struct Carver {
+  char* base = nullptr;
+  size_t used = 0;
+  template <typename T>
+  T* take(size_t count) {
+    used = (used + 255) & ~size_t(255);
+    T* p = base ? reinterpret_cast<T*>(base + used) : nullptr;
+    used += count * sizeof(T);
+    return p;
+  }
+};
+
+struct DeviceAllocation {
+  void* ptr = nullptr;
+  size_t bytes = 0;
+  void allocate(size_t n, const std::string& what) {
+    release();
+    cudaError_t e = cudaMalloc(&ptr, n);
+    if (e != cudaSuccess) {
+      ptr = nullptr;
+      throw std::runtime_error("out of GPU memory allocating " + std::to_string(n >> 20) + " MiB for " + what + ": " +
+                               cudaGetErrorString(e));
+    }
+    bytes = n;
+  }
+  void release() {
+    if (ptr) cudaFree(ptr);
+    ptr = nullptr;
+    bytes = 0;
+  }
+  ~DeviceAllocation() { release(); }
+};
+}  // namespace
+
+struct CudaLayerStash {
+  // x, h [N,d] fp32; rstd1, rstd2 [N]; xn1, xn2 [N,d] bf16; q, attn [N,H·hd];
+  // k, v [N,Hkv·hd]; probs [B,H,T,T] (becomes dS in backward); gate, up, act [N,F]
+  float *x, *h, *rstd1, *rstd2;
+  bf16 *xn1, *xn2, *q, *k, *v, *attn, *probs, *gate, *up, *act;
+};
+
+struct CudaStash {
+  int B = 0, T = 0;
+  bool train = false;
+  std::vector<CudaLayerStash> layers;
+  int32_t *tokens = nullptr, *targets = nullptr, *order = nullptr, *starts = nullptr, *ids = nullptr;
+  int unique = 0;
+  float *final_in = nullptr, *rstd_f = nullptr, *loss_rows = nullptr;  // [N,d], [N], [N]
+  bf16 *xn_f = nullptr, *logits = nullptr;                              // [N,d], [N,V] (dlogits after the loss)
+  DeviceAllocation memory;
+};
+
+struct CudaWorkspace {
+  int B = 0, T = 0;
+  float *x, *dx, *scores, *dh, *dxn, *dk32, *dv32, *rms_partial;
+  bf16 *dx_bf, *dh_bf, *dact, *dgate, *dup, *dattn, *dq, *dk, *dv;
+  DeviceAllocation memory;
+};
+
+CudaStage::CudaStage(const ModelConfig& model, const OptimConfig& optim, int begin, int end, uint64_t seed, int gpu)
+    : model_(model), optim_(optim), begin_(begin), end_(end) {
+  validate(model_);
+  validate(optim_);
+  layout_ = stage_layout(model_, begin, end);
+  device_ = open_device(gpu);
+  const CublasApi& api = cublas();
+  CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  if (api.create(&cublas_) != 0) throw std::runtime_error("cublasCreate failed on GPU " + std::to_string(gpu));
+  api.set_stream(cublas_, stream_);
+  const size_t n = layout_.total;
+  std::vector<float> host(n);
+  init_parameters(host.data(), layout_, seed);
+  CUDA_CHECK(cudaMalloc(&d_params_, n * sizeof(float)));
+  CUDA_CHECK(cudaMalloc(&d_grads_, n * sizeof(float)));
+  CUDA_CHECK(cudaMalloc(&d_m_, n * sizeof(float)));
+  CUDA_CHECK(cudaMalloc(&d_v_, n * sizeof(float)));
+  CUDA_CHECK(cudaMalloc(&d_params_bf16_, n * sizeof(bf16)));
+  CUDA_CHECK(cudaMemsetAsync(d_grads_, 0, n * sizeof(float), stream_));
+  CUDA_CHECK(cudaMemsetAsync(d_m_, 0, n * sizeof(float), stream_));
+  CUDA_CHECK(cudaMemsetAsync(d_v_, 0, n * sizeof(float), stream_));
+  upload_params(host);
+  const int hd = model_.head_dim();
+  std::vector<float> cos_t((size_t)model_.max_seq * hd / 2), sin_t(cos_t.size());
+  rope_tables(cos_t.data(), sin_t.data(), model_.max_seq, hd, model_.rope_theta);  // the CPU's own tables
+  CUDA_CHECK(cudaMalloc(&d_rope_cos_, cos_t.size() * sizeof(float)));
+  CUDA_CHECK(cudaMalloc(&d_rope_sin_, sin_t.size() * sizeof(float)));
+  CUDA_CHECK(cudaMemcpy(d_rope_cos_, cos_t.data(), cos_t.size() * sizeof(float), cudaMemcpyHostToDevice));
+  CUDA_CHECK(cudaMemcpy(d_rope_sin_, sin_t.data(), sin_t.size() * sizeof(float), cudaMemcpyHostToDevice));
+  CUDA_CHECK(cudaMalloc(&d_sumsq_, layout_.tensors.size() * kSumSqBlocks * sizeof(double)));
+}
+
+CudaStage::~CudaStage() {
+  stash_.clear();
+  spare_.clear();
+  ws_.reset();
+  for (void* p : {(void*)d_params_, (void*)d_grads_, (void*)d_m_, (void*)d_v_, (void*)d_params_bf16_,
+                  (void*)d_rope_cos_, (void*)d_rope_sin_, (void*)d_sumsq_}) {
+    if (p) cudaFree(p);
+  }
+  if (cublas_) cublas().destroy(cublas_);
+  if (stream_) cudaStreamDestroy(stream_);
+}
+
+std::string CudaStage::describe() const {
+  return "cuda stage [" + std::to_string(begin_) + ", " + std::to_string(end_) + ") of " +
+         std::to_string(model_.n_layers) + " layers on GPU " + std::to_string(device_.index);
+}
+
+void CudaStage::gemm(bool ta, bool tb, int M, int N, int K, const bf16* A, int lda, const bf16* B, int ldb, void* C,
+                     bool c_fp32, int ldc, float beta, float alpha, long long sA, long long sB, long long sC,
+                     int batch) {
+  // cuBLAS is column-major: row-major C = op(A)·op(B) is column-major
+  // Cᵀ = op(B)ᵀ·op(A)ᵀ, so the operands swap and keep their own flags.
+  const CublasApi& api = cublas();
+  const cublasOperation_t opx = tb ? CUBLAS_OP_T : CUBLAS_OP_N, opy = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
+  const cudaDataType_t ct = c_fp32 ? CUDA_R_32F : CUDA_R_16BF;
+  const int status =
+      batch == 1
+          ? api.gemm_ex(cublas_, opx, opy, N, M, K, &alpha, B, CUDA_R_16BF, ldb, A, CUDA_R_16BF, lda, &beta, C, ct,
+                        ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT)
+          : api.gemm_strided_batched_ex(cublas_, opx, opy, N, M, K, &alpha, B, CUDA_R_16BF, ldb, sB, A, CUDA_R_16BF,
+                                        lda, sA, &beta, C, ct, ldc, sC, batch, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+  if (status != 0) {
+    throw std::runtime_error(describe() + ": cuBLAS GEMM " + std::to_string(M) + "x" + std::to_string(N) + "x" +
+                             std::to_string(K) + " (batch " + std::to_string(batch) + ") failed with status " +
+                             std::to_string(status));
+  }
+}
+
+CudaWorkspace& CudaStage::workspace(int B, int T) {
+  if (ws_ && (size_t)ws_->B * ws_->T >= (size_t)B * T && ws_->T >= T) return *ws_;
+  const size_t N = (size_t)B * T, d = model_.d_model, hd = model_.head_dim(), H = model_.n_heads,
+               Hkv = model_.n_kv_heads, F = model_.ffn_hidden;
+  auto carve = [&](Carver& c, CudaWorkspace& w) {
+    w.x = c.take<float>(N * d);
+    w.dx = c.take<float>(N * d);
+    w.scores = c.take<float>((size_t)B * H * T * T);  // scores in forward, dP in backward
+    w.dh = c.take<float>(N * d);
+    w.dxn = c.take<float>(N * d);
+    w.dk32 = c.take<float>(N * Hkv * hd);
+    w.dv32 = c.take<float>(N * Hkv * hd);
+    w.rms_partial = c.take<float>((size_t)kRmsChunks * d);
+    w.dx_bf = c.take<bf16>(N * d);
+    w.dh_bf = c.take<bf16>(N * d);
+    w.dact = c.take<bf16>(N * F);
+    w.dgate = c.take<bf16>(N * F);
+    w.dup = c.take<bf16>(N * F);
+    w.dattn = c.take<bf16>(N * H * hd);
+    w.dq = c.take<bf16>(N * H * hd);
+    w.dk = c.take<bf16>(N * Hkv * hd);
+    w.dv = c.take<bf16>(N * Hkv * hd);
+  };
+  auto w = std::make_unique<CudaWorkspace>();
+  Carver sizing;
+  carve(sizing, *w);
+  ws_.reset();  // free the smaller one first
+  w->memory.allocate(sizing.used, describe() + " workspace");
+  Carver real{static_cast<char*>(w->memory.ptr)};
+  carve(real, *w);
+  w->B = B;
+  w->T = T;
+  ws_ = std::move(w);
+  return *ws_;
+}
+
+std::unique_ptr<CudaStash> CudaStage::take_stash(int B, int T, bool train) {
+  for (size_t i = 0; i < spare_.size(); i++) {
+    if (spare_[i]->B == B && spare_[i]->T == T && spare_[i]->train == train) {
+      std::unique_ptr<CudaStash> st = std::move(spare_[i]);
+      spare_.erase(spare_.begin() + i);
+      return st;
+    }
+  }
+  const size_t N = (size_t)B * T, d = model_.d_model, hd = model_.head_dim(), H = model_.n_heads,
+               Hkv = model_.n_kv_heads, F = model_.ffn_hidden, V = model_.vocab;
+  auto st = std::make_unique<CudaStash>();
+  st->B = B;
+  st->T = T;
+  st->train = train;
+  st->layers.resize(train ? end_ - begin_ : 1);
+  auto carve = [&](Carver& c) {
+    for (CudaLayerStash& l : st->layers) {
+      l.x = c.take<float>(N * d);
+      l.h = c.take<float>(N * d);
+      l.rstd1 = c.take<float>(N);
+      l.rstd2 = c.take<float>(N);
+      l.xn1 = c.take<bf16>(N * d);
+      l.xn2 = c.take<bf16>(N * d);
+      l.q = c.take<bf16>(N * H * hd);
+      l.attn = c.take<bf16>(N * H * hd);
+      l.k = c.take<bf16>(N * Hkv * hd);
+      l.v = c.take<bf16>(N * Hkv * hd);
+      l.probs = c.take<bf16>((size_t)B * H * T * T);
+      l.gate = c.take<bf16>(N * F);
+      l.up = c.take<bf16>(N * F);
+      l.act = c.take<bf16>(N * F);
+    }
+    if (is_first()) {
+      st->tokens = c.take<int32_t>(N);
+      st->order = c.take<int32_t>(N);
+      st->starts = c.take<int32_t>(N + 1);
+      st->ids = c.take<int32_t>(N);
+    }
+    if (is_last()) {
+      st->targets = c.take<int32_t>(N);
+      st->final_in = c.take<float>(N * d);
+      st->rstd_f = c.take<float>(N);
+      st->loss_rows = c.take<float>(N);
+      st->xn_f = c.take<bf16>(N * d);
+      st->logits = c.take<bf16>(N * V);
+    }
+  };
+  Carver sizing;
+  carve(sizing);
+  st->memory.allocate(sizing.used, describe() + " microbatch stash");
+  Carver real{static_cast<char*>(st->memory.ptr)};
+  carve(real);
+  return st;
+}
+
+void CudaStage::attention_forward(CudaLayerStash& c, int B, int T) {
+  const int H = model_.n_heads, Hkv = model_.n_kv_heads, hd = model_.head_dim(), g = H / Hkv;
+  const int ldq = H * hd, ldk = Hkv * hd;
+  const float scale = 1.0f / std::sqrt((float)hd);
+  CudaWorkspace& w = *ws_;
+  const long long TT = (long long)T * T;
+  // One batched GEMM per (batch row, position within a kv group): query head
+  // h = kvh·g + j reads kv head kvh, so both advance with a fixed stride.
+  for (int b = 0; b < B; b++) {
+    for (int j = 0; j < g; j++) {
+      const bf16* q = c.q + (size_t)b * T * ldq + (size_t)j * hd;
+      const bf16* k = c.k + (size_t)b * T * ldk;
+      float* s = w.scores + ((size_t)b * H + j) * TT;
+      gemm(false, true, T, T, hd, q, ldq, k, ldk, s, true, T, 0.0f, scale, (long long)g * hd, hd, g * TT, Hkv);
+    }
+  }
+  causal_softmax_forward(c.probs, w.scores, (size_t)B * H * T, T, stream_);
+  for (int b = 0; b < B; b++) {
+    for (int j = 0; j < g; j++) {
+      const bf16* p = c.probs + ((size_t)b * H + j) * TT;
+      const bf16* v = c.v + (size_t)b * T * ldk;
+      bf16* o = c.attn + (size_t)b * T * ldq + (size_t)j * hd;
+      gemm(false, false, T, hd, T, p, T, v, ldk, o, false, ldq, 0.0f, 1.0f, g * TT, hd, (long long)g * hd, Hkv);
+    }
+  }
+}
+
+void CudaStage::attention_backward(CudaLayerStash& c, const bf16* dattn, bf16* dq, bf16* dk, bf16* dv, int B, int T) {
+  const int H = model_.n_heads, Hkv = model_.n_kv_heads, hd = model_.head_dim(), g = H / Hkv;
+  const int ldq = H * hd, ldk = Hkv * hd;
+  const float scale = 1.0f / std::sqrt((float)hd);
+  CudaWorkspace& w = *ws_;
+  const long long TT = (long long)T * T;
+  for (int b = 0; b < B; b++) {
+    for (int j = 0; j < g; j++) {
+      const bf16* dout = dattn + (size_t)b * T * ldq + (size_t)j * hd;
+      const bf16* v = c.v + (size_t)b * T * ldk;
+      const bf16* p = c.probs + ((size_t)b * H + j) * TT;
+      float* dp = w.scores + ((size_t)b * H + j) * TT;
+      float* dv32 = w.dv32 + (size_t)b * T * ldk;
+      // dP = dO·Vᵀ;  dV += Pᵀ·dO (the g query heads of a kv head add in order j)
+      gemm(false, true, T, T, hd, dout, ldq, v, ldk, dp, true, T, 0.0f, 1.0f, (long long)g * hd, hd, g * TT, Hkv);
+      gemm(true, false, T, hd, T, p, T, dout, ldq, dv32, true, ldk, j > 0 ? 1.0f : 0.0f, 1.0f, g * TT,
+           (long long)g * hd, hd, Hkv);
+    }
+  }
+  causal_softmax_backward(c.probs, w.scores, (size_t)B * H * T, T, scale, stream_);  // probs now hold dS
+  for (int b = 0; b < B; b++) {
+    for (int j = 0; j < g; j++) {
+      const bf16* ds = c.probs + ((size_t)b * H + j) * TT;
+      const bf16* k = c.k + (size_t)b * T * ldk;
+      const bf16* q = c.q + (size_t)b * T * ldq + (size_t)j * hd;
+      bf16* dqb = dq + (size_t)b * T * ldq + (size_t)j * hd;
+      float* dk32 = w.dk32 + (size_t)b * T * ldk;
+      // dQ = dS·K;  dK += dSᵀ·Q
+      gemm(false, false, T, hd, T, ds, T, k, ldk, dqb, false, ldq, 0.0f, 1.0f, g * TT, hd, (long long)g * hd, Hkv);
+      gemm(true, false, T, hd, T, ds, T, q, ldq, dk32, true, ldk, j > 0 ? 1.0f : 0.0f, 1.0f, g * TT,
+           (long long)g * hd, hd, Hkv);
+    }
+  }
+  const size_t nkv = (size_t)B * T * ldk;
+  f32_to_bf16(dk, w.dk32, nkv, stream_);
+  f32_to_bf16(dv, w.dv32, nkv, stream_);
+}
+
+void CudaStage::block_forward(int layer, float* x, CudaLayerStash& c, int B, int T) {
+  const LayerOffsets& o = layout_.layers[layer - begin_];
+  const int N = B * T, d = model_.d_model, hd = model_.head_dim(), H = model_.n_heads, Hkv = model_.n_kv_heads,
+            F = model_.ffn_hidden;
+  const size_t bytes = (size_t)N * d * sizeof(float);
+  CUDA_CHECK(cudaMemcpyAsync(c.x, x, bytes, cudaMemcpyDeviceToDevice, stream_));
+  rmsnorm_forward(c.xn1, c.rstd1, x, P(o.norm1), N, d, model_.norm_eps, stream_);
+  gemm(false, true, N, H * hd, d, c.xn1, d, W(o.wq), d, c.q, false, H * hd, 0.0f);
+  gemm(false, true, N, Hkv * hd, d, c.xn1, d, W(o.wk), d, c.k, false, Hkv * hd, 0.0f);
+  gemm(false, true, N, Hkv * hd, d, c.xn1, d, W(o.wv), d, c.v, false, Hkv * hd, 0.0f);
+  rope_forward(c.q, d_rope_cos_, d_rope_sin_, B, T, H, hd, stream_);
+  rope_forward(c.k, d_rope_cos_, d_rope_sin_, B, T, Hkv, hd, stream_);
+  attention_forward(c, B, T);
+  CUDA_CHECK(cudaMemcpyAsync(c.h, x, bytes, cudaMemcpyDeviceToDevice, stream_));  // h = x + o_proj(attn)
+  gemm(false, true, N, d, H * hd, c.attn, H * hd, W(o.wo), H * hd, c.h, true, d, 1.0f);
+  rmsnorm_forward(c.xn2, c.rstd2, c.h, P(o.norm2), N, d, model_.norm_eps, stream_);
+  gemm(false, true, N, F, d, c.xn2, d, W(o.wg), d, c.gate, false, F, 0.0f);
+  gemm(false, true, N, F, d, c.xn2, d, W(o.wu), d, c.up, false, F, 0.0f);
+  swiglu_forward(c.act, c.gate, c.up, (size_t)N * F, stream_);
+  CUDA_CHECK(cudaMemcpyAsync(x, c.h, bytes, cudaMemcpyDeviceToDevice, stream_));  // out = h + down_proj(act)
+  gemm(false, true, N, d, F, c.act, F, W(o.wd), F, x, true, d, 1.0f);
+}
+
+void CudaStage::block_backward(int layer, float* dx, CudaLayerStash& c, int B, int T) {
+  const LayerOffsets& o = layout_.layers[layer - begin_];
+  const int N = B * T, d = model_.d_model, hd = model_.head_dim(), H = model_.n_heads, Hkv = model_.n_kv_heads,
+            F = model_.ffn_hidden;
+  CudaWorkspace& w = *ws_;
+  const size_t bytes = (size_t)N * d * sizeof(float);
+  f32_to_bf16(w.dx_bf, dx, (size_t)N * d, stream_);
+  gemm(false, false, N, F, d, w.dx_bf, d, W(o.wd), F, w.dact, false, F, 0.0f);   // dact = dy·Wd
+  gemm(true, false, d, F, N, w.dx_bf, d, c.act, F, G(o.wd), true, F, 1.0f);      // dWd += dyᵀ·act
+  swiglu_backward(w.dgate, w.dup, w.dact, c.gate, c.up, (size_t)N * F, stream_);
+  gemm(false, false, N, d, F, w.dgate, F, W(o.wg), d, w.dxn, true, d, 0.0f);
+  gemm(false, false, N, d, F, w.dup, F, W(o.wu), d, w.dxn, true, d, 1.0f);
+  gemm(true, false, F, d, N, w.dgate, F, c.xn2, d, G(o.wg), true, d, 1.0f);
+  gemm(true, false, F, d, N, w.dup, F, c.xn2, d, G(o.wu), true, d, 1.0f);
+  CUDA_CHECK(cudaMemcpyAsync(w.dh, dx, bytes, cudaMemcpyDeviceToDevice, stream_));  // residual path
+  rmsnorm_backward(w.dh, G(o.norm2), w.rms_partial, w.dxn, c.h, P(o.norm2), c.rstd2, N, d, stream_);
+  f32_to_bf16(w.dh_bf, w.dh, (size_t)N * d, stream_);
+  gemm(false, false, N, H * hd, d, w.dh_bf, d, W(o.wo), H * hd, w.dattn, false, H * hd, 0.0f);
+  gemm(true, false, d, H * hd, N, w.dh_bf, d, c.attn, H * hd, G(o.wo), true, H * hd, 1.0f);
+  attention_backward(c, w.dattn, w.dq, w.dk, w.dv, B, T);
+  rope_backward(w.dq, d_rope_cos_, d_rope_sin_, B, T, H, hd, stream_);
+  rope_backward(w.dk, d_rope_cos_, d_rope_sin_, B, T, Hkv, hd, stream_);
+  gemm(false, false, N, d, H * hd, w.dq, H * hd, W(o.wq), d, w.dxn, true, d, 0.0f);
+  gemm(false, false, N, d, Hkv * hd, w.dk, Hkv * hd, W(o.wk), d, w.dxn, true, d, 1.0f);
+  gemm(false, false, N, d, Hkv * hd, w.dv, Hkv * hd, W(o.wv), d, w.dxn, true, d, 1.0f);
+  gemm(true, false, H * hd, d, N, w.dq, H * hd, c.xn1, d, G(o.wq), true, d, 1.0f);
+  gemm(true, false, Hkv * hd, d, N, w.dk, Hkv * hd, c.xn1, d, G(o.wk), true, d, 1.0f);
+  gemm(true, false, Hkv * hd, d, N, w.dv, Hkv * hd, c.xn1, d, G(o.wv), true, d, 1.0f);
+  CUDA_CHECK(cudaMemcpyAsync(dx, w.dh, bytes, cudaMemcpyDeviceToDevice, stream_));
+  rmsnorm_backward(dx, G(o.norm1), w.rms_partial, w.dxn, c.x, P(o.norm1), c.rstd1, N, d, stream_);
+}
+
+double CudaStage::forward(int64_t mb, const int32_t* tokens, const float* d_acts, int B, int T,
+                          const int32_t* targets, float* d_out, bool train) {
+  const std::string where = describe() + ", microbatch " + std::to_string(mb);
+  const int d = model_.d_model, V = model_.vocab;
+  if (B <= 0 || T <= 0 || T > model_.max_seq) {
+    throw std::invalid_argument(where + ": need B > 0 and 0 < T <= maxSeqLen " + std::to_string(model_.max_seq) +
+                                ", got B=" + std::to_string(B) + " T=" + std::to_string(T));
+  }
+  const int N = B * T;
+  if (is_first() && !tokens) throw std::invalid_argument(where + ": stage 0 takes token ids");
+  if (!is_first() && !d_acts) throw std::invalid_argument(where + ": this stage takes activations");
+  if (is_last() && train && !targets) throw std::invalid_argument(where + ": the last stage needs targets to train");
+  if (targets && !is_last()) throw std::invalid_argument(where + ": only the last stage takes targets");
+  for (const int32_t* ids : {is_first() ? tokens : nullptr, targets}) {
+    if (!ids) continue;
+    for (int i = 0; i < N; i++) {
+      if (ids[i] < 0 || ids[i] >= V) throw std::invalid_argument(where + ": id " + std::to_string(ids[i]) + " at position " + std::to_string(i) + " is outside the vocabulary [0, " + std::to_string(V) + ")");
+    }
+  }
+  if (train && stash_.count(mb)) throw std::invalid_argument(where + ": microbatch already has a stashed forward");
+  CudaWorkspace& w = workspace(B, T);
+  std::unique_ptr<CudaStash> st = take_stash(B, T, train);
+  if (is_first()) {
+    CUDA_CHECK(cudaMemcpyAsync(st->tokens, tokens, (size_t)N * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
+    embedding_forward(w.x, st->tokens, P(layout_.emb), N, d, stream_);
+    if (train) {
+      // Positions grouped by token, in position order (a counting sort), for
+      // the atomic-free embedding gradient.
+      std::vector<int32_t> count(V + 1, 0), order(N), starts, ids;
+      for (int i = 0; i < N; i++) count[tokens[i] + 1]++;
+      for (int t = 0; t < V; t++) count[t + 1] += count[t];
+      std::vector<int32_t> next(count.begin(), count.end() - 1);
+      for (int i = 0; i < N; i++) order[next[tokens[i]]++] = i;
+      for (int t = 0; t < V; t++) {
+        if (count[t + 1] > count[t]) { ids.push_back(t); starts.push_back(count[t]); }
+      }
+      starts.push_back(N);
+      st->unique = (int)ids.size();
+      CUDA_CHECK(cudaMemcpyAsync(st->order, order.data(), order.size() * 4, cudaMemcpyHostToDevice, stream_));
+      CUDA_CHECK(cudaMemcpyAsync(st->starts, starts.data(), starts.size() * 4, cudaMemcpyHostToDevice, stream_));
+      CUDA_CHECK(cudaMemcpyAsync(st->ids, ids.data(), ids.size() * 4, cudaMemcpyHostToDevice, stream_));
+      CUDA_CHECK(cudaStreamSynchronize(stream_));  // the host vectors go out of scope
+    }
+  } else {
+    CUDA_CHECK(cudaMemcpyAsync(w.x, d_acts, (size_t)N * d * sizeof(float), cudaMemcpyDeviceToDevice, stream_));
+  }
+  for (int l = begin_; l < end_; l++) block_forward(l, w.x, st->layers[train ? l - begin_ : 0], B, T);
+  double loss = 0.0;
+  if (is_last()) {
+    CUDA_CHECK(cudaMemcpyAsync(st->final_in, w.x, (size_t)N * d * sizeof(float), cudaMemcpyDeviceToDevice, stream_));
+    rmsnorm_forward(st->xn_f, st->rstd_f, w.x, P(layout_.norm_f), N, d, model_.norm_eps, stream_);
+    gemm(false, true, N, V, d, st->xn_f, d, W(layout_.head), d, st->logits, false, V, 0.0f);
+    if (targets) {
+      CUDA_CHECK(cudaMemcpyAsync(st->targets, targets, (size_t)N * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
+      cross_entropy_fused(st->logits, st->loss_rows, st->targets, N, V, 1.0f / N, stream_);
+      std::vector<float> rows(N);
+      CUDA_CHECK(cudaMemcpyAsync(rows.data(), st->loss_rows, (size_t)N * sizeof(float), cudaMemcpyDeviceToHost, stream_));
+      CUDA_CHECK(cudaStreamSynchronize(stream_));
+      for (float r : rows) loss += r;  // in row order
+      loss /= N;
+    } else {
+      bf16_to_f32(d_out, st->logits, (size_t)N * V, stream_);
+    }
+  } else {
+    CUDA_CHECK(cudaMemcpyAsync(d_out, w.x, (size_t)N * d * sizeof(float), cudaMemcpyDeviceToDevice, stream_));
+  }
+  if (train) stash_[mb] = std::move(st);
+  else spare_.push_back(std::move(st));
+  return loss;
+}
+
+void CudaStage::backward(int64_t mb, const float* d_grad_out, float* d_grad_in) {
+  auto it = stash_.find(mb);
+  if (it == stash_.end()) {
+    throw std::invalid_argument(describe() + ", microbatch " + std::to_string(mb) + ": backward for a microbatch with no stashed forward");
+  }
+  CudaStash& st = *it->second;
+  const int B = st.B, T = st.T, N = B * T, d = model_.d_model, V = model_.vocab;
+  CudaWorkspace& w = workspace(B, T);
+  const size_t bytes = (size_t)N * d * sizeof(float);
+  if (is_last()) {
+    gemm(false, false, N, d, V, st.logits, V, W(layout_.head), d, w.dxn, true, d, 0.0f);   // dxn = dlogits·Wh
+    gemm(true, false, V, d, N, st.logits, V, st.xn_f, d, G(layout_.head), true, d, 1.0f);  // dWh += dlogitsᵀ·xn
+    CUDA_CHECK(cudaMemsetAsync(w.dx, 0, bytes, stream_));
+    rmsnorm_backward(w.dx, G(layout_.norm_f), w.rms_partial, w.dxn, st.final_in, P(layout_.norm_f), st.rstd_f, N, d, stream_);
+  } else {
+    if (!d_grad_out) throw std::invalid_argument(describe() + ": backward needs the gradient of this stage's output");
+    CUDA_CHECK(cudaMemcpyAsync(w.dx, d_grad_out, bytes, cudaMemcpyDeviceToDevice, stream_));
+  }
+  for (int l = end_ - 1; l >= begin_; l--) block_backward(l, w.dx, st.layers[l - begin_], B, T);
+  if (is_first()) {
+    embedding_backward(G(layout_.emb), w.dx, st.order, st.starts, st.ids, st.unique, d, stream_);
+  } else {
+    CUDA_CHECK(cudaMemcpyAsync(d_grad_in, w.dx, bytes, cudaMemcpyDeviceToDevice, stream_));
+  }
+  spare_.push_back(std::move(it->second));
+  stash_.erase(it);
+}
+
+std::vector<double> CudaStage::grad_sum_squares() {
+  const auto& ts = layout_.tensors;
+  for (size_t i = 0; i < ts.size(); i++) sum_squares_partial(d_sumsq_ + i * kSumSqBlocks, G(ts[i].offset), ts[i].numel, stream_);
+  std::vector<double> partial(ts.size() * kSumSqBlocks);
+  CUDA_CHECK(cudaMemcpyAsync(partial.data(), d_sumsq_, partial.size() * sizeof(double), cudaMemcpyDeviceToHost, stream_));
+  CUDA_CHECK(cudaStreamSynchronize(stream_));
+  std::vector<double> out(ts.size(), 0.0);
+  for (size_t i = 0; i < ts.size(); i++) {
+    for (int b = 0; b < kSumSqBlocks; b++) out[i] += partial[i * kSumSqBlocks + b];
+  }
+  return out;
+}
+
+double CudaStage::step(double grad_scale) {
+  const double lr = lr_at(optim_, optimizer_step);
+  optimizer_step++;
+  for (const TensorInfo& t : layout_.tensors) {
+    adamw_update(P(t.offset), W(t.offset), G(t.offset), d_m_ + t.offset, d_v_ + t.offset, t.numel, (float)lr,
+                 optim_.beta1, optim_.beta2, optim_.eps, t.decay ? optim_.weight_decay : 0.0f, (float)grad_scale,
+                 optimizer_step, stream_);
+  }
+  zero_grad();
+  return lr;
+}
+
+void CudaStage::zero_grad() { CUDA_CHECK(cudaMemsetAsync(d_grads_, 0, layout_.total * sizeof(float), stream_)); }
+
+void CudaStage::synchronize() { CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+
+void CudaStage::download_params(std::vector<float>& out) {
+  out.resize(layout_.total);
+  CUDA_CHECK(cudaMemcpyAsync(out.data(), d_params_, out.size() * sizeof(float), cudaMemcpyDeviceToHost, stream_));
+  synchronize();
+}
+
+void CudaStage::download_grads(std::vector<float>& out) {
+  out.resize(layout_.total);
+  CUDA_CHECK(cudaMemcpyAsync(out.data(), d_grads_, out.size() * sizeof(float), cudaMemcpyDeviceToHost, stream_));
+  synchronize();
+}
+
+void CudaStage::upload_params(const std::vector<float>& in) {
+  if (in.size() != layout_.total) throw std::invalid_argument(describe() + ": upload_params needs " + std::to_string(layout_.total) + " floats");
+  CUDA_CHECK(cudaMemcpyAsync(d_params_, in.data(), in.size() * sizeof(float), cudaMemcpyHostToDevice, stream_));
+  f32_to_bf16(d_params_bf16_, d_params_, in.size(), stream_);
+  synchronize();
+}
+
+}  // namespace caravan::cuda

@@ -1,0 +1,87 @@
+// A pipeline stage on an NVIDIA GPU: the CPU Stage's API and tensors
+// (native/src/stage.h), with bf16 copies of the weights for the GEMMs
+// (cuBLAS, fp32 accumulation), fp32 master weights, gradients and AdamW
+// moments, and a fp32 residual stream. Inputs and outputs are device
+// pointers, except token ids and targets, which the data loader holds on the
+// host anyway.
+#pragma once
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+#include "../src/config.h"
+#include "../src/layout.h"
+#include "common.h"
+#include "device.h"
+
+namespace caravan::cuda {
+
+struct CudaStash;
+struct CudaWorkspace;
+
+class CudaStage {
+ public:
+  CudaStage(const ModelConfig& model, const OptimConfig& optim, int begin, int end, uint64_t seed, int gpu);
+  ~CudaStage();
+  CudaStage(const CudaStage&) = delete;
+  CudaStage& operator=(const CudaStage&) = delete;
+
+  bool is_first() const { return begin_ == 0; }
+  bool is_last() const { return end_ == model_.n_layers; }
+  std::string describe() const;
+  const DeviceInfo& device() const { return device_; }
+  const std::vector<TensorInfo>& tensors() const { return layout_.tensors; }
+  size_t param_count() const { return layout_.total; }
+
+  // As Stage::forward: host tokens[B·T] on stage 0, device acts[B·T·d]
+  // elsewhere; the last stage returns the mean loss given host targets, or
+  // writes fp32 logits[B·T·V] to d_out; others write acts[B·T·d] to d_out.
+  double forward(int64_t mb, const int32_t* tokens, const float* d_acts, int B, int T, const int32_t* targets,
+                 float* d_out, bool train);
+  // d_grad_out[B·T·d] (none on the last stage) → d_grad_in[B·T·d] (none on stage 0).
+  void backward(int64_t mb, const float* d_grad_out, float* d_grad_in);
+  std::vector<double> grad_sum_squares();
+  double step(double grad_scale);
+  void zero_grad();
+  void synchronize();
+
+  // Copies for checks: the fp32 master weights and the gradients, model order.
+  void download_params(std::vector<float>& out);
+  void download_grads(std::vector<float>& out);
+  void upload_params(const std::vector<float>& in);
+
+  int optimizer_step = 0;
+
+ private:
+  void block_forward(int layer, float* x, struct CudaLayerStash& c, int B, int T);
+  void block_backward(int layer, float* dx, struct CudaLayerStash& c, int B, int T);
+  void attention_forward(struct CudaLayerStash& c, int B, int T);
+  void attention_backward(struct CudaLayerStash& c, const bf16* dattn, bf16* dq, bf16* dk, bf16* dv, int B, int T);
+  // Row-major C[M,N] (+)= op(A)[M,K] · op(B)[K,N]; C is bf16 or fp32.
+  void gemm(bool ta, bool tb, int M, int N, int K, const bf16* A, int lda, const bf16* B, int ldb, void* C,
+            bool c_fp32, int ldc, float beta, float alpha = 1.0f, long long sA = 0, long long sB = 0,
+            long long sC = 0, int batch = 1);
+  CudaWorkspace& workspace(int B, int T);
+  std::unique_ptr<CudaStash> take_stash(int B, int T, bool train);
+  float* P(size_t off) { return d_params_ + off; }
+  bf16* W(size_t off) { return d_params_bf16_ + off; }
+  float* G(size_t off) { return d_grads_ + off; }
+
+  ModelConfig model_;
+  OptimConfig optim_;
+  int begin_, end_;
+  DeviceInfo device_;
+  StageLayout layout_;
+  cudaStream_t stream_ = nullptr;
+  void* cublas_ = nullptr;
+  float *d_params_ = nullptr, *d_grads_ = nullptr, *d_m_ = nullptr, *d_v_ = nullptr;
+  bf16* d_params_bf16_ = nullptr;
+  float *d_rope_cos_ = nullptr, *d_rope_sin_ = nullptr;
+  double* d_sumsq_ = nullptr;
+  std::unique_ptr<CudaWorkspace> ws_;
+  std::map<int64_t, std::unique_ptr<CudaStash>> stash_;
+  std::vector<std::unique_ptr<CudaStash>> spare_;
+};
+
+}  // namespace caravan::cuda

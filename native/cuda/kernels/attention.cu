@@ -1,0 +1,79 @@
+// The non-GEMM parts of causal attention: softmax over each score row and
+// its backward. The score and value products themselves are strided-batched
+// cuBLAS GEMMs (cuda_stage.cu); scores are materialised per layer, which on
+// an 80 GB GPU fits the configurations we train and keeps the kernels plain.
+#include <cfloat>
+#include "kernels.h"
+
+namespace caravan::cuda {
+
+namespace {
+constexpr int kThreads = 256;
+
+template <bool kMax>
+__device__ float block_reduce(float v, float* shared) {
+  for (int o = 16; o > 0; o >>= 1) {
+    const float w = __shfl_xor_sync(0xffffffff, v, o);
+    v = kMax ? fmaxf(v, w) : v + w;
+  }
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  if (lane == 0) shared[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    v = lane < blockDim.x / 32 ? shared[lane] : (kMax ? -FLT_MAX : 0.0f);
+    for (int o = 16; o > 0; o >>= 1) {
+      const float w = __shfl_xor_sync(0xffffffff, v, o);
+      v = kMax ? fmaxf(v, w) : v + w;
+    }
+    if (lane == 0) shared[0] = v;
+  }
+  __syncthreads();
+  v = shared[0];
+  __syncthreads();
+  return v;
+}
+
+__global__ void causal_softmax_forward_kernel(bf16* probs, const float* scores, int T) {
+  __shared__ float shared[32];
+  const size_t row = blockIdx.x;
+  const int i = row % T;  // query position: keys 0..i are visible
+  const float* s = scores + row * T;
+  bf16* p = probs + row * T;
+  float mx = -FLT_MAX;
+  for (int j = threadIdx.x; j <= i; j += blockDim.x) mx = fmaxf(mx, s[j]);
+  mx = block_reduce<true>(mx, shared);
+  float sum = 0.0f;
+  for (int j = threadIdx.x; j <= i; j += blockDim.x) sum += __expf(s[j] - mx);
+  sum = block_reduce<false>(sum, shared);
+  const float inv = 1.0f / sum;
+  for (int j = threadIdx.x; j < T; j += blockDim.x) {
+    p[j] = __float2bfloat16(j <= i ? __expf(s[j] - mx) * inv : 0.0f);
+  }
+}
+
+__global__ void causal_softmax_backward_kernel(bf16* p_to_ds, const float* dp, int T, float scale) {
+  __shared__ float shared[32];
+  const size_t row = blockIdx.x;
+  const int i = row % T;
+  bf16* p = p_to_ds + row * T;
+  const float* g = dp + row * T;
+  float dot = 0.0f;
+  for (int j = threadIdx.x; j <= i; j += blockDim.x) dot += __bfloat162float(p[j]) * g[j];
+  dot = block_reduce<false>(dot, shared);
+  for (int j = threadIdx.x; j <= i; j += blockDim.x) {
+    p[j] = __float2bfloat16(__bfloat162float(p[j]) * (g[j] - dot) * scale);
+  }
+}
+}  // namespace
+
+void causal_softmax_forward(bf16* probs, const float* scores, size_t rows, int T, cudaStream_t s) {
+  causal_softmax_forward_kernel<<<(unsigned)rows, kThreads, 0, s>>>(probs, scores, T);
+  CUDA_LAUNCHED("causal_softmax_forward");
+}
+
+void causal_softmax_backward(bf16* probs_to_ds, const float* dp, size_t rows, int T, float scale, cudaStream_t s) {
+  causal_softmax_backward_kernel<<<(unsigned)rows, kThreads, 0, s>>>(probs_to_ds, dp, T, scale);
+  CUDA_LAUNCHED("causal_softmax_backward");
+}
+
+}  // namespace caravan::cuda

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The CUDA backend on a GPU machine (CUDA 13, PyTorch, no Node.js): builds the
+# standalone driver with CMake/nvcc, checks the CUDA backend against the CPU
+# backend, then times full training steps of each configuration beside the
+# equivalent PyTorch module, ending each with one JSON line
+#   {"bench":"cuda","config":..,"gpu":..,"ours_tok_s":..,"torch_tok_s":..,"ratio":..,"mfu_pct":..}
+# Usage: bash scripts/gpu-bench.sh [OUT_DIR]   (under 8 minutes on an H100, build included)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-build/gpu-bench}
+mkdir -p "$out"
+cuda=${CUDA_HOME:-/usr/local/cuda}
+export PATH="$cuda/bin:$PATH"
+export LD_LIBRARY_PATH="$cuda/targets/x86_64-linux/lib:$cuda/lib64:${LD_LIBRARY_PATH:-}"
+py=${PYTHON:-python3}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+
+t0=$(date +%s)
+cmake -S native -B build/gpu -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 -DCMAKE_CUDA_COMPILER="$cuda/bin/nvcc" >"$out/cmake.log"
+cmake --build build/gpu -j "$(nproc)" >>"$out/cmake.log" 2>&1 || { tail -40 "$out/cmake.log"; exit 1; }
+echo "build: $(( $(date +%s) - t0 )) s"
+engine=build/gpu/caravan-engine
+
+$engine cuda-info
+$engine cuda-check | tee "$out/cuda-check.jsonl"
+
+for preset in ${PRESETS:-gpt2-124m stage-4096}; do
+  ours=$($engine cuda-bench --preset "$preset" --steps "${STEPS:-10}" | tail -1)
+  torch=$($py native/cuda/bench/torch_reference.py --preset "$preset" --steps "${STEPS:-10}" | tail -1)
+  echo "$ours"
+  echo "$torch"
+  $py - "$ours" "$torch" <<'PY' | tee -a "$out/cuda-bench.jsonl"
+import json, sys
+ours, torch = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+print(json.dumps({"bench": "cuda", "config": ours["config"], "gpu": ours["gpu"], "ours_tok_s": ours["tok_s"],
+                  "torch_tok_s": torch["torch_tok_s"], "ratio": round(ours["tok_s"] / torch["torch_tok_s"], 3),
+                  "mfu_pct": ours["mfu_pct"], "torch_mfu_pct": torch["mfu_pct"], "ours_step_ms": ours["step_ms"],
+                  "torch_step_ms": torch["step_ms"]}))
+PY
+done
+echo "total: $(( $(date +%s) - t0 )) s"
