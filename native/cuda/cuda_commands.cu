@@ -85,10 +85,10 @@ std::vector<double> train_cuda(std::vector<std::unique_ptr<CudaStage>>& stages, 
 int cuda_check(const std::map<std::string, std::string>& a) {
   const int gpu = std::stoi(arg(a, "gpu", "0"));
   ModelConfig m;
-  m.vocab = 256; m.d_model = 128; m.n_layers = 2; m.n_heads = 4; m.n_kv_heads = 2; m.ffn_hidden = 352; m.max_seq = 64;
+  m.vocab = 256; m.d_model = 128; m.n_layers = 2; m.n_heads = 4; m.n_kv_heads = 2; m.ffn_hidden = 352; m.max_seq = 512;
   OptimConfig o;
   o.lr = 3e-3f; o.warmup_steps = 2; o.total_steps = 10;
-  const int B = 4, T = 64, N = B * T, steps = 5;
+  const int B = 2, T = 512, N = B * T, steps = 5;  // T = 512: two query blocks in attention
   const double loss_tol = 1e-2, grad_tol = 5e-2;
   std::vector<int32_t> tokens(N), targets(N);
   fill_ids(tokens, m.vocab, 1);

@@ -236,39 +236,61 @@ std::unique_ptr<CudaStash> CudaStage::take_stash(int B, int T, bool train) {
   return st;
 }
 
+namespace {
+// Query rows go in blocks; block r needs keys [0, (r+1)·Tb) only, so the
+// GEMMs skip most of the masked triangle: (nb+1)/(2·nb) of the full work.
+int query_blocks(int T) {
+  int nb = 1;
+  while (nb < 8 && T % (nb * 2) == 0 && T / (nb * 2) >= 256) nb *= 2;
+  return nb;
+}
+}  // namespace
+
 void CudaStage::attention_forward(CudaLayerStash& c, int B, int T) {
   const int H = model_.n_heads, Hkv = model_.n_kv_heads, hd = model_.head_dim(), g = H / Hkv;
-  const int ldq = H * hd, ldk = Hkv * hd;
+  const int ldq = H * hd, ldk = Hkv * hd, nb = query_blocks(T), Tb = T / nb;
   const float scale = 1.0f / std::sqrt((float)hd);
   CudaWorkspace& w = *ws_;
-  const long long TT = (long long)T * T;
-  // One batched GEMM per (batch row, position within a kv group): query head
-  // h = kvh·g + j reads kv head kvh, so both advance with a fixed stride.
+  const long long TT = (long long)T * T, sq = (long long)g * hd, sp = g * TT;
+  // One batched GEMM per (batch row, position j within a kv group, query
+  // block): query head h = kvh·g + j reads kv head kvh, so over kvh both
+  // advance with fixed strides.
   for (int b = 0; b < B; b++) {
     for (int j = 0; j < g; j++) {
       const bf16* q = c.q + (size_t)b * T * ldq + (size_t)j * hd;
       const bf16* k = c.k + (size_t)b * T * ldk;
       float* s = w.scores + ((size_t)b * H + j) * TT;
-      gemm(false, true, T, T, hd, q, ldq, k, ldk, s, true, T, 0.0f, scale, (long long)g * hd, hd, g * TT, Hkv);
+      for (int r = 0; r < nb; r++) {
+        const size_t q0 = (size_t)r * Tb;
+        // s[q0:q0+Tb, 0:keys] = scale · q[q0:q0+Tb] · k[0:keys]ᵀ
+        gemm(false, true, Tb, (r + 1) * Tb, hd, q + q0 * ldq, ldq, k, ldk, s + q0 * T, true, T, 0.0f, scale, sq, hd, sp, Hkv);
+      }
     }
   }
-  causal_softmax_forward(c.probs, w.scores, (size_t)B * H * T, T, stream_);
+  causal_softmax_forward(c.probs, w.scores, (size_t)B * H * T, T, Tb, stream_);
   for (int b = 0; b < B; b++) {
     for (int j = 0; j < g; j++) {
       const bf16* p = c.probs + ((size_t)b * H + j) * TT;
       const bf16* v = c.v + (size_t)b * T * ldk;
       bf16* o = c.attn + (size_t)b * T * ldq + (size_t)j * hd;
-      gemm(false, false, T, hd, T, p, T, v, ldk, o, false, ldq, 0.0f, 1.0f, g * TT, hd, (long long)g * hd, Hkv);
+      for (int r = 0; r < nb; r++) {
+        const size_t q0 = (size_t)r * Tb;
+        // o[q0:q0+Tb] = p[q0:q0+Tb, 0:keys] · v[0:keys]
+        gemm(false, false, Tb, hd, (r + 1) * Tb, p + q0 * T, T, v, ldk, o + q0 * ldq, false, ldq, 0.0f, 1.0f, sp, hd, sq, Hkv);
+      }
     }
   }
 }
 
 void CudaStage::attention_backward(CudaLayerStash& c, const bf16* dattn, bf16* dq, bf16* dk, bf16* dv, int B, int T) {
   const int H = model_.n_heads, Hkv = model_.n_kv_heads, hd = model_.head_dim(), g = H / Hkv;
-  const int ldq = H * hd, ldk = Hkv * hd;
+  const int ldq = H * hd, ldk = Hkv * hd, nb = query_blocks(T), Tb = T / nb;
   const float scale = 1.0f / std::sqrt((float)hd);
   CudaWorkspace& w = *ws_;
-  const long long TT = (long long)T * T;
+  const long long TT = (long long)T * T, sq = (long long)g * hd, sp = g * TT;
+  // dK and dV gather from every query block and every head of a kv group.
+  // The last block reaches all keys, so it goes first and initialises them
+  // (beta 0); the rest add in a fixed order.
   for (int b = 0; b < B; b++) {
     for (int j = 0; j < g; j++) {
       const bf16* dout = dattn + (size_t)b * T * ldq + (size_t)j * hd;
@@ -276,10 +298,14 @@ void CudaStage::attention_backward(CudaLayerStash& c, const bf16* dattn, bf16* d
       const bf16* p = c.probs + ((size_t)b * H + j) * TT;
       float* dp = w.scores + ((size_t)b * H + j) * TT;
       float* dv32 = w.dv32 + (size_t)b * T * ldk;
-      // dP = dO·Vᵀ;  dV += Pᵀ·dO (the g query heads of a kv head add in order j)
-      gemm(false, true, T, T, hd, dout, ldq, v, ldk, dp, true, T, 0.0f, 1.0f, (long long)g * hd, hd, g * TT, Hkv);
-      gemm(true, false, T, hd, T, p, T, dout, ldq, dv32, true, ldk, j > 0 ? 1.0f : 0.0f, 1.0f, g * TT,
-           (long long)g * hd, hd, Hkv);
+      for (int r = nb - 1; r >= 0; r--) {
+        const size_t q0 = (size_t)r * Tb;
+        const int keys = (r + 1) * Tb;
+        const float beta = (j > 0 || r < nb - 1) ? 1.0f : 0.0f;
+        // dP = dO·Vᵀ;  dV[0:keys] += Pᵀ·dO
+        gemm(false, true, Tb, keys, hd, dout + q0 * ldq, ldq, v, ldk, dp + q0 * T, true, T, 0.0f, 1.0f, sq, hd, sp, Hkv);
+        gemm(true, false, keys, hd, Tb, p + q0 * T, T, dout + q0 * ldq, ldq, dv32, true, ldk, beta, 1.0f, sp, sq, hd, Hkv);
+      }
     }
   }
   causal_softmax_backward(c.probs, w.scores, (size_t)B * H * T, T, scale, stream_);  // probs now hold dS
@@ -290,10 +316,14 @@ void CudaStage::attention_backward(CudaLayerStash& c, const bf16* dattn, bf16* d
       const bf16* q = c.q + (size_t)b * T * ldq + (size_t)j * hd;
       bf16* dqb = dq + (size_t)b * T * ldq + (size_t)j * hd;
       float* dk32 = w.dk32 + (size_t)b * T * ldk;
-      // dQ = dS·K;  dK += dSᵀ·Q
-      gemm(false, false, T, hd, T, ds, T, k, ldk, dqb, false, ldq, 0.0f, 1.0f, g * TT, hd, (long long)g * hd, Hkv);
-      gemm(true, false, T, hd, T, ds, T, q, ldq, dk32, true, ldk, j > 0 ? 1.0f : 0.0f, 1.0f, g * TT,
-           (long long)g * hd, hd, Hkv);
+      for (int r = nb - 1; r >= 0; r--) {
+        const size_t q0 = (size_t)r * Tb;
+        const int keys = (r + 1) * Tb;
+        const float beta = (j > 0 || r < nb - 1) ? 1.0f : 0.0f;
+        // dQ = dS·K;  dK[0:keys] += dSᵀ·Q
+        gemm(false, false, Tb, hd, keys, ds + q0 * T, T, k, ldk, dqb + q0 * ldq, false, ldq, 0.0f, 1.0f, sp, hd, sq, Hkv);
+        gemm(true, false, keys, hd, Tb, ds + q0 * T, T, q + q0 * ldq, ldq, dk32, true, ldk, beta, 1.0f, sp, sq, hd, Hkv);
+      }
     }
   }
   const size_t nkv = (size_t)B * T * ldk;

@@ -1,7 +1,8 @@
 // The non-GEMM parts of causal attention: softmax over each score row and
 // its backward. The score and value products themselves are strided-batched
-// cuBLAS GEMMs (cuda_stage.cu); scores are materialised per layer, which on
-// an 80 GB GPU fits the configurations we train and keeps the kernels plain.
+// cuBLAS GEMMs over blocks of query rows that stop at the causal edge
+// (cuda_stage.cu); scores are materialised per layer, which on an 80 GB GPU
+// fits the configurations we train and keeps the kernels plain.
 #include <cfloat>
 #include "kernels.h"
 
@@ -33,7 +34,7 @@ __device__ float block_reduce(float v, float* shared) {
   return v;
 }
 
-__global__ void causal_softmax_forward_kernel(bf16* probs, const float* scores, int T) {
+__global__ void causal_softmax_forward_kernel(bf16* probs, const float* scores, int T, int block) {
   __shared__ float shared[32];
   const size_t row = blockIdx.x;
   const int i = row % T;  // query position: keys 0..i are visible
@@ -46,7 +47,8 @@ __global__ void causal_softmax_forward_kernel(bf16* probs, const float* scores, 
   for (int j = threadIdx.x; j <= i; j += blockDim.x) sum += __expf(s[j] - mx);
   sum = block_reduce<false>(sum, shared);
   const float inv = 1.0f / sum;
-  for (int j = threadIdx.x; j < T; j += blockDim.x) {
+  const int end = (i / block + 1) * block;  // the keys this query block's GEMMs read
+  for (int j = threadIdx.x; j < end; j += blockDim.x) {
     p[j] = __float2bfloat16(j <= i ? __expf(s[j] - mx) * inv : 0.0f);
   }
 }
@@ -66,8 +68,8 @@ __global__ void causal_softmax_backward_kernel(bf16* p_to_ds, const float* dp, i
 }
 }  // namespace
 
-void causal_softmax_forward(bf16* probs, const float* scores, size_t rows, int T, cudaStream_t s) {
-  causal_softmax_forward_kernel<<<(unsigned)rows, kThreads, 0, s>>>(probs, scores, T);
+void causal_softmax_forward(bf16* probs, const float* scores, size_t rows, int T, int block, cudaStream_t s) {
+  causal_softmax_forward_kernel<<<(unsigned)rows, kThreads, 0, s>>>(probs, scores, T, block);
   CUDA_LAUNCHED("causal_softmax_forward");
 }
 

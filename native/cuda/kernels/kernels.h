@@ -23,9 +23,11 @@ void rope_forward(bf16* x, const float* cos_t, const float* sin_t, int B, int T,
 void rope_backward(bf16* dx, const float* cos_t, const float* sin_t, int B, int T, int nh, int hd, cudaStream_t s);
 
 // attention.cu — causal softmax over score rows: scores[rows, T] fp32 (row r
-// is query position r % T) → probs (bf16, zero above the diagonal)
-void causal_softmax_forward(bf16* probs, const float* scores, size_t rows, int T, cudaStream_t s);
-// in place: probs[rows,T] (bf16) becomes dS = P ⊙ (dP − Σ P·dP) · scale; dP fp32
+// is query position i = r % T). Queries come in blocks of `block` rows, and a
+// block's GEMMs cover keys up to the block's end only, so scores are read for
+// j ≤ i and probs (bf16) written for j < end of i's block (zeros past i).
+void causal_softmax_forward(bf16* probs, const float* scores, size_t rows, int T, int block, cudaStream_t s);
+// in place: probs[rows,T] (bf16) becomes dS = P ⊙ (dP − Σ P·dP) · scale for j ≤ i; dP fp32
 void causal_softmax_backward(bf16* probs_to_ds, const float* dp, size_t rows, int T, float scale, cudaStream_t s);
 
 // swiglu.cu — act = silu(gate) · up over n elements (bf16)
