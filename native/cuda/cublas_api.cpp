@@ -36,7 +36,7 @@ const CublasApi& cublas() {
       resolve(lib, "cublasDestroy_v2", api.destroy, api.library);
       resolve(lib, "cublasSetStream_v2", api.set_stream, api.library);
       resolve(lib, "cublasGemmEx", api.gemm_ex, api.library);
-      resolve(lib, "cublasGemmStridedBatchedEx", api.gemm_strided_batched_ex, api.library);
+      resolve(lib, "cublasGemmBatchedEx", api.gemm_batched_ex, api.library);
     } catch (const std::exception& e) {
       error = e.what();
     }

@@ -23,12 +23,11 @@ struct CublasApi {
                             const void* alpha, const void* A, cudaDataType_t Atype, int lda, const void* B,
                             cudaDataType_t Btype, int ldb, const void* beta, void* C, cudaDataType_t Ctype, int ldc,
                             cublasComputeType_t computeType, cublasGemmAlgo_t algo);
-  cublasStatus_t (*gemm_strided_batched_ex)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int m, int n, int k,
-                                            const void* alpha, const void* A, cudaDataType_t Atype, int lda,
-                                            long long strideA, const void* B, cudaDataType_t Btype, int ldb,
-                                            long long strideB, const void* beta, void* C, cudaDataType_t Ctype,
-                                            int ldc, long long strideC, int batchCount,
-                                            cublasComputeType_t computeType, cublasGemmAlgo_t algo);
+  cublasStatus_t (*gemm_batched_ex)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int m, int n, int k,
+                                    const void* alpha, const void* const A[], cudaDataType_t Atype, int lda,
+                                    const void* const B[], cudaDataType_t Btype, int ldb, const void* beta,
+                                    void* const C[], cudaDataType_t Ctype, int ldc, int batchCount,
+                                    cublasComputeType_t computeType, cublasGemmAlgo_t algo);
   std::string library;  // the file that was loaded
 };
 

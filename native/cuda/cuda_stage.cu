@@ -71,6 +71,7 @@ struct CudaStash {
 struct CudaWorkspace {
   int B = 0, T = 0;
   float *x, *dx, *scores, *dh, *dxn, *dk32, *dv32, *rms_partial;
+  const void** batch_ptrs;  // A, B and C pointer arrays of gemm_grid
   bf16 *dx_bf, *dh_bf, *dact, *dgate, *dup, *dattn, *dq, *dk, *dv;
   DeviceAllocation memory;
 };
@@ -125,22 +126,39 @@ std::string CudaStage::describe() const {
 }
 
 void CudaStage::gemm(bool ta, bool tb, int M, int N, int K, const bf16* A, int lda, const bf16* B, int ldb, void* C,
-                     bool c_fp32, int ldc, float beta, float alpha, long long sA, long long sB, long long sC,
-                     int batch) {
+                     bool c_fp32, int ldc, float beta, float alpha) {
   // cuBLAS is column-major: row-major C = op(A)·op(B) is column-major
   // Cᵀ = op(B)ᵀ·op(A)ᵀ, so the operands swap and keep their own flags.
-  const CublasApi& api = cublas();
   const cublasOperation_t opx = tb ? CUBLAS_OP_T : CUBLAS_OP_N, opy = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
-  const cudaDataType_t ct = c_fp32 ? CUDA_R_32F : CUDA_R_16BF;
-  const int status =
-      batch == 1
-          ? api.gemm_ex(cublas_, opx, opy, N, M, K, &alpha, B, CUDA_R_16BF, ldb, A, CUDA_R_16BF, lda, &beta, C, ct,
-                        ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT)
-          : api.gemm_strided_batched_ex(cublas_, opx, opy, N, M, K, &alpha, B, CUDA_R_16BF, ldb, sB, A, CUDA_R_16BF,
-                                        lda, sA, &beta, C, ct, ldc, sC, batch, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+  const int status = cublas().gemm_ex(cublas_, opx, opy, N, M, K, &alpha, B, CUDA_R_16BF, ldb, A, CUDA_R_16BF, lda,
+                                      &beta, C, c_fp32 ? CUDA_R_32F : CUDA_R_16BF, ldc, CUBLAS_COMPUTE_32F,
+                                      CUBLAS_GEMM_DEFAULT);
   if (status != 0) {
     throw std::runtime_error(describe() + ": cuBLAS GEMM " + std::to_string(M) + "x" + std::to_string(N) + "x" +
-                             std::to_string(K) + " (batch " + std::to_string(batch) + ") failed with status " +
+                             std::to_string(K) + " failed with status " + std::to_string(status));
+  }
+}
+
+void CudaStage::gemm_grid(bool ta, bool tb, int M, int N, int K, const bf16* A, int lda, long long a_outer,
+                          long long a_inner, const bf16* B, int ldb, long long b_outer, long long b_inner, void* C,
+                          bool c_fp32, int ldc, long long c_outer, long long c_inner, float beta, float alpha,
+                          int outer, int inner) {
+  const int n = outer * inner;
+  const long long cs = c_fp32 ? 4 : 2;
+  BatchGrid grid{{reinterpret_cast<const char*>(A), reinterpret_cast<const char*>(B), static_cast<const char*>(C)},
+                 {a_outer * 2, b_outer * 2, c_outer * cs},
+                 {a_inner * 2, b_inner * 2, c_inner * cs}};
+  const void** ptrs = ws_->batch_ptrs;
+  fill_batch_pointers(ptrs, grid, outer, inner, stream_);
+  // Column-major swap as in gemm(): cuBLAS's A is our B and its B our A.
+  const cublasOperation_t opx = tb ? CUBLAS_OP_T : CUBLAS_OP_N, opy = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
+  const int status = cublas().gemm_batched_ex(cublas_, opx, opy, N, M, K, &alpha, ptrs + n, CUDA_R_16BF, ldb, ptrs,
+                                              CUDA_R_16BF, lda, &beta, const_cast<void* const*>(ptrs + 2 * n),
+                                              c_fp32 ? CUDA_R_32F : CUDA_R_16BF, ldc, n, CUBLAS_COMPUTE_32F,
+                                              CUBLAS_GEMM_DEFAULT);
+  if (status != 0) {
+    throw std::runtime_error(describe() + ": cuBLAS batched GEMM " + std::to_string(M) + "x" + std::to_string(N) + "x" +
+                             std::to_string(K) + " (batch " + std::to_string(n) + ") failed with status " +
                              std::to_string(status));
   }
 }
@@ -158,6 +176,7 @@ CudaWorkspace& CudaStage::workspace(int B, int T) {
     w.dk32 = c.take<float>(N * Hkv * hd);
     w.dv32 = c.take<float>(N * Hkv * hd);
     w.rms_partial = c.take<float>((size_t)kRmsChunks * d);
+    w.batch_ptrs = c.take<const void*>(3 * (size_t)B * H);
     w.dx_bf = c.take<bf16>(N * d);
     w.dh_bf = c.take<bf16>(N * d);
     w.dact = c.take<bf16>(N * F);
@@ -251,33 +270,27 @@ void CudaStage::attention_forward(CudaLayerStash& c, int B, int T) {
   const int ldq = H * hd, ldk = Hkv * hd, nb = query_blocks(T), Tb = T / nb;
   const float scale = 1.0f / std::sqrt((float)hd);
   CudaWorkspace& w = *ws_;
-  const long long TT = (long long)T * T, sq = (long long)g * hd, sp = g * TT;
-  // One batched GEMM per (batch row, position j within a kv group, query
-  // block): query head h = kvh·g + j reads kv head kvh, so over kvh both
-  // advance with fixed strides.
-  for (int b = 0; b < B; b++) {
-    for (int j = 0; j < g; j++) {
-      const bf16* q = c.q + (size_t)b * T * ldq + (size_t)j * hd;
-      const bf16* k = c.k + (size_t)b * T * ldk;
-      float* s = w.scores + ((size_t)b * H + j) * TT;
-      for (int r = 0; r < nb; r++) {
-        const size_t q0 = (size_t)r * Tb;
-        // s[q0:q0+Tb, 0:keys] = scale · q[q0:q0+Tb] · k[0:keys]ᵀ
-        gemm(false, true, Tb, (r + 1) * Tb, hd, q + q0 * ldq, ldq, k, ldk, s + q0 * T, true, T, 0.0f, scale, sq, hd, sp, Hkv);
-      }
+  const long long TT = (long long)T * T;
+  // Matrices form a (batch row b, kv head kvh) grid per position j within a
+  // kv group: query head h = kvh·g + j reads kv head kvh. Strides:
+  const long long q_b = (long long)T * ldq, q_h = (long long)g * hd;   // q, attn, dq [B,T,H,hd]
+  const long long k_b = (long long)T * ldk, k_h = hd;                  // k, v [B,T,Hkv,hd]
+  const long long p_b = (long long)H * TT, p_h = g * TT;               // scores, probs [B,H,T,T]
+  for (int j = 0; j < g; j++) {
+    for (int r = 0; r < nb; r++) {
+      const size_t q0 = (size_t)r * Tb;
+      // s[q0:q0+Tb, 0:keys] = scale · q[q0:q0+Tb] · k[0:keys]ᵀ
+      gemm_grid(false, true, Tb, (r + 1) * Tb, hd, c.q + j * hd + q0 * ldq, ldq, q_b, q_h, c.k, ldk, k_b, k_h,
+                w.scores + j * TT + q0 * T, true, T, p_b, p_h, 0.0f, scale, B, Hkv);
     }
   }
   causal_softmax_forward(c.probs, w.scores, (size_t)B * H * T, T, Tb, stream_);
-  for (int b = 0; b < B; b++) {
-    for (int j = 0; j < g; j++) {
-      const bf16* p = c.probs + ((size_t)b * H + j) * TT;
-      const bf16* v = c.v + (size_t)b * T * ldk;
-      bf16* o = c.attn + (size_t)b * T * ldq + (size_t)j * hd;
-      for (int r = 0; r < nb; r++) {
-        const size_t q0 = (size_t)r * Tb;
-        // o[q0:q0+Tb] = p[q0:q0+Tb, 0:keys] · v[0:keys]
-        gemm(false, false, Tb, hd, (r + 1) * Tb, p + q0 * T, T, v, ldk, o + q0 * ldq, false, ldq, 0.0f, 1.0f, sp, hd, sq, Hkv);
-      }
+  for (int j = 0; j < g; j++) {
+    for (int r = 0; r < nb; r++) {
+      const size_t q0 = (size_t)r * Tb;
+      // o[q0:q0+Tb] = p[q0:q0+Tb, 0:keys] · v[0:keys]
+      gemm_grid(false, false, Tb, hd, (r + 1) * Tb, c.probs + j * TT + q0 * T, T, p_b, p_h, c.v, ldk, k_b, k_h,
+                c.attn + j * hd + q0 * ldq, false, ldq, q_b, q_h, 0.0f, 1.0f, B, Hkv);
     }
   }
 }
@@ -287,43 +300,36 @@ void CudaStage::attention_backward(CudaLayerStash& c, const bf16* dattn, bf16* d
   const int ldq = H * hd, ldk = Hkv * hd, nb = query_blocks(T), Tb = T / nb;
   const float scale = 1.0f / std::sqrt((float)hd);
   CudaWorkspace& w = *ws_;
-  const long long TT = (long long)T * T, sq = (long long)g * hd, sp = g * TT;
+  const long long TT = (long long)T * T;
+  const long long q_b = (long long)T * ldq, q_h = (long long)g * hd;
+  const long long k_b = (long long)T * ldk, k_h = hd;
+  const long long p_b = (long long)H * TT, p_h = g * TT;
   // dK and dV gather from every query block and every head of a kv group.
   // The last block reaches all keys, so it goes first and initialises them
   // (beta 0); the rest add in a fixed order.
-  for (int b = 0; b < B; b++) {
-    for (int j = 0; j < g; j++) {
-      const bf16* dout = dattn + (size_t)b * T * ldq + (size_t)j * hd;
-      const bf16* v = c.v + (size_t)b * T * ldk;
-      const bf16* p = c.probs + ((size_t)b * H + j) * TT;
-      float* dp = w.scores + ((size_t)b * H + j) * TT;
-      float* dv32 = w.dv32 + (size_t)b * T * ldk;
-      for (int r = nb - 1; r >= 0; r--) {
-        const size_t q0 = (size_t)r * Tb;
-        const int keys = (r + 1) * Tb;
-        const float beta = (j > 0 || r < nb - 1) ? 1.0f : 0.0f;
-        // dP = dO·Vᵀ;  dV[0:keys] += Pᵀ·dO
-        gemm(false, true, Tb, keys, hd, dout + q0 * ldq, ldq, v, ldk, dp + q0 * T, true, T, 0.0f, 1.0f, sq, hd, sp, Hkv);
-        gemm(true, false, keys, hd, Tb, p + q0 * T, T, dout + q0 * ldq, ldq, dv32, true, ldk, beta, 1.0f, sp, sq, hd, Hkv);
-      }
+  for (int j = 0; j < g; j++) {
+    for (int r = nb - 1; r >= 0; r--) {
+      const size_t q0 = (size_t)r * Tb;
+      const int keys = (r + 1) * Tb;
+      const float beta = (j > 0 || r < nb - 1) ? 1.0f : 0.0f;
+      // dP = dO·Vᵀ;  dV[0:keys] += Pᵀ·dO
+      gemm_grid(false, true, Tb, keys, hd, dattn + j * hd + q0 * ldq, ldq, q_b, q_h, c.v, ldk, k_b, k_h,
+                w.scores + j * TT + q0 * T, true, T, p_b, p_h, 0.0f, 1.0f, B, Hkv);
+      gemm_grid(true, false, keys, hd, Tb, c.probs + j * TT + q0 * T, T, p_b, p_h, dattn + j * hd + q0 * ldq, ldq,
+                q_b, q_h, w.dv32, true, ldk, k_b, k_h, beta, 1.0f, B, Hkv);
     }
   }
   causal_softmax_backward(c.probs, w.scores, (size_t)B * H * T, T, scale, stream_);  // probs now hold dS
-  for (int b = 0; b < B; b++) {
-    for (int j = 0; j < g; j++) {
-      const bf16* ds = c.probs + ((size_t)b * H + j) * TT;
-      const bf16* k = c.k + (size_t)b * T * ldk;
-      const bf16* q = c.q + (size_t)b * T * ldq + (size_t)j * hd;
-      bf16* dqb = dq + (size_t)b * T * ldq + (size_t)j * hd;
-      float* dk32 = w.dk32 + (size_t)b * T * ldk;
-      for (int r = nb - 1; r >= 0; r--) {
-        const size_t q0 = (size_t)r * Tb;
-        const int keys = (r + 1) * Tb;
-        const float beta = (j > 0 || r < nb - 1) ? 1.0f : 0.0f;
-        // dQ = dS·K;  dK[0:keys] += dSᵀ·Q
-        gemm(false, false, Tb, hd, keys, ds + q0 * T, T, k, ldk, dqb + q0 * ldq, false, ldq, 0.0f, 1.0f, sp, hd, sq, Hkv);
-        gemm(true, false, keys, hd, Tb, ds + q0 * T, T, q + q0 * ldq, ldq, dk32, true, ldk, beta, 1.0f, sp, sq, hd, Hkv);
-      }
+  for (int j = 0; j < g; j++) {
+    for (int r = nb - 1; r >= 0; r--) {
+      const size_t q0 = (size_t)r * Tb;
+      const int keys = (r + 1) * Tb;
+      const float beta = (j > 0 || r < nb - 1) ? 1.0f : 0.0f;
+      // dQ = dS·K;  dK[0:keys] += dSᵀ·Q
+      gemm_grid(false, false, Tb, hd, keys, c.probs + j * TT + q0 * T, T, p_b, p_h, c.k, ldk, k_b, k_h,
+                dq + j * hd + q0 * ldq, false, ldq, q_b, q_h, 0.0f, 1.0f, B, Hkv);
+      gemm_grid(true, false, keys, hd, Tb, c.probs + j * TT + q0 * T, T, p_b, p_h, c.q + j * hd + q0 * ldq, ldq,
+                q_b, q_h, w.dk32, true, ldk, k_b, k_h, beta, 1.0f, B, Hkv);
     }
   }
   const size_t nkv = (size_t)B * T * ldk;

@@ -60,8 +60,12 @@ class CudaStage {
   void attention_backward(struct CudaLayerStash& c, const bf16* dattn, bf16* dq, bf16* dk, bf16* dv, int B, int T);
   // Row-major C[M,N] (+)= op(A)[M,K] · op(B)[K,N]; C is bf16 or fp32.
   void gemm(bool ta, bool tb, int M, int N, int K, const bf16* A, int lda, const bf16* B, int ldb, void* C,
-            bool c_fp32, int ldc, float beta, float alpha = 1.0f, long long sA = 0, long long sB = 0,
-            long long sC = 0, int batch = 1);
+            bool c_fp32, int ldc, float beta, float alpha = 1.0f);
+  // The same GEMM for every (outer, inner) of a grid of matrices, in one
+  // batched cuBLAS call; strides in elements of each operand.
+  void gemm_grid(bool ta, bool tb, int M, int N, int K, const bf16* A, int lda, long long a_outer, long long a_inner,
+                 const bf16* B, int ldb, long long b_outer, long long b_inner, void* C, bool c_fp32, int ldc,
+                 long long c_outer, long long c_inner, float beta, float alpha, int outer, int inner);
   CudaWorkspace& workspace(int B, int T);
   std::unique_ptr<CudaStash> take_stash(int B, int T, bool train);
   float* P(size_t off) { return d_params_ + off; }

@@ -66,7 +66,21 @@ __global__ void causal_softmax_backward_kernel(bf16* p_to_ds, const float* dp, i
     p[j] = __float2bfloat16(__bfloat162float(p[j]) * (g[j] - dot) * scale);
   }
 }
+
+__global__ void fill_batch_pointers_kernel(const void** out, BatchGrid grid, int outer_count, int inner_count) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  const int n = outer_count * inner_count;
+  if (i >= n) return;
+  const long long outer = i / inner_count, inner = i % inner_count;
+  for (int m = 0; m < 3; m++) out[m * n + i] = grid.base[m] + outer * grid.outer_stride[m] + inner * grid.inner_stride[m];
+}
 }  // namespace
+
+void fill_batch_pointers(const void** out, BatchGrid grid, int outer_count, int inner_count, cudaStream_t s) {
+  const int n = outer_count * inner_count;
+  fill_batch_pointers_kernel<<<blocks_for(n, 128), 128, 0, s>>>(out, grid, outer_count, inner_count);
+  CUDA_LAUNCHED("fill_batch_pointers");
+}
 
 void causal_softmax_forward(bf16* probs, const float* scores, size_t rows, int T, int block, cudaStream_t s) {
   causal_softmax_forward_kernel<<<(unsigned)rows, kThreads, 0, s>>>(probs, scores, T, block);

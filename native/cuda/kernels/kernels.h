@@ -53,6 +53,15 @@ void adamw_update(float* p, bf16* p_bf16, const float* g, float* m, float* v, si
 constexpr int kSumSqBlocks = 256;
 void sum_squares_partial(double* partial, const float* g, size_t n, cudaStream_t s);
 
+// attention.cu — pointer arrays for a batched GEMM over a 2-D grid of
+// matrices: entry i = (outer, inner) = (i / inner_count, i % inner_count)
+// points at base + outer·outer_stride + inner·inner_stride (bytes), for A, B, C.
+struct BatchGrid {
+  const char* base[3];
+  long long outer_stride[3], inner_stride[3];
+};
+void fill_batch_pointers(const void** out, BatchGrid grid, int outer_count, int inner_count, cudaStream_t s);
+
 // convert.cu
 void f32_to_bf16(bf16* out, const float* in, size_t n, cudaStream_t s);
 void bf16_to_f32(float* out, const bf16* in, size_t n, cudaStream_t s);
