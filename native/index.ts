@@ -41,6 +41,8 @@ export interface StageSpec {
   readonly layerBegin: number;
   readonly layerEnd: number;
   readonly seed: number;
+  /** OpenBLAS/OpenMP threads of this process; fixed per run because OpenBLAS's sums depend on it. */
+  readonly threads?: number;
 }
 
 export interface TensorEntry {
@@ -77,6 +79,7 @@ interface NativeModule {
   gradcheck(seed: number): GradCheckResult[];
   sgemmGflops(M: number, N: number, K: number, reps: number): number;
   info(): { backend: string; blas: string; blasThreads: number; ompThreads: number };
+  setThreads(n: number): void;
 }
 
 export const ADDON_PATH = join(dirname(fileURLToPath(import.meta.url)), 'build', 'Release', 'caravan_engine.node');
@@ -133,6 +136,7 @@ export class EngineStage {
 
   constructor(spec: StageSpec) {
     this.spec = spec;
+    if (spec.threads !== undefined) addon().setThreads(spec.threads);
     this.native = new (addon().Stage)(spec);
     this.isFirst = spec.layerBegin === 0;
     this.isLast = spec.layerEnd === spec.model.nLayers;

@@ -330,6 +330,16 @@ static Napi::Value SgemmGflops(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), 2.0 * M * N * K * reps / s / 1e9);
 }
 
+// setThreads(n): OpenBLAS and OpenMP thread counts for this process. OpenBLAS
+// sums in a different order with a different thread count, so a run fixes it
+// for every host to keep its bits independent of the machine.
+static Napi::Value SetThreads(const Napi::CallbackInfo& info) {
+  const int n = dim(info[0], "threads");
+  openblas_set_num_threads(n);
+  omp_set_num_threads(n);
+  return info.Env().Undefined();
+}
+
 static Napi::Value Info(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Napi::Object o = Napi::Object::New(env);
@@ -345,6 +355,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("gradcheck", Napi::Function::New(env, GradCheck));
   exports.Set("sgemmGflops", Napi::Function::New(env, SgemmGflops));
   exports.Set("info", Napi::Function::New(env, Info));
+  exports.Set("setThreads", Napi::Function::New(env, SetThreads));
   return exports;
 }
 

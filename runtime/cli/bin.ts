@@ -2,6 +2,8 @@
 // caravan: the command line. Each command has --help; --json prints one
 // machine-readable line; failures exit non-zero with one clear line.
 import { Command, InvalidArgumentError } from 'commander';
+import { processCommands } from './process-commands.ts';
+import { statusCommand } from './status-command.ts';
 import { trainCommand } from './train-command.ts';
 
 const program = new Command('caravan')
@@ -9,9 +11,11 @@ const program = new Command('caravan')
   .showHelpAfterError();
 
 trainCommand(program);
+processCommands(program);
+statusCommand(program);
 
 program.parseAsync(process.argv).catch((err: unknown) => {
   const message = err instanceof InvalidArgumentError ? err.message : err instanceof Error ? err.message : String(err);
   process.stderr.write(`caravan: ${message}\n`);
   process.exit(1);
-});
+}).then(() => process.exit(process.exitCode ?? 0));

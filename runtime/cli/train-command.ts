@@ -1,30 +1,23 @@
-// `caravan train`: trains a model in this process (the stages chained in
-// memory) with a progress bar of step, loss and tokens/s.
+// `caravan train`: a pipeline-parallel run over NATS JetStream — an embedded
+// nats-server with the coordinator and one host per stage as child processes,
+// or `--nats URL` for a real server — or `--in-process`, the stages chained in
+// memory (the reference the pipeline must equal bit for bit).
 import cliProgress from 'cli-progress';
-import { Command, InvalidArgumentError, Option } from 'commander';
-import { preset, PRESETS, type RunPreset } from '../train/presets.ts';
+import { Command, Option } from 'commander';
+import type { RunConfig } from '../../schemas/run-config.ts';
+import { loadRunConfig } from '../config/load-run-config.ts';
+import { createLogger } from '../log.ts';
+import { PRESETS } from '../train/presets.ts';
+import { trainDistributed, type Progress } from '../train/train-distributed.ts';
 import { trainLocal } from '../train/train-local.ts';
-
-function positiveInt(name: string) {
-  return (value: string): number => {
-    const n = Number(value);
-    if (!Number.isSafeInteger(n) || n < 1) throw new InvalidArgumentError(`${name} must be a positive integer, got '${value}'`);
-    return n;
-  };
-}
-
-function positiveNumber(name: string) {
-  return (value: string): number => {
-    const n = Number(value);
-    if (!Number.isFinite(n) || n <= 0) throw new InvalidArgumentError(`${name} must be a positive number, got '${value}'`);
-    return n;
-  };
-}
+import { nonNegativeInt, positiveInt, positiveNumber } from './options.ts';
 
 interface TrainFlags {
-  preset: string;
+  config?: string;
+  preset?: string;
   steps?: number;
   stages?: number;
+  replicas?: number;
   microbatches?: number;
   batch?: number;
   seq?: number;
@@ -32,85 +25,111 @@ interface TrainFlags {
   lr?: number;
   tokenizer?: 'byte' | 'gpt2';
   data?: string;
+  nats?: string;
+  run?: string;
+  standbys?: number;
+  inProcess?: boolean;
   valEvery: number;
   checkpointDir?: string;
   checkpointEvery?: number;
   resume?: boolean;
   json?: boolean;
   progress: boolean;
+  logLevel?: string;
+}
+
+function progressReporter(config: RunConfig, flags: TrainFlags) {
+  const steps = config.training.steps;
+  const bar = flags.progress && process.stderr.isTTY && !flags.json
+    ? new cliProgress.SingleBar({ format: 'step {value}/{total} |{bar}| loss {loss} | {tps} tok/s', hideCursor: true }, cliProgress.Presets.shades_classic)
+    : undefined;
+  const log = (line: string) => { if (!flags.json) process.stderr.write(`${line}\n`); };
+  return {
+    start: () => bar?.start(steps, 0, { loss: '-', tps: '-' }),
+    step: (step: number, loss: number, tps: number) => {
+      if (bar) bar.update(step + 1, { loss: loss.toFixed(4), tps: Math.round(tps) });
+      else log(`step ${step + 1}/${steps} loss ${loss.toFixed(4)} ${Math.round(tps)} tok/s`);
+    },
+    pause: () => bar?.stop(),
+    resume: (step: number) => bar?.start(steps, step, { loss: '-', tps: '-' }),
+    stop: () => bar?.stop(),
+    log,
+  };
 }
 
 export function trainCommand(program: Command): void {
   program
     .command('train')
-    .description('train a model in this process, its stages chained in memory')
-    .addOption(new Option('--preset <name>', 'model and run settings').choices(Object.keys(PRESETS)).default('tiny'))
+    .description('train a model: over NATS JetStream with one host process per stage (embedded server by default), or --in-process')
+    .option('--config <file>', 'run config (YAML or JSON): preset, model, optim, training')
+    .addOption(new Option('--preset <name>', 'base settings').choices(Object.keys(PRESETS)))
     .option('--steps <n>', 'optimizer steps', positiveInt('--steps'))
     .option('--stages <n>', 'pipeline stages the layers are split into', positiveInt('--stages'))
+    .option('--replicas <n>', 'independent pipeline replicas (each on its own data)', positiveInt('--replicas'))
     .option('--microbatches <n>', 'microbatches per step', positiveInt('--microbatches'))
     .option('--batch <n>', 'sequences per microbatch', positiveInt('--batch'))
     .option('--seq <n>', 'tokens per sequence', positiveInt('--seq'))
-    .option('--seed <n>', 'seed for weights and data order', (v) => Number(v))
+    .option('--seed <n>', 'seed for weights and data order', nonNegativeInt('--seed'))
     .option('--lr <x>', 'peak learning rate', positiveNumber('--lr'))
     .addOption(new Option('--tokenizer <name>', 'tokenizer for the bundled corpus').choices(['byte', 'gpt2']))
     .option('--data <file>', 'train on an llm.c / nanoGPT token shard instead of the bundled corpus')
-    .option('--val-every <n>', 'steps between validation passes', positiveInt('--val-every'), 50)
-    .option('--checkpoint-dir <dir>', 'write stage checkpoints (safetensors) here')
-    .option('--checkpoint-every <n>', 'steps between checkpoints', positiveInt('--checkpoint-every'))
-    .option('--resume', 'continue from the checkpoints in --checkpoint-dir')
+    .option('--nats <url>', 'use this NATS server or cluster instead of an embedded one')
+    .option('--run <id>', 'run id (default: a new one)')
+    .option('--standbys <n>', 'extra host processes that wait as standbys', nonNegativeInt('--standbys'))
+    .option('--in-process', 'chain the stages in this process, without NATS')
+    .option('--val-every <n>', '(in-process) steps between validation passes', positiveInt('--val-every'), 50)
+    .option('--checkpoint-dir <dir>', '(in-process) write stage checkpoints (safetensors) here')
+    .option('--checkpoint-every <n>', '(in-process) steps between checkpoints', positiveInt('--checkpoint-every'))
+    .option('--resume', '(in-process) continue from the checkpoints in --checkpoint-dir')
+    .addOption(new Option('--log-level <level>', "child processes' log level on stderr").choices(['silent', 'error', 'warn', 'info', 'debug']))
     .option('--json', 'print one JSON summary line at the end')
     .option('--no-progress', 'no progress bar')
     .action(async (flags: TrainFlags) => {
-      const base = preset(flags.preset);
-      const steps = flags.steps ?? base.training.steps;
-      let model = base.model;
-      if (flags.tokenizer === 'gpt2' && model.vocabSize < 50257) model = { ...model, vocabSize: 50257 };
-      const run: RunPreset = {
-        model,
-        optim: { ...base.optim, lr: flags.lr ?? base.optim.lr, totalSteps: steps },
-        training: {
-          ...base.training,
-          steps,
-          stages: flags.stages ?? base.training.stages,
-          microbatches: flags.microbatches ?? base.training.microbatches,
-          batchSize: flags.batch ?? base.training.batchSize,
-          seqLen: flags.seq ?? base.training.seqLen,
-          seed: flags.seed ?? base.training.seed,
-          tokenizer: flags.tokenizer ?? base.training.tokenizer,
-        },
-      };
-      if (run.training.seqLen > run.model.maxSeqLen) throw new Error(`--seq ${run.training.seqLen} exceeds the model's maxSeqLen ${run.model.maxSeqLen}`);
-      if (flags.resume && !flags.checkpointDir) throw new Error('--resume needs --checkpoint-dir');
-      const bar = flags.progress && process.stderr.isTTY && !flags.json
-        ? new cliProgress.SingleBar({ format: 'step {value}/{total} |{bar}| loss {loss} | {tps} tok/s | lr {lr}', hideCursor: true }, cliProgress.Presets.shades_classic)
-        : undefined;
-      const log = (line: string) => { if (!flags.json) process.stderr.write(`${line}\n`); };
-      log(`caravan train: ${run.model.nLayers} layers d=${run.model.dModel} V=${run.model.vocabSize} in ${run.training.stages} stages, ${steps} steps of ${run.training.microbatches}×${run.training.batchSize}×${run.training.seqLen} tokens`);
-      bar?.start(steps, 0, { loss: '-', tps: '-', lr: '-' });
-      const every = Math.max(1, Math.floor(steps / 10));
-      const summary = await trainLocal({
-        ...run,
-        dataFile: flags.data,
-        valEvery: flags.valEvery,
-        checkpointDir: flags.checkpointDir,
-        checkpointEvery: flags.checkpointEvery,
-        resume: flags.resume,
-        onStep: (step, r, tps) => {
-          if (bar) bar.update(step + 1, { loss: r.loss.toFixed(4), tps: Math.round(tps), lr: r.lr.toExponential(2) });
-          else if ((step + 1) % every === 0 || step === 0) log(`step ${step + 1}/${steps} loss ${r.loss.toFixed(4)} ${Math.round(tps)} tok/s lr ${r.lr.toExponential(2)}`);
-        },
-        onValidation: (step, loss) => {
-          if (bar) bar.stop();
-          log(`validation at step ${step}: loss ${loss.toFixed(4)}`);
-          if (bar && step < steps) bar.start(steps, step, { loss: '-', tps: '-', lr: '-' });
+      let tokenizerVocab: number | undefined;
+      if (flags.tokenizer === 'gpt2') tokenizerVocab = 50257;
+      const config = await loadRunConfig({
+        file: flags.config,
+        preset: flags.preset,
+        overrides: {
+          model: tokenizerVocab ? { vocabSize: tokenizerVocab } : undefined,
+          optim: { lr: flags.lr },
+          training: {
+            steps: flags.steps, stages: flags.stages, replicas: flags.replicas, microbatches: flags.microbatches,
+            batchSize: flags.batch, seqLen: flags.seq, seed: flags.seed, tokenizer: flags.tokenizer, dataFile: flags.data,
+          },
         },
       });
-      bar?.stop();
-      if (flags.json) {
-        const { losses, ...rest } = summary;
-        process.stdout.write(`${JSON.stringify({ ...rest, losses })}\n`);
-      } else {
-        log(`done: loss ${summary.firstLoss.toFixed(3)} → ${summary.finalLoss.toFixed(3)} (ln V = ${summary.lnVocab.toFixed(3)}), validation ${summary.valLoss.toFixed(3)}, ${Math.round(summary.tokensPerSecond)} tok/s, params sha256 ${summary.paramsSha256.slice(0, 16)}…`);
+      const t = config.training;
+      const ui = progressReporter(config, flags);
+      if (flags.inProcess) {
+        if (flags.resume && !flags.checkpointDir) throw new Error('--resume needs --checkpoint-dir');
+        if (t.replicas > 1) throw new Error('--in-process trains one replica; use the NATS pipeline for --replicas > 1');
+        ui.log(`caravan train (in process): ${config.model.nLayers} layers d=${config.model.dModel} V=${config.model.vocabSize} in ${t.stages} stages, ${t.steps} steps of ${t.microbatches}×${t.batchSize}×${t.seqLen} tokens`);
+        ui.start();
+        const summary = await trainLocal({
+          ...config, valEvery: flags.valEvery, checkpointDir: flags.checkpointDir, checkpointEvery: flags.checkpointEvery, resume: flags.resume,
+          onStep: (step, r, tps) => ui.step(step, r.loss, tps),
+          onValidation: (step, loss) => { ui.pause(); ui.log(`validation at step ${step}: loss ${loss.toFixed(4)}`); if (step < t.steps) ui.resume(step); },
+        });
+        ui.stop();
+        const out = { steps: summary.steps, losses: summary.losses, final_loss: summary.finalLoss, val_loss: summary.valLoss, tokens_per_s: summary.tokensPerSecond, params_sha256: summary.paramsSha256, stages: t.stages, replicas: 1, mode: 'in-process' };
+        if (flags.json) process.stdout.write(`${JSON.stringify(out)}\n`);
+        else ui.log(`done: loss ${summary.firstLoss.toFixed(3)} → ${summary.finalLoss.toFixed(3)} (ln V = ${summary.lnVocab.toFixed(3)}), validation ${summary.valLoss.toFixed(3)}, ${Math.round(summary.tokensPerSecond)} tok/s, params sha256 ${summary.paramsSha256.slice(0, 16)}…`);
+        return;
       }
+      ui.log(`caravan train: ${config.model.nLayers} layers d=${config.model.dModel} V=${config.model.vocabSize} in ${t.stages} stages × ${t.replicas} replica(s) over NATS (${flags.nats ?? 'embedded nats-server'}), ${t.steps} steps of ${t.microbatches}×${t.batchSize}×${t.seqLen} tokens`);
+      let started = false;
+      const summary = await trainDistributed({
+        config, nats: flags.nats, run: flags.run, standbys: flags.standbys, childLogLevel: flags.logLevel,
+        log: createLogger('caravan-train', 'warn'),
+        onProgress: (p: Progress) => {
+          if (p.replica !== 0) return;
+          if (!started) { ui.start(); started = true; }
+          ui.step(p.step, p.loss, p.tokensPerSecond);
+        },
+      });
+      ui.stop();
+      if (flags.json) process.stdout.write(`${JSON.stringify({ ...summary, mode: 'nats' })}\n`);
+      else ui.log(`done: loss ${summary.losses[0].toFixed(3)} → ${summary.final_loss.toFixed(3)}, ${Math.round(summary.tokens_per_s)} tok/s, ${summary.dead_letters} dead-lettered frames, params sha256 ${summary.params_sha256.slice(0, 16)}… (run ${summary.run})`);
     });
 }

@@ -19,9 +19,9 @@ export interface StepResult {
 export class LocalPipeline {
   readonly stages: EngineStage[];
 
-  constructor(model: EngineModelConfig, optim: OptimizerConfig, stageCount: number, seed: number) {
+  constructor(model: EngineModelConfig, optim: OptimizerConfig, stageCount: number, seed: number, threads?: number) {
     this.stages = splitLayers(model.nLayers, stageCount).map(
-      ([layerBegin, layerEnd]) => new EngineStage({ model, optim, layerBegin, layerEnd, seed }),
+      ([layerBegin, layerEnd]) => new EngineStage({ model, optim, layerBegin, layerEnd, seed, threads }),
     );
   }
 

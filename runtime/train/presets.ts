@@ -1,35 +1,19 @@
 // Named run configurations. `tiny` is what `npm start` trains; `bench` is the
 // engine benchmark's model, wide enough that matrix work dominates.
-import type { LlamaConfig } from '../../schemas/model-config.ts';
-import type { OptimizerConfig } from '../../native/index.ts';
+import type { RunConfig } from '../../schemas/run-config.ts';
 
-export interface TrainingConfig {
-  readonly steps: number;
-  readonly microbatches: number;  // M per optimizer step
-  readonly batchSize: number;     // B rows per microbatch
-  readonly seqLen: number;        // T
-  readonly stages: number;
-  readonly seed: number;
-  readonly maxGradNorm: number;
-  readonly tokenizer: 'byte' | 'gpt2';
-}
-
-export interface RunPreset {
-  readonly model: LlamaConfig;
-  readonly optim: OptimizerConfig;
-  readonly training: TrainingConfig;
-}
+export type RunPreset = RunConfig;
 
 const tiny: RunPreset = {
   model: { vocabSize: 256, dModel: 128, nLayers: 4, nHeads: 4, nKvHeads: 2, ffnHidden: 352, maxSeqLen: 128, ropeTheta: 10000, normEps: 1e-5, tiedEmbeddings: false },
   optim: { lr: 3e-3, minLrRatio: 0.1, warmupSteps: 20, totalSteps: 200, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1 },
-  training: { steps: 200, microbatches: 2, batchSize: 8, seqLen: 128, stages: 2, seed: 1, maxGradNorm: 1, tokenizer: 'byte' },
+  training: { steps: 200, microbatches: 2, batchSize: 8, seqLen: 128, stages: 4, replicas: 1, seed: 1, maxGradNorm: 1, tokenizer: 'byte', cpuThreads: 2 },
 };
 
 const bench: RunPreset = {
   model: { vocabSize: 4096, dModel: 512, nLayers: 6, nHeads: 8, nKvHeads: 8, ffnHidden: 1376, maxSeqLen: 256, ropeTheta: 10000, normEps: 1e-5, tiedEmbeddings: false },
   optim: { lr: 1e-3, minLrRatio: 0.1, warmupSteps: 10, totalSteps: 1000, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1 },
-  training: { steps: 10, microbatches: 1, batchSize: 8, seqLen: 256, stages: 1, seed: 1, maxGradNorm: 1, tokenizer: 'byte' },
+  training: { steps: 10, microbatches: 1, batchSize: 8, seqLen: 256, stages: 1, replicas: 1, seed: 1, maxGradNorm: 1, tokenizer: 'byte', cpuThreads: 2 },
 };
 
 export const PRESETS: Readonly<Record<string, RunPreset>> = { tiny, bench };

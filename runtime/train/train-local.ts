@@ -28,10 +28,11 @@ export interface TrainSummary {
   readonly wallSeconds: number;
 }
 
-export async function loadTokens(options: TrainOptions): Promise<TokenArray> {
-  const vocab = options.model.vocabSize;
-  if (options.dataFile) return (await readTokenShard(options.dataFile, { vocabSize: vocab })).tokens;
-  const tokenizer = createTokenizer(options.training.tokenizer);
+/** The run's tokens: its token shard, or the bundled corpus through its tokenizer. */
+export async function loadTokens(config: RunPreset, dataFile = config.training.dataFile): Promise<TokenArray> {
+  const vocab = config.model.vocabSize;
+  if (dataFile) return (await readTokenShard(dataFile, { vocabSize: vocab })).tokens;
+  const tokenizer = createTokenizer(config.training.tokenizer);
   if (tokenizer.vocabSize > vocab) {
     throw new Error(`tokenizer ${tokenizer.name} has ${tokenizer.vocabSize} tokens but the model's vocabSize is ${vocab}`);
   }
@@ -40,8 +41,8 @@ export async function loadTokens(options: TrainOptions): Promise<TokenArray> {
 
 export async function trainLocal(options: TrainOptions): Promise<TrainSummary> {
   const { model, optim, training: t } = options;
-  const dataset = new TokenDataset(await loadTokens(options));
-  const pipeline = new LocalPipeline(model, optim, t.stages, t.seed);
+  const dataset = new TokenDataset(await loadTokens(options, options.dataFile));
+  const pipeline = new LocalPipeline(model, optim, t.stages, t.seed, t.cpuThreads);
   let startStep = 0;
   if (options.resume && options.checkpointDir) {
     for (const stage of pipeline.stages) await readStageCheckpoint(options.checkpointDir, stage);

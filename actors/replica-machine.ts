@@ -1,0 +1,107 @@
+// The Replica actor: one per pipeline chain. Opens each step, collects every
+// stage's report (Σg² per tensor, and the loss from the last stage), decides
+// the clip factor over all stages in model order, commits the step, and opens
+// the next once every stage has applied it. Pure: the coordinator's runtime
+// carries out what it emits.
+import { assign, enqueueActions, setup } from 'xstate';
+import { clipDecision } from './grad-clip.ts';
+
+export interface ReplicaMachineInput {
+  readonly replica: number;
+  readonly stages: number;
+  readonly microbatches: number;
+  readonly steps: number;
+  readonly maxGradNorm: number;
+  readonly firstStep?: number;
+}
+
+export type ReplicaEvent =
+  | { type: 'START' }
+  | { type: 'STAGE_DONE'; stage: number; step: number; sumSquares: readonly number[]; loss?: number }
+  | { type: 'STAGE_STEPPED'; stage: number; step: number };
+
+export type ReplicaCommand =
+  | { type: 'OPEN_STEP'; replica: number; step: number }
+  | { type: 'COMMIT_STEP'; replica: number; step: number; gradScale: number; gradNorm: number; loss: number }
+  | { type: 'FINISHED'; replica: number; losses: number[] };
+
+export interface ReplicaContext extends ReplicaMachineInput {
+  step: number;
+  reports: Array<{ sumSquares: readonly number[]; loss?: number } | undefined>;  // by stage
+  stepped: boolean[];
+  losses: number[];
+}
+
+function lastStepped(context: ReplicaContext, event: { step: number; stage: number }): boolean {
+  return event.step === context.step && context.stepped.every((done, s) => done || s === event.stage);
+}
+
+export const replicaMachine = setup({
+  types: {
+    context: {} as ReplicaContext,
+    events: {} as ReplicaEvent,
+    input: {} as ReplicaMachineInput,
+    emitted: {} as ReplicaCommand,
+  },
+  actions: {
+    open: enqueueActions(({ context, enqueue }) => {
+      enqueue.assign({ reports: Array(context.stages).fill(undefined), stepped: Array(context.stages).fill(false) });
+      enqueue.emit({ type: 'OPEN_STEP', replica: context.replica, step: context.step });
+    }),
+  },
+  guards: {
+    lastReport: ({ context, event }) =>
+      event.type === 'STAGE_DONE' && event.step === context.step &&
+      context.reports.every((r, s) => r !== undefined || s === event.stage),
+  },
+}).createMachine({
+  id: 'replica',
+  context: ({ input }) => ({ ...input, step: input.firstStep ?? 0, reports: [], stepped: [], losses: [] }),
+  initial: 'idle',
+  states: {
+    idle: { on: { START: [{ guard: ({ context }) => context.step >= context.steps, target: 'finished' }, { target: 'collecting', actions: 'open' }] } },
+    collecting: {
+      on: {
+        STAGE_DONE: [
+          {
+            guard: 'lastReport',
+            target: 'committing',
+            actions: enqueueActions(({ context, event, enqueue }) => {
+              const reports = context.reports.map((r, s) => (s === event.stage ? { sumSquares: event.sumSquares, loss: event.loss } : r!));
+              const clip = clipDecision(reports.map((r) => Float64Array.from(r.sumSquares)), context.microbatches, context.maxGradNorm);
+              const loss = reports[context.stages - 1].loss ?? NaN;
+              enqueue.assign({ reports, losses: [...context.losses, loss] });
+              enqueue.emit({ type: 'COMMIT_STEP', replica: context.replica, step: context.step, gradScale: clip.gradScale, gradNorm: clip.gradNorm, loss });
+            }),
+          },
+          {
+            guard: ({ context, event }) => event.step === context.step,
+            actions: assign(({ context, event }) => ({
+              reports: context.reports.map((r, s) => (s === event.stage ? { sumSquares: event.sumSquares, loss: event.loss } : r)),
+            })),
+          },
+        ],
+      },
+    },
+    committing: {
+      on: {
+        STAGE_STEPPED: [
+          {
+            guard: ({ context, event }) => context.step + 1 < context.steps && lastStepped(context, event),
+            target: 'collecting',
+            actions: [assign(({ context }) => ({ step: context.step + 1 })), 'open'],
+          },
+          { guard: ({ context, event }) => lastStepped(context, event), target: 'finished' },
+          {
+            guard: ({ context, event }) => event.step === context.step,
+            actions: assign(({ context, event }) => ({ stepped: context.stepped.map((d, s) => d || s === event.stage) })),
+          },
+        ],
+      },
+    },
+    finished: {
+      type: 'final',
+      entry: enqueueActions(({ context, enqueue }) => enqueue.emit({ type: 'FINISHED', replica: context.replica, losses: context.losses })),
+    },
+  },
+});

@@ -1,0 +1,200 @@
+// The Stage actor: one per (replica, stage). Pure: it receives events about
+// arrivals and finished computations and emits the commands the host runtime
+// carries out (run a forward or a backward, report the step, apply the
+// optimizer step, ack the step's inputs). It never touches a tensor.
+//
+// Schedule: 1F1B. Forward when the next microbatch's input has arrived and
+// fewer than S−s microbatches are in flight (forwarded, not yet backwarded);
+// a waiting backward always goes first. Forwards and backwards both run in
+// microbatch order, so gradients accumulate in microbatch order whatever the
+// arrival order.
+import { assign, enqueueActions, setup } from 'xstate';
+
+export interface StageMachineInput {
+  readonly stage: number;         // s
+  readonly stages: number;        // S
+  readonly microbatches: number;  // M per step
+}
+
+type InputKind = 'act' | 'grad';
+
+export type StageEvent =
+  | { type: 'STEP_OPEN'; step: number }
+  | { type: 'ACT_ARRIVED'; step: number; mb: number }
+  | { type: 'GRAD_ARRIVED'; step: number; mb: number }
+  | { type: 'FORWARD_DONE'; step: number; mb: number }
+  | { type: 'BACKWARD_DONE'; step: number; mb: number }
+  | { type: 'STEP_COMMIT'; step: number; gradScale: number };
+
+export type StageCommand =
+  | { type: 'RUN_FORWARD'; step: number; mb: number }
+  | { type: 'RUN_BACKWARD'; step: number; mb: number }
+  | { type: 'STEP_READY'; step: number }        // every backward done: report Σg² (and the loss)
+  | { type: 'APPLY_STEP'; step: number; gradScale: number }
+  | { type: 'ACK_STEP'; step: number }          // the step's effect is in the weights: ack its inputs
+  | { type: 'STEPPED'; step: number }
+  | { type: 'DUPLICATE'; kind: InputKind; step: number; mb: number };  // already seen: ack it, nothing else
+
+export interface StageContext extends StageMachineInput {
+  step: number;              // the open step, or the last committed one while waiting
+  committed: number;         // last committed step, −1 before the first
+  acts: number[];            // microbatches whose input is here and not yet forwarded
+  grads: number[];           // microbatches whose gradient is here and not yet backwarded
+  nextForward: number;
+  nextBackward: number;
+  busy: boolean;             // a RUN_* command is being carried out
+  future: Array<{ kind: InputKind; step: number; mb: number }>;  // inputs for steps not open yet
+}
+
+/** The in-flight limit of stage s of S under 1F1B. */
+export const inFlightLimit = (stage: number, stages: number) => stages - stage;
+
+function seen(ctx: StageContext, kind: InputKind, mb: number): boolean {
+  return kind === 'act' ? mb < ctx.nextForward || ctx.acts.includes(mb) : mb < ctx.nextBackward || ctx.grads.includes(mb);
+}
+
+/** The command to issue next, if any (pure). */
+export function nextCommand(ctx: StageContext): StageCommand | undefined {
+  if (ctx.busy || ctx.step <= ctx.committed) return undefined;
+  if (ctx.grads.includes(ctx.nextBackward)) return { type: 'RUN_BACKWARD', step: ctx.step, mb: ctx.nextBackward };
+  const inFlight = ctx.nextForward - ctx.nextBackward;
+  if (ctx.acts.includes(ctx.nextForward) && inFlight < inFlightLimit(ctx.stage, ctx.stages)) {
+    return { type: 'RUN_FORWARD', step: ctx.step, mb: ctx.nextForward };
+  }
+  return undefined;
+}
+
+export const stageMachine = setup({
+  types: {
+    context: {} as StageContext,
+    events: {} as StageEvent,
+    input: {} as StageMachineInput,
+    emitted: {} as StageCommand,
+  },
+  actions: {
+    // Issue the next computation, marking the stage busy until it is reported done.
+    schedule: enqueueActions(({ context, enqueue }) => {
+      const cmd = nextCommand(context);
+      if (!cmd) return;
+      enqueue.assign({ busy: true });
+      enqueue.emit(cmd);
+    }),
+    // An input: the open step's is queued (and may start a computation); a
+    // later step's waits in `future`; anything already seen or finished is a
+    // duplicate, which the runtime only acks.
+    arrive: enqueueActions(({ context, event, enqueue }) => {
+      if (event.type !== 'ACT_ARRIVED' && event.type !== 'GRAD_ARRIVED') return;
+      const kind: InputKind = event.type === 'ACT_ARRIVED' ? 'act' : 'grad';
+      const { step, mb } = event;
+      const duplicate = () => enqueue.emit({ type: 'DUPLICATE', kind, step, mb });
+      if (step <= context.committed || mb < 0 || mb >= context.microbatches) return duplicate();
+      if (step > context.step) {
+        if (context.future.some((f) => f.kind === kind && f.step === step && f.mb === mb)) return duplicate();
+        enqueue.assign({ future: [...context.future, { kind, step, mb }] });
+        return;
+      }
+      if (step < context.step || seen(context, kind, mb)) return duplicate();
+      const next = kind === 'act' ? { acts: [...context.acts, mb] } : { grads: [...context.grads, mb] };
+      const cmd = nextCommand({ ...context, ...next });
+      enqueue.assign(cmd ? { ...next, busy: true } : next);
+      if (cmd) enqueue.emit(cmd);
+    }),
+  },
+}).createMachine({
+  id: 'stage',
+  context: ({ input }) => ({
+    ...input, step: -1, committed: -1, acts: [], grads: [], nextForward: 0, nextBackward: 0, busy: false, future: [],
+  }),
+  initial: 'waiting',
+  states: {
+    // Between steps: inputs for later steps wait in `future`.
+    waiting: {
+      on: {
+        STEP_OPEN: {
+          guard: ({ context, event }) => event.step === context.committed + 1,
+          target: 'running',
+          actions: [
+            assign(({ context, event }) => {
+              const early = context.future.filter((f) => f.step === event.step);
+              return {
+                step: event.step,
+                nextForward: 0,
+                nextBackward: 0,
+                busy: false,
+                // Stage 0 reads its own data: every microbatch's input is here at once.
+                acts: context.stage === 0
+                  ? Array.from({ length: context.microbatches }, (_, i) => i)
+                  : early.filter((f) => f.kind === 'act').map((f) => f.mb),
+                grads: early.filter((f) => f.kind === 'grad').map((f) => f.mb),
+                future: context.future.filter((f) => f.step !== event.step),
+              };
+            }),
+            'schedule',
+          ],
+        },
+        ACT_ARRIVED: { actions: 'arrive' },
+        GRAD_ARRIVED: { actions: 'arrive' },
+      },
+    },
+    running: {
+      on: {
+        ACT_ARRIVED: { actions: 'arrive' },
+        GRAD_ARRIVED: { actions: 'arrive' },
+        FORWARD_DONE: {
+          guard: ({ context, event }) => context.busy && event.step === context.step && event.mb === context.nextForward,
+          actions: [
+            assign(({ context }) => ({
+              busy: false,
+              acts: context.acts.filter((m) => m !== context.nextForward),
+              nextForward: context.nextForward + 1,
+              // The last stage's backward starts from its own loss.
+              grads: context.stage === context.stages - 1 ? [...context.grads, context.nextForward] : context.grads,
+            })),
+            'schedule',
+          ],
+        },
+        BACKWARD_DONE: [
+          {
+            guard: ({ context, event }) =>
+              context.busy && event.step === context.step && event.mb === context.nextBackward && event.mb === context.microbatches - 1,
+            target: 'reporting',
+            actions: [
+              assign(({ context }) => ({ busy: false, grads: [], nextBackward: context.nextBackward + 1 })),
+              enqueueActions(({ context, enqueue }) => enqueue.emit({ type: 'STEP_READY', step: context.step })),
+            ],
+          },
+          {
+            guard: ({ context, event }) => context.busy && event.step === context.step && event.mb === context.nextBackward,
+            actions: [
+              assign(({ context }) => ({
+                busy: false,
+                grads: context.grads.filter((m) => m !== context.nextBackward),
+                nextBackward: context.nextBackward + 1,
+              })),
+              'schedule',
+            ],
+          },
+        ],
+      },
+    },
+    // Every backward of the step is done; the replica decides the clip factor.
+    reporting: {
+      on: {
+        ACT_ARRIVED: { actions: 'arrive' },
+        GRAD_ARRIVED: { actions: 'arrive' },
+        STEP_COMMIT: {
+          guard: ({ context, event }) => event.step === context.step,
+          target: 'waiting',
+          actions: [
+            enqueueActions(({ context, event, enqueue }) => {
+              enqueue.emit({ type: 'APPLY_STEP', step: context.step, gradScale: event.gradScale });
+              enqueue.emit({ type: 'ACK_STEP', step: context.step });
+              enqueue.emit({ type: 'STEPPED', step: context.step });
+            }),
+            assign(({ context }) => ({ committed: context.step })),
+          ],
+        },
+      },
+    },
+  },
+});

@@ -1,0 +1,40 @@
+// `caravan coordinator` and `caravan host`: the two long-running processes of
+// a run, one coordinator per run and one host per GPU node.
+import { Command, Option } from 'commander';
+import { loadRunConfig } from '../config/load-run-config.ts';
+import { runCoordinator } from '../coordinator/coordinator-process.ts';
+import { runHost } from '../host/host-process.ts';
+import { createLogger } from '../log.ts';
+import { validateRunId } from '../transport/subjects.ts';
+import { nonNegativeInt, positiveInt } from './options.ts';
+
+export function processCommands(program: Command): void {
+  program
+    .command('coordinator')
+    .description('run the coordinator of a run: admits hosts, assigns slots, drives the steps, keeps run state in KV')
+    .requiredOption('--nats <url>', 'NATS server or cluster')
+    .requiredOption('--run <id>', 'run id')
+    .option('--config <file>', 'run config (YAML or JSON)')
+    .option('--preset <name>', 'base settings when no config file names one')
+    .option('--heartbeat-timeout <ms>', 'a host silent this long is lost', positiveInt('--heartbeat-timeout'), 15_000)
+    .option('--json', 'print the run summary as one JSON line at the end')
+    .action(async (flags: { nats: string; run: string; config?: string; preset?: string; heartbeatTimeout: number; json?: boolean }) => {
+      validateRunId(flags.run);
+      const config = await loadRunConfig({ file: flags.config, preset: flags.preset });
+      const summary = await runCoordinator({ nats: flags.nats, run: flags.run, config, log: createLogger('caravan-coordinator'), heartbeatTimeoutMs: flags.heartbeatTimeout });
+      if (flags.json) process.stdout.write(`${JSON.stringify(summary)}\n`);
+    });
+
+  program
+    .command('host')
+    .description('run an actor host (one per GPU node): registers, waits as a standby or runs its assigned stage')
+    .requiredOption('--nats <url>', 'NATS server or cluster')
+    .requiredOption('--run <id>', 'run id')
+    .addOption(new Option('--device <kind>', 'compute device').choices(['cpu', 'cuda']).default('cpu'))
+    .option('--gpu <n>', 'GPU index with --device cuda', nonNegativeInt('--gpu'), 0)
+    .option('--datacenter <name>', 'where this host runs (shown in status and traces)', 'default')
+    .action(async (flags: { nats: string; run: string; device: 'cpu' | 'cuda'; gpu: number; datacenter: string }) => {
+      validateRunId(flags.run);
+      await runHost({ ...flags, log: createLogger('caravan-host') });
+    });
+}

@@ -1,0 +1,68 @@
+// `caravan status`: a run's live state from its KV bucket and streams —
+// hosts and their slots, step, loss, throughput, dead-lettered frames.
+import { Command } from 'commander';
+import { connectNats } from '../nats/connect.ts';
+import { decodeJson } from '../transport/json.ts';
+import { openRunResources } from '../transport/run-resources.ts';
+import { validateRunId } from '../transport/subjects.ts';
+
+export interface RunStatus {
+  readonly run: string;
+  readonly state: Record<string, unknown> | null;
+  readonly hosts: Array<Record<string, unknown>>;
+  readonly dead_letters: { count: number; recent: Array<{ fault: string; reason: string; subject: string; host: string }> };
+  readonly summary: Record<string, unknown> | null;
+}
+
+export async function readRunStatus(url: string, run: string): Promise<RunStatus> {
+  const nc = await connectNats(url, `caravan-status-${run}`);
+  try {
+    const res = await openRunResources(nc, run);
+    const json = async (key: string) => {
+      const e = await res.kv.get(key);
+      return e && e.value.length ? decodeJson<Record<string, unknown>>(e.value, `KV ${key}`) : null;
+    };
+    const hosts: Array<Record<string, unknown>> = [];
+    for await (const key of await res.kv.keys('hosts.>')) {
+      const h = await json(key);
+      if (h) hosts.push(h);
+    }
+    const info = await res.jsm.streams.info(res.names.deadStream);
+    const recent: RunStatus['dead_letters']['recent'] = [];
+    for (let seq = info.state.last_seq; seq >= info.state.first_seq && seq > 0 && recent.length < 5; seq--) {
+      const m = await res.jsm.streams.getMessage(res.names.deadStream, { seq }).catch(() => null);
+      if (!m) continue;
+      const h = m.header;
+      recent.push({ fault: h.get('Caravan-Fault'), reason: h.get('Caravan-Reason'), subject: h.get('Caravan-Subject'), host: h.get('Caravan-Host') });
+    }
+    return { run, state: await json('state'), hosts, dead_letters: { count: info.state.messages, recent }, summary: await json('summary') };
+  } finally {
+    await nc.close();
+  }
+}
+
+export function statusCommand(program: Command): void {
+  program
+    .command('status')
+    .description("show a run's state: hosts and slots, step, loss, throughput, dead-lettered frames")
+    .requiredOption('--nats <url>', 'NATS server or cluster')
+    .requiredOption('--run <id>', 'run id')
+    .option('--json', 'print the status as one JSON line')
+    .action(async (flags: { nats: string; run: string; json?: boolean }) => {
+      validateRunId(flags.run);
+      const s = await readRunStatus(flags.nats, flags.run);
+      if (flags.json) {
+        process.stdout.write(`${JSON.stringify(s)}\n`);
+        return;
+      }
+      const st = s.state ?? {};
+      const out = [
+        `run ${s.run}: ${st.status ?? 'unknown'}, step ${st.step ?? '-'}, loss ${typeof st.loss === 'number' ? st.loss.toFixed(4) : '-'}, ${typeof st.tokens_per_s === 'number' ? Math.round(st.tokens_per_s) : '-'} tok/s${st.reason ? ` (${st.reason})` : ''}`,
+        `hosts (${s.hosts.length}):`,
+        ...s.hosts.map((h) => `  ${h.host}  ${h.status}${h.replica !== undefined ? `  replica ${h.replica} stage ${h.stage}` : ''}${h.datacenter ? `  ${h.datacenter}` : ''}`),
+        `dead-lettered frames: ${s.dead_letters.count}`,
+        ...s.dead_letters.recent.map((d) => `  [${d.fault}] ${d.reason} (${d.subject}, host ${d.host})`),
+      ];
+      process.stdout.write(`${out.join('\n')}\n`);
+    });
+}

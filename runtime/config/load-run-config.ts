@@ -1,0 +1,59 @@
+// A run's config from a preset, a YAML or JSON file laid over it, and flags
+// laid over both; validated before anything starts.
+import { readFile } from 'node:fs/promises';
+import { parse } from 'yaml';
+import { validateRunConfig, type RunConfig } from '../../schemas/run-config.ts';
+import { preset } from '../train/presets.ts';
+
+export interface ConfigOverrides {
+  readonly model?: Partial<RunConfig['model']>;
+  readonly optim?: Partial<RunConfig['optim']>;
+  readonly training?: Partial<RunConfig['training']>;
+}
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+function merge(base: Record<string, unknown>, over: Record<string, unknown>): Record<string, unknown> {
+  const out: Record<string, unknown> = { ...base };
+  for (const [k, v] of Object.entries(over)) {
+    if (v === undefined) continue;
+    out[k] = isObject(v) && isObject(base[k]) ? merge(base[k] as Record<string, unknown>, v) : v;
+  }
+  return out;
+}
+
+/** Reads a config file: `preset: NAME` plus any of model/optim/training, each partial. */
+export async function readConfigFile(file: string): Promise<{ preset?: string } & ConfigOverrides> {
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (err) {
+    throw new Error(`cannot read config ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+  }
+  let parsed: unknown;
+  try {
+    parsed = parse(text);
+  } catch (err) {
+    throw new Error(`config ${file} is not valid YAML: ${(err as Error).message.split('\n')[0]}`);
+  }
+  if (!isObject(parsed)) throw new Error(`config ${file} must be a mapping with preset, model, optim or training`);
+  const unknown = Object.keys(parsed).filter((k) => !['preset', 'model', 'optim', 'training'].includes(k));
+  if (unknown.length) throw new Error(`config ${file}: unknown section ${unknown.join(', ')} (expected preset, model, optim, training)`);
+  return parsed as { preset?: string } & ConfigOverrides;
+}
+
+export async function loadRunConfig(options: { file?: string; preset?: string; overrides?: ConfigOverrides }): Promise<RunConfig> {
+  const fromFile = options.file ? await readConfigFile(options.file) : {};
+  const base = preset(options.preset ?? fromFile.preset ?? 'tiny') as unknown as Record<string, unknown>;
+  let merged = merge(base, fromFile as Record<string, unknown>);
+  delete merged.preset;
+  merged = merge(merged, (options.overrides ?? {}) as Record<string, unknown>);
+  const steps = (merged.training as Record<string, unknown>).steps;
+  // The schedule ends with the run unless the config says otherwise.
+  if ((fromFile.optim?.totalSteps ?? options.overrides?.optim?.totalSteps) === undefined) {
+    merged = merge(merged, { optim: { totalSteps: steps } });
+  }
+  return validateRunConfig(merged);
+}

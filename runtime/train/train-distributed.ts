@@ -1,0 +1,116 @@
+// `caravan train` over NATS: an embedded nats-server unless --nats names one,
+// then the coordinator and one host per (replica, stage) as child processes,
+// exactly as they would run on separate machines. Progress and the summary
+// come back over NATS; everything is stopped on exit, also on Ctrl-C.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { RunConfig } from '../../schemas/run-config.ts';
+import type { RunSummary } from '../coordinator/coordinator-process.ts';
+import type { Logger } from '../log.ts';
+import { connectNats } from '../nats/connect.ts';
+import { startNatsServer, type NatsServerHandle } from '../nats/nats-server.ts';
+import { decodeJson } from '../transport/json.ts';
+import { openRunResources } from '../transport/run-resources.ts';
+
+export interface Progress {
+  readonly replica: number;
+  readonly step: number;
+  readonly steps: number;
+  readonly loss: number;
+  readonly gradNorm: number;
+  readonly tokensPerSecond: number;
+}
+
+export interface DistributedOptions {
+  readonly config: RunConfig;
+  readonly nats?: string;
+  readonly run?: string;
+  readonly standbys?: number;
+  readonly childLogLevel?: string;
+  readonly log: Logger;
+  readonly onProgress?: (p: Progress) => void;
+  /** Called once the run's resources exist, before any process starts (tests inject frames here). */
+  readonly onReady?: (info: { url: string; run: string }) => Promise<void> | void;
+}
+
+const BIN = join(dirname(fileURLToPath(import.meta.url)), '..', 'cli', 'bin.ts');
+const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
+
+export function newRunId(): string {
+  return `run-${Date.now().toString(36)}-${randomBytes(3).toString('hex')}`;
+}
+
+export async function trainDistributed(o: DistributedOptions): Promise<RunSummary> {
+  const t = o.config.training;
+  const run = o.run ?? newRunId();
+  let server: NatsServerHandle | undefined;
+  const children: ChildProcess[] = [];
+  const dir = await mkdtemp(join(tmpdir(), 'caravan-run-'));
+  const cleanup = async () => {
+    for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGTERM');
+    await Promise.all(children.map((c) => (c.exitCode === null && c.signalCode === null ? new Promise((r) => c.once('exit', r)) : undefined)));
+    await server?.stop();
+    await rm(dir, { recursive: true, force: true });
+  };
+  const onSignal = () => { void cleanup().then(() => process.exit(130)); };
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  try {
+    server = o.nats ? undefined : await startNatsServer();
+    const url = o.nats ?? server!.url;
+    const nc = await connectNats(url, `caravan-train-${run}`);
+    try {
+      const res = await openRunResources(nc, run);
+      let settle!: (v: RunSummary | Error) => void;
+      const outcome = new Promise<RunSummary | Error>((r) => { settle = r; });
+      nc.subscribe(res.names.progress, { callback: (_e, m) => o.onProgress?.(decodeJson<Progress>(m.data, 'progress')) });
+      nc.subscribe(res.names.finished, { callback: (_e, m) => settle(decodeJson<RunSummary>(m.data, 'summary')) });
+      nc.subscribe(res.names.failed, { callback: (_e, m) => settle(new Error(decodeJson<{ reason: string }>(m.data, 'failure').reason)) });
+      await nc.flush();
+      await o.onReady?.({ url, run });
+
+      const configFile = join(dir, 'run.json');
+      await writeFile(configFile, JSON.stringify({ model: o.config.model, optim: o.config.optim, training: o.config.training }));
+      const hosts = t.stages * t.replicas + (o.standbys ?? 0);
+      const spawnChild = (name: string, args: string[], env: Record<string, string> = {}) => {
+        const child = spawn(process.execPath, ['--import', 'tsx', BIN, ...args], {
+          cwd: ROOT,
+          stdio: ['ignore', 'ignore', 'pipe'],
+          env: { ...process.env, CARAVAN_LOG_LEVEL: o.childLogLevel ?? 'warn', ...env },
+        });
+        let tail = '';
+        child.stderr!.on('data', (d: Buffer) => {
+          const text = d.toString();
+          tail = (tail + text).slice(-2000);
+          if (o.childLogLevel && o.childLogLevel !== 'silent') process.stderr.write(text);
+        });
+        child.once('exit', (code, signal) => {
+          if (code !== 0 && code !== null) {
+            const last = tail.trim().split('\n').pop() ?? '';
+            let reason = last;
+            try { reason = JSON.parse(last).msg ?? last; } catch { /* not JSON: keep the line */ }
+            settle(new Error(`${name} exited with code ${code}: ${reason}`));
+          } else if (signal && signal !== 'SIGTERM') settle(new Error(`${name} was killed by ${signal}`));
+        });
+        children.push(child);
+      };
+      spawnChild('coordinator', ['coordinator', '--nats', url, '--run', run, '--config', configFile]);
+      for (let i = 0; i < hosts; i++) {
+        spawnChild(`host ${i}`, ['host', '--nats', url, '--run', run, '--device', 'cpu', '--datacenter', `local-${i}`]);
+      }
+      const result = await outcome;
+      if (result instanceof Error) throw result;
+      return result;
+    } finally {
+      await nc.close().catch(() => {});
+    }
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+    await cleanup();
+  }
+}

@@ -1,0 +1,76 @@
+// A run's configuration: the model, the optimizer and the training plan. It is
+// written to the run's KV bucket by the coordinator and read by every host, so
+// validation here names the field that is wrong, wherever the config came from.
+import { validateLlamaConfig, type LlamaConfig } from './model-config.ts';
+
+export interface OptimizerConfig {
+  readonly lr: number;
+  readonly minLrRatio: number;
+  readonly warmupSteps: number;
+  readonly totalSteps: number;
+  readonly beta1: number;
+  readonly beta2: number;
+  readonly eps: number;
+  readonly weightDecay: number;
+}
+
+export interface TrainingConfig {
+  readonly steps: number;
+  readonly microbatches: number;  // M per optimizer step
+  readonly batchSize: number;     // B rows per microbatch
+  readonly seqLen: number;        // T
+  readonly stages: number;
+  readonly replicas: number;
+  readonly seed: number;
+  readonly maxGradNorm: number;
+  readonly tokenizer: 'byte' | 'gpt2';
+  readonly dataFile?: string;     // llm.c / nanoGPT token shard; the bundled corpus when absent
+  // CPU engine threads per host. Part of the config because OpenBLAS adds in
+  // a different order with a different thread count: fixing it keeps a run's
+  // bits the same on every machine and however it is split.
+  readonly cpuThreads: number;
+}
+
+export interface RunConfig {
+  readonly model: LlamaConfig;
+  readonly optim: OptimizerConfig;
+  readonly training: TrainingConfig;
+}
+
+function field(obj: unknown, path: string): unknown {
+  return path.split('.').reduce<unknown>((o, k) => (o && typeof o === 'object' ? (o as Record<string, unknown>)[k] : undefined), obj);
+}
+
+/** Returns the config typed, or throws one line naming the first bad field. */
+export function validateRunConfig(config: unknown): RunConfig {
+  const fail = (why: string): never => { throw new Error(`invalid run config: ${why}`); };
+  if (!config || typeof config !== 'object') fail('expected an object with model, optim and training');
+  for (const section of ['model', 'optim', 'training']) {
+    if (!field(config, section) || typeof field(config, section) !== 'object') fail(`${section} is missing`);
+  }
+  try {
+    validateLlamaConfig(field(config, 'model') as LlamaConfig);
+  } catch (err) {
+    fail((err as Error).message);
+  }
+  const positiveInt = ['training.steps', 'training.microbatches', 'training.batchSize', 'training.seqLen', 'training.stages', 'training.replicas', 'training.cpuThreads', 'optim.totalSteps'];
+  for (const p of positiveInt) {
+    const v = field(config, p);
+    if (!Number.isSafeInteger(v) || (v as number) < 1) fail(`${p} must be a positive integer, got ${JSON.stringify(v)}`);
+  }
+  for (const p of ['training.seed', 'optim.warmupSteps']) {
+    const v = field(config, p);
+    if (!Number.isSafeInteger(v) || (v as number) < 0) fail(`${p} must be a non-negative integer, got ${JSON.stringify(v)}`);
+  }
+  for (const p of ['optim.lr', 'optim.minLrRatio', 'optim.beta1', 'optim.beta2', 'optim.eps', 'optim.weightDecay', 'training.maxGradNorm']) {
+    const v = field(config, p);
+    if (typeof v !== 'number' || !Number.isFinite(v) || v < 0) fail(`${p} must be a non-negative number, got ${JSON.stringify(v)}`);
+  }
+  const c = config as RunConfig;
+  if (c.training.seqLen > c.model.maxSeqLen) fail(`training.seqLen ${c.training.seqLen} exceeds model.maxSeqLen ${c.model.maxSeqLen}`);
+  if (c.training.stages > c.model.nLayers) fail(`training.stages ${c.training.stages} exceeds model.nLayers ${c.model.nLayers}`);
+  if (c.training.tokenizer !== 'byte' && c.training.tokenizer !== 'gpt2') fail(`training.tokenizer must be 'byte' or 'gpt2', got ${JSON.stringify(c.training.tokenizer)}`);
+  if (c.training.dataFile !== undefined && typeof c.training.dataFile !== 'string') fail('training.dataFile must be a path');
+  if (c.model.tiedEmbeddings && c.training.stages > 1) fail('model.tiedEmbeddings needs training.stages = 1 (the head and the embedding on one stage)');
+  return c;
+}

@@ -1,0 +1,300 @@
+// The deployment files as an operator uses them: every nats-server config in
+// deploy/nats passes the server's own config check; the single-node config
+// really enforces 8 MiB frames and fsync on write; the 3-node cluster really
+// keeps accepting and serving a replicas-3 stream and KV bucket after one
+// server is killed (the promise docs/operations.md makes). Real servers on
+// free ports and temporary store directories, started from copies of the
+// shipped configs with only ports, addresses and store_dir rewritten.
+import test from 'ava';
+import { spawn, execFile, type ChildProcess } from 'node:child_process';
+import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join, relative } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { jetstream, jetstreamManager, StorageType } from '@nats-io/jetstream';
+import { Kvm } from '@nats-io/kv';
+
+const run = promisify(execFile);
+const root = fileURLToPath(new URL('../..', import.meta.url));
+const natsDir = join(root, 'deploy/nats');
+const MiB = 1024 * 1024;
+
+function natsServer(): string {
+  const local = join(root, '.deps/bin/nats-server');
+  if (existsSync(local)) return local;
+  for (const dir of (process.env.PATH ?? '').split(':')) {
+    const candidate = join(dir, 'nats-server');
+    if (dir && existsSync(candidate)) return candidate;
+  }
+  throw new Error('no nats-server: run scripts/setup.sh (puts one in .deps/bin) or install nats-server >= 2.10 on the PATH');
+}
+
+function confFiles(dir: string): string[] {
+  return readdirSync(dir)
+    .flatMap((name) => {
+      const path = join(dir, name);
+      return statSync(path).isDirectory() ? confFiles(path) : name.endsWith('.conf') ? [path] : [];
+    })
+    .sort();
+}
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.unref();
+    server.on('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address();
+      server.close(() => (typeof address === 'object' && address ? resolve(address.port) : reject(new Error('no port'))));
+    });
+  });
+}
+
+// The shipped configs name ports 4222-4224 (clients), 6222-6224 (routes) and
+// 8222-8224 (monitoring), bind 0.0.0.0 and store under /var/lib/caravan/nats.
+// A test copy gets free ports (the same mapping across the cluster's files,
+// so routes still point at the right nodes), loopback and a temp store.
+const shippedPorts = [4222, 4223, 4224, 6222, 6223, 6224, 8222, 8223, 8224];
+async function portMap(): Promise<Map<number, number>> {
+  const map = new Map<number, number>();
+  for (const port of shippedPorts) map.set(port, await freePort());
+  return map;
+}
+function rewrite(text: string, ports: Map<number, number>, storeDir: string): string {
+  const out = text
+    .replace(/\b(4222|4223|4224|6222|6223|6224|8222|8223|8224)\b/g, (p) => String(ports.get(Number(p))))
+    .replaceAll('0.0.0.0', '127.0.0.1')
+    .replaceAll('/var/lib/caravan/nats', storeDir);
+  if (/\b[468]22[234]\b|\/var\/lib\/caravan/.test(out)) throw new Error('a shipped port or store path survived the rewrite');
+  return out;
+}
+
+type Server = { name: string; proc: ChildProcess; log: () => string; exited: Promise<void> };
+
+function start(conf: string, name: string): Server {
+  const proc = spawn(natsServer(), ['-c', conf], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let log = '';
+  const keep = (chunk: Buffer) => {
+    log = (log + chunk.toString()).slice(-20_000);
+  };
+  proc.stdout!.on('data', keep);
+  proc.stderr!.on('data', keep);
+  const exited = new Promise<void>((resolve) => proc.once('exit', () => resolve()));
+  return { name, proc, log: () => log, exited };
+}
+
+async function kill(server: Server): Promise<void> {
+  if (server.proc.exitCode === null && server.proc.signalCode === null) server.proc.kill('SIGKILL');
+  await server.exited;
+}
+
+// /healthz answers 200 once the server's JetStream is up (in a cluster: once
+// it has a meta leader and is current).
+async function healthy(server: Server, httpPort: number, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  let last = '';
+  while (Date.now() < deadline) {
+    if (server.proc.exitCode !== null) throw new Error(`${server.name} exited:\n${server.log()}`);
+    try {
+      const res = await fetch(`http://127.0.0.1:${httpPort}/healthz`);
+      last = `${res.status} ${await res.text()}`;
+      if (res.ok) return;
+    } catch (err) {
+      last = String(err);
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`${server.name} not healthy after ${timeoutMs} ms (last: ${last}):\n${server.log()}`);
+}
+
+// Retries op until it succeeds or the deadline passes: after a node dies the
+// surviving two elect new RAFT leaders, during which writes time out.
+async function eventually<T>(op: () => Promise<T>, timeoutMs: number): Promise<{ value: T; ms: number }> {
+  const began = Date.now();
+  let lastErr: unknown;
+  while (Date.now() - began < timeoutMs) {
+    try {
+      return { value: await op(), ms: Date.now() - began };
+    } catch (err) {
+      lastErr = err;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  }
+  throw new Error(`still failing after ${timeoutMs} ms: ${lastErr instanceof Error ? lastErr.message : String(lastErr)}`);
+}
+
+const confs = confFiles(natsDir);
+
+test('deploy/nats holds the single-node config and three cluster nodes', (t) => {
+  const names = confs.map((f) => relative(natsDir, f));
+  for (const expected of ['single.conf', 'cluster/node-1.conf', 'cluster/node-2.conf', 'cluster/node-3.conf']) t.true(names.includes(expected), expected);
+});
+
+for (const conf of confs) {
+  test(`nats-server -t accepts ${relative(root, conf)}`, async (t) => {
+    const { stdout, stderr } = await run(natsServer(), ['-c', conf, '-t']);
+    t.regex(stdout + stderr, /is valid/);
+  });
+}
+
+test('every config sets 8 MB payloads and fsync on write', (t) => {
+  for (const conf of confs) {
+    const text = readFileSync(conf, 'utf8');
+    t.regex(text, /^max_payload: 8MB$/m, conf);
+    t.regex(text, /^\s*sync_interval: always$/m, conf);
+  }
+});
+
+test('single.conf: JetStream up, fsync always, 8 MiB frames pass and larger ones are refused', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'caravan-nats-single-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const ports = await portMap();
+  const conf = join(dir, 'single.conf');
+  await writeFile(conf, rewrite(readFileSync(join(natsDir, 'single.conf'), 'utf8'), ports, join(dir, 'store')));
+  const server = start(conf, 'single');
+  let nc: NatsConnection | undefined;
+  t.teardown(async () => {
+    await nc?.close().catch(() => {});
+    await kill(server);
+  });
+  const http = ports.get(8222)!;
+  await healthy(server, http, 10_000);
+
+  const varz = (await (await fetch(`http://127.0.0.1:${http}/varz`)).json()) as {
+    max_payload: number;
+    max_pending: number;
+    jetstream: { config: { sync_always?: boolean; store_dir: string } };
+  };
+  t.is(varz.max_payload, 8 * MiB);
+  t.is(varz.max_pending, 256 * MiB);
+  t.true(varz.jetstream.config.sync_always, 'sync_interval: always reaches the server');
+  t.true(varz.jetstream.config.store_dir.startsWith(dir));
+
+  nc = await connect({ servers: `127.0.0.1:${ports.get(4222)}` });
+  t.is(nc.info?.max_payload, 8 * MiB);
+  const jsm = await jetstreamManager(nc);
+  await jsm.streams.add({ name: 'FRAMES', subjects: ['caravan.t.act.>'], storage: StorageType.File });
+  const js = jetstream(nc);
+
+  // A frame of 8 MiB less room for headers goes through as one message.
+  const frame = new Uint8Array(8 * MiB - 1024);
+  for (let i = 0; i < frame.length; i += 4096) frame[i] = i % 251;
+  const ack = await js.publish('caravan.t.act.0.1', frame, { msgID: 'run/0/0/0/0-1/fwd', timeout: 10_000 });
+  t.is(ack.seq, 1);
+  const stored = await jsm.streams.getMessage('FRAMES', { seq: 1 });
+  t.is(stored?.data.length, frame.length);
+  t.deepEqual(stored?.data.subarray(0, 8192), frame.subarray(0, 8192));
+
+  // One byte over the limit is refused before it leaves the client.
+  const tooBig = new Uint8Array(8 * MiB + 1);
+  const err = await t.throwsAsync(js.publish('caravan.t.act.0.1', tooBig, { timeout: 5_000 }));
+  t.regex(err!.message, /max_payload/);
+  t.is((await jsm.streams.info('FRAMES')).state.messages, 1);
+});
+
+test('3-node cluster: a replicas-3 stream and KV bucket keep taking writes and serving reads after one node is killed', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'caravan-nats-cluster-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const ports = await portMap();
+  const nodes = [1, 2, 3].map((n) => ({
+    n,
+    name: `caravan-nats-${n}`,
+    client: ports.get(4221 + n)!,
+    http: ports.get(8221 + n)!,
+    conf: join(dir, `node-${n}.conf`),
+  }));
+  for (const node of nodes) {
+    const shipped = readFileSync(join(natsDir, 'cluster', `node-${node.n}.conf`), 'utf8');
+    await writeFile(node.conf, rewrite(shipped, ports, join(dir, 'store')));
+  }
+  const servers = nodes.map((node) => start(node.conf, node.name));
+  let nc: NatsConnection | undefined;
+  t.teardown(async () => {
+    await nc?.close().catch(() => {});
+    await Promise.all(servers.map(kill));
+  });
+  await Promise.all(servers.map((s, i) => healthy(s, nodes[i].http, 15_000)));
+
+  nc = await connect({
+    servers: nodes.map((node) => `127.0.0.1:${node.client}`),
+    reconnectTimeWait: 100,
+    maxReconnectAttempts: -1,
+  });
+  const jsm = await jetstreamManager(nc);
+  const js = jetstream(nc);
+  // Stream creation may race the last peer joining the meta group.
+  const { value: created } = await eventually(
+    () => jsm.streams.add({ name: 'EDGES', subjects: ['caravan.t.>'], storage: StorageType.File, num_replicas: 3 }),
+    10_000,
+  );
+  t.is(created.config.num_replicas, 3);
+  const kv = await eventually(() => new Kvm(nc!).create('run-state', { replicas: 3, history: 5 }), 10_000);
+
+  t.is((await js.publish('caravan.t.act.0.1', new TextEncoder().encode('before'), { msgID: 'm1' })).seq, 1);
+  await kv.value.put('step', '41');
+
+  // Kill the stream's leader: the harder case, as the survivors must elect a
+  // new one before the next write is acknowledged.
+  const leader = (await jsm.streams.info('EDGES')).cluster?.leader;
+  const victim = servers.find((s) => s.name === leader);
+  t.truthy(victim, `stream leader ${leader} is one of ours`);
+  victim!.proc.kill('SIGKILL');
+  await victim!.exited;
+
+  const after = await eventually(
+    () => js.publish('caravan.t.act.0.1', new TextEncoder().encode('after'), { msgID: 'm2', timeout: 2_000 }),
+    20_000,
+  );
+  t.log(`killed ${leader}; next publish acknowledged after ${after.ms} ms`);
+  t.is(after.value.seq, 2);
+  // A re-sent message with the same id is still a duplicate on the new leader.
+  t.true((await js.publish('caravan.t.act.0.1', new TextEncoder().encode('after'), { msgID: 'm2' })).duplicate);
+
+  const info = await jsm.streams.info('EDGES');
+  t.is(info.state.messages, 2);
+  t.not(info.cluster?.leader, leader);
+  const texts = await Promise.all([1, 2].map(async (seq) => (await jsm.streams.getMessage('EDGES', { seq }))?.string()));
+  t.deepEqual(texts, ['before', 'after']);
+
+  await eventually(() => kv.value.put('step', '42'), 20_000);
+  t.is((await kv.value.get('step'))?.string(), '42');
+  // Reading history creates a consumer, which needs the meta leader (it may
+  // have been the node just killed, so it can take another election).
+  const history = await eventually(async () => {
+    const seen: string[] = [];
+    for await (const entry of await kv.value.history({ key: 'step' })) seen.push(entry.string());
+    return seen;
+  }, 20_000);
+  t.log(`KV history read after ${history.ms} ms more`);
+  t.deepEqual(history.value, ['41', '42']);
+});
+
+test('deploy/bin/caravan runs the CLI from outside the checkout', async (t) => {
+  const { stdout } = await run(join(root, 'deploy/bin/caravan'), ['--help'], { cwd: tmpdir() });
+  t.regex(stdout, /Usage: caravan/);
+});
+
+test('the systemd units pass systemd-analyze verify', async (t) => {
+  const analyze = ['/usr/bin/systemd-analyze', '/bin/systemd-analyze'].find(existsSync);
+  if (!analyze) {
+    t.log('skipped: no systemd-analyze on this machine');
+    t.pass();
+    return;
+  }
+  const dir = await mkdtemp(join(tmpdir(), 'caravan-units-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  // verify insists that ExecStart binaries exist: point them at this checkout.
+  const units = ['caravan-host@.service', 'caravan-coordinator.service', 'caravan-nats.service'];
+  for (const unit of units) {
+    const text = readFileSync(join(root, 'deploy/systemd', unit), 'utf8')
+      .replaceAll('/opt/caravan/deploy/bin/caravan', join(root, 'deploy/bin/caravan'))
+      .replaceAll('/usr/local/bin/nats-server', natsServer());
+    await writeFile(join(dir, unit), text);
+  }
+  const { stdout, stderr } = await run(analyze, ['verify', ...units.map((u) => join(dir, u))], { cwd: dir });
+  t.is((stdout + stderr).trim(), '');
+});
