@@ -78,7 +78,8 @@ export const coordinatorMachine = setup({
     }),
     checkLiveness: enqueueActions(({ context, enqueue }) => {
       const now = context.now + context.tickMs;
-      const lost = context.hosts.filter((h) => now - h.lastSeen > context.heartbeatTimeoutMs);
+      // lastSeen is the tick before the host's last message, up to a tick early: that tick is not silence.
+      const lost = context.hosts.filter((h) => now - h.lastSeen - context.tickMs >= context.heartbeatTimeoutMs);
       enqueue.assign({ now, hosts: context.hosts.filter((h) => !lost.includes(h)) });
       for (const h of lost) {
         enqueue.emit({ type: 'HOST_LOST', host: h.id, slot: h.slot });

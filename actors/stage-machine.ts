@@ -56,7 +56,8 @@ function seen(ctx: StageContext, kind: InputKind, mb: number): boolean {
 /** The command to issue next, if any (pure). */
 export function nextCommand(ctx: StageContext): StageCommand | undefined {
   if (ctx.busy || ctx.step <= ctx.committed) return undefined;
-  if (ctx.grads.includes(ctx.nextBackward)) return { type: 'RUN_BACKWARD', step: ctx.step, mb: ctx.nextBackward };
+  // A gradient can come before its microbatch's forward when inputs are replayed; the backward needs that forward.
+  if (ctx.grads.includes(ctx.nextBackward) && ctx.nextBackward < ctx.nextForward) return { type: 'RUN_BACKWARD', step: ctx.step, mb: ctx.nextBackward };
   const inFlight = ctx.nextForward - ctx.nextBackward;
   if (ctx.acts.includes(ctx.nextForward) && inFlight < inFlightLimit(ctx.stage, ctx.stages)) {
     return { type: 'RUN_FORWARD', step: ctx.step, mb: ctx.nextForward };

@@ -1,12 +1,14 @@
 // `npm run bench -- <name> [--flags]`: runs one benchmark, prints readable
 // lines, then its result as the final JSON line.
+import { tuneAllocator } from '../native/index.ts';
 import { benchEngine } from './engine.ts';
+import { benchTransport } from './transport.ts';
 
-const benches: Record<string, (args: string[]) => Promise<Record<string, unknown>>> = { engine: benchEngine };
+const benches: Record<string, (args: string[]) => Promise<Record<string, unknown>>> = { engine: benchEngine, transport: benchTransport };
 
 const [name, ...args] = process.argv.slice(2);
 if (!name || name === '--help' || !benches[name]) {
-  const out = `usage: npm run bench -- <${Object.keys(benches).join('|')}> [--reps=N]\n`;
+  const out = `usage: npm run bench -- <${Object.keys(benches).join('|')}> [--reps=N] [--mib=N (transport)]\n`;
   if (name && name !== '--help') {
     process.stderr.write(`bench: unknown benchmark '${name}'\n${out}`);
     process.exit(2);
@@ -14,5 +16,6 @@ if (!name || name === '--help' || !benches[name]) {
   process.stdout.write(out);
   process.exit(0);
 }
+tuneAllocator();  // as every caravan process does
 const result = await benches[name](args);
 console.log(JSON.stringify(result));

@@ -80,6 +80,7 @@ interface NativeModule {
   sgemmGflops(M: number, N: number, K: number, reps: number): number;
   info(): { backend: string; blas: string; blasThreads: number; ompThreads: number };
   setThreads(n: number): void;
+  tuneAllocator(): void;
 }
 
 export const ADDON_PATH = join(dirname(fileURLToPath(import.meta.url)), 'build', 'Release', 'caravan_engine.node');
@@ -306,6 +307,11 @@ export function gradcheck(seed = 1): GradCheckResult[] {
 /** GFLOP/s of a plain cblas_sgemm of M×K · K×N: the machine's practical fp32 peak. */
 export function sgemmGflops(M: number, N: number, K: number, reps: number): number {
   return addon().sgemmGflops(M, N, K, reps);
+}
+
+/** Keeps freed large buffers in the process heap (see addon.cpp): call once at process start. */
+export function tuneAllocator(): void {
+  addon().tuneAllocator();
 }
 
 export function engineInfo(): { backend: string; blas: string; blasThreads: number; ompThreads: number } {

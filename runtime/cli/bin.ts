@@ -2,9 +2,12 @@
 // caravan: the command line. Each command has --help; --json prints one
 // machine-readable line; failures exit non-zero with one clear line.
 import { Command, InvalidArgumentError } from 'commander';
+import { tuneAllocator } from '../../native/index.ts';
 import { processCommands } from './process-commands.ts';
 import { statusCommand } from './status-command.ts';
 import { trainCommand } from './train-command.ts';
+
+tuneAllocator();
 
 const program = new Command('caravan')
   .description('Pipeline-parallel transformer training across datacenters over NATS JetStream')

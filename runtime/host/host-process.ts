@@ -114,7 +114,7 @@ async function runStage(
   // Inputs that arrived, by `${kind}/${step}/${mb}`, and their messages by step, acked at commit.
   const inputs = new Map<string, Float32Array>();
   const seen = new Set<string>();
-  const unacked = new Map<number, JsMsg[]>();
+  const unacked = new Map<number, Array<{ key: string; msg: JsMsg }>>();
   const lossSums = new Map<number, number>();
   const key = (kind: FrameKind, step: number, mb: number) => `${kind}/${step}/${mb}`;
 
@@ -178,7 +178,7 @@ async function runStage(
         return run(() => { engine.step(cmd.gradScale); });
       case 'ACK_STEP':
         return run(async () => {
-          for (const m of unacked.get(cmd.step) ?? []) m.ack();
+          for (const u of unacked.get(cmd.step) ?? []) u.msg.ack();
           unacked.delete(cmd.step);
           for (const k of seen) if (k.split('/')[1] === String(cmd.step)) seen.delete(k);
         });
@@ -186,10 +186,13 @@ async function runStage(
         return run(() => report({ type: 'stepped', step: cmd.step }));
       case 'DUPLICATE':
         return run(() => {
-          // A frame of a step this stage has already committed: it only needs its ack.
-          for (const m of unacked.get(cmd.step) ?? []) m.ack();
-          unacked.delete(cmd.step);
-          inputs.delete(key(cmd.kind, cmd.step, cmd.mb));
+          // A frame whose effect is already in the weights: it only needs its ack.
+          const k = key(cmd.kind, cmd.step, cmd.mb);
+          const pending = unacked.get(cmd.step) ?? [];
+          for (const u of pending) if (u.key === k) u.msg.ack();
+          unacked.set(cmd.step, pending.filter((u) => u.key !== k));
+          inputs.delete(k);
+          seen.delete(k);
         });
     }
   });
@@ -245,7 +248,7 @@ async function runStage(
         if (seen.has(k)) { m.ack(); continue; }  // redelivered while its step is still open
         seen.add(k);
         inputs.set(k, frame.data);
-        unacked.set(frame.step, [...(unacked.get(frame.step) ?? []), m]);
+        unacked.set(frame.step, [...(unacked.get(frame.step) ?? []), { key: k, msg: m }]);
         run(() => { actor.send({ type: kind === 'act' ? 'ACT_ARRIVED' : 'GRAD_ARRIVED', step: frame.step, mb: frame.microbatch }); });
       }
     })().catch((err: Error) => run(() => { throw err; }));

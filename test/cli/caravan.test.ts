@@ -19,7 +19,7 @@ test('a bad flag value exits non-zero with one line naming it', async (t) => {
 
 test('more stages than layers is refused clearly', async (t) => {
   const err = await t.throwsAsync(caravan('train', '--stages', '9', '--steps', '1'));
-  t.regex((err as Error & { stderr: string }).stderr, /cannot split 4 layers into 9 stages/);
+  t.regex((err as Error & { stderr: string }).stderr, /training.stages 9 exceeds model.nLayers 4/);
 });
 
 test('caravan train --json prints one summary line', async (t) => {
@@ -29,5 +29,6 @@ test('caravan train --json prints one summary line', async (t) => {
   const summary = JSON.parse(lines[0]);
   t.is(summary.steps, 2);
   t.is(summary.losses.length, 2);
-  t.regex(summary.paramsSha256, /^[0-9a-f]{64}$/);
+  t.regex(summary.params_sha256, /^[0-9a-f]{64}$/);
+  t.is(summary.mode, 'nats');
 });

@@ -216,7 +216,10 @@ test('3-node cluster: a replicas-3 stream and KV bucket keep taking writes and s
   t.teardown(async () => {
     await nc?.close().catch(() => {});
     await Promise.all(servers.map(kill));
+    // The servers' own words, when something went wrong.
+    if (!passed) for (const s of servers) t.log(`--- ${s.name}\n${s.log().slice(-4000)}`);
   });
+  let passed = false;
   await Promise.all(servers.map((s, i) => healthy(s, nodes[i].http, 15_000)));
 
   nc = await connect({
@@ -227,10 +230,11 @@ test('3-node cluster: a replicas-3 stream and KV bucket keep taking writes and s
   const jsm = await jetstreamManager(nc);
   const js = jetstream(nc);
   // Stream creation may race the last peer joining the meta group.
-  const { value: created } = await eventually(
+  const { value: created, ms: cms } = await eventually(
     () => jsm.streams.add({ name: 'EDGES', subjects: ['caravan.t.>'], storage: StorageType.File, num_replicas: 3 }),
-    10_000,
+    60_000,
   );
+  t.log('CREATE after', cms);
   t.is(created.config.num_replicas, 3);
   const kv = await eventually(() => new Kvm(nc!).create('run-state', { replicas: 3, history: 5 }), 10_000);
 
@@ -271,6 +275,7 @@ test('3-node cluster: a replicas-3 stream and KV bucket keep taking writes and s
   }, 20_000);
   t.log(`KV history read after ${history.ms} ms more`);
   t.deepEqual(history.value, ['41', '42']);
+  passed = true;
 });
 
 test('deploy/bin/caravan runs the CLI from outside the checkout', async (t) => {

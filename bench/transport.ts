@@ -1,0 +1,122 @@
+// `npm run bench -- transport`: the project's own edge path — encode a tensor
+// frame, publish it to JetStream with its Nats-Msg-Id, consume it through the
+// stage's durable pull consumer, decode and validate it, ack it — against
+// core NATS pub/sub and raw loopback TCP moving the same bytes, alternated in
+// one run on one embedded nats-server (fsync on every write, as runs use).
+import { once } from 'node:events';
+import { createServer, connect as tcpConnect, type Socket } from 'node:net';
+import { connectNats } from '../runtime/nats/connect.ts';
+import { startNatsServer } from '../runtime/nats/nats-server.ts';
+import { ensureEdgeConsumer, openRunResources } from '../runtime/transport/run-resources.ts';
+import { decodeFrame, encodeFrame, frameMsgId } from '../schemas/tensor-frame.ts';
+
+const MiB = 1024 * 1024;
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+
+export async function benchTransport(args: string[]): Promise<Record<string, unknown>> {
+  const reps = Number(args.find((a) => a.startsWith('--reps='))?.slice(7) ?? 3);
+  const perSize = Number(args.find((a) => a.startsWith('--mib='))?.slice(6) ?? 64);  // MiB moved per size per method
+  const sizes = [64 * 1024, MiB, 4 * MiB];
+  const server = await startNatsServer();
+  const nc = await connectNats(server.url, 'bench-transport');
+  const run = 'bench';
+  const res = await openRunResources(nc, run);
+  const d = 256;
+  try {
+    const results: Record<string, Record<number, number[]>> = { edge: {}, core: {}, tcp: {} };
+    let seq = 0;
+    console.log(`transport bench: frames of ${sizes.map((s) => `${s / 1024} KiB`).join(', ')}, ${perSize} MiB each per method, ${reps} reps, nats-server with sync_interval always`);
+    for (let rep = 0; rep < reps; rep++) {
+      for (const bytes of sizes) {
+        const count = Math.max(4, Math.round((perSize * MiB) / bytes));
+        const T = bytes / 4 / d;  // [1, T, d] floats
+        const data = new Float32Array(bytes / 4).map((_, i) => Math.sin(i));
+
+        // Edge: encode → JetStream publish (8 acks in flight) → durable pull consumer → decode → ack.
+        const stage = 1 + (seq++ % 1000);
+        const consumerName = await ensureEdgeConsumer(res, 'act', 0, stage);
+        const consumer = await res.js.consumers.get(res.names.edgeStream, consumerName);
+        const t0 = performance.now();
+        const messages = await consumer.consume({ max_bytes: 32 * MiB });
+        const received = (async () => {
+          let n = 0;
+          for await (const m of messages) {
+            decodeFrame(m.data, { run, replica: 0, stage, kind: 'act', width: d, maxSeqLen: T });
+            m.ack();
+            if (++n === count) break;
+          }
+        })();
+        const inflight: Promise<unknown>[] = [];
+        for (let i = 0; i < count; i++) {
+          const frame = encodeFrame({ run, replica: 0, stage, step: rep, microbatch: i, kind: 'act', shape: [1, T, d], data });
+          inflight.push(res.js.publish(res.names.act(0, stage), frame, { msgID: frameMsgId(run, 0, rep, i, 'act', stage) }));
+          if (inflight.length >= 8) await inflight.shift();
+        }
+        await Promise.all(inflight);
+        await received;
+        (results.edge[bytes] ??= []).push((count * bytes) / MiB / ((performance.now() - t0) / 1000));
+        await messages.close();
+        await res.jsm.consumers.delete(res.names.edgeStream, consumerName);
+
+        // Core NATS pub/sub of the same payloads.
+        const payload = new Uint8Array(data.buffer);
+        const subject = `bench.core.${seq}`;
+        const sub = nc.subscribe(subject, { max: count });
+        const t1 = performance.now();
+        const got = (async () => { for await (const _ of sub) { /* count them */ } })();
+        for (let i = 0; i < count; i++) {
+          nc.publish(subject, payload);
+          if (i % 16 === 15) await nc.flush();
+        }
+        await got;
+        (results.core[bytes] ??= []).push((count * bytes) / MiB / ((performance.now() - t1) / 1000));
+
+        // Raw loopback TCP.
+        (results.tcp[bytes] ??= []).push(await tcpThroughput(payload, count));
+      }
+    }
+    const perSizeMedian = (m: string) => sizes.map((s) => +median(results[m][s]).toFixed(1));
+    const mean = (xs: number[]) => +(xs.reduce((a, b) => a + b, 0) / xs.length).toFixed(1);
+    const edge = perSizeMedian('edge'), core = perSizeMedian('core'), tcp = perSizeMedian('tcp');
+    for (const [i, s] of sizes.entries()) console.log(`${(s / 1024).toString().padStart(5)} KiB: edge ${edge[i]} MB/s, core NATS ${core[i]} MB/s, TCP ${tcp[i]} MB/s`);
+    return {
+      bench: 'transport',
+      frame_bytes: sizes,
+      edge_MBps: mean(edge),
+      core_nats_MBps: mean(core),
+      tcp_MBps: mean(tcp),
+      edge_vs_core: +(mean(edge) / mean(core)).toFixed(3),
+      by_size: { edge, core, tcp },
+      reps,
+      mib_per_size: perSize,
+    };
+  } finally {
+    await nc.close();
+    await server.stop();
+  }
+}
+
+async function tcpThroughput(payload: Uint8Array, count: number): Promise<number> {
+  const total = payload.length * count;
+  const server = createServer();
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const port = (server.address() as { port: number }).port;
+  const done = new Promise<void>((resolve) => {
+    server.once('connection', (s: Socket) => {
+      let n = 0;
+      s.on('data', (chunk: Buffer) => { n += chunk.length; if (n >= total) { s.destroy(); resolve(); } });
+    });
+  });
+  const client = tcpConnect(port, '127.0.0.1');
+  await once(client, 'connect');
+  const t0 = performance.now();
+  for (let i = 0; i < count; i++) {
+    if (!client.write(payload)) await once(client, 'drain');
+  }
+  await done;
+  const mbps = total / MiB / ((performance.now() - t0) / 1000);
+  client.destroy();
+  server.close();
+  return mbps;
+}

@@ -1,0 +1,201 @@
+// The Coordinator machine on a simulated clock: admission, slot assignment in
+// replica-major order, standbys, the start barrier, the end of the run, and
+// liveness by heartbeat. The liveness check runs on the machine's tick (a
+// re-entered `after` delay); SimulatedClock fires at most one round of timers
+// per increment, so the clock is advanced tick by tick, as real time would.
+import test from 'ava';
+import { createActor, SimulatedClock } from 'xstate';
+import { coordinatorMachine, type CoordinatorCommand, type CoordinatorEvent, type CoordinatorMachineInput } from '../../actors/coordinator-machine.ts';
+
+const TIMEOUT = 1000, TICK = 100;
+
+function coordinator(input: Partial<CoordinatorMachineInput> = {}) {
+  const config: CoordinatorMachineInput = { stages: 3, replicas: 2, heartbeatTimeoutMs: TIMEOUT, tickMs: TICK, ...input };
+  const clock = new SimulatedClock();
+  const actor = createActor(coordinatorMachine, { input: config, clock });
+  const log: Array<{ at: number; cmd: CoordinatorCommand }> = [];
+  actor.on('*', (cmd) => { log.push({ at: clock.now(), cmd }); });
+  actor.start();
+  /** Sends one event and returns the commands it caused. */
+  const send = (event: CoordinatorEvent): CoordinatorCommand[] => {
+    const from = log.length;
+    actor.send(event);
+    return log.slice(from).map((e) => e.cmd);
+  };
+  /** Advances the clock by `ms`, tick by tick; `alive` hosts heartbeat every `every` ms. Returns the commands emitted meanwhile. */
+  const advance = (ms: number, alive: readonly string[] = [], every = 300) => {
+    const from = log.length;
+    const end = clock.now() + ms;
+    let nextBeat = clock.now() + every;
+    while (clock.now() < end) {
+      const to = Math.min(end, nextBeat, (Math.floor(clock.now() / TICK) + 1) * TICK);
+      clock.increment(to - clock.now());
+      if (clock.now() === nextBeat) {
+        for (const host of alive) actor.send({ type: 'HEARTBEAT', host });
+        nextBeat += every;
+      }
+    }
+    return log.slice(from);
+  };
+  return { actor, clock, log, send, advance, config };
+}
+
+const hostIds = (n: number) => Array.from({ length: n }, (_, i) => `h${i}`);
+const join = (host: string, datacenter = 'dc-a'): CoordinatorEvent => ({ type: 'HOST_JOINED', host, datacenter });
+
+/** Joins S×R hosts (and `extra` more), makes every slotted one ready, and returns the coordinator running. */
+function running(extra = 0) {
+  const c = coordinator();
+  const slots = c.config.stages * c.config.replicas;
+  const hosts = hostIds(slots + extra);
+  for (const h of hosts) c.send(join(h));
+  for (const h of hosts.slice(0, slots)) c.send({ type: 'HOST_READY', host: h });
+  return { ...c, hosts, slotted: hosts.slice(0, slots), standbys: hosts.slice(slots) };
+}
+
+test('slots go out in replica-major order once S×R hosts have joined; the rest are standbys', (t) => {
+  const { send } = coordinator();  // S=3, R=2
+  for (const h of hostIds(5)) t.deepEqual(send(join(h, h === 'h1' ? 'dc-b' : 'dc-a')), [], `${h}: not enough hosts yet`);
+  t.deepEqual(send(join('h1')), [], 'a host joining twice counts once');
+  t.deepEqual(send(join('h5')), [
+    { type: 'ASSIGN', host: 'h0', replica: 0, stage: 0 },
+    { type: 'ASSIGN', host: 'h1', replica: 0, stage: 1 },
+    { type: 'ASSIGN', host: 'h2', replica: 0, stage: 2 },
+    { type: 'ASSIGN', host: 'h3', replica: 1, stage: 0 },
+    { type: 'ASSIGN', host: 'h4', replica: 1, stage: 1 },
+    { type: 'ASSIGN', host: 'h5', replica: 1, stage: 2 },
+  ]);
+  t.deepEqual(send(join('h6')), [{ type: 'STANDBY', host: 'h6' }]);
+  t.deepEqual(send(join('h6')), [], 'a standby joining twice is told once');
+  t.deepEqual(send(join('h2')), [], 'a slotted host joining again keeps its slot, no STANDBY');
+});
+
+test('START_RUN comes once, after the last slotted host is ready', (t) => {
+  const { send } = coordinator();
+  const hosts = hostIds(7);
+  for (const h of hosts) send(join(h));
+  t.deepEqual(send({ type: 'HOST_READY', host: 'h6' }), [], 'a standby is not waited for and does not count');
+  for (const h of ['h5', 'h0', 'h3', 'h1', 'h2']) t.deepEqual(send({ type: 'HOST_READY', host: h }), [], `${h} ready, h4 not yet`);
+  t.deepEqual(send({ type: 'HOST_READY', host: 'h0' }), [], 'ready twice counts once');
+  t.deepEqual(send({ type: 'HOST_READY', host: 'h4' }), [{ type: 'START_RUN' }]);
+  t.deepEqual(send({ type: 'HOST_READY', host: 'h4' }), [], 'START_RUN only once');
+  t.deepEqual(send(join('h7')), [{ type: 'STANDBY', host: 'h7' }], 'a late joiner during the run is a standby');
+});
+
+test('HOST_READY before the slots are assigned does not count', (t) => {
+  const { send } = coordinator({ stages: 1, replicas: 2 });
+  send(join('h0'));
+  t.deepEqual(send({ type: 'HOST_READY', host: 'h0' }), []);
+  t.is(send(join('h1')).length, 2);
+  t.deepEqual(send({ type: 'HOST_READY', host: 'h1' }), [], 'h0 has not said ready since it got its slot');
+  t.deepEqual(send({ type: 'HOST_READY', host: 'h0' }), [{ type: 'START_RUN' }]);
+});
+
+test('RUN_FINISHED once every replica has finished', (t) => {
+  const { send } = running();
+  t.deepEqual(send({ type: 'REPLICA_FINISHED', replica: 1 }), []);
+  t.deepEqual(send({ type: 'REPLICA_FINISHED', replica: 1 }), [], 'the same replica twice');
+  t.deepEqual(send({ type: 'REPLICA_FINISHED', replica: 0 }), [{ type: 'RUN_FINISHED' }]);
+  t.deepEqual(send({ type: 'REPLICA_FINISHED', replica: 0 }), []);
+});
+
+test('REPLICA_FINISHED before the run started is ignored', (t) => {
+  const { send } = coordinator({ stages: 1, replicas: 1 });
+  send(join('h0'));
+  t.deepEqual(send({ type: 'REPLICA_FINISHED', replica: 0 }), []);
+  t.deepEqual(send({ type: 'HOST_READY', host: 'h0' }), [{ type: 'START_RUN' }]);
+  t.deepEqual(send({ type: 'REPLICA_FINISHED', replica: 0 }), [{ type: 'RUN_FINISHED' }]);
+});
+
+test('heartbeats keep every host alive, slotted or standby, for as long as they come', (t) => {
+  const c = running(2);
+  t.deepEqual(c.advance(20 * TIMEOUT, c.hosts, 300), []);
+  // A period just under the timeout is enough too.
+  for (const host of c.hosts) c.send({ type: 'HEARTBEAT', host });
+  t.deepEqual(c.advance(20 * TIMEOUT, c.hosts, TIMEOUT - 50), []);
+  t.true(c.actor.getSnapshot().matches({ run: 'running' }));
+});
+
+test('a slotted host silent for longer than the timeout is lost and fails the run, naming it', (t) => {
+  const c = running(1);
+  const silent = 'h4';  // replica 1, stage 1
+  const others = c.hosts.filter((h) => h !== silent);
+  const quietFrom = c.clock.now();
+  t.deepEqual(c.advance(TIMEOUT, others), [], 'not lost at exactly the timeout');
+  const after = c.advance(3 * TIMEOUT, others);
+  t.deepEqual(after.map((e) => e.cmd), [
+    { type: 'HOST_LOST', host: silent, slot: { replica: 1, stage: 1 } },
+    { type: 'RUN_FAILED', reason: `host ${silent} holding a slot stopped sending heartbeats` },
+  ]);
+  const lostAfter = after[0].at - quietFrom;
+  t.true(lostAfter > TIMEOUT && lostAfter <= TIMEOUT + TICK, `lost after ${lostAfter} ms of silence`);
+  t.true(c.actor.getSnapshot().matches({ run: 'failed' }));
+});
+
+test('a slotted host lost before the run starts fails it too', (t) => {
+  const c = coordinator({ stages: 2, replicas: 1 });
+  c.send(join('h0'));
+  c.send(join('h1'));
+  c.send({ type: 'HOST_READY', host: 'h0' });
+  const out = c.advance(2 * TIMEOUT, ['h0']).map((e) => e.cmd);
+  t.deepEqual(out, [
+    { type: 'HOST_LOST', host: 'h1', slot: { replica: 0, stage: 1 } },
+    { type: 'RUN_FAILED', reason: 'host h1 holding a slot stopped sending heartbeats' },
+  ]);
+  t.deepEqual(c.send({ type: 'HOST_READY', host: 'h1' }), [], 'no START_RUN after the failure');
+});
+
+test('a silent standby is lost and nothing else happens', (t) => {
+  const c = running(2);
+  const [standby, other] = c.standbys;
+  const alive = c.hosts.filter((h) => h !== standby);
+  const out = c.advance(3 * TIMEOUT, alive).map((e) => e.cmd);
+  t.deepEqual(out, [{ type: 'HOST_LOST', host: standby, slot: null }]);
+  t.true(c.actor.getSnapshot().matches({ run: 'running' }));
+  t.false(c.actor.getSnapshot().context.hosts.some((h) => h.id === standby));
+  t.true(c.actor.getSnapshot().context.hosts.some((h) => h.id === other));
+  c.send({ type: 'REPLICA_FINISHED', replica: 0 });
+  t.deepEqual(c.send({ type: 'REPLICA_FINISHED', replica: 1 }), [{ type: 'RUN_FINISHED' }], 'the run goes on to its end');
+});
+
+test('a host silent before the slots are assigned is dropped and takes no slot', (t) => {
+  const c = coordinator({ stages: 1, replicas: 2 });
+  c.send(join('h0'));
+  t.deepEqual(c.advance(2 * TIMEOUT).map((e) => e.cmd), [{ type: 'HOST_LOST', host: 'h0', slot: null }]);
+  t.deepEqual(c.send(join('h1')), []);
+  t.deepEqual(c.send(join('h2')), [
+    { type: 'ASSIGN', host: 'h1', replica: 0, stage: 0 },
+    { type: 'ASSIGN', host: 'h2', replica: 1, stage: 0 },
+  ]);
+});
+
+test('a host that joins late is timed from its join, not from the start', (t) => {
+  const c = coordinator({ stages: 1, replicas: 1 });
+  c.advance(5 * TIMEOUT);
+  c.send(join('h0'));
+  const joinedAt = c.clock.now();
+  const out = c.advance(3 * TIMEOUT);
+  t.is(out.length, 2);
+  t.deepEqual(out[0].cmd, { type: 'HOST_LOST', host: 'h0', slot: { replica: 0, stage: 0 } });
+  t.true(out[0].at - joinedAt > TIMEOUT);
+});
+
+test('a timeout that is not a multiple of the tick still never drops a host that heartbeats within it', (t) => {
+  // Heartbeats are stamped with the last tick's time, up to a tick before they came;
+  // the check must not count that tick as silence.
+  const timeout = 1050;
+  const c = coordinator({ stages: 1, replicas: 1, heartbeatTimeoutMs: timeout });
+  c.send(join('h0'));
+  c.send({ type: 'HOST_READY', host: 'h0' });
+  c.advance(199, ['h0'], 199);  // a heartbeat at 199, stamped 100 (the last tick)
+  const silence = c.advance(timeout - 30);  // then silence, but less than the timeout
+  t.deepEqual(silence.map((e) => e.cmd), [], `lost ${silence[0]?.at - 199} ms after its last heartbeat, timeout ${timeout}`);
+  c.send({ type: 'HEARTBEAT', host: 'h0' });
+  t.deepEqual(c.advance(timeout, ['h0'], 500), []);
+  // And real silence is still caught, within two ticks past the timeout.
+  const quietFrom = c.clock.now();
+  const lost = c.advance(3 * timeout);
+  t.is(lost[0]?.cmd.type, 'HOST_LOST');
+  const after = lost[0].at - quietFrom;
+  t.true(after > timeout && after < timeout + 2 * TICK, `lost after ${after} ms`);
+});

@@ -1,0 +1,144 @@
+// The Replica machine: opens steps, collects every stage's report, commits
+// one clip decision per step (computed over the stages in model order, not
+// arrival order), opens the next step once every stage has applied it, and
+// finishes with the losses. Expected scales are computed here by hand.
+import test from 'ava';
+import { createActor } from 'xstate';
+import { replicaMachine, type ReplicaCommand, type ReplicaEvent, type ReplicaMachineInput } from '../../actors/replica-machine.ts';
+
+function replica(input: Partial<ReplicaMachineInput> & Pick<ReplicaMachineInput, 'stages'>) {
+  const actor = createActor(replicaMachine, {
+    input: { replica: 2, microbatches: 2, steps: 2, maxGradNorm: 0, ...input },
+  });
+  let out: ReplicaCommand[] = [];
+  actor.on('*', (cmd) => { out.push(cmd); });
+  actor.start();
+  const send = (event: ReplicaEvent): ReplicaCommand[] => {
+    out = [];
+    actor.send(event);
+    return out;
+  };
+  return { actor, send };
+}
+
+const done = (stage: number, step: number, sumSquares: number[], loss?: number): ReplicaEvent =>
+  ({ type: 'STAGE_DONE', stage, step, sumSquares, ...(loss === undefined ? {} : { loss }) });
+const stepped = (stage: number, step: number): ReplicaEvent => ({ type: 'STAGE_STEPPED', stage, step });
+
+function permutations<T>(xs: readonly T[]): T[][] {
+  if (xs.length <= 1) return [[...xs]];
+  return xs.flatMap((x, i) => permutations([...xs.slice(0, i), ...xs.slice(i + 1)]).map((p) => [x, ...p]));
+}
+
+// Σg² per stage, three stages: total 3+1+4+8 = 16, ‖Σg‖ = 4, over M = 2 microbatches the mean gradient's norm is 2.
+const SUMS = [[3, 1], [4], [8]];
+
+test('START opens step 0', (t) => {
+  const { send } = replica({ stages: 3 });
+  t.deepEqual(send({ type: 'START' }), [{ type: 'OPEN_STEP', replica: 2, step: 0 }]);
+});
+
+test('the stages report in any order: one commit, scale by hand, no clipping', (t) => {
+  for (const order of permutations([0, 1, 2])) {
+    const { send } = replica({ stages: 3, maxGradNorm: 5 });
+    send({ type: 'START' });
+    const out = order.flatMap((s) => send(done(s, 0, SUMS[s], s === 2 ? 3.25 : undefined)));
+    // norm 2 ≤ 5: factor 1, and the accumulated sum is divided by M.
+    t.deepEqual(out, [{ type: 'COMMIT_STEP', replica: 2, step: 0, gradScale: 1 / 2, gradNorm: 2, loss: 3.25 }], `order ${order}`);
+  }
+});
+
+test('the stages report in any order: one commit, scale by hand, with clipping', (t) => {
+  for (const order of permutations([0, 1, 2])) {
+    const { send } = replica({ stages: 3, maxGradNorm: 0.5 });
+    send({ type: 'START' });
+    const out = order.flatMap((s) => send(done(s, 0, SUMS[s], s === 2 ? 3.25 : undefined)));
+    // norm 2 > 0.5: factor 0.5 / (2 + 1e-6), then / M.
+    t.deepEqual(out, [{ type: 'COMMIT_STEP', replica: 2, step: 0, gradScale: 0.5 / (2 + 1e-6) / 2, gradNorm: 2, loss: 3.25 }], `order ${order}`);
+  }
+});
+
+test('maxGradNorm 0 never clips', (t) => {
+  const { send } = replica({ stages: 3, maxGradNorm: 0 });
+  send({ type: 'START' });
+  const out = [2, 0, 1].flatMap((s) => send(done(s, 0, SUMS[s].map((v) => v * 1e6), s === 2 ? 1 : undefined)));
+  t.is(out.length, 1);
+  t.like(out[0], { type: 'COMMIT_STEP', gradScale: 1 / 2, gradNorm: 2000 });
+});
+
+test('the sums are added in stage order, not arrival order', (t) => {
+  // At 2^53 a double cannot hold +1: added one by one after it, sixteen 1s vanish;
+  // added first, they make 16, which 2^53 + 16 keeps. So only stage order gives 2^53 + 16.
+  const big = 2 ** 53;
+  const ones = Array<number>(16).fill(1);
+  const inStageOrder = Math.sqrt(big + 16) / 2;
+  t.not(inStageOrder, Math.sqrt(big) / 2, 'the two orders must give different norms for this test to mean anything');
+  for (const order of [[0, 1], [1, 0]]) {
+    const { send } = replica({ stages: 2, maxGradNorm: 0 });
+    send({ type: 'START' });
+    const sums = [ones, [big]];
+    const out = order.flatMap((s) => send(done(s, 0, sums[s], s === 1 ? 2 : undefined)));
+    t.like(out[0], { type: 'COMMIT_STEP', gradNorm: inStageOrder }, `arrival order ${order}`);
+  }
+});
+
+test('the loss comes from the last stage', (t) => {
+  const { send } = replica({ stages: 3 });
+  send({ type: 'START' });
+  send(done(2, 0, [1], 7.5));
+  send(done(0, 0, [1], 99));  // a loss from another stage is not the step's loss
+  const out = send(done(1, 0, [1]));
+  t.like(out[0], { type: 'COMMIT_STEP', loss: 7.5 });
+});
+
+test('a stage reporting twice does not stand in for a missing one', (t) => {
+  const { send } = replica({ stages: 3 });
+  send({ type: 'START' });
+  t.deepEqual(send(done(0, 0, [1])), []);
+  t.deepEqual(send(done(0, 0, [1])), []);
+  t.deepEqual(send(done(2, 0, [1], 1)), []);
+  t.deepEqual(send(done(2, 0, [1], 1)), []);
+  t.is(send(done(1, 0, [1])).length, 1);
+});
+
+test('every stage stepped opens the next step; the last step finishes with every loss', (t) => {
+  const { actor, send } = replica({ stages: 3, steps: 3 });
+  t.deepEqual(send({ type: 'START' }), [{ type: 'OPEN_STEP', replica: 2, step: 0 }]);
+  const losses = [4.5, 3.75, 3.125];
+  for (let step = 0; step < 3; step++) {
+    t.deepEqual(send(stepped(0, step)), [], 'STAGE_STEPPED before the commit is ignored');
+    [1, 2, 0].forEach((s) => send(done(s, step, [1], s === 2 ? losses[step] : undefined)));
+    t.deepEqual(send(stepped(2, step)), []);
+    t.deepEqual(send(stepped(2, step)), [], 'the same stage twice');
+    t.deepEqual(send(stepped(0, step)), []);
+    const last = send(stepped(1, step));
+    if (step < 2) t.deepEqual(last, [{ type: 'OPEN_STEP', replica: 2, step: step + 1 }]);
+    else t.deepEqual(last, [{ type: 'FINISHED', replica: 2, losses }]);
+  }
+  t.is(actor.getSnapshot().status, 'done');
+});
+
+test('reports for a wrong step are ignored', (t) => {
+  const { actor, send } = replica({ stages: 2, steps: 3 });
+  send({ type: 'START' });
+  t.deepEqual(send(done(0, 1, [100])), [], 'a future step');
+  t.deepEqual(send(done(1, 1, [100], 9)), [], 'a future step, from every stage');
+  t.deepEqual(send(done(0, 0, [1])), []);
+  t.like(send(done(1, 0, [3], 2))[0], { type: 'COMMIT_STEP', step: 0, gradNorm: 1, loss: 2 }, 'step 1 reports left no trace');
+  t.deepEqual(send(done(0, 0, [100])), [], 'STAGE_DONE after the commit');
+  t.deepEqual(send(stepped(0, 1)), []);
+  t.deepEqual(send(stepped(1, 1)), [], 'STAGE_STEPPED for a step not committed');
+  t.deepEqual(send(stepped(0, 0)), []);
+  t.deepEqual(send(stepped(1, 0)), [{ type: 'OPEN_STEP', replica: 2, step: 1 }]);
+  t.deepEqual(send(done(0, 0, [1])), [], 'a past step');
+  t.deepEqual(send(done(1, 0, [1], 1)), [], 'a past step, from every stage');
+  t.deepEqual(send(stepped(0, 0)), []);
+  t.deepEqual(send(stepped(1, 0)), [], 'STAGE_STEPPED for a past step');
+  t.is(actor.getSnapshot().context.step, 1);
+  t.true(actor.getSnapshot().matches('collecting'));
+});
+
+test('a replica resumed at firstStep opens that step; one already past its steps finishes at once', (t) => {
+  t.deepEqual(replica({ stages: 2, steps: 5, firstStep: 3 }).send({ type: 'START' }), [{ type: 'OPEN_STEP', replica: 2, step: 3 }]);
+  t.deepEqual(replica({ stages: 2, steps: 5, firstStep: 5 }).send({ type: 'START' }), [{ type: 'FINISHED', replica: 2, losses: [] }]);
+});

@@ -1,0 +1,66 @@
+// Bad input on the wire: a malformed CBOR frame, a wrong shape, an unknown
+// schema version and a frame for another run are each dead-lettered with a
+// reason and counted, and the run ends exactly as a clean run does.
+import test from 'ava';
+import { Encoder } from 'cbor-x';
+import { jetstream } from '@nats-io/jetstream';
+import { connect } from '@nats-io/transport-node';
+import { loadRunConfig } from '../../runtime/config/load-run-config.ts';
+import { createLogger } from '../../runtime/log.ts';
+import { startNatsServer } from '../../runtime/nats/nats-server.ts';
+import { runNames } from '../../runtime/transport/subjects.ts';
+import { trainDistributed } from '../../runtime/train/train-distributed.ts';
+import { trainLocal } from '../../runtime/train/train-local.ts';
+import { encodeFrame } from '../../schemas/tensor-frame.ts';
+import { caravan } from '../support/caravan-cli.ts';
+
+test('bad frames are dead-lettered, counted in status, and nothing else is lost', async (t) => {
+  const server = await startNatsServer();
+  t.teardown(() => server.stop());
+  const config = await loadRunConfig({ preset: 'tiny', overrides: { training: { steps: 3, stages: 2, seqLen: 32, batchSize: 4, microbatches: 2, seed: 3 } } });
+  const { model, training } = config;
+  const run = 'badframes';
+  const names = runNames(run);
+  const shape = [training.batchSize, training.seqLen, model.dModel];
+  const good = new Float32Array(shape[0] * shape[1] * shape[2]).fill(0.25);
+
+  const summary = await trainDistributed({
+    config, nats: server.url, run, log: createLogger('test', 'silent'),
+    onReady: async () => {
+      // Published before any host starts: they are the first things stage 1 reads.
+      const nc = await connect({ servers: server.url });
+      const js = jetstream(nc);
+      const subject = names.act(0, 1);
+      await js.publish(subject, new Uint8Array([0xa5, 0x01, 0x02, 0xff, 0x00]));  // not a CBOR frame
+      await js.publish(subject, encodeFrame({ run, replica: 0, stage: 1, step: 0, microbatch: 0, kind: 'act', shape: [shape[0], shape[1], model.dModel * 2], data: new Float32Array(good.length * 2) }));
+      const future = new Encoder({ useRecords: false }).encode({ d: new Uint8Array(8), v: 7, run, r: 0, s: 1, t: 0, mb: 0, k: 'act' });
+      await js.publish(subject, future);
+      await js.publish(subject, encodeFrame({ run: 'another-run', replica: 0, stage: 1, step: 0, microbatch: 0, kind: 'act', shape, data: good }));
+      await nc.close();
+    },
+  });
+  t.is(summary.dead_letters, 4);
+
+  const clean = await trainLocal({ ...config, valBatches: 1 });
+  t.deepEqual(summary.losses, clean.losses, 'the run is the clean run: nothing else was lost');
+  t.is(summary.params_sha256, clean.paramsSha256);
+
+  const status = await caravan(['status', '--nats', server.url, '--run', run, '--json']);
+  t.is(status.code, 0, status.stderr);
+  const s = JSON.parse(status.stdout);
+  t.is(s.dead_letters.count, 4);
+  t.deepEqual(s.dead_letters.recent.map((d: { fault: string }) => d.fault).sort(), ['malformed', 'run', 'shape', 'version']);
+  for (const d of s.dead_letters.recent) t.true(d.reason.length > 10, `a reason is recorded: ${d.reason}`);
+  t.is(s.state.status, 'finished');
+  const text = await caravan(['status', '--nats', server.url, '--run', run]);
+  t.regex(text.stdout, /dead-lettered frames: 4/);
+});
+
+test('an unreachable NATS URL and a bad config each exit non-zero with one clear line', async (t) => {
+  const unreachable = await caravan(['train', '--nats', 'nats://127.0.0.1:1', '--steps', '1']);
+  t.is(unreachable.code, 1);
+  t.regex(unreachable.stderr.trim().split('\n').pop()!, /^caravan: cannot reach NATS at nats:\/\/127\.0\.0\.1:1: /);
+  const missing = await caravan(['train', '--config', '/nonexistent/run.yaml']);
+  t.is(missing.code, 1);
+  t.regex(missing.stderr.trim(), /^caravan: cannot read config \/nonexistent\/run\.yaml: ENOENT$/);
+});
