@@ -1,8 +1,9 @@
 // `npm run bench -- transport`: the project's own edge path — encode a tensor
 // frame, publish it to JetStream with its Nats-Msg-Id, consume it through the
-// stage's durable pull consumer, decode and validate it, ack it — against
-// core NATS pub/sub and raw loopback TCP moving the same bytes, alternated in
-// one run on one embedded nats-server (fsync on every write, as runs use).
+// stage's durable pull consumer, decode and validate it, ack it — against the
+// same JetStream path with raw bytes (what the store itself costs), core NATS
+// pub/sub and raw loopback TCP moving the same bytes, alternated in one run on
+// one embedded nats-server (fsync on every write, as runs use).
 import { once } from 'node:events';
 import { createServer, connect as tcpConnect, type Socket } from 'node:net';
 import { connectNats } from '../runtime/nats/connect.ts';
@@ -23,7 +24,7 @@ export async function benchTransport(args: string[]): Promise<Record<string, unk
   const res = await openRunResources(nc, run);
   const d = 256;
   try {
-    const results: Record<string, Record<number, number[]>> = { edge: {}, core: {}, tcp: {} };
+    const results: Record<string, Record<number, number[]>> = { edge: {}, jetstream: {}, core: {}, tcp: {} };
     let seq = 0;
     console.log(`transport bench: frames of ${sizes.map((s) => `${s / 1024} KiB`).join(', ')}, ${perSize} MiB each per method, ${reps} reps, nats-server with sync_interval always`);
     for (let rep = 0; rep < reps; rep++) {
@@ -32,34 +33,37 @@ export async function benchTransport(args: string[]): Promise<Record<string, unk
         const T = bytes / 4 / d;  // [1, T, d] floats
         const data = new Float32Array(bytes / 4).map((_, i) => Math.sin(i));
 
-        // Edge: encode → JetStream publish (8 acks in flight) → durable pull consumer → decode → ack.
-        const stage = 1 + (seq++ % 1000);
-        const consumerName = await ensureEdgeConsumer(res, 'act', 0, stage);
-        const consumer = await res.js.consumers.get(res.names.edgeStream, consumerName);
-        const t0 = performance.now();
-        const messages = await consumer.consume({ max_bytes: 32 * MiB });
-        const received = (async () => {
-          let n = 0;
-          for await (const m of messages) {
-            decodeFrame(m.data, { run, replica: 0, stage, kind: 'act', width: d, maxSeqLen: T });
-            m.ack();
-            if (++n === count) break;
+        // Edge: encode → JetStream publish (8 acks in flight) → durable pull consumer → decode → ack;
+        // then the same JetStream path with the raw payload, to separate our costs from the store's.
+        const payload = new Uint8Array(data.buffer);
+        for (const method of ['edge', 'jetstream'] as const) {
+          const stage = 1 + (seq++ % 1000);
+          const consumerName = await ensureEdgeConsumer(res, 'act', 0, stage);
+          const consumer = await res.js.consumers.get(res.names.edgeStream, consumerName);
+          const t0 = performance.now();
+          const messages = await consumer.consume({ max_bytes: 32 * MiB });
+          const received = (async () => {
+            let n = 0;
+            for await (const m of messages) {
+              if (method === 'edge') decodeFrame(m.data, { run, replica: 0, stage, kind: 'act', width: d, maxSeqLen: T });
+              m.ack();
+              if (++n === count) break;
+            }
+          })();
+          const inflight: Promise<unknown>[] = [];
+          for (let i = 0; i < count; i++) {
+            const body = method === 'edge' ? encodeFrame({ run, replica: 0, stage, step: rep, microbatch: i, kind: 'act', shape: [1, T, d], data }) : payload;
+            inflight.push(res.js.publish(res.names.act(0, stage), body, { msgID: frameMsgId(run, 0, rep, i, 'act', stage) }));
+            if (inflight.length >= 8) await inflight.shift();
           }
-        })();
-        const inflight: Promise<unknown>[] = [];
-        for (let i = 0; i < count; i++) {
-          const frame = encodeFrame({ run, replica: 0, stage, step: rep, microbatch: i, kind: 'act', shape: [1, T, d], data });
-          inflight.push(res.js.publish(res.names.act(0, stage), frame, { msgID: frameMsgId(run, 0, rep, i, 'act', stage) }));
-          if (inflight.length >= 8) await inflight.shift();
+          await Promise.all(inflight);
+          await received;
+          (results[method][bytes] ??= []).push((count * bytes) / MiB / ((performance.now() - t0) / 1000));
+          await messages.close();
+          await res.jsm.consumers.delete(res.names.edgeStream, consumerName);
         }
-        await Promise.all(inflight);
-        await received;
-        (results.edge[bytes] ??= []).push((count * bytes) / MiB / ((performance.now() - t0) / 1000));
-        await messages.close();
-        await res.jsm.consumers.delete(res.names.edgeStream, consumerName);
 
         // Core NATS pub/sub of the same payloads.
-        const payload = new Uint8Array(data.buffer);
         const subject = `bench.core.${seq}`;
         const sub = nc.subscribe(subject, { max: count });
         const t1 = performance.now();
@@ -77,8 +81,8 @@ export async function benchTransport(args: string[]): Promise<Record<string, unk
     }
     const perSizeMedian = (m: string) => sizes.map((s) => +median(results[m][s]).toFixed(1));
     const mean = (xs: number[]) => +(xs.reduce((a, b) => a + b, 0) / xs.length).toFixed(1);
-    const edge = perSizeMedian('edge'), core = perSizeMedian('core'), tcp = perSizeMedian('tcp');
-    for (const [i, s] of sizes.entries()) console.log(`${(s / 1024).toString().padStart(5)} KiB: edge ${edge[i]} MB/s, core NATS ${core[i]} MB/s, TCP ${tcp[i]} MB/s`);
+    const edge = perSizeMedian('edge'), raw = perSizeMedian('jetstream'), core = perSizeMedian('core'), tcp = perSizeMedian('tcp');
+    for (const [i, s] of sizes.entries()) console.log(`${(s / 1024).toString().padStart(5)} KiB: edge ${edge[i]} MB/s, raw JetStream ${raw[i]} MB/s, core NATS ${core[i]} MB/s, TCP ${tcp[i]} MB/s`);
     return {
       bench: 'transport',
       frame_bytes: sizes,
@@ -86,7 +90,9 @@ export async function benchTransport(args: string[]): Promise<Record<string, unk
       core_nats_MBps: mean(core),
       tcp_MBps: mean(tcp),
       edge_vs_core: +(mean(edge) / mean(core)).toFixed(3),
-      by_size: { edge, core, tcp },
+      jetstream_raw_MBps: mean(raw),
+      edge_vs_jetstream: +(mean(edge) / mean(raw)).toFixed(3),
+      by_size: { edge, jetstream: raw, core, tcp },
       reps,
       mib_per_size: perSize,
     };

@@ -9,17 +9,8 @@
 import test from 'ava';
 import { createActor, type Actor } from 'xstate';
 import { stageMachine, type StageCommand, type StageEvent } from '../../actors/stage-machine.ts';
+import { mulberry32 } from '../support/random-weights.ts';
 
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 interface PipelineOptions {
   readonly stages: number;

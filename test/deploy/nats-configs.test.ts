@@ -215,9 +215,10 @@ test('3-node cluster: a replicas-3 stream and KV bucket keep taking writes and s
   let nc: NatsConnection | undefined;
   t.teardown(async () => {
     await nc?.close().catch(() => {});
-    await Promise.all(servers.map(kill));
     // The servers' own words, when something went wrong.
     if (!passed) for (const s of servers) t.log(`--- ${s.name}\n${s.log().slice(-4000)}`);
+    if (!passed) for (const node of nodes) { try { t.log('JSZ', node.name, JSON.stringify((await (await fetch(`http://127.0.0.1:${node.http}/jsz`)).json()).meta_cluster)); t.log('ROUTEZ', node.name, JSON.stringify(((await (await fetch(`http://127.0.0.1:${node.http}/routez`)).json()).routes ?? []).map((r: any) => r.remote_name ?? r.remote_id))); } catch (e) { t.log(String(e)); } }
+    await Promise.all(servers.map(kill));
   });
   let passed = false;
   await Promise.all(servers.map((s, i) => healthy(s, nodes[i].http, 15_000)));
@@ -232,7 +233,7 @@ test('3-node cluster: a replicas-3 stream and KV bucket keep taking writes and s
   // Stream creation may race the last peer joining the meta group.
   const { value: created, ms: cms } = await eventually(
     () => jsm.streams.add({ name: 'EDGES', subjects: ['caravan.t.>'], storage: StorageType.File, num_replicas: 3 }),
-    60_000,
+    12_000,
   );
   t.log('CREATE after', cms);
   t.is(created.config.num_replicas, 3);

@@ -10,20 +10,10 @@ import {
   type FrameExpectation,
   type FrameFault,
 } from '../../schemas/index.ts';
+import { mulberry32 } from '../support/random-weights.ts';
 
 const cbor = new Encoder({ useRecords: false });
 
-// Deterministic, so a failing flip or cut can be reproduced from its index.
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function randomFloats(n: number, seed: number): Float32Array {
   const next = mulberry32(seed);

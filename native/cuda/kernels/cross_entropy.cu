@@ -2,35 +2,13 @@
 // logits of a row are read once for the max and the sum, and overwritten by
 // their gradient, so the last stage keeps one [N,V] buffer, not two.
 #include <cfloat>
+#include "block_reduce.cuh"
 #include "kernels.h"
 
 namespace caravan::cuda {
 
 namespace {
 constexpr int kThreads = 512;
-
-template <bool kMax>
-__device__ float block_reduce(float v, float* shared) {
-  for (int o = 16; o > 0; o >>= 1) {
-    const float w = __shfl_xor_sync(0xffffffff, v, o);
-    v = kMax ? fmaxf(v, w) : v + w;
-  }
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  if (lane == 0) shared[warp] = v;
-  __syncthreads();
-  if (warp == 0) {
-    v = lane < blockDim.x / 32 ? shared[lane] : (kMax ? -FLT_MAX : 0.0f);
-    for (int o = 16; o > 0; o >>= 1) {
-      const float w = __shfl_xor_sync(0xffffffff, v, o);
-      v = kMax ? fmaxf(v, w) : v + w;
-    }
-    if (lane == 0) shared[0] = v;
-  }
-  __syncthreads();
-  v = shared[0];
-  __syncthreads();
-  return v;
-}
 
 __global__ void cross_entropy_kernel(bf16* logits, float* loss, const int32_t* targets, int V, float scale) {
   __shared__ float shared[32];

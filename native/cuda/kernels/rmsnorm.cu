@@ -1,5 +1,6 @@
 // RMSNorm on the GPU: one block per row for the forward and the input
 // gradient; the weight gradient as a column reduction over fixed row chunks.
+#include "block_reduce.cuh"
 #include "kernels.h"
 
 namespace caravan::cuda {
@@ -7,27 +8,13 @@ namespace caravan::cuda {
 namespace {
 constexpr int kThreads = 256;
 
-__device__ float block_sum(float v, float* shared) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  if (lane == 0) shared[warp] = v;
-  __syncthreads();
-  v = threadIdx.x < blockDim.x / 32 ? shared[threadIdx.x] : 0.0f;
-  if (warp == 0) for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
-  if (threadIdx.x == 0) shared[0] = v;
-  __syncthreads();
-  v = shared[0];
-  __syncthreads();
-  return v;
-}
-
 __global__ void rmsnorm_forward_kernel(bf16* y, float* rstd, const float* x, const float* w, int d, float eps) {
   __shared__ float shared[32];
   const size_t row = blockIdx.x;
   const float* xr = x + row * d;
   float ss = 0.0f;
   for (int j = threadIdx.x; j < d; j += blockDim.x) ss += xr[j] * xr[j];
-  ss = block_sum(ss, shared);
+  ss = block_reduce<false>(ss, shared);
   const float r = rsqrtf(ss / d + eps);
   if (threadIdx.x == 0) rstd[row] = r;
   for (int j = threadIdx.x; j < d; j += blockDim.x) y[row * d + j] = __float2bfloat16(xr[j] * r * w[j]);
@@ -42,7 +29,7 @@ __global__ void rmsnorm_backward_dx_kernel(float* dx, const float* dy, const flo
   const float* dyr = dy + row * d;
   float dot = 0.0f;
   for (int j = threadIdx.x; j < d; j += blockDim.x) dot += dyr[j] * w[j] * xr[j] * r;
-  const float mean = block_sum(dot, shared) / d;
+  const float mean = block_reduce<false>(dot, shared) / d;
   for (int j = threadIdx.x; j < d; j += blockDim.x) dx[row * d + j] += r * (dyr[j] * w[j] - xr[j] * r * mean);
 }
 
