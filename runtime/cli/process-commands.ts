@@ -14,7 +14,7 @@ export function processCommands(program: Command): void {
     .description('run the coordinator of a run: admits hosts, assigns slots, drives the steps, keeps run state in KV')
     .requiredOption('--nats <url>', 'NATS server or cluster')
     .requiredOption('--run <id>', 'run id')
-    .option('--config <file>', 'run config (YAML or JSON)')
+    .option('--config <file>', 'run config (YAML, TOML or JSON)')
     .option('--preset <name>', 'base settings when no config file names one')
     .option('--heartbeat-timeout <ms>', 'a host silent this long is lost', positiveInt('--heartbeat-timeout'), 15_000)
     .option('--json', 'print the run summary as one JSON line at the end')

@@ -61,7 +61,7 @@ export function trainCommand(program: Command): void {
   program
     .command('train')
     .description('train a model: over NATS JetStream with one host process per stage (embedded server by default), or --in-process')
-    .option('--config <file>', 'run config (YAML or JSON): preset, model, optim, training')
+    .option('--config <file>', 'run config (YAML, TOML or JSON): preset, model, optim, training')
     .addOption(new Option('--preset <name>', 'base settings').choices(Object.keys(PRESETS)))
     .option('--steps <n>', 'optimizer steps', positiveInt('--steps'))
     .option('--stages <n>', 'pipeline stages the layers are split into', positiveInt('--stages'))

@@ -1,7 +1,8 @@
-// A run's config from a preset, a YAML or JSON file laid over it, and flags
-// laid over both; validated before anything starts.
+// A run's config from a preset, a YAML, TOML or JSON file laid over it, and
+// flags laid over both; validated before anything starts.
 import { readFile } from 'node:fs/promises';
-import { parse } from 'yaml';
+import { parse as parseToml } from 'smol-toml';
+import { parse as parseYaml } from 'yaml';
 import { validateRunConfig, type RunConfig } from '../../schemas/run-config.ts';
 import { preset } from '../train/presets.ts';
 
@@ -32,11 +33,12 @@ export async function readConfigFile(file: string): Promise<{ preset?: string } 
   } catch (err) {
     throw new Error(`cannot read config ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
   }
+  const toml = file.endsWith('.toml');
   let parsed: unknown;
   try {
-    parsed = parse(text);
+    parsed = toml ? parseToml(text) : parseYaml(text);  // YAML also reads JSON
   } catch (err) {
-    throw new Error(`config ${file} is not valid YAML: ${(err as Error).message.split('\n')[0]}`);
+    throw new Error(`config ${file} is not valid ${toml ? 'TOML' : 'YAML'}: ${(err as Error).message.split('\n')[0]}`);
   }
   if (!isObject(parsed)) throw new Error(`config ${file} must be a mapping with preset, model, optim or training`);
   const unknown = Object.keys(parsed).filter((k) => !['preset', 'model', 'optim', 'training'].includes(k));
