@@ -119,12 +119,12 @@ async function runStage(
   const key = (kind: FrameKind, step: number, mb: number) => `${kind}/${step}/${mb}`;
 
   const publishFrame = async (kind: FrameKind, to: number, step: number, mb: number, data: Float32Array) => {
-    const bytes = encodeFrame({ run: res.names.kvBucket.slice('caravan_'.length), replica, stage: to, step, microbatch: mb, kind, shape: [B, T, model.dModel], data });
+    const bytes = encodeFrame({ run: res.names.run, replica, stage: to, step, microbatch: mb, kind, shape: [B, T, model.dModel], data });
     if (bytes.length > maxPayload) {
       throw new Error(`a ${kind} frame of ${bytes.length} bytes exceeds the server's max_payload of ${maxPayload} bytes: raise max_payload (up to 8MB) in the nats-server config, or shrink B·T·d`);
     }
     const subject = kind === 'act' ? res.names.act(replica, to) : res.names.grad(replica, to);
-    await res.js.publish(subject, bytes, { msgID: frameMsgId(runOf(res), replica, step, mb, kind, to) });
+    await res.js.publish(subject, bytes, { msgID: frameMsgId(res.names.run, replica, step, mb, kind, to) });
   };
   const report = (msg: Record<string, unknown>) => nc.publish(res.names.report, encodeJson({ replica, stage: s, host: id, ...msg }));
 
@@ -230,7 +230,7 @@ async function runStage(
     const consumer = await res.js.consumers.get(res.names.edgeStream, name);
     const messages = await consumer.consume({ max_bytes: CONSUME_MAX_BYTES });
     consumers.push({ stop: () => void messages.stop() });
-    const expect = { run: runOf(res), replica, stage: s, kind, width: model.dModel, maxSeqLen: model.maxSeqLen };
+    const expect = { run: res.names.run, replica, stage: s, kind, width: model.dModel, maxSeqLen: model.maxSeqLen };
     (async () => {
       for await (const m of messages) {
         let frame;
@@ -263,10 +263,6 @@ async function runStage(
   failedRun.unsubscribe();
   actor.stop();
   if (failure) throw failure;
-}
-
-function runOf(res: RunResources): string {
-  return res.names.kvBucket.slice('caravan_'.length);
 }
 
 async function deadLetter(res: RunResources, m: JsMsg, err: FrameError, replica: number, stage: number, host: string): Promise<void> {

@@ -13,6 +13,7 @@ export function runNames(run: string) {
   validateRunId(run);
   const p = `caravan.${run}`;
   return {
+    run,
     act: (replica: number, stage: number) => `${p}.act.${replica}.${stage}`,
     grad: (replica: number, stage: number) => `${p}.grad.${replica}.${stage}`,
     dead: (replica: number, stage: number) => `${p}.dead.${replica}.${stage}`,
