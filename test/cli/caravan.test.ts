@@ -12,6 +12,28 @@ test('caravan --help and caravan train --help describe the commands', async (t) 
   for (const flag of ['--steps', '--stages', '--microbatches', '--checkpoint-dir', '--json', '--data']) t.regex(help, new RegExp(flag));
 });
 
+test('coordinator, host and status have --help naming their flags', async (t) => {
+  const expected: Record<string, string[]> = {
+    coordinator: ['--nats', '--run', '--config', '--heartbeat-timeout'],
+    host: ['--nats', '--run', '--device', '--gpu', '--datacenter'],
+    status: ['--nats', '--run', '--json'],
+  };
+  for (const [command, flags] of Object.entries(expected)) {
+    const help = (await caravan(command, '--help')).stdout;
+    for (const flag of flags) t.regex(help, new RegExp(flag), `${command} --help names ${flag}`);
+  }
+});
+
+test('a host asked for CUDA says why it cannot, in one line', async (t) => {
+  const err = await t.throwsAsync(caravan('host', '--nats', 'nats://127.0.0.1:1', '--run', 'r1', '--device', 'cuda'));
+  t.regex((err as Error & { stderr: string }).stderr.trim(), /^caravan: --device cuda: the Node engine has no CUDA backend yet/);
+});
+
+test('a bad run id is refused', async (t) => {
+  const err = await t.throwsAsync(caravan('status', '--nats', 'nats://127.0.0.1:1', '--run', 'a.b'));
+  t.regex((err as Error & { stderr: string }).stderr, /invalid run id 'a\.b'/);
+});
+
 test('a bad flag value exits non-zero with one line naming it', async (t) => {
   const err = await t.throwsAsync(caravan('train', '--steps', 'many'));
   t.regex((err as Error & { stderr: string }).stderr, /--steps must be a positive integer, got 'many'/);
