@@ -9,13 +9,13 @@ import test from 'ava';
 import { spawn, execFile, type ChildProcess } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { createServer } from 'node:net';
+import { createServer, type AddressInfo, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
-import { jetstream, jetstreamManager, StorageType } from '@nats-io/jetstream';
+import { AckPolicy, jetstream, jetstreamManager, StorageType } from '@nats-io/jetstream';
 import { Kvm } from '@nats-io/kv';
 
 const run = promisify(execFile);
@@ -42,16 +42,19 @@ function confFiles(dir: string): string[] {
     .sort();
 }
 
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.unref();
-    server.on('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      server.close(() => (typeof address === 'object' && address ? resolve(address.port) : reject(new Error('no port'))));
-    });
-  });
+// Distinct free ports: every listener stays open until all are taken, so the
+// kernel cannot hand out the same port twice.
+async function freePorts(count: number): Promise<number[]> {
+  const servers = await Promise.all(
+    Array.from({ length: count }, () => new Promise<Server>((resolve, reject) => {
+      const server = createServer();
+      server.on('error', reject);
+      server.listen(0, '127.0.0.1', () => resolve(server));
+    })),
+  );
+  const ports = servers.map((server) => (server.address() as AddressInfo).port);
+  await Promise.all(servers.map((server) => new Promise((resolve) => server.close(resolve))));
+  return ports;
 }
 
 // The shipped configs name ports 4222-4224 (clients), 6222-6224 (routes) and
@@ -60,9 +63,8 @@ async function freePort(): Promise<number> {
 // so routes still point at the right nodes), loopback and a temp store.
 const shippedPorts = [4222, 4223, 4224, 6222, 6223, 6224, 8222, 8223, 8224];
 async function portMap(): Promise<Map<number, number>> {
-  const map = new Map<number, number>();
-  for (const port of shippedPorts) map.set(port, await freePort());
-  return map;
+  const free = await freePorts(shippedPorts.length);
+  return new Map(shippedPorts.map((port, i) => [port, free[i]]));
 }
 function rewrite(text: string, ports: Map<number, number>, storeDir: string): string {
   const out = text
@@ -73,9 +75,9 @@ function rewrite(text: string, ports: Map<number, number>, storeDir: string): st
   return out;
 }
 
-type Server = { name: string; proc: ChildProcess; log: () => string; exited: Promise<void> };
+type NatsProcess = { name: string; proc: ChildProcess; log: () => string; exited: Promise<void> };
 
-function start(conf: string, name: string): Server {
+function start(conf: string, name: string): NatsProcess {
   const proc = spawn(natsServer(), ['-c', conf], { stdio: ['ignore', 'pipe', 'pipe'] });
   let log = '';
   const keep = (chunk: Buffer) => {
@@ -87,14 +89,14 @@ function start(conf: string, name: string): Server {
   return { name, proc, log: () => log, exited };
 }
 
-async function kill(server: Server): Promise<void> {
+async function kill(server: NatsProcess): Promise<void> {
   if (server.proc.exitCode === null && server.proc.signalCode === null) server.proc.kill('SIGKILL');
   await server.exited;
 }
 
 // /healthz answers 200 once the server's JetStream is up (in a cluster: once
 // it has a meta leader and is current).
-async function healthy(server: Server, httpPort: number, timeoutMs: number): Promise<void> {
+async function healthy(server: NatsProcess, httpPort: number, timeoutMs: number): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   let last = '';
   while (Date.now() < deadline) {
@@ -196,6 +198,26 @@ test('single.conf: JetStream up, fsync always, 8 MiB frames pass and larger ones
   t.is((await jsm.streams.info('FRAMES')).state.messages, 1);
 });
 
+type MetaView = { leader: string; size: number; followers: string[] };
+
+// The meta group as its leader sees it (followers do not list replicas).
+async function metaView(httpPorts: number[]): Promise<MetaView | undefined> {
+  for (const port of httpPorts) {
+    try {
+      const jsz = (await (await fetch(`http://127.0.0.1:${port}/jsz`)).json()) as {
+        meta_cluster?: { leader?: string; cluster_size?: number; replicas?: { name: string; current: boolean }[] };
+      };
+      const meta = jsz.meta_cluster;
+      if (meta?.leader && meta.replicas) {
+        return { leader: meta.leader, size: meta.cluster_size ?? 0, followers: meta.replicas.filter((r) => r.current).map((r) => r.name) };
+      }
+    } catch {
+      // not up yet, or just killed
+    }
+  }
+  return undefined;
+}
+
 test('3-node cluster: a replicas-3 stream and KV bucket keep taking writes and serving reads after one node is killed', async (t) => {
   const dir = await mkdtemp(join(tmpdir(), 'caravan-nats-cluster-'));
   t.teardown(() => rm(dir, { recursive: true, force: true }));
@@ -212,16 +234,44 @@ test('3-node cluster: a replicas-3 stream and KV bucket keep taking writes and s
     await writeFile(node.conf, rewrite(shipped, ports, join(dir, 'store')));
   }
   const servers = nodes.map((node) => start(node.conf, node.name));
+  const everStarted = [...servers];
   let nc: NatsConnection | undefined;
+  let passed = false;
   t.teardown(async () => {
     await nc?.close().catch(() => {});
-    // The servers' own words, when something went wrong.
-    if (!passed) for (const s of servers) t.log(`--- ${s.name}\n${s.log().slice(-4000)}`);
-    if (!passed) for (const node of nodes) { try { t.log('JSZ', node.name, JSON.stringify((await (await fetch(`http://127.0.0.1:${node.http}/jsz`)).json()).meta_cluster)); t.log('ROUTEZ', node.name, JSON.stringify(((await (await fetch(`http://127.0.0.1:${node.http}/routez`)).json()).routes ?? []).map((r: any) => r.remote_name ?? r.remote_id))); } catch (e) { t.log(String(e)); } }
-    await Promise.all(servers.map(kill));
+    if (!passed) {
+      // The servers' own words, when something went wrong.
+      t.log('meta group:', JSON.stringify(await metaView(nodes.map((n) => n.http))));
+      for (const s of servers) t.log(`--- ${s.name}\n${s.log().slice(-4000)}`);
+    }
+    await Promise.all(everStarted.map(kill));
   });
-  let passed = false;
   await Promise.all(servers.map((s, i) => healthy(s, nodes[i].http, 15_000)));
+
+  // All three must be in the JetStream meta group before a replicas-3 stream
+  // can be placed. nats-server 2.10.27 now and then forms a group of two on a
+  // fresh start (about 1 start in 12 on a loaded 2-core machine) and leaves
+  // the third out; docs/operations.md says to restart the left-out server,
+  // and so does this test, once.
+  const wantFollowers = 2;
+  let restarted = '';
+  let firstLeaderAt = 0;
+  const deadline = Date.now() + 20_000;
+  for (;;) {
+    const view = await metaView(nodes.map((n) => n.http));
+    if (view && view.size === 3 && view.followers.length === wantFollowers) break;
+    if (Date.now() > deadline) throw new Error(`the meta group never took in all three servers: ${JSON.stringify(view)}`);
+    if (view && !firstLeaderAt) firstLeaderAt = Date.now();
+    if (view && !restarted && Date.now() - firstLeaderAt > 4_000 && view.size === 2) {
+      const i = nodes.findIndex((n) => n.name !== view.leader && !view.followers.includes(n.name));
+      restarted = nodes[i].name;
+      t.log(`meta group formed without ${restarted} (${JSON.stringify(view)}): restarting it`);
+      await kill(servers[i]);
+      servers[i] = start(nodes[i].conf, nodes[i].name);
+      everStarted.push(servers[i]);
+    }
+    await new Promise((r) => setTimeout(r, 200));
+  }
 
   nc = await connect({
     servers: nodes.map((node) => `127.0.0.1:${node.client}`),
@@ -230,17 +280,21 @@ test('3-node cluster: a replicas-3 stream and KV bucket keep taking writes and s
   });
   const jsm = await jetstreamManager(nc);
   const js = jetstream(nc);
-  // Stream creation may race the last peer joining the meta group.
-  const { value: created, ms: cms } = await eventually(
+  // Placement also needs each peer's stats, which may lag the meta group by a moment.
+  const { value: created } = await eventually(
     () => jsm.streams.add({ name: 'EDGES', subjects: ['caravan.t.>'], storage: StorageType.File, num_replicas: 3 }),
-    12_000,
+    10_000,
   );
-  t.log('CREATE after', cms);
   t.is(created.config.num_replicas, 3);
   const kv = await eventually(() => new Kvm(nc!).create('run-state', { replicas: 3, history: 5 }), 10_000);
 
+  // A stage reads its inputs through a durable pull consumer made beforehand.
+  await eventually(
+    () => jsm.consumers.add('EDGES', { durable_name: 'act-0-1', filter_subject: 'caravan.t.act.0.1', ack_policy: AckPolicy.Explicit }),
+    10_000,
+  );
   t.is((await js.publish('caravan.t.act.0.1', new TextEncoder().encode('before'), { msgID: 'm1' })).seq, 1);
-  await kv.value.put('step', '41');
+  const firstRevision = await kv.value.put('step', '41');
 
   // Kill the stream's leader: the harder case, as the survivors must elect a
   // new one before the next write is acknowledged.
@@ -265,17 +319,24 @@ test('3-node cluster: a replicas-3 stream and KV bucket keep taking writes and s
   const texts = await Promise.all([1, 2].map(async (seq) => (await jsm.streams.getMessage('EDGES', { seq }))?.string()));
   t.deepEqual(texts, ['before', 'after']);
 
-  await eventually(() => kv.value.put('step', '42'), 20_000);
-  t.is((await kv.value.get('step'))?.string(), '42');
-  // Reading history creates a consumer, which needs the meta leader (it may
-  // have been the node just killed, so it can take another election).
-  const history = await eventually(async () => {
-    const seen: string[] = [];
-    for await (const entry of await kv.value.history({ key: 'step' })) seen.push(entry.string());
-    return seen;
+  // The durable consumer still delivers both, once its own group has a leader.
+  const seen = new Map<number, string>();
+  const read = await eventually(async () => {
+    const consumer = await js.consumers.get('EDGES', 'act-0-1');
+    for await (const m of await consumer.fetch({ max_messages: 2, expires: 1_000 })) {
+      seen.set(m.seq, m.string());
+      await m.ackAck();
+    }
+    if (seen.size < 2) throw new Error(`consumer delivered ${seen.size} of 2`);
+    return [...seen.entries()].sort((x, y) => x[0] - y[0]).map(([, v]) => v);
   }, 20_000);
-  t.log(`KV history read after ${history.ms} ms more`);
-  t.deepEqual(history.value, ['41', '42']);
+  t.log(`durable consumer delivered both after ${read.ms} ms more`);
+  t.deepEqual(read.value, ['before', 'after']);
+
+  const { value: secondRevision } = await eventually(() => kv.value.put('step', '42'), 20_000);
+  t.true(secondRevision > firstRevision);
+  t.is((await kv.value.get('step'))?.string(), '42');
+  t.is((await kv.value.get('step', { revision: firstRevision }))?.string(), '41', 'history survives');
   passed = true;
 });
 
