@@ -3,8 +3,9 @@
 import { Command } from 'commander';
 import { connectNats } from '../nats/connect.ts';
 import { decodeJson } from '../transport/json.ts';
+import { jetstreamManager } from '@nats-io/jetstream';
 import { openRunResources } from '../transport/run-resources.ts';
-import { validateRunId } from '../transport/subjects.ts';
+import { runNames, validateRunId } from '../transport/subjects.ts';
 
 export interface RunStatus {
   readonly run: string;
@@ -17,6 +18,11 @@ export interface RunStatus {
 export async function readRunStatus(url: string, run: string): Promise<RunStatus> {
   const nc = await connectNats(url, `caravan-status-${run}`);
   try {
+    // Looking must not create: a mistyped run id is an error, not a new empty run.
+    const jsm = await jetstreamManager(nc);
+    await jsm.streams.info(runNames(run).edgeStream).catch(() => {
+      throw new Error(`no run '${run}' on ${url} (its stream ${runNames(run).edgeStream} does not exist)`);
+    });
     const res = await openRunResources(nc, run);
     const json = async (key: string) => {
       const e = await res.kv.get(key);

@@ -5,7 +5,9 @@ export type { NatsConnection };
 
 export async function connectNats(url: string, name: string): Promise<NatsConnection> {
   try {
-    return await connect({ servers: url, name, maxReconnectAttempts: 10, reconnectTimeWait: 500, timeout: 5000 });
+    // A cluster is given as a comma-separated list of its servers' URLs.
+    const servers = url.split(',').map((u) => u.trim()).filter(Boolean);
+    return await connect({ servers, name, maxReconnectAttempts: 10, reconnectTimeWait: 500, timeout: 5000 });
   } catch (err) {
     throw new Error(`cannot reach NATS at ${url}: ${(err as Error).message}`);
   }

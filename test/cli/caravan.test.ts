@@ -2,6 +2,7 @@
 import test from 'ava';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
+import { startNatsServer } from '../../runtime/nats/nats-server.ts';
 
 const run = promisify(execFile);
 const caravan = (...args: string[]) => run(process.execPath, ['--import=tsx', 'runtime/cli/bin.ts', ...args]);
@@ -27,6 +28,15 @@ test('coordinator, host and status have --help naming their flags', async (t) =>
 test('a host asked for CUDA says why it cannot, in one line', async (t) => {
   const err = await t.throwsAsync(caravan('host', '--nats', 'nats://127.0.0.1:1', '--run', 'r1', '--device', 'cuda'));
   t.regex((err as Error & { stderr: string }).stderr.trim(), /^caravan: --device cuda: the Node engine has no CUDA backend yet/);
+});
+
+test('status of a run that does not exist is an error, and creates nothing', async (t) => {
+  const server = await startNatsServer();
+  t.teardown(() => server.stop());
+  for (let i = 0; i < 2; i++) {
+    const err = await t.throwsAsync(caravan('status', '--nats', server.url, '--run', 'no-such-run'));
+    t.regex((err as Error & { stderr: string }).stderr, /no run 'no-such-run' on nats:\/\/127\.0\.0\.1:\d+/);
+  }
 });
 
 test('a bad run id is refused', async (t) => {
