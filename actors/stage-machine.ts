@@ -53,6 +53,11 @@ function seen(ctx: StageContext, kind: InputKind, mb: number): boolean {
   return kind === 'act' ? mb < ctx.nextForward || ctx.acts.includes(mb) : mb < ctx.nextBackward || ctx.grads.includes(mb);
 }
 
+/** A reported result is for the computation now running: this step, the expected microbatch. */
+function isOutstanding(ctx: StageContext, step: number, mb: number, expected: number): boolean {
+  return ctx.busy && step === ctx.step && mb === expected;
+}
+
 /** The command to issue next, if any (pure). */
 export function nextCommand(ctx: StageContext): StageCommand | undefined {
   if (ctx.busy || ctx.step <= ctx.committed) return undefined;
@@ -142,7 +147,7 @@ export const stageMachine = setup({
         ACT_ARRIVED: { actions: 'arrive' },
         GRAD_ARRIVED: { actions: 'arrive' },
         FORWARD_DONE: {
-          guard: ({ context, event }) => context.busy && event.step === context.step && event.mb === context.nextForward,
+          guard: ({ context, event }) => isOutstanding(context, event.step, event.mb, context.nextForward),
           actions: [
             assign(({ context }) => ({
               busy: false,
@@ -157,7 +162,7 @@ export const stageMachine = setup({
         BACKWARD_DONE: [
           {
             guard: ({ context, event }) =>
-              context.busy && event.step === context.step && event.mb === context.nextBackward && event.mb === context.microbatches - 1,
+              isOutstanding(context, event.step, event.mb, context.nextBackward) && event.mb === context.microbatches - 1,
             target: 'reporting',
             actions: [
               assign(({ context }) => ({ busy: false, grads: [], nextBackward: context.nextBackward + 1 })),
@@ -165,7 +170,7 @@ export const stageMachine = setup({
             ],
           },
           {
-            guard: ({ context, event }) => context.busy && event.step === context.step && event.mb === context.nextBackward,
+            guard: ({ context, event }) => isOutstanding(context, event.step, event.mb, context.nextBackward),
             actions: [
               assign(({ context }) => ({
                 busy: false,

@@ -188,12 +188,12 @@ class StageWrap : public Napi::ObjectWrap<StageWrap> {
     // is an error rather than a huge allocation.
     guarded(env, [&] { s.check_forward(mb, tokens, acts, input_len, B, T, targets, targets_len, train); return 0; });
     if (s.is_last() && targets) {
-      double loss = guarded(env, [&] { return s.forward(mb, tokens, acts, input_len, B, T, targets, targets_len, nullptr, 0, train); });
+      double loss = guarded(env, [&] { return s.forward(mb, tokens, acts, input_len, B, T, targets, targets_len, nullptr, 0, train, true); });
       return Napi::Number::New(env, loss);
     }
     const size_t n = s.output_len(B, T, s.is_last());
     Napi::Float32Array out = Napi::Float32Array::New(env, n);
-    guarded(env, [&] { return s.forward(mb, tokens, acts, input_len, B, T, targets, targets_len, out.Data(), n, train); });
+    guarded(env, [&] { return s.forward(mb, tokens, acts, input_len, B, T, targets, targets_len, out.Data(), n, train, true); });
     return out;
   }
 

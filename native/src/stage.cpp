@@ -163,8 +163,9 @@ void Stage::block_backward(int layer, float* dx, const LayerCache& c, int B, int
 }
 
 double Stage::forward(int64_t mb, const int32_t* tokens, const float* acts, size_t input_len, int B, int T,
-                      const int32_t* targets, size_t targets_len, float* out, size_t out_len, bool train) {
-  check_forward(mb, tokens, acts, input_len, B, T, targets, targets_len, train);
+                      const int32_t* targets, size_t targets_len, float* out, size_t out_len, bool train,
+                      bool checked) {
+  if (!checked) check_forward(mb, tokens, acts, input_len, B, T, targets, targets_len, train);
   const int d = model_.d_model, V = model_.vocab, N = B * T;
   const bool loss_mode = is_last() && targets;
   if (!loss_mode && out_len != output_len(B, T, is_last())) {

@@ -40,8 +40,10 @@ class Stage {
   // Output: a non-last stage writes out[B,T,d]. The last stage with targets
   // returns the mean loss; without targets it writes logits[B,T,V] to out.
   // train=true keeps what backward needs under the microbatch id.
+  // checked=true: the caller has just run check_forward on these arguments.
   double forward(int64_t mb, const int32_t* tokens, const float* acts, size_t input_len, int B, int T,
-                 const int32_t* targets, size_t targets_len, float* out, size_t out_len, bool train);
+                 const int32_t* targets, size_t targets_len, float* out, size_t out_len, bool train,
+                 bool checked = false);
   // grad_out[B,T,d] (none for the last stage, which starts from its loss);
   // writes grad_in[B,T,d] unless this is stage 0. Frees the stash.
   void backward(int64_t mb, const float* grad_out, size_t grad_len, float* grad_in, size_t grad_in_len);

@@ -13,7 +13,7 @@ import type { RunConfig } from '../../schemas/run-config.ts';
 import type { Logger } from '../log.ts';
 import { connectNats } from '../nats/connect.ts';
 import { decodeJson, encodeJson } from '../transport/json.ts';
-import { openRunResources, type RunResources } from '../transport/run-resources.ts';
+import { openRunResources } from '../transport/run-resources.ts';
 
 export interface CoordinatorOptions {
   readonly nats: string;
@@ -246,4 +246,3 @@ export async function runCoordinator(o: CoordinatorOptions): Promise<RunSummary>
   return result;
 }
 
-export type { RunResources };

@@ -149,13 +149,14 @@ async function runStage(
       case 'RUN_FORWARD':
         return run(async () => {
           const id = cmd.step * M + cmd.mb;
+          const data = engine.isFirst || engine.isLast ? batch(cmd.step, cmd.mb) : undefined;
           let input: Int32Array | Float32Array;
-          if (engine.isFirst) input = batch(cmd.step, cmd.mb).tokens;
+          if (engine.isFirst) input = data!.tokens;
           else {
             input = inputs.get(key('act', cmd.step, cmd.mb))!;
             inputs.delete(key('act', cmd.step, cmd.mb));
           }
-          const out = engine.forwardTrain(id, input, B, T, engine.isLast ? batch(cmd.step, cmd.mb).targets : undefined);
+          const out = engine.forwardTrain(id, input, B, T, engine.isLast ? data!.targets : undefined);
           if (typeof out === 'number') lossSums.set(cmd.step, (lossSums.get(cmd.step) ?? 0) + out);
           else await publishFrame('act', s + 1, cmd.step, cmd.mb, out);
           actor.send({ type: 'FORWARD_DONE', step: cmd.step, mb: cmd.mb });
