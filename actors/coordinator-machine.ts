@@ -1,22 +1,31 @@
 // The Coordinator actor: one per run. Admits hosts, gives the first S×R of
 // them a (replica, stage) slot and keeps the rest as standbys, starts the run
 // once every slot's host is ready, watches heartbeats on the actor clock, and
-// ends the run when every replica has finished. Losing a slot's host fails the
-// run for now (replacing it from the standbys is the fault-recovery work).
+// ends the run when every replica has finished. A slot whose host goes quiet
+// goes to the first standby, or, when there is none, to the next host that
+// joins. A restarted coordinator starts from the hosts and slots it kept in
+// KV (`restore`).
 import { assign, enqueueActions, setup } from 'xstate';
+
+export interface Slot {
+  readonly replica: number;
+  readonly stage: number;
+}
 
 export interface CoordinatorMachineInput {
   readonly stages: number;
   readonly replicas: number;
   readonly heartbeatTimeoutMs: number;
   readonly tickMs: number;
+  /** A restarted coordinator: the hosts it knew, with their slots; `running` once slots were given out. */
+  readonly restore?: { readonly running: boolean; readonly hosts: ReadonlyArray<{ id: string; datacenter: string; slot: Slot | null }> };
 }
 
 export interface HostRecord {
   readonly id: string;
   readonly datacenter: string;
   readonly lastSeen: number;
-  readonly slot: { replica: number; stage: number } | null;
+  readonly slot: Slot | null;
   readonly ready: boolean;
 }
 
@@ -25,19 +34,20 @@ export type CoordinatorEvent =
   | { type: 'HEARTBEAT'; host: string }
   | { type: 'HOST_READY'; host: string }
   | { type: 'REPLICA_FINISHED'; replica: number }
-  | { type: 'SLOT_LOST'; host: string };  // raised by the liveness check
+  | { type: 'SLOT_LOST'; host: string; slot: Slot };  // raised by the liveness check
 
 export type CoordinatorCommand =
-  | { type: 'ASSIGN'; host: string; replica: number; stage: number }
+  | { type: 'ASSIGN'; host: string; replica: number; stage: number; replacing?: string }
   | { type: 'STANDBY'; host: string }
   | { type: 'START_RUN' }
-  | { type: 'HOST_LOST'; host: string; slot: { replica: number; stage: number } | null }
-  | { type: 'RUN_FAILED'; reason: string }
+  | { type: 'HOST_LOST'; host: string; slot: Slot | null }
+  | { type: 'SLOT_VACANT'; replica: number; stage: number; lost: string }  // no standby: the next host to join gets it
   | { type: 'RUN_FINISHED' };
 
 export interface CoordinatorContext extends CoordinatorMachineInput {
   now: number;                 // ms on the actor clock, advanced by ticks
   hosts: HostRecord[];         // in join order
+  vacant: Array<Slot & { lost: string }>;  // slots whose host was lost and no standby was there
   finished: number[];          // replicas
 }
 
@@ -70,11 +80,26 @@ export const coordinatorMachine = setup({
         else enqueue.emit({ type: 'STANDBY', host: h.id });
       }
     }),
-    standbyLate: enqueueActions(({ context, event, enqueue }) => {
-      if (event.type === 'HOST_JOINED' && !context.hosts.some((h) => h.id === event.host)) {
-        enqueue.assign({ hosts: [...context.hosts, { id: event.host, datacenter: event.datacenter, lastSeen: context.now, slot: null, ready: false }] });
-        enqueue.emit({ type: 'STANDBY', host: event.host });
+    // A host joining after the slots went out fills a vacant slot, or waits as a standby.
+    joinLate: enqueueActions(({ context, event, enqueue }) => {
+      if (event.type !== 'HOST_JOINED' || context.hosts.some((h) => h.id === event.host)) return;
+      const [slot, ...rest] = context.vacant;
+      const record = { id: event.host, datacenter: event.datacenter, lastSeen: context.now, slot: slot ? { replica: slot.replica, stage: slot.stage } : null, ready: false };
+      enqueue.assign({ hosts: [...context.hosts, record], vacant: rest });
+      if (slot) enqueue.emit({ type: 'ASSIGN', host: event.host, replica: slot.replica, stage: slot.stage, replacing: slot.lost });
+      else enqueue.emit({ type: 'STANDBY', host: event.host });
+    }),
+    // The lost host's slot goes to the first standby in join order.
+    reassign: enqueueActions(({ context, event, enqueue }) => {
+      if (event.type !== 'SLOT_LOST') return;
+      const standby = context.hosts.find((h) => !h.slot);
+      if (!standby) {
+        enqueue.assign({ vacant: [...context.vacant, { ...event.slot, lost: event.host }] });
+        enqueue.emit({ type: 'SLOT_VACANT', ...event.slot, lost: event.host });
+        return;
       }
+      enqueue.assign({ hosts: context.hosts.map((h) => (h === standby ? { ...h, slot: event.slot } : h)) });
+      enqueue.emit({ type: 'ASSIGN', host: standby.id, replica: event.slot.replica, stage: event.slot.stage, replacing: event.host });
     }),
     checkLiveness: enqueueActions(({ context, enqueue }) => {
       const now = context.now + context.tickMs;
@@ -83,7 +108,7 @@ export const coordinatorMachine = setup({
       enqueue.assign({ now, hosts: context.hosts.filter((h) => !lost.includes(h)) });
       for (const h of lost) {
         enqueue.emit({ type: 'HOST_LOST', host: h.id, slot: h.slot });
-        if (h.slot) enqueue.raise({ type: 'SLOT_LOST', host: h.id });
+        if (h.slot) enqueue.raise({ type: 'SLOT_LOST', host: h.id, slot: h.slot });
       }
     }),
   },
@@ -98,11 +123,25 @@ export const coordinatorMachine = setup({
 }).createMachine({
   id: 'coordinator',
   type: 'parallel',
-  context: ({ input }) => ({ ...input, now: 0, hosts: [], finished: [] }),
+  context: ({ input }) => ({
+    ...input,
+    now: 0,
+    hosts: (input.restore?.hosts ?? []).map((h) => ({ ...h, lastSeen: 0, ready: h.slot !== null })),
+    vacant: [],
+    finished: [],
+  }),
   states: {
     run: {
-      initial: 'gathering',
+      initial: 'booting',
       states: {
+        // A restarted coordinator goes straight back to where its KV says the run was.
+        booting: {
+          always: [
+            { guard: ({ context }) => context.restore?.running === true, target: 'running' },
+            { guard: ({ context }) => context.hosts.length >= slotCount(context), target: 'starting', actions: 'assignSlots' },
+            { target: 'gathering' },
+          ],
+        },
         gathering: {
           on: {
             HOST_JOINED: [{ guard: 'enoughHosts', target: 'starting', actions: ['admit', 'assignSlots'] }, { actions: 'admit' }],
@@ -110,29 +149,26 @@ export const coordinatorMachine = setup({
         },
         starting: {
           on: {
-            HOST_JOINED: { actions: 'standbyLate' },
+            HOST_JOINED: { actions: 'joinLate' },
             HOST_READY: [
-              { guard: 'allReady', target: 'running', actions: ['seen', enqueueActions(({ enqueue }) => enqueue.emit({ type: 'START_RUN' }))] },
+              { guard: 'allReady', target: 'running', actions: 'seen' },
               { actions: assign(({ context, event }) => ({ hosts: context.hosts.map((h) => (h.id === event.host ? { ...h, ready: true, lastSeen: context.now } : h)) })) },
             ],
-            SLOT_LOST: { target: 'failed' },
+            SLOT_LOST: { actions: 'reassign' },
           },
         },
         running: {
+          entry: enqueueActions(({ enqueue }) => enqueue.emit({ type: 'START_RUN' })),
           on: {
-            HOST_JOINED: { actions: 'standbyLate' },
+            HOST_JOINED: { actions: 'joinLate' },
             REPLICA_FINISHED: [
               { guard: 'allFinished', target: 'finished' },
               { actions: assign(({ context, event }) => ({ finished: [...context.finished, event.replica] })) },
             ],
-            SLOT_LOST: { target: 'failed' },
+            SLOT_LOST: { actions: 'reassign' },
           },
         },
         finished: { entry: enqueueActions(({ enqueue }) => enqueue.emit({ type: 'RUN_FINISHED' })) },
-        failed: {
-          entry: enqueueActions(({ event, enqueue }) =>
-            enqueue.emit({ type: 'RUN_FAILED', reason: event.type === 'SLOT_LOST' ? `host ${event.host} holding a slot stopped sending heartbeats` : 'run failed' })),
-        },
       },
     },
     liveness: {

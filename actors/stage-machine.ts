@@ -8,12 +8,18 @@
 // a waiting backward always goes first. Forwards and backwards both run in
 // microbatch order, so gradients accumulate in microbatch order whatever the
 // arrival order.
+//
+// Recovery: a replacement starts from a checkpoint (`committed` in the input)
+// and replays the step control and the inputs recorded since. Opens and
+// commits may then arrive before the stage can act on them; they are kept
+// and taken in step order, so a replayed step runs exactly like a live one.
 import { assign, enqueueActions, setup } from 'xstate';
 
 export interface StageMachineInput {
   readonly stage: number;         // s
   readonly stages: number;        // S
   readonly microbatches: number;  // M per step
+  readonly committed?: number;    // the last step in the weights it starts from (a checkpoint); −1 when fresh
 }
 
 type InputKind = 'act' | 'grad';
@@ -44,6 +50,8 @@ export interface StageContext extends StageMachineInput {
   nextBackward: number;
   busy: boolean;             // a RUN_* command is being carried out
   future: Array<{ kind: InputKind; step: number; mb: number }>;  // inputs for steps not open yet
+  opens: number[];           // opened steps not yet run (replayed control can run ahead)
+  commits: Array<{ step: number; gradScale: number }>;  // commits not yet applied
 }
 
 /** The in-flight limit of stage s of S under 1F1B. */
@@ -109,35 +117,49 @@ export const stageMachine = setup({
 }).createMachine({
   id: 'stage',
   context: ({ input }) => ({
-    ...input, step: -1, committed: -1, acts: [], grads: [], nextForward: 0, nextBackward: 0, busy: false, future: [],
+    ...input, step: input.committed ?? -1, committed: input.committed ?? -1,
+    acts: [], grads: [], nextForward: 0, nextBackward: 0, busy: false, future: [], opens: [], commits: [],
   }),
+  // Step control is remembered whatever the state; `always` below takes it in order.
+  on: {
+    STEP_OPEN: {
+      guard: ({ context, event }) => event.step > context.committed && !context.opens.includes(event.step) && !(event.step === context.step && context.step > context.committed),
+      actions: assign(({ context, event }) => ({ opens: [...context.opens, event.step] })),
+    },
+    STEP_COMMIT: {
+      guard: ({ context, event }) => event.step > context.committed && !context.commits.some((c) => c.step === event.step),
+      actions: assign(({ context, event }) => ({ commits: [...context.commits, { step: event.step, gradScale: event.gradScale }] })),
+    },
+  },
   initial: 'waiting',
   states: {
     // Between steps: inputs for later steps wait in `future`.
     waiting: {
+      always: {
+        guard: ({ context }) => context.opens.includes(context.committed + 1),
+        target: 'running',
+        actions: [
+          assign(({ context }) => {
+            const step = context.committed + 1;
+            const early = context.future.filter((f) => f.step === step);
+            return {
+              step,
+              opens: context.opens.filter((o) => o !== step),
+              nextForward: 0,
+              nextBackward: 0,
+              busy: false,
+              // Stage 0 reads its own data: every microbatch's input is here at once.
+              acts: context.stage === 0
+                ? Array.from({ length: context.microbatches }, (_, i) => i)
+                : early.filter((f) => f.kind === 'act').map((f) => f.mb),
+              grads: early.filter((f) => f.kind === 'grad').map((f) => f.mb),
+              future: context.future.filter((f) => f.step !== step),
+            };
+          }),
+          'schedule',
+        ],
+      },
       on: {
-        STEP_OPEN: {
-          guard: ({ context, event }) => event.step === context.committed + 1,
-          target: 'running',
-          actions: [
-            assign(({ context, event }) => {
-              const early = context.future.filter((f) => f.step === event.step);
-              return {
-                step: event.step,
-                nextForward: 0,
-                nextBackward: 0,
-                busy: false,
-                // Stage 0 reads its own data: every microbatch's input is here at once.
-                acts: context.stage === 0
-                  ? Array.from({ length: context.microbatches }, (_, i) => i)
-                  : early.filter((f) => f.kind === 'act').map((f) => f.mb),
-                grads: early.filter((f) => f.kind === 'grad').map((f) => f.mb),
-                future: context.future.filter((f) => f.step !== event.step),
-              };
-            }),
-            'schedule',
-          ],
-        },
         ACT_ARRIVED: { actions: 'arrive' },
         GRAD_ARRIVED: { actions: 'arrive' },
       },
@@ -185,21 +207,22 @@ export const stageMachine = setup({
     },
     // Every backward of the step is done; the replica decides the clip factor.
     reporting: {
+      always: {
+        guard: ({ context }) => context.commits.some((c) => c.step === context.step),
+        target: 'waiting',
+        actions: [
+          enqueueActions(({ context, enqueue }) => {
+            const { gradScale } = context.commits.find((c) => c.step === context.step)!;
+            enqueue.emit({ type: 'APPLY_STEP', step: context.step, gradScale });
+            enqueue.emit({ type: 'ACK_STEP', step: context.step });
+            enqueue.emit({ type: 'STEPPED', step: context.step });
+          }),
+          assign(({ context }) => ({ committed: context.step, commits: context.commits.filter((c) => c.step !== context.step) })),
+        ],
+      },
       on: {
         ACT_ARRIVED: { actions: 'arrive' },
         GRAD_ARRIVED: { actions: 'arrive' },
-        STEP_COMMIT: {
-          guard: ({ context, event }) => event.step === context.step,
-          target: 'waiting',
-          actions: [
-            enqueueActions(({ context, event, enqueue }) => {
-              enqueue.emit({ type: 'APPLY_STEP', step: context.step, gradScale: event.gradScale });
-              enqueue.emit({ type: 'ACK_STEP', step: context.step });
-              enqueue.emit({ type: 'STEPPED', step: context.step });
-            }),
-            assign(({ context }) => ({ committed: context.step })),
-          ],
-        },
       },
     },
   },

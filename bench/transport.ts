@@ -8,7 +8,7 @@ import { once } from 'node:events';
 import { createServer, connect as tcpConnect, type Socket } from 'node:net';
 import { connectNats } from '../runtime/nats/connect.ts';
 import { startNatsServer } from '../runtime/nats/nats-server.ts';
-import { ensureEdgeConsumer, openRunResources } from '../runtime/transport/run-resources.ts';
+import { openEdgeConsumer, openRunResources } from '../runtime/transport/run-resources.ts';
 import { decodeFrame, encodeFrame, frameMsgId } from '../schemas/tensor-frame.ts';
 
 const MiB = 1024 * 1024;
@@ -38,7 +38,7 @@ export async function benchTransport(args: string[]): Promise<Record<string, unk
         const payload = new Uint8Array(data.buffer);
         for (const method of ['edge', 'jetstream'] as const) {
           const stage = 1 + (seq++ % 1000);
-          const consumerName = await ensureEdgeConsumer(res, 'act', 0, stage);
+          const consumerName = await openEdgeConsumer(res, 'act', 0, stage, 1);
           const consumer = await res.js.consumers.get(res.names.edgeStream, consumerName);
           const t0 = performance.now();
           const messages = await consumer.consume({ max_bytes: 32 * MiB });

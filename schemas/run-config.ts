@@ -29,6 +29,10 @@ export interface TrainingConfig {
   // a different order with a different thread count: fixing it keeps a run's
   // bits the same on every machine and however it is split.
   readonly cpuThreads: number;
+  // Every K steps each stage uploads its state to the Object Store; a
+  // replacement replays at most K steps. 0 turns checkpoints off (a lost host
+  // then replays from step 0).
+  readonly checkpointEvery: number;
 }
 
 export interface RunConfig {
@@ -36,6 +40,8 @@ export interface RunConfig {
   readonly optim: OptimizerConfig;
   readonly training: TrainingConfig;
 }
+
+export const DEFAULT_CHECKPOINT_EVERY = 10;
 
 function field(obj: unknown, path: string): unknown {
   return path.split('.').reduce<unknown>((o, k) => (o && typeof o === 'object' ? (o as Record<string, unknown>)[k] : undefined), obj);
@@ -58,7 +64,8 @@ export function validateRunConfig(config: unknown): RunConfig {
     const v = field(config, p);
     if (!Number.isSafeInteger(v) || (v as number) < 1) fail(`${p} must be a positive integer, got ${JSON.stringify(v)}`);
   }
-  for (const p of ['training.seed', 'optim.warmupSteps']) {
+  for (const p of ['training.seed', 'optim.warmupSteps', 'training.checkpointEvery']) {
+    if (p === 'training.checkpointEvery' && field(config, p) === undefined) continue;
     const v = field(config, p);
     if (!Number.isSafeInteger(v) || (v as number) < 0) fail(`${p} must be a non-negative integer, got ${JSON.stringify(v)}`);
   }
@@ -66,7 +73,8 @@ export function validateRunConfig(config: unknown): RunConfig {
     const v = field(config, p);
     if (typeof v !== 'number' || !Number.isFinite(v) || v < 0) fail(`${p} must be a non-negative number, got ${JSON.stringify(v)}`);
   }
-  const c = config as RunConfig;
+  const raw = config as RunConfig;
+  const c: RunConfig = { ...raw, training: { ...raw.training, checkpointEvery: raw.training.checkpointEvery ?? DEFAULT_CHECKPOINT_EVERY } };
   if (c.training.seqLen > c.model.maxSeqLen) fail(`training.seqLen ${c.training.seqLen} exceeds model.maxSeqLen ${c.model.maxSeqLen}`);
   if (c.training.stages > c.model.nLayers) fail(`training.stages ${c.training.stages} exceeds model.nLayers ${c.model.nLayers}`);
   if (c.training.tokenizer !== 'byte' && c.training.tokenizer !== 'gpt2') fail(`training.tokenizer must be 'byte' or 'gpt2', got ${JSON.stringify(c.training.tokenizer)}`);

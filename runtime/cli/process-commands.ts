@@ -3,7 +3,8 @@
 import { Command, Option } from 'commander';
 import { loadRunConfig } from '../config/load-run-config.ts';
 import { runCoordinator } from '../coordinator/coordinator-process.ts';
-import { runHost } from '../host/host-process.ts';
+import { REPLACED_EXIT_CODE, runHost } from '../host/host-process.ts';
+import { SlotLostError } from '../transport/slots.ts';
 import { createLogger } from '../log.ts';
 import { validateRunId } from '../transport/subjects.ts';
 import { nonNegativeInt, positiveInt } from './options.ts';
@@ -16,12 +17,16 @@ export function processCommands(program: Command): void {
     .requiredOption('--run <id>', 'run id')
     .option('--config <file>', 'run config (YAML, TOML or JSON)')
     .option('--preset <name>', 'base settings when no config file names one')
-    .option('--heartbeat-timeout <ms>', 'a host silent this long is lost', positiveInt('--heartbeat-timeout'), 15_000)
+    .option('--heartbeat-timeout <ms>', 'a host silent this long is lost and its slot goes to a standby', positiveInt('--heartbeat-timeout'), 15_000)
+    .option('--stream-replicas <n>', 'copies of every stream, KV bucket and object store (default: 3 on a cluster, 1 on one server)', positiveInt('--stream-replicas'))
     .option('--json', 'print the run summary as one JSON line at the end')
-    .action(async (flags: { nats: string; run: string; config?: string; preset?: string; heartbeatTimeout: number; json?: boolean }) => {
+    .action(async (flags: { nats: string; run: string; config?: string; preset?: string; heartbeatTimeout: number; streamReplicas?: number; json?: boolean }) => {
       validateRunId(flags.run);
       const config = await loadRunConfig({ file: flags.config, preset: flags.preset });
-      const summary = await runCoordinator({ nats: flags.nats, run: flags.run, config, log: createLogger('caravan-coordinator'), heartbeatTimeoutMs: flags.heartbeatTimeout });
+      const summary = await runCoordinator({
+        nats: flags.nats, run: flags.run, config, log: createLogger('caravan-coordinator'),
+        heartbeatTimeoutMs: flags.heartbeatTimeout, streamReplicas: flags.streamReplicas,
+      });
       if (flags.json) process.stdout.write(`${JSON.stringify(summary)}\n`);
     });
 
@@ -33,8 +38,16 @@ export function processCommands(program: Command): void {
     .addOption(new Option('--device <kind>', 'compute device').choices(['cpu', 'cuda']).default('cpu'))
     .option('--gpu <n>', 'GPU index with --device cuda', nonNegativeInt('--gpu'), 0)
     .option('--datacenter <name>', 'where this host runs (shown in status and traces)', 'default')
-    .action(async (flags: { nats: string; run: string; device: 'cpu' | 'cuda'; gpu: number; datacenter: string }) => {
+    .option('--heartbeat <ms>', 'heartbeat period (keep it well under the coordinator\'s --heartbeat-timeout)', positiveInt('--heartbeat'), 1000)
+    .action(async (flags: { nats: string; run: string; device: 'cpu' | 'cuda'; gpu: number; datacenter: string; heartbeat: number }) => {
       validateRunId(flags.run);
-      await runHost({ ...flags, log: createLogger('caravan-host') });
+      try {
+        await runHost({ ...flags, heartbeatMs: flags.heartbeat, log: createLogger('caravan-host') });
+      } catch (err) {
+        if (!(err instanceof SlotLostError)) throw err;
+        // Replaced while it was away: another host holds its slot now. Not a crash.
+        process.stderr.write(`caravan host: ${err.message}\n`);
+        process.exitCode = REPLACED_EXIT_CODE;
+      }
     });
 }

@@ -79,7 +79,7 @@ export function trainCommand(program: Command): void {
     .option('--in-process', 'chain the stages in this process, without NATS')
     .option('--val-every <n>', '(in-process) steps between validation passes', positiveInt('--val-every'), 50)
     .option('--checkpoint-dir <dir>', '(in-process) write stage checkpoints (safetensors) here')
-    .option('--checkpoint-every <n>', '(in-process) steps between checkpoints', positiveInt('--checkpoint-every'))
+    .option('--checkpoint-every <n>', 'steps between stage checkpoints (to the Object Store; in-process to --checkpoint-dir); 0: none', nonNegativeInt('--checkpoint-every'))
     .option('--resume', '(in-process) continue from the checkpoints in --checkpoint-dir')
     .addOption(new Option('--log-level <level>', "child processes' log level on stderr").choices(['silent', 'error', 'warn', 'info', 'debug']))
     .option('--json', 'print one JSON summary line at the end')
@@ -96,6 +96,7 @@ export function trainCommand(program: Command): void {
           training: {
             steps: flags.steps, stages: flags.stages, replicas: flags.replicas, microbatches: flags.microbatches,
             batchSize: flags.batch, seqLen: flags.seq, seed: flags.seed, tokenizer: flags.tokenizer, dataFile: flags.data,
+            checkpointEvery: flags.checkpointEvery,
           },
         },
       });
@@ -107,7 +108,7 @@ export function trainCommand(program: Command): void {
         ui.log(`caravan train (in process): ${config.model.nLayers} layers d=${config.model.dModel} V=${config.model.vocabSize} in ${t.stages} stages, ${t.steps} steps of ${t.microbatches}×${t.batchSize}×${t.seqLen} tokens`);
         ui.start();
         const summary = await trainLocal({
-          ...config, valEvery: flags.valEvery, checkpointDir: flags.checkpointDir, checkpointEvery: flags.checkpointEvery, resume: flags.resume,
+          ...config, valEvery: flags.valEvery, checkpointDir: flags.checkpointDir, resume: flags.resume,
           onStep: (step, r, tps) => ui.step(step, r.loss, tps),
           onValidation: (step, loss) => { ui.pause(); ui.log(`validation at step ${step}: loss ${loss.toFixed(4)}`); if (step < t.steps) ui.resume(step); },
         });

@@ -1,19 +1,27 @@
 // `caravan coordinator`: one per run. Writes the run config to KV, admits
 // hosts (request/reply on ctl.register, heartbeats on core NATS), runs the
 // Coordinator actor for membership and one Replica actor per replica for the
-// steps, and keeps the run's state in KV. At the end every stage uploads its
-// state to the object store, and the coordinator publishes the summary with a
-// hash of the final parameters that does not depend on the split.
+// steps. Everything it needs to go on lives in NATS: membership and slots in
+// KV, the steps in the control log (opens and commits it wrote, the stages'
+// reports). Killed and started again, it rebuilds the replicas by replaying
+// that log, re-deciding each commit exactly as before, and only writes what
+// is not there yet. At the end every stage has uploaded its final state, and
+// the coordinator publishes the summary with a hash of the final parameters
+// that does not depend on the split.
 import { createHash } from 'node:crypto';
 import { createActor, type Actor } from 'xstate';
-import { coordinatorMachine, type CoordinatorCommand } from '../../actors/coordinator-machine.ts';
+import { coordinatorMachine, type CoordinatorCommand, type CoordinatorMachineInput } from '../../actors/coordinator-machine.ts';
 import { replicaMachine, type ReplicaCommand } from '../../actors/replica-machine.ts';
 import { decodeSafeTensors, splitLayers } from '../../native/index.ts';
 import type { RunConfig } from '../../schemas/run-config.ts';
+import type { StageReport, StepControl } from '../host/stage-runner.ts';
 import type { Logger } from '../log.ts';
+import type { NatsConnection } from '@nats-io/transport-node';
 import { connectNats } from '../nats/connect.ts';
+import { publishDurable } from '../transport/durable-publish.ts';
 import { decodeJson, encodeJson } from '../transport/json.ts';
-import { openRunResources } from '../transport/run-resources.ts';
+import { openRunResources, type RunResources } from '../transport/run-resources.ts';
+import { assignSlot, readSlot, type SlotRecord } from '../transport/slots.ts';
 
 export interface CoordinatorOptions {
   readonly nats: string;
@@ -21,6 +29,7 @@ export interface CoordinatorOptions {
   readonly config: RunConfig;
   readonly log: Logger;
   readonly heartbeatTimeoutMs?: number;
+  readonly streamReplicas?: number;
 }
 
 export interface RunSummary {
@@ -43,8 +52,16 @@ export interface RunState {
   step: number;
   loss: number | null;
   tokens_per_s: number | null;
+  started_at: number | null;                 // epoch ms of the first START_RUN: survives coordinator restarts
   reason?: string;
   updated: string;
+}
+
+interface HostEntry {
+  readonly host: string;
+  readonly datacenter: string;
+  readonly status: 'joined' | 'standby' | 'assigned' | 'lost';
+  readonly joined: string;
 }
 
 /** sha256 over the parameter tensors of stage states, in order (optimizer moments excluded). */
@@ -58,28 +75,95 @@ export function hashStageStates(states: readonly Uint8Array[]): string {
   return h.digest('hex');
 }
 
+async function readJson<T>(res: RunResources, key: string): Promise<T | undefined> {
+  const e = await res.kv.get(key);
+  return e && e.operation === 'PUT' && e.value.length ? decodeJson<T>(e.value, `KV ${key}`) : undefined;
+}
+
+/** Hosts and slots as the KV bucket has them: what a restarted coordinator starts from. */
+async function readMembership(res: RunResources, config: RunConfig): Promise<NonNullable<CoordinatorMachineInput['restore']>> {
+  const slots: SlotRecord[] = [];
+  for (let r = 0; r < config.training.replicas; r++) {
+    for (let s = 0; s < config.training.stages; s++) {
+      const e = await readSlot(res.kv, r, s);
+      if (e) slots.push(e.record);
+    }
+  }
+  const entries: HostEntry[] = [];
+  for await (const key of await res.kv.keys('hosts.>')) {
+    const h = await readJson<HostEntry>(res, key);
+    if (h) entries.push(h);
+  }
+  entries.sort((a, b) => a.joined.localeCompare(b.joined));
+  const slotOf = (host: string) => slots.find((s) => s.host === host);
+  // Slot holders count whatever their host record says: a holder lost just before the restart is timed out again.
+  const hosts = entries
+    .filter((h) => h.status !== 'lost' || slotOf(h.host))
+    .map((h) => ({ id: h.host, datacenter: h.datacenter, slot: slotOf(h.host) ? { replica: slotOf(h.host)!.replica, stage: slotOf(h.host)!.stage } : null }));
+  for (const s of slots) {
+    if (!hosts.some((h) => h.id === s.host)) hosts.push({ id: s.host, datacenter: 'unknown', slot: { replica: s.replica, stage: s.stage } });
+  }
+  return { running: slots.length > 0, hosts };
+}
+
 export async function runCoordinator(o: CoordinatorOptions): Promise<RunSummary> {
   const { config } = o;
   const t = config.training;
   const log = o.log.child({ run: o.run });
   const nc = await connectNats(o.nats, `caravan-coordinator-${o.run}`);
-  const res = await openRunResources(nc, o.run);
-  await res.kv.put('config', encodeJson(config));
-  const state: RunState = { status: 'gathering', step: 0, loss: null, tokens_per_s: null, updated: new Date().toISOString() };
-  const saveState = () => res.kv.put('state', encodeJson({ ...state, updated: new Date().toISOString() }));
-  await saveState();
+  const res = await openRunResources(nc, o.run, { replicas: o.streamReplicas });
+  try {
+    const prior = await readJson<RunState>(res, 'state');
+    if (prior?.status === 'finished') {
+      const summary = await readJson<RunSummary>(res, 'summary');
+      if (summary) { log.info('the run had already finished'); return summary; }
+    }
+    if (prior?.status === 'failed') throw new Error(`run ${o.run} failed earlier: ${prior.reason ?? 'no reason recorded'}`);
+    const kept = await readJson<RunConfig>(res, 'config');
+    if (kept && JSON.stringify(kept) !== JSON.stringify(config)) {
+      throw new Error(`run ${o.run} already exists with a different config: restart its coordinator with the same config, or use a new run id`);
+    }
+    if (!kept) await res.kv.put('config', encodeJson(config));
+    const restore = prior ? await readMembership(res, config) : undefined;
+    if (restore) log.info({ hosts: restore.hosts.length, running: restore.running, step: prior!.step }, 'coordinator restarted: resuming from KV and the control log');
+    return await coordinate(o, nc, res, prior, restore, log);
+  } finally {
+    await nc.drain().catch(() => nc.close());
+  }
+}
 
-  const coordinator = createActor(coordinatorMachine, {
-    input: { stages: t.stages, replicas: t.replicas, heartbeatTimeoutMs: o.heartbeatTimeoutMs ?? 15_000, tickMs: 1000 },
-  });
-  const replicas: Array<Actor<typeof replicaMachine>> = [];
-  const tokensPerStep = t.microbatches * t.batchSize * t.seqLen;
-  let started = 0;
-  let stepsDone = 0;
-  const losses: number[][] = Array.from({ length: t.replicas }, () => []);
+async function coordinate(
+  o: CoordinatorOptions, nc: NatsConnection, res: RunResources, prior: RunState | undefined, restore: CoordinatorMachineInput['restore'], log: Logger,
+): Promise<RunSummary> {
+  const { config } = o;
+  const t = config.training;
+  const state: RunState = prior ?? { status: 'gathering', step: 0, loss: null, tokens_per_s: null, started_at: null, updated: '' };
+  const saveState = () => res.kv.put('state', encodeJson({ ...state, updated: new Date().toISOString() })).catch((err: Error) => log.warn({ err: err.message }, 'state not saved'));
+  await saveState();
 
   let settle!: (v: RunSummary | Error) => void;
   const outcome = new Promise<RunSummary | Error>((r) => { settle = r; });
+  // KV and control-log writes go out one at a time, in the order they were decided.
+  let writes = Promise.resolve();
+  const write = (what: string, f: () => Promise<unknown>) => {
+    writes = writes.then(f).then(() => undefined, (err: Error) => settle(new Error(`${what}: ${err.message}`)));
+  };
+  // A host's record keeps its join time (restarts order standbys by it) and takes the latest status.
+  const putHost = (host: string, status: HostEntry['status'], fields: Record<string, unknown> = {}) => write(`host record ${host}`, async () => {
+    const before = await readJson<HostEntry>(res, res.names.hostKey(host));
+    await res.kv.put(res.names.hostKey(host), encodeJson({ ...before, ...fields, host, status, joined: before?.joined ?? new Date().toISOString() }));
+  });
+
+  const coordinator = createActor(coordinatorMachine, {
+    input: { stages: t.stages, replicas: t.replicas, heartbeatTimeoutMs: o.heartbeatTimeoutMs ?? 15_000, tickMs: Math.min(1000, Math.max(50, Math.floor((o.heartbeatTimeoutMs ?? 15_000) / 10))), restore },
+  });
+  const replicas: Array<Actor<typeof replicaMachine>> = [];
+  const tokensPerStep = t.microbatches * t.batchSize * t.seqLen;
+  const losses: number[][] = Array.from({ length: t.replicas }, () => []);
+  const published = new Set<string>();   // step control already in the log
+  const finals = new Set<string>();      // `${replica}.${stage}` whose final state is uploaded
+  let replicasDone = false;
+  let finishing = false;
 
   const subs = [
     nc.subscribe(res.names.register, {
@@ -87,81 +171,84 @@ export async function runCoordinator(o: CoordinatorOptions): Promise<RunSummary>
         const msg = decodeJson<{ host: string; datacenter: string }>(m.data, 'registration');
         m.respond(encodeJson({ ok: true, run: o.run }));
         log.info({ host: msg.host, datacenter: msg.datacenter }, 'host joined');
+        putHost(msg.host, 'joined', { datacenter: msg.datacenter ?? 'default' });
         coordinator.send({ type: 'HOST_JOINED', host: msg.host, datacenter: msg.datacenter ?? 'default' });
-        void res.kv.put(`hosts.${msg.host}`, encodeJson({ ...msg, status: 'joined', joined: new Date().toISOString() }));
       },
     }),
     nc.subscribe(res.names.heartbeats, {
-      callback: (_e, m) => {
-        const msg = decodeJson<{ host: string; deadLetters?: number }>(m.data, 'heartbeat');
-        coordinator.send({ type: 'HEARTBEAT', host: msg.host });
-      },
+      callback: (_e, m) => coordinator.send({ type: 'HEARTBEAT', host: decodeJson<{ host: string }>(m.data, 'heartbeat').host }),
     }),
     nc.subscribe(res.names.ready, {
       callback: (_e, m) => coordinator.send({ type: 'HOST_READY', host: decodeJson<{ host: string }>(m.data, 'ready').host }),
-    }),
-    nc.subscribe(res.names.report, {
-      callback: (_e, m) => {
-        const msg = decodeJson<{ type: string; replica: number; stage: number; step: number; sumSquares?: number[]; loss?: number }>(m.data, 'stage report');
-        const replica = replicas[msg.replica];
-        if (!replica) return;
-        if (msg.type === 'done') replica.send({ type: 'STAGE_DONE', stage: msg.stage, step: msg.step, sumSquares: msg.sumSquares!, loss: msg.loss ?? undefined });
-        else if (msg.type === 'stepped') replica.send({ type: 'STAGE_STEPPED', stage: msg.stage, step: msg.step });
-      },
     }),
     nc.subscribe(res.names.failed, {
       callback: (_e, m) => settle(new Error(decodeJson<{ reason: string }>(m.data, 'failure').reason)),
     }),
   ];
 
+  let runStarted = false;
   coordinator.on('*', (cmd: CoordinatorCommand) => {
     switch (cmd.type) {
       case 'ASSIGN': {
         const [begin, end] = splitLayers(config.model.nLayers, t.stages)[cmd.stage];
-        log.info({ host: cmd.host, replica: cmd.replica, stage: cmd.stage, layers: [begin, end] }, 'slot assigned');
-        nc.publish(res.names.assign(cmd.host), encodeJson({ type: 'assign', replica: cmd.replica, stage: cmd.stage }));
-        void res.kv.put(`hosts.${cmd.host}`, encodeJson({ host: cmd.host, status: 'assigned', replica: cmd.replica, stage: cmd.stage, layers: [begin, end] }));
+        write(`slot ${cmd.replica}.${cmd.stage}`, async () => {
+          const { record } = await assignSlot(res.kv, cmd.replica, cmd.stage, cmd.host);
+          const fields = { host: cmd.host, replica: cmd.replica, stage: cmd.stage, generation: record.generation, from: record.checkpoint?.step ?? null };
+          if (cmd.replacing) log.warn({ ...fields, replacing: cmd.replacing }, 'slot handed to a standby');
+          else log.info({ ...fields, layers: [begin, end] }, 'slot assigned');
+        });
+        putHost(cmd.host, 'assigned', { replica: cmd.replica, stage: cmd.stage, layers: [begin, end] });
         return;
       }
       case 'STANDBY':
-        nc.publish(res.names.assign(cmd.host), encodeJson({ type: 'standby' }));
-        void res.kv.put(`hosts.${cmd.host}`, encodeJson({ host: cmd.host, status: 'standby' }));
+        putHost(cmd.host, 'standby', { replica: undefined, stage: undefined });
         return;
       case 'START_RUN':
+        if (runStarted) return;
+        runStarted = true;
+        if (state.started_at === null) state.started_at = Date.now();
         state.status = 'running';
         void saveState();
-        started = performance.now();
-        for (let r = 0; r < t.replicas; r++) replicas.push(startReplica(r));
         log.info({ stages: t.stages, replicas: t.replicas, steps: t.steps }, 'run started');
+        followControlLog().catch((err: Error) => settle(new Error(`control log: ${err.message}`)));
         return;
       case 'HOST_LOST':
         log.warn({ host: cmd.host, slot: cmd.slot }, 'host lost (no heartbeat)');
-        void res.kv.put(`hosts.${cmd.host}`, encodeJson({ host: cmd.host, status: 'lost', slot: cmd.slot }));
+        putHost(cmd.host, 'lost', { slot: cmd.slot });
         return;
-      case 'RUN_FAILED':
-        settle(new Error(cmd.reason));
+      case 'SLOT_VACANT':
+        log.warn({ replica: cmd.replica, stage: cmd.stage, lost: cmd.lost }, 'slot vacant: no standby; waiting for a host to join');
         return;
       case 'RUN_FINISHED':
-        void finishRun().then(settle, (err: Error) => settle(err));
+        replicasDone = true;
+        maybeFinish();
         return;
     }
   });
+
+  const elapsedSeconds = () => (Date.now() - (state.started_at ?? Date.now())) / 1000;
 
   function startReplica(replica: number): Actor<typeof replicaMachine> {
     const actor = createActor(replicaMachine, {
       input: { replica, stages: t.stages, microbatches: t.microbatches, steps: t.steps, maxGradNorm: t.maxGradNorm },
     });
+    const control = (id: string, body: StepControl) => {
+      if (published.has(id)) return false;  // already in the log: decided before a restart
+      published.add(id);
+      write(id, () => publishDurable(res.js, res.names.stepControl(replica), encodeJson(body), { msgID: id }));
+      return true;
+    };
     actor.on('*', (cmd: ReplicaCommand) => {
       switch (cmd.type) {
         case 'OPEN_STEP':
-          nc.publish(res.names.step(replica), encodeJson({ type: 'open', step: cmd.step }));
+          control(`open-${replica}-${cmd.step}`, { type: 'open', step: cmd.step });
           return;
         case 'COMMIT_STEP': {
-          nc.publish(res.names.step(replica), encodeJson({ type: 'commit', step: cmd.step, gradScale: cmd.gradScale }));
-          losses[replica].push(cmd.loss);
-          stepsDone++;
-          const seconds = (performance.now() - started) / 1000;
-          const tokensPerSecond = (stepsDone * tokensPerStep) / seconds;
+          losses[replica][cmd.step] = cmd.loss;
+          const fresh = control(`commit-${replica}-${cmd.step}`, { type: 'commit', step: cmd.step, gradScale: cmd.gradScale, gradNorm: cmd.gradNorm, loss: cmd.loss });
+          if (!fresh) return;
+          const stepsDone = losses.reduce((n, l) => n + l.filter((x) => x !== undefined).length, 0);
+          const tokensPerSecond = (stepsDone * tokensPerStep) / Math.max(elapsedSeconds(), 1e-3);
           nc.publish(res.names.progress, encodeJson({ replica, step: cmd.step, loss: cmd.loss, gradNorm: cmd.gradNorm, tokensPerSecond, steps: t.steps }));
           if (replica === 0) {
             Object.assign(state, { step: cmd.step + 1, loss: cmd.loss, tokens_per_s: tokensPerSecond });
@@ -175,27 +262,69 @@ export async function runCoordinator(o: CoordinatorOptions): Promise<RunSummary>
       }
     });
     actor.start();
-    actor.send({ type: 'START' });
     return actor;
   }
 
+  function dispatch(subject: string, data: Uint8Array, seq: number): void {
+    if (!subject.startsWith(`caravan.${o.run}.report.`)) return;
+    let msg: StageReport;
+    try {
+      msg = decodeJson<StageReport>(data, `stage report (control log seq ${seq})`);
+    } catch (err) {
+      log.warn({ seq, err: (err as Error).message }, 'unreadable report skipped');
+      return;
+    }
+    const replica = replicas[msg.replica];
+    if (!replica) return;
+    if (msg.type === 'done') replica.send({ type: 'STAGE_DONE', stage: msg.stage, step: msg.step, sumSquares: msg.sumSquares, loss: msg.loss ?? undefined });
+    else if (msg.type === 'stepped') replica.send({ type: 'STAGE_STEPPED', stage: msg.stage, step: msg.step });
+    else if (msg.type === 'final') { finals.add(`${msg.replica}.${msg.stage}`); maybeFinish(); }
+  }
+
+  // The control log from its start: what is there already is the history to
+  // rebuild (its opens and commits are not written again); after that, live.
+  async function followControlLog(): Promise<void> {
+    const last = (await res.jsm.streams.info(res.names.controlStream)).state.last_seq;
+    const backlog: Array<{ subject: string; data: Uint8Array; seq: number }> = [];
+    const consumer = await res.js.consumers.get(res.names.controlStream);
+    const messages = await consumer.consume();
+    const goLive = () => {
+      for (const m of backlog) {
+        if (!m.subject.startsWith(`caravan.${o.run}.step.`)) continue;
+        try {
+          const c = decodeJson<StepControl>(m.data, 'step control');
+          published.add(`${c.type}-${m.subject.split('.').pop()}-${c.step}`);
+        } catch { /* unreadable: the replica writes it again */ }
+      }
+      for (let r = 0; r < t.replicas; r++) replicas.push(startReplica(r));
+      for (const r of replicas) r.send({ type: 'START' });
+      for (const m of backlog) dispatch(m.subject, m.data, m.seq);
+      if (backlog.length) log.info({ replayed: backlog.length, steps: losses.map((l) => l.length) }, 'control log replayed');
+    };
+    if (last === 0) goLive();
+    let live = last === 0;
+    stopLog = () => void messages.close().catch(() => {});
+    for await (const m of messages) {
+      if (!live) {
+        backlog.push({ subject: m.subject, data: m.data, seq: m.seq });
+        if (m.seq >= last) { live = true; goLive(); }
+        continue;
+      }
+      dispatch(m.subject, m.data, m.seq);
+    }
+  }
+  let stopLog = () => {};
+
+  function maybeFinish(): void {
+    if (finishing || !replicasDone || finals.size < t.stages * t.replicas) return;
+    finishing = true;
+    void finishRun().then(settle, (err: Error) => settle(err));
+  }
+
   async function finishRun(): Promise<RunSummary> {
-    const wall = (performance.now() - started) / 1000;
+    const wall = elapsedSeconds();
     state.status = 'finishing';
     await saveState();
-    // Every stage uploads its final state; the hash is over their parameters in model order.
-    const expected = t.stages * t.replicas;
-    const uploaded = new Set<string>();
-    const sub = nc.subscribe(res.names.uploaded);
-    nc.publish(res.names.finish, encodeJson({ type: 'finish' }));
-    const timer = setTimeout(() => sub.unsubscribe(), 120_000);
-    for await (const m of sub) {
-      uploaded.add(decodeJson<{ name: string }>(m.data, 'upload').name);
-      if (uploaded.size === expected) break;
-    }
-    clearTimeout(timer);
-    sub.unsubscribe();
-    if (uploaded.size !== expected) throw new Error(`only ${uploaded.size} of ${expected} stages uploaded their final state`);
     const ranges = splitLayers(config.model.nLayers, t.stages);
     const hashes: string[] = [];
     for (let r = 0; r < t.replicas; r++) {
@@ -208,7 +337,7 @@ export async function runCoordinator(o: CoordinatorOptions): Promise<RunSummary>
       hashes.push(hashStageStates(blobs));
     }
     const dead = (await res.jsm.streams.info(res.names.deadStream)).state.messages;
-    const summary: RunSummary = {
+    return {
       run: o.run,
       steps: t.steps,
       stages: t.stages,
@@ -222,27 +351,25 @@ export async function runCoordinator(o: CoordinatorOptions): Promise<RunSummary>
       wall_seconds: wall,
       dead_letters: dead,
     };
-    await res.kv.put('summary', encodeJson(summary));
-    return summary;
   }
 
   coordinator.start();
-  log.info({ slots: t.stages * t.replicas }, 'coordinator waiting for hosts');
+  log.info({ slots: t.stages * t.replicas }, restore ? 'coordinator resumed' : 'coordinator waiting for hosts');
   const result = await outcome;
+  coordinator.stop();
+  for (const r of replicas) r.stop();
+  for (const s of subs) s.unsubscribe();
+  stopLog();
+  await writes;
   if (result instanceof Error) {
     Object.assign(state, { status: 'failed', reason: result.message });
     await saveState();
     nc.publish(res.names.failed, encodeJson({ reason: result.message }));
-  } else {
-    state.status = 'finished';
-    await saveState();
-    nc.publish(res.names.finished, encodeJson(result));
+    throw result;
   }
-  coordinator.stop();
-  for (const r of replicas) r.stop();
-  for (const s of subs) s.unsubscribe();
-  await nc.drain().catch(() => nc.close());
-  if (result instanceof Error) throw result;
+  await res.kv.put('summary', encodeJson(result));
+  state.status = 'finished';
+  await saveState();
+  nc.publish(res.names.finished, encodeJson(result));
   return result;
 }
-

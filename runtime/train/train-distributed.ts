@@ -10,6 +10,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { RunConfig } from '../../schemas/run-config.ts';
 import type { RunSummary } from '../coordinator/coordinator-process.ts';
+import { REPLACED_EXIT_CODE } from '../host/host-process.ts';
 import type { Logger } from '../log.ts';
 import { connectNats } from '../nats/connect.ts';
 import { startNatsServer, type NatsServerHandle } from '../nats/nats-server.ts';
@@ -89,7 +90,7 @@ export async function trainDistributed(o: DistributedOptions): Promise<RunSummar
           if (o.childLogLevel && o.childLogLevel !== 'silent') process.stderr.write(text);
         });
         child.once('exit', (code, signal) => {
-          if (code !== 0 && code !== null) {
+          if (code !== 0 && code !== null && code !== REPLACED_EXIT_CODE) {
             const last = tail.trim().split('\n').pop() ?? '';
             let reason = last;
             try { reason = JSON.parse(last).msg ?? last; } catch { /* not JSON: keep the line */ }

@@ -9,8 +9,7 @@ export interface TrainOptions extends RunPreset {
   readonly dataFile?: string;           // llm.c / nanoGPT token shard; the bundled corpus when absent
   readonly valEvery?: number;           // steps between validation passes (0: only at the end)
   readonly valBatches?: number;
-  readonly checkpointDir?: string;
-  readonly checkpointEvery?: number;
+  readonly checkpointDir?: string;      // written every training.checkpointEvery steps
   readonly resume?: boolean;            // load checkpointDir before training
   readonly onStep?: (step: number, result: StepResult, tokensPerSecond: number) => void;
   readonly onValidation?: (step: number, valLoss: number) => void;
@@ -63,7 +62,7 @@ export async function trainLocal(options: TrainOptions): Promise<TrainSummary> {
     tokens += t.microbatches * B * T;
     options.onStep?.(step, result, tokens / ((performance.now() - began) / 1000));
     if (options.valEvery && (step + 1) % options.valEvery === 0 && step + 1 < t.steps) options.onValidation?.(step + 1, validate());
-    if (options.checkpointDir && options.checkpointEvery && (step + 1) % options.checkpointEvery === 0) {
+    if (options.checkpointDir && t.checkpointEvery && (step + 1) % t.checkpointEvery === 0) {
       for (const stage of pipeline.stages) await writeStageCheckpoint(options.checkpointDir, stage);
     }
   }

@@ -1,6 +1,8 @@
 // Every NATS name a run uses, in one place. One subject per pipeline edge and
 // direction: activations into stage s of replica r travel on `act.r.s`,
-// gradients into it on `grad.r.s`.
+// gradients into it on `grad.r.s`. Step control (`step.r`) and stage reports
+// (`report.r.s`) are JetStream too: together they are the run's control log,
+// which a restarted coordinator and a replacement stage replay.
 
 const RUN_ID = /^[A-Za-z0-9_-]{1,64}$/;
 
@@ -9,6 +11,8 @@ export function validateRunId(run: string): string {
   return run;
 }
 
+export type EdgeKind = 'act' | 'grad';
+
 export function runNames(run: string) {
   validateRunId(run);
   const p = `caravan.${run}`;
@@ -16,24 +20,31 @@ export function runNames(run: string) {
     run,
     act: (replica: number, stage: number) => `${p}.act.${replica}.${stage}`,
     grad: (replica: number, stage: number) => `${p}.grad.${replica}.${stage}`,
+    edge: (kind: EdgeKind, replica: number, stage: number) => `${p}.${kind}.${replica}.${stage}`,
     dead: (replica: number, stage: number) => `${p}.dead.${replica}.${stage}`,
+    stepControl: (replica: number) => `${p}.step.${replica}`,                  // coordinator → a replica's stages (open, commit)
+    report: (replica: number, stage: number) => `${p}.report.${replica}.${stage}`,  // stages → coordinator (done, stepped, final)
     heartbeat: (host: string) => `${p}.hb.${host}`,
     heartbeats: `${p}.hb.*`,
     register: `${p}.ctl.register`,
-    assign: (host: string) => `${p}.ctl.assign.${host}`,
     ready: `${p}.ctl.ready`,
-    step: (replica: number) => `${p}.ctl.step.${replica}`,  // coordinator → a replica's stages
-    report: `${p}.ctl.report`,                               // stages → coordinator
     progress: `${p}.ctl.progress`,
-    finish: `${p}.ctl.finish`,                               // coordinator → hosts: upload and exit
-    uploaded: `${p}.ctl.uploaded`,
     finished: `${p}.ctl.finished`,                           // coordinator → clients: the summary
     failed: `${p}.ctl.failed`,
+    chaos: (host: string) => `${p}.chaos.${host}`,           // fault injection, only where CARAVAN_CHAOS=1
+    chaosReached: `${p}.chaos-reached`,
     edgeStream: `CARAVAN_${run}_EDGES`,
+    controlStream: `CARAVAN_${run}_CTL`,
     deadStream: `CARAVAN_${run}_DEAD`,
-    consumer: (kind: 'act' | 'grad', replica: number, stage: number) => `${kind}-${replica}-${stage}`,
+    /** Each holder of a slot reads through its own consumer, so a replaced one cannot take or ack its inputs. */
+    consumer: (kind: EdgeKind, replica: number, stage: number, generation: number) => `${kind}-${replica}-${stage}-g${generation}`,
+    consumerPrefix: (kind: EdgeKind, replica: number, stage: number) => `${kind}-${replica}-${stage}-g`,
     kvBucket: `caravan_${run}`,
+    slotKey: (replica: number, stage: number) => `slot.${replica}.${stage}`,
+    hostKey: (host: string) => `hosts.${host}`,
     objectBucket: `caravan_${run}_obj`,
+    checkpoint: (replica: number, begin: number, end: number, step: number, generation: number) =>
+      `ckpt/replica-${replica}/stage-${begin}-${end}/step-${step}-g${generation}.safetensors`,
     finalState: (replica: number, begin: number, end: number) => `final/replica-${replica}/stage-${begin}-${end}.safetensors`,
   };
 }

@@ -116,33 +116,89 @@ test('heartbeats keep every host alive, slotted or standby, for as long as they 
   t.true(c.actor.getSnapshot().matches({ run: 'running' }));
 });
 
-test('a slotted host silent for longer than the timeout is lost and fails the run, naming it', (t) => {
-  const c = running(1);
+test('a slotted host silent for longer than the timeout is lost and its slot goes to the first standby', (t) => {
+  const c = running(2);
   const silent = 'h4';  // replica 1, stage 1
+  const [first, second] = c.standbys;
   const others = c.hosts.filter((h) => h !== silent);
   const quietFrom = c.clock.now();
   t.deepEqual(c.advance(TIMEOUT, others), [], 'not lost at exactly the timeout');
   const after = c.advance(3 * TIMEOUT, others);
   t.deepEqual(after.map((e) => e.cmd), [
     { type: 'HOST_LOST', host: silent, slot: { replica: 1, stage: 1 } },
-    { type: 'RUN_FAILED', reason: `host ${silent} holding a slot stopped sending heartbeats` },
+    { type: 'ASSIGN', host: first, replica: 1, stage: 1, replacing: silent },
   ]);
   const lostAfter = after[0].at - quietFrom;
   t.true(lostAfter > TIMEOUT && lostAfter <= TIMEOUT + TICK, `lost after ${lostAfter} ms of silence`);
-  t.true(c.actor.getSnapshot().matches({ run: 'failed' }));
+  t.true(c.actor.getSnapshot().matches({ run: 'running' }));
+  const hosts = c.actor.getSnapshot().context.hosts;
+  t.deepEqual(hosts.find((h) => h.id === first)?.slot, { replica: 1, stage: 1 });
+  t.is(hosts.find((h) => h.id === second)?.slot, null, 'the second standby stays a standby');
+  t.false(hosts.some((h) => h.id === silent));
+  t.deepEqual(c.send({ type: 'HEARTBEAT', host: silent }), [], 'a lost host that speaks again gets nothing back');
+  c.send({ type: 'REPLICA_FINISHED', replica: 0 });
+  t.deepEqual(c.send({ type: 'REPLICA_FINISHED', replica: 1 }), [{ type: 'RUN_FINISHED' }], 'the run goes on to its end');
 });
 
-test('a slotted host lost before the run starts fails it too', (t) => {
+test('with no standby the slot stays vacant until the next host joins', (t) => {
+  const c = running(0);
+  const silent = 'h0';
+  const out = c.advance(2 * TIMEOUT, c.hosts.filter((h) => h !== silent)).map((e) => e.cmd);
+  t.deepEqual(out, [
+    { type: 'HOST_LOST', host: silent, slot: { replica: 0, stage: 0 } },
+    { type: 'SLOT_VACANT', replica: 0, stage: 0, lost: silent },
+  ]);
+  t.deepEqual(c.send(join('late')), [{ type: 'ASSIGN', host: 'late', replica: 0, stage: 0, replacing: silent }]);
+  t.deepEqual(c.send(join('later')), [{ type: 'STANDBY', host: 'later' }], 'one vacancy, one replacement');
+});
+
+test('a slotted host lost before the run starts is replaced too, and the start waits for its replacement', (t) => {
   const c = coordinator({ stages: 2, replicas: 1 });
   c.send(join('h0'));
   c.send(join('h1'));
+  t.deepEqual(c.send(join('h2')), [{ type: 'STANDBY', host: 'h2' }]);
   c.send({ type: 'HOST_READY', host: 'h0' });
-  const out = c.advance(2 * TIMEOUT, ['h0']).map((e) => e.cmd);
+  const out = c.advance(2 * TIMEOUT, ['h0', 'h2']).map((e) => e.cmd);
   t.deepEqual(out, [
     { type: 'HOST_LOST', host: 'h1', slot: { replica: 0, stage: 1 } },
-    { type: 'RUN_FAILED', reason: 'host h1 holding a slot stopped sending heartbeats' },
+    { type: 'ASSIGN', host: 'h2', replica: 0, stage: 1, replacing: 'h1' },
   ]);
-  t.deepEqual(c.send({ type: 'HOST_READY', host: 'h1' }), [], 'no START_RUN after the failure');
+  t.deepEqual(c.send({ type: 'HOST_READY', host: 'h1' }), [], 'the lost host does not count');
+  t.deepEqual(c.send({ type: 'HOST_READY', host: 'h2' }), [{ type: 'START_RUN' }]);
+});
+
+test('a standby that joins while nothing has failed stays a standby', (t) => {
+  const c = running(0);
+  t.deepEqual(c.send(join('spare')), [{ type: 'STANDBY', host: 'spare' }]);
+  t.deepEqual(c.advance(10 * TIMEOUT, [...c.hosts, 'spare']), []);
+  t.is(c.actor.getSnapshot().context.hosts.find((h) => h.id === 'spare')?.slot, null);
+});
+
+test('a restarted coordinator resumes the running run from its kept slots and times every host from the restart', (t) => {
+  const hosts = [
+    { id: 'a', datacenter: 'dc-a', slot: { replica: 0, stage: 0 } },
+    { id: 'b', datacenter: 'dc-b', slot: { replica: 0, stage: 1 } },
+    { id: 'c', datacenter: 'dc-b', slot: null },
+  ];
+  const c = coordinator({ stages: 2, replicas: 1, restore: { running: true, hosts } });
+  t.deepEqual(c.log.map((e) => e.cmd), [{ type: 'START_RUN' }], 'straight to running, no new assignment');
+  t.deepEqual(c.advance(TIMEOUT, ['a', 'c']), [], 'every host gets a full timeout from the restart');
+  t.deepEqual(c.advance(2 * TIMEOUT, ['a', 'c']).map((e) => e.cmd), [
+    { type: 'HOST_LOST', host: 'b', slot: { replica: 0, stage: 1 } },
+    { type: 'ASSIGN', host: 'c', replica: 0, stage: 1, replacing: 'b' },
+  ]);
+});
+
+test('a coordinator restarted while gathering assigns as soon as it holds enough hosts', (t) => {
+  const restore = { running: false, hosts: [{ id: 'a', datacenter: 'x', slot: null }, { id: 'b', datacenter: 'x', slot: null }] };
+  const c = coordinator({ stages: 2, replicas: 1, restore });
+  t.deepEqual(c.log.map((e) => e.cmd), [
+    { type: 'ASSIGN', host: 'a', replica: 0, stage: 0 },
+    { type: 'ASSIGN', host: 'b', replica: 0, stage: 1 },
+  ]);
+  const short = coordinator({ stages: 3, replicas: 1, restore });
+  t.deepEqual(short.log, []);
+  t.deepEqual(short.send(join('c')).map((x) => x.type), ['ASSIGN', 'ASSIGN', 'ASSIGN']);
 });
 
 test('a silent standby is lost and nothing else happens', (t) => {

@@ -61,9 +61,12 @@ function stageModel(input: StageMachineInput) {
     const dups = cmds.filter((c) => c.type === 'DUPLICATE');
     if (dups.length > 0 && cmds.length !== 1) broken(`DUPLICATE with [${cmds.map((c) => c.type)}]`);
     if (dups.length > 0 && JSON.stringify(before) !== JSON.stringify(snap.context)) broken('a duplicate changed the context');
-    // The step's end is three commands, in order, once.
+    // The step's end is three commands, in order, once: on its commit, or on
+    // the last backward when the commit came first (replayed control).
     const tail = cmds.filter((c) => c.type === 'APPLY_STEP' || c.type === 'ACK_STEP' || c.type === 'STEPPED').map((c) => c.type);
-    if (tail.length > 0 && (event.type !== 'STEP_COMMIT' || tail.join() !== 'APPLY_STEP,ACK_STEP,STEPPED')) broken(`step end [${tail}]`);
+    const ends = event.type === 'STEP_COMMIT' || (event.type === 'BACKWARD_DONE' && cmds.some((c) => c.type === 'STEP_READY'));
+    if (tail.length > 0 && (!ends || tail.join() !== 'APPLY_STEP,ACK_STEP,STEPPED')) broken(`step end [${tail}]`);
+    if (tail.length > 0 && snap.context.committed !== before.step) broken(`step ${before.step} ended but ${snap.context.committed} is committed`);
     return { snap, outstanding, issued, violation };
   };
   const [initial] = initialTransition(stageMachine, input);

@@ -243,8 +243,8 @@ for (const S of [2, 4]) {
 
 // ---- single-stage scenarios, one event at a time ----
 
-function stage(stage: number, stages: number, microbatches: number) {
-  const actor = createActor(stageMachine, { input: { stage, stages, microbatches } });
+function stage(stage: number, stages: number, microbatches: number, committed?: number) {
+  const actor = createActor(stageMachine, { input: { stage, stages, microbatches, committed } });
   let out: StageCommand[] = [];
   actor.on('*', (cmd) => { out.push(cmd); });
   actor.start();
@@ -366,7 +366,6 @@ test('the in-flight limit holds back stage 0 until a backward frees a slot', (t)
 
 test('results for commands that were not issued, and commits for other steps, are ignored', (t) => {
   const { actor, send } = stage(1, 2, 1);
-  t.deepEqual(send({ type: 'STEP_COMMIT', step: 0, gradScale: 1 }), [], 'nothing to commit before the step opens');
   t.deepEqual(send({ type: 'STEP_OPEN', step: 1 }), [], 'step 1 cannot open before step 0');
   t.deepEqual(send({ type: 'STEP_OPEN', step: 0 }), []);
   t.deepEqual(send({ type: 'FORWARD_DONE', step: 0, mb: 0 }), [], 'no forward was issued');
@@ -378,4 +377,27 @@ test('results for commands that were not issued, and commits for other steps, ar
   t.deepEqual(send({ type: 'STEP_COMMIT', step: 1, gradScale: 1 }), [], 'a commit for another step');
   t.deepEqual(send({ type: 'STEP_COMMIT', step: 0, gradScale: 1 }).map((c) => c.type), ['APPLY_STEP', 'ACK_STEP', 'STEPPED']);
   t.deepEqual(send({ type: 'STEP_COMMIT', step: 0, gradScale: 1 }), [], 'committed once only');
+});
+
+test('replayed control: opens and commits that come before the stage can act are taken in step order', (t) => {
+  // A replacement restored from the checkpoint after step 0 reads the control
+  // log from there: every open and commit of steps 1 and 2 at once.
+  const { actor, send } = stage(1, 2, 1, 0);
+  t.deepEqual(send({ type: 'STEP_OPEN', step: 0 }), [], 'step 0 is in the checkpoint');
+  t.deepEqual(send({ type: 'STEP_COMMIT', step: 0, gradScale: 1 }), [], 'and so is its commit');
+  t.deepEqual(send({ type: 'STEP_OPEN', step: 1 }), []);
+  t.deepEqual(send({ type: 'STEP_COMMIT', step: 1, gradScale: 0.5 }), [], 'kept until step 1 has run');
+  t.deepEqual(send({ type: 'STEP_OPEN', step: 2 }), [], 'kept until step 1 is committed');
+  t.deepEqual(send({ type: 'STEP_OPEN', step: 1 }), [], 'a repeated open is nothing new');
+  t.deepEqual(send({ type: 'ACT_ARRIVED', step: 1, mb: 0 }), [fwd(1, 0)]);
+  t.deepEqual(send({ type: 'ACT_ARRIVED', step: 2, mb: 0 }), [], 'step 2 is not open yet here');
+  t.deepEqual(send({ type: 'FORWARD_DONE', step: 1, mb: 0 }), [bwd(1, 0)]);
+  t.deepEqual(send({ type: 'BACKWARD_DONE', step: 1, mb: 0 }), [
+    { type: 'STEP_READY', step: 1 },
+    { type: 'APPLY_STEP', step: 1, gradScale: 0.5 }, { type: 'ACK_STEP', step: 1 }, { type: 'STEPPED', step: 1 },
+    fwd(2, 0),
+  ], 'the remembered commit ends step 1 and the remembered open starts step 2 with its early input');
+  t.is(actor.getSnapshot().context.committed, 1);
+  t.deepEqual(actor.getSnapshot().context.commits, []);
+  t.deepEqual(actor.getSnapshot().context.opens, []);
 });

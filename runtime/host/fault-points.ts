@@ -1,0 +1,58 @@
+// Fault injection for `caravan chaos` and the chaos tests: a host started with
+// CARAVAN_CHAOS=1 listens on its chaos subject for "stop at the Nth time you
+// reach point P". When it gets there it says so and stops itself with
+// SIGSTOP, so the chaos driver can SIGKILL it at exactly that instant: after a
+// forward or a backward is computed but before its output is published, just
+// after an output is published (stored, its effect not yet recorded), or
+// while a checkpoint is uploaded but not yet recorded. Off by default: a
+// production host ignores the subject entirely.
+import type { NatsConnection, Subscription } from '@nats-io/transport-node';
+import { decodeJson, encodeJson } from '../transport/json.ts';
+
+export const FAULT_POINTS = ['forward', 'backward', 'publish', 'checkpoint'] as const;
+export type FaultPoint = (typeof FAULT_POINTS)[number];
+
+export interface FaultRequest {
+  readonly point: FaultPoint;
+  readonly after: number;  // stop on the after-th time the point is reached from now (1 = the next)
+}
+
+export interface FaultReached {
+  readonly host: string;
+  readonly pid: number;
+  readonly point: FaultPoint;
+}
+
+export class FaultPoints {
+  private armed: { point: FaultPoint; left: number } | undefined;
+  private readonly sub: Subscription | undefined;
+
+  constructor(private readonly nc: NatsConnection, private readonly host: string, subject: string, private readonly reachedSubject: string, enabled = process.env.CARAVAN_CHAOS === '1') {
+    if (!enabled) return;
+    this.sub = nc.subscribe(subject, {
+      callback: (_e, m) => {
+        const req = decodeJson<FaultRequest>(m.data, 'fault request');
+        if (!FAULT_POINTS.includes(req.point) || !(req.after >= 1)) {
+          m.respond(encodeJson({ ok: false, error: `unknown fault point ${JSON.stringify(req.point)} or count ${req.after}` }));
+          return;
+        }
+        this.armed = { point: req.point, left: req.after };
+        m.respond(encodeJson({ ok: true }));
+      },
+    });
+  }
+
+  /** Called by the stage at each point; returns at once unless this is where the host was told to stop. */
+  async reach(point: FaultPoint): Promise<void> {
+    if (!this.armed || this.armed.point !== point || --this.armed.left > 0) return;
+    this.armed = undefined;
+    const reached: FaultReached = { host: this.host, pid: process.pid, point };
+    this.nc.publish(this.reachedSubject, encodeJson(reached));
+    await this.nc.flush();
+    process.kill(process.pid, 'SIGSTOP');
+  }
+
+  close(): void {
+    this.sub?.unsubscribe();
+  }
+}

@@ -1,0 +1,303 @@
+// One (replica, stage) slot on a host: the engine, the Stage actor, and the
+// I/O that carries out its commands. Inputs come from the slot's own durable
+// consumers on the edge stream, step control from the control log; outputs
+// and reports are JetStream publishes with a Nats-Msg-Id, so whatever a
+// replacement recomputes is stored once.
+//
+// A slot holder starts from its slot's last checkpoint (or from the seed),
+// reads its inputs and the control log from where that checkpoint left off,
+// and replays the steps since exactly as they ran the first time: the
+// engine is deterministic and the commits carry the clip factor that was
+// decided, so the weights come out bit for bit the same. Every K steps it
+// uploads its state to the Object Store and records it in its slot (a
+// compare-and-set that fails once the slot was given to another host).
+import type { ConsumerMessages, JsMsg } from '@nats-io/jetstream';
+import { DeliverPolicy } from '@nats-io/jetstream';
+import { headers, type NatsConnection } from '@nats-io/transport-node';
+import { createActor } from 'xstate';
+import { stageMachine, type StageCommand } from '../../actors/stage-machine.ts';
+import { EngineStage, splitLayers } from '../../native/index.ts';
+import type { RunConfig } from '../../schemas/run-config.ts';
+import { decodeFrame, encodeFrame, FrameError, frameMsgId, type FrameKind } from '../../schemas/tensor-frame.ts';
+import { TokenDataset } from '../data/index.ts';
+import type { Logger } from '../log.ts';
+import { loadTokens } from '../train/train-local.ts';
+import { publishDurable } from '../transport/durable-publish.ts';
+import { decodeJson, encodeJson } from '../transport/json.ts';
+import { openEdgeConsumer, type RunResources } from '../transport/run-resources.ts';
+import { recordCheckpoint, type SlotEntry } from '../transport/slots.ts';
+import type { FaultPoints } from './fault-points.ts';
+
+const CONSUME_MAX_BYTES = 32 * 1024 * 1024;  // bounded by bytes, not messages: see DEPENDENCIES.md
+
+/** Step control on `step.<replica>`, written by the coordinator. */
+export type StepControl =
+  | { type: 'open'; step: number }
+  | { type: 'commit'; step: number; gradScale: number; gradNorm: number; loss: number };
+
+/** Stage reports on `report.<replica>.<stage>`, read by the coordinator (and by `caravan chaos`, to count). */
+export type StageReport =
+  | { type: 'done'; replica: number; stage: number; generation: number; host: string; step: number; sumSquares: number[]; loss?: number }
+  | { type: 'stepped'; replica: number; stage: number; generation: number; host: string; step: number; contributions: number[] }
+  | { type: 'final'; replica: number; stage: number; generation: number; host: string; name: string };
+
+export interface StageRunner {
+  /** Settles when the run ends (after `stop()`), or rejects when the stage fails or loses its slot. */
+  readonly done: Promise<void>;
+  /** Ends the stage: cleanly with no argument, as a failure with one. */
+  stop(err?: Error): void;
+}
+
+export interface StageRunnerOptions {
+  readonly nc: NatsConnection;
+  readonly res: RunResources;
+  readonly config: RunConfig;
+  readonly slot: SlotEntry;
+  readonly host: string;
+  readonly log: Logger;
+  readonly faults: FaultPoints;
+  readonly deadLetters: { count: number };
+}
+
+export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
+  const { nc, res, config, host, log, faults } = o;
+  const { model, optim, training: t } = config;
+  const { replica, stage: s, generation } = o.slot.record;
+  let held = o.slot;
+  const S = t.stages, M = t.microbatches, B = t.batchSize, T = t.seqLen;
+  const K = t.checkpointEvery;
+  const [layerBegin, layerEnd] = splitLayers(model.nLayers, S)[s];
+  const engine = new EngineStage({ model, optim, layerBegin, layerEnd, seed: t.seed, threads: t.cpuThreads });
+  const restored = held.record.checkpoint;
+  if (restored) {
+    const blob = await res.objects.getBlob(restored.object);
+    if (!blob) throw new Error(`checkpoint ${restored.object} of replica ${replica} stage ${s} is missing from the object store`);
+    engine.loadState(blob, `checkpoint ${restored.object}`);
+    log.info({ step: restored.step, object: restored.object }, 'restored from checkpoint');
+  }
+  const dataset = engine.isFirst || engine.isLast ? new TokenDataset(await loadTokens(config)) : undefined;
+  const batch = (step: number, mb: number) =>
+    dataset!.batchAt({ seed: t.seed, replica, step, microbatch: mb, batchSize: B, seqLen: T, split: 'train' });
+  const maxPayload = nc.info?.max_payload ?? 1024 * 1024;
+
+  // Inputs that arrived, by `${kind}/${step}/${mb}`, and their messages by step, acked at commit.
+  const inputs = new Map<string, Float32Array>();
+  const seen = new Set<string>();
+  const unacked = new Map<number, Array<{ key: string; msg: JsMsg }>>();
+  const lastSeq = new Map<FrameKind, number>();      // the last edge-stream sequence delivered, per input kind
+  const commitSeq = new Map<number, number>();       // control-log sequence of each step's commit
+  const lossSums = new Map<number, number>();
+  let accumulated: number[] = [];                    // microbatches backwarded into the gradients since the last update
+  let applied: number[] = [];
+  let lastCheckpoint = restored?.object;
+  const key = (kind: FrameKind, step: number, mb: number) => `${kind}/${step}/${mb}`;
+
+  const publishFrame = async (kind: FrameKind, to: number, step: number, mb: number, data: Float32Array) => {
+    const bytes = encodeFrame({ run: res.names.run, replica, stage: to, step, microbatch: mb, kind, shape: [B, T, model.dModel], data });
+    if (bytes.length > maxPayload) {
+      throw new Error(`a ${kind} frame of ${bytes.length} bytes exceeds the server's max_payload of ${maxPayload} bytes: raise max_payload (up to 8MB) in the nats-server config, or shrink B·T·d`);
+    }
+    await publishDurable(res.js, res.names.edge(kind, replica, to), bytes, { msgID: frameMsgId(res.names.run, replica, step, mb, kind, to) });
+    await faults.reach('publish');
+  };
+  const report = async (r: Record<string, unknown> & { type: StageReport['type']; step?: number }) => {
+    const body = { ...r, replica, stage: s, generation, host };
+    const id = `${r.type}-${replica}-${s}-${r.step ?? 'end'}-g${generation}`;
+    await publishDurable(res.js, res.names.report(replica, s), encodeJson(body), { msgID: id });
+  };
+
+  // Where this holder's inputs start after `step`: the first input of a later
+  // step that arrived, or else the next one to come.
+  const resumeAfter = (kind: FrameKind, step: number): number => {
+    let min = (lastSeq.get(kind) ?? (restored?.resume[kind] ?? 1) - 1) + 1;
+    let found = false;
+    for (const [st, list] of unacked) {
+      if (st <= step) continue;
+      for (const u of list) if (u.key.startsWith(`${kind}/`) && (!found || u.msg.seq < min)) { min = u.msg.seq; found = true; }
+    }
+    return min;
+  };
+
+  const checkpoint = async (step: number) => {
+    const control = commitSeq.get(step);
+    if (control === undefined) throw new Error(`no commit recorded for step ${step}`);
+    const resume = {
+      ...(engine.isFirst ? {} : { act: resumeAfter('act', step) }),
+      ...(engine.isLast ? {} : { grad: resumeAfter('grad', step) }),
+      control: control + 1,
+    };
+    const name = res.names.checkpoint(replica, layerBegin, layerEnd, step, generation);
+    const started = performance.now();
+    await res.objects.putBlob({ name }, engine.state());
+    await faults.reach('checkpoint');
+    held = await recordCheckpoint(res.kv, held, { step, object: name, resume });
+    log.debug({ step, name, ms: Math.round(performance.now() - started) }, 'checkpoint recorded');
+    // What the new checkpoint makes unnecessary: the previous state, and the inputs before it.
+    if (lastCheckpoint && lastCheckpoint !== name) await res.objects.delete(lastCheckpoint).catch(() => {});
+    lastCheckpoint = name;
+    for (const kind of ['act', 'grad'] as const) {
+      const seq = resume[kind];
+      if (seq) await res.jsm.streams.purge(res.names.edgeStream, { filter: res.names.edge(kind, replica, s), seq }).catch(() => {});
+    }
+  };
+
+  const actor = createActor(stageMachine, { input: { stage: s, stages: S, microbatches: M, committed: restored?.step ?? -1 } });
+  // Commands run one at a time, off the event that issued them, so NATS I/O
+  // and heartbeats go on between computations.
+  let chain = Promise.resolve();
+  let settled = false;
+  let resolveDone!: () => void, rejectDone!: (e: Error) => void;
+  const done = new Promise<void>((resolve, reject) => { resolveDone = resolve; rejectDone = reject; });
+  const run = (f: () => Promise<void> | void) => {
+    chain = chain.then(() => (settled ? undefined : f())).catch((err: Error) => stop(err));
+  };
+
+  actor.on('*', (cmd: StageCommand) => {
+    switch (cmd.type) {
+      case 'RUN_FORWARD':
+        return run(async () => {
+          const id = cmd.step * M + cmd.mb;
+          const data = engine.isFirst || engine.isLast ? batch(cmd.step, cmd.mb) : undefined;
+          let input: Int32Array | Float32Array;
+          if (engine.isFirst) input = data!.tokens;
+          else {
+            input = inputs.get(key('act', cmd.step, cmd.mb))!;
+            inputs.delete(key('act', cmd.step, cmd.mb));
+          }
+          const out = engine.forwardTrain(id, input, B, T, engine.isLast ? data!.targets : undefined);
+          await faults.reach('forward');
+          if (typeof out === 'number') lossSums.set(cmd.step, (lossSums.get(cmd.step) ?? 0) + out);
+          else await publishFrame('act', s + 1, cmd.step, cmd.mb, out);
+          actor.send({ type: 'FORWARD_DONE', step: cmd.step, mb: cmd.mb });
+        });
+      case 'RUN_BACKWARD':
+        return run(async () => {
+          const gradOut = engine.isLast ? null : inputs.get(key('grad', cmd.step, cmd.mb))!;
+          inputs.delete(key('grad', cmd.step, cmd.mb));
+          const gradIn = engine.backward(cmd.step * M + cmd.mb, gradOut);
+          accumulated.push(cmd.mb);
+          await faults.reach('backward');
+          if (gradIn) await publishFrame('grad', s - 1, cmd.step, cmd.mb, gradIn);
+          actor.send({ type: 'BACKWARD_DONE', step: cmd.step, mb: cmd.mb });
+        });
+      case 'STEP_READY':
+        return run(async () => {
+          const loss = engine.isLast ? (lossSums.get(cmd.step) ?? NaN) / M : undefined;
+          lossSums.delete(cmd.step);
+          await report({ type: 'done', step: cmd.step, sumSquares: Array.from(engine.gradSumSquares()), loss });
+        });
+      case 'APPLY_STEP':
+        return run(() => {
+          engine.step(cmd.gradScale);
+          applied = accumulated;
+          accumulated = [];
+        });
+      case 'ACK_STEP':
+        return run(() => {
+          for (const u of unacked.get(cmd.step) ?? []) u.msg.ack();
+          unacked.delete(cmd.step);
+          for (const k of seen) if (k.split('/')[1] === String(cmd.step)) seen.delete(k);
+        });
+      case 'STEPPED':
+        return run(async () => {
+          await report({ type: 'stepped', step: cmd.step, contributions: applied });
+          if (cmd.step === t.steps - 1) {
+            const name = res.names.finalState(replica, layerBegin, layerEnd);
+            await res.objects.putBlob({ name }, engine.state());
+            await report({ type: 'final', name });
+            log.info({ name }, 'final state uploaded');
+          } else if (K > 0 && (cmd.step + 1) % K === 0) {
+            await checkpoint(cmd.step);
+          }
+          commitSeq.delete(cmd.step);
+        });
+      case 'DUPLICATE':
+        return run(() => {
+          // A frame whose effect is already in the weights: it only needs its ack.
+          const k = key(cmd.kind, cmd.step, cmd.mb);
+          const pending = unacked.get(cmd.step) ?? [];
+          for (const u of pending) if (u.key === k) u.msg.ack();
+          unacked.set(cmd.step, pending.filter((u) => u.key !== k));
+          inputs.delete(k);
+          seen.delete(k);
+        });
+    }
+  });
+  actor.start();
+
+  const streams: ConsumerMessages[] = [];
+  const stop = (err?: Error) => {
+    if (settled) return;
+    settled = true;
+    for (const m of streams) void m.close().catch(() => {});
+    actor.stop();
+    if (err) {
+      log.error({ err: err.message }, 'stage stopped');
+      rejectDone(err);
+    } else resolveDone();
+  };
+  const consumeLoop = (what: string, f: () => Promise<void>) => {
+    f().catch((err: Error) => { if (!settled) stop(new Error(`${what}: ${err.message}`)); });
+  };
+
+  // Step control from the control log, from just after the checkpoint's commit.
+  const controlConsumer = await res.js.consumers.get(res.names.controlStream, {
+    filter_subjects: [res.names.stepControl(replica)],
+    ...(restored ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: restored.resume.control } : { deliver_policy: DeliverPolicy.All }),
+  });
+  const control = await controlConsumer.consume();
+  streams.push(control);
+  consumeLoop('step control', async () => {
+    for await (const m of control) {
+      const msg = decodeJson<StepControl>(m.data, 'step control');
+      if (msg.type === 'open') run(() => { actor.send({ type: 'STEP_OPEN', step: msg.step }); });
+      else if (msg.type === 'commit') {
+        commitSeq.set(msg.step, m.seq);
+        run(() => { actor.send({ type: 'STEP_COMMIT', step: msg.step, gradScale: msg.gradScale }); });
+      }
+    }
+  });
+
+  for (const kind of ['act', 'grad'] as const) {
+    if ((kind === 'act' && engine.isFirst) || (kind === 'grad' && engine.isLast)) continue;
+    const name = await openEdgeConsumer(res, kind, replica, s, generation, restored?.resume[kind]);
+    const consumer = await res.js.consumers.get(res.names.edgeStream, name);
+    const messages = await consumer.consume({ max_bytes: CONSUME_MAX_BYTES });
+    streams.push(messages);
+    const expect = { run: res.names.run, replica, stage: s, kind, width: model.dModel, maxSeqLen: model.maxSeqLen };
+    consumeLoop(`${kind} consumer`, async () => {
+      for await (const m of messages) {
+        lastSeq.set(kind, m.seq);
+        let frame;
+        try {
+          frame = decodeFrame(m.data, expect);
+          if (frame.shape[0] !== B || frame.shape[1] !== T) throw new FrameError('shape', `frame shape [${frame.shape.join(', ')}] is not this run's [${B}, ${T}, ${model.dModel}]`);
+        } catch (err) {
+          if (!(err instanceof FrameError)) throw err;
+          await deadLetter(res, m, err, replica, s, host);
+          o.deadLetters.count++;
+          log.warn({ fault: err.fault, reason: err.message, subject: m.subject, seq: m.seq }, 'frame dead-lettered');
+          continue;
+        }
+        const k = key(kind, frame.step, frame.microbatch);
+        if (seen.has(k)) { m.ack(); continue; }  // redelivered while its step is still open
+        seen.add(k);
+        inputs.set(k, frame.data);
+        unacked.set(frame.step, [...(unacked.get(frame.step) ?? []), { key: k, msg: m }]);
+        run(() => { actor.send({ type: kind === 'act' ? 'ACT_ARRIVED' : 'GRAD_ARRIVED', step: frame.step, mb: frame.microbatch }); });
+      }
+    });
+  }
+  log.info({ layers: [layerBegin, layerEnd], generation, from: restored?.step ?? null }, 'stage ready');
+  return { done, stop };
+}
+
+async function deadLetter(res: RunResources, m: JsMsg, err: FrameError, replica: number, stage: number, host: string): Promise<void> {
+  const h = headers();
+  h.set('Caravan-Fault', err.fault);
+  h.set('Caravan-Reason', err.message.slice(0, 1000));
+  h.set('Caravan-Subject', m.subject);
+  h.set('Caravan-Host', host);
+  await publishDurable(res.js, res.names.dead(replica, stage), m.data, { msgID: `dead-${m.info.stream}-${m.seq}`, headers: h });
+  m.ack();  // moved, not lost: the dead-letter stream holds it
+}

@@ -1,0 +1,35 @@
+// A JetStream publish that rides out a NATS server going away: while a
+// cluster elects a new stream leader, or the client reconnects to another
+// server, publishes time out or find no responders. Retrying under the same
+// Nats-Msg-Id is safe: if the first attempt was stored after all, the retry is
+// reported as a duplicate and stored once.
+import type { JetStreamClient, PubAck } from '@nats-io/jetstream';
+import type { MsgHdrs } from '@nats-io/transport-node';
+
+export interface DurablePublishOptions {
+  readonly msgID: string;
+  readonly headers?: MsgHdrs;
+  /** Give up after this long (default 60 s): longer than any leader election. */
+  readonly deadlineMs?: number;
+}
+
+export async function publishDurable(js: JetStreamClient, subject: string, data: Uint8Array, o: DurablePublishOptions): Promise<PubAck> {
+  const deadline = Date.now() + (o.deadlineMs ?? 60_000);
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await js.publish(subject, data, { msgID: o.msgID, headers: o.headers, timeout: 5000 });
+    } catch (err) {
+      if (!isTransient(err) || Date.now() > deadline) {
+        throw new Error(`publish to ${subject} (${o.msgID}) failed after ${attempt + 1} attempt(s): ${(err as Error).message}`);
+      }
+      await new Promise((r) => setTimeout(r, Math.min(1000, 50 * 2 ** attempt)));
+    }
+  }
+}
+
+/** Errors of a server or leader in transition, as opposed to a refused message. */
+export function isTransient(err: unknown): boolean {
+  const text = `${(err as Error)?.name ?? ''} ${(err as Error)?.message ?? ''} ${(err as { code?: string })?.code ?? ''}`.toLowerCase();
+  if (/max_payload|maximum payload|exceeds|wrong last|permission/.test(text)) return false;
+  return /timeout|no responders|503|connection|closed|disconnect|reconnect|leader|unavailable|no suitable peers|insufficient resources|jetstream not enabled|stream not found|temporarily/.test(text);
+}
