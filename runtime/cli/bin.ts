@@ -3,6 +3,7 @@
 // machine-readable line; failures exit non-zero with one clear line.
 import { Command, InvalidArgumentError } from 'commander';
 import { tuneAllocator } from '../../native/index.ts';
+import { chaosCommand } from './chaos-command.ts';
 import { processCommands } from './process-commands.ts';
 import { statusCommand } from './status-command.ts';
 import { trainCommand } from './train-command.ts';
@@ -16,6 +17,7 @@ const program = new Command('caravan')
 trainCommand(program);
 processCommands(program);
 statusCommand(program);
+chaosCommand(program);
 
 program.parseAsync(process.argv).catch((err: unknown) => {
   const message = err instanceof InvalidArgumentError ? err.message : err instanceof Error ? err.message : String(err);

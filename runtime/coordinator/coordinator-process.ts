@@ -8,7 +8,7 @@
 // is not there yet. At the end every stage has uploaded its final state, and
 // the coordinator publishes the summary with a hash of the final parameters
 // that does not depend on the split.
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { createActor, type Actor } from 'xstate';
 import { coordinatorMachine, type CoordinatorCommand, type CoordinatorMachineInput } from '../../actors/coordinator-machine.ts';
 import { replicaMachine, type ReplicaCommand } from '../../actors/replica-machine.ts';
@@ -18,9 +18,9 @@ import type { StageReport, StepControl } from '../host/stage-runner.ts';
 import type { Logger } from '../log.ts';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { connectNats } from '../nats/connect.ts';
-import { publishDurable } from '../transport/durable-publish.ts';
+import { publishDurable, retryTransient } from '../transport/durable-publish.ts';
 import { decodeJson, encodeJson } from '../transport/json.ts';
-import { openRunResources, type RunResources } from '../transport/run-resources.ts';
+import { openReaderConsumer, openRunResources, PULL_EXPIRES_MS, type RunResources } from '../transport/run-resources.ts';
 import { assignSlot, readSlot, type SlotRecord } from '../transport/slots.ts';
 
 export interface CoordinatorOptions {
@@ -149,10 +149,10 @@ async function coordinate(
     writes = writes.then(f).then(() => undefined, (err: Error) => settle(new Error(`${what}: ${err.message}`)));
   };
   // A host's record keeps its join time (restarts order standbys by it) and takes the latest status.
-  const putHost = (host: string, status: HostEntry['status'], fields: Record<string, unknown> = {}) => write(`host record ${host}`, async () => {
+  const putHost = (host: string, status: HostEntry['status'], fields: Record<string, unknown> = {}) => write(`host record ${host}`, () => retryTransient(`host record ${host}`, async () => {
     const before = await readJson<HostEntry>(res, res.names.hostKey(host));
     await res.kv.put(res.names.hostKey(host), encodeJson({ ...before, ...fields, host, status, joined: before?.joined ?? new Date().toISOString() }));
-  });
+  }));
 
   const coordinator = createActor(coordinatorMachine, {
     input: { stages: t.stages, replicas: t.replicas, heartbeatTimeoutMs: o.heartbeatTimeoutMs ?? 15_000, tickMs: Math.min(1000, Math.max(50, Math.floor((o.heartbeatTimeoutMs ?? 15_000) / 10))), restore },
@@ -192,7 +192,7 @@ async function coordinate(
       case 'ASSIGN': {
         const [begin, end] = splitLayers(config.model.nLayers, t.stages)[cmd.stage];
         write(`slot ${cmd.replica}.${cmd.stage}`, async () => {
-          const { record } = await assignSlot(res.kv, cmd.replica, cmd.stage, cmd.host);
+          const { record } = await retryTransient(`slot ${cmd.replica}.${cmd.stage}`, () => assignSlot(res.kv, cmd.replica, cmd.stage, cmd.host));
           const fields = { host: cmd.host, replica: cmd.replica, stage: cmd.stage, generation: record.generation, from: record.checkpoint?.step ?? null };
           if (cmd.replacing) log.warn({ ...fields, replacing: cmd.replacing }, 'slot handed to a standby');
           else log.info({ ...fields, layers: [begin, end] }, 'slot assigned');
@@ -284,10 +284,16 @@ async function coordinate(
   // The control log from its start: what is there already is the history to
   // rebuild (its opens and commits are not written again); after that, live.
   async function followControlLog(): Promise<void> {
-    const last = (await res.jsm.streams.info(res.names.controlStream)).state.last_seq;
+    const last = (await retryTransient('control log info', () => res.jsm.streams.info(res.names.controlStream))).state.last_seq;
     const backlog: Array<{ subject: string; data: Uint8Array; seq: number }> = [];
-    const consumer = await res.js.consumers.get(res.names.controlStream);
-    const messages = await consumer.consume();
+    const name = await openReaderConsumer(res, {
+      stream: res.names.controlStream,
+      name: res.names.coordinatorConsumer(randomBytes(4).toString('hex')),
+      prefix: res.names.coordinatorConsumerPrefix,
+      filter: `caravan.${o.run}.>`,
+    });
+    const consumer = await res.js.consumers.get(res.names.controlStream, name);
+    const messages = await consumer.consume({ expires: PULL_EXPIRES_MS });
     const goLive = () => {
       for (const m of backlog) {
         if (!m.subject.startsWith(`caravan.${o.run}.step.`)) continue;
@@ -305,6 +311,7 @@ async function coordinate(
     let live = last === 0;
     stopLog = () => void messages.close().catch(() => {});
     for await (const m of messages) {
+      m.ack();
       if (!live) {
         backlog.push({ subject: m.subject, data: m.data, seq: m.seq });
         if (m.seq >= last) { live = true; goLive(); }

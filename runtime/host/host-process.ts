@@ -10,6 +10,7 @@ import type { NatsConnection } from '@nats-io/transport-node';
 import { validateRunConfig } from '../../schemas/run-config.ts';
 import type { Logger } from '../log.ts';
 import { connectNats } from '../nats/connect.ts';
+import { retryTransient } from '../transport/durable-publish.ts';
 import { decodeJson, encodeJson } from '../transport/json.ts';
 import { openRunResources, type RunResources } from '../transport/run-resources.ts';
 import { decodeSlot, SlotLostError, type SlotEntry } from '../transport/slots.ts';
@@ -94,7 +95,7 @@ async function followRun(nc: NatsConnection, res: RunResources, id: string, log:
       held = { record, revision: e.revision };
       const slotLog = log.child({ replica: record.replica, stage: record.stage, generation: record.generation });
       slotLog.info({ from: record.checkpoint?.step ?? null }, 'slot assigned');
-      const config = validateRunConfig(decodeJson((await res.kv.get('config'))?.value ?? new Uint8Array(), 'run config in KV'));
+      const config = validateRunConfig(decodeJson((await retryTransient('run config', () => res.kv.get('config')))?.value ?? new Uint8Array(), 'run config in KV'));
       stage = await startStage({ nc, res, config, slot: held, host: id, log: slotLog, faults, deadLetters });
       nc.publish(res.names.ready, encodeJson({ host: id, replica: record.replica, stage: record.stage }));
       ending = stage.done.catch((err: Error) => {

@@ -12,7 +12,6 @@
 // uploads its state to the Object Store and records it in its slot (a
 // compare-and-set that fails once the slot was given to another host).
 import type { ConsumerMessages, JsMsg } from '@nats-io/jetstream';
-import { DeliverPolicy } from '@nats-io/jetstream';
 import { headers, type NatsConnection } from '@nats-io/transport-node';
 import { createActor } from 'xstate';
 import { stageMachine, type StageCommand } from '../../actors/stage-machine.ts';
@@ -22,9 +21,9 @@ import { decodeFrame, encodeFrame, FrameError, frameMsgId, type FrameKind } from
 import { TokenDataset } from '../data/index.ts';
 import type { Logger } from '../log.ts';
 import { loadTokens } from '../train/train-local.ts';
-import { publishDurable } from '../transport/durable-publish.ts';
+import { publishDurable, retryTransient } from '../transport/durable-publish.ts';
 import { decodeJson, encodeJson } from '../transport/json.ts';
-import { openEdgeConsumer, type RunResources } from '../transport/run-resources.ts';
+import { openEdgeConsumer, openReaderConsumer, PULL_EXPIRES_MS, type RunResources } from '../transport/run-resources.ts';
 import { recordCheckpoint, type SlotEntry } from '../transport/slots.ts';
 import type { FaultPoints } from './fault-points.ts';
 
@@ -70,7 +69,7 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
   const engine = new EngineStage({ model, optim, layerBegin, layerEnd, seed: t.seed, threads: t.cpuThreads });
   const restored = held.record.checkpoint;
   if (restored) {
-    const blob = await res.objects.getBlob(restored.object);
+    const blob = await retryTransient(`checkpoint download ${restored.object}`, () => res.objects.getBlob(restored.object));
     if (!blob) throw new Error(`checkpoint ${restored.object} of replica ${replica} stage ${s} is missing from the object store`);
     engine.loadState(blob, `checkpoint ${restored.object}`);
     log.info({ step: restored.step, object: restored.object }, 'restored from checkpoint');
@@ -128,10 +127,11 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
     };
     const name = res.names.checkpoint(replica, layerBegin, layerEnd, step, generation);
     const started = performance.now();
-    await res.objects.putBlob({ name }, engine.state());
+    const state = engine.state();
+    await retryTransient(`checkpoint upload ${name}`, () => res.objects.putBlob({ name }, state));
     await faults.reach('checkpoint');
     held = await recordCheckpoint(res.kv, held, { step, object: name, resume });
-    log.debug({ step, name, ms: Math.round(performance.now() - started) }, 'checkpoint recorded');
+    log.debug({ step, object: name, ms: Math.round(performance.now() - started) }, 'checkpoint recorded');
     // What the new checkpoint makes unnecessary: the previous state, and the inputs before it.
     if (lastCheckpoint && lastCheckpoint !== name) await res.objects.delete(lastCheckpoint).catch(() => {});
     lastCheckpoint = name;
@@ -153,6 +153,7 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
   };
 
   actor.on('*', (cmd: StageCommand) => {
+    log.debug({ cmd }, 'stage command');
     switch (cmd.type) {
       case 'RUN_FORWARD':
         return run(async () => {
@@ -203,9 +204,10 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
           await report({ type: 'stepped', step: cmd.step, contributions: applied });
           if (cmd.step === t.steps - 1) {
             const name = res.names.finalState(replica, layerBegin, layerEnd);
-            await res.objects.putBlob({ name }, engine.state());
+            const state = engine.state();
+            await retryTransient(`final state upload ${name}`, () => res.objects.putBlob({ name }, state));
             await report({ type: 'final', name });
-            log.info({ name }, 'final state uploaded');
+            log.info({ object: name }, 'final state uploaded');
           } else if (K > 0 && (cmd.step + 1) % K === 0) {
             await checkpoint(cmd.step);
           }
@@ -241,14 +243,19 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
   };
 
   // Step control from the control log, from just after the checkpoint's commit.
-  const controlConsumer = await res.js.consumers.get(res.names.controlStream, {
-    filter_subjects: [res.names.stepControl(replica)],
-    ...(restored ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: restored.resume.control } : { deliver_policy: DeliverPolicy.All }),
+  const controlName = await openReaderConsumer(res, {
+    stream: res.names.controlStream,
+    name: res.names.controlConsumer(replica, s, generation),
+    prefix: res.names.controlConsumerPrefix(replica, s),
+    filter: res.names.stepControl(replica),
+    startSeq: restored?.resume.control,
   });
-  const control = await controlConsumer.consume();
+  const controlConsumer = await res.js.consumers.get(res.names.controlStream, controlName);
+  const control = await controlConsumer.consume({ expires: PULL_EXPIRES_MS });
   streams.push(control);
   consumeLoop('step control', async () => {
     for await (const m of control) {
+      m.ack();  // where a holder resumes is in its checkpoint, not in these acks
       const msg = decodeJson<StepControl>(m.data, 'step control');
       if (msg.type === 'open') run(() => { actor.send({ type: 'STEP_OPEN', step: msg.step }); });
       else if (msg.type === 'commit') {
@@ -262,7 +269,7 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
     if ((kind === 'act' && engine.isFirst) || (kind === 'grad' && engine.isLast)) continue;
     const name = await openEdgeConsumer(res, kind, replica, s, generation, restored?.resume[kind]);
     const consumer = await res.js.consumers.get(res.names.edgeStream, name);
-    const messages = await consumer.consume({ max_bytes: CONSUME_MAX_BYTES });
+    const messages = await consumer.consume({ max_bytes: CONSUME_MAX_BYTES, expires: PULL_EXPIRES_MS });
     streams.push(messages);
     const expect = { run: res.names.run, replica, stage: s, kind, width: model.dModel, maxSeqLen: model.maxSeqLen };
     consumeLoop(`${kind} consumer`, async () => {

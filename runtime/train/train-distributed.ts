@@ -2,12 +2,10 @@
 // then the coordinator and one host per (replica, stage) as child processes,
 // exactly as they would run on separate machines. Progress and the summary
 // come back over NATS; everything is stopped on exit, also on Ctrl-C.
-import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import type { RunConfig } from '../../schemas/run-config.ts';
 import type { RunSummary } from '../coordinator/coordinator-process.ts';
 import { REPLACED_EXIT_CODE } from '../host/host-process.ts';
@@ -16,6 +14,7 @@ import { connectNats } from '../nats/connect.ts';
 import { startNatsServer, type NatsServerHandle } from '../nats/nats-server.ts';
 import { decodeJson } from '../transport/json.ts';
 import { openRunResources } from '../transport/run-resources.ts';
+import { isRunning, spawnCaravan, type CaravanChild } from './caravan-child.ts';
 
 export interface Progress {
   readonly replica: number;
@@ -38,9 +37,6 @@ export interface DistributedOptions {
   readonly onReady?: (info: { url: string; run: string }) => Promise<void> | void;
 }
 
-const BIN = join(dirname(fileURLToPath(import.meta.url)), '..', 'cli', 'bin.ts');
-const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
-
 export function newRunId(): string {
   return `run-${Date.now().toString(36)}-${randomBytes(3).toString('hex')}`;
 }
@@ -49,11 +45,11 @@ export async function trainDistributed(o: DistributedOptions): Promise<RunSummar
   const t = o.config.training;
   const run = o.run ?? newRunId();
   let server: NatsServerHandle | undefined;
-  const children: ChildProcess[] = [];
+  const children: CaravanChild[] = [];
   const dir = await mkdtemp(join(tmpdir(), 'caravan-run-'));
   const cleanup = async () => {
-    for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGTERM');
-    await Promise.all(children.map((c) => (c.exitCode === null && c.signalCode === null ? new Promise((r) => c.once('exit', r)) : undefined)));
+    for (const c of children) if (isRunning(c)) c.process.kill('SIGTERM');
+    await Promise.all(children.map((c) => c.exited));
     await server?.stop();
     await rm(dir, { recursive: true, force: true });
   };
@@ -77,25 +73,12 @@ export async function trainDistributed(o: DistributedOptions): Promise<RunSummar
       const configFile = join(dir, 'run.json');
       await writeFile(configFile, JSON.stringify({ model: o.config.model, optim: o.config.optim, training: o.config.training }));
       const hosts = t.stages * t.replicas + (o.standbys ?? 0);
-      const spawnChild = (name: string, args: string[], env: Record<string, string> = {}) => {
-        const child = spawn(process.execPath, ['--import', 'tsx', BIN, ...args], {
-          cwd: ROOT,
-          stdio: ['ignore', 'ignore', 'pipe'],
-          env: { ...process.env, CARAVAN_LOG_LEVEL: o.childLogLevel ?? 'warn', ...env },
-        });
-        let tail = '';
-        child.stderr!.on('data', (d: Buffer) => {
-          const text = d.toString();
-          tail = (tail + text).slice(-2000);
-          if (o.childLogLevel && o.childLogLevel !== 'silent') process.stderr.write(text);
-        });
-        child.once('exit', (code, signal) => {
-          if (code !== 0 && code !== null && code !== REPLACED_EXIT_CODE) {
-            const last = tail.trim().split('\n').pop() ?? '';
-            let reason = last;
-            try { reason = JSON.parse(last).msg ?? last; } catch { /* not JSON: keep the line */ }
-            settle(new Error(`${name} exited with code ${code}: ${reason}`));
-          } else if (signal && signal !== 'SIGTERM') settle(new Error(`${name} was killed by ${signal}`));
+      const spawnChild = (name: string, args: string[]) => {
+        const echo = Boolean(o.childLogLevel && o.childLogLevel !== 'silent');
+        const child = spawnCaravan(name, args, { logLevel: o.childLogLevel, echo });
+        void child.exited.then(({ code, signal }) => {
+          if (code !== 0 && code !== null && code !== REPLACED_EXIT_CODE) settle(new Error(`${name} exited with code ${code}: ${child.lastLine()}`));
+          else if (signal && signal !== 'SIGTERM') settle(new Error(`${name} was killed by ${signal}`));
         });
         children.push(child);
       };

@@ -31,5 +31,18 @@ export async function publishDurable(js: JetStreamClient, subject: string, data:
 export function isTransient(err: unknown): boolean {
   const text = `${(err as Error)?.name ?? ''} ${(err as Error)?.message ?? ''} ${(err as { code?: string })?.code ?? ''}`.toLowerCase();
   if (/max_payload|maximum payload|exceeds|wrong last|permission/.test(text)) return false;
-  return /timeout|no responders|503|connection|closed|disconnect|reconnect|leader|unavailable|no suitable peers|insufficient resources|jetstream not enabled|stream not found|temporarily/.test(text);
+  return /timeout|no responders|503|connection|closed|disconnect|reconnect|leader|unavailable|no suitable peers|insufficient resources|jetstream (is )?not enabled|stream not found|temporarily/.test(text);
+}
+
+/** Runs a JetStream operation (an Object Store put, a KV write), retrying it while the servers are in transition. */
+export async function retryTransient<T>(what: string, f: () => Promise<T>, deadlineMs = 60_000): Promise<T> {
+  const deadline = Date.now() + deadlineMs;
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await f();
+    } catch (err) {
+      if (!isTransient(err) || Date.now() > deadline) throw new Error(`${what} failed after ${attempt + 1} attempt(s): ${(err as Error).message}`);
+      await new Promise((r) => setTimeout(r, Math.min(1000, 50 * 2 ** attempt)));
+    }
+  }
 }

@@ -7,6 +7,7 @@ import { AckPolicy, DeliverPolicy, DiscardPolicy, jetstream, jetstreamManager, R
 import { Kvm, type KV } from '@nats-io/kv';
 import { Objm, type ObjectStore } from '@nats-io/obj';
 import { nanos, type NatsConnection } from '@nats-io/transport-node';
+import { retryTransient } from './durable-publish.ts';
 import { runNames, type EdgeKind, type RunNames } from './subjects.ts';
 
 export interface RunResources {
@@ -16,6 +17,15 @@ export interface RunResources {
   readonly kv: KV;
   readonly objects: ObjectStore;
 }
+
+/**
+ * Pull requests expire after this long and are re-issued. When a NATS server
+ * dies, the pulls it held are lost with it; the client notices by missed idle
+ * heartbeats (half this period) and pulls again from another server, so this
+ * bounds how long a consumer stands still after a server failure (the
+ * client's default of 30 s stalled the pipeline for a minute).
+ */
+export const PULL_EXPIRES_MS = 1000;
 
 const DEAD_LETTER_LIMIT = 10_000;  // a flood of bad frames cannot fill the disk
 // Re-sent outputs (a replacement recomputing what its predecessor published)
@@ -78,27 +88,35 @@ export async function openRunResources(nc: NatsConnection, run: string, options:
 }
 
 /**
- * The durable pull consumer of one edge into (replica, stage) for one holder
- * of the slot: it starts at `startSeq` (the first input after the holder's
- * checkpoint) or at the beginning, and the consumers of earlier holders are
- * deleted, so a replaced host can no longer read the edge.
+ * A durable pull consumer of one reader — a slot's holder on an edge or on
+ * its step control, or the coordinator on the control log — starting at
+ * `startSeq` (just after the reader's checkpoint) or at the beginning.
+ * Consumers an earlier reader left under the same prefix are deleted, so a
+ * replaced host can no longer read or ack. Durable consumers keep as many
+ * copies as their stream, so they outlive the NATS server they started on
+ * (an ordered consumer, in memory on one server, stalled for half a minute
+ * when that server died).
  */
-export async function openEdgeConsumer(
-  res: RunResources, kind: EdgeKind, replica: number, stage: number, generation: number, startSeq?: number,
+export function openReaderConsumer(
+  res: RunResources, o: { stream: string; name: string; prefix: string; filter: string; startSeq?: number },
 ): Promise<string> {
-  const name = res.names.consumer(kind, replica, stage, generation);
-  const prefix = res.names.consumerPrefix(kind, replica, stage);
-  for await (const c of res.jsm.consumers.list(res.names.edgeStream)) {
-    if (c.name.startsWith(prefix) && c.name !== name) await res.jsm.consumers.delete(res.names.edgeStream, c.name).catch(() => {});
+  return retryTransient(`consumer ${o.name} on ${o.stream}`, () => createReaderConsumer(res, o));
+}
+
+async function createReaderConsumer(
+  res: RunResources, o: { stream: string; name: string; prefix: string; filter: string; startSeq?: number },
+): Promise<string> {
+  for await (const c of res.jsm.consumers.list(o.stream)) {
+    if (c.name.startsWith(o.prefix) && c.name !== o.name) await res.jsm.consumers.delete(o.stream, c.name).catch(() => {});
   }
   try {
-    await res.jsm.consumers.info(res.names.edgeStream, name);
+    await res.jsm.consumers.info(o.stream, o.name);
   } catch {
-    await res.jsm.consumers.add(res.names.edgeStream, {
-      durable_name: name,
-      filter_subject: res.names.edge(kind, replica, stage),
+    await res.jsm.consumers.add(o.stream, {
+      durable_name: o.name,
+      filter_subject: o.filter,
       ack_policy: AckPolicy.Explicit,
-      ...(startSeq ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: startSeq } : { deliver_policy: DeliverPolicy.All }),
+      ...(o.startSeq ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: o.startSeq } : { deliver_policy: DeliverPolicy.All }),
       // Inputs stay unacked until their step commits; a step must not be
       // redelivered while it is still being computed. (A replacement does not
       // wait for redelivery: it reads through a consumer of its own.)
@@ -106,5 +124,16 @@ export async function openEdgeConsumer(
       max_ack_pending: 10_000,
     });
   }
-  return name;
+  return o.name;
+}
+
+/** The edge into (replica, stage), for the slot's holder of this generation. */
+export function openEdgeConsumer(res: RunResources, kind: EdgeKind, replica: number, stage: number, generation: number, startSeq?: number): Promise<string> {
+  return openReaderConsumer(res, {
+    stream: res.names.edgeStream,
+    name: res.names.consumer(kind, replica, stage, generation),
+    prefix: res.names.consumerPrefix(kind, replica, stage),
+    filter: res.names.edge(kind, replica, stage),
+    startSeq,
+  });
 }

@@ -54,6 +54,8 @@ export async function readSlot(kv: KV, replica: number, stage: number): Promise<
 export async function assignSlot(kv: KV, replica: number, stage: number, host: string): Promise<SlotEntry> {
   for (;;) {
     const current = await readSlot(kv, replica, stage);
+    // Already this host's (an earlier attempt landed before its reply was lost): assigning twice must not bump the generation.
+    if (current?.record.host === host) return current;
     const record: SlotRecord = { replica, stage, host, generation: (current?.record.generation ?? 0) + 1, checkpoint: current?.record.checkpoint };
     try {
       const revision = current

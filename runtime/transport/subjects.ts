@@ -39,6 +39,10 @@ export function runNames(run: string) {
     /** Each holder of a slot reads through its own consumer, so a replaced one cannot take or ack its inputs. */
     consumer: (kind: EdgeKind, replica: number, stage: number, generation: number) => `${kind}-${replica}-${stage}-g${generation}`,
     consumerPrefix: (kind: EdgeKind, replica: number, stage: number) => `${kind}-${replica}-${stage}-g`,
+    controlConsumer: (replica: number, stage: number, generation: number) => `step-${replica}-${stage}-g${generation}`,
+    controlConsumerPrefix: (replica: number, stage: number) => `step-${replica}-${stage}-g`,
+    coordinatorConsumer: (nonce: string) => `coordinator-${nonce}`,
+    coordinatorConsumerPrefix: 'coordinator-',
     kvBucket: `caravan_${run}`,
     slotKey: (replica: number, stage: number) => `slot.${replica}.${stage}`,
     hostKey: (host: string) => `hosts.${host}`,

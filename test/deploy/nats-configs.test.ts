@@ -9,7 +9,6 @@ import test from 'ava';
 import { spawn, execFile, type ChildProcess } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { createServer, type AddressInfo, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -17,6 +16,7 @@ import { promisify } from 'node:util';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { AckPolicy, jetstream, jetstreamManager, StorageType } from '@nats-io/jetstream';
 import { Kvm } from '@nats-io/kv';
+import { freeLoopbackPorts, metaGroupView } from '../../runtime/nats/nats-cluster.ts';
 
 const run = promisify(execFile);
 const root = fileURLToPath(new URL('../..', import.meta.url));
@@ -42,28 +42,13 @@ function confFiles(dir: string): string[] {
     .sort();
 }
 
-// Distinct free ports: every listener stays open until all are taken, so the
-// kernel cannot hand out the same port twice.
-async function freePorts(count: number): Promise<number[]> {
-  const servers = await Promise.all(
-    Array.from({ length: count }, () => new Promise<Server>((resolve, reject) => {
-      const server = createServer();
-      server.on('error', reject);
-      server.listen(0, '127.0.0.1', () => resolve(server));
-    })),
-  );
-  const ports = servers.map((server) => (server.address() as AddressInfo).port);
-  await Promise.all(servers.map((server) => new Promise((resolve) => server.close(resolve))));
-  return ports;
-}
-
 // The shipped configs name ports 4222-4224 (clients), 6222-6224 (routes) and
 // 8222-8224 (monitoring), bind 0.0.0.0 and store under /var/lib/caravan/nats.
 // A test copy gets free ports (the same mapping across the cluster's files,
 // so routes still point at the right nodes), loopback and a temp store.
 const shippedPorts = [4222, 4223, 4224, 6222, 6223, 6224, 8222, 8223, 8224];
 async function portMap(): Promise<Map<number, number>> {
-  const free = await freePorts(shippedPorts.length);
+  const free = await freeLoopbackPorts(shippedPorts.length);
   return new Map(shippedPorts.map((port, i) => [port, free[i]]));
 }
 function rewrite(text: string, ports: Map<number, number>, storeDir: string): string {
@@ -198,26 +183,6 @@ test('single.conf: JetStream up, fsync always, 8 MiB frames pass and larger ones
   t.is((await jsm.streams.info('FRAMES')).state.messages, 1);
 });
 
-type MetaView = { leader: string; size: number; followers: string[] };
-
-// The meta group as its leader sees it (followers do not list replicas).
-async function metaView(httpPorts: number[]): Promise<MetaView | undefined> {
-  for (const port of httpPorts) {
-    try {
-      const jsz = (await (await fetch(`http://127.0.0.1:${port}/jsz`)).json()) as {
-        meta_cluster?: { leader?: string; cluster_size?: number; replicas?: { name: string; current: boolean }[] };
-      };
-      const meta = jsz.meta_cluster;
-      if (meta?.leader && meta.replicas) {
-        return { leader: meta.leader, size: meta.cluster_size ?? 0, followers: meta.replicas.filter((r) => r.current).map((r) => r.name) };
-      }
-    } catch {
-      // not up yet, or just killed
-    }
-  }
-  return undefined;
-}
-
 test('3-node cluster: a replicas-3 stream and KV bucket keep taking writes and serving reads after one node is killed', async (t) => {
   const dir = await mkdtemp(join(tmpdir(), 'caravan-nats-cluster-'));
   t.teardown(() => rm(dir, { recursive: true, force: true }));
@@ -241,7 +206,7 @@ test('3-node cluster: a replicas-3 stream and KV bucket keep taking writes and s
     await nc?.close().catch(() => {});
     if (!passed) {
       // The servers' own words, when something went wrong.
-      t.log('meta group:', JSON.stringify(await metaView(nodes.map((n) => n.http))));
+      t.log('meta group:', JSON.stringify(await metaGroupView(nodes.map((n) => n.http))));
       for (const s of servers) t.log(`--- ${s.name}\n${s.log().slice(-4000)}`);
     }
     await Promise.all(everStarted.map(kill));
@@ -258,12 +223,12 @@ test('3-node cluster: a replicas-3 stream and KV bucket keep taking writes and s
   let firstLeaderAt = 0;
   const deadline = Date.now() + 20_000;
   for (;;) {
-    const view = await metaView(nodes.map((n) => n.http));
-    if (view && view.size === 3 && view.followers.length === wantFollowers) break;
+    const view = await metaGroupView(nodes.map((n) => n.http));
+    if (view && view.size === 3 && view.currentFollowers.length === wantFollowers) break;
     if (Date.now() > deadline) throw new Error(`the meta group never took in all three servers: ${JSON.stringify(view)}`);
     if (view && !firstLeaderAt) firstLeaderAt = Date.now();
     if (view && !restarted && Date.now() - firstLeaderAt > 4_000 && view.size === 2) {
-      const i = nodes.findIndex((n) => n.name !== view.leader && !view.followers.includes(n.name));
+      const i = nodes.findIndex((n) => n.name !== view.leader && !view.currentFollowers.includes(n.name));
       restarted = nodes[i].name;
       t.log(`meta group formed without ${restarted} (${JSON.stringify(view)}): restarting it`);
       await kill(servers[i]);

@@ -1,19 +1,9 @@
 // Deterministic small random weights for a LlamaConfig, so engine, ONNX and
 // reference tests can build the same model from a seed.
-
+import { mulberry32 } from '../../runtime/seeded-random.ts';
 import { elementCount, llamaTensorSpecs, type LlamaConfig } from '../../schemas/model-config.ts';
 
-/** mulberry32: tiny, seedable, and good enough for test weights. */
-export function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export { mulberry32 };
 
 /**
  * Matrices uniform in [-scale, scale); norm weights 1 ± scale, so the scale is

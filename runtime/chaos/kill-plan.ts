@@ -1,0 +1,68 @@
+// Which process `caravan chaos` kills, where, and when: a pure function of the
+// seed. Kills are spread over the run (by committed step) and cycle through
+// every kind of moment before repeating any, so even a short plan covers a
+// stage host mid-forward, mid-backward, between publish and ack, during a
+// checkpoint upload and at an arbitrary instant, a stage host that stalls
+// (SIGSTOP) past the heartbeat timeout and comes back after it was replaced,
+// the coordinator, and a NATS server; the order and the slots hit are drawn
+// from the seed.
+import { mulberry32 } from '../seeded-random.ts';
+import type { FaultPoint } from '../host/fault-points.ts';
+
+export type KillTarget =
+  | { readonly kind: 'stage'; readonly replica: number; readonly stage: number; readonly point: StagePoint }
+  | { readonly kind: 'coordinator' }
+  | { readonly kind: 'nats' };
+
+/** What can be killed: a stage host at a point of its work (or anywhere), the coordinator, a NATS server. */
+export const KILL_KINDS = ['forward', 'backward', 'publish', 'checkpoint', 'anytime', 'stall', 'coordinator', 'nats'] as const;
+export type KillKind = (typeof KILL_KINDS)[number];
+export type StagePoint = FaultPoint | 'anytime' | 'stall';
+
+export interface PlannedKill {
+  readonly afterStep: number;   // strike once this many steps of replica 0 are committed
+  readonly target: KillTarget;
+}
+
+export interface KillPlanInput {
+  readonly kills: number;
+  readonly seed: number;
+  readonly steps: number;
+  readonly stages: number;
+  readonly replicas: number;
+  readonly checkpointEvery: number;
+  readonly natsServers: number;  // a NATS server is only killed when the others keep a majority
+  readonly targets?: readonly KillKind[];  // only these kinds (default: all that apply)
+}
+
+export function planKills(o: KillPlanInput): PlannedKill[] {
+  if (o.kills < 0 || !Number.isInteger(o.kills)) throw new Error(`--kills must be a non-negative integer, got ${o.kills}`);
+  const rand = mulberry32(o.seed);
+  const applies = (k: KillKind) =>
+    (k !== 'publish' || o.stages > 1) && (k !== 'checkpoint' || o.checkpointEvery > 0) && (k !== 'nats' || o.natsServers >= 3);
+  for (const k of o.targets ?? []) {
+    if (!KILL_KINDS.includes(k)) throw new Error(`unknown kill target '${k}': expected ${KILL_KINDS.join(', ')}`);
+    if (!applies(k)) throw new Error(`kill target '${k}' does not apply to this run (${k === 'nats' ? 'it needs 3 NATS servers' : k === 'publish' ? 'it needs 2 or more stages' : 'it needs checkpoints'})`);
+  }
+  const kinds = (o.targets?.length ? [...o.targets] : KILL_KINDS.filter(applies));
+  // Each round takes every kind once, in a seeded order.
+  const order: typeof kinds = [];
+  while (order.length < o.kills) {
+    const round = [...kinds];
+    for (let i = round.length - 1; i > 0; i--) {
+      const j = Math.floor(rand() * (i + 1));
+      [round[i], round[j]] = [round[j], round[i]];
+    }
+    order.push(...round);
+  }
+  // Spread over steps [1, steps − 2]: a kill needs a step after it to be seen to recover.
+  const span = Math.max(1, o.steps - 2);
+  return order.slice(0, o.kills).map((kind, i) => {
+    const afterStep = Math.min(o.steps - 1, 1 + Math.floor((i * span) / Math.max(1, o.kills)));
+    const target: KillTarget = kind === 'coordinator' || kind === 'nats'
+      ? { kind }
+      : { kind: 'stage', replica: Math.floor(rand() * o.replicas), stage: Math.floor(rand() * o.stages), point: kind as StagePoint };
+    return { afterStep, target };
+  });
+}
+

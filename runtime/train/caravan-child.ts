@@ -1,0 +1,45 @@
+// A caravan command as a child process — the coordinator or a host, exactly
+// as it would run on its own machine — with the tail of its stderr kept for
+// the one-line reason when it fails.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const BIN = join(dirname(fileURLToPath(import.meta.url)), '..', 'cli', 'bin.ts');
+const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
+
+export interface CaravanChild {
+  readonly name: string;
+  readonly process: ChildProcess;
+  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  /** The last line the child wrote on stderr, or the `msg` of it when it is a pino line. */
+  lastLine(): string;
+}
+
+export function spawnCaravan(name: string, args: string[], o: { env?: Record<string, string>; logLevel?: string; echo?: boolean } = {}): CaravanChild {
+  const child = spawn(process.execPath, ['--import', 'tsx', BIN, ...args], {
+    cwd: ROOT,
+    stdio: ['ignore', 'ignore', 'pipe'],
+    env: { ...process.env, CARAVAN_LOG_LEVEL: o.logLevel ?? 'warn', ...o.env },
+  });
+  let tail = '';
+  child.stderr!.on('data', (d: Buffer) => {
+    const text = d.toString();
+    tail = (tail + text).slice(-2000);
+    if (o.echo) process.stderr.write(text);
+  });
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
+  return {
+    name,
+    process: child,
+    exited,
+    lastLine: () => {
+      const last = tail.trim().split('\n').pop() ?? '';
+      try { return JSON.parse(last).msg ?? last; } catch { return last; }
+    },
+  };
+}
+
+export function isRunning(c: CaravanChild): boolean {
+  return c.process.exitCode === null && c.process.signalCode === null;
+}

@@ -1,0 +1,98 @@
+// The embedded 3-server cluster does what failover tests and the chaos
+// command rely on: it starts with every server in the JetStream meta group and
+// a replicas-3 stream placeable at once; after the stream's leader is killed
+// with SIGKILL a publish is acknowledged again once the other two elect a new
+// leader, and a re-sent Nats-Msg-Id is still a duplicate; the killed server
+// restarts on its old ports and store and catches up. Real nats-servers.
+import test from 'ava';
+import { jetstream, jetstreamManager, StorageType } from '@nats-io/jetstream';
+import { Kvm } from '@nats-io/kv';
+import { connectNats, type NatsConnection } from '../../runtime/nats/connect.ts';
+import { startNatsCluster } from '../../runtime/nats/nats-cluster.ts';
+
+const MiB = 1024 * 1024;
+const text = (s: string) => new TextEncoder().encode(s);
+
+// Retries op until it succeeds or the time is up. While a stream has no
+// leader, nats.js rejects a publish at once with JetStreamNotEnabled ("no
+// responders"), or it times out.
+async function eventually<T>(op: () => Promise<T>, timeoutMs: number): Promise<{ value: T; ms: number }> {
+  const began = Date.now();
+  for (;;) {
+    try {
+      return { value: await op(), ms: Date.now() - began };
+    } catch (err) {
+      if (Date.now() - began > timeoutMs) throw new Error(`still failing after ${timeoutMs} ms: ${(err as Error).message}`);
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  }
+}
+
+test('3-server cluster: a replicas-3 stream and KV bucket take writes after the stream leader is killed, and the server rejoins on restart', async (t) => {
+  const began = Date.now();
+  const cluster = await startNatsCluster({ log: (line) => t.log(line) });
+  let nc: NatsConnection | undefined;
+  let passed = false;
+  t.teardown(async () => {
+    await nc?.close().catch(() => {});
+    if (!passed) for (const s of cluster.servers) t.log(`--- ${s.name}\n${s.recentLog().slice(-3000)}`);
+    await cluster.stop();
+  });
+  t.log(`cluster up after ${Date.now() - began} ms`);
+
+  t.is(cluster.servers.length, 3);
+  t.is(new Set(cluster.servers.map((s) => s.name)).size, 3);
+  t.deepEqual(cluster.url.split(','), cluster.servers.map((s) => s.url));
+  for (const s of cluster.servers) t.regex(s.url, /^nats:\/\/127\.0\.0\.1:\d+$/);
+
+  nc = await connectNats(cluster.url, 'nats-cluster-test');
+  t.is(nc.info?.max_payload, 8 * MiB);
+  const jsm = await jetstreamManager(nc);
+  const js = jetstream(nc);
+
+  // No retry: startNatsCluster returns only once replicas-3 placement works.
+  const created = await jsm.streams.add({ name: 'EDGES', subjects: ['caravan.t.>'], storage: StorageType.File, num_replicas: 3 });
+  t.is(created.config.num_replicas, 3);
+  const kv = await new Kvm(nc).create('run-state', { replicas: 3, history: 5 });
+  t.is((await js.publish('caravan.t.act.0.1', text('before'), { msgID: 'm1' })).seq, 1);
+  const firstRevision = await kv.put('step', '41');
+
+  const leader = (await jsm.streams.info('EDGES')).cluster?.leader;
+  const victim = cluster.servers.find((s) => s.name === leader);
+  if (!victim) return t.fail(`stream leader ${leader} is not one of ${cluster.servers.map((s) => s.name).join(', ')}`);
+  await victim.kill();
+  t.false(victim.running);
+
+  const after = await eventually(() => js.publish('caravan.t.act.0.1', text('after'), { msgID: 'm2', timeout: 2_000 }), 20_000);
+  t.log(`killed ${victim.name} (stream leader); next publish acknowledged after ${after.ms} ms`);
+  t.is(after.value.seq, 2);
+  t.false(after.value.duplicate);
+  t.true((await js.publish('caravan.t.act.0.1', text('after'), { msgID: 'm2' })).duplicate, 'a re-sent message id is a duplicate on the new leader');
+  // The bucket is a stream of its own, whose leader may have been the victim too.
+  const { value: secondRevision } = await eventually(() => kv.put('step', '42'), 20_000);
+  t.true(secondRevision > firstRevision);
+
+  const restartBegan = Date.now();
+  await victim.restart();
+  t.true(victim.running);
+  t.true((await fetch(`http://127.0.0.1:${victim.httpPort}/healthz`)).ok);
+  // Back on its old store: the stream again has three replicas, all caught up.
+  const rejoined = await eventually(async () => {
+    const cluster = (await jsm.streams.info('EDGES')).cluster;
+    const peers = [cluster?.leader, ...(cluster?.replicas ?? []).map((r) => r.name)];
+    if (!peers.includes(victim.name) || !(cluster?.replicas ?? []).every((r) => r.current) || peers.length !== 3) {
+      throw new Error(`stream peers not all current: ${JSON.stringify(cluster)}`);
+    }
+    return cluster;
+  }, 15_000);
+  t.log(`restarted ${victim.name}; healthy and caught up after ${Date.now() - restartBegan} ms`);
+  t.is(rejoined.value?.replicas?.length, 2);
+
+  const info = await jsm.streams.info('EDGES');
+  t.is(info.state.messages, 2);
+  const texts = await Promise.all([1, 2].map(async (seq) => (await jsm.streams.getMessage('EDGES', { seq }))?.string()));
+  t.deepEqual(texts, ['before', 'after']);
+  t.is((await kv.get('step'))?.string(), '42');
+  t.is((await kv.get('step', { revision: firstRevision }))?.string(), '41', 'history survives');
+  passed = true;
+});
