@@ -37,6 +37,7 @@ export interface KillPlanInput {
 
 export function planKills(o: KillPlanInput): PlannedKill[] {
   if (o.kills < 0 || !Number.isInteger(o.kills)) throw new Error(`--kills must be a non-negative integer, got ${o.kills}`);
+  if (o.kills > 0 && o.steps < 3) throw new Error(`a chaos run needs at least 3 steps (a kill, and a step after it to recover in), got ${o.steps}`);
   const rand = mulberry32(o.seed);
   const applies = (k: KillKind) =>
     (k !== 'publish' || o.stages > 1) && (k !== 'checkpoint' || o.checkpointEvery > 0) && (k !== 'nats' || o.natsServers >= 3);
@@ -44,7 +45,7 @@ export function planKills(o: KillPlanInput): PlannedKill[] {
     if (!KILL_KINDS.includes(k)) throw new Error(`unknown kill target '${k}': expected ${KILL_KINDS.join(', ')}`);
     if (!applies(k)) throw new Error(`kill target '${k}' does not apply to this run (${k === 'nats' ? 'it needs 3 NATS servers' : k === 'publish' ? 'it needs 2 or more stages' : 'it needs checkpoints'})`);
   }
-  const kinds = (o.targets?.length ? [...o.targets] : KILL_KINDS.filter(applies));
+  const kinds = o.targets?.length ? [...new Set(o.targets)] : KILL_KINDS.filter(applies);
   // Each round takes every kind once, in a seeded order.
   const order: typeof kinds = [];
   while (order.length < o.kills) {

@@ -23,8 +23,8 @@ import type { Logger } from '../log.ts';
 import { loadTokens } from '../train/train-local.ts';
 import { publishDurable, retryTransient } from '../transport/durable-publish.ts';
 import { decodeJson, encodeJson } from '../transport/json.ts';
-import { openEdgeConsumer, openReaderConsumer, PULL_EXPIRES_MS, type RunResources } from '../transport/run-resources.ts';
-import { recordCheckpoint, type SlotEntry } from '../transport/slots.ts';
+import { openEdgeConsumer, openReaderConsumer, PULL_EXPIRES_MS, ReaderReplacedError, type RunResources } from '../transport/run-resources.ts';
+import { readSlot, recordCheckpoint, SlotLostError, type SlotEntry } from '../transport/slots.ts';
 import type { FaultPoints } from './fault-points.ts';
 
 const CONSUME_MAX_BYTES = 32 * 1024 * 1024;  // bounded by bytes, not messages: see DEPENDENCIES.md
@@ -243,13 +243,22 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
   };
 
   // Step control from the control log, from just after the checkpoint's commit.
-  const controlName = await openReaderConsumer(res, {
+  // A holder replaced before it got this far finds its successor's consumers: it was replaced, not broken.
+  const fenced = async <T>(open: Promise<T>): Promise<T> => {
+    try {
+      return await open;
+    } catch (err) {
+      if (err instanceof ReaderReplacedError) throw new SlotLostError(replica, s, host, (await readSlot(res.kv, replica, s))?.record);
+      throw err;
+    }
+  };
+  const controlName = await fenced(openReaderConsumer(res, {
     stream: res.names.controlStream,
     name: res.names.controlConsumer(replica, s, generation),
     prefix: res.names.controlConsumerPrefix(replica, s),
     filter: res.names.stepControl(replica),
     startSeq: restored?.resume.control,
-  });
+  }));
   const controlConsumer = await res.js.consumers.get(res.names.controlStream, controlName);
   const control = await controlConsumer.consume({ expires: PULL_EXPIRES_MS });
   streams.push(control);
@@ -267,7 +276,7 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
 
   for (const kind of ['act', 'grad'] as const) {
     if ((kind === 'act' && engine.isFirst) || (kind === 'grad' && engine.isLast)) continue;
-    const name = await openEdgeConsumer(res, kind, replica, s, generation, restored?.resume[kind]);
+    const name = await fenced(openEdgeConsumer(res, kind, replica, s, generation, restored?.resume[kind]));
     const consumer = await res.js.consumers.get(res.names.edgeStream, name);
     const messages = await consumer.consume({ max_bytes: CONSUME_MAX_BYTES, expires: PULL_EXPIRES_MS });
     streams.push(messages);

@@ -92,7 +92,8 @@ export async function openRunResources(nc: NatsConnection, run: string, options:
  * its step control, or the coordinator on the control log — starting at
  * `startSeq` (just after the reader's checkpoint) or at the beginning.
  * Consumers an earlier reader left under the same prefix are deleted, so a
- * replaced host can no longer read or ack. Durable consumers keep as many
+ * replaced host can no longer read or ack; a reader that finds a later
+ * generation's consumer was itself replaced and gets an error instead. Durable consumers keep as many
  * copies as their stream, so they outlive the NATS server they started on
  * (an ordered consumer, in memory on one server, stalled for half a minute
  * when that server died).
@@ -106,8 +107,15 @@ export function openReaderConsumer(
 async function createReaderConsumer(
   res: RunResources, o: { stream: string; name: string; prefix: string; filter: string; startSeq?: number },
 ): Promise<string> {
+  const mine = generationOf(o.name);
   for await (const c of res.jsm.consumers.list(o.stream)) {
-    if (c.name.startsWith(o.prefix) && c.name !== o.name) await res.jsm.consumers.delete(o.stream, c.name).catch(() => {});
+    if (!c.name.startsWith(o.prefix) || c.name === o.name) continue;
+    const theirs = generationOf(c.name);
+    // A later holder's consumer means this reader was replaced before it got here: it must not take the edge back.
+    if (mine !== undefined && theirs !== undefined && theirs > mine) {
+      throw new ReaderReplacedError(`replaced: consumer ${c.name} of a later holder exists, so ${o.name} is not opened`);
+    }
+    await res.jsm.consumers.delete(o.stream, c.name).catch(() => {});
   }
   try {
     await res.jsm.consumers.info(o.stream, o.name);
@@ -125,6 +133,17 @@ async function createReaderConsumer(
     });
   }
   return o.name;
+}
+
+/** A reader found that a later holder of its slot already reads its inputs. */
+export class ReaderReplacedError extends Error {
+  override name = 'ReaderReplacedError';
+}
+
+/** The slot generation a consumer name ends with (`…-g7`), if any. */
+function generationOf(name: string): number | undefined {
+  const m = /-g(\d+)$/.exec(name);
+  return m ? Number(m[1]) : undefined;
 }
 
 /** The edge into (replica, stage), for the slot's holder of this generation. */
