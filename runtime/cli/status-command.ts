@@ -1,16 +1,19 @@
 // `caravan status`: a run's live state from its KV bucket and streams —
-// hosts and their slots, step, loss, throughput, dead-lettered frames.
+// hosts, slots (holder, generation, last checkpoint), step, loss,
+// throughput, dead-lettered frames.
 import { Command } from 'commander';
 import { connectNats } from '../nats/connect.ts';
 import { decodeJson } from '../transport/json.ts';
 import { jetstreamManager } from '@nats-io/jetstream';
 import { openRunResources } from '../transport/run-resources.ts';
+import { decodeSlot, type SlotRecord } from '../transport/slots.ts';
 import { runNames, validateRunId } from '../transport/subjects.ts';
 
 export interface RunStatus {
   readonly run: string;
   readonly state: Record<string, unknown> | null;
   readonly hosts: Array<Record<string, unknown>>;
+  readonly slots: SlotRecord[];
   readonly dead_letters: { count: number; recent: Array<{ fault: string; reason: string; subject: string; host: string }> };
   readonly summary: Record<string, unknown> | null;
 }
@@ -33,6 +36,12 @@ export async function readRunStatus(url: string, run: string): Promise<RunStatus
       const h = await json(key);
       if (h) hosts.push(h);
     }
+    const slots: SlotRecord[] = [];
+    for await (const key of await res.kv.keys('slot.>')) {
+      const e = await res.kv.get(key);
+      if (e && e.operation === 'PUT' && e.value.length) slots.push(decodeSlot(e.value, key));
+    }
+    slots.sort((a, b) => a.replica - b.replica || a.stage - b.stage);
     const info = await res.jsm.streams.info(res.names.deadStream);
     const recent: RunStatus['dead_letters']['recent'] = [];
     for (let seq = info.state.last_seq; seq >= info.state.first_seq && seq > 0 && recent.length < 5; seq--) {
@@ -41,7 +50,7 @@ export async function readRunStatus(url: string, run: string): Promise<RunStatus
       const h = m.header;
       recent.push({ fault: h.get('Caravan-Fault'), reason: h.get('Caravan-Reason'), subject: h.get('Caravan-Subject'), host: h.get('Caravan-Host') });
     }
-    return { run, state: await json('state'), hosts, dead_letters: { count: info.state.messages, recent }, summary: await json('summary') };
+    return { run, state: await json('state'), hosts, slots, dead_letters: { count: info.state.messages, recent }, summary: await json('summary') };
   } finally {
     await nc.close();
   }
@@ -66,6 +75,8 @@ export function statusCommand(program: Command): void {
         `run ${s.run}: ${st.status ?? 'unknown'}, step ${st.step ?? '-'}, loss ${typeof st.loss === 'number' ? st.loss.toFixed(4) : '-'}, ${typeof st.tokens_per_s === 'number' ? Math.round(st.tokens_per_s) : '-'} tok/s${st.reason ? ` (${st.reason})` : ''}`,
         `hosts (${s.hosts.length}):`,
         ...s.hosts.map((h) => `  ${h.host}  ${h.status}${h.replica !== undefined ? `  replica ${h.replica} stage ${h.stage}` : ''}${h.datacenter ? `  ${h.datacenter}` : ''}`),
+        `slots (${s.slots.length}):`,
+        ...s.slots.map((x) => `  replica ${x.replica} stage ${x.stage}  ${x.host}  generation ${x.generation}  checkpoint ${x.checkpoint ? `after step ${x.checkpoint.step}` : 'none'}`),
         `dead-lettered frames: ${s.dead_letters.count}`,
         ...s.dead_letters.recent.map((d) => `  [${d.fault}] ${d.reason} (${d.subject}, host ${d.host})`),
       ];

@@ -41,7 +41,8 @@ export async function retryTransient<T>(what: string, f: () => Promise<T>, deadl
     try {
       return await f();
     } catch (err) {
-      if (!isTransient(err) || Date.now() > deadline) throw new Error(`${what} failed after ${attempt + 1} attempt(s): ${(err as Error).message}`);
+      if (!isTransient(err)) throw err;  // not ours to retry: the caller sees the error as it was
+      if (Date.now() > deadline) throw new Error(`${what} failed after ${attempt + 1} attempt(s): ${(err as Error).message}`);
       await new Promise((r) => setTimeout(r, Math.min(1000, 50 * 2 ** attempt)));
     }
   }

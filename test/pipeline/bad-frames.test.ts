@@ -52,8 +52,11 @@ test('bad frames are dead-lettered, counted in status, and nothing else is lost'
   t.deepEqual(s.dead_letters.recent.map((d: { fault: string }) => d.fault).sort(), ['malformed', 'run', 'shape', 'version']);
   for (const d of s.dead_letters.recent) t.true(d.reason.length > 10, `a reason is recorded: ${d.reason}`);
   t.is(s.state.status, 'finished');
+  t.is(s.slots.length, config.training.stages * config.training.replicas, 'every slot has its record');
+  for (const slot of s.slots) t.is(slot.generation, 1, 'nobody was replaced');
   const text = await caravan(['status', '--nats', server.url, '--run', run]);
   t.regex(text.stdout, /dead-lettered frames: 4/);
+  t.regex(text.stdout, /replica 0 stage 0 .* generation 1 {2}checkpoint /);
 });
 
 test('an unreachable NATS URL and a bad config each exit non-zero with one clear line', async (t) => {

@@ -270,20 +270,15 @@ test('byte flips never yield different data unnoticed', (t) => {
   t.true((outcomes.get('checksum') ?? 0) > 0);
 });
 
-test('a 4 MiB frame encodes and decodes well within 50 ms', (t) => {
+// Speed is the transport benchmark's to claim (bench/transport.ts, frame
+// encode/decode against raw JetStream); here only that a 4 MiB frame makes
+// the round trip bit for bit.
+test('a 4 MiB frame round-trips bit for bit', (t) => {
   const shape = [4, 256, 1024]; // 1 Mi floats
   const data = randomFloats(shape[0] * shape[1] * shape[2], 3);
-  const sent = content({ shape, data });
-  const expect = { ...EXPECT, width: 1024, maxSeqLen: 256 };
-  let best = Infinity;
-  for (let round = 0; round < 5; round++) {
-    const start = performance.now();
-    const frame = decodeFrame(encodeFrame(sent), expect);
-    best = Math.min(best, performance.now() - start);
-    t.is(frame.data.length, data.length);
-  }
-  t.log(`best of 5: ${best.toFixed(2)} ms`);
-  t.true(best < 50, `${best.toFixed(1)} ms`);
+  const frame = decodeFrame(encodeFrame(content({ shape, data })), { ...EXPECT, width: 1024, maxSeqLen: 256 });
+  t.deepEqual(frame.shape, shape);
+  t.deepEqual(new Uint8Array(frame.data.buffer, frame.data.byteOffset, frame.data.byteLength), new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
 });
 
 test('frameMsgId: run/replica/step/microbatch/edge/direction', (t) => {
