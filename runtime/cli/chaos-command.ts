@@ -6,17 +6,9 @@ import { KILL_KINDS, type KillKind } from '../chaos/kill-plan.ts';
 import { loadRunConfig } from '../config/load-run-config.ts';
 import { createLogger } from '../log.ts';
 import { PRESETS } from '../train/presets.ts';
-import { nonNegativeInt, positiveInt } from './options.ts';
+import { nonNegativeInt, positiveInt, type RunShapeFlags } from './options.ts';
 
-interface ChaosFlags {
-  config?: string;
-  preset?: string;
-  steps?: number;
-  stages?: number;
-  replicas?: number;
-  microbatches?: number;
-  batch?: number;
-  seq?: number;
+interface ChaosFlags extends RunShapeFlags {
   trainSeed?: number;
   checkpointEvery?: number;
   kills: number;

@@ -24,3 +24,15 @@ export function positiveNumber(flag: string) {
     return n;
   };
 }
+
+/** The flags that shape a run, shared by the commands that start one. */
+export interface RunShapeFlags {
+  config?: string;
+  preset?: string;
+  steps?: number;
+  stages?: number;
+  replicas?: number;
+  microbatches?: number;
+  batch?: number;
+  seq?: number;
+}

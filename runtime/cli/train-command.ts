@@ -10,17 +10,9 @@ import { createLogger } from '../log.ts';
 import { PRESETS } from '../train/presets.ts';
 import { trainDistributed, type Progress } from '../train/train-distributed.ts';
 import { trainLocal } from '../train/train-local.ts';
-import { nonNegativeInt, positiveInt, positiveNumber } from './options.ts';
+import { nonNegativeInt, positiveInt, positiveNumber, type RunShapeFlags } from './options.ts';
 
-interface TrainFlags {
-  config?: string;
-  preset?: string;
-  steps?: number;
-  stages?: number;
-  replicas?: number;
-  microbatches?: number;
-  batch?: number;
-  seq?: number;
+interface TrainFlags extends RunShapeFlags {
   seed?: number;
   lr?: number;
   tokenizer?: 'byte' | 'gpt2';
