@@ -13,11 +13,12 @@ test('caravan --help and caravan train --help describe the commands', async (t) 
   for (const flag of ['--steps', '--stages', '--microbatches', '--checkpoint-dir', '--json', '--data']) t.regex(help, new RegExp(flag));
 });
 
-test('coordinator, host and status have --help naming their flags', async (t) => {
+test('coordinator, host, status and chaos have --help naming their flags', async (t) => {
   const expected: Record<string, string[]> = {
-    coordinator: ['--nats', '--run', '--config', '--heartbeat-timeout'],
-    host: ['--nats', '--run', '--device', '--gpu', '--datacenter'],
+    coordinator: ['--nats', '--run', '--config', '--heartbeat-timeout', '--stream-replicas'],
+    host: ['--nats', '--run', '--device', '--gpu', '--datacenter', '--heartbeat'],
     status: ['--nats', '--run', '--json'],
+    chaos: ['--kills', '--seed', '--targets', '--nats-servers', '--standbys', '--checkpoint-every', '--json'],
   };
   for (const [command, flags] of Object.entries(expected)) {
     const help = (await caravan(command, '--help')).stdout;
@@ -63,4 +64,9 @@ test('caravan train --json prints one summary line', async (t) => {
   t.is(summary.losses.length, 2);
   t.regex(summary.params_sha256, /^[0-9a-f]{64}$/);
   t.is(summary.mode, 'nats');
+});
+
+test('caravan chaos refuses a kill target that does not exist, naming it', async (t) => {
+  const err = await t.throwsAsync(caravan('chaos', '--targets', 'gpu', '--kills', '1'));
+  t.regex((err as Error & { stderr: string }).stderr, /unknown kill target 'gpu'/);
 });
