@@ -8,32 +8,13 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { decodeSafeTensors, encodeSafeTensors, type SafeTensor } from './safetensors.ts';
 
+import type { LlamaConfig } from '../schemas/model-config.ts';
+import type { OptimizerConfig } from '../schemas/run-config.ts';
 export { decodeSafeTensors, encodeSafeTensors, type SafeTensor, type SafeTensorsFile } from './safetensors.ts';
 
-/** Structurally the same as schemas' LlamaConfig (native/ imports no TS from the rest). */
-export interface EngineModelConfig {
-  readonly vocabSize: number;
-  readonly dModel: number;
-  readonly nLayers: number;
-  readonly nHeads: number;
-  readonly nKvHeads: number;
-  readonly ffnHidden: number;
-  readonly maxSeqLen: number;
-  readonly ropeTheta: number;
-  readonly normEps: number;
-  readonly tiedEmbeddings: boolean;
-}
-
-export interface OptimizerConfig {
-  readonly lr: number;
-  readonly minLrRatio: number;
-  readonly warmupSteps: number;
-  readonly totalSteps: number;
-  readonly beta1: number;
-  readonly beta2: number;
-  readonly eps: number;
-  readonly weightDecay: number;
-}
+// The engine's model and optimizer settings are the run config's own types (type-only imports: no runtime dependency).
+export type EngineModelConfig = LlamaConfig;
+export type { OptimizerConfig };
 
 export interface StageSpec {
   readonly model: EngineModelConfig;

@@ -37,8 +37,7 @@ export const FRAME_VERSION = 1;
 /** 'act': activations into a stage (forward); 'grad': gradients into a stage (backward). */
 export type FrameKind = 'act' | 'grad';
 
-export interface TensorFrame {
-  readonly version: number;
+export interface FrameContent {
   readonly run: string;
   readonly replica: number;
   /** The destination stage. */
@@ -46,24 +45,18 @@ export interface TensorFrame {
   readonly step: number;
   readonly microbatch: number;
   readonly kind: FrameKind;
-  readonly dtype: 'f32';
-  readonly shape: readonly number[];
-  readonly codecs: readonly string[];
-  /** CRC-32 of the payload bytes as sent. */
-  readonly checksum: number;
-  readonly data: Float32Array;
-}
-
-export interface FrameContent {
-  readonly run: string;
-  readonly replica: number;
-  readonly stage: number;
-  readonly step: number;
-  readonly microbatch: number;
-  readonly kind: FrameKind;
   /** [B, T, d] */
   readonly shape: readonly number[];
   readonly data: Float32Array;
+}
+
+/** A decoded frame: the content plus what the envelope says about it. */
+export interface TensorFrame extends FrameContent {
+  readonly version: number;
+  readonly dtype: 'f32';
+  readonly codecs: readonly string[];
+  /** CRC-32 of the payload bytes as sent. */
+  readonly checksum: number;
 }
 
 export type FrameFault = 'malformed' | 'version' | 'run' | 'route' | 'shape' | 'checksum' | 'codec';

@@ -118,11 +118,14 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
 
     // Progress: replica 0's committed steps, with the time each was seen.
     const commits: Array<{ step: number; at: number }> = [];
+    let committedSteps = 0;  // replica 0's steps committed so far
     let summary: RunSummary | undefined;
     nc.subscribe(res.names.progress, {
       callback: (_e, m) => {
         const p = decodeJson<{ replica: number; step: number }>(m.data, 'progress');
-        if (p.replica === 0) commits.push({ step: p.step, at: performance.now() });
+        if (p.replica !== 0) return;
+        commits.push({ step: p.step, at: performance.now() });
+        committedSteps = Math.max(committedSteps, p.step + 1);
       },
     });
     nc.subscribe(res.names.finished, { callback: (_e, m) => { summary = decodeJson<RunSummary>(m.data, 'summary'); } });
@@ -138,7 +141,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
         await sleep(20);
       }
     };
-    const committed = () => (commits.length ? Math.max(...commits.map((c) => c.step)) + 1 : 0);
+    const committed = () => committedSteps;
     const kills: KillRecord[] = [];
     const pendingRecoveries: Array<Promise<void>> = [];
     const recoveryAfter = (at: number, record: Omit<KillRecord, 'recovery_s'>) => {

@@ -95,11 +95,15 @@ async function readMembership(res: RunResources, config: RunConfig): Promise<Non
     if (h) entries.push(h);
   }
   entries.sort((a, b) => a.joined.localeCompare(b.joined));
-  const slotOf = (host: string) => slots.find((s) => s.host === host);
+  const slotOf = (host: string) => {
+    const s = slots.find((x) => x.host === host);
+    return s ? { replica: s.replica, stage: s.stage } : null;
+  };
   // Slot holders count whatever their host record says: a holder lost just before the restart is timed out again.
   const hosts = entries
-    .filter((h) => h.status !== 'lost' || slotOf(h.host))
-    .map((h) => ({ id: h.host, datacenter: h.datacenter, slot: slotOf(h.host) ? { replica: slotOf(h.host)!.replica, stage: slotOf(h.host)!.stage } : null }));
+    .map((h) => ({ id: h.host, datacenter: h.datacenter, slot: slotOf(h.host), lost: h.status === 'lost' }))
+    .filter((h) => !h.lost || h.slot)
+    .map(({ lost: _lost, ...h }) => h);
   for (const s of slots) {
     if (!hosts.some((h) => h.id === s.host)) hosts.push({ id: s.host, datacenter: 'unknown', slot: { replica: s.replica, stage: s.stage } });
   }
@@ -247,7 +251,7 @@ async function coordinate(
           losses[replica][cmd.step] = cmd.loss;
           const fresh = control(`commit-${replica}-${cmd.step}`, { type: 'commit', step: cmd.step, gradScale: cmd.gradScale, gradNorm: cmd.gradNorm, loss: cmd.loss });
           if (!fresh) return;
-          const stepsDone = losses.reduce((n, l) => n + l.filter((x) => x !== undefined).length, 0);
+          const stepsDone = losses.reduce((n, l) => n + l.length, 0);  // commits come in step order: no holes
           const tokensPerSecond = (stepsDone * tokensPerStep) / Math.max(elapsedSeconds(), 1e-3);
           nc.publish(res.names.progress, encodeJson({ replica, step: cmd.step, loss: cmd.loss, gradNorm: cmd.gradNorm, tokensPerSecond, steps: t.steps }));
           if (replica === 0) {

@@ -106,8 +106,7 @@ async function followRun(nc: NatsConnection, res: RunResources, id: string, log:
         failed ??= err;
       }).finally(() => watch.stop());
     }
-    if (stage) await stage.done.catch((err: Error) => { failed ??= err; });
-    await ending;
+    await ending;  // the stage's end, its error already kept in `failed`
   } finally {
     watch.stop();
     failedRun.unsubscribe();

@@ -299,7 +299,9 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
         if (seen.has(k)) { m.ack(); continue; }  // redelivered while its step is still open
         seen.add(k);
         inputs.set(k, frame.data);
-        unacked.set(frame.step, [...(unacked.get(frame.step) ?? []), { key: k, msg: m }]);
+        let pending = unacked.get(frame.step);
+        if (!pending) unacked.set(frame.step, (pending = []));
+        pending.push({ key: k, msg: m });
         run(() => { actor.send({ type: kind === 'act' ? 'ACT_ARRIVED' : 'GRAD_ARRIVED', step: frame.step, mb: frame.microbatch }); });
       }
     });

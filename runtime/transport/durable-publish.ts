@@ -13,18 +13,8 @@ export interface DurablePublishOptions {
   readonly deadlineMs?: number;
 }
 
-export async function publishDurable(js: JetStreamClient, subject: string, data: Uint8Array, o: DurablePublishOptions): Promise<PubAck> {
-  const deadline = Date.now() + (o.deadlineMs ?? 60_000);
-  for (let attempt = 0; ; attempt++) {
-    try {
-      return await js.publish(subject, data, { msgID: o.msgID, headers: o.headers, timeout: 5000 });
-    } catch (err) {
-      if (!isTransient(err) || Date.now() > deadline) {
-        throw new Error(`publish to ${subject} (${o.msgID}) failed after ${attempt + 1} attempt(s): ${(err as Error).message}`);
-      }
-      await new Promise((r) => setTimeout(r, Math.min(1000, 50 * 2 ** attempt)));
-    }
-  }
+export function publishDurable(js: JetStreamClient, subject: string, data: Uint8Array, o: DurablePublishOptions): Promise<PubAck> {
+  return retryTransient(`publish to ${subject} (${o.msgID})`, () => js.publish(subject, data, { msgID: o.msgID, headers: o.headers, timeout: 5000 }), o.deadlineMs);
 }
 
 /** Errors of a server or leader in transition, as opposed to a refused message. */

@@ -58,22 +58,12 @@ export async function openRunResources(nc: NatsConnection, run: string, options:
   const names = runNames(run);
   const replicas = options.replicas ?? defaultReplicas(nc);
   const jsm = await jetstreamManager(nc);
-  await ensureStream(jsm, {
-    name: names.edgeStream,
-    subjects: [`caravan.${run}.act.>`, `caravan.${run}.grad.>`],
-    storage: StorageType.File,
-    retention: RetentionPolicy.Limits,
-    num_replicas: replicas,
-    duplicate_window: nanos(DUPLICATE_WINDOW_MS),
+  // The edges and the control log: everything kept (until a stage's checkpoint purges its inputs), re-sends de-duplicated.
+  const log = (name: string, subjects: string[]) => ensureStream(jsm, {
+    name, subjects, storage: StorageType.File, retention: RetentionPolicy.Limits, num_replicas: replicas, duplicate_window: nanos(DUPLICATE_WINDOW_MS),
   });
-  await ensureStream(jsm, {
-    name: names.controlStream,
-    subjects: [`caravan.${run}.step.>`, `caravan.${run}.report.>`],
-    storage: StorageType.File,
-    retention: RetentionPolicy.Limits,
-    num_replicas: replicas,
-    duplicate_window: nanos(DUPLICATE_WINDOW_MS),
-  });
+  await log(names.edgeStream, [`caravan.${run}.act.>`, `caravan.${run}.grad.>`]);
+  await log(names.controlStream, [`caravan.${run}.step.>`, `caravan.${run}.report.>`]);
   await ensureStream(jsm, {
     name: names.deadStream,
     subjects: [`caravan.${run}.dead.>`],

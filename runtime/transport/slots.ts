@@ -5,7 +5,7 @@
 // then on the old holder's checkpoint writes fail, so two hosts never both
 // advance one slot.
 import type { KV } from '@nats-io/kv';
-import { isTransient } from './durable-publish.ts';
+import { retryTransient } from './durable-publish.ts';
 import { decodeJson, encodeJson } from './json.ts';
 
 export interface CheckpointPointer {
@@ -72,19 +72,14 @@ export async function assignSlot(kv: KV, replica: number, stage: number, host: s
 export async function recordCheckpoint(kv: KV, held: SlotEntry, checkpoint: CheckpointPointer): Promise<SlotEntry> {
   const { replica, stage, host, generation } = held.record;
   const record: SlotRecord = { ...held.record, checkpoint };
-  const deadline = Date.now() + 60_000;
-  for (;;) {
-    try {
-      return { record, revision: await kv.update(slotKey(replica, stage), encodeJson(record), held.revision) };
-    } catch (err) {
-      if (!/wrong last sequence/i.test((err as Error).message)) {
-        if (isTransient(err) && Date.now() < deadline) { await new Promise((r) => setTimeout(r, 250)); continue; }
-        throw err;
-      }
-      // An earlier attempt that timed out may have landed: then the record is ours, with this checkpoint.
-      const now = await readSlot(kv, replica, stage);
-      if (now && now.record.host === host && now.record.generation === generation && now.record.checkpoint?.object === checkpoint.object) return now;
-      throw new SlotLostError(replica, stage, host, now?.record);
-    }
+  try {
+    const revision = await retryTransient(`checkpoint record of slot ${replica}.${stage}`, () => kv.update(slotKey(replica, stage), encodeJson(record), held.revision));
+    return { record, revision };
+  } catch (err) {
+    if (!/wrong last sequence/i.test((err as Error).message)) throw err;
+    // An earlier attempt that timed out may have landed: then the record is ours, with this checkpoint.
+    const now = await readSlot(kv, replica, stage);
+    if (now && now.record.host === host && now.record.generation === generation && now.record.checkpoint?.object === checkpoint.object) return now;
+    throw new SlotLostError(replica, stage, host, now?.record);
   }
 }
