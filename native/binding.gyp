@@ -4,7 +4,8 @@
     "sources": [
       "src/addon.cpp", "src/stage.cpp", "src/config.cpp", "src/schedule.cpp", "src/gradcheck.cpp",
       "src/linear.cpp", "src/rmsnorm.cpp", "src/rope.cpp", "src/attention.cpp", "src/swiglu.cpp",
-      "src/embedding.cpp", "src/cross_entropy.cpp", "src/adamw.cpp", "src/init.cpp", "src/layout.cpp"
+      "src/embedding.cpp", "src/cross_entropy.cpp", "src/adamw.cpp", "src/init.cpp", "src/layout.cpp",
+      "src/bottleneck.cpp", "src/mxint8.cpp"
     ],
     "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
     "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS", "CARAVAN_OPENBLAS"],

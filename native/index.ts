@@ -62,6 +62,7 @@ interface NativeModule {
   info(): { backend: string; blas: string; blasThreads: number; ompThreads: number };
   setThreads(n: number): void;
   tuneAllocator(): void;
+  mxint8RoundTrip(x: Float32Array): void;
 }
 
 export const ADDON_PATH = join(dirname(fileURLToPath(import.meta.url)), 'build', 'Release', 'caravan_engine.node');
@@ -113,6 +114,9 @@ export class EngineStage {
   readonly spec: StageSpec;
   readonly isFirst: boolean;
   readonly isLast: boolean;
+  /** Channels of the activations this stage takes (0 on stage 0, which takes tokens) and sends (0 on the last stage). */
+  readonly inWidth: number;
+  readonly outWidth: number;
   private readonly native: NativeStage;
   private readonly tensorList: TensorEntry[];
 
@@ -122,6 +126,9 @@ export class EngineStage {
     this.native = new (addon().Stage)(spec);
     this.isFirst = spec.layerBegin === 0;
     this.isLast = spec.layerEnd === spec.model.nLayers;
+    const width = (at: number) => spec.model.bottlenecks?.find((b) => b.at === at)?.width ?? spec.model.dModel;
+    this.inWidth = this.isFirst ? 0 : width(spec.layerBegin);
+    this.outWidth = this.isLast ? 0 : width(spec.layerEnd);
     this.tensorList = this.native.tensors();
   }
 
@@ -129,7 +136,7 @@ export class EngineStage {
     return `stage [${this.spec.layerBegin}, ${this.spec.layerEnd}) of ${this.spec.model.nLayers} layers`;
   }
 
-  /** Training forward: keeps what backward needs under `mb`. Returns the output activations [B,T,d], or the loss on the last stage. */
+  /** Training forward: keeps what backward needs under `mb`. Returns the output activations [B,T,outWidth], or the loss on the last stage. */
   forwardTrain(mb: number, input: Int32Array | Float32Array, B: number, T: number, targets?: Int32Array): Float32Array | number {
     return this.native.forward(mb, input, B, T, targets ?? null, true);
   }
@@ -145,7 +152,7 @@ export class EngineStage {
     return this.native.forward(0, input, B, T, targets, false) as number;
   }
 
-  /** Backward of a stashed microbatch: gradOut [B,T,d] (null on the last stage) → gradIn [B,T,d] (null on stage 0). */
+  /** Backward of a stashed microbatch: gradOut [B,T,outWidth] (null on the last stage) → gradIn [B,T,inWidth] (null on stage 0). */
   backward(mb: number, gradOut: Float32Array | null): Float32Array | null {
     return this.native.backward(mb, gradOut);
   }
@@ -241,7 +248,7 @@ export class EngineStage {
       throw new Error(`${where}: model metadata is not JSON`);
     }
     for (const [k, v] of Object.entries(this.spec.model)) {
-      if (model?.[k] !== v) throw new Error(`${where}: model ${k} is ${JSON.stringify(model?.[k])} in the state, ${JSON.stringify(v)} here`);
+      if (JSON.stringify(model?.[k]) !== JSON.stringify(v)) throw new Error(`${where}: model ${k} is ${JSON.stringify(model?.[k])} in the state, ${JSON.stringify(v)} here`);
     }
     const step = /^\d{1,10}$/.test(meta.optimizer_step ?? '') ? Number(meta.optimizer_step) : NaN;
     if (!(step <= 2 ** 31 - 1)) throw new Error(`${where}: bad optimizer_step ${JSON.stringify(meta.optimizer_step ?? null)}`);
@@ -293,6 +300,11 @@ export function sgemmGflops(M: number, N: number, K: number, reps: number): numb
 /** Keeps freed large buffers in the process heap (see addon.cpp): call once at process start. */
 export function tuneAllocator(): void {
   addon().tuneAllocator();
+}
+
+/** The engine's in-model MX int8 quantizer, in place: x = dequantize(quantize(x)). */
+export function mxint8RoundTrip(x: Float32Array): void {
+  addon().mxint8RoundTrip(x);
 }
 
 export function engineInfo(): { backend: string; blas: string; blasThreads: number; ompThreads: number } {

@@ -2,6 +2,19 @@
 // implies, in model order. Pure data shared by the runtime, the engine surface
 // and the ONNX builder; part of a run's config on the wire.
 
+/**
+ * A residual bottleneck at position `at` (between layers at-1 and at): the
+ * residual stream is projected down to `width` channels and back up. Where a
+ * stage boundary falls on it, `width` channels cross the wire instead of d.
+ */
+export interface BottleneckSpec {
+  readonly at: number;
+  readonly width: number;
+}
+
+/** 'mxint8': each bottleneck's output and gradient are quantized inside the model (blocks of 32, power-of-two scales). */
+export type BottleneckQuant = 'none' | 'mxint8';
+
 export interface LlamaConfig {
   readonly vocabSize: number;
   readonly dModel: number;
@@ -13,6 +26,10 @@ export interface LlamaConfig {
   readonly ropeTheta: number;
   readonly normEps: number;
   readonly tiedEmbeddings: boolean;
+  /** Increasing positions in [1, nLayers); absent or empty: a plain Llama model. */
+  readonly bottlenecks?: readonly BottleneckSpec[];
+  /** 'none' when absent. */
+  readonly bottleneckQuant?: BottleneckQuant;
 }
 
 export interface TensorSpec {
@@ -52,6 +69,37 @@ export function validateLlamaConfig(config: LlamaConfig): void {
   if (typeof config.tiedEmbeddings !== 'boolean') {
     throw new Error(`LlamaConfig.tiedEmbeddings must be a boolean, got ${String(config.tiedEmbeddings)}`);
   }
+  const bottlenecks: unknown = config.bottlenecks;
+  if (bottlenecks !== undefined) {
+    if (!Array.isArray(bottlenecks)) throw new Error(`LlamaConfig.bottlenecks must be an array of {at, width}, got ${JSON.stringify(bottlenecks)}`);
+    let previous = 0;
+    bottlenecks.forEach((b: unknown, i) => {
+      const { at, width } = (b ?? {}) as Partial<BottleneckSpec>;
+      if (!Number.isSafeInteger(at) || at! <= previous || at! >= config.nLayers) {
+        throw new Error(`LlamaConfig.bottlenecks[${i}].at must be an integer in (${previous}, ${config.nLayers}) (positions increase, within [1, nLayers)), got ${JSON.stringify(at)}`);
+      }
+      if (!Number.isSafeInteger(width) || width! < 1 || width! > config.dModel) {
+        throw new Error(`LlamaConfig.bottlenecks[${i}].width must be an integer in [1, dModel=${config.dModel}], got ${JSON.stringify(width)}`);
+      }
+      previous = at!;
+    });
+  }
+  if (config.bottleneckQuant !== undefined && config.bottleneckQuant !== 'none' && config.bottleneckQuant !== 'mxint8') {
+    throw new Error(`LlamaConfig.bottleneckQuant must be 'none' or 'mxint8', got ${JSON.stringify(config.bottleneckQuant)}`);
+  }
+  if (config.bottleneckQuant === 'mxint8' && !(config.bottlenecks?.length)) {
+    throw new Error("LlamaConfig.bottleneckQuant 'mxint8' needs at least one bottleneck");
+  }
+}
+
+/** k of the bottleneck at residual position `at`, or undefined. */
+export function bottleneckWidth(config: LlamaConfig, at: number): number | undefined {
+  return config.bottlenecks?.find((b) => b.at === at)?.width;
+}
+
+/** Channels crossing a stage boundary at position `at`: the bottleneck's k, else d. */
+export function boundaryWidth(config: LlamaConfig, at: number): number {
+  return bottleneckWidth(config, at) ?? config.dModel;
 }
 
 /** Checkpoint tensors in model order (the order they are listed, stored and hashed). */
@@ -62,6 +110,8 @@ export function llamaTensorSpecs(config: LlamaConfig): TensorSpec[] {
   const specs: TensorSpec[] = [{ name: 'model.embed_tokens.weight', shape: [V, d] }];
   for (let i = 0; i < nLayers; i++) {
     const p = `model.layers.${i}`;
+    const kIn = i > 0 ? bottleneckWidth(config, i) : undefined;
+    if (kIn !== undefined) specs.push({ name: `model.bottlenecks.${i}.up_proj.weight`, shape: [d, kIn] });
     specs.push(
       { name: `${p}.input_layernorm.weight`, shape: [d] },
       { name: `${p}.self_attn.q_proj.weight`, shape: [H * hd, d] },
@@ -73,6 +123,8 @@ export function llamaTensorSpecs(config: LlamaConfig): TensorSpec[] {
       { name: `${p}.mlp.up_proj.weight`, shape: [F, d] },
       { name: `${p}.mlp.down_proj.weight`, shape: [d, F] },
     );
+    const kOut = i + 1 < nLayers ? bottleneckWidth(config, i + 1) : undefined;
+    if (kOut !== undefined) specs.push({ name: `model.bottlenecks.${i + 1}.down_proj.weight`, shape: [kOut, d] });
   }
   specs.push({ name: 'model.norm.weight', shape: [d] });
   if (!config.tiedEmbeddings) specs.push({ name: 'lm_head.weight', shape: [V, d] });

@@ -5,7 +5,8 @@
 // Wire layout: one CBOR map (RFC 8949) with short text keys.
 //
 //   key  field       CBOR type
-//   d    data        byte string: the payload, float32 little-endian, as sent
+//   d    data        byte string: the payload as sent (float32 little-endian
+//                    when cx is empty, else the output of the last codec)
 //   v    version     uint (FRAME_VERSION)
 //   run  run         text
 //   r    replica     uint
@@ -15,7 +16,7 @@
 //   k    kind        text: 'act' | 'grad'
 //   dt   dtype       text: 'f32'
 //   sh   shape       array of uint: [B, T, d]
-//   cx   codecs      array of text, applied in order by the sender; [] for now
+//   cx   codecs      array of text, applied in order by the sender ([] = raw f32)
 //   crc  checksum    uint: CRC-32 (zlib) of the payload bytes as sent
 //
 // The encoder always writes `d` first with a 4-byte length, so the payload
@@ -26,8 +27,12 @@
 // it is there to catch a buffer reused or torn between compute and wire; the
 // header is small and fully validated field by field.
 //
-// Not here: compression codecs (the `cx` list is the hook), subjects and
-// NATS headers (runtime/transport).
+// Codecs are passed in (FrameCodec), so this file stays free of native code:
+// runtime/codecs holds mxint8 and lz4. A receiver judges the checksum on the
+// bytes as sent, then undoes the codecs last to first, each told the exact
+// length its output must have, so a hostile length cannot make it allocate
+// more than the shape implies. Not here: subjects and NATS headers
+// (runtime/transport).
 
 import { crc32 } from 'node:zlib';
 import { Decoder, Encoder } from 'cbor-x';
@@ -59,6 +64,25 @@ export interface TensorFrame extends FrameContent {
   readonly checksum: number;
 }
 
+/**
+ * One step of a frame's payload encoding. A codec that `takes` 'f32' must come
+ * first (it reads the float32 tensor); 'bytes' codecs take whatever the
+ * previous one wrote.
+ */
+export interface FrameCodec {
+  readonly name: string;
+  readonly takes: 'f32' | 'bytes';
+  /** Output length for an input of n bytes, where it depends on n alone; absent for entropy coders. */
+  encodedLength?(inputBytes: number): number;
+  /** The encoded bytes, or undefined when this frame is not worth encoding (the codec is then left out of `cx`). */
+  encode(input: Uint8Array): Uint8Array | undefined;
+  /** Inverse of encode; must produce exactly `outputBytes` bytes or throw saying why. */
+  decode(input: Uint8Array, outputBytes: number): Uint8Array;
+}
+
+/** The codecs a receiver can undo, by name. */
+export type CodecRegistry = ReadonlyMap<string, FrameCodec>;
+
 export type FrameFault = 'malformed' | 'version' | 'run' | 'route' | 'shape' | 'checksum' | 'codec';
 
 export class FrameError extends Error {
@@ -79,6 +103,8 @@ export interface FrameExpectation {
   /** d: the last dimension of the shape. */
   readonly width: number;
   readonly maxSeqLen: number;
+  /** Codecs this receiver can undo; none when absent. */
+  readonly codecs?: CodecRegistry;
 }
 
 const KEYS = ['d', 'v', 'run', 'r', 's', 't', 'mb', 'k', 'dt', 'sh', 'cx', 'crc'] as const;
@@ -172,13 +198,22 @@ function checkContent(frame: FrameContent): void {
 }
 
 /**
- * One CBOR map, payload first (see the header). Copies the payload once, into
- * a buffer of exactly the frame's size that the caller owns.
+ * One CBOR map, payload first (see the header). Applies `codecs` in order
+ * (each may decline a frame that does not pay), then copies the payload once,
+ * into a buffer of exactly the frame's size that the caller owns.
  */
-export function encodeFrame(frame: FrameContent): Uint8Array {
+export function encodeFrame(frame: FrameContent, codecs: readonly FrameCodec[] = []): Uint8Array {
   requireLittleEndianHost();
   checkContent(frame);
-  const payload = new Uint8Array(frame.data.buffer, frame.data.byteOffset, frame.data.byteLength);
+  let payload = new Uint8Array(frame.data.buffer, frame.data.byteOffset, frame.data.byteLength);
+  const applied: string[] = [];
+  codecs.forEach((codec, i) => {
+    if (codec.takes === 'f32' && i > 0) throw new Error(`encodeFrame: codec ${codec.name} reads float32 and must come first, got [${codecs.map((c) => c.name).join(', ')}]`);
+    const encoded = codec.encode(payload);
+    if (encoded === undefined) return;
+    payload = encoded;
+    applied.push(codec.name);
+  });
   const header = {
     v: FRAME_VERSION,
     run: frame.run,
@@ -189,7 +224,7 @@ export function encodeFrame(frame: FrameContent): Uint8Array {
     k: frame.kind,
     dt: 'f32',
     sh: [frame.shape[0], frame.shape[1], frame.shape[2]],
-    cx: [],
+    cx: applied,
     crc: crc32(payload),
   };
   const encoded = headerEncoder.encode(header);
@@ -279,22 +314,47 @@ export function decodeFrame(bytes: Uint8Array, expect: FrameExpectation): Tensor
   if (width !== expect.width) throw new FrameError('shape', `${label}: shape ${describe(shape)} has width ${width}, this stage takes ${expect.width}`);
   if (T > expect.maxSeqLen) throw new FrameError('shape', `${label}: shape ${describe(shape)} has T=${T} > maxSeqLen ${expect.maxSeqLen}`);
 
-  // Codecs change the payload's length, so they are judged before it is.
-  if (codecs.length > 0) {
-    throw new FrameError('codec', `${label}: frame uses codecs [${codecs.join(', ')}]; this build supports none`);
+  // Codecs are judged before the payload: they change its length.
+  const chain = codecs.map((name) => {
+    const codec = expect.codecs?.get(name);
+    if (!codec) {
+      const known = expect.codecs && expect.codecs.size > 0 ? [...expect.codecs.keys()].join(', ') : 'none';
+      throw new FrameError('codec', `${label}: frame uses codec ${describe(name)}, which this receiver lacks (it has: ${known})`);
+    }
+    return codec;
+  });
+  // The exact length each codec's input has, from the raw f32 length onward.
+  const lengths = [B * T * width * 4];
+  chain.forEach((codec, i) => {
+    if (codec.takes === 'f32' && i > 0) throw new FrameError('codec', `${label}: codec ${codec.name} reads float32 and cannot follow [${codecs.slice(0, i).join(', ')}]`);
+    const before = lengths[i];
+    lengths.push(codec.encodedLength ? codec.encodedLength(before) : NaN);
+  });
+  for (let i = 0; i < chain.length - 1; i++) {
+    if (Number.isNaN(lengths[i + 1])) throw new FrameError('codec', `${label}: codec ${chain[i].name} has no fixed output length, so it must come last (got [${codecs.join(', ')}])`);
   }
-  const expectedBytes = B * T * width * 4;
-  if (payload.byteLength !== expectedBytes) {
-    throw new FrameError('shape', `${label}: payload has ${payload.byteLength} bytes, shape ${describe(shape)} of f32 needs ${expectedBytes}`);
+  const sentBytes = lengths[chain.length];
+  if (!Number.isNaN(sentBytes) && payload.byteLength !== sentBytes) {
+    const what = chain.length === 0 ? 'of f32' : `after [${codecs.join(', ')}]`;
+    throw new FrameError('shape', `${label}: payload has ${payload.byteLength} bytes, shape ${describe(shape)} ${what} needs ${sentBytes}`);
   }
   const actual = crc32(payload);
   if (actual !== checksum) {
     throw new FrameError('checksum', `${label}: payload CRC-32 is 0x${actual.toString(16).padStart(8, '0')}, frame says 0x${checksum.toString(16).padStart(8, '0')}`);
   }
+  let raw: Uint8Array = payload;
+  for (let i = chain.length - 1; i >= 0; i--) {
+    try {
+      raw = chain[i].decode(raw, lengths[i]);
+    } catch (error) {
+      throw new FrameError('codec', `${label}: codec ${chain[i].name} cannot decode the payload: ${(error as Error).message}`, { cause: error });
+    }
+    if (raw.byteLength !== lengths[i]) throw new FrameError('codec', `${label}: codec ${chain[i].name} decoded ${raw.byteLength} bytes, expected ${lengths[i]}`);
+  }
 
-  const data = payload.byteOffset % 4 === 0
-    ? new Float32Array(payload.buffer, payload.byteOffset, payload.byteLength / 4)
-    : new Float32Array(new Uint8Array(payload).buffer); // copies (Buffer#slice would not)
+  const data = raw.byteOffset % 4 === 0
+    ? new Float32Array(raw.buffer, raw.byteOffset, raw.byteLength / 4)
+    : new Float32Array(new Uint8Array(raw).buffer); // copies (Buffer#slice would not)
   return {
     version: FRAME_VERSION,
     run,
@@ -305,7 +365,7 @@ export function decodeFrame(bytes: Uint8Array, expect: FrameExpectation): Tensor
     kind,
     dtype: 'f32',
     shape: [B, T, width],
-    codecs: [],
+    codecs: [...codecs],
     checksum,
     data,
   };

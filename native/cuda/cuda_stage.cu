@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <stdexcept>
 #include "../src/ops.h"
 #include "../src/schedule.h"
 #include "cublas_api.h"
@@ -80,6 +81,7 @@ CudaStage::CudaStage(const ModelConfig& model, const OptimConfig& optim, int beg
     : model_(model), optim_(optim), begin_(begin), end_(end) {
   validate(model_);
   validate(optim_);
+  if (!model_.bottlenecks.empty()) throw std::invalid_argument("the CUDA backend has no residual bottlenecks yet: run models with bottlenecks on the CPU backend");
   layout_ = stage_layout(model_, begin, end);
   device_ = open_device(gpu);
   const CublasApi& api = cublas();

@@ -10,6 +10,7 @@
 #include <vector>
 #include "blas.h"
 #include "gradcheck.h"
+#include "ops.h"
 #include "stage.h"
 
 using namespace caravan;
@@ -49,6 +50,24 @@ ModelConfig model_from(const Napi::Object& o) {
   m.norm_eps = (float)number_field(o, "model", "normEps", false, 1e-5);
   Napi::Value tied = o.Get("tiedEmbeddings");
   m.tied_embeddings = tied.IsBoolean() && tied.As<Napi::Boolean>().Value();
+  Napi::Value bottlenecks = o.Get("bottlenecks");
+  if (!bottlenecks.IsUndefined() && !bottlenecks.IsNull()) {
+    if (!bottlenecks.IsArray()) throw Napi::TypeError::New(o.Env(), "model.bottlenecks must be an array of {at, width}");
+    Napi::Array list = bottlenecks.As<Napi::Array>();
+    for (uint32_t i = 0; i < list.Length(); i++) {
+      Napi::Value b = list.Get(i);
+      if (!b.IsObject()) throw Napi::TypeError::New(o.Env(), "model.bottlenecks[" + std::to_string(i) + "] must be an object {at, width}");
+      const std::string name = "model.bottlenecks[" + std::to_string(i) + "]";
+      m.bottlenecks.push_back({int_field(b.As<Napi::Object>(), name.c_str(), "at", true, 0),
+                               int_field(b.As<Napi::Object>(), name.c_str(), "width", true, 0)});
+    }
+  }
+  Napi::Value quant = o.Get("bottleneckQuant");
+  if (!quant.IsUndefined() && !quant.IsNull()) {
+    const std::string q = quant.IsString() ? quant.As<Napi::String>().Utf8Value() : "";
+    if (q != "none" && q != "mxint8") throw Napi::TypeError::New(o.Env(), "model.bottleneckQuant must be 'none' or 'mxint8'");
+    m.bottleneck_mxint8 = q == "mxint8";
+  }
   return m;
 }
 
@@ -215,7 +234,7 @@ class StageWrap : public Napi::ObjectWrap<StageWrap> {
       return env.Null();
     }
     int B = 0, T = 0;
-    const size_t n = s.stash_shape(mb, &B, &T) ? (size_t)B * T * s.model().d_model : 0;
+    const size_t n = s.stash_shape(mb, &B, &T) ? (size_t)B * T * s.in_width() : 0;
     Napi::Float32Array out = Napi::Float32Array::New(env, n);
     guarded(env, [&] { s.backward(mb, grad, grad_len, out.Data(), n); return 0; });
     return out;
@@ -353,6 +372,15 @@ static Napi::Value TuneAllocator(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// mxint8RoundTrip(Float32Array): the engine's in-model quantizer, in place, so
+// tests can hold the wire codec (runtime/codecs/mxint8.ts) to the same bits.
+static Napi::Value Mxint8RoundTrip(const Napi::CallbackInfo& info) {
+  if (!is_typed(info[0], napi_float32_array)) throw Napi::TypeError::New(info.Env(), "mxint8RoundTrip expects a Float32Array");
+  auto a = info[0].As<Napi::Float32Array>();
+  mxint8_round_trip(a.Data(), a.ElementLength());
+  return info.Env().Undefined();
+}
+
 static Napi::Value Info(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Napi::Object o = Napi::Object::New(env);
@@ -370,6 +398,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("info", Napi::Function::New(env, Info));
   exports.Set("setThreads", Napi::Function::New(env, SetThreads));
   exports.Set("tuneAllocator", Napi::Function::New(env, TuneAllocator));
+  exports.Set("mxint8RoundTrip", Napi::Function::New(env, Mxint8RoundTrip));
   return exports;
 }
 

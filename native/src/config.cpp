@@ -23,6 +23,14 @@ void validate(const ModelConfig& c) {
   require(c.max_seq > 0, "maxSeqLen must be > 0, got " + std::to_string(c.max_seq));
   require(c.rope_theta > 0, "ropeTheta must be > 0");
   require(c.norm_eps > 0, "normEps must be > 0");
+  int previous = 0;
+  for (const auto& [at, width] : c.bottlenecks) {
+    const std::string which = "bottleneck at " + std::to_string(at);
+    require(at > previous && at < c.n_layers, which + ": positions must increase within [1, nLayers) = [1, " + std::to_string(c.n_layers) + ")");
+    require(width > 0 && width <= c.d_model, which + ": width must be in [1, dModel] = [1, " + std::to_string(c.d_model) + "], got " + std::to_string(width));
+    previous = at;
+  }
+  require(!c.bottleneck_mxint8 || !c.bottlenecks.empty(), "bottleneckQuant 'mxint8' needs at least one bottleneck");
 }
 
 void validate(const OptimConfig& c) {

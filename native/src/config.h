@@ -3,6 +3,8 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace caravan {
 
@@ -17,7 +19,20 @@ struct ModelConfig {
   float rope_theta = 10000.0f;
   float norm_eps = 1e-5f;
   bool tied_embeddings = false;
+  // Residual bottlenecks (bottleneck.cpp): (position p, width k), p in [1, L),
+  // increasing. Position p sits between layers p-1 and p, so a stage boundary
+  // at p sends k channels instead of d. Part of the model, not of the split:
+  // a boundary inside a stage computes exactly what a wire boundary does.
+  std::vector<std::pair<int, int>> bottlenecks;
+  // Quantize each bottleneck's output (forward) and its gradient (backward)
+  // to MX int8 (mxint8.cpp), inside the model, so the wire carries it losslessly.
+  bool bottleneck_mxint8 = false;
   int head_dim() const { return d_model / n_heads; }
+  // k of the bottleneck at position p, or 0 where there is none.
+  int bottleneck_at(int p) const {
+    for (const auto& b : bottlenecks) if (b.first == p) return b.second;
+    return 0;
+  }
 };
 
 struct OptimConfig {

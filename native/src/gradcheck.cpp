@@ -162,6 +162,22 @@ std::vector<GradCheckResult> gradcheck_all(uint64_t seed) {
     out.push_back(compare("cross_entropy", "logits", f, l.data(), dl.data(), l.size(), eps));
   }
 
+  {  // residual bottleneck halves: h[N,d], wd[k,d]; z[N,k], wu[d,k]
+    const int N = 5, d = 8, k = 3;
+    auto h = randn(N * d, seed, 22), wd = randn(k * d, seed, 23, 0.5f), rz = randn(N * k, seed, 24);
+    std::vector<float> z(N * k), dh(N * d), dwd(k * d, 0.0f);
+    auto f = [&] { bottleneck_down_forward(z.data(), h.data(), wd.data(), N, d, k); return dot(z, rz); };
+    bottleneck_down_backward(dh.data(), dwd.data(), rz.data(), h.data(), wd.data(), N, d, k);
+    out.push_back(compare("bottleneck_down", "h", f, h.data(), dh.data(), h.size(), eps));
+    out.push_back(compare("bottleneck_down", "w", f, wd.data(), dwd.data(), wd.size(), eps));
+    auto zin = randn(N * k, seed, 25), wu = randn(d * k, seed, 26, 0.5f), ry = randn(N * d, seed, 27);
+    std::vector<float> y(N * d), dz(N * k), dwu(d * k, 0.0f);
+    auto g = [&] { bottleneck_up_forward(y.data(), zin.data(), wu.data(), N, d, k); return dot(y, ry); };
+    bottleneck_up_backward(dz.data(), dwu.data(), ry.data(), zin.data(), wu.data(), N, d, k);
+    out.push_back(compare("bottleneck_up", "z", g, zin.data(), dz.data(), zin.size(), eps));
+    out.push_back(compare("bottleneck_up", "w", g, wu.data(), dwu.data(), wu.size(), eps));
+  }
+
   // Whole stages, with weights larger than at initialisation so every
   // gradient is well above round-off.
   auto randomise = [&](Stage& st) {
@@ -171,10 +187,15 @@ std::vector<GradCheckResult> gradcheck_all(uint64_t seed) {
       if (t.shape.size() == 1) for (size_t i = 0; i < t.numel; i++) p[i] += 1.0f;
     }
   };
-  for (bool tied : {false, true}) {  // one stage holding the whole model: embedding to loss
+  // One stage holding the whole model, embedding to loss: plain, with a tied
+  // head, and with a residual bottleneck inside (unquantized, so the function
+  // is smooth).
+  for (int variant = 0; variant < 3; variant++) {
+    const bool tied = variant == 1;
     ModelConfig m;
     m.vocab = 11; m.d_model = 16; m.n_layers = 2; m.n_heads = 4; m.n_kv_heads = 2; m.ffn_hidden = 24;
     m.max_seq = 8; m.tied_embeddings = tied;
+    if (variant == 2) m.bottlenecks = {{1, 4}};
     Stage st(m, OptimConfig{}, 0, 2, seed);
     randomise(st);
     const int B = 2, T = 6, N = B * T;
@@ -183,7 +204,7 @@ std::vector<GradCheckResult> gradcheck_all(uint64_t seed) {
     auto f = [&] { return st.forward(-1, tokens.data(), nullptr, N, B, T, targets.data(), N, nullptr, 0, false); };
     st.forward(0, tokens.data(), nullptr, N, B, T, targets.data(), N, nullptr, 0, true);
     st.backward(0, nullptr, 0, nullptr, 0);
-    const std::string op = tied ? "model (tied head)" : "model";
+    const std::string op = variant == 0 ? "model" : variant == 1 ? "model (tied head)" : "model (bottleneck at 1)";
     for (const TensorInfo& t : st.tensors()) {
       out.push_back(compare_directional(op, t.name, f, st.params->data() + t.offset, st.grads->data() + t.offset, t.numel, 1e-3f, seed ^ stream_id(t.name.c_str())));
     }
@@ -200,6 +221,25 @@ std::vector<GradCheckResult> gradcheck_all(uint64_t seed) {
     st.forward(0, nullptr, x.data(), x.size(), B, T, nullptr, 0, y.data(), y.size(), true);
     st.backward(0, r.data(), r.size(), dx.data(), dx.size());
     out.push_back(compare_directional("stage [1, 2)", "input activations", f, x.data(), dx.data(), x.size(), 1e-3f, seed));
+  }
+  {  // a middle stage between two bottlenecks: input [N,k_in] → output [N,k_out]
+    ModelConfig m;
+    m.vocab = 11; m.d_model = 16; m.n_layers = 3; m.n_heads = 4; m.n_kv_heads = 4; m.ffn_hidden = 24; m.max_seq = 8;
+    m.bottlenecks = {{1, 4}, {2, 6}};
+    Stage st(m, OptimConfig{}, 1, 2, seed);
+    randomise(st);
+    const int B = 2, T = 5, N = B * T;
+    auto x = randn((size_t)N * 4, seed, 28), r = randn((size_t)N * 6, seed, 29);
+    std::vector<float> y((size_t)N * 6), dx((size_t)N * 4);
+    auto f = [&] { st.forward(-1, nullptr, x.data(), x.size(), B, T, nullptr, 0, y.data(), y.size(), false); return dot(y, r); };
+    st.forward(0, nullptr, x.data(), x.size(), B, T, nullptr, 0, y.data(), y.size(), true);
+    st.backward(0, r.data(), r.size(), dx.data(), dx.size());
+    const std::string op = "stage [1, 2) between bottlenecks";
+    out.push_back(compare_directional(op, "input activations", f, x.data(), dx.data(), x.size(), 1e-3f, seed));
+    for (const TensorInfo& t : st.tensors()) {
+      if (t.name.find("bottlenecks") == std::string::npos) continue;
+      out.push_back(compare_directional(op, t.name, f, st.params->data() + t.offset, st.grads->data() + t.offset, t.numel, 1e-3f, seed ^ stream_id(t.name.c_str())));
+    }
   }
   return out;
 }

@@ -29,7 +29,16 @@ StageLayout stage_layout(const ModelConfig& model, int begin, int end) {
   const float std_in = 0.02f;
   const float std_out = 0.02f / std::sqrt(2.0f * model.n_layers);  // residual projections, as GPT-2
   if (first) L.emb = add("model.embed_tokens.weight", {V, d}, true, std_in);
+  // Model order puts a bottleneck's down-projection after layer p-1 and its
+  // up-projection before layer p, so concatenating stages gives one order.
+  auto bottleneck_name = [](int at, const char* half) {
+    return "model.bottlenecks." + std::to_string(at) + "." + half + ".weight";
+  };
   for (int l = begin; l < end; l++) {
+    if (int k = model.bottleneck_at(l)) {
+      if (l == begin) L.bottlenecks.push_back({l, k});
+      L.bottlenecks.back().up = add(bottleneck_name(l, "up_proj"), {d, k}, true, std_in);
+    }
     const std::string p = "model.layers." + std::to_string(l) + ".";
     LayerOffsets o;
     o.norm1 = add(p + "input_layernorm.weight", {d}, false, 0);
@@ -42,6 +51,10 @@ StageLayout stage_layout(const ModelConfig& model, int begin, int end) {
     o.wu = add(p + "mlp.up_proj.weight", {F, d}, true, std_in);
     o.wd = add(p + "mlp.down_proj.weight", {d, F}, true, std_out);
     L.layers.push_back(o);
+    if (int k = model.bottleneck_at(l + 1)) {
+      L.bottlenecks.push_back({l + 1, k});
+      L.bottlenecks.back().down = add(bottleneck_name(l + 1, "down_proj"), {k, d}, true, std_in);
+    }
   }
   if (last) {
     L.norm_f = add("model.norm.weight", {d}, false, 0);

@@ -3,6 +3,7 @@
 // same order, with the same initial values.
 #pragma once
 #include <cstdint>
+#include <cstddef>
 #include <string>
 #include <vector>
 #include "config.h"
@@ -20,9 +21,19 @@ struct TensorInfo {
 
 struct LayerOffsets { size_t norm1, wq, wk, wv, wo, norm2, wg, wu, wd; };
 
+// A bottleneck this stage touches. A stage owns the down-projection of the
+// bottleneck at its end, the up-projection of the one at its beginning, and
+// both halves of those strictly inside it. Unowned offsets are kNone.
+struct BottleneckOffsets {
+  static constexpr size_t kNone = SIZE_MAX;
+  int at, width;
+  size_t down = kNone, up = kNone;
+};
+
 struct StageLayout {
   std::vector<TensorInfo> tensors;  // model order
   std::vector<LayerOffsets> layers; // one per layer of the stage
+  std::vector<BottleneckOffsets> bottlenecks;  // by position
   size_t emb = 0, norm_f = 0, head = 0;
   size_t total = 0;                 // floats in an arena
 };

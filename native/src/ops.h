@@ -68,6 +68,28 @@ void adamw_update(float* p, const float* g, float* m, float* v, size_t n, float 
 // does not depend on the thread count.
 double sum_squares(const float* g, size_t n);
 
+// bottleneck.cpp — residual bottleneck, wd[k,d] (down), wu[d,k] (up), k <= d.
+// z[N,k] = h[N,d]·wdᵀ + h[:, :k]
+void bottleneck_down_forward(float* z, const float* h, const float* wd, int N, int d, int k);
+// dh[N,d] =; dwd[k,d] +=
+void bottleneck_down_backward(float* dh, float* dwd, const float* dz, const float* h, const float* wd,
+                              int N, int d, int k);
+// y[N,d] = z[N,k]·wuᵀ, y[:, :k] += z
+void bottleneck_up_forward(float* y, const float* z, const float* wu, int N, int d, int k);
+// dz[N,k] =; dwu[d,k] +=
+void bottleneck_up_backward(float* dz, float* dwu, const float* dy, const float* z, const float* wu,
+                            int N, int d, int k);
+
+// mxint8.cpp — blocks of kMxBlock values share a scale 2^e, e in [-106, 122];
+// blocks whose largest magnitude is below kMxZeroBelow become zeros
+// (exponent kMxZeroExponent). A block holding NaN or ±Inf becomes NaN.
+constexpr int kMxBlock = 32;
+constexpr int kMxZeroExponent = -128;
+constexpr float kMxZeroBelow = 0x1p-100f;
+int mxint8_exponent(float amax);
+// x[n] = dequantize(quantize(x)) in place
+void mxint8_round_trip(float* x, size_t n);
+
 // Deterministic N(0, std²) fill from (seed, stream): same stream, same numbers.
 void fill_normal(float* x, size_t n, uint64_t seed, uint64_t stream, float std);
 uint64_t stream_id(const char* name);

@@ -22,6 +22,9 @@ struct Stash {
   std::vector<int32_t> tokens, targets;   // [N]
   std::vector<LayerCache> layers;
   std::vector<float> final_in, rstd_f, xn_f, probs;  // [N,d], [N], [N,d], [N,V]
+  // By bottleneck position: the residual stream going into the down-projection
+  // [N,d], and the (quantized) bottleneck going into the up-projection [N,k].
+  std::map<int, std::vector<float>> bn_h, bn_z;
 };
 
 static std::string fmt_shape(std::initializer_list<long long> dims) {
@@ -68,8 +71,9 @@ void Stage::check_forward(int64_t mb, const int32_t* tokens, const float* acts, 
     if (!tokens) throw std::invalid_argument(where + ": stage 0 takes token ids (Int32Array of shape [B,T])");
     if (input_len != N) throw std::invalid_argument(where + ": expected token ids of shape " + fmt_shape({B, T}) + " (" + std::to_string(N) + " values), got " + std::to_string(input_len));
   } else {
-    if (!acts) throw std::invalid_argument(where + ": this stage takes activations (Float32Array of shape [B,T,d])");
-    if (input_len != N * d) throw std::invalid_argument(where + ": expected activations of shape " + fmt_shape({B, T, d}) + " (" + std::to_string(N * d) + " floats), got " + std::to_string(input_len));
+    const size_t w = in_width();
+    if (!acts) throw std::invalid_argument(where + ": this stage takes activations (Float32Array of shape [B,T," + std::to_string(w) + "])");
+    if (input_len != N * w) throw std::invalid_argument(where + ": expected activations of shape " + fmt_shape({B, T, (long long)w}) + " (" + std::to_string(N * w) + " floats), got " + std::to_string(input_len));
   }
   // The engine indexes with int: the widest buffer, B·T·max(d, V, F, H·T), must fit.
   const size_t widest = (size_t)std::max({d, V, model_.ffn_hidden, model_.n_heads * T});
@@ -91,8 +95,42 @@ void Stage::check_forward(int64_t mb, const int32_t* tokens, const float* acts, 
 
 }
 
+int Stage::in_width() const {
+  const int k = is_first() ? 0 : model_.bottleneck_at(begin_);
+  return k ? k : model_.d_model;
+}
+
+int Stage::out_width() const {
+  const int k = is_last() ? 0 : model_.bottleneck_at(end_);
+  return k ? k : model_.d_model;
+}
+
+const BottleneckOffsets* Stage::bottleneck(int at) const {
+  for (const BottleneckOffsets& b : layout_.bottlenecks) if (b.at == at) return &b;
+  return nullptr;
+}
+
+void Stage::bottleneck_down(const BottleneckOffsets& b, float* z, const float* h, int N) {
+  bottleneck_down_forward(z, h, P(b.down), N, model_.d_model, b.width);
+  if (model_.bottleneck_mxint8) mxint8_round_trip(z, (size_t)N * b.width);
+}
+
+void Stage::bottleneck_down_grad(const BottleneckOffsets& b, float* dh, const float* dz, const float* h, int N) {
+  // The quantizer's gradient is taken as the identity (straight-through).
+  bottleneck_down_backward(dh, G(b.down), dz, h, P(b.down), N, model_.d_model, b.width);
+}
+
+void Stage::bottleneck_up(const BottleneckOffsets& b, float* y, const float* z, int N) {
+  bottleneck_up_forward(y, z, P(b.up), N, model_.d_model, b.width);
+}
+
+void Stage::bottleneck_up_grad(const BottleneckOffsets& b, float* dz, const float* dy, const float* z, int N) {
+  bottleneck_up_backward(dz, G(b.up), dy, z, P(b.up), N, model_.d_model, b.width);
+  if (model_.bottleneck_mxint8) mxint8_round_trip(dz, (size_t)N * b.width);
+}
+
 size_t Stage::output_len(int B, int T, bool logits) const {
-  return (size_t)B * T * (logits ? model_.vocab : model_.d_model);
+  return (size_t)B * T * (logits ? model_.vocab : out_width());
 }
 
 void Stage::block_forward(int layer, float* x, LayerCache& c, int B, int T) {
@@ -180,12 +218,30 @@ double Stage::forward(int64_t mb, const int32_t* tokens, const float* acts, size
   if (is_first()) {
     embedding_forward(x.data(), tokens, P(layout_.emb), N, d);
     st->tokens.assign(tokens, tokens + N);
+  } else if (const BottleneckOffsets* b = bottleneck(begin_)) {
+    std::vector<float>& z = st->bn_z[begin_];
+    z.assign(acts, acts + (size_t)N * b->width);
+    bottleneck_up(*b, x.data(), z.data(), N);
   } else {
     std::memcpy(x.data(), acts, sizeof(float) * x.size());
   }
   // Inference reuses one cache for every layer; training keeps one per layer.
   st->layers.resize(train ? layout_.layers.size() : 1);
-  for (int l = begin_; l < end_; l++) block_forward(l, x.data(), st->layers[train ? l - begin_ : 0], B, T);
+  for (int l = begin_; l < end_; l++) {
+    block_forward(l, x.data(), st->layers[train ? l - begin_ : 0], B, T);
+    const BottleneckOffsets* b = l + 1 < model_.n_layers ? bottleneck(l + 1) : nullptr;
+    if (!b) continue;
+    std::vector<float>& h = st->bn_h[l + 1];
+    h.assign(x.begin(), x.end());
+    if (l + 1 == end_) {  // this stage's output is the bottleneck
+      bottleneck_down(*b, out, h.data(), N);
+    } else {
+      std::vector<float>& z = st->bn_z[l + 1];
+      z.resize((size_t)N * b->width);
+      bottleneck_down(*b, z.data(), h.data(), N);
+      bottleneck_up(*b, x.data(), z.data(), N);
+    }
+  }
   double loss = 0.0;
   if (is_last()) {
     st->rstd_f.resize(N);
@@ -202,7 +258,7 @@ double Stage::forward(int64_t mb, const int32_t* tokens, const float* acts, size
       linear_forward(out, st->xn_f.data(), P(layout_.head), N, d, V);
     }
     st->final_in.assign(x.begin(), x.end());
-  } else {
+  } else if (!bottleneck(end_)) {
     std::memcpy(out, x.data(), sizeof(float) * x.size());
   }
   if (train) stash_[mb] = std::move(st);
@@ -220,13 +276,14 @@ void Stage::backward(int64_t mb, const float* grad_out, size_t grad_len, float* 
   }
   Stash& st = *it->second;
   const int B = st.B, T = st.T, N = B * T, d = model_.d_model, V = model_.vocab;
+  const int dout = out_width(), din = in_width();
   if (is_last()) {
     if (grad_out) throw std::invalid_argument(where + ": the last stage starts backward from its loss and takes no gradient");
   } else {
     if (!grad_out) throw std::invalid_argument(where + ": backward needs the gradient of this stage's output");
-    if (grad_len != (size_t)N * d) throw std::invalid_argument(where + ": expected a gradient of shape " + fmt_shape({B, T, d}) + " (" + std::to_string((size_t)N * d) + " floats), got " + std::to_string(grad_len));
+    if (grad_len != (size_t)N * dout) throw std::invalid_argument(where + ": expected a gradient of shape " + fmt_shape({B, T, dout}) + " (" + std::to_string((size_t)N * dout) + " floats), got " + std::to_string(grad_len));
   }
-  if (!is_first() && grad_in_len != (size_t)N * d) throw std::invalid_argument(where + ": grad_in buffer has " + std::to_string(grad_in_len) + " floats, expected " + std::to_string((size_t)N * d));
+  if (!is_first() && grad_in_len != (size_t)N * din) throw std::invalid_argument(where + ": grad_in buffer has " + std::to_string(grad_in_len) + " floats, expected " + std::to_string((size_t)N * din));
 
   std::vector<float>& dx = ws_.x;  // block_backward's scratch is separate
   dx.resize((size_t)N * d);
@@ -238,12 +295,24 @@ void Stage::backward(int64_t mb, const float* grad_out, size_t grad_len, float* 
     cross_entropy_backward(dlogits.data(), st.probs.data(), st.targets.data(), N, V, 1.0f / N);
     linear_backward(dxn.data(), G(layout_.head), dlogits.data(), st.xn_f.data(), P(layout_.head), N, d, V, false);
     rmsnorm_backward(dx.data(), G(layout_.norm_f), dxn.data(), st.final_in.data(), P(layout_.norm_f), st.rstd_f.data(), N, d, false);
+  } else if (const BottleneckOffsets* b = bottleneck(end_)) {
+    bottleneck_down_grad(*b, dx.data(), grad_out, st.bn_h.at(end_).data(), N);
   } else {
     std::memcpy(dx.data(), grad_out, sizeof(float) * dx.size());
   }
-  for (int l = end_ - 1; l >= begin_; l--) block_backward(l, dx.data(), st.layers[l - begin_], B, T);
+  for (int l = end_ - 1; l >= begin_; l--) {
+    block_backward(l, dx.data(), st.layers[l - begin_], B, T);
+    const BottleneckOffsets* b = l > begin_ ? bottleneck(l) : nullptr;
+    if (!b) continue;
+    std::vector<float>& dz = ws_.z;
+    dz.resize((size_t)N * b->width);
+    bottleneck_up_grad(*b, dz.data(), dx.data(), st.bn_z.at(l).data(), N);
+    bottleneck_down_grad(*b, dx.data(), dz.data(), st.bn_h.at(l).data(), N);
+  }
   if (is_first()) {
     embedding_backward(G(layout_.emb), dx.data(), st.tokens.data(), N, d);
+  } else if (const BottleneckOffsets* b = bottleneck(begin_)) {
+    bottleneck_up_grad(*b, grad_in, dx.data(), st.bn_z.at(begin_).data(), N);
   } else {
     std::memcpy(grad_in, dx.data(), sizeof(float) * dx.size());
   }

@@ -35,17 +35,21 @@ class Stage {
   const ModelConfig& model() const { return model_; }
   const OptimConfig& optim() const { return optim_; }
   std::string describe() const;  // "stage [a, b) of L layers"
+  // Channels of the activations this stage takes and sends: k where a
+  // bottleneck sits at that boundary, else d.
+  int in_width() const;
+  int out_width() const;
 
-  // Input: stage 0 takes tokens[B,T] (int32); other stages acts[B,T,d].
-  // Output: a non-last stage writes out[B,T,d]. The last stage with targets
+  // Input: stage 0 takes tokens[B,T] (int32); other stages acts[B,T,in_width].
+  // Output: a non-last stage writes out[B,T,out_width]. The last stage with targets
   // returns the mean loss; without targets it writes logits[B,T,V] to out.
   // train=true keeps what backward needs under the microbatch id.
   // checked=true: the caller has just run check_forward on these arguments.
   double forward(int64_t mb, const int32_t* tokens, const float* acts, size_t input_len, int B, int T,
                  const int32_t* targets, size_t targets_len, float* out, size_t out_len, bool train,
                  bool checked = false);
-  // grad_out[B,T,d] (none for the last stage, which starts from its loss);
-  // writes grad_in[B,T,d] unless this is stage 0. Frees the stash.
+  // grad_out[B,T,out_width] (none for the last stage, which starts from its
+  // loss); writes grad_in[B,T,in_width] unless this is stage 0. Frees the stash.
   void backward(int64_t mb, const float* grad_out, size_t grad_len, float* grad_in, size_t grad_in_len);
   // The checks forward() makes before touching anything; throws std::invalid_argument.
   void check_forward(int64_t mb, const int32_t* tokens, const float* acts, size_t input_len, int B, int T,
@@ -71,6 +75,13 @@ class Stage {
  private:
   void block_forward(int layer, float* x, LayerCache& c, int B, int T);
   void block_backward(int layer, float* dx, const LayerCache& c, int B, int T);
+  // Bottleneck halves; mxint8 quantization follows the down-projection
+  // forward and the up-projection backward when the model asks for it.
+  void bottleneck_down(const BottleneckOffsets& b, float* z, const float* h, int N);
+  void bottleneck_down_grad(const BottleneckOffsets& b, float* dh, const float* dz, const float* h, int N);
+  void bottleneck_up(const BottleneckOffsets& b, float* y, const float* z, int N);
+  void bottleneck_up_grad(const BottleneckOffsets& b, float* dz, const float* dy, const float* z, int N);
+  const BottleneckOffsets* bottleneck(int at) const;
   float* P(size_t off) { return params->data() + off; }
   float* G(size_t off) { return grads->data() + off; }
 
@@ -86,7 +97,7 @@ class Stage {
   std::unique_ptr<Stash> take_stash();
   // Scratch of one forward or backward call, reused across calls.
   struct Workspace {
-    std::vector<float> x, logits, dh, dact, dgate, dup, dxn, dattn, dq, dk, dv, dlogits;
+    std::vector<float> x, logits, dh, dact, dgate, dup, dxn, dattn, dq, dk, dv, dlogits, z;
   } ws_;
 };
 

@@ -35,4 +35,16 @@ export interface RunShapeFlags {
   microbatches?: number;
   batch?: number;
   seq?: number;
+  bottleneck?: number;
+  bottleneckQuant?: 'none' | 'mxint8';
+  lz4: boolean;
+}
+
+/** The model and training overrides of the compression flags. */
+export function compressionOverrides(flags: RunShapeFlags) {
+  return {
+    bottleneckAtBoundaries: flags.bottleneck,
+    model: flags.bottleneckQuant ? { bottleneckQuant: flags.bottleneckQuant } : undefined,
+    training: flags.lz4 === false ? { lz4: false } : undefined,
+  };
 }

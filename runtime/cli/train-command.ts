@@ -10,7 +10,7 @@ import { createLogger } from '../log.ts';
 import { PRESETS } from '../train/presets.ts';
 import { trainDistributed, type Progress } from '../train/train-distributed.ts';
 import { trainLocal } from '../train/train-local.ts';
-import { nonNegativeInt, positiveInt, positiveNumber, type RunShapeFlags } from './options.ts';
+import { compressionOverrides, nonNegativeInt, positiveInt, positiveNumber, type RunShapeFlags } from './options.ts';
 
 interface TrainFlags extends RunShapeFlags {
   seed?: number;
@@ -61,6 +61,9 @@ export function trainCommand(program: Command): void {
     .option('--microbatches <n>', 'microbatches per step', positiveInt('--microbatches'))
     .option('--batch <n>', 'sequences per microbatch', positiveInt('--batch'))
     .option('--seq <n>', 'tokens per sequence', positiveInt('--seq'))
+    .option('--bottleneck <k>', 'a residual bottleneck of k channels at every stage boundary: k channels cross the wire instead of d', positiveInt('--bottleneck'))
+    .addOption(new Option('--bottleneck-quant <q>', 'quantize each bottleneck inside the model, and so on the wire (mxint8: 8.25 bits a value)').choices(['none', 'mxint8']))
+    .option('--no-lz4', 'no LZ4 on frames between stages (by default a frame gets it where it saves 5%)')
     .option('--seed <n>', 'seed for weights and data order', nonNegativeInt('--seed'))
     .option('--lr <x>', 'peak learning rate', positiveNumber('--lr'))
     .addOption(new Option('--tokenizer <name>', 'tokenizer for the bundled corpus').choices(['byte', 'gpt2']))
@@ -79,16 +82,18 @@ export function trainCommand(program: Command): void {
     .action(async (flags: TrainFlags) => {
       let tokenizerVocab: number | undefined;
       if (flags.tokenizer === 'gpt2') tokenizerVocab = 50257;
+      const compression = compressionOverrides(flags);
       const config = await loadRunConfig({
         file: flags.config,
         preset: flags.preset,
+        bottleneckAtBoundaries: compression.bottleneckAtBoundaries,
         overrides: {
-          model: tokenizerVocab ? { vocabSize: tokenizerVocab } : undefined,
+          model: { ...(tokenizerVocab ? { vocabSize: tokenizerVocab } : {}), ...compression.model },
           optim: { lr: flags.lr },
           training: {
             steps: flags.steps, stages: flags.stages, replicas: flags.replicas, microbatches: flags.microbatches,
             batchSize: flags.batch, seqLen: flags.seq, seed: flags.seed, tokenizer: flags.tokenizer, dataFile: flags.data,
-            checkpointEvery: flags.checkpointEvery,
+            checkpointEvery: flags.checkpointEvery, ...compression.training,
           },
         },
       });

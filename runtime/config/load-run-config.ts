@@ -4,6 +4,7 @@ import { readFile } from 'node:fs/promises';
 import { parse as parseToml } from 'smol-toml';
 import { parse as parseYaml } from 'yaml';
 import { validateRunConfig, type RunConfig } from '../../schemas/run-config.ts';
+import { splitLayers } from '../../native/index.ts';
 import { preset } from '../train/presets.ts';
 
 export interface ConfigOverrides {
@@ -46,7 +47,15 @@ export async function readConfigFile(file: string): Promise<{ preset?: string } 
   return parsed as { preset?: string } & ConfigOverrides;
 }
 
-export async function loadRunConfig(options: { file?: string; preset?: string; overrides?: ConfigOverrides }): Promise<RunConfig> {
+export interface LoadRunConfigOptions {
+  readonly file?: string;
+  readonly preset?: string;
+  readonly overrides?: ConfigOverrides;
+  /** Puts a residual bottleneck of this width at every stage boundary of the run's split (replacing any in the config). */
+  readonly bottleneckAtBoundaries?: number;
+}
+
+export async function loadRunConfig(options: LoadRunConfigOptions): Promise<RunConfig> {
   const fromFile = options.file ? await readConfigFile(options.file) : {};
   const base = preset(options.preset ?? fromFile.preset ?? 'tiny') as unknown as Record<string, unknown>;
   let merged = merge(base, fromFile as Record<string, unknown>);
@@ -56,6 +65,15 @@ export async function loadRunConfig(options: { file?: string; preset?: string; o
   // The schedule ends with the run unless the config says otherwise.
   if ((fromFile.optim?.totalSteps ?? options.overrides?.optim?.totalSteps) === undefined) {
     merged = merge(merged, { optim: { totalSteps: steps } });
+  }
+  const width = options.bottleneckAtBoundaries;
+  if (width !== undefined) {
+    const model = merged.model as RunConfig['model'];
+    const stages = (merged.training as RunConfig['training']).stages;
+    if (!(stages <= model.nLayers)) throw new Error(`invalid run config: training.stages ${stages} exceeds model.nLayers ${model.nLayers}`);
+    const bottlenecks = splitLayers(model.nLayers, stages).slice(1).map(([at]) => ({ at, width }));
+    if (bottlenecks.length === 0) throw new Error('--bottleneck needs at least 2 stages: a bottleneck sits at a stage boundary');
+    merged = { ...merged, model: { ...model, bottlenecks } };
   }
   return validateRunConfig(merged);
 }

@@ -14,7 +14,7 @@ import { coordinatorMachine, type CoordinatorCommand, type CoordinatorMachineInp
 import { replicaMachine, type ReplicaCommand } from '../../actors/replica-machine.ts';
 import { decodeSafeTensors, splitLayers } from '../../native/index.ts';
 import type { RunConfig } from '../../schemas/run-config.ts';
-import type { StageReport, StepControl } from '../host/stage-runner.ts';
+import type { StageReport, StepControl, WireCount } from '../host/stage-runner.ts';
 import type { Logger } from '../log.ts';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { connectNats } from '../nats/connect.ts';
@@ -45,6 +45,8 @@ export interface RunSummary {
   readonly losses_by_replica: number[][];
   readonly wall_seconds: number;
   readonly dead_letters: number;
+  /** Frames between stages, summed over the slot holders that finished (a replacement counts from its restore). */
+  readonly wire: WireCount & { ratio_vs_f32: number };
 }
 
 export interface RunState {
@@ -165,7 +167,7 @@ async function coordinate(
   const tokensPerStep = t.microbatches * t.batchSize * t.seqLen;
   const losses: number[][] = Array.from({ length: t.replicas }, () => []);
   const published = new Set<string>();   // step control already in the log
-  const finals = new Set<string>();      // `${replica}.${stage}` whose final state is uploaded
+  const finals = new Map<string, WireCount>();  // `${replica}.${stage}` whose final state is uploaded: what it sent
   let replicasDone = false;
   let finishing = false;
 
@@ -282,7 +284,7 @@ async function coordinate(
     if (!replica) return;
     if (msg.type === 'done') replica.send({ type: 'STAGE_DONE', stage: msg.stage, step: msg.step, sumSquares: msg.sumSquares, loss: msg.loss ?? undefined });
     else if (msg.type === 'stepped') replica.send({ type: 'STAGE_STEPPED', stage: msg.stage, step: msg.step });
-    else if (msg.type === 'final') { finals.add(`${msg.replica}.${msg.stage}`); maybeFinish(); }
+    else if (msg.type === 'final') { finals.set(`${msg.replica}.${msg.stage}`, msg.sent ?? { frames: 0, f32_bytes: 0, wire_bytes: 0 }); maybeFinish(); }
   }
 
   // The control log from its start: what is there already is the history to
@@ -348,6 +350,12 @@ async function coordinate(
       hashes.push(hashStageStates(blobs));
     }
     const dead = (await res.jsm.streams.info(res.names.deadStream)).state.messages;
+    const wire = { frames: 0, f32_bytes: 0, wire_bytes: 0 };
+    for (const sent of finals.values()) {
+      wire.frames += sent.frames;
+      wire.f32_bytes += sent.f32_bytes;
+      wire.wire_bytes += sent.wire_bytes;
+    }
     return {
       run: o.run,
       steps: t.steps,
@@ -361,6 +369,7 @@ async function coordinate(
       losses_by_replica: losses,
       wall_seconds: wall,
       dead_letters: dead,
+      wire: { ...wire, ratio_vs_f32: wire.wire_bytes > 0 ? wire.f32_bytes / wire.wire_bytes : 0 },
     };
   }
 

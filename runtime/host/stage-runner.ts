@@ -18,6 +18,7 @@ import { stageMachine, type StageCommand } from '../../actors/stage-machine.ts';
 import { EngineStage, splitLayers } from '../../native/index.ts';
 import type { RunConfig } from '../../schemas/run-config.ts';
 import { decodeFrame, encodeFrame, FrameError, frameMsgId, type FrameKind } from '../../schemas/tensor-frame.ts';
+import { boundaryCodecs, FRAME_CODECS } from '../codecs/index.ts';
 import { TokenDataset } from '../data/index.ts';
 import type { Logger } from '../log.ts';
 import { loadTokens } from '../train/train-local.ts';
@@ -38,7 +39,14 @@ export type StepControl =
 export type StageReport =
   | { type: 'done'; replica: number; stage: number; generation: number; host: string; step: number; sumSquares: number[]; loss?: number }
   | { type: 'stepped'; replica: number; stage: number; generation: number; host: string; step: number; contributions: number[] }
-  | { type: 'final'; replica: number; stage: number; generation: number; host: string; name: string };
+  | { type: 'final'; replica: number; stage: number; generation: number; host: string; name: string; sent: WireCount };
+
+/** Frames this slot holder published: their float32 size, and their size on the wire (whole frames). */
+export interface WireCount {
+  frames: number;
+  f32_bytes: number;
+  wire_bytes: number;
+}
 
 export interface StageRunner {
   /** Settles when the run ends (after `stop()`), or rejects when the stage fails or loses its slot. */
@@ -91,8 +99,18 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
   let lastCheckpoint = restored?.object;
   const key = (kind: FrameKind, step: number, mb: number) => `${kind}/${step}/${mb}`;
 
+  // Activations go out across the boundary at layerEnd, gradients across the one at layerBegin.
+  const wire = {
+    act: { width: engine.outWidth, codecs: boundaryCodecs(model, layerEnd, t.lz4) },
+    grad: { width: engine.inWidth, codecs: boundaryCodecs(model, layerBegin, t.lz4) },
+  };
+  const sent: WireCount = { frames: 0, f32_bytes: 0, wire_bytes: 0 };
   const publishFrame = async (kind: FrameKind, to: number, step: number, mb: number, data: Float32Array) => {
-    const bytes = encodeFrame({ run: res.names.run, replica, stage: to, step, microbatch: mb, kind, shape: [B, T, model.dModel], data });
+    const { width, codecs } = wire[kind];
+    const bytes = encodeFrame({ run: res.names.run, replica, stage: to, step, microbatch: mb, kind, shape: [B, T, width], data }, codecs);
+    sent.frames++;
+    sent.f32_bytes += data.byteLength;
+    sent.wire_bytes += bytes.byteLength;
     if (bytes.length > maxPayload) {
       throw new Error(`a ${kind} frame of ${bytes.length} bytes exceeds the server's max_payload of ${maxPayload} bytes: raise max_payload (up to 8MB) in the nats-server config, or shrink B·T·d`);
     }
@@ -206,7 +224,7 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
             const name = res.names.finalState(replica, layerBegin, layerEnd);
             const state = engine.state();
             await retryTransient(`final state upload ${name}`, () => res.objects.putBlob({ name }, state));
-            await report({ type: 'final', name });
+            await report({ type: 'final', name, sent });
             log.info({ object: name }, 'final state uploaded');
           } else if (K > 0 && (cmd.step + 1) % K === 0) {
             await checkpoint(cmd.step);
@@ -280,14 +298,16 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
     const consumer = await res.js.consumers.get(res.names.edgeStream, name);
     const messages = await consumer.consume({ max_bytes: CONSUME_MAX_BYTES, expires: PULL_EXPIRES_MS });
     streams.push(messages);
-    const expect = { run: res.names.run, replica, stage: s, kind, width: model.dModel, maxSeqLen: model.maxSeqLen };
+    // Activations arrive across the boundary at layerBegin, gradients across the one at layerEnd.
+    const width = kind === 'act' ? engine.inWidth : engine.outWidth;
+    const expect = { run: res.names.run, replica, stage: s, kind, width, maxSeqLen: model.maxSeqLen, codecs: FRAME_CODECS };
     consumeLoop(`${kind} consumer`, async () => {
       for await (const m of messages) {
         lastSeq.set(kind, m.seq);
         let frame;
         try {
           frame = decodeFrame(m.data, expect);
-          if (frame.shape[0] !== B || frame.shape[1] !== T) throw new FrameError('shape', `frame shape [${frame.shape.join(', ')}] is not this run's [${B}, ${T}, ${model.dModel}]`);
+          if (frame.shape[0] !== B || frame.shape[1] !== T) throw new FrameError('shape', `frame shape [${frame.shape.join(', ')}] is not this run's [${B}, ${T}, ${width}]`);
         } catch (err) {
           if (!(err instanceof FrameError)) throw err;
           await deadLetter(res, m, err, replica, s, host);

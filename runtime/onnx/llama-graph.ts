@@ -85,6 +85,9 @@ export function rotaryTables(config: LlamaConfig): { cos: Float32Array; sin: Flo
 
 export function buildLlamaOnnx(config: LlamaConfig, weights: WeightSource, options: BuildLlamaOnnxOptions = {}): Uint8Array {
   validateLlamaConfig(config);
+  if (config.bottlenecks?.length) {
+    throw new Error(`buildLlamaOnnx: models with residual bottlenecks (at ${config.bottlenecks.map((b) => b.at).join(', ')}) have no ONNX graph yet`);
+  }
   const { vocabSize: V, dModel: d, nLayers, nHeads: H, nKvHeads: Hkv } = config;
   const hd = headDim(config);
   const g = new OnnxGraph();

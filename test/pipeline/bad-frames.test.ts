@@ -1,8 +1,9 @@
 // Bad input on the wire: a malformed CBOR frame, a wrong shape, an unknown
-// schema version and a frame for another run are each dead-lettered with a
-// reason and counted, and the run ends exactly as a clean run does.
+// schema version, a frame for another run and one in a codec the receiver
+// lacks are each dead-lettered with a reason and counted, and the run ends
+// exactly as a clean run does.
 import test from 'ava';
-import { Encoder } from 'cbor-x';
+import { decode as decodeCbor, Encoder } from 'cbor-x';
 import { jetstream } from '@nats-io/jetstream';
 import { connect } from '@nats-io/transport-node';
 import { loadRunConfig } from '../../runtime/config/load-run-config.ts';
@@ -36,10 +37,12 @@ test('bad frames are dead-lettered, counted in status, and nothing else is lost'
       const future = new Encoder({ useRecords: false }).encode({ d: new Uint8Array(8), v: 7, run, r: 0, s: 1, t: 0, mb: 0, k: 'act' });
       await js.publish(subject, future);
       await js.publish(subject, encodeFrame({ run: 'another-run', replica: 0, stage: 1, step: 0, microbatch: 0, kind: 'act', shape, data: good }));
+      const zstd = decodeCbor(encodeFrame({ run, replica: 0, stage: 1, step: 0, microbatch: 0, kind: 'act', shape, data: good })) as Record<string, unknown>;
+      await js.publish(subject, new Encoder({ useRecords: false }).encode({ ...zstd, cx: ['zstd'] }));
       await nc.close();
     },
   });
-  t.is(summary.dead_letters, 4);
+  t.is(summary.dead_letters, 5);
 
   const clean = await trainLocal({ ...config, valBatches: 1 });
   t.deepEqual(summary.losses, clean.losses, 'the run is the clean run: nothing else was lost');
@@ -48,14 +51,15 @@ test('bad frames are dead-lettered, counted in status, and nothing else is lost'
   const status = await caravan(['status', '--nats', server.url, '--run', run, '--json']);
   t.is(status.code, 0, status.stderr);
   const s = JSON.parse(status.stdout);
-  t.is(s.dead_letters.count, 4);
-  t.deepEqual(s.dead_letters.recent.map((d: { fault: string }) => d.fault).sort(), ['malformed', 'run', 'shape', 'version']);
+  t.is(s.dead_letters.count, 5);
+  t.deepEqual(s.dead_letters.recent.map((d: { fault: string }) => d.fault).sort(), ['codec', 'malformed', 'run', 'shape', 'version']);
   for (const d of s.dead_letters.recent) t.true(d.reason.length > 10, `a reason is recorded: ${d.reason}`);
+  t.regex(s.dead_letters.recent.find((d: { fault: string }) => d.fault === 'codec').reason, /frame uses codec "zstd", which this receiver lacks \(it has: mxint8, lz4\)/);
   t.is(s.state.status, 'finished');
   t.is(s.slots.length, config.training.stages * config.training.replicas, 'every slot has its record');
   for (const slot of s.slots) t.is(slot.generation, 1, 'nobody was replaced');
   const text = await caravan(['status', '--nats', server.url, '--run', run]);
-  t.regex(text.stdout, /dead-lettered frames: 4/);
+  t.regex(text.stdout, /dead-lettered frames: 5/);
   t.regex(text.stdout, /replica 0 stage 0 .* generation 1 {2}checkpoint /);
 });
 

@@ -28,6 +28,22 @@ test('caravan train --stages 4 over NATS equals --stages 1 and the in-process ru
   t.is(a.dead_letters, 0);
 });
 
+test('with bottlenecks quantized to MX int8 the NATS run equals the in-process run, and the wire carries k channels', async (t) => {
+  const compressed = [...common, '--stages', '4', '--bottleneck', '4', '--bottleneck-quant', 'mxint8'];
+  const [nats, local, plain] = await Promise.all([caravan(compressed), caravan([...compressed, '--in-process']), caravan([...common, '--stages', '4', '--no-lz4'])]);
+  const [a, b, c] = [summaryOf(nats), summaryOf(local), summaryOf(plain)];
+  t.deepEqual(a.losses, b.losses);
+  t.is(a.params_sha256, b.params_sha256);
+  t.not(a.params_sha256, c.params_sha256, 'the bottleneck is part of the model');
+  const wire = a.wire as { frames: number; f32_bytes: number; wire_bytes: number };
+  const raw = c.wire as typeof wire;
+  // 4 steps × 3 microbatches × 3 boundaries × 2 directions
+  t.is(wire.frames, 72);
+  t.is(raw.frames, 72);
+  t.is(wire.f32_bytes * 32, raw.f32_bytes, 'k = 4 of d = 128 channels cross');
+  t.true(wire.wire_bytes * 100 < raw.wire_bytes, `${raw.wire_bytes} bytes on the wire uncompressed, ${wire.wire_bytes} compressed`);
+});
+
 test('two replicas train independently on their own data', async (t) => {
   const r = summaryOf(await caravan([...common, '--stages', '2', '--replicas', '2', '--steps', '2']));
   const byReplica = r.params_sha256_by_replica as string[];
