@@ -1,14 +1,15 @@
 // `npm run bench -- <name> [--flags]`: runs one benchmark, prints readable
 // lines, then its result as the final JSON line.
 import { tuneAllocator } from '../native/index.ts';
+import { benchCompression } from './compression.ts';
 import { benchEngine } from './engine.ts';
 import { benchTransport } from './transport.ts';
 
-const benches: Record<string, (args: string[]) => Promise<Record<string, unknown>>> = { engine: benchEngine, transport: benchTransport };
+const benches: Record<string, (args: string[]) => Promise<Record<string, unknown>>> = { compression: benchCompression, engine: benchEngine, transport: benchTransport };
 
 const [name, ...args] = process.argv.slice(2);
 if (!name || name === '--help' || !benches[name]) {
-  const out = `usage: npm run bench -- <${Object.keys(benches).join('|')}> [--reps=N] [--mib=N (transport)]\n`;
+  const out = `usage: npm run bench -- <${Object.keys(benches).join('|')}> [--reps=N] [--mib=N (transport)] [--steps=N --eval-every=N --val-batches=N (compression)]\n`;
   if (name && name !== '--help') {
     process.stderr.write(`bench: unknown benchmark '${name}'\n${out}`);
     process.exit(2);

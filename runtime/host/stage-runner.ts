@@ -112,7 +112,7 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
     sent.f32_bytes += data.byteLength;
     sent.wire_bytes += bytes.byteLength;
     if (bytes.length > maxPayload) {
-      throw new Error(`a ${kind} frame of ${bytes.length} bytes exceeds the server's max_payload of ${maxPayload} bytes: raise max_payload (up to 8MB) in the nats-server config, or shrink B·T·d`);
+      throw new Error(`a ${kind} frame of ${bytes.length} bytes exceeds the server's max_payload of ${maxPayload} bytes: raise max_payload (up to 8MB) in the nats-server config, shrink B·T·d, or put a bottleneck at the boundary (--bottleneck K)`);
     }
     await publishDurable(res.js, res.names.edge(kind, replica, to), bytes, { msgID: frameMsgId(res.names.run, replica, step, mb, kind, to) });
     await faults.reach('publish');

@@ -1,5 +1,6 @@
 // Named run configurations. `tiny` is what `npm start` trains; `bench` is the
-// engine benchmark's model, wide enough that matrix work dominates.
+// engine benchmark's model, wide enough that matrix work dominates; `wide` the
+// compression benchmark's.
 import type { RunConfig } from '../../schemas/run-config.ts';
 
 export type RunPreset = RunConfig;
@@ -16,7 +17,15 @@ const bench: RunPreset = {
   training: { steps: 10, microbatches: 1, batchSize: 8, seqLen: 256, stages: 1, replicas: 1, seed: 1, maxGradNorm: 1, tokenizer: 'byte', cpuThreads: 2, checkpointEvery: 10, lz4: true },
 };
 
-export const PRESETS: Readonly<Record<string, RunPreset>> = { tiny, bench };
+// The compression benchmark's model: wide enough (d = 256) that a bottleneck
+// of d/64 channels at the stage boundary means something.
+const wide: RunPreset = {
+  model: { vocabSize: 256, dModel: 256, nLayers: 4, nHeads: 4, nKvHeads: 4, ffnHidden: 704, maxSeqLen: 128, ropeTheta: 10000, normEps: 1e-5, tiedEmbeddings: false },
+  optim: { lr: 2e-3, minLrRatio: 0.1, warmupSteps: 20, totalSteps: 300, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1 },
+  training: { steps: 300, microbatches: 2, batchSize: 8, seqLen: 128, stages: 2, replicas: 1, seed: 1, maxGradNorm: 1, tokenizer: 'byte', cpuThreads: 2, checkpointEvery: 10, lz4: true },
+};
+
+export const PRESETS: Readonly<Record<string, RunPreset>> = { tiny, bench, wide };
 
 export function preset(name: string): RunPreset {
   const p = PRESETS[name];
