@@ -37,10 +37,8 @@ export async function benchCompression(args: string[]): Promise<Record<string, u
   const at = splitLayers(base.model.nLayers, t.stages)[1][0];  // the one boundary of 2 stages
   const variants: Variant[] = [
     { name: 'raw', quant: 'none' },
-    { name: `k=${d / 32}`, width: d / 32, quant: 'mxint8' },
-    { name: `k=${d / 64} fp32`, width: d / 64, quant: 'none' },
-    { name: `k=${d / 64}`, width: d / 64, quant: 'mxint8' },
-    { name: `k=${d / 128}`, width: d / 128, quant: 'mxint8' },
+    ...[8, 16, 32, 64, 128].map((r) => ({ name: `k=d/${r}`, width: d / r, quant: 'mxint8' as const })),
+    { name: `k=d/64 fp32`, width: d / 64, quant: 'none' },
   ];
   const dataset = new TokenDataset(tokenizeCorpus(createTokenizer(t.tokenizer)));
   const valBatches = dataset.valBatches(B, T, valBatchCount);

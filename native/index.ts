@@ -62,7 +62,7 @@ interface NativeModule {
   info(): { backend: string; blas: string; blasThreads: number; ompThreads: number };
   setThreads(n: number): void;
   tuneAllocator(): void;
-  mxint8RoundTrip(x: Float32Array): void;
+  mxint8RoundTrip(x: Float32Array, width: number): void;
 }
 
 export const ADDON_PATH = join(dirname(fileURLToPath(import.meta.url)), 'build', 'Release', 'caravan_engine.node');
@@ -302,9 +302,9 @@ export function tuneAllocator(): void {
   addon().tuneAllocator();
 }
 
-/** The engine's in-model MX int8 quantizer, in place: x = dequantize(quantize(x)). */
-export function mxint8RoundTrip(x: Float32Array): void {
-  addon().mxint8RoundTrip(x);
+/** The engine's in-model MX int8 quantizer, in place: x[rows, width] = dequantize(quantize(x)). */
+export function mxint8RoundTrip(x: Float32Array, width: number): void {
+  addon().mxint8RoundTrip(x, width);
 }
 
 export function engineInfo(): { backend: string; blas: string; blasThreads: number; ompThreads: number } {

@@ -67,17 +67,18 @@ export interface TensorFrame extends FrameContent {
 /**
  * One step of a frame's payload encoding. A codec that `takes` 'f32' must come
  * first (it reads the float32 tensor); 'bytes' codecs take whatever the
- * previous one wrote.
+ * previous one wrote. Every call is told the tensor's row width (the last
+ * dimension of the shape), for codecs that work row by row.
  */
 export interface FrameCodec {
   readonly name: string;
   readonly takes: 'f32' | 'bytes';
-  /** Output length for an input of n bytes, where it depends on n alone; absent for entropy coders. */
-  encodedLength?(inputBytes: number): number;
+  /** Output length for an input of n bytes, where it depends on n (and the width) alone; absent for entropy coders. */
+  encodedLength?(inputBytes: number, width: number): number;
   /** The encoded bytes, or undefined when this frame is not worth encoding (the codec is then left out of `cx`). */
-  encode(input: Uint8Array): Uint8Array | undefined;
+  encode(input: Uint8Array, width: number): Uint8Array | undefined;
   /** Inverse of encode; must produce exactly `outputBytes` bytes or throw saying why. */
-  decode(input: Uint8Array, outputBytes: number): Uint8Array;
+  decode(input: Uint8Array, outputBytes: number, width: number): Uint8Array;
 }
 
 /** The codecs a receiver can undo, by name. */
@@ -209,7 +210,7 @@ export function encodeFrame(frame: FrameContent, codecs: readonly FrameCodec[] =
   const applied: string[] = [];
   codecs.forEach((codec, i) => {
     if (codec.takes === 'f32' && i > 0) throw new Error(`encodeFrame: codec ${codec.name} reads float32 and must come first, got [${codecs.map((c) => c.name).join(', ')}]`);
-    const encoded = codec.encode(payload);
+    const encoded = codec.encode(payload, frame.shape[2]);
     if (encoded === undefined) return;
     payload = encoded;
     applied.push(codec.name);
@@ -328,7 +329,7 @@ export function decodeFrame(bytes: Uint8Array, expect: FrameExpectation): Tensor
   chain.forEach((codec, i) => {
     if (codec.takes === 'f32' && i > 0) throw new FrameError('codec', `${label}: codec ${codec.name} reads float32 and cannot follow [${codecs.slice(0, i).join(', ')}]`);
     const before = lengths[i];
-    lengths.push(codec.encodedLength ? codec.encodedLength(before) : NaN);
+    lengths.push(codec.encodedLength ? codec.encodedLength(before, width) : NaN);
   });
   for (let i = 0; i < chain.length - 1; i++) {
     if (Number.isNaN(lengths[i + 1])) throw new FrameError('codec', `${label}: codec ${chain[i].name} has no fixed output length, so it must come last (got [${codecs.join(', ')}])`);
@@ -345,7 +346,7 @@ export function decodeFrame(bytes: Uint8Array, expect: FrameExpectation): Tensor
   let raw: Uint8Array = payload;
   for (let i = chain.length - 1; i >= 0; i--) {
     try {
-      raw = chain[i].decode(raw, lengths[i]);
+      raw = chain[i].decode(raw, lengths[i], width);
     } catch (error) {
       throw new FrameError('codec', `${label}: codec ${chain[i].name} cannot decode the payload: ${(error as Error).message}`, { cause: error });
     }

@@ -372,12 +372,15 @@ static Napi::Value TuneAllocator(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-// mxint8RoundTrip(Float32Array): the engine's in-model quantizer, in place, so
-// tests can hold the wire codec (runtime/codecs/mxint8.ts) to the same bits.
+// mxint8RoundTrip(Float32Array x[rows, width], width): the engine's in-model
+// quantizer, in place, so tests can hold the wire codec
+// (runtime/codecs/mxint8.ts) to the same bits.
 static Napi::Value Mxint8RoundTrip(const Napi::CallbackInfo& info) {
   if (!is_typed(info[0], napi_float32_array)) throw Napi::TypeError::New(info.Env(), "mxint8RoundTrip expects a Float32Array");
   auto a = info[0].As<Napi::Float32Array>();
-  mxint8_round_trip(a.Data(), a.ElementLength());
+  const int width = dim(info[1], "width");
+  if (a.ElementLength() % width != 0) throw Napi::RangeError::New(info.Env(), "mxint8RoundTrip: length is not a multiple of width");
+  mxint8_round_trip(a.Data(), a.ElementLength() / width, width);
   return info.Env().Undefined();
 }
 

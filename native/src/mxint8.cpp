@@ -18,31 +18,34 @@ int mxint8_exponent(float amax) {
   return std::ldexp(amax, 7 - E) <= 127.0f ? E - 7 : E - 6;
 }
 
-void mxint8_round_trip(float* x, size_t n) {
-  for (size_t b = 0; b < n; b += kMxBlock) {
-    const size_t end = b + kMxBlock < n ? b + kMxBlock : n;
-    float amax = 0.0f;
-    bool finite = true;
-    for (size_t i = b; i < end; i++) {
-      const float a = std::fabs(x[i]);
-      if (!std::isfinite(a)) finite = false;
-      else if (a > amax) amax = a;
-    }
-    if (!finite) {  // poisoned values stay visible downstream
-      for (size_t i = b; i < end; i++) x[i] = NAN;
-      continue;
-    }
-    const int e = mxint8_exponent(amax);
-    if (e == kMxZeroExponent) {
-      for (size_t i = b; i < end; i++) x[i] = 0.0f;
-      continue;
-    }
-    for (size_t i = b; i < end; i++) {
-      // nearbyint rounds half to even in the default rounding mode; the
-      // scaling by 2^-e is exact.
-      float q = std::nearbyint(std::ldexp(x[i], -e));
-      q = q > 127.0f ? 127.0f : (q < -127.0f ? -127.0f : q);
-      x[i] = q == 0.0f ? 0.0f : std::ldexp(q, e);  // +0 for -0, as an int8 code has no sign of zero
+void mxint8_round_trip(float* x, size_t rows, int width) {
+  for (size_t r = 0; r < rows; r++) {
+    float* row = x + r * (size_t)width;
+    for (int b = 0; b < width; b += kMxBlock) {
+      const int end = b + kMxBlock < width ? b + kMxBlock : width;
+      float amax = 0.0f;
+      bool finite = true;
+      for (int i = b; i < end; i++) {
+        const float a = std::fabs(row[i]);
+        if (!std::isfinite(a)) finite = false;
+        else if (a > amax) amax = a;
+      }
+      if (!finite) {  // poisoned values stay visible downstream
+        for (int i = b; i < end; i++) row[i] = NAN;
+        continue;
+      }
+      const int e = mxint8_exponent(amax);
+      if (e == kMxZeroExponent) {
+        for (int i = b; i < end; i++) row[i] = 0.0f;
+        continue;
+      }
+      for (int i = b; i < end; i++) {
+        // nearbyint rounds half to even in the default rounding mode; the
+        // scaling by 2^-e is exact.
+        float q = std::nearbyint(std::ldexp(row[i], -e));
+        q = q > 127.0f ? 127.0f : (q < -127.0f ? -127.0f : q);
+        row[i] = q == 0.0f ? 0.0f : std::ldexp(q, e);  // +0 for -0, as an int8 code has no sign of zero
+      }
     }
   }
 }

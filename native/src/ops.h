@@ -80,15 +80,16 @@ void bottleneck_up_forward(float* y, const float* z, const float* wu, int N, int
 void bottleneck_up_backward(float* dz, float* dwu, const float* dy, const float* z, const float* wu,
                             int N, int d, int k);
 
-// mxint8.cpp — blocks of kMxBlock values share a scale 2^e, e in [-106, 122];
-// blocks whose largest magnitude is below kMxZeroBelow become zeros
-// (exponent kMxZeroExponent). A block holding NaN or ±Inf becomes NaN.
+// mxint8.cpp — each row (token) of x[rows, width] is cut into blocks of up to
+// kMxBlock values that share a scale 2^e, e in [-106, 122]; blocks whose
+// largest magnitude is below kMxZeroBelow become zeros (exponent
+// kMxZeroExponent). A block holding NaN or ±Inf becomes NaN.
 constexpr int kMxBlock = 32;
 constexpr int kMxZeroExponent = -128;
 constexpr float kMxZeroBelow = 0x1p-100f;
 int mxint8_exponent(float amax);
-// x[n] = dequantize(quantize(x)) in place
-void mxint8_round_trip(float* x, size_t n);
+// x[rows, width] = dequantize(quantize(x)) in place
+void mxint8_round_trip(float* x, size_t rows, int width);
 
 // Deterministic N(0, std²) fill from (seed, stream): same stream, same numbers.
 void fill_normal(float* x, size_t n, uint64_t seed, uint64_t stream, float std);

@@ -112,7 +112,7 @@ const BottleneckOffsets* Stage::bottleneck(int at) const {
 
 void Stage::bottleneck_down(const BottleneckOffsets& b, float* z, const float* h, int N) {
   bottleneck_down_forward(z, h, P(b.down), N, model_.d_model, b.width);
-  if (model_.bottleneck_mxint8) mxint8_round_trip(z, (size_t)N * b.width);
+  if (model_.bottleneck_mxint8) mxint8_round_trip(z, N, b.width);
 }
 
 void Stage::bottleneck_down_grad(const BottleneckOffsets& b, float* dh, const float* dz, const float* h, int N) {
@@ -126,7 +126,7 @@ void Stage::bottleneck_up(const BottleneckOffsets& b, float* y, const float* z, 
 
 void Stage::bottleneck_up_grad(const BottleneckOffsets& b, float* dz, const float* dy, const float* z, int N) {
   bottleneck_up_backward(dz, G(b.up), dy, z, P(b.up), N, model_.d_model, b.width);
-  if (model_.bottleneck_mxint8) mxint8_round_trip(dz, (size_t)N * b.width);
+  if (model_.bottleneck_mxint8) mxint8_round_trip(dz, N, b.width);
 }
 
 size_t Stage::output_len(int B, int T, bool logits) const {

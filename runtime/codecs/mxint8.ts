@@ -1,8 +1,10 @@
-// MX int8 on the wire: blocks of 32 consecutive values share a power-of-two
-// scale 2^e, sent as one signed byte, and each value is an int8 code, as in
-// the OCP Microscaling MXINT8 format (8.25 bits a value).
+// MX int8 on the wire: each token's channels are cut into blocks of up to 32
+// that share a power-of-two scale 2^e, sent as one signed byte, and each value
+// is an int8 code, as in the OCP Microscaling MXINT8 format. Blocks never span
+// tokens (see native/src/mxint8.cpp for why).
 //
-// Payload: [exponent of each block: int8 × ⌈n/32⌉][codes: int8 × n].
+// Payload of x[rows, width]: [exponents: int8 × rows·⌈width/32⌉, row by row]
+// [codes: int8 × rows·width].
 //
 // The arithmetic is the engine's own (native/src/mxint8.cpp), bit for bit: a
 // model with bottleneckQuant 'mxint8' already holds its boundary tensors on
@@ -36,59 +38,68 @@ function roundHalfEven(v: number): number {
   return v + ROUNDER - ROUNDER;
 }
 
-export function mxint8EncodedLength(values: number): number {
-  return values + Math.ceil(values / MX_BLOCK);
+function blocksOf(values: number, width: number): number {
+  if (!Number.isSafeInteger(width) || width < 1 || values % width !== 0) throw new RangeError(`${values} values are not rows of width ${width}`);
+  return (values / width) * Math.ceil(width / MX_BLOCK);
 }
 
-/** x[n] → [exponents][codes]; throws on a value that is not finite (the sender's bug, not the wire's). */
-export function mxint8Encode(x: Float32Array): Uint8Array {
+export function mxint8EncodedLength(values: number, width: number): number {
+  return values + blocksOf(values, width);
+}
+
+/** x[rows, width] → [exponents][codes]; throws on a value that is not finite (the sender's bug, not the wire's). */
+export function mxint8Encode(x: Float32Array, width: number): Uint8Array {
   const n = x.length;
-  const blocks = Math.ceil(n / MX_BLOCK);
+  const blocks = blocksOf(n, width);
   const out = new Uint8Array(blocks + n);
   const exponents = new Int8Array(out.buffer, 0, blocks);
   const codes = new Int8Array(out.buffer, blocks, n);
-  for (let b = 0; b < blocks; b++) {
-    const start = b * MX_BLOCK;
-    const end = Math.min(start + MX_BLOCK, n);
-    let amax = 0;
-    for (let i = start; i < end; i++) {
-      const a = Math.abs(x[i]);
-      if (!Number.isFinite(a)) throw new RangeError(`mxint8: value ${x[i]} at index ${i} is not finite`);
-      if (a > amax) amax = a;
-    }
-    const e = mxExponent(amax);
-    exponents[b] = e;
-    if (e === MX_ZERO_EXPONENT) continue;  // codes stay 0
-    const inv = 2 ** -e;
-    for (let i = start; i < end; i++) {
-      const q = roundHalfEven(x[i] * inv);
-      codes[i] = q > 127 ? 127 : q < -127 ? -127 : q;
+  let block = 0;
+  for (let row = 0; row < n; row += width) {
+    for (let start = row; start < row + width; start += MX_BLOCK) {
+      const end = Math.min(start + MX_BLOCK, row + width);
+      let amax = 0;
+      for (let i = start; i < end; i++) {
+        const a = Math.abs(x[i]);
+        if (!Number.isFinite(a)) throw new RangeError(`mxint8: value ${x[i]} at index ${i} is not finite`);
+        if (a > amax) amax = a;
+      }
+      const e = mxExponent(amax);
+      exponents[block++] = e;
+      if (e === MX_ZERO_EXPONENT) continue;  // codes stay 0
+      const inv = 2 ** -e;
+      for (let i = start; i < end; i++) {
+        const q = roundHalfEven(x[i] * inv);
+        codes[i] = q > 127 ? 127 : q < -127 ? -127 : q;
+      }
     }
   }
   return out;
 }
 
-/** [exponents][codes] of n values → x[n]; throws naming the first bad block or code. */
-export function mxint8Decode(bytes: Uint8Array, n: number): Float32Array {
-  const blocks = Math.ceil(n / MX_BLOCK);
-  if (bytes.byteLength !== blocks + n) throw new RangeError(`${bytes.byteLength} bytes, ${n} values need ${blocks + n}`);
+/** [exponents][codes] of x[n / width, width] → x; throws naming the first bad block or code. */
+export function mxint8Decode(bytes: Uint8Array, n: number, width: number): Float32Array {
+  const blocks = blocksOf(n, width);
+  if (bytes.byteLength !== blocks + n) throw new RangeError(`${bytes.byteLength} bytes, ${n} values in rows of ${width} need ${blocks + n}`);
   const exponents = new Int8Array(bytes.buffer, bytes.byteOffset, blocks);
   const codes = new Int8Array(bytes.buffer, bytes.byteOffset + blocks, n);
   const x = new Float32Array(n);
-  for (let b = 0; b < blocks; b++) {
-    const e = exponents[b];
-    const start = b * MX_BLOCK;
-    const end = Math.min(start + MX_BLOCK, n);
-    if (e === MX_ZERO_EXPONENT) {
-      for (let i = start; i < end; i++) if (codes[i] !== 0) throw new RangeError(`block ${b} is marked all-zero but code ${i} is ${codes[i]}`);
-      continue;
-    }
-    if (e < MIN_EXPONENT || e > MAX_EXPONENT) throw new RangeError(`block ${b} has exponent ${e}, outside [${MIN_EXPONENT}, ${MAX_EXPONENT}]`);
-    const scale = 2 ** e;
-    for (let i = start; i < end; i++) {
-      const q = codes[i];
-      if (q === -128) throw new RangeError(`code ${i} is -128, outside [-127, 127]`);
-      x[i] = q * scale;
+  let block = 0;
+  for (let row = 0; row < n; row += width) {
+    for (let start = row; start < row + width; start += MX_BLOCK, block++) {
+      const end = Math.min(start + MX_BLOCK, row + width);
+      const e = exponents[block];
+      if (e === MX_ZERO_EXPONENT) {
+        for (let i = start; i < end; i++) if (codes[i] !== 0) throw new RangeError(`block ${block} is marked all-zero but code ${i} is ${codes[i]}`);
+        continue;
+      }
+      if (e < MIN_EXPONENT || e > MAX_EXPONENT) throw new RangeError(`block ${block} has exponent ${e}, outside [${MIN_EXPONENT}, ${MAX_EXPONENT}]`);
+      const scale = 2 ** e;
+      for (let i = start; i < end; i++) {
+        const q = codes[i];
+        if (q === -128) throw new RangeError(`code ${i} is -128, outside [-127, 127]`);
+        x[i] = q * scale;
+      }
     }
   }
   return x;
@@ -97,10 +108,7 @@ export function mxint8Decode(bytes: Uint8Array, n: number): Float32Array {
 export const mxint8Codec: FrameCodec = {
   name: 'mxint8',
   takes: 'f32',
-  encodedLength: (inputBytes) => mxint8EncodedLength(inputBytes / 4),
-  encode: (input) => mxint8Encode(new Float32Array(input.buffer, input.byteOffset, input.byteLength / 4)),
-  decode: (input, outputBytes) => {
-    const x = mxint8Decode(input, outputBytes / 4);
-    return new Uint8Array(x.buffer);
-  },
+  encodedLength: (inputBytes, width) => mxint8EncodedLength(inputBytes / 4, width),
+  encode: (input, width) => mxint8Encode(new Float32Array(input.buffer, input.byteOffset, input.byteLength / 4), width),
+  decode: (input, outputBytes, width) => new Uint8Array(mxint8Decode(input, outputBytes / 4, width).buffer),
 };

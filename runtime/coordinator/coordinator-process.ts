@@ -45,7 +45,7 @@ export interface RunSummary {
   readonly losses_by_replica: number[][];
   readonly wall_seconds: number;
   readonly dead_letters: number;
-  /** Frames between stages, summed over the slot holders that finished (a replacement counts from its restore). */
+  /** Frames between stages, summed over the slot holders that finished (a replacement counts from its restore, re-sent frames included). */
   readonly wire: WireCount & { ratio_vs_f32: number };
 }
 

@@ -18,35 +18,43 @@ function bits(x: Float32Array): number[] {
   return [...new Uint32Array(x.buffer, x.byteOffset, x.length)];
 }
 
-test('mxint8: the wire codec gives the engine quantizer\'s bits, over scales, lengths and exact halves', (t) => {
+test('mxint8: the wire codec gives the engine quantizer\'s bits, over scales, widths and exact halves', (t) => {
   const wrong: string[] = [];
   for (let trial = 0; trial < 300; trial++) {
-    const n = 1 + ((trial * 37) % 700);
+    const width = [1, 3, 4, 8, 31, 32, 33, 70][trial % 8];
+    const n = width * (1 + ((trial * 37) % 40));
     const x = values(n, trial, 2 ** ((trial % 60) - 30));
     // Exact halves of the grid test the rounding rule (half to even, as nearbyint).
     if (trial % 5 === 0) for (let i = 0; i < n; i++) x[i] = Math.round(x[i] * 2 ** 20) / 2;
     const engine = Float32Array.from(x);
-    mxint8RoundTrip(engine);
-    const wire = mxint8Decode(mxint8Encode(x), n);
-    if (bits(engine).some((b, i) => b !== bits(wire)[i] && !(engine[i] === 0 && wire[i] === 0))) wrong.push(`trial ${trial} (n=${n})`);
+    mxint8RoundTrip(engine, width);
+    const wire = mxint8Decode(mxint8Encode(x, width), n, width);
+    if (bits(engine).some((b, i) => b !== bits(wire)[i])) wrong.push(`trial ${trial} (n=${n}, width ${width})`);
   }
   t.deepEqual(wrong.slice(0, 5), []);
 });
 
 test('mxint8: values already on the grid cross the wire unchanged (the model quantized them)', (t) => {
   const x = values(1000, 3, 0.02);
-  mxint8RoundTrip(x);
-  const encoded = mxint8Encode(x);
-  t.is(encoded.byteLength, 1000 + Math.ceil(1000 / MX_BLOCK));
-  t.deepEqual(bits(mxint8Decode(encoded, 1000)), bits(x));
-  t.deepEqual(mxint8Encode(mxint8Decode(encoded, 1000)), encoded, 'encode(decode(e)) = e');
+  mxint8RoundTrip(x, 40);
+  const encoded = mxint8Encode(x, 40);
+  t.is(encoded.byteLength, 1000 + 25 * 2, 'rows of 40 take two blocks each');
+  t.deepEqual(bits(mxint8Decode(encoded, 1000, 40)), bits(x));
+  t.deepEqual(mxint8Encode(mxint8Decode(encoded, 1000, 40), 40), encoded, 'encode(decode(e)) = e');
+  t.is(mxint8Encode(values(4 * 100, 1), 4).byteLength, 500, 'a token of 4 channels is one block: 5 bytes');
+});
+
+test('mxint8: blocks never span tokens, so a small token keeps its precision beside a large one', (t) => {
+  const x = Float32Array.of(1000, -700, 3, 1, 0.001, -0.002, 0.003, 0.0005);  // two tokens of 4
+  const y = mxint8Decode(mxint8Encode(x, 4), 8, 4);
+  for (let i = 4; i < 8; i++) t.true(Math.abs(y[i] - x[i]) <= 0.003 / 127, `${x[i]} → ${y[i]}`);
 });
 
 test('mxint8: error is within half a step of each block\'s scale; zero and tiny blocks are exact zeros', (t) => {
   const x = values(4 * MX_BLOCK, 9, 10);
   x.fill(0, MX_BLOCK, 2 * MX_BLOCK);
   x.fill(1e-35, 2 * MX_BLOCK, 3 * MX_BLOCK);
-  const y = mxint8Decode(mxint8Encode(x), x.length);
+  const y = mxint8Decode(mxint8Encode(x, MX_BLOCK), x.length, MX_BLOCK);
   for (let b = 0; b < 4; b++) {
     const block = x.subarray(b * MX_BLOCK, (b + 1) * MX_BLOCK);
     const amax = Math.max(...block.map(Math.abs));
@@ -61,18 +69,19 @@ test('mxint8: error is within half a step of each block\'s scale; zero and tiny 
 });
 
 test('mxint8: the encoder refuses non-finite values; the decoder refuses bad exponents, codes and lengths', (t) => {
-  t.throws(() => mxint8Encode(Float32Array.of(1, NaN)), { message: /value NaN at index 1 is not finite/ });
-  const good = mxint8Encode(values(40, 1));
-  t.throws(() => mxint8Decode(good.subarray(0, 41), 40), { message: /41 bytes, 40 values need 42/ });
+  t.throws(() => mxint8Encode(Float32Array.of(1, NaN), 2), { message: /value NaN at index 1 is not finite/ });
+  t.throws(() => mxint8Encode(new Float32Array(10), 4), { message: /10 values are not rows of width 4/ });
+  const good = mxint8Encode(values(40, 1), 40);
+  t.throws(() => mxint8Decode(good.subarray(0, 41), 40, 40), { message: /41 bytes, 40 values in rows of 40 need 42/ });
   const badExponent = Uint8Array.from(good);
   badExponent[0] = 125;
-  t.throws(() => mxint8Decode(badExponent, 40), { message: /block 0 has exponent 125/ });
+  t.throws(() => mxint8Decode(badExponent, 40, 40), { message: /block 0 has exponent 125/ });
   const badCode = Uint8Array.from(good);
   badCode[2 + 5] = 0x80;
-  t.throws(() => mxint8Decode(badCode, 40), { message: /code 5 is -128/ });
-  const zeroBlock = mxint8Encode(new Float32Array(40));
+  t.throws(() => mxint8Decode(badCode, 40, 40), { message: /code 5 is -128/ });
+  const zeroBlock = mxint8Encode(new Float32Array(40), 40);
   zeroBlock[3] = 1;
-  t.throws(() => mxint8Decode(zeroBlock, 40), { message: /block 0 is marked all-zero but code 1 is 1/ });
+  t.throws(() => mxint8Decode(zeroBlock, 40, 40), { message: /block 0 is marked all-zero but code 1 is 1/ });
 });
 
 test('lz4: compresses what compresses, declines what does not, and refuses a lying or corrupt block', (t) => {
@@ -98,7 +107,7 @@ function frame(data: Float32Array, shape = [2, data.length / 16, 8]): FrameConte
 
 test('frames: codecs are listed in cx, undone in reverse, and skipped where LZ4 would not pay', (t) => {
   const x = values(2 * 32 * 8, 5);
-  mxint8RoundTrip(x);
+  mxint8RoundTrip(x, 8);
   const quantized = decodeFrame(encodeFrame(frame(x), [mxint8Codec, lz4Codec]), EXPECT);
   t.deepEqual(quantized.codecs, ['mxint8'], 'int8 codes of noise do not compress: lz4 is left out');
   t.deepEqual(bits(quantized.data), bits(x));
@@ -127,7 +136,7 @@ test('frames: a receiver that lacks a codec, or gets codecs in an impossible ord
 
 test('frames: a corrupt codec payload with a matching checksum is a codec fault naming the codec', (t) => {
   const x = values(2 * 32 * 8, 7);
-  const lying: FrameCodec = { ...mxint8Codec, encode: (input) => { const e = mxint8Codec.encode(input)!; e[0] = 127; return e; } };
+  const lying: FrameCodec = { ...mxint8Codec, encode: (input, width) => { const e = mxint8Codec.encode(input, width)!; e[0] = 127; return e; } };
   const err = t.throws(() => decodeFrame(encodeFrame(frame(x), [lying]), EXPECT), { instanceOf: FrameError });
   t.is(err?.fault, 'codec');
   t.regex(err!.message, /codec mxint8 cannot decode the payload: block 0 has exponent 127/);
