@@ -41,7 +41,7 @@ test('with bottlenecks quantized to MX int8 the NATS run equals the in-process r
   t.is(wire.frames, 72);
   t.is(raw.frames, 72);
   t.is(wire.f32_bytes * 32, raw.f32_bytes, 'k = 4 of d = 128 channels cross');
-  t.true(wire.wire_bytes * 100 < raw.wire_bytes, `${raw.wire_bytes} bytes on the wire uncompressed, ${wire.wire_bytes} compressed`);
+  t.true(wire.wire_bytes * 80 < raw.wire_bytes, `${raw.wire_bytes} bytes on the wire uncompressed, ${wire.wire_bytes} compressed`);
 });
 
 test('two replicas train independently on their own data', async (t) => {
