@@ -56,6 +56,14 @@ export async function readRunStatus(url: string, run: string): Promise<RunStatus
   }
 }
 
+/** Frames between stages, once the run has finished: their fp32 size and their size on the wire. */
+function wireLine(summary: RunStatus['summary']): string[] {
+  const wire = summary?.wire as { frames: number; f32_bytes: number; wire_bytes: number } | undefined;
+  if (!wire || !wire.frames) return [];
+  const mb = (n: number) => (n / 1e6).toFixed(2);
+  return [`frames between stages: ${wire.frames}, ${mb(wire.f32_bytes)} MB as fp32, ${mb(wire.wire_bytes)} MB on the wire (${(wire.f32_bytes / wire.wire_bytes).toFixed(1)}×)`];
+}
+
 export function statusCommand(program: Command): void {
   program
     .command('status')
@@ -77,6 +85,7 @@ export function statusCommand(program: Command): void {
         ...s.hosts.map((h) => `  ${h.host}  ${h.status}${h.replica !== undefined ? `  replica ${h.replica} stage ${h.stage}` : ''}${h.datacenter ? `  ${h.datacenter}` : ''}`),
         `slots (${s.slots.length}):`,
         ...s.slots.map((x) => `  replica ${x.replica} stage ${x.stage}  ${x.host}  generation ${x.generation}  checkpoint ${x.checkpoint ? `after step ${x.checkpoint.step}` : 'none'}`),
+        ...wireLine(s.summary),
         `dead-lettered frames: ${s.dead_letters.count}`,
         ...s.dead_letters.recent.map((d) => `  [${d.fault}] ${d.reason} (${d.subject}, host ${d.host})`),
       ];

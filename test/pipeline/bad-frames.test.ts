@@ -60,6 +60,7 @@ test('bad frames are dead-lettered, counted in status, and nothing else is lost'
   for (const slot of s.slots) t.is(slot.generation, 1, 'nobody was replaced');
   const text = await caravan(['status', '--nats', server.url, '--run', run]);
   t.regex(text.stdout, /dead-lettered frames: 5/);
+  t.regex(text.stdout, /frames between stages: \d+, [\d.]+ MB as fp32, [\d.]+ MB on the wire/);
   t.regex(text.stdout, /replica 0 stage 0 .* generation 1 {2}checkpoint /);
 });
 
