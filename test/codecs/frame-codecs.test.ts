@@ -148,3 +148,33 @@ test('boundaryCodecs: mxint8 only where the model quantizes a bottleneck at that
   t.deepEqual(boundaryCodecs(model, 1, true).map((c) => c.name), ['lz4']);
   t.deepEqual(boundaryCodecs({ ...model, bottleneckQuant: 'none' }, 2, false).map((c) => c.name), []);
 });
+
+test('frames with codecs: every truncation and 3,000 random byte flips end in a FrameError or the same data', (t) => {
+  const zeros = new Float32Array(2 * 32 * 8);
+  zeros[5] = 1;
+  zeros[300] = -2;
+  const sparse = encodeFrame(frame(zeros), [mxint8Codec, lz4Codec]);
+  const dense = values(2 * 32 * 8, 8);
+  mxint8RoundTrip(dense, 8);
+  const quantized = encodeFrame(frame(dense), [mxint8Codec]);
+  const wrong: string[] = [];
+  const judge = (bytes: Uint8Array, sent: Float32Array, what: string) => {
+    try {
+      const back = decodeFrame(bytes, EXPECT);
+      if (bits(back.data).some((b, i) => b !== bits(sent)[i])) wrong.push(`${what}: decoded to other data`);
+    } catch (error) {
+      if (!(error instanceof FrameError)) wrong.push(`${what}: ${String(error)}`);
+    }
+  };
+  for (const [bytes, sent] of [[sparse, zeros], [quantized, dense]] as const) {
+    for (let cut = 0; cut < bytes.byteLength; cut++) judge(bytes.subarray(0, cut), sent, `cut at ${cut}`);
+    const next = mulberry32(bytes.byteLength);
+    for (let i = 0; i < 1500; i++) {
+      const copy = Uint8Array.from(bytes);
+      const at = Math.floor(next() * copy.byteLength);
+      copy[at] ^= 1 << Math.floor(next() * 8);
+      judge(copy, sent, `flip at ${at}`);
+    }
+  }
+  t.deepEqual(wrong.slice(0, 5), []);
+});
