@@ -20,6 +20,7 @@ interface Variant {
   readonly name: string;
   readonly width?: number;                 // bottleneck k at the boundary; none: plain model
   readonly quant: 'none' | 'mxint8';
+  readonly embed: boolean;                 // the receiving stage re-embeds the tokens
 }
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
@@ -35,11 +36,13 @@ export async function benchCompression(args: string[]): Promise<Record<string, u
   const { dModel: d } = base.model;
   const B = t.batchSize, T = t.seqLen, M = t.microbatches;
   const at = splitLayers(base.model.nLayers, t.stages)[1][0];  // the one boundary of 2 stages
+  const only = args.find((a) => a.startsWith('--only='))?.slice(7).split(',');
   const variants: Variant[] = [
-    { name: 'raw', quant: 'none' },
-    ...[8, 16, 32, 64, 128].map((r) => ({ name: `k=d/${r}`, width: d / r, quant: 'mxint8' as const })),
-    { name: `k=d/64 fp32`, width: d / 64, quant: 'none' },
-  ];
+    { name: 'raw', quant: 'none' as const, embed: false },
+    ...[8, 16, 32, 64, 128].map((r) => ({ name: `k=d/${r}`, width: d / r, quant: 'mxint8' as const, embed: true })),
+    { name: 'k=d/64 no-embed', width: d / 64, quant: 'mxint8' as const, embed: false },
+    { name: 'k=d/64 fp32 no-embed', width: d / 64, quant: 'none' as const, embed: false },
+  ].filter((v) => !only || only.includes(v.name));
   const dataset = new TokenDataset(tokenizeCorpus(createTokenizer(t.tokenizer)));
   const valBatches = dataset.valBatches(B, T, valBatchCount);
   const bf16Bytes = 2 * B * T * d;
@@ -50,7 +53,7 @@ export async function benchCompression(args: string[]): Promise<Record<string, u
   for (const v of variants) {
     const model: LlamaConfig = v.width === undefined
       ? base.model
-      : { ...base.model, bottlenecks: [{ at, width: v.width }], bottleneckQuant: v.quant };
+      : { ...base.model, bottlenecks: [{ at, width: v.width }], bottleneckQuant: v.quant, bottleneckEmbed: v.embed };
     const pipeline = new LocalPipeline(model, { ...base.optim, totalSteps: steps }, t.stages, t.seed, t.cpuThreads);
     const validate = () => valBatches.reduce((s, b) => s + pipeline.evalLoss(b, B, T), 0) / valBatches.length;
     const curve: Array<{ step: number; tokens: number; seconds: number; val_loss: number }> = [];
@@ -72,7 +75,7 @@ export async function benchCompression(args: string[]): Promise<Record<string, u
     const [sender, receiver] = pipeline.stages;
     const batch = valBatches[0];
     const act = sender.forwardTrain(0, batch.tokens, B, T) as Float32Array;
-    receiver.forwardTrain(0, act, B, T, batch.targets);
+    receiver.forwardTrain(0, act, B, T, batch.targets, batch.tokens);
     const grad = receiver.backward(0, null)!;
     sender.backward(0, grad);
     sender.zeroGrad();
@@ -99,6 +102,7 @@ export async function benchCompression(args: string[]): Promise<Record<string, u
       variant: v.name,
       width,
       quant: v.quant,
+      embed: v.embed,
       codecs: decoded.codecs,
       act_frame_bytes: actFrame.byteLength,
       grad_frame_bytes: gradFrame.byteLength,
@@ -117,7 +121,7 @@ export async function benchCompression(args: string[]): Promise<Record<string, u
     results.push(result);
   }
   const raw = results[0];
-  const headline = results.find((r) => r.width === d / 64 && r.quant === 'mxint8')!;
+  const headline = results.find((r) => r.width === d / 64 && r.quant === 'mxint8' && r.embed) ?? results[results.length - 1];
   const gap = (r: { val_loss: number }) => +((100 * (r.val_loss - raw.val_loss)) / raw.val_loss).toFixed(2);
   for (const r of results.slice(1)) console.log(`${r.variant}: ratio ${r.ratio_vs_bf16}×, loss gap ${gap(r)}%`);
   return {

@@ -43,7 +43,7 @@ export interface GradCheckResult {
 }
 
 interface NativeStage {
-  forward(mb: number, input: Int32Array | Float32Array, B: number, T: number, targets: Int32Array | null, train: boolean): number | Float32Array;
+  forward(mb: number, input: Int32Array | Float32Array, B: number, T: number, targets: Int32Array | null, train: boolean, tokens: Int32Array | null): number | Float32Array;
   backward(mb: number, gradOut: Float32Array | null): Float32Array | null;
   gradSumSquares(): Float64Array;
   step(gradScale: number): number;
@@ -117,6 +117,8 @@ export class EngineStage {
   /** Channels of the activations this stage takes (0 on stage 0, which takes tokens) and sends (0 on the last stage). */
   readonly inWidth: number;
   readonly outWidth: number;
+  /** A non-first stage that re-embeds tokens at a bottleneck (model.bottleneckEmbed) takes the microbatch's token ids beside its activations. */
+  readonly needsTokens: boolean;
   private readonly native: NativeStage;
   private readonly tensorList: TensorEntry[];
 
@@ -129,6 +131,8 @@ export class EngineStage {
     const width = (at: number) => spec.model.bottlenecks?.find((b) => b.at === at)?.width ?? spec.model.dModel;
     this.inWidth = this.isFirst ? 0 : width(spec.layerBegin);
     this.outWidth = this.isLast ? 0 : width(spec.layerEnd);
+    this.needsTokens = !this.isFirst && spec.model.bottleneckEmbed === true &&
+      (spec.model.bottlenecks ?? []).some((b) => b.at >= spec.layerBegin && b.at < spec.layerEnd);
     this.tensorList = this.native.tensors();
   }
 
@@ -137,19 +141,19 @@ export class EngineStage {
   }
 
   /** Training forward: keeps what backward needs under `mb`. Returns the output activations [B,T,outWidth], or the loss on the last stage. */
-  forwardTrain(mb: number, input: Int32Array | Float32Array, B: number, T: number, targets?: Int32Array): Float32Array | number {
-    return this.native.forward(mb, input, B, T, targets ?? null, true);
+  forwardTrain(mb: number, input: Int32Array | Float32Array, B: number, T: number, targets?: Int32Array, tokens?: Int32Array): Float32Array | number {
+    return this.native.forward(mb, input, B, T, targets ?? null, true, tokens ?? null);
   }
 
   /** Inference forward: nothing is stashed. Returns activations [B,T,d], or logits [B,T,V] on the last stage. */
-  forwardInfer(input: Int32Array | Float32Array, B: number, T: number): Float32Array {
-    return this.native.forward(0, input, B, T, null, false) as Float32Array;
+  forwardInfer(input: Int32Array | Float32Array, B: number, T: number, tokens?: Int32Array): Float32Array {
+    return this.native.forward(0, input, B, T, null, false, tokens ?? null) as Float32Array;
   }
 
   /** Loss of a batch without stashing (last stage only): for evaluation. */
-  evalLoss(input: Int32Array | Float32Array, B: number, T: number, targets: Int32Array): number {
+  evalLoss(input: Int32Array | Float32Array, B: number, T: number, targets: Int32Array, tokens?: Int32Array): number {
     if (!this.isLast) throw new Error(`${this.describe}: evalLoss needs the last stage`);
-    return this.native.forward(0, input, B, T, targets, false) as number;
+    return this.native.forward(0, input, B, T, targets, false, tokens ?? null) as number;
   }
 
   /** Backward of a stashed microbatch: gradOut [B,T,outWidth] (null on the last stage) → gradIn [B,T,inWidth] (null on stage 0). */

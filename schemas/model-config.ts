@@ -30,6 +30,13 @@ export interface LlamaConfig {
   readonly bottlenecks?: readonly BottleneckSpec[];
   /** 'none' when absent. */
   readonly bottleneckQuant?: BottleneckQuant;
+  /**
+   * Each bottleneck's up side adds a token embedding of its own
+   * (model.bottlenecks.{at}.embed_tokens.weight [V, d]), so the token's
+   * identity need not cross the wire; that stage reads the token ids from the
+   * data. false when absent.
+   */
+  readonly bottleneckEmbed?: boolean;
 }
 
 export interface TensorSpec {
@@ -90,6 +97,10 @@ export function validateLlamaConfig(config: LlamaConfig): void {
   if (config.bottleneckQuant === 'mxint8' && !(config.bottlenecks?.length)) {
     throw new Error("LlamaConfig.bottleneckQuant 'mxint8' needs at least one bottleneck");
   }
+  if (config.bottleneckEmbed !== undefined && typeof config.bottleneckEmbed !== 'boolean') {
+    throw new Error(`LlamaConfig.bottleneckEmbed must be a boolean, got ${JSON.stringify(config.bottleneckEmbed)}`);
+  }
+  if (config.bottleneckEmbed && !(config.bottlenecks?.length)) throw new Error('LlamaConfig.bottleneckEmbed needs at least one bottleneck');
 }
 
 /** k of the bottleneck at residual position `at`, or undefined. */
@@ -111,6 +122,7 @@ export function llamaTensorSpecs(config: LlamaConfig): TensorSpec[] {
   for (let i = 0; i < nLayers; i++) {
     const p = `model.layers.${i}`;
     const kIn = i > 0 ? bottleneckWidth(config, i) : undefined;
+    if (kIn !== undefined && config.bottleneckEmbed) specs.push({ name: `model.bottlenecks.${i}.embed_tokens.weight`, shape: [V, d] });
     if (kIn !== undefined) specs.push({ name: `model.bottlenecks.${i}.up_proj.weight`, shape: [d, kIn] });
     specs.push(
       { name: `${p}.input_layernorm.weight`, shape: [d] },

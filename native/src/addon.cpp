@@ -68,6 +68,8 @@ ModelConfig model_from(const Napi::Object& o) {
     if (q != "none" && q != "mxint8") throw Napi::TypeError::New(o.Env(), "model.bottleneckQuant must be 'none' or 'mxint8'");
     m.bottleneck_mxint8 = q == "mxint8";
   }
+  Napi::Value embed = o.Get("bottleneckEmbed");
+  m.bottleneck_embed = embed.IsBoolean() && embed.As<Napi::Boolean>().Value();
   return m;
 }
 
@@ -173,7 +175,8 @@ class StageWrap : public Napi::ObjectWrap<StageWrap> {
     }
   }
 
-  // forward(mb, input, B, T, targets|null, train) → loss (number) | Float32Array
+  // forward(mb, input, B, T, targets|null, train, tokens|null) → loss (number) | Float32Array
+  // tokens: the microbatch's token ids, for a non-first stage that needs them
   Napi::Value Forward(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     Stage& s = *stage_;
@@ -194,6 +197,12 @@ class StageWrap : public Napi::ObjectWrap<StageWrap> {
       auto a = info[1].As<Napi::Float32Array>();
       acts = data_of(a);
       input_len = a.ElementLength();
+      if (s.needs_tokens()) {
+        if (!is_typed(info[6], napi_int32_array)) throw Napi::TypeError::New(env, where + ": this stage re-embeds tokens at its bottleneck and needs the microbatch's token ids as an Int32Array, got " + typed_name(info[6]));
+        auto ids = info[6].As<Napi::Int32Array>();
+        if (ids.ElementLength() != (size_t)B * T) throw Napi::RangeError::New(env, where + ": expected token ids of shape [" + std::to_string(B) + "," + std::to_string(T) + "], got " + std::to_string(ids.ElementLength()) + " values");
+        tokens = data_of(ids);
+      }
     }
     const int32_t* targets = nullptr;
     size_t targets_len = 0;

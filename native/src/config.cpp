@@ -31,6 +31,7 @@ void validate(const ModelConfig& c) {
     previous = at;
   }
   require(!c.bottleneck_mxint8 || !c.bottlenecks.empty(), "bottleneckQuant 'mxint8' needs at least one bottleneck");
+  require(!c.bottleneck_embed || !c.bottlenecks.empty(), "bottleneckEmbed needs at least one bottleneck");
 }
 
 void validate(const OptimConfig& c) {

@@ -27,6 +27,10 @@ struct ModelConfig {
   // Quantize each bottleneck's output (forward) and its gradient (backward)
   // to MX int8 (mxint8.cpp), inside the model, so the wire carries it losslessly.
   bool bottleneck_mxint8 = false;
+  // Each bottleneck's up side adds a token embedding of its own, so the
+  // token's identity need not cross the wire: the receiving stage reads the
+  // microbatch's token ids itself (they are data, not activations).
+  bool bottleneck_embed = false;
   int head_dim() const { return d_model / n_heads; }
   // k of the bottleneck at position p, or 0 where there is none.
   int bottleneck_at(int p) const {

@@ -4,8 +4,13 @@
 
 namespace caravan {
 
-void embedding_forward(float* out, const int32_t* tokens, const float* table, int N, int d) {
-  for (int i = 0; i < N; i++) std::memcpy(out + (size_t)i * d, table + (size_t)tokens[i] * d, sizeof(float) * d);
+void embedding_forward(float* out, const int32_t* tokens, const float* table, int N, int d, bool accumulate) {
+  for (int i = 0; i < N; i++) {
+    float* row = out + (size_t)i * d;
+    const float* e = table + (size_t)tokens[i] * d;
+    if (accumulate) for (int j = 0; j < d; j++) row[j] += e[j];
+    else std::memcpy(row, e, sizeof(float) * d);
+  }
 }
 
 void embedding_backward(float* dtable, const float* dout, const int32_t* tokens, int N, int d) {

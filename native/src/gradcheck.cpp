@@ -190,12 +190,13 @@ std::vector<GradCheckResult> gradcheck_all(uint64_t seed) {
   // One stage holding the whole model, embedding to loss: plain, with a tied
   // head, and with a residual bottleneck inside (unquantized, so the function
   // is smooth).
-  for (int variant = 0; variant < 3; variant++) {
+  for (int variant = 0; variant < 4; variant++) {
     const bool tied = variant == 1;
     ModelConfig m;
     m.vocab = 11; m.d_model = 16; m.n_layers = 2; m.n_heads = 4; m.n_kv_heads = 2; m.ffn_hidden = 24;
     m.max_seq = 8; m.tied_embeddings = tied;
-    if (variant == 2) m.bottlenecks = {{1, 4}};
+    if (variant >= 2) m.bottlenecks = {{1, 4}};
+    m.bottleneck_embed = variant == 3;
     Stage st(m, OptimConfig{}, 0, 2, seed);
     randomise(st);
     const int B = 2, T = 6, N = B * T;
@@ -204,7 +205,7 @@ std::vector<GradCheckResult> gradcheck_all(uint64_t seed) {
     auto f = [&] { return st.forward(-1, tokens.data(), nullptr, N, B, T, targets.data(), N, nullptr, 0, false); };
     st.forward(0, tokens.data(), nullptr, N, B, T, targets.data(), N, nullptr, 0, true);
     st.backward(0, nullptr, 0, nullptr, 0);
-    const std::string op = variant == 0 ? "model" : variant == 1 ? "model (tied head)" : "model (bottleneck at 1)";
+    const std::string op = variant == 0 ? "model" : variant == 1 ? "model (tied head)" : variant == 2 ? "model (bottleneck at 1)" : "model (bottleneck at 1, re-embedding)";
     for (const TensorInfo& t : st.tensors()) {
       out.push_back(compare_directional(op, t.name, f, st.params->data() + t.offset, st.grads->data() + t.offset, t.numel, 1e-3f, seed ^ stream_id(t.name.c_str())));
     }
@@ -226,13 +227,16 @@ std::vector<GradCheckResult> gradcheck_all(uint64_t seed) {
     ModelConfig m;
     m.vocab = 11; m.d_model = 16; m.n_layers = 3; m.n_heads = 4; m.n_kv_heads = 4; m.ffn_hidden = 24; m.max_seq = 8;
     m.bottlenecks = {{1, 4}, {2, 6}};
+    m.bottleneck_embed = true;
     Stage st(m, OptimConfig{}, 1, 2, seed);
     randomise(st);
     const int B = 2, T = 5, N = B * T;
+    std::vector<int32_t> tokens(N);
+    for (int i = 0; i < N; i++) tokens[i] = (i * 3 + 2) % m.vocab;
     auto x = randn((size_t)N * 4, seed, 28), r = randn((size_t)N * 6, seed, 29);
     std::vector<float> y((size_t)N * 6), dx((size_t)N * 4);
-    auto f = [&] { st.forward(-1, nullptr, x.data(), x.size(), B, T, nullptr, 0, y.data(), y.size(), false); return dot(y, r); };
-    st.forward(0, nullptr, x.data(), x.size(), B, T, nullptr, 0, y.data(), y.size(), true);
+    auto f = [&] { st.forward(-1, tokens.data(), x.data(), x.size(), B, T, nullptr, 0, y.data(), y.size(), false); return dot(y, r); };
+    st.forward(0, tokens.data(), x.data(), x.size(), B, T, nullptr, 0, y.data(), y.size(), true);
     st.backward(0, r.data(), r.size(), dx.data(), dx.size());
     const std::string op = "stage [1, 2) between bottlenecks";
     out.push_back(compare_directional(op, "input activations", f, x.data(), dx.data(), x.size(), 1e-3f, seed));

@@ -37,6 +37,7 @@ StageLayout stage_layout(const ModelConfig& model, int begin, int end) {
   for (int l = begin; l < end; l++) {
     if (int k = model.bottleneck_at(l)) {
       if (l == begin) L.bottlenecks.push_back({l, k});
+      if (model.bottleneck_embed) L.bottlenecks.back().embed = add(bottleneck_name(l, "embed_tokens"), {V, d}, true, std_in);
       L.bottlenecks.back().up = add(bottleneck_name(l, "up_proj"), {d, k}, true, std_in);
     }
     const std::string p = "model.layers." + std::to_string(l) + ".";

@@ -27,7 +27,7 @@ struct LayerOffsets { size_t norm1, wq, wk, wv, wo, norm2, wg, wu, wd; };
 struct BottleneckOffsets {
   static constexpr size_t kNone = SIZE_MAX;
   int at, width;
-  size_t down = kNone, up = kNone;
+  size_t down = kNone, up = kNone, embed = kNone;
 };
 
 struct StageLayout {

@@ -49,8 +49,9 @@ void swiglu_forward(float* act, const float* gate, const float* up, size_t n);
 void swiglu_backward(float* dgate, float* dup, const float* dact, const float* gate,
                      const float* up, size_t n);
 
-// embedding.cpp — out[N,d] = table[tokens[N], :]; table[V,d]
-void embedding_forward(float* out, const int32_t* tokens, const float* table, int N, int d);
+// embedding.cpp — out[N,d] (= or +=) table[tokens[N], :]; table[V,d]
+void embedding_forward(float* out, const int32_t* tokens, const float* table, int N, int d,
+                       bool accumulate = false);
 // dtable[V,d] += scatter of dout[N,d], rows in order (deterministic)
 void embedding_backward(float* dtable, const float* dout, const int32_t* tokens, int N, int d);
 

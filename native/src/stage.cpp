@@ -74,11 +74,12 @@ void Stage::check_forward(int64_t mb, const int32_t* tokens, const float* acts, 
     const size_t w = in_width();
     if (!acts) throw std::invalid_argument(where + ": this stage takes activations (Float32Array of shape [B,T," + std::to_string(w) + "])");
     if (input_len != N * w) throw std::invalid_argument(where + ": expected activations of shape " + fmt_shape({B, T, (long long)w}) + " (" + std::to_string(N * w) + " floats), got " + std::to_string(input_len));
+    if (needs_tokens() && !tokens) throw std::invalid_argument(where + ": this stage re-embeds tokens at its bottleneck and needs the microbatch's token ids [B,T] beside its activations");
   }
   // The engine indexes with int: the widest buffer, B·T·max(d, V, F, H·T), must fit.
   const size_t widest = (size_t)std::max({d, V, model_.ffn_hidden, model_.n_heads * T});
   if (N * widest > (size_t)INT32_MAX) throw std::invalid_argument(where + ": B=" + std::to_string(B) + " T=" + std::to_string(T) + " is too large a microbatch for this model");
-  if (is_first()) {
+  if (needs_tokens()) {
     for (size_t i = 0; i < N; i++) {
       if (tokens[i] < 0 || tokens[i] >= V) throw std::invalid_argument(where + ": token id " + std::to_string(tokens[i]) + " at position " + std::to_string(i) + " is outside the vocabulary [0, " + std::to_string(V) + ")");
     }
@@ -120,11 +121,19 @@ void Stage::bottleneck_down_grad(const BottleneckOffsets& b, float* dh, const fl
   bottleneck_down_backward(dh, G(b.down), dz, h, P(b.down), N, model_.d_model, b.width);
 }
 
-void Stage::bottleneck_up(const BottleneckOffsets& b, float* y, const float* z, int N) {
-  bottleneck_up_forward(y, z, P(b.up), N, model_.d_model, b.width);
+bool Stage::needs_tokens() const {
+  if (is_first()) return true;
+  for (const BottleneckOffsets& b : layout_.bottlenecks) if (b.embed != BottleneckOffsets::kNone) return true;
+  return false;
 }
 
-void Stage::bottleneck_up_grad(const BottleneckOffsets& b, float* dz, const float* dy, const float* z, int N) {
+void Stage::bottleneck_up(const BottleneckOffsets& b, float* y, const float* z, const int32_t* tokens, int N) {
+  bottleneck_up_forward(y, z, P(b.up), N, model_.d_model, b.width);
+  if (b.embed != BottleneckOffsets::kNone) embedding_forward(y, tokens, P(b.embed), N, model_.d_model, true);
+}
+
+void Stage::bottleneck_up_grad(const BottleneckOffsets& b, float* dz, const float* dy, const float* z, const int32_t* tokens, int N) {
+  if (b.embed != BottleneckOffsets::kNone) embedding_backward(G(b.embed), dy, tokens, N, model_.d_model);
   bottleneck_up_backward(dz, G(b.up), dy, z, P(b.up), N, model_.d_model, b.width);
   if (model_.bottleneck_mxint8) mxint8_round_trip(dz, N, b.width);
 }
@@ -215,13 +224,14 @@ double Stage::forward(int64_t mb, const int32_t* tokens, const float* acts, size
   st->T = T;
   std::vector<float>& x = ws_.x;
   x.resize((size_t)N * d);
+  if (!is_first() && needs_tokens()) st->tokens.assign(tokens, tokens + N);
   if (is_first()) {
     embedding_forward(x.data(), tokens, P(layout_.emb), N, d);
     st->tokens.assign(tokens, tokens + N);
   } else if (const BottleneckOffsets* b = bottleneck(begin_)) {
     std::vector<float>& z = st->bn_z[begin_];
     z.assign(acts, acts + (size_t)N * b->width);
-    bottleneck_up(*b, x.data(), z.data(), N);
+    bottleneck_up(*b, x.data(), z.data(), st->tokens.data(), N);
   } else {
     std::memcpy(x.data(), acts, sizeof(float) * x.size());
   }
@@ -239,7 +249,7 @@ double Stage::forward(int64_t mb, const int32_t* tokens, const float* acts, size
       std::vector<float>& z = st->bn_z[l + 1];
       z.resize((size_t)N * b->width);
       bottleneck_down(*b, z.data(), h.data(), N);
-      bottleneck_up(*b, x.data(), z.data(), N);
+      bottleneck_up(*b, x.data(), z.data(), st->tokens.data(), N);
     }
   }
   double loss = 0.0;
@@ -306,13 +316,13 @@ void Stage::backward(int64_t mb, const float* grad_out, size_t grad_len, float* 
     if (!b) continue;
     std::vector<float>& dz = ws_.z;
     dz.resize((size_t)N * b->width);
-    bottleneck_up_grad(*b, dz.data(), dx.data(), st.bn_z.at(l).data(), N);
+    bottleneck_up_grad(*b, dz.data(), dx.data(), st.bn_z.at(l).data(), st.tokens.data(), N);
     bottleneck_down_grad(*b, dx.data(), dz.data(), st.bn_h.at(l).data(), N);
   }
   if (is_first()) {
     embedding_backward(G(layout_.emb), dx.data(), st.tokens.data(), N, d);
   } else if (const BottleneckOffsets* b = bottleneck(begin_)) {
-    bottleneck_up_grad(*b, grad_in, dx.data(), st.bn_z.at(begin_).data(), N);
+    bottleneck_up_grad(*b, grad_in, dx.data(), st.bn_z.at(begin_).data(), st.tokens.data(), N);
   } else {
     std::memcpy(grad_in, dx.data(), sizeof(float) * dx.size());
   }

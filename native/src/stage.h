@@ -39,8 +39,13 @@ class Stage {
   // bottleneck sits at that boundary, else d.
   int in_width() const;
   int out_width() const;
+  // Stage 0, and a stage that re-embeds tokens at a bottleneck it receives
+  // (ModelConfig::bottleneck_embed), take the microbatch's token ids.
+  bool needs_tokens() const;
 
-  // Input: stage 0 takes tokens[B,T] (int32); other stages acts[B,T,in_width].
+  // Input: stage 0 takes tokens[B,T] (int32); other stages acts[B,T,in_width],
+  // and when needs_tokens() also tokens[B,T] (B·T values: the caller checks
+  // the length).
   // Output: a non-last stage writes out[B,T,out_width]. The last stage with targets
   // returns the mean loss; without targets it writes logits[B,T,V] to out.
   // train=true keeps what backward needs under the microbatch id.
@@ -79,8 +84,8 @@ class Stage {
   // forward and the up-projection backward when the model asks for it.
   void bottleneck_down(const BottleneckOffsets& b, float* z, const float* h, int N);
   void bottleneck_down_grad(const BottleneckOffsets& b, float* dh, const float* dz, const float* h, int N);
-  void bottleneck_up(const BottleneckOffsets& b, float* y, const float* z, int N);
-  void bottleneck_up_grad(const BottleneckOffsets& b, float* dz, const float* dy, const float* z, int N);
+  void bottleneck_up(const BottleneckOffsets& b, float* y, const float* z, const int32_t* tokens, int N);
+  void bottleneck_up_grad(const BottleneckOffsets& b, float* dz, const float* dy, const float* z, const int32_t* tokens, int N);
   const BottleneckOffsets* bottleneck(int at) const;
   float* P(size_t off) { return params->data() + off; }
   float* G(size_t off) { return grads->data() + off; }

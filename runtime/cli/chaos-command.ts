@@ -43,6 +43,7 @@ export function chaosCommand(program: Command): void {
     .option('--seq <n>', 'tokens per sequence', positiveInt('--seq'), 64)
     .option('--bottleneck <k>', 'a residual bottleneck of k channels at every stage boundary: k channels cross the wire instead of d', positiveInt('--bottleneck'))
     .addOption(new Option('--bottleneck-quant <q>', 'quantize each bottleneck inside the model, and so on the wire (mxint8: 8.25 bits a value)').choices(['none', 'mxint8']))
+    .option('--no-bottleneck-embed', 'with --bottleneck: the receiving stage does not re-embed the tokens (by default it adds a token embedding of its own, so token identity need not cross)')
     .option('--no-lz4', 'no LZ4 on frames between stages (by default a frame gets it where it saves 5%)')
     .option('--train-seed <n>', 'seed for weights and data order', nonNegativeInt('--train-seed'))
     .option('--checkpoint-every <n>', 'steps between stage checkpoints', nonNegativeInt('--checkpoint-every'), 3)

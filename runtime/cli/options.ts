@@ -37,6 +37,7 @@ export interface RunShapeFlags {
   seq?: number;
   bottleneck?: number;
   bottleneckQuant?: 'none' | 'mxint8';
+  bottleneckEmbed: boolean;
   lz4: boolean;
 }
 
@@ -44,7 +45,10 @@ export interface RunShapeFlags {
 export function compressionOverrides(flags: RunShapeFlags) {
   return {
     bottleneckAtBoundaries: flags.bottleneck,
-    model: flags.bottleneckQuant ? { bottleneckQuant: flags.bottleneckQuant } : undefined,
+    model: {
+      ...(flags.bottleneckQuant ? { bottleneckQuant: flags.bottleneckQuant } : {}),
+      ...(flags.bottleneck !== undefined ? { bottleneckEmbed: flags.bottleneckEmbed } : {}),
+    },
     training: flags.lz4 === false ? { lz4: false } : undefined,
   };
 }

@@ -63,6 +63,7 @@ export function trainCommand(program: Command): void {
     .option('--seq <n>', 'tokens per sequence', positiveInt('--seq'))
     .option('--bottleneck <k>', 'a residual bottleneck of k channels at every stage boundary: k channels cross the wire instead of d', positiveInt('--bottleneck'))
     .addOption(new Option('--bottleneck-quant <q>', 'quantize each bottleneck inside the model, and so on the wire (mxint8: 8.25 bits a value)').choices(['none', 'mxint8']))
+    .option('--no-bottleneck-embed', 'with --bottleneck: the receiving stage does not re-embed the tokens (by default it adds a token embedding of its own, so token identity need not cross)')
     .option('--no-lz4', 'no LZ4 on frames between stages (by default a frame gets it where it saves 5%)')
     .option('--seed <n>', 'seed for weights and data order', nonNegativeInt('--seed'))
     .option('--lr <x>', 'peak learning rate', positiveNumber('--lr'))

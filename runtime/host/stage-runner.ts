@@ -82,7 +82,7 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
     engine.loadState(blob, `checkpoint ${restored.object}`);
     log.info({ step: restored.step, object: restored.object }, 'restored from checkpoint');
   }
-  const dataset = engine.isFirst || engine.isLast ? new TokenDataset(await loadTokens(config)) : undefined;
+  const dataset = engine.isFirst || engine.isLast || engine.needsTokens ? new TokenDataset(await loadTokens(config)) : undefined;
   const batch = (step: number, mb: number) =>
     dataset!.batchAt({ seed: t.seed, replica, step, microbatch: mb, batchSize: B, seqLen: T, split: 'train' });
   const maxPayload = nc.info?.max_payload ?? 1024 * 1024;
@@ -176,14 +176,14 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
       case 'RUN_FORWARD':
         return run(async () => {
           const id = cmd.step * M + cmd.mb;
-          const data = engine.isFirst || engine.isLast ? batch(cmd.step, cmd.mb) : undefined;
+          const data = dataset ? batch(cmd.step, cmd.mb) : undefined;
           let input: Int32Array | Float32Array;
           if (engine.isFirst) input = data!.tokens;
           else {
             input = inputs.get(key('act', cmd.step, cmd.mb))!;
             inputs.delete(key('act', cmd.step, cmd.mb));
           }
-          const out = engine.forwardTrain(id, input, B, T, engine.isLast ? data!.targets : undefined);
+          const out = engine.forwardTrain(id, input, B, T, engine.isLast ? data!.targets : undefined, engine.needsTokens ? data!.tokens : undefined);
           await faults.reach('forward');
           if (typeof out === 'number') lossSums.set(cmd.step, (lossSums.get(cmd.step) ?? 0) + out);
           else await publishFrame('act', s + 1, cmd.step, cmd.mb, out);

@@ -31,7 +31,7 @@ export class LocalPipeline {
     microbatches.forEach((mb, id) => {
       let x: Int32Array | Float32Array = mb.tokens;
       for (const stage of this.stages) {
-        const out = stage.forwardTrain(id, x, B, T, stage.isLast ? mb.targets : undefined);
+        const out = stage.forwardTrain(id, x, B, T, stage.isLast ? mb.targets : undefined, mb.tokens);
         if (typeof out === 'number') lossSum += out;
         else x = out;
       }
@@ -47,14 +47,14 @@ export class LocalPipeline {
   /** Mean loss of a batch, nothing stashed. */
   evalLoss(batch: MicroBatch, B: number, T: number): number {
     let x: Int32Array | Float32Array = batch.tokens;
-    for (const stage of this.stages.slice(0, -1)) x = stage.forwardInfer(x, B, T);
-    return this.stages[this.stages.length - 1].evalLoss(x, B, T, batch.targets);
+    for (const stage of this.stages.slice(0, -1)) x = stage.forwardInfer(x, B, T, batch.tokens);
+    return this.stages[this.stages.length - 1].evalLoss(x, B, T, batch.targets, batch.tokens);
   }
 
   /** Logits [B,T,V] of a batch of token ids. */
   logits(tokens: Int32Array, B: number, T: number): Float32Array {
     let x: Int32Array | Float32Array = tokens;
-    for (const stage of this.stages) x = stage.forwardInfer(x, B, T);
+    for (const stage of this.stages) x = stage.forwardInfer(x, B, T, tokens);
     return x as Float32Array;
   }
 
