@@ -10,7 +10,7 @@ const caravan = (...args: string[]) => run(process.execPath, ['--import=tsx', 'r
 test('caravan --help and caravan train --help describe the commands', async (t) => {
   t.regex((await caravan('--help')).stdout, /train/);
   const help = (await caravan('train', '--help')).stdout;
-  for (const flag of ['--steps', '--stages', '--microbatches', '--checkpoint-dir', '--json', '--data']) t.regex(help, new RegExp(flag));
+  for (const flag of ['--steps', '--stages', '--microbatches', '--checkpoint-dir', '--json', '--data', '--bottleneck ', '--bottleneck-quant', '--no-bottleneck-embed', '--no-lz4']) t.regex(help, new RegExp(flag));
 });
 
 test('coordinator, host, status and chaos have --help naming their flags', async (t) => {
@@ -18,7 +18,7 @@ test('coordinator, host, status and chaos have --help naming their flags', async
     coordinator: ['--nats', '--run', '--config', '--heartbeat-timeout', '--stream-replicas'],
     host: ['--nats', '--run', '--device', '--gpu', '--datacenter', '--heartbeat'],
     status: ['--nats', '--run', '--json'],
-    chaos: ['--kills', '--seed', '--targets', '--nats-servers', '--standbys', '--checkpoint-every', '--json'],
+    chaos: ['--kills', '--seed', '--targets', '--nats-servers', '--standbys', '--checkpoint-every', '--json', '--bottleneck ', '--bottleneck-quant'],
   };
   for (const [command, flags] of Object.entries(expected)) {
     const help = (await caravan(command, '--help')).stdout;
@@ -48,6 +48,15 @@ test('a bad run id is refused', async (t) => {
 test('a bad flag value exits non-zero with one line naming it', async (t) => {
   const err = await t.throwsAsync(caravan('train', '--steps', 'many'));
   t.regex((err as Error & { stderr: string }).stderr, /--steps must be a positive integer, got 'many'/);
+});
+
+test('bad compression flags are refused, each in one line naming it', async (t) => {
+  const stderr = async (...args: string[]) => ((await t.throwsAsync(caravan('train', '--steps', '1', ...args))) as Error & { stderr: string }).stderr;
+  t.regex(await stderr('--bottleneck', '0'), /--bottleneck must be a positive integer, got '0'/);
+  t.regex(await stderr('--bottleneck', '4', '--stages', '1'), /--bottleneck needs at least 2 stages/);
+  t.regex(await stderr('--bottleneck', '129', '--stages', '2'), /bottlenecks\[0\]\.width must be an integer in \[1, dModel=128\], got 129/);
+  t.regex(await stderr('--bottleneck-quant', 'mxint8'), /bottleneckQuant 'mxint8' needs at least one bottleneck/);
+  t.regex(await stderr('--bottleneck-quant', 'int4'), /argument 'int4' is invalid/);
 });
 
 test('more stages than layers is refused clearly', async (t) => {
