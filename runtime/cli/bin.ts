@@ -4,6 +4,7 @@
 import { Command, InvalidArgumentError } from 'commander';
 import { tuneAllocator } from '../../native/index.ts';
 import { chaosCommand } from './chaos-command.ts';
+import { modelCommands } from './model-commands.ts';
 import { processCommands } from './process-commands.ts';
 import { statusCommand } from './status-command.ts';
 import { trainCommand } from './train-command.ts';
@@ -18,6 +19,7 @@ trainCommand(program);
 processCommands(program);
 statusCommand(program);
 chaosCommand(program);
+modelCommands(program);
 
 program.parseAsync(process.argv).catch((err: unknown) => {
   const message = err instanceof InvalidArgumentError ? err.message : err instanceof Error ? err.message : String(err);

@@ -1,0 +1,33 @@
+// Validation loss and perplexity of an exported model on the held-out split of
+// the bundled corpus (through the export's tokenizer) or of a token shard.
+import { createTokenizer, readTokenShard, TokenDataset, tokenizeCorpus } from '../data/index.ts';
+import { engineFromExport } from './exported-engine.ts';
+import type { ExportedModel } from './hf-llama.ts';
+
+export interface EvalOptions {
+  readonly dataFile?: string;
+  readonly batches: number;
+  readonly batchSize: number;
+  readonly seqLen: number;
+  readonly threads?: number;
+}
+
+export interface EvalResult {
+  readonly loss: number;        // mean cross-entropy per token, nats
+  readonly perplexity: number;
+  readonly tokens: number;
+  readonly batches: number;
+}
+
+export async function evalExported(exported: ExportedModel, o: EvalOptions): Promise<EvalResult> {
+  if (o.seqLen > exported.model.maxSeqLen) throw new Error(`--seq ${o.seqLen} exceeds the model's max_position_embeddings ${exported.model.maxSeqLen}`);
+  const tokens = o.dataFile
+    ? (await readTokenShard(o.dataFile, { vocabSize: exported.model.vocabSize })).tokens
+    : tokenizeCorpus(createTokenizer(exported.tokenizer));
+  const batches = new TokenDataset(tokens).valBatches(o.batchSize, o.seqLen, o.batches);
+  const stage = engineFromExport(exported, o.threads);
+  let sum = 0;
+  for (const b of batches) sum += stage.evalLoss(b.tokens, o.batchSize, o.seqLen, b.targets);
+  const loss = sum / batches.length;
+  return { loss, perplexity: Math.exp(loss), tokens: batches.length * o.batchSize * o.seqLen, batches: batches.length };
+}

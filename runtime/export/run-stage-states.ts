@@ -1,0 +1,52 @@
+// Where a run's stage states come from: an in-process run's checkpoint
+// directory (stage-<a>-<b>.safetensors), or a NATS run's final states in its
+// Object Store, with its config (and so its tokenizer) from KV.
+import { readdir, readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { jetstreamManager } from '@nats-io/jetstream';
+import { splitLayers } from '../../native/index.ts';
+import { validateRunConfig, type RunConfig } from '../../schemas/run-config.ts';
+import { connectNats } from '../nats/connect.ts';
+import { decodeJson } from '../transport/json.ts';
+import { openRunResources } from '../transport/run-resources.ts';
+import { runNames } from '../transport/subjects.ts';
+import type { StageStateBlob } from './stitch-stages.ts';
+
+export async function statesFromCheckpointDir(dir: string): Promise<StageStateBlob[]> {
+  let names: string[];
+  try {
+    names = await readdir(dir);
+  } catch (err) {
+    throw new Error(`cannot read checkpoint directory ${dir}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+  }
+  const files = names.filter((n) => /^stage-\d+-\d+\.safetensors$/.test(n)).sort();
+  if (files.length === 0) throw new Error(`${dir} holds no stage checkpoints (stage-<begin>-<end>.safetensors)`);
+  return Promise.all(files.map(async (f) => ({ source: join(dir, f), bytes: await readFile(join(dir, f)) })));
+}
+
+export async function statesFromRun(url: string, run: string, replica: number): Promise<{ blobs: StageStateBlob[]; config: RunConfig }> {
+  const nc = await connectNats(url, `caravan-export-${run}`);
+  try {
+    const jsm = await jetstreamManager(nc);
+    await jsm.streams.info(runNames(run).edgeStream).catch(() => {
+      throw new Error(`no run '${run}' on ${url} (its stream ${runNames(run).edgeStream} does not exist)`);
+    });
+    const res = await openRunResources(nc, run);
+    const entry = await res.kv.get('config');
+    if (!entry || !entry.value.length) throw new Error(`run '${run}' has no config in KV`);
+    const config = validateRunConfig(decodeJson(entry.value, `run ${run} config`));
+    if (!Number.isSafeInteger(replica) || replica < 0 || replica >= config.training.replicas) {
+      throw new Error(`run '${run}' has replicas 0..${config.training.replicas - 1}, not ${replica}`);
+    }
+    const blobs: StageStateBlob[] = [];
+    for (const [begin, end] of splitLayers(config.model.nLayers, config.training.stages)) {
+      const name = res.names.finalState(replica, begin, end);
+      const bytes = await res.objects.getBlob(name);
+      if (!bytes) throw new Error(`run '${run}' has no final state ${name} (has the run finished?)`);
+      blobs.push({ source: `${run}:${name}`, bytes });
+    }
+    return { blobs, config };
+  } finally {
+    await nc.close();
+  }
+}
