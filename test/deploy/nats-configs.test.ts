@@ -6,7 +6,7 @@
 // free ports and temporary store directories, started from copies of the
 // shipped configs with only ports, addresses and store_dir rewritten.
 import test from 'ava';
-import { spawn, execFile, type ChildProcess } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -17,21 +17,12 @@ import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { AckPolicy, jetstream, jetstreamManager, StorageType } from '@nats-io/jetstream';
 import { Kvm } from '@nats-io/kv';
 import { freeLoopbackPorts, metaGroupView } from '../../runtime/nats/nats-cluster.ts';
+import { eventually, healthy, kill, natsServer, start } from '../support/nats-process.ts';
 
 const run = promisify(execFile);
 const root = fileURLToPath(new URL('../..', import.meta.url));
 const natsDir = join(root, 'deploy/nats');
 const MiB = 1024 * 1024;
-
-function natsServer(): string {
-  const local = join(root, '.deps/bin/nats-server');
-  if (existsSync(local)) return local;
-  for (const dir of (process.env.PATH ?? '').split(':')) {
-    const candidate = join(dir, 'nats-server');
-    if (dir && existsSync(candidate)) return candidate;
-  }
-  throw new Error('no nats-server: run scripts/setup.sh (puts one in .deps/bin) or install nats-server >= 2.10 on the PATH');
-}
 
 function confFiles(dir: string): string[] {
   return readdirSync(dir)
@@ -58,60 +49,6 @@ function rewrite(text: string, ports: Map<number, number>, storeDir: string): st
     .replaceAll('/var/lib/caravan/nats', storeDir);
   if (/\b[468]22[234]\b|\/var\/lib\/caravan/.test(out)) throw new Error('a shipped port or store path survived the rewrite');
   return out;
-}
-
-type NatsProcess = { name: string; proc: ChildProcess; log: () => string; exited: Promise<void> };
-
-function start(conf: string, name: string): NatsProcess {
-  const proc = spawn(natsServer(), ['-c', conf], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let log = '';
-  const keep = (chunk: Buffer) => {
-    log = (log + chunk.toString()).slice(-20_000);
-  };
-  proc.stdout!.on('data', keep);
-  proc.stderr!.on('data', keep);
-  const exited = new Promise<void>((resolve) => proc.once('exit', () => resolve()));
-  return { name, proc, log: () => log, exited };
-}
-
-async function kill(server: NatsProcess): Promise<void> {
-  if (server.proc.exitCode === null && server.proc.signalCode === null) server.proc.kill('SIGKILL');
-  await server.exited;
-}
-
-// /healthz answers 200 once the server's JetStream is up (in a cluster: once
-// it has a meta leader and is current).
-async function healthy(server: NatsProcess, httpPort: number, timeoutMs: number): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  let last = '';
-  while (Date.now() < deadline) {
-    if (server.proc.exitCode !== null) throw new Error(`${server.name} exited:\n${server.log()}`);
-    try {
-      const res = await fetch(`http://127.0.0.1:${httpPort}/healthz`);
-      last = `${res.status} ${await res.text()}`;
-      if (res.ok) return;
-    } catch (err) {
-      last = String(err);
-    }
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`${server.name} not healthy after ${timeoutMs} ms (last: ${last}):\n${server.log()}`);
-}
-
-// Retries op until it succeeds or the deadline passes: after a node dies the
-// surviving two elect new RAFT leaders, during which writes time out.
-async function eventually<T>(op: () => Promise<T>, timeoutMs: number): Promise<{ value: T; ms: number }> {
-  const began = Date.now();
-  let lastErr: unknown;
-  while (Date.now() - began < timeoutMs) {
-    try {
-      return { value: await op(), ms: Date.now() - began };
-    } catch (err) {
-      lastErr = err;
-      await new Promise((r) => setTimeout(r, 200));
-    }
-  }
-  throw new Error(`still failing after ${timeoutMs} ms: ${lastErr instanceof Error ? lastErr.message : String(lastErr)}`);
 }
 
 const confs = confFiles(natsDir);
