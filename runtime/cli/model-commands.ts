@@ -1,6 +1,8 @@
 // `caravan export`, `caravan eval` and `caravan generate`: from a run's stage
 // states to one model in transformers' Llama layout, and what can be done
 // with it here (validation loss, text from onnxruntime).
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { TOKENIZER_NAMES, type TokenizerName } from '../data/index.ts';
 import { evalExported } from '../export/eval-model.ts';
@@ -22,7 +24,7 @@ function fraction(flag: string, { open = false } = {}) {
 export function modelCommands(program: Command): void {
   program
     .command('export')
-    .description("stitch a run's stage states into one model: model.safetensors + config.json that transformers loads as LlamaForCausalLM")
+    .description("stitch a run's stage states into one model: model.safetensors + config.json that transformers loads as LlamaForCausalLM, and model.onnx (with a KV cache) for onnxruntime")
     .requiredOption('--out <dir>', 'directory to write')
     .option('--checkpoint-dir <dir>', 'an in-process run\'s checkpoints (stage-<a>-<b>.safetensors)')
     .option('--nats <url>', "a NATS run's server: its final states from the Object Store")
@@ -80,11 +82,12 @@ export function modelCommands(program: Command): void {
     .option('--json', 'print one JSON line at the end instead of streaming')
     .action(async (flags: { model: string; prompt: string; maxTokens: number; temperature: number; topK: number; topP: number; seed: number; json?: boolean }) => {
       const exported = await readExportedModel(flags.model);
+      const onnx = await readFile(join(flags.model, 'model.onnx')).catch(() => undefined);  // built from the safetensors when absent
       if (!flags.json) process.stdout.write(flags.prompt);
       const g = await generateText(exported, flags.prompt, {
         maxTokens: flags.maxTokens, temperature: flags.temperature, topK: flags.topK, topP: flags.topP, seed: flags.seed,
         onText: flags.json ? undefined : (delta) => process.stdout.write(delta),
-      });
+      }, onnx);
       if (flags.json) process.stdout.write(`${JSON.stringify({ prompt: flags.prompt, text: g.text, tokens: g.tokens.length, tokens_per_s: g.tokens.length / g.seconds, seed: flags.seed })}\n`);
       else process.stdout.write('\n');
     });

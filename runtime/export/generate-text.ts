@@ -1,10 +1,11 @@
 // Text from an exported model on onnxruntime-node: the ONNX graph of the
-// whole model (runtime/onnx), the next token sampled from the last position's
-// logits, the text streamed as it grows. Each token re-runs the model over
-// the context (at most maxSeqLen tokens); a key/value-cache graph would make
-// that incremental and is not built yet.
+// whole model with a key/value cache (runtime/onnx), the next token sampled
+// from the last position's logits, the text streamed as it grows. After the
+// prompt each token is one incremental call; once the text outgrows
+// maxSeqLen, the model sees the last maxSeqLen tokens, re-run from scratch
+// each step (positions cannot slide under a cache).
 import { createTokenizer } from '../data/index.ts';
-import { buildLlamaOnnx, openOnnxSession, runSessionLogits } from '../onnx/index.ts';
+import { buildLlamaOnnx, KvCacheDecoder, openOnnxSession } from '../onnx/index.ts';
 import { mulberry32 } from '../seeded-random.ts';
 import type { ExportedModel } from './hf-llama.ts';
 import { sampleToken, type SamplingOptions } from './sample-tokens.ts';
@@ -22,30 +23,35 @@ export interface Generation {
   readonly seconds: number;
 }
 
-export function onnxForExport(exported: ExportedModel): Uint8Array {
+export function onnxForExport(exported: ExportedModel, options: { kvCache?: boolean } = {}): Uint8Array {
   return buildLlamaOnnx(exported.model, (name) => {
     const t = exported.tensors.get(name);
     if (!t) throw new Error(`the export has no tensor ${name}`);
     return t.data;
-  });
+  }, { kvCache: options.kvCache, graphName: 'caravan-llama' });
 }
 
-export async function generateText(exported: ExportedModel, prompt: string, options: GenerateOptions): Promise<Generation> {
+/** Generates from `onnx`, a kvCache graph of the exported model (model.onnx of an export, or onnxForExport with kvCache). */
+export async function generateText(exported: ExportedModel, prompt: string, options: GenerateOptions, onnx?: Uint8Array): Promise<Generation> {
   const tokenizer = createTokenizer(exported.tokenizer);
-  const { vocabSize: V, maxSeqLen } = exported.model;
+  const { maxSeqLen } = exported.model;
   const ids = Array.from(tokenizer.encode(prompt));
   if (ids.length === 0) throw new Error('the prompt is empty: generation needs at least one token to start from');
-  const session = await openOnnxSession(onnxForExport(exported));
+  const session = await openOnnxSession(onnx ?? onnxForExport(exported, { kvCache: true }));
+  const decoder = new KvCacheDecoder(session, exported.model);
   const random = mulberry32(options.seed);
   const generated: number[] = [];
   let shown = '';
   const started = performance.now();
   try {
     for (let n = 0; n < options.maxTokens; n++) {
-      const context = ids.slice(-maxSeqLen);
-      const T = context.length;
-      const logits = await runSessionLogits(session, Int32Array.from(context), 1, T);
-      const next = sampleToken(logits.subarray((T - 1) * V, T * V), options, random);
+      let logits: Float32Array;
+      if (ids.length <= maxSeqLen && decoder.pastLength > 0) logits = await decoder.append(ids.slice(decoder.pastLength));
+      else {
+        decoder.reset();
+        logits = await decoder.append(ids.slice(-maxSeqLen));
+      }
+      const next = sampleToken(logits, options, random);
       ids.push(next);
       generated.push(next);
       // A byte-level model can stop inside a UTF-8 sequence: hold back an

@@ -2,14 +2,16 @@
 // LlamaForCausalLM unchanged: model.safetensors (F32, transformers' tensor
 // names, which are the engine's own), config.json, generation_config.json,
 // and caravan.json with what transformers has no field for (the tokenizer,
-// the run, the parameter hash). readExportedModel reads such a directory
-// back, checking every tensor against the config.
+// the run, the parameter hash); and model.onnx, the same weights as an ONNX
+// graph with a key/value cache for onnxruntime. readExportedModel reads such
+// a directory back, checking every tensor against the config.
 import { createHash } from 'node:crypto';
 import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { decodeSafeTensors, encodeSafeTensors, type SafeTensor } from '../../native/index.ts';
 import { headDim, llamaTensorSpecs, validateLlamaConfig, type LlamaConfig } from '../../schemas/model-config.ts';
 import { TOKENIZER_NAMES, type TokenizerName } from '../data/index.ts';
+import { buildLlamaOnnx } from '../onnx/index.ts';
 import type { StitchedModel } from './stitch-stages.ts';
 
 export const EXPORT_FORMAT = 'caravan-export';
@@ -107,6 +109,8 @@ export async function writeHfModel(dir: string, stitched: StitchedModel, info: E
   const paramsSha256 = sha256(stitched.tensors);
   await writeAtomically(join(dir, 'model.safetensors'), encodeSafeTensors(stitched.tensors, { format: 'pt' }));
   await writeAtomically(join(dir, 'config.json'), `${JSON.stringify(hfLlamaConfig(model), null, 2)}\n`);
+  const byName = new Map(stitched.tensors.map((t) => [t.name, t]));
+  await writeAtomically(join(dir, 'model.onnx'), buildLlamaOnnx(model, (name) => byName.get(name)!, { kvCache: true, docString: `caravan export, params sha256 ${paramsSha256}` }));
   await writeAtomically(join(dir, 'generation_config.json'), `${JSON.stringify({ do_sample: true, temperature: 1.0, max_length: model.maxSeqLen }, null, 2)}\n`);
   const caravan = { format: EXPORT_FORMAT, version: EXPORT_VERSION, tokenizer: info.tokenizer, run: info.run ?? null, optimizer_step: stitched.optimizerStep, params_sha256: paramsSha256, model };
   await writeAtomically(join(dir, 'caravan.json'), `${JSON.stringify(caravan, null, 2)}\n`);

@@ -15,4 +15,5 @@ export {
   type ShapedWeight,
   type WeightSource,
 } from './llama-graph.ts';
+export { KvCacheDecoder } from './onnx-kv-cache.ts';
 export { openOnnxSession, runOnnxLogits, runSessionLogits, type OnnxSessionOptions } from './onnx-logits.ts';

@@ -6,7 +6,14 @@
 // checkpoint tensors are initializers under their checkpoint names and shapes
 // ([out, in]; linears go through a Transpose node that ORT constant-folds), and
 // RMSNorm is spelt Pow/ReduceMean/Add/Sqrt/Div/Mul, the pattern ORT fuses into
-// SimplifiedLayerNormalization. It is not a training graph and has no KV cache.
+// SimplifiedLayerNormalization. It is not a training graph.
+//
+// With `kvCache`, the graph also takes each layer's keys and values of the
+// tokens before (past_key_values.<i>.key/.value [batch, Hkv, past, hd], past
+// may be 0) and returns them with this call's appended (present.<i>.key/
+// .value): a generator feeds one new token a call instead of the whole
+// context. Positions start at `past`, and the causal mask lets a query at
+// position past+i see keys 0..past+i.
 
 import { elementCount, headDim, llamaTensorSpecs, validateLlamaConfig, type LlamaConfig, type TensorSpec } from '../../schemas/model-config.ts';
 import { attr, floatTensor, OnnxGraph } from './onnx-graph.ts';
@@ -27,6 +34,8 @@ export type WeightSource = (name: string) => Float32Array | ShapedWeight;
 export interface BuildLlamaOnnxOptions {
   /** ModelProto graph name; default "caravan-llama". */
   readonly graphName?: string;
+  /** Past keys and values in, present ones out (see the header). */
+  readonly kvCache?: boolean;
   readonly docString?: string;
 }
 
@@ -98,20 +107,34 @@ export function buildLlamaOnnx(config: LlamaConfig, weights: WeightSource, optio
   const sinTable = g.addFloatInitializer('model.rotary_emb.sin_table', [config.maxSeqLen, hd], rope.sin);
 
   const inputIds = g.addInput('input_ids', 'int64', ['batch', 'seq']);
+  const kvCache = options.kvCache === true;
+  const past = kvCache
+    ? Array.from({ length: nLayers }, (_, i) => ({
+      key: g.addInput(`past_key_values.${i}.key`, 'float32', ['batch', Hkv, 'past', hd]),
+      value: g.addInput(`past_key_values.${i}.value`, 'float32', ['batch', Hkv, 'past', hd]),
+    }))
+    : [];
 
-  // seq as a 1-D [1] tensor, to slice the rotary tables and size the mask.
+  // seq (and past) as 1-D [1] tensors, to slice the rotary tables and size the mask.
   const inputShape = g.node('Shape', '/model/Shape', [inputIds]);
   const seqLen = g.node('Slice', '/model/Slice_seq', [inputShape, g.int64([1]), g.int64([2]), g.int64([0])]);
-  const cos = g.node('Slice', '/model/rotary_emb/Slice_cos', [cosTable, g.int64([0]), seqLen, g.int64([0])]);
-  const sin = g.node('Slice', '/model/rotary_emb/Slice_sin', [sinTable, g.int64([0]), seqLen, g.int64([0])]);
+  const pastLen = kvCache
+    ? g.node('Slice', '/model/Slice_past', [g.node('Shape', '/model/Shape_past', [past[0].key]), g.int64([2]), g.int64([3]), g.int64([0])])
+    : g.int64([0]);
+  const totalLen = kvCache ? g.node('Add', '/model/Add_total', [pastLen, seqLen]) : seqLen;
+  const cos = g.node('Slice', '/model/rotary_emb/Slice_cos', [cosTable, pastLen, totalLen, g.int64([0])]);
+  const sin = g.node('Slice', '/model/rotary_emb/Slice_sin', [sinTable, pastLen, totalLen, g.int64([0])]);
 
-  // Causal mask [seq, seq]: -inf strictly above the diagonal, 0 elsewhere. The
-  // diagonal is always kept, so no softmax row is all -inf.
-  const maskShape = g.node('Concat', '/model/mask/Concat', [seqLen, seqLen], [attr.int('axis', 0)]);
+  // Causal mask [seq, past+seq]: -inf where key j > past + query i, 0
+  // elsewhere. Key past+i is always kept, so no softmax row is all -inf.
+  const maskShape = g.node('Concat', '/model/mask/Concat', [seqLen, totalLen], [attr.int('axis', 0)]);
   const minusInf = g.node('ConstantOfShape', '/model/mask/ConstantOfShape', [maskShape], [
     attr.tensor('value', floatTensor('', [1], Float32Array.of(-Infinity))),
   ]);
-  const mask = g.node('Trilu', '/model/mask/Trilu', [minusInf, g.int64([1], true)], [attr.int('upper', 1)]);
+  const diagonal = kvCache
+    ? g.node('Squeeze', '/model/mask/Squeeze', [g.node('Add', '/model/mask/Add', [pastLen, g.int64([1])]), g.int64([0])])
+    : g.int64([1], true);
+  const mask = g.node('Trilu', '/model/mask/Trilu', [minusInf, diagonal], [attr.int('upper', 1)]);
 
   const linear = (scope: string, x: string, weight: string, output = `${scope}/MatMul_output_0`): string => {
     const wT = g.node('Transpose', `${scope}/Transpose`, [weight], [attr.ints('perm', [1, 0])]);
@@ -165,8 +188,16 @@ export function buildLlamaOnnx(config: LlamaConfig, weights: WeightSource, optio
     const k = splitHeads(`${a}/k`, linear(`${a}/k_proj`, h, `${w}.self_attn.k_proj.weight`), Hkv);
     const v = splitHeads(`${a}/v`, linear(`${a}/v_proj`, h, `${w}.self_attn.v_proj.weight`), Hkv);
     const qr = applyRotary(`${a}/rotary_q`, q);
-    const kr = repeatKv(`${a}/repeat_k`, applyRotary(`${a}/rotary_k`, k));
-    const vr = repeatKv(`${a}/repeat_v`, v);
+    let kAll = applyRotary(`${a}/rotary_k`, k);
+    let vAll = v;
+    if (kvCache) {
+      kAll = g.nodeAs(`present.${i}.key`, 'Concat', `${a}/Concat_past_k`, [past[i].key, kAll], [attr.int('axis', 2)]);
+      vAll = g.nodeAs(`present.${i}.value`, 'Concat', `${a}/Concat_past_v`, [past[i].value, vAll], [attr.int('axis', 2)]);
+      g.addOutput(kAll, 'float32', ['batch', Hkv, 'total', hd]);
+      g.addOutput(vAll, 'float32', ['batch', Hkv, 'total', hd]);
+    }
+    const kr = repeatKv(`${a}/repeat_k`, kAll);
+    const vr = repeatKv(`${a}/repeat_v`, vAll);
 
     const kT = g.node('Transpose', `${a}/Transpose_k`, [kr], [attr.ints('perm', [0, 1, 3, 2])]);
     const scores = g.node('Mul', `${a}/Mul_scale`, [g.node('MatMul', `${a}/MatMul_qk`, [qr, kT]), scale]);

@@ -17,7 +17,7 @@ import { stitchStageStates } from '../../runtime/export/stitch-stages.ts';
 import { readStageCheckpoint } from '../../runtime/checkpoint/local-checkpoint.ts';
 import { createLogger } from '../../runtime/log.ts';
 import { startNatsServer } from '../../runtime/nats/nats-server.ts';
-import { runOnnxLogits } from '../../runtime/onnx/index.ts';
+import { KvCacheDecoder, openOnnxSession, runOnnxLogits } from '../../runtime/onnx/index.ts';
 import { LocalPipeline } from '../../runtime/train/local-pipeline.ts';
 import { trainDistributed } from '../../runtime/train/train-distributed.ts';
 import { trainLocal } from '../../runtime/train/train-local.ts';
@@ -81,6 +81,27 @@ test('onnxruntime on the exported model gives the engine\'s logits (max |Δ| ≤
   let maxDiff = 0;
   for (let i = 0; i < engine.length; i++) maxDiff = Math.max(maxDiff, Math.abs(engine[i] - onnx[i]));
   t.true(maxDiff <= 1e-4, `max |Δlogit| ${maxDiff}`);
+});
+
+test('model.onnx with its key/value cache gives the full graph\'s logits, token by token', async (t) => {
+  const { out } = await trained;
+  const exported = await readExportedModel(out);
+  const tokens = Array.from(createTokenizer('byte').encode('Call me Ishmael. Some years ago'));
+  const T = tokens.length, V = 256;
+  const full = await runOnnxLogits(onnxForExport(exported), Int32Array.from(tokens), 1, T);
+  const session = await openOnnxSession(await readFile(join(out, 'model.onnx')));
+  t.teardown(() => session.release());
+  const decoder = new KvCacheDecoder(session, exported.model);
+  let maxDiff = 0;
+  const prompt = 5;
+  const check = (logits: Float32Array, position: number) => {
+    for (let v = 0; v < V; v++) maxDiff = Math.max(maxDiff, Math.abs(logits[v] - full[position * V + v]));
+  };
+  check(await decoder.append(tokens.slice(0, prompt)), prompt - 1);
+  for (let i = prompt; i < T; i++) check(await decoder.append([tokens[i]]), i);
+  t.is(decoder.pastLength, T);
+  t.true(maxDiff <= 1e-4, `max |Δlogit| ${maxDiff}`);
+  await t.throwsAsync(decoder.append(new Array(exported.model.maxSeqLen).fill(1)), { message: /exceed maxSeqLen 128/ });
 });
 
 test('eval: the exported model\'s validation loss is the run\'s own, and falls with training', async (t) => {
