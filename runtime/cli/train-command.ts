@@ -10,6 +10,10 @@ import { createLogger } from '../log.ts';
 import { PRESETS } from '../train/presets.ts';
 import { trainDistributed, type Progress } from '../train/train-distributed.ts';
 import { trainLocal } from '../train/train-local.ts';
+import type { TokenizerName } from '../data/index.ts';
+import { writeHfModel } from '../export/hf-llama.ts';
+import { statesFromRun } from '../export/run-stage-states.ts';
+import { stitchStageStates, type StageStateBlob } from '../export/stitch-stages.ts';
 import { compressionOverrides, nonNegativeInt, positiveInt, positiveNumber, type RunShapeFlags } from './options.ts';
 
 interface TrainFlags extends RunShapeFlags {
@@ -28,6 +32,12 @@ interface TrainFlags extends RunShapeFlags {
   json?: boolean;
   progress: boolean;
   logLevel?: string;
+  export?: string;
+}
+
+async function exportModel(dir: string, blobs: StageStateBlob[], tokenizer: TokenizerName, run: string | undefined, log: (line: string) => void): Promise<void> {
+  const sha = await writeHfModel(dir, stitchStageStates(blobs), { tokenizer, run });
+  log(`exported the model to ${dir} (params sha256 ${sha.slice(0, 16)}…): try caravan generate --model ${dir} --prompt "Call me"`);
 }
 
 function progressReporter(config: RunConfig, flags: TrainFlags) {
@@ -78,6 +88,7 @@ export function trainCommand(program: Command): void {
     .option('--checkpoint-every <n>', 'steps between stage checkpoints (to the Object Store; in-process to --checkpoint-dir); 0: none', nonNegativeInt('--checkpoint-every'))
     .option('--resume', '(in-process) continue from the checkpoints in --checkpoint-dir')
     .addOption(new Option('--log-level <level>', "child processes' log level on stderr").choices(['silent', 'error', 'warn', 'info', 'debug']))
+    .option('--export <dir>', "at the end, export replica 0's model there (as `caravan export` does: transformers' Llama layout and ONNX)")
     .option('--json', 'print one JSON summary line at the end')
     .option('--no-progress', 'no progress bar')
     .action(async (flags: TrainFlags) => {
@@ -109,6 +120,7 @@ export function trainCommand(program: Command): void {
           ...config, valEvery: flags.valEvery, checkpointDir: flags.checkpointDir, resume: flags.resume,
           onStep: (step, r, tps) => ui.step(step, r.loss, tps),
           onValidation: (step, loss) => { ui.pause(); ui.log(`validation at step ${step}: loss ${loss.toFixed(4)}`); if (step < t.steps) ui.resume(step); },
+          onFinished: flags.export ? (stages) => exportModel(flags.export!, stages.map((s, i) => ({ source: `stage ${i}`, bytes: s.state() })), t.tokenizer, undefined, ui.log) : undefined,
         });
         ui.stop();
         const out = { steps: summary.steps, losses: summary.losses, final_loss: summary.finalLoss, val_loss: summary.valLoss, tokens_per_s: summary.tokensPerSecond, params_sha256: summary.paramsSha256, stages: t.stages, replicas: 1, mode: 'in-process' };
@@ -126,6 +138,9 @@ export function trainCommand(program: Command): void {
           if (!started) { ui.start(); started = true; }
           ui.step(p.step, p.loss, p.tokensPerSecond);
         },
+        onFinished: flags.export
+          ? async ({ url, run }) => exportModel(flags.export!, (await statesFromRun(url, run, 0)).blobs, t.tokenizer, run, (line) => { ui.stop(); ui.log(line); })
+          : undefined,
       });
       ui.stop();
       if (flags.json) process.stdout.write(`${JSON.stringify({ ...summary, mode: 'nats' })}\n`);

@@ -35,6 +35,8 @@ export interface DistributedOptions {
   readonly onProgress?: (p: Progress) => void;
   /** Called once the run's resources exist, before any process starts (tests inject frames here). */
   readonly onReady?: (info: { url: string; run: string }) => Promise<void> | void;
+  /** Called with the summary while the server (embedded or not) is still up: for reading the run's final states. */
+  readonly onFinished?: (info: { url: string; run: string; summary: RunSummary }) => Promise<void> | void;
 }
 
 export function newRunId(): string {
@@ -88,6 +90,7 @@ export async function trainDistributed(o: DistributedOptions): Promise<RunSummar
       }
       const result = await outcome;
       if (result instanceof Error) throw result;
+      await o.onFinished?.({ url, run, summary: result });
       return result;
     } finally {
       await nc.close().catch(() => {});

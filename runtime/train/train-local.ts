@@ -2,6 +2,7 @@
 // shard), a LocalPipeline of S stages, periodic validation, checkpoints.
 import { createTokenizer, readTokenShard, TokenDataset, tokenizeCorpus, type TokenArray } from '../data/index.ts';
 import { readStageCheckpoint, writeStageCheckpoint } from '../checkpoint/local-checkpoint.ts';
+import type { EngineStage } from '../../native/index.ts';
 import { LocalPipeline, type StepResult } from './local-pipeline.ts';
 import type { RunPreset } from './presets.ts';
 
@@ -13,6 +14,8 @@ export interface TrainOptions extends RunPreset {
   readonly resume?: boolean;            // load checkpointDir before training
   readonly onStep?: (step: number, result: StepResult, tokensPerSecond: number) => void;
   readonly onValidation?: (step: number, valLoss: number) => void;
+  /** Called with the trained stages before the summary is returned (for exporting them). */
+  readonly onFinished?: (stages: readonly EngineStage[]) => Promise<void> | void;
 }
 
 export interface TrainSummary {
@@ -70,6 +73,7 @@ export async function trainLocal(options: TrainOptions): Promise<TrainSummary> {
   const valLoss = validate();
   options.onValidation?.(t.steps, valLoss);
   if (options.checkpointDir) for (const stage of pipeline.stages) await writeStageCheckpoint(options.checkpointDir, stage);
+  await options.onFinished?.(pipeline.stages);
   return {
     steps: t.steps,
     firstLoss: losses[0] ?? NaN,

@@ -32,8 +32,11 @@ async function tempDir(): Promise<string> {
 }
 test.after.always(async () => { for (const d of dirs) await rm(d, { recursive: true, force: true }); });
 
-// One short in-process run of the `npm start` preset, split in 2 stages, shared by the tests below.
-const trained = (async () => {
+// One short in-process run of the `npm start` preset, split in 2 stages,
+// shared by the tests below; started by the first test that needs it.
+let training: ReturnType<typeof train> | undefined;
+const trained = () => (training ??= train());
+async function train() {
   const config = await loadRunConfig({ preset: 'tiny', overrides: { training: { steps: 60, stages: 2, seqLen: 64, batchSize: 8 } } });
   const dir = await tempDir();
   const summary = await trainLocal({ ...config, checkpointDir: join(dir, 'ckpt'), valBatches: 1 });
@@ -41,10 +44,10 @@ const trained = (async () => {
   const stitched = stitchStageStates(await statesFromCheckpointDir(join(dir, 'ckpt')));
   const sha = await writeHfModel(out, stitched, { tokenizer: 'byte', run: 'local' });
   return { config, dir, summary, out, sha };
-})();
+}
 
 test('the export has the Llama layout: tensor names, shapes and F32 dtypes, config.json, and the run\'s parameters', async (t) => {
-  const { config, summary, out, sha } = await trained;
+  const { config, summary, out, sha } = await trained();
   t.is(sha, summary.paramsSha256, 'the exported parameters are the run\'s, bit for bit');
   const file = decodeSafeTensors(await readFile(join(out, 'model.safetensors')), 'export');
   t.deepEqual(file.metadata, { format: 'pt' });
@@ -69,7 +72,7 @@ test('the export has the Llama layout: tensor names, shapes and F32 dtypes, conf
 });
 
 test('onnxruntime on the exported model gives the engine\'s logits (max |Δ| ≤ 1e-4), and the one-stage engine the two-stage run\'s, bitwise', async (t) => {
-  const { config, dir, out } = await trained;
+  const { config, dir, out } = await trained();
   const exported = await readExportedModel(out);
   const B = 2, T = 48;
   const [batch] = new TokenDataset(tokenizeCorpus(createTokenizer('byte'))).valBatches(B, T, 1);
@@ -84,7 +87,7 @@ test('onnxruntime on the exported model gives the engine\'s logits (max |Δ| ≤
 });
 
 test('model.onnx with its key/value cache gives the full graph\'s logits, token by token', async (t) => {
-  const { out } = await trained;
+  const { out } = await trained();
   const exported = await readExportedModel(out);
   const tokens = Array.from(createTokenizer('byte').encode('Call me Ishmael. Some years ago'));
   const T = tokens.length, V = 256;
@@ -105,7 +108,7 @@ test('model.onnx with its key/value cache gives the full graph\'s logits, token 
 });
 
 test('eval: the exported model\'s validation loss is the run\'s own, and falls with training', async (t) => {
-  const { config, dir, out } = await trained;
+  const { config, dir, out } = await trained();
   const exported = await readExportedModel(out);
   const r = await evalExported(exported, { batches: 4, batchSize: 4, seqLen: 64 });
   const pipeline = new LocalPipeline(config.model, config.optim, 2, config.training.seed);
@@ -118,7 +121,7 @@ test('eval: the exported model\'s validation loss is the run\'s own, and falls w
 });
 
 test('generate: a seed gives the same text; greedy text is drawn from the corpus\' alphabet', async (t) => {
-  const { out } = await trained;
+  const { out } = await trained();
   const exported = await readExportedModel(out);
   const sampled = async (seed: number) => (await generateText(exported, 'Call me ', { maxTokens: 40, temperature: 0.9, topK: 20, topP: 0.95, seed })).text;
   const [a, b, c] = [await sampled(5), await sampled(5), await sampled(6)];
@@ -134,7 +137,7 @@ test('generate: a seed gives the same text; greedy text is drawn from the corpus
 });
 
 test('stitching refuses a missing stage, states of different steps, and models transformers cannot load', async (t) => {
-  const { dir } = await trained;
+  const { dir } = await trained();
   const blobs = await statesFromCheckpointDir(join(dir, 'ckpt'));
   t.throws(() => stitchStageStates(blobs.slice(0, 1)), { message: /layers \[2, 4\) are missing/ });
   t.throws(() => stitchStageStates([blobs[0], blobs[0], blobs[1]]), { message: /overlap the stage before/ });
@@ -170,4 +173,13 @@ test('caravan export from a NATS run\'s final states gives the run summary\'s pa
   t.regex(missing.stderr, /no run 'no-such-run'/);
   const both = await caravan(['export', '--checkpoint-dir', out, '--nats', server.url, '--out', out]);
   t.regex(both.stderr, /give exactly one source/);
+});
+
+test('caravan train --export writes the trained model (as npm start does)', async (t) => {
+  const out = join(await tempDir(), 'model');
+  const summary = summaryOf(await caravan(['train', '--in-process', '--steps', '3', '--stages', '2', '--seq', '32', '--batch', '4', '--export', out, '--json']));
+  const caravanJson = JSON.parse(await readFile(join(out, 'caravan.json'), 'utf8'));
+  t.is(caravanJson.params_sha256, summary.params_sha256);
+  t.is(caravanJson.tokenizer, 'byte');
+  t.regex(JSON.parse(await readFile(new URL('../../package.json', import.meta.url), 'utf8')).scripts.start, /--export runs\/tiny/);
 });
