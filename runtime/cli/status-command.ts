@@ -4,8 +4,7 @@
 import { Command } from 'commander';
 import { connectNats } from '../nats/connect.ts';
 import { decodeJson } from '../transport/json.ts';
-import { jetstreamManager } from '@nats-io/jetstream';
-import { openRunResources } from '../transport/run-resources.ts';
+import { openExistingRun } from '../transport/run-resources.ts';
 import { decodeSlot, type SlotRecord } from '../transport/slots.ts';
 import { runNames, validateRunId } from '../transport/subjects.ts';
 
@@ -21,12 +20,7 @@ export interface RunStatus {
 export async function readRunStatus(url: string, run: string): Promise<RunStatus> {
   const nc = await connectNats(url, `caravan-status-${run}`);
   try {
-    // Looking must not create: a mistyped run id is an error, not a new empty run.
-    const jsm = await jetstreamManager(nc);
-    await jsm.streams.info(runNames(run).edgeStream).catch(() => {
-      throw new Error(`no run '${run}' on ${url} (its stream ${runNames(run).edgeStream} does not exist)`);
-    });
-    const res = await openRunResources(nc, run);
+    const res = await openExistingRun(nc, run, url);
     const json = async (key: string) => {
       const e = await res.kv.get(key);
       return e && e.value.length ? decodeJson<Record<string, unknown>>(e.value, `KV ${key}`) : null;

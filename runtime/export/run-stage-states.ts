@@ -3,13 +3,11 @@
 // Object Store, with its config (and so its tokenizer) from KV.
 import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { jetstreamManager } from '@nats-io/jetstream';
 import { splitLayers } from '../../native/index.ts';
 import { validateRunConfig, type RunConfig } from '../../schemas/run-config.ts';
 import { connectNats } from '../nats/connect.ts';
 import { decodeJson } from '../transport/json.ts';
-import { openRunResources } from '../transport/run-resources.ts';
-import { runNames } from '../transport/subjects.ts';
+import { openExistingRun } from '../transport/run-resources.ts';
 import type { StageStateBlob } from './stitch-stages.ts';
 
 export async function statesFromCheckpointDir(dir: string): Promise<StageStateBlob[]> {
@@ -27,11 +25,7 @@ export async function statesFromCheckpointDir(dir: string): Promise<StageStateBl
 export async function statesFromRun(url: string, run: string, replica: number): Promise<{ blobs: StageStateBlob[]; config: RunConfig }> {
   const nc = await connectNats(url, `caravan-export-${run}`);
   try {
-    const jsm = await jetstreamManager(nc);
-    await jsm.streams.info(runNames(run).edgeStream).catch(() => {
-      throw new Error(`no run '${run}' on ${url} (its stream ${runNames(run).edgeStream} does not exist)`);
-    });
-    const res = await openRunResources(nc, run);
+    const res = await openExistingRun(nc, run, url);
     const entry = await res.kv.get('config');
     if (!entry || !entry.value.length) throw new Error(`run '${run}' has no config in KV`);
     const config = validateRunConfig(decodeJson(entry.value, `run ${run} config`));

@@ -54,6 +54,19 @@ export function defaultReplicas(nc: NatsConnection): number {
   return Math.max(1, Math.min(3, servers));
 }
 
+/**
+ * The resources of a run that must already exist: for readers (`caravan
+ * status`, `caravan export`), where a mistyped run id is an error, not a new
+ * empty run.
+ */
+export async function openExistingRun(nc: NatsConnection, run: string, url: string): Promise<RunResources> {
+  const jsm = await jetstreamManager(nc);
+  await jsm.streams.info(runNames(run).edgeStream).catch(() => {
+    throw new Error(`no run '${run}' on ${url} (its stream ${runNames(run).edgeStream} does not exist)`);
+  });
+  return openRunResources(nc, run);
+}
+
 export async function openRunResources(nc: NatsConnection, run: string, options: { replicas?: number } = {}): Promise<RunResources> {
   const names = runNames(run);
   const replicas = options.replicas ?? defaultReplicas(nc);
