@@ -32,7 +32,7 @@ export async function benchCompression(args: string[]): Promise<Record<string, u
   const evalEvery = arg(args, 'eval-every', 50);
   const valBatchCount = arg(args, 'val-batches', 16);
   const reps = arg(args, 'reps', 200);
-  const t = { ...base.training, steps };
+  const t = { ...base.training, steps, seed: arg(args, 'seed', base.training.seed) };
   const { dModel: d } = base.model;
   const B = t.batchSize, T = t.seqLen, M = t.microbatches;
   const at = splitLayers(base.model.nLayers, t.stages)[1][0];  // the one boundary of 2 stages
@@ -135,7 +135,7 @@ export async function benchCompression(args: string[]): Promise<Record<string, u
     encode_MBps: headline.encode_MBps,
     decode_MBps: headline.decode_MBps,
     headline: headline.variant,
-    config: { dModel: d, nLayers: base.model.nLayers, stages: t.stages, boundary: at, steps, tokens: steps * M * B * T, batch: B, seq: T, microbatches: M },
+    config: { dModel: d, nLayers: base.model.nLayers, stages: t.stages, boundary: at, steps, seed: t.seed, tokens: steps * M * B * T, batch: B, seq: T, microbatches: M },
     variants: results.map((r) => ({ ...r, loss_gap_pct: gap(r) })),
   };
 }

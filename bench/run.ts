@@ -9,7 +9,7 @@ const benches: Record<string, (args: string[]) => Promise<Record<string, unknown
 
 const [name, ...args] = process.argv.slice(2);
 if (!name || name === '--help' || !benches[name]) {
-  const out = `usage: npm run bench -- <${Object.keys(benches).join('|')}> [--reps=N] [--mib=N (transport)] [--steps=N --eval-every=N --val-batches=N --only=VARIANTS (compression)]\n`;
+  const out = `usage: npm run bench -- <${Object.keys(benches).join('|')}> [--reps=N] [--mib=N (transport)] [--steps=N --eval-every=N --val-batches=N --only=VARIANTS --seed=N (compression)]\n`;
   if (name && name !== '--help') {
     process.stderr.write(`bench: unknown benchmark '${name}'\n${out}`);
     process.exit(2);

@@ -6,7 +6,7 @@ import { connectNats } from '../nats/connect.ts';
 import { decodeJson } from '../transport/json.ts';
 import { openExistingRun } from '../transport/run-resources.ts';
 import { decodeSlot, type SlotRecord } from '../transport/slots.ts';
-import { runNames, validateRunId } from '../transport/subjects.ts';
+import { validateRunId } from '../transport/subjects.ts';
 
 export interface RunStatus {
   readonly run: string;
