@@ -7,7 +7,7 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import { TOKENIZER_NAMES, type TokenizerName } from '../data/index.ts';
 import { evalExported } from '../export/eval-model.ts';
 import { generateText } from '../export/generate-text.ts';
-import { readExportedModel, writeHfModel } from '../export/hf-llama.ts';
+import { exportedFromStitched, readExportedModel, writeHfModel } from '../export/hf-llama.ts';
 import { statesFromCheckpointDir, statesFromRun } from '../export/run-stage-states.ts';
 import { stitchStageStates } from '../export/stitch-stages.ts';
 import { validateRunId } from '../transport/subjects.ts';
@@ -54,18 +54,23 @@ export function modelCommands(program: Command): void {
 
   program
     .command('eval')
-    .description('validation loss and perplexity of an exported model on the held-out split of the bundled corpus or a token shard')
-    .requiredOption('--model <dir>', 'an exported model directory')
+    .description('validation loss and perplexity of an exported model, or of a run\'s checkpoints, on the held-out split of the bundled corpus or a token shard')
+    .option('--model <dir>', 'an exported model directory')
+    .option('--checkpoint-dir <dir>', 'instead: an in-process run\'s checkpoints (stage-<a>-<b>.safetensors)')
+    .addOption(new Option('--tokenizer <name>', 'with --checkpoint-dir: the tokenizer the run used').choices([...TOKENIZER_NAMES]).default('byte'))
     .option('--data <file>', 'an llm.c / nanoGPT token shard instead of the bundled corpus')
     .option('--batches <n>', 'validation batches (at most what the split holds)', positiveInt('--batches'), 16)
     .option('--batch <n>', 'sequences per batch', positiveInt('--batch'), 8)
     .option('--seq <n>', 'tokens per sequence (default: the model\'s maximum, at most 128)', positiveInt('--seq'))
     .option('--json', 'print one JSON line')
-    .action(async (flags: { model: string; data?: string; batches: number; batch: number; seq?: number; json?: boolean }) => {
-      const exported = await readExportedModel(flags.model);
+    .action(async (flags: { model?: string; checkpointDir?: string; tokenizer: TokenizerName; data?: string; batches: number; batch: number; seq?: number; json?: boolean }) => {
+      if (!!flags.model === !!flags.checkpointDir) throw new Error('give exactly one of --model DIR or --checkpoint-dir DIR');
+      const exported = flags.model
+        ? await readExportedModel(flags.model)
+        : exportedFromStitched(stitchStageStates(await statesFromCheckpointDir(flags.checkpointDir!)), flags.tokenizer);
       const seqLen = flags.seq ?? Math.min(exported.model.maxSeqLen, 128);
       const r = await evalExported(exported, { dataFile: flags.data, batches: flags.batches, batchSize: flags.batch, seqLen });
-      if (flags.json) process.stdout.write(`${JSON.stringify({ model: flags.model, ...r })}\n`);
+      if (flags.json) process.stdout.write(`${JSON.stringify({ model: flags.model ?? flags.checkpointDir, ...r })}\n`);
       else process.stdout.write(`val loss ${r.loss.toFixed(4)} (perplexity ${r.perplexity.toFixed(2)}) over ${r.tokens} tokens in ${r.batches} batches\n`);
     });
 

@@ -99,6 +99,11 @@ async function writeAtomically(path: string, data: string | Uint8Array): Promise
   await rename(tmp, path);
 }
 
+/** A stitched model as an ExportedModel in memory, without writing it. */
+export function exportedFromStitched(stitched: StitchedModel, tokenizer: TokenizerName): ExportedModel {
+  return { model: stitched.model, tensors: new Map(stitched.tensors.map((t) => [t.name, t])), tokenizer, paramsSha256: sha256(stitched.tensors) };
+}
+
 /** Writes the directory; returns the sha256 of the parameters in model order (the run summary's params_sha256). */
 export async function writeHfModel(dir: string, stitched: StitchedModel, info: ExportInfo): Promise<string> {
   const { model } = stitched;

@@ -166,6 +166,10 @@ test('caravan export from a NATS run\'s final states gives the run summary\'s pa
   t.is(exported.stages, 2);
   const evaluated = summaryOf(await caravan(['eval', '--model', out, '--batches', '2', '--batch', '2', '--seq', '32', '--json']));
   t.true((evaluated.loss as number) > 0 && (evaluated.loss as number) < Math.log(256) + 0.5);
+  const { dir } = await trained();
+  const fromCheckpoints = summaryOf(await caravan(['eval', '--checkpoint-dir', join(dir, 'ckpt'), '--batches', '2', '--batch', '2', '--seq', '32', '--json']));
+  const fromExport = summaryOf(await caravan(['eval', '--model', join(dir, 'model'), '--batches', '2', '--batch', '2', '--seq', '32', '--json']));
+  t.is(fromCheckpoints.loss, fromExport.loss, 'a run\'s checkpoints evaluate as its export does');
   const g = summaryOf(await caravan(['generate', '--model', out, '--prompt', 'Ahab', '--max-tokens', '8', '--json']));
   t.is(g.tokens, 8);
   const missing = await caravan(['export', '--nats', server.url, '--run', 'no-such-run', '--out', out]);
