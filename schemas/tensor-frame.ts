@@ -204,6 +204,11 @@ function checkContent(frame: FrameContent): void {
  * into a buffer of exactly the frame's size that the caller owns.
  */
 export function encodeFrame(frame: FrameContent, codecs: readonly FrameCodec[] = []): Uint8Array {
+  return encodeFrameWithCodecs(frame, codecs).bytes;
+}
+
+/** encodeFrame, also saying which codecs it applied (a codec may decline a frame). */
+export function encodeFrameWithCodecs(frame: FrameContent, codecs: readonly FrameCodec[] = []): { bytes: Uint8Array; codecs: readonly string[] } {
   requireLittleEndianHost();
   checkContent(frame);
   let payload = new Uint8Array(frame.data.buffer, frame.data.byteOffset, frame.data.byteLength);
@@ -245,7 +250,7 @@ export function encodeFrame(frame: FrameContent, codecs: readonly FrameCodec[] =
   new DataView(out.buffer).setUint32(4, payload.byteLength);
   out.set(payload, PAYLOAD_OFFSET);
   out.set(encoded.subarray(headLength), PAYLOAD_OFFSET + payload.byteLength);
-  return out;
+  return { bytes: out, codecs: applied };
 }
 
 function malformed(label: string, key: string, what: string, value: unknown): FrameError {

@@ -16,6 +16,7 @@ import { openRunResources, type RunResources } from '../transport/run-resources.
 import { decodeSlot, SlotLostError, type SlotEntry } from '../transport/slots.ts';
 import { FaultPoints } from './fault-points.ts';
 import { startStage, type StageRunner } from './stage-runner.ts';
+import { initTracing, type Tracing } from '../telemetry/tracing.ts';
 
 export interface HostOptions {
   readonly nats: string;
@@ -43,6 +44,7 @@ export async function runHost(o: HostOptions): Promise<void> {
   const id = hostId();
   const log = o.log.child({ run: o.run, host: id, datacenter: o.datacenter });
   const deadLetters = { count: 0 };
+  const tracing = initTracing({ service: 'caravan-host', host: id, datacenter: o.datacenter });
   let beat: NodeJS.Timeout | undefined;
   let faults: FaultPoints | undefined;
   try {
@@ -52,16 +54,17 @@ export async function runHost(o: HostOptions): Promise<void> {
       nc.publish(res.names.heartbeat(id), encodeJson({ host: id, datacenter: o.datacenter, deadLetters: deadLetters.count }));
     }, o.heartbeatMs ?? 1000);
     await register(nc, res, id, o, log);
-    await followRun(nc, res, id, log, faults, deadLetters);
+    await followRun(nc, res, id, log, faults, deadLetters, tracing);
   } finally {
     clearInterval(beat);
     faults?.close();
+    await tracing.shutdown().catch((err: Error) => log.warn({ err: err.message }, 'trace export failed'));
     await nc.drain().catch(() => nc.close());
   }
 }
 
 /** Watches the run's state and slots until the run ends or this host loses its slot. */
-async function followRun(nc: NatsConnection, res: RunResources, id: string, log: Logger, faults: FaultPoints, deadLetters: { count: number }): Promise<void> {
+async function followRun(nc: NatsConnection, res: RunResources, id: string, log: Logger, faults: FaultPoints, deadLetters: { count: number }, tracing: Tracing): Promise<void> {
   const watch = await res.kv.watch({ key: ['state', 'slot.>'] });
   let stage: StageRunner | undefined;
   let held: SlotEntry | undefined;
@@ -96,7 +99,7 @@ async function followRun(nc: NatsConnection, res: RunResources, id: string, log:
       const slotLog = log.child({ replica: record.replica, stage: record.stage, generation: record.generation });
       slotLog.info({ from: record.checkpoint?.step ?? null }, 'slot assigned');
       const config = validateRunConfig(decodeJson((await retryTransient('run config', () => res.kv.get('config')))?.value ?? new Uint8Array(), 'run config in KV'));
-      stage = await startStage({ nc, res, config, slot: held, host: id, log: slotLog, faults, deadLetters });
+      stage = await startStage({ nc, res, config, slot: held, host: id, log: slotLog, faults, deadLetters, tracing });
       nc.publish(res.names.ready, encodeJson({ host: id, replica: record.replica, stage: record.stage }));
       ending = stage.done.catch((err: Error) => {
         // A stage that cannot go on fails the run: a replacement would meet the same error.

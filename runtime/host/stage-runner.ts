@@ -17,7 +17,7 @@ import { createActor } from 'xstate';
 import { stageMachine, type StageCommand } from '../../actors/stage-machine.ts';
 import { EngineStage, splitLayers } from '../../native/index.ts';
 import type { RunConfig } from '../../schemas/run-config.ts';
-import { decodeFrame, encodeFrame, FrameError, frameMsgId, type FrameKind } from '../../schemas/tensor-frame.ts';
+import { decodeFrame, encodeFrameWithCodecs, FrameError, frameMsgId, type FrameKind } from '../../schemas/tensor-frame.ts';
 import { boundaryCodecs, FRAME_CODECS } from '../codecs/index.ts';
 import { TokenDataset } from '../data/index.ts';
 import type { Logger } from '../log.ts';
@@ -26,7 +26,10 @@ import { publishDurable, retryTransient } from '../transport/durable-publish.ts'
 import { decodeJson, encodeJson } from '../transport/json.ts';
 import { openEdgeConsumer, openReaderConsumer, PULL_EXPIRES_MS, ReaderReplacedError, type RunResources } from '../transport/run-resources.ts';
 import { readSlot, recordCheckpoint, SlotLostError, type SlotEntry } from '../transport/slots.ts';
+import type { Tracing } from '../telemetry/tracing.ts';
 import type { FaultPoints } from './fault-points.ts';
+import { MicrobatchTraces } from './microbatch-traces.ts';
+import type { Span } from '@opentelemetry/api';
 
 const CONSUME_MAX_BYTES = 32 * 1024 * 1024;  // bounded by bytes, not messages: see DEPENDENCIES.md
 
@@ -64,6 +67,7 @@ export interface StageRunnerOptions {
   readonly log: Logger;
   readonly faults: FaultPoints;
   readonly deadLetters: { count: number };
+  readonly tracing: Tracing;
 }
 
 export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
@@ -105,16 +109,21 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
     grad: { width: engine.inWidth, codecs: boundaryCodecs(model, layerBegin, t.lz4) },
   };
   const sent: WireCount = { frames: 0, f32_bytes: 0, wire_bytes: 0 };
-  const publishFrame = async (kind: FrameKind, to: number, step: number, mb: number, data: Float32Array) => {
+  const traces = new MicrobatchTraces(o.tracing, { run: res.names.run, replica, stage: s, isFirst: engine.isFirst, isLast: engine.isLast });
+  const publishFrame = async (kind: FrameKind, to: number, step: number, mb: number, data: Float32Array, parent: Span) => {
     const { width, codecs } = wire[kind];
-    const bytes = encodeFrame({ run: res.names.run, replica, stage: to, step, microbatch: mb, kind, shape: [B, T, width], data }, codecs);
-    sent.frames++;
-    sent.f32_bytes += data.byteLength;
-    sent.wire_bytes += bytes.byteLength;
-    if (bytes.length > maxPayload) {
-      throw new Error(`a ${kind} frame of ${bytes.length} bytes exceeds the server's max_payload of ${maxPayload} bytes: raise max_payload (up to 8MB) in the nats-server config, shrink B·T·d, or put a bottleneck at the boundary (--bottleneck K)`);
-    }
-    await publishDurable(res.js, res.names.edge(kind, replica, to), bytes, { msgID: frameMsgId(res.names.run, replica, step, mb, kind, to) });
+    await traces.send(parent, step, mb, () => {
+      const encoded = encodeFrameWithCodecs({ run: res.names.run, replica, stage: to, step, microbatch: mb, kind, shape: [B, T, width], data }, codecs);
+      return { ...encoded, f32Bytes: data.byteLength };
+    }, (bytes, headers) => {
+      sent.frames++;
+      sent.f32_bytes += data.byteLength;
+      sent.wire_bytes += bytes.byteLength;
+      if (bytes.length > maxPayload) {
+        throw new Error(`a ${kind} frame of ${bytes.length} bytes exceeds the server's max_payload of ${maxPayload} bytes: raise max_payload (up to 8MB) in the nats-server config, shrink B·T·d, or put a bottleneck at the boundary (--bottleneck K)`);
+      }
+      return publishDurable(res.js, res.names.edge(kind, replica, to), bytes, { msgID: frameMsgId(res.names.run, replica, step, mb, kind, to), headers });
+    });
     await faults.reach('publish');
   };
   const report = async (r: Record<string, unknown> & { type: StageReport['type']; step?: number }) => {
@@ -183,20 +192,24 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
             input = inputs.get(key('act', cmd.step, cmd.mb))!;
             inputs.delete(key('act', cmd.step, cmd.mb));
           }
+          const span = traces.compute('forward', cmd.step, cmd.mb);
           const out = engine.forwardTrain(id, input, B, T, engine.isLast ? data!.targets : undefined, engine.needsTokens ? data!.tokens : undefined);
+          traces.computed('forward', cmd.step, cmd.mb, span);
           await faults.reach('forward');
           if (typeof out === 'number') lossSums.set(cmd.step, (lossSums.get(cmd.step) ?? 0) + out);
-          else await publishFrame('act', s + 1, cmd.step, cmd.mb, out);
+          else await publishFrame('act', s + 1, cmd.step, cmd.mb, out, span);
           actor.send({ type: 'FORWARD_DONE', step: cmd.step, mb: cmd.mb });
         });
       case 'RUN_BACKWARD':
         return run(async () => {
           const gradOut = engine.isLast ? null : inputs.get(key('grad', cmd.step, cmd.mb))!;
           inputs.delete(key('grad', cmd.step, cmd.mb));
+          const span = traces.compute('backward', cmd.step, cmd.mb);
           const gradIn = engine.backward(cmd.step * M + cmd.mb, gradOut);
+          traces.computed('backward', cmd.step, cmd.mb, span);
           accumulated.push(cmd.mb);
           await faults.reach('backward');
-          if (gradIn) await publishFrame('grad', s - 1, cmd.step, cmd.mb, gradIn);
+          if (gradIn) await publishFrame('grad', s - 1, cmd.step, cmd.mb, gradIn, span);
           actor.send({ type: 'BACKWARD_DONE', step: cmd.step, mb: cmd.mb });
         });
       case 'STEP_READY':
@@ -224,6 +237,7 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
             const name = res.names.finalState(replica, layerBegin, layerEnd);
             const state = engine.state();
             await retryTransient(`final state upload ${name}`, () => res.objects.putBlob({ name }, state));
+            await o.tracing.flush();  // every span of this stage is exported before the run can end
             await report({ type: 'final', name, sent });
             log.info({ object: name }, 'final state uploaded');
           } else if (K > 0 && (cmd.step + 1) % K === 0) {
@@ -304,6 +318,7 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
     consumeLoop(`${kind} consumer`, async () => {
       for await (const m of messages) {
         lastSeq.set(kind, m.seq);
+        const received = Date.now();
         let frame;
         try {
           frame = decodeFrame(m.data, expect);
@@ -318,6 +333,7 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
         const k = key(kind, frame.step, frame.microbatch);
         if (seen.has(k)) { m.ack(); continue; }  // redelivered while its step is still open
         seen.add(k);
+        traces.consumed(kind, frame.step, frame.microbatch, m.headers, received, m.data.byteLength, frame.codecs);
         inputs.set(k, frame.data);
         let pending = unacked.get(frame.step);
         if (!pending) unacked.set(frame.step, (pending = []));

@@ -31,6 +31,8 @@ export interface DistributedOptions {
   readonly run?: string;
   readonly standbys?: number;
   readonly childLogLevel?: string;
+  /** Datacenter labels for the hosts, given out in turn (default: local-<i>, one each). */
+  readonly datacenters?: readonly string[];
   readonly log: Logger;
   readonly onProgress?: (p: Progress) => void;
   /** Called once the run's resources exist, before any process starts (tests inject frames here). */
@@ -86,7 +88,8 @@ export async function trainDistributed(o: DistributedOptions): Promise<RunSummar
       };
       spawnChild('coordinator', ['coordinator', '--nats', url, '--run', run, '--config', configFile]);
       for (let i = 0; i < hosts; i++) {
-        spawnChild(`host ${i}`, ['host', '--nats', url, '--run', run, '--device', 'cpu', '--datacenter', `local-${i}`]);
+        const datacenter = o.datacenters?.length ? o.datacenters[i % o.datacenters.length] : `local-${i}`;
+        spawnChild(`host ${i}`, ['host', '--nats', url, '--run', run, '--device', 'cpu', '--datacenter', datacenter]);
       }
       const result = await outcome;
       if (result instanceof Error) throw result;

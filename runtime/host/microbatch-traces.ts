@@ -1,0 +1,91 @@
+// One trace per microbatch, across every host it crosses: stage 0 opens the
+// root span `microbatch` when it takes the microbatch and closes it when its
+// backward is done; each stage adds `consume` (with `decode`), `queue` (from
+// arrival to compute), `forward` or `backward`, and `encode` and `publish`
+// for what it sends on. Frames carry the context as `traceparent` in their
+// NATS headers, so a stage's spans hang under the span that sent its input;
+// the last stage's backward hangs under its own forward.
+import type { Context, Span } from '@opentelemetry/api';
+import type { MsgHdrs } from '@nats-io/transport-node';
+import type { FrameKind } from '../../schemas/tensor-frame.ts';
+import { traceContext, traceHeaders, type Tracing } from '../telemetry/tracing.ts';
+
+export interface TraceIdentity {
+  readonly run: string;
+  readonly replica: number;
+  readonly stage: number;
+  readonly isFirst: boolean;
+  readonly isLast: boolean;
+}
+
+interface Arrival {
+  readonly ctx: Context | undefined;
+  readonly at: number;  // epoch ms
+}
+
+export class MicrobatchTraces {
+  private readonly roots = new Map<string, Span>();          // stage 0: `${step}/${mb}`
+  private readonly forwards = new Map<string, Context>();    // last stage: its forward, parent of its backward
+  private readonly arrivals = new Map<string, Arrival>();    // `${kind}/${step}/${mb}`
+
+  constructor(private readonly tracing: Tracing, private readonly id: TraceIdentity) {}
+
+  private attributes(step: number, mb: number): Record<string, string | number> {
+    return { 'caravan.run': this.id.run, 'caravan.replica': this.id.replica, 'caravan.stage': this.id.stage, 'caravan.step': step, 'caravan.microbatch': mb };
+  }
+
+  /** A frame was consumed: `decode` ran from `started` to now. */
+  consumed(kind: FrameKind, step: number, mb: number, headers: MsgHdrs | undefined, started: number, wireBytes: number, codecs: readonly string[]): void {
+    if (!this.tracing.enabled) return;
+    const parent = traceContext(headers);
+    const attributes = { ...this.attributes(step, mb), 'caravan.kind': kind, 'caravan.bytes_wire': wireBytes, 'caravan.codecs': codecs.join('+') || 'none' };
+    const consume = this.tracing.start('consume', parent, { startTime: started, attributes });
+    this.tracing.start('decode', this.tracing.contextOf(consume), { startTime: started, attributes }).end();
+    consume.end();
+    this.arrivals.set(`${kind}/${step}/${mb}`, { ctx: this.tracing.contextOf(consume), at: Date.now() });
+  }
+
+  /** Opens `forward` or `backward` of a microbatch (and `queue` for the wait before it); returns the span to end. */
+  compute(kind: 'forward' | 'backward', step: number, mb: number): Span {
+    const k = `${step}/${mb}`;
+    const attributes = this.attributes(step, mb);
+    let parent: Context | undefined;
+    if (kind === 'forward' && this.id.isFirst) {
+      const root = this.tracing.start('microbatch', undefined, { attributes });
+      this.roots.set(k, root);
+      parent = this.tracing.contextOf(root);
+    } else if (kind === 'backward' && this.id.isLast) {
+      parent = this.forwards.get(k);
+      this.forwards.delete(k);
+    } else {
+      const arrival = this.arrivals.get(`${kind === 'forward' ? 'act' : 'grad'}/${k}`);
+      this.arrivals.delete(`${kind === 'forward' ? 'act' : 'grad'}/${k}`);
+      parent = arrival?.ctx;
+      if (arrival) this.tracing.start('queue', parent, { startTime: arrival.at, attributes }).end();
+    }
+    return this.tracing.start(kind, parent, { attributes });
+  }
+
+  /** Closes a compute span; the last stage keeps its forward as its backward's parent, stage 0 closes the root after its backward. */
+  computed(kind: 'forward' | 'backward', step: number, mb: number, span: Span): void {
+    span.end();
+    const k = `${step}/${mb}`;
+    if (kind === 'forward' && this.id.isLast && this.tracing.enabled) this.forwards.set(k, this.tracing.contextOf(span));
+    if (kind === 'backward' && this.id.isFirst) {
+      this.roots.get(k)?.end();
+      this.roots.delete(k);
+    }
+  }
+
+  /** Spans around sending a frame: `encode` then `publish`; returns the headers that carry the trace on. */
+  send<T>(parent: Span, step: number, mb: number, encode: () => { bytes: Uint8Array; f32Bytes: number; codecs: readonly string[] }, publish: (bytes: Uint8Array, headers: MsgHdrs | undefined) => Promise<T>): Promise<T> {
+    const parentCtx = this.tracing.contextOf(parent);
+    const encodeSpan = this.tracing.start('encode', parentCtx, { attributes: this.attributes(step, mb) });
+    const out = encode();
+    const attributes = { ...this.attributes(step, mb), 'caravan.bytes_raw': out.f32Bytes, 'caravan.bytes_wire': out.bytes.byteLength, 'caravan.codecs': out.codecs.join('+') || 'none' };
+    encodeSpan.setAttributes(attributes);
+    encodeSpan.end();
+    const publishSpan = this.tracing.start('publish', parentCtx, { attributes });
+    return publish(out.bytes, traceHeaders(this.tracing.contextOf(publishSpan))).finally(() => publishSpan.end());
+  }
+}

@@ -1,0 +1,127 @@
+// One trace per microbatch across hosts and datacenters: a 4-stage pipeline
+// whose hosts are labelled as two datacenters exports its spans over
+// OTLP/HTTP (JSON) to a receiver this test runs (a real HTTP server decoding
+// the OTLP payload), and every microbatch comes back as exactly one trace
+// with forward and backward spans of all 4 stages, parented across the NATS
+// hops, with byte counts on the spans that send frames.
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import test, { type ExecutionContext } from 'ava';
+import { loadRunConfig } from '../../runtime/config/load-run-config.ts';
+import { createLogger } from '../../runtime/log.ts';
+import { trainDistributed } from '../../runtime/train/train-distributed.ts';
+import { initTracing, traceContext, traceHeaders, tracingConfigured } from '../../runtime/telemetry/tracing.ts';
+
+type OtlpValue = { stringValue?: string; intValue?: string | number; doubleValue?: number };
+type OtlpAttr = { key: string; value: OtlpValue };
+interface Span { traceId: string; spanId: string; parentSpanId?: string; name: string; attrs: Record<string, string | number>; resource: Record<string, string | number> }
+
+function flat(attrs: OtlpAttr[] = []): Record<string, string | number> {
+  return Object.fromEntries(attrs.map((a) => [a.key, a.value.stringValue ?? Number(a.value.intValue ?? a.value.doubleValue)]));
+}
+
+/** Sets environment variables for one test (its child processes inherit them) and restores them after. */
+function withEnv(t: ExecutionContext, vars: Record<string, string>): void {
+  const before = Object.fromEntries(Object.keys(vars).map((k) => [k, process.env[k]]));
+  Object.assign(process.env, vars);
+  t.teardown(() => {
+    for (const [k, v] of Object.entries(before)) {
+      if (v === undefined) delete process.env[k];
+      else process.env[k] = v;
+    }
+  });
+}
+
+async function otlpReceiver() {
+  const spans: Span[] = [];
+  const raw: Buffer[] = [];
+  const contentTypes = new Set<string>();
+  const server = createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      contentTypes.add(`${req.method} ${req.url} ${req.headers['content-type']}`);
+      if (req.headers['content-type'] !== 'application/json') {
+        raw.push(Buffer.concat(chunks));
+        res.writeHead(200).end();
+        return;
+      }
+      const body = JSON.parse(Buffer.concat(chunks).toString()) as { resourceSpans: Array<{ resource: { attributes: OtlpAttr[] }; scopeSpans: Array<{ spans: Array<{ traceId: string; spanId: string; parentSpanId?: string; name: string; attributes: OtlpAttr[] }> }> }> };
+      for (const rs of body.resourceSpans) {
+        const resource = flat(rs.resource.attributes);
+        for (const ss of rs.scopeSpans) for (const s of ss.spans) spans.push({ traceId: s.traceId, spanId: s.spanId, parentSpanId: s.parentSpanId || undefined, name: s.name, attrs: flat(s.attributes), resource });
+      }
+      res.writeHead(200, { 'content-type': 'application/json' }).end('{}');
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  return { spans, raw, contentTypes, url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, close: () => new Promise((r) => server.close(r)) };
+}
+
+test.serial('every microbatch is one trace across 4 stages, two hosts and two datacenters, parented across NATS hops', async (t) => {
+  const receiver = await otlpReceiver();
+  t.teardown(() => receiver.close());
+  withEnv(t, { OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url, OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json', OTEL_SERVICE_NAME: 'caravan-test' });
+  const config = await loadRunConfig({ preset: 'tiny', overrides: { training: { steps: 2, stages: 4, microbatches: 2, seqLen: 32, batchSize: 2 } } });
+  const summary = await trainDistributed({ config, run: 'traced', log: createLogger('test', 'silent'), datacenters: ['dc-east', 'dc-west'] });
+  t.is(summary.steps, 2);
+
+  t.true([...receiver.contentTypes].every((c) => c === 'POST /v1/traces application/json'), [...receiver.contentTypes].join(', '));
+  const traces = new Map<string, Span[]>();
+  for (const s of receiver.spans) traces.set(s.traceId, [...(traces.get(s.traceId) ?? []), s]);
+  t.is(traces.size, 2 * 2, 'one trace per microbatch (2 steps × 2 microbatches), nothing else');
+  const microbatches = new Set<string>();
+  for (const [traceId, spans] of traces) {
+    const roots = spans.filter((s) => !s.parentSpanId);
+    t.deepEqual(roots.map((r) => r.name), ['microbatch'], `trace ${traceId} has one root`);
+    microbatches.add(`${roots[0].attrs['caravan.step']}/${roots[0].attrs['caravan.microbatch']}`);
+    const ids = new Set(spans.map((s) => s.spanId));
+    t.deepEqual(spans.filter((s) => s.parentSpanId && !ids.has(s.parentSpanId)).map((s) => s.name), [], 'every parent is in the trace');
+    for (const name of ['forward', 'backward']) {
+      t.deepEqual([...new Set(spans.filter((s) => s.name === name).map((s) => s.attrs['caravan.stage']))].sort(), [0, 1, 2, 3], `${name} on every stage`);
+    }
+    t.true(new Set(spans.map((s) => s.resource['host.name'])).size >= 2, 'spans from more than one host');
+    t.deepEqual([...new Set(spans.map((s) => s.resource['caravan.datacenter']))].sort(), ['dc-east', 'dc-west']);
+    t.true(spans.every((s) => s.resource['service.name'] === 'caravan-test'));
+    // Across hosts: stage 1's forward hangs under what stage 0 published, through consume and queue.
+    const byId = new Map(spans.map((s) => [s.spanId, s]));
+    const forward1 = spans.find((s) => s.name === 'forward' && s.attrs['caravan.stage'] === 1)!;
+    const chain: string[] = [];
+    for (let s: Span | undefined = forward1; s; s = s.parentSpanId ? byId.get(s.parentSpanId) : undefined) chain.push(`${s.name}@${s.attrs['caravan.stage']}`);
+    t.deepEqual(chain, ['forward@1', 'consume@1', 'publish@0', 'forward@0', 'microbatch@0']);
+    for (const p of spans.filter((s) => s.name === 'publish')) {
+      t.true(Number(p.attrs['caravan.bytes_raw']) > 0 && Number(p.attrs['caravan.bytes_wire']) > Number(p.attrs['caravan.bytes_raw']), 'fp32 and wire bytes on every publish');
+    }
+    t.is(spans.filter((s) => s.name === 'publish').length, 6, '3 boundaries × 2 directions');
+    t.true(spans.some((s) => s.name === 'queue') && spans.some((s) => s.name === 'decode') && spans.some((s) => s.name === 'encode'));
+  }
+  t.deepEqual([...microbatches].sort(), ['0/0', '0/1', '1/0', '1/1']);
+});
+
+test.serial('tracing is off without an endpoint; http/protobuf is the default protocol; traceparent survives NATS headers; the ratio samples', async (t) => {
+  t.false(tracingConfigured({}));
+  t.false(tracingConfigured({ OTEL_EXPORTER_OTLP_ENDPOINT: 'http://x', OTEL_TRACES_EXPORTER: 'none' }));
+  t.true(tracingConfigured({ OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: 'http://x/v1/traces' }));
+  const off = initTracing({ service: 's', host: 'h', datacenter: 'd' }, {});
+  t.false(off.enabled);
+  t.is(traceHeaders(off.contextOf(off.start('x', undefined))), undefined, 'an unsampled span puts nothing in the headers');
+
+  const receiver = await otlpReceiver();
+  t.teardown(() => receiver.close());
+  const env = { OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url };
+  withEnv(t, { ...env, OTEL_EXPORTER_OTLP_PROTOCOL: 'http/protobuf' });  // the exporters read the endpoint from the environment
+  const on = initTracing({ service: 's', host: 'h', datacenter: 'd' }, env);
+  const span = on.start('microbatch', undefined);
+  const headers = traceHeaders(on.contextOf(span))!;
+  t.regex(headers.get('traceparent'), new RegExp(`^00-${span.spanContext().traceId}-${span.spanContext().spanId}-01$`));
+  t.is((await import('@opentelemetry/api')).trace.getSpanContext(traceContext(headers)!)?.traceId, span.spanContext().traceId);
+  span.end();
+  await on.shutdown();
+  t.true(receiver.raw.length >= 1 && receiver.raw[0].length > 10, 'one protobuf export');
+  t.true([...receiver.contentTypes].some((c) => c === 'POST /v1/traces application/x-protobuf'), [...receiver.contentTypes].join(', '));
+
+  const never = initTracing({ service: 's', host: 'h', datacenter: 'd' }, { ...env, OTEL_TRACES_SAMPLER_ARG: '0' });
+  t.false(never.start('microbatch', undefined).isRecording(), 'ratio 0 samples nothing');
+  await never.shutdown();
+  t.throws(() => initTracing({ service: 's', host: 'h', datacenter: 'd' }, { ...env, OTEL_EXPORTER_OTLP_PROTOCOL: 'grpc' }), { message: /http\/protobuf or http\/json/ });
+});
