@@ -3,9 +3,10 @@
 import { tuneAllocator } from '../native/index.ts';
 import { benchCompression } from './compression.ts';
 import { benchEngine } from './engine.ts';
+import { benchTracing } from './tracing.ts';
 import { benchTransport } from './transport.ts';
 
-const benches: Record<string, (args: string[]) => Promise<Record<string, unknown>>> = { compression: benchCompression, engine: benchEngine, transport: benchTransport };
+const benches: Record<string, (args: string[]) => Promise<Record<string, unknown>>> = { compression: benchCompression, engine: benchEngine, tracing: benchTracing, transport: benchTransport };
 
 const [name, ...args] = process.argv.slice(2);
 if (!name || name === '--help' || !benches[name]) {

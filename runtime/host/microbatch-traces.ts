@@ -23,6 +23,13 @@ interface Arrival {
   readonly at: number;  // epoch ms
 }
 
+/** trace_id and span_id of a recorded span, for log lines; nothing when tracing is off. */
+export function traceIds(span: Span): { trace_id?: string; span_id?: string } {
+  if (!span.isRecording()) return {};
+  const c = span.spanContext();
+  return { trace_id: c.traceId, span_id: c.spanId };
+}
+
 export class MicrobatchTraces {
   private readonly roots = new Map<string, Span>();          // stage 0: `${step}/${mb}`
   private readonly forwards = new Map<string, Context>();    // last stage: its forward, parent of its backward

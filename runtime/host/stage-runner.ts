@@ -28,7 +28,7 @@ import { openEdgeConsumer, openReaderConsumer, PULL_EXPIRES_MS, ReaderReplacedEr
 import { readSlot, recordCheckpoint, SlotLostError, type SlotEntry } from '../transport/slots.ts';
 import type { Tracing } from '../telemetry/tracing.ts';
 import type { FaultPoints } from './fault-points.ts';
-import { MicrobatchTraces } from './microbatch-traces.ts';
+import { MicrobatchTraces, traceIds } from './microbatch-traces.ts';
 import type { Span } from '@opentelemetry/api';
 
 const CONSUME_MAX_BYTES = 32 * 1024 * 1024;  // bounded by bytes, not messages: see DEPENDENCIES.md
@@ -195,6 +195,7 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
           const span = traces.compute('forward', cmd.step, cmd.mb);
           const out = engine.forwardTrain(id, input, B, T, engine.isLast ? data!.targets : undefined, engine.needsTokens ? data!.tokens : undefined);
           traces.computed('forward', cmd.step, cmd.mb, span);
+          log.debug({ step: cmd.step, mb: cmd.mb, ...traceIds(span) }, 'forward');
           await faults.reach('forward');
           if (typeof out === 'number') lossSums.set(cmd.step, (lossSums.get(cmd.step) ?? 0) + out);
           else await publishFrame('act', s + 1, cmd.step, cmd.mb, out, span);
@@ -207,6 +208,7 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
           const span = traces.compute('backward', cmd.step, cmd.mb);
           const gradIn = engine.backward(cmd.step * M + cmd.mb, gradOut);
           traces.computed('backward', cmd.step, cmd.mb, span);
+          log.debug({ step: cmd.step, mb: cmd.mb, ...traceIds(span) }, 'backward');
           accumulated.push(cmd.mb);
           await faults.reach('backward');
           if (gradIn) await publishFrame('grad', s - 1, cmd.step, cmd.mb, gradIn, span);
