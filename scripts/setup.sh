@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Brings a fresh Debian/Ubuntu machine with Node 20 to the point where
 # `npm start` and `npm test` run, doing only what is missing:
-#   1. OS packages (OpenBLAS headers, a C++ toolchain, cmake) through apt-get;
+#   1. OS packages (OpenBLAS headers, a C++ toolchain, cmake; with --test also
+#      chromium, which the timeline test renders pages in) through apt-get;
 #   2. a nats-server >= 2.10 (the one on the PATH if recent enough, else
 #      Debian trixie's package unpacked into .deps/, leaving apt sources alone);
 #   3. `npm ci` when node_modules is missing or older than package-lock.json;
@@ -39,6 +40,9 @@ command -v g++ >/dev/null || missing+=(g++)
 command -v make >/dev/null || missing+=(make)
 command -v python3 >/dev/null || missing+=(python3)
 command -v cmake >/dev/null || missing+=(cmake)
+if [ "${1:-}" = --test ]; then
+  { command -v chromium >/dev/null || command -v chromium-browser >/dev/null; } || missing+=(chromium)
+fi
 [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
 
 # 2. nats-server >= 2.10 (2.9 has no fsync-on-write: jetstream sync_interval)

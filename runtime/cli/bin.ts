@@ -7,6 +7,7 @@ import { chaosCommand } from './chaos-command.ts';
 import { modelCommands } from './model-commands.ts';
 import { processCommands } from './process-commands.ts';
 import { statusCommand } from './status-command.ts';
+import { timelineCommand } from './timeline-command.ts';
 import { trainCommand } from './train-command.ts';
 
 tuneAllocator();
@@ -20,6 +21,7 @@ processCommands(program);
 statusCommand(program);
 chaosCommand(program);
 modelCommands(program);
+timelineCommand(program);
 
 program.parseAsync(process.argv).catch((err: unknown) => {
   const message = err instanceof InvalidArgumentError ? err.message : err instanceof Error ? err.message : String(err);

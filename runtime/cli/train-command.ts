@@ -12,6 +12,7 @@ import { trainDistributed, type Progress } from '../train/train-distributed.ts';
 import { trainLocal } from '../train/train-local.ts';
 import type { TokenizerName } from '../data/index.ts';
 import { writeHfModel } from '../export/hf-llama.ts';
+import { startSpanFileReceiver } from '../telemetry/span-file.ts';
 import { statesFromRun } from '../export/run-stage-states.ts';
 import { stitchStageStates, type StageStateBlob } from '../export/stitch-stages.ts';
 import { compressionOverrides, nonNegativeInt, positiveInt, positiveNumber, type RunShapeFlags } from './options.ts';
@@ -33,6 +34,7 @@ interface TrainFlags extends RunShapeFlags {
   progress: boolean;
   logLevel?: string;
   export?: string;
+  traceFile?: string;
 }
 
 async function exportModel(dir: string, blobs: StageStateBlob[], tokenizer: TokenizerName, run: string | undefined, log: (line: string) => void): Promise<void> {
@@ -88,6 +90,7 @@ export function trainCommand(program: Command): void {
     .option('--checkpoint-every <n>', 'steps between stage checkpoints (to the Object Store; in-process to --checkpoint-dir); 0: none', nonNegativeInt('--checkpoint-every'))
     .option('--resume', '(in-process) continue from the checkpoints in --checkpoint-dir')
     .addOption(new Option('--log-level <level>', "child processes' log level on stderr").choices(['silent', 'error', 'warn', 'info', 'debug']))
+    .option('--trace-file <file>', "trace every microbatch into this file (JSON lines of spans) for `caravan timeline`; hosts export OTLP to this process")
     .option('--export <dir>', "at the end, export replica 0's model there (as `caravan export` does: transformers' Llama layout and ONNX)")
     .option('--json', 'print one JSON summary line at the end')
     .option('--no-progress', 'no progress bar')
@@ -114,6 +117,7 @@ export function trainCommand(program: Command): void {
       if (flags.inProcess) {
         if (flags.resume && !flags.checkpointDir) throw new Error('--resume needs --checkpoint-dir');
         if (t.replicas > 1) throw new Error('--in-process trains one replica; use the NATS pipeline for --replicas > 1');
+        if (flags.traceFile) throw new Error('--trace-file traces the hosts of a NATS run; --in-process has none');
         ui.log(`caravan train (in process): ${config.model.nLayers} layers d=${config.model.dModel} V=${config.model.vocabSize} in ${t.stages} stages, ${t.steps} steps of ${t.microbatches}×${t.batchSize}×${t.seqLen} tokens`);
         ui.start();
         const summary = await trainLocal({
@@ -130,6 +134,12 @@ export function trainCommand(program: Command): void {
       }
       ui.log(`caravan train: ${config.model.nLayers} layers d=${config.model.dModel} V=${config.model.vocabSize} in ${t.stages} stages × ${t.replicas} replica(s) over NATS (${flags.nats ?? 'embedded nats-server'}), ${t.steps} steps of ${t.microbatches}×${t.batchSize}×${t.seqLen} tokens`);
       let started = false;
+      const receiver = flags.traceFile ? await startSpanFileReceiver(flags.traceFile) : undefined;
+      if (receiver) {
+        // The host processes inherit these: every microbatch is traced, to this process.
+        Object.assign(process.env, { OTEL_EXPORTER_OTLP_ENDPOINT: receiver.endpoint, OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json', OTEL_TRACES_SAMPLER_ARG: '1' });
+        delete process.env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT;
+      }
       const summary = await trainDistributed({
         config, nats: flags.nats, run: flags.run, standbys: flags.standbys, childLogLevel: flags.logLevel,
         log: createLogger('caravan-train', 'warn'),
@@ -143,6 +153,10 @@ export function trainCommand(program: Command): void {
           : undefined,
       });
       ui.stop();
+      if (receiver) {
+        await receiver.close();
+        ui.log(`${receiver.spans()} spans in ${flags.traceFile}: caravan timeline --trace-file ${flags.traceFile} --out timeline.html`);
+      }
       if (flags.json) process.stdout.write(`${JSON.stringify({ ...summary, mode: 'nats' })}\n`);
       else ui.log(`done: loss ${summary.losses[0].toFixed(3)} → ${summary.final_loss.toFixed(3)}, ${Math.round(summary.tokens_per_s)} tok/s, ${summary.dead_letters} dead-lettered frames, params sha256 ${summary.params_sha256.slice(0, 16)}… (run ${summary.run})`);
     });

@@ -13,11 +13,15 @@ test('caravan --help and caravan train --help describe the commands', async (t) 
   for (const flag of ['--steps', '--stages', '--microbatches', '--checkpoint-dir', '--json', '--data', '--bottleneck ', '--bottleneck-quant', '--no-bottleneck-embed', '--no-lz4']) t.regex(help, new RegExp(flag));
 });
 
-test('coordinator, host, status and chaos have --help naming their flags', async (t) => {
+test('every command has --help naming its flags', async (t) => {
   const expected: Record<string, string[]> = {
     coordinator: ['--nats', '--run', '--config', '--heartbeat-timeout', '--stream-replicas'],
     host: ['--nats', '--run', '--device', '--gpu', '--datacenter', '--heartbeat'],
     status: ['--nats', '--run', '--json'],
+    timeline: ['--trace-file', '--out', '--json'],
+    export: ['--out', '--checkpoint-dir', '--nats', '--run', '--replica', '--tokenizer'],
+    eval: ['--model', '--checkpoint-dir', '--data', '--batches'],
+    generate: ['--model', '--prompt', '--max-tokens', '--temperature', '--top-k', '--top-p', '--seed'],
     chaos: ['--kills', '--seed', '--targets', '--nats-servers', '--standbys', '--checkpoint-every', '--json', '--bottleneck ', '--bottleneck-quant'],
   };
   for (const [command, flags] of Object.entries(expected)) {

@@ -1,0 +1,55 @@
+// `caravan timeline` from a real traced run, rendered by headless Chromium:
+// the page draws one forward and one backward box for every stage, step and
+// microbatch, and prints the bubble beside its 1F1B bound.
+import { execFile } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import test from 'ava';
+import { caravan, summaryOf } from '../support/caravan-cli.ts';
+
+const run = promisify(execFile);
+
+function chromium(): string {
+  for (const dir of (process.env.PATH ?? '').split(':')) {
+    for (const name of ['chromium', 'chromium-browser']) if (dir && existsSync(join(dir, name))) return join(dir, name);
+  }
+  throw new Error('no chromium on the PATH: npm test installs it (scripts/setup.sh --test), or apt-get install chromium');
+}
+
+test('a traced 4-stage run draws a box for every stage, step and microbatch, in a real browser', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'caravan-timeline-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const spans = join(dir, 'spans.jsonl'), page = join(dir, 'timeline.html');
+  const trained = await caravan(['train', '--stages', '4', '--steps', '2', '--microbatches', '2', '--seq', '32', '--batch', '2', '--trace-file', spans, '--json']);
+  t.is(trained.code, 0, trained.stderr);
+  const summary = summaryOf(await caravan(['timeline', '--trace-file', spans, '--out', page, '--json']));
+  t.like(summary, { rows: 4, boxes: 4 * 2 * 2 * 2, stages: 4, microbatches: 2, bubble_bound: 0.6 });
+  t.true((summary.bubble as number) > 0 && (summary.bubble as number) < 1);
+  t.is(summary.transfers, 2 * 2 * 6, 'every frame between stages is drawn');
+
+  const { stdout: dom } = await run(chromium(), ['--headless', '--no-sandbox', '--disable-gpu', '--dump-dom', `file://${page}`], { timeout: 60_000, maxBuffer: 16 << 20 });
+  const boxes = [...dom.matchAll(/<rect [^>]*data-kind="(forward|backward)"[^>]*data-stage="(\d+)"[^>]*data-step="(\d+)"[^>]*data-mb="(\d+)"/g)].map((m) => `${m[1]} ${m[2]} ${m[3]}.${m[4]}`);
+  const expected: string[] = [];
+  for (const kind of ['forward', 'backward']) for (let s = 0; s < 4; s++) for (const step of [0, 1]) for (const mb of [0, 1]) expected.push(`${kind} ${s} ${step}.${mb}`);
+  t.deepEqual(boxes.sort(), expected.sort(), 'the script ran in the browser and drew each box once');
+  t.regex(dom, /id="summary">bubble \d+\.\d% of stage time \(1F1B bound for S=4, M=2: 60\.0%\)/);
+});
+
+test('timeline refuses a trace file without compute spans, or none at all, in one line', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'caravan-timeline-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const empty = join(dir, 'empty.jsonl');
+  await writeFile(empty, '');
+  const none = await caravan(['timeline', '--trace-file', empty, '--out', join(dir, 'x.html')]);
+  t.regex(none.stderr, /no forward or backward spans in the trace file/);
+  const missing = await caravan(['timeline', '--trace-file', join(dir, 'nope.jsonl'), '--out', join(dir, 'x.html')]);
+  t.regex(missing.stderr, /cannot read trace file .*nope\.jsonl: ENOENT/);
+  await writeFile(empty, '{"name": 1}\n');
+  const bad = await caravan(['timeline', '--trace-file', empty, '--out', join(dir, 'x.html')]);
+  t.regex(bad.stderr, /empty\.jsonl line 1: not a span record/);
+  const inProcess = await caravan(['train', '--in-process', '--steps', '1', '--trace-file', join(dir, 'y.jsonl')]);
+  t.regex(inProcess.stderr, /--trace-file traces the hosts of a NATS run/);
+});
