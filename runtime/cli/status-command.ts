@@ -50,6 +50,14 @@ export async function readRunStatus(url: string, run: string): Promise<RunStatus
   }
 }
 
+/** How replica 0's stages used their time and the machines' peak, once the run has finished. */
+function computeLine(summary: RunStatus['summary']): string[] {
+  const u = summary?.utilization_by_stage as number[] | undefined;
+  if (!u?.length) return [];
+  const pct = (x: unknown) => `${(100 * Number(x)).toFixed(1)}%`;
+  return [`stages busy (replica 0): ${u.map(pct).join(' ')}; bubble ${pct(summary!.bubble)} (1F1B bound ${pct(summary!.bubble_bound)}); MFU ${Number(summary!.mfu_pct).toFixed(1)}% of the hosts' measured fp32 peak`];
+}
+
 /** Frames between stages, once the run has finished: their fp32 size and their size on the wire. */
 function wireLine(summary: RunStatus['summary']): string[] {
   const wire = summary?.wire as { frames: number; f32_bytes: number; wire_bytes: number } | undefined;
@@ -80,6 +88,7 @@ export function statusCommand(program: Command): void {
         `slots (${s.slots.length}):`,
         ...s.slots.map((x) => `  replica ${x.replica} stage ${x.stage}  ${x.host}  generation ${x.generation}  checkpoint ${x.checkpoint ? `after step ${x.checkpoint.step}` : 'none'}`),
         ...wireLine(s.summary),
+        ...computeLine(s.summary),
         `dead-lettered frames: ${s.dead_letters.count}`,
         ...s.dead_letters.recent.map((d) => `  [${d.fault}] ${d.reason} (${d.subject}, host ${d.host})`),
       ];

@@ -14,7 +14,8 @@ import { coordinatorMachine, type CoordinatorCommand, type CoordinatorMachineInp
 import { replicaMachine, type ReplicaCommand } from '../../actors/replica-machine.ts';
 import { decodeSafeTensors, splitLayers } from '../../native/index.ts';
 import type { RunConfig } from '../../schemas/run-config.ts';
-import type { StageReport, StepControl, WireCount } from '../host/stage-runner.ts';
+import type { ComputeCount, StageReport, StepControl, WireCount } from '../host/stage-runner.ts';
+import { trainFlopsPerToken } from '../../schemas/model-flops.ts';
 import type { Logger } from '../log.ts';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { connectNats } from '../nats/connect.ts';
@@ -47,6 +48,17 @@ export interface RunSummary {
   readonly dead_letters: number;
   /** Frames between stages, summed over the slot holders that finished (a replacement counts from its restore, re-sent frames included). */
   readonly wire: WireCount & { ratio_vs_f32: number };
+  /**
+   * Replica 0's stages: the fraction of the window from the first engine call
+   * of any stage to the last that each stage spent in engine calls; the
+   * bubble is what the stages together did not (hosts' clocks are compared,
+   * so they must agree), beside the 1F1B bound (S−1)/(M+S−1).
+   */
+  readonly utilization_by_stage: number[];
+  readonly bubble: number;
+  readonly bubble_bound: number;
+  /** Model FLOPs per second over the sum of the hosts' measured fp32 peaks (a plain sgemm at start-up). */
+  readonly mfu_pct: number;
 }
 
 export interface RunState {
@@ -167,7 +179,7 @@ async function coordinate(
   const tokensPerStep = t.microbatches * t.batchSize * t.seqLen;
   const losses: number[][] = Array.from({ length: t.replicas }, () => []);
   const published = new Set<string>();   // step control already in the log
-  const finals = new Map<string, WireCount>();  // `${replica}.${stage}` whose final state is uploaded: what it sent
+  const finals = new Map<string, { sent: WireCount; compute?: ComputeCount }>();  // `${replica}.${stage}` whose final state is uploaded
   let replicasDone = false;
   let finishing = false;
 
@@ -284,7 +296,7 @@ async function coordinate(
     if (!replica) return;
     if (msg.type === 'done') replica.send({ type: 'STAGE_DONE', stage: msg.stage, step: msg.step, sumSquares: msg.sumSquares, loss: msg.loss ?? undefined });
     else if (msg.type === 'stepped') replica.send({ type: 'STAGE_STEPPED', stage: msg.stage, step: msg.step });
-    else if (msg.type === 'final') { finals.set(`${msg.replica}.${msg.stage}`, msg.sent ?? { frames: 0, f32_bytes: 0, wire_bytes: 0 }); maybeFinish(); }
+    else if (msg.type === 'final') { finals.set(`${msg.replica}.${msg.stage}`, { sent: msg.sent ?? { frames: 0, f32_bytes: 0, wire_bytes: 0 }, compute: msg.compute }); maybeFinish(); }
   }
 
   // The control log from its start: what is there already is the history to
@@ -351,11 +363,18 @@ async function coordinate(
     }
     const dead = (await res.jsm.streams.info(res.names.deadStream)).state.messages;
     const wire = { frames: 0, f32_bytes: 0, wire_bytes: 0 };
-    for (const sent of finals.values()) {
+    for (const { sent } of finals.values()) {
       wire.frames += sent.frames;
       wire.f32_bytes += sent.f32_bytes;
       wire.wire_bytes += sent.wire_bytes;
     }
+    const tokensPerS = (t.steps * t.replicas * tokensPerStep) / wall;
+    const stagesOf0 = Array.from({ length: t.stages }, (_, s) => finals.get(`0.${s}`)?.compute);
+    const first = Math.min(...stagesOf0.map((c) => c?.first_ms ?? Infinity));
+    const last = Math.max(...stagesOf0.map((c) => c?.last_ms ?? -Infinity));
+    const window = last - first;
+    const utilization = stagesOf0.map((c) => (c && window > 0 ? c.busy_ms / window : 0));
+    const peak = [...finals.values()].reduce((sum, f) => sum + (f.compute?.peak_gflops ?? 0), 0);
     return {
       run: o.run,
       steps: t.steps,
@@ -363,13 +382,17 @@ async function coordinate(
       replicas: t.replicas,
       losses: losses[0],
       final_loss: losses[0][losses[0].length - 1],
-      tokens_per_s: (t.steps * t.replicas * tokensPerStep) / wall,
+      tokens_per_s: tokensPerS,
       params_sha256: hashes[0],
       params_sha256_by_replica: hashes,
       losses_by_replica: losses,
       wall_seconds: wall,
       dead_letters: dead,
       wire: { ...wire, ratio_vs_f32: wire.wire_bytes > 0 ? wire.f32_bytes / wire.wire_bytes : 0 },
+      utilization_by_stage: utilization,
+      bubble: 1 - utilization.reduce((a, b) => a + b, 0) / t.stages,
+      bubble_bound: (t.stages - 1) / (t.microbatches + t.stages - 1),
+      mfu_pct: peak > 0 ? (100 * tokensPerS * trainFlopsPerToken(config.model, t.seqLen)) / (peak * 1e9) : 0,
     };
   }
 

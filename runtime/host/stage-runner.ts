@@ -15,7 +15,7 @@ import type { ConsumerMessages, JsMsg } from '@nats-io/jetstream';
 import { headers, type NatsConnection } from '@nats-io/transport-node';
 import { createActor } from 'xstate';
 import { stageMachine, type StageCommand } from '../../actors/stage-machine.ts';
-import { EngineStage, splitLayers } from '../../native/index.ts';
+import { EngineStage, sgemmGflops, splitLayers } from '../../native/index.ts';
 import type { RunConfig } from '../../schemas/run-config.ts';
 import { decodeFrame, encodeFrameWithCodecs, FrameError, frameMsgId, type FrameKind } from '../../schemas/tensor-frame.ts';
 import { boundaryCodecs, FRAME_CODECS } from '../codecs/index.ts';
@@ -42,7 +42,15 @@ export type StepControl =
 export type StageReport =
   | { type: 'done'; replica: number; stage: number; generation: number; host: string; step: number; sumSquares: number[]; loss?: number }
   | { type: 'stepped'; replica: number; stage: number; generation: number; host: string; step: number; contributions: number[] }
-  | { type: 'final'; replica: number; stage: number; generation: number; host: string; name: string; sent: WireCount };
+  | { type: 'final'; replica: number; stage: number; generation: number; host: string; name: string; sent: WireCount; compute: ComputeCount };
+
+/** How this slot holder used its time: engine calls, and the epoch ms of its first and last; the machine's measured fp32 peak. */
+export interface ComputeCount {
+  busy_ms: number;
+  first_ms: number;
+  last_ms: number;
+  peak_gflops: number;
+}
 
 /** Frames this slot holder published: their float32 size, and their size on the wire (whole frames). */
 export interface WireCount {
@@ -109,6 +117,20 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
     grad: { width: engine.inWidth, codecs: boundaryCodecs(model, layerBegin, t.lz4) },
   };
   const sent: WireCount = { frames: 0, f32_bytes: 0, wire_bytes: 0 };
+  // The CPU's practical fp32 peak, for MFU: a plain sgemm of a few hundred ms at most.
+  const peakGflops = sgemmGflops(512, 512, 512, 8);
+  let busyMs = 0, firstCompute = 0, lastCompute = 0;
+  const timed = <R>(f: () => R): R => {
+    const t0 = performance.now();
+    try {
+      return f();
+    } finally {
+      const t1 = performance.now();
+      busyMs += t1 - t0;
+      if (!firstCompute) firstCompute = Date.now() - (t1 - t0);
+      lastCompute = Date.now();
+    }
+  };
   const traces = new MicrobatchTraces(o.tracing, { run: res.names.run, replica, stage: s, isFirst: engine.isFirst, isLast: engine.isLast });
   const publishFrame = async (kind: FrameKind, to: number, step: number, mb: number, data: Float32Array, parent: Span) => {
     const { width, codecs } = wire[kind];
@@ -193,7 +215,7 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
             inputs.delete(key('act', cmd.step, cmd.mb));
           }
           const span = traces.compute('forward', cmd.step, cmd.mb);
-          const out = engine.forwardTrain(id, input, B, T, engine.isLast ? data!.targets : undefined, engine.needsTokens ? data!.tokens : undefined);
+          const out = timed(() => engine.forwardTrain(id, input, B, T, engine.isLast ? data!.targets : undefined, engine.needsTokens ? data!.tokens : undefined));
           traces.computed('forward', cmd.step, cmd.mb, span);
           log.debug({ step: cmd.step, mb: cmd.mb, ...traceIds(span) }, 'forward');
           await faults.reach('forward');
@@ -206,7 +228,7 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
           const gradOut = engine.isLast ? null : inputs.get(key('grad', cmd.step, cmd.mb))!;
           inputs.delete(key('grad', cmd.step, cmd.mb));
           const span = traces.compute('backward', cmd.step, cmd.mb);
-          const gradIn = engine.backward(cmd.step * M + cmd.mb, gradOut);
+          const gradIn = timed(() => engine.backward(cmd.step * M + cmd.mb, gradOut));
           traces.computed('backward', cmd.step, cmd.mb, span);
           log.debug({ step: cmd.step, mb: cmd.mb, ...traceIds(span) }, 'backward');
           accumulated.push(cmd.mb);
@@ -240,7 +262,7 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
             const state = engine.state();
             await retryTransient(`final state upload ${name}`, () => res.objects.putBlob({ name }, state));
             await o.tracing.flush();  // every span of this stage is exported before the run can end
-            await report({ type: 'final', name, sent });
+            await report({ type: 'final', name, sent, compute: { busy_ms: busyMs, first_ms: firstCompute, last_ms: lastCompute, peak_gflops: peakGflops } });
             log.info({ object: name }, 'final state uploaded');
           } else if (K > 0 && (cmd.step + 1) % K === 0) {
             await checkpoint(cmd.step);

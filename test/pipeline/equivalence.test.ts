@@ -26,6 +26,12 @@ test('caravan train --stages 4 over NATS equals --stages 1 and the in-process ru
   t.regex(a.params_sha256 as string, /^[0-9a-f]{64}$/);
   t.true((a.tokens_per_s as number) > 0);
   t.is(a.dead_letters, 0);
+  const utilization = a.utilization_by_stage as number[];
+  t.is(utilization.length, 4);
+  t.true(utilization.every((u) => u > 0 && u <= 1), `utilization ${utilization}`);
+  t.true((a.bubble as number) >= 0 && (a.bubble as number) < 1);
+  t.is(a.bubble_bound, 3 / (3 + 4 - 1), '1F1B with M=3 over S=4');
+  t.true((a.mfu_pct as number) > 0 && (a.mfu_pct as number) < 100, `MFU ${a.mfu_pct}%`);
 });
 
 test('with bottlenecks quantized to MX int8 the NATS run equals the in-process run, and the wire carries k channels', async (t) => {

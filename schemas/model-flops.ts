@@ -1,12 +1,13 @@
 // Model FLOPs per token, PaLM's convention (appendix B): 2 per matmul
 // weight per token forward, plus 2·2·T·d per layer for q·kᵀ and p·v over the
 // full sequence; training counts three times the forward.
-import type { LlamaConfig } from '../schemas/model-config.ts';
+import type { LlamaConfig } from './model-config.ts';
 
 export function forwardFlopsPerToken(m: LlamaConfig, T: number): number {
   const hd = m.dModel / m.nHeads;
   const perLayer = m.dModel * m.nHeads * hd * 2 + m.dModel * m.nKvHeads * hd * 2 + 3 * m.dModel * m.ffnHidden;
-  const matmulParams = m.nLayers * perLayer + m.vocabSize * m.dModel;  // + the head
+  const bottlenecks = (m.bottlenecks ?? []).reduce((n, b) => n + 2 * m.dModel * b.width, 0);  // down and up
+  const matmulParams = m.nLayers * perLayer + bottlenecks + m.vocabSize * m.dModel;  // + the head
   return 2 * matmulParams + m.nLayers * 4 * T * m.dModel;
 }
 
