@@ -53,6 +53,9 @@ interface NativeStage {
   stashed(): number[];
   drop(mb: number): boolean;
   optimizerStep: number;
+  readonly inWidth: number;
+  readonly outWidth: number;
+  readonly needsTokens: boolean;
 }
 
 interface NativeModule {
@@ -89,6 +92,39 @@ export const STATE_VERSION = 1;
 export const DEFAULT_OPTIMIZER: OptimizerConfig = {
   lr: 3e-3, minLrRatio: 0.1, warmupSteps: 10, totalSteps: 1000, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1,
 };
+
+export interface StateHeader {
+  readonly layerBegin: number;
+  readonly layerEnd: number;
+  /** As stored: the caller compares it with the config it expects. */
+  readonly model: EngineModelConfig;
+  readonly optimizerStep: number;
+}
+
+/** The metadata of a stage state (format, version, layer range, model, optimizer step), checked field by field. */
+export function readStateHeader(meta: Record<string, string>, where: string): StateHeader {
+  if (meta.format !== STATE_FORMAT) throw new Error(`${where}: not a caravan stage state (format ${JSON.stringify(meta.format ?? null)})`);
+  if (meta.version !== String(STATE_VERSION)) throw new Error(`${where}: unknown state version ${meta.version} (this build reads ${STATE_VERSION})`);
+  const layerBegin = /^\d{1,9}$/.test(meta.layer_begin ?? '') ? Number(meta.layer_begin) : NaN;
+  const layerEnd = /^\d{1,9}$/.test(meta.layer_end ?? '') ? Number(meta.layer_end) : NaN;
+  if (!(layerBegin < layerEnd)) throw new Error(`${where}: bad layer range [${meta.layer_begin}, ${meta.layer_end})`);
+  let model: EngineModelConfig;
+  try {
+    model = JSON.parse(meta.model ?? 'null');
+  } catch {
+    throw new Error(`${where}: model metadata is not JSON`);
+  }
+  const optimizerStep = /^\d{1,10}$/.test(meta.optimizer_step ?? '') ? Number(meta.optimizer_step) : NaN;
+  if (!(optimizerStep <= 2 ** 31 - 1)) throw new Error(`${where}: bad optimizer_step ${JSON.stringify(meta.optimizer_step ?? null)}`);
+  return { layerBegin, layerEnd, model, optimizerStep };
+}
+
+/** sha256 of parameter tensors in model order: the run's params_sha256 when they are a whole model's. */
+export function hashParams(tensors: Iterable<Float32Array>): string {
+  const h = createHash('sha256');
+  for (const t of tensors) h.update(new Uint8Array(t.buffer, t.byteOffset, t.byteLength));
+  return h.digest('hex');
+}
 
 /** Layer ranges of `stages` stages, as even as possible, earlier stages taking the remainder. */
 export function splitLayers(nLayers: number, stages: number): Array<[number, number]> {
@@ -128,11 +164,9 @@ export class EngineStage {
     this.native = new (addon().Stage)(spec);
     this.isFirst = spec.layerBegin === 0;
     this.isLast = spec.layerEnd === spec.model.nLayers;
-    const width = (at: number) => spec.model.bottlenecks?.find((b) => b.at === at)?.width ?? spec.model.dModel;
-    this.inWidth = this.isFirst ? 0 : width(spec.layerBegin);
-    this.outWidth = this.isLast ? 0 : width(spec.layerEnd);
-    this.needsTokens = !this.isFirst && spec.model.bottleneckEmbed === true &&
-      (spec.model.bottlenecks ?? []).some((b) => b.at >= spec.layerBegin && b.at < spec.layerEnd);
+    this.inWidth = this.isFirst ? 0 : this.native.inWidth;
+    this.outWidth = this.isLast ? 0 : this.native.outWidth;
+    this.needsTokens = !this.isFirst && this.native.needsTokens;
     this.tensorList = this.native.tensors();
   }
 
@@ -239,23 +273,15 @@ export class EngineStage {
   loadState(bytes: Uint8Array, source = 'stage state'): void {
     const where = `${source} (loading into ${this.describe})`;
     const file = decodeSafeTensors(bytes, where);
-    const meta = file.metadata;
-    if (meta.format !== STATE_FORMAT) throw new Error(`${where}: not a caravan stage state (format ${JSON.stringify(meta.format ?? null)})`);
-    if (meta.version !== String(STATE_VERSION)) throw new Error(`${where}: unknown state version ${meta.version} (this build reads ${STATE_VERSION})`);
-    if (meta.layer_begin !== String(this.spec.layerBegin) || meta.layer_end !== String(this.spec.layerEnd)) {
-      throw new Error(`${where}: state holds layers [${meta.layer_begin}, ${meta.layer_end})`);
-    }
-    let model: Record<string, unknown>;
-    try {
-      model = JSON.parse(meta.model ?? 'null');
-    } catch {
-      throw new Error(`${where}: model metadata is not JSON`);
+    const header = readStateHeader(file.metadata, where);
+    if (header.layerBegin !== this.spec.layerBegin || header.layerEnd !== this.spec.layerEnd) {
+      throw new Error(`${where}: state holds layers [${header.layerBegin}, ${header.layerEnd})`);
     }
     for (const [k, v] of Object.entries(this.spec.model)) {
-      if (JSON.stringify(model?.[k]) !== JSON.stringify(v)) throw new Error(`${where}: model ${k} is ${JSON.stringify(model?.[k])} in the state, ${JSON.stringify(v)} here`);
+      const got = (header.model as unknown as Record<string, unknown> | null)?.[k];
+      if (JSON.stringify(got) !== JSON.stringify(v)) throw new Error(`${where}: model ${k} is ${JSON.stringify(got)} in the state, ${JSON.stringify(v)} here`);
     }
-    const step = /^\d{1,10}$/.test(meta.optimizer_step ?? '') ? Number(meta.optimizer_step) : NaN;
-    if (!(step <= 2 ** 31 - 1)) throw new Error(`${where}: bad optimizer_step ${JSON.stringify(meta.optimizer_step ?? null)}`);
+    const step = header.optimizerStep;
     const expected = new Set<string>();
     const copies: Array<[Float32Array, Float32Array]> = [];
     for (const [prefix, kind] of [['', 'params'], ['optimizer.exp_avg.', 'exp_avg'], ['optimizer.exp_avg_sq.', 'exp_avg_sq']] as const) {
@@ -284,12 +310,7 @@ export class EngineStage {
 
 /** sha256 over the parameters of consecutive stages in model order: equal for every split of the same weights. */
 export function hashStages(stages: readonly EngineStage[]): string {
-  const h = createHash('sha256');
-  for (const s of stages) {
-    const p = s.params();
-    h.update(new Uint8Array(p.buffer, p.byteOffset, p.byteLength));
-  }
-  return h.digest('hex');
+  return hashParams(stages.map((s) => s.params()));
 }
 
 export function gradcheck(seed = 1): GradCheckResult[] {

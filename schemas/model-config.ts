@@ -108,11 +108,6 @@ export function bottleneckWidth(config: LlamaConfig, at: number): number | undef
   return config.bottlenecks?.find((b) => b.at === at)?.width;
 }
 
-/** Channels crossing a stage boundary at position `at`: the bottleneck's k, else d. */
-export function boundaryWidth(config: LlamaConfig, at: number): number {
-  return bottleneckWidth(config, at) ?? config.dModel;
-}
-
 /** Checkpoint tensors in model order (the order they are listed, stored and hashed). */
 export function llamaTensorSpecs(config: LlamaConfig): TensorSpec[] {
   validateLlamaConfig(config);

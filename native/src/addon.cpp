@@ -142,6 +142,9 @@ class StageWrap : public Napi::ObjectWrap<StageWrap> {
       InstanceMethod("stashed", &StageWrap::Stashed),
       InstanceMethod("drop", &StageWrap::Drop),
       InstanceAccessor("optimizerStep", &StageWrap::GetOptimizerStep, &StageWrap::SetOptimizerStep),
+      InstanceAccessor("inWidth", &StageWrap::GetInWidth, nullptr),
+      InstanceAccessor("outWidth", &StageWrap::GetOutWidth, nullptr),
+      InstanceAccessor("needsTokens", &StageWrap::GetNeedsTokens, nullptr),
     });
   }
 
@@ -313,6 +316,10 @@ class StageWrap : public Napi::ObjectWrap<StageWrap> {
   Napi::Value Drop(const Napi::CallbackInfo& info) {
     return Napi::Boolean::New(info.Env(), stage_->drop(microbatch_id(info[0])));
   }
+
+  Napi::Value GetInWidth(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), stage_->in_width()); }
+  Napi::Value GetOutWidth(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), stage_->out_width()); }
+  Napi::Value GetNeedsTokens(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), stage_->needs_tokens()); }
 
   Napi::Value GetOptimizerStep(const Napi::CallbackInfo& info) {
     return Napi::Number::New(info.Env(), stage_->optimizer_step);

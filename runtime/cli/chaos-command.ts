@@ -6,7 +6,7 @@ import { KILL_KINDS, type KillKind } from '../chaos/kill-plan.ts';
 import { loadRunConfig } from '../config/load-run-config.ts';
 import { createLogger } from '../log.ts';
 import { PRESETS } from '../train/presets.ts';
-import { compressionOverrides, nonNegativeInt, positiveInt, type RunShapeFlags } from './options.ts';
+import { compressionOverrides, withCompressionOptions, nonNegativeInt, positiveInt, type RunShapeFlags } from './options.ts';
 
 interface ChaosFlags extends RunShapeFlags {
   trainSeed?: number;
@@ -23,8 +23,7 @@ interface ChaosFlags extends RunShapeFlags {
 }
 
 export function chaosCommand(program: Command): void {
-  program
-    .command('chaos')
+  withCompressionOptions(program.command('chaos'))
     .description('train with seeded SIGKILLs of stage hosts (mid-forward, mid-backward, after a publish, during a checkpoint, anytime), the coordinator and a NATS server; compare with a fault-free run')
     .option('--kills <n>', 'processes to kill', nonNegativeInt('--kills'), 6)
     .option('--seed <n>', 'seed of the kill plan (which process, where, when)', nonNegativeInt('--seed'), 1)
@@ -41,10 +40,6 @@ export function chaosCommand(program: Command): void {
     .option('--microbatches <n>', 'microbatches per step', positiveInt('--microbatches'))
     .option('--batch <n>', 'sequences per microbatch', positiveInt('--batch'), 4)
     .option('--seq <n>', 'tokens per sequence', positiveInt('--seq'), 64)
-    .option('--bottleneck <k>', 'a residual bottleneck of k channels at every stage boundary: k channels cross the wire instead of d', positiveInt('--bottleneck'))
-    .addOption(new Option('--bottleneck-quant <q>', 'quantize each bottleneck inside the model, and so on the wire (mxint8: 8.25 bits a value)').choices(['none', 'mxint8']))
-    .option('--no-bottleneck-embed', 'with --bottleneck: the receiving stage does not re-embed the tokens (by default it adds a token embedding of its own, so token identity need not cross)')
-    .option('--no-lz4', 'no LZ4 on frames between stages (by default a frame gets it where it saves 5%)')
     .option('--train-seed <n>', 'seed for weights and data order', nonNegativeInt('--train-seed'))
     .option('--checkpoint-every <n>', 'steps between stage checkpoints', nonNegativeInt('--checkpoint-every'), 3)
     .addOption(new Option('--log-level <level>', "child processes' log level on stderr").choices(['silent', 'error', 'warn', 'info', 'debug']))
@@ -54,9 +49,8 @@ export function chaosCommand(program: Command): void {
       const config = await loadRunConfig({
         file: flags.config,
         preset: flags.preset,
-        bottleneckAtBoundaries: compression.bottleneckAtBoundaries,
+        compression: compression.compression,
         overrides: {
-          model: compression.model,
           training: {
             steps: flags.steps, stages: flags.stages, replicas: flags.replicas, microbatches: flags.microbatches,
             batchSize: flags.batch, seqLen: flags.seq, seed: flags.trainSeed, checkpointEvery: flags.checkpointEvery, ...compression.training,

@@ -1,5 +1,5 @@
 // Flag parsers shared by the commands: each names the flag in its error.
-import { InvalidArgumentError } from 'commander';
+import { InvalidArgumentError, Option, type Command } from 'commander';
 
 export function positiveInt(flag: string) {
   return (value: string): number => {
@@ -41,13 +41,21 @@ export interface RunShapeFlags {
   lz4: boolean;
 }
 
+/** The compression flags, shared by the commands that start a run (docs/compression.md). */
+export function withCompressionOptions(command: Command): Command {
+  return command
+    .option('--bottleneck <k>', 'a residual bottleneck of k channels at every stage boundary: k channels cross the wire instead of d', positiveInt('--bottleneck'))
+    .addOption(new Option('--bottleneck-quant <q>', 'quantize each bottleneck inside the model, and so on the wire (mxint8: 8.25 bits a value)').choices(['none', 'mxint8']))
+    .option('--no-bottleneck-embed', 'with --bottleneck: the receiving stage does not re-embed the tokens (by default it adds a token embedding of its own, so token identity need not cross)')
+    .option('--no-lz4', 'no LZ4 on frames between stages (by default a frame gets it where it saves 5%)');
+}
+
 /** The model and training overrides of the compression flags. */
 export function compressionOverrides(flags: RunShapeFlags) {
   return {
-    bottleneckAtBoundaries: flags.bottleneck,
-    model: {
-      ...(flags.bottleneckQuant ? { bottleneckQuant: flags.bottleneckQuant } : {}),
-      ...(flags.bottleneck !== undefined ? { bottleneckEmbed: flags.bottleneckEmbed } : {}),
+    compression: {
+      bottleneckAtBoundaries: flags.bottleneck === undefined ? undefined : { width: flags.bottleneck, embed: flags.bottleneckEmbed },
+      model: flags.bottleneckQuant ? { bottleneckQuant: flags.bottleneckQuant } : {},
     },
     training: flags.lz4 === false ? { lz4: false } : undefined,
   };

@@ -15,7 +15,7 @@ import { writeHfModel } from '../export/hf-llama.ts';
 import { startSpanFileReceiver } from '../telemetry/span-file.ts';
 import { statesFromRun } from '../export/run-stage-states.ts';
 import { stitchStageStates, type StageStateBlob } from '../export/stitch-stages.ts';
-import { compressionOverrides, nonNegativeInt, positiveInt, positiveNumber, type RunShapeFlags } from './options.ts';
+import { compressionOverrides, withCompressionOptions, nonNegativeInt, positiveInt, positiveNumber, type RunShapeFlags } from './options.ts';
 
 interface TrainFlags extends RunShapeFlags {
   seed?: number;
@@ -62,8 +62,7 @@ function progressReporter(config: RunConfig, flags: TrainFlags) {
 }
 
 export function trainCommand(program: Command): void {
-  program
-    .command('train')
+  withCompressionOptions(program.command('train'))
     .description('train a model: over NATS JetStream with one host process per stage (embedded server by default), or --in-process')
     .option('--config <file>', 'run config (YAML, TOML or JSON): preset, model, optim, training')
     .addOption(new Option('--preset <name>', 'base settings').choices(Object.keys(PRESETS)))
@@ -73,10 +72,6 @@ export function trainCommand(program: Command): void {
     .option('--microbatches <n>', 'microbatches per step', positiveInt('--microbatches'))
     .option('--batch <n>', 'sequences per microbatch', positiveInt('--batch'))
     .option('--seq <n>', 'tokens per sequence', positiveInt('--seq'))
-    .option('--bottleneck <k>', 'a residual bottleneck of k channels at every stage boundary: k channels cross the wire instead of d', positiveInt('--bottleneck'))
-    .addOption(new Option('--bottleneck-quant <q>', 'quantize each bottleneck inside the model, and so on the wire (mxint8: 8.25 bits a value)').choices(['none', 'mxint8']))
-    .option('--no-bottleneck-embed', 'with --bottleneck: the receiving stage does not re-embed the tokens (by default it adds a token embedding of its own, so token identity need not cross)')
-    .option('--no-lz4', 'no LZ4 on frames between stages (by default a frame gets it where it saves 5%)')
     .option('--seed <n>', 'seed for weights and data order', nonNegativeInt('--seed'))
     .option('--lr <x>', 'peak learning rate', positiveNumber('--lr'))
     .addOption(new Option('--tokenizer <name>', 'tokenizer for the bundled corpus').choices(['byte', 'gpt2']))
@@ -101,9 +96,9 @@ export function trainCommand(program: Command): void {
       const config = await loadRunConfig({
         file: flags.config,
         preset: flags.preset,
-        bottleneckAtBoundaries: compression.bottleneckAtBoundaries,
+        compression: compression.compression,
         overrides: {
-          model: { ...(tokenizerVocab ? { vocabSize: tokenizerVocab } : {}), ...compression.model },
+          model: tokenizerVocab ? { vocabSize: tokenizerVocab } : undefined,
           optim: { lr: flags.lr },
           training: {
             steps: flags.steps, stages: flags.stages, replicas: flags.replicas, microbatches: flags.microbatches,

@@ -51,8 +51,15 @@ export interface LoadRunConfigOptions {
   readonly file?: string;
   readonly preset?: string;
   readonly overrides?: ConfigOverrides;
-  /** Puts a residual bottleneck of this width at every stage boundary of the run's split (replacing any in the config). */
-  readonly bottleneckAtBoundaries?: number;
+  /**
+   * Applied once the rest is valid, because bottlenecks sit at the split's
+   * boundaries: a residual bottleneck at every stage boundary (replacing any
+   * in the config), and the model's other compression settings.
+   */
+  readonly compression?: {
+    readonly bottleneckAtBoundaries?: { readonly width: number; readonly embed: boolean };
+    readonly model?: Partial<RunConfig['model']>;
+  };
 }
 
 export async function loadRunConfig(options: LoadRunConfigOptions): Promise<RunConfig> {
@@ -66,14 +73,15 @@ export async function loadRunConfig(options: LoadRunConfigOptions): Promise<RunC
   if ((fromFile.optim?.totalSteps ?? options.overrides?.optim?.totalSteps) === undefined) {
     merged = merge(merged, { optim: { totalSteps: steps } });
   }
-  const width = options.bottleneckAtBoundaries;
-  if (width !== undefined) {
-    const model = merged.model as RunConfig['model'];
-    const stages = (merged.training as RunConfig['training']).stages;
-    if (!(stages <= model.nLayers)) throw new Error(`invalid run config: training.stages ${stages} exceeds model.nLayers ${model.nLayers}`);
-    const bottlenecks = splitLayers(model.nLayers, stages).slice(1).map(([at]) => ({ at, width }));
+  const config = validateRunConfig(merged);
+  const compression = options.compression;
+  if (!compression) return config;
+  let model = { ...config.model, ...compression.model };
+  const wanted = compression.bottleneckAtBoundaries;
+  if (wanted) {
+    const bottlenecks = splitLayers(config.model.nLayers, config.training.stages).slice(1).map(([at]) => ({ at, width: wanted.width }));
     if (bottlenecks.length === 0) throw new Error('--bottleneck needs at least 2 stages: a bottleneck sits at a stage boundary');
-    merged = { ...merged, model: { ...model, bottlenecks } };
+    model = { ...model, bottlenecks, bottleneckEmbed: wanted.embed };
   }
-  return validateRunConfig(merged);
+  return validateRunConfig({ ...config, model });
 }

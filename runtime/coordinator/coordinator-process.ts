@@ -8,11 +8,11 @@
 // is not there yet. At the end every stage has uploaded its final state, and
 // the coordinator publishes the summary with a hash of the final parameters
 // that does not depend on the split.
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { createActor, type Actor } from 'xstate';
 import { coordinatorMachine, type CoordinatorCommand, type CoordinatorMachineInput } from '../../actors/coordinator-machine.ts';
 import { replicaMachine, type ReplicaCommand } from '../../actors/replica-machine.ts';
-import { decodeSafeTensors, splitLayers } from '../../native/index.ts';
+import { decodeSafeTensors, hashParams, splitLayers } from '../../native/index.ts';
 import type { RunConfig } from '../../schemas/run-config.ts';
 import type { ComputeCount, StageReport, StepControl, WireCount } from '../host/stage-runner.ts';
 import { trainFlopsPerToken } from '../../schemas/model-flops.ts';
@@ -80,13 +80,8 @@ interface HostEntry {
 
 /** sha256 over the parameter tensors of stage states, in order (optimizer moments excluded). */
 export function hashStageStates(states: readonly Uint8Array[]): string {
-  const h = createHash('sha256');
-  for (const [i, bytes] of states.entries()) {
-    for (const [name, t] of decodeSafeTensors(bytes, `stage state ${i}`).tensors) {
-      if (!name.startsWith('optimizer.')) h.update(new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength));
-    }
-  }
-  return h.digest('hex');
+  return hashParams(states.flatMap((bytes, i) =>
+    [...decodeSafeTensors(bytes, `stage state ${i}`).tensors].filter(([name]) => !name.startsWith('optimizer.')).map(([, t]) => t.data)));
 }
 
 async function readJson<T>(res: RunResources, key: string): Promise<T | undefined> {
@@ -179,7 +174,7 @@ async function coordinate(
   const tokensPerStep = t.microbatches * t.batchSize * t.seqLen;
   const losses: number[][] = Array.from({ length: t.replicas }, () => []);
   const published = new Set<string>();   // step control already in the log
-  const finals = new Map<string, { sent: WireCount; compute?: ComputeCount }>();  // `${replica}.${stage}` whose final state is uploaded
+  const finals = new Map<string, { sent: WireCount; compute: ComputeCount }>();  // `${replica}.${stage}` whose final state is uploaded
   let replicasDone = false;
   let finishing = false;
 
@@ -296,7 +291,7 @@ async function coordinate(
     if (!replica) return;
     if (msg.type === 'done') replica.send({ type: 'STAGE_DONE', stage: msg.stage, step: msg.step, sumSquares: msg.sumSquares, loss: msg.loss ?? undefined });
     else if (msg.type === 'stepped') replica.send({ type: 'STAGE_STEPPED', stage: msg.stage, step: msg.step });
-    else if (msg.type === 'final') { finals.set(`${msg.replica}.${msg.stage}`, { sent: msg.sent ?? { frames: 0, f32_bytes: 0, wire_bytes: 0 }, compute: msg.compute }); maybeFinish(); }
+    else if (msg.type === 'final') { finals.set(`${msg.replica}.${msg.stage}`, { sent: msg.sent, compute: msg.compute }); maybeFinish(); }
   }
 
   // The control log from its start: what is there already is the history to
@@ -369,12 +364,11 @@ async function coordinate(
       wire.wire_bytes += sent.wire_bytes;
     }
     const tokensPerS = (t.steps * t.replicas * tokensPerStep) / wall;
-    const stagesOf0 = Array.from({ length: t.stages }, (_, s) => finals.get(`0.${s}`)?.compute);
-    const first = Math.min(...stagesOf0.map((c) => c?.first_ms ?? Infinity));
-    const last = Math.max(...stagesOf0.map((c) => c?.last_ms ?? -Infinity));
-    const window = last - first;
-    const utilization = stagesOf0.map((c) => (c && window > 0 ? c.busy_ms / window : 0));
-    const peak = [...finals.values()].reduce((sum, f) => sum + (f.compute?.peak_gflops ?? 0), 0);
+    // maybeFinish waited for every slot's final report.
+    const stagesOf0 = Array.from({ length: t.stages }, (_, s) => finals.get(`0.${s}`)!.compute);
+    const window = Math.max(...stagesOf0.map((c) => c.last_ms)) - Math.min(...stagesOf0.map((c) => c.first_ms));
+    const utilization = stagesOf0.map((c) => (window > 0 ? c.busy_ms / window : 0));
+    const peak = [...finals.values()].reduce((sum, f) => sum + f.compute.peak_gflops, 0);
     return {
       run: o.run,
       steps: t.steps,

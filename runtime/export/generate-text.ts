@@ -5,9 +5,9 @@
 // maxSeqLen, the model sees the last maxSeqLen tokens, re-run from scratch
 // each step (positions cannot slide under a cache).
 import { createTokenizer } from '../data/index.ts';
-import { buildLlamaOnnx, KvCacheDecoder, openOnnxSession } from '../onnx/index.ts';
+import { KvCacheDecoder, openOnnxSession } from '../onnx/index.ts';
 import { mulberry32 } from '../seeded-random.ts';
-import type { ExportedModel } from './hf-llama.ts';
+import { onnxForExport, type ExportedModel } from './hf-llama.ts';
 import { sampleToken, type SamplingOptions } from './sample-tokens.ts';
 
 export interface GenerateOptions extends SamplingOptions {
@@ -21,14 +21,6 @@ export interface Generation {
   readonly text: string;       // the generated text, without the prompt
   readonly tokens: number[];   // the generated ids
   readonly seconds: number;
-}
-
-export function onnxForExport(exported: ExportedModel, options: { kvCache?: boolean } = {}): Uint8Array {
-  return buildLlamaOnnx(exported.model, (name) => {
-    const t = exported.tensors.get(name);
-    if (!t) throw new Error(`the export has no tensor ${name}`);
-    return t.data;
-  }, { kvCache: options.kvCache, graphName: 'caravan-llama' });
 }
 
 /** Generates from `onnx`, a kvCache graph of the exported model (model.onnx of an export, or onnxForExport with kvCache). */

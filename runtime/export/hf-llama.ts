@@ -5,10 +5,9 @@
 // the run, the parameter hash); and model.onnx, the same weights as an ONNX
 // graph with a key/value cache for onnxruntime. readExportedModel reads such
 // a directory back, checking every tensor against the config.
-import { createHash } from 'node:crypto';
 import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { decodeSafeTensors, encodeSafeTensors, type SafeTensor } from '../../native/index.ts';
+import { decodeSafeTensors, encodeSafeTensors, hashParams, type SafeTensor } from '../../native/index.ts';
 import { headDim, llamaTensorSpecs, validateLlamaConfig, type LlamaConfig } from '../../schemas/model-config.ts';
 import { TOKENIZER_NAMES, type TokenizerName } from '../data/index.ts';
 import { buildLlamaOnnx } from '../onnx/index.ts';
@@ -87,11 +86,6 @@ export function fromHfLlamaConfig(hf: Record<string, unknown>, source: string): 
   return model;
 }
 
-function sha256(tensors: Iterable<SafeTensor>): string {
-  const h = createHash('sha256');
-  for (const t of tensors) h.update(new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength));
-  return h.digest('hex');
-}
 
 async function writeAtomically(path: string, data: string | Uint8Array): Promise<void> {
   const tmp = `${path}.tmp-${process.pid}`;
@@ -101,7 +95,16 @@ async function writeAtomically(path: string, data: string | Uint8Array): Promise
 
 /** A stitched model as an ExportedModel in memory, without writing it. */
 export function exportedFromStitched(stitched: StitchedModel, tokenizer: TokenizerName): ExportedModel {
-  return { model: stitched.model, tensors: new Map(stitched.tensors.map((t) => [t.name, t])), tokenizer, paramsSha256: sha256(stitched.tensors) };
+  return { model: stitched.model, tensors: new Map(stitched.tensors.map((t) => [t.name, t])), tokenizer, paramsSha256: hashParams(stitched.tensors.map((t) => t.data)) };
+}
+
+/** The ONNX graph of an exported model (with `kvCache`, the graph generation decodes with). */
+export function onnxForExport(exported: ExportedModel, options: { kvCache?: boolean; docString?: string } = {}): Uint8Array {
+  return buildLlamaOnnx(exported.model, (name) => {
+    const t = exported.tensors.get(name);
+    if (!t) throw new Error(`the export has no tensor ${name}`);
+    return t.data;
+  }, options);
 }
 
 /** Writes the directory; returns the sha256 of the parameters in model order (the run summary's params_sha256). */
@@ -111,11 +114,11 @@ export async function writeHfModel(dir: string, stitched: StitchedModel, info: E
     throw new Error(`this model has residual bottlenecks (at ${model.bottlenecks.map((b) => b.at).join(', ')}): transformers' Llama has no such layers, so it cannot be exported in its layout`);
   }
   await mkdir(dir, { recursive: true });
-  const paramsSha256 = sha256(stitched.tensors);
+  const exported = exportedFromStitched(stitched, info.tokenizer);
+  const { paramsSha256 } = exported;
   await writeAtomically(join(dir, 'model.safetensors'), encodeSafeTensors(stitched.tensors, { format: 'pt' }));
   await writeAtomically(join(dir, 'config.json'), `${JSON.stringify(hfLlamaConfig(model), null, 2)}\n`);
-  const byName = new Map(stitched.tensors.map((t) => [t.name, t]));
-  await writeAtomically(join(dir, 'model.onnx'), buildLlamaOnnx(model, (name) => byName.get(name)!, { kvCache: true, docString: `caravan export, params sha256 ${paramsSha256}` }));
+  await writeAtomically(join(dir, 'model.onnx'), onnxForExport(exported, { kvCache: true, docString: `caravan export, params sha256 ${paramsSha256}` }));
   await writeAtomically(join(dir, 'generation_config.json'), `${JSON.stringify({ do_sample: true, temperature: 1.0, max_length: model.maxSeqLen }, null, 2)}\n`);
   const caravan = { format: EXPORT_FORMAT, version: EXPORT_VERSION, tokenizer: info.tokenizer, run: info.run ?? null, optimizer_step: stitched.optimizerStep, params_sha256: paramsSha256, model };
   await writeAtomically(join(dir, 'caravan.json'), `${JSON.stringify(caravan, null, 2)}\n`);
@@ -169,5 +172,5 @@ export async function readExportedModel(dir: string): Promise<ExportedModel> {
   }
   const expected = new Set(ordered.map((t) => t.name));
   for (const name of file.tensors.keys()) if (!expected.has(name)) throw new Error(`${weightsPath}: unexpected tensor ${name}`);
-  return { model, tensors: new Map(ordered.map((t) => [t.name, t])), tokenizer, paramsSha256: sha256(ordered) };
+  return { model, tensors: new Map(ordered.map((t) => [t.name, t])), tokenizer, paramsSha256: hashParams(ordered.map((t) => t.data)) };
 }

@@ -2,7 +2,7 @@
 // or final states from the Object Store) stitched into one model: every
 // parameter tensor in model order, checked to cover layers [0, L) exactly
 // once, all from one model config and one optimizer step.
-import { decodeSafeTensors, STATE_FORMAT, STATE_VERSION, type SafeTensor } from '../../native/index.ts';
+import { decodeSafeTensors, readStateHeader, type SafeTensor } from '../../native/index.ts';
 import { llamaTensorSpecs, validateLlamaConfig, type LlamaConfig } from '../../schemas/model-config.ts';
 
 export interface StitchedModel {
@@ -21,20 +21,8 @@ export function stitchStageStates(blobs: readonly StageStateBlob[]): StitchedMod
   if (blobs.length === 0) throw new Error('no stage states to stitch');
   const stages = blobs.map(({ source, bytes }) => {
     const file = decodeSafeTensors(bytes, source);
-    const meta = file.metadata;
-    if (meta.format !== STATE_FORMAT) throw new Error(`${source}: not a caravan stage state (format ${JSON.stringify(meta.format ?? null)})`);
-    if (meta.version !== String(STATE_VERSION)) throw new Error(`${source}: unknown state version ${meta.version} (this build reads ${STATE_VERSION})`);
-    const begin = Number(meta.layer_begin), end = Number(meta.layer_end);
-    if (!Number.isSafeInteger(begin) || !Number.isSafeInteger(end) || begin < 0 || end <= begin) {
-      throw new Error(`${source}: bad layer range [${meta.layer_begin}, ${meta.layer_end})`);
-    }
-    let model: LlamaConfig;
-    try {
-      model = JSON.parse(meta.model ?? '');
-    } catch {
-      throw new Error(`${source}: model metadata is not JSON`);
-    }
-    return { source, file, begin, end, model, modelJson: meta.model, step: meta.optimizer_step };
+    const h = readStateHeader(file.metadata, source);
+    return { source, file, begin: h.layerBegin, end: h.layerEnd, model: h.model, modelJson: file.metadata.model, step: h.optimizerStep };
   }).sort((a, b) => a.begin - b.begin);
 
   const first = stages[0];
@@ -60,5 +48,5 @@ export function stitchStageStates(blobs: readonly StageStateBlob[]): StitchedMod
     }
     tensors.push({ name: spec.name, shape: spec.shape, data: got.data });
   }
-  return { model: first.model, tensors, optimizerStep: Number(first.step) };
+  return { model: first.model, tensors, optimizerStep: first.step };
 }

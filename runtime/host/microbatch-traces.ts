@@ -54,6 +54,7 @@ export class MicrobatchTraces {
 
   /** Opens `forward` or `backward` of a microbatch (and `queue` for the wait before it); returns the span to end. */
   compute(kind: 'forward' | 'backward', step: number, mb: number): Span {
+    if (!this.tracing.enabled) return this.tracing.start(kind, undefined);  // a non-recording span: no bookkeeping
     const k = `${step}/${mb}`;
     const attributes = this.attributes(step, mb);
     let parent: Context | undefined;
@@ -76,8 +77,9 @@ export class MicrobatchTraces {
   /** Closes a compute span; the last stage keeps its forward as its backward's parent, stage 0 closes the root after its backward. */
   computed(kind: 'forward' | 'backward', step: number, mb: number, span: Span): void {
     span.end();
+    if (!this.tracing.enabled) return;
     const k = `${step}/${mb}`;
-    if (kind === 'forward' && this.id.isLast && this.tracing.enabled) this.forwards.set(k, this.tracing.contextOf(span));
+    if (kind === 'forward' && this.id.isLast) this.forwards.set(k, this.tracing.contextOf(span));
     if (kind === 'backward' && this.id.isFirst) {
       this.roots.get(k)?.end();
       this.roots.delete(k);

@@ -217,7 +217,7 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
           const span = traces.compute('forward', cmd.step, cmd.mb);
           const out = timed(() => engine.forwardTrain(id, input, B, T, engine.isLast ? data!.targets : undefined, engine.needsTokens ? data!.tokens : undefined));
           traces.computed('forward', cmd.step, cmd.mb, span);
-          log.debug({ step: cmd.step, mb: cmd.mb, ...traceIds(span) }, 'forward');
+          if (log.isLevelEnabled('debug')) log.debug({ step: cmd.step, mb: cmd.mb, ...traceIds(span) }, 'forward');
           await faults.reach('forward');
           if (typeof out === 'number') lossSums.set(cmd.step, (lossSums.get(cmd.step) ?? 0) + out);
           else await publishFrame('act', s + 1, cmd.step, cmd.mb, out, span);
@@ -230,7 +230,7 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
           const span = traces.compute('backward', cmd.step, cmd.mb);
           const gradIn = timed(() => engine.backward(cmd.step * M + cmd.mb, gradOut));
           traces.computed('backward', cmd.step, cmd.mb, span);
-          log.debug({ step: cmd.step, mb: cmd.mb, ...traceIds(span) }, 'backward');
+          if (log.isLevelEnabled('debug')) log.debug({ step: cmd.step, mb: cmd.mb, ...traceIds(span) }, 'backward');
           accumulated.push(cmd.mb);
           await faults.reach('backward');
           if (gradIn) await publishFrame('grad', s - 1, cmd.step, cmd.mb, gradIn, span);

@@ -1,7 +1,7 @@
 // One trace per microbatch across hosts and datacenters: a 4-stage pipeline
 // whose hosts are labelled as two datacenters exports its spans over
 // OTLP/HTTP (JSON) to a receiver this test runs (a real HTTP server decoding
-// the OTLP payload), and every microbatch comes back as exactly one trace
+// the OTLP payload with the decoder caravan timeline uses), and every microbatch comes back as exactly one trace
 // with forward and backward spans of all 4 stages, parented across the NATS
 // hops, with byte counts on the spans that send frames.
 import { createServer } from 'node:http';
@@ -10,15 +10,8 @@ import test, { type ExecutionContext } from 'ava';
 import { loadRunConfig } from '../../runtime/config/load-run-config.ts';
 import { createLogger } from '../../runtime/log.ts';
 import { trainDistributed } from '../../runtime/train/train-distributed.ts';
+import { spansOfOtlpJson, type SpanRecord } from '../../runtime/telemetry/span-file.ts';
 import { initTracing, traceContext, traceHeaders, tracingConfigured } from '../../runtime/telemetry/tracing.ts';
-
-type OtlpValue = { stringValue?: string; intValue?: string | number; doubleValue?: number };
-type OtlpAttr = { key: string; value: OtlpValue };
-interface Span { traceId: string; spanId: string; parentSpanId?: string; name: string; attrs: Record<string, string | number>; resource: Record<string, string | number> }
-
-function flat(attrs: OtlpAttr[] = []): Record<string, string | number> {
-  return Object.fromEntries(attrs.map((a) => [a.key, a.value.stringValue ?? Number(a.value.intValue ?? a.value.doubleValue)]));
-}
 
 /** Sets environment variables for one test (its child processes inherit them) and restores them after. */
 function withEnv(t: ExecutionContext, vars: Record<string, string>): void {
@@ -33,7 +26,7 @@ function withEnv(t: ExecutionContext, vars: Record<string, string>): void {
 }
 
 async function otlpReceiver() {
-  const spans: Span[] = [];
+  const spans: SpanRecord[] = [];
   const raw: Buffer[] = [];
   const contentTypes = new Set<string>();
   const server = createServer((req, res) => {
@@ -46,11 +39,7 @@ async function otlpReceiver() {
         res.writeHead(200).end();
         return;
       }
-      const body = JSON.parse(Buffer.concat(chunks).toString()) as { resourceSpans: Array<{ resource: { attributes: OtlpAttr[] }; scopeSpans: Array<{ spans: Array<{ traceId: string; spanId: string; parentSpanId?: string; name: string; attributes: OtlpAttr[] }> }> }> };
-      for (const rs of body.resourceSpans) {
-        const resource = flat(rs.resource.attributes);
-        for (const ss of rs.scopeSpans) for (const s of ss.spans) spans.push({ traceId: s.traceId, spanId: s.spanId, parentSpanId: s.parentSpanId || undefined, name: s.name, attrs: flat(s.attributes), resource });
-      }
+      spans.push(...spansOfOtlpJson(JSON.parse(Buffer.concat(chunks).toString())));
       res.writeHead(200, { 'content-type': 'application/json' }).end('{}');
     });
   });
@@ -67,30 +56,30 @@ test.serial('every microbatch is one trace across 4 stages, two hosts and two da
   t.is(summary.steps, 2);
 
   t.true([...receiver.contentTypes].every((c) => c === 'POST /v1/traces application/json'), [...receiver.contentTypes].join(', '));
-  const traces = new Map<string, Span[]>();
+  const traces = new Map<string, SpanRecord[]>();
   for (const s of receiver.spans) traces.set(s.traceId, [...(traces.get(s.traceId) ?? []), s]);
   t.is(traces.size, 2 * 2, 'one trace per microbatch (2 steps × 2 microbatches), nothing else');
   const microbatches = new Set<string>();
   for (const [traceId, spans] of traces) {
     const roots = spans.filter((s) => !s.parentSpanId);
     t.deepEqual(roots.map((r) => r.name), ['microbatch'], `trace ${traceId} has one root`);
-    microbatches.add(`${roots[0].attrs['caravan.step']}/${roots[0].attrs['caravan.microbatch']}`);
+    microbatches.add(`${roots[0].attributes['caravan.step']}/${roots[0].attributes['caravan.microbatch']}`);
     const ids = new Set(spans.map((s) => s.spanId));
     t.deepEqual(spans.filter((s) => s.parentSpanId && !ids.has(s.parentSpanId)).map((s) => s.name), [], 'every parent is in the trace');
     for (const name of ['forward', 'backward']) {
-      t.deepEqual([...new Set(spans.filter((s) => s.name === name).map((s) => s.attrs['caravan.stage']))].sort(), [0, 1, 2, 3], `${name} on every stage`);
+      t.deepEqual([...new Set(spans.filter((s) => s.name === name).map((s) => s.attributes['caravan.stage']))].sort(), [0, 1, 2, 3], `${name} on every stage`);
     }
     t.true(new Set(spans.map((s) => s.resource['host.name'])).size >= 2, 'spans from more than one host');
     t.deepEqual([...new Set(spans.map((s) => s.resource['caravan.datacenter']))].sort(), ['dc-east', 'dc-west']);
     t.true(spans.every((s) => s.resource['service.name'] === 'caravan-test'));
     // Across hosts: stage 1's forward hangs under what stage 0 published, through consume and queue.
     const byId = new Map(spans.map((s) => [s.spanId, s]));
-    const forward1 = spans.find((s) => s.name === 'forward' && s.attrs['caravan.stage'] === 1)!;
+    const forward1 = spans.find((s) => s.name === 'forward' && s.attributes['caravan.stage'] === 1)!;
     const chain: string[] = [];
-    for (let s: Span | undefined = forward1; s; s = s.parentSpanId ? byId.get(s.parentSpanId) : undefined) chain.push(`${s.name}@${s.attrs['caravan.stage']}`);
+    for (let s: SpanRecord | undefined = forward1; s; s = s.parentSpanId ? byId.get(s.parentSpanId) : undefined) chain.push(`${s.name}@${s.attributes['caravan.stage']}`);
     t.deepEqual(chain, ['forward@1', 'consume@1', 'publish@0', 'forward@0', 'microbatch@0']);
     for (const p of spans.filter((s) => s.name === 'publish')) {
-      t.true(Number(p.attrs['caravan.bytes_raw']) > 0 && Number(p.attrs['caravan.bytes_wire']) > Number(p.attrs['caravan.bytes_raw']), 'fp32 and wire bytes on every publish');
+      t.true(Number(p.attributes['caravan.bytes_raw']) > 0 && Number(p.attributes['caravan.bytes_wire']) > Number(p.attributes['caravan.bytes_raw']), 'fp32 and wire bytes on every publish');
     }
     t.is(spans.filter((s) => s.name === 'publish').length, 6, '3 boundaries × 2 directions');
     t.true(spans.some((s) => s.name === 'queue') && spans.some((s) => s.name === 'decode') && spans.some((s) => s.name === 'encode'));
