@@ -24,6 +24,24 @@ export interface StageSpec {
   readonly seed: number;
   /** OpenBLAS/OpenMP threads of this process; fixed per run because OpenBLAS's sums depend on it. */
   readonly threads?: number;
+  /** 'cpu' (the default) or 'cuda': the same model on an NVIDIA GPU (bf16 GEMMs, fp32 master weights; docs/cuda.md). */
+  readonly device?: EngineDevice;
+  /** GPU index with device 'cuda'. */
+  readonly gpu?: number;
+}
+
+export type EngineDevice = 'cpu' | 'cuda';
+
+/** The GPU a CUDA stage runs on, as the engine reports it. */
+export interface CudaDeviceInfo {
+  readonly index: number;
+  readonly name: string;
+  readonly totalBytes: number;
+  readonly freeBytes: number;
+  readonly computeCapability: string;
+  readonly multiprocessors: number;
+  /** Dense bf16 tensor-core peak from the engine's table; 0 for a GPU it does not know. */
+  readonly peakBf16Tflops: number;
 }
 
 export interface TensorEntry {
@@ -49,7 +67,9 @@ interface NativeStage {
   step(gradScale: number): number;
   zeroGrad(): void;
   tensors(): TensorEntry[];
-  arena(kind: 'params' | 'grads' | 'exp_avg' | 'exp_avg_sq'): Float32Array;
+  /** The CPU stage's arenas are views of its memory; the CUDA stage's are host copies. */
+  arena(kind: ArenaKind): Float32Array;
+  setArena(kind: ArenaKind, data: Float32Array): void;
   stashed(): number[];
   drop(mb: number): boolean;
   optimizerStep: number;
@@ -58,11 +78,16 @@ interface NativeStage {
   readonly needsTokens: boolean;
 }
 
+type ArenaKind = 'params' | 'grads' | 'exp_avg' | 'exp_avg_sq';
+
 interface NativeModule {
   Stage: new (spec: StageSpec) => NativeStage;
+  /** Present only in a build made where nvcc was (info().cuda). */
+  CudaStage?: new (spec: StageSpec) => NativeStage & { readonly device: CudaDeviceInfo };
+  cudaDevice?: (gpu: number) => CudaDeviceInfo;
   gradcheck(seed: number): GradCheckResult[];
   sgemmGflops(M: number, N: number, K: number, reps: number): number;
-  info(): { backend: string; blas: string; blasThreads: number; ompThreads: number };
+  info(): EngineInfo;
   setThreads(n: number): void;
   tuneAllocator(): void;
   mxint8RoundTrip(x: Float32Array, width: number): void;
@@ -84,6 +109,28 @@ function addon(): NativeModule {
     loaded = createRequire(import.meta.url)(ADDON_PATH) as NativeModule;
   }
   return loaded;
+}
+
+export interface EngineInfo {
+  readonly backend: string;
+  /** Whether this build has the CUDA backend (it was built where nvcc was). */
+  readonly cuda: boolean;
+  readonly blas: string;
+  readonly blasThreads: number;
+  readonly ompThreads: number;
+}
+
+const NO_CUDA_BUILD = 'this build of the engine has no CUDA backend (it was built where nvcc was missing): rebuild it with the CUDA toolkit installed (npm test or scripts/build-native.sh does)';
+
+/**
+ * The GPU a CUDA stage would run on: name, memory, compute capability. Throws
+ * with the reason when it cannot be used (no driver or GPU, an index out of
+ * range, no bf16 tensor cores, or a build without the CUDA backend).
+ */
+export function cudaDevice(gpu: number): CudaDeviceInfo {
+  const native = addon();
+  if (!native.cudaDevice) throw new Error(NO_CUDA_BUILD);
+  return native.cudaDevice(gpu);
 }
 
 export const STATE_FORMAT = 'caravan-stage';
@@ -142,7 +189,8 @@ export function splitLayers(nLayers: number, stages: number): Array<[number, num
 }
 
 /**
- * One pipeline stage of the model on the CPU backend. Stage 0 takes token ids
+ * One pipeline stage of the model, on the CPU backend or (spec.device 'cuda')
+ * on an NVIDIA GPU. Stage 0 takes token ids
  * Int32Array[B·T]; other stages take activations Float32Array[B·T·d]. The last
  * stage returns the mean loss when given targets, or logits [B·T·V] without.
  */
@@ -155,13 +203,23 @@ export class EngineStage {
   readonly outWidth: number;
   /** A non-first stage that re-embeds tokens at a bottleneck (model.bottleneckEmbed) takes the microbatch's token ids beside its activations. */
   readonly needsTokens: boolean;
+  /** The GPU of a CUDA stage; undefined on the CPU backend. */
+  readonly cuda?: CudaDeviceInfo;
   private readonly native: NativeStage;
   private readonly tensorList: TensorEntry[];
 
   constructor(spec: StageSpec) {
     this.spec = spec;
     if (spec.threads !== undefined) addon().setThreads(spec.threads);
-    this.native = new (addon().Stage)(spec);
+    if (spec.device === 'cuda') {
+      const CudaStage = addon().CudaStage;
+      if (!CudaStage) throw new Error(NO_CUDA_BUILD);
+      const native = new CudaStage(spec);
+      this.native = native;
+      this.cuda = native.device;
+    } else {
+      this.native = new (addon().Stage)(spec);
+    }
     this.isFirst = spec.layerBegin === 0;
     this.isLast = spec.layerEnd === spec.model.nLayers;
     this.inWidth = this.isFirst ? 0 : this.native.inWidth;
@@ -171,7 +229,8 @@ export class EngineStage {
   }
 
   get describe(): string {
-    return `stage [${this.spec.layerBegin}, ${this.spec.layerEnd}) of ${this.spec.model.nLayers} layers`;
+    const where = this.cuda ? ` on GPU ${this.cuda.index} (${this.cuda.name})` : '';
+    return `stage [${this.spec.layerBegin}, ${this.spec.layerEnd}) of ${this.spec.model.nLayers} layers${where}`;
   }
 
   /** Training forward: keeps what backward needs under `mb`. Returns the output activations [B,T,outWidth], or the loss on the last stage. */
@@ -226,7 +285,7 @@ export class EngineStage {
     return this.tensorList;
   }
 
-  /** All parameters in model order, as one zero-copy view of the engine's memory. */
+  /** All parameters in model order: a zero-copy view of the engine's memory on the CPU, a copy from the GPU on CUDA. */
   params(): Float32Array {
     return this.native.arena('params');
   }
@@ -235,7 +294,7 @@ export class EngineStage {
     return this.native.arena('grads');
   }
 
-  /** A named parameter tensor as a zero-copy view. */
+  /** A named parameter tensor: a zero-copy view on the CPU (writes reach the engine), a copy on CUDA. */
   param(name: string): Float32Array {
     const t = this.tensorList.find((e) => e.name === name);
     if (!t) throw new Error(`${this.describe} has no tensor ${name}`);
@@ -283,9 +342,10 @@ export class EngineStage {
     }
     const step = header.optimizerStep;
     const expected = new Set<string>();
-    const copies: Array<[Float32Array, Float32Array]> = [];
+    const arenas: Array<[ArenaKind, Float32Array]> = [];
+    const total = this.tensorList.reduce((n, t) => Math.max(n, t.offset + t.numel), 0);
     for (const [prefix, kind] of [['', 'params'], ['optimizer.exp_avg.', 'exp_avg'], ['optimizer.exp_avg_sq.', 'exp_avg_sq']] as const) {
-      const arena = this.native.arena(kind);
+      const arena = new Float32Array(total);
       for (const t of this.tensorList) {
         const name = prefix + t.name;
         expected.add(name);
@@ -294,13 +354,14 @@ export class EngineStage {
         if (got.shape.length !== t.shape.length || got.shape.some((s, i) => s !== t.shape[i])) {
           throw new Error(`${where}: tensor ${name} has shape [${got.shape.join(', ')}], expected [${t.shape.join(', ')}]`);
         }
-        copies.push([arena.subarray(t.offset, t.offset + t.numel), got.data]);
+        arena.set(got.data, t.offset);
       }
+      arenas.push([kind, arena]);
     }
     for (const name of file.tensors.keys()) {
       if (!expected.has(name)) throw new Error(`${where}: unexpected tensor ${name}`);
     }
-    for (const [dst, src] of copies) dst.set(src);
+    for (const [kind, arena] of arenas) this.native.setArena(kind, arena);
     this.native.optimizerStep = step;
     this.native.zeroGrad();
     // Forwards stashed under the old weights cannot be backpropagated under the new ones.
@@ -332,6 +393,6 @@ export function mxint8RoundTrip(x: Float32Array, width: number): void {
   addon().mxint8RoundTrip(x, width);
 }
 
-export function engineInfo(): { backend: string; blas: string; blasThreads: number; ompThreads: number } {
+export function engineInfo(): EngineInfo {
   return addon().info();
 }

@@ -4,7 +4,7 @@
 # backend, then times full training steps of each configuration beside the
 # equivalent PyTorch module, ending each with one JSON line
 #   {"bench":"cuda","config":..,"gpu":..,"ours_tok_s":..,"torch_tok_s":..,"ratio":..,"mfu_pct":..}
-# Usage: bash scripts/gpu-bench.sh [OUT_DIR]   (under 8 minutes on an H100, build included)
+# Usage: [ENGINE=path/to/caravan-engine] bash scripts/gpu-bench.sh [OUT_DIR]   (under 8 minutes on an H100, build included)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-build/gpu-bench}
@@ -16,10 +16,14 @@ py=${PYTHON:-python3}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 
 t0=$(date +%s)
-cmake -S native -B build/gpu -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 -DCMAKE_CUDA_COMPILER="$cuda/bin/nvcc" >"$out/cmake.log"
-cmake --build build/gpu -j "$(nproc)" >>"$out/cmake.log" 2>&1 || { tail -40 "$out/cmake.log"; exit 1; }
-echo "build: $(( $(date +%s) - t0 )) s"
-engine=build/gpu/caravan-engine
+# ENGINE: a driver already built here (scripts/gpu-check.sh builds one first).
+engine=${ENGINE:-}
+if [ -z "$engine" ]; then
+  cmake -S native -B build/gpu -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 -DCMAKE_CUDA_COMPILER="$cuda/bin/nvcc" >"$out/cmake.log"
+  cmake --build build/gpu -j "$(nproc)" >>"$out/cmake.log" 2>&1 || { tail -40 "$out/cmake.log"; exit 1; }
+  echo "build: $(( $(date +%s) - t0 )) s"
+  engine=build/gpu/caravan-engine
+fi
 
 $engine cuda-info
 $engine cuda-check | tee "$out/cuda-check.jsonl"
@@ -35,7 +39,7 @@ ours, torch = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 print(json.dumps({"bench": "cuda", "config": ours["config"], "gpu": ours["gpu"], "ours_tok_s": ours["tok_s"],
                   "torch_tok_s": torch["torch_tok_s"], "ratio": round(ours["tok_s"] / torch["torch_tok_s"], 3),
                   "mfu_pct": ours["mfu_pct"], "torch_mfu_pct": torch["mfu_pct"], "ours_step_ms": ours["step_ms"],
-                  "torch_step_ms": torch["step_ms"]}))
+                  "torch_step_ms": torch["step_ms"], "ours_phases_ms": ours.get("phases_ms")}))
 PY
 done
 echo "total: $(( $(date +%s) - t0 )) s"

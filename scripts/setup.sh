@@ -85,12 +85,13 @@ fi
 # 4. native builds, when any source is newer than the build
 addon=native/build/Release/caravan_engine.node
 driver=build/driver/caravan-engine
-stale() { [ ! -f "$1" ] || [ -n "$(find native/src native/binding.gyp native/CMakeLists.txt -newer "$1" -print -quit)" ]; }
-if stale "$addon"; then
-  say "building the native addon"
-  bash scripts/build-native.sh addon
-fi
+stale() { [ ! -f "$1" ] || [ -n "$(find native/src native/cuda native/binding.gyp native/CMakeLists.txt -newer "$1" -print -quit)" ]; }
+# The driver first: where nvcc is, the addon links the CUDA library its build makes.
 if stale "$driver"; then
   say "building the standalone engine driver"
   bash scripts/build-native.sh driver
+fi
+if stale "$addon" || { [ -f build/driver/libcaravan_cuda.a ] && [ build/driver/libcaravan_cuda.a -nt "$addon" ]; }; then
+  say "building the native addon"
+  bash scripts/build-native.sh addon
 fi

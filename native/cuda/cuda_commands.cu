@@ -213,13 +213,37 @@ int cuda_bench(const std::map<std::string, std::string>& a) {
   for (int i = 0; i < steps; i++) one_step(warmup + i);
   st.synchronize();
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / steps;
+  // Where a step's time goes: the same steps again, synchronized between
+  // phases (not part of the timing above), attention bracketed by events.
+  double fwd_ms = 0, bwd_ms = 0, opt_ms = 0, attn_ms = 0;
+  st.set_profiling(true);
+  for (int i = 0; i < steps; i++) {
+    const int id = warmup + steps + i;
+    auto t = std::chrono::steady_clock::now();
+    auto lap = [&](double& into) {
+      st.synchronize();
+      const auto now = std::chrono::steady_clock::now();
+      into += std::chrono::duration<double, std::milli>(now - t).count() / steps;
+      t = now;
+    };
+    st.forward(id, st.is_first() ? tokens.data() : nullptr, acts, B, T, st.is_last() ? targets.data() : nullptr,
+               st.is_last() ? nullptr : out, true);
+    lap(fwd_ms);
+    st.backward(id, st.is_last() ? nullptr : grad, st.is_first() ? nullptr : grad_in);
+    lap(bwd_ms);
+    st.step(clip_scale({st.grad_sum_squares()}, 1, 1.0));
+    lap(opt_ms);
+  }
+  attn_ms = st.attention_ms() / steps;
+  st.set_profiling(false);
   const double tok_s = N / secs;
   const double flops = train_flops_per_token(m, begin, end, T) * tok_s;
   const double peak = st.device().peak_bf16_tflops;
   std::printf("{\"bench\":\"cuda-ours\",\"config\":\"%s\",\"gpu\":\"%s\",\"batch\":%d,\"seq\":%d,\"step_ms\":%.2f,"
-              "\"tok_s\":%.0f,\"tflops\":%.1f,\"peak_tflops\":%.1f,\"mfu_pct\":%.2f,\"loss\":%.4f}\n",
+              "\"tok_s\":%.0f,\"tflops\":%.1f,\"peak_tflops\":%.1f,\"mfu_pct\":%.2f,\"loss\":%.4f,"
+              "\"phases_ms\":{\"forward\":%.2f,\"backward\":%.2f,\"clip_adamw\":%.2f,\"attention\":%.2f}}\n",
               preset.c_str(), st.device().name.c_str(), B, T, secs * 1e3, tok_s, flops / 1e12, peak,
-              peak > 0 ? 100.0 * flops / (peak * 1e12) : 0.0, loss);
+              peak > 0 ? 100.0 * flops / (peak * 1e12) : 0.0, loss, fwd_ms, bwd_ms, opt_ms, attn_ms);
   for (float* p : {acts, out, grad, grad_in}) if (p) cudaFree(p);
   return 0;
 }

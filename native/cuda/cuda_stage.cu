@@ -339,6 +339,32 @@ void CudaStage::attention_backward(CudaLayerStash& c, const bf16* dattn, bf16* d
   f32_to_bf16(dv, w.dv32, nkv, stream_);
 }
 
+template <typename F>
+void CudaStage::profiled(F&& f) {
+  if (!profiling_) return f();
+  cudaEvent_t a, b;
+  CUDA_CHECK(cudaEventCreate(&a));
+  CUDA_CHECK(cudaEventCreate(&b));
+  CUDA_CHECK(cudaEventRecord(a, stream_));
+  f();
+  CUDA_CHECK(cudaEventRecord(b, stream_));
+  events_.emplace_back(a, b);
+}
+
+double CudaStage::attention_ms() {
+  synchronize();
+  double total = 0;
+  for (auto& [a, b] : events_) {
+    float ms = 0;
+    CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
+    total += ms;
+    cudaEventDestroy(a);
+    cudaEventDestroy(b);
+  }
+  events_.clear();
+  return total;
+}
+
 void CudaStage::block_forward(int layer, float* x, CudaLayerStash& c, int B, int T) {
   const LayerOffsets& o = layout_.layers[layer - begin_];
   const int N = B * T, d = model_.d_model, hd = model_.head_dim(), H = model_.n_heads, Hkv = model_.n_kv_heads,
@@ -351,7 +377,7 @@ void CudaStage::block_forward(int layer, float* x, CudaLayerStash& c, int B, int
   gemm(false, true, N, Hkv * hd, d, c.xn1, d, W(o.wv), d, c.v, false, Hkv * hd, 0.0f);
   rope_forward(c.q, d_rope_cos_, d_rope_sin_, B, T, H, hd, stream_);
   rope_forward(c.k, d_rope_cos_, d_rope_sin_, B, T, Hkv, hd, stream_);
-  attention_forward(c, B, T);
+  profiled([&] { attention_forward(c, B, T); });
   CUDA_CHECK(cudaMemcpyAsync(c.h, x, bytes, cudaMemcpyDeviceToDevice, stream_));  // h = x + o_proj(attn)
   gemm(false, true, N, d, H * hd, c.attn, H * hd, W(o.wo), H * hd, c.h, true, d, 1.0f);
   rmsnorm_forward(c.xn2, c.rstd2, c.h, P(o.norm2), N, d, model_.norm_eps, stream_);
@@ -381,7 +407,7 @@ void CudaStage::block_backward(int layer, float* dx, CudaLayerStash& c, int B, i
   f32_to_bf16(w.dh_bf, w.dh, (size_t)N * d, stream_);
   gemm(false, false, N, H * hd, d, w.dh_bf, d, W(o.wo), H * hd, w.dattn, false, H * hd, 0.0f);
   gemm(true, false, d, H * hd, N, w.dh_bf, d, c.attn, H * hd, G(o.wo), true, H * hd, 1.0f);
-  attention_backward(c, w.dattn, w.dq, w.dk, w.dv, B, T);
+  profiled([&] { attention_backward(c, w.dattn, w.dq, w.dk, w.dv, B, T); });
   rope_backward(w.dq, d_rope_cos_, d_rope_sin_, B, T, H, hd, stream_);
   rope_backward(w.dk, d_rope_cos_, d_rope_sin_, B, T, Hkv, hd, stream_);
   gemm(false, false, N, d, H * hd, w.dq, H * hd, W(o.wq), d, w.dxn, true, d, 0.0f);
@@ -522,22 +548,73 @@ void CudaStage::zero_grad() { CUDA_CHECK(cudaMemsetAsync(d_grads_, 0, layout_.to
 
 void CudaStage::synchronize() { CUDA_CHECK(cudaStreamSynchronize(stream_)); }
 
+std::vector<int64_t> CudaStage::stashed() const {
+  std::vector<int64_t> ids;
+  for (const auto& [mb, st] : stash_) ids.push_back(mb);
+  return ids;
+}
+
+bool CudaStage::drop(int64_t mb) {
+  auto it = stash_.find(mb);
+  if (it == stash_.end()) return false;
+  spare_.push_back(std::move(it->second));
+  stash_.erase(it);
+  return true;
+}
+
+bool CudaStage::stash_shape(int64_t mb, int* B, int* T) const {
+  auto it = stash_.find(mb);
+  if (it == stash_.end()) return false;
+  *B = it->second->B;
+  *T = it->second->T;
+  return true;
+}
+
+namespace {
+float* arena_of(CudaStage::ArenaKind kind, float* params, float* grads, float* m, float* v) {
+  switch (kind) {
+    case CudaStage::ArenaKind::params: return params;
+    case CudaStage::ArenaKind::grads: return grads;
+    case CudaStage::ArenaKind::exp_avg: return m;
+    case CudaStage::ArenaKind::exp_avg_sq: return v;
+  }
+  return nullptr;
+}
+}  // namespace
+
+void CudaStage::download(ArenaKind kind, float* out) {
+  copy_to_host(out, arena_of(kind, d_params_, d_grads_, d_m_, d_v_), layout_.total * sizeof(float));
+}
+
+void CudaStage::upload(ArenaKind kind, const float* in) {
+  float* d = arena_of(kind, d_params_, d_grads_, d_m_, d_v_);
+  CUDA_CHECK(cudaMemcpyAsync(d, in, layout_.total * sizeof(float), cudaMemcpyHostToDevice, stream_));
+  if (kind == ArenaKind::params) f32_to_bf16(d_params_bf16_, d_params_, layout_.total, stream_);
+  synchronize();
+}
+
 void CudaStage::download_params(std::vector<float>& out) {
   out.resize(layout_.total);
-  CUDA_CHECK(cudaMemcpyAsync(out.data(), d_params_, out.size() * sizeof(float), cudaMemcpyDeviceToHost, stream_));
-  synchronize();
+  download(ArenaKind::params, out.data());
 }
 
 void CudaStage::download_grads(std::vector<float>& out) {
   out.resize(layout_.total);
-  CUDA_CHECK(cudaMemcpyAsync(out.data(), d_grads_, out.size() * sizeof(float), cudaMemcpyDeviceToHost, stream_));
-  synchronize();
+  download(ArenaKind::grads, out.data());
 }
 
 void CudaStage::upload_params(const std::vector<float>& in) {
   if (in.size() != layout_.total) throw std::invalid_argument(describe() + ": upload_params needs " + std::to_string(layout_.total) + " floats");
-  CUDA_CHECK(cudaMemcpyAsync(d_params_, in.data(), in.size() * sizeof(float), cudaMemcpyHostToDevice, stream_));
-  f32_to_bf16(d_params_bf16_, d_params_, in.size(), stream_);
+  upload(ArenaKind::params, in.data());
+}
+
+void CudaStage::copy_to_device(void* device, const void* host, size_t bytes) {
+  CUDA_CHECK(cudaMemcpyAsync(device, host, bytes, cudaMemcpyHostToDevice, stream_));
+  synchronize();
+}
+
+void CudaStage::copy_to_host(void* host, const void* device, size_t bytes) {
+  CUDA_CHECK(cudaMemcpyAsync(host, device, bytes, cudaMemcpyDeviceToHost, stream_));
   synchronize();
 }
 

@@ -46,14 +46,34 @@ class CudaStage {
   void zero_grad();
   void synchronize();
 
-  // Copies for checks: the fp32 master weights and the gradients, model order.
+  // Microbatches with a stashed forward, and dropping one (recovery).
+  std::vector<int64_t> stashed() const;
+  bool drop(int64_t mb);
+  bool stash_shape(int64_t mb, int* B, int* T) const;
+
+  // Host copies of a whole fp32 arena in model order (the master weights,
+  // the gradients, or an AdamW moment), and writing one back; writing the
+  // weights refreshes their bf16 copies.
+  enum class ArenaKind { params, grads, exp_avg, exp_avg_sq };
+  void download(ArenaKind kind, float* out);
+  void upload(ArenaKind kind, const float* in);
   void download_params(std::vector<float>& out);
   void download_grads(std::vector<float>& out);
   void upload_params(const std::vector<float>& in);
+  // Host ↔ device copies on this stage's stream, finished when they return.
+  void copy_to_device(void* device, const void* host, size_t bytes);
+  void copy_to_host(void* host, const void* device, size_t bytes);
 
   int optimizer_step = 0;
 
+  // Profiling for cuda-bench: with it on, attention's forward and backward
+  // are bracketed by events; attention_ms() sums them (it synchronizes).
+  void set_profiling(bool on) { profiling_ = on; }
+  double attention_ms();
+
  private:
+  template <typename F>
+  void profiled(F&& f);
   void block_forward(int layer, float* x, struct CudaLayerStash& c, int B, int T);
   void block_backward(int layer, float* dx, struct CudaLayerStash& c, int B, int T);
   void attention_forward(struct CudaLayerStash& c, int B, int T);
@@ -86,6 +106,8 @@ class CudaStage {
   std::unique_ptr<CudaWorkspace> ws_;
   std::map<int64_t, std::unique_ptr<CudaStash>> stash_;
   std::vector<std::unique_ptr<CudaStash>> spare_;
+  bool profiling_ = false;
+  std::vector<std::pair<cudaEvent_t, cudaEvent_t>> events_;
 };
 
 }  // namespace caravan::cuda

@@ -8,125 +8,17 @@
 #include <chrono>
 #include <cmath>
 #include <vector>
+#include "addon_args.h"
 #include "blas.h"
 #include "gradcheck.h"
 #include "ops.h"
 #include "stage.h"
+#ifdef CARAVAN_CUDA
+#include "../cuda/cuda_addon.h"
+#endif
 
 using namespace caravan;
-
-namespace {
-
-double number_field(const Napi::Object& o, const char* object_name, const char* key, bool required, double fallback) {
-  Napi::Value v = o.Get(key);
-  if (v.IsUndefined()) {
-    if (required) throw Napi::TypeError::New(o.Env(), std::string(object_name) + "." + key + " is required");
-    return fallback;
-  }
-  if (!v.IsNumber() || !std::isfinite(v.As<Napi::Number>().DoubleValue())) {
-    throw Napi::TypeError::New(o.Env(), std::string(object_name) + "." + key + " must be a finite number");
-  }
-  return v.As<Napi::Number>().DoubleValue();
-}
-
-int int_field(const Napi::Object& o, const char* object_name, const char* key, bool required, int fallback) {
-  double d = number_field(o, object_name, key, required, fallback);
-  if (d != std::floor(d) || std::fabs(d) > 2147483647.0) {
-    throw Napi::TypeError::New(o.Env(), std::string(object_name) + "." + key + " must be an integer, got " + std::to_string(d));
-  }
-  return (int)d;
-}
-
-ModelConfig model_from(const Napi::Object& o) {
-  ModelConfig m;
-  m.vocab = int_field(o, "model", "vocabSize", true, 0);
-  m.d_model = int_field(o, "model", "dModel", true, 0);
-  m.n_layers = int_field(o, "model", "nLayers", true, 0);
-  m.n_heads = int_field(o, "model", "nHeads", true, 0);
-  m.n_kv_heads = int_field(o, "model", "nKvHeads", false, m.n_heads);
-  m.ffn_hidden = int_field(o, "model", "ffnHidden", true, 0);
-  m.max_seq = int_field(o, "model", "maxSeqLen", true, 0);
-  m.rope_theta = (float)number_field(o, "model", "ropeTheta", false, 10000.0);
-  m.norm_eps = (float)number_field(o, "model", "normEps", false, 1e-5);
-  Napi::Value tied = o.Get("tiedEmbeddings");
-  m.tied_embeddings = tied.IsBoolean() && tied.As<Napi::Boolean>().Value();
-  Napi::Value bottlenecks = o.Get("bottlenecks");
-  if (!bottlenecks.IsUndefined() && !bottlenecks.IsNull()) {
-    if (!bottlenecks.IsArray()) throw Napi::TypeError::New(o.Env(), "model.bottlenecks must be an array of {at, width}");
-    Napi::Array list = bottlenecks.As<Napi::Array>();
-    for (uint32_t i = 0; i < list.Length(); i++) {
-      Napi::Value b = list.Get(i);
-      if (!b.IsObject()) throw Napi::TypeError::New(o.Env(), "model.bottlenecks[" + std::to_string(i) + "] must be an object {at, width}");
-      const std::string name = "model.bottlenecks[" + std::to_string(i) + "]";
-      m.bottlenecks.push_back({int_field(b.As<Napi::Object>(), name.c_str(), "at", true, 0),
-                               int_field(b.As<Napi::Object>(), name.c_str(), "width", true, 0)});
-    }
-  }
-  Napi::Value quant = o.Get("bottleneckQuant");
-  if (!quant.IsUndefined() && !quant.IsNull()) {
-    const std::string q = quant.IsString() ? quant.As<Napi::String>().Utf8Value() : "";
-    if (q != "none" && q != "mxint8") throw Napi::TypeError::New(o.Env(), "model.bottleneckQuant must be 'none' or 'mxint8'");
-    m.bottleneck_mxint8 = q == "mxint8";
-  }
-  Napi::Value embed = o.Get("bottleneckEmbed");
-  m.bottleneck_embed = embed.IsBoolean() && embed.As<Napi::Boolean>().Value();
-  return m;
-}
-
-OptimConfig optim_from(const Napi::Object& o) {
-  OptimConfig c;
-  c.lr = (float)number_field(o, "optim", "lr", false, c.lr);
-  c.min_lr_ratio = (float)number_field(o, "optim", "minLrRatio", false, c.min_lr_ratio);
-  c.warmup_steps = int_field(o, "optim", "warmupSteps", false, c.warmup_steps);
-  c.total_steps = int_field(o, "optim", "totalSteps", false, c.total_steps);
-  c.beta1 = (float)number_field(o, "optim", "beta1", false, c.beta1);
-  c.beta2 = (float)number_field(o, "optim", "beta2", false, c.beta2);
-  c.eps = (float)number_field(o, "optim", "eps", false, c.eps);
-  c.weight_decay = (float)number_field(o, "optim", "weightDecay", false, c.weight_decay);
-  return c;
-}
-
-int64_t microbatch_id(const Napi::Value& v) {
-  if (!v.IsNumber()) throw Napi::TypeError::New(v.Env(), "microbatch id must be a number");
-  double d = v.As<Napi::Number>().DoubleValue();
-  if (d != std::floor(d) || d < 0 || d > 9007199254740991.0) {
-    throw Napi::TypeError::New(v.Env(), "microbatch id must be a non-negative safe integer, got " + v.ToString().Utf8Value());
-  }
-  return (int64_t)d;
-}
-
-int dim(const Napi::Value& v, const char* name) {
-  if (!v.IsNumber()) throw Napi::TypeError::New(v.Env(), std::string(name) + " must be a number");
-  double d = v.As<Napi::Number>().DoubleValue();
-  if (d != std::floor(d) || d < 1 || d > 1e9) throw Napi::TypeError::New(v.Env(), std::string(name) + " must be a positive integer, got " + v.ToString().Utf8Value());
-  return (int)d;
-}
-
-// Data() of an empty typed array is null, which the engine reads as "not
-// given"; an empty array is given, with length 0, and gets the length error.
-template <typename T>
-const T* data_of(Napi::TypedArrayOf<T> a) {
-  static const T empty{};
-  return a.ElementLength() == 0 ? &empty : a.Data();
-}
-
-bool is_typed(const Napi::Value& v, napi_typedarray_type type) {
-  return v.IsTypedArray() && v.As<Napi::TypedArray>().TypedArrayType() == type;
-}
-
-const char* typed_name(const Napi::Value& v) {
-  if (!v.IsTypedArray()) return v.IsNull() || v.IsUndefined() ? "nothing" : "a non-typed-array value";
-  switch (v.As<Napi::TypedArray>().TypedArrayType()) {
-    case napi_float32_array: return "a Float32Array";
-    case napi_int32_array: return "an Int32Array";
-    case napi_float64_array: return "a Float64Array";
-    case napi_uint16_array: return "a Uint16Array";
-    case napi_uint8_array: return "a Uint8Array";
-    default: return "another typed array";
-  }
-}
-
-}  // namespace
+using namespace caravan::addon;
 
 class StageWrap : public Napi::ObjectWrap<StageWrap> {
  public:
@@ -139,6 +31,7 @@ class StageWrap : public Napi::ObjectWrap<StageWrap> {
       InstanceMethod("zeroGrad", &StageWrap::ZeroGrad),
       InstanceMethod("tensors", &StageWrap::Tensors),
       InstanceMethod("arena", &StageWrap::ArenaView),
+      InstanceMethod("setArena", &StageWrap::SetArena),
       InstanceMethod("stashed", &StageWrap::Stashed),
       InstanceMethod("drop", &StageWrap::Drop),
       InstanceAccessor("optimizerStep", &StageWrap::GetOptimizerStep, &StageWrap::SetOptimizerStep),
@@ -167,17 +60,6 @@ class StageWrap : public Napi::ObjectWrap<StageWrap> {
   }
 
  private:
-  template <typename F>
-  auto guarded(Napi::Env env, F&& f) -> decltype(f()) {
-    try {
-      return f();
-    } catch (const Napi::Error&) {
-      throw;
-    } catch (const std::exception& e) {
-      throw Napi::Error::New(env, e.what());
-    }
-  }
-
   // forward(mb, input, B, T, targets|null, train, tokens|null) → loss (number) | Float32Array
   // tokens: the microbatch's token ids, for a non-first stage that needs them
   Napi::Value Forward(const Napi::CallbackInfo& info) {
@@ -271,39 +153,37 @@ class StageWrap : public Napi::ObjectWrap<StageWrap> {
     return info.Env().Undefined();
   }
 
-  Napi::Value Tensors(const Napi::CallbackInfo& info) {
-    Napi::Env env = info.Env();
-    const auto& ts = stage_->tensors();
-    Napi::Array arr = Napi::Array::New(env, ts.size());
-    for (size_t i = 0; i < ts.size(); i++) {
-      Napi::Object o = Napi::Object::New(env);
-      o.Set("name", ts[i].name);
-      Napi::Array shape = Napi::Array::New(env, ts[i].shape.size());
-      for (size_t j = 0; j < ts[i].shape.size(); j++) shape.Set(j, Napi::Number::New(env, (double)ts[i].shape[j]));
-      o.Set("shape", shape);
-      o.Set("offset", Napi::Number::New(env, (double)ts[i].offset));
-      o.Set("numel", Napi::Number::New(env, (double)ts[i].numel));
-      o.Set("decay", Napi::Boolean::New(env, ts[i].decay));
-      arr.Set(i, o);
-    }
-    return arr;
-  }
+  Napi::Value Tensors(const Napi::CallbackInfo& info) { return tensor_list(info.Env(), stage_->tensors()); }
 
   // arena('params'|'grads'|'exp_avg'|'exp_avg_sq') → a Float32Array over the
   // engine's own memory; the view holds a reference that keeps it alive.
   Napi::Value ArenaView(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    std::string which = info[0].IsString() ? info[0].As<Napi::String>().Utf8Value() : "";
-    Arena a;
-    if (which == "params") a = stage_->params;
-    else if (which == "grads") a = stage_->grads;
-    else if (which == "exp_avg") a = stage_->exp_avg;
-    else if (which == "exp_avg_sq") a = stage_->exp_avg_sq;
-    else throw Napi::TypeError::New(env, "arena must be one of params, grads, exp_avg, exp_avg_sq; got '" + which + "'");
+    Arena a = arena_named(env, info[0]);
     auto* keep = new Arena(a);
     Napi::ArrayBuffer buf = Napi::ArrayBuffer::New(env, a->data(), a->size() * sizeof(float),
                                                    [](Napi::Env, void*, Arena* k) { delete k; }, keep);
     return Napi::Float32Array::New(env, a->size(), buf, 0);
+  }
+
+  // setArena(kind, Float32Array): overwrites a whole arena (state loading).
+  Napi::Value SetArena(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Arena a = arena_named(env, info[0]);
+    if (!is_typed(info[1], napi_float32_array)) throw Napi::TypeError::New(env, "setArena expects a Float32Array, got " + std::string(typed_name(info[1])));
+    auto src = info[1].As<Napi::Float32Array>();
+    if (src.ElementLength() != a->size()) throw Napi::RangeError::New(env, stage_->describe() + ": setArena needs " + std::to_string(a->size()) + " floats, got " + std::to_string(src.ElementLength()));
+    std::copy(src.Data(), src.Data() + a->size(), a->data());
+    return env.Undefined();
+  }
+
+  Arena arena_named(Napi::Env env, const Napi::Value& kind) {
+    std::string which = kind.IsString() ? kind.As<Napi::String>().Utf8Value() : "";
+    if (which == "params") return stage_->params;
+    if (which == "grads") return stage_->grads;
+    if (which == "exp_avg") return stage_->exp_avg;
+    if (which == "exp_avg_sq") return stage_->exp_avg_sq;
+    throw Napi::TypeError::New(env, "arena must be one of params, grads, exp_avg, exp_avg_sq; got '" + which + "'");
   }
 
   Napi::Value Stashed(const Napi::CallbackInfo& info) {
@@ -404,6 +284,11 @@ static Napi::Value Info(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Napi::Object o = Napi::Object::New(env);
   o.Set("backend", "cpu");
+#ifdef CARAVAN_CUDA
+  o.Set("cuda", true);
+#else
+  o.Set("cuda", false);
+#endif
   o.Set("blas", openblas_get_config());
   o.Set("blasThreads", openblas_get_num_threads());
   o.Set("ompThreads", omp_get_max_threads());
@@ -418,6 +303,9 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("setThreads", Napi::Function::New(env, SetThreads));
   exports.Set("tuneAllocator", Napi::Function::New(env, TuneAllocator));
   exports.Set("mxint8RoundTrip", Napi::Function::New(env, Mxint8RoundTrip));
+#ifdef CARAVAN_CUDA
+  caravan::cuda::register_addon(env, exports);
+#endif
   return exports;
 }
 

@@ -6,7 +6,6 @@ import { join } from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { TOKENIZER_NAMES, type TokenizerName } from '../data/index.ts';
 import { evalExported } from '../export/eval-model.ts';
-import { generateText } from '../export/generate-text.ts';
 import { exportedFromStitched, readExportedModel, writeHfModel } from '../export/hf-llama.ts';
 import { statesFromCheckpointDir, statesFromRun } from '../export/run-stage-states.ts';
 import { stitchStageStates } from '../export/stitch-stages.ts';
@@ -89,6 +88,8 @@ export function modelCommands(program: Command): void {
       const exported = await readExportedModel(flags.model);
       const onnx = await readFile(join(flags.model, 'model.onnx')).catch(() => undefined);  // built from the safetensors when absent
       if (!flags.json) process.stdout.write(flags.prompt);
+      // onnxruntime loads only for this command: hosts and training never need it.
+      const { generateText } = await import('../export/generate-text.ts');
       const g = await generateText(exported, flags.prompt, {
         maxTokens: flags.maxTokens, temperature: flags.temperature, topK: flags.topK, topP: flags.topP, seed: flags.seed,
         onText: flags.json ? undefined : (delta) => process.stdout.write(delta),

@@ -55,7 +55,7 @@ function computeLine(summary: RunStatus['summary']): string[] {
   const u = summary?.utilization_by_stage as number[] | undefined;
   if (!u?.length) return [];
   const pct = (x: unknown) => `${(100 * Number(x)).toFixed(1)}%`;
-  return [`stages busy (replica 0): ${u.map(pct).join(' ')}; bubble ${pct(summary!.bubble)} (1F1B bound ${pct(summary!.bubble_bound)}); MFU ${Number(summary!.mfu_pct).toFixed(1)}% of the hosts' measured fp32 peak`];
+  return [`stages busy (replica 0): ${u.map(pct).join(' ')}; bubble ${pct(summary!.bubble)} (1F1B bound ${pct(summary!.bubble_bound)}); MFU ${Number(summary!.mfu_pct).toFixed(1)}% of the hosts' peak (${peakKind(summary!.devices_by_stage as string[] | undefined)})`];
 }
 
 /** Frames between stages, once the run has finished: their fp32 size and their size on the wire. */
@@ -94,4 +94,12 @@ export function statusCommand(program: Command): void {
       ];
       process.stdout.write(`${out.join('\n')}\n`);
     });
+}
+
+/** What the MFU is measured against: GPUs' dense bf16 peaks, CPUs' measured fp32 sgemm, or both. */
+function peakKind(devices: string[] | undefined): string {
+  const gpus = [...new Set((devices ?? []).filter((d) => d !== 'cpu'))];
+  const cpus = (devices ?? ['cpu']).includes('cpu');
+  const parts = [...(gpus.length ? [`bf16 tensor-core peak of ${gpus.join(', ')}`] : []), ...(cpus ? ['measured fp32 sgemm of the CPU hosts'] : [])];
+  return parts.join('; ');
 }

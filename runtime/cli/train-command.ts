@@ -35,6 +35,8 @@ interface TrainFlags extends RunShapeFlags {
   logLevel?: string;
   export?: string;
   traceFile?: string;
+  device: 'cpu' | 'cuda';
+  gpu: number;
 }
 
 async function exportModel(dir: string, blobs: StageStateBlob[], tokenizer: TokenizerName, run: string | undefined, log: (line: string) => void): Promise<void> {
@@ -76,6 +78,8 @@ export function trainCommand(program: Command): void {
     .option('--lr <x>', 'peak learning rate', positiveNumber('--lr'))
     .addOption(new Option('--tokenizer <name>', 'tokenizer for the bundled corpus').choices(['byte', 'gpt2']))
     .option('--data <file>', 'train on an llm.c / nanoGPT token shard instead of the bundled corpus')
+    .addOption(new Option('--device <kind>', 'where the stages compute: cpu, or cuda (an NVIDIA GPU; every host, or the in-process run, uses --gpu)').choices(['cpu', 'cuda']).default('cpu'))
+    .option('--gpu <n>', 'GPU index with --device cuda', nonNegativeInt('--gpu'), 0)
     .option('--nats <url>', 'use this NATS server or cluster instead of an embedded one')
     .option('--run <id>', 'run id (default: a new one)')
     .option('--standbys <n>', 'extra host processes that wait as standbys', nonNegativeInt('--standbys'))
@@ -116,7 +120,7 @@ export function trainCommand(program: Command): void {
         ui.log(`caravan train (in process): ${config.model.nLayers} layers d=${config.model.dModel} V=${config.model.vocabSize} in ${t.stages} stages, ${t.steps} steps of ${t.microbatches}×${t.batchSize}×${t.seqLen} tokens`);
         ui.start();
         const summary = await trainLocal({
-          ...config, valEvery: flags.valEvery, checkpointDir: flags.checkpointDir, resume: flags.resume,
+          ...config, valEvery: flags.valEvery, checkpointDir: flags.checkpointDir, resume: flags.resume, on: { device: flags.device, gpu: flags.gpu },
           onStep: (step, r, tps) => ui.step(step, r.loss, tps),
           onValidation: (step, loss) => { ui.pause(); ui.log(`validation at step ${step}: loss ${loss.toFixed(4)}`); if (step < t.steps) ui.resume(step); },
           onFinished: flags.export ? (stages) => exportModel(flags.export!, stages.map((s, i) => ({ source: `stage ${i}`, bytes: s.state() })), t.tokenizer, undefined, ui.log) : undefined,
@@ -136,7 +140,7 @@ export function trainCommand(program: Command): void {
         delete process.env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT;
       }
       const summary = await trainDistributed({
-        config, nats: flags.nats, run: flags.run, standbys: flags.standbys, childLogLevel: flags.logLevel,
+        config, nats: flags.nats, run: flags.run, standbys: flags.standbys, childLogLevel: flags.logLevel, device: flags.device, gpu: flags.gpu,
         log: createLogger('caravan-train', 'warn'),
         onProgress: (p: Progress) => {
           if (p.replica !== 0) return;

@@ -57,7 +57,9 @@ export interface RunSummary {
   readonly utilization_by_stage: number[];
   readonly bubble: number;
   readonly bubble_bound: number;
-  /** Model FLOPs per second over the sum of the hosts' measured fp32 peaks (a plain sgemm at start-up). */
+  /** Replica 0's stages' devices: 'cpu', or the GPU's name. */
+  readonly devices_by_stage: string[];
+  /** Model FLOPs per second over the sum of the hosts' peaks: a GPU's dense bf16 peak, a CPU's measured fp32 sgemm at start-up. */
   readonly mfu_pct: number;
 }
 
@@ -384,6 +386,7 @@ async function coordinate(
       dead_letters: dead,
       wire: { ...wire, ratio_vs_f32: wire.wire_bytes > 0 ? wire.f32_bytes / wire.wire_bytes : 0 },
       utilization_by_stage: utilization,
+      devices_by_stage: stagesOf0.map((c) => c.device),
       bubble: 1 - utilization.reduce((a, b) => a + b, 0) / t.stages,
       bubble_bound: (t.stages - 1) / (t.microbatches + t.stages - 1),
       mfu_pct: peak > 0 ? (100 * tokensPerS * trainFlopsPerToken(config.model, t.seqLen)) / (peak * 1e9) : 0,

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { decodeSafeTensors, encodeSafeTensors, hashParams, type SafeTensor } from '../../native/index.ts';
 import { headDim, llamaTensorSpecs, validateLlamaConfig, type LlamaConfig } from '../../schemas/model-config.ts';
 import { TOKENIZER_NAMES, type TokenizerName } from '../data/index.ts';
-import { buildLlamaOnnx } from '../onnx/index.ts';
+import { buildLlamaOnnx } from '../onnx/llama-graph.ts';  // the graph builder alone: no onnxruntime
 import type { StitchedModel } from './stitch-stages.ts';
 
 export const EXPORT_FORMAT = 'caravan-export';

@@ -15,7 +15,8 @@ import { decodeJson, encodeJson } from '../transport/json.ts';
 import { openRunResources, type RunResources } from '../transport/run-resources.ts';
 import { decodeSlot, SlotLostError, type SlotEntry } from '../transport/slots.ts';
 import { FaultPoints } from './fault-points.ts';
-import { startStage, type StageRunner } from './stage-runner.ts';
+import { startStage, type HostDevice, type StageRunner } from './stage-runner.ts';
+import { cudaDevice, type CudaDeviceInfo } from '../../native/index.ts';
 import { initTracing, type Tracing } from '../telemetry/tracing.ts';
 
 export interface HostOptions {
@@ -37,12 +38,20 @@ export function hostId(): string {
 }
 
 export async function runHost(o: HostOptions): Promise<void> {
+  // A GPU the engine cannot use is refused before the host joins the run, so the coordinator never hands it a slot.
+  let gpu: CudaDeviceInfo | undefined;
   if (o.device === 'cuda') {
-    throw new Error('--device cuda: the Node engine has no CUDA backend yet (it runs from the standalone driver, see docs/cuda.md); use --device cpu');
+    try {
+      gpu = cudaDevice(o.gpu);
+    } catch (err) {
+      throw new Error(`--device cuda --gpu ${o.gpu}: ${(err as Error).message}`);
+    }
   }
   const nc = await connectNats(o.nats, `caravan-host-${hostId()}`);
   const id = hostId();
   const log = o.log.child({ run: o.run, host: id, datacenter: o.datacenter });
+  if (gpu) log.info({ gpu: gpu.index, name: gpu.name, memory_gib: +(gpu.totalBytes / 2 ** 30).toFixed(1), free_gib: +(gpu.freeBytes / 2 ** 30).toFixed(1), compute_capability: gpu.computeCapability }, 'using GPU');
+  const device: HostDevice = gpu ? { kind: 'cuda', gpu } : { kind: 'cpu' };
   const deadLetters = { count: 0 };
   const tracing = initTracing({ service: 'caravan-host', host: id, datacenter: o.datacenter });
   let beat: NodeJS.Timeout | undefined;
@@ -53,8 +62,8 @@ export async function runHost(o: HostOptions): Promise<void> {
     beat = setInterval(() => {
       nc.publish(res.names.heartbeat(id), encodeJson({ host: id, datacenter: o.datacenter, deadLetters: deadLetters.count }));
     }, o.heartbeatMs ?? 1000);
-    await register(nc, res, id, o, log);
-    await followRun(nc, res, id, log, faults, deadLetters, tracing);
+    await register(nc, res, id, o, device, log);
+    await followRun(nc, res, id, device, log, faults, deadLetters, tracing);
   } finally {
     clearInterval(beat);
     faults?.close();
@@ -64,7 +73,7 @@ export async function runHost(o: HostOptions): Promise<void> {
 }
 
 /** Watches the run's state and slots until the run ends or this host loses its slot. */
-async function followRun(nc: NatsConnection, res: RunResources, id: string, log: Logger, faults: FaultPoints, deadLetters: { count: number }, tracing: Tracing): Promise<void> {
+async function followRun(nc: NatsConnection, res: RunResources, id: string, device: HostDevice, log: Logger, faults: FaultPoints, deadLetters: { count: number }, tracing: Tracing): Promise<void> {
   const watch = await res.kv.watch({ key: ['state', 'slot.>'] });
   let stage: StageRunner | undefined;
   let held: SlotEntry | undefined;
@@ -99,7 +108,7 @@ async function followRun(nc: NatsConnection, res: RunResources, id: string, log:
       const slotLog = log.child({ replica: record.replica, stage: record.stage, generation: record.generation });
       slotLog.info({ from: record.checkpoint?.step ?? null }, 'slot assigned');
       const config = validateRunConfig(decodeJson((await retryTransient('run config', () => res.kv.get('config')))?.value ?? new Uint8Array(), 'run config in KV'));
-      stage = await startStage({ nc, res, config, slot: held, host: id, log: slotLog, faults, deadLetters, tracing });
+      stage = await startStage({ nc, res, config, slot: held, host: id, device, log: slotLog, faults, deadLetters, tracing });
       nc.publish(res.names.ready, encodeJson({ host: id, replica: record.replica, stage: record.stage }));
       ending = stage.done.catch((err: Error) => {
         // A stage that cannot go on fails the run: a replacement would meet the same error.
@@ -123,11 +132,11 @@ function runStatus(e: KvWatchEntry): string | undefined {
   return decodeJson<{ status?: string }>(e.value, 'run state').status;
 }
 
-async function register(nc: NatsConnection, res: RunResources, id: string, o: HostOptions, log: Logger): Promise<void> {
+async function register(nc: NatsConnection, res: RunResources, id: string, o: HostOptions, device: HostDevice, log: Logger): Promise<void> {
   const deadline = Date.now() + (o.registerTimeoutMs ?? 5 * 60_000);
   for (;;) {
     try {
-      await nc.request(res.names.register, encodeJson({ host: id, datacenter: o.datacenter, device: o.device }), { timeout: 2000 });
+      await nc.request(res.names.register, encodeJson({ host: id, datacenter: o.datacenter, device: device.kind, ...(device.kind === 'cuda' ? { gpu: device.gpu.name } : {}) }), { timeout: 2000 });
       log.info('registered with the coordinator');
       return;
     } catch (err) {

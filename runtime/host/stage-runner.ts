@@ -15,7 +15,7 @@ import type { ConsumerMessages, JsMsg } from '@nats-io/jetstream';
 import { headers, type NatsConnection } from '@nats-io/transport-node';
 import { createActor } from 'xstate';
 import { stageMachine, type StageCommand } from '../../actors/stage-machine.ts';
-import { EngineStage, sgemmGflops, splitLayers } from '../../native/index.ts';
+import { EngineStage, sgemmGflops, splitLayers, type CudaDeviceInfo } from '../../native/index.ts';
 import type { RunConfig } from '../../schemas/run-config.ts';
 import { decodeFrame, encodeFrameWithCodecs, FrameError, frameMsgId, type FrameKind } from '../../schemas/tensor-frame.ts';
 import { boundaryCodecs, FRAME_CODECS } from '../codecs/index.ts';
@@ -44,12 +44,17 @@ export type StageReport =
   | { type: 'stepped'; replica: number; stage: number; generation: number; host: string; step: number; contributions: number[] }
   | { type: 'final'; replica: number; stage: number; generation: number; host: string; name: string; sent: WireCount; compute: ComputeCount };
 
-/** How this slot holder used its time: engine calls, and the epoch ms of its first and last; the machine's measured fp32 peak. */
+/**
+ * How this slot holder used its time: engine calls, and the epoch ms of its
+ * first and last; its device ('cpu' or the GPU's name) and that device's peak
+ * (a GPU's dense bf16 peak, or the CPU's measured fp32 sgemm).
+ */
 export interface ComputeCount {
   busy_ms: number;
   first_ms: number;
   last_ms: number;
   peak_gflops: number;
+  device: string;
 }
 
 /** Frames this slot holder published: their float32 size, and their size on the wire (whole frames). */
@@ -66,7 +71,11 @@ export interface StageRunner {
   stop(err?: Error): void;
 }
 
+/** Where this host computes: the CPU, or one GPU it has already opened. */
+export type HostDevice = { readonly kind: 'cpu' } | { readonly kind: 'cuda'; readonly gpu: CudaDeviceInfo };
+
 export interface StageRunnerOptions {
+  readonly device: HostDevice;
   readonly nc: NatsConnection;
   readonly res: RunResources;
   readonly config: RunConfig;
@@ -86,7 +95,8 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
   const S = t.stages, M = t.microbatches, B = t.batchSize, T = t.seqLen;
   const K = t.checkpointEvery;
   const [layerBegin, layerEnd] = splitLayers(model.nLayers, S)[s];
-  const engine = new EngineStage({ model, optim, layerBegin, layerEnd, seed: t.seed, threads: t.cpuThreads });
+  const onGpu = o.device.kind === 'cuda' ? { device: 'cuda' as const, gpu: o.device.gpu.index } : {};
+  const engine = new EngineStage({ model, optim, layerBegin, layerEnd, seed: t.seed, threads: t.cpuThreads, ...onGpu });
   const restored = held.record.checkpoint;
   if (restored) {
     const blob = await retryTransient(`checkpoint download ${restored.object}`, () => res.objects.getBlob(restored.object));
@@ -117,8 +127,9 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
     grad: { width: engine.inWidth, codecs: boundaryCodecs(model, layerBegin, t.lz4) },
   };
   const sent: WireCount = { frames: 0, f32_bytes: 0, wire_bytes: 0 };
-  // The CPU's practical fp32 peak, for MFU: a plain sgemm of a few hundred ms at most.
-  const peakGflops = sgemmGflops(512, 512, 512, 8);
+  // The peak MFU is taken against: a GPU's dense bf16 peak from the engine's
+  // table, or the CPU's practical fp32 peak (a plain sgemm of a few hundred ms at most).
+  const peakGflops = engine.cuda ? engine.cuda.peakBf16Tflops * 1000 : sgemmGflops(512, 512, 512, 8);
   let busyMs = 0, firstCompute = 0, lastCompute = 0;
   const timed = <R>(f: () => R): R => {
     const t0 = performance.now();
@@ -262,7 +273,7 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
             const state = engine.state();
             await retryTransient(`final state upload ${name}`, () => res.objects.putBlob({ name }, state));
             await o.tracing.flush();  // every span of this stage is exported before the run can end
-            await report({ type: 'final', name, sent, compute: { busy_ms: busyMs, first_ms: firstCompute, last_ms: lastCompute, peak_gflops: peakGflops } });
+            await report({ type: 'final', name, sent, compute: { busy_ms: busyMs, first_ms: firstCompute, last_ms: lastCompute, peak_gflops: peakGflops, device: engine.cuda?.name ?? 'cpu' } });
             log.info({ object: name }, 'final state uploaded');
           } else if (K > 0 && (cmd.step + 1) % K === 0) {
             await checkpoint(cmd.step);

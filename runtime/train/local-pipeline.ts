@@ -2,7 +2,7 @@
 // handed over as Float32Arrays: the reference the distributed pipeline must
 // equal bit for bit.
 import { clipDecision } from '../../actors/grad-clip.ts';
-import { EngineStage, hashStages, splitLayers, type EngineModelConfig, type OptimizerConfig } from '../../native/index.ts';
+import { EngineStage, hashStages, splitLayers, type EngineModelConfig, type OptimizerConfig, type StageSpec } from '../../native/index.ts';
 
 export interface MicroBatch {
   readonly tokens: Int32Array;   // [B,T]
@@ -19,9 +19,10 @@ export interface StepResult {
 export class LocalPipeline {
   readonly stages: EngineStage[];
 
-  constructor(model: EngineModelConfig, optim: OptimizerConfig, stageCount: number, seed: number, threads?: number) {
+  /** `on`: the device every stage runs on (default the CPU). */
+  constructor(model: EngineModelConfig, optim: OptimizerConfig, stageCount: number, seed: number, threads?: number, on: Pick<StageSpec, 'device' | 'gpu'> = {}) {
     this.stages = splitLayers(model.nLayers, stageCount).map(
-      ([layerBegin, layerEnd]) => new EngineStage({ model, optim, layerBegin, layerEnd, seed, threads }),
+      ([layerBegin, layerEnd]) => new EngineStage({ model, optim, layerBegin, layerEnd, seed, threads, ...on }),
     );
   }
 

@@ -31,6 +31,9 @@ export interface DistributedOptions {
   readonly run?: string;
   readonly standbys?: number;
   readonly childLogLevel?: string;
+  /** The hosts' device (default the CPU); with 'cuda' every host uses GPU `gpu`. */
+  readonly device?: 'cpu' | 'cuda';
+  readonly gpu?: number;
   /** Datacenter labels for the hosts, given out in turn (default: local-<i>, one each). */
   readonly datacenters?: readonly string[];
   readonly log: Logger;
@@ -89,7 +92,7 @@ export async function trainDistributed(o: DistributedOptions): Promise<RunSummar
       spawnChild('coordinator', ['coordinator', '--nats', url, '--run', run, '--config', configFile]);
       for (let i = 0; i < hosts; i++) {
         const datacenter = o.datacenters?.length ? o.datacenters[i % o.datacenters.length] : `local-${i}`;
-        spawnChild(`host ${i}`, ['host', '--nats', url, '--run', run, '--device', 'cpu', '--datacenter', datacenter]);
+        spawnChild(`host ${i}`, ['host', '--nats', url, '--run', run, '--device', o.device ?? 'cpu', '--gpu', String(o.gpu ?? 0), '--datacenter', datacenter]);
       }
       const result = await outcome;
       if (result instanceof Error) throw result;

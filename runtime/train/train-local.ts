@@ -2,7 +2,7 @@
 // shard), a LocalPipeline of S stages, periodic validation, checkpoints.
 import { createTokenizer, readTokenShard, TokenDataset, tokenizeCorpus, type TokenArray } from '../data/index.ts';
 import { readStageCheckpoint, writeStageCheckpoint } from '../checkpoint/local-checkpoint.ts';
-import type { EngineStage } from '../../native/index.ts';
+import type { EngineStage, StageSpec } from '../../native/index.ts';
 import { LocalPipeline, type StepResult } from './local-pipeline.ts';
 import type { RunPreset } from './presets.ts';
 
@@ -12,6 +12,7 @@ export interface TrainOptions extends RunPreset {
   readonly valBatches?: number;
   readonly checkpointDir?: string;      // written every training.checkpointEvery steps
   readonly resume?: boolean;            // load checkpointDir before training
+  readonly on?: Pick<StageSpec, 'device' | 'gpu'>;  // the device every stage runs on (default the CPU)
   readonly onStep?: (step: number, result: StepResult, tokensPerSecond: number) => void;
   readonly onValidation?: (step: number, valLoss: number) => void;
   /** Called with the trained stages before the summary is returned (for exporting them). */
@@ -44,7 +45,7 @@ export async function loadTokens(config: RunPreset, dataFile = config.training.d
 export async function trainLocal(options: TrainOptions): Promise<TrainSummary> {
   const { model, optim, training: t } = options;
   const dataset = new TokenDataset(await loadTokens(options, options.dataFile));
-  const pipeline = new LocalPipeline(model, optim, t.stages, t.seed, t.cpuThreads);
+  const pipeline = new LocalPipeline(model, optim, t.stages, t.seed, t.cpuThreads, options.on);
   let startStep = 0;
   if (options.resume && options.checkpointDir) {
     for (const stage of pipeline.stages) await readStageCheckpoint(options.checkpointDir, stage);
