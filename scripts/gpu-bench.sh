@@ -26,20 +26,28 @@ if [ -z "$engine" ]; then
 fi
 
 $engine cuda-info
-$engine cuda-check | tee "$out/cuda-check.jsonl"
+if ! $engine cuda-check | tee "$out/cuda-check.jsonl"; then
+  # Where a check fails, memcheck names the first bad access, if there is one.
+  command -v compute-sanitizer >/dev/null &&
+    timeout 150 compute-sanitizer --tool memcheck --print-limit 4 $engine cuda-check 2>&1 | grep -v '"ok":true' | tail -25
+fi
 
 for preset in ${PRESETS:-gpt2-124m stage-4096}; do
   ours=$($engine cuda-bench --preset "$preset" --steps "${STEPS:-10}" | tail -1)
+  # The same step with attention's scores materialised (the path flash attention replaced), side by side.
+  gemm=$(CARAVAN_ATTENTION=gemm $engine cuda-bench --preset "$preset" --steps "${STEPS:-10}" | tail -1)
   torch=$($py native/cuda/bench/torch_reference.py --preset "$preset" --steps "${STEPS:-10}" | tail -1)
   echo "$ours"
+  echo "$gemm"
   echo "$torch"
-  $py - "$ours" "$torch" <<'PY' | tee -a "$out/cuda-bench.jsonl"
+  $py - "$ours" "$gemm" "$torch" <<'PY' | tee -a "$out/cuda-bench.jsonl"
 import json, sys
-ours, torch = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+ours, gemm, torch = (json.loads(a) for a in sys.argv[1:4])
 print(json.dumps({"bench": "cuda", "config": ours["config"], "gpu": ours["gpu"], "ours_tok_s": ours["tok_s"],
                   "torch_tok_s": torch["torch_tok_s"], "ratio": round(ours["tok_s"] / torch["torch_tok_s"], 3),
                   "mfu_pct": ours["mfu_pct"], "torch_mfu_pct": torch["mfu_pct"], "ours_step_ms": ours["step_ms"],
-                  "torch_step_ms": torch["step_ms"], "ours_phases_ms": ours.get("phases_ms")}))
+                  "torch_step_ms": torch["step_ms"], "attention": ours.get("attention"), "ours_phases_ms": ours.get("phases_ms"),
+                  "gemm_attention_tok_s": gemm["tok_s"], "gemm_attention_phases_ms": gemm.get("phases_ms")}))
 PY
 done
 echo "total: $(( $(date +%s) - t0 )) s"

@@ -82,14 +82,52 @@ std::vector<double> train_cuda(std::vector<std::unique_ptr<CudaStage>>& stages, 
   return losses;
 }
 
+// One forward and backward of model m on the CPU and on the GPU from the
+// same weights: prints the loss and every gradient's error; returns the
+// worst gradient error, or a negative number when a check failed.
+double compare_with_cpu(Stage& cpu, CudaStage& gpu_stage, const ModelConfig& m, int B, int T, const char* shape) {
+  const int N = B * T;
+  const double loss_tol = 1e-2, grad_tol = 5e-2;
+  std::vector<int32_t> tokens(N), targets(N);
+  fill_ids(tokens, m.vocab, 1);
+  fill_ids(targets, m.vocab, 2);
+  bool ok = true;
+  std::vector<float> p;
+  gpu_stage.download_params(p);
+  const bool same_init = std::memcmp(p.data(), cpu.params->data(), p.size() * sizeof(float)) == 0;
+  ok &= same_init;
+  std::printf("{\"check\":\"same initial weights\",\"shape\":\"%s\",\"ok\":%s}\n", shape, same_init ? "true" : "false");
+  const double cpu_loss = cpu.forward(0, tokens.data(), nullptr, N, B, T, targets.data(), N, nullptr, 0, true);
+  cpu.backward(0, nullptr, 0, nullptr, 0);
+  const double gpu_loss = gpu_stage.forward(0, tokens.data(), nullptr, B, T, targets.data(), nullptr, true);
+  gpu_stage.backward(0, nullptr, nullptr);
+  const double loss_err = std::fabs(gpu_loss - cpu_loss) / cpu_loss;
+  ok &= loss_err <= loss_tol;
+  std::printf("{\"check\":\"loss\",\"shape\":\"%s\",\"attention\":\"%s\",\"cpu\":%.6f,\"cuda\":%.6f,\"rel_err\":%.2e,\"tolerance\":%.0e,\"ok\":%s}\n",
+              shape, gpu_stage.attention_kind(), cpu_loss, gpu_loss, loss_err, loss_tol, loss_err <= loss_tol ? "true" : "false");
+  std::vector<float> g;
+  gpu_stage.download_grads(g);
+  double worst = 0;
+  for (const TensorInfo& t : cpu.tensors()) {
+    const double e = rel_l2(g.data() + t.offset, cpu.grads->data() + t.offset, t.numel);
+    worst = std::max(worst, e);
+    std::printf("{\"check\":\"gradient\",\"shape\":\"%s\",\"tensor\":\"%s\",\"rel_l2_err\":%.2e,\"ok\":%s}\n", shape,
+                t.name.c_str(), e, e <= grad_tol ? "true" : "false");
+  }
+  ok &= worst <= grad_tol;
+  cpu.zero_grad();
+  gpu_stage.zero_grad();
+  return ok ? worst : -1.0;
+}
+
 int cuda_check(const std::map<std::string, std::string>& a) {
   const int gpu = std::stoi(arg(a, "gpu", "0"));
   ModelConfig m;
   m.vocab = 256; m.d_model = 128; m.n_layers = 2; m.n_heads = 4; m.n_kv_heads = 2; m.ffn_hidden = 352; m.max_seq = 512;
   OptimConfig o;
   o.lr = 3e-3f; o.warmup_steps = 2; o.total_steps = 10;
-  const int B = 2, T = 512, N = B * T, steps = 5;  // T = 512: two query blocks in attention
-  const double loss_tol = 1e-2, grad_tol = 5e-2;
+  const int B = 2, T = 512, N = B * T, steps = 5;  // T = 512: several query tiles (and blocks of the GEMM path)
+  const double loss_tol = 1e-2;
   std::vector<int32_t> tokens(N), targets(N);
   fill_ids(tokens, m.vocab, 1);
   fill_ids(targets, m.vocab, 2);
@@ -97,32 +135,22 @@ int cuda_check(const std::map<std::string, std::string>& a) {
 
   Stage cpu(m, o, 0, m.n_layers, 1);
   CudaStage gpu_stage(m, o, 0, m.n_layers, 1, gpu);
-  std::vector<float> p;
-  gpu_stage.download_params(p);
-  const bool same_init = std::memcmp(p.data(), cpu.params->data(), p.size() * sizeof(float)) == 0;
-  ok &= same_init;
-  std::printf("{\"check\":\"same initial weights\",\"ok\":%s}\n", same_init ? "true" : "false");
-
-  const double cpu_loss = cpu.forward(0, tokens.data(), nullptr, N, B, T, targets.data(), N, nullptr, 0, true);
-  cpu.backward(0, nullptr, 0, nullptr, 0);
-  const double gpu_loss = gpu_stage.forward(0, tokens.data(), nullptr, B, T, targets.data(), nullptr, true);
-  gpu_stage.backward(0, nullptr, nullptr);
-  const double loss_err = std::fabs(gpu_loss - cpu_loss) / cpu_loss;
-  ok &= loss_err <= loss_tol;
-  std::printf("{\"check\":\"loss\",\"cpu\":%.6f,\"cuda\":%.6f,\"rel_err\":%.2e,\"tolerance\":%.0e,\"ok\":%s}\n", cpu_loss,
-              gpu_loss, loss_err, loss_tol, loss_err <= loss_tol ? "true" : "false");
-  std::vector<float> g;
-  gpu_stage.download_grads(g);
-  double worst = 0;
-  for (const TensorInfo& t : cpu.tensors()) {
-    const double e = rel_l2(g.data() + t.offset, cpu.grads->data() + t.offset, t.numel);
-    worst = std::max(worst, e);
-    std::printf("{\"check\":\"gradient\",\"tensor\":\"%s\",\"rel_l2_err\":%.2e,\"ok\":%s}\n", t.name.c_str(), e,
-                e <= grad_tol ? "true" : "false");
+  double worst = compare_with_cpu(cpu, gpu_stage, m, B, T, "hd32-T512");
+  ok &= worst >= 0;
+  // Head dims 64 and 128, sequences that end mid-tile, and both attention paths.
+  for (int hd : {64, 128}) {
+    ModelConfig w = m;
+    w.d_model = 256; w.n_heads = 256 / hd; w.n_kv_heads = hd == 64 ? 2 : 1; w.n_layers = 1; w.max_seq = 200;
+    for (bool gemm : {false, true}) {
+      Stage c(w, o, 0, 1, 1);
+      CudaStage g(w, o, 0, 1, 1, gpu);
+      if (gemm) g.use_gemm_attention();
+      const std::string shape = "hd" + std::to_string(hd) + "-T" + std::to_string(hd == 64 ? 200 : 130);
+      const double e = compare_with_cpu(c, g, w, 2, hd == 64 ? 200 : 130, shape.c_str());
+      ok &= e >= 0;
+      worst = std::max(worst, e);
+    }
   }
-  ok &= worst <= grad_tol;
-  cpu.zero_grad();
-  gpu_stage.zero_grad();
 
   // A few steps on both backends from the same start.
   std::vector<double> cpu_losses;
@@ -241,9 +269,9 @@ int cuda_bench(const std::map<std::string, std::string>& a) {
   const double peak = st.device().peak_bf16_tflops;
   std::printf("{\"bench\":\"cuda-ours\",\"config\":\"%s\",\"gpu\":\"%s\",\"batch\":%d,\"seq\":%d,\"step_ms\":%.2f,"
               "\"tok_s\":%.0f,\"tflops\":%.1f,\"peak_tflops\":%.1f,\"mfu_pct\":%.2f,\"loss\":%.4f,"
-              "\"phases_ms\":{\"forward\":%.2f,\"backward\":%.2f,\"clip_adamw\":%.2f,\"attention\":%.2f}}\n",
+              "\"attention\":\"%s\",\"phases_ms\":{\"forward\":%.2f,\"backward\":%.2f,\"clip_adamw\":%.2f,\"attention\":%.2f}}\n",
               preset.c_str(), st.device().name.c_str(), B, T, secs * 1e3, tok_s, flops / 1e12, peak,
-              peak > 0 ? 100.0 * flops / (peak * 1e12) : 0.0, loss, fwd_ms, bwd_ms, opt_ms, attn_ms);
+              peak > 0 ? 100.0 * flops / (peak * 1e12) : 0.0, loss, st.attention_kind(), fwd_ms, bwd_ms, opt_ms, attn_ms);
   for (float* p : {acts, out, grad, grad_in}) if (p) cudaFree(p);
   return 0;
 }

@@ -5,6 +5,7 @@
 #include "cuda_stage.h"
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <stdexcept>
 #include "../src/ops.h"
@@ -53,8 +54,9 @@ struct DeviceAllocation {
 
 struct CudaLayerStash {
   // x, h [N,d] fp32; rstd1, rstd2 [N]; xn1, xn2 [N,d] bf16; q, attn [N,H·hd];
-  // k, v [N,Hkv·hd]; probs [B,H,T,T] (becomes dS in backward); gate, up, act [N,F]
-  float *x, *h, *rstd1, *rstd2;
+  // k, v [N,Hkv·hd]; gate, up, act [N,F]; and attention's own: lse [B,H,T]
+  // with flash attention, else probs [B,H,T,T] (becomes dS in backward).
+  float *x, *h, *rstd1, *rstd2, *lse;
   bf16 *xn1, *xn2, *q, *k, *v, *attn, *probs, *gate, *up, *act;
 };
 
@@ -71,7 +73,7 @@ struct CudaStash {
 
 struct CudaWorkspace {
   int B = 0, T = 0;
-  float *x, *dx, *scores, *dh, *dxn, *dk32, *dv32, *rms_partial;
+  float *x, *dx, *scores, *dh, *dxn, *dk32, *dv32, *rms_partial, *delta;
   const void** batch_ptrs;  // A, B and C pointer arrays of gemm_grid
   bf16 *dx_bf, *dh_bf, *dact, *dgate, *dup, *dattn, *dq, *dk, *dv;
   DeviceAllocation memory;
@@ -83,6 +85,9 @@ CudaStage::CudaStage(const ModelConfig& model, const OptimConfig& optim, int beg
   validate(optim_);
   if (!model_.bottlenecks.empty()) throw std::invalid_argument("the CUDA backend has no residual bottlenecks yet: run models with bottlenecks on the CPU backend");
   layout_ = stage_layout(model_, begin, end);
+  // CARAVAN_ATTENTION=gemm keeps the materialised-scores path, for comparison.
+  const char* attention = std::getenv("CARAVAN_ATTENTION");
+  flash_ = flash_attention_supported(model_.head_dim()) && !(attention && std::string(attention) == "gemm");
   device_ = open_device(gpu);
   const CublasApi& api = cublas();
   CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
@@ -120,6 +125,13 @@ CudaStage::~CudaStage() {
   }
   if (cublas_) cublas().destroy(cublas_);
   if (stream_) cudaStreamDestroy(stream_);
+}
+
+const char* CudaStage::attention_kind() const { return flash_ ? "flash" : "gemm"; }
+
+void CudaStage::use_gemm_attention() {
+  if (ws_ || !stash_.empty() || !spare_.empty()) throw std::logic_error(describe() + ": the attention path is chosen before the first forward");
+  flash_ = false;
 }
 
 std::string CudaStage::describe() const {
@@ -172,7 +184,9 @@ CudaWorkspace& CudaStage::workspace(int B, int T) {
   auto carve = [&](Carver& c, CudaWorkspace& w) {
     w.x = c.take<float>(N * d);
     w.dx = c.take<float>(N * d);
-    w.scores = c.take<float>((size_t)B * H * T * T);  // scores in forward, dP in backward
+    // The GEMM path's scores (forward) and dP (backward); flash attention's row sums.
+    w.scores = c.take<float>(flash_ ? 0 : (size_t)B * H * T * T);
+    w.delta = c.take<float>(flash_ ? (size_t)B * H * T : 0);
     w.dh = c.take<float>(N * d);
     w.dxn = c.take<float>(N * d);
     w.dk32 = c.take<float>(N * Hkv * hd);
@@ -229,7 +243,8 @@ std::unique_ptr<CudaStash> CudaStage::take_stash(int B, int T, bool train) {
       l.attn = c.take<bf16>(N * H * hd);
       l.k = c.take<bf16>(N * Hkv * hd);
       l.v = c.take<bf16>(N * Hkv * hd);
-      l.probs = c.take<bf16>((size_t)B * H * T * T);
+      l.probs = c.take<bf16>(flash_ ? 0 : (size_t)B * H * T * T);
+      l.lse = c.take<float>(flash_ ? (size_t)B * H * T : 0);
       l.gate = c.take<bf16>(N * F);
       l.up = c.take<bf16>(N * F);
       l.act = c.take<bf16>(N * F);
@@ -269,6 +284,7 @@ int query_blocks(int T) {
 
 void CudaStage::attention_forward(CudaLayerStash& c, int B, int T) {
   const int H = model_.n_heads, Hkv = model_.n_kv_heads, hd = model_.head_dim(), g = H / Hkv;
+  if (flash_) return flash_attention_forward(c.attn, c.lse, c.q, c.k, c.v, B, T, H, Hkv, hd, 1.0f / std::sqrt((float)hd), stream_);
   const int ldq = H * hd, ldk = Hkv * hd, nb = query_blocks(T), Tb = T / nb;
   const float scale = 1.0f / std::sqrt((float)hd);
   CudaWorkspace& w = *ws_;
@@ -299,6 +315,10 @@ void CudaStage::attention_forward(CudaLayerStash& c, int B, int T) {
 
 void CudaStage::attention_backward(CudaLayerStash& c, const bf16* dattn, bf16* dq, bf16* dk, bf16* dv, int B, int T) {
   const int H = model_.n_heads, Hkv = model_.n_kv_heads, hd = model_.head_dim(), g = H / Hkv;
+  if (flash_) {
+    return flash_attention_backward(dq, dk, dv, ws_->delta, c.q, c.k, c.v, c.attn, dattn, c.lse, B, T, H, Hkv, hd,
+                                    1.0f / std::sqrt((float)hd), stream_);
+  }
   const int ldq = H * hd, ldk = Hkv * hd, nb = query_blocks(T), Tb = T / nb;
   const float scale = 1.0f / std::sqrt((float)hd);
   CudaWorkspace& w = *ws_;

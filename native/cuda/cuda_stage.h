@@ -33,6 +33,11 @@ class CudaStage {
   const DeviceInfo& device() const { return device_; }
   const std::vector<TensorInfo>& tensors() const { return layout_.tensors; }
   size_t param_count() const { return layout_.total; }
+  // "flash" (kernels/flash_attention.cu) or "gemm" (materialised scores, for
+  // head dims flash attention has no kernel for, or CARAVAN_ATTENTION=gemm).
+  const char* attention_kind() const;
+  // The materialised-scores path; before the first forward only.
+  void use_gemm_attention();
 
   // As Stage::forward: host tokens[B·T] on stage 0, device acts[B·T·d]
   // elsewhere; the last stage returns the mean loss given host targets, or
@@ -106,6 +111,7 @@ class CudaStage {
   std::unique_ptr<CudaWorkspace> ws_;
   std::map<int64_t, std::unique_ptr<CudaStash>> stash_;
   std::vector<std::unique_ptr<CudaStash>> spare_;
+  bool flash_ = false;
   bool profiling_ = false;
   std::vector<std::pair<cudaEvent_t, cudaEvent_t>> events_;
 };

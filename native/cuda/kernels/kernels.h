@@ -30,6 +30,19 @@ void causal_softmax_forward(bf16* probs, const float* scores, size_t rows, int T
 // in place: probs[rows,T] (bf16) becomes dS = P ⊙ (dP − Σ P·dP) · scale for j ≤ i; dP fp32
 void causal_softmax_backward(bf16* probs_to_ds, const float* dp, size_t rows, int T, float scale, cudaStream_t s);
 
+// flash_attention.cu — causal attention without materialised scores, for
+// head dims 16, 32, 64 and 128 (others use the GEMM path of cuda_stage.cu).
+// q, out [B,T,H,hd]; k, v [B,T,Hkv,hd] (bf16, GQA: head h reads kv head
+// h / (H/Hkv)); lse [B,H,T] (fp32): each row's log-sum-exp of scale·q·kᵀ.
+bool flash_attention_supported(int hd);
+void flash_attention_forward(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v, int B, int T, int H,
+                             int Hkv, int hd, float scale, cudaStream_t s);
+// dq [B,T,H,hd], dk, dv [B,T,Hkv,hd] (bf16, overwritten) from dout [B,T,H,hd];
+// delta [B,H,T] is scratch.
+void flash_attention_backward(bf16* dq, bf16* dk, bf16* dv, float* delta, const bf16* q, const bf16* k, const bf16* v,
+                              const bf16* out, const bf16* dout, const float* lse, int B, int T, int H, int Hkv, int hd,
+                              float scale, cudaStream_t s);
+
 // swiglu.cu — act = silu(gate) · up over n elements (bf16)
 void swiglu_forward(bf16* act, const bf16* gate, const bf16* up, size_t n, cudaStream_t s);
 void swiglu_backward(bf16* dgate, bf16* dup, const bf16* dact, const bf16* gate, const bf16* up, size_t n, cudaStream_t s);
@@ -49,8 +62,8 @@ void cross_entropy_fused(bf16* logits_to_grad, float* loss, const int32_t* targe
 // adamw.cu — p (fp32 master) and its bf16 copy updated from g·grad_scale.
 void adamw_update(float* p, bf16* p_bf16, const float* g, float* m, float* v, size_t n, float lr, float beta1,
                   float beta2, float eps, float weight_decay, float grad_scale, int t, cudaStream_t s);
-// partial[kSumSqBlocks]: Σ g² per block, fp32 per thread then double per block
-constexpr int kSumSqBlocks = 256;
+// partial[kSumSqBlocks]: Σ g² per block, in double, in a fixed order
+constexpr int kSumSqBlocks = 1024;
 void sum_squares_partial(double* partial, const float* g, size_t n, cudaStream_t s);
 
 // attention.cu — pointer arrays for a batched GEMM over a 2-D grid of
