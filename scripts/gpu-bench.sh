@@ -28,8 +28,9 @@ fi
 $engine cuda-info
 if ! $engine cuda-check | tee "$out/cuda-check.jsonl"; then
   # Where a check fails, memcheck names the first bad access, if there is one.
-  command -v compute-sanitizer >/dev/null &&
-    timeout 150 compute-sanitizer --tool memcheck --print-limit 4 $engine cuda-check 2>&1 | grep -v '"ok":true' | tail -25
+  if command -v compute-sanitizer >/dev/null; then
+    timeout 150 compute-sanitizer --tool memcheck --print-limit 4 $engine cuda-check 2>&1 | grep -v '"ok":true' | tail -25 || true
+  fi
 fi
 
 for preset in ${PRESETS:-gpt2-124m stage-4096}; do

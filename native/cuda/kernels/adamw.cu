@@ -1,6 +1,5 @@
 // AdamW on the fp32 master weights, refreshing their bf16 copy in the same
 // pass; and the per-block Σg² for clipping by global norm.
-#include <cstdint>
 #include "kernels.h"
 
 namespace caravan::cuda {
@@ -20,23 +19,21 @@ __global__ void adamw_kernel(float* p, bf16* pb, const float* g, float* m, float
   if (pb) pb[i] = __float2bfloat16(pi);
 }
 
-// Enough blocks and 16-byte loads to keep the memory system busy: with one
-// float per thread in flight this pass ran at a fraction of the bandwidth.
+// Enough blocks, and four loads in flight per thread, to keep the memory
+// system busy: with one float per thread in flight this pass ran at a
+// fraction of the bandwidth. The grouping is by index from the tensor's
+// start, never by address, so the sum is the same wherever the tensor sits
+// in its stage's arena (a 1-stage and a 2-stage model must agree bit for bit).
 __global__ void sum_squares_kernel(double* partial, const float* g, size_t n) {
   __shared__ double shared[256];
-  // The elements before the first 16-byte boundary, and those after the last
-  // whole float4, go to block 0; the rest in float4s, grid-strided.
-  const size_t head = min(n, (size_t)(((16 - (reinterpret_cast<uintptr_t>(g) & 15)) & 15) / sizeof(float)));
-  const size_t quads = (n - head) / 4;
-  const float4* g4 = reinterpret_cast<const float4*>(g + head);
+  const size_t quads = n / 4;
   double s = 0.0;
   for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < quads; i += (size_t)gridDim.x * blockDim.x) {
-    const float4 x = g4[i];
-    s += (double)x.x * x.x + (double)x.y * x.y + (double)x.z * x.z + (double)x.w * x.w;
+    const float a = g[4 * i], b = g[4 * i + 1], c = g[4 * i + 2], d = g[4 * i + 3];
+    s += (double)a * a + (double)b * b + (double)c * c + (double)d * d;
   }
   if (blockIdx.x == 0) {
-    for (size_t i = threadIdx.x; i < head; i += blockDim.x) s += (double)g[i] * g[i];
-    for (size_t i = head + quads * 4 + threadIdx.x; i < n; i += blockDim.x) s += (double)g[i] * g[i];
+    for (size_t i = quads * 4 + threadIdx.x; i < n; i += blockDim.x) s += (double)g[i] * g[i];
   }
   shared[threadIdx.x] = s;
   __syncthreads();
