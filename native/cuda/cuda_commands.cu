@@ -61,13 +61,16 @@ std::vector<double> train_cuda(std::vector<std::unique_ptr<CudaStage>>& stages, 
   std::vector<double> losses;
   for (int step = 0; step < steps; step++) {
     double loss = 0;
+    // Each stage has its own stream: a stage's output is complete before the next stage reads it.
     for (size_t s = 0; s < stages.size(); s++) {
       CudaStage& st = *stages[s];
       loss += st.forward(step, tokens.data(), s == 0 ? nullptr : act, B, T, st.is_last() ? targets.data() : nullptr,
                          st.is_last() ? nullptr : act, true);
+      st.synchronize();
     }
     for (size_t s = stages.size(); s-- > 0;) {
       stages[s]->backward(step, stages[s]->is_last() ? nullptr : grad, s == 0 ? nullptr : grad2);
+      stages[s]->synchronize();
       std::swap(grad, grad2);
     }
     std::vector<std::vector<double>> sums;
@@ -137,6 +140,14 @@ int cuda_check(const std::map<std::string, std::string>& a) {
   CudaStage gpu_stage(m, o, 0, m.n_layers, 1, gpu);
   double worst = compare_with_cpu(cpu, gpu_stage, m, B, T, "hd32-T512");
   ok &= worst >= 0;
+  {
+    Stage c(m, o, 0, m.n_layers, 1);
+    CudaStage g(m, o, 0, m.n_layers, 1, gpu);
+    g.choose_attention(CudaStage::AttentionPath::flash);
+    const double e = compare_with_cpu(c, g, m, B, T, "hd32-T512");
+    ok &= e >= 0;
+    worst = std::max(worst, e);
+  }
   // Head dims 64 and 128, sequences that end mid-tile, and both attention paths.
   for (int hd : {64, 128}) {
     ModelConfig w = m;
@@ -144,7 +155,7 @@ int cuda_check(const std::map<std::string, std::string>& a) {
     for (bool gemm : {false, true}) {
       Stage c(w, o, 0, 1, 1);
       CudaStage g(w, o, 0, 1, 1, gpu);
-      if (gemm) g.use_gemm_attention();
+      g.choose_attention(gemm ? CudaStage::AttentionPath::gemm : CudaStage::AttentionPath::flash);
       const std::string shape = "hd" + std::to_string(hd) + "-T" + std::to_string(hd == 64 ? 200 : 130);
       const double e = compare_with_cpu(c, g, w, 2, hd == 64 ? 200 : 130, shape.c_str());
       ok &= e >= 0;
@@ -159,35 +170,44 @@ int cuda_check(const std::map<std::string, std::string>& a) {
     cpu.backward(step, nullptr, 0, nullptr, 0);
     cpu.step(clip_scale({cpu.grad_sum_squares()}, 1, 1.0));
   }
-  std::vector<std::unique_ptr<CudaStage>> one;
-  one.push_back(std::make_unique<CudaStage>(m, o, 0, m.n_layers, 1, gpu));
-  const std::vector<double> cuda_losses = train_cuda(one, m, B, T, steps, tokens, targets);
-  double train_err = 0;
-  for (int s = 0; s < steps; s++) train_err = std::max(train_err, std::fabs(cuda_losses[s] - cpu_losses[s]) / cpu_losses[s]);
-  ok &= train_err <= 2 * loss_tol;
-  std::printf("{\"check\":\"training losses\",\"cpu_first\":%.5f,\"cpu_last\":%.5f,\"cuda_first\":%.5f,\"cuda_last\":%.5f,"
-              "\"max_rel_err\":%.2e,\"tolerance\":%.0e,\"ok\":%s}\n",
-              cpu_losses.front(), cpu_losses.back(), cuda_losses.front(), cuda_losses.back(), train_err, 2 * loss_tol,
-              train_err <= 2 * loss_tol ? "true" : "false");
-
-  // The same run again, and the model split in two: the same bits.
-  std::vector<float> ref;
-  one[0]->download_params(ref);
-  std::vector<std::unique_ptr<CudaStage>> again, split;
-  again.push_back(std::make_unique<CudaStage>(m, o, 0, m.n_layers, 1, gpu));
-  split.push_back(std::make_unique<CudaStage>(m, o, 0, 1, 1, gpu));
-  split.push_back(std::make_unique<CudaStage>(m, o, 1, 2, 1, gpu));
-  const bool repeat_losses = train_cuda(again, m, B, T, steps, tokens, targets) == cuda_losses;
-  const bool split_losses = train_cuda(split, m, B, T, steps, tokens, targets) == cuda_losses;
-  std::vector<float> x, y0, y1;
-  again[0]->download_params(x);
-  split[0]->download_params(y0);
-  split[1]->download_params(y1);
-  y0.insert(y0.end(), y1.begin(), y1.end());
-  const bool repeat = repeat_losses && x == ref, split_ok = split_losses && y0 == ref;
-  ok &= repeat && split_ok;
-  std::printf("{\"check\":\"bitwise repeatable\",\"ok\":%s}\n{\"check\":\"1 stage vs 2 stages bitwise\",\"ok\":%s}\n",
-              repeat ? "true" : "false", split_ok ? "true" : "false");
+  // Per attention path: training against the CPU's losses, then the same
+  // run again and the model split in two, which must give the same bits.
+  for (auto path : {CudaStage::AttentionPath::gemm, CudaStage::AttentionPath::flash}) {
+    const char* name = path == CudaStage::AttentionPath::flash ? "flash" : "gemm";
+    auto stages = [&](std::vector<std::pair<int, int>> ranges) {
+      std::vector<std::unique_ptr<CudaStage>> out;
+      for (auto [b, e] : ranges) {
+        out.push_back(std::make_unique<CudaStage>(m, o, b, e, 1, gpu));
+        out.back()->choose_attention(path);
+      }
+      return out;
+    };
+    auto one = stages({{0, m.n_layers}});
+    const std::vector<double> cuda_losses = train_cuda(one, m, B, T, steps, tokens, targets);
+    double train_err = 0;
+    for (int s = 0; s < steps; s++) train_err = std::max(train_err, std::fabs(cuda_losses[s] - cpu_losses[s]) / cpu_losses[s]);
+    ok &= train_err <= 2 * loss_tol;
+    std::printf("{\"check\":\"training losses\",\"attention\":\"%s\",\"cpu_first\":%.5f,\"cpu_last\":%.5f,\"cuda_first\":%.5f,"
+                "\"cuda_last\":%.5f,\"max_rel_err\":%.2e,\"tolerance\":%.0e,\"ok\":%s}\n",
+                name, cpu_losses.front(), cpu_losses.back(), cuda_losses.front(), cuda_losses.back(), train_err,
+                2 * loss_tol, train_err <= 2 * loss_tol ? "true" : "false");
+    std::vector<float> ref;
+    one[0]->download_params(ref);
+    auto again = stages({{0, m.n_layers}});
+    auto split = stages({{0, 1}, {1, 2}});
+    const bool repeat_losses = train_cuda(again, m, B, T, steps, tokens, targets) == cuda_losses;
+    const bool split_losses = train_cuda(split, m, B, T, steps, tokens, targets) == cuda_losses;
+    std::vector<float> x, y0, y1;
+    again[0]->download_params(x);
+    split[0]->download_params(y0);
+    split[1]->download_params(y1);
+    y0.insert(y0.end(), y1.begin(), y1.end());
+    const bool repeat = repeat_losses && x == ref, split_ok = split_losses && y0 == ref;
+    ok &= repeat && split_ok;
+    std::printf("{\"check\":\"bitwise repeatable\",\"attention\":\"%s\",\"ok\":%s}\n"
+                "{\"check\":\"1 stage vs 2 stages bitwise\",\"attention\":\"%s\",\"ok\":%s}\n",
+                name, repeat ? "true" : "false", name, split_ok ? "true" : "false");
+  }
   std::printf("{\"check\":\"cuda-vs-cpu\",\"gpu\":\"%s\",\"cublas\":\"%s\",\"worst_grad_rel_err\":%.2e,\"ok\":%s}\n",
               gpu_stage.device().name.c_str(), cublas().library.c_str(), worst, ok ? "true" : "false");
   return ok ? 0 : 1;

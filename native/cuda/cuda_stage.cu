@@ -85,9 +85,15 @@ CudaStage::CudaStage(const ModelConfig& model, const OptimConfig& optim, int beg
   validate(optim_);
   if (!model_.bottlenecks.empty()) throw std::invalid_argument("the CUDA backend has no residual bottlenecks yet: run models with bottlenecks on the CPU backend");
   layout_ = stage_layout(model_, begin, end);
-  // CARAVAN_ATTENTION=gemm keeps the materialised-scores path, for comparison.
-  const char* attention = std::getenv("CARAVAN_ATTENTION");
-  flash_ = flash_attention_supported(model_.head_dim()) && !(attention && std::string(attention) == "gemm");
+  if (const char* a = std::getenv("CARAVAN_ATTENTION"); a && *a) {
+    const std::string want = a;
+    if (want == "flash") attention_ = AttentionPath::flash;
+    else if (want == "gemm") attention_ = AttentionPath::gemm;
+    else if (want != "auto") throw std::invalid_argument("CARAVAN_ATTENTION must be auto, flash or gemm, got '" + want + "'");
+    if (attention_ == AttentionPath::flash && !flash_attention_supported(model_.head_dim())) {
+      throw std::invalid_argument("CARAVAN_ATTENTION=flash: flash attention has kernels for head dims 16, 32, 64 and 128, not " + std::to_string(model_.head_dim()));
+    }
+  }
   device_ = open_device(gpu);
   const CublasApi& api = cublas();
   CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
@@ -127,11 +133,26 @@ CudaStage::~CudaStage() {
   if (stream_) cudaStreamDestroy(stream_);
 }
 
-const char* CudaStage::attention_kind() const { return flash_ ? "flash" : "gemm"; }
+const char* CudaStage::attention_kind() const {
+  if (attention_ == AttentionPath::automatic) return "unchosen";
+  return flash_ ? "flash" : "gemm";
+}
 
-void CudaStage::use_gemm_attention() {
+void CudaStage::choose_attention(AttentionPath path) {
   if (ws_ || !stash_.empty() || !spare_.empty()) throw std::logic_error(describe() + ": the attention path is chosen before the first forward");
-  flash_ = false;
+  if (path == AttentionPath::flash && !flash_attention_supported(model_.head_dim())) {
+    throw std::invalid_argument(describe() + ": flash attention has no kernel for head dim " + std::to_string(model_.head_dim()));
+  }
+  attention_ = path;
+}
+
+void CudaStage::resolve_attention(int B, int T) {
+  if (attention_ == AttentionPath::automatic) {
+    const double probs_bytes = 2.0 * B * model_.n_heads * (double)T * T;
+    const bool large = probs_bytes > device_.total_bytes / 64.0;
+    attention_ = large && flash_attention_supported(model_.head_dim()) ? AttentionPath::flash : AttentionPath::gemm;
+  }
+  flash_ = attention_ == AttentionPath::flash;
 }
 
 std::string CudaStage::describe() const {
@@ -460,6 +481,7 @@ double CudaStage::forward(int64_t mb, const int32_t* tokens, const float* d_acts
     }
   }
   if (train && stash_.count(mb)) throw std::invalid_argument(where + ": microbatch already has a stashed forward");
+  if (!ws_) resolve_attention(B, T);
   CudaWorkspace& w = workspace(B, T);
   std::unique_ptr<CudaStash> st = take_stash(B, T, train);
   if (is_first()) {

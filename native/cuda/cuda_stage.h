@@ -33,11 +33,18 @@ class CudaStage {
   const DeviceInfo& device() const { return device_; }
   const std::vector<TensorInfo>& tensors() const { return layout_.tensors; }
   size_t param_count() const { return layout_.total; }
-  // "flash" (kernels/flash_attention.cu) or "gemm" (materialised scores, for
-  // head dims flash attention has no kernel for, or CARAVAN_ATTENTION=gemm).
-  const char* attention_kind() const;
-  // The materialised-scores path; before the first forward only.
-  void use_gemm_attention();
+  // Attention's two paths: "gemm" materialises each layer's scores and
+  // keeps its probabilities [B,H,T,T] for backward (cuBLAS; the faster one on
+  // an H100 at T ≤ 2048); "flash" (kernels/flash_attention.cu) keeps one row
+  // statistic per query instead. `automatic` takes flash where a layer's
+  // probabilities would pass 1/64 of the GPU's memory, and where the head dim
+  // has a flash kernel; the choice depends on B, T, the model and the GPU,
+  // never on the split, so every split computes the same bits.
+  // CARAVAN_ATTENTION=auto|flash|gemm sets the request; choose_attention()
+  // overrides it before the first forward.
+  enum class AttentionPath { automatic, flash, gemm };
+  void choose_attention(AttentionPath path);
+  const char* attention_kind() const;  // "flash", "gemm", or "unchosen" before the first forward
 
   // As Stage::forward: host tokens[B·T] on stage 0, device acts[B·T·d]
   // elsewhere; the last stage returns the mean loss given host targets, or
@@ -111,7 +118,9 @@ class CudaStage {
   std::unique_ptr<CudaWorkspace> ws_;
   std::map<int64_t, std::unique_ptr<CudaStash>> stash_;
   std::vector<std::unique_ptr<CudaStash>> spare_;
+  AttentionPath attention_ = AttentionPath::automatic;  // resolved to flash or gemm by the first forward
   bool flash_ = false;
+  void resolve_attention(int B, int T);
   bool profiling_ = false;
   std::vector<std::pair<cudaEvent_t, cudaEvent_t>> events_;
 };
