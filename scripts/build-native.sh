@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 what=${1:-all}
 jobs=$(nproc 2>/dev/null || echo 2)
 if [ "$what" = all ] || [ "$what" = driver ]; then
-  cmake -S native -B build/driver -DCMAKE_BUILD_TYPE=Release >/dev/null
+  # CARAVAN_MARCH (default native) and CUDAARCHS build for other machines (the container image does).
+  cmake -S native -B build/driver -DCMAKE_BUILD_TYPE=Release -DCARAVAN_MARCH="${CARAVAN_MARCH:-native}" >/dev/null
   cmake --build build/driver -j "$jobs" >/dev/null
 fi
 if [ "$what" = all ] || [ "$what" = addon ]; then
