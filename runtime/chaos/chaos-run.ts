@@ -6,6 +6,7 @@
 // (step, microbatch) went into each stage's update, measures how long the
 // pipeline stood still after each kill, and reports whether the final
 // parameters are bit for bit the reference's.
+import type { RecoveryCounts } from '../coordinator/live-metrics.ts';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -58,6 +59,8 @@ export interface ChaosReport {
   readonly params_sha256: string;
   readonly reference_params_sha256: string;
   readonly hosts_replaced_and_refused: number;
+  /** The recovery events the coordinator counted (its summary): they must account for the kills. */
+  readonly recoveries: RecoveryCounts;
   readonly wall_seconds: number;
   readonly kill_log: KillRecord[];
 }
@@ -248,6 +251,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
       params_sha256: finalSummary.params_sha256,
       reference_params_sha256: reference[0],
       hosts_replaced_and_refused: refused,
+      recoveries: finalSummary.recoveries,
       wall_seconds: (performance.now() - began) / 1000,
       kill_log: kills,
     };

@@ -50,20 +50,56 @@ export async function readRunStatus(url: string, run: string): Promise<RunStatus
   }
 }
 
-/** How replica 0's stages used their time and the machines' peak, once the run has finished. */
-function computeLine(summary: RunStatus['summary']): string[] {
-  const u = summary?.utilization_by_stage as number[] | undefined;
+type Figures = Record<string, unknown> | null | undefined;
+
+/** How replica 0's stages used their time and the machines' peak: live (state.metrics), or the whole run once it finished (summary). */
+function computeLine(m: Figures, when: string): string[] {
+  const u = m?.utilization_by_stage as number[] | undefined;
   if (!u?.length) return [];
   const pct = (x: unknown) => `${(100 * Number(x)).toFixed(1)}%`;
-  return [`stages busy (replica 0): ${u.map(pct).join(' ')}; bubble ${pct(summary!.bubble)} (1F1B bound ${pct(summary!.bubble_bound)}); MFU ${Number(summary!.mfu_pct).toFixed(1)}% of the hosts' peak (${peakKind(summary!.devices_by_stage as string[] | undefined)})`];
+  return [`stages busy (replica 0, ${when}): ${u.map(pct).join(' ')}; bubble ${pct(m!.bubble)} (1F1B bound ${pct(m!.bubble_bound)}); MFU ${Number(m!.mfu_pct).toFixed(1)}% of the hosts' peak (${peakKind(m!.devices_by_stage as string[] | undefined)})`];
 }
 
+const mb = (n: number) => (n / 1e6).toFixed(2);
+
 /** Frames between stages, once the run has finished: their fp32 size and their size on the wire. */
-function wireLine(summary: RunStatus['summary']): string[] {
+function wireLine(summary: Figures): string[] {
   const wire = summary?.wire as { frames: number; f32_bytes: number; wire_bytes: number } | undefined;
   if (!wire || !wire.frames) return [];
-  const mb = (n: number) => (n / 1e6).toFixed(2);
   return [`frames between stages: ${wire.frames}, ${mb(wire.f32_bytes)} MB as fp32, ${mb(wire.wire_bytes)} MB on the wire (${(wire.f32_bytes / wire.wire_bytes).toFixed(1)}×)`];
+}
+
+/** While the run goes on: bytes across each boundary of replica 0, and frames waiting at each stage. */
+function liveLines(m: Figures): string[] {
+  if (!m) return [];
+  const edges = (m.edges ?? []) as Array<{ edge: string; act: { frames: number; wire_bytes: number }; grad: { frames: number; wire_bytes: number } }>;
+  const queued = (m.queued_by_stage ?? []) as number[];
+  return [
+    ...edges.map((e) => `  edge ${e.edge}: activations ${e.act.frames} frames ${mb(e.act.wire_bytes)} MB, gradients ${e.grad.frames} frames ${mb(e.grad.wire_bytes)} MB on the wire`),
+    ...(queued.length ? [`  frames waiting by stage: ${queued.join(' ')}`] : []),
+  ];
+}
+
+function recoveryLine(r: Figures): string[] {
+  if (!r) return [];
+  return [`recovery: ${r.hosts_lost} hosts lost, ${r.slots_reassigned} slots handed to standbys, ${r.coordinator_restarts} coordinator restarts`];
+}
+
+/** `caravan status` as text: the run's state line, hosts, slots, then its figures (live while it runs, whole-run once it finished). */
+export function formatStatus(s: RunStatus): string {
+  const st = s.state ?? {};
+  return [
+    `run ${s.run}: ${st.status ?? 'unknown'}, step ${st.step ?? '-'}, loss ${typeof st.loss === 'number' ? st.loss.toFixed(4) : '-'}, ${typeof st.tokens_per_s === 'number' ? Math.round(st.tokens_per_s) : '-'} tok/s${st.reason ? ` (${st.reason})` : ''}`,
+    `hosts (${s.hosts.length}):`,
+    ...s.hosts.map((h) => `  ${h.host}  ${h.status}${h.replica !== undefined ? `  replica ${h.replica} stage ${h.stage}` : ''}${h.datacenter ? `  ${h.datacenter}` : ''}`),
+    `slots (${s.slots.length}):`,
+    ...s.slots.map((x) => `  replica ${x.replica} stage ${x.stage}  ${x.host}  generation ${x.generation}  checkpoint ${x.checkpoint ? `after step ${x.checkpoint.step}` : 'none'}`),
+    ...(s.summary ? [...wireLine(s.summary), ...computeLine(s.summary, 'whole run')]
+      : [...computeLine(st.metrics as Figures, `as of step ${(st.metrics as Figures)?.step}`), ...liveLines(st.metrics as Figures)]),
+    ...recoveryLine(st.recoveries as Figures),
+    `dead-lettered frames: ${s.dead_letters.count}`,
+    ...s.dead_letters.recent.map((d) => `  [${d.fault}] ${d.reason} (${d.subject}, host ${d.host})`),
+  ].join('\n');
 }
 
 export function statusCommand(program: Command): void {
@@ -80,19 +116,7 @@ export function statusCommand(program: Command): void {
         process.stdout.write(`${JSON.stringify(s)}\n`);
         return;
       }
-      const st = s.state ?? {};
-      const out = [
-        `run ${s.run}: ${st.status ?? 'unknown'}, step ${st.step ?? '-'}, loss ${typeof st.loss === 'number' ? st.loss.toFixed(4) : '-'}, ${typeof st.tokens_per_s === 'number' ? Math.round(st.tokens_per_s) : '-'} tok/s${st.reason ? ` (${st.reason})` : ''}`,
-        `hosts (${s.hosts.length}):`,
-        ...s.hosts.map((h) => `  ${h.host}  ${h.status}${h.replica !== undefined ? `  replica ${h.replica} stage ${h.stage}` : ''}${h.datacenter ? `  ${h.datacenter}` : ''}`),
-        `slots (${s.slots.length}):`,
-        ...s.slots.map((x) => `  replica ${x.replica} stage ${x.stage}  ${x.host}  generation ${x.generation}  checkpoint ${x.checkpoint ? `after step ${x.checkpoint.step}` : 'none'}`),
-        ...wireLine(s.summary),
-        ...computeLine(s.summary),
-        `dead-lettered frames: ${s.dead_letters.count}`,
-        ...s.dead_letters.recent.map((d) => `  [${d.fault}] ${d.reason} (${d.subject}, host ${d.host})`),
-      ];
-      process.stdout.write(`${out.join('\n')}\n`);
+      process.stdout.write(`${formatStatus(s)}\n`);
     });
 }
 

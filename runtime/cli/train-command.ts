@@ -136,7 +136,8 @@ export function trainCommand(program: Command): void {
       const receiver = flags.traceFile ? await startSpanFileReceiver(flags.traceFile) : undefined;
       if (receiver) {
         // The host processes inherit these: every microbatch is traced, to this process.
-        Object.assign(process.env, { OTEL_EXPORTER_OTLP_ENDPOINT: receiver.endpoint, OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json', OTEL_TRACES_SAMPLER_ARG: '1' });
+        // The file takes traces only: the coordinator's metrics stay off.
+        Object.assign(process.env, { OTEL_EXPORTER_OTLP_ENDPOINT: receiver.endpoint, OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json', OTEL_TRACES_SAMPLER_ARG: '1', OTEL_METRICS_EXPORTER: 'none' });
         delete process.env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT;
       }
       const summary = await trainDistributed({

@@ -14,8 +14,9 @@ import { coordinatorMachine, type CoordinatorCommand, type CoordinatorMachineInp
 import { replicaMachine, type ReplicaCommand } from '../../actors/replica-machine.ts';
 import { decodeSafeTensors, hashParams, splitLayers } from '../../native/index.ts';
 import type { RunConfig } from '../../schemas/run-config.ts';
-import type { ComputeCount, StageReport, StepControl, WireCount } from '../host/stage-runner.ts';
-import { trainFlopsPerToken } from '../../schemas/model-flops.ts';
+import type { ComputeCount, StageCounters, StageReport, StepControl, WireCount } from '../host/stage-runner.ts';
+import { liveMetrics, mfuPercent, NO_RECOVERIES, pipelineUse, type LiveMetrics, type RecoveryCounts } from './live-metrics.ts';
+import { initRunMetrics } from '../telemetry/metrics.ts';
 import type { Logger } from '../log.ts';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { connectNats } from '../nats/connect.ts';
@@ -61,6 +62,7 @@ export interface RunSummary {
   readonly devices_by_stage: string[];
   /** Model FLOPs per second over the sum of the hosts' peaks: a GPU's dense bf16 peak, a CPU's measured fp32 sgemm at start-up. */
   readonly mfu_pct: number;
+  readonly recoveries: RecoveryCounts;
 }
 
 export interface RunState {
@@ -71,6 +73,10 @@ export interface RunState {
   started_at: number | null;                 // epoch ms of the first START_RUN: survives coordinator restarts
   reason?: string;
   updated: string;
+  /** Hosts lost, slots handed to standbys, coordinator restarts: over the run's life. */
+  recoveries?: RecoveryCounts;
+  /** As of the last step of replica 0 (live-metrics.ts): what `caravan status` shows while the run goes on. */
+  metrics?: LiveMetrics;
 }
 
 interface HostEntry {
@@ -153,6 +159,8 @@ async function coordinate(
   const { config } = o;
   const t = config.training;
   const state: RunState = prior ?? { status: 'gathering', step: 0, loss: null, tokens_per_s: null, started_at: null, updated: '' };
+  const recoveries: RecoveryCounts = (state.recoveries = { ...NO_RECOVERIES, ...state.recoveries });
+  if (restore) recoveries.coordinator_restarts++;
   const saveState = () => res.kv.put('state', encodeJson({ ...state, updated: new Date().toISOString() })).catch((err: Error) => log.warn({ err: err.message }, 'state not saved'));
   await saveState();
 
@@ -177,6 +185,9 @@ async function coordinate(
   const losses: number[][] = Array.from({ length: t.replicas }, () => []);
   const published = new Set<string>();   // step control already in the log
   const finals = new Map<string, { sent: WireCount; compute: ComputeCount }>();  // `${replica}.${stage}` whose final state is uploaded
+  const counters = new Map<string, StageCounters>();  // the latest of every slot's holder, `${replica}.${stage}`
+  // The run's metrics over OpenTelemetry (off unless OTEL_EXPORTER_OTLP_* names an endpoint): the live state, read when exported.
+  const metrics = initRunMetrics({ service: 'caravan-coordinator', run: o.run }, () => state);
   let replicasDone = false;
   let finishing = false;
 
@@ -209,7 +220,10 @@ async function coordinate(
         write(`slot ${cmd.replica}.${cmd.stage}`, async () => {
           const { record } = await retryTransient(`slot ${cmd.replica}.${cmd.stage}`, () => assignSlot(res.kv, cmd.replica, cmd.stage, cmd.host));
           const fields = { host: cmd.host, replica: cmd.replica, stage: cmd.stage, generation: record.generation, from: record.checkpoint?.step ?? null };
-          if (cmd.replacing) log.warn({ ...fields, replacing: cmd.replacing }, 'slot handed to a standby');
+          if (cmd.replacing) {
+            recoveries.slots_reassigned++;
+            log.warn({ ...fields, replacing: cmd.replacing }, 'slot handed to a standby');
+          }
           else log.info({ ...fields, layers: [begin, end] }, 'slot assigned');
         });
         putHost(cmd.host, 'assigned', { replica: cmd.replica, stage: cmd.stage, layers: [begin, end] });
@@ -229,6 +243,10 @@ async function coordinate(
         return;
       case 'HOST_LOST':
         log.warn({ host: cmd.host, slot: cmd.slot }, 'host lost (no heartbeat)');
+        // Counted once: a restarted coordinator times out again a holder whose record already says lost.
+        write(`host record ${cmd.host}`, async () => {
+          if ((await readJson<HostEntry>(res, res.names.hostKey(cmd.host)))?.status !== 'lost') recoveries.hosts_lost++;
+        });
         putHost(cmd.host, 'lost', { slot: cmd.slot });
         return;
       case 'SLOT_VACANT':
@@ -266,7 +284,8 @@ async function coordinate(
           const tokensPerSecond = (stepsDone * tokensPerStep) / Math.max(elapsedSeconds(), 1e-3);
           nc.publish(res.names.progress, encodeJson({ replica, step: cmd.step, loss: cmd.loss, gradNorm: cmd.gradNorm, tokensPerSecond, steps: t.steps }));
           if (replica === 0) {
-            Object.assign(state, { step: cmd.step + 1, loss: cmd.loss, tokens_per_s: tokensPerSecond });
+            const live = liveMetrics({ counters, stages: t.stages, microbatches: t.microbatches, model: config.model, seqLen: t.seqLen, step: cmd.step, tokensPerS: tokensPerSecond, recoveries });
+            Object.assign(state, { step: cmd.step + 1, loss: cmd.loss, tokens_per_s: tokensPerSecond }, live ? { metrics: live } : {});
             void saveState();
           }
           return;
@@ -291,6 +310,7 @@ async function coordinate(
     }
     const replica = replicas[msg.replica];
     if (!replica) return;
+    if ((msg.type === 'done' || msg.type === 'final') && msg.counters) counters.set(`${msg.replica}.${msg.stage}`, msg.counters);
     if (msg.type === 'done') replica.send({ type: 'STAGE_DONE', stage: msg.stage, step: msg.step, sumSquares: msg.sumSquares, loss: msg.loss ?? undefined });
     else if (msg.type === 'stepped') replica.send({ type: 'STAGE_STEPPED', stage: msg.stage, step: msg.step });
     else if (msg.type === 'final') { finals.set(`${msg.replica}.${msg.stage}`, { sent: msg.sent, compute: msg.compute }); maybeFinish(); }
@@ -368,9 +388,6 @@ async function coordinate(
     const tokensPerS = (t.steps * t.replicas * tokensPerStep) / wall;
     // maybeFinish waited for every slot's final report.
     const stagesOf0 = Array.from({ length: t.stages }, (_, s) => finals.get(`0.${s}`)!.compute);
-    const window = Math.max(...stagesOf0.map((c) => c.last_ms)) - Math.min(...stagesOf0.map((c) => c.first_ms));
-    const utilization = stagesOf0.map((c) => (window > 0 ? c.busy_ms / window : 0));
-    const peak = [...finals.values()].reduce((sum, f) => sum + f.compute.peak_gflops, 0);
     return {
       run: o.run,
       steps: t.steps,
@@ -385,11 +402,10 @@ async function coordinate(
       wall_seconds: wall,
       dead_letters: dead,
       wire: { ...wire, ratio_vs_f32: wire.wire_bytes > 0 ? wire.f32_bytes / wire.wire_bytes : 0 },
-      utilization_by_stage: utilization,
+      ...pipelineUse(stagesOf0, t.microbatches),
       devices_by_stage: stagesOf0.map((c) => c.device),
-      bubble: 1 - utilization.reduce((a, b) => a + b, 0) / t.stages,
-      bubble_bound: (t.stages - 1) / (t.microbatches + t.stages - 1),
-      mfu_pct: peak > 0 ? (100 * tokensPerS * trainFlopsPerToken(config.model, t.seqLen)) / (peak * 1e9) : 0,
+      mfu_pct: mfuPercent(tokensPerS, config.model, t.seqLen, [...finals.values()].map((f) => f.compute.peak_gflops)),
+      recoveries: { ...recoveries },
     };
   }
 
@@ -404,12 +420,14 @@ async function coordinate(
   if (result instanceof Error) {
     Object.assign(state, { status: 'failed', reason: result.message });
     await saveState();
+    await metrics.shutdown();  // the last values go out before the process ends
     nc.publish(res.names.failed, encodeJson({ reason: result.message }));
     throw result;
   }
   await res.kv.put('summary', encodeJson(result));
   state.status = 'finished';
   await saveState();
+  await metrics.shutdown();
   nc.publish(res.names.finished, encodeJson(result));
   return result;
 }

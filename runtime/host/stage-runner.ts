@@ -40,9 +40,18 @@ export type StepControl =
 
 /** Stage reports on `report.<replica>.<stage>`, read by the coordinator (and by `caravan chaos`, to count). */
 export type StageReport =
-  | { type: 'done'; replica: number; stage: number; generation: number; host: string; step: number; sumSquares: number[]; loss?: number }
+  | { type: 'done'; replica: number; stage: number; generation: number; host: string; step: number; sumSquares: number[]; loss?: number; counters?: StageCounters }
   | { type: 'stepped'; replica: number; stage: number; generation: number; host: string; step: number; contributions: number[] }
-  | { type: 'final'; replica: number; stage: number; generation: number; host: string; name: string; sent: WireCount; compute: ComputeCount };
+  | { type: 'final'; replica: number; stage: number; generation: number; host: string; name: string; sent: WireCount; compute: ComputeCount; counters?: StageCounters };
+
+/** A slot holder's counters since it started (a replacement: since its restore), sent with each step report. */
+export interface StageCounters {
+  compute: ComputeCount;
+  /** Frames published, by kind: activations go to the next stage, gradients to the previous one. */
+  sent_by_kind: Record<FrameKind, WireCount>;
+  /** Frames this stage has received and not yet computed on, plus those still waiting in its edge streams. */
+  queued: number;
+}
 
 /**
  * How this slot holder used its time: engine calls, and the epoch ms of its
@@ -127,6 +136,9 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
     grad: { width: engine.inWidth, codecs: boundaryCodecs(model, layerBegin, t.lz4) },
   };
   const sent: WireCount = { frames: 0, f32_bytes: 0, wire_bytes: 0 };
+  const sentByKind: Record<FrameKind, WireCount> = { act: { frames: 0, f32_bytes: 0, wire_bytes: 0 }, grad: { frames: 0, f32_bytes: 0, wire_bytes: 0 } };
+  // Messages left in each edge stream for this consumer, as of the last delivery.
+  const streamPending = new Map<FrameKind, number>();
   // The peak MFU is taken against: a GPU's dense bf16 peak from the engine's
   // table, or the CPU's practical fp32 peak (a plain sgemm of a few hundred ms at most).
   const peakGflops = engine.cuda ? engine.cuda.peakBf16Tflops * 1000 : sgemmGflops(512, 512, 512, 8);
@@ -149,9 +161,11 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
       const encoded = encodeFrameWithCodecs({ run: res.names.run, replica, stage: to, step, microbatch: mb, kind, shape: [B, T, width], data }, codecs);
       return { ...encoded, f32Bytes: data.byteLength };
     }, (bytes, headers) => {
-      sent.frames++;
-      sent.f32_bytes += data.byteLength;
-      sent.wire_bytes += bytes.byteLength;
+      for (const count of [sent, sentByKind[kind]]) {
+        count.frames++;
+        count.f32_bytes += data.byteLength;
+        count.wire_bytes += bytes.byteLength;
+      }
       if (bytes.length > maxPayload) {
         throw new Error(`a ${kind} frame of ${bytes.length} bytes exceeds the server's max_payload of ${maxPayload} bytes: raise max_payload (up to 8MB) in the nats-server config, shrink B·T·d, or put a bottleneck at the boundary (--bottleneck K)`);
       }
@@ -159,6 +173,12 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
     });
     await faults.reach('publish');
   };
+  const computeCount = (): ComputeCount => ({ busy_ms: busyMs, first_ms: firstCompute, last_ms: lastCompute, peak_gflops: peakGflops, device: engine.cuda?.name ?? 'cpu' });
+  const counters = (): StageCounters => ({
+    compute: computeCount(),
+    sent_by_kind: { act: { ...sentByKind.act }, grad: { ...sentByKind.grad } },
+    queued: inputs.size + [...streamPending.values()].reduce((a, b) => a + b, 0),
+  });
   const report = async (r: Record<string, unknown> & { type: StageReport['type']; step?: number }) => {
     const body = { ...r, replica, stage: s, generation, host };
     const id = `${r.type}-${replica}-${s}-${r.step ?? 'end'}-g${generation}`;
@@ -251,7 +271,7 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
         return run(async () => {
           const loss = engine.isLast ? (lossSums.get(cmd.step) ?? NaN) / M : undefined;
           lossSums.delete(cmd.step);
-          await report({ type: 'done', step: cmd.step, sumSquares: Array.from(engine.gradSumSquares()), loss });
+          await report({ type: 'done', step: cmd.step, sumSquares: Array.from(engine.gradSumSquares()), loss, counters: counters() });
         });
       case 'APPLY_STEP':
         return run(() => {
@@ -273,7 +293,7 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
             const state = engine.state();
             await retryTransient(`final state upload ${name}`, () => res.objects.putBlob({ name }, state));
             await o.tracing.flush();  // every span of this stage is exported before the run can end
-            await report({ type: 'final', name, sent, compute: { busy_ms: busyMs, first_ms: firstCompute, last_ms: lastCompute, peak_gflops: peakGflops, device: engine.cuda?.name ?? 'cpu' } });
+            await report({ type: 'final', name, sent, compute: computeCount(), counters: counters() });
             log.info({ object: name }, 'final state uploaded');
           } else if (K > 0 && (cmd.step + 1) % K === 0) {
             await checkpoint(cmd.step);
@@ -353,6 +373,7 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
     consumeLoop(`${kind} consumer`, async () => {
       for await (const m of messages) {
         lastSeq.set(kind, m.seq);
+        streamPending.set(kind, m.info.pending);
         const received = Date.now();
         let frame;
         try {

@@ -31,6 +31,10 @@ test.serial('stage hosts killed at every fault point, a stalled host and the coo
   checkReport(t, r, 7);
   t.deepEqual(r.kills_by_target, { stage: 5, stall: 1, coordinator: 1 });
   t.true((r.hosts_replaced_and_refused as number) >= 1, 'the stalled host came back, saw it was replaced and left');
+  // The coordinator's own count: every killed or stalled host was lost and its slot handed on; it restarted once.
+  const rec = r.recoveries as { hosts_lost: number; slots_reassigned: number; coordinator_restarts: number };
+  t.true(rec.hosts_lost >= 6 && rec.slots_reassigned >= 6, JSON.stringify(rec));
+  t.is(rec.coordinator_restarts, 1);
 });
 
 // Opt-in: on this 2-core machine a fresh 3-node nats-server 2.10.27 cluster

@@ -4,48 +4,13 @@
 // the OTLP payload with the decoder caravan timeline uses), and every microbatch comes back as exactly one trace
 // with forward and backward spans of all 4 stages, parented across the NATS
 // hops, with byte counts on the spans that send frames.
-import { createServer } from 'node:http';
-import type { AddressInfo } from 'node:net';
-import test, { type ExecutionContext } from 'ava';
+import test from 'ava';
 import { loadRunConfig } from '../../runtime/config/load-run-config.ts';
 import { createLogger } from '../../runtime/log.ts';
 import { trainDistributed } from '../../runtime/train/train-distributed.ts';
 import { spansOfOtlpJson, type SpanRecord } from '../../runtime/telemetry/span-file.ts';
 import { initTracing, traceContext, traceHeaders, tracingConfigured } from '../../runtime/telemetry/tracing.ts';
-
-/** Sets environment variables for one test (its child processes inherit them) and restores them after. */
-function withEnv(t: ExecutionContext, vars: Record<string, string>): void {
-  const before = Object.fromEntries(Object.keys(vars).map((k) => [k, process.env[k]]));
-  Object.assign(process.env, vars);
-  t.teardown(() => {
-    for (const [k, v] of Object.entries(before)) {
-      if (v === undefined) delete process.env[k];
-      else process.env[k] = v;
-    }
-  });
-}
-
-async function otlpReceiver() {
-  const spans: SpanRecord[] = [];
-  const raw: Buffer[] = [];
-  const contentTypes = new Set<string>();
-  const server = createServer((req, res) => {
-    const chunks: Buffer[] = [];
-    req.on('data', (c: Buffer) => chunks.push(c));
-    req.on('end', () => {
-      contentTypes.add(`${req.method} ${req.url} ${req.headers['content-type']}`);
-      if (req.headers['content-type'] !== 'application/json') {
-        raw.push(Buffer.concat(chunks));
-        res.writeHead(200).end();
-        return;
-      }
-      spans.push(...spansOfOtlpJson(JSON.parse(Buffer.concat(chunks).toString())));
-      res.writeHead(200, { 'content-type': 'application/json' }).end('{}');
-    });
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  return { spans, raw, contentTypes, url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, close: () => new Promise((r) => server.close(r)) };
-}
+import { otlpReceiver, withEnv } from '../support/otlp-receiver.ts';
 
 test.serial('every microbatch is one trace across 4 stages, two hosts and two datacenters, parented across NATS hops', async (t) => {
   const receiver = await otlpReceiver();
@@ -55,9 +20,12 @@ test.serial('every microbatch is one trace across 4 stages, two hosts and two da
   const summary = await trainDistributed({ config, run: 'traced', log: createLogger('test', 'silent'), datacenters: ['dc-east', 'dc-west'] });
   t.is(summary.steps, 2);
 
-  t.true([...receiver.contentTypes].every((c) => c === 'POST /v1/traces application/json'), [...receiver.contentTypes].join(', '));
+  // The coordinator exports metrics to the same endpoint (test/telemetry/metrics.test.ts).
+  const traceExports = receiver.requests.filter((r) => r.path === 'POST /v1/traces');
+  t.true(traceExports.length > 0 && traceExports.every((r) => r.contentType === 'application/json'), traceExports.map((r) => r.contentType).join(', '));
+  const spansReceived = traceExports.flatMap((r) => spansOfOtlpJson(r.json as Parameters<typeof spansOfOtlpJson>[0]));
   const traces = new Map<string, SpanRecord[]>();
-  for (const s of receiver.spans) traces.set(s.traceId, [...(traces.get(s.traceId) ?? []), s]);
+  for (const s of spansReceived) traces.set(s.traceId, [...(traces.get(s.traceId) ?? []), s]);
   t.is(traces.size, 2 * 2, 'one trace per microbatch (2 steps × 2 microbatches), nothing else');
   const microbatches = new Set<string>();
   for (const [traceId, spans] of traces) {
@@ -106,8 +74,8 @@ test.serial('tracing is off without an endpoint; http/protobuf is the default pr
   t.is((await import('@opentelemetry/api')).trace.getSpanContext(traceContext(headers)!)?.traceId, span.spanContext().traceId);
   span.end();
   await on.shutdown();
-  t.true(receiver.raw.length >= 1 && receiver.raw[0].length > 10, 'one protobuf export');
-  t.true([...receiver.contentTypes].some((c) => c === 'POST /v1/traces application/x-protobuf'), [...receiver.contentTypes].join(', '));
+  const protobuf = receiver.requests.filter((r) => r.path === 'POST /v1/traces' && r.contentType === 'application/x-protobuf');
+  t.true(protobuf.length >= 1 && protobuf[0].raw.length > 10, 'one protobuf export');
 
   const never = initTracing({ service: 's', host: 'h', datacenter: 'd' }, { ...env, OTEL_TRACES_SAMPLER_ARG: '0' });
   t.false(never.start('microbatch', undefined).isRecording(), 'ratio 0 samples nothing');
