@@ -4,7 +4,7 @@ import { Command, Option } from 'commander';
 import { runChaos } from '../chaos/chaos-run.ts';
 import { KILL_KINDS, type KillKind } from '../chaos/kill-plan.ts';
 import { loadRunConfig } from '../config/load-run-config.ts';
-import { createLogger } from '../log.ts';
+import { createLogger, LOG_LEVELS } from '../log.ts';
 import { PRESETS } from '../train/presets.ts';
 import { compressionOverrides, withCompressionOptions, nonNegativeInt, positiveInt, type RunShapeFlags } from './options.ts';
 
@@ -42,7 +42,7 @@ export function chaosCommand(program: Command): void {
     .option('--seq <n>', 'tokens per sequence', positiveInt('--seq'), 64)
     .option('--train-seed <n>', 'seed for weights and data order', nonNegativeInt('--train-seed'))
     .option('--checkpoint-every <n>', 'steps between stage checkpoints', nonNegativeInt('--checkpoint-every'), 3)
-    .addOption(new Option('--log-level <level>', "child processes' log level on stderr").choices(['silent', 'error', 'warn', 'info', 'debug']))
+    .addOption(new Option('--log-level <level>', "child processes' log level on stderr").choices([...LOG_LEVELS]))
     .option('--json', 'print one JSON line at the end')
     .action(async (flags: ChaosFlags) => {
       const compression = compressionOverrides(flags);

@@ -5,7 +5,7 @@ import { loadRunConfig } from '../config/load-run-config.ts';
 import { runCoordinator } from '../coordinator/coordinator-process.ts';
 import { REPLACED_EXIT_CODE, runHost } from '../host/host-process.ts';
 import { SlotLostError } from '../transport/slots.ts';
-import { createLogger } from '../log.ts';
+import { createLogger, LOG_LEVELS } from '../log.ts';
 import { validateRunId } from '../transport/subjects.ts';
 import { nonNegativeInt, positiveInt } from './options.ts';
 
@@ -20,11 +20,12 @@ export function processCommands(program: Command): void {
     .option('--heartbeat-timeout <ms>', 'a host silent this long is lost and its slot goes to a standby', positiveInt('--heartbeat-timeout'), 15_000)
     .option('--stream-replicas <n>', 'copies of every stream, KV bucket and object store (default: 3 on a cluster, 1 on one server)', positiveInt('--stream-replicas'))
     .option('--json', 'print the run summary as one JSON line at the end')
-    .action(async (flags: { nats: string; run: string; config?: string; preset?: string; heartbeatTimeout: number; streamReplicas?: number; json?: boolean }) => {
+    .addOption(logLevelOption())
+    .action(async (flags: { nats: string; run: string; config?: string; preset?: string; heartbeatTimeout: number; streamReplicas?: number; json?: boolean; logLevel?: string }) => {
       validateRunId(flags.run);
       const config = await loadRunConfig({ file: flags.config, preset: flags.preset });
       const summary = await runCoordinator({
-        nats: flags.nats, run: flags.run, config, log: createLogger('caravan-coordinator'),
+        nats: flags.nats, run: flags.run, config, log: createLogger('caravan-coordinator', flags.logLevel),
         heartbeatTimeoutMs: flags.heartbeatTimeout, streamReplicas: flags.streamReplicas,
       });
       if (flags.json) process.stdout.write(`${JSON.stringify(summary)}\n`);
@@ -39,10 +40,11 @@ export function processCommands(program: Command): void {
     .option('--gpu <n>', 'GPU index with --device cuda', nonNegativeInt('--gpu'), 0)
     .option('--datacenter <name>', 'where this host runs (shown in status and traces)', 'default')
     .option('--heartbeat <ms>', 'heartbeat period (keep it well under the coordinator\'s --heartbeat-timeout)', positiveInt('--heartbeat'), 1000)
-    .action(async (flags: { nats: string; run: string; device: 'cpu' | 'cuda'; gpu: number; datacenter: string; heartbeat: number }) => {
+    .addOption(logLevelOption())
+    .action(async (flags: { nats: string; run: string; device: 'cpu' | 'cuda'; gpu: number; datacenter: string; heartbeat: number; logLevel?: string }) => {
       validateRunId(flags.run);
       try {
-        await runHost({ ...flags, heartbeatMs: flags.heartbeat, log: createLogger('caravan-host') });
+        await runHost({ ...flags, heartbeatMs: flags.heartbeat, log: createLogger('caravan-host', flags.logLevel) });
       } catch (err) {
         if (!(err instanceof SlotLostError)) throw err;
         // Replaced while it was away: another host holds its slot now. Not a crash.
@@ -50,4 +52,9 @@ export function processCommands(program: Command): void {
         process.exitCode = REPLACED_EXIT_CODE;
       }
     });
+}
+
+/** --log-level: pino's threshold on stderr (default: CARAVAN_LOG_LEVEL, else info); debug adds a line per microbatch with its trace_id and span_id. */
+function logLevelOption(): Option {
+  return new Option('--log-level <level>', 'log threshold on stderr (JSON lines; readable lines on a terminal)').choices([...LOG_LEVELS]);
 }

@@ -6,7 +6,7 @@ import cliProgress from 'cli-progress';
 import { Command, Option } from 'commander';
 import type { RunConfig } from '../../schemas/run-config.ts';
 import { loadRunConfig } from '../config/load-run-config.ts';
-import { createLogger } from '../log.ts';
+import { createLogger, LOG_LEVELS } from '../log.ts';
 import { PRESETS } from '../train/presets.ts';
 import { trainDistributed, type Progress } from '../train/train-distributed.ts';
 import { trainLocal } from '../train/train-local.ts';
@@ -88,7 +88,7 @@ export function trainCommand(program: Command): void {
     .option('--checkpoint-dir <dir>', '(in-process) write stage checkpoints (safetensors) here')
     .option('--checkpoint-every <n>', 'steps between stage checkpoints (to the Object Store; in-process to --checkpoint-dir); 0: none', nonNegativeInt('--checkpoint-every'))
     .option('--resume', '(in-process) continue from the checkpoints in --checkpoint-dir')
-    .addOption(new Option('--log-level <level>', "child processes' log level on stderr").choices(['silent', 'error', 'warn', 'info', 'debug']))
+    .addOption(new Option('--log-level <level>', "child processes' log level on stderr").choices([...LOG_LEVELS]))
     .option('--trace-file <file>', "trace every microbatch into this file (JSON lines of spans) for `caravan timeline`; hosts export OTLP to this process")
     .option('--export <dir>', "at the end, export replica 0's model there (as `caravan export` does: transformers' Llama layout and ONNX)")
     .option('--json', 'print one JSON summary line at the end')

@@ -5,7 +5,7 @@
 // for what it sends on. Frames carry the context as `traceparent` in their
 // NATS headers, so a stage's spans hang under the span that sent its input;
 // the last stage's backward hangs under its own forward.
-import type { Context, Span } from '@opentelemetry/api';
+import { TraceFlags, type Context, type Span } from '@opentelemetry/api';
 import type { MsgHdrs } from '@nats-io/transport-node';
 import type { FrameKind } from '../../schemas/tensor-frame.ts';
 import { traceContext, traceHeaders, type Tracing } from '../telemetry/tracing.ts';
@@ -25,8 +25,9 @@ interface Arrival {
 
 /** trace_id and span_id of a recorded span, for log lines; nothing when tracing is off. */
 export function traceIds(span: Span): { trace_id?: string; span_id?: string } {
-  if (!span.isRecording()) return {};
+  // By the sampled flag, not isRecording(): the lines are written after their span has ended.
   const c = span.spanContext();
+  if (!(c.traceFlags & TraceFlags.SAMPLED)) return {};
   return { trace_id: c.traceId, span_id: c.spanId };
 }
 

@@ -4,6 +4,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { prettyLine } from '../log.ts';
 
 const BIN = join(dirname(fileURLToPath(import.meta.url)), '..', 'cli', 'bin.ts');
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -23,10 +24,16 @@ export function spawnCaravan(name: string, args: string[], o: { env?: Record<str
     env: { ...process.env, CARAVAN_LOG_LEVEL: o.logLevel ?? 'warn', ...o.env },
   });
   let tail = '';
+  let partial = '';  // an echoed line not yet ended
+  const pretty = Boolean(process.stderr.isTTY) && process.env.CARAVAN_LOG_FORMAT !== 'json';
   child.stderr!.on('data', (d: Buffer) => {
     const text = d.toString();
     tail = (tail + text).slice(-2000);
-    if (o.echo) process.stderr.write(text);
+    if (!o.echo) return;
+    if (!pretty) { process.stderr.write(text); return; }
+    const lines = (partial + text).split('\n');
+    partial = lines.pop()!;
+    for (const line of lines) if (line) process.stderr.write(`${prettyLine(line, true)}\n`);
   });
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
   return {
