@@ -294,6 +294,11 @@ export class EngineStage {
     return this.native.arena('grads');
   }
 
+  /** Overwrites every parameter (model order), leaving the optimizer's moments and the step as they are: what a Bridge sync hands a replica. */
+  setParams(values: Float32Array): void {
+    this.native.setArena('params', values);
+  }
+
   /** A named parameter tensor: a zero-copy view on the CPU (writes reach the engine), a copy on CUDA. */
   param(name: string): Float32Array {
     const t = this.tensorList.find((e) => e.name === name);

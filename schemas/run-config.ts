@@ -36,7 +36,31 @@ export interface TrainingConfig {
   // LZ4 on frames between stages where it saves at least 5% (per frame).
   // Changes bytes on the wire, never results. Default true.
   readonly lz4: boolean;
+  // Replicas synchronised by the Bridge every syncEvery steps (DiLoCo);
+  // without it replicas train independently.
+  readonly bridge?: BridgeConfig;
 }
+
+/**
+ * The Bridge: every `syncEvery` inner steps, each stage's parameters are
+ * combined across the replicas, all stages at once (docs/bridge.md).
+ */
+export interface BridgeConfig {
+  readonly syncEvery: number;
+  /** nesterov: DiLoCo's outer SGD with Nesterov momentum on the mean pseudo-gradient; average: the replicas' mean. */
+  readonly outer: 'nesterov' | 'average';
+  readonly outerLr: number;
+  readonly outerMomentum: number;
+  /** What a replica sends: mxint8, its pseudo-gradient in 8 bits with a scale per block of 32; fp32, its parameters as they are. */
+  readonly payload: 'mxint8' | 'fp32';
+  /** Fewest replicas a sync goes ahead with once timeoutMs has passed since the first contribution (default: all). */
+  readonly quorum: number;
+  readonly timeoutMs: number;
+}
+
+export const DEFAULT_BRIDGE: Omit<BridgeConfig, 'syncEvery' | 'quorum'> = {
+  outer: 'nesterov', outerLr: 0.7, outerMomentum: 0.9, payload: 'mxint8', timeoutMs: 30_000,
+};
 
 export interface RunConfig {
   readonly model: LlamaConfig;
@@ -87,5 +111,24 @@ export function validateRunConfig(config: unknown): RunConfig {
   if (c.training.tokenizer !== 'byte' && c.training.tokenizer !== 'gpt2') fail(`training.tokenizer must be 'byte' or 'gpt2', got ${JSON.stringify(c.training.tokenizer)}`);
   if (c.training.dataFile !== undefined && typeof c.training.dataFile !== 'string') fail('training.dataFile must be a path');
   if (c.model.tiedEmbeddings && c.training.stages > 1) fail('model.tiedEmbeddings needs training.stages = 1 (the head and the embedding on one stage)');
+  if (raw.training.bridge !== undefined) return { ...c, training: { ...c.training, bridge: validateBridge(raw.training.bridge, c.training.replicas, fail) } };
   return c;
+}
+
+function validateBridge(raw: unknown, replicas: number, fail: (why: string) => never): BridgeConfig {
+  if (!raw || typeof raw !== 'object') fail('training.bridge must be an object {syncEvery, outer, outerLr, outerMomentum, payload, quorum, timeoutMs}');
+  const given = Object.fromEntries(Object.entries(raw as object).filter(([, v]) => v !== undefined)) as Partial<BridgeConfig>;
+  const b = { ...DEFAULT_BRIDGE, quorum: replicas, ...given };
+  if (!Number.isSafeInteger(b.syncEvery) || (b.syncEvery as number) < 1) fail(`training.bridge.syncEvery must be a positive integer, got ${JSON.stringify(b.syncEvery)}`);
+  if (b.outer !== 'nesterov' && b.outer !== 'average') fail(`training.bridge.outer must be 'nesterov' or 'average', got ${JSON.stringify(b.outer)}`);
+  if (b.payload !== 'mxint8' && b.payload !== 'fp32') fail(`training.bridge.payload must be 'mxint8' or 'fp32', got ${JSON.stringify(b.payload)}`);
+  for (const k of ['outerLr', 'outerMomentum'] as const) {
+    if (typeof b[k] !== 'number' || !Number.isFinite(b[k]) || b[k] < 0) fail(`training.bridge.${k} must be a non-negative number, got ${JSON.stringify(b[k])}`);
+  }
+  if (b.outerMomentum >= 1) fail(`training.bridge.outerMomentum must be below 1, got ${b.outerMomentum}`);
+  if (!Number.isSafeInteger(b.quorum) || b.quorum < 1 || b.quorum > replicas) fail(`training.bridge.quorum must be an integer in [1, ${replicas}] (the replicas), got ${JSON.stringify(b.quorum)}`);
+  if (!Number.isSafeInteger(b.timeoutMs) || b.timeoutMs < 1) fail(`training.bridge.timeoutMs must be a positive integer, got ${JSON.stringify(b.timeoutMs)}`);
+  const known = new Set(['syncEvery', 'outer', 'outerLr', 'outerMomentum', 'payload', 'quorum', 'timeoutMs']);
+  for (const k of Object.keys(raw as object)) if (!known.has(k)) fail(`training.bridge.${k} is not a setting (known: ${[...known].join(', ')})`);
+  return b as BridgeConfig;
 }

@@ -3,8 +3,8 @@
 // or `--nats URL` for a real server — or `--in-process`, the stages chained in
 // memory (the reference the pipeline must equal bit for bit).
 import cliProgress from 'cli-progress';
-import { Command, Option } from 'commander';
-import type { RunConfig } from '../../schemas/run-config.ts';
+import { Command, InvalidArgumentError, Option } from 'commander';
+import type { BridgeConfig, RunConfig } from '../../schemas/run-config.ts';
 import { loadRunConfig } from '../config/load-run-config.ts';
 import { createLogger, LOG_LEVELS } from '../log.ts';
 import { PRESETS } from '../train/presets.ts';
@@ -37,6 +37,28 @@ interface TrainFlags extends RunShapeFlags {
   traceFile?: string;
   device: 'cpu' | 'cuda';
   gpu: number;
+  syncEvery?: number;
+  outer?: 'nesterov' | 'average';
+  outerLr?: number;
+  outerMomentum?: number;
+  bridgePayload?: 'mxint8' | 'fp32';
+  quorum?: number;
+  syncTimeout?: number;
+}
+
+function fraction(flag: string) {
+  return (value: string): number => {
+    const x = Number(value);
+    if (!(x >= 0 && x < 1)) throw new InvalidArgumentError(`${flag} must be in [0, 1), got '${value}'`);
+    return x;
+  };
+}
+
+/** The Bridge settings given as flags (merged over a config file's training.bridge). */
+function bridgeOverride(flags: TrainFlags): BridgeConfig | undefined {
+  const given = { syncEvery: flags.syncEvery, outer: flags.outer, outerLr: flags.outerLr, outerMomentum: flags.outerMomentum, payload: flags.bridgePayload, quorum: flags.quorum, timeoutMs: flags.syncTimeout };
+  const set = Object.fromEntries(Object.entries(given).filter(([, v]) => v !== undefined));
+  return Object.keys(set).length ? (set as unknown as BridgeConfig) : undefined;
 }
 
 async function exportModel(dir: string, blobs: StageStateBlob[], tokenizer: TokenizerName, run: string | undefined, log: (line: string) => void): Promise<void> {
@@ -83,6 +105,13 @@ export function trainCommand(program: Command): void {
     .option('--nats <url>', 'use this NATS server or cluster instead of an embedded one')
     .option('--run <id>', 'run id (default: a new one)')
     .option('--standbys <n>', 'extra host processes that wait as standbys', nonNegativeInt('--standbys'))
+    .option('--sync-every <n>', 'the Bridge: every n steps, each stage is synchronised across the replicas, all stages at once (DiLoCo)', positiveInt('--sync-every'))
+    .addOption(new Option('--outer <kind>', "the Bridge's outer step: nesterov (SGD with Nesterov momentum on the mean pseudo-gradient) or average").choices(['nesterov', 'average']))
+    .option('--outer-lr <x>', 'outer learning rate (default 0.7)', positiveNumber('--outer-lr'))
+    .option('--outer-momentum <x>', 'outer Nesterov momentum, below 1 (default 0.9)', fraction('--outer-momentum'))
+    .addOption(new Option('--bridge-payload <kind>', 'what replicas send: mxint8 pseudo-gradients (8 bits, a scale per 32) or fp32 parameters').choices(['mxint8', 'fp32']))
+    .option('--quorum <n>', 'fewest replicas a sync goes ahead with once --sync-timeout has passed (default: all)', positiveInt('--quorum'))
+    .option('--sync-timeout <ms>', 'how long a sync waits past the first contribution for the rest (default 30000)', positiveInt('--sync-timeout'))
     .option('--in-process', 'chain the stages in this process, without NATS')
     .option('--val-every <n>', '(in-process) steps between validation passes', positiveInt('--val-every'), 50)
     .option('--checkpoint-dir <dir>', '(in-process) write stage checkpoints (safetensors) here')
@@ -107,7 +136,7 @@ export function trainCommand(program: Command): void {
           training: {
             steps: flags.steps, stages: flags.stages, replicas: flags.replicas, microbatches: flags.microbatches,
             batchSize: flags.batch, seqLen: flags.seq, seed: flags.seed, tokenizer: flags.tokenizer, dataFile: flags.data,
-            checkpointEvery: flags.checkpointEvery, ...compression.training,
+            checkpointEvery: flags.checkpointEvery, bridge: bridgeOverride(flags), ...compression.training,
           },
         },
       });
@@ -116,6 +145,7 @@ export function trainCommand(program: Command): void {
       if (flags.inProcess) {
         if (flags.resume && !flags.checkpointDir) throw new Error('--resume needs --checkpoint-dir');
         if (t.replicas > 1) throw new Error('--in-process trains one replica; use the NATS pipeline for --replicas > 1');
+        if (t.bridge) throw new Error('--in-process has no Bridge: it runs with the NATS pipeline (leave out --in-process)');
         if (flags.traceFile) throw new Error('--trace-file traces the hosts of a NATS run; --in-process has none');
         ui.log(`caravan train (in process): ${config.model.nLayers} layers d=${config.model.dModel} V=${config.model.vocabSize} in ${t.stages} stages, ${t.steps} steps of ${t.microbatches}×${t.batchSize}×${t.seqLen} tokens`);
         ui.start();

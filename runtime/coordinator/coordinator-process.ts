@@ -17,6 +17,7 @@ import type { RunConfig } from '../../schemas/run-config.ts';
 import type { ComputeCount, StageCounters, StageReport, StepControl, WireCount } from '../host/stage-runner.ts';
 import { liveMetrics, mfuPercent, NO_RECOVERIES, pipelineUse, type LiveMetrics, type RecoveryCounts } from './live-metrics.ts';
 import { initRunMetrics } from '../telemetry/metrics.ts';
+import { readBridgeRecord, startBridges, type BridgeRecord } from '../bridge/bridge-runtime.ts';
 import type { Logger } from '../log.ts';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { connectNats } from '../nats/connect.ts';
@@ -63,6 +64,9 @@ export interface RunSummary {
   /** Model FLOPs per second over the sum of the hosts' peaks: a GPU's dense bf16 peak, a CPU's measured fp32 sgemm at start-up. */
   readonly mfu_pct: number;
   readonly recoveries: RecoveryCounts;
+  /** With a Bridge: outer steps every stage completed, and each sync (stage, outer step, replicas, span, bytes). */
+  readonly outer_steps?: number;
+  readonly bridge_syncs?: BridgeRecord[];
 }
 
 export interface RunState {
@@ -186,6 +190,7 @@ async function coordinate(
   const published = new Set<string>();   // step control already in the log
   const finals = new Map<string, { sent: WireCount; compute: ComputeCount }>();  // `${replica}.${stage}` whose final state is uploaded
   const counters = new Map<string, StageCounters>();  // the latest of every slot's holder, `${replica}.${stage}`
+  const bridges = t.bridge ? startBridges({ res, config, bridge: t.bridge, log, onError: (err) => settle(err) }) : undefined;
   // The run's metrics over OpenTelemetry (off unless OTEL_EXPORTER_OTLP_* names an endpoint): the live state, read when exported.
   const metrics = initRunMetrics({ service: 'caravan-coordinator', run: o.run }, () => state);
   let replicasDone = false;
@@ -313,6 +318,7 @@ async function coordinate(
     if ((msg.type === 'done' || msg.type === 'final') && msg.counters) counters.set(`${msg.replica}.${msg.stage}`, msg.counters);
     if (msg.type === 'done') replica.send({ type: 'STAGE_DONE', stage: msg.stage, step: msg.step, sumSquares: msg.sumSquares, loss: msg.loss ?? undefined });
     else if (msg.type === 'stepped') replica.send({ type: 'STAGE_STEPPED', stage: msg.stage, step: msg.step });
+    else if (msg.type === 'contribution') bridges?.contributed(msg);
     else if (msg.type === 'final') { finals.set(`${msg.replica}.${msg.stage}`, { sent: msg.sent, compute: msg.compute }); maybeFinish(); }
   }
 
@@ -406,13 +412,29 @@ async function coordinate(
       devices_by_stage: stagesOf0.map((c) => c.device),
       mfu_pct: mfuPercent(tokensPerS, config.model, t.seqLen, [...finals.values()].map((f) => f.compute.peak_gflops)),
       recoveries: { ...recoveries },
+      ...(t.bridge ? await bridgeSummary() : {}),
     };
+  }
+
+  /** Every stored sync, from KV (a restarted coordinator did not see them all), and the outer steps all stages completed. */
+  async function bridgeSummary(): Promise<{ outer_steps: number; bridge_syncs: BridgeRecord[] }> {
+    const syncs: BridgeRecord[] = [];
+    const outers = Math.floor(t.steps / t.bridge!.syncEvery);
+    for (let stage = 0; stage < t.stages; stage++) {
+      for (let outer = 1; outer <= outers; outer++) {
+        const r = await readBridgeRecord(res.kv, res.names.bridgeKey(stage, outer));
+        if (r) syncs.push(r);
+      }
+    }
+    const done = Array.from({ length: t.stages }, (_, stage) => syncs.filter((r) => r.stage === stage).length);
+    return { outer_steps: Math.min(...done), bridge_syncs: syncs };
   }
 
   coordinator.start();
   log.info({ slots: t.stages * t.replicas }, restore ? 'coordinator resumed' : 'coordinator waiting for hosts');
   const result = await outcome;
   coordinator.stop();
+  bridges?.stop();
   for (const r of replicas) r.stop();
   for (const s of subs) s.unsubscribe();
   stopLog();

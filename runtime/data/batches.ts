@@ -23,6 +23,13 @@ export interface BatchRequest extends BatchCoordinates {
   readonly batchSize: number;
   readonly seqLen: number;
   readonly split: SplitName;
+  /**
+   * Replicas train on disjoint shards: with `shards` = R, replica r draws its
+   * training windows from the r-th of R contiguous parts of the training
+   * split (windows start there; the last may run into the next part). 1, the
+   * default, is the whole split.
+   */
+  readonly shards?: number;
 }
 
 /** tokens and targets are (B, T) row-major; targets[b][t] = tokens[b][t+1] of the same window. */
@@ -108,11 +115,18 @@ export class TokenDataset {
     if (length < seqLen + 1) {
       throw new Error(`${where}: the ${split} split has ${length} tokens, fewer than seqLen + 1 = ${seqLen + 1}`);
     }
-    const choices = BigInt(length - seqLen);
+    const shards = split === 'train' ? request.shards ?? 1 : 1;
+    requireInteger(where, 'shards', shards, 1);
+    if (replica >= shards && shards > 1) throw new Error(`${where}: replica ${replica} has no shard of ${shards}`);
+    // Window starts of this replica's shard: [begin + ⌊length·r/R⌋, begin + ⌊length·(r+1)/R⌋), within the split.
+    const first = shards > 1 ? Math.floor((length * replica) / shards) : 0;
+    const starts = shards > 1 ? Math.min(Math.floor((length * (replica + 1)) / shards), length - seqLen) - first : length - seqLen;
+    if (starts < 1) throw new Error(`${where}: shard ${replica} of ${shards} leaves no window of ${seqLen + 1} tokens in the ${split} split (${length} tokens)`);
+    const choices = BigInt(starts);
     const rowStarts: number[] = [];
     for (let row = 0; row < batchSize; row++) {
       const h = hashTuple([SPLIT_TAG[split], seed, replica, step, microbatch, row]);
-      rowStarts.push(begin + Number(h % choices));
+      rowStarts.push(begin + first + Number(h % choices));
     }
     return this.#gather(rowStarts, seqLen);
   }

@@ -29,6 +29,8 @@ import { readSlot, recordCheckpoint, SlotLostError, type SlotEntry } from '../tr
 import type { Tracing } from '../telemetry/tracing.ts';
 import type { FaultPoints } from './fault-points.ts';
 import { MicrobatchTraces, traceIds } from './microbatch-traces.ts';
+import { StageSync } from './bridge-sync.ts';
+import type { ContributionReport } from '../bridge/bridge-runtime.ts';
 import type { Span } from '@opentelemetry/api';
 
 const CONSUME_MAX_BYTES = 32 * 1024 * 1024;  // bounded by bytes, not messages: see DEPENDENCIES.md
@@ -42,7 +44,8 @@ export type StepControl =
 export type StageReport =
   | { type: 'done'; replica: number; stage: number; generation: number; host: string; step: number; sumSquares: number[]; loss?: number; counters?: StageCounters }
   | { type: 'stepped'; replica: number; stage: number; generation: number; host: string; step: number; contributions: number[] }
-  | { type: 'final'; replica: number; stage: number; generation: number; host: string; name: string; sent: WireCount; compute: ComputeCount; counters?: StageCounters };
+  | { type: 'final'; replica: number; stage: number; generation: number; host: string; name: string; sent: WireCount; compute: ComputeCount; counters?: StageCounters }
+  | ({ type: 'contribution'; generation: number; host: string } & ContributionReport);
 
 /** A slot holder's counters since it started (a replacement: since its restore), sent with each step report. */
 export interface StageCounters {
@@ -107,15 +110,24 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
   const onGpu = o.device.kind === 'cuda' ? { device: 'cuda' as const, gpu: o.device.gpu.index } : {};
   const engine = new EngineStage({ model, optim, layerBegin, layerEnd, seed: t.seed, threads: t.cpuThreads, ...onGpu });
   const restored = held.record.checkpoint;
+  let settled = false;
+  const report = async (r: Record<string, unknown> & { type: StageReport['type']; step?: number }) => {
+    const body = { ...r, replica, stage: s, generation, host };
+    const id = `${r.type}-${replica}-${s}-${r.step ?? 'end'}-g${generation}`;
+    await publishDurable(res.js, res.names.report(replica, s), encodeJson(body), { msgID: id });
+  };
+  // Made before a checkpoint is loaded: it keeps the initial weights where pseudo-gradients need them.
+  const bridge = t.bridge ? new StageSync({ res, bridge: t.bridge, replica, stage: s, engine, log, stopped: () => settled, report }) : undefined;
   if (restored) {
     const blob = await retryTransient(`checkpoint download ${restored.object}`, () => res.objects.getBlob(restored.object));
     if (!blob) throw new Error(`checkpoint ${restored.object} of replica ${replica} stage ${s} is missing from the object store`);
     engine.loadState(blob, `checkpoint ${restored.object}`);
+    await bridge?.restored(restored.step);
     log.info({ step: restored.step, object: restored.object }, 'restored from checkpoint');
   }
   const dataset = engine.isFirst || engine.isLast || engine.needsTokens ? new TokenDataset(await loadTokens(config)) : undefined;
   const batch = (step: number, mb: number) =>
-    dataset!.batchAt({ seed: t.seed, replica, step, microbatch: mb, batchSize: B, seqLen: T, split: 'train' });
+    dataset!.batchAt({ seed: t.seed, replica, shards: t.replicas, step, microbatch: mb, batchSize: B, seqLen: T, split: 'train' });
   const maxPayload = nc.info?.max_payload ?? 1024 * 1024;
 
   // Inputs that arrived, by `${kind}/${step}/${mb}`, and their messages by step, acked at commit.
@@ -179,12 +191,6 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
     sent_by_kind: { act: { ...sentByKind.act }, grad: { ...sentByKind.grad } },
     queued: inputs.size + [...streamPending.values()].reduce((a, b) => a + b, 0),
   });
-  const report = async (r: Record<string, unknown> & { type: StageReport['type']; step?: number }) => {
-    const body = { ...r, replica, stage: s, generation, host };
-    const id = `${r.type}-${replica}-${s}-${r.step ?? 'end'}-g${generation}`;
-    await publishDurable(res.js, res.names.report(replica, s), encodeJson(body), { msgID: id });
-  };
-
   // Where this holder's inputs start after `step`: the first input of a later
   // step that arrived, or else the next one to come.
   const resumeAfter = (kind: FrameKind, step: number): number => {
@@ -225,7 +231,6 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
   // Commands run one at a time, off the event that issued them, so NATS I/O
   // and heartbeats go on between computations.
   let chain = Promise.resolve();
-  let settled = false;
   let resolveDone!: () => void, rejectDone!: (e: Error) => void;
   const done = new Promise<void>((resolve, reject) => { resolveDone = resolve; rejectDone = reject; });
   const run = (f: () => Promise<void> | void) => {
@@ -287,6 +292,8 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
         });
       case 'STEPPED':
         return run(async () => {
+          // The sync belongs to the step: the replica opens the next one once every stage has loaded it.
+          if (bridge?.syncsAfter(cmd.step)) await bridge.sync(cmd.step);
           await report({ type: 'stepped', step: cmd.step, contributions: applied });
           if (cmd.step === t.steps - 1) {
             const name = res.names.finalState(replica, layerBegin, layerEnd);

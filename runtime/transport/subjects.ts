@@ -50,6 +50,13 @@ export function runNames(run: string) {
     checkpoint: (replica: number, begin: number, end: number, step: number, generation: number) =>
       `ckpt/replica-${replica}/stage-${begin}-${end}/step-${step}-g${generation}.safetensors`,
     finalState: (replica: number, begin: number, end: number) => `final/replica-${replica}/stage-${begin}-${end}.safetensors`,
+    /** The Bridge: a replica's contribution to outer step o of stage s, the result, and its KV record (created once). */
+    bridgeContribution: (stage: number, outer: number, replica: number) => `bridge/stage-${stage}/outer-${outer}/replica-${replica}`,
+    bridgeTheta: (stage: number, outer: number) => `bridge/stage-${stage}/outer-${outer}/theta`,
+    bridgeMomentum: (stage: number, outer: number) => `bridge/stage-${stage}/outer-${outer}/momentum`,
+    bridgeKey: (stage: number, outer: number) => `bridge.${stage}.${outer}`,
+    /** A distributed variable, advanced by compare-and-set: the last outer step of stage s the Bridge completed. */
+    bridgeOuterKey: (stage: number) => `bridge-outer.${stage}`,
   };
 }
 

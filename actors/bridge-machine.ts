@@ -1,0 +1,94 @@
+// The Bridge actor of one pipeline stage: it gathers the replicas'
+// contributions to each outer step (their stage-s parameters after H inner
+// steps) and decides when to combine them: at once when every replica has
+// delivered, or once `timeoutMs` has passed since the first contribution if a
+// quorum has. A contribution to an outer step already combined is late: that
+// replica adopts the published result like everyone else. Pure, with a clock
+// that arrives as events (TICK): the runtime (runtime/bridge/) does the I/O
+// and tells it when a combination is stored.
+import { assign, enqueueActions, setup } from 'xstate';
+
+export interface BridgeMachineInput {
+  readonly stage: number;
+  readonly replicas: number;
+  /** Fewest contributions a sync goes ahead with once the timeout has passed. */
+  readonly quorum: number;
+  readonly timeoutMs: number;
+}
+
+export type BridgeEvent =
+  | { type: 'CONTRIBUTED'; outer: number; replica: number; now: number }
+  | { type: 'TICK'; now: number }
+  | { type: 'COMBINED'; outer: number };
+
+export type BridgeCommand =
+  | { type: 'COMBINE'; stage: number; outer: number; replicas: number[]; firstAt: number }
+  | { type: 'LATE'; stage: number; outer: number; replica: number };
+
+interface Gathering {
+  replicas: number[];  // in arrival order; the runtime sums them in replica order
+  firstAt: number;
+  combining: boolean;
+}
+
+export interface BridgeContext extends BridgeMachineInput {
+  /** Outer steps with contributions, not yet combined. */
+  open: Record<number, Gathering>;
+  /** Outer steps combined (stored), as a sorted list. */
+  done: number[];
+}
+
+function ready(c: BridgeContext, g: Gathering, now: number): boolean {
+  if (g.combining) return false;
+  return g.replicas.length >= c.replicas || (g.replicas.length >= c.quorum && now - g.firstAt >= c.timeoutMs);
+}
+
+export const bridgeMachine = setup({
+  types: {
+    context: {} as BridgeContext,
+    events: {} as BridgeEvent,
+    input: {} as BridgeMachineInput,
+    emitted: {} as BridgeCommand,
+  },
+  actions: {
+    combineWhatIsReady: enqueueActions(({ context, event, enqueue }) => {
+      if (event.type === 'COMBINED') return;
+      const open = { ...context.open };
+      let changed = false;
+      for (const [key, g] of Object.entries(open)) {
+        if (!ready(context, g, event.now)) continue;
+        const outer = Number(key);
+        open[outer] = { ...g, combining: true };
+        changed = true;
+        enqueue.emit({ type: 'COMBINE', stage: context.stage, outer, replicas: [...g.replicas].sort((a, b) => a - b), firstAt: g.firstAt });
+      }
+      if (changed) enqueue.assign({ open });
+    }),
+  },
+}).createMachine({
+  id: 'bridge',
+  context: ({ input }) => ({ ...input, open: {}, done: [] }),
+  on: {
+    CONTRIBUTED: {
+      actions: [
+        enqueueActions(({ context, event, enqueue }) => {
+          if (context.done.includes(event.outer) || context.open[event.outer]?.combining) {
+            enqueue.emit({ type: 'LATE', stage: context.stage, outer: event.outer, replica: event.replica });
+            return;
+          }
+          const g = context.open[event.outer] ?? { replicas: [], firstAt: event.now, combining: false };
+          if (g.replicas.includes(event.replica)) return;  // a replacement sending the same contribution again
+          enqueue.assign({ open: { ...context.open, [event.outer]: { ...g, replicas: [...g.replicas, event.replica] } } });
+        }),
+        'combineWhatIsReady',
+      ],
+    },
+    TICK: { actions: 'combineWhatIsReady' },
+    COMBINED: {
+      actions: assign(({ context, event }) => {
+        const { [event.outer]: _combined, ...open } = context.open;
+        return { open, done: [...context.done, event.outer].sort((a, b) => a - b) };
+      }),
+    },
+  },
+});
