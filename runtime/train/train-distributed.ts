@@ -31,6 +31,10 @@ export interface DistributedOptions {
   readonly run?: string;
   readonly standbys?: number;
   readonly childLogLevel?: string;
+  /** A host killed by a signal is a fault the run recovers from (a standby takes its slot), not the end of the run: for fault tests. */
+  readonly hostsMayBeKilled?: boolean;
+  /** How long a silent host has before its slot goes to a standby (default the coordinator's, 15 s); hosts beat 5 times as often. */
+  readonly heartbeatTimeoutMs?: number;
   /** The hosts' device (default the CPU); with 'cuda' every host uses GPU `gpu`. */
   readonly device?: 'cpu' | 'cuda';
   readonly gpu?: number;
@@ -85,14 +89,16 @@ export async function trainDistributed(o: DistributedOptions): Promise<RunSummar
         const child = spawnCaravan(name, args, { logLevel: o.childLogLevel, echo });
         void child.exited.then(({ code, signal }) => {
           if (code !== 0 && code !== null && code !== REPLACED_EXIT_CODE) settle(new Error(`${name} exited with code ${code}: ${child.lastLine()}`));
-          else if (signal && signal !== 'SIGTERM') settle(new Error(`${name} was killed by ${signal}`));
+          else if (signal && signal !== 'SIGTERM' && !(o.hostsMayBeKilled && name.startsWith('host'))) settle(new Error(`${name} was killed by ${signal}`));
         });
         children.push(child);
       };
-      spawnChild('coordinator', ['coordinator', '--nats', url, '--run', run, '--config', configFile]);
+      const timeout = o.heartbeatTimeoutMs ? ['--heartbeat-timeout', String(o.heartbeatTimeoutMs)] : [];
+      const beat = o.heartbeatTimeoutMs ? ['--heartbeat', String(Math.max(50, Math.floor(o.heartbeatTimeoutMs / 5)))] : [];
+      spawnChild('coordinator', ['coordinator', '--nats', url, '--run', run, '--config', configFile, ...timeout]);
       for (let i = 0; i < hosts; i++) {
         const datacenter = o.datacenters?.length ? o.datacenters[i % o.datacenters.length] : `local-${i}`;
-        spawnChild(`host ${i}`, ['host', '--nats', url, '--run', run, '--device', o.device ?? 'cpu', '--gpu', String(o.gpu ?? 0), '--datacenter', datacenter]);
+        spawnChild(`host ${i}`, ['host', '--nats', url, '--run', run, '--device', o.device ?? 'cpu', '--gpu', String(o.gpu ?? 0), '--datacenter', datacenter, ...beat]);
       }
       const result = await outcome;
       if (result instanceof Error) throw result;

@@ -1,0 +1,99 @@
+// The Bridge's pure parts: when a sync goes ahead (everyone, or a quorum
+// after the timeout; late and repeated contributions), the outer step's
+// arithmetic, and its payloads, bad ones refused by name.
+import test from 'ava';
+import { createActor } from 'xstate';
+import { bridgeMachine, type BridgeCommand } from '../../actors/bridge-machine.ts';
+import { decodeParams, encodeParams } from '../../runtime/bridge/bridge-payload.ts';
+import { outerStep } from '../../runtime/bridge/outer-step.ts';
+import { validateRunConfig } from '../../schemas/run-config.ts';
+import { preset } from '../../runtime/train/presets.ts';
+import { mulberry32 } from '../support/random-weights.ts';
+
+function bridge(replicas: number, quorum: number, timeoutMs = 1000) {
+  const actor = createActor(bridgeMachine, { input: { stage: 2, replicas, quorum, timeoutMs } });
+  const out: BridgeCommand[] = [];
+  actor.on('*', (c: BridgeCommand) => out.push(c));
+  actor.start();
+  return { actor, out };
+}
+
+test('a sync goes ahead when every replica delivered, in replica order, whatever the arrival order', (t) => {
+  const { actor, out } = bridge(3, 3);
+  actor.send({ type: 'CONTRIBUTED', outer: 1, replica: 2, now: 100 });
+  actor.send({ type: 'CONTRIBUTED', outer: 1, replica: 0, now: 150 });
+  actor.send({ type: 'CONTRIBUTED', outer: 1, replica: 0, now: 160 });  // a replacement sending it again
+  t.deepEqual(out, []);
+  actor.send({ type: 'CONTRIBUTED', outer: 1, replica: 1, now: 200 });
+  t.deepEqual(out, [{ type: 'COMBINE', stage: 2, outer: 1, replicas: [0, 1, 2], firstAt: 100 }]);
+  actor.send({ type: 'TICK', now: 5000 });
+  t.is(out.length, 1, 'combined once');
+});
+
+test('past the timeout a quorum is enough; below it the sync waits; a late replica is told to adopt the result', (t) => {
+  const { actor, out } = bridge(3, 2, 1000);
+  actor.send({ type: 'CONTRIBUTED', outer: 1, replica: 1, now: 0 });
+  actor.send({ type: 'TICK', now: 5000 });
+  t.deepEqual(out, [], 'one of a quorum of two: still waiting');
+  actor.send({ type: 'CONTRIBUTED', outer: 1, replica: 0, now: 5100 });
+  t.deepEqual(out.at(-1), { type: 'COMBINE', stage: 2, outer: 1, replicas: [0, 1], firstAt: 0 });
+  actor.send({ type: 'CONTRIBUTED', outer: 1, replica: 2, now: 5200 });
+  t.deepEqual(out.at(-1), { type: 'LATE', stage: 2, outer: 1, replica: 2 });
+  actor.send({ type: 'COMBINED', outer: 1 });
+  actor.send({ type: 'CONTRIBUTED', outer: 2, replica: 0, now: 6000 });
+  actor.send({ type: 'CONTRIBUTED', outer: 2, replica: 2, now: 6100 });
+  actor.send({ type: 'TICK', now: 6500 });
+  t.is(out.length, 2, 'outer 2: a quorum, but the timeout has not passed');
+  actor.send({ type: 'TICK', now: 7000 });
+  t.deepEqual(out.at(-1), { type: 'COMBINE', stage: 2, outer: 2, replicas: [0, 2], firstAt: 6000 });
+});
+
+test('outer step: averaging fp32 parameters of one replica gives them back exactly; Nesterov follows DiLoCo in double, rounded once', (t) => {
+  const rand = mulberry32(3);
+  const n = 1000;
+  const sync = Float32Array.from({ length: n }, () => rand() - 0.5);
+  const theta = Float32Array.from(sync, (x) => x + (rand() - 0.5) * 1e-3);
+  const same = outerStep({ sync, momentum: new Float32Array(n), contributions: [{ replica: 0, kind: 'fp32', values: theta }], outer: 'average', lr: 1, mu: 0 });
+  t.deepEqual(same.theta, theta);
+
+  const thetas = [0, 1, 2].map(() => Float32Array.from(sync, (x) => x + (rand() - 0.5) * 1e-3));
+  const momentum = Float32Array.from({ length: n }, () => (rand() - 0.5) * 1e-4);
+  const lr = 0.7, mu = 0.9;
+  const out = outerStep({ sync, momentum, contributions: [2, 0, 1].map((r) => ({ replica: r, kind: 'fp32' as const, values: thetas[r] })), outer: 'nesterov', lr, mu });
+  for (const i of [0, 17, 999]) {
+    const g = ((sync[i] - thetas[0][i]) + (sync[i] - thetas[1][i]) + (sync[i] - thetas[2][i])) / 3;
+    const m = mu * momentum[i] + g;
+    t.is(out.momentum[i], Math.fround(m));
+    t.is(out.theta[i], Math.fround(sync[i] - lr * (g + mu * m)));
+  }
+  // Pseudo-gradients sent in MX int8 land within the 8-bit grid of the exact step.
+  const deltas = thetas.map((th) => Float32Array.from(th, (x, i) => sync[i] - x));
+  const sent = deltas.map((d, r) => ({ replica: r, ...decodeParams(encodeParams(d, 'mxint8').bytes, { length: n }, 'test') }));
+  const q = outerStep({ sync, momentum, contributions: sent, outer: 'nesterov', lr, mu });
+  let worst = 0;
+  for (let i = 0; i < n; i++) worst = Math.max(worst, Math.abs(q.theta[i] - out.theta[i]));
+  t.true(worst < 2e-5, `worst difference ${worst}`);
+});
+
+test('payloads: fp32 round-trips bit for bit, MX int8 shrinks about 4×; a foreign, truncated or wrong-length blob is refused by name', (t) => {
+  const rand = mulberry32(5);
+  const x = Float32Array.from({ length: 4099 }, () => (rand() - 0.5) * 1e-3);
+  t.deepEqual(decodeParams(encodeParams(x, 'fp32').bytes, { length: x.length, kind: 'fp32' }, 'p').values, x);
+  const small = encodeParams(x, 'mxint8');
+  t.true(small.bytes.byteLength < x.byteLength / 3.5, `${small.bytes.byteLength} bytes for ${x.byteLength}`);
+  t.throws(() => decodeParams(small.bytes, { length: x.length, kind: 'fp32' }, 'bridge/stage-0/outer-1/replica-1'), { message: /^bridge\/stage-0\/outer-1\/replica-1: payload is mxint8, this run sends fp32$/ });
+  t.throws(() => decodeParams(small.bytes, { length: 100 }, 'p'), { message: /4099 values, the stage has 100/ });
+  t.throws(() => decodeParams(small.bytes.subarray(0, 50), { length: x.length }, 'p'), { message: /^p: / });
+  t.throws(() => decodeParams(new Uint8Array([1, 2, 3]), { length: 3 }, 'p'), { message: /^p: not a Bridge payload/ });
+});
+
+test('bridge settings are checked by name', (t) => {
+  const base = preset('tiny');
+  const withBridge = (bridge: unknown, replicas = 2) => validateRunConfig({ ...base, training: { ...base.training, replicas, bridge } });
+  t.like(withBridge({ syncEvery: 5 }).training.bridge, { syncEvery: 5, outer: 'nesterov', outerLr: 0.7, outerMomentum: 0.9, payload: 'mxint8', quorum: 2 });
+  t.throws(() => withBridge({ syncEvery: 0 }), { message: /training\.bridge\.syncEvery must be a positive integer/ });
+  t.throws(() => withBridge({ syncEvery: 2, quorum: 3 }), { message: /training\.bridge\.quorum must be an integer in \[1, 2\]/ });
+  t.throws(() => withBridge({ syncEvery: 2, outer: 'adam' }), { message: /training\.bridge\.outer must be 'nesterov' or 'average'/ });
+  t.throws(() => withBridge({ syncEvery: 2, outerMomentum: 1 }), { message: /outerMomentum must be below 1/ });
+  t.throws(() => withBridge({ syncEvery: 2, every: 3 }), { message: /training\.bridge\.every is not a setting/ });
+});

@@ -1,0 +1,95 @@
+// The Bridge over real NATS with real host processes: after every outer step
+// each stage holds the same bits in every replica; stages sync at the same
+// time; with one replica and plain averaging the run is the run without a
+// Bridge, bit for bit; a replica's host killed mid-sync: the sync completes
+// with the quorum, nothing hangs, the replacement takes up the stored result.
+import test from 'ava';
+import { connect } from '@nats-io/transport-node';
+import { loadRunConfig } from '../../runtime/config/load-run-config.ts';
+import { hashStageStates } from '../../runtime/coordinator/coordinator-process.ts';
+import { createLogger } from '../../runtime/log.ts';
+import { openExistingRun } from '../../runtime/transport/run-resources.ts';
+import { readSlot } from '../../runtime/transport/slots.ts';
+import { trainDistributed } from '../../runtime/train/train-distributed.ts';
+import { splitLayers } from '../../native/index.ts';
+import { caravan, summaryOf } from '../support/caravan-cli.ts';
+
+const shape = { microbatches: 2, seqLen: 32, batchSize: 2 };
+
+test('every outer step leaves each stage with the same bits in every replica, and the stages sync at the same time', async (t) => {
+  const S = 3, R = 2, H = 2, steps = 4;
+  const config = await loadRunConfig({ preset: 'tiny', overrides: { training: { ...shape, steps, stages: S, replicas: R, checkpointEvery: 2, bridge: { syncEvery: H } as never } } });
+  const afterFirstSync: string[] = [];
+  const summary = await trainDistributed({
+    config, run: 'bridged', log: createLogger('test', 'silent'),
+    onFinished: async ({ url, run }) => {
+      // The checkpoints after step 1 were taken right after outer step 1.
+      const nc = await connect({ servers: url });
+      const res = await openExistingRun(nc, run, url);
+      for (let r = 0; r < R; r++) {
+        const blobs = [];
+        for (const [begin, end] of splitLayers(config.model.nLayers, S)) blobs.push((await res.objects.getBlob(res.names.checkpoint(r, begin, end, 1, 1)))!);
+        afterFirstSync.push(hashStageStates(blobs));
+      }
+      await nc.close();
+    },
+  });
+  t.is(summary.outer_steps, steps / H);
+  t.is(afterFirstSync[0], afterFirstSync[1], 'outer step 1: replicas hold the same parameters');
+  t.is(summary.params_sha256_by_replica[0], summary.params_sha256_by_replica[1], 'after the final sync too');
+  t.notDeepEqual(summary.losses_by_replica[0], summary.losses_by_replica[1], 'each replica trains on its own shard');
+  const syncs = summary.bridge_syncs!;
+  t.is(syncs.length, S * (steps / H));
+  for (const s of syncs) {
+    t.deepEqual(s.replicas, [0, 1]);
+    t.true(s.bytes_wire < s.bytes_raw / 3, `MX int8 + LZ4: ${s.bytes_wire} of ${s.bytes_raw} bytes`);
+  }
+  for (let outer = 1; outer <= steps / H; outer++) {
+    const spans = syncs.filter((s) => s.outer === outer);
+    const lastStart = Math.max(...spans.map((s) => s.first_ms)), firstEnd = Math.min(...spans.map((s) => s.finished_ms));
+    t.true(lastStart < firstEnd, `outer step ${outer}: every stage's sync was under way at once (${JSON.stringify(spans.map((s) => [s.first_ms, s.finished_ms]))})`);
+  }
+});
+
+test('with one replica and plain averaging of fp32 parameters, the Bridge changes nothing: the same bits as without it', async (t) => {
+  const common = ['train', '--json', '--no-progress', '--stages', '2', '--steps', '4', '--seq', '32', '--batch', '2', '--microbatches', '2'];
+  const [bridged, plain] = await Promise.all([caravan([...common, '--sync-every', '2', '--outer', 'average', '--bridge-payload', 'fp32']), caravan(common)]);
+  const [a, b] = [summaryOf(bridged), summaryOf(plain)];
+  t.is(a.outer_steps, 2);
+  t.deepEqual(a.losses, b.losses);
+  t.is(a.params_sha256, b.params_sha256);
+});
+
+test('a replica\'s host killed mid-sync: the sync completes with the quorum, nothing hangs, the replacement takes up the stored result', async (t) => {
+  const config = await loadRunConfig({
+    preset: 'tiny',
+    overrides: { training: { ...shape, steps: 4, stages: 2, replicas: 2, checkpointEvery: 0, bridge: { syncEvery: 2, quorum: 1, timeoutMs: 1500 } as never } },
+  });
+  let killed = '';
+  const summary = await trainDistributed({
+    config, run: 'sync-kill', log: createLogger('test', 'silent'), standbys: 1, heartbeatTimeoutMs: 2000, hostsMayBeKilled: true,
+    onReady: async ({ url, run }) => {
+      // When replica 0's stage 0 has contributed to outer step 1, replica 1's stage 0 dies.
+      const nc = await connect({ servers: url });
+      const res = await openExistingRun(nc, run, url);
+      const sub = nc.subscribe(res.names.report(0, 0), {
+        callback: (_e, m) => {
+          if (killed || (m.json() as { type: string }).type !== 'contribution') return;
+          void readSlot(res.kv, 1, 0).then((slot) => {
+            const pid = Number(/-(\d+)$/.exec(slot!.record.host)![1]);
+            process.kill(pid, 'SIGKILL');
+            killed = slot!.record.host;
+            sub.unsubscribe();
+            void nc.close();
+          });
+        },
+      });
+    },
+  });
+  t.regex(killed, /-\d+$/, 'a host was killed');
+  t.is(summary.outer_steps, 2);
+  t.is(summary.params_sha256_by_replica[0], summary.params_sha256_by_replica[1], 'the replacement continued from the stored sync');
+  t.true(summary.recoveries.hosts_lost >= 1 && summary.recoveries.slots_reassigned >= 1, JSON.stringify(summary.recoveries));
+  const first = summary.bridge_syncs!.find((s) => s.stage === 0 && s.outer === 1)!;
+  t.true(first.replicas.includes(0), `outer step 1 of stage 0 went ahead with ${first.replicas.join(', ')}`);
+});
