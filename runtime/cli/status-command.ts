@@ -15,6 +15,8 @@ export interface RunStatus {
   readonly slots: SlotRecord[];
   readonly dead_letters: { count: number; recent: Array<{ fault: string; reason: string; subject: string; host: string }> };
   readonly summary: Record<string, unknown> | null;
+  /** With a Bridge: each stage's last stored sync (outer step, replicas, span in ms). */
+  readonly bridge: Array<{ stage: number; outer: number; replicas: number[]; ms: number }>;
 }
 
 export async function readRunStatus(url: string, run: string): Promise<RunStatus> {
@@ -44,7 +46,15 @@ export async function readRunStatus(url: string, run: string): Promise<RunStatus
       const h = m.header;
       recent.push({ fault: h.get('Caravan-Fault'), reason: h.get('Caravan-Reason'), subject: h.get('Caravan-Subject'), host: h.get('Caravan-Host') });
     }
-    return { run, state: await json('state'), hosts, slots, dead_letters: { count: info.state.messages, recent }, summary: await json('summary') };
+    const bridge: RunStatus['bridge'] = [];
+    for await (const key of await res.kv.keys('bridge-outer.>')) {
+      const stage = Number(key.split('.')[1]);
+      const outer = (await json(key))?.value as number | undefined;
+      const record = outer ? await json(res.names.bridgeKey(stage, outer)) : null;
+      if (record) bridge.push({ stage, outer: outer!, replicas: record.replicas as number[], ms: (record.finished_ms as number) - (record.first_ms as number) });
+    }
+    bridge.sort((a, b) => a.stage - b.stage);
+    return { run, state: await json('state'), hosts, slots, dead_letters: { count: info.state.messages, recent }, summary: await json('summary'), bridge };
   } finally {
     await nc.close();
   }
@@ -80,6 +90,12 @@ function liveLines(m: Figures): string[] {
   ];
 }
 
+/** The Bridge: the outer step every stage has reached, and each stage's last sync (first contribution to stored result). */
+function bridgeLine(b: RunStatus['bridge']): string[] {
+  if (!b.length) return [];
+  return [`bridge: outer step ${Math.min(...b.map((x) => x.outer))}; last sync by stage: ${b.map((x) => `${x.ms} ms (outer ${x.outer}, replicas ${x.replicas.join(',')})`).join('; ')}`];
+}
+
 function recoveryLine(r: Figures): string[] {
   if (!r) return [];
   return [`recovery: ${r.hosts_lost} hosts lost, ${r.slots_reassigned} slots handed to standbys, ${r.coordinator_restarts} coordinator restarts`];
@@ -96,6 +112,7 @@ export function formatStatus(s: RunStatus): string {
     ...s.slots.map((x) => `  replica ${x.replica} stage ${x.stage}  ${x.host}  generation ${x.generation}  checkpoint ${x.checkpoint ? `after step ${x.checkpoint.step}` : 'none'}`),
     ...(s.summary ? [...wireLine(s.summary), ...computeLine(s.summary, 'whole run')]
       : [...computeLine(st.metrics as Figures, `as of step ${(st.metrics as Figures)?.step}`), ...liveLines(st.metrics as Figures)]),
+    ...bridgeLine(s.bridge),
     ...recoveryLine(st.recoveries as Figures),
     `dead-lettered frames: ${s.dead_letters.count}`,
     ...s.dead_letters.recent.map((d) => `  [${d.fault}] ${d.reason} (${d.subject}, host ${d.host})`),

@@ -32,6 +32,8 @@ test('every outer step leaves each stage with the same bits in every replica, an
         afterFirstSync.push(hashStageStates(blobs));
       }
       await nc.close();
+      const status = JSON.parse((await caravan(['status', '--nats', url, '--run', run, '--json'])).stdout);
+      t.deepEqual(status.bridge.map((b: { stage: number; outer: number }) => [b.stage, b.outer]), [[0, 2], [1, 2], [2, 2]]);
     },
   });
   t.is(summary.outer_steps, steps / H);

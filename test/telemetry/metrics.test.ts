@@ -148,6 +148,7 @@ test('status while a run goes on shows the live figures: busy stages, edges both
   const wire = (frames: number) => ({ frames, f32_bytes: frames * 1e6, wire_bytes: frames * 5e5 });
   const text = formatStatus({
     run: 'r1', hosts: [], slots: [], summary: null, dead_letters: { count: 0, recent: [] },
+    bridge: [{ stage: 0, outer: 3, replicas: [0, 1], ms: 412 }, { stage: 1, outer: 2, replicas: [0], ms: 1503 }],
     state: {
       status: 'running', step: 4, loss: 2.5, tokens_per_s: 1234.4,
       recoveries: { hosts_lost: 2, slots_reassigned: 2, coordinator_restarts: 1 },
@@ -162,4 +163,5 @@ test('status while a run goes on shows the live figures: busy stages, edges both
   t.regex(text, /^ {2}edge 0-1: activations 8 frames 4\.00 MB, gradients 6 frames 3\.00 MB on the wire$/m);
   t.regex(text, /^ {2}frames waiting by stage: 0 3$/m);
   t.regex(text, /^recovery: 2 hosts lost, 2 slots handed to standbys, 1 coordinator restarts$/m);
+  t.regex(text, /^bridge: outer step 2; last sync by stage: 412 ms \(outer 3, replicas 0,1\); 1503 ms \(outer 2, replicas 0\)$/m);
 });
