@@ -51,15 +51,21 @@ export interface BridgeConfig {
   readonly outer: 'nesterov' | 'average';
   readonly outerLr: number;
   readonly outerMomentum: number;
-  /** What a replica sends: mxint8, its pseudo-gradient in 8 bits with a scale per block of 32; fp32, its parameters as they are. */
-  readonly payload: 'mxint8' | 'fp32';
+  /**
+   * What a replica sends: mxint8, its pseudo-gradient in 8 bits with a scale
+   * per block of 32; fp32, its parameters as they are; topk, the topkFraction
+   * of its pseudo-gradient (plus what earlier syncs left out: error
+   * feedback) largest in magnitude.
+   */
+  readonly payload: 'mxint8' | 'fp32' | 'topk';
+  readonly topkFraction: number;
   /** Fewest replicas a sync goes ahead with once timeoutMs has passed since the first contribution (default: all). */
   readonly quorum: number;
   readonly timeoutMs: number;
 }
 
 export const DEFAULT_BRIDGE: Omit<BridgeConfig, 'syncEvery' | 'quorum'> = {
-  outer: 'nesterov', outerLr: 0.7, outerMomentum: 0.9, payload: 'mxint8', timeoutMs: 30_000,
+  outer: 'nesterov', outerLr: 0.7, outerMomentum: 0.9, payload: 'mxint8', topkFraction: 0.01, timeoutMs: 30_000,
 };
 
 export interface RunConfig {
@@ -121,14 +127,15 @@ function validateBridge(raw: unknown, replicas: number, fail: (why: string) => n
   const b = { ...DEFAULT_BRIDGE, quorum: replicas, ...given };
   if (!Number.isSafeInteger(b.syncEvery) || (b.syncEvery as number) < 1) fail(`training.bridge.syncEvery must be a positive integer, got ${JSON.stringify(b.syncEvery)}`);
   if (b.outer !== 'nesterov' && b.outer !== 'average') fail(`training.bridge.outer must be 'nesterov' or 'average', got ${JSON.stringify(b.outer)}`);
-  if (b.payload !== 'mxint8' && b.payload !== 'fp32') fail(`training.bridge.payload must be 'mxint8' or 'fp32', got ${JSON.stringify(b.payload)}`);
+  if (b.payload !== 'mxint8' && b.payload !== 'fp32' && b.payload !== 'topk') fail(`training.bridge.payload must be 'mxint8', 'fp32' or 'topk', got ${JSON.stringify(b.payload)}`);
+  if (typeof b.topkFraction !== 'number' || !(b.topkFraction > 0 && b.topkFraction <= 1)) fail(`training.bridge.topkFraction must be in (0, 1], got ${JSON.stringify(b.topkFraction)}`);
   for (const k of ['outerLr', 'outerMomentum'] as const) {
     if (typeof b[k] !== 'number' || !Number.isFinite(b[k]) || b[k] < 0) fail(`training.bridge.${k} must be a non-negative number, got ${JSON.stringify(b[k])}`);
   }
   if (b.outerMomentum >= 1) fail(`training.bridge.outerMomentum must be below 1, got ${b.outerMomentum}`);
   if (!Number.isSafeInteger(b.quorum) || b.quorum < 1 || b.quorum > replicas) fail(`training.bridge.quorum must be an integer in [1, ${replicas}] (the replicas), got ${JSON.stringify(b.quorum)}`);
   if (!Number.isSafeInteger(b.timeoutMs) || b.timeoutMs < 1) fail(`training.bridge.timeoutMs must be a positive integer, got ${JSON.stringify(b.timeoutMs)}`);
-  const known = new Set(['syncEvery', 'outer', 'outerLr', 'outerMomentum', 'payload', 'quorum', 'timeoutMs']);
+  const known = new Set(['syncEvery', 'outer', 'outerLr', 'outerMomentum', 'payload', 'topkFraction', 'quorum', 'timeoutMs']);
   for (const k of Object.keys(raw as object)) if (!known.has(k)) fail(`training.bridge.${k} is not a setting (known: ${[...known].join(', ')})`);
   return b as BridgeConfig;
 }

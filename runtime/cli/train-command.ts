@@ -41,7 +41,8 @@ interface TrainFlags extends RunShapeFlags {
   outer?: 'nesterov' | 'average';
   outerLr?: number;
   outerMomentum?: number;
-  bridgePayload?: 'mxint8' | 'fp32';
+  bridgePayload?: 'mxint8' | 'fp32' | 'topk';
+  topkFraction?: number;
   quorum?: number;
   syncTimeout?: number;
 }
@@ -56,7 +57,7 @@ function fraction(flag: string) {
 
 /** The Bridge settings given as flags (merged over a config file's training.bridge). */
 function bridgeOverride(flags: TrainFlags): BridgeConfig | undefined {
-  const given = { syncEvery: flags.syncEvery, outer: flags.outer, outerLr: flags.outerLr, outerMomentum: flags.outerMomentum, payload: flags.bridgePayload, quorum: flags.quorum, timeoutMs: flags.syncTimeout };
+  const given = { syncEvery: flags.syncEvery, outer: flags.outer, outerLr: flags.outerLr, outerMomentum: flags.outerMomentum, payload: flags.bridgePayload, topkFraction: flags.topkFraction, quorum: flags.quorum, timeoutMs: flags.syncTimeout };
   const set = Object.fromEntries(Object.entries(given).filter(([, v]) => v !== undefined));
   return Object.keys(set).length ? (set as unknown as BridgeConfig) : undefined;
 }
@@ -109,7 +110,8 @@ export function trainCommand(program: Command): void {
     .addOption(new Option('--outer <kind>', "the Bridge's outer step: nesterov (SGD with Nesterov momentum on the mean pseudo-gradient) or average").choices(['nesterov', 'average']))
     .option('--outer-lr <x>', 'outer learning rate (default 0.7)', positiveNumber('--outer-lr'))
     .option('--outer-momentum <x>', 'outer Nesterov momentum, below 1 (default 0.9)', fraction('--outer-momentum'))
-    .addOption(new Option('--bridge-payload <kind>', 'what replicas send: mxint8 pseudo-gradients (8 bits, a scale per 32) or fp32 parameters').choices(['mxint8', 'fp32']))
+    .addOption(new Option('--bridge-payload <kind>', 'what replicas send: mxint8 pseudo-gradients (8 bits, a scale per 32), fp32 parameters, or topk: the largest pseudo-gradient entries with error feedback').choices(['mxint8', 'fp32', 'topk']))
+    .option('--topk-fraction <x>', 'with --bridge-payload topk: the fraction of entries sent (default 0.01)', positiveNumber('--topk-fraction'))
     .option('--quorum <n>', 'fewest replicas a sync goes ahead with once --sync-timeout has passed (default: all)', positiveInt('--quorum'))
     .option('--sync-timeout <ms>', 'how long a sync waits past the first contribution for the rest (default 30000)', positiveInt('--sync-timeout'))
     .option('--in-process', 'chain the stages in this process, without NATS')

@@ -1,13 +1,15 @@
 // A stage's side of the Bridge: every syncEvery steps it puts its
-// contribution (its parameters, or its pseudo-gradient in MX int8) in the
-// Object Store, reports it, waits for the stage's outer step to be stored,
-// and loads the result: the same parameters in every replica. AdamW's
-// moments stay the replica's own (DiLoCo's inner optimizer). A replacement
-// replaying a step whose sync is stored loads it without waiting, so its
-// weights come out as the first holder's did.
+// contribution (its parameters, its pseudo-gradient in MX int8, or the top-k
+// of its pseudo-gradient plus its error-feedback residual) in the Object
+// Store, reports it, waits for the stage's outer step to be stored, and
+// loads the result: the same parameters in every replica. AdamW's moments
+// stay the replica's own (DiLoCo's inner optimizer). A replacement replaying
+// a step whose sync is stored loads it without waiting, so its weights come
+// out as the first holder's did; the residual, state outside the weights,
+// is stored at every sync so that a restore finds it.
 import type { EngineStage } from '../../native/index.ts';
 import type { BridgeConfig } from '../../schemas/run-config.ts';
-import { decodeParams, encodeParams } from '../bridge/bridge-payload.ts';
+import { decodeParams, encodeParams, topK } from '../bridge/bridge-payload.ts';
 import { readBridgeRecord, type BridgeRecord } from '../bridge/bridge-runtime.ts';
 import type { Logger } from '../log.ts';
 import { retryTransient } from '../transport/durable-publish.ts';
@@ -16,8 +18,10 @@ import type { RunResources } from '../transport/run-resources.ts';
 const POLL_MS = 50;
 
 export class StageSync {
-  // θ at the last sync, for the pseudo-gradient (mxint8 payloads only).
+  // θ at the last sync, for the pseudo-gradient (not for fp32 payloads).
   private thetaSync: Float32Array | undefined;
+  // What earlier top-k syncs left out of this replica's pseudo-gradients.
+  private residual: Float32Array | undefined;
 
   constructor(private readonly o: {
     readonly res: RunResources;
@@ -30,7 +34,8 @@ export class StageSync {
     readonly report: (body: Record<string, unknown> & { type: 'contribution'; step: number; outer: number }) => Promise<void>;
   }) {
     // Called before a checkpoint is loaded: the engine holds the initial weights.
-    if (o.bridge.payload === 'mxint8') this.thetaSync = o.engine.params().slice();
+    if (o.bridge.payload !== 'fp32') this.thetaSync = o.engine.params().slice();
+    if (o.bridge.payload === 'topk') this.residual = new Float32Array(this.thetaSync!.length);
   }
 
   /** Whether the Bridge syncs after `step` (0-based): after every syncEvery steps. */
@@ -38,13 +43,15 @@ export class StageSync {
     return (step + 1) % this.o.bridge.syncEvery === 0;
   }
 
-  /** After a restore at `step`: θ at the last sync, from the Object Store. */
+  /** After a restore at `step`: θ at the last sync (and the residual), from the Object Store. */
   async restored(step: number): Promise<void> {
-    const outer = Math.floor((step + 1) / this.o.bridge.syncEvery);
-    if (this.o.bridge.payload !== 'mxint8' || outer === 0) return;
-    const record = await readBridgeRecord(this.o.res.kv, this.o.res.names.bridgeKey(this.o.stage, outer));
-    if (!record) throw new Error(`stage ${this.o.stage}: the checkpoint at step ${step} follows outer step ${outer}, which has no record`);
-    this.thetaSync = await this.download(record);
+    const { res, stage, replica, bridge } = this.o;
+    const outer = Math.floor((step + 1) / bridge.syncEvery);
+    if (bridge.payload === 'fp32' || outer === 0) return;
+    const record = await readBridgeRecord(res.kv, res.names.bridgeKey(stage, outer));
+    if (!record) throw new Error(`stage ${stage}: the checkpoint at step ${step} follows outer step ${outer}, which has no record`);
+    this.thetaSync = await this.download(record.theta);
+    if (bridge.payload === 'topk') this.residual = await this.download(res.names.bridgeResidual(stage, outer, replica));
   }
 
   /** The sync after `step`: contribute unless it is already stored, wait for it, load it. */
@@ -53,14 +60,24 @@ export class StageSync {
     const outer = (step + 1) / bridge.syncEvery;
     const key = res.names.bridgeKey(stage, outer);
     let record = await readBridgeRecord(res.kv, key);
+    // What this replica sends, computed whether or not it is sent: a replacement replaying
+    // a stored sync must end with the residual the first holder had.
+    const theta = engine.params();
+    let values = theta;
+    let residual: Float32Array | undefined;
+    if (bridge.payload !== 'fp32') {
+      values = new Float32Array(theta.length);
+      for (let i = 0; i < theta.length; i++) values[i] = this.thetaSync![i] - theta[i];
+    }
+    if (bridge.payload === 'topk') {
+      for (let i = 0; i < values.length; i++) values[i] += this.residual![i];
+      residual = values.slice();
+      for (const i of topK(values, bridge.topkFraction).indices) residual[i] = 0;
+      const name = res.names.bridgeResidual(stage, outer, replica);
+      await retryTransient(`bridge residual ${name}`, () => res.objects.putBlob({ name }, encodeParams(residual!, 'fp32').bytes));
+    }
     if (!record) {
-      const theta = engine.params();
-      let values = theta;
-      if (bridge.payload === 'mxint8') {
-        values = new Float32Array(theta.length);
-        for (let i = 0; i < theta.length; i++) values[i] = this.thetaSync![i] - theta[i];
-      }
-      const { bytes, rawBytes } = encodeParams(values, bridge.payload);
+      const { bytes, rawBytes } = encodeParams(values, bridge.payload, bridge.topkFraction);
       const object = res.names.bridgeContribution(stage, outer, replica);
       await retryTransient(`bridge contribution ${object}`, () => res.objects.putBlob({ name: object }, bytes));
       await this.o.report({ type: 'contribution', step, outer, object, bytes_raw: rawBytes, bytes_wire: bytes.byteLength });
@@ -71,16 +88,18 @@ export class StageSync {
       }
       this.o.log.debug({ outer, waited_ms: Math.round(performance.now() - waiting), replicas: record.replicas }, 'bridge sync arrived');
     }
-    const next = await this.download(record);
+    const next = await this.download(record.theta);
     engine.setParams(next);
-    if (bridge.payload === 'mxint8') this.thetaSync = next;
+    if (bridge.payload !== 'fp32') this.thetaSync = next;
+    if (residual) this.residual = residual;
     return record;
   }
 
-  private async download(record: BridgeRecord): Promise<Float32Array> {
-    const blob = await retryTransient(`bridge result ${record.theta}`, () => this.o.res.objects.getBlob(record.theta));
-    if (!blob) throw new Error(`bridge result ${record.theta} is missing from the object store`);
+  /** An fp32 blob of the stage's length from the Object Store (a sync's θ, or a residual). */
+  private async download(name: string): Promise<Float32Array> {
+    const blob = await retryTransient(`bridge object ${name}`, () => this.o.res.objects.getBlob(name));
+    if (!blob) throw new Error(`bridge object ${name} is missing from the object store`);
     const length = this.o.engine.tensors().reduce((n, t) => Math.max(n, t.offset + t.numel), 0);
-    return decodeParams(blob, { length, kind: 'fp32' }, record.theta).values;
+    return decodeParams(blob, { length, kind: 'fp32' }, name).values;
   }
 }

@@ -53,6 +53,8 @@ export function runNames(run: string) {
     /** The Bridge: a replica's contribution to outer step o of stage s, the result, and its KV record (created once). */
     bridgeContribution: (stage: number, outer: number, replica: number) => `bridge/stage-${stage}/outer-${outer}/replica-${replica}`,
     bridgeTheta: (stage: number, outer: number) => `bridge/stage-${stage}/outer-${outer}/theta`,
+    /** A replica's error-feedback residual after outer step o (top-k payloads): what a replacement restores. */
+    bridgeResidual: (stage: number, outer: number, replica: number) => `bridge/stage-${stage}/outer-${outer}/residual-${replica}`,
     bridgeMomentum: (stage: number, outer: number) => `bridge/stage-${stage}/outer-${outer}/momentum`,
     bridgeKey: (stage: number, outer: number) => `bridge.${stage}.${outer}`,
     /** A distributed variable, advanced by compare-and-set: the last outer step of stage s the Bridge completed. */

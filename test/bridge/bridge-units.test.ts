@@ -85,6 +85,13 @@ test('payloads: fp32 round-trips bit for bit, MX int8 shrinks about 4×; a forei
   t.throws(() => decodeParams(small.bytes, { length: 100 }, 'p'), { message: /4099 values, the stage has 100/ });
   t.throws(() => decodeParams(small.bytes.subarray(0, 50), { length: x.length }, 'p'), { message: /^p: / });
   t.throws(() => decodeParams(new Uint8Array([1, 2, 3]), { length: 3 }, 'p'), { message: /^p: not a Bridge payload/ });
+  // Top-k: the largest 1% by magnitude, dense again on the other side, zeros elsewhere.
+  const sparse = decodeParams(encodeParams(x, 'topk', 0.01).bytes, { length: x.length, kind: 'topk' }, 'p').values;
+  const kept = [...sparse.keys()].filter((i) => sparse[i] !== 0);
+  t.is(kept.length, 41);
+  const threshold = Math.min(...kept.map((i) => Math.abs(x[i])));
+  t.true(kept.every((i) => sparse[i] === x[i]));
+  t.is([...x].filter((v) => Math.abs(v) > threshold).length, 40, 'nothing larger was left out');
 });
 
 test('bridge settings are checked by name', (t) => {

@@ -95,3 +95,39 @@ test('a replica\'s host killed mid-sync: the sync completes with the quorum, not
   const first = summary.bridge_syncs!.find((s) => s.stage === 0 && s.outer === 1)!;
   t.true(first.replicas.includes(0), `outer step 1 of stage 0 went ahead with ${first.replicas.join(', ')}`);
 });
+
+test('top-k pseudo-gradients with error feedback: a host killed after a sync restores its residual, and the run equals the fault-free one bit for bit', async (t) => {
+  // Every replica is waited for (quorum = all), so the killed replica's replacement contributes
+  // to the interrupted sync: from its checkpoint and its stored residual, what the first holder would have.
+  const overrides = { training: { ...shape, steps: 6, stages: 2, replicas: 2, checkpointEvery: 2, bridge: { syncEvery: 2, payload: 'topk', topkFraction: 0.05 } as never } };
+  const config = await loadRunConfig({ preset: 'tiny', overrides });
+  let killed = '';
+  const [faulty, clean] = await Promise.all([
+    trainDistributed({
+      config, run: 'topk-kill', log: createLogger('test', 'silent'), standbys: 1, heartbeatTimeoutMs: 2000, hostsMayBeKilled: true,
+      onReady: async ({ url, run }) => {
+        const nc = await connect({ servers: url });
+        const res = await openExistingRun(nc, run, url);
+        const sub = nc.subscribe(res.names.report(0, 1), {
+          callback: (_e, m) => {
+            const r = m.json() as { type: string; outer?: number };
+            if (killed || r.type !== 'contribution' || r.outer !== 2) return;
+            void readSlot(res.kv, 1, 1).then((slot) => {
+              process.kill(Number(/-(\d+)$/.exec(slot!.record.host)![1]), 'SIGKILL');
+              killed = slot!.record.host;
+              sub.unsubscribe();
+              void nc.close();
+            });
+          },
+        });
+      },
+    }),
+    trainDistributed({ config, run: 'topk-clean', log: createLogger('test', 'silent') }),
+  ]);
+  t.regex(killed, /-\d+$/, 'a host was killed');
+  t.true(faulty.recoveries.slots_reassigned >= 1);
+  t.is(faulty.outer_steps, 3);
+  t.deepEqual(faulty.params_sha256_by_replica, clean.params_sha256_by_replica);
+  t.is(faulty.params_sha256_by_replica[0], faulty.params_sha256_by_replica[1]);
+  for (const s of clean.bridge_syncs!) t.true(s.bytes_wire < s.bytes_raw / 5, `top 5%: ${s.bytes_wire} of ${s.bytes_raw} bytes`);
+});
