@@ -4,45 +4,57 @@
 // (cuda_stage.cu); scores are materialised per layer, which on an 80 GB GPU
 // fits the configurations we train and keeps the kernels plain.
 #include <cfloat>
-#include "block_reduce.cuh"
 #include "kernels.h"
 
 namespace caravan::cuda {
 
 namespace {
 constexpr int kThreads = 256;
+constexpr int kRowsPerBlock = kThreads / 32;  // a warp per score row
 
-__global__ void causal_softmax_forward_kernel(bf16* probs, const float* scores, int T, int block) {
-  __shared__ float shared[32];
-  const size_t row = blockIdx.x;
+// Max and sum of exp over a row in one read (the running-max form), then a
+// second read to write the probabilities: a warp per row, no block-wide
+// barriers. Lane partials combine over a fixed shuffle tree, so every run
+// sums alike.
+__global__ void causal_softmax_forward_kernel(bf16* probs, const float* scores, size_t rows, int T, int block) {
+  const size_t row = (size_t)blockIdx.x * kRowsPerBlock + threadIdx.x / 32;
+  if (row >= rows) return;
+  const int lane = threadIdx.x % 32;
   const int i = row % T;  // query position: keys 0..i are visible
   const float* s = scores + row * T;
   bf16* p = probs + row * T;
-  float mx = -FLT_MAX;
-  for (int j = threadIdx.x; j <= i; j += blockDim.x) mx = fmaxf(mx, s[j]);
-  mx = block_reduce<true>(mx, shared);
-  float sum = 0.0f;
-  for (int j = threadIdx.x; j <= i; j += blockDim.x) sum += __expf(s[j] - mx);
-  sum = block_reduce<false>(sum, shared);
-  const float inv = 1.0f / sum;
-  const int end = (i / block + 1) * block;  // the keys this query block's GEMMs read
-  for (int j = threadIdx.x; j < end; j += blockDim.x) {
-    p[j] = __float2bfloat16(j <= i ? __expf(s[j] - mx) * inv : 0.0f);
+  float m = -FLT_MAX, l = 0.0f;
+  for (int j = lane; j <= i; j += 32) {
+    const float x = s[j];
+    if (x > m) {
+      l = l * __expf(m - x) + 1.0f;
+      m = x;
+    } else {
+      l += __expf(x - m);
+    }
   }
+  for (int o = 16; o > 0; o >>= 1) {
+    const float m2 = __shfl_xor_sync(0xffffffffu, m, o), l2 = __shfl_xor_sync(0xffffffffu, l, o);
+    const float mm = fmaxf(m, m2);
+    l = l * __expf(m - mm) + l2 * __expf(m2 - mm);
+    m = mm;
+  }
+  const float inv = 1.0f / l;
+  const int end = (i / block + 1) * block;  // the keys this query block's GEMMs read
+  for (int j = lane; j < end; j += 32) p[j] = __float2bfloat16(j <= i ? __expf(s[j] - m) * inv : 0.0f);
 }
 
-__global__ void causal_softmax_backward_kernel(bf16* p_to_ds, const float* dp, int T, float scale) {
-  __shared__ float shared[32];
-  const size_t row = blockIdx.x;
+__global__ void causal_softmax_backward_kernel(bf16* p_to_ds, const float* dp, size_t rows, int T, float scale) {
+  const size_t row = (size_t)blockIdx.x * kRowsPerBlock + threadIdx.x / 32;
+  if (row >= rows) return;
+  const int lane = threadIdx.x % 32;
   const int i = row % T;
   bf16* p = p_to_ds + row * T;
   const float* g = dp + row * T;
   float dot = 0.0f;
-  for (int j = threadIdx.x; j <= i; j += blockDim.x) dot += __bfloat162float(p[j]) * g[j];
-  dot = block_reduce<false>(dot, shared);
-  for (int j = threadIdx.x; j <= i; j += blockDim.x) {
-    p[j] = __float2bfloat16(__bfloat162float(p[j]) * (g[j] - dot) * scale);
-  }
+  for (int j = lane; j <= i; j += 32) dot += __bfloat162float(p[j]) * g[j];
+  for (int o = 16; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+  for (int j = lane; j <= i; j += 32) p[j] = __float2bfloat16(__bfloat162float(p[j]) * (g[j] - dot) * scale);
 }
 
 __global__ void fill_batch_pointers_kernel(const void** out, BatchGrid grid, int outer_count, int inner_count) {
@@ -61,12 +73,12 @@ void fill_batch_pointers(const void** out, BatchGrid grid, int outer_count, int 
 }
 
 void causal_softmax_forward(bf16* probs, const float* scores, size_t rows, int T, int block, cudaStream_t s) {
-  causal_softmax_forward_kernel<<<(unsigned)rows, kThreads, 0, s>>>(probs, scores, T, block);
+  causal_softmax_forward_kernel<<<(unsigned)((rows + kRowsPerBlock - 1) / kRowsPerBlock), kThreads, 0, s>>>(probs, scores, rows, T, block);
   CUDA_LAUNCHED("causal_softmax_forward");
 }
 
 void causal_softmax_backward(bf16* probs_to_ds, const float* dp, size_t rows, int T, float scale, cudaStream_t s) {
-  causal_softmax_backward_kernel<<<(unsigned)rows, kThreads, 0, s>>>(probs_to_ds, dp, T, scale);
+  causal_softmax_backward_kernel<<<(unsigned)((rows + kRowsPerBlock - 1) / kRowsPerBlock), kThreads, 0, s>>>(probs_to_ds, dp, rows, T, scale);
   CUDA_LAUNCHED("causal_softmax_backward");
 }
 
