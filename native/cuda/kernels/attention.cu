@@ -4,6 +4,7 @@
 // (cuda_stage.cu); scores are materialised per layer, which on an 80 GB GPU
 // fits the configurations we train and keeps the kernels plain.
 #include <cfloat>
+#include "block_reduce.cuh"
 #include "kernels.h"
 
 namespace caravan::cuda {
@@ -44,17 +45,20 @@ __global__ void causal_softmax_forward_kernel(bf16* probs, const float* scores, 
   for (int j = lane; j < end; j += 32) p[j] = __float2bfloat16(j <= i ? __expf(s[j] - m) * inv : 0.0f);
 }
 
-__global__ void causal_softmax_backward_kernel(bf16* p_to_ds, const float* dp, size_t rows, int T, float scale) {
-  const size_t row = (size_t)blockIdx.x * kRowsPerBlock + threadIdx.x / 32;
-  if (row >= rows) return;
-  const int lane = threadIdx.x % 32;
+// A block per row here: a warp per row measured 10 ms slower a step at the
+// stage configuration (its one dependent chain of loads per lane).
+__global__ void causal_softmax_backward_kernel(bf16* p_to_ds, const float* dp, int T, float scale) {
+  __shared__ float shared[32];
+  const size_t row = blockIdx.x;
   const int i = row % T;
   bf16* p = p_to_ds + row * T;
   const float* g = dp + row * T;
   float dot = 0.0f;
-  for (int j = lane; j <= i; j += 32) dot += __bfloat162float(p[j]) * g[j];
-  for (int o = 16; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
-  for (int j = lane; j <= i; j += 32) p[j] = __float2bfloat16(__bfloat162float(p[j]) * (g[j] - dot) * scale);
+  for (int j = threadIdx.x; j <= i; j += blockDim.x) dot += __bfloat162float(p[j]) * g[j];
+  dot = block_reduce<false>(dot, shared);
+  for (int j = threadIdx.x; j <= i; j += blockDim.x) {
+    p[j] = __float2bfloat16(__bfloat162float(p[j]) * (g[j] - dot) * scale);
+  }
 }
 
 __global__ void fill_batch_pointers_kernel(const void** out, BatchGrid grid, int outer_count, int inner_count) {
@@ -78,7 +82,7 @@ void causal_softmax_forward(bf16* probs, const float* scores, size_t rows, int T
 }
 
 void causal_softmax_backward(bf16* probs_to_ds, const float* dp, size_t rows, int T, float scale, cudaStream_t s) {
-  causal_softmax_backward_kernel<<<(unsigned)((rows + kRowsPerBlock - 1) / kRowsPerBlock), kThreads, 0, s>>>(probs_to_ds, dp, rows, T, scale);
+  causal_softmax_backward_kernel<<<(unsigned)rows, kThreads, 0, s>>>(probs_to_ds, dp, T, scale);
   CUDA_LAUNCHED("causal_softmax_backward");
 }
 
