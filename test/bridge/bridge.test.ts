@@ -16,6 +16,26 @@ import { caravan, summaryOf } from '../support/caravan-cli.ts';
 
 const shape = { microbatches: 2, seqLen: 32, batchSize: 2 };
 
+/** When replica 0's stage `stage` reports its contribution to outer step `outer`, SIGKILLs the host of replica 1's same stage. */
+async function killWhenContributed(url: string, run: string, stage: number, outer: number, killed: (host: string) => void): Promise<void> {
+  const nc = await connect({ servers: url });
+  const res = await openExistingRun(nc, run, url);
+  let done = false;
+  const sub = nc.subscribe(res.names.report(0, stage), {
+    callback: (_e, m) => {
+      const r = m.json() as { type: string; outer?: number };
+      if (done || r.type !== 'contribution' || r.outer !== outer) return;
+      done = true;
+      void readSlot(res.kv, 1, stage).then((slot) => {
+        process.kill(Number(/-(\d+)$/.exec(slot!.record.host)![1]), 'SIGKILL');
+        killed(slot!.record.host);
+        sub.unsubscribe();
+        void nc.close();
+      });
+    },
+  });
+}
+
 test('every outer step leaves each stage with the same bits in every replica, and the stages sync at the same time', async (t) => {
   const S = 3, R = 2, H = 2, steps = 4;
   const config = await loadRunConfig({ preset: 'tiny', overrides: { training: { ...shape, steps, stages: S, replicas: R, checkpointEvery: 2, bridge: { syncEvery: H } as never } } });
@@ -62,31 +82,19 @@ test('with one replica and plain averaging of fp32 parameters, the Bridge change
   t.is(a.params_sha256, b.params_sha256);
 });
 
-test('a replica\'s host killed mid-sync: the sync completes with the quorum, nothing hangs, the replacement takes up the stored result', async (t) => {
+// The kill tests run one at a time, before the others: under a CPU shared by
+// many hosts, short heartbeat timeouts would otherwise see hosts that are
+// only slow as lost.
+test.serial('a replica\'s host killed mid-sync: the sync completes with the quorum, nothing hangs, the replacement takes up the stored result', async (t) => {
   const config = await loadRunConfig({
     preset: 'tiny',
     overrides: { training: { ...shape, steps: 4, stages: 2, replicas: 2, checkpointEvery: 0, bridge: { syncEvery: 2, quorum: 1, timeoutMs: 1500 } as never } },
   });
   let killed = '';
   const summary = await trainDistributed({
-    config, run: 'sync-kill', log: createLogger('test', 'silent'), standbys: 1, heartbeatTimeoutMs: 2000, hostsMayBeKilled: true,
-    onReady: async ({ url, run }) => {
-      // When replica 0's stage 0 has contributed to outer step 1, replica 1's stage 0 dies.
-      const nc = await connect({ servers: url });
-      const res = await openExistingRun(nc, run, url);
-      const sub = nc.subscribe(res.names.report(0, 0), {
-        callback: (_e, m) => {
-          if (killed || (m.json() as { type: string }).type !== 'contribution') return;
-          void readSlot(res.kv, 1, 0).then((slot) => {
-            const pid = Number(/-(\d+)$/.exec(slot!.record.host)![1]);
-            process.kill(pid, 'SIGKILL');
-            killed = slot!.record.host;
-            sub.unsubscribe();
-            void nc.close();
-          });
-        },
-      });
-    },
+    config, run: 'sync-kill', log: createLogger('test', 'silent'), standbys: 1, heartbeatTimeoutMs: 4000, hostsMayBeKilled: true,
+    // When replica 0's stage 0 has contributed to outer step 1, replica 1's stage 0 dies.
+    onReady: ({ url, run }) => killWhenContributed(url, run, 0, 1, (host) => { killed = host; }),
   });
   t.regex(killed, /-\d+$/, 'a host was killed');
   t.is(summary.outer_steps, 2);
@@ -96,7 +104,7 @@ test('a replica\'s host killed mid-sync: the sync completes with the quorum, not
   t.true(first.replicas.includes(0), `outer step 1 of stage 0 went ahead with ${first.replicas.join(', ')}`);
 });
 
-test('top-k pseudo-gradients with error feedback: a host killed after a sync restores its residual, and the run equals the fault-free one bit for bit', async (t) => {
+test.serial('top-k pseudo-gradients with error feedback: a host killed after a sync restores its residual, and the run equals the fault-free one bit for bit', async (t) => {
   // Every replica is waited for (quorum = all), so the killed replica's replacement contributes
   // to the interrupted sync: from its checkpoint and its stored residual, what the first holder would have.
   const overrides = { training: { ...shape, steps: 6, stages: 2, replicas: 2, checkpointEvery: 2, bridge: { syncEvery: 2, payload: 'topk', topkFraction: 0.05 } as never } };
@@ -104,23 +112,8 @@ test('top-k pseudo-gradients with error feedback: a host killed after a sync res
   let killed = '';
   const [faulty, clean] = await Promise.all([
     trainDistributed({
-      config, run: 'topk-kill', log: createLogger('test', 'silent'), standbys: 1, heartbeatTimeoutMs: 2000, hostsMayBeKilled: true,
-      onReady: async ({ url, run }) => {
-        const nc = await connect({ servers: url });
-        const res = await openExistingRun(nc, run, url);
-        const sub = nc.subscribe(res.names.report(0, 1), {
-          callback: (_e, m) => {
-            const r = m.json() as { type: string; outer?: number };
-            if (killed || r.type !== 'contribution' || r.outer !== 2) return;
-            void readSlot(res.kv, 1, 1).then((slot) => {
-              process.kill(Number(/-(\d+)$/.exec(slot!.record.host)![1]), 'SIGKILL');
-              killed = slot!.record.host;
-              sub.unsubscribe();
-              void nc.close();
-            });
-          },
-        });
-      },
+      config, run: 'topk-kill', log: createLogger('test', 'silent'), standbys: 1, heartbeatTimeoutMs: 4000, hostsMayBeKilled: true,
+      onReady: ({ url, run }) => killWhenContributed(url, run, 1, 2, (host) => { killed = host; }),
     }),
     trainDistributed({ config, run: 'topk-clean', log: createLogger('test', 'silent') }),
   ]);

@@ -75,20 +75,23 @@ __device__ void warp_mma_abt(float* c, const bf16* a, int lda, const bf16* b, in
   }
 }
 
+// One warp: acc (16×16) += a[16, 64] (bf16, row stride kPld) · b[64, 16] (row-major, row stride ldb).
+__device__ void add_a_times_b_columns(FragC& acc, const bf16* a, const bf16* b, int ldb) {
+#pragma unroll
+  for (int k = 0; k < kTile / 16; k++) {
+    FragA fa;
+    FragBRow fb;
+    wmma::load_matrix_sync(fa, a + k * 16, kPld);
+    wmma::load_matrix_sync(fb, b + k * 16 * ldb, ldb);
+    wmma::mma_sync(acc, fa, fb, acc);
+  }
+}
+
 // One warp: acc[n] (16×16 pieces of c[16, N], in registers) += a[16, 64] (bf16, row stride kPld) · b[64, N] row-major.
 template <int N>
 __device__ void warp_mma_ab_add_regs(FragC (&acc)[N / 16], const bf16* a, const bf16* b, int ldb) {
 #pragma unroll
-  for (int n = 0; n < N / 16; n++) {
-#pragma unroll
-    for (int k = 0; k < kTile / 16; k++) {
-      FragA fa;
-      FragBRow fb;
-      wmma::load_matrix_sync(fa, a + k * 16, kPld);
-      wmma::load_matrix_sync(fb, b + k * 16 * ldb + n * 16, ldb);
-      wmma::mma_sync(acc[n], fa, fb, acc[n]);
-    }
-  }
+  for (int n = 0; n < N / 16; n++) add_a_times_b_columns(acc[n], a, b + n * 16, ldb);
 }
 
 // Writes a warp's register accumulators [16, HD] as bf16 rows: row r of the
@@ -117,13 +120,7 @@ __device__ void warp_mma_ab_add(float* c, int ldc, const bf16* a, const bf16* b,
   for (int n = 0; n < N / 16; n++) {
     FragC acc;
     wmma::load_matrix_sync(acc, c + n * 16, ldc, wmma::mem_row_major);
-    for (int k = 0; k < kTile / 16; k++) {
-      FragA fa;
-      FragBRow fb;
-      wmma::load_matrix_sync(fa, a + k * 16, kPld);
-      wmma::load_matrix_sync(fb, b + k * 16 * ldb + n * 16, ldb);
-      wmma::mma_sync(acc, fa, fb, acc);
-    }
+    add_a_times_b_columns(acc, a, b + n * 16, ldb);
     wmma::store_matrix_sync(c + n * 16, acc, ldc, wmma::mem_row_major);
   }
 }
