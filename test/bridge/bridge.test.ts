@@ -14,6 +14,9 @@ import { trainDistributed } from '../../runtime/train/train-distributed.ts';
 import { splitLayers } from '../../native/index.ts';
 import { caravan, summaryOf } from '../support/caravan-cli.ts';
 
+// One run at a time: these runs start many host processes, and on a 2-core
+// machine several at once (beside other test files) leave hosts so slow that
+// short heartbeat timeouts, here and in the chaos test, see them as lost.
 const shape = { microbatches: 2, seqLen: 32, batchSize: 2 };
 
 /** When replica 0's stage `stage` reports its contribution to outer step `outer`, SIGKILLs the host of replica 1's same stage. */
@@ -36,7 +39,7 @@ async function killWhenContributed(url: string, run: string, stage: number, oute
   });
 }
 
-test('every outer step leaves each stage with the same bits in every replica, and the stages sync at the same time', async (t) => {
+test.serial('every outer step leaves each stage with the same bits in every replica, and the stages sync at the same time', async (t) => {
   const S = 3, R = 2, H = 2, steps = 4;
   const config = await loadRunConfig({ preset: 'tiny', overrides: { training: { ...shape, steps, stages: S, replicas: R, checkpointEvery: 2, bridge: { syncEvery: H } as never } } });
   const afterFirstSync: string[] = [];
@@ -73,7 +76,7 @@ test('every outer step leaves each stage with the same bits in every replica, an
   }
 });
 
-test('with one replica and plain averaging of fp32 parameters, the Bridge changes nothing: the same bits as without it', async (t) => {
+test.serial('with one replica and plain averaging of fp32 parameters, the Bridge changes nothing: the same bits as without it', async (t) => {
   const common = ['train', '--json', '--no-progress', '--stages', '2', '--steps', '4', '--seq', '32', '--batch', '2', '--microbatches', '2'];
   const [bridged, plain] = await Promise.all([caravan([...common, '--sync-every', '2', '--outer', 'average', '--bridge-payload', 'fp32']), caravan(common)]);
   const [a, b] = [summaryOf(bridged), summaryOf(plain)];
@@ -82,9 +85,6 @@ test('with one replica and plain averaging of fp32 parameters, the Bridge change
   t.is(a.params_sha256, b.params_sha256);
 });
 
-// The kill tests run one at a time, before the others: under a CPU shared by
-// many hosts, short heartbeat timeouts would otherwise see hosts that are
-// only slow as lost.
 test.serial('a replica\'s host killed mid-sync: the sync completes with the quorum, nothing hangs, the replacement takes up the stored result', async (t) => {
   const config = await loadRunConfig({
     preset: 'tiny',
