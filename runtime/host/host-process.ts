@@ -124,6 +124,9 @@ async function followRun(nc: NatsConnection, res: RunResources, id: string, devi
     failedRun.unsubscribe();
   }
   if (failed) throw failed;
+  // The watch also ends when the connection is gone for good: that is no clean exit, or whoever
+  // started this host would wait for a run it has left.
+  if (nc.isClosed()) throw new Error('the connection to NATS closed (the server is gone or out of reach): leaving the run');
   if (!held) log.info('the run ended while this host was a standby');
 }
 
