@@ -205,6 +205,8 @@ export class EngineStage {
   readonly needsTokens: boolean;
   /** The GPU of a CUDA stage; undefined on the CPU backend. */
   readonly cuda?: CudaDeviceInfo;
+  /** Parameters of this stage: the length of every arena. */
+  readonly paramCount: number;
   private readonly native: NativeStage;
   private readonly tensorList: TensorEntry[];
 
@@ -226,6 +228,7 @@ export class EngineStage {
     this.outWidth = this.isLast ? 0 : this.native.outWidth;
     this.needsTokens = !this.isFirst && this.native.needsTokens;
     this.tensorList = this.native.tensors();
+    this.paramCount = this.tensorList.reduce((n, t) => Math.max(n, t.offset + t.numel), 0);
   }
 
   get describe(): string {
@@ -348,9 +351,8 @@ export class EngineStage {
     const step = header.optimizerStep;
     const expected = new Set<string>();
     const arenas: Array<[ArenaKind, Float32Array]> = [];
-    const total = this.tensorList.reduce((n, t) => Math.max(n, t.offset + t.numel), 0);
     for (const [prefix, kind] of [['', 'params'], ['optimizer.exp_avg.', 'exp_avg'], ['optimizer.exp_avg_sq.', 'exp_avg_sq']] as const) {
-      const arena = new Float32Array(total);
+      const arena = new Float32Array(this.paramCount);
       for (const t of this.tensorList) {
         const name = prefix + t.name;
         expected.add(name);

@@ -123,8 +123,7 @@ export function validateRunConfig(config: unknown): RunConfig {
 
 function validateBridge(raw: unknown, replicas: number, fail: (why: string) => never): BridgeConfig {
   if (!raw || typeof raw !== 'object') fail('training.bridge must be an object {syncEvery, outer, outerLr, outerMomentum, payload, quorum, timeoutMs}');
-  const given = Object.fromEntries(Object.entries(raw as object).filter(([, v]) => v !== undefined)) as Partial<BridgeConfig>;
-  const b = { ...DEFAULT_BRIDGE, quorum: replicas, ...given };
+  const b = { ...DEFAULT_BRIDGE, quorum: replicas, ...(raw as Partial<BridgeConfig>) };
   if (!Number.isSafeInteger(b.syncEvery) || (b.syncEvery as number) < 1) fail(`training.bridge.syncEvery must be a positive integer, got ${JSON.stringify(b.syncEvery)}`);
   if (b.outer !== 'nesterov' && b.outer !== 'average') fail(`training.bridge.outer must be 'nesterov' or 'average', got ${JSON.stringify(b.outer)}`);
   if (b.payload !== 'mxint8' && b.payload !== 'fp32' && b.payload !== 'topk') fail(`training.bridge.payload must be 'mxint8', 'fp32' or 'topk', got ${JSON.stringify(b.payload)}`);

@@ -58,8 +58,7 @@ function fraction(flag: string) {
 /** The Bridge settings given as flags (merged over a config file's training.bridge). */
 function bridgeOverride(flags: TrainFlags): BridgeConfig | undefined {
   const given = { syncEvery: flags.syncEvery, outer: flags.outer, outerLr: flags.outerLr, outerMomentum: flags.outerMomentum, payload: flags.bridgePayload, topkFraction: flags.topkFraction, quorum: flags.quorum, timeoutMs: flags.syncTimeout };
-  const set = Object.fromEntries(Object.entries(given).filter(([, v]) => v !== undefined));
-  return Object.keys(set).length ? (set as unknown as BridgeConfig) : undefined;
+  return Object.values(given).some((v) => v !== undefined) ? (given as BridgeConfig) : undefined;
 }
 
 async function exportModel(dir: string, blobs: StageStateBlob[], tokenizer: TokenizerName, run: string | undefined, log: (line: string) => void): Promise<void> {

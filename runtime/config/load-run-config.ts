@@ -21,7 +21,8 @@ function merge(base: Record<string, unknown>, over: Record<string, unknown>): Re
   const out: Record<string, unknown> = { ...base };
   for (const [k, v] of Object.entries(over)) {
     if (v === undefined) continue;
-    out[k] = isObject(v) && isObject(base[k]) ? merge(base[k] as Record<string, unknown>, v) : v;
+    // A section the base lacks is merged into an empty one, so unset fields (undefined) never land at any depth.
+    out[k] = isObject(v) ? merge(isObject(base[k]) ? (base[k] as Record<string, unknown>) : {}, v) : v;
   }
   return out;
 }

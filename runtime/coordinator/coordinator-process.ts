@@ -14,7 +14,7 @@ import { coordinatorMachine, type CoordinatorCommand, type CoordinatorMachineInp
 import { replicaMachine, type ReplicaCommand } from '../../actors/replica-machine.ts';
 import { decodeSafeTensors, hashParams, splitLayers } from '../../native/index.ts';
 import type { RunConfig } from '../../schemas/run-config.ts';
-import type { ComputeCount, StageCounters, StageReport, StepControl, WireCount } from '../host/stage-runner.ts';
+import type { StageCounters, StageReport, StepControl, WireCount } from '../host/stage-runner.ts';
 import { liveMetrics, mfuPercent, NO_RECOVERIES, pipelineUse, type LiveMetrics, type RecoveryCounts } from './live-metrics.ts';
 import { initRunMetrics } from '../telemetry/metrics.ts';
 import { readBridgeRecord, startBridges, type BridgeRecord } from '../bridge/bridge-runtime.ts';
@@ -188,8 +188,8 @@ async function coordinate(
   const tokensPerStep = t.microbatches * t.batchSize * t.seqLen;
   const losses: number[][] = Array.from({ length: t.replicas }, () => []);
   const published = new Set<string>();   // step control already in the log
-  const finals = new Map<string, { sent: WireCount; compute: ComputeCount }>();  // `${replica}.${stage}` whose final state is uploaded
   const counters = new Map<string, StageCounters>();  // the latest of every slot's holder, `${replica}.${stage}`
+  const finals = new Set<string>();  // `${replica}.${stage}` whose final state is uploaded (its counters are the last)
   const bridges = t.bridge ? startBridges({ res, config, bridge: t.bridge, log, onError: (err) => settle(err) }) : undefined;
   // The run's metrics over OpenTelemetry (off unless OTEL_EXPORTER_OTLP_* names an endpoint): the live state, read when exported.
   const metrics = initRunMetrics({ service: 'caravan-coordinator', run: o.run }, () => state);
@@ -315,11 +315,11 @@ async function coordinate(
     }
     const replica = replicas[msg.replica];
     if (!replica) return;
-    if ((msg.type === 'done' || msg.type === 'final') && msg.counters) counters.set(`${msg.replica}.${msg.stage}`, msg.counters);
+    if (msg.type === 'done' || msg.type === 'final') counters.set(`${msg.replica}.${msg.stage}`, msg.counters);
     if (msg.type === 'done') replica.send({ type: 'STAGE_DONE', stage: msg.stage, step: msg.step, sumSquares: msg.sumSquares, loss: msg.loss ?? undefined });
     else if (msg.type === 'stepped') replica.send({ type: 'STAGE_STEPPED', stage: msg.stage, step: msg.step });
     else if (msg.type === 'contribution') bridges?.contributed(msg);
-    else if (msg.type === 'final') { finals.set(`${msg.replica}.${msg.stage}`, { sent: msg.sent, compute: msg.compute }); maybeFinish(); }
+    else if (msg.type === 'final') { finals.add(`${msg.replica}.${msg.stage}`); maybeFinish(); }
   }
 
   // The control log from its start: what is there already is the history to
@@ -385,15 +385,17 @@ async function coordinate(
       hashes.push(hashStageStates(blobs));
     }
     const dead = (await res.jsm.streams.info(res.names.deadStream)).state.messages;
+    // maybeFinish waited for every slot's final report: the counters are the final ones.
     const wire = { frames: 0, f32_bytes: 0, wire_bytes: 0 };
-    for (const { sent } of finals.values()) {
-      wire.frames += sent.frames;
-      wire.f32_bytes += sent.f32_bytes;
-      wire.wire_bytes += sent.wire_bytes;
+    for (const c of counters.values()) {
+      for (const sent of [c.sent_by_kind.act, c.sent_by_kind.grad]) {
+        wire.frames += sent.frames;
+        wire.f32_bytes += sent.f32_bytes;
+        wire.wire_bytes += sent.wire_bytes;
+      }
     }
     const tokensPerS = (t.steps * t.replicas * tokensPerStep) / wall;
-    // maybeFinish waited for every slot's final report.
-    const stagesOf0 = Array.from({ length: t.stages }, (_, s) => finals.get(`0.${s}`)!.compute);
+    const stagesOf0 = Array.from({ length: t.stages }, (_, s) => counters.get(`0.${s}`)!.compute);
     return {
       run: o.run,
       steps: t.steps,
@@ -410,7 +412,7 @@ async function coordinate(
       wire: { ...wire, ratio_vs_f32: wire.wire_bytes > 0 ? wire.f32_bytes / wire.wire_bytes : 0 },
       ...pipelineUse(stagesOf0, t.microbatches),
       devices_by_stage: stagesOf0.map((c) => c.device),
-      mfu_pct: mfuPercent(tokensPerS, config.model, t.seqLen, [...finals.values()].map((f) => f.compute.peak_gflops)),
+      mfu_pct: mfuPercent(tokensPerS, config.model, t.seqLen, [...counters.values()].map((c) => c.compute.peak_gflops)),
       recoveries: { ...recoveries },
       ...(t.bridge ? await bridgeSummary() : {}),
     };

@@ -99,7 +99,6 @@ export class StageSync {
   private async download(name: string): Promise<Float32Array> {
     const blob = await retryTransient(`bridge object ${name}`, () => this.o.res.objects.getBlob(name));
     if (!blob) throw new Error(`bridge object ${name} is missing from the object store`);
-    const length = this.o.engine.tensors().reduce((n, t) => Math.max(n, t.offset + t.numel), 0);
-    return decodeParams(blob, { length, kind: 'fp32' }, name).values;
+    return decodeParams(blob, { length: this.o.engine.paramCount, kind: 'fp32' }, name).values;
   }
 }

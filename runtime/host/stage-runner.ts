@@ -42,9 +42,9 @@ export type StepControl =
 
 /** Stage reports on `report.<replica>.<stage>`, read by the coordinator (and by `caravan chaos`, to count). */
 export type StageReport =
-  | { type: 'done'; replica: number; stage: number; generation: number; host: string; step: number; sumSquares: number[]; loss?: number; counters?: StageCounters }
+  | { type: 'done'; replica: number; stage: number; generation: number; host: string; step: number; sumSquares: number[]; loss?: number; counters: StageCounters }
   | { type: 'stepped'; replica: number; stage: number; generation: number; host: string; step: number; contributions: number[] }
-  | { type: 'final'; replica: number; stage: number; generation: number; host: string; name: string; sent: WireCount; compute: ComputeCount; counters?: StageCounters }
+  | { type: 'final'; replica: number; stage: number; generation: number; host: string; name: string; counters: StageCounters }
   | ({ type: 'contribution'; generation: number; host: string } & ContributionReport);
 
 /** A slot holder's counters since it started (a replacement: since its restore), sent with each step report. */
@@ -147,7 +147,6 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
     act: { width: engine.outWidth, codecs: boundaryCodecs(model, layerEnd, t.lz4) },
     grad: { width: engine.inWidth, codecs: boundaryCodecs(model, layerBegin, t.lz4) },
   };
-  const sent: WireCount = { frames: 0, f32_bytes: 0, wire_bytes: 0 };
   const sentByKind: Record<FrameKind, WireCount> = { act: { frames: 0, f32_bytes: 0, wire_bytes: 0 }, grad: { frames: 0, f32_bytes: 0, wire_bytes: 0 } };
   // Messages left in each edge stream for this consumer, as of the last delivery.
   const streamPending = new Map<FrameKind, number>();
@@ -173,11 +172,10 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
       const encoded = encodeFrameWithCodecs({ run: res.names.run, replica, stage: to, step, microbatch: mb, kind, shape: [B, T, width], data }, codecs);
       return { ...encoded, f32Bytes: data.byteLength };
     }, (bytes, headers) => {
-      for (const count of [sent, sentByKind[kind]]) {
-        count.frames++;
-        count.f32_bytes += data.byteLength;
-        count.wire_bytes += bytes.byteLength;
-      }
+      const count = sentByKind[kind];
+      count.frames++;
+      count.f32_bytes += data.byteLength;
+      count.wire_bytes += bytes.byteLength;
       if (bytes.length > maxPayload) {
         throw new Error(`a ${kind} frame of ${bytes.length} bytes exceeds the server's max_payload of ${maxPayload} bytes: raise max_payload (up to 8MB) in the nats-server config, shrink B·T·d, or put a bottleneck at the boundary (--bottleneck K)`);
       }
@@ -185,9 +183,8 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
     });
     await faults.reach('publish');
   };
-  const computeCount = (): ComputeCount => ({ busy_ms: busyMs, first_ms: firstCompute, last_ms: lastCompute, peak_gflops: peakGflops, device: engine.cuda?.name ?? 'cpu' });
   const counters = (): StageCounters => ({
-    compute: computeCount(),
+    compute: { busy_ms: busyMs, first_ms: firstCompute, last_ms: lastCompute, peak_gflops: peakGflops, device: engine.cuda?.name ?? 'cpu' },
     sent_by_kind: { act: { ...sentByKind.act }, grad: { ...sentByKind.grad } },
     queued: inputs.size + [...streamPending.values()].reduce((a, b) => a + b, 0),
   });
@@ -300,7 +297,7 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
             const state = engine.state();
             await retryTransient(`final state upload ${name}`, () => res.objects.putBlob({ name }, state));
             await o.tracing.flush();  // every span of this stage is exported before the run can end
-            await report({ type: 'final', name, sent, compute: computeCount(), counters: counters() });
+            await report({ type: 'final', name, counters: counters() });
             log.info({ object: name }, 'final state uploaded');
           } else if (K > 0 && (cmd.step + 1) % K === 0) {
             await checkpoint(cmd.step);
