@@ -29,15 +29,16 @@ export function modelCommands(program: Command): void {
     .option('--nats <url>', "a NATS run's server: its final states from the Object Store")
     .option('--run <id>', 'with --nats: the run id')
     .option('--replica <n>', 'with --nats: which replica', nonNegativeInt('--replica'), 0)
+    .option('--nkey <file>', 'with --nats: authenticate as this nkey user (an observer seed from `caravan creds`)')
     .addOption(new Option('--tokenizer <name>', 'with --checkpoint-dir: the tokenizer the run used (a NATS run records its own)').choices([...TOKENIZER_NAMES]).default('byte'))
     .option('--json', 'print one JSON line: where, what, params_sha256')
-    .action(async (flags: { out: string; checkpointDir?: string; nats?: string; run?: string; replica: number; tokenizer: TokenizerName; json?: boolean }) => {
+    .action(async (flags: { out: string; checkpointDir?: string; nats?: string; run?: string; replica: number; nkey?: string; tokenizer: TokenizerName; json?: boolean }) => {
       if (!!flags.checkpointDir === !!flags.nats) throw new Error('give exactly one source: --checkpoint-dir DIR or --nats URL --run ID');
       let blobs, tokenizer = flags.tokenizer, run: string | undefined;
       if (flags.nats) {
         if (!flags.run) throw new Error('--nats needs --run ID');
         validateRunId(flags.run);
-        const fromRun = await statesFromRun(flags.nats, flags.run, flags.replica);
+        const fromRun = await statesFromRun(flags.nats, flags.run, flags.replica, flags.nkey);
         blobs = fromRun.blobs;
         tokenizer = fromRun.config.training.tokenizer;
         run = flags.run;

@@ -20,13 +20,14 @@ export function processCommands(program: Command): void {
     .option('--heartbeat-timeout <ms>', 'a host silent this long is lost and its slot goes to a standby', positiveInt('--heartbeat-timeout'), 15_000)
     .option('--stream-replicas <n>', 'copies of every stream, KV bucket and object store (default: 3 on a cluster, 1 on one server)', positiveInt('--stream-replicas'))
     .option('--json', 'print the run summary as one JSON line at the end')
+    .option('--nkey <file>', 'authenticate to NATS as this nkey user (the coordinator seed `caravan creds` wrote)')
     .addOption(logLevelOption())
-    .action(async (flags: { nats: string; run: string; config?: string; preset?: string; heartbeatTimeout: number; streamReplicas?: number; json?: boolean; logLevel?: string }) => {
+    .action(async (flags: { nats: string; run: string; config?: string; preset?: string; heartbeatTimeout: number; streamReplicas?: number; json?: boolean; logLevel?: string; nkey?: string }) => {
       validateRunId(flags.run);
       const config = await loadRunConfig({ file: flags.config, preset: flags.preset });
       const summary = await runCoordinator({
         nats: flags.nats, run: flags.run, config, log: createLogger('caravan-coordinator', flags.logLevel),
-        heartbeatTimeoutMs: flags.heartbeatTimeout, streamReplicas: flags.streamReplicas,
+        heartbeatTimeoutMs: flags.heartbeatTimeout, streamReplicas: flags.streamReplicas, nkey: flags.nkey,
       });
       if (flags.json) process.stdout.write(`${JSON.stringify(summary)}\n`);
     });
@@ -40,8 +41,9 @@ export function processCommands(program: Command): void {
     .option('--gpu <n>', 'GPU index with --device cuda', nonNegativeInt('--gpu'), 0)
     .option('--datacenter <name>', 'where this host runs (shown in status and traces)', 'default')
     .option('--heartbeat <ms>', 'heartbeat period (keep it well under the coordinator\'s --heartbeat-timeout)', positiveInt('--heartbeat'), 1000)
+    .option('--nkey <file>', 'this host\'s nkey seed (`caravan creds`): its NATS user and the key it signs frames with (default: a fresh key, no NATS authentication)')
     .addOption(logLevelOption())
-    .action(async (flags: { nats: string; run: string; device: 'cpu' | 'cuda'; gpu: number; datacenter: string; heartbeat: number; logLevel?: string }) => {
+    .action(async (flags: { nats: string; run: string; device: 'cpu' | 'cuda'; gpu: number; datacenter: string; heartbeat: number; logLevel?: string; nkey?: string }) => {
       validateRunId(flags.run);
       try {
         await runHost({ ...flags, heartbeatMs: flags.heartbeat, log: createLogger('caravan-host', flags.logLevel) });

@@ -2,7 +2,7 @@
 // hosts, slots (holder, generation, last checkpoint), step, loss,
 // throughput, dead-lettered frames.
 import { Command } from 'commander';
-import { connectNats } from '../nats/connect.ts';
+import { connectToRun } from '../nats/connect.ts';
 import { decodeJson } from '../transport/json.ts';
 import { openExistingRun } from '../transport/run-resources.ts';
 import { decodeSlot, type SlotRecord } from '../transport/slots.ts';
@@ -19,8 +19,8 @@ export interface RunStatus {
   readonly bridge: Array<{ stage: number; outer: number; replicas: number[]; ms: number }>;
 }
 
-export async function readRunStatus(url: string, run: string): Promise<RunStatus> {
-  const nc = await connectNats(url, `caravan-status-${run}`);
+export async function readRunStatus(url: string, run: string, nkey?: string): Promise<RunStatus> {
+  const nc = await connectToRun(url, `caravan-status-${run}`, run, nkey);
   try {
     const res = await openExistingRun(nc, run, url);
     const json = async (key: string) => {
@@ -40,7 +40,7 @@ export async function readRunStatus(url: string, run: string): Promise<RunStatus
     slots.sort((a, b) => a.replica - b.replica || a.stage - b.stage);
     const info = await res.jsm.streams.info(res.names.deadStream);
     const recent: RunStatus['dead_letters']['recent'] = [];
-    for (let seq = info.state.last_seq; seq >= info.state.first_seq && seq > 0 && recent.length < 5; seq--) {
+    for (let seq = info.state.last_seq; seq >= info.state.first_seq && seq > 0 && recent.length < 20; seq--) {
       const m = await res.jsm.streams.getMessage(res.names.deadStream, { seq }).catch(() => null);
       if (!m) continue;
       const h = m.header;
@@ -126,9 +126,10 @@ export function statusCommand(program: Command): void {
     .requiredOption('--nats <url>', 'NATS server or cluster')
     .requiredOption('--run <id>', 'run id')
     .option('--json', 'print the status as one JSON line')
-    .action(async (flags: { nats: string; run: string; json?: boolean }) => {
+    .option('--nkey <file>', 'authenticate as this nkey user (an observer seed from `caravan creds`)')
+    .action(async (flags: { nats: string; run: string; json?: boolean; nkey?: string }) => {
       validateRunId(flags.run);
-      const s = await readRunStatus(flags.nats, flags.run);
+      const s = await readRunStatus(flags.nats, flags.run, flags.nkey);
       if (flags.json) {
         process.stdout.write(`${JSON.stringify(s)}\n`);
         return;

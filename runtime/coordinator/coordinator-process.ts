@@ -8,6 +8,11 @@
 // is not there yet. At the end every stage has uploaded its final state, and
 // the coordinator publishes the summary with a hash of the final parameters
 // that does not depend on the split.
+//
+// It binds each slot to the key its host registered with, counts only reports
+// signed by the slot's holder, and is the only writer of run state: the
+// checkpoints holders report are recorded here, and the inputs they make
+// unnecessary purged here.
 import { randomBytes } from 'node:crypto';
 import { createActor, type Actor } from 'xstate';
 import { coordinatorMachine, type CoordinatorCommand, type CoordinatorMachineInput } from '../../actors/coordinator-machine.ts';
@@ -20,11 +25,16 @@ import { initRunMetrics } from '../telemetry/metrics.ts';
 import { readBridgeRecord, startBridges, type BridgeRecord } from '../bridge/bridge-runtime.ts';
 import type { Logger } from '../log.ts';
 import type { NatsConnection } from '@nats-io/transport-node';
-import { connectNats } from '../nats/connect.ts';
+import { connectToRun } from '../nats/connect.ts';
 import { publishDurable, retryTransient } from '../transport/durable-publish.ts';
 import { decodeJson, encodeJson } from '../transport/json.ts';
 import { openReaderConsumer, openRunResources, PULL_EXPIRES_MS, type RunResources } from '../transport/run-resources.ts';
-import { assignSlot, readSlot, type SlotRecord } from '../transport/slots.ts';
+import { assignSlot, readSlot, recordReportedCheckpoint, type CheckpointPointer, type SlotRecord } from '../transport/slots.ts';
+import { checkRegistration } from '../security/registration.ts';
+import { SIGNATURE_HEADER } from '../security/message-signature.ts';
+import { SlotSigners } from '../security/slot-signers.ts';
+import { createHash } from 'node:crypto';
+import type { MsgHdrs } from '@nats-io/transport-node';
 
 export interface CoordinatorOptions {
   readonly nats: string;
@@ -33,6 +43,8 @@ export interface CoordinatorOptions {
   readonly log: Logger;
   readonly heartbeatTimeoutMs?: number;
   readonly streamReplicas?: number;
+  /** An nkey seed file to authenticate to NATS with (the coordinator role of `caravan creds`). */
+  readonly nkey?: string;
 }
 
 export interface RunSummary {
@@ -88,6 +100,8 @@ interface HostEntry {
   readonly datacenter: string;
   readonly status: 'joined' | 'standby' | 'assigned' | 'lost';
   readonly joined: string;
+  /** The public nkey the host proved it holds when it registered. */
+  readonly key?: string;
 }
 
 /** sha256 over the parameter tensors of stage states, in order (optimizer moments excluded). */
@@ -135,7 +149,7 @@ export async function runCoordinator(o: CoordinatorOptions): Promise<RunSummary>
   const { config } = o;
   const t = config.training;
   const log = o.log.child({ run: o.run });
-  const nc = await connectNats(o.nats, `caravan-coordinator-${o.run}`);
+  const nc = await connectToRun(o.nats, `caravan-coordinator-${o.run}`, o.run, o.nkey);
   const res = await openRunResources(nc, o.run, { replicas: o.streamReplicas });
   try {
     const prior = await readJson<RunState>(res, 'state');
@@ -189,7 +203,9 @@ async function coordinate(
   const losses: number[][] = Array.from({ length: t.replicas }, () => []);
   const published = new Set<string>();   // step control already in the log
   const counters = new Map<string, StageCounters>();  // the latest of every slot's holder, `${replica}.${stage}`
-  const finals = new Set<string>();  // `${replica}.${stage}` whose final state is uploaded (its counters are the last)
+  const finals = new Map<string, string>();  // `${replica}.${stage}` whose final state is uploaded (its counters are the last) → its sha256
+  const hostKeys = new Map<string, string>();  // host → the public key it registered (also in its KV record, for restarts)
+  const signers = new SlotSigners(res.kv);
   const bridges = t.bridge ? startBridges({ res, config, bridge: t.bridge, log, onError: (err) => settle(err) }) : undefined;
   // The run's metrics over OpenTelemetry (off unless OTEL_EXPORTER_OTLP_* names an endpoint): the live state, read when exported.
   const metrics = initRunMetrics({ service: 'caravan-coordinator', run: o.run }, () => state);
@@ -199,10 +215,29 @@ async function coordinate(
   const subs = [
     nc.subscribe(res.names.register, {
       callback: (_e, m) => {
-        const msg = decodeJson<{ host: string; datacenter: string }>(m.data, 'registration');
+        let msg: { host: string; datacenter: string; key: string; proof: string };
+        try {
+          msg = decodeJson(m.data, 'registration');
+        } catch (err) {
+          m.respond(encodeJson({ ok: false, reason: (err as Error).message }));
+          return;
+        }
+        const refused = checkRegistration(o.run, msg);
+        if (refused) {
+          log.warn({ reason: refused }, 'registration refused');
+          m.respond(encodeJson({ ok: false, reason: refused }));
+          return;
+        }
+        // A host id is bound to the first key it registered with: another key under the same id is someone else.
+        const known = hostKeys.get(msg.host);
+        if (known && known !== msg.key) {
+          m.respond(encodeJson({ ok: false, reason: `host id ${msg.host} is registered with another key` }));
+          return;
+        }
+        hostKeys.set(msg.host, msg.key);
         m.respond(encodeJson({ ok: true, run: o.run }));
-        log.info({ host: msg.host, datacenter: msg.datacenter }, 'host joined');
-        putHost(msg.host, 'joined', { datacenter: msg.datacenter ?? 'default' });
+        log.info({ host: msg.host, datacenter: msg.datacenter, key: msg.key }, 'host joined');
+        putHost(msg.host, 'joined', { datacenter: msg.datacenter ?? 'default', key: msg.key });
         coordinator.send({ type: 'HOST_JOINED', host: msg.host, datacenter: msg.datacenter ?? 'default' });
       },
     }),
@@ -223,7 +258,12 @@ async function coordinate(
       case 'ASSIGN': {
         const [begin, end] = splitLayers(config.model.nLayers, t.stages)[cmd.stage];
         write(`slot ${cmd.replica}.${cmd.stage}`, async () => {
-          const { record } = await retryTransient(`slot ${cmd.replica}.${cmd.stage}`, () => assignSlot(res.kv, cmd.replica, cmd.stage, cmd.host));
+          const key = hostKeys.get(cmd.host) ?? (await readJson<HostEntry>(res, res.names.hostKey(cmd.host)))?.key;
+          if (!key) throw new Error(`host ${cmd.host} has no registered key`);
+          // The previous holder's frames stored up to now are good; any later ones come from a host that was replaced.
+          const edgeSeq = (await retryTransient('edge stream info', () => res.jsm.streams.info(res.names.edgeStream))).state.last_seq;
+          const { record } = await retryTransient(`slot ${cmd.replica}.${cmd.stage}`, () => assignSlot(res.kv, cmd.replica, cmd.stage, cmd.host, { key, edgeSeq }));
+          signers.update(record);
           const fields = { host: cmd.host, replica: cmd.replica, stage: cmd.stage, generation: record.generation, from: record.checkpoint?.step ?? null };
           if (cmd.replacing) {
             recoveries.slots_reassigned++;
@@ -304,7 +344,7 @@ async function coordinate(
     return actor;
   }
 
-  function dispatch(subject: string, data: Uint8Array, seq: number): void {
+  async function dispatch(subject: string, data: Uint8Array, seq: number, headers: MsgHdrs | undefined): Promise<void> {
     if (!subject.startsWith(`caravan.${o.run}.report.`)) return;
     let msg: StageReport;
     try {
@@ -315,18 +355,40 @@ async function coordinate(
     }
     const replica = replicas[msg.replica];
     if (!replica) return;
+    // A report counts only if the holder of the slot its subject names signed it, under the generation it claims.
+    const [sr, ss] = subject.split('.').slice(-2).map(Number);
+    const signed = await signers.check({ kind: 'report', subject, body: data, header: headers?.get(SIGNATURE_HEADER), replica: sr, stage: ss });
+    if (!signed.ok || msg.replica !== sr || msg.stage !== ss || msg.generation !== signed.generation) {
+      log.warn({ seq, subject, reason: signed.ok ? `the report names replica ${msg.replica} stage ${msg.stage} generation ${msg.generation}` : signed.reason }, 'report refused');
+      return;
+    }
+    if (msg.type === 'checkpoint') { recordCheckpointOf(msg.replica, msg.stage, msg.generation, msg.checkpoint); return; }
     if (msg.type === 'done' || msg.type === 'final') counters.set(`${msg.replica}.${msg.stage}`, msg.counters);
     if (msg.type === 'done') replica.send({ type: 'STAGE_DONE', stage: msg.stage, step: msg.step, sumSquares: msg.sumSquares, loss: msg.loss ?? undefined });
     else if (msg.type === 'stepped') replica.send({ type: 'STAGE_STEPPED', stage: msg.stage, step: msg.step });
     else if (msg.type === 'contribution') bridges?.contributed(msg);
-    else if (msg.type === 'final') { finals.add(`${msg.replica}.${msg.stage}`); maybeFinish(); }
+    else if (msg.type === 'final') { finals.set(`${msg.replica}.${msg.stage}`, msg.sha256); maybeFinish(); }
+  }
+
+  /** Records a checkpoint a holder reported, then drops what it makes unnecessary: the previous state and the inputs before it. */
+  function recordCheckpointOf(replica: number, stage: number, generation: number, pointer: CheckpointPointer): void {
+    write(`checkpoint of slot ${replica}.${stage}`, async () => {
+      const done = await recordReportedCheckpoint(res.kv, replica, stage, generation, pointer);
+      if (!done.recorded) { log.debug({ replica, stage, step: pointer.step, why: done.why }, 'checkpoint not recorded'); return; }
+      log.debug({ replica, stage, step: pointer.step, object: pointer.object }, 'checkpoint recorded');
+      if (done.previous && done.previous.object !== pointer.object) await res.objects.delete(done.previous.object).catch(() => {});
+      for (const kind of ['act', 'grad'] as const) {
+        const seq = pointer.resume[kind];
+        if (seq) await res.jsm.streams.purge(res.names.edgeStream, { filter: res.names.edge(kind, replica, stage), seq }).catch(() => {});
+      }
+    });
   }
 
   // The control log from its start: what is there already is the history to
   // rebuild (its opens and commits are not written again); after that, live.
   async function followControlLog(): Promise<void> {
     const last = (await retryTransient('control log info', () => res.jsm.streams.info(res.names.controlStream))).state.last_seq;
-    const backlog: Array<{ subject: string; data: Uint8Array; seq: number }> = [];
+    const backlog: Array<{ subject: string; data: Uint8Array; seq: number; headers: MsgHdrs | undefined }> = [];
     const name = await openReaderConsumer(res, {
       stream: res.names.controlStream,
       name: res.names.coordinatorConsumer(randomBytes(4).toString('hex')),
@@ -335,7 +397,7 @@ async function coordinate(
     });
     const consumer = await res.js.consumers.get(res.names.controlStream, name);
     const messages = await consumer.consume({ expires: PULL_EXPIRES_MS });
-    const goLive = () => {
+    const goLive = async () => {
       for (const m of backlog) {
         if (!m.subject.startsWith(`caravan.${o.run}.step.`)) continue;
         try {
@@ -345,20 +407,20 @@ async function coordinate(
       }
       for (let r = 0; r < t.replicas; r++) replicas.push(startReplica(r));
       for (const r of replicas) r.send({ type: 'START' });
-      for (const m of backlog) dispatch(m.subject, m.data, m.seq);
+      for (const m of backlog) await dispatch(m.subject, m.data, m.seq, m.headers);
       if (backlog.length) log.info({ replayed: backlog.length, steps: losses.map((l) => l.length) }, 'control log replayed');
     };
-    if (last === 0) goLive();
+    if (last === 0) await goLive();
     let live = last === 0;
     stopLog = () => void messages.close().catch(() => {});
     for await (const m of messages) {
       m.ack();
       if (!live) {
-        backlog.push({ subject: m.subject, data: m.data, seq: m.seq });
-        if (m.seq >= last) { live = true; goLive(); }
+        backlog.push({ subject: m.subject, data: m.data, seq: m.seq, headers: m.headers });
+        if (m.seq >= last) { live = true; await goLive(); }
         continue;
       }
-      dispatch(m.subject, m.data, m.seq);
+      await dispatch(m.subject, m.data, m.seq, m.headers);
     }
   }
   let stopLog = () => {};
@@ -380,6 +442,10 @@ async function coordinate(
       for (const [begin, end] of ranges) {
         const blob = await res.objects.getBlob(res.names.finalState(r, begin, end));
         if (!blob) throw new Error(`final state of replica ${r} layers [${begin}, ${end}) is missing from the object store`);
+        const reported = finals.get(`${r}.${blobs.length}`);
+        if (createHash('sha256').update(blob).digest('hex') !== reported) {
+          throw new Error(`final state of replica ${r} layers [${begin}, ${end}) is not the one its holder reported: it was overwritten in the object store`);
+        }
         blobs.push(blob);
       }
       hashes.push(hashStageStates(blobs));

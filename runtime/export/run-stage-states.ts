@@ -5,7 +5,7 @@ import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { splitLayers } from '../../native/index.ts';
 import { validateRunConfig, type RunConfig } from '../../schemas/run-config.ts';
-import { connectNats } from '../nats/connect.ts';
+import { connectToRun } from '../nats/connect.ts';
 import { decodeJson } from '../transport/json.ts';
 import { openExistingRun } from '../transport/run-resources.ts';
 import type { StageStateBlob } from './stitch-stages.ts';
@@ -22,8 +22,8 @@ export async function statesFromCheckpointDir(dir: string): Promise<StageStateBl
   return Promise.all(files.map(async (f) => ({ source: join(dir, f), bytes: await readFile(join(dir, f)) })));
 }
 
-export async function statesFromRun(url: string, run: string, replica: number): Promise<{ blobs: StageStateBlob[]; config: RunConfig }> {
-  const nc = await connectNats(url, `caravan-export-${run}`);
+export async function statesFromRun(url: string, run: string, replica: number, nkey?: string): Promise<{ blobs: StageStateBlob[]; config: RunConfig }> {
+  const nc = await connectToRun(url, `caravan-export-${run}`, run, nkey);
   try {
     const res = await openExistingRun(nc, run, url);
     const entry = await res.kv.get('config');

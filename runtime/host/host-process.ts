@@ -4,6 +4,11 @@
 // is a standby. A later slot record naming another host for its slot means it
 // was replaced (it went quiet for too long): it stops at once and exits with
 // a line saying so. It leaves when the run's state says finished or failed.
+//
+// Its identity is an nkey: the one `--nkey` names (which also authenticates
+// it to NATS), or a fresh one. It proves it holds the key when it registers;
+// the coordinator binds the slot it gives the host to that key, and every
+// frame and report the host publishes is signed with it.
 import { hostname } from 'node:os';
 import type { KvWatchEntry } from '@nats-io/kv';
 import type { NatsConnection } from '@nats-io/transport-node';
@@ -12,7 +17,10 @@ import type { Logger } from '../log.ts';
 import { connectNats } from '../nats/connect.ts';
 import { retryTransient } from '../transport/durable-publish.ts';
 import { decodeJson, encodeJson } from '../transport/json.ts';
-import { openRunResources, type RunResources } from '../transport/run-resources.ts';
+import { openExistingRun, type RunResources } from '../transport/run-resources.ts';
+import { newHostKey, readHostKey, type HostKey } from '../security/host-key.ts';
+import { registrationProof } from '../security/registration.ts';
+import { SlotSigners } from '../security/slot-signers.ts';
 import { decodeSlot, SlotLostError, type SlotEntry } from '../transport/slots.ts';
 import { FaultPoints } from './fault-points.ts';
 import { startStage, type HostDevice, type StageRunner } from './stage-runner.ts';
@@ -28,6 +36,8 @@ export interface HostOptions {
   readonly log: Logger;
   readonly heartbeatMs?: number;
   readonly registerTimeoutMs?: number;
+  /** An nkey seed file (`caravan creds`): the host's NATS user and signing key. A fresh key when absent. */
+  readonly nkey?: string;
 }
 
 /** Exit status of a host that was replaced: not a crash, and not a success either. */
@@ -47,7 +57,8 @@ export async function runHost(o: HostOptions): Promise<void> {
       throw new Error(`--device cuda --gpu ${o.gpu}: ${(err as Error).message}`);
     }
   }
-  const nc = await connectNats(o.nats, `caravan-host-${hostId()}`);
+  const key = o.nkey ? await readHostKey(o.nkey) : newHostKey();
+  const nc = await connectNats(o.nats, `caravan-host-${hostId()}`, { run: o.run, ...(o.nkey ? { credentials: key } : {}) });
   const id = hostId();
   const log = o.log.child({ run: o.run, host: id, datacenter: o.datacenter });
   if (gpu) log.info({ gpu: gpu.index, name: gpu.name, memory_gib: +(gpu.totalBytes / 2 ** 30).toFixed(1), free_gib: +(gpu.freeBytes / 2 ** 30).toFixed(1), compute_capability: gpu.computeCapability }, 'using GPU');
@@ -57,13 +68,14 @@ export async function runHost(o: HostOptions): Promise<void> {
   let beat: NodeJS.Timeout | undefined;
   let faults: FaultPoints | undefined;
   try {
-    const res = await openRunResources(nc, o.run);
+    // Hosts do not create a run's streams (their permissions do not allow it): they wait for the coordinator to.
+    const res = await waitForRun(nc, o);
     faults = new FaultPoints(nc, id, res.names.chaos(id), res.names.chaosReached);
     beat = setInterval(() => {
       nc.publish(res.names.heartbeat(id), encodeJson({ host: id, datacenter: o.datacenter, deadLetters: deadLetters.count }));
     }, o.heartbeatMs ?? 1000);
-    await register(nc, res, id, o, device, log);
-    await followRun(nc, res, id, device, log, faults, deadLetters, tracing);
+    await register(nc, res, id, o, device, key, log);
+    await followRun(nc, res, id, device, log, faults, deadLetters, tracing, key);
   } finally {
     clearInterval(beat);
     faults?.close();
@@ -73,8 +85,9 @@ export async function runHost(o: HostOptions): Promise<void> {
 }
 
 /** Watches the run's state and slots until the run ends or this host loses its slot. */
-async function followRun(nc: NatsConnection, res: RunResources, id: string, device: HostDevice, log: Logger, faults: FaultPoints, deadLetters: { count: number }, tracing: Tracing): Promise<void> {
+async function followRun(nc: NatsConnection, res: RunResources, id: string, device: HostDevice, log: Logger, faults: FaultPoints, deadLetters: { count: number }, tracing: Tracing, key: HostKey): Promise<void> {
   const watch = await res.kv.watch({ key: ['state', 'slot.>'] });
+  const signers = new SlotSigners(res.kv);
   let stage: StageRunner | undefined;
   let held: SlotEntry | undefined;
   let ending: Promise<void> | undefined;
@@ -97,6 +110,7 @@ async function followRun(nc: NatsConnection, res: RunResources, id: string, devi
       }
       if (e.operation !== 'PUT' || e.value.length === 0) continue;
       const record = decodeSlot(e.value, e.key);
+      signers.update(record);
       if (held && record.replica === held.record.replica && record.stage === held.record.stage && record.generation !== held.record.generation) {
         const lost = new SlotLostError(held.record.replica, held.record.stage, id, record);
         stage?.stop(lost);
@@ -108,7 +122,7 @@ async function followRun(nc: NatsConnection, res: RunResources, id: string, devi
       const slotLog = log.child({ replica: record.replica, stage: record.stage, generation: record.generation });
       slotLog.info({ from: record.checkpoint?.step ?? null }, 'slot assigned');
       const config = validateRunConfig(decodeJson((await retryTransient('run config', () => res.kv.get('config')))?.value ?? new Uint8Array(), 'run config in KV'));
-      stage = await startStage({ nc, res, config, slot: held, host: id, device, log: slotLog, faults, deadLetters, tracing });
+      stage = await startStage({ nc, res, config, slot: held, host: id, device, log: slotLog, faults, deadLetters, tracing, key, signers });
       nc.publish(res.names.ready, encodeJson({ host: id, replica: record.replica, stage: record.stage }));
       ending = stage.done.catch((err: Error) => {
         // A stage that cannot go on fails the run: a replacement would meet the same error.
@@ -135,16 +149,35 @@ function runStatus(e: KvWatchEntry): string | undefined {
   return decodeJson<{ status?: string }>(e.value, 'run state').status;
 }
 
-async function register(nc: NatsConnection, res: RunResources, id: string, o: HostOptions, device: HostDevice, log: Logger): Promise<void> {
+async function waitForRun(nc: NatsConnection, o: HostOptions): Promise<RunResources> {
   const deadline = Date.now() + (o.registerTimeoutMs ?? 5 * 60_000);
   for (;;) {
     try {
-      await nc.request(res.names.register, encodeJson({ host: id, datacenter: o.datacenter, device: device.kind, ...(device.kind === 'cuda' ? { gpu: device.gpu.name } : {}) }), { timeout: 2000 });
-      log.info('registered with the coordinator');
-      return;
+      return await openExistingRun(nc, o.run, o.nats);
     } catch (err) {
-      if (Date.now() > deadline) throw new Error(`no coordinator answered on ${res.names.register}: ${(err as Error).message}`);
+      if (Date.now() > deadline || /permission/i.test((err as Error).message)) throw err;
       await new Promise((r) => setTimeout(r, 500));
     }
   }
 }
+
+async function register(nc: NatsConnection, res: RunResources, id: string, o: HostOptions, device: HostDevice, key: HostKey, log: Logger): Promise<void> {
+  const deadline = Date.now() + (o.registerTimeoutMs ?? 5 * 60_000);
+  const body = {
+    host: id, datacenter: o.datacenter, device: device.kind, ...(device.kind === 'cuda' ? { gpu: device.gpu.name } : {}),
+    key: key.publicKey, proof: registrationProof(key, o.run, id),
+  };
+  for (;;) {
+    try {
+      const reply = decodeJson<{ ok: boolean; reason?: string }>((await nc.request(res.names.register, encodeJson(body), { timeout: 2000 })).data, 'registration reply');
+      if (!reply.ok) throw new RegistrationRefused(`the coordinator refused this host: ${reply.reason ?? 'no reason given'}`);
+      log.info({ key: key.publicKey }, 'registered with the coordinator');
+      return;
+    } catch (err) {
+      if (err instanceof RegistrationRefused || Date.now() > deadline) throw err instanceof RegistrationRefused ? err : new Error(`no coordinator answered on ${res.names.register}: ${(err as Error).message}`);
+      await new Promise((r) => setTimeout(r, 500));
+    }
+  }
+}
+
+class RegistrationRefused extends Error {}

@@ -9,10 +9,16 @@
 // and replays the steps since exactly as they ran the first time: the
 // engine is deterministic and the commits carry the clip factor that was
 // decided, so the weights come out bit for bit the same. Every K steps it
-// uploads its state to the Object Store and records it in its slot (a
-// compare-and-set that fails once the slot was given to another host).
+// uploads its state to the Object Store and reports it; the coordinator
+// records it in the slot (only while this holder's generation holds it) and
+// then drops the inputs the checkpoint makes unnecessary.
+//
+// Everything it publishes is signed with the host's key; every frame it
+// receives is checked against the slot table's key for the sender's slot
+// before its tensor is decoded (security/), and dead-lettered if it fails.
 import type { ConsumerMessages, JsMsg } from '@nats-io/jetstream';
-import { headers, type NatsConnection } from '@nats-io/transport-node';
+import { headers, type MsgHdrs, type NatsConnection } from '@nats-io/transport-node';
+import { createHash } from 'node:crypto';
 import { createActor } from 'xstate';
 import { stageMachine, type StageCommand } from '../../actors/stage-machine.ts';
 import { EngineStage, sgemmGflops, splitLayers, type CudaDeviceInfo } from '../../native/index.ts';
@@ -25,7 +31,10 @@ import { loadTokens } from '../train/train-local.ts';
 import { publishDurable, retryTransient } from '../transport/durable-publish.ts';
 import { decodeJson, encodeJson } from '../transport/json.ts';
 import { openEdgeConsumer, openReaderConsumer, PULL_EXPIRES_MS, ReaderReplacedError, type RunResources } from '../transport/run-resources.ts';
-import { readSlot, recordCheckpoint, SlotLostError, type SlotEntry } from '../transport/slots.ts';
+import { readSlot, SlotLostError, type CheckpointPointer, type SlotEntry } from '../transport/slots.ts';
+import type { HostKey } from '../security/host-key.ts';
+import { SIGNATURE_HEADER, signatureHeader } from '../security/message-signature.ts';
+import type { SlotSigners } from '../security/slot-signers.ts';
 import type { Tracing } from '../telemetry/tracing.ts';
 import type { FaultPoints } from './fault-points.ts';
 import { MicrobatchTraces, traceIds } from './microbatch-traces.ts';
@@ -44,7 +53,8 @@ export type StepControl =
 export type StageReport =
   | { type: 'done'; replica: number; stage: number; generation: number; host: string; step: number; sumSquares: number[]; loss?: number; counters: StageCounters }
   | { type: 'stepped'; replica: number; stage: number; generation: number; host: string; step: number; contributions: number[] }
-  | { type: 'final'; replica: number; stage: number; generation: number; host: string; name: string; counters: StageCounters }
+  | { type: 'checkpoint'; replica: number; stage: number; generation: number; host: string; step: number; checkpoint: CheckpointPointer }
+  | { type: 'final'; replica: number; stage: number; generation: number; host: string; name: string; sha256: string; counters: StageCounters }
   | ({ type: 'contribution'; generation: number; host: string } & ContributionReport);
 
 /** A slot holder's counters since it started (a replacement: since its restore), sent with each step report. */
@@ -97,13 +107,17 @@ export interface StageRunnerOptions {
   readonly faults: FaultPoints;
   readonly deadLetters: { count: number };
   readonly tracing: Tracing;
+  /** Signs what this host publishes. */
+  readonly key: HostKey;
+  /** Checks what it receives. */
+  readonly signers: SlotSigners;
 }
 
 export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
   const { nc, res, config, host, log, faults } = o;
   const { model, optim, training: t } = config;
   const { replica, stage: s, generation } = o.slot.record;
-  let held = o.slot;
+  const held = o.slot;
   const S = t.stages, M = t.microbatches, B = t.batchSize, T = t.seqLen;
   const K = t.checkpointEvery;
   const [layerBegin, layerEnd] = splitLayers(model.nLayers, S)[s];
@@ -111,16 +125,26 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
   const engine = new EngineStage({ model, optim, layerBegin, layerEnd, seed: t.seed, threads: t.cpuThreads, ...onGpu });
   const restored = held.record.checkpoint;
   let settled = false;
+  // A signed publish; its Nats-Msg-Id ends with a piece of the signature, which no other host can produce, so nobody can
+  // take an id first and have this holder's message dropped as its duplicate (this holder's own re-sends still are).
+  const publishSigned = (kind: 'frame' | 'report', subject: string, bytes: Uint8Array, msgID: string, h: MsgHdrs = headers()) => {
+    const sig = signatureHeader(o.key, generation, kind, subject, bytes);
+    h.set(SIGNATURE_HEADER, sig);
+    return publishDurable(res.js, subject, bytes, { msgID: `${msgID}/${sig.slice(sig.indexOf('.') + 1, sig.indexOf('.') + 17)}`, headers: h });
+  };
   const report = async (r: Record<string, unknown> & { type: StageReport['type']; step?: number }) => {
     const body = { ...r, replica, stage: s, generation, host };
-    const id = `${r.type}-${replica}-${s}-${r.step ?? 'end'}-g${generation}`;
-    await publishDurable(res.js, res.names.report(replica, s), encodeJson(body), { msgID: id });
+    await publishSigned('report', res.names.report(replica, s), encodeJson(body), `${r.type}-${replica}-${s}-${r.step ?? 'end'}-g${generation}`);
   };
   // Made before a checkpoint is loaded: it keeps the initial weights where pseudo-gradients need them.
   const bridge = t.bridge ? new StageSync({ res, bridge: t.bridge, replica, stage: s, engine, log, stopped: () => settled, report }) : undefined;
   if (restored) {
     const blob = await retryTransient(`checkpoint download ${restored.object}`, () => res.objects.getBlob(restored.object));
     if (!blob) throw new Error(`checkpoint ${restored.object} of replica ${replica} stage ${s} is missing from the object store`);
+    const sha = sha256Hex(blob);
+    if (restored.sha256 && sha !== restored.sha256) {
+      throw new Error(`checkpoint ${restored.object} of replica ${replica} stage ${s} is not the one its holder recorded (sha256 ${sha.slice(0, 16)}…, recorded ${restored.sha256.slice(0, 16)}…): it was overwritten in the object store`);
+    }
     engine.loadState(blob, `checkpoint ${restored.object}`);
     await bridge?.restored(restored.step);
     log.info({ step: restored.step, object: restored.object }, 'restored from checkpoint');
@@ -139,7 +163,6 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
   const lossSums = new Map<number, number>();
   let accumulated: number[] = [];                    // microbatches backwarded into the gradients since the last update
   let applied: number[] = [];
-  let lastCheckpoint = restored?.object;
   const key = (kind: FrameKind, step: number, mb: number) => `${kind}/${step}/${mb}`;
 
   // Activations go out across the boundary at layerEnd, gradients across the one at layerBegin.
@@ -179,7 +202,7 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
       if (bytes.length > maxPayload) {
         throw new Error(`a ${kind} frame of ${bytes.length} bytes exceeds the server's max_payload of ${maxPayload} bytes: raise max_payload (up to 8MB) in the nats-server config, shrink B·T·d, or put a bottleneck at the boundary (--bottleneck K)`);
       }
-      return publishDurable(res.js, res.names.edge(kind, replica, to), bytes, { msgID: frameMsgId(res.names.run, replica, step, mb, kind, to), headers });
+      return publishSigned('frame', res.names.edge(kind, replica, to), bytes, frameMsgId(res.names.run, replica, step, mb, kind, to), headers);
     });
     await faults.reach('publish');
   };
@@ -213,15 +236,9 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
     const state = engine.state();
     await retryTransient(`checkpoint upload ${name}`, () => res.objects.putBlob({ name }, state));
     await faults.reach('checkpoint');
-    held = await recordCheckpoint(res.kv, held, { step, object: name, resume });
-    log.debug({ step, object: name, ms: Math.round(performance.now() - started) }, 'checkpoint recorded');
-    // What the new checkpoint makes unnecessary: the previous state, and the inputs before it.
-    if (lastCheckpoint && lastCheckpoint !== name) await res.objects.delete(lastCheckpoint).catch(() => {});
-    lastCheckpoint = name;
-    for (const kind of ['act', 'grad'] as const) {
-      const seq = resume[kind];
-      if (seq) await res.jsm.streams.purge(res.names.edgeStream, { filter: res.names.edge(kind, replica, s), seq }).catch(() => {});
-    }
+    // The coordinator records it (hosts may not write run state), then deletes the previous state and the inputs before it.
+    await report({ type: 'checkpoint', step, checkpoint: { step, object: name, resume, sha256: sha256Hex(state) } });
+    log.debug({ step, object: name, ms: Math.round(performance.now() - started) }, 'checkpoint reported');
   };
 
   const actor = createActor(stageMachine, { input: { stage: s, stages: S, microbatches: M, committed: restored?.step ?? -1 } });
@@ -297,7 +314,7 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
             const state = engine.state();
             await retryTransient(`final state upload ${name}`, () => res.objects.putBlob({ name }, state));
             await o.tracing.flush();  // every span of this stage is exported before the run can end
-            await report({ type: 'final', name, counters: counters() });
+            await report({ type: 'final', name, sha256: sha256Hex(state), counters: counters() });
             log.info({ object: name }, 'final state uploaded');
           } else if (K > 0 && (cmd.step + 1) % K === 0) {
             await checkpoint(cmd.step);
@@ -374,18 +391,27 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
     // Activations arrive across the boundary at layerBegin, gradients across the one at layerEnd.
     const width = kind === 'act' ? engine.inWidth : engine.outWidth;
     const expect = { run: res.names.run, replica, stage: s, kind, width, maxSeqLen: model.maxSeqLen, codecs: FRAME_CODECS };
+    const sender = kind === 'act' ? s - 1 : s + 1;
     consumeLoop(`${kind} consumer`, async () => {
       for await (const m of messages) {
         lastSeq.set(kind, m.seq);
         streamPending.set(kind, m.info.pending);
         const received = Date.now();
+        // Who sent it is settled before anything of it is decoded.
+        const signed = await o.signers.check({ kind: 'frame', subject: m.subject, body: m.data, header: m.headers?.get(SIGNATURE_HEADER), replica, stage: sender, seq: m.seq });
+        if (!signed.ok) {
+          await deadLetter(res, m, signed.fault, signed.reason, replica, s, host);
+          o.deadLetters.count++;
+          log.warn({ fault: signed.fault, reason: signed.reason, subject: m.subject, seq: m.seq }, 'frame dead-lettered');
+          continue;
+        }
         let frame;
         try {
           frame = decodeFrame(m.data, expect);
           if (frame.shape[0] !== B || frame.shape[1] !== T) throw new FrameError('shape', `frame shape [${frame.shape.join(', ')}] is not this run's [${B}, ${T}, ${width}]`);
         } catch (err) {
           if (!(err instanceof FrameError)) throw err;
-          await deadLetter(res, m, err, replica, s, host);
+          await deadLetter(res, m, err.fault, err.message, replica, s, host);
           o.deadLetters.count++;
           log.warn({ fault: err.fault, reason: err.message, subject: m.subject, seq: m.seq }, 'frame dead-lettered');
           continue;
@@ -406,10 +432,14 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
   return { done, stop };
 }
 
-async function deadLetter(res: RunResources, m: JsMsg, err: FrameError, replica: number, stage: number, host: string): Promise<void> {
+function sha256Hex(bytes: Uint8Array): string {
+  return createHash('sha256').update(bytes).digest('hex');
+}
+
+async function deadLetter(res: RunResources, m: JsMsg, fault: string, reason: string, replica: number, stage: number, host: string): Promise<void> {
   const h = headers();
-  h.set('Caravan-Fault', err.fault);
-  h.set('Caravan-Reason', err.message.slice(0, 1000));
+  h.set('Caravan-Fault', fault);
+  h.set('Caravan-Reason', reason.slice(0, 1000));
   h.set('Caravan-Subject', m.subject);
   h.set('Caravan-Host', host);
   await publishDurable(res.js, res.names.dead(replica, stage), m.data, { msgID: `dead-${m.info.stream}-${m.seq}`, headers: h });

@@ -1,14 +1,34 @@
 // Connecting to NATS with an error that names the URL, instead of a stack.
-import { connect, type NatsConnection } from '@nats-io/transport-node';
+// With credentials (an nkey seed from `caravan creds`) the connection
+// authenticates as that user, and its reply subjects live under the run's own
+// inbox prefix, the only inboxes its permissions let it read: one run cannot
+// see the replies another run's peers get.
+import { connect, nkeyAuthenticator, type NatsConnection } from '@nats-io/transport-node';
+import { runInboxPrefix } from '../transport/subjects.ts';
+import { readHostKey } from '../security/host-key.ts';
 
 export type { NatsConnection };
 
-export async function connectNats(url: string, name: string): Promise<NatsConnection> {
+export interface NatsCredentials {
+  /** An nkey user seed ('SU…'). */
+  readonly seed: Uint8Array;
+}
+
+export async function connectNats(url: string, name: string, o: { credentials?: NatsCredentials; run?: string } = {}): Promise<NatsConnection> {
   try {
     // A cluster is given as a comma-separated list of its servers' URLs.
     const servers = url.split(',').map((u) => u.trim()).filter(Boolean);
-    return await connect({ servers, name, maxReconnectAttempts: 10, reconnectTimeWait: 500, timeout: 5000 });
+    return await connect({
+      servers, name, maxReconnectAttempts: 10, reconnectTimeWait: 500, timeout: 5000,
+      ...(o.credentials ? { authenticator: nkeyAuthenticator(o.credentials.seed) } : {}),
+      ...(o.run ? { inboxPrefix: runInboxPrefix(o.run) } : {}),
+    });
   } catch (err) {
     throw new Error(`cannot reach NATS at ${url}: ${(err as Error).message}`);
   }
+}
+
+/** A connection for one run: its inbox prefix, and the user of an nkey seed file when one is given. */
+export async function connectToRun(url: string, name: string, run: string, nkeyFile?: string): Promise<NatsConnection> {
+  return connectNats(url, name, { run, ...(nkeyFile ? { credentials: await readHostKey(nkeyFile) } : {}) });
 }

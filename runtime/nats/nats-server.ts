@@ -26,7 +26,8 @@ export function natsServerBinary(): string {
   return existsSync(local) ? local : 'nats-server';
 }
 
-export async function startNatsServer(options: { timeoutMs?: number } = {}): Promise<NatsServerHandle> {
+/** `config`: more lines for the server's config file (an `include` of the auth.conf `caravan creds` writes, say). */
+export async function startNatsServer(options: { timeoutMs?: number; config?: readonly string[] } = {}): Promise<NatsServerHandle> {
   const dir = await mkdtemp(join(tmpdir(), 'caravan-nats-'));
   const storeDir = join(dir, 'store');
   const config = join(dir, 'nats.conf');
@@ -38,6 +39,7 @@ export async function startNatsServer(options: { timeoutMs?: number } = {}): Pro
       // Acknowledged must mean persisted: fsync each write (nats-server >= 2.10).
       `jetstream { store_dir: "${storeDir}", sync_interval: always }`,
       `ports_file_dir: "${dir}"`,
+      ...(options.config ?? []),
     ].join('\n'),
   );
   const child = spawn(natsServerBinary(), ['-c', config], { stdio: ['ignore', 'ignore', 'pipe'] });

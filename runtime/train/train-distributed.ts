@@ -10,7 +10,7 @@ import type { RunConfig } from '../../schemas/run-config.ts';
 import type { RunSummary } from '../coordinator/coordinator-process.ts';
 import { REPLACED_EXIT_CODE } from '../host/host-process.ts';
 import type { Logger } from '../log.ts';
-import { connectNats } from '../nats/connect.ts';
+import { connectToRun } from '../nats/connect.ts';
 import { startNatsServer, type NatsServerHandle } from '../nats/nats-server.ts';
 import { decodeJson } from '../transport/json.ts';
 import { openRunResources } from '../transport/run-resources.ts';
@@ -38,6 +38,11 @@ export interface DistributedOptions {
   /** The hosts' device (default the CPU); with 'cuda' every host uses GPU `gpu`. */
   readonly device?: 'cpu' | 'cuda';
   readonly gpu?: number;
+  /**
+   * nkey seed files (`caravan creds`): the coordinator's (this process connects with it too) and one per host, in
+   * order; hosts beyond the list get fresh keys and no NATS credentials.
+   */
+  readonly credentials?: { readonly coordinator?: string; readonly hosts?: readonly string[] };
   /** Datacenter labels for the hosts, given out in turn (default: local-<i>, one each). */
   readonly datacenters?: readonly string[];
   readonly log: Logger;
@@ -70,7 +75,7 @@ export async function trainDistributed(o: DistributedOptions): Promise<RunSummar
   try {
     server = o.nats ? undefined : await startNatsServer();
     const url = o.nats ?? server!.url;
-    const nc = await connectNats(url, `caravan-train-${run}`);
+    const nc = await connectToRun(url, `caravan-train-${run}`, run, o.credentials?.coordinator);
     try {
       const res = await openRunResources(nc, run);
       let settle!: (v: RunSummary | Error) => void;
@@ -95,10 +100,11 @@ export async function trainDistributed(o: DistributedOptions): Promise<RunSummar
       };
       const timeout = o.heartbeatTimeoutMs ? ['--heartbeat-timeout', String(o.heartbeatTimeoutMs)] : [];
       const beat = o.heartbeatTimeoutMs ? ['--heartbeat', String(Math.max(50, Math.floor(o.heartbeatTimeoutMs / 5)))] : [];
-      spawnChild('coordinator', ['coordinator', '--nats', url, '--run', run, '--config', configFile, ...timeout]);
+      const nkey = (file: string | undefined) => (file ? ['--nkey', file] : []);
+      spawnChild('coordinator', ['coordinator', '--nats', url, '--run', run, '--config', configFile, ...timeout, ...nkey(o.credentials?.coordinator)]);
       for (let i = 0; i < hosts; i++) {
         const datacenter = o.datacenters?.length ? o.datacenters[i % o.datacenters.length] : `local-${i}`;
-        spawnChild(`host ${i}`, ['host', '--nats', url, '--run', run, '--device', o.device ?? 'cpu', '--gpu', String(o.gpu ?? 0), '--datacenter', datacenter, ...beat]);
+        spawnChild(`host ${i}`, ['host', '--nats', url, '--run', run, '--device', o.device ?? 'cpu', '--gpu', String(o.gpu ?? 0), '--datacenter', datacenter, ...beat, ...nkey(o.credentials?.hosts?.[i])]);
       }
       const result = await outcome;
       if (result instanceof Error) throw result;

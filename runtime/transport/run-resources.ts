@@ -55,16 +55,21 @@ export function defaultReplicas(nc: NatsConnection): number {
 }
 
 /**
- * The resources of a run that must already exist: for readers (`caravan
- * status`, `caravan export`), where a mistyped run id is an error, not a new
- * empty run.
+ * The resources of a run that must already exist, opened without creating
+ * or changing anything: for hosts (whose permissions allow no more) and
+ * readers (`caravan status`, `caravan export`), where a mistyped run id is an
+ * error, not a new empty run.
  */
 export async function openExistingRun(nc: NatsConnection, run: string, url: string): Promise<RunResources> {
+  const names = runNames(run);
   const jsm = await jetstreamManager(nc);
-  await jsm.streams.info(runNames(run).edgeStream).catch(() => {
-    throw new Error(`no run '${run}' on ${url} (its stream ${runNames(run).edgeStream} does not exist)`);
+  await jsm.streams.info(names.edgeStream).catch((err: Error) => {
+    if (/permission/i.test(err.message)) throw new Error(`run '${run}' on ${url}: ${err.message} (are these credentials for this run?)`);
+    throw new Error(`no run '${run}' on ${url} (its stream ${names.edgeStream} does not exist)`);
   });
-  return openRunResources(nc, run);
+  const kv = await new Kvm(nc).open(names.kvBucket);
+  const objects = await new Objm(nc).open(names.objectBucket);
+  return { names, js: jetstream(nc), jsm, kv, objects };
 }
 
 export async function openRunResources(nc: NatsConnection, run: string, options: { replicas?: number } = {}): Promise<RunResources> {

@@ -1,9 +1,9 @@
 // Slot records in the run's KV bucket: who holds (replica, stage), under which
-// generation, and the holder's last checkpoint. Every write is a
-// compare-and-set on the record's revision, which is the fence: the
-// coordinator hands a slot to a new host by bumping its generation, and from
-// then on the old holder's checkpoint writes fail, so two hosts never both
-// advance one slot.
+// generation and key, and the holder's last checkpoint. Only the coordinator
+// writes them (hosts may not write run state): it hands a slot to a new host
+// by bumping its generation, and records a checkpoint a holder reports only
+// while that holder's generation is the slot's, by a compare-and-set on the
+// record's revision. That is the fence: two hosts never both advance one slot.
 import type { KV } from '@nats-io/kv';
 import { retryTransient } from './durable-publish.ts';
 import { decodeJson, encodeJson } from './json.ts';
@@ -13,6 +13,8 @@ export interface CheckpointPointer {
   readonly object: string;               // Object Store name of the stage state (safetensors)
   /** Where the holder's inputs start after that step: edge stream sequences, and the control log's. */
   readonly resume: { readonly act?: number; readonly grad?: number; readonly control: number };
+  /** SHA-256 (hex) of the object as its holder uploaded it: anyone may write the object store, so a restore checks it. */
+  readonly sha256?: string;
 }
 
 export interface SlotRecord {
@@ -21,7 +23,25 @@ export interface SlotRecord {
   readonly host: string;
   readonly generation: number;
   readonly checkpoint?: CheckpointPointer;
+  /**
+   * Who signed for this slot, newest last (the last MAX_SIGNERS generations):
+   * receivers check a frame's signature against the key of the generation it
+   * claims. A generation that lost the slot keeps `untilSeq`, the edge
+   * stream's last sequence when it was replaced: its frames stored before
+   * then are good (a replacement replays them), later ones are stale.
+   */
+  readonly signers?: readonly SlotSigner[];
 }
+
+export interface SlotSigner {
+  readonly generation: number;
+  readonly host: string;
+  /** The holder's public nkey ('U…'). */
+  readonly key: string;
+  readonly untilSeq?: number;
+}
+
+const MAX_SIGNERS = 16;
 
 export interface SlotEntry {
   readonly record: SlotRecord;
@@ -50,13 +70,21 @@ export async function readSlot(kv: KV, replica: number, stage: number): Promise<
   return { record: decodeSlot(e.value, e.key), revision: e.revision };
 }
 
-/** Gives the slot to `host` with the next generation, keeping the last checkpoint. Retries when another write got in first. */
-export async function assignSlot(kv: KV, replica: number, stage: number, host: string): Promise<SlotEntry> {
+/**
+ * Gives the slot to `host` with the next generation, keeping the last
+ * checkpoint and binding the generation to the host's public key. `edgeSeq`
+ * is the edge stream's last sequence as the coordinator decided: the
+ * previous holder's frames after it are stale. Retries when another write got in first.
+ */
+export async function assignSlot(kv: KV, replica: number, stage: number, host: string, signer?: { key: string; edgeSeq: number }): Promise<SlotEntry> {
   for (;;) {
     const current = await readSlot(kv, replica, stage);
     // Already this host's (an earlier attempt landed before its reply was lost): assigning twice must not bump the generation.
     if (current?.record.host === host) return current;
-    const record: SlotRecord = { replica, stage, host, generation: (current?.record.generation ?? 0) + 1, checkpoint: current?.record.checkpoint };
+    const generation = (current?.record.generation ?? 0) + 1;
+    const before = (current?.record.signers ?? []).map((x) => (x.generation === current!.record.generation && x.untilSeq === undefined && signer ? { ...x, untilSeq: signer.edgeSeq } : x));
+    const signers = signer ? [...before, { generation, host, key: signer.key }].slice(-MAX_SIGNERS) : current?.record.signers;
+    const record: SlotRecord = { replica, stage, host, generation, checkpoint: current?.record.checkpoint, ...(signers ? { signers } : {}) };
     try {
       const revision = current
         ? await kv.update(slotKey(replica, stage), encodeJson(record), current.revision)
@@ -81,5 +109,28 @@ export async function recordCheckpoint(kv: KV, held: SlotEntry, checkpoint: Chec
     const now = await readSlot(kv, replica, stage);
     if (now && now.record.host === host && now.record.generation === generation && now.record.checkpoint?.object === checkpoint.object) return now;
     throw new SlotLostError(replica, stage, host, now?.record);
+  }
+}
+
+/**
+ * Records the checkpoint a slot's holder of `generation` reported, if that
+ * generation still holds the slot and the checkpoint is newer than the one
+ * recorded (reports are replayed after a coordinator restart). Returns the
+ * checkpoint it replaced, or why nothing was recorded.
+ */
+export async function recordReportedCheckpoint(
+  kv: KV, replica: number, stage: number, generation: number, checkpoint: CheckpointPointer,
+): Promise<{ recorded: true; previous?: CheckpointPointer } | { recorded: false; why: string }> {
+  const current = await retryTransient(`slot ${replica}.${stage}`, () => readSlot(kv, replica, stage));
+  if (!current) return { recorded: false, why: 'the slot has no record' };
+  if (current.record.generation !== generation) return { recorded: false, why: `generation ${generation} no longer holds the slot (now ${current.record.generation})` };
+  const previous = current.record.checkpoint;
+  if (previous && previous.step >= checkpoint.step) return { recorded: false, why: `step ${previous.step} is recorded already` };
+  try {
+    await recordCheckpoint(kv, current, checkpoint);
+    return { recorded: true, ...(previous ? { previous } : {}) };
+  } catch (err) {
+    if (err instanceof SlotLostError) return { recorded: false, why: err.message };
+    throw err;
   }
 }

@@ -13,6 +13,11 @@ export function validateRunId(run: string): string {
 
 export type EdgeKind = 'act' | 'grad';
 
+/** Where a run's peers get their replies (JetStream acks, KV reads): `_INBOX.<run>.<nuid>`. */
+export function runInboxPrefix(run: string): string {
+  return `_INBOX.${validateRunId(run)}`;
+}
+
 export function runNames(run: string) {
   validateRunId(run);
   const p = `caravan.${run}`;

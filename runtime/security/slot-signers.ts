@@ -1,0 +1,60 @@
+// Whose signatures count for a slot: the slot table's signers (transport/slots.ts),
+// cached and kept current by the caller's KV watch, re-read when a message
+// names a generation the cache does not know yet (a replacement's first
+// frames can beat the watch).
+import type { KV } from '@nats-io/kv';
+import { retryTransient } from '../transport/durable-publish.ts';
+import { readSlot, type SlotRecord } from '../transport/slots.ts';
+import { verifySignature } from './host-key.ts';
+import { parseSignatureHeader, type SignedKind } from './message-signature.ts';
+
+export interface SignedMessage {
+  readonly kind: SignedKind;
+  readonly subject: string;
+  readonly body: Uint8Array;
+  readonly header: string | undefined;
+  /** The sender's slot. */
+  readonly replica: number;
+  readonly stage: number;
+  /** Edge-stream sequence of a frame: checked against the generation's `untilSeq`. */
+  readonly seq?: number;
+}
+
+export type SignatureVerdict = { ok: true; generation: number; host: string } | { ok: false; fault: 'unsigned' | 'signer' | 'stale' | 'signature'; reason: string };
+
+export class SlotSigners {
+  private readonly records = new Map<string, SlotRecord>();
+
+  constructor(private readonly kv: KV) {}
+
+  /** A slot record as the KV watch delivered it. */
+  update(record: SlotRecord): void {
+    const k = `${record.replica}.${record.stage}`;
+    const had = this.records.get(k);
+    if (!had || had.generation <= record.generation) this.records.set(k, record);
+  }
+
+  async check(m: SignedMessage): Promise<SignatureVerdict> {
+    const slot = `replica ${m.replica} stage ${m.stage}`;
+    const parsed = parseSignatureHeader(m.header, m.kind, m.subject, m.body);
+    if (typeof parsed === 'string') return { ok: false, fault: 'unsigned', reason: `${m.kind} from ${slot}: ${parsed}` };
+    let signer = this.signer(m.replica, m.stage, parsed.generation);
+    if (!signer) {
+      const fresh = await retryTransient(`slot ${m.replica}.${m.stage}`, () => readSlot(this.kv, m.replica, m.stage));
+      if (fresh) this.update(fresh.record);
+      signer = this.signer(m.replica, m.stage, parsed.generation);
+    }
+    if (!signer) return { ok: false, fault: 'signer', reason: `${m.kind} from ${slot} claims generation ${parsed.generation}, which the slot table does not bind to a key` };
+    if (m.seq !== undefined && signer.untilSeq !== undefined && m.seq > signer.untilSeq) {
+      return { ok: false, fault: 'stale', reason: `${m.kind} from ${slot} generation ${parsed.generation} (host ${signer.host}) was stored at sequence ${m.seq}, after that generation was replaced (at ${signer.untilSeq})` };
+    }
+    if (!verifySignature(signer.key, parsed.message, parsed.signature)) {
+      return { ok: false, fault: 'signature', reason: `${m.kind} from ${slot}: the signature does not match generation ${parsed.generation}'s key (host ${signer.host}): not signed by the slot's holder, or altered` };
+    }
+    return { ok: true, generation: parsed.generation, host: signer.host };
+  }
+
+  private signer(replica: number, stage: number, generation: number) {
+    return this.records.get(`${replica}.${stage}`)?.signers?.find((x) => x.generation === generation);
+  }
+}
