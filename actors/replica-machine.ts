@@ -3,6 +3,11 @@
 // the clip factor over all stages in model order, commits the step, and opens
 // the next once every stage has applied it. Pure: the coordinator's runtime
 // carries out what it emits.
+//
+// A step whose gradient norm or loss is not finite never reaches the
+// weights: under 'skip-step' it is committed as skipped (every stage leaves
+// its weights and optimizer state as they were), under 'stop' the replica
+// stops and says which stages' gradients were not finite.
 import { assign, enqueueActions, setup } from 'xstate';
 import { clipDecision } from './grad-clip.ts';
 
@@ -13,6 +18,8 @@ export interface ReplicaMachineInput {
   readonly steps: number;
   readonly maxGradNorm: number;
   readonly firstStep?: number;
+  /** Default 'stop'. */
+  readonly nonFinite?: 'stop' | 'skip-step';
 }
 
 export type ReplicaEvent =
@@ -22,7 +29,8 @@ export type ReplicaEvent =
 
 export type ReplicaCommand =
   | { type: 'OPEN_STEP'; replica: number; step: number }
-  | { type: 'COMMIT_STEP'; replica: number; step: number; gradScale: number; gradNorm: number; loss: number }
+  | { type: 'COMMIT_STEP'; replica: number; step: number; gradScale: number; gradNorm: number; loss: number; skip?: true }
+  | { type: 'NOT_FINITE'; replica: number; step: number; gradNorm: number; loss: number; stages: number[] }
   | { type: 'FINISHED'; replica: number; losses: number[] };
 
 export interface ReplicaContext extends ReplicaMachineInput {
@@ -71,7 +79,14 @@ export const replicaMachine = setup({
               const clip = clipDecision(reports.map((r) => Float64Array.from(r.sumSquares)), context.microbatches, context.maxGradNorm);
               const loss = reports[context.stages - 1].loss ?? NaN;
               enqueue.assign({ reports, losses: [...context.losses, loss] });
-              enqueue.emit({ type: 'COMMIT_STEP', replica: context.replica, step: context.step, gradScale: clip.gradScale, gradNorm: clip.gradNorm, loss });
+              if (Number.isFinite(clip.gradNorm) && Number.isFinite(loss)) {
+                enqueue.emit({ type: 'COMMIT_STEP', replica: context.replica, step: context.step, gradScale: clip.gradScale, gradNorm: clip.gradNorm, loss });
+              } else if (context.nonFinite === 'skip-step') {
+                enqueue.emit({ type: 'COMMIT_STEP', replica: context.replica, step: context.step, gradScale: 0, gradNorm: clip.gradNorm, loss, skip: true });
+              } else {
+                const stages = reports.flatMap((r, s) => (r.sumSquares.every(Number.isFinite) ? [] : [s]));
+                enqueue.emit({ type: 'NOT_FINITE', replica: context.replica, step: context.step, gradNorm: clip.gradNorm, loss, stages });
+              }
             }),
           },
           {

@@ -36,6 +36,13 @@ export interface TrainingConfig {
   // LZ4 on frames between stages where it saves at least 5% (per frame).
   // Changes bytes on the wire, never results. Default true.
   readonly lz4: boolean;
+  // What a run does when a step's gradients or loss are not finite (NaN or
+  // ±Inf, from a frame a peer sent or from the math itself): 'stop' fails the
+  // run with an error naming where they came from; 'skip-step' leaves every
+  // stage's weights and optimizer state as they were for that step, on every
+  // stage of the replica alike. Either way they never reach the weights.
+  // Default 'stop'.
+  readonly nonFinite: NonFinitePolicy;
   // Replicas synchronised by the Bridge every syncEvery steps (DiLoCo);
   // without it replicas train independently.
   readonly bridge?: BridgeConfig;
@@ -67,6 +74,8 @@ export interface BridgeConfig {
 export const DEFAULT_BRIDGE: Omit<BridgeConfig, 'syncEvery' | 'quorum'> = {
   outer: 'nesterov', outerLr: 0.7, outerMomentum: 0.9, payload: 'mxint8', topkFraction: 0.01, timeoutMs: 30_000,
 };
+
+export type NonFinitePolicy = 'stop' | 'skip-step';
 
 export interface RunConfig {
   readonly model: LlamaConfig;
@@ -108,9 +117,11 @@ export function validateRunConfig(config: unknown): RunConfig {
   }
   const raw = config as RunConfig;
   if (raw.training.lz4 !== undefined && typeof raw.training.lz4 !== 'boolean') fail(`training.lz4 must be a boolean, got ${JSON.stringify(raw.training.lz4)}`);
+  const nonFinite = raw.training.nonFinite ?? 'stop';
+  if (nonFinite !== 'stop' && nonFinite !== 'skip-step') fail(`training.nonFinite must be 'stop' or 'skip-step', got ${JSON.stringify(nonFinite)}`);
   const c: RunConfig = {
     ...raw,
-    training: { ...raw.training, checkpointEvery: raw.training.checkpointEvery ?? DEFAULT_CHECKPOINT_EVERY, lz4: raw.training.lz4 ?? true },
+    training: { ...raw.training, checkpointEvery: raw.training.checkpointEvery ?? DEFAULT_CHECKPOINT_EVERY, lz4: raw.training.lz4 ?? true, nonFinite },
   };
   if (c.training.seqLen > c.model.maxSeqLen) fail(`training.seqLen ${c.training.seqLen} exceeds model.maxSeqLen ${c.model.maxSeqLen}`);
   if (c.training.stages > c.model.nLayers) fail(`training.stages ${c.training.stages} exceeds model.nLayers ${c.model.nLayers}`);

@@ -29,6 +29,7 @@ interface TrainFlags extends RunShapeFlags {
   valEvery: number;
   checkpointDir?: string;
   checkpointEvery?: number;
+  nonFinite?: 'stop' | 'skip-step';
   resume?: boolean;
   json?: boolean;
   progress: boolean;
@@ -117,6 +118,7 @@ export function trainCommand(program: Command): void {
     .option('--val-every <n>', '(in-process) steps between validation passes', positiveInt('--val-every'), 50)
     .option('--checkpoint-dir <dir>', '(in-process) write stage checkpoints (safetensors) here')
     .option('--checkpoint-every <n>', 'steps between stage checkpoints (to the Object Store; in-process to --checkpoint-dir); 0: none', nonNegativeInt('--checkpoint-every'))
+    .addOption(new Option('--non-finite <policy>', 'a step whose gradients or loss are NaN/Inf: stop the run naming where they came from, or skip the step on every stage (default stop)').choices(['stop', 'skip-step']))
     .option('--resume', '(in-process) continue from the checkpoints in --checkpoint-dir')
     .addOption(new Option('--log-level <level>', "child processes' log level on stderr").choices([...LOG_LEVELS]))
     .option('--trace-file <file>', "trace every microbatch into this file (JSON lines of spans) for `caravan timeline`; hosts export OTLP to this process")
@@ -137,7 +139,7 @@ export function trainCommand(program: Command): void {
           training: {
             steps: flags.steps, stages: flags.stages, replicas: flags.replicas, microbatches: flags.microbatches,
             batchSize: flags.batch, seqLen: flags.seq, seed: flags.seed, tokenizer: flags.tokenizer, dataFile: flags.data,
-            checkpointEvery: flags.checkpointEvery, bridge: bridgeOverride(flags), ...compression.training,
+            checkpointEvery: flags.checkpointEvery, nonFinite: flags.nonFinite, bridge: bridgeOverride(flags), ...compression.training,
           },
         },
       });

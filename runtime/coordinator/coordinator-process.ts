@@ -76,6 +76,8 @@ export interface RunSummary {
   /** Model FLOPs per second over the sum of the hosts' peaks: a GPU's dense bf16 peak, a CPU's measured fp32 sgemm at start-up. */
   readonly mfu_pct: number;
   readonly recoveries: RecoveryCounts;
+  /** Steps committed as skipped because their gradients or loss were not finite (training.nonFinite = skip-step). */
+  readonly skipped_steps: Array<{ replica: number; step: number }>;
   /** With a Bridge: outer steps every stage completed, and each sync (stage, outer step, replicas, span, bytes). */
   readonly outer_steps?: number;
   readonly bridge_syncs?: BridgeRecord[];
@@ -203,6 +205,7 @@ async function coordinate(
   const losses: number[][] = Array.from({ length: t.replicas }, () => []);
   const published = new Set<string>();   // step control already in the log
   const counters = new Map<string, StageCounters>();  // the latest of every slot's holder, `${replica}.${stage}`
+  const skipped = new Set<string>();  // `${replica}.${step}` committed as skipped
   const finals = new Map<string, string>();  // `${replica}.${stage}` whose final state is uploaded (its counters are the last) → its sha256
   const hostKeys = new Map<string, string>();  // host → the public key it registered (also in its KV record, for restarts)
   const signers = new SlotSigners(res.kv);
@@ -308,7 +311,7 @@ async function coordinate(
 
   function startReplica(replica: number): Actor<typeof replicaMachine> {
     const actor = createActor(replicaMachine, {
-      input: { replica, stages: t.stages, microbatches: t.microbatches, steps: t.steps, maxGradNorm: t.maxGradNorm },
+      input: { replica, stages: t.stages, microbatches: t.microbatches, steps: t.steps, maxGradNorm: t.maxGradNorm, nonFinite: t.nonFinite },
     });
     const control = (id: string, body: StepControl) => {
       if (published.has(id)) return false;  // already in the log: decided before a restart
@@ -323,8 +326,10 @@ async function coordinate(
           return;
         case 'COMMIT_STEP': {
           losses[replica][cmd.step] = cmd.loss;
-          const fresh = control(`commit-${replica}-${cmd.step}`, { type: 'commit', step: cmd.step, gradScale: cmd.gradScale, gradNorm: cmd.gradNorm, loss: cmd.loss });
+          if (cmd.skip) skipped.add(`${replica}.${cmd.step}`);
+          const fresh = control(`commit-${replica}-${cmd.step}`, { type: 'commit', step: cmd.step, gradScale: cmd.gradScale, gradNorm: cmd.gradNorm, loss: cmd.loss, ...(cmd.skip ? { skip: true as const } : {}) });
           if (!fresh) return;
+          if (cmd.skip) log.warn({ replica, step: cmd.step, grad_norm: cmd.gradNorm, loss: cmd.loss }, 'step skipped: its gradients or loss were not finite (training.nonFinite = skip-step)');
           const stepsDone = losses.reduce((n, l) => n + l.length, 0);  // commits come in step order: no holes
           const tokensPerSecond = (stepsDone * tokensPerStep) / Math.max(elapsedSeconds(), 1e-3);
           nc.publish(res.names.progress, encodeJson({ replica, step: cmd.step, loss: cmd.loss, gradNorm: cmd.gradNorm, tokensPerSecond, steps: t.steps }));
@@ -335,6 +340,10 @@ async function coordinate(
           }
           return;
         }
+        case 'NOT_FINITE':
+          settle(new Error(`replica ${replica} step ${cmd.step}: the gradient norm is ${cmd.gradNorm} and the loss ${cmd.loss}, not finite` +
+            `${cmd.stages.length ? ` (in the gradients of stage${cmd.stages.length > 1 ? 's' : ''} ${cmd.stages.join(', ')})` : ''}: stopping before any weight is updated (training.nonFinite = stop)`));
+          return;
         case 'FINISHED':
           coordinator.send({ type: 'REPLICA_FINISHED', replica });
           return;
@@ -480,6 +489,7 @@ async function coordinate(
       devices_by_stage: stagesOf0.map((c) => c.device),
       mfu_pct: mfuPercent(tokensPerS, config.model, t.seqLen, [...counters.values()].map((c) => c.compute.peak_gflops)),
       recoveries: { ...recoveries },
+      skipped_steps: [...skipped].map((k) => { const [replica, step] = k.split('.').map(Number); return { replica, step }; }).sort((a, b) => a.replica - b.replica || a.step - b.step),
       ...(t.bridge ? await bridgeSummary() : {}),
     };
   }

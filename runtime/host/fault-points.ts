@@ -6,6 +6,10 @@
 // after an output is published (stored, its effect not yet recorded), or
 // while a checkpoint is uploaded but not yet recorded. Off by default: a
 // production host ignores the subject entirely.
+//
+// The same switch lets a host play a peer that sends poison:
+// CARAVAN_CHAOS_POISON=<kind>/<replica>/<stage>/<step>/<mb> makes the holder
+// of that slot put a NaN in that output frame (the non-finite tests).
 import type { NatsConnection, Subscription } from '@nats-io/transport-node';
 import { decodeJson, encodeJson } from '../transport/json.ts';
 
@@ -55,4 +59,10 @@ export class FaultPoints {
   close(): void {
     this.sub?.unsubscribe();
   }
+}
+
+/** Whether this output frame is one CARAVAN_CHAOS_POISON names (only with CARAVAN_CHAOS=1). */
+export function poisonedOutput(kind: string, replica: number, stage: number, step: number, mb: number, env = process.env): boolean {
+  if (env.CARAVAN_CHAOS !== '1' || !env.CARAVAN_CHAOS_POISON) return false;
+  return env.CARAVAN_CHAOS_POISON.split(',').includes(`${kind}/${replica}/${stage}/${step}/${mb}`);
 }

@@ -36,7 +36,7 @@ import type { HostKey } from '../security/host-key.ts';
 import { SIGNATURE_HEADER, signatureHeader } from '../security/message-signature.ts';
 import type { SlotSigners } from '../security/slot-signers.ts';
 import type { Tracing } from '../telemetry/tracing.ts';
-import type { FaultPoints } from './fault-points.ts';
+import { poisonedOutput, type FaultPoints } from './fault-points.ts';
 import { MicrobatchTraces, traceIds } from './microbatch-traces.ts';
 import { StageSync } from './bridge-sync.ts';
 import type { ContributionReport } from '../bridge/bridge-runtime.ts';
@@ -47,7 +47,7 @@ const CONSUME_MAX_BYTES = 32 * 1024 * 1024;  // bounded by bytes, not messages: 
 /** Step control on `step.<replica>`, written by the coordinator. */
 export type StepControl =
   | { type: 'open'; step: number }
-  | { type: 'commit'; step: number; gradScale: number; gradNorm: number; loss: number };
+  | { type: 'commit'; step: number; gradScale: number; gradNorm: number; loss: number; skip?: true };
 
 /** Stage reports on `report.<replica>.<stage>`, read by the coordinator (and by `caravan chaos`, to count). */
 export type StageReport =
@@ -161,6 +161,7 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
   const lastSeq = new Map<FrameKind, number>();      // the last edge-stream sequence delivered, per input kind
   const commitSeq = new Map<number, number>();       // control-log sequence of each step's commit
   const lossSums = new Map<number, number>();
+  const skipped = new Set<number>();                 // steps committed as skipped: their gradients are dropped, not applied
   let accumulated: number[] = [];                    // microbatches backwarded into the gradients since the last update
   let applied: number[] = [];
   const key = (kind: FrameKind, step: number, mb: number) => `${kind}/${step}/${mb}`;
@@ -191,6 +192,7 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
   const traces = new MicrobatchTraces(o.tracing, { run: res.names.run, replica, stage: s, isFirst: engine.isFirst, isLast: engine.isLast });
   const publishFrame = async (kind: FrameKind, to: number, step: number, mb: number, data: Float32Array, parent: Span) => {
     const { width, codecs } = wire[kind];
+    if (poisonedOutput(kind, replica, s, step, mb)) (data = data.slice())[0] = NaN;
     await traces.send(parent, step, mb, () => {
       const encoded = encodeFrameWithCodecs({ run: res.names.run, replica, stage: to, step, microbatch: mb, kind, shape: [B, T, width], data }, codecs);
       return { ...encoded, f32Bytes: data.byteLength };
@@ -294,7 +296,10 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
         });
       case 'APPLY_STEP':
         return run(() => {
-          engine.step(cmd.gradScale);
+          if (skipped.delete(cmd.step)) {
+            engine.zeroGrad();  // weights, moments and the schedule stay as they were
+            log.warn({ step: cmd.step }, 'step skipped: its gradients were not finite');
+          } else engine.step(cmd.gradScale);
           applied = accumulated;
           accumulated = [];
         });
@@ -377,6 +382,7 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
       if (msg.type === 'open') run(() => { actor.send({ type: 'STEP_OPEN', step: msg.step }); });
       else if (msg.type === 'commit') {
         commitSeq.set(msg.step, m.seq);
+        if (msg.skip) skipped.add(msg.step);
         run(() => { actor.send({ type: 'STEP_COMMIT', step: msg.step, gradScale: msg.gradScale }); });
       }
     }
@@ -418,6 +424,13 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
         }
         const k = key(kind, frame.step, frame.microbatch);
         if (seen.has(k)) { m.ack(); continue; }  // redelivered while its step is still open
+        const poison = nonFiniteIn(frame.data);
+        if (poison) {
+          const what = `a${kind === 'act' ? 'n' : ''} ${kind} frame from stage ${sender} (host ${signed.host}, generation ${signed.generation}) for step ${frame.step} microbatch ${frame.microbatch} holds ${poison.count} non-finite value(s), the first at index ${poison.first}`;
+          // Under 'stop' it never reaches the engine; under 'skip-step' it poisons this step's gradients, and the replica skips the step.
+          if (t.nonFinite === 'stop') throw new Error(`${what}: stopping the run (training.nonFinite = stop)`);
+          log.warn({ step: frame.step, mb: frame.microbatch, sender, host: signed.host, count: poison.count }, `${what}: the step will be skipped`);
+        }
         seen.add(k);
         traces.consumed(kind, frame.step, frame.microbatch, m.headers, received, m.data.byteLength, frame.codecs);
         inputs.set(k, frame.data);
@@ -430,6 +443,16 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
   }
   log.info({ layers: [layerBegin, layerEnd], generation, from: restored?.step ?? null }, 'stage ready');
   return { done, stop };
+}
+
+/** NaN and ±Inf in a tensor: how many, and where the first is; undefined when there are none. */
+function nonFiniteIn(data: Float32Array): { count: number; first: number } | undefined {
+  let probe = 0;
+  for (let i = 0; i < data.length; i++) probe += data[i] * 0;  // stays 0 unless some value is NaN or ±Inf
+  if (probe === 0) return undefined;
+  let count = 0, first = -1;
+  for (let i = 0; i < data.length; i++) if (!Number.isFinite(data[i])) { count++; if (first < 0) first = i; }
+  return { count, first };
 }
 
 function sha256Hex(bytes: Uint8Array): string {

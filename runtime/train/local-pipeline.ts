@@ -14,6 +14,8 @@ export interface StepResult {
   readonly gradNorm: number;
   readonly lr: number;
   readonly clipped: boolean;
+  /** The gradients or the loss were not finite and nonFinite was 'skip-step': no weight changed. */
+  readonly skipped?: true;
 }
 
 export class LocalPipeline {
@@ -26,8 +28,11 @@ export class LocalPipeline {
     );
   }
 
-  /** One optimizer step over the microbatches, each forward then backward, gradients accumulating in microbatch order. */
-  trainStep(microbatches: readonly MicroBatch[], B: number, T: number, maxGradNorm: number): StepResult {
+  /**
+   * One optimizer step over the microbatches, each forward then backward, gradients accumulating in microbatch order.
+   * Gradients or a loss that are not finite never reach the weights: 'stop' throws, 'skip-step' drops them (as the replica does).
+   */
+  trainStep(microbatches: readonly MicroBatch[], B: number, T: number, maxGradNorm: number, nonFinite: 'stop' | 'skip-step' = 'stop'): StepResult {
     let lossSum = 0;
     microbatches.forEach((mb, id) => {
       let x: Int32Array | Float32Array = mb.tokens;
@@ -40,9 +45,15 @@ export class LocalPipeline {
       for (let s = this.stages.length - 1; s >= 0; s--) grad = this.stages[s].backward(id, grad);
     });
     const clip = clipDecision(this.stages.map((s) => s.gradSumSquares()), microbatches.length, maxGradNorm);
+    const loss = lossSum / microbatches.length;
+    if (!Number.isFinite(clip.gradNorm) || !Number.isFinite(loss)) {
+      if (nonFinite === 'stop') throw new Error(`the gradient norm is ${clip.gradNorm} and the loss ${loss}, not finite: stopping before any weight is updated (training.nonFinite = stop)`);
+      for (const stage of this.stages) stage.zeroGrad();
+      return { loss, gradNorm: clip.gradNorm, lr: 0, clipped: false, skipped: true };
+    }
     let lr = 0;
     for (const stage of this.stages) lr = stage.step(clip.gradScale);
-    return { loss: lossSum / microbatches.length, gradNorm: clip.gradNorm, lr, clipped: clip.clipped };
+    return { loss, gradNorm: clip.gradNorm, lr, clipped: clip.clipped };
   }
 
   /** Mean loss of a batch, nothing stashed. */

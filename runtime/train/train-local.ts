@@ -61,7 +61,12 @@ export async function trainLocal(options: TrainOptions): Promise<TrainSummary> {
     const microbatches = Array.from({ length: t.microbatches }, (_, microbatch) =>
       dataset.batchAt({ seed: t.seed, replica: 0, step, microbatch, batchSize: B, seqLen: T, split: 'train' }),
     );
-    const result = pipeline.trainStep(microbatches, B, T, t.maxGradNorm);
+    let result: StepResult;
+    try {
+      result = pipeline.trainStep(microbatches, B, T, t.maxGradNorm, t.nonFinite);
+    } catch (err) {
+      throw new Error(`step ${step}: ${(err as Error).message}`);
+    }
     losses.push(result.loss);
     tokens += t.microbatches * B * T;
     options.onStep?.(step, result, tokens / ((performance.now() - began) / 1000));

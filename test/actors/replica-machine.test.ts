@@ -142,3 +142,21 @@ test('a replica resumed at firstStep opens that step; one already past its steps
   t.deepEqual(replica({ stages: 2, steps: 5, firstStep: 3 }).send({ type: 'START' }), [{ type: 'OPEN_STEP', replica: 2, step: 3 }]);
   t.deepEqual(replica({ stages: 2, steps: 5, firstStep: 5 }).send({ type: 'START' }), [{ type: 'FINISHED', replica: 2, losses: [] }]);
 });
+
+test('a step whose gradients are not finite: skip-step commits it as skipped; stop names the stages and commits nothing', (t) => {
+  const nanSums = [[3, 1], [NaN], [Infinity]];
+  const skipping = replica({ stages: 3, nonFinite: 'skip-step' });
+  skipping.send({ type: 'START' });
+  const out = [0, 1, 2].flatMap((s) => skipping.send(done(s, 0, nanSums[s], s === 2 ? 3.25 : undefined)));
+  t.deepEqual(out, [{ type: 'COMMIT_STEP', replica: 2, step: 0, gradScale: 0, gradNorm: NaN, loss: 3.25, skip: true }]);
+  t.deepEqual([0, 1, 2].flatMap((s) => skipping.send(stepped(s, 0))), [{ type: 'OPEN_STEP', replica: 2, step: 1 }], 'the run goes on');
+
+  const stopping = replica({ stages: 3 });
+  stopping.send({ type: 'START' });
+  t.deepEqual([0, 1, 2].flatMap((s) => stopping.send(done(s, 0, nanSums[s], s === 2 ? 3.25 : undefined))),
+    [{ type: 'NOT_FINITE', replica: 2, step: 0, gradNorm: NaN, loss: 3.25, stages: [1, 2] }]);
+
+  const lossOnly = replica({ stages: 3, nonFinite: 'skip-step' });
+  lossOnly.send({ type: 'START' });
+  t.like([0, 1, 2].flatMap((s) => lossOnly.send(done(s, 0, SUMS[s], s === 2 ? NaN : undefined)))[0], { type: 'COMMIT_STEP', skip: true }, 'a loss that is not finite skips the step too');
+});

@@ -22,7 +22,7 @@ test('stopping at a checkpoint and resuming gives the uninterrupted run, bit for
   const dir = await mkdtemp(join(tmpdir(), 'caravan-resume-'));
   t.teardown(() => rm(dir, { recursive: true, force: true }));
   const base = { model: smallModel, optim: smallOptim, valBatches: 1 };
-  const training = { steps: 6, microbatches: 2, batchSize: 2, seqLen: 16, stages: 2, replicas: 1, seed: 5, maxGradNorm: 1, tokenizer: 'byte' as const, cpuThreads: 2, checkpointEvery: 2, lz4: true };
+  const training = { steps: 6, microbatches: 2, batchSize: 2, seqLen: 16, stages: 2, replicas: 1, seed: 5, maxGradNorm: 1, tokenizer: 'byte' as const, cpuThreads: 2, checkpointEvery: 2, lz4: true, nonFinite: 'stop' as const };
   const straight = await trainLocal({ ...base, training });
   await trainLocal({ ...base, training: { ...training, steps: 4 }, checkpointDir: dir });
   const resumed = await trainLocal({ ...base, training, checkpointDir: dir, resume: true });

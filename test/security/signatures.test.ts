@@ -1,0 +1,78 @@
+// Host keys, signatures and the slot table's signers, on a real KV bucket:
+// a frame counts only when the holder of the sending slot, under the
+// generation it claims, signed exactly these bytes for exactly this subject;
+// a generation that was replaced is good for what was stored before the
+// replacement and stale after it; registrations prove the key.
+import test from 'ava';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { connectNats } from '../../runtime/nats/connect.ts';
+import { startNatsServer } from '../../runtime/nats/nats-server.ts';
+import { newHostKey, parseHostKey, readHostKey } from '../../runtime/security/host-key.ts';
+import { signatureHeader } from '../../runtime/security/message-signature.ts';
+import { checkRegistration, registrationProof } from '../../runtime/security/registration.ts';
+import { SlotSigners } from '../../runtime/security/slot-signers.ts';
+import { openRunResources } from '../../runtime/transport/run-resources.ts';
+import { assignSlot, readSlot } from '../../runtime/transport/slots.ts';
+
+test('the slot table binds generations to keys: wrong key, unknown generation, altered bytes, other subject, stale generation, no header', async (t) => {
+  const server = await startNatsServer();
+  t.teardown(() => server.stop());
+  const nc = await connectNats(server.url, 'signers-test');
+  t.teardown(() => nc.close());
+  const { kv } = await openRunResources(nc, 'signers');
+  const first = newHostKey(), second = newHostKey(), stranger = newHostKey();
+  await assignSlot(kv, 0, 0, 'host-a', { key: first.publicKey, edgeSeq: 0 });
+  const signers = new SlotSigners(kv);  // learns the slot from KV on its first miss
+  const subject = 'caravan.signers.act.0.1';
+  const body = new Uint8Array([1, 2, 3, 4]);
+  const check = (header: string | undefined, o: { seq?: number; subject?: string; body?: Uint8Array } = {}) =>
+    signers.check({ kind: 'frame', subject: o.subject ?? subject, body: o.body ?? body, header, replica: 0, stage: 0, seq: o.seq ?? 5 });
+
+  t.like(await check(signatureHeader(first, 1, 'frame', subject, body)), { ok: true, generation: 1, host: 'host-a' });
+  t.like(await check(signatureHeader(stranger, 1, 'frame', subject, body)), { ok: false, fault: 'signature' });
+  t.like(await check(signatureHeader(first, 2, 'frame', subject, body)), { ok: false, fault: 'signer' });
+  t.like(await check(signatureHeader(first, 1, 'frame', subject, body), { body: new Uint8Array([1, 2, 3, 5]) }), { ok: false, fault: 'signature' }, 'altered bytes');
+  t.like(await check(signatureHeader(first, 1, 'frame', subject, body), { subject: 'caravan.signers.act.1.1' }), { ok: false, fault: 'signature' }, 'replayed onto another edge');
+  t.like(await check(signatureHeader(first, 1, 'report', subject, body)), { ok: false, fault: 'signature' }, 'a report signature is not a frame signature');
+  t.like(await check(undefined), { ok: false, fault: 'unsigned', reason: 'frame from replica 0 stage 0: no Caravan-Sig header' });
+  t.like(await check('1.short'), { ok: false, fault: 'unsigned' });
+
+  // The slot goes to host-b when the edge stream's last sequence is 7.
+  await assignSlot(kv, 0, 0, 'host-b', { key: second.publicKey, edgeSeq: 7 });
+  const record = (await readSlot(kv, 0, 0))!.record;
+  t.deepEqual(record.signers, [
+    { generation: 1, host: 'host-a', key: first.publicKey, untilSeq: 7 },
+    { generation: 2, host: 'host-b', key: second.publicKey },
+  ]);
+  t.like(await check(signatureHeader(second, 2, 'frame', subject, body), { seq: 9 }), { ok: true, generation: 2 }, 'the new generation is learnt on its first frame');
+  t.like(await check(signatureHeader(first, 1, 'frame', subject, body), { seq: 7 }), { ok: true, generation: 1 }, 'what generation 1 stored before it was replaced is replayed');
+  const stale = await check(signatureHeader(first, 1, 'frame', subject, body), { seq: 8 });
+  t.like(stale, { ok: false, fault: 'stale' });
+  t.regex((stale as { reason: string }).reason, /generation 1 \(host host-a\) was stored at sequence 8, after that generation was replaced \(at 7\)/);
+});
+
+test('host keys: seed files parse, bad ones are refused by name; registrations must prove the key', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'caravan-keys-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const key = newHostKey();
+  const file = join(dir, 'host.nk');
+  await writeFile(file, `# a comment\n${new TextDecoder().decode(key.seed)}\n`);
+  t.is((await readHostKey(file)).publicKey, key.publicKey);
+  await t.throwsAsync(readHostKey(join(dir, 'missing.nk')), { message: `nkey file ${join(dir, 'missing.nk')}: no such file` });
+  await writeFile(join(dir, 'empty.nk'), '# nothing\n');
+  await t.throwsAsync(readHostKey(join(dir, 'empty.nk')), { message: /no seed line/ });
+  const seed = new TextDecoder().decode(key.seed);
+  const flipped = `${seed.slice(0, 20)}${seed[20] === 'A' ? 'B' : 'A'}${seed.slice(21)}`;
+  t.throws(() => parseHostKey(flipped), { message: /not an nkey seed/ }, 'a checksum error');
+
+  const proof = registrationProof(key, 'run-1', 'host-x');
+  t.is(checkRegistration('run-1', { host: 'host-x', key: key.publicKey, proof }), undefined);
+  t.regex(checkRegistration('run-2', { host: 'host-x', key: key.publicKey, proof })!, /the proof is not a signature of this registration/, 'a proof is for one run');
+  t.regex(checkRegistration('run-1', { host: 'host-y', key: key.publicKey, proof })!, /the proof is not a signature/, 'and one host id');
+  t.regex(checkRegistration('run-1', { host: 'host-x', key: newHostKey().publicKey, proof })!, /the proof is not a signature/, 'and one key');
+  t.regex(checkRegistration('run-1', { host: 'host-x', key: 'not-a-key', proof })!, /'key' is not a user's public nkey/);
+  t.regex(checkRegistration('run-1', { host: 'a.b', key: key.publicKey, proof })!, /host id "a\.b" is not/);
+  t.regex(checkRegistration('run-1', { host: 'host-x', key: key.publicKey })!, /'proof' is not an ed25519 signature/);
+});
