@@ -24,6 +24,7 @@ import { newRunId, trainDistributed } from '../train/train-distributed.ts';
 import { trainLocal } from '../train/train-local.ts';
 import { decodeJson, encodeJson } from '../transport/json.ts';
 import { openRunResources, type RunResources } from '../transport/run-resources.ts';
+import { edgeLimits } from '../transport/edge-limits.ts';
 import { readSlot } from '../transport/slots.ts';
 import { planKills, type KillKind, type PlannedKill } from './kill-plan.ts';
 
@@ -87,7 +88,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
     else single = await startNatsServer();
     const url = cluster?.url ?? single!.url;
     nc = await connectNats(url, `caravan-chaos-${run}`);
-    const res = await openRunResources(nc, run);
+    const res = await openRunResources(nc, run, { limits: edgeLimits(o.config) });
     const configFile = join(dir, 'run.json');
     await writeFile(configFile, JSON.stringify(o.config));
 

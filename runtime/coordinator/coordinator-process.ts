@@ -30,6 +30,7 @@ import { publishDurable, retryTransient } from '../transport/durable-publish.ts'
 import { decodeJson, encodeJson } from '../transport/json.ts';
 import { openReaderConsumer, openRunResources, PULL_EXPIRES_MS, type RunResources } from '../transport/run-resources.ts';
 import { assignSlot, readSlot, recordReportedCheckpoint, type CheckpointPointer, type SlotRecord } from '../transport/slots.ts';
+import { edgeLimits } from '../transport/edge-limits.ts';
 import { checkRegistration } from '../security/registration.ts';
 import { SIGNATURE_HEADER } from '../security/message-signature.ts';
 import { SlotSigners } from '../security/slot-signers.ts';
@@ -152,7 +153,7 @@ export async function runCoordinator(o: CoordinatorOptions): Promise<RunSummary>
   const t = config.training;
   const log = o.log.child({ run: o.run });
   const nc = await connectToRun(o.nats, `caravan-coordinator-${o.run}`, o.run, o.nkey);
-  const res = await openRunResources(nc, o.run, { replicas: o.streamReplicas });
+  const res = await openRunResources(nc, o.run, { replicas: o.streamReplicas, limits: edgeLimits(config) });
   try {
     const prior = await readJson<RunState>(res, 'state');
     if (prior?.status === 'finished') {

@@ -14,6 +14,7 @@ import { connectToRun } from '../nats/connect.ts';
 import { startNatsServer, type NatsServerHandle } from '../nats/nats-server.ts';
 import { decodeJson } from '../transport/json.ts';
 import { openRunResources } from '../transport/run-resources.ts';
+import { edgeLimits } from '../transport/edge-limits.ts';
 import { isRunning, spawnCaravan, type CaravanChild } from './caravan-child.ts';
 
 export interface Progress {
@@ -77,7 +78,7 @@ export async function trainDistributed(o: DistributedOptions): Promise<RunSummar
     const url = o.nats ?? server!.url;
     const nc = await connectToRun(url, `caravan-train-${run}`, run, o.credentials?.coordinator);
     try {
-      const res = await openRunResources(nc, run);
+      const res = await openRunResources(nc, run, { limits: edgeLimits(o.config) });
       let settle!: (v: RunSummary | Error) => void;
       const outcome = new Promise<RunSummary | Error>((r) => { settle = r; });
       nc.subscribe(res.names.progress, { callback: (_e, m) => o.onProgress?.(decodeJson<Progress>(m.data, 'progress')) });

@@ -9,6 +9,7 @@ import { Objm, type ObjectStore } from '@nats-io/obj';
 import { nanos, type NatsConnection } from '@nats-io/transport-node';
 import { retryTransient } from './durable-publish.ts';
 import { runNames, type EdgeKind, type RunNames } from './subjects.ts';
+import type { EdgeLimits } from './edge-limits.ts';
 
 export interface RunResources {
   readonly names: RunNames;
@@ -28,6 +29,8 @@ export interface RunResources {
 export const PULL_EXPIRES_MS = 1000;
 
 const DEAD_LETTER_LIMIT = 10_000;  // a flood of bad frames cannot fill the disk
+const DEAD_LETTER_BYTES = 256 * 1024 * 1024;
+const CONTROL_MESSAGE_BYTES = 256 * 1024;  // step control and reports are small: anything larger is not one
 // Re-sent outputs (a replacement recomputing what its predecessor published)
 // are dropped by Nats-Msg-Id within this window; later ones are still
 // harmless: receivers ignore frames of steps they have committed.
@@ -72,22 +75,29 @@ export async function openExistingRun(nc: NatsConnection, run: string, url: stri
   return { names, js: jetstream(nc), jsm, kv, objects };
 }
 
-export async function openRunResources(nc: NatsConnection, run: string, options: { replicas?: number } = {}): Promise<RunResources> {
+/**
+ * Creates the run's streams, bucket and store where they do not exist yet (the coordinator, and `caravan train` before
+ * it starts anyone), with `limits` on the edge stream (edge-limits.ts); opens them where they do.
+ */
+export async function openRunResources(nc: NatsConnection, run: string, options: { replicas?: number; limits?: EdgeLimits } = {}): Promise<RunResources> {
   const names = runNames(run);
   const replicas = options.replicas ?? defaultReplicas(nc);
   const jsm = await jetstreamManager(nc);
   // The edges and the control log: everything kept (until a stage's checkpoint purges its inputs), re-sends de-duplicated.
-  const log = (name: string, subjects: string[]) => ensureStream(jsm, {
-    name, subjects, storage: StorageType.File, retention: RetentionPolicy.Limits, num_replicas: replicas, duplicate_window: nanos(DUPLICATE_WINDOW_MS),
+  const log = (name: string, subjects: string[], limits: Record<string, unknown>) => ensureStream(jsm, {
+    name, subjects, storage: StorageType.File, retention: RetentionPolicy.Limits, num_replicas: replicas, duplicate_window: nanos(DUPLICATE_WINDOW_MS), ...limits,
   });
-  await log(names.edgeStream, [`caravan.${run}.act.>`, `caravan.${run}.grad.>`]);
-  await log(names.controlStream, [`caravan.${run}.step.>`, `caravan.${run}.report.>`]);
+  const l = options.limits;
+  await log(names.edgeStream, [`caravan.${run}.act.>`, `caravan.${run}.grad.>`],
+    l ? { max_msg_size: l.maxFrameBytes, max_msgs_per_subject: l.maxFramesPerEdge, discard: DiscardPolicy.New, discard_new_per_subject: true } : {});
+  await log(names.controlStream, [`caravan.${run}.step.>`, `caravan.${run}.report.>`], { max_msg_size: CONTROL_MESSAGE_BYTES });
   await ensureStream(jsm, {
     name: names.deadStream,
     subjects: [`caravan.${run}.dead.>`],
     storage: StorageType.File,
     num_replicas: replicas,
     max_msgs: DEAD_LETTER_LIMIT,
+    max_bytes: DEAD_LETTER_BYTES,
     discard: DiscardPolicy.Old,
   });
   const kv = await new Kvm(nc).create(names.kvBucket, { history: 10, replicas });

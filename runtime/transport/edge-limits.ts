@@ -1,0 +1,30 @@
+// How much one sender can put in front of a stage, enforced by the server on
+// the edge stream, so a flooding or oversized sender is refused at publish
+// time instead of filling a receiver's memory or the disk:
+//
+// - every message at most one frame of the run's largest shape ([B, T, d] as
+//   float32, plus room for the envelope); bottlenecks and codecs only shrink it;
+// - every edge subject (one per sender and direction) at most what a slot can
+//   legitimately have outstanding: the frames since the last checkpoint, the
+//   step in flight, and as many again re-sent by a replacement, per
+//   microbatch. Further frames are refused (discard new, per subject).
+//
+// A receiver's unacked inputs are bounded the same way (max_ack_pending).
+import type { RunConfig } from '../../schemas/run-config.ts';
+
+export interface EdgeLimits {
+  readonly maxFrameBytes: number;
+  readonly maxFramesPerEdge: number;
+}
+
+/** Room for the CBOR envelope of a frame around its payload. */
+const ENVELOPE_BYTES = 64 * 1024;
+
+export function edgeLimits(config: RunConfig): EdgeLimits {
+  const t = config.training;
+  const stepsHeld = t.checkpointEvery > 0 ? t.checkpointEvery + 2 : t.steps + 1;
+  return {
+    maxFrameBytes: t.batchSize * t.seqLen * config.model.dModel * 4 + ENVELOPE_BYTES,
+    maxFramesPerEdge: 2 * stepsHeld * t.microbatches + 16,
+  };
+}

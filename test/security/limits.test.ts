@@ -1,0 +1,36 @@
+// Limits a sender cannot pass, enforced by a real nats-server on the run's
+// streams: a frame larger than the run's largest is refused; a sender that
+// floods its edge is refused once it has more outstanding than a slot can
+// legitimately have, and the other edges are untouched; the dead-letter
+// stream is bounded in messages and bytes.
+import test from 'ava';
+import { jetstream } from '@nats-io/jetstream';
+import { loadRunConfig } from '../../runtime/config/load-run-config.ts';
+import { connectNats } from '../../runtime/nats/connect.ts';
+import { startNatsServer } from '../../runtime/nats/nats-server.ts';
+import { edgeLimits } from '../../runtime/transport/edge-limits.ts';
+import { openRunResources } from '../../runtime/transport/run-resources.ts';
+
+test('oversized frames and floods are refused by the server; the dead-letter stream is bounded', async (t) => {
+  const server = await startNatsServer();
+  t.teardown(() => server.stop());
+  const nc = await connectNats(server.url, 'limits-test');
+  t.teardown(() => nc.close());
+  const config = await loadRunConfig({ preset: 'tiny', overrides: { training: { stages: 2, seqLen: 32, batchSize: 4, microbatches: 2, checkpointEvery: 1 } } });
+  const limits = edgeLimits(config);
+  t.deepEqual(limits, { maxFrameBytes: 4 * 32 * 128 * 4 + 65536, maxFramesPerEdge: 2 * 3 * 2 + 16 });
+  const res = await openRunResources(nc, 'limits', { limits });
+  const js = jetstream(nc);
+
+  await t.throwsAsync(js.publish(res.names.act(0, 1), new Uint8Array(limits.maxFrameBytes + 1)), { message: /message size exceeds maximum allowed/ });
+  await js.publish(res.names.act(0, 1), new Uint8Array(limits.maxFrameBytes));  // the largest legitimate frame passes
+
+  for (let i = 1; i < limits.maxFramesPerEdge; i++) await js.publish(res.names.act(0, 1), new Uint8Array(8));
+  await t.throwsAsync(js.publish(res.names.act(0, 1), new Uint8Array(8)), { message: /maximum messages per subject exceeded/ }, 'the flooding edge is full');
+  await js.publish(res.names.grad(0, 0), new Uint8Array(8));  // other edges still take frames
+  t.is((await res.jsm.streams.info(res.names.edgeStream)).state.messages, limits.maxFramesPerEdge + 1, 'nothing past the limit was stored');
+
+  const dead = (await res.jsm.streams.info(res.names.deadStream)).config;
+  t.like(dead, { max_msgs: 10_000, max_bytes: 256 * 1024 * 1024, discard: 'old' });
+  await t.throwsAsync(js.publish(res.names.report(0, 0), new Uint8Array(256 * 1024 + 1)), { message: /message size exceeds maximum allowed/ }, 'reports are small');
+});
