@@ -36,6 +36,7 @@
 
 import { crc32 } from 'node:zlib';
 import { Decoder, Encoder } from 'cbor-x';
+import { cborFailure } from './cbor-error.ts';
 
 export const FRAME_VERSION = 1;
 
@@ -272,8 +273,7 @@ export function decodeFrame(bytes: Uint8Array, expect: FrameExpectation): Tensor
   try {
     value = frameDecoder.decode(bytes);
   } catch (error) {
-    const reason = error instanceof Error ? error.message : String(error);
-    throw new FrameError('malformed', `malformed frame (${bytes.byteLength} bytes): not one complete CBOR item: ${reason}`, { cause: error });
+    throw new FrameError('malformed', `malformed frame (${bytes.byteLength} bytes): not one complete CBOR item: ${cborFailure(error)}`, { cause: error });
   }
   if (value === null || typeof value !== 'object' || Array.isArray(value) || ArrayBuffer.isView(value) || value instanceof Map) {
     throw new FrameError('malformed', `malformed frame: expected a CBOR map with text keys, got ${describe(value)}`);

@@ -9,6 +9,7 @@
 // stage has, is refused with the reason.
 import { decode as decodeCbor, Encoder } from 'cbor-x';
 import { lz4Decode, lz4Encode, MX_BLOCK, mxint8Decode, mxint8Encode } from '../codecs/index.ts';
+import { cborFailure } from '../../schemas/cbor-error.ts';
 
 export type PayloadKind = 'fp32' | 'mxint8' | 'topk';
 
@@ -61,7 +62,7 @@ export function decodeParams(bytes: Uint8Array, expect: { length: number; kind?:
   try {
     m = decodeCbor(bytes) as typeof m;
   } catch (err) {
-    throw new Error(`${where}: not a Bridge payload (${(err as Error).message})`);
+    throw new Error(`${where}: not a Bridge payload (${cborFailure(err)})`);
   }
   if (!m || m.f !== FORMAT) throw new Error(`${where}: not a Bridge payload`);
   if (m.v !== VERSION) throw new Error(`${where}: unknown Bridge payload version ${JSON.stringify(m.v)} (this build reads ${VERSION})`);

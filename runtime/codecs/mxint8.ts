@@ -123,6 +123,10 @@ export function mxint8Decode(bytes: Uint8Array, n: number, width: number): Float
         const i = codes.subarray(start, end).indexOf(-128) + start;
         throw new RangeError(`code ${i} is -128, outside [-127, 127]`);
       }
+      // Only the top exponent can overflow: 127 · 2^121 is still a float32, 64 · 2^122 is not.
+      if (e === MAX_EXPONENT) {
+        for (let i = start; i < end; i++) if (!Number.isFinite(x[i])) throw new RangeError(`block ${block}: code ${codes[i]} at ${i} times 2^${e} is beyond the largest float32`);
+      }
     }
   }
   return x;

@@ -35,6 +35,11 @@ export async function readConfigFile(file: string): Promise<{ preset?: string } 
   } catch (err) {
     throw new Error(`cannot read config ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
   }
+  return parseConfigText(text, file);
+}
+
+/** A config file's text (TOML when `file` ends in .toml, else YAML, which also reads JSON), checked for its sections only. */
+export function parseConfigText(text: string, file: string): { preset?: string } & ConfigOverrides {
   const toml = file.endsWith('.toml');
   let parsed: unknown;
   try {

@@ -58,7 +58,7 @@ test('bad frames are dead-lettered, counted in status, and nothing else is lost'
         }
       };
       await publish(new Uint8Array([0xa5, 0x01, 0x02, 0xff, 0x00]));  // not a CBOR frame
-      await publish(encodeFrame({ run, replica: 0, stage: 1, step: 0, microbatch: 0, kind: 'act', shape: [shape[0], shape[1], model.dModel * 2], data: new Float32Array(good.length * 2) }));
+      await publish(encodeFrame({ run, replica: 0, stage: 1, step: 0, microbatch: 0, kind: 'act', shape: [shape[0], shape[1], model.dModel / 2], data: new Float32Array(good.length / 2) }));
       const future = new Encoder({ useRecords: false }).encode({ d: new Uint8Array(8), v: 7, run, r: 0, s: 1, t: 0, mb: 0, k: 'act' });
       await publish(future);
       await publish(encodeFrame({ run: 'another-run', replica: 0, stage: 1, step: 0, microbatch: 0, kind: 'act', shape, data: good }));
