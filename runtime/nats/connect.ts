@@ -2,7 +2,10 @@
 // With credentials (an nkey seed from `caravan creds`) the connection
 // authenticates as that user, and its reply subjects live under the run's own
 // inbox prefix, the only inboxes its permissions let it read: one run cannot
-// see the replies another run's peers get.
+// see the replies another run's peers get. TLS comes from the environment, so
+// systemd units and pods set it once for every command: CARAVAN_TLS_CA (the
+// CA that signed the servers' certificates), and CARAVAN_TLS_CERT with
+// CARAVAN_TLS_KEY where servers ask for client certificates.
 import { connect, nkeyAuthenticator, type NatsConnection } from '@nats-io/transport-node';
 import { runInboxPrefix } from '../transport/subjects.ts';
 import { readHostKey } from '../security/host-key.ts';
@@ -22,6 +25,7 @@ export async function connectNats(url: string, name: string, o: { credentials?: 
       servers, name, maxReconnectAttempts: 10, reconnectTimeWait: 500, timeout: 5000,
       ...(o.credentials ? { authenticator: nkeyAuthenticator(o.credentials.seed) } : {}),
       ...(o.run ? { inboxPrefix: runInboxPrefix(o.run) } : {}),
+      ...tlsFromEnv(),
     });
   } catch (err) {
     throw new Error(`cannot reach NATS at ${url}: ${(err as Error).message}`);
@@ -31,4 +35,11 @@ export async function connectNats(url: string, name: string, o: { credentials?: 
 /** A connection for one run: its inbox prefix, and the user of an nkey seed file when one is given. */
 export async function connectToRun(url: string, name: string, run: string, nkeyFile?: string): Promise<NatsConnection> {
   return connectNats(url, name, { run, ...(nkeyFile ? { credentials: await readHostKey(nkeyFile) } : {}) });
+}
+
+function tlsFromEnv(env = process.env): { tls?: { caFile?: string; certFile?: string; keyFile?: string } } {
+  const { CARAVAN_TLS_CA: caFile, CARAVAN_TLS_CERT: certFile, CARAVAN_TLS_KEY: keyFile } = env;
+  if (!caFile && !certFile && !keyFile) return {};
+  if (!certFile !== !keyFile) throw new Error('CARAVAN_TLS_CERT and CARAVAN_TLS_KEY go together: set both or neither');
+  return { tls: { ...(caFile ? { caFile } : {}), ...(certFile ? { certFile, keyFile } : {}) } };
 }

@@ -1,5 +1,6 @@
 // The deployment files as an operator uses them: every nats-server config in
-// deploy/nats passes the server's own config check; the single-node config
+// deploy/nats passes the server's own config check (secure.conf in
+// secure-config.test.ts, with its credentials and certificates); the single-node config
 // really enforces 8 MiB frames and fsync on write; the 3-node cluster really
 // keeps accepting and serving a replicas-3 stream and KV bucket after one
 // server is killed (the promise docs/operations.md makes). Real servers on
@@ -55,10 +56,11 @@ const confs = confFiles(natsDir);
 
 test('deploy/nats holds the single-node config and three cluster nodes', (t) => {
   const names = confs.map((f) => relative(natsDir, f));
-  for (const expected of ['single.conf', 'cluster/node-1.conf', 'cluster/node-2.conf', 'cluster/node-3.conf']) t.true(names.includes(expected), expected);
+  for (const expected of ['single.conf', 'secure.conf', 'cluster/node-1.conf', 'cluster/node-2.conf', 'cluster/node-3.conf']) t.true(names.includes(expected), expected);
 });
 
-for (const conf of confs) {
+// secure.conf includes the auth.conf of `caravan creds` and names certificates: test/deploy/secure-config.test.ts checks it with them.
+for (const conf of confs.filter((c) => !c.endsWith('secure.conf'))) {
   test(`nats-server -t accepts ${relative(root, conf)}`, async (t) => {
     const { stdout, stderr } = await run(natsServer(), ['-c', conf, '-t']);
     t.regex(stdout + stderr, /is valid/);
