@@ -2,7 +2,8 @@
 # Brings a fresh Debian/Ubuntu machine with Node 20 to the point where
 # `npm start` and `npm test` run, doing only what is missing:
 #   1. OS packages (OpenBLAS headers, a C++ toolchain, cmake; with --test also
-#      chromium, which the timeline test renders pages in) through apt-get;
+#      chromium, which the timeline test renders pages in, and openssl, which
+#      makes the TLS test's certificates) through apt-get;
 #   2. a nats-server >= 2.10 (the one on the PATH if recent enough, else
 #      Debian trixie's package unpacked into .deps/, leaving apt sources alone);
 #   3. `npm ci` when node_modules is missing or older than package-lock.json;
@@ -42,6 +43,7 @@ command -v python3 >/dev/null || missing+=(python3)
 command -v cmake >/dev/null || missing+=(cmake)
 if [ "${1:-}" = --test ]; then
   { command -v chromium >/dev/null || command -v chromium-browser >/dev/null; } || missing+=(chromium)
+  command -v openssl >/dev/null || missing+=(openssl)  # scripts/test-certs.sh, for the TLS test
 fi
 [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
 

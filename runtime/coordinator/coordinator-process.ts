@@ -218,7 +218,7 @@ async function coordinate(
 
   const subs = [
     nc.subscribe(res.names.register, {
-      callback: (_e, m) => {
+      callback: (_e, m) => void (async () => {
         let msg: { host: string; datacenter: string; key: string; proof: string };
         try {
           msg = decodeJson(m.data, 'registration');
@@ -232,8 +232,9 @@ async function coordinate(
           m.respond(encodeJson({ ok: false, reason: refused }));
           return;
         }
-        // A host id is bound to the first key it registered with: another key under the same id is someone else.
-        const known = hostKeys.get(msg.host);
+        // A host id is bound to the first key it registered with (kept in its KV record across coordinator restarts):
+        // another key under the same id is someone else.
+        const known = hostKeys.get(msg.host) ?? (await readJson<HostEntry>(res, res.names.hostKey(msg.host)).catch(() => undefined))?.key;
         if (known && known !== msg.key) {
           m.respond(encodeJson({ ok: false, reason: `host id ${msg.host} is registered with another key` }));
           return;
@@ -243,7 +244,7 @@ async function coordinate(
         log.info({ host: msg.host, datacenter: msg.datacenter, key: msg.key }, 'host joined');
         putHost(msg.host, 'joined', { datacenter: msg.datacenter ?? 'default', key: msg.key });
         coordinator.send({ type: 'HOST_JOINED', host: msg.host, datacenter: msg.datacenter ?? 'default' });
-      },
+      })(),
     }),
     nc.subscribe(res.names.heartbeats, {
       callback: (_e, m) => coordinator.send({ type: 'HEARTBEAT', host: decodeJson<{ host: string }>(m.data, 'heartbeat').host }),

@@ -9,7 +9,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connectNats } from '../../runtime/nats/connect.ts';
 import { startNatsServer } from '../../runtime/nats/nats-server.ts';
-import { newHostKey, parseHostKey, readHostKey } from '../../runtime/security/host-key.ts';
+import { newHostKey, parseHostKey, readHostKey, type HostKey } from '../../runtime/security/host-key.ts';
+import { loadRunConfig } from '../../runtime/config/load-run-config.ts';
+import { runCoordinator } from '../../runtime/coordinator/coordinator-process.ts';
+import { createLogger } from '../../runtime/log.ts';
+import { decodeJson, encodeJson } from '../../runtime/transport/json.ts';
+import { runNames } from '../../runtime/transport/subjects.ts';
 import { signatureHeader } from '../../runtime/security/message-signature.ts';
 import { checkRegistration, registrationProof } from '../../runtime/security/registration.ts';
 import { SlotSigners } from '../../runtime/security/slot-signers.ts';
@@ -75,4 +80,32 @@ test('host keys: seed files parse, bad ones are refused by name; registrations m
   t.regex(checkRegistration('run-1', { host: 'host-x', key: 'not-a-key', proof })!, /'key' is not a user's public nkey/);
   t.regex(checkRegistration('run-1', { host: 'a.b', key: key.publicKey, proof })!, /host id "a\.b" is not/);
   t.regex(checkRegistration('run-1', { host: 'host-x', key: key.publicKey })!, /'proof' is not an ed25519 signature/);
+});
+
+test('the coordinator admits a registration only with a proof of its key, and keeps a host id bound to its first key', async (t) => {
+  const server = await startNatsServer();
+  t.teardown(() => server.stop());
+  const config = await loadRunConfig({ preset: 'tiny', overrides: { training: { stages: 2, steps: 1 } } });
+  const coordinator = runCoordinator({ nats: server.url, run: 'admit', config, log: createLogger('test', 'silent') });
+  const nc = await connectNats(server.url, 'registrant');
+  t.teardown(() => nc.close());
+  const names = runNames('admit');
+  const key = newHostKey();
+  const register = async (host: string, k: HostKey, proof = registrationProof(k, 'admit', host)) => {
+    for (;;) {
+      try {
+        return decodeJson<{ ok: boolean; reason?: string }>((await nc.request(names.register, encodeJson({ host, datacenter: 'x', device: 'cpu', key: k.publicKey, proof }), { timeout: 5000 })).data, 'reply');
+      } catch (err) {
+        if (!/no responders/.test((err as Error).message)) throw err;
+        await new Promise((r) => setTimeout(r, 100));  // the coordinator is still starting
+      }
+    }
+  };
+  t.deepEqual(await register('spare-1', key, registrationProof(newHostKey(), 'admit', 'spare-1')),
+    { ok: false, reason: `host spare-1: the proof is not a signature of this registration by key ${key.publicKey.slice(0, 12)}…` });
+  t.like(await register('spare-1', key), { ok: true });
+  t.deepEqual(await register('spare-1', newHostKey()), { ok: false, reason: 'host id spare-1 is registered with another key' });
+  t.like(await register('spare-1', key), { ok: true }, 'the same key again is a retry, not an impostor');
+  nc.publish(names.failed, encodeJson({ reason: 'test over' }));
+  await t.throwsAsync(coordinator, { message: 'test over' });
 });
