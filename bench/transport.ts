@@ -1,6 +1,8 @@
 // `npm run bench -- transport`: the project's own edge path — encode a tensor
 // frame, publish it to JetStream with its Nats-Msg-Id, consume it through the
-// stage's durable pull consumer, decode and validate it, ack it — against the
+// stage's durable pull consumer, decode and validate it, ack it — with and
+// without the signature a host puts on every frame and the check a receiver
+// makes before decoding (SHA-256 and ed25519 each way), against the
 // same JetStream path with raw bytes (what the store itself costs), core NATS
 // pub/sub and raw loopback TCP moving the same bytes, alternated in one run on
 // one embedded nats-server (fsync on every write, as runs use).
@@ -10,6 +12,9 @@ import { connectNats } from '../runtime/nats/connect.ts';
 import { startNatsServer } from '../runtime/nats/nats-server.ts';
 import { openEdgeConsumer, openRunResources } from '../runtime/transport/run-resources.ts';
 import { decodeFrame, encodeFrame, frameMsgId } from '../schemas/tensor-frame.ts';
+import { headers } from '@nats-io/transport-node';
+import { newHostKey, verifySignature } from '../runtime/security/host-key.ts';
+import { parseSignatureHeader, SIGNATURE_HEADER, signatureHeader } from '../runtime/security/message-signature.ts';
 
 const MiB = 1024 * 1024;
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
@@ -24,7 +29,8 @@ export async function benchTransport(args: string[]): Promise<Record<string, unk
   const res = await openRunResources(nc, run);
   const d = 256;
   try {
-    const results: Record<string, Record<number, number[]>> = { edge: {}, jetstream: {}, core: {}, tcp: {} };
+    const results: Record<string, Record<number, number[]>> = { edge: {}, signed: {}, jetstream: {}, core: {}, tcp: {} };
+    const key = newHostKey();
     let seq = 0;
     console.log(`transport bench: frames of ${sizes.map((s) => `${s / 1024} KiB`).join(', ')}, ${perSize} MiB each per method, ${reps} reps, nats-server with sync_interval always`);
     for (let rep = 0; rep < reps; rep++) {
@@ -36,7 +42,7 @@ export async function benchTransport(args: string[]): Promise<Record<string, unk
         // Edge: encode → JetStream publish (8 acks in flight) → durable pull consumer → decode → ack;
         // then the same JetStream path with the raw payload, to separate our costs from the store's.
         const payload = new Uint8Array(data.buffer);
-        for (const method of ['edge', 'jetstream'] as const) {
+        for (const method of ['edge', 'signed', 'jetstream'] as const) {
           const stage = 1 + (seq++ % 1000);
           const consumerName = await openEdgeConsumer(res, 'act', 0, stage, 1);
           const consumer = await res.js.consumers.get(res.names.edgeStream, consumerName);
@@ -45,15 +51,21 @@ export async function benchTransport(args: string[]): Promise<Record<string, unk
           const received = (async () => {
             let n = 0;
             for await (const m of messages) {
-              if (method === 'edge') decodeFrame(m.data, { run, replica: 0, stage, kind: 'act', width: d, maxSeqLen: T });
+              if (method === 'signed') {
+                const sig = parseSignatureHeader(m.headers?.get(SIGNATURE_HEADER), 'frame', m.subject, m.data);
+                if (typeof sig === 'string' || !verifySignature(key.publicKey, sig.message, sig.signature)) throw new Error('a signed frame did not verify');
+              }
+              if (method !== 'jetstream') decodeFrame(m.data, { run, replica: 0, stage, kind: 'act', width: d, maxSeqLen: T });
               m.ack();
               if (++n === count) break;
             }
           })();
           const inflight: Promise<unknown>[] = [];
           for (let i = 0; i < count; i++) {
-            const body = method === 'edge' ? encodeFrame({ run, replica: 0, stage, step: rep, microbatch: i, kind: 'act', shape: [1, T, d], data }) : payload;
-            inflight.push(res.js.publish(res.names.act(0, stage), body, { msgID: frameMsgId(run, 0, rep, i, 'act', stage) }));
+            const body = method === 'jetstream' ? payload : encodeFrame({ run, replica: 0, stage, step: rep, microbatch: i, kind: 'act', shape: [1, T, d], data });
+            const h = method === 'signed' ? headers() : undefined;
+            h?.set(SIGNATURE_HEADER, signatureHeader(key, 1, 'frame', res.names.act(0, stage), body));
+            inflight.push(res.js.publish(res.names.act(0, stage), body, { msgID: frameMsgId(run, 0, rep, i, 'act', stage), headers: h }));
             if (inflight.length >= 8) await inflight.shift();
           }
           await Promise.all(inflight);
@@ -81,18 +93,31 @@ export async function benchTransport(args: string[]): Promise<Record<string, unk
     }
     const perSizeMedian = (m: string) => sizes.map((s) => +median(results[m][s]).toFixed(1));
     const mean = (xs: number[]) => +(xs.reduce((a, b) => a + b, 0) / xs.length).toFixed(1);
-    const edge = perSizeMedian('edge'), raw = perSizeMedian('jetstream'), core = perSizeMedian('core'), tcp = perSizeMedian('tcp');
-    for (const [i, s] of sizes.entries()) console.log(`${(s / 1024).toString().padStart(5)} KiB: edge ${edge[i]} MB/s, raw JetStream ${raw[i]} MB/s, core NATS ${core[i]} MB/s, TCP ${tcp[i]} MB/s`);
+    const edge = perSizeMedian('edge'), signed = perSizeMedian('signed'), raw = perSizeMedian('jetstream'), core = perSizeMedian('core'), tcp = perSizeMedian('tcp');
+    for (const [i, s] of sizes.entries()) console.log(`${(s / 1024).toString().padStart(5)} KiB: edge ${edge[i]} MB/s, signed edge ${signed[i]} MB/s, raw JetStream ${raw[i]} MB/s, core NATS ${core[i]} MB/s, TCP ${tcp[i]} MB/s`);
+    // The signing and checking alone, per frame, out of the NATS path.
+    const signMs = sizes.map((s) => {
+      const body = new Uint8Array(s).fill(7);
+      const t0 = performance.now();
+      for (let i = 0; i < 50; i++) {
+        const sig = parseSignatureHeader(signatureHeader(key, 1, 'frame', 'caravan.bench.act.0.1', body), 'frame', 'caravan.bench.act.0.1', body);
+        if (typeof sig === 'string' || !verifySignature(key.publicKey, sig.message, sig.signature)) throw new Error('did not verify');
+      }
+      return +((performance.now() - t0) / 50).toFixed(3);
+    });
     return {
       bench: 'transport',
       frame_bytes: sizes,
       edge_MBps: mean(edge),
+      signed_edge_MBps: mean(signed),
+      signed_vs_edge: +(mean(signed) / mean(edge)).toFixed(3),
+      sign_and_verify_ms_by_size: signMs,
       core_nats_MBps: mean(core),
       tcp_MBps: mean(tcp),
       edge_vs_core: +(mean(edge) / mean(core)).toFixed(3),
       jetstream_raw_MBps: mean(raw),
       edge_vs_jetstream: +(mean(edge) / mean(raw)).toFixed(3),
-      by_size: { edge, jetstream: raw, core, tcp },
+      by_size: { edge, signed, jetstream: raw, core, tcp },
       reps,
       mib_per_size: perSize,
     };
