@@ -5,6 +5,7 @@ import { Command, InvalidArgumentError } from 'commander';
 import { tuneAllocator } from '../../native/index.ts';
 import { chaosCommand } from './chaos-command.ts';
 import { credsCommand } from './creds-command.ts';
+import { wanCommand } from './wan-command.ts';
 import { modelCommands } from './model-commands.ts';
 import { processCommands } from './process-commands.ts';
 import { statusCommand } from './status-command.ts';
@@ -24,6 +25,7 @@ chaosCommand(program);
 modelCommands(program);
 timelineCommand(program);
 credsCommand(program);
+wanCommand(program);
 
 program.parseAsync(process.argv).catch((err: unknown) => {
   const message = err instanceof InvalidArgumentError ? err.message : err instanceof Error ? err.message : String(err);

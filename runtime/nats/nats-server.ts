@@ -26,15 +26,18 @@ export function natsServerBinary(): string {
   return existsSync(local) ? local : 'nats-server';
 }
 
-/** `config`: more lines for the server's config file (an `include` of the auth.conf `caravan creds` writes, say). */
-export async function startNatsServer(options: { timeoutMs?: number; config?: readonly string[] } = {}): Promise<NatsServerHandle> {
+/**
+ * `config`: more lines for the server's config file (the authorization block `caravan creds` writes, say);
+ * `listen`: host:port (default a free loopback port); `prefix`: a command to run it under (`ip netns exec <ns>`).
+ */
+export async function startNatsServer(options: { timeoutMs?: number; config?: readonly string[]; listen?: string; prefix?: readonly string[] } = {}): Promise<NatsServerHandle> {
   const dir = await mkdtemp(join(tmpdir(), 'caravan-nats-'));
   const storeDir = join(dir, 'store');
   const config = join(dir, 'nats.conf');
   await writeFile(
     config,
     [
-      'listen: 127.0.0.1:-1',
+      `listen: ${options.listen ?? '127.0.0.1:-1'}`,
       `max_payload: ${EMBEDDED_MAX_PAYLOAD}`,
       // Acknowledged must mean persisted: fsync each write (nats-server >= 2.10).
       `jetstream { store_dir: "${storeDir}", sync_interval: always }`,
@@ -42,7 +45,8 @@ export async function startNatsServer(options: { timeoutMs?: number; config?: re
       ...(options.config ?? []),
     ].join('\n'),
   );
-  const child = spawn(natsServerBinary(), ['-c', config], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const command = [...(options.prefix ?? []), natsServerBinary(), '-c', config];
+  const child = spawn(command[0], command.slice(1), { stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';
   child.stderr!.on('data', (d: Buffer) => { stderr = (stderr + d.toString()).slice(-4000); });
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));

@@ -17,8 +17,10 @@ export interface CaravanChild {
   lastLine(): string;
 }
 
-export function spawnCaravan(name: string, args: string[], o: { env?: Record<string, string>; logLevel?: string; echo?: boolean } = {}): CaravanChild {
-  const child = spawn(process.execPath, ['--import', 'tsx', BIN, ...args], {
+/** `prefix`: a command the child runs under, e.g. `ip netns exec <namespace>` for a host in an emulated datacenter. */
+export function spawnCaravan(name: string, args: string[], o: { env?: Record<string, string>; logLevel?: string; echo?: boolean; prefix?: readonly string[] } = {}): CaravanChild {
+  const command = [...(o.prefix ?? []), process.execPath, '--import', 'tsx', BIN, ...args];
+  const child = spawn(command[0], command.slice(1), {
     cwd: ROOT,
     stdio: ['ignore', 'ignore', 'pipe'],
     env: { ...process.env, CARAVAN_LOG_LEVEL: o.logLevel ?? 'warn', ...o.env },

@@ -44,6 +44,11 @@ export interface DistributedOptions {
    * order; hosts beyond the list get fresh keys and no NATS credentials.
    */
   readonly credentials?: { readonly coordinator?: string; readonly hosts?: readonly string[] };
+  /**
+   * Where host i runs: a command prefix (`ip netns exec <namespace>` for an emulated datacenter), the NATS URL it
+   * reaches from there, and its datacenter label. The coordinator's, with `coordinator`. Default: here, `nats`.
+   */
+  readonly placement?: { readonly coordinator?: ProcessPlacement; readonly host?: (i: number) => ProcessPlacement };
   /** Datacenter labels for the hosts, given out in turn (default: local-<i>, one each). */
   readonly datacenters?: readonly string[];
   readonly log: Logger;
@@ -52,6 +57,12 @@ export interface DistributedOptions {
   readonly onReady?: (info: { url: string; run: string }) => Promise<void> | void;
   /** Called with the summary while the server (embedded or not) is still up: for reading the run's final states. */
   readonly onFinished?: (info: { url: string; run: string; summary: RunSummary }) => Promise<void> | void;
+}
+
+export interface ProcessPlacement {
+  readonly prefix?: readonly string[];
+  readonly nats?: string;
+  readonly datacenter?: string;
 }
 
 export function newRunId(): string {
@@ -90,9 +101,9 @@ export async function trainDistributed(o: DistributedOptions): Promise<RunSummar
       const configFile = join(dir, 'run.json');
       await writeFile(configFile, JSON.stringify({ model: o.config.model, optim: o.config.optim, training: o.config.training }));
       const hosts = t.stages * t.replicas + (o.standbys ?? 0);
-      const spawnChild = (name: string, args: string[]) => {
+      const spawnChild = (name: string, args: string[], prefix?: readonly string[]) => {
         const echo = Boolean(o.childLogLevel && o.childLogLevel !== 'silent');
-        const child = spawnCaravan(name, args, { logLevel: o.childLogLevel, echo });
+        const child = spawnCaravan(name, args, { logLevel: o.childLogLevel, echo, prefix });
         void child.exited.then(({ code, signal }) => {
           if (code !== 0 && code !== null && code !== REPLACED_EXIT_CODE) settle(new Error(`${name} exited with code ${code}: ${child.lastLine()}`));
           else if (signal && signal !== 'SIGTERM' && !(o.hostsMayBeKilled && name.startsWith('host'))) settle(new Error(`${name} was killed by ${signal}`));
@@ -102,10 +113,12 @@ export async function trainDistributed(o: DistributedOptions): Promise<RunSummar
       const timeout = o.heartbeatTimeoutMs ? ['--heartbeat-timeout', String(o.heartbeatTimeoutMs)] : [];
       const beat = o.heartbeatTimeoutMs ? ['--heartbeat', String(Math.max(50, Math.floor(o.heartbeatTimeoutMs / 5)))] : [];
       const nkey = (file: string | undefined) => (file ? ['--nkey', file] : []);
-      spawnChild('coordinator', ['coordinator', '--nats', url, '--run', run, '--config', configFile, ...timeout, ...nkey(o.credentials?.coordinator)]);
+      const c = o.placement?.coordinator;
+      spawnChild('coordinator', ['coordinator', '--nats', c?.nats ?? url, '--run', run, '--config', configFile, ...timeout, ...nkey(o.credentials?.coordinator)], c?.prefix);
       for (let i = 0; i < hosts; i++) {
-        const datacenter = o.datacenters?.length ? o.datacenters[i % o.datacenters.length] : `local-${i}`;
-        spawnChild(`host ${i}`, ['host', '--nats', url, '--run', run, '--device', o.device ?? 'cpu', '--gpu', String(o.gpu ?? 0), '--datacenter', datacenter, ...beat, ...nkey(o.credentials?.hosts?.[i])]);
+        const p = o.placement?.host?.(i);
+        const datacenter = p?.datacenter ?? (o.datacenters?.length ? o.datacenters[i % o.datacenters.length] : `local-${i}`);
+        spawnChild(`host ${i}`, ['host', '--nats', p?.nats ?? url, '--run', run, '--device', o.device ?? 'cpu', '--gpu', String(o.gpu ?? 0), '--datacenter', datacenter, ...beat, ...nkey(o.credentials?.hosts?.[i])], p?.prefix);
       }
       const result = await outcome;
       if (result instanceof Error) throw result;

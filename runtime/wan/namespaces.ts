@@ -1,0 +1,60 @@
+// The datacenters of a WAN plan as Linux network namespaces (iproute2 and
+// tc; needs root or CAP_NET_ADMIN): each gets a veth pair to this machine's
+// namespace, its own /24, and, unless it is the hub, tbf rate limits on both
+// ends (the datacenter's upload on the inside end's egress, its download on
+// the outside end's). No routes and no forwarding between them: the only
+// way from one datacenter to another is through a link emulator.
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import type { WanPlan } from './wan-profile.ts';
+
+const run = promisify(execFile);
+
+async function sh(cmd: string, args: string[]): Promise<string> {
+  try {
+    return (await run(cmd, args)).stdout;
+  } catch (err) {
+    const e = err as { stderr?: string; message: string; code?: string };
+    if (e.code === 'ENOENT') throw new Error(`${cmd} is not installed (apt-get install iproute2)`);
+    throw new Error(`${cmd} ${args.join(' ')}: ${(e.stderr ?? e.message).trim().split('\n').pop()}`);
+  }
+}
+
+/** tbf with a bucket of about 4 ms at the rate (at least 64 KiB): enough for the timer, small enough to hold the rate. */
+function tbf(mbit: number): string[] {
+  const burstBytes = Math.max(64 * 1024, Math.round((mbit * 1e6 / 8) * 0.004));
+  return ['root', 'tbf', 'rate', `${mbit}mbit`, 'burst', String(burstBytes), 'latency', '100ms'];
+}
+
+export async function createNamespaces(plan: WanPlan): Promise<void> {
+  for (const dc of plan.datacenters) {
+    const inNs = (args: string[]) => sh('ip', ['netns', 'exec', dc.namespace, ...args]);
+    await sh('ip', ['netns', 'add', dc.namespace]);
+    await sh('ip', ['link', 'add', dc.vethRoot, 'type', 'veth', 'peer', 'name', dc.vethInside]);
+    await sh('ip', ['link', 'set', dc.vethInside, 'netns', dc.namespace]);
+    await sh('ip', ['addr', 'add', `${dc.rootIp}/24`, 'dev', dc.vethRoot]);
+    await sh('ip', ['link', 'set', dc.vethRoot, 'up']);
+    await inNs(['ip', 'addr', 'add', `${dc.insideIp}/24`, 'dev', dc.vethInside]);
+    await inNs(['ip', 'link', 'set', dc.vethInside, 'up']);
+    await inNs(['ip', 'link', 'set', 'lo', 'up']);
+    if (dc.name === plan.hub) continue;
+    await inNs(['tc', 'qdisc', 'add', 'dev', dc.vethInside, ...tbf(plan.hostUpMbit)]);
+    await sh('tc', ['qdisc', 'add', 'dev', dc.vethRoot, ...tbf(plan.hostDownMbit)]);
+  }
+}
+
+/** Deletes every namespace and veth of the plan (their qdiscs go with the devices); what is already gone is skipped. */
+export async function deleteNamespaces(plan: Pick<WanPlan, 'id'>): Promise<void> {
+  const left = await leftovers(plan.id);
+  for (const ns of left.namespaces) await sh('ip', ['netns', 'del', ns]).catch(() => {});
+  for (const link of left.links) await sh('ip', ['link', 'del', link]).catch(() => {});
+}
+
+/** Namespaces and links of this id still on the machine, and qdiscs on those links. */
+export async function leftovers(id: string): Promise<{ namespaces: string[]; links: string[]; qdiscs: string[] }> {
+  const namespaces = (await sh('ip', ['netns', 'list'])).split('\n').map((l) => l.split(' ')[0]).filter((n) => n.startsWith(`${id}-`));
+  const linkPattern = new RegExp(`^${id}\\d+[rn]$`);
+  const links = (await sh('ip', ['-o', 'link', 'show'])).split('\n').map((l) => l.split(':')[1]?.trim().split('@')[0] ?? '').filter((n) => linkPattern.test(n));
+  const qdiscs = (await sh('tc', ['qdisc', 'show'])).split('\n').filter((l) => links.some((n) => l.includes(` dev ${n} `)) && /tbf|htb/.test(l));
+  return { namespaces, links, qdiscs };
+}

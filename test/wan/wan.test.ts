@@ -1,0 +1,128 @@
+// Three datacenters on this machine (`caravan wan up`): network namespaces,
+// tbf rate limits and userspace links to the hub, from a profile written
+// here. Measured across them: round-trip times and an upload rate within 20%
+// of the profile. Then a real pipeline with its stages in the three
+// datacenters (the NATS server and the coordinator in the hub) gives the
+// loopback run's params_sha256; one datacenter is partitioned mid-run, the
+// run stalls and completes with the same bits. `caravan wan down` leaves no
+// namespace, veth, qdisc or daemon behind. Needs root (network namespaces).
+import test from 'ava';
+import { execFile, spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import { loadRunConfig } from '../../runtime/config/load-run-config.ts';
+import { createLogger } from '../../runtime/log.ts';
+import { connectNats } from '../../runtime/nats/connect.ts';
+import { startNatsServer } from '../../runtime/nats/nats-server.ts';
+import { decodeJson } from '../../runtime/transport/json.ts';
+import { openExistingRun } from '../../runtime/transport/run-resources.ts';
+import { trainDistributed } from '../../runtime/train/train-distributed.ts';
+import { trainLocal } from '../../runtime/train/train-local.ts';
+import { leftovers } from '../../runtime/wan/namespaces.ts';
+import { askWan, readWanState } from '../../runtime/wan/wan-daemon.ts';
+import type { WanPlan } from '../../runtime/wan/wan-profile.ts';
+import { caravan } from '../support/caravan-cli.ts';
+
+const execAsync = promisify(execFile);
+const probe = fileURLToPath(new URL('../support/net-probe.ts', import.meta.url));
+const root = fileURLToPath(new URL('../..', import.meta.url));
+const canRun = process.getuid?.() === 0 && ['/usr/sbin/ip', '/sbin/ip', '/usr/bin/ip'].some(existsSync);
+
+const PROFILE = `name: test3
+datacenters: [dc-a, dc-b, dc-c]
+rtt_ms:
+  dc-a: { dc-b: 40, dc-c: 60 }
+  dc-b: { dc-c: 50 }
+jitter_ms: 0
+host_up_mbit: 200
+host_down_mbit: 400
+`;
+
+const within = (measured: number, expected: number, tolerance = 0.2) => Math.abs(measured - expected) <= tolerance * expected;
+
+async function probeClient(namespace: string, endpoint: string, ...what: string[]): Promise<{ rtt_ms: number; mbit?: number }> {
+  const [host, port] = endpoint.split(':');
+  const { stdout } = await execAsync('ip', ['netns', 'exec', namespace, process.execPath, '--import', 'tsx', probe, 'client', host, port, ...what], { cwd: root });
+  return JSON.parse(stdout.trim().split('\n').pop()!);
+}
+
+(canRun ? test.serial : test.skip)(`${canRun ? '' : '(needs root and iproute2 for network namespaces) '}three datacenters: links as profiled, a pipeline across them equals loopback, a partition is survived, wan down leaves nothing`, async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'caravan-wan-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const profile = join(dir, 'test3.yaml');
+  await writeFile(profile, PROFILE);
+  const id = `w${Math.floor(Math.random() * 9000 + 1000)}`;
+  const subnet = String(100 + Math.floor(Math.random() * 100));
+  const wanArgs = ['--id', id, '--state-dir', join(dir, 'state')];
+  const up = await caravan(['wan', 'up', '--profile', profile, '--datacenters', '3', '--subnet', subnet, '--port', '4222', '--port', '5555', ...wanArgs, '--json']);
+  t.is(up.code, 0, up.stderr);
+  let down = false;
+  t.teardown(async () => { if (!down) await caravan(['wan', 'down', ...wanArgs]); });
+  const plan = JSON.parse(up.stdout) as WanPlan;
+  const ns = (dc: string) => plan.datacenters.find((d) => d.name === dc)!.namespace;
+  t.deepEqual((await leftovers(id)).namespaces.sort(), plan.datacenters.map((d) => d.namespace).sort());
+
+  // The links, measured from inside the datacenters against a probe in the hub.
+  const hubIp = plan.datacenters[0].insideIp;
+  const server = spawn('ip', ['netns', 'exec', ns('dc-a'), process.execPath, '--import', 'tsx', probe, 'server', hubIp, '5555'], { cwd: root, stdio: ['ignore', 'pipe', 'inherit'] });
+  t.teardown(() => { server.kill(); });
+  await new Promise((resolve) => server.stdout!.once('data', resolve));
+  const b = await probeClient(ns('dc-b'), plan.endpoints['dc-b'][5555], 'up', String(8_000_000));
+  const c = await probeClient(ns('dc-c'), plan.endpoints['dc-c'][5555], 'rtt');
+  t.log(`dc-b → hub: RTT ${b.rtt_ms.toFixed(1)} ms (profile 40), upload ${b.mbit!.toFixed(0)} Mbit/s (profile 200); dc-c → hub: RTT ${c.rtt_ms.toFixed(1)} ms (profile 60)`);
+  t.true(within(b.rtt_ms, 40), `dc-b RTT ${b.rtt_ms}`);
+  t.true(within(c.rtt_ms, 60), `dc-c RTT ${c.rtt_ms}`);
+  t.true(within(b.mbit!, 200), `dc-b upload ${b.mbit} Mbit/s`);
+  server.kill();
+
+  // NATS and the coordinator in the hub; one host per datacenter, so each holds a stage.
+  const nats = await startNatsServer({ listen: `${hubIp}:4222`, prefix: ['ip', 'netns', 'exec', ns('dc-a')] });
+  t.teardown(() => nats.stop());
+  const config = await loadRunConfig({ preset: 'tiny', overrides: { training: { steps: 4, stages: 3, seqLen: 32, batchSize: 4, microbatches: 2, seed: 13, checkpointEvery: 2 } } });
+  const hostDcs = ['dc-a', 'dc-b', 'dc-c'];
+  const state = (await readWanState(join(dir, 'state'), id))!;
+  const progressAt: number[] = [];
+  let partitionedAt = 0;
+  let holders: string[] = [];
+  const summary = await trainDistributed({
+    config, nats: nats.url, run: 'wan', log: createLogger('test', 'silent'),
+    placement: {
+      coordinator: { prefix: ['ip', 'netns', 'exec', ns('dc-a')], nats: nats.url },
+      host: (i) => ({ prefix: ['ip', 'netns', 'exec', ns(hostDcs[i])], nats: `nats://${plan.endpoints[hostDcs[i]][4222]}`, datacenter: hostDcs[i] }),
+    },
+    onProgress: (p) => {
+      progressAt[p.step] = performance.now();
+      if (p.step === 1 && !partitionedAt) {
+        partitionedAt = performance.now();
+        void askWan(state, { op: 'set', datacenter: 'dc-c', change: { up: false } })
+          .then(() => new Promise((r) => setTimeout(r, 3000)))
+          .then(() => askWan(state, { op: 'set', datacenter: 'dc-c', change: { up: true } }));
+      }
+    },
+    onFinished: async ({ url, run }) => {
+      const nc = await connectNats(url, 'inspect');
+      const res = await openExistingRun(nc, run, url);
+      for (let s = 0; s < 3; s++) {
+        const slot = decodeJson<{ host: string }>((await res.kv.get(`slot.0.${s}`))!.value, 'slot');
+        holders.push(decodeJson<{ datacenter: string }>((await res.kv.get(`hosts.${slot.host}`))!.value, 'host').datacenter);
+      }
+      await nc.close();
+    },
+  });
+  t.log(`stages held in ${holders.join(', ')}; step 1 → 2 took ${((progressAt[2] - progressAt[1]) / 1000).toFixed(1)} s with dc-c partitioned for 3 s; run ${summary.wall_seconds.toFixed(1)} s`);
+  t.true(progressAt[2] - partitionedAt >= 2500, 'the run stalled while a datacenter was cut off');
+  t.deepEqual([...holders].sort(), ['dc-a', 'dc-b', 'dc-c'], 'the stages ran in the three datacenters');
+  const clean = await trainLocal({ ...config, valBatches: 1 });
+  t.is(summary.params_sha256, clean.paramsSha256, 'the network changes timing, never results');
+
+  const result = await caravan(['wan', 'down', ...wanArgs]);
+  down = true;
+  t.is(result.code, 0, result.stderr);
+  t.regex(result.stdout, /no namespace, link, qdisc or daemon left/);
+  t.deepEqual(await leftovers(id), { namespaces: [], links: [], qdiscs: [] });
+  t.throws(() => process.kill(state.pid, 0), undefined, 'the daemon is gone');
+});
