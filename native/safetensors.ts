@@ -87,7 +87,7 @@ export function decodeSafeTensors(bytes: Uint8Array, source: string): SafeTensor
     const data =
       absolute % 4 === 0
         ? new Float32Array(bytes.buffer, absolute, numel)
-        : new Float32Array(bytes.slice(dataStart + begin, dataStart + end).buffer);
+        : new Float32Array(new Uint8Array(bytes.subarray(dataStart + begin, dataStart + end)).buffer);  // a copy: a Buffer's slice() would be a view of its pool
     tensors.set(name, { name, shape, data });
   }
   spans.sort((a, b) => a[0] - b[0]);

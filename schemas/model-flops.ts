@@ -14,3 +14,12 @@ export function forwardFlopsPerToken(m: LlamaConfig, T: number): number {
 export function trainFlopsPerToken(m: LlamaConfig, T: number): number {
   return 3 * forwardFlopsPerToken(m, T);
 }
+
+/** Forward FLOPs per token of layers [begin, end) of the model, with the LM head when the slice ends the model (a pipeline stage). */
+export function stageForwardFlopsPerToken(m: LlamaConfig, T: number, begin: number, end: number): number {
+  const hd = m.dModel / m.nHeads;
+  const perLayer = m.dModel * m.nHeads * hd * 2 + m.dModel * m.nKvHeads * hd * 2 + 3 * m.dModel * m.ffnHidden;
+  const layers = end - begin;
+  const head = end === m.nLayers ? m.vocabSize * m.dModel : 0;
+  return 2 * (layers * perLayer + head) + layers * 4 * T * m.dModel;
+}

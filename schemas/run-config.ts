@@ -46,6 +46,26 @@ export interface TrainingConfig {
   // Replicas synchronised by the Bridge every syncEvery steps (DiLoCo);
   // without it replicas train independently.
   readonly bridge?: BridgeConfig;
+  // Hosts compute nothing and take the time the given device would
+  // (`caravan simulate`, docs/simulate.md); absent for real training.
+  readonly synthetic?: SyntheticCompute;
+}
+
+/**
+ * A stage that does no math: each forward sleeps for the stage's model FLOPs
+ * of the microbatch ÷ (peakTflops · efficiency), each backward twice that,
+ * all divided by timeScale; it sends frames of frameBytes. Everything else
+ * (actors, transport, checkpoints, recovery) is the real code.
+ */
+export interface SyntheticCompute {
+  readonly device: string;
+  readonly peakTflops: number;
+  /** The fraction of peak the device's kernels reach on this model (the MFU it would have with no bubble and no waiting). */
+  readonly efficiency: number;
+  /** Simulated seconds per wall second: compute runs this much faster than on the device. */
+  readonly timeScale: number;
+  /** Bytes of one activation or gradient frame's payload, as the real model would send at a boundary. */
+  readonly frameBytes: number;
 }
 
 /**
@@ -128,8 +148,19 @@ export function validateRunConfig(config: unknown): RunConfig {
   if (c.training.tokenizer !== 'byte' && c.training.tokenizer !== 'gpt2') fail(`training.tokenizer must be 'byte' or 'gpt2', got ${JSON.stringify(c.training.tokenizer)}`);
   if (c.training.dataFile !== undefined && typeof c.training.dataFile !== 'string') fail('training.dataFile must be a path');
   if (c.model.tiedEmbeddings && c.training.stages > 1) fail('model.tiedEmbeddings needs training.stages = 1 (the head and the embedding on one stage)');
+  if (raw.training.synthetic !== undefined) validateSynthetic(raw.training.synthetic, fail);
   if (raw.training.bridge !== undefined) return { ...c, training: { ...c.training, bridge: validateBridge(raw.training.bridge, c.training.replicas, fail) } };
   return c;
+}
+
+function validateSynthetic(raw: unknown, fail: (why: string) => never): void {
+  if (!raw || typeof raw !== 'object') fail('training.synthetic must be an object {device, peakTflops, efficiency, timeScale, frameBytes}');
+  const s = raw as Record<string, unknown>;
+  if (typeof s.device !== 'string' || !s.device) fail('training.synthetic.device must name the device');
+  for (const k of ['peakTflops', 'timeScale', 'frameBytes']) {
+    if (typeof s[k] !== 'number' || !Number.isFinite(s[k]) || !((s[k] as number) > 0)) fail(`training.synthetic.${k} must be a positive number, got ${JSON.stringify(s[k])}`);
+  }
+  if (typeof s.efficiency !== 'number' || !(s.efficiency > 0 && s.efficiency <= 1)) fail(`training.synthetic.efficiency must be in (0, 1], got ${JSON.stringify(s.efficiency)}`);
 }
 
 function validateBridge(raw: unknown, replicas: number, fail: (why: string) => never): BridgeConfig {

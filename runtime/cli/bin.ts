@@ -6,6 +6,7 @@ import { tuneAllocator } from '../../native/index.ts';
 import { chaosCommand } from './chaos-command.ts';
 import { credsCommand } from './creds-command.ts';
 import { wanCommand } from './wan-command.ts';
+import { simulateCommand } from './simulate-command.ts';
 import { modelCommands } from './model-commands.ts';
 import { processCommands } from './process-commands.ts';
 import { statusCommand } from './status-command.ts';
@@ -26,6 +27,7 @@ modelCommands(program);
 timelineCommand(program);
 credsCommand(program);
 wanCommand(program);
+simulateCommand(program);
 
 program.parseAsync(process.argv).catch((err: unknown) => {
   const message = err instanceof InvalidArgumentError ? err.message : err instanceof Error ? err.message : String(err);

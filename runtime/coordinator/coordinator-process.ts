@@ -520,6 +520,7 @@ async function coordinate(
   stopLog();
   await writes;
   if (result instanceof Error) {
+    log.debug({ stack: result.stack }, 'run failed');
     Object.assign(state, { status: 'failed', reason: result.message });
     await saveState();
     await metrics.shutdown();  // the last values go out before the process ends

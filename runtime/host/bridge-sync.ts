@@ -28,7 +28,7 @@ export class StageSync {
     readonly bridge: BridgeConfig;
     readonly replica: number;
     readonly stage: number;
-    readonly engine: EngineStage;
+    readonly engine: Pick<EngineStage, 'params' | 'setParams' | 'paramCount'>;
     readonly log: Logger;
     readonly stopped: () => boolean;
     readonly report: (body: Record<string, unknown> & { type: 'contribution'; step: number; outer: number }) => Promise<void>;

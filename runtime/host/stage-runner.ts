@@ -39,10 +39,17 @@ import type { Tracing } from '../telemetry/tracing.ts';
 import { poisonedOutput, type FaultPoints } from './fault-points.ts';
 import { MicrobatchTraces, traceIds } from './microbatch-traces.ts';
 import { StageSync } from './bridge-sync.ts';
+import { SyntheticStage } from '../synthetic/synthetic-stage.ts';
 import type { ContributionReport } from '../bridge/bridge-runtime.ts';
 import type { Span } from '@opentelemetry/api';
 
 const CONSUME_MAX_BYTES = 32 * 1024 * 1024;  // bounded by bytes, not messages: see DEPENDENCIES.md
+const NO_TOKENS = new Int32Array(0);
+
+/** What a slot computes with: the native engine, or the synthetic stage of a simulation. */
+type ComputeStage = Pick<EngineStage, 'isFirst' | 'isLast' | 'inWidth' | 'outWidth' | 'needsTokens' | 'cuda' | 'paramCount' | 'backward' | 'gradSumSquares' | 'step' | 'zeroGrad' | 'state' | 'loadState' | 'params' | 'setParams'> & {
+  forwardTrain(mb: number, input: Int32Array | Float32Array, B: number, T: number, targets?: Int32Array, tokens?: Int32Array): Float32Array | number;
+};
 
 /** Step control on `step.<replica>`, written by the coordinator. */
 export type StepControl =
@@ -122,7 +129,9 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
   const K = t.checkpointEvery;
   const [layerBegin, layerEnd] = splitLayers(model.nLayers, S)[s];
   const onGpu = o.device.kind === 'cuda' ? { device: 'cuda' as const, gpu: o.device.gpu.index } : {};
-  const engine = new EngineStage({ model, optim, layerBegin, layerEnd, seed: t.seed, threads: t.cpuThreads, ...onGpu });
+  // A synthetic run (`caravan simulate`) computes nothing and takes the simulated device's time; everything else is the same.
+  const synthetic = t.synthetic ? new SyntheticStage({ model, layerBegin, layerEnd, batchSize: B, seqLen: T, synthetic: t.synthetic }) : undefined;
+  const engine: ComputeStage = synthetic ?? new EngineStage({ model, optim, layerBegin, layerEnd, seed: t.seed, threads: t.cpuThreads, ...onGpu });
   const restored = held.record.checkpoint;
   let settled = false;
   // A signed publish; its Nats-Msg-Id ends with a piece of the signature, which no other host can produce, so nobody can
@@ -149,7 +158,7 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
     await bridge?.restored(restored.step);
     log.info({ step: restored.step, object: restored.object }, 'restored from checkpoint');
   }
-  const dataset = engine.isFirst || engine.isLast || engine.needsTokens ? new TokenDataset(await loadTokens(config)) : undefined;
+  const dataset = !synthetic && (engine.isFirst || engine.isLast || engine.needsTokens) ? new TokenDataset(await loadTokens(config)) : undefined;
   const batch = (step: number, mb: number) =>
     dataset!.batchAt({ seed: t.seed, replica, shards: t.replicas, step, microbatch: mb, batchSize: B, seqLen: T, split: 'train' });
   const maxPayload = nc.info?.max_payload ?? 1024 * 1024;
@@ -176,7 +185,7 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
   const streamPending = new Map<FrameKind, number>();
   // The peak MFU is taken against: a GPU's dense bf16 peak from the engine's
   // table, or the CPU's practical fp32 peak (a plain sgemm of a few hundred ms at most).
-  const peakGflops = engine.cuda ? engine.cuda.peakBf16Tflops * 1000 : sgemmGflops(512, 512, 512, 8);
+  const peakGflops = synthetic ? synthetic.peakGflops : engine.cuda ? engine.cuda.peakBf16Tflops * 1000 : sgemmGflops(512, 512, 512, 8);
   let busyMs = 0, firstCompute = 0, lastCompute = 0;
   const timed = <R>(f: () => R): R => {
     const t0 = performance.now();
@@ -261,13 +270,13 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
           const id = cmd.step * M + cmd.mb;
           const data = dataset ? batch(cmd.step, cmd.mb) : undefined;
           let input: Int32Array | Float32Array;
-          if (engine.isFirst) input = data!.tokens;
+          if (engine.isFirst) input = data?.tokens ?? NO_TOKENS;
           else {
             input = inputs.get(key('act', cmd.step, cmd.mb))!;
             inputs.delete(key('act', cmd.step, cmd.mb));
           }
           const span = traces.compute('forward', cmd.step, cmd.mb);
-          const out = timed(() => engine.forwardTrain(id, input, B, T, engine.isLast ? data!.targets : undefined, engine.needsTokens ? data!.tokens : undefined));
+          const out = timed(() => engine.forwardTrain(id, input, B, T, engine.isLast ? data?.targets : undefined, engine.needsTokens ? data?.tokens : undefined));
           traces.computed('forward', cmd.step, cmd.mb, span);
           if (log.isLevelEnabled('debug')) log.debug({ step: cmd.step, mb: cmd.mb, ...traceIds(span) }, 'forward');
           await faults.reach('forward');

@@ -285,3 +285,12 @@ test('a tensor of another dtype is refused', (t) => {
   const edited16 = Buffer.concat([Buffer.from(blob.subarray(0, 8)), Buffer.from(json), Buffer.from(blob.subarray(8 + headerLen))]);
   refused(t, edited16, named(/not a valid safetensors blob: tensor \S+ has dtype F16; only F32 is supported/));
 });
+
+test('a state read at an odd offset of a pooled Buffer decodes (its tensors are copied out, not viewed)', (t) => {
+  const blob = encodeSafeTensors([{ name: 'a', shape: [3], data: Float32Array.of(1, 2, 3) }, { name: 'b', shape: [1], data: Float32Array.of(4) }]);
+  const pool = Buffer.alloc(blob.length + 7);
+  pool.set(blob, 3);
+  const file = decodeSafeTensors(pool.subarray(3, 3 + blob.length), 'odd offset');
+  t.deepEqual([...file.tensors.get('a')!.data], [1, 2, 3]);
+  t.deepEqual([...file.tensors.get('b')!.data], [4]);
+});

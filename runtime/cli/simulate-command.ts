@@ -1,0 +1,51 @@
+// `caravan simulate`: the pipeline at a scale this machine cannot compute,
+// with the synthetic backend (docs/simulate.md).
+import { Command, Option } from 'commander';
+import { validateRunConfig } from '../../schemas/run-config.ts';
+import { createLogger, LOG_LEVELS } from '../log.ts';
+import { SIMULATE_PRESETS } from '../synthetic/simulate-presets.ts';
+import { simulate } from '../synthetic/simulate-run.ts';
+import { nonNegativeInt, positiveInt } from './options.ts';
+
+const positive = (name: string) => (v: string) => {
+  const n = Number(v);
+  if (!Number.isFinite(n) || !(n > 0)) throw new Error(`${name} must be a positive number, got '${v}'`);
+  return n;
+};
+
+export function simulateCommand(program: Command): void {
+  program
+    .command('simulate')
+    .description('run a model too large for this machine through the real pipeline with synthetic compute (sleeps as long as the device would) and report utilization against the 1F1B bound')
+    .addOption(new Option('--preset <name>', Object.entries(SIMULATE_PRESETS).map(([k, p]) => `${k}: ${p.description}`).join('; ')).choices(Object.keys(SIMULATE_PRESETS)).default('orion-mini'))
+    .option('--steps <n>', 'optimizer steps', positiveInt('--steps'))
+    .option('--microbatches <n>', 'microbatches per step (M)', positiveInt('--microbatches'))
+    .option('--stages <n>', 'pipeline stages (S)', positiveInt('--stages'))
+    .option('--replicas <n>', 'replicas', positiveInt('--replicas'))
+    .option('--datacenters <n>', 'datacenter labels the hosts are spread over, in contiguous blocks', positiveInt('--datacenters'))
+    .option('--time-scale <x>', 'simulated seconds per wall second (compute runs x times faster than on the device)', positive('--time-scale'))
+    .option('--frame-bytes <n>', 'payload bytes of one activation or gradient frame', positive('--frame-bytes'))
+    .option('--efficiency <x>', 'fraction of the device peak its kernels reach on this model', positive('--efficiency'))
+    .option('--standbys <n>', 'extra hosts waiting to replace a lost one', nonNegativeInt('--standbys'), 0)
+    .addOption(new Option('--log-level <level>', "child processes' log level on stderr").choices([...LOG_LEVELS]))
+    .option('--json', 'print only the final JSON line')
+    .action(async (flags: { preset: string; steps?: number; microbatches?: number; stages?: number; replicas?: number; datacenters?: number; timeScale?: number; frameBytes?: number; efficiency?: number; standbys: number; logLevel?: string; json?: boolean }) => {
+      const p = SIMULATE_PRESETS[flags.preset];
+      const t = p.config.training;
+      const synthetic = { ...t.synthetic!, ...(flags.timeScale ? { timeScale: flags.timeScale } : {}), ...(flags.frameBytes ? { frameBytes: flags.frameBytes } : {}), ...(flags.efficiency ? { efficiency: flags.efficiency } : {}) };
+      const config = validateRunConfig({
+        ...p.config,
+        training: { ...t, steps: flags.steps ?? t.steps, microbatches: flags.microbatches ?? t.microbatches, stages: flags.stages ?? t.stages, replicas: flags.replicas ?? t.replicas, synthetic },
+      });
+      const started = Date.now();
+      const result = await simulate({
+        preset: flags.preset, config, datacenters: flags.datacenters ?? p.datacenters, standbys: flags.standbys,
+        log: createLogger('caravan-simulate', flags.logLevel), childLogLevel: flags.logLevel,
+        onProgress: flags.json ? undefined : (pr) => process.stderr.write(`replica ${pr.replica} step ${pr.step + 1}/${pr.steps} after ${((Date.now() - started) / 1000).toFixed(0)} s\n`),
+      });
+      if (!flags.json) {
+        process.stderr.write(`utilization ${(result.utilization * 100).toFixed(1)}% of the window (1F1B bound ${(result.schedule_bound * 100).toFixed(1)}%: ${(result.ratio_to_bound * 100).toFixed(1)}% of it), MFU ${result.mfu_pct}%, ${result.tokens_per_s} tokens/s on the simulated devices\n`);
+      }
+      process.stdout.write(`${JSON.stringify(result)}\n`);
+    });
+}

@@ -1,0 +1,40 @@
+// Shapes for `caravan simulate`: a model, a split, a schedule and a device,
+// computed by the synthetic backend. `orion-100b` is the run caravan answers:
+// a Llama-style 100B model (90 layers, d = 9216) in 16 stages × 3 replicas on
+// A100s in 5 datacenters, with activations shrunk 64× at the boundaries (a
+// microbatch of 2 × 4096 tokens crosses as 2.36 MB: 8192 × 9216 bf16 ÷ 64).
+import type { RunConfig } from '../../schemas/run-config.ts';
+
+export interface SimulatePreset {
+  readonly description: string;
+  readonly config: RunConfig;
+  readonly datacenters: number;
+}
+
+const optim = { lr: 1e-4, minLrRatio: 0.1, warmupSteps: 0, totalSteps: 1000, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1 };
+const a100 = { device: 'A100 80GB', peakTflops: 312 };
+
+const llama100b = { vocabSize: 32000, dModel: 9216, nLayers: 90, nHeads: 72, nKvHeads: 8, ffnHidden: 33792, maxSeqLen: 4096, ropeTheta: 500000, normEps: 1e-5, tiedEmbeddings: false };
+
+const training = { seed: 1, maxGradNorm: 1, tokenizer: 'byte' as const, cpuThreads: 1, lz4: false, nonFinite: 'stop' as const };
+
+export const SIMULATE_PRESETS: Readonly<Record<string, SimulatePreset>> = {
+  'orion-100b': {
+    description: '100B Llama (90 layers, d=9216), 16 stages × 3 replicas, A100s, 5 datacenters, 2.36 MB frames',
+    datacenters: 5,
+    config: {
+      model: llama100b, optim,
+      training: { ...training, steps: 3, microbatches: 32, batchSize: 2, seqLen: 4096, stages: 16, replicas: 3, checkpointEvery: 10,
+        synthetic: { ...a100, efficiency: 0.5, timeScale: 1, frameBytes: 8192 * 9216 * 2 / 64 } },
+    },
+  },
+  'orion-mini': {
+    description: 'the same model in 4 stages × 1 replica over 2 datacenters, 8 microbatches: a quick check',
+    datacenters: 2,
+    config: {
+      model: llama100b, optim,
+      training: { ...training, steps: 3, microbatches: 8, batchSize: 2, seqLen: 4096, stages: 4, replicas: 1, checkpointEvery: 2,
+        synthetic: { ...a100, efficiency: 0.5, timeScale: 20, frameBytes: 8192 * 9216 * 2 / 64 } },
+    },
+  },
+};

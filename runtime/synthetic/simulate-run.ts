@@ -1,0 +1,94 @@
+// `caravan simulate`: a synthetic run through the real coordinator, hosts,
+// NATS transport and recovery code (one host process per stage and replica),
+// and the figures that say how close the pipeline comes to its schedule:
+// utilization (the fraction of the window from the first engine call to the
+// last that replica 0's stages spent computing), the 1F1B bound M/(M+S−1),
+// throughput and MFU in the simulated device's time, and the bytes that
+// cross datacenters per step.
+import type { RunConfig } from '../../schemas/run-config.ts';
+import type { Logger } from '../log.ts';
+import { connectNats } from '../nats/connect.ts';
+import { decodeJson } from '../transport/json.ts';
+import { openExistingRun } from '../transport/run-resources.ts';
+import { trainDistributed, type DistributedOptions } from '../train/train-distributed.ts';
+import { splitLayers } from '../../native/index.ts';
+import { SyntheticStage } from './synthetic-stage.ts';
+
+export interface SimulateResult {
+  readonly bench: 'simulate';
+  readonly preset: string;
+  readonly stages: number;
+  readonly replicas: number;
+  readonly datacenters: number;
+  readonly microbatches: number;
+  readonly steps: number;
+  readonly utilization: number;
+  readonly schedule_bound: number;
+  readonly ratio_to_bound: number;
+  /** Of stage 0, one microbatch, on the simulated device (a backward takes twice as long). */
+  readonly forward_ms_simulated: number;
+  /** In the simulated device's time (wall rate ÷ timeScale). */
+  readonly tokens_per_s: number;
+  readonly mfu_pct: number;
+  readonly wan_bytes_per_step: number;
+  readonly frame_bytes: number;
+  readonly time_scale: number;
+  readonly wall_s: number;
+  readonly utilization_by_stage: number[];
+  readonly recoveries: unknown;
+}
+
+export interface SimulateOptions {
+  readonly preset: string;
+  readonly config: RunConfig;
+  readonly datacenters: number;
+  readonly standbys?: number;
+  readonly log: Logger;
+  readonly childLogLevel?: string;
+  readonly onProgress?: DistributedOptions['onProgress'];
+}
+
+export async function simulate(o: SimulateOptions): Promise<SimulateResult> {
+  const t = o.config.training;
+  const s = t.synthetic!;
+  const dcs = Array.from({ length: o.datacenters }, (_, i) => `dc-${i}`);
+  let stageDcs: string[][] = [];
+  const summary = await trainDistributed({
+    config: o.config, log: o.log, standbys: o.standbys, childLogLevel: o.childLogLevel, onProgress: o.onProgress,
+    // Hosts in contiguous blocks per datacenter, as one would rent them: a pipeline crosses a datacenter boundary a few times, not at every stage.
+    placement: { host: (i) => ({ datacenter: dcs[Math.min(dcs.length - 1, Math.floor((i * dcs.length) / (t.stages * t.replicas)))] }) },
+    onFinished: async ({ url, run }) => {
+      const nc = await connectNats(url, 'simulate-inspect');
+      try {
+        const res = await openExistingRun(nc, run, url);
+        stageDcs = [];
+        for (let r = 0; r < t.replicas; r++) {
+          const row: string[] = [];
+          for (let st = 0; st < t.stages; st++) {
+            const slot = decodeJson<{ host: string }>((await res.kv.get(`slot.${r}.${st}`))!.value, 'slot');
+            row.push(decodeJson<{ datacenter: string }>((await res.kv.get(`hosts.${slot.host}`))!.value, 'host').datacenter);
+          }
+          stageDcs.push(row);
+        }
+      } finally {
+        await nc.close();
+      }
+    },
+  });
+  const M = t.microbatches, S = t.stages;
+  const utilization = summary.utilization_by_stage.reduce((a, b) => a + b, 0) / S;
+  const bound = M / (M + S - 1);
+  const frameBytes = summary.wire.frames ? summary.wire.wire_bytes / summary.wire.frames : 0;
+  // Each boundary whose two stages sit in different datacenters carries M activations and M gradients a step.
+  const crossings = stageDcs.reduce((n, row) => n + row.slice(1).filter((dc, i) => dc !== row[i]).length, 0);
+  const [begin, end] = splitLayers(o.config.model.nLayers, S)[0];
+  const forwardMs = new SyntheticStage({ model: o.config.model, layerBegin: begin, layerEnd: end, batchSize: t.batchSize, seqLen: t.seqLen, synthetic: s }).forwardMs * s.timeScale;
+  return {
+    bench: 'simulate', preset: o.preset, stages: S, replicas: t.replicas, datacenters: o.datacenters, microbatches: M, steps: t.steps,
+    utilization: +utilization.toFixed(4), schedule_bound: +bound.toFixed(4), ratio_to_bound: +(utilization / bound).toFixed(4),
+    tokens_per_s: Math.round(summary.tokens_per_s / s.timeScale), mfu_pct: +summary.mfu_pct.toFixed(2),
+    wan_bytes_per_step: Math.round(crossings * 2 * M * frameBytes), frame_bytes: Math.round(frameBytes), time_scale: s.timeScale,
+    forward_ms_simulated: +forwardMs.toFixed(1), wall_s: +summary.wall_seconds.toFixed(1),
+    utilization_by_stage: summary.utilization_by_stage.map((u) => +u.toFixed(3)), recoveries: summary.recoveries,
+  };
+}
