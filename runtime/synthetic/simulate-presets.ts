@@ -24,7 +24,7 @@ export const SIMULATE_PRESETS: Readonly<Record<string, SimulatePreset>> = {
     datacenters: 5,
     config: {
       model: llama100b, optim,
-      training: { ...training, steps: 3, microbatches: 32, batchSize: 2, seqLen: 4096, stages: 16, replicas: 3, checkpointEvery: 10,
+      training: { ...training, steps: 3, microbatches: 32, batchSize: 2, seqLen: 4096, stages: 16, replicas: 3, checkpointEvery: 1,
         synthetic: { ...a100, efficiency: 0.5, timeScale: 1, frameBytes: 8192 * 9216 * 2 / 64 } },
     },
   },
@@ -33,7 +33,7 @@ export const SIMULATE_PRESETS: Readonly<Record<string, SimulatePreset>> = {
     datacenters: 2,
     config: {
       model: llama100b, optim,
-      training: { ...training, steps: 3, microbatches: 8, batchSize: 2, seqLen: 4096, stages: 4, replicas: 1, checkpointEvery: 2,
+      training: { ...training, steps: 3, microbatches: 8, batchSize: 2, seqLen: 4096, stages: 4, replicas: 1, checkpointEvery: 1,
         synthetic: { ...a100, efficiency: 0.5, timeScale: 20, frameBytes: 8192 * 9216 * 2 / 64 } },
     },
   },
