@@ -28,6 +28,15 @@ export const SIMULATE_PRESETS: Readonly<Record<string, SimulatePreset>> = {
         synthetic: { ...a100, efficiency: 0.5, timeScale: 1, frameBytes: 8192 * 9216 * 2 / 64 } },
     },
   },
+  'llama-7b': {
+    description: 'a 7B Llama (32 layers, d=4096) in 4 stages × 1 replica over 4 datacenters at the A100s\' own speed, 1 MiB frames: for WAN sweeps (--wan)',
+    datacenters: 4,
+    config: {
+      model: { vocabSize: 32000, dModel: 4096, nLayers: 32, nHeads: 32, nKvHeads: 32, ffnHidden: 11008, maxSeqLen: 4096, ropeTheta: 10000, normEps: 1e-5, tiedEmbeddings: false }, optim,
+      training: { ...training, steps: 3, microbatches: 8, batchSize: 2, seqLen: 4096, stages: 4, replicas: 1, checkpointEvery: 1,
+        synthetic: { ...a100, efficiency: 0.5, timeScale: 1, frameBytes: 8192 * 4096 * 2 / 64 } },
+    },
+  },
   'orion-mini': {
     description: 'the same model in 4 stages × 1 replica over 2 datacenters, 8 microbatches: a quick check',
     datacenters: 2,

@@ -4,15 +4,21 @@
 // utilization (the fraction of the window from the first engine call to the
 // last that replica 0's stages spent computing), the 1F1B bound M/(M+S−1),
 // throughput and MFU in the simulated device's time, and the bytes that
-// cross datacenters per step.
+// cross datacenters per step. With `wan`, the datacenters are real network
+// namespaces joined by emulated links (runtime/wan/): NATS and the
+// coordinator in the first, the hosts in contiguous blocks across them.
 import type { RunConfig } from '../../schemas/run-config.ts';
 import type { Logger } from '../log.ts';
 import { connectNats } from '../nats/connect.ts';
 import { decodeJson } from '../transport/json.ts';
 import { openExistingRun } from '../transport/run-resources.ts';
 import { trainDistributed, type DistributedOptions } from '../train/train-distributed.ts';
+import type { RunSummary } from '../coordinator/coordinator-process.ts';
 import { splitLayers } from '../../native/index.ts';
 import { SyntheticStage } from './synthetic-stage.ts';
+import { startNatsServer, type NatsServerHandle } from '../nats/nats-server.ts';
+import { startWan, type WanNetwork } from '../wan/wan-network.ts';
+import { planWan, type WanProfile } from '../wan/wan-profile.ts';
 
 export interface SimulateResult {
   readonly bench: 'simulate';
@@ -36,6 +42,8 @@ export interface SimulateResult {
   readonly wall_s: number;
   readonly utilization_by_stage: number[];
   readonly recoveries: unknown;
+  /** With --wan: the profile, its RTT scale, and the hosts' access rates (Mbit/s up, down); null on loopback. */
+  readonly wan: { profile: string; rtt_scale: number; up_mbit: number; down_mbit: number } | null;
 }
 
 export interface SimulateOptions {
@@ -46,35 +54,71 @@ export interface SimulateOptions {
   readonly log: Logger;
   readonly childLogLevel?: string;
   readonly onProgress?: DistributedOptions['onProgress'];
+  /** Run the datacenters as namespaces with this profile's links (needs root); RTTs times rttScale, access rates replaced by rateMbit. */
+  readonly wan?: { readonly profile: WanProfile; readonly rttScale?: number; readonly rateMbit?: number };
+}
+
+/** The profile with every round trip scaled and, if given, one access rate for both directions. */
+export function scaledProfile(p: WanProfile, rttScale = 1, rateMbit?: number): WanProfile {
+  return {
+    ...p,
+    rttMs: new Map([...p.rttMs].map(([k, v]) => [k, v * rttScale])),
+    ...(rateMbit ? { hostUpMbit: rateMbit, hostDownMbit: rateMbit } : {}),
+  };
 }
 
 export async function simulate(o: SimulateOptions): Promise<SimulateResult> {
   const t = o.config.training;
   const s = t.synthetic!;
-  const dcs = Array.from({ length: o.datacenters }, (_, i) => `dc-${i}`);
+  let dcs = Array.from({ length: o.datacenters }, (_, i) => `dc-${i}`);
+  // Hosts in contiguous blocks per datacenter, as one would rent them: a pipeline crosses a datacenter boundary a few times, not at every stage.
+  const block = (i: number) => Math.min(o.datacenters - 1, Math.floor((i * o.datacenters) / (t.stages * t.replicas)));
+  let placement: DistributedOptions['placement'] = { host: (i) => ({ datacenter: dcs[block(i)] }) };
+  let wan: WanNetwork | undefined, nats: NatsServerHandle | undefined;
+  if (o.wan) {
+    const plan = planWan(scaledProfile(o.wan.profile, o.wan.rttScale, o.wan.rateMbit), { datacenters: o.datacenters, id: 'sim', subnet: 78, ports: [4222] });
+    wan = await startWan(plan);
+    const hub = plan.datacenters[0];
+    const inNs = (name: string) => ['ip', 'netns', 'exec', plan.datacenters.find((d) => d.name === name)!.namespace];
+    try {
+      nats = await startNatsServer({ listen: `${hub.insideIp}:4222`, prefix: inNs(hub.name) });
+    } catch (err) {
+      await wan.stop();
+      throw err;
+    }
+    dcs = plan.datacenters.map((d) => d.name);
+    placement = {
+      coordinator: { prefix: inNs(hub.name), nats: nats.url },
+      host: (i) => ({ prefix: inNs(dcs[block(i)]), nats: `nats://${plan.endpoints[dcs[block(i)]][4222]}`, datacenter: dcs[block(i)] }),
+    };
+  }
   let stageDcs: string[][] = [];
-  const summary = await trainDistributed({
-    config: o.config, log: o.log, standbys: o.standbys, childLogLevel: o.childLogLevel, onProgress: o.onProgress,
-    // Hosts in contiguous blocks per datacenter, as one would rent them: a pipeline crosses a datacenter boundary a few times, not at every stage.
-    placement: { host: (i) => ({ datacenter: dcs[Math.min(dcs.length - 1, Math.floor((i * dcs.length) / (t.stages * t.replicas)))] }) },
-    onFinished: async ({ url, run }) => {
-      const nc = await connectNats(url, 'simulate-inspect');
-      try {
-        const res = await openExistingRun(nc, run, url);
-        stageDcs = [];
-        for (let r = 0; r < t.replicas; r++) {
-          const row: string[] = [];
-          for (let st = 0; st < t.stages; st++) {
-            const slot = decodeJson<{ host: string }>((await res.kv.get(`slot.${r}.${st}`))!.value, 'slot');
-            row.push(decodeJson<{ datacenter: string }>((await res.kv.get(`hosts.${slot.host}`))!.value, 'host').datacenter);
+  let summary: RunSummary;
+  try {
+    summary = await trainDistributed({
+      config: o.config, log: o.log, standbys: o.standbys, childLogLevel: o.childLogLevel, onProgress: o.onProgress, nats: nats?.url, placement,
+      onFinished: async ({ url, run }) => {
+        const nc = await connectNats(url, 'simulate-inspect');
+        try {
+          const res = await openExistingRun(nc, run, url);
+          stageDcs = [];
+          for (let r = 0; r < t.replicas; r++) {
+            const row: string[] = [];
+            for (let st = 0; st < t.stages; st++) {
+              const slot = decodeJson<{ host: string }>((await res.kv.get(`slot.${r}.${st}`))!.value, 'slot');
+              row.push(decodeJson<{ datacenter: string }>((await res.kv.get(`hosts.${slot.host}`))!.value, 'host').datacenter);
+            }
+            stageDcs.push(row);
           }
-          stageDcs.push(row);
+        } finally {
+          await nc.close();
         }
-      } finally {
-        await nc.close();
-      }
-    },
-  });
+      },
+    });
+  } finally {
+    await nats?.stop();
+    await wan?.stop();
+  }
   const M = t.microbatches, S = t.stages;
   const utilization = summary.utilization_by_stage.reduce((a, b) => a + b, 0) / S;
   const bound = M / (M + S - 1);
@@ -90,5 +134,6 @@ export async function simulate(o: SimulateOptions): Promise<SimulateResult> {
     wan_bytes_per_step: Math.round(crossings * 2 * M * frameBytes), frame_bytes: Math.round(frameBytes), time_scale: s.timeScale,
     forward_ms_simulated: +forwardMs.toFixed(1), wall_s: +summary.wall_seconds.toFixed(1),
     utilization_by_stage: summary.utilization_by_stage.map((u) => +u.toFixed(3)), recoveries: summary.recoveries,
+    wan: o.wan ? { profile: o.wan.profile.name, rtt_scale: o.wan.rttScale ?? 1, up_mbit: o.wan.rateMbit ?? o.wan.profile.hostUpMbit, down_mbit: o.wan.rateMbit ?? o.wan.profile.hostDownMbit } : null,
   };
 }

@@ -126,3 +126,13 @@ async function probeClient(namespace: string, endpoint: string, ...what: string[
   t.deepEqual(await leftovers(id), { namespaces: [], links: [], qdiscs: [] });
   t.throws(() => process.kill(state.pid, 0), undefined, 'the daemon is gone');
 });
+
+(canRun ? test.serial : test.skip)(`${canRun ? '' : '(needs root and iproute2 for network namespaces) '}caravan simulate --wan runs the synthetic pipeline across namespaced datacenters and reports the links it used`, async (t) => {
+  const r = await caravan(['simulate', '--preset', 'llama-7b', '--wan', 'us5', '--datacenters', '2', '--rtt-scale', '2', '--rate-mbit', '400', '--steps', '1', '--microbatches', '2', '--json']);
+  t.is(r.code, 0, r.stderr);
+  const line = JSON.parse(r.stdout.trim().split('\n').pop()!);
+  t.like(line, { bench: 'simulate', preset: 'llama-7b', stages: 4, datacenters: 2, wan: { profile: 'us5', rtt_scale: 2, up_mbit: 400, down_mbit: 400 } });
+  t.true(line.utilization > 0 && line.ratio_to_bound <= 1.05);
+  t.deepEqual(await leftovers('sim'), { namespaces: [], links: [], qdiscs: [] }, 'the simulation took its datacenters down');
+  t.log(r.stdout.trim());
+});
