@@ -1,6 +1,6 @@
 // A network probe to run inside a namespace (`ip netns exec NS node --import tsx net-probe.ts …`):
 //   server HOST PORT          echoes each 1-byte ping; after "up N\n", counts N bytes and answers "k"
-//   client HOST PORT rtt      prints {"rtt_ms": median of 9 pings}
+//   client HOST PORT rtt      prints {"rtt_ms": the least of 9 pings (queueing only ever adds)}
 //   client HOST PORT up N     prints {"mbit": N bytes sent, over the time until the answer less one round trip}
 import { once } from 'node:events';
 import { connect, createServer } from 'node:net';
@@ -33,7 +33,7 @@ if (mode === 'server') {
   const ping = async () => { const t0 = performance.now(); s.write('p'); await once(s, 'data'); return performance.now() - t0; };
   const rtts: number[] = [];
   for (let i = 0; i < 9; i++) rtts.push(await ping());
-  const rtt = rtts.sort((a, b) => a - b)[4];
+  const rtt = Math.min(...rtts);
   if (what === 'rtt') process.stdout.write(`${JSON.stringify({ rtt_ms: rtt })}\n`);
   else {
     const n = Number(nText);

@@ -71,8 +71,13 @@ async function probeClient(namespace: string, endpoint: string, ...what: string[
   const server = spawn('ip', ['netns', 'exec', ns('dc-a'), process.execPath, '--import', 'tsx', probe, 'server', hubIp, '5555'], { cwd: root, stdio: ['ignore', 'pipe', 'inherit'] });
   t.teardown(() => { server.kill(); });
   await new Promise((resolve) => server.stdout!.once('data', resolve));
-  const b = await probeClient(ns('dc-b'), plan.endpoints['dc-b'][5555], 'up', String(8_000_000));
-  const c = await probeClient(ns('dc-c'), plan.endpoints['dc-c'][5555], 'rtt');
+  // Other tests share the 2 cores: load only ever adds delay and takes rate, so the best of three is the link's.
+  const best = async (f: () => Promise<{ rtt_ms: number; mbit?: number }>) => {
+    const runs = [await f(), await f(), await f()];
+    return { rtt_ms: Math.min(...runs.map((r) => r.rtt_ms)), mbit: Math.max(...runs.map((r) => r.mbit ?? 0)) };
+  };
+  const b = await best(() => probeClient(ns('dc-b'), plan.endpoints['dc-b'][5555], 'up', String(8_000_000)));
+  const c = await best(() => probeClient(ns('dc-c'), plan.endpoints['dc-c'][5555], 'rtt'));
   t.log(`dc-b → hub: RTT ${b.rtt_ms.toFixed(1)} ms (profile 40), upload ${b.mbit!.toFixed(0)} Mbit/s (profile 200); dc-c → hub: RTT ${c.rtt_ms.toFixed(1)} ms (profile 60)`);
   t.true(within(b.rtt_ms, 40), `dc-b RTT ${b.rtt_ms}`);
   t.true(within(c.rtt_ms, 60), `dc-c RTT ${c.rtt_ms}`);
