@@ -6,13 +6,7 @@ import { createLogger, LOG_LEVELS } from '../log.ts';
 import { SIMULATE_PRESETS } from '../synthetic/simulate-presets.ts';
 import { simulate } from '../synthetic/simulate-run.ts';
 import { loadWanProfile } from '../wan/wan-profile.ts';
-import { nonNegativeInt, positiveInt } from './options.ts';
-
-const positive = (name: string) => (v: string) => {
-  const n = Number(v);
-  if (!Number.isFinite(n) || !(n > 0)) throw new Error(`${name} must be a positive number, got '${v}'`);
-  return n;
-};
+import { nonNegativeInt, positiveInt, positiveNumber } from './options.ts';
 
 export function simulateCommand(program: Command): void {
   program
@@ -24,13 +18,13 @@ export function simulateCommand(program: Command): void {
     .option('--stages <n>', 'pipeline stages (S)', positiveInt('--stages'))
     .option('--replicas <n>', 'replicas', positiveInt('--replicas'))
     .option('--datacenters <n>', 'datacenter labels the hosts are spread over, in contiguous blocks', positiveInt('--datacenters'))
-    .option('--time-scale <x>', 'simulated seconds per wall second (compute runs x times faster than on the device)', positive('--time-scale'))
-    .option('--frame-bytes <n>', 'payload bytes of one activation or gradient frame', positive('--frame-bytes'))
-    .option('--efficiency <x>', 'fraction of the device peak its kernels reach on this model', positive('--efficiency'))
+    .option('--time-scale <x>', 'simulated seconds per wall second (compute runs x times faster than on the device)', positiveNumber('--time-scale'))
+    .option('--frame-bytes <n>', 'payload bytes of one activation or gradient frame', positiveNumber('--frame-bytes'))
+    .option('--efficiency <x>', 'fraction of the device peak its kernels reach on this model', positiveNumber('--efficiency'))
     .option('--standbys <n>', 'extra hosts waiting to replace a lost one', nonNegativeInt('--standbys'), 0)
     .option('--wan <profile>', 'run the datacenters as network namespaces with this WAN profile\'s links (deploy/wan/<name>.yaml or a file; needs root)')
     .option('--rtt-scale <x>', 'with --wan: multiply every round-trip time', (v) => { const n = Number(v); if (!(n >= 0) || !Number.isFinite(n)) throw new Error(`--rtt-scale must be a number >= 0, got '${v}'`); return n; })
-    .option('--rate-mbit <n>', 'with --wan: every host\'s access rate, both directions', positive('--rate-mbit'))
+    .option('--rate-mbit <n>', 'with --wan: every host\'s access rate, both directions', positiveNumber('--rate-mbit'))
     .addOption(new Option('--log-level <level>', "child processes' log level on stderr").choices([...LOG_LEVELS]))
     .option('--json', 'print only the final JSON line')
     .action(async (flags: { preset: string; steps?: number; microbatches?: number; stages?: number; replicas?: number; datacenters?: number; timeScale?: number; frameBytes?: number; efficiency?: number; standbys: number; wan?: string; rttScale?: number; rateMbit?: number; logLevel?: string; json?: boolean }) => {
