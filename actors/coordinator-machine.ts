@@ -69,11 +69,17 @@ export const coordinatorMachine = setup({
     seen: assign(({ context, event }) => ({
       hosts: context.hosts.map((h) => ('host' in event && h.id === event.host ? { ...h, lastSeen: context.now } : h)),
     })),
-    // Slots in replica-major order go to hosts in join order.
+    // Slots in replica-major order go to hosts grouped by datacenter (datacenters in the order their first host
+    // joined, hosts in join order within each), so a replica's neighbouring stages share a datacenter wherever
+    // they can and its frames cross as few WAN links as the hosts allow. The rest wait as standbys.
     assignSlots: enqueueActions(({ context, enqueue }) => {
-      const hosts = context.hosts.map((h, i) =>
-        i < slotCount(context) ? { ...h, slot: { replica: Math.floor(i / context.stages), stage: i % context.stages } } : h,
-      );
+      const dcOrder = [...new Set(context.hosts.map((h) => h.datacenter))];
+      const order = context.hosts.map((h, i) => ({ id: h.id, key: dcOrder.indexOf(h.datacenter) * context.hosts.length + i }))
+        .sort((a, b) => a.key - b.key).map((x) => x.id);
+      const hosts = context.hosts.map((h) => {
+        const i = order.indexOf(h.id);
+        return i < slotCount(context) ? { ...h, slot: { replica: Math.floor(i / context.stages), stage: i % context.stages } } : h;
+      });
       enqueue.assign({ hosts });
       for (const h of hosts) {
         if (h.slot) enqueue.emit({ type: 'ASSIGN', host: h.id, replica: h.slot.replica, stage: h.slot.stage });

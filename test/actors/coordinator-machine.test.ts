@@ -53,21 +53,32 @@ function running(extra = 0) {
   return { ...c, hosts, slotted: hosts.slice(0, slots), standbys: hosts.slice(slots) };
 }
 
-test('slots go out in replica-major order once S×R hosts have joined; the rest are standbys', (t) => {
+test('slots go out in replica-major order once S×R hosts have joined, grouped by datacenter; the rest are standbys', (t) => {
   const { send } = coordinator();  // S=3, R=2
   for (const h of hostIds(5)) t.deepEqual(send(join(h, h === 'h1' ? 'dc-b' : 'dc-a')), [], `${h}: not enough hosts yet`);
   t.deepEqual(send(join('h1')), [], 'a host joining twice counts once');
+  // dc-a's hosts (h0, h2, h3, h4, h5) take the first five slots in join order, dc-b's h1 the last.
   t.deepEqual(send(join('h5')), [
     { type: 'ASSIGN', host: 'h0', replica: 0, stage: 0 },
-    { type: 'ASSIGN', host: 'h1', replica: 0, stage: 1 },
-    { type: 'ASSIGN', host: 'h2', replica: 0, stage: 2 },
-    { type: 'ASSIGN', host: 'h3', replica: 1, stage: 0 },
-    { type: 'ASSIGN', host: 'h4', replica: 1, stage: 1 },
-    { type: 'ASSIGN', host: 'h5', replica: 1, stage: 2 },
+    { type: 'ASSIGN', host: 'h1', replica: 1, stage: 2 },
+    { type: 'ASSIGN', host: 'h2', replica: 0, stage: 1 },
+    { type: 'ASSIGN', host: 'h3', replica: 0, stage: 2 },
+    { type: 'ASSIGN', host: 'h4', replica: 1, stage: 0 },
+    { type: 'ASSIGN', host: 'h5', replica: 1, stage: 1 },
   ]);
   t.deepEqual(send(join('h6')), [{ type: 'STANDBY', host: 'h6' }]);
   t.deepEqual(send(join('h6')), [], 'a standby joining twice is told once');
   t.deepEqual(send(join('h2')), [], 'a slotted host joining again keeps its slot, no STANDBY');
+});
+
+test('hosts that join interleaved from three datacenters get contiguous stages: a replica crosses each datacenter boundary once', (t) => {
+  const { send } = coordinator();  // S=3, R=2
+  const dcs = ['dc-x', 'dc-y', 'dc-z'];
+  let out: CoordinatorCommand[] = [];
+  for (const [i, h] of hostIds(6).entries()) out = send(join(h, dcs[i % 3]));  // h0 x, h1 y, h2 z, h3 x, h4 y, h5 z
+  const stageOf = new Map(out.filter((c) => c.type === 'ASSIGN').map((c) => [(c as { host: string }).host, c as { replica: number; stage: number }]));
+  // Grouped: x (h0, h3), y (h1, h4), z (h2, h5) → slots 0..5 in that order.
+  t.deepEqual(['h0', 'h3', 'h1', 'h4', 'h2', 'h5'].map((h) => [stageOf.get(h)!.replica, stageOf.get(h)!.stage]), [[0, 0], [0, 1], [0, 2], [1, 0], [1, 1], [1, 2]]);
 });
 
 test('START_RUN comes once, after the last slotted host is ready', (t) => {
