@@ -34,7 +34,7 @@ export type CoordinatorEvent =
   | { type: 'HEARTBEAT'; host: string }
   | { type: 'HOST_READY'; host: string }
   | { type: 'REPLICA_FINISHED'; replica: number }
-  | { type: 'SLOT_LOST'; host: string; slot: Slot };  // raised by the liveness check
+  | { type: 'SLOT_LOST'; host: string; slot: Slot; datacenter: string };  // raised by the liveness check
 
 export type CoordinatorCommand =
   | { type: 'ASSIGN'; host: string; replica: number; stage: number; replacing?: string }
@@ -95,10 +95,11 @@ export const coordinatorMachine = setup({
       if (slot) enqueue.emit({ type: 'ASSIGN', host: event.host, replica: slot.replica, stage: slot.stage, replacing: slot.lost });
       else enqueue.emit({ type: 'STANDBY', host: event.host });
     }),
-    // The lost host's slot goes to the first standby in join order.
+    // The lost host's slot goes to the first standby (in join order) in the lost host's datacenter, so the
+    // stage stays beside its neighbours; else to the first standby anywhere.
     reassign: enqueueActions(({ context, event, enqueue }) => {
       if (event.type !== 'SLOT_LOST') return;
-      const standby = context.hosts.find((h) => !h.slot);
+      const standby = context.hosts.find((h) => !h.slot && h.datacenter === event.datacenter) ?? context.hosts.find((h) => !h.slot);
       if (!standby) {
         enqueue.assign({ vacant: [...context.vacant, { ...event.slot, lost: event.host }] });
         enqueue.emit({ type: 'SLOT_VACANT', ...event.slot, lost: event.host });
@@ -114,7 +115,7 @@ export const coordinatorMachine = setup({
       enqueue.assign({ now, hosts: context.hosts.filter((h) => !lost.includes(h)) });
       for (const h of lost) {
         enqueue.emit({ type: 'HOST_LOST', host: h.id, slot: h.slot });
-        if (h.slot) enqueue.raise({ type: 'SLOT_LOST', host: h.id, slot: h.slot });
+        if (h.slot) enqueue.raise({ type: 'SLOT_LOST', host: h.id, slot: h.slot, datacenter: h.datacenter });
       }
     }),
   },

@@ -151,6 +151,22 @@ test('a slotted host silent for longer than the timeout is lost and its slot goe
   t.deepEqual(c.send({ type: 'REPLICA_FINISHED', replica: 1 }), [{ type: 'RUN_FINISHED' }], 'the run goes on to its end');
 });
 
+test('a lost slot goes to a standby in the lost host\'s datacenter before one elsewhere', (t) => {
+  const c = coordinator();  // S=3, R=2
+  const slotted = hostIds(6);
+  for (const h of slotted) c.send(join(h));  // dc-a
+  c.send(join('far', 'dc-b'));     // the first standby, in another datacenter
+  c.send(join('near', 'dc-a'));    // the second, beside the stage it will take
+  for (const h of slotted) c.send({ type: 'HOST_READY', host: h });
+  const alive = [...slotted.filter((h) => h !== 'h2'), 'far', 'near'];
+  t.deepEqual(c.advance(3 * TIMEOUT, alive).map((e) => e.cmd), [
+    { type: 'HOST_LOST', host: 'h2', slot: { replica: 0, stage: 2 } },
+    { type: 'ASSIGN', host: 'near', replica: 0, stage: 2, replacing: 'h2' },
+  ]);
+  const next = c.advance(3 * TIMEOUT, alive.filter((h) => h !== 'h3')).map((e) => e.cmd);
+  t.deepEqual(next[1], { type: 'ASSIGN', host: 'far', replica: 1, stage: 0, replacing: 'h3' }, 'with none left there, the first standby anywhere');
+});
+
 test('with no standby the slot stays vacant until the next host joins', (t) => {
   const c = running(0);
   const silent = 'h0';
