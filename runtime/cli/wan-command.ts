@@ -47,7 +47,8 @@ export function wanCommand(program: Command): void {
       if (await readWanState(flags.stateDir, plan.id)) throw new Error(`WAN '${plan.id}' is up already: 'caravan wan down --id ${plan.id}' first`);
       await mkdir(flags.stateDir, { recursive: true });
       const log = join(flags.stateDir, `${plan.id}.log`);
-      const args = process.argv.slice(2).map((a) => (a === 'up' ? 'serve' : a)).filter((a) => a !== '--json');
+      const args = ['wan', 'serve', '--profile', flags.profile, '--datacenters', String(flags.datacenters), '--subnet', String(flags.subnet),
+        '--id', plan.id, '--state-dir', flags.stateDir, '--hub', plan.hub, ...(flags.port ?? []).flatMap((p) => ['--port', String(p)])];
       const child = spawn(process.execPath, [...process.execArgv, process.argv[1], ...args], { detached: true, stdio: ['ignore', openSync(log, 'a'), openSync(log, 'a')] });
       child.unref();
       const exited = new Promise<number | null>((r) => child.once('exit', r));

@@ -32,9 +32,8 @@ import { openReaderConsumer, openRunResources, PULL_EXPIRES_MS, type RunResource
 import { assignSlot, readSlot, recordReportedCheckpoint, type CheckpointPointer, type SlotRecord } from '../transport/slots.ts';
 import { edgeLimits } from '../transport/edge-limits.ts';
 import { checkRegistration } from '../security/registration.ts';
-import { SIGNATURE_HEADER } from '../security/message-signature.ts';
+import { SIGNATURE_HEADER, sha256Hex } from '../security/message-signature.ts';
 import { SlotSigners } from '../security/slot-signers.ts';
-import { createHash } from 'node:crypto';
 import type { MsgHdrs } from '@nats-io/transport-node';
 
 export interface CoordinatorOptions {
@@ -209,6 +208,7 @@ async function coordinate(
   const skipped = new Set<string>();  // `${replica}.${step}` committed as skipped
   const finals = new Map<string, string>();  // `${replica}.${stage}` whose final state is uploaded (its counters are the last) → its sha256
   const hostKeys = new Map<string, string>();  // host → the public key it registered (also in its KV record, for restarts)
+  const registeredKey = async (host: string) => hostKeys.get(host) ?? (await readJson<HostEntry>(res, res.names.hostKey(host)))?.key;
   const signers = new SlotSigners(res.kv);
   const bridges = t.bridge ? startBridges({ res, config, bridge: t.bridge, log, onError: (err) => settle(err) }) : undefined;
   // The run's metrics over OpenTelemetry (off unless OTEL_EXPORTER_OTLP_* names an endpoint): the live state, read when exported.
@@ -234,7 +234,7 @@ async function coordinate(
         }
         // A host id is bound to the first key it registered with (kept in its KV record across coordinator restarts):
         // another key under the same id is someone else.
-        const known = hostKeys.get(msg.host) ?? (await readJson<HostEntry>(res, res.names.hostKey(msg.host)).catch(() => undefined))?.key;
+        const known = await registeredKey(msg.host).catch(() => undefined);
         if (known && known !== msg.key) {
           m.respond(encodeJson({ ok: false, reason: `host id ${msg.host} is registered with another key` }));
           return;
@@ -263,7 +263,7 @@ async function coordinate(
       case 'ASSIGN': {
         const [begin, end] = splitLayers(config.model.nLayers, t.stages)[cmd.stage];
         write(`slot ${cmd.replica}.${cmd.stage}`, async () => {
-          const key = hostKeys.get(cmd.host) ?? (await readJson<HostEntry>(res, res.names.hostKey(cmd.host)))?.key;
+          const key = await registeredKey(cmd.host);
           if (!key) throw new Error(`host ${cmd.host} has no registered key`);
           // The previous holder's frames stored up to now are good; any later ones come from a host that was replaced.
           const edgeSeq = (await retryTransient('edge stream info', () => res.jsm.streams.info(res.names.edgeStream))).state.last_seq;
@@ -454,7 +454,7 @@ async function coordinate(
         const blob = await res.objects.getBlob(res.names.finalState(r, begin, end));
         if (!blob) throw new Error(`final state of replica ${r} layers [${begin}, ${end}) is missing from the object store`);
         const reported = finals.get(`${r}.${blobs.length}`);
-        if (createHash('sha256').update(blob).digest('hex') !== reported) {
+        if (sha256Hex(blob) !== reported) {
           throw new Error(`final state of replica ${r} layers [${begin}, ${end}) is not the one its holder reported: it was overwritten in the object store`);
         }
         blobs.push(blob);

@@ -30,8 +30,11 @@ export interface FaultReached {
 export class FaultPoints {
   private armed: { point: FaultPoint; left: number } | undefined;
   private readonly sub: Subscription | undefined;
+  /** Outputs to poison, as `<kind>/<replica>/<stage>/<step>/<mb>`: read once, at start. */
+  private readonly poison: ReadonlySet<string>;
 
   constructor(private readonly nc: NatsConnection, private readonly host: string, subject: string, private readonly reachedSubject: string, enabled = process.env.CARAVAN_CHAOS === '1') {
+    this.poison = new Set(enabled && process.env.CARAVAN_CHAOS_POISON ? process.env.CARAVAN_CHAOS_POISON.split(',') : []);
     if (!enabled) return;
     this.sub = nc.subscribe(subject, {
       callback: (_e, m) => {
@@ -56,13 +59,12 @@ export class FaultPoints {
     process.kill(process.pid, 'SIGSTOP');
   }
 
+  /** Whether this output frame is one CARAVAN_CHAOS_POISON names (only with CARAVAN_CHAOS=1). */
+  poisons(kind: string, replica: number, stage: number, step: number, mb: number): boolean {
+    return this.poison.size > 0 && this.poison.has(`${kind}/${replica}/${stage}/${step}/${mb}`);
+  }
+
   close(): void {
     this.sub?.unsubscribe();
   }
-}
-
-/** Whether this output frame is one CARAVAN_CHAOS_POISON names (only with CARAVAN_CHAOS=1). */
-export function poisonedOutput(kind: string, replica: number, stage: number, step: number, mb: number, env = process.env): boolean {
-  if (env.CARAVAN_CHAOS !== '1' || !env.CARAVAN_CHAOS_POISON) return false;
-  return env.CARAVAN_CHAOS_POISON.split(',').includes(`${kind}/${replica}/${stage}/${step}/${mb}`);
 }

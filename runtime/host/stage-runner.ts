@@ -18,7 +18,6 @@
 // before its tensor is decoded (security/), and dead-lettered if it fails.
 import type { ConsumerMessages, JsMsg } from '@nats-io/jetstream';
 import { headers, type MsgHdrs, type NatsConnection } from '@nats-io/transport-node';
-import { createHash } from 'node:crypto';
 import { createActor } from 'xstate';
 import { stageMachine, type StageCommand } from '../../actors/stage-machine.ts';
 import { EngineStage, sgemmGflops, splitLayers, type CudaDeviceInfo } from '../../native/index.ts';
@@ -33,10 +32,10 @@ import { decodeJson, encodeJson } from '../transport/json.ts';
 import { openEdgeConsumer, openReaderConsumer, PULL_EXPIRES_MS, ReaderReplacedError, type RunResources } from '../transport/run-resources.ts';
 import { readSlot, SlotLostError, type CheckpointPointer, type SlotEntry } from '../transport/slots.ts';
 import type { HostKey } from '../security/host-key.ts';
-import { SIGNATURE_HEADER, signatureHeader } from '../security/message-signature.ts';
+import { SIGNATURE_HEADER, sha256Hex, signatureHeader } from '../security/message-signature.ts';
 import type { SlotSigners } from '../security/slot-signers.ts';
 import type { Tracing } from '../telemetry/tracing.ts';
-import { poisonedOutput, type FaultPoints } from './fault-points.ts';
+import type { FaultPoints } from './fault-points.ts';
 import { MicrobatchTraces, traceIds } from './microbatch-traces.ts';
 import { StageSync } from './bridge-sync.ts';
 import { SyntheticStage } from '../synthetic/synthetic-stage.ts';
@@ -201,7 +200,7 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
   const traces = new MicrobatchTraces(o.tracing, { run: res.names.run, replica, stage: s, isFirst: engine.isFirst, isLast: engine.isLast });
   const publishFrame = async (kind: FrameKind, to: number, step: number, mb: number, data: Float32Array, parent: Span) => {
     const { width, codecs } = wire[kind];
-    if (poisonedOutput(kind, replica, s, step, mb)) (data = data.slice())[0] = NaN;
+    if (faults.poisons(kind, replica, s, step, mb)) (data = data.slice())[0] = NaN;
     await traces.send(parent, step, mb, () => {
       const encoded = encodeFrameWithCodecs({ run: res.names.run, replica, stage: to, step, microbatch: mb, kind, shape: [B, T, width], data }, codecs);
       return { ...encoded, f32Bytes: data.byteLength };
@@ -360,6 +359,12 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
       rejectDone(err);
     } else resolveDone();
   };
+  // A frame refused by signature or decoder: moved to the dead-letter stream with its reason, counted, logged.
+  const deadLetter = async (m: JsMsg, fault: string, reason: string) => {
+    await moveToDeadLetters(res, m, fault, reason, replica, s, host);
+    o.deadLetters.count++;
+    log.warn({ fault, reason, subject: m.subject, seq: m.seq }, 'frame dead-lettered');
+  };
   const consumeLoop = (what: string, f: () => Promise<void>) => {
     f().catch((err: Error) => { if (!settled) stop(new Error(`${what}: ${err.message}`)); });
   };
@@ -415,9 +420,7 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
         // Who sent it is settled before anything of it is decoded.
         const signed = await o.signers.check({ kind: 'frame', subject: m.subject, body: m.data, header: m.headers?.get(SIGNATURE_HEADER), replica, stage: sender, seq: m.seq });
         if (!signed.ok) {
-          await deadLetter(res, m, signed.fault, signed.reason, replica, s, host);
-          o.deadLetters.count++;
-          log.warn({ fault: signed.fault, reason: signed.reason, subject: m.subject, seq: m.seq }, 'frame dead-lettered');
+          await deadLetter(m, signed.fault, signed.reason);
           continue;
         }
         let frame;
@@ -426,9 +429,7 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
           if (frame.shape[0] !== B || frame.shape[1] !== T) throw new FrameError('shape', `frame shape [${frame.shape.join(', ')}] is not this run's [${B}, ${T}, ${width}]`);
         } catch (err) {
           if (!(err instanceof FrameError)) throw err;
-          await deadLetter(res, m, err.fault, err.message, replica, s, host);
-          o.deadLetters.count++;
-          log.warn({ fault: err.fault, reason: err.message, subject: m.subject, seq: m.seq }, 'frame dead-lettered');
+          await deadLetter(m, err.fault, err.message);
           continue;
         }
         const k = key(kind, frame.step, frame.microbatch);
@@ -464,11 +465,7 @@ function nonFiniteIn(data: Float32Array): { count: number; first: number } | und
   return { count, first };
 }
 
-function sha256Hex(bytes: Uint8Array): string {
-  return createHash('sha256').update(bytes).digest('hex');
-}
-
-async function deadLetter(res: RunResources, m: JsMsg, fault: string, reason: string, replica: number, stage: number, host: string): Promise<void> {
+async function moveToDeadLetters(res: RunResources, m: JsMsg, fault: string, reason: string, replica: number, stage: number, host: string): Promise<void> {
   const h = headers();
   h.set('Caravan-Fault', fault);
   h.set('Caravan-Reason', reason.slice(0, 1000));

@@ -15,6 +15,11 @@ export const SIGNATURE_HEADER = 'Caravan-Sig';
 
 export type SignedKind = 'frame' | 'report';
 
+/** SHA-256 of a stored object, hex: what a signed report vouches for (checkpoints, final states). */
+export function sha256Hex(bytes: Uint8Array): string {
+  return createHash('sha256').update(bytes).digest('hex');
+}
+
 function signedBytes(kind: SignedKind, subject: string, body: Uint8Array): Uint8Array {
   const digest = createHash('sha256').update(body).digest();
   return Buffer.concat([Buffer.from(`caravan/${kind}/v1\0${subject}\0`), digest]);

@@ -2,8 +2,7 @@
 // host id; the coordinator checks the proof before it binds a slot to the key.
 // (Another host that copied a registration could only register the same
 // host id and key, and without the seed it cannot sign a frame for them.)
-import type { HostKey } from './host-key.ts';
-import { isUserPublicKey, verifySignature } from './host-key.ts';
+import { isUserPublicKey, verifySignature, type HostKey } from './host-key.ts';
 
 function registrationMessage(run: string, host: string, publicKey: string): Uint8Array {
   return Buffer.from(`caravan/register/v1\0${run}\0${host}\0${publicKey}`);

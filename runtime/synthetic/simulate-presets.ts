@@ -16,34 +16,27 @@ const a100 = { device: 'A100 80GB', peakTflops: 312 };
 
 const llama100b = { vocabSize: 32000, dModel: 9216, nLayers: 90, nHeads: 72, nKvHeads: 8, ffnHidden: 33792, maxSeqLen: 4096, ropeTheta: 500000, normEps: 1e-5, tiedEmbeddings: false };
 
-const training = { seed: 1, maxGradNorm: 1, tokenizer: 'byte' as const, cpuThreads: 1, lz4: false, nonFinite: 'stop' as const };
+// Every preset: microbatches of 2 × 4096 tokens, checkpoints every step (synthetic states are tiny, and each
+// checkpoint lets the edge streams drop the step's frames), activations shrunk 64× from bf16 at the boundaries.
+const training = { seed: 1, maxGradNorm: 1, tokenizer: 'byte' as const, cpuThreads: 1, lz4: false, nonFinite: 'stop' as const, steps: 3, batchSize: 2, seqLen: 4096, checkpointEvery: 1 };
+const frameBytes = (dModel: number) => (2 * 4096 * dModel * 2) / 64;
+
+/** A preset of `model` in `stages` × `replicas` on A100s at efficiency 0.5. */
+function preset(description: string, datacenters: number, model: RunConfig['model'], shape: { stages: number; replicas: number; microbatches: number; timeScale: number }): SimulatePreset {
+  const { timeScale, ...split } = shape;
+  return {
+    description, datacenters,
+    config: { model, optim, training: { ...training, ...split, synthetic: { ...a100, efficiency: 0.5, timeScale, frameBytes: frameBytes(model.dModel) } } },
+  };
+}
+
+const llama7b = { vocabSize: 32000, dModel: 4096, nLayers: 32, nHeads: 32, nKvHeads: 32, ffnHidden: 11008, maxSeqLen: 4096, ropeTheta: 10000, normEps: 1e-5, tiedEmbeddings: false };
 
 export const SIMULATE_PRESETS: Readonly<Record<string, SimulatePreset>> = {
-  'orion-100b': {
-    description: '100B Llama (90 layers, d=9216), 16 stages × 3 replicas, A100s, 5 datacenters, 2.36 MB frames',
-    datacenters: 5,
-    config: {
-      model: llama100b, optim,
-      training: { ...training, steps: 3, microbatches: 32, batchSize: 2, seqLen: 4096, stages: 16, replicas: 3, checkpointEvery: 1,
-        synthetic: { ...a100, efficiency: 0.5, timeScale: 1, frameBytes: 8192 * 9216 * 2 / 64 } },
-    },
-  },
-  'llama-7b': {
-    description: 'a 7B Llama (32 layers, d=4096) in 4 stages × 1 replica over 4 datacenters at the A100s\' own speed, 1 MiB frames: for WAN sweeps (--wan)',
-    datacenters: 4,
-    config: {
-      model: { vocabSize: 32000, dModel: 4096, nLayers: 32, nHeads: 32, nKvHeads: 32, ffnHidden: 11008, maxSeqLen: 4096, ropeTheta: 10000, normEps: 1e-5, tiedEmbeddings: false }, optim,
-      training: { ...training, steps: 3, microbatches: 8, batchSize: 2, seqLen: 4096, stages: 4, replicas: 1, checkpointEvery: 1,
-        synthetic: { ...a100, efficiency: 0.5, timeScale: 1, frameBytes: 8192 * 4096 * 2 / 64 } },
-    },
-  },
-  'orion-mini': {
-    description: 'the same model in 4 stages × 1 replica over 2 datacenters, 8 microbatches: a quick check',
-    datacenters: 2,
-    config: {
-      model: llama100b, optim,
-      training: { ...training, steps: 3, microbatches: 8, batchSize: 2, seqLen: 4096, stages: 4, replicas: 1, checkpointEvery: 1,
-        synthetic: { ...a100, efficiency: 0.5, timeScale: 20, frameBytes: 8192 * 9216 * 2 / 64 } },
-    },
-  },
+  'orion-100b': preset('100B Llama (90 layers, d=9216), 16 stages × 3 replicas, A100s, 5 datacenters, 2.36 MB frames', 5, llama100b,
+    { stages: 16, replicas: 3, microbatches: 32, timeScale: 1 }),
+  'llama-7b': preset('a 7B Llama (32 layers, d=4096) in 4 stages × 1 replica over 4 datacenters at the A100s\' own speed, 1 MiB frames: for WAN sweeps (--wan)', 4, llama7b,
+    { stages: 4, replicas: 1, microbatches: 8, timeScale: 1 }),
+  'orion-mini': preset('the same model in 4 stages × 1 replica over 2 datacenters, 8 microbatches: a quick check', 2, llama100b,
+    { stages: 4, replicas: 1, microbatches: 8, timeScale: 20 }),
 };

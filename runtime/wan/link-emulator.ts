@@ -25,7 +25,7 @@ export interface LinkSettings {
 
 const HIGH_WATER = 4 * 1024 * 1024;
 
-interface Pending { readonly data: Buffer; readonly due: number }
+interface Pending { readonly data: Buffer; due: number }
 
 /** One direction of one proxied connection. */
 class Direction {
@@ -34,6 +34,8 @@ class Direction {
   private busyUntil = 0;
   private lastDue = 0;
   private timer: NodeJS.Timeout | undefined;
+  /** The source has ended: end the destination once the queue is delivered. */
+  private ended = false;
 
   constructor(private readonly from: Socket, private readonly to: Socket, private readonly link: () => LinkSettings, private readonly random: () => number) {
     from.on('data', (chunk: Buffer) => this.take(chunk));
@@ -68,7 +70,6 @@ class Direction {
     } else if (this.ended) this.to.end();
   }
 
-  ended = false;
   end(): void {
     this.ended = true;
     if (!this.queue.length) this.to.end();
@@ -77,7 +78,7 @@ class Direction {
   /** A link that was down: what waited is delivered from now, in order, at the link's pace. */
   resumeFrom(now: number): void {
     let t = now;
-    for (const p of this.queue) { t = Math.max(t, p.due); (p as { due: number }).due = t; }
+    for (const p of this.queue) p.due = t = Math.max(t, p.due);
     this.busyUntil = Math.max(this.busyUntil, now);
     this.lastDue = Math.max(this.lastDue, t);
   }

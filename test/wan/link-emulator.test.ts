@@ -2,10 +2,10 @@
 // and the rate it imposes match its settings within 20%; a change while a
 // connection is open takes effect; a partition delivers nothing and loses
 // nothing, and the bytes arrive in order once it heals.
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { once } from 'node:events';
 import { createServer, connect, type Socket } from 'node:net';
-import { LinkEmulator } from '../../runtime/wan/link-emulator.ts';
+import { LinkEmulator, type LinkSettings } from '../../runtime/wan/link-emulator.ts';
 
 async function echoServer(t: { teardown(f: () => void): void }): Promise<number> {
   const server = createServer((s) => s.pipe(s));
@@ -36,45 +36,42 @@ async function echoRate(socket: Socket, n: number): Promise<number> {
   return (n * 8) / ((performance.now() - t0) * 1000);
 }
 
-test('round trip and rate match the settings within 20%, and follow a change made while the connection is open', async (t) => {
+/** An echo server behind a link with these settings each way, and a client connected through it. */
+async function throughLink(t: ExecutionContext, forward: LinkSettings, backward: LinkSettings): Promise<{ link: LinkEmulator; socket: Socket }> {
   const port = await echoServer(t);
-  const link = new LinkEmulator({
-    name: 'a-b', listen: { host: '127.0.0.1', port: 0 }, target: { host: '127.0.0.1', port },
-    forward: { delayMs: 20, jitterMs: 0, rateMbit: 80, up: true }, backward: { delayMs: 20, jitterMs: 0, rateMbit: 0, up: true },
-  });
+  const link = new LinkEmulator({ name: 'a-b', listen: { host: '127.0.0.1', port: 0 }, target: { host: '127.0.0.1', port }, forward, backward });
   const listen = await link.start();
   t.teardown(() => link.stop());
   const socket = connect({ host: '127.0.0.1', port: listen, noDelay: true });
   await once(socket, 'connect');
   t.teardown(() => socket.destroy());
+  return { link, socket };
+}
 
-  const rtts = [];
-  for (let i = 0; i < 5; i++) rtts.push(await roundTrip(socket));
-  const rtt = rtts.sort((a, b) => a - b)[2];
+/** The least of n round trips: other work on the machine only ever adds to one. */
+async function leastRoundTrip(socket: Socket, n: number): Promise<number> {
+  let least = Infinity;
+  for (let i = 0; i < n; i++) least = Math.min(least, await roundTrip(socket));
+  return least;
+}
+
+test('round trip and rate match the settings within 20%, and follow a change made while the connection is open', async (t) => {
+  const { link, socket } = await throughLink(t, { delayMs: 20, jitterMs: 0, rateMbit: 80, up: true }, { delayMs: 20, jitterMs: 0, rateMbit: 0, up: true });
+
+  const rtt = await leastRoundTrip(socket, 5);
   t.true(Math.abs(rtt - 40) <= 8, `RTT ${rtt.toFixed(1)} ms for 2 × 20 ms`);
-  // 2 MB at 80 Mbit/s is 200 ms of serialisation, plus the 40 ms round trip.
-  const rate = await echoRate(socket, 2_000_000);
+  // 2 MB at 80 Mbit/s is 200 ms of serialisation, plus the 40 ms round trip. Load only ever slows a transfer: the best of two.
+  const rate = Math.max(await echoRate(socket, 2_000_000), await echoRate(socket, 2_000_000));
   const expected = (2_000_000 * 8) / ((2_000_000 * 8) / 80_000 + 40) / 1000;
   t.true(Math.abs(rate - expected) / expected <= 0.2, `rate ${rate.toFixed(1)} Mbit/s, expected ${expected.toFixed(1)}`);
 
   link.set({ delayMs: 50 });
-  const slower = [];
-  for (let i = 0; i < 3; i++) slower.push(await roundTrip(socket));
-  const rtt2 = slower.sort((a, b) => a - b)[1];
+  const rtt2 = await leastRoundTrip(socket, 3);
   t.true(Math.abs(rtt2 - 100) <= 20, `RTT ${rtt2.toFixed(1)} ms after the change to 2 × 50 ms`);
 });
 
 test('a partition delivers nothing and loses nothing; healed, every byte arrives in order', async (t) => {
-  const port = await echoServer(t);
-  const link = new LinkEmulator({
-    name: 'a-b', listen: { host: '127.0.0.1', port: 0 }, target: { host: '127.0.0.1', port },
-    forward: { delayMs: 5, jitterMs: 5, rateMbit: 0, up: true }, backward: { delayMs: 5, jitterMs: 5, rateMbit: 0, up: true },
-  });
-  const listen = await link.start();
-  t.teardown(() => link.stop());
-  const socket = connect({ host: '127.0.0.1', port: listen, noDelay: true });
-  await once(socket, 'connect');
-  t.teardown(() => socket.destroy());
+  const { link, socket } = await throughLink(t, { delayMs: 5, jitterMs: 5, rateMbit: 0, up: true }, { delayMs: 5, jitterMs: 5, rateMbit: 0, up: true });
   const received: Buffer[] = [];
   socket.on('data', (d: Buffer) => received.push(d));
 
