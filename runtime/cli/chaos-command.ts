@@ -6,7 +6,7 @@ import { KILL_KINDS, type KillKind } from '../chaos/kill-plan.ts';
 import { loadRunConfig } from '../config/load-run-config.ts';
 import { createLogger, LOG_LEVELS } from '../log.ts';
 import { PRESETS } from '../train/presets.ts';
-import { compressionOverrides, withCompressionOptions, nonNegativeInt, positiveInt, type RunShapeFlags } from './options.ts';
+import { compressionOverrides, withCompressionOptions, withScheduleOptions, nonNegativeInt, positiveInt, type RunShapeFlags } from './options.ts';
 
 interface ChaosFlags extends RunShapeFlags {
   trainSeed?: number;
@@ -23,7 +23,7 @@ interface ChaosFlags extends RunShapeFlags {
 }
 
 export function chaosCommand(program: Command): void {
-  withCompressionOptions(program.command('chaos'))
+  withScheduleOptions(withCompressionOptions(program.command('chaos')), { steps: 24 })
     .description('train with seeded SIGKILLs of stage hosts (mid-forward, mid-backward, after a publish, during a checkpoint, anytime), the coordinator and a NATS server; compare with a fault-free run')
     .option('--kills <n>', 'processes to kill', nonNegativeInt('--kills'), 6)
     .option('--seed <n>', 'seed of the kill plan (which process, where, when)', nonNegativeInt('--seed'), 1)
@@ -34,10 +34,6 @@ export function chaosCommand(program: Command): void {
     .option('--heartbeat-timeout <ms>', 'a host silent this long is replaced', positiveInt('--heartbeat-timeout'), 1500)
     .option('--config <file>', 'run config (YAML, TOML or JSON)')
     .addOption(new Option('--preset <name>', 'base settings').choices(Object.keys(PRESETS)))
-    .option('--steps <n>', 'optimizer steps', positiveInt('--steps'), 24)
-    .option('--stages <n>', 'pipeline stages', positiveInt('--stages'))
-    .option('--replicas <n>', 'pipeline replicas', positiveInt('--replicas'))
-    .option('--microbatches <n>', 'microbatches per step', positiveInt('--microbatches'))
     .option('--batch <n>', 'sequences per microbatch', positiveInt('--batch'), 4)
     .option('--seq <n>', 'tokens per sequence', positiveInt('--seq'), 64)
     .option('--train-seed <n>', 'seed for weights and data order', nonNegativeInt('--train-seed'))

@@ -41,6 +41,15 @@ export interface RunShapeFlags {
   lz4: boolean;
 }
 
+/** The schedule's flags (--steps, --stages, --replicas, --microbatches), shared by train, chaos and simulate. */
+export function withScheduleOptions(command: Command, defaults: { steps?: number } = {}): Command {
+  return command
+    .option('--steps <n>', 'optimizer steps', positiveInt('--steps'), defaults.steps)
+    .option('--stages <n>', 'pipeline stages the layers are split into (S)', positiveInt('--stages'))
+    .option('--replicas <n>', 'pipeline replicas, each on its own data shard', positiveInt('--replicas'))
+    .option('--microbatches <n>', 'microbatches per step (M)', positiveInt('--microbatches'));
+}
+
 /** The compression flags, shared by the commands that start a run (docs/compression.md). */
 export function withCompressionOptions(command: Command): Command {
   return command

@@ -6,17 +6,12 @@ import { createLogger, LOG_LEVELS } from '../log.ts';
 import { SIMULATE_PRESETS } from '../synthetic/simulate-presets.ts';
 import { simulate } from '../synthetic/simulate-run.ts';
 import { loadWanProfile } from '../wan/wan-profile.ts';
-import { nonNegativeInt, positiveInt, positiveNumber } from './options.ts';
+import { nonNegativeInt, positiveInt, positiveNumber, withScheduleOptions } from './options.ts';
 
 export function simulateCommand(program: Command): void {
-  program
-    .command('simulate')
+  withScheduleOptions(program.command('simulate'))
     .description('run a model too large for this machine through the real pipeline with synthetic compute (sleeps as long as the device would) and report utilization against the 1F1B bound')
     .addOption(new Option('--preset <name>', Object.entries(SIMULATE_PRESETS).map(([k, p]) => `${k}: ${p.description}`).join('; ')).choices(Object.keys(SIMULATE_PRESETS)).default('orion-mini'))
-    .option('--steps <n>', 'optimizer steps', positiveInt('--steps'))
-    .option('--microbatches <n>', 'microbatches per step (M)', positiveInt('--microbatches'))
-    .option('--stages <n>', 'pipeline stages (S)', positiveInt('--stages'))
-    .option('--replicas <n>', 'replicas', positiveInt('--replicas'))
     .option('--datacenters <n>', 'datacenter labels the hosts are spread over, in contiguous blocks', positiveInt('--datacenters'))
     .option('--time-scale <x>', 'simulated seconds per wall second (compute runs x times faster than on the device)', positiveNumber('--time-scale'))
     .option('--frame-bytes <n>', 'payload bytes of one activation or gradient frame', positiveNumber('--frame-bytes'))

@@ -15,7 +15,7 @@ import { writeHfModel } from '../export/hf-llama.ts';
 import { startSpanFileReceiver } from '../telemetry/span-file.ts';
 import { statesFromRun } from '../export/run-stage-states.ts';
 import { stitchStageStates, type StageStateBlob } from '../export/stitch-stages.ts';
-import { compressionOverrides, withCompressionOptions, nonNegativeInt, positiveInt, positiveNumber, type RunShapeFlags } from './options.ts';
+import { compressionOverrides, withCompressionOptions, withScheduleOptions, nonNegativeInt, positiveInt, positiveNumber, type RunShapeFlags } from './options.ts';
 
 interface TrainFlags extends RunShapeFlags {
   seed?: number;
@@ -87,14 +87,10 @@ function progressReporter(config: RunConfig, flags: TrainFlags) {
 }
 
 export function trainCommand(program: Command): void {
-  withCompressionOptions(program.command('train'))
+  withScheduleOptions(withCompressionOptions(program.command('train')))
     .description('train a model: over NATS JetStream with one host process per stage (embedded server by default), or --in-process')
     .option('--config <file>', 'run config (YAML, TOML or JSON): preset, model, optim, training')
     .addOption(new Option('--preset <name>', 'base settings').choices(Object.keys(PRESETS)))
-    .option('--steps <n>', 'optimizer steps', positiveInt('--steps'))
-    .option('--stages <n>', 'pipeline stages the layers are split into', positiveInt('--stages'))
-    .option('--replicas <n>', 'independent pipeline replicas (each on its own data)', positiveInt('--replicas'))
-    .option('--microbatches <n>', 'microbatches per step', positiveInt('--microbatches'))
     .option('--batch <n>', 'sequences per microbatch', positiveInt('--batch'))
     .option('--seq <n>', 'tokens per sequence', positiveInt('--seq'))
     .option('--seed <n>', 'seed for weights and data order', nonNegativeInt('--seed'))
