@@ -10,7 +10,7 @@ import { once } from 'node:events';
 import { createServer, connect as tcpConnect, type Socket } from 'node:net';
 import { connectNats } from '../runtime/nats/connect.ts';
 import { startNatsServer } from '../runtime/nats/nats-server.ts';
-import { openEdgeConsumer, openRunResources } from '../runtime/transport/run-resources.ts';
+import { ensureInputStream, openEdgeConsumer, openRunResources } from '../runtime/transport/run-resources.ts';
 import { decodeFrame, encodeFrame, frameMsgId } from '../schemas/tensor-frame.ts';
 import { headers } from '@nats-io/transport-node';
 import { newHostKey, verifySignature } from '../runtime/security/host-key.ts';
@@ -44,8 +44,9 @@ export async function benchTransport(args: string[]): Promise<Record<string, unk
         const payload = new Uint8Array(data.buffer);
         for (const method of ['edge', 'signed', 'jetstream'] as const) {
           const stage = 1 + (seq++ % 1000);
+          await ensureInputStream(res, 0, stage);
           const consumerName = await openEdgeConsumer(res, 'act', 0, stage, 1);
-          const consumer = await res.js.consumers.get(res.names.edgeStream, consumerName);
+          const consumer = await res.js.consumers.get(res.names.inputStream(0, stage), consumerName);
           const t0 = performance.now();
           const messages = await consumer.consume({ max_bytes: 32 * MiB });
           const received = (async () => {
@@ -72,7 +73,7 @@ export async function benchTransport(args: string[]): Promise<Record<string, unk
           await received;
           (results[method][bytes] ??= []).push((count * bytes) / MiB / ((performance.now() - t0) / 1000));
           await messages.close();
-          await res.jsm.consumers.delete(res.names.edgeStream, consumerName);
+          await res.jsm.streams.delete(res.names.inputStream(0, stage));
         }
 
         // Core NATS pub/sub of the same payloads.

@@ -4,7 +4,7 @@ import { Command, Option } from 'commander';
 import { validateRunConfig } from '../../schemas/run-config.ts';
 import { createLogger, LOG_LEVELS } from '../log.ts';
 import { SIMULATE_PRESETS } from '../synthetic/simulate-presets.ts';
-import { simulate } from '../synthetic/simulate-run.ts';
+import { NATS_TOPOLOGIES, simulate, type NatsTopology } from '../synthetic/simulate-run.ts';
 import { loadWanProfile } from '../wan/wan-profile.ts';
 import { nonNegativeInt, positiveInt, positiveNumber, withScheduleOptions } from './options.ts';
 
@@ -20,10 +20,14 @@ export function simulateCommand(program: Command): void {
     .option('--wan <profile>', 'run the datacenters as network namespaces with this WAN profile\'s links (deploy/wan/<name>.yaml or a file; needs root)')
     .option('--rtt-scale <x>', 'with --wan: multiply every round-trip time', (v) => { const n = Number(v); if (!(n >= 0) || !Number.isFinite(n)) throw new Error(`--rtt-scale must be a number >= 0, got '${v}'`); return n; })
     .option('--rate-mbit <n>', 'with --wan: every host\'s access rate, both directions', positiveNumber('--rate-mbit'))
+    .option('--nats-topology <t>', `with --wan: ${NATS_TOPOLOGIES.join(' or ')}: one NATS server per datacenter joined by gateways, each slot's input stream in its holder's datacenter (default); or one server in the first datacenter`, (v) => {
+      if (!NATS_TOPOLOGIES.includes(v as NatsTopology)) throw new Error(`--nats-topology must be ${NATS_TOPOLOGIES.join(' or ')}, got '${v}'`);
+      return v as NatsTopology;
+    })
     .addOption(new Option('--log-level <level>', "child processes' log level on stderr").choices([...LOG_LEVELS]))
     .option('--json', 'print only the final JSON line')
-    .action(async (flags: { preset: string; steps?: number; microbatches?: number; stages?: number; replicas?: number; datacenters?: number; timeScale?: number; frameBytes?: number; efficiency?: number; standbys: number; wan?: string; rttScale?: number; rateMbit?: number; logLevel?: string; json?: boolean }) => {
-      if ((flags.rttScale !== undefined || flags.rateMbit !== undefined) && !flags.wan) throw new Error('--rtt-scale and --rate-mbit need --wan PROFILE');
+    .action(async (flags: { preset: string; steps?: number; microbatches?: number; stages?: number; replicas?: number; datacenters?: number; timeScale?: number; frameBytes?: number; efficiency?: number; standbys: number; wan?: string; rttScale?: number; rateMbit?: number; natsTopology?: NatsTopology; logLevel?: string; json?: boolean }) => {
+      if ((flags.rttScale !== undefined || flags.rateMbit !== undefined || flags.natsTopology !== undefined) && !flags.wan) throw new Error('--rtt-scale, --rate-mbit and --nats-topology need --wan PROFILE');
       const p = SIMULATE_PRESETS[flags.preset];
       const t = p.config.training;
       const synthetic = { ...t.synthetic!, ...(flags.timeScale ? { timeScale: flags.timeScale } : {}), ...(flags.frameBytes ? { frameBytes: flags.frameBytes } : {}), ...(flags.efficiency ? { efficiency: flags.efficiency } : {}) };
@@ -34,7 +38,7 @@ export function simulateCommand(program: Command): void {
       const started = Date.now();
       const result = await simulate({
         preset: flags.preset, config, datacenters: flags.datacenters ?? p.datacenters, standbys: flags.standbys,
-        ...(flags.wan ? { wan: { profile: await loadWanProfile(flags.wan), rttScale: flags.rttScale, rateMbit: flags.rateMbit } } : {}),
+        ...(flags.wan ? { wan: { profile: await loadWanProfile(flags.wan), rttScale: flags.rttScale, rateMbit: flags.rateMbit, nats: flags.natsTopology } } : {}),
         log: createLogger('caravan-simulate', flags.logLevel), childLogLevel: flags.logLevel,
         onProgress: flags.json ? undefined : (pr) => process.stderr.write(`replica ${pr.replica} step ${pr.step + 1}/${pr.steps} after ${((Date.now() - started) / 1000).toFixed(0)} s\n`),
       });

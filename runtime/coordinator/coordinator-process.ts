@@ -28,8 +28,8 @@ import type { NatsConnection } from '@nats-io/transport-node';
 import { connectToRun } from '../nats/connect.ts';
 import { publishDurable, retryTransient } from '../transport/durable-publish.ts';
 import { decodeJson, encodeJson } from '../transport/json.ts';
-import { openReaderConsumer, openRunResources, PULL_EXPIRES_MS, type RunResources } from '../transport/run-resources.ts';
-import { assignSlot, readSlot, recordReportedCheckpoint, type CheckpointPointer, type SlotRecord } from '../transport/slots.ts';
+import { ensureInputStream, openReaderConsumer, openRunResources, PULL_EXPIRES_MS, type RunResources } from '../transport/run-resources.ts';
+import { assignSlot, readSlot, recordReportedCheckpoint, type CheckpointPointer, type SentUntil, type SlotRecord } from '../transport/slots.ts';
 import { edgeLimits } from '../transport/edge-limits.ts';
 import { checkRegistration } from '../security/registration.ts';
 import { SIGNATURE_HEADER, sha256Hex } from '../security/message-signature.ts';
@@ -207,8 +207,8 @@ async function coordinate(
   const counters = new Map<string, StageCounters>();  // the latest of every slot's holder, `${replica}.${stage}`
   const skipped = new Set<string>();  // `${replica}.${step}` committed as skipped
   const finals = new Map<string, string>();  // `${replica}.${stage}` whose final state is uploaded (its counters are the last) → its sha256
-  const hostKeys = new Map<string, string>();  // host → the public key it registered (also in its KV record, for restarts)
-  const registeredKey = async (host: string) => hostKeys.get(host) ?? (await readJson<HostEntry>(res, res.names.hostKey(host)))?.key;
+  const registered = new Map<string, { key: string; datacenter: string }>();  // host → the public key it registered and its datacenter (also in its KV record, for restarts)
+  const registeredHost = async (host: string) => registered.get(host) ?? (await readJson<HostEntry>(res, res.names.hostKey(host)));
   const signers = new SlotSigners(res.kv);
   const bridges = t.bridge ? startBridges({ res, config, bridge: t.bridge, log, onError: (err) => settle(err) }) : undefined;
   // The run's metrics over OpenTelemetry (off unless OTEL_EXPORTER_OTLP_* names an endpoint): the live state, read when exported.
@@ -234,12 +234,12 @@ async function coordinate(
         }
         // A host id is bound to the first key it registered with (kept in its KV record across coordinator restarts):
         // another key under the same id is someone else.
-        const known = await registeredKey(msg.host).catch(() => undefined);
+        const known = (await registeredHost(msg.host).catch(() => undefined))?.key;
         if (known && known !== msg.key) {
           m.respond(encodeJson({ ok: false, reason: `host id ${msg.host} is registered with another key` }));
           return;
         }
-        hostKeys.set(msg.host, msg.key);
+        registered.set(msg.host, { key: msg.key, datacenter: msg.datacenter ?? 'default' });
         m.respond(encodeJson({ ok: true, run: o.run }));
         log.info({ host: msg.host, datacenter: msg.datacenter, key: msg.key }, 'host joined');
         putHost(msg.host, 'joined', { datacenter: msg.datacenter ?? 'default', key: msg.key });
@@ -263,18 +263,20 @@ async function coordinate(
       case 'ASSIGN': {
         const [begin, end] = splitLayers(config.model.nLayers, t.stages)[cmd.stage];
         write(`slot ${cmd.replica}.${cmd.stage}`, async () => {
-          const key = await registeredKey(cmd.host);
-          if (!key) throw new Error(`host ${cmd.host} has no registered key`);
+          const holder = await registeredHost(cmd.host);
+          if (!holder?.key) throw new Error(`host ${cmd.host} has no registered key`);
+          // Before the slot record: its holder reads the stream, and no one sends to it before the run starts.
+          const placedIn = await retryTransient(`input stream of slot ${cmd.replica}.${cmd.stage}`, () => ensureInputStream(res, cmd.replica, cmd.stage, holder.datacenter));
           // The previous holder's frames stored up to now are good; any later ones come from a host that was replaced.
-          const edgeSeq = (await retryTransient('edge stream info', () => res.jsm.streams.info(res.names.edgeStream))).state.last_seq;
-          const { record } = await retryTransient(`slot ${cmd.replica}.${cmd.stage}`, () => assignSlot(res.kv, cmd.replica, cmd.stage, cmd.host, { key, edgeSeq }));
+          const until = await sentUntil(cmd.replica, cmd.stage);
+          const { record } = await retryTransient(`slot ${cmd.replica}.${cmd.stage}`, () => assignSlot(res.kv, cmd.replica, cmd.stage, cmd.host, { key: holder.key!, until }));
           signers.update(record);
           const fields = { host: cmd.host, replica: cmd.replica, stage: cmd.stage, generation: record.generation, from: record.checkpoint?.step ?? null };
           if (cmd.replacing) {
             recoveries.slots_reassigned++;
             log.warn({ ...fields, replacing: cmd.replacing }, 'slot handed to a standby');
           }
-          else log.info({ ...fields, layers: [begin, end] }, 'slot assigned');
+          else log.info({ ...fields, layers: [begin, end], datacenter: holder.datacenter, ...(placedIn ? { input_stream_in: placedIn } : {}) }, 'slot assigned');
         });
         putHost(cmd.host, 'assigned', { replica: cmd.replica, stage: cmd.stage, layers: [begin, end] });
         return;
@@ -381,6 +383,16 @@ async function coordinate(
     else if (msg.type === 'final') { finals.set(`${msg.replica}.${msg.stage}`, msg.sha256); maybeFinish(); }
   }
 
+  /** The last sequences of the input streams a holder of (replica, stage) sends to: its activations', its gradients'. */
+  async function sentUntil(replica: number, stage: number): Promise<SentUntil> {
+    const lastSeq = (s: number) => retryTransient(`input stream of slot ${replica}.${s}`, () =>
+      res.jsm.streams.info(res.names.inputStream(replica, s)).then((i) => i.state.last_seq, (err: Error) => { if (/not found/i.test(err.message)) return 0; throw err; }));
+    return {
+      ...(stage + 1 < t.stages ? { act: await lastSeq(stage + 1) } : {}),
+      ...(stage > 0 ? { grad: await lastSeq(stage - 1) } : {}),
+    };
+  }
+
   /** Records a checkpoint a holder reported, then drops what it makes unnecessary: the previous state and the inputs before it. */
   function recordCheckpointOf(replica: number, stage: number, generation: number, pointer: CheckpointPointer): void {
     write(`checkpoint of slot ${replica}.${stage}`, async () => {
@@ -390,7 +402,7 @@ async function coordinate(
       if (done.previous && done.previous.object !== pointer.object) await res.objects.delete(done.previous.object).catch(() => {});
       for (const kind of ['act', 'grad'] as const) {
         const seq = pointer.resume[kind];
-        if (seq) await res.jsm.streams.purge(res.names.edgeStream, { filter: res.names.edge(kind, replica, stage), seq }).catch(() => {});
+        if (seq) await res.jsm.streams.purge(res.names.inputStream(replica, stage), { filter: res.names.edge(kind, replica, stage), seq }).catch(() => {});
       }
     });
   }

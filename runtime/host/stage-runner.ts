@@ -405,7 +405,7 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
   for (const kind of ['act', 'grad'] as const) {
     if ((kind === 'act' && engine.isFirst) || (kind === 'grad' && engine.isLast)) continue;
     const name = await fenced(openEdgeConsumer(res, kind, replica, s, generation, restored?.resume[kind]));
-    const consumer = await res.js.consumers.get(res.names.edgeStream, name);
+    const consumer = await res.js.consumers.get(res.names.inputStream(replica, s), name);
     const messages = await consumer.consume({ max_bytes: CONSUME_MAX_BYTES, expires: PULL_EXPIRES_MS });
     streams.push(messages);
     // Activations arrive across the boundary at layerBegin, gradients across the one at layerEnd.
@@ -418,7 +418,7 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
         streamPending.set(kind, m.info.pending);
         const received = Date.now();
         // Who sent it is settled before anything of it is decoded.
-        const signed = await o.signers.check({ kind: 'frame', subject: m.subject, body: m.data, header: m.headers?.get(SIGNATURE_HEADER), replica, stage: sender, seq: m.seq });
+        const signed = await o.signers.check({ kind: 'frame', subject: m.subject, body: m.data, header: m.headers?.get(SIGNATURE_HEADER), replica, stage: sender, edge: kind, seq: m.seq });
         if (!signed.ok) {
           await deadLetter(m, signed.fault, signed.reason);
           continue;

@@ -7,7 +7,7 @@
 //   coordinator  everything of its run (it creates the streams, writes run
 //                state and step control); the Bridges run in its process.
 //   host         publishes frames, reports, heartbeats, registration and its
-//                dead letters; reads through consumers of the edge stream and
+//                dead letters; reads through consumers of the input streams and
 //                the control log; reads run state; writes objects
 //                (checkpoints, final states, Bridge contributions), which are
 //                checked by SHA-256 against signed reports. It cannot write
@@ -25,9 +25,16 @@ export interface Permissions {
   readonly allow_responses?: boolean;
 }
 
-function streamsOf(run: string) {
+/** How many slots a run has: its input streams are one per slot, and each is named in the permissions. */
+export interface RunShape {
+  readonly stages: number;
+  readonly replicas: number;
+}
+
+function streamsOf(run: string, shape: RunShape) {
   const n = runNames(run);
-  return { edges: n.edgeStream, control: n.controlStream, dead: n.deadStream, kv: `KV_${n.kvBucket}`, objects: `OBJ_${n.objectBucket}` };
+  const inputs = Array.from({ length: shape.replicas }, (_, r) => Array.from({ length: shape.stages }, (_, s) => n.inputStream(r, s))).flat();
+  return { inputs, control: n.controlStream, dead: n.deadStream, kv: `KV_${n.kvBucket}`, objects: `OBJ_${n.objectBucket}` };
 }
 
 /** Reading a stream's messages by sequence or subject. */
@@ -39,12 +46,12 @@ const consumes = (stream: string) => [
   `$JS.API.CONSUMER.MSG.NEXT.${stream}.*`, `$JS.ACK.${stream}.>`,
 ];
 
-export function permissionsFor(role: Role, run: string): Permissions {
+export function permissionsFor(role: Role, run: string, shape: RunShape): Permissions {
   const n = runNames(run);
-  const st = streamsOf(run);
+  const st = streamsOf(run, shape);
   const p = `caravan.${run}`;
   const inbox = `${runInboxPrefix(run)}.>`;
-  const all = Object.values(st);
+  const all = [...st.inputs, st.control, st.dead, st.kv, st.objects];
   if (role === 'coordinator') {
     return {
       publish: { allow: [`${p}.>`, inbox, '$JS.API.INFO', ...all.flatMap((s) => [`$JS.API.STREAM.*.${s}`, `$JS.API.STREAM.*.*.${s}`, `$JS.API.DIRECT.GET.${s}`, `$JS.API.DIRECT.GET.${s}.>`, ...consumes(s)]), `$KV.${n.kvBucket}.>`, `$O.${n.objectBucket}.>`] },
@@ -58,7 +65,7 @@ export function permissionsFor(role: Role, run: string): Permissions {
         allow: [
           `${p}.act.>`, `${p}.grad.>`, `${p}.dead.>`, `${p}.report.>`, `${p}.hb.*`, `${p}.ctl.register`, `${p}.ctl.ready`, `${p}.ctl.failed`, `${p}.chaos-reached`,
           '$JS.API.INFO', ...all.map((s) => `$JS.API.STREAM.INFO.${s}`),
-          ...consumes(st.edges), ...consumes(st.control),
+          ...st.inputs.flatMap(consumes), ...consumes(st.control),
           ...reads(st.kv), ...consumes(st.kv),
           ...reads(st.objects), ...consumes(st.objects), `$O.${n.objectBucket}.>`,
           // Re-uploading an object under the same name (a replacement's Bridge contribution) purges its old chunks.

@@ -16,7 +16,8 @@ export interface SignedMessage {
   /** The sender's slot. */
   readonly replica: number;
   readonly stage: number;
-  /** Edge-stream sequence of a frame: checked against the generation's `untilSeq`. */
+  /** A frame's edge and its sequence in the receiver's input stream: checked against the generation's `until`. */
+  readonly edge?: 'act' | 'grad';
   readonly seq?: number;
 }
 
@@ -45,8 +46,9 @@ export class SlotSigners {
       signer = this.signer(m.replica, m.stage, parsed.generation);
     }
     if (!signer) return { ok: false, fault: 'signer', reason: `${m.kind} from ${slot} claims generation ${parsed.generation}, which the slot table does not bind to a key` };
-    if (m.seq !== undefined && signer.untilSeq !== undefined && m.seq > signer.untilSeq) {
-      return { ok: false, fault: 'stale', reason: `${m.kind} from ${slot} generation ${parsed.generation} (host ${signer.host}) was stored at sequence ${m.seq}, after that generation was replaced (at ${signer.untilSeq})` };
+    const until = m.edge && signer.until?.[m.edge];
+    if (m.seq !== undefined && until !== undefined && m.seq > until) {
+      return { ok: false, fault: 'stale', reason: `${m.kind} from ${slot} generation ${parsed.generation} (host ${signer.host}) was stored at sequence ${m.seq}, after that generation was replaced (at ${until})` };
     }
     if (!verifySignature(signer.key, parsed.message, parsed.signature)) {
       return { ok: false, fault: 'signature', reason: `${m.kind} from ${slot}: the signature does not match generation ${parsed.generation}'s key (host ${signer.host}): not signed by the slot's holder, or altered` };

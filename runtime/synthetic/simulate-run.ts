@@ -5,8 +5,10 @@
 // last that replica 0's stages spent computing), the 1F1B bound M/(M+S−1),
 // throughput and MFU in the simulated device's time, and the bytes that
 // cross datacenters per step. With `wan`, the datacenters are real network
-// namespaces joined by emulated links (runtime/wan/): NATS and the
-// coordinator in the first, the hosts in contiguous blocks across them.
+// namespaces joined by emulated links (runtime/wan/), the hosts in contiguous
+// blocks across them and the coordinator in the first; NATS is one server
+// per datacenter joined by gateways (each slot's input stream in its
+// holder's datacenter), or with `nats: 'hub'` one server in the first.
 import type { RunConfig } from '../../schemas/run-config.ts';
 import type { Logger } from '../log.ts';
 import { connectNats } from '../nats/connect.ts';
@@ -16,9 +18,12 @@ import { trainDistributed, type DistributedOptions } from '../train/train-distri
 import type { RunSummary } from '../coordinator/coordinator-process.ts';
 import { splitLayers } from '../../native/index.ts';
 import { SyntheticStage } from './synthetic-stage.ts';
-import { startNatsServer, type NatsServerHandle } from '../nats/nats-server.ts';
+import { startNatsServer } from '../nats/nats-server.ts';
+import { startSupercluster } from '../nats/nats-supercluster.ts';
 import { startWan, type WanNetwork } from '../wan/wan-network.ts';
 import { planWan, type WanProfile } from '../wan/wan-profile.ts';
+
+const CLIENT_PORT = 4222, CLUSTER_PORT = 6222, GATEWAY_PORT = 7222;
 
 export interface SimulateResult {
   readonly bench: 'simulate';
@@ -43,7 +48,7 @@ export interface SimulateResult {
   readonly utilization_by_stage: number[];
   readonly recoveries: unknown;
   /** With --wan: the profile, its RTT scale, and the hosts' access rates (Mbit/s up, down); null on loopback. */
-  readonly wan: { profile: string; rtt_scale: number; up_mbit: number; down_mbit: number } | null;
+  readonly wan: { profile: string; rtt_scale: number; up_mbit: number; down_mbit: number; nats: NatsTopology } | null;
 }
 
 export interface SimulateOptions {
@@ -55,8 +60,12 @@ export interface SimulateOptions {
   readonly childLogLevel?: string;
   readonly onProgress?: DistributedOptions['onProgress'];
   /** Run the datacenters as namespaces with this profile's links (needs root); RTTs times rttScale, access rates replaced by rateMbit. */
-  readonly wan?: { readonly profile: WanProfile; readonly rttScale?: number; readonly rateMbit?: number };
+  readonly wan?: { readonly profile: WanProfile; readonly rttScale?: number; readonly rateMbit?: number; readonly nats?: NatsTopology };
 }
+
+/** Over a WAN: one NATS server per datacenter joined by gateways, or one in the first datacenter that all reach through their links. */
+export type NatsTopology = 'per-dc' | 'hub';
+export const NATS_TOPOLOGIES: readonly NatsTopology[] = ['per-dc', 'hub'];
 
 /** The profile with every round trip scaled and, if given, one access rate for both directions. */
 export function scaledProfile(p: WanProfile, rttScale = 1, rateMbit?: number): WanProfile {
@@ -74,22 +83,41 @@ export async function simulate(o: SimulateOptions): Promise<SimulateResult> {
   // Hosts in contiguous blocks per datacenter, as one would rent them: a pipeline crosses a datacenter boundary a few times, not at every stage.
   const block = (i: number) => Math.min(o.datacenters - 1, Math.floor((i * o.datacenters) / (t.stages * t.replicas)));
   let placement: DistributedOptions['placement'] = { host: (i) => ({ datacenter: dcs[block(i)] }) };
-  let wan: WanNetwork | undefined, nats: NatsServerHandle | undefined;
+  let wan: WanNetwork | undefined, nats: { url: string; stop(): Promise<void> } | undefined;
   if (o.wan) {
-    const plan = planWan(scaledProfile(o.wan.profile, o.wan.rttScale, o.wan.rateMbit), { datacenters: o.datacenters, id: 'sim', subnet: 78, ports: [4222] });
+    const topology = o.wan.nats ?? 'per-dc';
+    const perDc = topology === 'per-dc' && o.datacenters > 1;
+    const plan = planWan(scaledProfile(o.wan.profile, o.wan.rttScale, o.wan.rateMbit), {
+      datacenters: o.datacenters, id: 'sim', subnet: 78, ...(perDc ? { ports: [], mesh: [GATEWAY_PORT] } : { ports: [CLIENT_PORT] }),
+    });
     wan = await startWan(plan);
     const hub = plan.datacenters[0];
     const inNs = (name: string) => ['ip', 'netns', 'exec', plan.datacenters.find((d) => d.name === name)!.namespace];
+    let urlIn: (dc: string) => string;
     try {
-      nats = await startNatsServer({ listen: `${hub.insideIp}:4222`, prefix: inNs(hub.name) });
+      if (perDc) {
+        const sc = await startSupercluster({
+          datacenters: plan.datacenters.map((d) => ({
+            name: d.name, prefix: inNs(d.name),
+            clientListen: `${d.insideIp}:${CLIENT_PORT}`, clusterListen: `${d.insideIp}:${CLUSTER_PORT}`, gatewayListen: `${d.insideIp}:${GATEWAY_PORT}`,
+            gateways: Object.fromEntries(Object.entries(plan.peers[d.name]).map(([other, ports]) => [other, ports[GATEWAY_PORT]])),
+          })),
+        });
+        nats = { url: sc.urls[hub.name], stop: sc.stop };
+        urlIn = (dc) => sc.urls[dc];
+      } else {
+        const server = await startNatsServer({ listen: `${hub.insideIp}:${CLIENT_PORT}`, prefix: inNs(hub.name) });
+        nats = server;
+        urlIn = (dc) => (dc === hub.name ? server.url : `nats://${plan.endpoints[dc][CLIENT_PORT]}`);
+      }
     } catch (err) {
       await wan.stop();
       throw err;
     }
     dcs = plan.datacenters.map((d) => d.name);
     placement = {
-      coordinator: { prefix: inNs(hub.name), nats: nats.url },
-      host: (i) => ({ prefix: inNs(dcs[block(i)]), nats: `nats://${plan.endpoints[dcs[block(i)]][4222]}`, datacenter: dcs[block(i)] }),
+      coordinator: { prefix: inNs(hub.name), nats: urlIn(hub.name) },
+      host: (i) => ({ prefix: inNs(dcs[block(i)]), nats: urlIn(dcs[block(i)]), datacenter: dcs[block(i)] }),
     };
   }
   let stageDcs: string[][] = [];
@@ -134,6 +162,6 @@ export async function simulate(o: SimulateOptions): Promise<SimulateResult> {
     wan_bytes_per_step: Math.round(crossings * 2 * M * frameBytes), frame_bytes: Math.round(frameBytes), time_scale: s.timeScale,
     forward_ms_simulated: +forwardMs.toFixed(1), wall_s: +summary.wall_seconds.toFixed(1),
     utilization_by_stage: summary.utilization_by_stage.map((u) => +u.toFixed(3)), recoveries: summary.recoveries,
-    wan: o.wan ? { profile: o.wan.profile.name, rtt_scale: o.wan.rttScale ?? 1, up_mbit: o.wan.rateMbit ?? o.wan.profile.hostUpMbit, down_mbit: o.wan.rateMbit ?? o.wan.profile.hostDownMbit } : null,
+    wan: o.wan ? { profile: o.wan.profile.name, rtt_scale: o.wan.rttScale ?? 1, up_mbit: o.wan.rateMbit ?? o.wan.profile.hostUpMbit, down_mbit: o.wan.rateMbit ?? o.wan.profile.hostDownMbit, nats: o.wan.nats ?? 'per-dc' } : null,
   };
 }

@@ -1,9 +1,12 @@
 // The JetStream resources of a run, created idempotently by whoever comes
-// first: the edge stream and the control log (file-backed, limits retention,
-// fsync'd by the server's sync_interval), a bounded dead-letter stream, the
-// run-state KV bucket (with history) and the object store for checkpoints and
-// final states. On a cluster all of them keep `replicas` copies (3 by default).
-import { AckPolicy, DeliverPolicy, DiscardPolicy, jetstream, jetstreamManager, RetentionPolicy, StorageType, type JetStreamClient, type JetStreamManager } from '@nats-io/jetstream';
+// first: the control log (file-backed, limits retention, fsync'd by the
+// server's sync_interval), a bounded dead-letter stream, the run-state KV
+// bucket (with history) and the object store for checkpoints and final
+// states; and, as the coordinator hands out slots, one input stream per slot
+// (its act and grad edges), placed on a NATS server tagged with the holder's
+// datacenter where there is one. On a cluster all of them keep `replicas`
+// copies (3 by default; placement limits them to the servers with the tag).
+import { AckPolicy, DeliverPolicy, DiscardPolicy, jetstream, jetstreamManager, RetentionPolicy, StorageType, type JetStreamClient, type JetStreamManager, type Placement } from '@nats-io/jetstream';
 import { Kvm, type KV } from '@nats-io/kv';
 import { Objm, type ObjectStore } from '@nats-io/obj';
 import { nanos, type NatsConnection } from '@nats-io/transport-node';
@@ -17,6 +20,12 @@ export interface RunResources {
   readonly jsm: JetStreamManager;
   readonly kv: KV;
   readonly objects: ObjectStore;
+  /**
+   * What input streams are created with (ensureInputStream), and the
+   * datacenters no NATS server is tagged with (`dc:<name>`), whose slots'
+   * streams go anywhere: learned once each.
+   */
+  readonly streams: { readonly replicas: number; readonly limits?: EdgeLimits; readonly untagged: Set<string> };
 }
 
 /**
@@ -66,31 +75,25 @@ export function defaultReplicas(nc: NatsConnection): number {
 export async function openExistingRun(nc: NatsConnection, run: string, url: string): Promise<RunResources> {
   const names = runNames(run);
   const jsm = await jetstreamManager(nc);
-  await jsm.streams.info(names.edgeStream).catch((err: Error) => {
+  await jsm.streams.info(names.controlStream).catch((err: Error) => {
     if (/permission/i.test(err.message)) throw new Error(`run '${run}' on ${url}: ${err.message} (are these credentials for this run?)`);
-    throw new Error(`no run '${run}' on ${url} (its stream ${names.edgeStream} does not exist)`);
+    throw new Error(`no run '${run}' on ${url} (its stream ${names.controlStream} does not exist)`);
   });
   const kv = await new Kvm(nc).open(names.kvBucket);
   const objects = await new Objm(nc).open(names.objectBucket);
-  return { names, js: jetstream(nc), jsm, kv, objects };
+  return { names, js: jetstream(nc), jsm, kv, objects, streams: { replicas: defaultReplicas(nc), untagged: new Set() } };
 }
 
 /**
- * Creates the run's streams, bucket and store where they do not exist yet (the coordinator, and `caravan train` before
- * it starts anyone), with `limits` on the edge stream (edge-limits.ts); opens them where they do.
+ * Creates the run's control log, dead letters, bucket and store where they do not exist yet (the coordinator, and
+ * `caravan train` before it starts anyone); opens them where they do. `limits` (edge-limits.ts) and `replicas` are
+ * kept for the input streams, which ensureInputStream creates slot by slot.
  */
 export async function openRunResources(nc: NatsConnection, run: string, options: { replicas?: number; limits?: EdgeLimits } = {}): Promise<RunResources> {
   const names = runNames(run);
   const replicas = options.replicas ?? defaultReplicas(nc);
   const jsm = await jetstreamManager(nc);
-  // The edges and the control log: everything kept (until a stage's checkpoint purges its inputs), re-sends de-duplicated.
-  const log = (name: string, subjects: string[], limits: Record<string, unknown>) => ensureStream(jsm, {
-    name, subjects, storage: StorageType.File, retention: RetentionPolicy.Limits, num_replicas: replicas, duplicate_window: nanos(DUPLICATE_WINDOW_MS), ...limits,
-  });
-  const l = options.limits;
-  await log(names.edgeStream, [`caravan.${run}.act.>`, `caravan.${run}.grad.>`],
-    l ? { max_msg_size: l.maxFrameBytes, max_msgs_per_subject: l.maxFramesPerEdge, discard: DiscardPolicy.New, discard_new_per_subject: true } : {});
-  await log(names.controlStream, [`caravan.${run}.step.>`, `caravan.${run}.report.>`], { max_msg_size: CONTROL_MESSAGE_BYTES });
+  await ensureStream(jsm, logStream(names.controlStream, [`caravan.${run}.step.>`, `caravan.${run}.report.>`], replicas, { max_msg_size: CONTROL_MESSAGE_BYTES }));
   await ensureStream(jsm, {
     name: names.deadStream,
     subjects: [`caravan.${run}.dead.>`],
@@ -102,7 +105,50 @@ export async function openRunResources(nc: NatsConnection, run: string, options:
   });
   const kv = await new Kvm(nc).create(names.kvBucket, { history: 10, replicas });
   const objects = await new Objm(nc).create(names.objectBucket, { replicas });
-  return { names, js: jetstream(nc), jsm, kv, objects };
+  return { names, js: jetstream(nc), jsm, kv, objects, streams: { replicas, untagged: new Set(), ...(options.limits ? { limits: options.limits } : {}) } };
+}
+
+/** A log: everything kept (until a stage's checkpoint purges its inputs), re-sends de-duplicated. */
+function logStream(name: string, subjects: string[], replicas: number, more: Record<string, unknown>): Parameters<JetStreamManager['streams']['add']>[0] {
+  return { name, subjects, storage: StorageType.File, retention: RetentionPolicy.Limits, num_replicas: replicas, duplicate_window: nanos(DUPLICATE_WINDOW_MS), ...more };
+}
+
+/**
+ * The input stream of slot (replica, stage), created if missing — on the
+ * servers tagged `dc:<datacenter>` when some are (a super-cluster with one
+ * cluster per datacenter, deploy/nats/supercluster), so its holder reads
+ * without crossing a datacenter and each frame crosses at most once, on its
+ * way in. Without such a server it goes wherever JetStream puts it. An
+ * existing stream stays where it is: a standby in another datacenter reads
+ * across (the coordinator prefers one in the same datacenter).
+ * Returns where it lives (the cluster's name, if clustered).
+ */
+export async function ensureInputStream(res: RunResources, replica: number, stage: number, datacenter?: string): Promise<string | undefined> {
+  const n = res.names;
+  const name = n.inputStream(replica, stage);
+  const existing = await res.jsm.streams.info(name).catch(() => undefined);
+  if (existing) return existing.cluster?.name;
+  const l = res.streams.limits;
+  const config = logStream(name, [n.act(replica, stage), n.grad(replica, stage)], res.streams.replicas,
+    l ? { max_msg_size: l.maxFrameBytes, max_msgs_per_subject: l.maxFramesPerEdge, discard: DiscardPolicy.New, discard_new_per_subject: true } : {});
+  const tag = datacenter && !res.streams.untagged.has(datacenter) ? `dc:${datacenter}` : undefined;
+  if (tag) {
+    // As many copies as the datacenter has servers, up to the run's number.
+    for (let copies = res.streams.replicas; copies >= 1; copies--) {
+      try {
+        return (await res.jsm.streams.add({ ...config, num_replicas: copies, placement: { tags: [tag] } as Placement })).cluster?.name;
+      } catch (err) {
+        const now = await res.jsm.streams.info(name).catch(() => undefined);  // another attempt created it meanwhile
+        if (now) return now.cluster?.name;
+        const why = (err as Error).message;
+        if (!/no suitable peers|insufficient resources/i.test(why)) throw err;
+        if (/tags not matched/i.test(why) || copies === 1) res.streams.untagged.add(datacenter!);
+        if (/tags not matched/i.test(why)) break;
+      }
+    }
+  }
+  await ensureStream(res.jsm, config);
+  return (await res.jsm.streams.info(name)).cluster?.name;
 }
 
 /**
@@ -167,7 +213,7 @@ function generationOf(name: string): number | undefined {
 /** The edge into (replica, stage), for the slot's holder of this generation. */
 export function openEdgeConsumer(res: RunResources, kind: EdgeKind, replica: number, stage: number, generation: number, startSeq?: number): Promise<string> {
   return openReaderConsumer(res, {
-    stream: res.names.edgeStream,
+    stream: res.names.inputStream(replica, stage),
     name: res.names.consumer(kind, replica, stage, generation),
     prefix: res.names.consumerPrefix(kind, replica, stage),
     filter: res.names.edge(kind, replica, stage),

@@ -11,7 +11,7 @@ import { decodeJson, encodeJson } from './json.ts';
 export interface CheckpointPointer {
   readonly step: number;                 // the last step whose update the checkpoint holds
   readonly object: string;               // Object Store name of the stage state (safetensors)
-  /** Where the holder's inputs start after that step: edge stream sequences, and the control log's. */
+  /** Where the holder's inputs start after that step: sequences in its input stream, and the control log's. */
   readonly resume: { readonly act?: number; readonly grad?: number; readonly control: number };
   /** SHA-256 (hex) of the object as its holder uploaded it: anyone may write the object store, so a restore checks it. */
   readonly sha256?: string;
@@ -26,9 +26,11 @@ export interface SlotRecord {
   /**
    * Who signed for this slot, newest last (the last MAX_SIGNERS generations):
    * receivers check a frame's signature against the key of the generation it
-   * claims. A generation that lost the slot keeps `untilSeq`, the edge
-   * stream's last sequence when it was replaced: its frames stored before
-   * then are good (a replacement replays them), later ones are stale.
+   * claims. A generation that lost the slot keeps `until`: the last
+   * sequences, when it was replaced, of the input streams it sent to (its
+   * activations to the next stage's, its gradients to the previous one's).
+   * Its frames stored up to then are good (a replacement replays them),
+   * later ones are stale.
    */
   readonly signers?: readonly SlotSigner[];
 }
@@ -38,7 +40,13 @@ export interface SlotSigner {
   readonly host: string;
   /** The holder's public nkey ('U…'). */
   readonly key: string;
-  readonly untilSeq?: number;
+  readonly until?: SentUntil;
+}
+
+/** The last input-stream sequences a holder's frames count up to: `act` in the next stage's stream, `grad` in the previous stage's. */
+export interface SentUntil {
+  readonly act?: number;
+  readonly grad?: number;
 }
 
 const MAX_SIGNERS = 16;
@@ -72,17 +80,17 @@ export async function readSlot(kv: KV, replica: number, stage: number): Promise<
 
 /**
  * Gives the slot to `host` with the next generation, keeping the last
- * checkpoint and binding the generation to the host's public key. `edgeSeq`
- * is the edge stream's last sequence as the coordinator decided: the
- * previous holder's frames after it are stale. Retries when another write got in first.
+ * checkpoint and binding the generation to the host's public key. `until`
+ * holds the last sequences of the streams the previous holder sent to, as
+ * the coordinator found them: its frames after those are stale. Retries when another write got in first.
  */
-export async function assignSlot(kv: KV, replica: number, stage: number, host: string, signer?: { key: string; edgeSeq: number }): Promise<SlotEntry> {
+export async function assignSlot(kv: KV, replica: number, stage: number, host: string, signer?: { key: string; until: SentUntil }): Promise<SlotEntry> {
   for (;;) {
     const current = await readSlot(kv, replica, stage);
     // Already this host's (an earlier attempt landed before its reply was lost): assigning twice must not bump the generation.
     if (current?.record.host === host) return current;
     const generation = (current?.record.generation ?? 0) + 1;
-    const before = (current?.record.signers ?? []).map((x) => (x.generation === current!.record.generation && x.untilSeq === undefined && signer ? { ...x, untilSeq: signer.edgeSeq } : x));
+    const before = (current?.record.signers ?? []).map((x) => (x.generation === current!.record.generation && x.until === undefined && signer ? { ...x, until: signer.until } : x));
     const signers = signer ? [...before, { generation, host, key: signer.key }].slice(-MAX_SIGNERS) : current?.record.signers;
     const record: SlotRecord = { replica, stage, host, generation, checkpoint: current?.record.checkpoint, ...(signers ? { signers } : {}) };
     try {

@@ -1,6 +1,8 @@
 // Every NATS name a run uses, in one place. One subject per pipeline edge and
 // direction: activations into stage s of replica r travel on `act.r.s`,
-// gradients into it on `grad.r.s`. Step control (`step.r`) and stage reports
+// gradients into it on `grad.r.s`; both are kept in that slot's input stream,
+// one stream per slot so that each can live next to the host that reads it
+// (run-resources.ts places it in the holder's datacenter). Step control (`step.r`) and stage reports
 // (`report.r.s`) are JetStream too: together they are the run's control log,
 // which a restarted coordinator and a replacement stage replay.
 
@@ -38,7 +40,8 @@ export function runNames(run: string) {
     failed: `${p}.ctl.failed`,
     chaos: (host: string) => `${p}.chaos.${host}`,           // fault injection, only where CARAVAN_CHAOS=1
     chaosReached: `${p}.chaos-reached`,
-    edgeStream: `CARAVAN_${run}_EDGES`,
+    /** The input stream of slot (replica, stage): its `act` and `grad` edges. */
+    inputStream: (replica: number, stage: number) => `CARAVAN_${run}_IN_${replica}_${stage}`,
     controlStream: `CARAVAN_${run}_CTL`,
     deadStream: `CARAVAN_${run}_DEAD`,
     /** Each holder of a slot reads through its own consumer, so a replaced one cannot take or ack its inputs. */

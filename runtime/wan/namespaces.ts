@@ -1,6 +1,6 @@
 // The datacenters of a WAN plan as Linux network namespaces (iproute2 and
 // tc; needs root or CAP_NET_ADMIN): each gets a veth pair to this machine's
-// namespace, its own /24, and, unless it is the hub, tbf rate limits on both
+// namespace, its own /24, and, where the plan says (all but a lone hub), tbf rate limits on both
 // ends (the datacenter's upload on the inside end's egress, its download on
 // the outside end's). No routes and no forwarding between them: the only
 // way from one datacenter to another is through a link emulator.
@@ -37,7 +37,7 @@ export async function createNamespaces(plan: WanPlan): Promise<void> {
     await inNs(['ip', 'addr', 'add', `${dc.insideIp}/24`, 'dev', dc.vethInside]);
     await inNs(['ip', 'link', 'set', dc.vethInside, 'up']);
     await inNs(['ip', 'link', 'set', 'lo', 'up']);
-    if (dc.name === plan.hub) continue;
+    if (!dc.limited) continue;
     await inNs(['tc', 'qdisc', 'add', 'dev', dc.vethInside, ...tbf(plan.hostUpMbit)]);
     await sh('tc', ['qdisc', 'add', 'dev', dc.vethRoot, ...tbf(plan.hostDownMbit)]);
   }

@@ -1,5 +1,6 @@
 // A WAN plan brought up in this process: the namespaces, then one link
-// emulator per datacenter towards the hub. `caravan wan serve` holds one for
+// emulator per planned link (towards the hub, and between every two
+// datacenters where the plan has mesh ports). `caravan wan serve` holds one for
 // as long as it runs; tests hold one in-process.
 import { createNamespaces, deleteNamespaces } from './namespaces.ts';
 import { LinkEmulator, type LinkSettings } from './link-emulator.ts';
@@ -9,7 +10,7 @@ export type LinkChange = { forward?: Partial<LinkSettings>; backward?: Partial<L
 
 export interface WanNetwork {
   readonly plan: WanPlan;
-  /** The links of a datacenter (one per forwarded port), by its name. */
+  /** The links from and to a datacenter, by its name: setting `up: false` cuts it off. */
   set(datacenter: string, change: LinkChange): void;
   links(): Array<{ from: string; to: string; port: number; forward: LinkSettings; backward: LinkSettings }>;
   stop(): Promise<void>;
@@ -33,8 +34,8 @@ export async function startWan(plan: WanPlan): Promise<WanNetwork> {
   return {
     plan,
     set(datacenter, change) {
-      const mine = emulators.filter((e) => e.from === datacenter);
-      if (!mine.length) throw new Error(`no link from '${datacenter}': the links run from ${[...new Set(emulators.map((e) => e.from))].join(', ') || 'nowhere'} to the hub ${plan.hub}`);
+      const mine = emulators.filter((e) => e.from === datacenter || e.to === datacenter);
+      if (!mine.length) throw new Error(`no link from or to '${datacenter}': the links join ${[...new Set(emulators.flatMap((e) => [e.from, e.to]))].join(', ') || 'nothing'}`);
       for (const e of mine) e.link.set(change);
     },
     links: () => emulators.map((e) => ({ from: e.from, to: e.to, port: e.port, ...e.link.current })),

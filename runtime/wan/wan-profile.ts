@@ -2,7 +2,9 @@
 // every pair, jitter, and a host's access rates; and the plan `caravan wan
 // up` builds from it: one network namespace per datacenter, joined to this
 // machine's own namespace by a veth pair on its own /24, and one link
-// emulator per datacenter towards the hub (the datacenter that holds NATS).
+// emulator per datacenter towards the hub (the datacenter that holds NATS);
+// with `mesh` ports, also one from every datacenter to every other (NATS
+// gateways, when each datacenter runs its own server).
 // Pure: reading the file is the only IO.
 import { readFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
@@ -89,6 +91,8 @@ export interface PlannedDatacenter {
   readonly vethInside: string;
   readonly rootIp: string;
   readonly insideIp: string;
+  /** Whether tc limits its veth to the hosts' access rates: all but a hub that every other datacenter reaches through its own link. */
+  readonly limited: boolean;
 }
 
 export interface PlannedLink {
@@ -111,6 +115,8 @@ export interface WanPlan {
   readonly hostDownMbit: number;
   /** Where a host in each datacenter finds each forwarded port of the hub: `host:port`. */
   readonly endpoints: Readonly<Record<string, Record<number, string>>>;
+  /** With mesh ports: where datacenter `from` reaches port p of datacenter `to`, `peers[from][to][p]` = `host:port`. */
+  readonly peers: Readonly<Record<string, Record<string, Record<number, string>>>>;
 }
 
 export interface WanPlanOptions {
@@ -123,7 +129,12 @@ export interface WanPlanOptions {
   readonly hub?: string;
   /** The hub's ports the other datacenters reach through their links (NATS: 4222). */
   readonly ports: readonly number[];
+  /** Ports every datacenter reaches on every other through a link of its own (NATS gateways: 7222). */
+  readonly mesh?: readonly number[];
 }
+
+/** Where a mesh link from one datacenter to datacenter `index` listens: a port per target, on the source's root-side address. */
+export const meshListenPort = (port: number, index: number) => port + 1 + index;
 
 export function planWan(profile: WanProfile, o: WanPlanOptions): WanPlan {
   if (!/^[a-z][a-z0-9]{0,5}$/.test(o.id)) throw new Error(`WAN id '${o.id}' must be 1-6 lowercase letters and digits, starting with a letter`);
@@ -134,11 +145,17 @@ export function planWan(profile: WanProfile, o: WanPlanOptions): WanPlan {
   const names = profile.datacenters.slice(0, o.datacenters);
   const hub = o.hub ?? names[0];
   if (!names.includes(hub)) throw new Error(`--hub ${hub} is not one of ${names.join(', ')}`);
+  const mesh = o.mesh ?? [];
   const datacenters = names.map((name, index) => ({
     name, index, namespace: `${o.id}-${name}`.slice(0, 32),
     vethRoot: `${o.id}${index}r`, vethInside: `${o.id}${index}n`,
     rootIp: `10.${o.subnet}.${index}.1`, insideIp: `10.${o.subnet}.${index}.2`,
+    limited: name !== hub || mesh.length > 0,
   }));
+  for (const p of mesh) {
+    const clash = [...o.ports, ...mesh].find((q) => q !== p && q > p && q <= meshListenPort(p, datacenters.length - 1));
+    if (clash !== undefined) throw new Error(`mesh port ${p} listens on ${p + 1}-${meshListenPort(p, datacenters.length - 1)}, which takes port ${clash}`);
+  }
   const hubDc = datacenters.find((d) => d.name === hub)!;
   const links: PlannedLink[] = [];
   const endpoints: Record<string, Record<number, string>> = {};
@@ -152,5 +169,18 @@ export function planWan(profile: WanProfile, o: WanPlanOptions): WanPlan {
       endpoints[dc.name][port] = `${dc.rootIp}:${port}`;
     }
   }
-  return { id: o.id, profile: profile.name, hub, datacenters, links, hostUpMbit: profile.hostUpMbit, hostDownMbit: profile.hostDownMbit, endpoints };
+  const peers: Record<string, Record<string, Record<number, string>>> = {};
+  for (const from of datacenters) {
+    peers[from.name] = {};
+    for (const to of datacenters.filter((d) => d !== from)) {
+      peers[from.name][to.name] = {};
+      for (const port of mesh) {
+        const settings = { delayMs: rtt(profile, from.name, to.name) / 2, jitterMs: profile.jitterMs, rateMbit: 0, up: true };
+        const listen = { host: from.rootIp, port: meshListenPort(port, to.index) };
+        links.push({ from: from.name, to: to.name, listen, target: { host: to.insideIp, port }, forward: settings, backward: settings });
+        peers[from.name][to.name][port] = `${listen.host}:${listen.port}`;
+      }
+    }
+  }
+  return { id: o.id, profile: profile.name, hub, datacenters, links, hostUpMbit: profile.hostUpMbit, hostDownMbit: profile.hostDownMbit, endpoints, peers };
 }

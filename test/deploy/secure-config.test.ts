@@ -28,7 +28,7 @@ test.serial('secure.conf: config check, TLS and nkey users enforced, a whole run
   const dir = await mkdtemp(join(tmpdir(), 'caravan-secure-'));
   t.teardown(() => rm(dir, { recursive: true, force: true }));
   await run('bash', [join(root, 'scripts/test-certs.sh'), join(dir, 'tls')]);
-  const { authConfig } = await mintCredentials({ dir: join(dir, 'creds'), run: 'secure', hosts: 2, observers: 1 });
+  const { authConfig } = await mintCredentials({ dir: join(dir, 'creds'), run: 'secure', hosts: 2, observers: 1, shape: { stages: 2, replicas: 1 } });
   await copyFile(authConfig, join(dir, 'auth.conf'));
   const [client, http] = await freeLoopbackPorts(2);
   const conf = join(dir, 'secure.conf');

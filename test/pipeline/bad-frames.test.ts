@@ -13,6 +13,7 @@ import { loadRunConfig } from '../../runtime/config/load-run-config.ts';
 import { createLogger } from '../../runtime/log.ts';
 import { startNatsServer } from '../../runtime/nats/nats-server.ts';
 import { runNames } from '../../runtime/transport/subjects.ts';
+import { ensureInputStream, openRunResources } from '../../runtime/transport/run-resources.ts';
 import { trainDistributed } from '../../runtime/train/train-distributed.ts';
 import { trainLocal } from '../../runtime/train/train-local.ts';
 import { encodeFrame } from '../../schemas/tensor-frame.ts';
@@ -46,8 +47,10 @@ test('bad frames are dead-lettered, counted in status, and nothing else is lost'
   const summary = await trainDistributed({
     config, nats: server.url, run, log: createLogger('test', 'silent'), credentials: { hosts: files },
     onReady: async () => {
-      // Published before any host starts: they are the first things stage 1 reads.
+      // Published before any host starts: they are the first things stage 1 reads. Its input stream is made here as
+      // the coordinator makes it when it assigns the slot (it finds the stream and keeps it).
       const nc = await connect({ servers: server.url });
+      await ensureInputStream(await openRunResources(nc, run), 0, 1);
       const js = jetstream(nc);
       const subject = names.act(0, 1);
       const publish = async (bytes: Uint8Array) => {

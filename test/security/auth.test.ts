@@ -18,7 +18,7 @@ import { startNatsServer } from '../../runtime/nats/nats-server.ts';
 import { mintCredentials } from '../../runtime/security/credentials.ts';
 import { readHostKey } from '../../runtime/security/host-key.ts';
 import { SIGNATURE_HEADER, signatureHeader } from '../../runtime/security/message-signature.ts';
-import { openExistingRun } from '../../runtime/transport/run-resources.ts';
+import { ensureInputStream, openExistingRun, openRunResources } from '../../runtime/transport/run-resources.ts';
 import { runNames } from '../../runtime/transport/subjects.ts';
 import { trainDistributed } from '../../runtime/train/train-distributed.ts';
 import { trainLocal } from '../../runtime/train/train-local.ts';
@@ -31,10 +31,10 @@ test('authenticated run: strangers refused, each role held to its permissions, f
   const dir = await mkdtemp(join(tmpdir(), 'caravan-creds-'));
   t.teardown(() => rm(dir, { recursive: true, force: true }));
   // Run A: two hosts train, host-2 is a peer with valid credentials that holds no slot. Run B: another run on the same server.
-  const minted = await caravan(['creds', '--dir', dir, '--run', 'runa', '--hosts', '3', '--json']);
+  const minted = await caravan(['creds', '--dir', dir, '--run', 'runa', '--hosts', '3', '--stages', '2', '--replicas', '1', '--json']);
   t.is(minted.code, 0, minted.stderr);
   t.deepEqual(JSON.parse(minted.stdout).users.map((u: { name: string }) => u.name), ['coordinator', 'host-0', 'host-1', 'host-2', 'observer-0']);
-  const { authConfig } = await mintCredentials({ dir, run: 'runb', hosts: 1, observers: 0 });
+  const { authConfig } = await mintCredentials({ dir, run: 'runb', hosts: 1, observers: 0, shape: { stages: 2, replicas: 1 } });
   const server = await startNatsServer({ config: [await readFile(authConfig, 'utf8')] });
   t.teardown(() => server.stop());
   const a = (name: string) => join(dir, 'runa', `${name}.nk`);
@@ -57,8 +57,12 @@ test('authenticated run: strangers refused, each role held to its permissions, f
       const js = jetstream(intruder);
       await t.throwsAsync(js.publish(names.stepControl(0), new TextEncoder().encode('{"type":"open","step":0}')), { message: VIOLATION }, 'nor step control');
       await t.throwsAsync(intruder.request(names.finished, new Uint8Array(), { timeout: 2000 }), { message: VIOLATION }, 'nor the coordinator\'s announcements');
-      await t.throwsAsync(res.jsm.streams.delete(names.edgeStream), { message: VIOLATION }, 'nor delete a stream');
-      await t.throwsAsync(res.jsm.streams.purge(names.edgeStream), { message: VIOLATION }, 'nor purge one');
+      // Stage 1's input stream, made as the coordinator makes it when it assigns the slot (it finds it and keeps it).
+      const admin = await connectToRun(server.url, 'coordinator-side', 'runa', a('coordinator'));
+      t.teardown(() => admin.close());
+      await ensureInputStream(await openRunResources(admin, 'runa'), 0, 1);
+      await t.throwsAsync(res.jsm.streams.delete(names.inputStream(0, 1)), { message: VIOLATION }, 'nor delete a stream');
+      await t.throwsAsync(res.jsm.streams.purge(names.inputStream(0, 1)), { message: VIOLATION }, 'nor purge one');
       // Frames for stage 1 that claim to come from stage 0's holder: signed with this host's own key, as generation 1 and 2.
       const forged = encodeFrame({ run: 'runa', replica: 0, stage: 1, step: 0, microbatch: 0, kind: 'act', shape, data: new Float32Array(shape[0] * shape[1] * shape[2]).fill(3) });
       const key = await readHostKey(a('host-2'));
@@ -71,7 +75,7 @@ test('authenticated run: strangers refused, each role held to its permissions, f
       // A host of run B reaches nothing of run A, and cannot read the replies A's peers get.
       const other = await connectToRun(server.url, 'other-run', 'runb', join(dir, 'runb', 'host-0.nk'));
       t.teardown(() => other.close());
-      await t.throwsAsync(openExistingRun(other, 'runa', server.url), { message: /Permissions Violation for Publish to "\$JS\.API\.STREAM\.INFO\.CARAVAN_runa_EDGES"/ });
+      await t.throwsAsync(openExistingRun(other, 'runa', server.url), { message: /Permissions Violation for Publish to "\$JS\.API\.STREAM\.INFO\.CARAVAN_runa_CTL"/ });
       await t.throwsAsync(other.request(names.register, new Uint8Array(), { timeout: 2000 }), { message: VIOLATION });
       await t.throwsAsync(jetstream(other).publish(names.act(0, 1), forged), { message: VIOLATION });
       for (const subject of [`caravan.runa.>`, '_INBOX.>', '_INBOX.runa.>']) {

@@ -9,7 +9,7 @@ import { loadRunConfig } from '../../runtime/config/load-run-config.ts';
 import { connectNats } from '../../runtime/nats/connect.ts';
 import { startNatsServer } from '../../runtime/nats/nats-server.ts';
 import { edgeLimits } from '../../runtime/transport/edge-limits.ts';
-import { openRunResources } from '../../runtime/transport/run-resources.ts';
+import { ensureInputStream, openRunResources } from '../../runtime/transport/run-resources.ts';
 
 test('oversized frames and floods are refused by the server; the dead-letter stream is bounded', async (t) => {
   const server = await startNatsServer();
@@ -20,6 +20,7 @@ test('oversized frames and floods are refused by the server; the dead-letter str
   const limits = edgeLimits(config);
   t.deepEqual(limits, { maxFrameBytes: 4 * 32 * 128 * 4 + 65536, maxFramesPerEdge: 2 * 3 * 2 + 16 });
   const res = await openRunResources(nc, 'limits', { limits });
+  for (const stage of [0, 1]) await ensureInputStream(res, 0, stage);
   const js = jetstream(nc);
 
   await t.throwsAsync(js.publish(res.names.act(0, 1), new Uint8Array(limits.maxFrameBytes + 1)), { message: /message size exceeds maximum allowed/ });
@@ -28,7 +29,8 @@ test('oversized frames and floods are refused by the server; the dead-letter str
   for (let i = 1; i < limits.maxFramesPerEdge; i++) await js.publish(res.names.act(0, 1), new Uint8Array(8));
   await t.throwsAsync(js.publish(res.names.act(0, 1), new Uint8Array(8)), { message: /maximum messages per subject exceeded/ }, 'the flooding edge is full');
   await js.publish(res.names.grad(0, 0), new Uint8Array(8));  // other edges still take frames
-  t.is((await res.jsm.streams.info(res.names.edgeStream)).state.messages, limits.maxFramesPerEdge + 1, 'nothing past the limit was stored');
+  t.is((await res.jsm.streams.info(res.names.inputStream(0, 1))).state.messages, limits.maxFramesPerEdge, 'nothing past the limit was stored');
+  t.is((await res.jsm.streams.info(res.names.inputStream(0, 0))).state.messages, 1);
 
   const dead = (await res.jsm.streams.info(res.names.deadStream)).config;
   t.like(dead, { max_msgs: 10_000, max_bytes: 256 * 1024 * 1024, discard: 'old' });

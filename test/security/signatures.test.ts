@@ -28,12 +28,12 @@ test('the slot table binds generations to keys: wrong key, unknown generation, a
   t.teardown(() => nc.close());
   const { kv } = await openRunResources(nc, 'signers');
   const first = newHostKey(), second = newHostKey(), stranger = newHostKey();
-  await assignSlot(kv, 0, 0, 'host-a', { key: first.publicKey, edgeSeq: 0 });
+  await assignSlot(kv, 0, 0, 'host-a', { key: first.publicKey, until: {} });
   const signers = new SlotSigners(kv);  // learns the slot from KV on its first miss
   const subject = 'caravan.signers.act.0.1';
   const body = new Uint8Array([1, 2, 3, 4]);
   const check = (header: string | undefined, o: { seq?: number; subject?: string; body?: Uint8Array } = {}) =>
-    signers.check({ kind: 'frame', subject: o.subject ?? subject, body: o.body ?? body, header, replica: 0, stage: 0, seq: o.seq ?? 5 });
+    signers.check({ kind: 'frame', subject: o.subject ?? subject, body: o.body ?? body, header, replica: 0, stage: 0, edge: 'act', seq: o.seq ?? 5 });
 
   t.like(await check(signatureHeader(first, 1, 'frame', subject, body)), { ok: true, generation: 1, host: 'host-a' });
   t.like(await check(signatureHeader(stranger, 1, 'frame', subject, body)), { ok: false, fault: 'signature' });
@@ -44,11 +44,11 @@ test('the slot table binds generations to keys: wrong key, unknown generation, a
   t.like(await check(undefined), { ok: false, fault: 'unsigned', reason: 'frame from replica 0 stage 0: no Caravan-Sig header' });
   t.like(await check('1.short'), { ok: false, fault: 'unsigned' });
 
-  // The slot goes to host-b when the edge stream's last sequence is 7.
-  await assignSlot(kv, 0, 0, 'host-b', { key: second.publicKey, edgeSeq: 7 });
+  // The slot goes to host-b when the input stream host-a sent its activations to ends at sequence 7.
+  await assignSlot(kv, 0, 0, 'host-b', { key: second.publicKey, until: { act: 7 } });
   const record = (await readSlot(kv, 0, 0))!.record;
   t.deepEqual(record.signers, [
-    { generation: 1, host: 'host-a', key: first.publicKey, untilSeq: 7 },
+    { generation: 1, host: 'host-a', key: first.publicKey, until: { act: 7 } },
     { generation: 2, host: 'host-b', key: second.publicKey },
   ]);
   t.like(await check(signatureHeader(second, 2, 'frame', subject, body), { seq: 9 }), { ok: true, generation: 2 }, 'the new generation is learnt on its first frame');

@@ -5,12 +5,14 @@
 // once the slot went to another host the old holder's write fails with
 // SlotLostError and does not land. Per-holder edge consumers: opening a
 // generation's consumer deletes the earlier generation's consumer of that edge
-// only, and starts at the given stream sequence.
+// only, and starts at the given sequence of the slot's input stream.
+// Input streams go to the servers tagged with the holder's datacenter, or
+// anywhere when none is.
 import test, { type ExecutionContext } from 'ava';
 import { randomUUID } from 'node:crypto';
 import { connectNats, type NatsConnection } from '../../runtime/nats/connect.ts';
 import { startNatsServer, type NatsServerHandle } from '../../runtime/nats/nats-server.ts';
-import { openEdgeConsumer, openRunResources, ReaderReplacedError, type RunResources } from '../../runtime/transport/run-resources.ts';
+import { ensureInputStream, openEdgeConsumer, openRunResources, ReaderReplacedError, type RunResources } from '../../runtime/transport/run-resources.ts';
 import { assignSlot, readSlot, recordCheckpoint, SlotLostError, type CheckpointPointer } from '../../runtime/transport/slots.ts';
 
 /** A fresh nats-server and run per test, stopped in teardown. */
@@ -121,17 +123,21 @@ test('readSlot of a slot never assigned is undefined', async (t) => {
 
 test("opening generation 2's edge consumer deletes generation 1's of that edge only, and starts at the given sequence", async (t) => {
   const res = await freshRun(t);
-  const stream = res.names.edgeStream;
+  for (const [replica, stage] of [[0, 1], [0, 2], [0, 10], [1, 1]]) await ensureInputStream(res, replica, stage);
+  const stream = res.names.inputStream(0, 1);
   const listConsumers = async () => {
     const names: string[] = [];
-    for await (const c of res.jsm.consumers.list(stream)) names.push(c.name);
+    for (const [replica, stage] of [[0, 1], [0, 2], [0, 10], [1, 1]]) {
+      for await (const c of res.jsm.consumers.list(res.names.inputStream(replica, stage))) names.push(c.name);
+    }
     return names.sort();
   };
 
-  // Frames on act 0.1, with another edge's frames in between.
+  // Frames on act 0.1, with gradients into the same slot in between.
   const seqOf: number[] = [];
   for (let i = 1; i <= 5; i++) {
     seqOf[i] = (await res.js.publish(res.names.act(0, 1), new Uint8Array([i]))).seq;
+    await res.js.publish(res.names.grad(0, 1), new Uint8Array([50 + i]));
     await res.js.publish(res.names.act(0, 2), new Uint8Array([100 + i]));
   }
 
@@ -156,7 +162,7 @@ test("opening generation 2's edge consumer deletes generation 1's of that edge o
   t.is((await consumer.info()).num_pending, 0, 'and nothing else');
 
   // Without a start sequence a holder reads the edge from its beginning.
-  const fromStart = await res.js.consumers.get(stream, await openEdgeConsumer(res, 'act', 0, 2, 2));
+  const fromStart = await res.js.consumers.get(res.names.inputStream(0, 2), await openEdgeConsumer(res, 'act', 0, 2, 2));
   const bytes: number[] = [];
   for await (const m of await fromStart.fetch({ max_messages: 5, expires: 2000 })) bytes.push(m.data[0]);
   t.deepEqual(bytes, [101, 102, 103, 104, 105]);
@@ -166,10 +172,11 @@ test("opening generation 2's edge consumer deletes generation 1's of that edge o
 
 test("a replaced holder that opens its consumer late gets an error and leaves the newer holder's consumer alone", async (t) => {
   const res = await freshRun(t);
+  await ensureInputStream(res, 0, 1);
   await openEdgeConsumer(res, 'act', 0, 1, 1);
   await openEdgeConsumer(res, 'act', 0, 1, 2);
   await t.throwsAsync(openEdgeConsumer(res, 'act', 0, 1, 1), { instanceOf: ReaderReplacedError, message: /replaced: consumer act-0-1-g2 of a later holder exists/ });
   const names: string[] = [];
-  for await (const c of res.jsm.consumers.list(res.names.edgeStream)) names.push(c.name);
+  for await (const c of res.jsm.consumers.list(res.names.inputStream(0, 1))) names.push(c.name);
   t.deepEqual(names, ['act-0-1-g2']);
 });

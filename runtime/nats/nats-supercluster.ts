@@ -1,0 +1,99 @@
+// One JetStream server per datacenter, joined by gateways into a
+// super-cluster: NATS's own way across regions (docs/operations.md says why
+// it beat a single hub). Each server is a cluster of one, named after its
+// datacenter and tagged `dc:<name>`, so a slot's input stream can be placed
+// in its holder's datacenter (transport/run-resources.ts). Clients connect
+// to their own datacenter's server; a message for a stream elsewhere crosses
+// one gateway. Used by `caravan simulate --wan` and by tests; the shipped
+// configs are deploy/nats/supercluster/.
+import { jetstreamManager, StorageType, type JetStreamManager } from '@nats-io/jetstream';
+import { connectNats } from './connect.ts';
+import { startNatsServer, type NatsServerHandle } from './nats-server.ts';
+
+export interface SuperclusterDatacenter {
+  readonly name: string;
+  /** host:port for clients, for the (single-server) cluster's routes, and for gateways from other datacenters. */
+  readonly clientListen: string;
+  readonly clusterListen: string;
+  readonly gatewayListen: string;
+  /** How this datacenter's server reaches the other datacenters' gateways: name → `host:port`. */
+  readonly gateways: Readonly<Record<string, string>>;
+  /** A command to run the server under (`ip netns exec <ns>`). */
+  readonly prefix?: readonly string[];
+}
+
+export interface SuperclusterHandle {
+  /** Each datacenter's client URL, by name. */
+  readonly urls: Readonly<Record<string, string>>;
+  readonly servers: Readonly<Record<string, NatsServerHandle>>;
+  stop(): Promise<void>;
+}
+
+const PROBE_STREAM = 'CARAVAN_SUPERCLUSTER_PROBE';
+
+/** The config lines that make a server its datacenter's member of the super-cluster. */
+export function superclusterConfig(dc: SuperclusterDatacenter): string[] {
+  const others = Object.entries(dc.gateways).map(([name, at]) => `    { name: "${name}", urls: ["nats://${at}"] }`);
+  return [
+    `server_name: ${dc.name}`,
+    `server_tags: ["dc:${dc.name}"]`,
+    // JetStream across gateways needs every server clustered: a cluster of one routes to itself.
+    `cluster { name: "${dc.name}", listen: "${dc.clusterListen}", routes: ["nats-route://${dc.clusterListen}"] }`,
+    'gateway {',
+    `  name: "${dc.name}"`,
+    `  listen: "${dc.gatewayListen}"`,
+    // Gateways gossip the addresses they listen on, which other datacenters cannot reach here (only the links can).
+    '  connect_retries: 1000000',
+    '  gateways: [',
+    others.join(',\n'),
+    '  ]',
+    '}',
+  ];
+}
+
+export async function startSupercluster(o: { datacenters: readonly SuperclusterDatacenter[]; timeoutMs?: number; log?: (line: string) => void }): Promise<SuperclusterHandle> {
+  if (o.datacenters.length < 2) throw new Error(`a super-cluster needs at least 2 datacenters, not ${o.datacenters.length}`);
+  const timeoutMs = o.timeoutMs ?? 60_000;
+  const servers: Record<string, NatsServerHandle> = {};
+  const stop = async () => { await Promise.all(Object.values(servers).map((s) => s.stop())); };
+  try {
+    for (const dc of o.datacenters) {
+      servers[dc.name] = await startNatsServer({ listen: dc.clientListen, prefix: dc.prefix, config: superclusterConfig(dc), timeoutMs });
+    }
+    const urls = Object.fromEntries(o.datacenters.map((dc) => [dc.name, servers[dc.name].url]));
+    await awaitEveryDatacenter(urls[o.datacenters[0].name], o.datacenters.map((d) => d.name), Date.now() + timeoutMs, o.log ?? (() => {}));
+    return { urls, servers, stop };
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+}
+
+// Ready once a stream can be placed in every datacenter: the meta group has
+// formed across the gateways and knows every server's tags.
+async function awaitEveryDatacenter(url: string, datacenters: readonly string[], deadline: number, log: (line: string) => void): Promise<void> {
+  const nc = await connectNats(url, 'caravan-supercluster-probe');
+  try {
+    let jsm: JetStreamManager | undefined;
+    const pending = new Set(datacenters);
+    let last = '';
+    while (pending.size) {
+      for (const dc of [...pending]) {
+        try {
+          jsm ??= await jetstreamManager(nc, { timeout: 5_000 });
+          await jsm.streams.add({ name: PROBE_STREAM, subjects: ['caravan.supercluster-probe'], storage: StorageType.File, num_replicas: 1, placement: { cluster: dc, tags: [`dc:${dc}`] } });
+          await jsm.streams.delete(PROBE_STREAM);
+          pending.delete(dc);
+        } catch (err) {
+          last = `${dc}: ${(err as Error).message}`;
+        }
+      }
+      if (!pending.size) break;
+      if (Date.now() > deadline) throw new Error(`the super-cluster did not come up: no stream can be placed in ${[...pending].join(', ')} (last: ${last})`);
+      await new Promise((r) => setTimeout(r, 250));
+    }
+    log(`super-cluster of ${datacenters.join(', ')} is up`);
+  } finally {
+    await nc.close().catch(() => {});
+  }
+}

@@ -1,0 +1,67 @@
+// Two datacenters as a NATS super-cluster on loopback (one server each,
+// joined by gateways, tagged dc:<name>): hosts connect to their own
+// datacenter's server, each slot's input stream is created on the server of
+// its holder's datacenter, and the run gives the loopback result bit for bit.
+// A stream for a datacenter no server is tagged with goes anywhere.
+import test from 'ava';
+import { loadRunConfig } from '../../runtime/config/load-run-config.ts';
+import { createLogger } from '../../runtime/log.ts';
+import { connectNats } from '../../runtime/nats/connect.ts';
+import { freeLoopbackPorts } from '../../runtime/nats/nats-cluster.ts';
+import { startSupercluster, type SuperclusterDatacenter } from '../../runtime/nats/nats-supercluster.ts';
+import { decodeJson } from '../../runtime/transport/json.ts';
+import { ensureInputStream, openExistingRun, openRunResources } from '../../runtime/transport/run-resources.ts';
+import { trainDistributed } from '../../runtime/train/train-distributed.ts';
+import { trainLocal } from '../../runtime/train/train-local.ts';
+
+async function loopbackSupercluster(names: string[]) {
+  const ports = await freeLoopbackPorts(3 * names.length);
+  const at = (i: number, k: number) => `127.0.0.1:${ports[3 * i + k]}`;
+  const datacenters: SuperclusterDatacenter[] = names.map((name, i) => ({
+    name, clientListen: at(i, 0), clusterListen: at(i, 1), gatewayListen: at(i, 2),
+    gateways: Object.fromEntries(names.map((other, j) => [other, at(j, 2)]).filter(([other]) => other !== name)),
+  }));
+  return startSupercluster({ datacenters });
+}
+
+test('a pipeline over a 2-datacenter super-cluster: input streams live in their holders\' datacenters, same bits as loopback', async (t) => {
+  const sc = await loopbackSupercluster(['dc-a', 'dc-b']);
+  t.teardown(() => sc.stop());
+  const config = await loadRunConfig({ preset: 'tiny', overrides: { training: { steps: 3, stages: 2, seqLen: 32, batchSize: 4, microbatches: 2, seed: 11 } } });
+  const dcs = ['dc-a', 'dc-b'];
+  let placed: Array<{ slot: string; holder: string; stream: string | undefined }> = [];
+  const summary = await trainDistributed({
+    config, nats: sc.urls['dc-a'], log: createLogger('test', 'silent'),
+    placement: { coordinator: { nats: sc.urls['dc-a'] }, host: (i) => ({ nats: sc.urls[dcs[i]], datacenter: dcs[i] }) },
+    onFinished: async ({ url, run }) => {
+      const nc = await connectNats(url, 'inspect');
+      try {
+        const res = await openExistingRun(nc, run, url);
+        placed = [];
+        for (const stage of [0, 1]) {
+          const slot = decodeJson<{ host: string }>((await res.kv.get(`slot.0.${stage}`))!.value, 'slot');
+          const holder = decodeJson<{ datacenter: string }>((await res.kv.get(`hosts.${slot.host}`))!.value, 'host').datacenter;
+          placed.push({ slot: `0.${stage}`, holder, stream: (await res.jsm.streams.info(res.names.inputStream(0, stage))).cluster?.name });
+        }
+      } finally {
+        await nc.close();
+      }
+    },
+  });
+  t.deepEqual(new Set(placed.map((p) => p.holder)), new Set(dcs), 'one stage in each datacenter');
+  for (const p of placed) t.is(p.stream, p.holder, `slot ${p.slot}'s input stream is in its holder's datacenter`);
+  const clean = await trainLocal({ ...config, valBatches: 1 });
+  t.is(summary.params_sha256, clean.paramsSha256, 'the topology changes timing, never results');
+});
+
+test('an input stream for a datacenter no server is tagged with is placed anyway', async (t) => {
+  const sc = await loopbackSupercluster(['dc-a', 'dc-b']);
+  t.teardown(() => sc.stop());
+  const nc = await connectNats(sc.urls['dc-b'], 'placement');
+  t.teardown(() => nc.close());
+  const res = await openRunResources(nc, 'placement');
+  t.is(await ensureInputStream(res, 0, 0, 'dc-a'), 'dc-a', 'asked from dc-b, placed in dc-a');
+  t.truthy(await ensureInputStream(res, 0, 1, 'elsewhere'));
+  t.deepEqual([...res.streams.untagged], ['elsewhere'], 'learnt once');
+  t.is(await ensureInputStream(res, 0, 0, 'dc-b'), 'dc-a', 'an existing stream stays where it is');
+});
