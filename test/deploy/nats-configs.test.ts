@@ -38,17 +38,17 @@ function confFiles(dir: string): string[] {
 // 8222-8224 (monitoring), bind 0.0.0.0 and store under /var/lib/caravan/nats.
 // A test copy gets free ports (the same mapping across the cluster's files,
 // so routes still point at the right nodes), loopback and a temp store.
-const shippedPorts = [4222, 4223, 4224, 6222, 6223, 6224, 8222, 8223, 8224];
+const shippedPorts = [4222, 4223, 4224, 6222, 6223, 6224, 8222, 8223, 8224, ...[4, 6, 7, 8].flatMap((k) => [1, 2, 3].map((i) => k * 1000 + 230 + i))];
 async function portMap(): Promise<Map<number, number>> {
   const free = await freeLoopbackPorts(shippedPorts.length);
   return new Map(shippedPorts.map((port, i) => [port, free[i]]));
 }
 function rewrite(text: string, ports: Map<number, number>, storeDir: string): string {
   const out = text
-    .replace(/\b(4222|4223|4224|6222|6223|6224|8222|8223|8224)\b/g, (p) => String(ports.get(Number(p))))
+    .replace(/\b(4222|4223|4224|6222|6223|6224|8222|8223|8224|[4678]23[123])\b/g, (p) => String(ports.get(Number(p))))
     .replaceAll('0.0.0.0', '127.0.0.1')
     .replaceAll('/var/lib/caravan/nats', storeDir);
-  if (/\b[468]22[234]\b|\/var\/lib\/caravan/.test(out)) throw new Error('a shipped port or store path survived the rewrite');
+  if (/\b[468]22[234]\b|\b[4678]23[123]\b|\/var\/lib\/caravan/.test(out)) throw new Error('a shipped port or store path survived the rewrite');
   return out;
 }
 
@@ -56,7 +56,7 @@ const confs = confFiles(natsDir);
 
 test('deploy/nats holds the single-node config and three cluster nodes', (t) => {
   const names = confs.map((f) => relative(natsDir, f));
-  for (const expected of ['single.conf', 'secure.conf', 'cluster/node-1.conf', 'cluster/node-2.conf', 'cluster/node-3.conf']) t.true(names.includes(expected), expected);
+  for (const expected of ['single.conf', 'secure.conf', 'cluster/node-1.conf', 'cluster/node-2.conf', 'cluster/node-3.conf', 'supercluster/dc-1.conf', 'supercluster/dc-2.conf', 'supercluster/dc-3.conf']) t.true(names.includes(expected), expected);
 });
 
 // secure.conf includes the auth.conf of `caravan creds` and names certificates: test/deploy/secure-config.test.ts checks it with them.
@@ -242,6 +242,35 @@ test('3-node cluster: a replicas-3 stream and KV bucket keep taking writes and s
   t.is((await kv.value.get('step'))?.string(), '42');
   t.is((await kv.value.get('step', { revision: firstRevision }))?.string(), '41', 'history survives');
   passed = true;
+});
+
+test('3-datacenter super-cluster: the gateways join, and a stream placed by datacenter tag lands on that datacenter\'s server', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'caravan-nats-supercluster-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const ports = await portMap();
+  const nodes = [1, 2, 3].map((n) => ({ n, name: `caravan-dc-${n}`, client: ports.get(4230 + n)!, http: ports.get(8230 + n)!, conf: join(dir, `dc-${n}.conf`) }));
+  for (const node of nodes) await writeFile(node.conf, rewrite(readFileSync(join(natsDir, 'supercluster', `dc-${node.n}.conf`), 'utf8'), ports, join(dir, 'store')));
+  const servers = nodes.map((node) => start(node.conf, node.name));
+  let nc: NatsConnection | undefined;
+  t.teardown(async () => {
+    await nc?.close().catch(() => {});
+    await Promise.all(servers.map(kill));
+  });
+  await Promise.all(servers.map((s, i) => healthy(s, nodes[i].http, 20_000)));
+  nc = await connect({ servers: `127.0.0.1:${nodes[2].client}` });
+  const jsm = await jetstreamManager(nc);
+  for (const node of nodes) {
+    const name = `IN_DC${node.n}`;
+    const { value: info } = await eventually(
+      () => jsm.streams.add({ name, subjects: [`caravan.t.act.0.${node.n}`], storage: StorageType.File, num_replicas: 1, placement: { cluster: `dc-${node.n}`, tags: [`dc:dc-${node.n}`] } }),
+      30_000,
+    );
+    t.is(info.cluster?.name, `dc-${node.n}`);
+    t.is(info.cluster?.leader, node.name, 'on that datacenter\'s server');
+  }
+  // Published in dc-3, stored in dc-1: across the gateway.
+  const ack = await jetstream(nc).publish('caravan.t.act.0.1', new Uint8Array(1024));
+  t.is(ack.stream, 'IN_DC1');
 });
 
 test('deploy/bin/caravan runs the CLI from outside the checkout', async (t) => {
