@@ -16,7 +16,7 @@ export function simulateCommand(program: Command): void {
     .option('--time-scale <x>', 'simulated seconds per wall second (compute runs x times faster than on the device)', positiveNumber('--time-scale'))
     .option('--frame-bytes <n>', 'payload bytes of one activation or gradient frame', positiveNumber('--frame-bytes'))
     .option('--efficiency <x>', 'fraction of the device peak its kernels reach on this model', positiveNumber('--efficiency'))
-    .option('--standbys <n>', 'extra hosts waiting to replace a lost one', nonNegativeInt('--standbys'), 0)
+    .option('--standbys <n>', 'extra hosts waiting to replace a lost one (default: as many as --kill)', nonNegativeInt('--standbys'))
     .option('--wan <profile>', 'run the datacenters as network namespaces with this WAN profile\'s links (deploy/wan/<name>.yaml or a file; needs root)')
     .option('--rtt-scale <x>', 'with --wan: multiply every round-trip time', (v) => { const n = Number(v); if (!(n >= 0) || !Number.isFinite(n)) throw new Error(`--rtt-scale must be a number >= 0, got '${v}'`); return n; })
     .option('--rate-mbit <n>', 'with --wan: every host\'s access rate, both directions', positiveNumber('--rate-mbit'))
@@ -24,10 +24,17 @@ export function simulateCommand(program: Command): void {
       if (!NATS_TOPOLOGIES.includes(v as NatsTopology)) throw new Error(`--nats-topology must be ${NATS_TOPOLOGIES.join(' or ')}, got '${v}'`);
       return v as NatsTopology;
     })
+    .option('--kill <n>', 'churn: SIGKILL a stage host after each of the first n steps (standbys take over; --standbys defaults to n)', nonNegativeInt('--kill'), 0)
+    .option('--partition <dc:seconds>', 'with --wan: cut every link from and to datacenter dc (a name, or its index from 0) for this long, after the first step', (v) => {
+      const m = /^([a-z0-9-]+):(\d+(?:\.\d+)?)$/.exec(v);
+      if (!m) throw new Error(`--partition takes <datacenter>:<seconds> (us-central:5, or 1:5), got '${v}'`);
+      return { datacenter: m[1], seconds: Number(m[2]) };
+    })
+    .option('--heartbeat-timeout <ms>', 'a host silent this long is lost and its slot goes to a standby (the coordinator\'s default: 15000)', positiveInt('--heartbeat-timeout'))
     .addOption(new Option('--log-level <level>', "child processes' log level on stderr").choices([...LOG_LEVELS]))
     .option('--json', 'print only the final JSON line')
-    .action(async (flags: { preset: string; steps?: number; microbatches?: number; stages?: number; replicas?: number; datacenters?: number; timeScale?: number; frameBytes?: number; efficiency?: number; standbys: number; wan?: string; rttScale?: number; rateMbit?: number; natsTopology?: NatsTopology; logLevel?: string; json?: boolean }) => {
-      if ((flags.rttScale !== undefined || flags.rateMbit !== undefined || flags.natsTopology !== undefined) && !flags.wan) throw new Error('--rtt-scale, --rate-mbit and --nats-topology need --wan PROFILE');
+    .action(async (flags: { preset: string; steps?: number; microbatches?: number; stages?: number; replicas?: number; datacenters?: number; timeScale?: number; frameBytes?: number; efficiency?: number; standbys?: number; kill: number; heartbeatTimeout?: number; partition?: { datacenter: string; seconds: number }; wan?: string; rttScale?: number; rateMbit?: number; natsTopology?: NatsTopology; logLevel?: string; json?: boolean }) => {
+      if ((flags.rttScale !== undefined || flags.rateMbit !== undefined || flags.natsTopology !== undefined || flags.partition) && !flags.wan) throw new Error('--rtt-scale, --rate-mbit, --nats-topology and --partition need --wan PROFILE');
       const p = SIMULATE_PRESETS[flags.preset];
       const t = p.config.training;
       const synthetic = { ...t.synthetic!, ...(flags.timeScale ? { timeScale: flags.timeScale } : {}), ...(flags.frameBytes ? { frameBytes: flags.frameBytes } : {}), ...(flags.efficiency ? { efficiency: flags.efficiency } : {}) };
@@ -36,9 +43,14 @@ export function simulateCommand(program: Command): void {
         training: { ...t, steps: flags.steps ?? t.steps, microbatches: flags.microbatches ?? t.microbatches, stages: flags.stages ?? t.stages, replicas: flags.replicas ?? t.replicas, synthetic },
       });
       const started = Date.now();
+      const profile = flags.wan ? await loadWanProfile(flags.wan) : undefined;
+      const partition = flags.partition && profile && /^\d+$/.test(flags.partition.datacenter)
+        ? { ...flags.partition, datacenter: profile.datacenters[Number(flags.partition.datacenter)] ?? flags.partition.datacenter }
+        : flags.partition;
       const result = await simulate({
-        preset: flags.preset, config, datacenters: flags.datacenters ?? p.datacenters, standbys: flags.standbys,
-        ...(flags.wan ? { wan: { profile: await loadWanProfile(flags.wan), rttScale: flags.rttScale, rateMbit: flags.rateMbit, nats: flags.natsTopology } } : {}),
+        preset: flags.preset, config, datacenters: flags.datacenters ?? p.datacenters, standbys: flags.standbys ?? flags.kill,
+        faults: { kills: flags.kill, ...(partition ? { partition } : {}) }, heartbeatTimeoutMs: flags.heartbeatTimeout,
+        ...(profile ? { wan: { profile, rttScale: flags.rttScale, rateMbit: flags.rateMbit, nats: flags.natsTopology } } : {}),
         log: createLogger('caravan-simulate', flags.logLevel), childLogLevel: flags.logLevel,
         onProgress: flags.json ? undefined : (pr) => process.stderr.write(`replica ${pr.replica} step ${pr.step + 1}/${pr.steps} after ${((Date.now() - started) / 1000).toFixed(0)} s\n`),
       });

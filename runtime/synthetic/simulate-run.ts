@@ -18,6 +18,7 @@ import { trainDistributed, type DistributedOptions } from '../train/train-distri
 import type { RunSummary } from '../coordinator/coordinator-process.ts';
 import { splitLayers } from '../../native/index.ts';
 import { SyntheticStage } from './synthetic-stage.ts';
+import { FaultInjector, type FaultRecord, type SimulateFaults } from './simulate-faults.ts';
 import { startNatsServer } from '../nats/nats-server.ts';
 import { startSupercluster } from '../nats/nats-supercluster.ts';
 import { startWan, type WanNetwork } from '../wan/wan-network.ts';
@@ -47,6 +48,8 @@ export interface SimulateResult {
   readonly wall_s: number;
   readonly utilization_by_stage: number[];
   readonly recoveries: unknown;
+  /** What was killed or cut, after which step, and how long replica 0 then stood still. */
+  readonly faults: FaultRecord[];
   /** With --wan: the profile, its RTT scale, and the hosts' access rates (Mbit/s up, down); null on loopback. */
   readonly wan: { profile: string; rtt_scale: number; up_mbit: number; down_mbit: number; nats: NatsTopology } | null;
 }
@@ -61,6 +64,10 @@ export interface SimulateOptions {
   readonly onProgress?: DistributedOptions['onProgress'];
   /** Run the datacenters as namespaces with this profile's links (needs root); RTTs times rttScale, access rates replaced by rateMbit. */
   readonly wan?: { readonly profile: WanProfile; readonly rttScale?: number; readonly rateMbit?: number; readonly nats?: NatsTopology };
+  /** How long a silent host has before a standby takes its slot (default the coordinator's). */
+  readonly heartbeatTimeoutMs?: number;
+  /** Churn and link faults during the run (simulate-faults.ts); kills need as many standbys. */
+  readonly faults?: SimulateFaults;
 }
 
 /** Over a WAN: one NATS server per datacenter joined by gateways, or one in the first datacenter that all reach through their links. */
@@ -80,8 +87,12 @@ export async function simulate(o: SimulateOptions): Promise<SimulateResult> {
   const t = o.config.training;
   const s = t.synthetic!;
   let dcs = Array.from({ length: o.datacenters }, (_, i) => `dc-${i}`);
-  // Hosts in contiguous blocks per datacenter, as one would rent them: a pipeline crosses a datacenter boundary a few times, not at every stage.
-  const block = (i: number) => Math.min(o.datacenters - 1, Math.floor((i * o.datacenters) / (t.stages * t.replicas)));
+  // Hosts in contiguous blocks per datacenter, as one would rent them: a pipeline crosses a datacenter boundary a few
+  // times, not at every stage. Standbys go round the datacenters.
+  const slots = t.stages * t.replicas;
+  const block = (i: number) => (i < slots ? Math.min(o.datacenters - 1, Math.floor((i * o.datacenters) / slots)) : (i - slots) % o.datacenters);
+  const kills = o.faults?.kills ?? 0;
+  if (kills > (o.standbys ?? 0)) throw new Error(`${kills} kills need at least ${kills} standbys (--standbys): a killed host is not restarted`);
   let placement: DistributedOptions['placement'] = { host: (i) => ({ datacenter: dcs[block(i)] }) };
   let wan: WanNetwork | undefined, nats: { url: string; stop(): Promise<void> } | undefined;
   if (o.wan) {
@@ -120,11 +131,21 @@ export async function simulate(o: SimulateOptions): Promise<SimulateResult> {
       host: (i) => ({ prefix: inNs(dcs[block(i)]), nats: urlIn(dcs[block(i)]), datacenter: dcs[block(i)] }),
     };
   }
+  const partition = o.faults?.partition;
+  if (partition && !dcs.includes(partition.datacenter)) {
+    await nats?.stop();
+    await wan?.stop();
+    throw new Error(`--partition ${partition.datacenter}: the run's datacenters are ${dcs.join(', ')}`);
+  }
+  const faults = new FaultInjector({ faults: o.faults ?? { kills: 0 }, stages: t.stages, replicas: t.replicas, wan, log: o.log });
   let stageDcs: string[][] = [];
   let summary: RunSummary;
   try {
     summary = await trainDistributed({
-      config: o.config, log: o.log, standbys: o.standbys, childLogLevel: o.childLogLevel, onProgress: o.onProgress, nats: nats?.url, placement,
+      config: o.config, log: o.log, standbys: o.standbys, childLogLevel: o.childLogLevel, nats: nats?.url, placement,
+      hostsMayBeKilled: kills > 0, heartbeatTimeoutMs: o.heartbeatTimeoutMs,
+      onReady: ({ url, run }) => faults.attach(url, run),
+      onProgress: (p) => { faults.onProgress(p); o.onProgress?.(p); },
       onFinished: async ({ url, run }) => {
         const nc = await connectNats(url, 'simulate-inspect');
         try {
@@ -144,6 +165,7 @@ export async function simulate(o: SimulateOptions): Promise<SimulateResult> {
       },
     });
   } finally {
+    await faults.stop();
     await nats?.stop();
     await wan?.stop();
   }
@@ -161,7 +183,7 @@ export async function simulate(o: SimulateOptions): Promise<SimulateResult> {
     tokens_per_s: Math.round(summary.tokens_per_s / s.timeScale), mfu_pct: +summary.mfu_pct.toFixed(2),
     wan_bytes_per_step: Math.round(crossings * 2 * M * frameBytes), frame_bytes: Math.round(frameBytes), time_scale: s.timeScale,
     forward_ms_simulated: +forwardMs.toFixed(1), wall_s: +summary.wall_seconds.toFixed(1),
-    utilization_by_stage: summary.utilization_by_stage.map((u) => +u.toFixed(3)), recoveries: summary.recoveries,
+    utilization_by_stage: summary.utilization_by_stage.map((u) => +u.toFixed(3)), recoveries: summary.recoveries, faults: faults.report(),
     wan: o.wan ? { profile: o.wan.profile.name, rtt_scale: o.wan.rttScale ?? 1, up_mbit: o.wan.rateMbit ?? o.wan.profile.hostUpMbit, down_mbit: o.wan.rateMbit ?? o.wan.profile.hostDownMbit, nats: o.wan.nats ?? 'per-dc' } : null,
   };
 }

@@ -23,3 +23,26 @@ test('caravan simulate --preset orion-mini: utilization against the 1F1B bound, 
   t.is(Math.round(crossings), 1, 'two datacenters, hosts grouped by datacenter: one boundary crosses');
   t.log(r.stdout.trim());
 });
+
+test('caravan simulate --kill 1: a stage host is SIGKILLed after the first step, a standby takes its slot, the run completes and says how long it stood still', async (t) => {
+  const r = await caravan(['simulate', '--preset', 'orion-mini', '--steps', '3', '--microbatches', '4', '--time-scale', '10', '--kill', '1', '--heartbeat-timeout', '2000', '--json']);
+  t.is(r.code, 0, r.stderr);
+  const line = JSON.parse(r.stdout.trim().split('\n').pop()!);
+  t.is(line.faults.length, 1);
+  t.like(line.faults[0], { fault: 'kill', after_step: 0 });
+  t.regex(line.faults[0].detail, /^slot 0\.1 \(host .+\)$/);
+  t.true(line.faults[0].stall_s >= 2, `the pipeline stood still until the heartbeat timeout at least (${line.faults[0].stall_s} s)`);
+  t.like(line.recoveries, { hosts_lost: 1, slots_reassigned: 1 });
+});
+
+test('caravan simulate refuses faults it cannot carry out, saying why', async (t) => {
+  const tooFew = await caravan(['simulate', '--preset', 'orion-mini', '--kill', '2', '--standbys', '1']);
+  t.is(tooFew.code, 1);
+  t.regex(tooFew.stderr, /2 kills need at least 2 standbys/);
+  const noWan = await caravan(['simulate', '--preset', 'orion-mini', '--partition', 'us-east:5']);
+  t.is(noWan.code, 1);
+  t.regex(noWan.stderr, /--partition need --wan PROFILE/);
+  const bad = await caravan(['simulate', '--preset', 'orion-mini', '--wan', 'us5', '--partition', 'us-east']);
+  t.not(bad.code, 0);
+  t.regex(bad.stderr, /--partition takes <datacenter>:<seconds>/);
+});
