@@ -9,9 +9,9 @@ import { Command, Option } from 'commander';
 import { deleteNamespaces, leftovers } from '../wan/namespaces.ts';
 import { askWan, defaultWanDir, readWanState, serveWan } from '../wan/wan-daemon.ts';
 import { loadWanProfile, planWan, type WanPlan } from '../wan/wan-profile.ts';
-import { positiveInt } from './options.ts';
+import { nonNegativeInt, positiveInt } from './options.ts';
 
-interface PlanFlags { profile: string; datacenters: number; id: string; subnet: number; hub?: string; port: number[] }
+interface PlanFlags { profile: string; datacenters: number; id: string; subnet: number; hub?: string; port: number[]; meshPort?: number[]; hostsPerDc: number }
 
 const portList = (v: string, prev: number[] = []) => {
   const n = Number(v);
@@ -25,12 +25,14 @@ function planOptions(c: Command): Command {
     .option('--datacenters <n>', "how many of the profile's datacenters, from the first", positiveInt('--datacenters'), 3)
     .option('--hub <name>', 'the datacenter that holds NATS (default: the first)')
     .option('--port <n>', "a port of the hub the others reach through their link (repeatable; default 4222)", portList)
+    .option('--mesh-port <n>', 'a port every datacenter reaches on every other through a link of its own (repeatable; 7222 for NATS gateways, one server per datacenter)', portList)
+    .option('--hosts-per-dc <n>', 'a namespace per host, this many in each datacenter, each with the profile\'s access rates of its own (0: hosts share their datacenter\'s namespace and rates)', nonNegativeInt('--hosts-per-dc'), 0)
     .option('--subnet <n>', 'addresses are 10.<n>.<datacenter>.x', (v) => Number(v), 77);
 }
 
 async function planFrom(flags: PlanFlags): Promise<WanPlan> {
   const profile = await loadWanProfile(flags.profile);
-  return planWan(profile, { datacenters: flags.datacenters, id: flags.id, subnet: flags.subnet, hub: flags.hub, ports: flags.port?.length ? flags.port : [4222] });
+  return planWan(profile, { datacenters: flags.datacenters, id: flags.id, subnet: flags.subnet, hub: flags.hub, ports: flags.port?.length ? flags.port : [4222], mesh: flags.meshPort ?? [], hostsPerDatacenter: flags.hostsPerDc });
 }
 
 const idOption = () => new Option('--id <id>', 'prefix of every name this WAN creates (namespaces <id>-<datacenter>); several can coexist').default('cv');
@@ -48,7 +50,7 @@ export function wanCommand(program: Command): void {
       await mkdir(flags.stateDir, { recursive: true });
       const log = join(flags.stateDir, `${plan.id}.log`);
       const args = ['wan', 'serve', '--profile', flags.profile, '--datacenters', String(flags.datacenters), '--subnet', String(flags.subnet),
-        '--id', plan.id, '--state-dir', flags.stateDir, '--hub', plan.hub, ...(flags.port ?? []).flatMap((p) => ['--port', String(p)])];
+        '--id', plan.id, '--state-dir', flags.stateDir, '--hub', plan.hub, ...(flags.port ?? []).flatMap((p) => ['--port', String(p)]), ...(flags.meshPort ?? []).flatMap((p) => ['--mesh-port', String(p)]), '--hosts-per-dc', String(flags.hostsPerDc)];
       const child = spawn(process.execPath, [...process.execArgv, process.argv[1], ...args], { detached: true, stdio: ['ignore', openSync(log, 'a'), openSync(log, 'a')] });
       child.unref();
       const exited = new Promise<number | null>((r) => child.once('exit', r));
@@ -65,6 +67,10 @@ export function wanCommand(program: Command): void {
         const link = plan.links.find((l) => l.from === dc.name);
         const where = Object.entries(plan.endpoints[dc.name]).map(([p, e]) => `${p} → ${e}`).join(', ');
         process.stdout.write(`  ${dc.name.padEnd(12)} ip netns exec ${dc.namespace} …   hub ports: ${where}${link ? `   one-way ${link.forward.delayMs} ms` : '   (hub)'}\n`);
+        for (const h of dc.hosts) process.stdout.write(`  ${''.padEnd(12)}   host: ip netns exec ${h.namespace} … (${h.ip})\n`);
+        for (const [to, ports] of Object.entries(plan.peers[dc.name])) {
+          for (const [p, e] of Object.entries(ports)) process.stdout.write(`  ${''.padEnd(12)}   ${to}:${p} → ${e}\n`);
+        }
       }
     });
 
@@ -96,8 +102,8 @@ export function wanCommand(program: Command): void {
       process.stdout.write(`WAN '${flags.id}' down: no namespace, link, qdisc or daemon left\n`);
     });
 
-  wan.command('link').description('change a datacenter\'s link to the hub while it runs (both directions unless --forward/--backward)')
-    .requiredOption('--from <datacenter>', 'the datacenter whose link changes')
+  wan.command('link').description('change every link from and to a datacenter while it runs (both directions unless --forward/--backward)')
+    .requiredOption('--from <datacenter>', 'the datacenter whose links change')
     .option('--delay <ms>', 'one-way delay', (v) => Number(v))
     .option('--jitter <ms>', 'extra delay, uniform in [0, ms]', (v) => Number(v))
     .option('--rate <mbit>', 'rate limit in Mbit/s (0: none)', (v) => Number(v))

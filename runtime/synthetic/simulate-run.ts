@@ -98,9 +98,14 @@ export async function simulate(o: SimulateOptions): Promise<SimulateResult> {
   if (o.wan) {
     const topology = o.wan.nats ?? 'per-dc';
     const perDc = topology === 'per-dc' && o.datacenters > 1;
+    // Each host in a namespace of its own, with the access rates of its own.
+    const hostsIn = new Map<number, number[]>();
+    for (let i = 0; i < slots + (o.standbys ?? 0); i++) hostsIn.set(block(i), [...(hostsIn.get(block(i)) ?? []), i]);
     const plan = planWan(scaledProfile(o.wan.profile, o.wan.rttScale, o.wan.rateMbit), {
       datacenters: o.datacenters, id: 'sim', subnet: 78, ...(perDc ? { ports: [], mesh: [GATEWAY_PORT] } : { ports: [CLIENT_PORT] }),
+      hostsPerDatacenter: Math.max(...[...hostsIn.values()].map((h) => h.length)),
     });
+    const hostNs = (i: number) => plan.datacenters[block(i)].hosts[hostsIn.get(block(i))!.indexOf(i)].namespace;
     wan = await startWan(plan);
     const hub = plan.datacenters[0];
     const inNs = (name: string) => ['ip', 'netns', 'exec', plan.datacenters.find((d) => d.name === name)!.namespace];
@@ -128,7 +133,7 @@ export async function simulate(o: SimulateOptions): Promise<SimulateResult> {
     dcs = plan.datacenters.map((d) => d.name);
     placement = {
       coordinator: { prefix: inNs(hub.name), nats: urlIn(hub.name) },
-      host: (i) => ({ prefix: inNs(dcs[block(i)]), nats: urlIn(dcs[block(i)]), datacenter: dcs[block(i)] }),
+      host: (i) => ({ prefix: ['ip', 'netns', 'exec', hostNs(i)], nats: urlIn(dcs[block(i)]), datacenter: dcs[block(i)] }),
     };
   }
   const partition = o.faults?.partition;

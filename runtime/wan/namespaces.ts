@@ -1,12 +1,15 @@
 // The datacenters of a WAN plan as Linux network namespaces (iproute2 and
 // tc; needs root or CAP_NET_ADMIN): each gets a veth pair to this machine's
-// namespace, its own /24, and, where the plan says (all but a lone hub), tbf rate limits on both
-// ends (the datacenter's upload on the inside end's egress, its download on
-// the outside end's). No routes and no forwarding between them: the only
-// way from one datacenter to another is through a link emulator.
+// namespace, its own /24 on a bridge inside, and tbf rate limits: on both
+// ends of that veth where the plan says (all but a lone hub: the
+// datacenter's upload on the inside end's egress, its download on the
+// outside end's), or, where the plan has hosts, on each host's own veth to
+// the bridge (each host's upload and download). No routes and no forwarding
+// between datacenters: the only way from one to another is through a link
+// emulator.
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import type { WanPlan } from './wan-profile.ts';
+import { DATACENTER_BRIDGE, type WanPlan } from './wan-profile.ts';
 
 const run = promisify(execFile);
 
@@ -34,12 +37,32 @@ export async function createNamespaces(plan: WanPlan): Promise<void> {
     await sh('ip', ['link', 'set', dc.vethInside, 'netns', dc.namespace]);
     await sh('ip', ['addr', 'add', `${dc.rootIp}/24`, 'dev', dc.vethRoot]);
     await sh('ip', ['link', 'set', dc.vethRoot, 'up']);
-    await inNs(['ip', 'addr', 'add', `${dc.insideIp}/24`, 'dev', dc.vethInside]);
+    // The datacenter's address is on a bridge, so that its hosts' namespaces can hang on it too.
+    await inNs(['ip', 'link', 'add', DATACENTER_BRIDGE, 'type', 'bridge']);
+    await inNs(['ip', 'link', 'set', dc.vethInside, 'master', DATACENTER_BRIDGE]);
+    await inNs(['ip', 'addr', 'add', `${dc.insideIp}/24`, 'dev', DATACENTER_BRIDGE]);
     await inNs(['ip', 'link', 'set', dc.vethInside, 'up']);
+    await inNs(['ip', 'link', 'set', DATACENTER_BRIDGE, 'up']);
     await inNs(['ip', 'link', 'set', 'lo', 'up']);
-    if (!dc.limited) continue;
-    await inNs(['tc', 'qdisc', 'add', 'dev', dc.vethInside, ...tbf(plan.hostUpMbit)]);
-    await sh('tc', ['qdisc', 'add', 'dev', dc.vethRoot, ...tbf(plan.hostDownMbit)]);
+    if (dc.limited) {
+      await inNs(['tc', 'qdisc', 'add', 'dev', dc.vethInside, ...tbf(plan.hostUpMbit)]);
+      await sh('tc', ['qdisc', 'add', 'dev', dc.vethRoot, ...tbf(plan.hostDownMbit)]);
+    }
+    for (const host of dc.hosts) {
+      const inHost = (args: string[]) => sh('ip', ['netns', 'exec', host.namespace, ...args]);
+      await sh('ip', ['netns', 'add', host.namespace]);
+      await sh('ip', ['link', 'add', host.vethBridge, 'type', 'veth', 'peer', 'name', host.vethInside]);
+      await sh('ip', ['link', 'set', host.vethInside, 'netns', host.namespace]);
+      await sh('ip', ['link', 'set', host.vethBridge, 'netns', dc.namespace]);
+      await inNs(['ip', 'link', 'set', host.vethBridge, 'master', DATACENTER_BRIDGE]);
+      await inNs(['ip', 'link', 'set', host.vethBridge, 'up']);
+      await inHost(['ip', 'addr', 'add', `${host.ip}/24`, 'dev', host.vethInside]);
+      await inHost(['ip', 'link', 'set', host.vethInside, 'up']);
+      await inHost(['ip', 'link', 'set', 'lo', 'up']);
+      // The host's upload leaves through its own end, its download through the bridge's end.
+      await inHost(['tc', 'qdisc', 'add', 'dev', host.vethInside, ...tbf(plan.hostUpMbit)]);
+      await inNs(['tc', 'qdisc', 'add', 'dev', host.vethBridge, ...tbf(plan.hostDownMbit)]);
+    }
   }
 }
 
@@ -53,7 +76,8 @@ export async function deleteNamespaces(plan: Pick<WanPlan, 'id'>): Promise<void>
 /** Namespaces and links of this id still on the machine, and qdiscs on those links. */
 export async function leftovers(id: string): Promise<{ namespaces: string[]; links: string[]; qdiscs: string[] }> {
   const namespaces = (await sh('ip', ['netns', 'list'])).split('\n').map((l) => l.split(' ')[0]).filter((n) => n.startsWith(`${id}-`));
-  const linkPattern = new RegExp(`^${id}\\d+[rn]$`);
+  // A datacenter's veth end here; a host's pair is here only if its set-up stopped half-way.
+  const linkPattern = new RegExp(`^${id}\\d+(h\\d+)?[rnb]$`);
   const links = (await sh('ip', ['-o', 'link', 'show'])).split('\n').map((l) => l.split(':')[1]?.trim().split('@')[0] ?? '').filter((n) => linkPattern.test(n));
   const qdiscs = (await sh('tc', ['qdisc', 'show'])).split('\n').filter((l) => links.some((n) => l.includes(` dev ${n} `)) && /tbf|htb/.test(l));
   return { namespaces, links, qdiscs };

@@ -4,7 +4,9 @@
 // machine's own namespace by a veth pair on its own /24, and one link
 // emulator per datacenter towards the hub (the datacenter that holds NATS);
 // with `mesh` ports, also one from every datacenter to every other (NATS
-// gateways, when each datacenter runs its own server).
+// gateways, when each datacenter runs its own server). With hosts per
+// datacenter, each host gets a namespace of its own on the datacenter's
+// bridge, and the access rates limit each host rather than the datacenter.
 // Pure: reading the file is the only IO.
 import { readFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
@@ -91,9 +93,23 @@ export interface PlannedDatacenter {
   readonly vethInside: string;
   readonly rootIp: string;
   readonly insideIp: string;
-  /** Whether tc limits its veth to the hosts' access rates: all but a hub that every other datacenter reaches through its own link. */
+  /** Whether tc limits its veth to the hosts' access rates: all but a hub that every other datacenter reaches through its own link, and none whose hosts are limited one by one. */
   readonly limited: boolean;
+  /** Host namespaces on the datacenter's bridge, each limited to the access rates (none: hosts run in the datacenter's namespace). */
+  readonly hosts: readonly PlannedHost[];
 }
+
+export interface PlannedHost {
+  readonly namespace: string;
+  /** The veth end inside the host's namespace, and the one on the datacenter's bridge. */
+  readonly vethInside: string;
+  readonly vethBridge: string;
+  readonly ip: string;
+}
+
+/** The bridge in a datacenter's namespace that its veth to this machine and its hosts' veths hang on. */
+export const DATACENTER_BRIDGE = 'dcbr';
+const MAX_HOSTS_PER_DATACENTER = 200;
 
 export interface PlannedLink {
   /** A datacenter's way to the hub: listen on its root-side address, deliver to the hub's inside address. */
@@ -131,6 +147,8 @@ export interface WanPlanOptions {
   readonly ports: readonly number[];
   /** Ports every datacenter reaches on every other through a link of its own (NATS gateways: 7222). */
   readonly mesh?: readonly number[];
+  /** Namespaces for this many hosts in each datacenter, each with the access rates of its own (0: none). */
+  readonly hostsPerDatacenter?: number;
 }
 
 /** Where a mesh link from one datacenter to datacenter `index` listens: a port per target, on the source's root-side address. */
@@ -146,11 +164,16 @@ export function planWan(profile: WanProfile, o: WanPlanOptions): WanPlan {
   const hub = o.hub ?? names[0];
   if (!names.includes(hub)) throw new Error(`--hub ${hub} is not one of ${names.join(', ')}`);
   const mesh = o.mesh ?? [];
+  const perDc = o.hostsPerDatacenter ?? 0;
+  if (!Number.isSafeInteger(perDc) || perDc < 0 || perDc > MAX_HOSTS_PER_DATACENTER) throw new Error(`hosts per datacenter must be 0-${MAX_HOSTS_PER_DATACENTER}, not ${perDc}`);
   const datacenters = names.map((name, index) => ({
     name, index, namespace: `${o.id}-${name}`.slice(0, 32),
     vethRoot: `${o.id}${index}r`, vethInside: `${o.id}${index}n`,
     rootIp: `10.${o.subnet}.${index}.1`, insideIp: `10.${o.subnet}.${index}.2`,
-    limited: name !== hub || mesh.length > 0,
+    limited: perDc === 0 && (name !== hub || mesh.length > 0),
+    hosts: Array.from({ length: perDc }, (_, k) => ({
+      namespace: `${o.id}-${index}h${k}`, vethInside: `${o.id}${index}h${k}n`, vethBridge: `${o.id}${index}h${k}b`, ip: `10.${o.subnet}.${index}.${10 + k}`,
+    })),
   }));
   for (const p of mesh) {
     const clash = [...o.ports, ...mesh].find((q) => q !== p && q > p && q <= meshListenPort(p, datacenters.length - 1));

@@ -43,3 +43,20 @@ test('bad profiles and options are refused naming what is wrong', async (t) => {
   t.throws(() => planWan(p, { datacenters: 2, id: 'cv', subnet: 300, ports: [4222] }), { message: /subnet 300 must be 0-255/ });
   t.throws(() => planWan(p, { datacenters: 2, id: 'cv', subnet: 77, ports: [4222], hub: 'c' }), { message: '--hub c is not one of a, b' });
 });
+
+test('a mesh plan (one NATS server per datacenter): a link from every datacenter to every other, each way at half the round trip, every datacenter rate-limited', async (t) => {
+  const us5 = await loadWanProfile('us5');
+  const plan = planWan(us5, { datacenters: 3, id: 'cv', subnet: 77, ports: [], mesh: [7222] });
+  t.is(plan.links.length, 6, 'every ordered pair');
+  t.true(plan.datacenters.every((d) => d.limited), 'no datacenter holds the one broker, so none is exempt');
+  const eastToWest = plan.links.find((l) => l.from === 'us-east' && l.to === 'us-west')!;
+  t.deepEqual(eastToWest.listen, { host: '10.77.0.1', port: 7222 + 1 + 2 });
+  t.deepEqual(eastToWest.target, { host: '10.77.2.2', port: 7222 });
+  t.is(eastToWest.forward.delayMs, rtt(us5, 'us-east', 'us-west') / 2);
+  t.is(plan.peers['us-east']['us-west'][7222], '10.77.0.1:7225');
+  t.is(plan.peers['us-west']['us-east'][7222], '10.77.2.1:7223');
+  t.deepEqual(plan.endpoints['us-east'], {});
+  t.throws(() => planWan(us5, { datacenters: 3, id: 'cv', subnet: 77, ports: [7224], mesh: [7222] }), { message: /mesh port 7222 listens on 7223-7225, which takes port 7224/ });
+  const hubPlan = planWan(us5, { datacenters: 3, id: 'cv', subnet: 77, ports: [4222] });
+  t.deepEqual(hubPlan.datacenters.map((d) => d.limited), [false, true, true], 'with one broker, its datacenter is not limited');
+});
