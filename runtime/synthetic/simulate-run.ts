@@ -12,8 +12,8 @@
 import type { RunConfig } from '../../schemas/run-config.ts';
 import type { Logger } from '../log.ts';
 import { connectNats } from '../nats/connect.ts';
-import { decodeJson } from '../transport/json.ts';
 import { openExistingRun } from '../transport/run-resources.ts';
+import { slotPlacements } from '../transport/slot-placement.ts';
 import { trainDistributed, type DistributedOptions } from '../train/train-distributed.ts';
 import type { RunSummary } from '../coordinator/coordinator-process.ts';
 import { splitLayers } from '../../native/index.ts';
@@ -154,16 +154,7 @@ export async function simulate(o: SimulateOptions): Promise<SimulateResult> {
       onFinished: async ({ url, run }) => {
         const nc = await connectNats(url, 'simulate-inspect');
         try {
-          const res = await openExistingRun(nc, run, url);
-          stageDcs = [];
-          for (let r = 0; r < t.replicas; r++) {
-            const row: string[] = [];
-            for (let st = 0; st < t.stages; st++) {
-              const slot = decodeJson<{ host: string }>((await res.kv.get(`slot.${r}.${st}`))!.value, 'slot');
-              row.push(decodeJson<{ datacenter: string }>((await res.kv.get(`hosts.${slot.host}`))!.value, 'host').datacenter);
-            }
-            stageDcs.push(row);
-          }
+          stageDcs = (await slotPlacements(await openExistingRun(nc, run, url), t.replicas, t.stages)).map((row) => row.map((p) => p.datacenter));
         } finally {
           await nc.close();
         }

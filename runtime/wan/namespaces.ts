@@ -1,12 +1,12 @@
 // The datacenters of a WAN plan as Linux network namespaces (iproute2 and
 // tc; needs root or CAP_NET_ADMIN): each gets a veth pair to this machine's
 // namespace, its own /24 on a bridge inside, and tbf rate limits: on both
-// ends of that veth where the plan says (all but a lone hub: the
-// datacenter's upload on the inside end's egress, its download on the
-// outside end's), or, where the plan has hosts, on each host's own veth to
-// the bridge (each host's upload and download). No routes and no forwarding
-// between datacenters: the only way from one to another is through a link
-// emulator.
+// ends of that veth where the plan says (the datacenter's upload on the
+// inside end's egress, its download on the outside end's), and, where the
+// plan has hosts, on each host's own veth to the bridge for what it sends
+// out of the datacenter and receives from outside (traffic inside the
+// datacenter is not limited). No routes and no forwarding between
+// datacenters: the only way from one to another is through a link emulator.
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { DATACENTER_BRIDGE, type WanPlan } from './wan-profile.ts';
@@ -23,10 +23,27 @@ async function sh(cmd: string, args: string[]): Promise<string> {
   }
 }
 
-/** tbf with a bucket of about 4 ms at the rate (at least 64 KiB): enough for the timer, small enough to hold the rate. */
+/** A bucket of about 4 ms at the rate (at least 64 KiB): enough for the timer, small enough to hold the rate. */
+const burstBytes = (mbit: number) => String(Math.max(64 * 1024, Math.round((mbit * 1e6 / 8) * 0.004)));
+
 function tbf(mbit: number): string[] {
-  const burstBytes = Math.max(64 * 1024, Math.round((mbit * 1e6 / 8) * 0.004));
-  return ['root', 'tbf', 'rate', `${mbit}mbit`, 'burst', String(burstBytes), 'latency', '100ms'];
+  return ['root', 'tbf', 'rate', `${mbit}mbit`, 'burst', burstBytes(mbit), 'latency', '100ms'];
+}
+
+// The datacenter's own network: not what the profile limits.
+const LAN_MBIT = 100_000;
+
+/**
+ * Limits only what a device sends to or from `wanIp` (`dst` or `src`), the
+ * datacenter's way out: an htb class at the rate takes what the filter
+ * matches; everything else (the datacenter's own network) goes to a class
+ * too fast to matter. (This kernel has neither netem nor prio.)
+ */
+async function limitWanTraffic(exec: (args: string[]) => Promise<string>, dev: string, mbit: number, match: 'dst' | 'src', wanIp: string): Promise<void> {
+  await exec(['tc', 'qdisc', 'add', 'dev', dev, 'root', 'handle', '1:', 'htb', 'default', '20']);
+  await exec(['tc', 'class', 'add', 'dev', dev, 'parent', '1:', 'classid', '1:10', 'htb', 'rate', `${mbit}mbit`, 'burst', burstBytes(mbit)]);
+  await exec(['tc', 'class', 'add', 'dev', dev, 'parent', '1:', 'classid', '1:20', 'htb', 'rate', `${LAN_MBIT}mbit`, 'burst', burstBytes(LAN_MBIT)]);
+  await exec(['tc', 'filter', 'add', 'dev', dev, 'parent', '1:', 'protocol', 'ip', 'prio', '1', 'u32', 'match', 'ip', match, `${wanIp}/32`, 'flowid', '1:10']);
 }
 
 export async function createNamespaces(plan: WanPlan): Promise<void> {
@@ -59,9 +76,10 @@ export async function createNamespaces(plan: WanPlan): Promise<void> {
       await inHost(['ip', 'addr', 'add', `${host.ip}/24`, 'dev', host.vethInside]);
       await inHost(['ip', 'link', 'set', host.vethInside, 'up']);
       await inHost(['ip', 'link', 'set', 'lo', 'up']);
-      // The host's upload leaves through its own end, its download through the bridge's end.
-      await inHost(['tc', 'qdisc', 'add', 'dev', host.vethInside, ...tbf(plan.hostUpMbit)]);
-      await inNs(['tc', 'qdisc', 'add', 'dev', host.vethBridge, ...tbf(plan.hostDownMbit)]);
+      // What the host sends out of the datacenter leaves through its own end, what it receives from outside through
+      // the bridge's end; both go by the datacenter's outside address, where the links listen.
+      await limitWanTraffic(inHost, host.vethInside, plan.hostUpMbit, 'dst', dc.rootIp);
+      await limitWanTraffic(inNs, host.vethBridge, plan.hostDownMbit, 'src', dc.rootIp);
     }
   }
 }

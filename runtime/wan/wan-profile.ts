@@ -93,9 +93,13 @@ export interface PlannedDatacenter {
   readonly vethInside: string;
   readonly rootIp: string;
   readonly insideIp: string;
-  /** Whether tc limits its veth to the hosts' access rates: all but a hub that every other datacenter reaches through its own link, and none whose hosts are limited one by one. */
+  /**
+   * Whether tc limits its veth, everything that leaves or enters it, to the access rates: with mesh ports, all (each
+   * datacenter's NATS server is one machine on the WAN); otherwise all but the hub (the one broker's own network), and
+   * none whose hosts are limited one by one.
+   */
   readonly limited: boolean;
-  /** Host namespaces on the datacenter's bridge, each limited to the access rates (none: hosts run in the datacenter's namespace). */
+  /** Host namespaces on the datacenter's bridge, each with the access rates for what it sends out and receives from outside (none: hosts run in the datacenter's namespace). */
   readonly hosts: readonly PlannedHost[];
 }
 
@@ -170,7 +174,7 @@ export function planWan(profile: WanProfile, o: WanPlanOptions): WanPlan {
     name, index, namespace: `${o.id}-${name}`.slice(0, 32),
     vethRoot: `${o.id}${index}r`, vethInside: `${o.id}${index}n`,
     rootIp: `10.${o.subnet}.${index}.1`, insideIp: `10.${o.subnet}.${index}.2`,
-    limited: perDc === 0 && (name !== hub || mesh.length > 0),
+    limited: mesh.length > 0 || (perDc === 0 && name !== hub),
     hosts: Array.from({ length: perDc }, (_, k) => ({
       namespace: `${o.id}-${index}h${k}`, vethInside: `${o.id}${index}h${k}n`, vethBridge: `${o.id}${index}h${k}b`, ip: `10.${o.subnet}.${index}.${10 + k}`,
     })),

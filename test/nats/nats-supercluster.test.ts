@@ -9,8 +9,8 @@ import { createLogger } from '../../runtime/log.ts';
 import { connectNats } from '../../runtime/nats/connect.ts';
 import { freeLoopbackPorts } from '../../runtime/nats/nats-cluster.ts';
 import { startSupercluster, type SuperclusterDatacenter } from '../../runtime/nats/nats-supercluster.ts';
-import { decodeJson } from '../../runtime/transport/json.ts';
 import { ensureInputStream, openExistingRun, openRunResources } from '../../runtime/transport/run-resources.ts';
+import { slotPlacements, type SlotPlacement } from '../../runtime/transport/slot-placement.ts';
 import { trainDistributed } from '../../runtime/train/train-distributed.ts';
 import { trainLocal } from '../../runtime/train/train-local.ts';
 
@@ -29,27 +29,21 @@ test('a pipeline over a 2-datacenter super-cluster: input streams live in their 
   t.teardown(() => sc.stop());
   const config = await loadRunConfig({ preset: 'tiny', overrides: { training: { steps: 3, stages: 2, seqLen: 32, batchSize: 4, microbatches: 2, seed: 11 } } });
   const dcs = ['dc-a', 'dc-b'];
-  let placed: Array<{ slot: string; holder: string; stream: string | undefined }> = [];
+  let placed: SlotPlacement[] = [];
   const summary = await trainDistributed({
     config, nats: sc.urls['dc-a'], log: createLogger('test', 'silent'),
     placement: { coordinator: { nats: sc.urls['dc-a'] }, host: (i) => ({ nats: sc.urls[dcs[i]], datacenter: dcs[i] }) },
     onFinished: async ({ url, run }) => {
       const nc = await connectNats(url, 'inspect');
       try {
-        const res = await openExistingRun(nc, run, url);
-        placed = [];
-        for (const stage of [0, 1]) {
-          const slot = decodeJson<{ host: string }>((await res.kv.get(`slot.0.${stage}`))!.value, 'slot');
-          const holder = decodeJson<{ datacenter: string }>((await res.kv.get(`hosts.${slot.host}`))!.value, 'host').datacenter;
-          placed.push({ slot: `0.${stage}`, holder, stream: (await res.jsm.streams.info(res.names.inputStream(0, stage))).cluster?.name });
-        }
+        placed = (await slotPlacements(await openExistingRun(nc, run, url), 1, 2))[0];
       } finally {
         await nc.close();
       }
     },
   });
-  t.deepEqual(new Set(placed.map((p) => p.holder)), new Set(dcs), 'one stage in each datacenter');
-  for (const p of placed) t.is(p.stream, p.holder, `slot ${p.slot}'s input stream is in its holder's datacenter`);
+  t.deepEqual(new Set(placed.map((p) => p.datacenter)), new Set(dcs), 'one stage in each datacenter');
+  for (const p of placed) t.is(p.stream, p.datacenter, `slot 0.${p.stage}'s input stream is in its holder's datacenter`);
   const clean = await trainLocal({ ...config, valBatches: 1 });
   t.is(summary.params_sha256, clean.paramsSha256, 'the topology changes timing, never results');
 });

@@ -9,7 +9,7 @@
 // per datacenter joined by gateways through the links: each slot's input
 // stream sits in its holder's datacenter, a partition is survived, the bits
 // are the loopback run's. Needs root (network namespaces).
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { execFile, spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
@@ -18,16 +18,17 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { loadRunConfig } from '../../runtime/config/load-run-config.ts';
+import type { RunConfig } from '../../schemas/run-config.ts';
 import { createLogger } from '../../runtime/log.ts';
 import { connectNats } from '../../runtime/nats/connect.ts';
 import { startNatsServer } from '../../runtime/nats/nats-server.ts';
 import { startSupercluster } from '../../runtime/nats/nats-supercluster.ts';
-import { decodeJson } from '../../runtime/transport/json.ts';
 import { openExistingRun } from '../../runtime/transport/run-resources.ts';
-import { trainDistributed } from '../../runtime/train/train-distributed.ts';
+import { slotPlacements, type SlotPlacement } from '../../runtime/transport/slot-placement.ts';
+import { trainDistributed, type DistributedOptions } from '../../runtime/train/train-distributed.ts';
 import { trainLocal } from '../../runtime/train/train-local.ts';
 import { leftovers } from '../../runtime/wan/namespaces.ts';
-import { askWan, readWanState } from '../../runtime/wan/wan-daemon.ts';
+import { askWan, readWanState, type WanState } from '../../runtime/wan/wan-daemon.ts';
 import type { WanPlan } from '../../runtime/wan/wan-profile.ts';
 import { caravan } from '../support/caravan-cli.ts';
 
@@ -54,19 +55,52 @@ async function probeClient(namespace: string, endpoint: string, ...what: string[
   return JSON.parse(stdout.trim().split('\n').pop()!);
 }
 
-(canRun ? test.serial : test.skip)(`${canRun ? '' : '(needs root and iproute2 for network namespaces) '}three datacenters: links as profiled, a pipeline across them equals loopback, a partition is survived, wan down leaves nothing`, async (t) => {
+/** `caravan wan up` of the test profile's three datacenters with these flags, under a fresh id and state folder. */
+async function wanUp(t: ExecutionContext, idPrefix: string, flags: string[]) {
   const dir = await mkdtemp(join(tmpdir(), 'caravan-wan-'));
   t.teardown(() => rm(dir, { recursive: true, force: true }));
   const profile = join(dir, 'test3.yaml');
   await writeFile(profile, PROFILE);
-  const id = `w${Math.floor(Math.random() * 9000 + 1000)}`;
+  const id = `${idPrefix}${Math.floor(Math.random() * 9000 + 1000)}`;
   const subnet = String(100 + Math.floor(Math.random() * 100));
   const wanArgs = ['--id', id, '--state-dir', join(dir, 'state')];
-  const up = await caravan(['wan', 'up', '--profile', profile, '--datacenters', '3', '--subnet', subnet, '--port', '4222', '--port', '5555', '--hosts-per-dc', '2', ...wanArgs, '--json']);
+  const up = await caravan(['wan', 'up', '--profile', profile, '--datacenters', '3', '--subnet', subnet, ...flags, ...wanArgs, '--json']);
   t.is(up.code, 0, up.stderr);
+  return { id, wanArgs, plan: JSON.parse(up.stdout) as WanPlan, state: (await readWanState(join(dir, 'state'), id))! };
+}
+
+/**
+ * A 3-stage run with one host in each of dc-a, dc-b, dc-c, the coordinator in dc-a, and dc-c cut off for 3 s
+ * once step 1 is done: where the slots and their input streams ended up, and how long step 1 → 2 took.
+ */
+async function runWithPartition(o: { config: RunConfig; run: string; nats: string; state: WanState; placement: DistributedOptions['placement'] }) {
+  const progressAt: number[] = [];
+  let partitionedAt = 0;
+  let placed: SlotPlacement[] = [];
+  const summary = await trainDistributed({
+    config: o.config, nats: o.nats, run: o.run, log: createLogger('test', 'silent'), placement: o.placement,
+    onProgress: (p) => {
+      progressAt[p.step] = performance.now();
+      if (p.step === 1 && !partitionedAt) {
+        partitionedAt = performance.now();
+        void askWan(o.state, { op: 'set', datacenter: 'dc-c', change: { up: false } })
+          .then(() => new Promise((r) => setTimeout(r, 3000)))
+          .then(() => askWan(o.state, { op: 'set', datacenter: 'dc-c', change: { up: true } }));
+      }
+    },
+    onFinished: async ({ url, run }) => {
+      const nc = await connectNats(url, 'inspect');
+      placed = (await slotPlacements(await openExistingRun(nc, run, url), 1, 3))[0];
+      await nc.close();
+    },
+  });
+  return { summary, placed, stalledMs: progressAt[2] - partitionedAt, stepMs: progressAt[2] - progressAt[1] };
+}
+
+(canRun ? test.serial : test.skip)(`${canRun ? '' : '(needs root and iproute2 for network namespaces) '}three datacenters: links as profiled, a pipeline across them equals loopback, a partition is survived, wan down leaves nothing`, async (t) => {
+  const { id, wanArgs, plan, state } = await wanUp(t, 'w', ['--port', '4222', '--port', '5555', '--hosts-per-dc', '2']);
   let down = false;
   t.teardown(async () => { if (!down) await caravan(['wan', 'down', ...wanArgs]); });
-  const plan = JSON.parse(up.stdout) as WanPlan;
   const ns = (dc: string) => plan.datacenters.find((d) => d.name === dc)!.namespace;
   const hostNs = (dc: string, k: number) => plan.datacenters.find((d) => d.name === dc)!.hosts[k].namespace;
   t.deepEqual((await leftovers(id)).namespaces.sort(), plan.datacenters.flatMap((d) => [d.namespace, ...d.hosts.map((h) => h.namespace)]).sort());
@@ -94,43 +128,31 @@ async function probeClient(namespace: string, endpoint: string, ...what: string[
   t.true(within(b.mbit!, 200), `dc-b upload ${b.mbit} Mbit/s`);
   t.true(within(both.mbit!, 200), `each of two dc-b hosts uploading at once: ${both.mbit} Mbit/s`);
   server.kill();
+  // Inside a datacenter the access rates do not apply: a host sends to a server on its datacenter's bridge unshaped.
+  const bIp = plan.datacenters.find((d) => d.name === 'dc-b')!.insideIp;
+  const local = spawn('ip', ['netns', 'exec', ns('dc-b'), process.execPath, '--import', 'tsx', probe, 'server', bIp, '5556'], { cwd: root, stdio: ['ignore', 'pipe', 'inherit'] });
+  t.teardown(() => { local.kill(); });
+  await new Promise((resolve) => local.stdout!.once('data', resolve));
+  const lan = await best(() => probeClient(hostNs('dc-b', 0), `${bIp}:5556`, 'up', String(16_000_000)));
+  t.log(`dc-b host → a server in dc-b: ${lan.mbit!.toFixed(0)} Mbit/s`);
+  t.true(lan.mbit! > 2 * 200, `inside the datacenter ${lan.mbit} Mbit/s, not the access rate`);
+  local.kill();
 
   // NATS and the coordinator in the hub; one host per datacenter, so each holds a stage.
   const nats = await startNatsServer({ listen: `${hubIp}:4222`, prefix: ['ip', 'netns', 'exec', ns('dc-a')] });
   t.teardown(() => nats.stop());
   const config = await loadRunConfig({ preset: 'tiny', overrides: { training: { steps: 4, stages: 3, seqLen: 32, batchSize: 4, microbatches: 2, seed: 13, checkpointEvery: 2 } } });
   const hostDcs = ['dc-a', 'dc-b', 'dc-c'];
-  const state = (await readWanState(join(dir, 'state'), id))!;
-  const progressAt: number[] = [];
-  let partitionedAt = 0;
-  let holders: string[] = [];
-  const summary = await trainDistributed({
-    config, nats: nats.url, run: 'wan', log: createLogger('test', 'silent'),
+  const { summary, placed, stalledMs, stepMs } = await runWithPartition({
+    config, run: 'wan', nats: nats.url, state,
     placement: {
       coordinator: { prefix: ['ip', 'netns', 'exec', ns('dc-a')], nats: nats.url },
       host: (i) => ({ prefix: ['ip', 'netns', 'exec', hostNs(hostDcs[i], 0)], nats: `nats://${plan.endpoints[hostDcs[i]][4222]}`, datacenter: hostDcs[i] }),
     },
-    onProgress: (p) => {
-      progressAt[p.step] = performance.now();
-      if (p.step === 1 && !partitionedAt) {
-        partitionedAt = performance.now();
-        void askWan(state, { op: 'set', datacenter: 'dc-c', change: { up: false } })
-          .then(() => new Promise((r) => setTimeout(r, 3000)))
-          .then(() => askWan(state, { op: 'set', datacenter: 'dc-c', change: { up: true } }));
-      }
-    },
-    onFinished: async ({ url, run }) => {
-      const nc = await connectNats(url, 'inspect');
-      const res = await openExistingRun(nc, run, url);
-      for (let s = 0; s < 3; s++) {
-        const slot = decodeJson<{ host: string }>((await res.kv.get(`slot.0.${s}`))!.value, 'slot');
-        holders.push(decodeJson<{ datacenter: string }>((await res.kv.get(`hosts.${slot.host}`))!.value, 'host').datacenter);
-      }
-      await nc.close();
-    },
   });
-  t.log(`stages held in ${holders.join(', ')}; step 1 → 2 took ${((progressAt[2] - progressAt[1]) / 1000).toFixed(1)} s with dc-c partitioned for 3 s; run ${summary.wall_seconds.toFixed(1)} s`);
-  t.true(progressAt[2] - partitionedAt >= 2500, 'the run stalled while a datacenter was cut off');
+  const holders = placed.map((p) => p.datacenter);
+  t.log(`stages held in ${holders.join(', ')}; step 1 → 2 took ${(stepMs / 1000).toFixed(1)} s with dc-c partitioned for 3 s; run ${summary.wall_seconds.toFixed(1)} s`);
+  t.true(stalledMs >= 2500, 'the run stalled while a datacenter was cut off');
   t.deepEqual([...holders].sort(), ['dc-a', 'dc-b', 'dc-c'], 'the stages ran in the three datacenters');
   const clean = await trainLocal({ ...config, valBatches: 1 });
   t.is(summary.params_sha256, clean.paramsSha256, 'the network changes timing, never results');
@@ -144,17 +166,8 @@ async function probeClient(namespace: string, endpoint: string, ...what: string[
 });
 
 (canRun ? test.serial : test.skip)(`${canRun ? '' : '(needs root and iproute2 for network namespaces) '}one NATS server per datacenter, joined by gateways through the links: input streams sit in their holders' datacenters, a partition is survived, same bits as loopback`, async (t) => {
-  const dir = await mkdtemp(join(tmpdir(), 'caravan-wan-'));
-  t.teardown(() => rm(dir, { recursive: true, force: true }));
-  const profile = join(dir, 'test3.yaml');
-  await writeFile(profile, PROFILE);
-  const id = `g${Math.floor(Math.random() * 9000 + 1000)}`;
-  const subnet = String(100 + Math.floor(Math.random() * 100));
-  const wanArgs = ['--id', id, '--state-dir', join(dir, 'state')];
-  const up = await caravan(['wan', 'up', '--profile', profile, '--datacenters', '3', '--subnet', subnet, '--mesh-port', '7222', ...wanArgs, '--json']);
-  t.is(up.code, 0, up.stderr);
+  const { wanArgs, plan, state } = await wanUp(t, 'g', ['--mesh-port', '7222']);
   t.teardown(async () => { await caravan(['wan', 'down', ...wanArgs]); });
-  const plan = JSON.parse(up.stdout) as WanPlan;
   const inNs = (dc: string) => ['ip', 'netns', 'exec', plan.datacenters.find((d) => d.name === dc)!.namespace];
   const sc = await startSupercluster({
     datacenters: plan.datacenters.map((d) => ({
@@ -166,40 +179,17 @@ async function probeClient(namespace: string, endpoint: string, ...what: string[
 
   const config = await loadRunConfig({ preset: 'tiny', overrides: { training: { steps: 4, stages: 3, seqLen: 32, batchSize: 4, microbatches: 2, seed: 17, checkpointEvery: 2 } } });
   const hostDcs = ['dc-a', 'dc-b', 'dc-c'];
-  const state = (await readWanState(join(dir, 'state'), id))!;
-  const progressAt: number[] = [];
-  let partitionedAt = 0;
-  const placed: Array<{ holder: string; stream?: string }> = [];
-  const summary = await trainDistributed({
-    config, nats: sc.urls['dc-a'], run: 'gateways', log: createLogger('test', 'silent'),
+  const { summary, placed, stalledMs, stepMs } = await runWithPartition({
+    config, run: 'gateways', nats: sc.urls['dc-a'], state,
     placement: {
       coordinator: { prefix: inNs('dc-a'), nats: sc.urls['dc-a'] },
       host: (i) => ({ prefix: inNs(hostDcs[i]), nats: sc.urls[hostDcs[i]], datacenter: hostDcs[i] }),
     },
-    onProgress: (p) => {
-      progressAt[p.step] = performance.now();
-      if (p.step === 1 && !partitionedAt) {
-        partitionedAt = performance.now();
-        void askWan(state, { op: 'set', datacenter: 'dc-c', change: { up: false } })
-          .then(() => new Promise((r) => setTimeout(r, 3000)))
-          .then(() => askWan(state, { op: 'set', datacenter: 'dc-c', change: { up: true } }));
-      }
-    },
-    onFinished: async ({ url, run }) => {
-      const nc = await connectNats(url, 'inspect');
-      const res = await openExistingRun(nc, run, url);
-      for (let s = 0; s < 3; s++) {
-        const slot = decodeJson<{ host: string }>((await res.kv.get(`slot.0.${s}`))!.value, 'slot');
-        const holder = decodeJson<{ datacenter: string }>((await res.kv.get(`hosts.${slot.host}`))!.value, 'host').datacenter;
-        placed.push({ holder, stream: (await res.jsm.streams.info(res.names.inputStream(0, s))).cluster?.name });
-      }
-      await nc.close();
-    },
   });
-  t.log(`input streams: ${placed.map((p) => `${p.holder} → ${p.stream}`).join(', ')}; step 1 → 2 took ${((progressAt[2] - progressAt[1]) / 1000).toFixed(1)} s with dc-c partitioned for 3 s; run ${summary.wall_seconds.toFixed(1)} s`);
-  t.deepEqual(placed.map((p) => p.holder).sort(), hostDcs, 'the stages ran in the three datacenters');
-  for (const p of placed) t.is(p.stream, p.holder, 'each input stream is on its holder\'s datacenter\'s server');
-  t.true(progressAt[2] - partitionedAt >= 2500, 'the run stalled while a datacenter was cut off');
+  t.log(`input streams: ${placed.map((p) => `${p.datacenter} → ${p.stream}`).join(', ')}; step 1 → 2 took ${(stepMs / 1000).toFixed(1)} s with dc-c partitioned for 3 s; run ${summary.wall_seconds.toFixed(1)} s`);
+  t.deepEqual(placed.map((p) => p.datacenter).sort(), hostDcs, 'the stages ran in the three datacenters');
+  for (const p of placed) t.is(p.stream, p.datacenter, 'each input stream is on its holder\'s datacenter\'s server');
+  t.true(stalledMs >= 2500, 'the run stalled while a datacenter was cut off');
   const clean = await trainLocal({ ...config, valBatches: 1 });
   t.is(summary.params_sha256, clean.paramsSha256, 'the topology and the partition change timing, never results');
 });
