@@ -1,8 +1,14 @@
 // The Replica actor: one per pipeline chain. Opens each step, collects every
 // stage's report (Σg² per tensor, and the loss from the last stage), decides
-// the clip factor over all stages in model order, commits the step, and opens
-// the next once every stage has applied it. Pure: the coordinator's runtime
-// carries out what it emits.
+// the clip factor over all stages in model order, commits the step and, in
+// the same breath, opens the next; the run finishes once every stage has
+// applied the last step. Pure: the coordinator's runtime carries out what it
+// emits.
+//
+// The next step is not held back until every stage says it applied the
+// commit: each stage takes its step control in log order (the commit before
+// the open) and keeps inputs of a step it has not opened, so waiting would
+// only add a round trip to the coordinator between every two steps.
 //
 // A step whose gradient norm or loss is not finite never reaches the
 // weights: under 'skip-step' it is committed as skipped (every stage leaves
@@ -38,6 +44,8 @@ export interface ReplicaContext extends ReplicaMachineInput {
   reports: Array<{ sumSquares: readonly number[]; loss?: number } | undefined>;  // by stage
   stepped: boolean[];
   losses: number[];
+  /** The current step is committed (not stopped as not finite): the next may open. */
+  committed: boolean;
 }
 
 function lastStepped(context: ReplicaContext, event: { step: number; stage: number }): boolean {
@@ -53,7 +61,7 @@ export const replicaMachine = setup({
   },
   actions: {
     open: enqueueActions(({ context, enqueue }) => {
-      enqueue.assign({ reports: Array(context.stages).fill(undefined), stepped: Array(context.stages).fill(false) });
+      enqueue.assign({ reports: Array(context.stages).fill(undefined), stepped: Array(context.stages).fill(false), committed: false });
       enqueue.emit({ type: 'OPEN_STEP', replica: context.replica, step: context.step });
     }),
   },
@@ -64,7 +72,7 @@ export const replicaMachine = setup({
   },
 }).createMachine({
   id: 'replica',
-  context: ({ input }) => ({ ...input, step: input.firstStep ?? 0, reports: [], stepped: [], losses: [] }),
+  context: ({ input }) => ({ ...input, step: input.firstStep ?? 0, reports: [], stepped: [], losses: [], committed: false }),
   initial: 'idle',
   states: {
     idle: { on: { START: [{ guard: ({ context }) => context.step >= context.steps, target: 'finished' }, { target: 'collecting', actions: 'open' }] } },
@@ -81,8 +89,10 @@ export const replicaMachine = setup({
               enqueue.assign({ reports, losses: [...context.losses, loss] });
               if (Number.isFinite(clip.gradNorm) && Number.isFinite(loss)) {
                 enqueue.emit({ type: 'COMMIT_STEP', replica: context.replica, step: context.step, gradScale: clip.gradScale, gradNorm: clip.gradNorm, loss });
+                enqueue.assign({ committed: true });
               } else if (context.nonFinite === 'skip-step') {
                 enqueue.emit({ type: 'COMMIT_STEP', replica: context.replica, step: context.step, gradScale: 0, gradNorm: clip.gradNorm, loss, skip: true });
+                enqueue.assign({ committed: true });
               } else {
                 const stages = reports.flatMap((r, s) => (r.sumSquares.every(Number.isFinite) ? [] : [s]));
                 enqueue.emit({ type: 'NOT_FINITE', replica: context.replica, step: context.step, gradNorm: clip.gradNorm, loss, stages });
@@ -99,13 +109,13 @@ export const replicaMachine = setup({
       },
     },
     committing: {
+      always: {
+        guard: ({ context }) => context.committed && context.step + 1 < context.steps,
+        target: 'collecting',
+        actions: [assign(({ context }) => ({ step: context.step + 1 })), 'open'],
+      },
       on: {
         STAGE_STEPPED: [
-          {
-            guard: ({ context, event }) => context.step + 1 < context.steps && lastStepped(context, event),
-            target: 'collecting',
-            actions: [assign(({ context }) => ({ step: context.step + 1 })), 'open'],
-          },
           { guard: ({ context, event }) => lastStepped(context, event), target: 'finished' },
           {
             guard: ({ context, event }) => event.step === context.step,

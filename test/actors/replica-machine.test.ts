@@ -24,6 +24,8 @@ function replica(input: Partial<ReplicaMachineInput> & Pick<ReplicaMachineInput,
 const done = (stage: number, step: number, sumSquares: number[], loss?: number): ReplicaEvent =>
   ({ type: 'STAGE_DONE', stage, step, sumSquares, ...(loss === undefined ? {} : { loss }) });
 const stepped = (stage: number, step: number): ReplicaEvent => ({ type: 'STAGE_STEPPED', stage, step });
+/** The commits among what the replica emitted (the next step's open comes with each). */
+const commits = (out: ReplicaCommand[]) => out.filter((c) => c.type === 'COMMIT_STEP');
 
 function permutations<T>(xs: readonly T[]): T[][] {
   if (xs.length <= 1) return [[...xs]];
@@ -42,7 +44,7 @@ test('the stages report in any order: one commit, scale by hand, no clipping', (
   for (const order of permutations([0, 1, 2])) {
     const { send } = replica({ stages: 3, maxGradNorm: 5 });
     send({ type: 'START' });
-    const out = order.flatMap((s) => send(done(s, 0, SUMS[s], s === 2 ? 3.25 : undefined)));
+    const out = commits(order.flatMap((s) => send(done(s, 0, SUMS[s], s === 2 ? 3.25 : undefined))));
     // norm 2 ≤ 5: factor 1, and the accumulated sum is divided by M.
     t.deepEqual(out, [{ type: 'COMMIT_STEP', replica: 2, step: 0, gradScale: 1 / 2, gradNorm: 2, loss: 3.25 }], `order ${order}`);
   }
@@ -52,7 +54,7 @@ test('the stages report in any order: one commit, scale by hand, with clipping',
   for (const order of permutations([0, 1, 2])) {
     const { send } = replica({ stages: 3, maxGradNorm: 0.5 });
     send({ type: 'START' });
-    const out = order.flatMap((s) => send(done(s, 0, SUMS[s], s === 2 ? 3.25 : undefined)));
+    const out = commits(order.flatMap((s) => send(done(s, 0, SUMS[s], s === 2 ? 3.25 : undefined))));
     // norm 2 > 0.5: factor 0.5 / (2 + 1e-6), then / M.
     t.deepEqual(out, [{ type: 'COMMIT_STEP', replica: 2, step: 0, gradScale: 0.5 / (2 + 1e-6) / 2, gradNorm: 2, loss: 3.25 }], `order ${order}`);
   }
@@ -61,7 +63,7 @@ test('the stages report in any order: one commit, scale by hand, with clipping',
 test('maxGradNorm 0 never clips', (t) => {
   const { send } = replica({ stages: 3, maxGradNorm: 0 });
   send({ type: 'START' });
-  const out = [2, 0, 1].flatMap((s) => send(done(s, 0, SUMS[s].map((v) => v * 1e6), s === 2 ? 1 : undefined)));
+  const out = commits([2, 0, 1].flatMap((s) => send(done(s, 0, SUMS[s].map((v) => v * 1e6), s === 2 ? 1 : undefined))));
   t.is(out.length, 1);
   t.like(out[0], { type: 'COMMIT_STEP', gradScale: 1 / 2, gradNorm: 2000 });
 });
@@ -98,22 +100,27 @@ test('a stage reporting twice does not stand in for a missing one', (t) => {
   t.deepEqual(send(done(0, 0, [1])), []);
   t.deepEqual(send(done(2, 0, [1], 1)), []);
   t.deepEqual(send(done(2, 0, [1], 1)), []);
-  t.is(send(done(1, 0, [1])).length, 1);
+  t.is(commits(send(done(1, 0, [1]))).length, 1);
 });
 
-test('every stage stepped opens the next step; the last step finishes with every loss', (t) => {
+test('a commit opens the next step at once; the last step finishes with every loss once every stage stepped', (t) => {
   const { actor, send } = replica({ stages: 3, steps: 3 });
   t.deepEqual(send({ type: 'START' }), [{ type: 'OPEN_STEP', replica: 2, step: 0 }]);
   const losses = [4.5, 3.75, 3.125];
   for (let step = 0; step < 3; step++) {
     t.deepEqual(send(stepped(0, step)), [], 'STAGE_STEPPED before the commit is ignored');
-    [1, 2, 0].forEach((s) => send(done(s, step, [1], s === 2 ? losses[step] : undefined)));
+    const out = [1, 2, 0].flatMap((s) => send(done(s, step, [1], s === 2 ? losses[step] : undefined)));
+    t.like(out[0], { type: 'COMMIT_STEP', step, loss: losses[step] });
+    if (step < 2) {
+      t.deepEqual(out.slice(1), [{ type: 'OPEN_STEP', replica: 2, step: step + 1 }], 'the next step opens with the commit');
+      t.deepEqual([0, 1, 2].flatMap((s) => send(stepped(s, step))), [], 'stepped reports of an earlier step change nothing');
+      continue;
+    }
+    t.is(out.length, 1, 'after the last step nothing opens');
     t.deepEqual(send(stepped(2, step)), []);
     t.deepEqual(send(stepped(2, step)), [], 'the same stage twice');
     t.deepEqual(send(stepped(0, step)), []);
-    const last = send(stepped(1, step));
-    if (step < 2) t.deepEqual(last, [{ type: 'OPEN_STEP', replica: 2, step: step + 1 }]);
-    else t.deepEqual(last, [{ type: 'FINISHED', replica: 2, losses }]);
+    t.deepEqual(send(stepped(1, step)), [{ type: 'FINISHED', replica: 2, losses }]);
   }
   t.is(actor.getSnapshot().status, 'done');
 });
@@ -124,12 +131,11 @@ test('reports for a wrong step are ignored', (t) => {
   t.deepEqual(send(done(0, 1, [100])), [], 'a future step');
   t.deepEqual(send(done(1, 1, [100], 9)), [], 'a future step, from every stage');
   t.deepEqual(send(done(0, 0, [1])), []);
-  t.like(send(done(1, 0, [3], 2))[0], { type: 'COMMIT_STEP', step: 0, gradNorm: 1, loss: 2 }, 'step 1 reports left no trace');
-  t.deepEqual(send(done(0, 0, [100])), [], 'STAGE_DONE after the commit');
+  const committed = send(done(1, 0, [3], 2));
+  t.like(committed[0], { type: 'COMMIT_STEP', step: 0, gradNorm: 1, loss: 2 }, 'step 1 reports left no trace');
+  t.deepEqual(committed[1], { type: 'OPEN_STEP', replica: 2, step: 1 });
   t.deepEqual(send(stepped(0, 1)), []);
   t.deepEqual(send(stepped(1, 1)), [], 'STAGE_STEPPED for a step not committed');
-  t.deepEqual(send(stepped(0, 0)), []);
-  t.deepEqual(send(stepped(1, 0)), [{ type: 'OPEN_STEP', replica: 2, step: 1 }]);
   t.deepEqual(send(done(0, 0, [1])), [], 'a past step');
   t.deepEqual(send(done(1, 0, [1], 1)), [], 'a past step, from every stage');
   t.deepEqual(send(stepped(0, 0)), []);
@@ -148,8 +154,7 @@ test('a step whose gradients are not finite: skip-step commits it as skipped; st
   const skipping = replica({ stages: 3, nonFinite: 'skip-step' });
   skipping.send({ type: 'START' });
   const out = [0, 1, 2].flatMap((s) => skipping.send(done(s, 0, nanSums[s], s === 2 ? 3.25 : undefined)));
-  t.deepEqual(out, [{ type: 'COMMIT_STEP', replica: 2, step: 0, gradScale: 0, gradNorm: NaN, loss: 3.25, skip: true }]);
-  t.deepEqual([0, 1, 2].flatMap((s) => skipping.send(stepped(s, 0))), [{ type: 'OPEN_STEP', replica: 2, step: 1 }], 'the run goes on');
+  t.deepEqual(out, [{ type: 'COMMIT_STEP', replica: 2, step: 0, gradScale: 0, gradNorm: NaN, loss: 3.25, skip: true }, { type: 'OPEN_STEP', replica: 2, step: 1 }], 'the run goes on');
 
   const stopping = replica({ stages: 3 });
   stopping.send({ type: 'START' });
