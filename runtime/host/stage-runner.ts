@@ -44,6 +44,8 @@ import type { Span } from '@opentelemetry/api';
 
 const CONSUME_MAX_BYTES = 32 * 1024 * 1024;  // bounded by bytes, not messages: see DEPENDENCIES.md
 const NO_TOKENS = new Int32Array(0);
+// Frames published and not yet acknowledged, per stage (each up to max_payload, 8 MiB).
+const MAX_FRAMES_IN_FLIGHT = 8;
 
 /** What a slot computes with: the native engine, or the synthetic stage of a simulation. */
 type ComputeStage = Pick<EngineStage, 'isFirst' | 'isLast' | 'inWidth' | 'outWidth' | 'needsTokens' | 'cuda' | 'paramCount' | 'backward' | 'gradSumSquares' | 'step' | 'zeroGrad' | 'state' | 'loadState' | 'params' | 'setParams'> & {
@@ -216,6 +218,22 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
     });
     await faults.reach('publish');
   };
+  // Frames go out without holding up the next computation: waiting for each
+  // acknowledgement put a round trip to the stream's server (across a WAN,
+  // tens of ms) after every forward and backward. The chain waits for them
+  // before the step's report instead, so a commit still means every frame of
+  // the step is stored (a checkpoint after it relies on that), and when too
+  // many are in flight. A frame is encoded before sendFrame returns: the
+  // engine may reuse the output's memory.
+  const sending = new Set<Promise<void>>();
+  const sendFrame = async (kind: FrameKind, to: number, step: number, mb: number, data: Float32Array, parent: Span) => {
+    while (sending.size >= MAX_FRAMES_IN_FLIGHT) await Promise.race(sending);
+    const sent: Promise<void> = publishFrame(kind, to, step, mb, data, parent)
+      .catch((err: Error) => stop(err))
+      .finally(() => sending.delete(sent));
+    sending.add(sent);
+  };
+  const allSent = async () => { while (sending.size) await Promise.all([...sending]); };
   const counters = (): StageCounters => ({
     compute: { busy_ms: busyMs, first_ms: firstCompute, last_ms: lastCompute, peak_gflops: peakGflops, device: engine.cuda?.name ?? 'cpu' },
     sent_by_kind: { act: { ...sentByKind.act }, grad: { ...sentByKind.grad } },
@@ -280,7 +298,7 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
           if (log.isLevelEnabled('debug')) log.debug({ step: cmd.step, mb: cmd.mb, ...traceIds(span) }, 'forward');
           await faults.reach('forward');
           if (typeof out === 'number') lossSums.set(cmd.step, (lossSums.get(cmd.step) ?? 0) + out);
-          else await publishFrame('act', s + 1, cmd.step, cmd.mb, out, span);
+          else await sendFrame('act', s + 1, cmd.step, cmd.mb, out, span);
           actor.send({ type: 'FORWARD_DONE', step: cmd.step, mb: cmd.mb });
         });
       case 'RUN_BACKWARD':
@@ -293,13 +311,14 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
           if (log.isLevelEnabled('debug')) log.debug({ step: cmd.step, mb: cmd.mb, ...traceIds(span) }, 'backward');
           accumulated.push(cmd.mb);
           await faults.reach('backward');
-          if (gradIn) await publishFrame('grad', s - 1, cmd.step, cmd.mb, gradIn, span);
+          if (gradIn) await sendFrame('grad', s - 1, cmd.step, cmd.mb, gradIn, span);
           actor.send({ type: 'BACKWARD_DONE', step: cmd.step, mb: cmd.mb });
         });
       case 'STEP_READY':
         return run(async () => {
           const loss = engine.isLast ? (lossSums.get(cmd.step) ?? NaN) / M : undefined;
           lossSums.delete(cmd.step);
+          await allSent();
           await report({ type: 'done', step: cmd.step, sumSquares: Array.from(engine.gradSumSquares()), loss, counters: counters() });
         });
       case 'APPLY_STEP':
@@ -319,7 +338,7 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
         });
       case 'STEPPED':
         return run(async () => {
-          // The sync belongs to the step: the replica opens the next one once every stage has loaded it.
+          // The sync belongs to the step: commands run one at a time, so nothing of the next step runs before it is loaded.
           if (bridge?.syncsAfter(cmd.step)) await bridge.sync(cmd.step);
           await report({ type: 'stepped', step: cmd.step, contributions: applied });
           if (cmd.step === t.steps - 1) {
