@@ -19,7 +19,7 @@
 import type { ConsumerMessages, JsMsg } from '@nats-io/jetstream';
 import { headers, type MsgHdrs, type NatsConnection } from '@nats-io/transport-node';
 import { createActor } from 'xstate';
-import { stageMachine, type StageCommand } from '../../actors/stage-machine.ts';
+import { stageMachine, type StageCommand, type StageEvent } from '../../actors/stage-machine.ts';
 import { EngineStage, sgemmGflops, splitLayers, type CudaDeviceInfo } from '../../native/index.ts';
 import type { RunConfig } from '../../schemas/run-config.ts';
 import { decodeFrame, encodeFrameWithCodecs, FrameError, frameMsgId, type FrameKind } from '../../schemas/tensor-frame.ts';
@@ -46,6 +46,7 @@ const CONSUME_MAX_BYTES = 32 * 1024 * 1024;  // bounded by bytes, not messages: 
 const NO_TOKENS = new Int32Array(0);
 // Frames published and not yet acknowledged, per stage (each up to max_payload, 8 MiB).
 const MAX_FRAMES_IN_FLIGHT = 8;
+const turnOfTheEventLoop = () => new Promise<void>((resolve) => setImmediate(resolve));
 
 /** What a slot computes with: the native engine, or the synthetic stage of a simulation. */
 type ComputeStage = Pick<EngineStage, 'isFirst' | 'isLast' | 'inWidth' | 'outWidth' | 'needsTokens' | 'cuda' | 'paramCount' | 'backward' | 'gradSumSquares' | 'step' | 'zeroGrad' | 'state' | 'loadState' | 'params' | 'setParams'> & {
@@ -278,6 +279,14 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
   const run = (f: () => Promise<void> | void) => {
     chain = chain.then(() => (settled ? undefined : f())).catch((err: Error) => stop(err));
   };
+  // A computation holds the thread. Before the actor picks the next one, the
+  // event loop takes a turn: frames that arrived meanwhile (a gradient that
+  // should go first) are seen, and the frame just sent is written out. (While
+  // each send waited for its acknowledgement, that wait was the turn.)
+  const computed = async (event: StageEvent) => {
+    await turnOfTheEventLoop();
+    actor.send(event);
+  };
 
   actor.on('*', (cmd: StageCommand) => {
     log.debug({ cmd }, 'stage command');
@@ -299,7 +308,7 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
           await faults.reach('forward');
           if (typeof out === 'number') lossSums.set(cmd.step, (lossSums.get(cmd.step) ?? 0) + out);
           else await sendFrame('act', s + 1, cmd.step, cmd.mb, out, span);
-          actor.send({ type: 'FORWARD_DONE', step: cmd.step, mb: cmd.mb });
+          await computed({ type: 'FORWARD_DONE', step: cmd.step, mb: cmd.mb });
         });
       case 'RUN_BACKWARD':
         return run(async () => {
@@ -312,7 +321,7 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
           accumulated.push(cmd.mb);
           await faults.reach('backward');
           if (gradIn) await sendFrame('grad', s - 1, cmd.step, cmd.mb, gradIn, span);
-          actor.send({ type: 'BACKWARD_DONE', step: cmd.step, mb: cmd.mb });
+          await computed({ type: 'BACKWARD_DONE', step: cmd.step, mb: cmd.mb });
         });
       case 'STEP_READY':
         return run(async () => {
