@@ -4,7 +4,8 @@
 // optimizer step, ack the step's inputs). It never touches a tensor.
 //
 // Schedule: 1F1B. Forward when the next microbatch's input has arrived and
-// fewer than S−s microbatches are in flight (forwarded, not yet backwarded);
+// fewer than S−s microbatches (plus `extraInFlight` on all but the last
+// stage, to hide link latency) are in flight (forwarded, not yet backwarded);
 // a waiting backward always goes first. Forwards and backwards both run in
 // microbatch order, so gradients accumulate in microbatch order whatever the
 // arrival order.
@@ -20,6 +21,7 @@ export interface StageMachineInput {
   readonly stages: number;        // S
   readonly microbatches: number;  // M per step
   readonly committed?: number;    // the last step in the weights it starts from (a checkpoint); −1 when fresh
+  readonly extraInFlight?: number;  // beyond S−s, on all but the last stage (training.extraInFlight); default 0
 }
 
 type InputKind = 'act' | 'grad';
@@ -54,8 +56,8 @@ export interface StageContext extends StageMachineInput {
   commits: Array<{ step: number; gradScale: number }>;  // commits not yet applied
 }
 
-/** The in-flight limit of stage s of S under 1F1B. */
-export const inFlightLimit = (stage: number, stages: number) => stages - stage;
+/** The in-flight limit of stage s of S under 1F1B, with `extra` more on every stage but the last (whose gradient is its own). */
+export const inFlightLimit = (stage: number, stages: number, extra = 0) => stages - stage + (stage < stages - 1 ? extra : 0);
 
 function seen(ctx: StageContext, kind: InputKind, mb: number): boolean {
   return kind === 'act' ? mb < ctx.nextForward || ctx.acts.includes(mb) : mb < ctx.nextBackward || ctx.grads.includes(mb);
@@ -72,7 +74,7 @@ export function nextCommand(ctx: StageContext): StageCommand | undefined {
   // A gradient can come before its microbatch's forward when inputs are replayed; the backward needs that forward.
   if (ctx.grads.includes(ctx.nextBackward) && ctx.nextBackward < ctx.nextForward) return { type: 'RUN_BACKWARD', step: ctx.step, mb: ctx.nextBackward };
   const inFlight = ctx.nextForward - ctx.nextBackward;
-  if (ctx.acts.includes(ctx.nextForward) && inFlight < inFlightLimit(ctx.stage, ctx.stages)) {
+  if (ctx.acts.includes(ctx.nextForward) && inFlight < inFlightLimit(ctx.stage, ctx.stages, ctx.extraInFlight)) {
     return { type: 'RUN_FORWARD', step: ctx.step, mb: ctx.nextForward };
   }
   return undefined;

@@ -43,6 +43,12 @@ export interface TrainingConfig {
   // stage of the replica alike. Either way they never reach the weights.
   // Default 'stop'.
   readonly nonFinite: NonFinitePolicy;
+  // Microbatches each stage but the last may have in flight (forwarded, not
+  // yet backwarded) beyond 1F1B's S−s: with links of latency L, a gradient
+  // comes back 2(S−s−1)·L later than on one machine, and each extra one in
+  // flight hides one microbatch's forward and backward of that wait, for one
+  // more stored activation. Changes timing, never results. Default 0.
+  readonly extraInFlight?: number;
   // Replicas synchronised by the Bridge every syncEvery steps (DiLoCo);
   // without it replicas train independently.
   readonly bridge?: BridgeConfig;
@@ -126,8 +132,8 @@ export function validateRunConfig(config: unknown): RunConfig {
     const v = field(config, p);
     if (!Number.isSafeInteger(v) || (v as number) < 1) fail(`${p} must be a positive integer, got ${JSON.stringify(v)}`);
   }
-  for (const p of ['training.seed', 'optim.warmupSteps', 'training.checkpointEvery']) {
-    if (p === 'training.checkpointEvery' && field(config, p) === undefined) continue;
+  for (const p of ['training.seed', 'optim.warmupSteps', 'training.checkpointEvery', 'training.extraInFlight']) {
+    if ((p === 'training.checkpointEvery' || p === 'training.extraInFlight') && field(config, p) === undefined) continue;
     const v = field(config, p);
     if (!Number.isSafeInteger(v) || (v as number) < 0) fail(`${p} must be a non-negative integer, got ${JSON.stringify(v)}`);
   }

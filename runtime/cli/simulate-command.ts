@@ -24,6 +24,7 @@ export function simulateCommand(program: Command): void {
       if (!NATS_TOPOLOGIES.includes(v as NatsTopology)) throw new Error(`--nats-topology must be ${NATS_TOPOLOGIES.join(' or ')}, got '${v}'`);
       return v as NatsTopology;
     })
+    .option('--extra-in-flight <n>', 'microbatches each stage but the last may have in flight beyond 1F1B\'s S−s, to hide link latency (training.extraInFlight)', nonNegativeInt('--extra-in-flight'))
     .option('--kill <n>', 'churn: SIGKILL a stage host after each of the first n steps (standbys take over; --standbys defaults to n)', nonNegativeInt('--kill'), 0)
     .option('--partition <dc:seconds>', 'with --wan: cut every link from and to datacenter dc (a name, or its index from 0) for this long, after the first step', (v) => {
       const m = /^([a-z0-9-]+):(\d+(?:\.\d+)?)$/.exec(v);
@@ -33,14 +34,14 @@ export function simulateCommand(program: Command): void {
     .option('--heartbeat-timeout <ms>', 'a host silent this long is lost and its slot goes to a standby (the coordinator\'s default: 15000)', positiveInt('--heartbeat-timeout'))
     .addOption(new Option('--log-level <level>', "child processes' log level on stderr").choices([...LOG_LEVELS]))
     .option('--json', 'print only the final JSON line')
-    .action(async (flags: { preset: string; steps?: number; microbatches?: number; stages?: number; replicas?: number; datacenters?: number; timeScale?: number; frameBytes?: number; efficiency?: number; standbys?: number; kill: number; heartbeatTimeout?: number; partition?: { datacenter: string; seconds: number }; wan?: string; rttScale?: number; rateMbit?: number; natsTopology?: NatsTopology; logLevel?: string; json?: boolean }) => {
+    .action(async (flags: { preset: string; steps?: number; microbatches?: number; stages?: number; replicas?: number; datacenters?: number; timeScale?: number; frameBytes?: number; efficiency?: number; standbys?: number; kill: number; extraInFlight?: number; heartbeatTimeout?: number; partition?: { datacenter: string; seconds: number }; wan?: string; rttScale?: number; rateMbit?: number; natsTopology?: NatsTopology; logLevel?: string; json?: boolean }) => {
       if ((flags.rttScale !== undefined || flags.rateMbit !== undefined || flags.natsTopology !== undefined || flags.partition) && !flags.wan) throw new Error('--rtt-scale, --rate-mbit, --nats-topology and --partition need --wan PROFILE');
       const p = SIMULATE_PRESETS[flags.preset];
       const t = p.config.training;
       const synthetic = { ...t.synthetic!, ...(flags.timeScale ? { timeScale: flags.timeScale } : {}), ...(flags.frameBytes ? { frameBytes: flags.frameBytes } : {}), ...(flags.efficiency ? { efficiency: flags.efficiency } : {}) };
       const config = validateRunConfig({
         ...p.config,
-        training: { ...t, steps: flags.steps ?? t.steps, microbatches: flags.microbatches ?? t.microbatches, stages: flags.stages ?? t.stages, replicas: flags.replicas ?? t.replicas, synthetic },
+        training: { ...t, steps: flags.steps ?? t.steps, microbatches: flags.microbatches ?? t.microbatches, stages: flags.stages ?? t.stages, replicas: flags.replicas ?? t.replicas, synthetic, ...(flags.extraInFlight !== undefined ? { extraInFlight: flags.extraInFlight } : {}) },
       });
       const started = Date.now();
       const profile = flags.wan ? await loadWanProfile(flags.wan) : undefined;

@@ -270,7 +270,7 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
     log.debug({ step, object: name, ms: Math.round(performance.now() - started) }, 'checkpoint reported');
   };
 
-  const actor = createActor(stageMachine, { input: { stage: s, stages: S, microbatches: M, committed: restored?.step ?? -1 } });
+  const actor = createActor(stageMachine, { input: { stage: s, stages: S, microbatches: M, committed: restored?.step ?? -1, extraInFlight: t.extraInFlight ?? 0 } });
   // Commands run one at a time, off the event that issued them, so NATS I/O
   // and heartbeats go on between computations.
   let chain = Promise.resolve();

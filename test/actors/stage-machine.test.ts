@@ -243,8 +243,8 @@ for (const S of [2, 4]) {
 
 // ---- single-stage scenarios, one event at a time ----
 
-function stage(stage: number, stages: number, microbatches: number, committed?: number) {
-  const actor = createActor(stageMachine, { input: { stage, stages, microbatches, committed } });
+function stage(stage: number, stages: number, microbatches: number, committed?: number, extraInFlight?: number) {
+  const actor = createActor(stageMachine, { input: { stage, stages, microbatches, committed, extraInFlight } });
   let out: StageCommand[] = [];
   actor.on('*', (cmd) => { out.push(cmd); });
   actor.start();
@@ -400,4 +400,24 @@ test('replayed control: opens and commits that come before the stage can act are
   t.is(actor.getSnapshot().context.committed, 1);
   t.deepEqual(actor.getSnapshot().context.commits, []);
   t.deepEqual(actor.getSnapshot().context.opens, []);
+});
+
+test('extraInFlight lets a stage forward that many more before a gradient is back; the last stage still alternates', (t) => {
+  for (const extra of [0, 2]) {
+    const { send } = stage(1, 3, 8, undefined, extra);  // a middle stage: S − s = 2
+    send({ type: 'STEP_OPEN', step: 0 });
+    const forwards: number[] = [];
+    for (let mb = 0; mb < 8; mb++) {
+      const out = send({ type: 'ACT_ARRIVED', step: 0, mb });
+      if (out.length) forwards.push(...out.map((c) => (c as { mb: number }).mb));
+      const next = send({ type: 'FORWARD_DONE', step: 0, mb: forwards[forwards.length - 1] ?? -1 });
+      forwards.push(...next.filter((c) => c.type === 'RUN_FORWARD').map((c) => (c as { mb: number }).mb));
+    }
+    t.deepEqual([...new Set(forwards)], Array.from({ length: 2 + extra }, (_, i) => i), `extraInFlight ${extra}: ${2 + extra} forwards with no gradient back`);
+  }
+  const last = stage(2, 3, 4, undefined, 2);
+  last.send({ type: 'STEP_OPEN', step: 0 });
+  t.deepEqual(last.send({ type: 'ACT_ARRIVED', step: 0, mb: 0 }), [fwd(0, 0)]);
+  t.deepEqual(last.send({ type: 'ACT_ARRIVED', step: 0, mb: 1 }), []);
+  t.deepEqual(last.send({ type: 'FORWARD_DONE', step: 0, mb: 0 }), [bwd(0, 0)], 'the last stage backwards its own loss at once');
 });
