@@ -129,7 +129,7 @@ export function wanCommand(program: Command): void {
       const state = await readWanState(flags.stateDir, flags.id);
       if (!state) throw new Error(`WAN '${flags.id}' is not up ('caravan wan up')`);
       const reply = await askWan(state, { op: 'links' });
-      process.stdout.write(`${JSON.stringify({ id: state.plan.id, pid: state.pid, hub: state.plan.hub, datacenters: state.plan.datacenters, endpoints: state.plan.endpoints, links: reply.links })}\n`);
+      process.stdout.write(`${JSON.stringify({ id: state.plan.id, pid: state.pid, hub: state.plan.hub, datacenters: state.plan.datacenters, endpoints: state.plan.endpoints, peers: state.plan.peers, links: reply.links })}\n`);
     });
 }
 
