@@ -44,8 +44,20 @@ export interface ReplicaContext extends ReplicaMachineInput {
   reports: Array<{ sumSquares: readonly number[]; loss?: number } | undefined>;  // by stage
   stepped: boolean[];
   losses: number[];
-  /** The current step is committed (not stopped as not finite): the next may open. */
-  committed: boolean;
+}
+
+/** The step's outcome once the last report is in: the reports, the clip decision, the loss, and whether it stops the run. */
+function decide(context: ReplicaContext, event: { stage: number; sumSquares: readonly number[]; loss?: number }) {
+  const reports = context.reports.map((r, s) => (s === event.stage ? { sumSquares: event.sumSquares, loss: event.loss } : r!));
+  const clip = clipDecision(reports.map((r) => Float64Array.from(r.sumSquares)), context.microbatches, context.maxGradNorm);
+  const loss = reports[context.stages - 1].loss ?? NaN;
+  const finite = Number.isFinite(clip.gradNorm) && Number.isFinite(loss);
+  return { reports, clip, loss, finite, stops: !finite && context.nonFinite !== 'skip-step' };
+}
+
+/** This report completes the step's: every other stage has reported. */
+function lastReport(context: ReplicaContext, event: ReplicaEvent): event is Extract<ReplicaEvent, { type: 'STAGE_DONE' }> {
+  return event.type === 'STAGE_DONE' && event.step === context.step && context.reports.every((r, s) => r !== undefined || s === event.stage);
 }
 
 function lastStepped(context: ReplicaContext, event: { step: number; stage: number }): boolean {
@@ -61,18 +73,13 @@ export const replicaMachine = setup({
   },
   actions: {
     open: enqueueActions(({ context, enqueue }) => {
-      enqueue.assign({ reports: Array(context.stages).fill(undefined), stepped: Array(context.stages).fill(false), committed: false });
+      enqueue.assign({ reports: Array(context.stages).fill(undefined), stepped: Array(context.stages).fill(false) });
       enqueue.emit({ type: 'OPEN_STEP', replica: context.replica, step: context.step });
     }),
   },
-  guards: {
-    lastReport: ({ context, event }) =>
-      event.type === 'STAGE_DONE' && event.step === context.step &&
-      context.reports.every((r, s) => r !== undefined || s === event.stage),
-  },
 }).createMachine({
   id: 'replica',
-  context: ({ input }) => ({ ...input, step: input.firstStep ?? 0, reports: [], stepped: [], losses: [], committed: false }),
+  context: ({ input }) => ({ ...input, step: input.firstStep ?? 0, reports: [], stepped: [], losses: [] }),
   initial: 'idle',
   states: {
     idle: { on: { START: [{ guard: ({ context }) => context.step >= context.steps, target: 'finished' }, { target: 'collecting', actions: 'open' }] } },
@@ -80,23 +87,27 @@ export const replicaMachine = setup({
       on: {
         STAGE_DONE: [
           {
-            guard: 'lastReport',
+            guard: ({ context, event }) => lastReport(context, event) && decide(context, event).stops,
+            target: 'stopped',
+            actions: enqueueActions(({ context, event, enqueue }) => {
+              if (event.type !== 'STAGE_DONE') return;
+              const { reports, clip, loss } = decide(context, event);
+              const stages = reports.flatMap((r, s) => (r.sumSquares.every(Number.isFinite) ? [] : [s]));
+              enqueue.assign({ reports, losses: [...context.losses, loss] });
+              enqueue.emit({ type: 'NOT_FINITE', replica: context.replica, step: context.step, gradNorm: clip.gradNorm, loss, stages });
+            }),
+          },
+          {
+            guard: ({ context, event }) => lastReport(context, event),
             target: 'committing',
             actions: enqueueActions(({ context, event, enqueue }) => {
-              const reports = context.reports.map((r, s) => (s === event.stage ? { sumSquares: event.sumSquares, loss: event.loss } : r!));
-              const clip = clipDecision(reports.map((r) => Float64Array.from(r.sumSquares)), context.microbatches, context.maxGradNorm);
-              const loss = reports[context.stages - 1].loss ?? NaN;
+              if (event.type !== 'STAGE_DONE') return;
+              const { reports, clip, loss, finite } = decide(context, event);
               enqueue.assign({ reports, losses: [...context.losses, loss] });
-              if (Number.isFinite(clip.gradNorm) && Number.isFinite(loss)) {
-                enqueue.emit({ type: 'COMMIT_STEP', replica: context.replica, step: context.step, gradScale: clip.gradScale, gradNorm: clip.gradNorm, loss });
-                enqueue.assign({ committed: true });
-              } else if (context.nonFinite === 'skip-step') {
-                enqueue.emit({ type: 'COMMIT_STEP', replica: context.replica, step: context.step, gradScale: 0, gradNorm: clip.gradNorm, loss, skip: true });
-                enqueue.assign({ committed: true });
-              } else {
-                const stages = reports.flatMap((r, s) => (r.sumSquares.every(Number.isFinite) ? [] : [s]));
-                enqueue.emit({ type: 'NOT_FINITE', replica: context.replica, step: context.step, gradNorm: clip.gradNorm, loss, stages });
-              }
+              // Under 'skip-step' a step that is not finite is committed as skipped: every stage leaves its weights as they were.
+              enqueue.emit(finite
+                ? { type: 'COMMIT_STEP', replica: context.replica, step: context.step, gradScale: clip.gradScale, gradNorm: clip.gradNorm, loss }
+                : { type: 'COMMIT_STEP', replica: context.replica, step: context.step, gradScale: 0, gradNorm: clip.gradNorm, loss, skip: true });
             }),
           },
           {
@@ -110,7 +121,7 @@ export const replicaMachine = setup({
     },
     committing: {
       always: {
-        guard: ({ context }) => context.committed && context.step + 1 < context.steps,
+        guard: ({ context }) => context.step + 1 < context.steps,
         target: 'collecting',
         actions: [assign(({ context }) => ({ step: context.step + 1 })), 'open'],
       },
@@ -124,6 +135,8 @@ export const replicaMachine = setup({
         ],
       },
     },
+    // A step that was not finite under 'stop': nothing more is decided (the coordinator fails the run).
+    stopped: {},
     finished: {
       type: 'final',
       entry: enqueueActions(({ context, enqueue }) => enqueue.emit({ type: 'FINISHED', replica: context.replica, losses: context.losses })),

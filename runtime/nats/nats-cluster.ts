@@ -11,7 +11,7 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { createServer, type AddressInfo, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { jetstreamManager, StorageType, type JetStreamManager } from '@nats-io/jetstream';
+import { jetstreamManager, StorageType, type JetStreamManager, type Placement } from '@nats-io/jetstream';
 import { connectNats } from './connect.ts';
 import { EMBEDDED_MAX_PAYLOAD, natsServerBinary } from './nats-server.ts';
 
@@ -310,29 +310,44 @@ async function awaitFullMetaGroup(members: ClusterMember[], deadline: number, lo
   }
 }
 
+/** A stream that must be placeable before servers count as up: how many copies, and where (tags, cluster). */
+export interface PlacementProbe {
+  readonly what: string;
+  readonly replicas: number;
+  readonly placement?: Placement;
+}
+
 // Placement needs every peer's stats, which can lag the meta group: the first
 // replicas-N stream right after start may fail with "no suitable peers for
-// placement". Creating and deleting one here spares every caller that retry.
-async function awaitPlacement(url: string, replicas: number, deadline: number, log: (line: string) => void): Promise<void> {
-  const nc = await connectNats(url, 'caravan-cluster-probe');
+// placement"; in a super-cluster, the meta group must first form across the
+// gateways. Creating and deleting a probe stream for each placement here
+// spares every caller that retry.
+export async function awaitPlacement(url: string, probes: readonly PlacementProbe[], deadline: number, log: (line: string) => void): Promise<void> {
+  const nc = await connectNats(url, 'caravan-placement-probe');
   try {
     let jsm: JetStreamManager | undefined;
+    const pending = [...probes];
     let attempts = 0;
-    for (;;) {
+    let last = '';
+    while (pending.length) {
       attempts++;
-      try {
-        jsm ??= await jetstreamManager(nc, { timeout: 5_000 });
-        // Adding an identical stream again is not an error, so a retry after a
-        // create that timed out but happened still succeeds.
-        await jsm.streams.add({ name: PROBE_STREAM, subjects: ['caravan.cluster-probe'], storage: StorageType.File, num_replicas: replicas });
-        await jsm.streams.delete(PROBE_STREAM);
-        if (attempts > 1) log(`nats cluster: a replicas-${replicas} stream could be placed after ${attempts} attempts`);
-        return;
-      } catch (err) {
-        if (Date.now() > deadline) throw new Error(`cannot create a replicas-${replicas} stream on the nats cluster: ${(err as Error).message}`);
-        await sleep(250);
+      for (const probe of [...pending]) {
+        try {
+          jsm ??= await jetstreamManager(nc, { timeout: 5_000 });
+          // Adding an identical stream again is not an error, so a retry after a
+          // create that timed out but happened still succeeds.
+          await jsm.streams.add({ name: PROBE_STREAM, subjects: ['caravan.placement-probe'], storage: StorageType.File, num_replicas: probe.replicas, ...(probe.placement ? { placement: probe.placement } : {}) });
+          await jsm.streams.delete(PROBE_STREAM);
+          pending.splice(pending.indexOf(probe), 1);
+        } catch (err) {
+          last = `${probe.what}: ${(err as Error).message}`;
+        }
       }
+      if (!pending.length) break;
+      if (Date.now() > deadline) throw new Error(`cannot place ${pending.map((p) => p.what).join(', ')} (last: ${last})`);
+      await sleep(250);
     }
+    if (attempts > 1) log(`nats: ${probes.map((p) => p.what).join(', ')} could be placed after ${attempts} attempts`);
   } finally {
     await nc.close().catch(() => {});
   }
@@ -378,7 +393,7 @@ export async function startNatsCluster(options: NatsClusterOptions = {}): Promis
   try {
     for (const m of members) m.spawn();
     await awaitFullMetaGroup(members, deadline, log);
-    await awaitPlacement(url, count, deadline, log);
+    await awaitPlacement(url, [{ what: `a replicas-${count} stream on the nats cluster`, replicas: count }], deadline, log);
   } catch (err) {
     await stop();
     throw err;

@@ -6,8 +6,7 @@
 // to their own datacenter's server; a message for a stream elsewhere crosses
 // one gateway. Used by `caravan simulate --wan` and by tests; the shipped
 // configs are deploy/nats/supercluster/.
-import { jetstreamManager, StorageType, type JetStreamManager } from '@nats-io/jetstream';
-import { connectNats } from './connect.ts';
+import { awaitPlacement } from './nats-cluster.ts';
 import { startNatsServer, type NatsServerHandle } from './nats-server.ts';
 
 export interface SuperclusterDatacenter {
@@ -28,8 +27,6 @@ export interface SuperclusterHandle {
   readonly servers: Readonly<Record<string, NatsServerHandle>>;
   stop(): Promise<void>;
 }
-
-const PROBE_STREAM = 'CARAVAN_SUPERCLUSTER_PROBE';
 
 /** The config lines that make a server its datacenter's member of the super-cluster. */
 export function superclusterConfig(dc: SuperclusterDatacenter): string[] {
@@ -68,41 +65,14 @@ export async function startSupercluster(o: { datacenters: readonly SuperclusterD
         servers[dc.name] = await startNatsServer({ listen: dc.clientListen, prefix: dc.prefix, config: superclusterConfig(dc), timeoutMs });
       }
       const urls = Object.fromEntries(o.datacenters.map((dc) => [dc.name, servers[dc.name].url]));
-      await awaitEveryDatacenter(urls[o.datacenters[0].name], o.datacenters.map((d) => d.name), Date.now() + timeoutMs / START_ATTEMPTS, log);
+      // Up once a stream can be placed in every datacenter: the meta group has formed across the gateways and knows every server's tags.
+      const probes = o.datacenters.map((dc) => ({ what: `a stream in ${dc.name}`, replicas: 1, placement: { cluster: dc.name, tags: [`dc:${dc.name}`] } }));
+      await awaitPlacement(urls[o.datacenters[0].name], probes, Date.now() + timeoutMs / START_ATTEMPTS, log);
       return { urls, servers, stop };
     } catch (err) {
       await stop();
       if (attempt === START_ATTEMPTS) throw err;
       log(`super-cluster start ${attempt} of ${START_ATTEMPTS} failed (${(err as Error).message}); starting it again`);
     }
-  }
-}
-
-// Ready once a stream can be placed in every datacenter: the meta group has
-// formed across the gateways and knows every server's tags.
-async function awaitEveryDatacenter(url: string, datacenters: readonly string[], deadline: number, log: (line: string) => void): Promise<void> {
-  const nc = await connectNats(url, 'caravan-supercluster-probe');
-  try {
-    let jsm: JetStreamManager | undefined;
-    const pending = new Set(datacenters);
-    let last = '';
-    while (pending.size) {
-      for (const dc of [...pending]) {
-        try {
-          jsm ??= await jetstreamManager(nc, { timeout: 5_000 });
-          await jsm.streams.add({ name: PROBE_STREAM, subjects: ['caravan.supercluster-probe'], storage: StorageType.File, num_replicas: 1, placement: { cluster: dc, tags: [`dc:${dc}`] } });
-          await jsm.streams.delete(PROBE_STREAM);
-          pending.delete(dc);
-        } catch (err) {
-          last = `${dc}: ${(err as Error).message}`;
-        }
-      }
-      if (!pending.size) break;
-      if (Date.now() > deadline) throw new Error(`the super-cluster did not come up: no stream can be placed in ${[...pending].join(', ')} (last: ${last})`);
-      await new Promise((r) => setTimeout(r, 250));
-    }
-    log(`super-cluster of ${datacenters.join(', ')} is up`);
-  } finally {
-    await nc.close().catch(() => {});
   }
 }

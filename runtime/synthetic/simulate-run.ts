@@ -93,6 +93,12 @@ export async function simulate(o: SimulateOptions): Promise<SimulateResult> {
   const block = (i: number) => (i < slots ? Math.min(o.datacenters - 1, Math.floor((i * o.datacenters) / slots)) : (i - slots) % o.datacenters);
   const kills = o.faults?.kills ?? 0;
   if (kills > (o.standbys ?? 0)) throw new Error(`${kills} kills need at least ${kills} standbys (--standbys): a killed host is not restarted`);
+  const partition = o.faults?.partition;
+  if (partition) {
+    if (!o.wan) throw new Error('a partition needs --wan: there are no links to cut on loopback');
+    const names = o.wan.profile.datacenters.slice(0, o.datacenters);
+    if (!names.includes(partition.datacenter)) throw new Error(`--partition ${partition.datacenter}: the run's datacenters are ${names.join(', ')}`);
+  }
   let placement: DistributedOptions['placement'] = { host: (i) => ({ datacenter: dcs[block(i)] }) };
   let wan: WanNetwork | undefined, nats: { url: string; stop(): Promise<void> } | undefined;
   if (o.wan) {
@@ -135,12 +141,6 @@ export async function simulate(o: SimulateOptions): Promise<SimulateResult> {
       coordinator: { prefix: inNs(hub.name), nats: urlIn(hub.name) },
       host: (i) => ({ prefix: ['ip', 'netns', 'exec', hostNs(i)], nats: urlIn(dcs[block(i)]), datacenter: dcs[block(i)] }),
     };
-  }
-  const partition = o.faults?.partition;
-  if (partition && !dcs.includes(partition.datacenter)) {
-    await nats?.stop();
-    await wan?.stop();
-    throw new Error(`--partition ${partition.datacenter}: the run's datacenters are ${dcs.join(', ')}`);
   }
   const faults = new FaultInjector({ faults: o.faults ?? { kills: 0 }, stages: t.stages, replicas: t.replicas, wan, log: o.log });
   let stageDcs: string[][] = [];

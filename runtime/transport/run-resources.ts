@@ -6,7 +6,7 @@
 // (its act and grad edges), placed on a NATS server tagged with the holder's
 // datacenter where there is one. On a cluster all of them keep `replicas`
 // copies (3 by default; placement limits them to the servers with the tag).
-import { AckPolicy, DeliverPolicy, DiscardPolicy, jetstream, jetstreamManager, RetentionPolicy, StorageType, type JetStreamClient, type JetStreamManager, type Placement } from '@nats-io/jetstream';
+import { AckPolicy, DeliverPolicy, DiscardPolicy, jetstream, jetstreamManager, RetentionPolicy, StorageType, type JetStreamClient, type JetStreamManager, type Placement, type StreamInfo } from '@nats-io/jetstream';
 import { Kvm, type KV } from '@nats-io/kv';
 import { Objm, type ObjectStore } from '@nats-io/obj';
 import { nanos, type NatsConnection } from '@nats-io/transport-node';
@@ -45,15 +45,15 @@ const CONTROL_MESSAGE_BYTES = 256 * 1024;  // step control and reports are small
 // harmless: receivers ignore frames of steps they have committed.
 const DUPLICATE_WINDOW_MS = 10 * 60_000;
 
-async function ensureStream(jsm: JetStreamManager, config: Parameters<JetStreamManager['streams']['add']>[0]): Promise<void> {
+async function ensureStream(jsm: JetStreamManager, config: Parameters<JetStreamManager['streams']['add']>[0]): Promise<StreamInfo> {
   try {
-    await jsm.streams.info(config.name!);
+    return await jsm.streams.info(config.name!);
   } catch {
     try {
-      await jsm.streams.add(config);
+      return await jsm.streams.add(config);
     } catch (err) {
       // Another process may have created it in the meantime.
-      await jsm.streams.info(config.name!).catch(() => { throw err; });
+      return await jsm.streams.info(config.name!).catch(() => { throw err; });
     }
   }
 }
@@ -142,13 +142,15 @@ export async function ensureInputStream(res: RunResources, replica: number, stag
         if (now) return now.cluster?.name;
         const why = (err as Error).message;
         if (!/no suitable peers|insufficient resources/i.test(why)) throw err;
-        if (/tags not matched/i.test(why) || copies === 1) res.streams.untagged.add(datacenter!);
-        if (/tags not matched/i.test(why)) break;
+        // No server with the tag at all, or none with room even for one copy: this datacenter's streams go anywhere.
+        if (/tags not matched/i.test(why) || copies === 1) {
+          res.streams.untagged.add(datacenter!);
+          break;
+        }
       }
     }
   }
-  await ensureStream(res.jsm, config);
-  return (await res.jsm.streams.info(name)).cluster?.name;
+  return (await ensureStream(res.jsm, config)).cluster?.name;
 }
 
 /**

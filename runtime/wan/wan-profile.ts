@@ -6,7 +6,8 @@
 // with `mesh` ports, also one from every datacenter to every other (NATS
 // gateways, when each datacenter runs its own server). With hosts per
 // datacenter, each host gets a namespace of its own on the datacenter's
-// bridge, and the access rates limit each host rather than the datacenter.
+// bridge, and the access rates limit each host (and, with mesh ports, each
+// datacenter's own server) for what crosses the datacenter's edge.
 // Pure: reading the file is the only IO.
 import { readFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
