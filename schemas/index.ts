@@ -2,3 +2,6 @@
 export * from './model-config.ts';
 export * from './tensor-frame.ts';
 export * from './run-config.ts';
+export * from './json-message.ts';
+export * from './control-messages.ts';
+export * from './run-records.ts';

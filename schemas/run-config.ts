@@ -1,6 +1,7 @@
 // A run's configuration: the model, the optimizer and the training plan. It is
 // written to the run's KV bucket by the coordinator and read by every host, so
 // validation here names the field that is wrong, wherever the config came from.
+import { decodeJson } from './json-message.ts';
 import { validateLlamaConfig, type LlamaConfig } from './model-config.ts';
 
 export interface OptimizerConfig {
@@ -186,3 +187,6 @@ function validateBridge(raw: unknown, replicas: number, fail: (why: string) => n
   for (const k of Object.keys(raw as object)) if (!known.has(k)) fail(`training.bridge.${k} is not a setting (known: ${[...known].join(', ')})`);
   return b as BridgeConfig;
 }
+
+/** `config` in the run's KV bucket: JSON, then every field checked as for a config file. */
+export const decodeRunConfig = (bytes: Uint8Array, what = 'run config'): RunConfig => validateRunConfig(decodeJson(bytes, what));

@@ -14,35 +14,12 @@ import { EngineStage, splitLayers } from '../../native/index.ts';
 import type { BridgeConfig, RunConfig } from '../../schemas/run-config.ts';
 import type { Logger } from '../log.ts';
 import { retryTransient } from '../transport/durable-publish.ts';
-import { decodeJson, encodeJson } from '../transport/json.ts';
+import { encodeJson } from '../../schemas/json-message.ts';
+import type { ContributionReport } from '../../schemas/control-messages.ts';
+import { decodeBridgeRecord, decodeCounterRecord, type BridgeRecord } from '../../schemas/run-records.ts';
 import type { RunResources } from '../transport/run-resources.ts';
 import { decodeParams, encodeParams } from './bridge-payload.ts';
 import { outerStep } from './outer-step.ts';
-
-/** The KV record of one stage's outer step. */
-export interface BridgeRecord {
-  readonly stage: number;
-  readonly outer: number;
-  readonly replicas: number[];
-  readonly theta: string;
-  readonly momentum?: string;
-  /** Epoch ms of the first contribution and of the record: the sync's span. */
-  readonly first_ms: number;
-  readonly finished_ms: number;
-  /** What the contributions held as fp32, and their size in the Object Store. */
-  readonly bytes_raw: number;
-  readonly bytes_wire: number;
-}
-
-/** A stage's report that its contribution to an outer step is in the Object Store. */
-export interface ContributionReport {
-  readonly replica: number;
-  readonly stage: number;
-  readonly outer: number;
-  readonly object: string;
-  readonly bytes_raw: number;
-  readonly bytes_wire: number;
-}
 
 export interface Bridges {
   contributed(c: ContributionReport): void;
@@ -53,14 +30,14 @@ export interface Bridges {
 
 export async function readBridgeRecord(kv: KV, key: string): Promise<BridgeRecord | undefined> {
   const e = await kv.get(key);
-  return e && e.operation === 'PUT' && e.value.length ? decodeJson<BridgeRecord>(e.value, `KV ${key}`) : undefined;
+  return e && e.operation === 'PUT' && e.value.length ? decodeBridgeRecord(e.value, `KV ${key}`) : undefined;
 }
 
 /** Advances a counter in KV by compare-and-set: it only moves forward, whoever writes it. */
 async function advanceCounter(kv: KV, key: string, to: number): Promise<void> {
   for (let attempt = 0; attempt < 20; attempt++) {
     const e = await kv.get(key);
-    const current = e && e.operation === 'PUT' && e.value.length ? decodeJson<{ value: number }>(e.value, `KV ${key}`).value : undefined;
+    const current = e && e.operation === 'PUT' && e.value.length ? decodeCounterRecord(e.value, `KV ${key}`).value : undefined;
     if (current !== undefined && current >= to) return;
     try {
       if (e) await kv.update(key, encodeJson({ value: to }), e.revision);

@@ -6,15 +6,13 @@
 // (step, microbatch) went into each stage's update, measures how long the
 // pipeline stood still after each kill, and reports whether the final
 // parameters are bit for bit the reference's.
-import type { RecoveryCounts } from '../coordinator/live-metrics.ts';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { NatsConnection } from '@nats-io/transport-node';
 import type { RunConfig } from '../../schemas/run-config.ts';
-import type { RunSummary } from '../coordinator/coordinator-process.ts';
-import type { FaultReached, FaultRequest } from '../host/fault-points.ts';
-import type { StageReport } from '../host/stage-runner.ts';
+import { decodeRunSummary, type RecoveryCounts, type RunSummary } from '../../schemas/run-records.ts';
+import { decodeFaultReached, decodeFaultReply, decodeProgress, decodeRunFailure, decodeStageReport, type FaultReached, type FaultRequest } from '../../schemas/control-messages.ts';
 import type { Logger } from '../log.ts';
 import { connectNats } from '../nats/connect.ts';
 import { startNatsCluster, type NatsClusterHandle } from '../nats/nats-cluster.ts';
@@ -22,7 +20,7 @@ import { startNatsServer, type NatsServerHandle } from '../nats/nats-server.ts';
 import { isRunning, spawnCaravan, type CaravanChild } from '../train/caravan-child.ts';
 import { newRunId, trainDistributed } from '../train/train-distributed.ts';
 import { trainLocal } from '../train/train-local.ts';
-import { decodeJson, encodeJson } from '../transport/json.ts';
+import { encodeJson } from '../../schemas/json-message.ts';
 import { openRunResources, type RunResources } from '../transport/run-resources.ts';
 import { edgeLimits } from '../transport/edge-limits.ts';
 import { readSlot } from '../transport/slots.ts';
@@ -126,16 +124,16 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
     let summary: RunSummary | undefined;
     nc.subscribe(res.names.progress, {
       callback: (_e, m) => {
-        const p = decodeJson<{ replica: number; step: number }>(m.data, 'progress');
+        const p = decodeProgress(m.data);
         if (p.replica !== 0) return;
         commits.push({ step: p.step, at: performance.now() });
         committedSteps = Math.max(committedSteps, p.step + 1);
       },
     });
-    nc.subscribe(res.names.finished, { callback: (_e, m) => { summary = decodeJson<RunSummary>(m.data, 'summary'); } });
-    nc.subscribe(res.names.failed, { callback: (_e, m) => fail(new Error(decodeJson<{ reason: string }>(m.data, 'failure').reason)) });
+    nc.subscribe(res.names.finished, { callback: (_e, m) => { summary = decodeRunSummary(m.data); } });
+    nc.subscribe(res.names.failed, { callback: (_e, m) => fail(new Error(decodeRunFailure(m.data).reason)) });
     const reached: FaultReached[] = [];
-    nc.subscribe(res.names.chaosReached, { callback: (_e, m) => { reached.push(decodeJson<FaultReached>(m.data, "fault reached")); } });
+    nc.subscribe(res.names.chaosReached, { callback: (_e, m) => { reached.push(decodeFaultReached(m.data)); } });
 
     const until = async (what: string, cond: () => boolean, timeoutMs = 120_000) => {
       const deadline = performance.now() + timeoutMs;
@@ -217,7 +215,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
         at = performance.now();
       } else {
         const request: FaultRequest = { point: target.point, after: 1 };
-        const reply = decodeJson<{ ok: boolean; error?: string }>((await nc!.request(res.names.chaos(slot.record.host), encodeJson(request), { timeout: 5000 })).data, 'fault reply');
+        const reply = decodeFaultReply((await nc!.request(res.names.chaos(slot.record.host), encodeJson(request), { timeout: 5000 })).data);
         if (!reply.ok) throw new Error(`chaos: ${reply.error}`);
         const from = reached.length;
         await until(`${detail} to reach its fault point`, () => reached.slice(from).some((r) => r.pid === holder.process.pid) || summary !== undefined || !isRunning(holder), 120_000);
@@ -301,7 +299,7 @@ export async function countContributions(res: RunResources, config: RunConfig): 
     const consumer = await res.js.consumers.get(res.names.controlStream, { filter_subjects: [`caravan.${res.names.run}.report.>`] });
     const messages = await consumer.consume();
     for await (const m of messages) {
-      const r = decodeJson<StageReport>(m.data, 'stage report');
+      const r = decodeStageReport(m.data);
       if (r.type === 'stepped') {
         const k = `${r.replica}.${r.stage}.${r.step}`;
         stepped.set(k, [...(stepped.get(k) ?? []), r.contributions]);

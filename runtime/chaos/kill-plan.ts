@@ -7,7 +7,7 @@
 // the coordinator, and a NATS server; the order and the slots hit are drawn
 // from the seed.
 import { mulberry32 } from '../seeded-random.ts';
-import type { FaultPoint } from '../host/fault-points.ts';
+import type { FaultPoint } from '../../schemas/control-messages.ts';
 
 export type KillTarget =
   | { readonly kind: 'stage'; readonly replica: number; readonly stage: number; readonly point: StagePoint }

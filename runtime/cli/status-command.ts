@@ -3,18 +3,18 @@
 // throughput, dead-lettered frames.
 import { Command } from 'commander';
 import { connectToRun } from '../nats/connect.ts';
-import { decodeJson } from '../transport/json.ts';
+import { decodeBridgeRecord, decodeCounterRecord, decodeHostEntry, decodeRunState, decodeRunSummary, type HostEntry, type LiveMetrics, type PipelineUse, type RecoveryCounts, type RunState, type RunSummary, type SlotRecord } from '../../schemas/run-records.ts';
 import { openExistingRun } from '../transport/run-resources.ts';
-import { decodeSlot, type SlotRecord } from '../transport/slots.ts';
+import { decodeSlot } from '../transport/slots.ts';
 import { validateRunId } from '../transport/subjects.ts';
 
 export interface RunStatus {
   readonly run: string;
-  readonly state: Record<string, unknown> | null;
-  readonly hosts: Array<Record<string, unknown>>;
+  readonly state: RunState | null;
+  readonly hosts: HostEntry[];
   readonly slots: SlotRecord[];
   readonly dead_letters: { count: number; recent: Array<{ fault: string; reason: string; subject: string; host: string }> };
-  readonly summary: Record<string, unknown> | null;
+  readonly summary: RunSummary | null;
   /** With a Bridge: each stage's last stored sync (outer step, replicas, span in ms). */
   readonly bridge: Array<{ stage: number; outer: number; replicas: number[]; ms: number }>;
 }
@@ -23,13 +23,13 @@ export async function readRunStatus(url: string, run: string, nkey?: string): Pr
   const nc = await connectToRun(url, `caravan-status-${run}`, run, nkey);
   try {
     const res = await openExistingRun(nc, run, url);
-    const json = async (key: string) => {
+    const json = async <T>(key: string, decode: (bytes: Uint8Array, what: string) => T): Promise<T | null> => {
       const e = await res.kv.get(key);
-      return e && e.value.length ? decodeJson<Record<string, unknown>>(e.value, `KV ${key}`) : null;
+      return e && e.value.length ? decode(e.value, `KV ${key}`) : null;
     };
-    const hosts: Array<Record<string, unknown>> = [];
+    const hosts: HostEntry[] = [];
     for await (const key of await res.kv.keys('hosts.>')) {
-      const h = await json(key);
+      const h = await json(key, decodeHostEntry);
       if (h) hosts.push(h);
     }
     const slots: SlotRecord[] = [];
@@ -49,41 +49,39 @@ export async function readRunStatus(url: string, run: string, nkey?: string): Pr
     const bridge: RunStatus['bridge'] = [];
     for await (const key of await res.kv.keys('bridge-outer.>')) {
       const stage = Number(key.split('.')[1]);
-      const outer = (await json(key))?.value as number | undefined;
-      const record = outer ? await json(res.names.bridgeKey(stage, outer)) : null;
-      if (record) bridge.push({ stage, outer: outer!, replicas: record.replicas as number[], ms: (record.finished_ms as number) - (record.first_ms as number) });
+      const outer = (await json(key, decodeCounterRecord))?.value;
+      const record = outer ? await json(res.names.bridgeKey(stage, outer), decodeBridgeRecord) : null;
+      if (record) bridge.push({ stage, outer: outer!, replicas: record.replicas, ms: record.finished_ms - record.first_ms });
     }
     bridge.sort((a, b) => a.stage - b.stage);
-    return { run, state: await json('state'), hosts, slots, dead_letters: { count: info.state.messages, recent }, summary: await json('summary'), bridge };
+    return { run, state: await json('state', decodeRunState), hosts, slots, dead_letters: { count: info.state.messages, recent }, summary: await json('summary', decodeRunSummary), bridge };
   } finally {
     await nc.close();
   }
 }
 
-type Figures = Record<string, unknown> | null | undefined;
-
 /** How replica 0's stages used their time and the machines' peak: live (state.metrics), or the whole run once it finished (summary). */
-function computeLine(m: Figures, when: string): string[] {
-  const u = m?.utilization_by_stage as number[] | undefined;
-  if (!u?.length) return [];
-  const pct = (x: unknown) => `${(100 * Number(x)).toFixed(1)}%`;
-  return [`stages busy (replica 0, ${when}): ${u.map(pct).join(' ')}; bubble ${pct(m!.bubble)} (1F1B bound ${pct(m!.bubble_bound)}); MFU ${Number(m!.mfu_pct).toFixed(1)}% of the hosts' peak (${peakKind(m!.devices_by_stage as string[] | undefined)})`];
+function computeLine(m: (PipelineUse & { mfu_pct: number; devices_by_stage: string[] }) | undefined, when: string): string[] {
+  const u = m?.utilization_by_stage;
+  if (!m || !u?.length) return [];
+  const pct = (x: number) => `${(100 * x).toFixed(1)}%`;
+  return [`stages busy (replica 0, ${when}): ${u.map(pct).join(' ')}; bubble ${pct(m.bubble)} (1F1B bound ${pct(m.bubble_bound)}); MFU ${m.mfu_pct.toFixed(1)}% of the hosts' peak (${peakKind(m.devices_by_stage)})`];
 }
 
 const mb = (n: number) => (n / 1e6).toFixed(2);
 
 /** Frames between stages, once the run has finished: their fp32 size and their size on the wire. */
-function wireLine(summary: Figures): string[] {
-  const wire = summary?.wire as { frames: number; f32_bytes: number; wire_bytes: number } | undefined;
+function wireLine(summary: RunSummary): string[] {
+  const wire = summary.wire;
   if (!wire || !wire.frames) return [];
   return [`frames between stages: ${wire.frames}, ${mb(wire.f32_bytes)} MB as fp32, ${mb(wire.wire_bytes)} MB on the wire (${(wire.f32_bytes / wire.wire_bytes).toFixed(1)}×)`];
 }
 
 /** While the run goes on: bytes across each boundary of replica 0, and frames waiting at each stage. */
-function liveLines(m: Figures): string[] {
+function liveLines(m: LiveMetrics | undefined): string[] {
   if (!m) return [];
-  const edges = (m.edges ?? []) as Array<{ edge: string; act: { frames: number; wire_bytes: number }; grad: { frames: number; wire_bytes: number } }>;
-  const queued = (m.queued_by_stage ?? []) as number[];
+  const edges = m.edges ?? [];
+  const queued = m.queued_by_stage ?? [];
   return [
     ...edges.map((e) => `  edge ${e.edge}: activations ${e.act.frames} frames ${mb(e.act.wire_bytes)} MB, gradients ${e.grad.frames} frames ${mb(e.grad.wire_bytes)} MB on the wire`),
     ...(queued.length ? [`  frames waiting by stage: ${queued.join(' ')}`] : []),
@@ -96,14 +94,14 @@ function bridgeLine(b: RunStatus['bridge']): string[] {
   return [`bridge: outer step ${Math.min(...b.map((x) => x.outer))}; last sync by stage: ${b.map((x) => `${x.ms} ms (outer ${x.outer}, replicas ${x.replicas.join(',')})`).join('; ')}`];
 }
 
-function recoveryLine(r: Figures): string[] {
+function recoveryLine(r: RecoveryCounts | undefined): string[] {
   if (!r) return [];
   return [`recovery: ${r.hosts_lost} hosts lost, ${r.slots_reassigned} slots handed to standbys, ${r.coordinator_restarts} coordinator restarts`];
 }
 
 /** `caravan status` as text: the run's state line, hosts, slots, then its figures (live while it runs, whole-run once it finished). */
 export function formatStatus(s: RunStatus): string {
-  const st = s.state ?? {};
+  const st: Partial<RunState> = s.state ?? {};
   return [
     `run ${s.run}: ${st.status ?? 'unknown'}, step ${st.step ?? '-'}, loss ${typeof st.loss === 'number' ? st.loss.toFixed(4) : '-'}, ${typeof st.tokens_per_s === 'number' ? Math.round(st.tokens_per_s) : '-'} tok/s${st.reason ? ` (${st.reason})` : ''}`,
     `hosts (${s.hosts.length}):`,
@@ -111,9 +109,9 @@ export function formatStatus(s: RunStatus): string {
     `slots (${s.slots.length}):`,
     ...s.slots.map((x) => `  replica ${x.replica} stage ${x.stage}  ${x.host}  generation ${x.generation}  checkpoint ${x.checkpoint ? `after step ${x.checkpoint.step}` : 'none'}`),
     ...(s.summary ? [...wireLine(s.summary), ...computeLine(s.summary, 'whole run')]
-      : [...computeLine(st.metrics as Figures, `as of step ${(st.metrics as Figures)?.step}`), ...liveLines(st.metrics as Figures)]),
+      : [...computeLine(st.metrics, `as of step ${st.metrics?.step}`), ...liveLines(st.metrics)]),
     ...bridgeLine(s.bridge),
-    ...recoveryLine(st.recoveries as Figures),
+    ...recoveryLine(st.recoveries),
     `dead-lettered frames: ${s.dead_letters.count}`,
     ...s.dead_letters.recent.map((d) => `  [${d.fault}] ${d.reason} (${d.subject}, host ${d.host})`),
   ].join('\n');

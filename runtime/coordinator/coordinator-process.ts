@@ -18,18 +18,19 @@ import { createActor, type Actor } from 'xstate';
 import { coordinatorMachine, type CoordinatorCommand, type CoordinatorMachineInput } from '../../actors/coordinator-machine.ts';
 import { replicaMachine, type ReplicaCommand } from '../../actors/replica-machine.ts';
 import { decodeSafeTensors, hashParams, splitLayers } from '../../native/index.ts';
-import type { RunConfig } from '../../schemas/run-config.ts';
-import type { StageCounters, StageReport, StepControl, WireCount } from '../host/stage-runner.ts';
-import { liveMetrics, mfuPercent, NO_RECOVERIES, pipelineUse, type LiveMetrics, type RecoveryCounts } from './live-metrics.ts';
+import { decodeRunConfig, type RunConfig } from '../../schemas/run-config.ts';
+import { decodeHostAnnouncement, decodeRegistration, decodeRunFailure, decodeStageReport, decodeStepControl, type CheckpointPointer, type StageCounters, type StageReport, type StepControl, type WireCount } from '../../schemas/control-messages.ts';
+import { decodeHostEntry, decodeRunState, decodeRunSummary, type BridgeRecord, type HostEntry, type RecoveryCounts, type RunState, type RunSummary, type SentUntil, type SlotRecord } from '../../schemas/run-records.ts';
+import { liveMetrics, mfuPercent, NO_RECOVERIES, pipelineUse } from './live-metrics.ts';
 import { initRunMetrics } from '../telemetry/metrics.ts';
-import { readBridgeRecord, startBridges, type BridgeRecord } from '../bridge/bridge-runtime.ts';
+import { readBridgeRecord, startBridges } from '../bridge/bridge-runtime.ts';
 import type { Logger } from '../log.ts';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { connectToRun } from '../nats/connect.ts';
 import { publishDurable, retryTransient } from '../transport/durable-publish.ts';
-import { decodeJson, encodeJson } from '../transport/json.ts';
+import { encodeJson } from '../../schemas/json-message.ts';
 import { ensureInputStream, openReaderConsumer, openRunResources, PULL_EXPIRES_MS, type RunResources } from '../transport/run-resources.ts';
-import { assignSlot, readSlot, recordReportedCheckpoint, type CheckpointPointer, type SentUntil, type SlotRecord } from '../transport/slots.ts';
+import { assignSlot, readSlot, recordReportedCheckpoint } from '../transport/slots.ts';
 import { edgeLimits } from '../transport/edge-limits.ts';
 import { checkRegistration } from '../security/registration.ts';
 import { SIGNATURE_HEADER, sha256Hex } from '../security/message-signature.ts';
@@ -47,74 +48,15 @@ export interface CoordinatorOptions {
   readonly nkey?: string;
 }
 
-export interface RunSummary {
-  readonly run: string;
-  readonly steps: number;
-  readonly stages: number;
-  readonly replicas: number;
-  readonly losses: number[];                 // replica 0
-  readonly final_loss: number;
-  readonly tokens_per_s: number;
-  readonly params_sha256: string;            // replica 0's parameters, in model order
-  readonly params_sha256_by_replica: string[];
-  readonly losses_by_replica: number[][];
-  readonly wall_seconds: number;
-  readonly dead_letters: number;
-  /** Frames between stages, summed over the slot holders that finished (a replacement counts from its restore, re-sent frames included). */
-  readonly wire: WireCount & { ratio_vs_f32: number };
-  /**
-   * Replica 0's stages: the fraction of the window from the first engine call
-   * of any stage to the last that each stage spent in engine calls; the
-   * bubble is what the stages together did not (hosts' clocks are compared,
-   * so they must agree), beside the 1F1B bound (S−1)/(M+S−1).
-   */
-  readonly utilization_by_stage: number[];
-  readonly bubble: number;
-  readonly bubble_bound: number;
-  /** Replica 0's stages' devices: 'cpu', or the GPU's name. */
-  readonly devices_by_stage: string[];
-  /** Model FLOPs per second over the sum of the hosts' peaks: a GPU's dense bf16 peak, a CPU's measured fp32 sgemm at start-up. */
-  readonly mfu_pct: number;
-  readonly recoveries: RecoveryCounts;
-  /** Steps committed as skipped because their gradients or loss were not finite (training.nonFinite = skip-step). */
-  readonly skipped_steps: Array<{ replica: number; step: number }>;
-  /** With a Bridge: outer steps every stage completed, and each sync (stage, outer step, replicas, span, bytes). */
-  readonly outer_steps?: number;
-  readonly bridge_syncs?: BridgeRecord[];
-}
-
-export interface RunState {
-  status: 'gathering' | 'running' | 'finishing' | 'finished' | 'failed';
-  step: number;
-  loss: number | null;
-  tokens_per_s: number | null;
-  started_at: number | null;                 // epoch ms of the first START_RUN: survives coordinator restarts
-  reason?: string;
-  updated: string;
-  /** Hosts lost, slots handed to standbys, coordinator restarts: over the run's life. */
-  recoveries?: RecoveryCounts;
-  /** As of the last step of replica 0 (live-metrics.ts): what `caravan status` shows while the run goes on. */
-  metrics?: LiveMetrics;
-}
-
-interface HostEntry {
-  readonly host: string;
-  readonly datacenter: string;
-  readonly status: 'joined' | 'standby' | 'assigned' | 'lost';
-  readonly joined: string;
-  /** The public nkey the host proved it holds when it registered. */
-  readonly key?: string;
-}
-
 /** sha256 over the parameter tensors of stage states, in order (optimizer moments excluded). */
 export function hashStageStates(states: readonly Uint8Array[]): string {
   return hashParams(states.flatMap((bytes, i) =>
     [...decodeSafeTensors(bytes, `stage state ${i}`).tensors].filter(([name]) => !name.startsWith('optimizer.')).map(([, t]) => t.data)));
 }
 
-async function readJson<T>(res: RunResources, key: string): Promise<T | undefined> {
+async function readJson<T>(res: RunResources, key: string, decode: (bytes: Uint8Array, what: string) => T): Promise<T | undefined> {
   const e = await res.kv.get(key);
-  return e && e.operation === 'PUT' && e.value.length ? decodeJson<T>(e.value, `KV ${key}`) : undefined;
+  return e && e.operation === 'PUT' && e.value.length ? decode(e.value, `KV ${key}`) : undefined;
 }
 
 /** Hosts and slots as the KV bucket has them: what a restarted coordinator starts from. */
@@ -128,7 +70,7 @@ async function readMembership(res: RunResources, config: RunConfig): Promise<Non
   }
   const entries: HostEntry[] = [];
   for await (const key of await res.kv.keys('hosts.>')) {
-    const h = await readJson<HostEntry>(res, key);
+    const h = await readJson(res, key, decodeHostEntry);
     if (h) entries.push(h);
   }
   entries.sort((a, b) => a.joined.localeCompare(b.joined));
@@ -154,13 +96,13 @@ export async function runCoordinator(o: CoordinatorOptions): Promise<RunSummary>
   const nc = await connectToRun(o.nats, `caravan-coordinator-${o.run}`, o.run, o.nkey);
   const res = await openRunResources(nc, o.run, { replicas: o.streamReplicas, limits: edgeLimits(config) });
   try {
-    const prior = await readJson<RunState>(res, 'state');
+    const prior = await readJson(res, 'state', decodeRunState);
     if (prior?.status === 'finished') {
-      const summary = await readJson<RunSummary>(res, 'summary');
+      const summary = await readJson(res, 'summary', decodeRunSummary);
       if (summary) { log.info('the run had already finished'); return summary; }
     }
     if (prior?.status === 'failed') throw new Error(`run ${o.run} failed earlier: ${prior.reason ?? 'no reason recorded'}`);
-    const kept = await readJson<RunConfig>(res, 'config');
+    const kept = await readJson(res, 'config', decodeRunConfig);
     if (kept && JSON.stringify(kept) !== JSON.stringify(config)) {
       throw new Error(`run ${o.run} already exists with a different config: restart its coordinator with the same config, or use a new run id`);
     }
@@ -193,7 +135,7 @@ async function coordinate(
   };
   // A host's record keeps its join time (restarts order standbys by it) and takes the latest status.
   const putHost = (host: string, status: HostEntry['status'], fields: Record<string, unknown> = {}) => write(`host record ${host}`, () => retryTransient(`host record ${host}`, async () => {
-    const before = await readJson<HostEntry>(res, res.names.hostKey(host));
+    const before = await readJson(res, res.names.hostKey(host), decodeHostEntry);
     await res.kv.put(res.names.hostKey(host), encodeJson({ ...before, ...fields, host, status, joined: before?.joined ?? new Date().toISOString() }));
   }));
 
@@ -208,7 +150,7 @@ async function coordinate(
   const skipped = new Set<string>();  // `${replica}.${step}` committed as skipped
   const finals = new Map<string, string>();  // `${replica}.${stage}` whose final state is uploaded (its counters are the last) → its sha256
   const registered = new Map<string, { key: string; datacenter: string }>();  // host → the public key it registered and its datacenter (also in its KV record, for restarts)
-  const registeredHost = async (host: string) => registered.get(host) ?? (await readJson<HostEntry>(res, res.names.hostKey(host)));
+  const registeredHost = async (host: string) => registered.get(host) ?? (await readJson(res, res.names.hostKey(host), decodeHostEntry));
   const signers = new SlotSigners(res.kv);
   const bridges = t.bridge ? startBridges({ res, config, bridge: t.bridge, log, onError: (err) => settle(err) }) : undefined;
   // The run's metrics over OpenTelemetry (off unless OTEL_EXPORTER_OTLP_* names an endpoint): the live state, read when exported.
@@ -219,9 +161,9 @@ async function coordinate(
   const subs = [
     nc.subscribe(res.names.register, {
       callback: (_e, m) => void (async () => {
-        let msg: { host: string; datacenter: string; key: string; proof: string };
+        let msg;
         try {
-          msg = decodeJson(m.data, 'registration');
+          msg = decodeRegistration(m.data);
         } catch (err) {
           m.respond(encodeJson({ ok: false, reason: (err as Error).message }));
           return;
@@ -247,13 +189,13 @@ async function coordinate(
       })(),
     }),
     nc.subscribe(res.names.heartbeats, {
-      callback: (_e, m) => coordinator.send({ type: 'HEARTBEAT', host: decodeJson<{ host: string }>(m.data, 'heartbeat').host }),
+      callback: (_e, m) => coordinator.send({ type: 'HEARTBEAT', host: decodeHostAnnouncement(m.data, 'heartbeat').host }),
     }),
     nc.subscribe(res.names.ready, {
-      callback: (_e, m) => coordinator.send({ type: 'HOST_READY', host: decodeJson<{ host: string }>(m.data, 'ready').host }),
+      callback: (_e, m) => coordinator.send({ type: 'HOST_READY', host: decodeHostAnnouncement(m.data, 'ready').host }),
     }),
     nc.subscribe(res.names.failed, {
-      callback: (_e, m) => settle(new Error(decodeJson<{ reason: string }>(m.data, 'failure').reason)),
+      callback: (_e, m) => settle(new Error(decodeRunFailure(m.data).reason)),
     }),
   ];
 
@@ -297,7 +239,7 @@ async function coordinate(
         log.warn({ host: cmd.host, slot: cmd.slot }, 'host lost (no heartbeat)');
         // Counted once: a restarted coordinator times out again a holder whose record already says lost.
         write(`host record ${cmd.host}`, async () => {
-          if ((await readJson<HostEntry>(res, res.names.hostKey(cmd.host)))?.status !== 'lost') recoveries.hosts_lost++;
+          if ((await readJson(res, res.names.hostKey(cmd.host), decodeHostEntry))?.status !== 'lost') recoveries.hosts_lost++;
         });
         putHost(cmd.host, 'lost', { slot: cmd.slot });
         return;
@@ -361,7 +303,7 @@ async function coordinate(
     if (!subject.startsWith(`caravan.${o.run}.report.`)) return;
     let msg: StageReport;
     try {
-      msg = decodeJson<StageReport>(data, `stage report (control log seq ${seq})`);
+      msg = decodeStageReport(data, `stage report (control log seq ${seq})`);
     } catch (err) {
       log.warn({ seq, err: (err as Error).message }, 'unreadable report skipped');
       return;
@@ -424,7 +366,7 @@ async function coordinate(
       for (const m of backlog) {
         if (!m.subject.startsWith(`caravan.${o.run}.step.`)) continue;
         try {
-          const c = decodeJson<StepControl>(m.data, 'step control');
+          const c = decodeStepControl(m.data);
           published.add(`${c.type}-${m.subject.split('.').pop()}-${c.step}`);
         } catch { /* unreadable: the replica writes it again */ }
       }

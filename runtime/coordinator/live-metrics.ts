@@ -6,16 +6,8 @@
 // the run's KV state) and to OpenTelemetry metrics (runtime/telemetry/metrics.ts).
 import type { LlamaConfig } from '../../schemas/model-config.ts';
 import { trainFlopsPerToken } from '../../schemas/model-flops.ts';
-import type { ComputeCount, StageCounters, WireCount } from '../host/stage-runner.ts';
-
-/** Replica 0's stages over the window from the first engine call of any stage to the last. */
-export interface PipelineUse {
-  /** The fraction of the window each stage spent in engine calls (hosts' clocks are compared, so they must agree). */
-  readonly utilization_by_stage: number[];
-  /** What the stages together did not compute, beside the 1F1B bound (S−1)/(M+S−1). */
-  readonly bubble: number;
-  readonly bubble_bound: number;
-}
+import type { ComputeCount, StageCounters, WireCount } from '../../schemas/control-messages.ts';
+import type { EdgeTraffic, LiveMetrics, PipelineUse, RecoveryCounts } from '../../schemas/run-records.ts';
 
 export function pipelineUse(stages: readonly ComputeCount[], microbatches: number): PipelineUse {
   const S = stages.length;
@@ -34,34 +26,7 @@ export function mfuPercent(tokensPerS: number, model: LlamaConfig, seqLen: numbe
   return peak > 0 ? (100 * tokensPerS * trainFlopsPerToken(model, seqLen)) / (peak * 1e9) : 0;
 }
 
-/** Recovery events the coordinator saw, over the run's life (kept across coordinator restarts). */
-export interface RecoveryCounts {
-  hosts_lost: number;
-  slots_reassigned: number;
-  coordinator_restarts: number;
-}
-
 export const NO_RECOVERIES: RecoveryCounts = { hosts_lost: 0, slots_reassigned: 0, coordinator_restarts: 0 };
-
-/** The boundary between stages s and s+1 of replica 0: activations s → s+1, gradients s+1 → s. */
-export interface EdgeTraffic {
-  readonly edge: string;  // "s-(s+1)"
-  readonly act: WireCount;
-  readonly grad: WireCount;
-}
-
-export interface LiveMetrics extends PipelineUse {
-  /** The step these numbers were taken after (replica 0). */
-  readonly step: number;
-  readonly tokens_per_s: number;
-  readonly mfu_pct: number;
-  readonly devices_by_stage: string[];
-  /** Replica 0's edges; a replacement's counts start from its restore. */
-  readonly edges: EdgeTraffic[];
-  /** Replica 0: frames each stage has received or has waiting in its edge stream, not yet computed on. */
-  readonly queued_by_stage: number[];
-  readonly recoveries: RecoveryCounts;
-}
 
 const NO_WIRE: WireCount = { frames: 0, f32_bytes: 0, wire_bytes: 0 };
 

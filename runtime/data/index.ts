@@ -17,3 +17,4 @@ export {
 export type { TokenShard, TokenShardFormat, TokenShardOptions } from './token-shard.ts';
 export { TokenDataset } from './batches.ts';
 export type { Batch, BatchCoordinates, BatchRequest, SplitName, TokenArray, TokenDatasetOptions } from './batches.ts';
+export { loadTokens } from './run-tokens.ts';

@@ -4,9 +4,8 @@
 import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { splitLayers } from '../../native/index.ts';
-import { validateRunConfig, type RunConfig } from '../../schemas/run-config.ts';
+import { decodeRunConfig, type RunConfig } from '../../schemas/run-config.ts';
 import { connectToRun } from '../nats/connect.ts';
-import { decodeJson } from '../transport/json.ts';
 import { openExistingRun } from '../transport/run-resources.ts';
 import type { StageStateBlob } from './stitch-stages.ts';
 
@@ -28,7 +27,7 @@ export async function statesFromRun(url: string, run: string, replica: number, n
     const res = await openExistingRun(nc, run, url);
     const entry = await res.kv.get('config');
     if (!entry || !entry.value.length) throw new Error(`run '${run}' has no config in KV`);
-    const config = validateRunConfig(decodeJson(entry.value, `run ${run} config`));
+    const config = decodeRunConfig(entry.value, `run ${run} config`);
     if (!Number.isSafeInteger(replica) || replica < 0 || replica >= config.training.replicas) {
       throw new Error(`run '${run}' has replicas 0..${config.training.replicas - 1}, not ${replica}`);
     }

@@ -10,7 +10,8 @@
 import type { EngineStage } from '../../native/index.ts';
 import type { BridgeConfig } from '../../schemas/run-config.ts';
 import { decodeParams, encodeParams, topK } from '../bridge/bridge-payload.ts';
-import { readBridgeRecord, type BridgeRecord } from '../bridge/bridge-runtime.ts';
+import { readBridgeRecord } from '../bridge/bridge-runtime.ts';
+import type { BridgeRecord } from '../../schemas/run-records.ts';
 import type { Logger } from '../log.ts';
 import { retryTransient } from '../transport/durable-publish.ts';
 import type { RunResources } from '../transport/run-resources.ts';

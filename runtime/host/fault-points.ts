@@ -11,21 +11,8 @@
 // CARAVAN_CHAOS_POISON=<kind>/<replica>/<stage>/<step>/<mb> makes the holder
 // of that slot put a NaN in that output frame (the non-finite tests).
 import type { NatsConnection, Subscription } from '@nats-io/transport-node';
-import { decodeJson, encodeJson } from '../transport/json.ts';
-
-export const FAULT_POINTS = ['forward', 'backward', 'publish', 'checkpoint'] as const;
-export type FaultPoint = (typeof FAULT_POINTS)[number];
-
-export interface FaultRequest {
-  readonly point: FaultPoint;
-  readonly after: number;  // stop on the after-th time the point is reached from now (1 = the next)
-}
-
-export interface FaultReached {
-  readonly host: string;
-  readonly pid: number;
-  readonly point: FaultPoint;
-}
+import { encodeJson } from '../../schemas/json-message.ts';
+import { decodeFaultRequest, FAULT_POINTS, type FaultPoint, type FaultReached } from '../../schemas/control-messages.ts';
 
 export class FaultPoints {
   private armed: { point: FaultPoint; left: number } | undefined;
@@ -38,7 +25,7 @@ export class FaultPoints {
     if (!enabled) return;
     this.sub = nc.subscribe(subject, {
       callback: (_e, m) => {
-        const req = decodeJson<FaultRequest>(m.data, 'fault request');
+        const req = decodeFaultRequest(m.data);
         if (!FAULT_POINTS.includes(req.point) || !(req.after >= 1)) {
           m.respond(encodeJson({ ok: false, error: `unknown fault point ${JSON.stringify(req.point)} or count ${req.after}` }));
           return;

@@ -12,11 +12,13 @@
 import { hostname } from 'node:os';
 import type { KvWatchEntry } from '@nats-io/kv';
 import type { NatsConnection } from '@nats-io/transport-node';
-import { validateRunConfig } from '../../schemas/run-config.ts';
+import { decodeRunConfig } from '../../schemas/run-config.ts';
 import type { Logger } from '../log.ts';
 import { connectNats } from '../nats/connect.ts';
 import { retryTransient } from '../transport/durable-publish.ts';
-import { decodeJson, encodeJson } from '../transport/json.ts';
+import { encodeJson } from '../../schemas/json-message.ts';
+import { decodeRegistrationReply, decodeRunFailure } from '../../schemas/control-messages.ts';
+import { decodeRunState } from '../../schemas/run-records.ts';
 import { openExistingRun, type RunResources } from '../transport/run-resources.ts';
 import { newHostKey, readHostKey, type HostKey } from '../security/host-key.ts';
 import { registrationProof } from '../security/registration.ts';
@@ -95,7 +97,7 @@ async function followRun(nc: NatsConnection, res: RunResources, id: string, devi
   let failed: Error | undefined;
   const failedRun = nc.subscribe(res.names.failed, {
     callback: (_e, m) => {
-      failed ??= new Error(`the run failed: ${decodeJson<{ reason: string }>(m.data, 'failure').reason}`);
+      failed ??= new Error(`the run failed: ${decodeRunFailure(m.data).reason}`);
       stage?.stop(failed);
       watch.stop();
     },
@@ -121,7 +123,7 @@ async function followRun(nc: NatsConnection, res: RunResources, id: string, devi
       held = { record, revision: e.revision };
       const slotLog = log.child({ replica: record.replica, stage: record.stage, generation: record.generation });
       slotLog.info({ from: record.checkpoint?.step ?? null }, 'slot assigned');
-      const config = validateRunConfig(decodeJson((await retryTransient('run config', () => res.kv.get('config')))?.value ?? new Uint8Array(), 'run config in KV'));
+      const config = decodeRunConfig((await retryTransient('run config', () => res.kv.get('config')))?.value ?? new Uint8Array(), 'run config in KV');
       stage = await startStage({ nc, res, config, slot: held, host: id, device, log: slotLog, faults, deadLetters, tracing, key, signers });
       nc.publish(res.names.ready, encodeJson({ host: id, replica: record.replica, stage: record.stage }));
       ending = stage.done.catch((err: Error) => {
@@ -146,7 +148,7 @@ async function followRun(nc: NatsConnection, res: RunResources, id: string, devi
 
 function runStatus(e: KvWatchEntry): string | undefined {
   if (e.operation !== 'PUT' || e.value.length === 0) return undefined;
-  return decodeJson<{ status?: string }>(e.value, 'run state').status;
+  return decodeRunState(e.value).status;
 }
 
 async function waitForRun(nc: NatsConnection, o: HostOptions): Promise<RunResources> {
@@ -169,7 +171,7 @@ async function register(nc: NatsConnection, res: RunResources, id: string, o: Ho
   };
   for (;;) {
     try {
-      const reply = decodeJson<{ ok: boolean; reason?: string }>((await nc.request(res.names.register, encodeJson(body), { timeout: 2000 })).data, 'registration reply');
+      const reply = decodeRegistrationReply((await nc.request(res.names.register, encodeJson(body), { timeout: 2000 })).data);
       if (!reply.ok) throw new RegistrationRefused(`the coordinator refused this host: ${reply.reason ?? 'no reason given'}`);
       log.info({ key: key.publicKey }, 'registered with the coordinator');
       return;

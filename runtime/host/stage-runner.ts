@@ -24,13 +24,13 @@ import { EngineStage, sgemmGflops, splitLayers, type CudaDeviceInfo } from '../.
 import type { RunConfig } from '../../schemas/run-config.ts';
 import { decodeFrame, encodeFrameWithCodecs, FrameError, frameMsgId, type FrameKind } from '../../schemas/tensor-frame.ts';
 import { boundaryCodecs, FRAME_CODECS } from '../codecs/index.ts';
-import { TokenDataset } from '../data/index.ts';
+import { loadTokens, TokenDataset } from '../data/index.ts';
 import type { Logger } from '../log.ts';
-import { loadTokens } from '../train/train-local.ts';
 import { publishDurable, retryTransient } from '../transport/durable-publish.ts';
-import { decodeJson, encodeJson } from '../transport/json.ts';
+import { encodeJson } from '../../schemas/json-message.ts';
+import { decodeStepControl, type CheckpointPointer, type ContributionReport, type StageCounters, type StageReport, type WireCount } from '../../schemas/control-messages.ts';
 import { openEdgeConsumer, openReaderConsumer, PULL_EXPIRES_MS, ReaderReplacedError, type RunResources } from '../transport/run-resources.ts';
-import { readSlot, SlotLostError, type CheckpointPointer, type SlotEntry } from '../transport/slots.ts';
+import { readSlot, SlotLostError, type SlotEntry } from '../transport/slots.ts';
 import type { HostKey } from '../security/host-key.ts';
 import { SIGNATURE_HEADER, sha256Hex, signatureHeader } from '../security/message-signature.ts';
 import type { SlotSigners } from '../security/slot-signers.ts';
@@ -39,7 +39,6 @@ import type { FaultPoints } from './fault-points.ts';
 import { MicrobatchTraces, traceIds } from './microbatch-traces.ts';
 import { StageSync } from './bridge-sync.ts';
 import { SyntheticStage } from '../synthetic/synthetic-stage.ts';
-import type { ContributionReport } from '../bridge/bridge-runtime.ts';
 import type { Span } from '@opentelemetry/api';
 
 const CONSUME_MAX_BYTES = 32 * 1024 * 1024;  // bounded by bytes, not messages: see DEPENDENCIES.md
@@ -52,48 +51,6 @@ const turnOfTheEventLoop = () => new Promise<void>((resolve) => setImmediate(res
 type ComputeStage = Pick<EngineStage, 'isFirst' | 'isLast' | 'inWidth' | 'outWidth' | 'needsTokens' | 'cuda' | 'paramCount' | 'backward' | 'gradSumSquares' | 'step' | 'zeroGrad' | 'state' | 'loadState' | 'params' | 'setParams'> & {
   forwardTrain(mb: number, input: Int32Array | Float32Array, B: number, T: number, targets?: Int32Array, tokens?: Int32Array): Float32Array | number;
 };
-
-/** Step control on `step.<replica>`, written by the coordinator. */
-export type StepControl =
-  | { type: 'open'; step: number }
-  | { type: 'commit'; step: number; gradScale: number; gradNorm: number; loss: number; skip?: true };
-
-/** Stage reports on `report.<replica>.<stage>`, read by the coordinator (and by `caravan chaos`, to count). */
-export type StageReport =
-  | { type: 'done'; replica: number; stage: number; generation: number; host: string; step: number; sumSquares: number[]; loss?: number; counters: StageCounters }
-  | { type: 'stepped'; replica: number; stage: number; generation: number; host: string; step: number; contributions: number[] }
-  | { type: 'checkpoint'; replica: number; stage: number; generation: number; host: string; step: number; checkpoint: CheckpointPointer }
-  | { type: 'final'; replica: number; stage: number; generation: number; host: string; name: string; sha256: string; counters: StageCounters }
-  | ({ type: 'contribution'; generation: number; host: string } & ContributionReport);
-
-/** A slot holder's counters since it started (a replacement: since its restore), sent with each step report. */
-export interface StageCounters {
-  compute: ComputeCount;
-  /** Frames published, by kind: activations go to the next stage, gradients to the previous one. */
-  sent_by_kind: Record<FrameKind, WireCount>;
-  /** Frames this stage has received and not yet computed on, plus those still waiting in its edge streams. */
-  queued: number;
-}
-
-/**
- * How this slot holder used its time: engine calls, and the epoch ms of its
- * first and last; its device ('cpu' or the GPU's name) and that device's peak
- * (a GPU's dense bf16 peak, or the CPU's measured fp32 sgemm).
- */
-export interface ComputeCount {
-  busy_ms: number;
-  first_ms: number;
-  last_ms: number;
-  peak_gflops: number;
-  device: string;
-}
-
-/** Frames this slot holder published: their float32 size, and their size on the wire (whole frames). */
-export interface WireCount {
-  frames: number;
-  f32_bytes: number;
-  wire_bytes: number;
-}
 
 export interface StageRunner {
   /** Settles when the run ends (after `stop()`), or rejects when the stage fails or loses its slot. */
@@ -420,7 +377,7 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
   consumeLoop('step control', async () => {
     for await (const m of control) {
       m.ack();  // where a holder resumes is in its checkpoint, not in these acks
-      const msg = decodeJson<StepControl>(m.data, 'step control');
+      const msg = decodeStepControl(m.data);
       if (msg.type === 'open') run(() => { actor.send({ type: 'STEP_OPEN', step: msg.step }); });
       else if (msg.type === 'commit') {
         commitSeq.set(msg.step, m.seq);

@@ -4,7 +4,8 @@
 // frames can beat the watch).
 import type { KV } from '@nats-io/kv';
 import { retryTransient } from '../transport/durable-publish.ts';
-import { readSlot, type SlotRecord } from '../transport/slots.ts';
+import { readSlot } from '../transport/slots.ts';
+import type { SlotRecord } from '../../schemas/run-records.ts';
 import { verifySignature } from './host-key.ts';
 import { parseSignatureHeader, type SignedKind } from './message-signature.ts';
 

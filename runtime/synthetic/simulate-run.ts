@@ -15,7 +15,7 @@ import { connectNats } from '../nats/connect.ts';
 import { openExistingRun } from '../transport/run-resources.ts';
 import { slotPlacements } from '../transport/slot-placement.ts';
 import { trainDistributed, type DistributedOptions } from '../train/train-distributed.ts';
-import type { RunSummary } from '../coordinator/coordinator-process.ts';
+import type { RunSummary } from '../../schemas/run-records.ts';
 import { splitLayers } from '../../native/index.ts';
 import { SyntheticStage } from './synthetic-stage.ts';
 import { FaultInjector, type FaultRecord, type SimulateFaults } from './simulate-faults.ts';

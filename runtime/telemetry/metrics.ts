@@ -12,7 +12,7 @@ import { OTLPMetricExporter as JsonExporter } from '@opentelemetry/exporter-metr
 import { OTLPMetricExporter as ProtoExporter } from '@opentelemetry/exporter-metrics-otlp-proto';
 import { detectResources, envDetector, resourceFromAttributes } from '@opentelemetry/resources';
 import { MeterProvider, PeriodicExportingMetricReader } from '@opentelemetry/sdk-metrics';
-import type { LiveMetrics, RecoveryCounts } from '../coordinator/live-metrics.ts';
+import type { LiveMetrics, RecoveryCounts } from '../../schemas/run-records.ts';
 
 /** What the instruments read: the coordinator's run state (RunState), as far as metrics need it. */
 export interface RunMetricsSource {

@@ -7,24 +7,17 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { RunConfig } from '../../schemas/run-config.ts';
-import type { RunSummary } from '../coordinator/coordinator-process.ts';
+import { decodeRunSummary, type RunSummary } from '../../schemas/run-records.ts';
+import { decodeProgress, decodeRunFailure, type Progress } from '../../schemas/control-messages.ts';
 import { REPLACED_EXIT_CODE } from '../host/host-process.ts';
 import type { Logger } from '../log.ts';
 import { connectToRun } from '../nats/connect.ts';
 import { startNatsServer, type NatsServerHandle } from '../nats/nats-server.ts';
-import { decodeJson } from '../transport/json.ts';
 import { openRunResources } from '../transport/run-resources.ts';
 import { edgeLimits } from '../transport/edge-limits.ts';
 import { isRunning, spawnCaravan, type CaravanChild } from './caravan-child.ts';
 
-export interface Progress {
-  readonly replica: number;
-  readonly step: number;
-  readonly steps: number;
-  readonly loss: number;
-  readonly gradNorm: number;
-  readonly tokensPerSecond: number;
-}
+export type { Progress };
 
 export interface DistributedOptions {
   readonly config: RunConfig;
@@ -92,9 +85,9 @@ export async function trainDistributed(o: DistributedOptions): Promise<RunSummar
       const res = await openRunResources(nc, run, { limits: edgeLimits(o.config) });
       let settle!: (v: RunSummary | Error) => void;
       const outcome = new Promise<RunSummary | Error>((r) => { settle = r; });
-      nc.subscribe(res.names.progress, { callback: (_e, m) => o.onProgress?.(decodeJson<Progress>(m.data, 'progress')) });
-      nc.subscribe(res.names.finished, { callback: (_e, m) => settle(decodeJson<RunSummary>(m.data, 'summary')) });
-      nc.subscribe(res.names.failed, { callback: (_e, m) => settle(new Error(decodeJson<{ reason: string }>(m.data, 'failure').reason)) });
+      nc.subscribe(res.names.progress, { callback: (_e, m) => o.onProgress?.(decodeProgress(m.data)) });
+      nc.subscribe(res.names.finished, { callback: (_e, m) => settle(decodeRunSummary(m.data)) });
+      nc.subscribe(res.names.failed, { callback: (_e, m) => settle(new Error(decodeRunFailure(m.data).reason)) });
       await nc.flush();
       await o.onReady?.({ url, run });
 

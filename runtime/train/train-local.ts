@@ -1,6 +1,6 @@
 // The single-process training run: data from the bundled corpus (or a token
 // shard), a LocalPipeline of S stages, periodic validation, checkpoints.
-import { createTokenizer, readTokenShard, TokenDataset, tokenizeCorpus, type TokenArray } from '../data/index.ts';
+import { loadTokens, TokenDataset } from '../data/index.ts';
 import { readStageCheckpoint, writeStageCheckpoint } from '../checkpoint/local-checkpoint.ts';
 import type { EngineStage, StageSpec } from '../../native/index.ts';
 import { LocalPipeline, type StepResult } from './local-pipeline.ts';
@@ -29,17 +29,6 @@ export interface TrainSummary {
   readonly paramsSha256: string;
   readonly losses: number[];
   readonly wallSeconds: number;
-}
-
-/** The run's tokens: its token shard, or the bundled corpus through its tokenizer. */
-export async function loadTokens(config: RunPreset, dataFile = config.training.dataFile): Promise<TokenArray> {
-  const vocab = config.model.vocabSize;
-  if (dataFile) return (await readTokenShard(dataFile, { vocabSize: vocab })).tokens;
-  const tokenizer = createTokenizer(config.training.tokenizer);
-  if (tokenizer.vocabSize > vocab) {
-    throw new Error(`tokenizer ${tokenizer.name} has ${tokenizer.vocabSize} tokens but the model's vocabSize is ${vocab}`);
-  }
-  return tokenizeCorpus(tokenizer);
 }
 
 export async function trainLocal(options: TrainOptions): Promise<TrainSummary> {

@@ -1,7 +1,7 @@
 // Where each slot of a run ended up: its holder, the holder's datacenter (as
 // the host registered it) and the cluster its input stream lives on. For
 // reports and tests after a run (`caravan simulate`, the WAN tests).
-import { decodeJson } from './json.ts';
+import { decodeHostEntry } from '../../schemas/run-records.ts';
 import type { RunResources } from './run-resources.ts';
 import { readSlot } from './slots.ts';
 
@@ -23,7 +23,7 @@ export async function slotPlacements(res: RunResources, replicas: number, stages
       const slot = await readSlot(res.kv, replica, stage);
       if (!slot) throw new Error(`slot ${replica}.${stage} has no record`);
       const entry = await res.kv.get(res.names.hostKey(slot.record.host));
-      const datacenter = entry?.value.length ? decodeJson<{ datacenter?: string }>(entry.value, `host ${slot.record.host}`).datacenter ?? 'unknown' : 'unknown';
+      const datacenter = entry?.value.length ? decodeHostEntry(entry.value, `host ${slot.record.host}`).datacenter ?? 'unknown' : 'unknown';
       const stream = (await res.jsm.streams.info(res.names.inputStream(replica, stage)).catch(() => undefined))?.cluster?.name;
       row.push({ replica, stage, host: slot.record.host, datacenter, ...(stream ? { stream } : {}) });
     }

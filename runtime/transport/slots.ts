@@ -6,48 +6,9 @@
 // record's revision. That is the fence: two hosts never both advance one slot.
 import type { KV } from '@nats-io/kv';
 import { retryTransient } from './durable-publish.ts';
-import { decodeJson, encodeJson } from './json.ts';
-
-export interface CheckpointPointer {
-  readonly step: number;                 // the last step whose update the checkpoint holds
-  readonly object: string;               // Object Store name of the stage state (safetensors)
-  /** Where the holder's inputs start after that step: sequences in its input stream, and the control log's. */
-  readonly resume: { readonly act?: number; readonly grad?: number; readonly control: number };
-  /** SHA-256 (hex) of the object as its holder uploaded it: anyone may write the object store, so a restore checks it. */
-  readonly sha256?: string;
-}
-
-export interface SlotRecord {
-  readonly replica: number;
-  readonly stage: number;
-  readonly host: string;
-  readonly generation: number;
-  readonly checkpoint?: CheckpointPointer;
-  /**
-   * Who signed for this slot, newest last (the last MAX_SIGNERS generations):
-   * receivers check a frame's signature against the key of the generation it
-   * claims. A generation that lost the slot keeps `until`: the last
-   * sequences, when it was replaced, of the input streams it sent to (its
-   * activations to the next stage's, its gradients to the previous one's).
-   * Its frames stored up to then are good (a replacement replays them),
-   * later ones are stale.
-   */
-  readonly signers?: readonly SlotSigner[];
-}
-
-export interface SlotSigner {
-  readonly generation: number;
-  readonly host: string;
-  /** The holder's public nkey ('U…'). */
-  readonly key: string;
-  readonly until?: SentUntil;
-}
-
-/** The last input-stream sequences a holder's frames count up to: `act` in the next stage's stream, `grad` in the previous stage's. */
-export interface SentUntil {
-  readonly act?: number;
-  readonly grad?: number;
-}
+import { encodeJson } from '../../schemas/json-message.ts';
+import type { CheckpointPointer } from '../../schemas/control-messages.ts';
+import { decodeSlotRecord, type SentUntil, type SlotRecord, type SlotSigner } from '../../schemas/run-records.ts';
 
 const MAX_SIGNERS = 16;
 
@@ -69,7 +30,7 @@ export class SlotLostError extends Error {
 export const slotKey = (replica: number, stage: number) => `slot.${replica}.${stage}`;
 
 export function decodeSlot(bytes: Uint8Array, key: string): SlotRecord {
-  return decodeJson<SlotRecord>(bytes, `slot record ${key}`);
+  return decodeSlotRecord(bytes, `slot record ${key}`);
 }
 
 export async function readSlot(kv: KV, replica: number, stage: number): Promise<SlotEntry | undefined> {

@@ -22,7 +22,7 @@ import { parseSignatureHeader, signatureHeader } from '../../runtime/security/me
 import { checkRegistration, registrationProof } from '../../runtime/security/registration.ts';
 import { preset } from '../../runtime/train/presets.ts';
 import { decodeSlot } from '../../runtime/transport/slots.ts';
-import { encodeJson } from '../../runtime/transport/json.ts';
+import { encodeJson } from '../../schemas/json-message.ts';
 import { validateRunConfig } from '../../schemas/run-config.ts';
 import { decodeFrame, encodeFrame, FrameError, type FrameCodec } from '../../schemas/tensor-frame.ts';
 

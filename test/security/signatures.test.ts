@@ -13,7 +13,7 @@ import { newHostKey, parseHostKey, readHostKey, type HostKey } from '../../runti
 import { loadRunConfig } from '../../runtime/config/load-run-config.ts';
 import { runCoordinator } from '../../runtime/coordinator/coordinator-process.ts';
 import { createLogger } from '../../runtime/log.ts';
-import { decodeJson, encodeJson } from '../../runtime/transport/json.ts';
+import { decodeJson, encodeJson } from '../../schemas/json-message.ts';
 import { runNames } from '../../runtime/transport/subjects.ts';
 import { signatureHeader } from '../../runtime/security/message-signature.ts';
 import { checkRegistration, registrationProof } from '../../runtime/security/registration.ts';

@@ -9,7 +9,7 @@
 import test from 'ava';
 import { loadRunConfig } from '../../runtime/config/load-run-config.ts';
 import { liveMetrics, mfuPercent, NO_RECOVERIES, pipelineUse } from '../../runtime/coordinator/live-metrics.ts';
-import type { StageCounters } from '../../runtime/host/stage-runner.ts';
+import type { StageCounters } from '../../schemas/control-messages.ts';
 import { createLogger } from '../../runtime/log.ts';
 import { initRunMetrics, metricsConfigured } from '../../runtime/telemetry/metrics.ts';
 import { trainDistributed } from '../../runtime/train/train-distributed.ts';
@@ -150,7 +150,7 @@ test('status while a run goes on shows the live figures: busy stages, edges both
     run: 'r1', hosts: [], slots: [], summary: null, dead_letters: { count: 0, recent: [] },
     bridge: [{ stage: 0, outer: 3, replicas: [0, 1], ms: 412 }, { stage: 1, outer: 2, replicas: [0], ms: 1503 }],
     state: {
-      status: 'running', step: 4, loss: 2.5, tokens_per_s: 1234.4,
+      status: 'running', step: 4, loss: 2.5, tokens_per_s: 1234.4, started_at: null, updated: '',
       recoveries: { hosts_lost: 2, slots_reassigned: 2, coordinator_restarts: 1 },
       metrics: {
         step: 3, tokens_per_s: 1234.4, utilization_by_stage: [0.5, 0.25], bubble: 0.625, bubble_bound: 0.2, mfu_pct: 12.34, devices_by_stage: ['NVIDIA H100 80GB HBM3', 'cpu'],

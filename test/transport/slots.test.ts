@@ -13,7 +13,8 @@ import { randomUUID } from 'node:crypto';
 import { connectNats, type NatsConnection } from '../../runtime/nats/connect.ts';
 import { startNatsServer, type NatsServerHandle } from '../../runtime/nats/nats-server.ts';
 import { ensureInputStream, openEdgeConsumer, openRunResources, ReaderReplacedError, type RunResources } from '../../runtime/transport/run-resources.ts';
-import { assignSlot, readSlot, recordCheckpoint, SlotLostError, type CheckpointPointer } from '../../runtime/transport/slots.ts';
+import { assignSlot, readSlot, recordCheckpoint, SlotLostError } from '../../runtime/transport/slots.ts';
+import type { CheckpointPointer } from '../../schemas/control-messages.ts';
 
 /** A fresh nats-server and run per test, stopped in teardown. */
 async function freshRun(t: ExecutionContext): Promise<RunResources> {

@@ -1,0 +1,171 @@
+// Run state in the run's KV bucket, written by the coordinator alone: the
+// run's status and live metrics (`state`), its summary at the end
+// (`summary`), every host (`hosts.<id>`), every slot (`slot.<r>.<s>`), the
+// Bridge's records of outer steps (`bridge.<s>.<o>`) and its counters
+// (`bridge-outer.<s>`). Each record has a decoder that checks it field by field.
+import { decodeJson } from './json-message.ts';
+import type { CheckpointPointer, WireCount } from './control-messages.ts';
+
+/** Recovery events the coordinator saw, over the run's life (kept across coordinator restarts). */
+export interface RecoveryCounts {
+  hosts_lost: number;
+  slots_reassigned: number;
+  coordinator_restarts: number;
+}
+
+/** Replica 0's stages over the window from the first engine call of any stage to the last. */
+export interface PipelineUse {
+  /** The fraction of the window each stage spent in engine calls (hosts' clocks are compared, so they must agree). */
+  readonly utilization_by_stage: number[];
+  /** What the stages together did not compute, beside the 1F1B bound (S−1)/(M+S−1). */
+  readonly bubble: number;
+  readonly bubble_bound: number;
+}
+
+/** The boundary between stages s and s+1 of replica 0: activations s → s+1, gradients s+1 → s. */
+export interface EdgeTraffic {
+  readonly edge: string;  // "s-(s+1)"
+  readonly act: WireCount;
+  readonly grad: WireCount;
+}
+
+export interface LiveMetrics extends PipelineUse {
+  /** The step these numbers were taken after (replica 0). */
+  readonly step: number;
+  readonly tokens_per_s: number;
+  readonly mfu_pct: number;
+  readonly devices_by_stage: string[];
+  /** Replica 0's edges; a replacement's counts start from its restore. */
+  readonly edges: EdgeTraffic[];
+  /** Replica 0: frames each stage has received or has waiting in its edge stream, not yet computed on. */
+  readonly queued_by_stage: number[];
+  readonly recoveries: RecoveryCounts;
+}
+
+/** `state`: where the run is. */
+export interface RunState {
+  status: 'gathering' | 'running' | 'finishing' | 'finished' | 'failed';
+  step: number;
+  loss: number | null;
+  tokens_per_s: number | null;
+  started_at: number | null;                 // epoch ms of the first START_RUN: survives coordinator restarts
+  reason?: string;
+  updated: string;
+  /** Hosts lost, slots handed to standbys, coordinator restarts: over the run's life. */
+  recoveries?: RecoveryCounts;
+  /** As of the last step of replica 0 (live-metrics.ts): what `caravan status` shows while the run goes on. */
+  metrics?: LiveMetrics;
+}
+
+/** `bridge.<stage>.<outer>`: one stage's outer step, created once. */
+export interface BridgeRecord {
+  readonly stage: number;
+  readonly outer: number;
+  readonly replicas: number[];
+  readonly theta: string;
+  readonly momentum?: string;
+  /** Epoch ms of the first contribution and of the record: the sync's span. */
+  readonly first_ms: number;
+  readonly finished_ms: number;
+  /** What the contributions held as fp32, and their size in the Object Store. */
+  readonly bytes_raw: number;
+  readonly bytes_wire: number;
+}
+
+/** `bridge-outer.<stage>`: a distributed variable that only moves forward (compare-and-set). */
+export interface CounterRecord {
+  readonly value: number;
+}
+
+/** `summary`, and the message on `ctl.finished`: the run's outcome. */
+export interface RunSummary {
+  readonly run: string;
+  readonly steps: number;
+  readonly stages: number;
+  readonly replicas: number;
+  readonly losses: number[];                 // replica 0
+  readonly final_loss: number;
+  readonly tokens_per_s: number;
+  readonly params_sha256: string;            // replica 0's parameters, in model order
+  readonly params_sha256_by_replica: string[];
+  readonly losses_by_replica: number[][];
+  readonly wall_seconds: number;
+  readonly dead_letters: number;
+  /** Frames between stages, summed over the slot holders that finished (a replacement counts from its restore, re-sent frames included). */
+  readonly wire: WireCount & { ratio_vs_f32: number };
+  /**
+   * Replica 0's stages: the fraction of the window from the first engine call
+   * of any stage to the last that each stage spent in engine calls; the
+   * bubble is what the stages together did not (hosts' clocks are compared,
+   * so they must agree), beside the 1F1B bound (S−1)/(M+S−1).
+   */
+  readonly utilization_by_stage: number[];
+  readonly bubble: number;
+  readonly bubble_bound: number;
+  /** Replica 0's stages' devices: 'cpu', or the GPU's name. */
+  readonly devices_by_stage: string[];
+  /** Model FLOPs per second over the sum of the hosts' peaks: a GPU's dense bf16 peak, a CPU's measured fp32 sgemm at start-up. */
+  readonly mfu_pct: number;
+  readonly recoveries: RecoveryCounts;
+  /** Steps committed as skipped because their gradients or loss were not finite (training.nonFinite = skip-step). */
+  readonly skipped_steps: Array<{ replica: number; step: number }>;
+  /** With a Bridge: outer steps every stage completed, and each sync (stage, outer step, replicas, span, bytes). */
+  readonly outer_steps?: number;
+  readonly bridge_syncs?: BridgeRecord[];
+}
+
+/** `hosts.<id>`: a host the coordinator admitted, and what became of it. */
+export interface HostEntry {
+  readonly host: string;
+  readonly datacenter: string;
+  readonly status: 'joined' | 'standby' | 'assigned' | 'lost';
+  readonly joined: string;
+  /** The public nkey the host proved it holds when it registered. */
+  readonly key?: string;
+  /** While it holds a slot: which, and its layers [begin, end). */
+  readonly replica?: number;
+  readonly stage?: number;
+  readonly layers?: [number, number];
+  /** When lost holding a slot: that slot. */
+  readonly slot?: { replica: number; stage: number } | null;
+}
+
+/** The last input-stream sequences a holder's frames count up to: `act` in the next stage's stream, `grad` in the previous stage's. */
+export interface SentUntil {
+  readonly act?: number;
+  readonly grad?: number;
+}
+
+export interface SlotSigner {
+  readonly generation: number;
+  readonly host: string;
+  /** The holder's public nkey ('U…'). */
+  readonly key: string;
+  readonly until?: SentUntil;
+}
+
+/** `slot.<replica>.<stage>`: who holds the slot, under which generation and key, and the holder's last checkpoint. */
+export interface SlotRecord {
+  readonly replica: number;
+  readonly stage: number;
+  readonly host: string;
+  readonly generation: number;
+  readonly checkpoint?: CheckpointPointer;
+  /**
+   * Who signed for this slot, newest last (the last MAX_SIGNERS generations):
+   * receivers check a frame's signature against the key of the generation it
+   * claims. A generation that lost the slot keeps `until`: the last
+   * sequences, when it was replaced, of the input streams it sent to (its
+   * activations to the next stage's, its gradients to the previous one's).
+   * Its frames stored up to then are good (a replacement replays them),
+   * later ones are stale.
+   */
+  readonly signers?: readonly SlotSigner[];
+}
+
+export const decodeRunState = (bytes: Uint8Array, what = 'run state'): RunState => decodeJson<RunState>(bytes, what);
+export const decodeRunSummary = (bytes: Uint8Array, what = 'run summary'): RunSummary => decodeJson<RunSummary>(bytes, what);
+export const decodeHostEntry = (bytes: Uint8Array, what = 'host record'): HostEntry => decodeJson<HostEntry>(bytes, what);
+export const decodeSlotRecord = (bytes: Uint8Array, what = 'slot record'): SlotRecord => decodeJson<SlotRecord>(bytes, what);
+export const decodeBridgeRecord = (bytes: Uint8Array, what = 'bridge record'): BridgeRecord => decodeJson<BridgeRecord>(bytes, what);
+export const decodeCounterRecord = (bytes: Uint8Array, what = 'counter record'): CounterRecord => decodeJson<CounterRecord>(bytes, what);
