@@ -11,7 +11,7 @@
 import { createTokenizer, TokenDataset, tokenizeCorpus } from '../runtime/data/index.ts';
 import { boundaryCodecs, FRAME_CODECS } from '../runtime/codecs/index.ts';
 import { LocalPipeline } from '../runtime/train/local-pipeline.ts';
-import { preset } from '../runtime/train/presets.ts';
+import { preset } from '../runtime/config/presets.ts';
 import { splitLayers } from '../native/index.ts';
 import type { LlamaConfig } from '../schemas/model-config.ts';
 import { decodeFrame, encodeFrame, type FrameKind } from '../schemas/tensor-frame.ts';

@@ -5,7 +5,7 @@
 import { engineInfo, sgemmGflops, type EngineStage } from '../native/index.ts';
 import { buildLlamaOnnx, openOnnxSession, runSessionLogits } from '../runtime/onnx/index.ts';
 import { LocalPipeline } from '../runtime/train/local-pipeline.ts';
-import { preset } from '../runtime/train/presets.ts';
+import { preset } from '../runtime/config/presets.ts';
 import { forwardFlopsPerToken, trainFlopsPerToken } from '../schemas/model-flops.ts';
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];

@@ -8,7 +8,7 @@
 // one embedded nats-server (fsync on every write, as runs use).
 import { once } from 'node:events';
 import { createServer, connect as tcpConnect, type Socket } from 'node:net';
-import { connectNats } from '../runtime/nats/connect.ts';
+import { connectNats } from '../runtime/transport/connect.ts';
 import { startNatsServer } from '../runtime/nats/nats-server.ts';
 import { ensureInputStream, openEdgeConsumer, openRunResources } from '../runtime/transport/run-resources.ts';
 import { decodeFrame, encodeFrame, frameMsgId } from '../schemas/tensor-frame.ts';

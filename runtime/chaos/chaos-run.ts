@@ -14,7 +14,7 @@ import type { RunConfig } from '../../schemas/run-config.ts';
 import { decodeRunSummary, type RecoveryCounts, type RunSummary } from '../../schemas/run-records.ts';
 import { decodeFaultReached, decodeFaultReply, decodeProgress, decodeRunFailure, decodeStageReport, type FaultReached, type FaultRequest } from '../../schemas/control-messages.ts';
 import type { Logger } from '../log.ts';
-import { connectNats } from '../nats/connect.ts';
+import { connectNats } from '../transport/connect.ts';
 import { startNatsCluster, type NatsClusterHandle } from '../nats/nats-cluster.ts';
 import { startNatsServer, type NatsServerHandle } from '../nats/nats-server.ts';
 import { isRunning, spawnCaravan, type CaravanChild } from '../train/caravan-child.ts';

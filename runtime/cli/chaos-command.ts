@@ -5,7 +5,7 @@ import { runChaos } from '../chaos/chaos-run.ts';
 import { KILL_KINDS, type KillKind } from '../chaos/kill-plan.ts';
 import { loadRunConfig } from '../config/load-run-config.ts';
 import { createLogger, LOG_LEVELS } from '../log.ts';
-import { PRESETS } from '../train/presets.ts';
+import { PRESETS } from '../config/presets.ts';
 import { compressionOverrides, withCompressionOptions, withScheduleOptions, nonNegativeInt, positiveInt, type RunShapeFlags } from './options.ts';
 
 interface ChaosFlags extends RunShapeFlags {

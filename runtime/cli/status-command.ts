@@ -2,7 +2,7 @@
 // hosts, slots (holder, generation, last checkpoint), step, loss,
 // throughput, dead-lettered frames.
 import { Command } from 'commander';
-import { connectToRun } from '../nats/connect.ts';
+import { connectToRun } from '../transport/connect.ts';
 import { decodeBridgeRecord, decodeCounterRecord, decodeHostEntry, decodeRunState, decodeRunSummary, type HostEntry, type LiveMetrics, type PipelineUse, type RecoveryCounts, type RunState, type RunSummary, type SlotRecord } from '../../schemas/run-records.ts';
 import { openExistingRun } from '../transport/run-resources.ts';
 import { decodeSlot } from '../transport/slots.ts';

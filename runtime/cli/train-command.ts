@@ -7,7 +7,7 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import type { BridgeConfig, RunConfig } from '../../schemas/run-config.ts';
 import { loadRunConfig } from '../config/load-run-config.ts';
 import { createLogger, LOG_LEVELS } from '../log.ts';
-import { PRESETS } from '../train/presets.ts';
+import { PRESETS } from '../config/presets.ts';
 import { trainDistributed, type Progress } from '../train/train-distributed.ts';
 import { trainLocal } from '../train/train-local.ts';
 import type { TokenizerName } from '../data/index.ts';

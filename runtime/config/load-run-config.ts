@@ -5,7 +5,7 @@ import { parse as parseToml } from 'smol-toml';
 import { parse as parseYaml } from 'yaml';
 import { validateRunConfig, type RunConfig } from '../../schemas/run-config.ts';
 import { splitLayers } from '../../native/index.ts';
-import { preset } from '../train/presets.ts';
+import { preset } from '../config/presets.ts';
 
 export interface ConfigOverrides {
   readonly model?: Partial<RunConfig['model']>;

@@ -26,7 +26,7 @@ import { initRunMetrics } from '../telemetry/metrics.ts';
 import { readBridgeRecord, startBridges } from '../bridge/bridge-runtime.ts';
 import type { Logger } from '../log.ts';
 import type { NatsConnection } from '@nats-io/transport-node';
-import { connectToRun } from '../nats/connect.ts';
+import { connectToRun } from '../transport/connect.ts';
 import { publishDurable, retryTransient } from '../transport/durable-publish.ts';
 import { encodeJson } from '../../schemas/json-message.ts';
 import { ensureInputStream, openReaderConsumer, openRunResources, PULL_EXPIRES_MS, type RunResources } from '../transport/run-resources.ts';

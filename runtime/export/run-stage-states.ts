@@ -5,7 +5,7 @@ import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { splitLayers } from '../../native/index.ts';
 import { decodeRunConfig, type RunConfig } from '../../schemas/run-config.ts';
-import { connectToRun } from '../nats/connect.ts';
+import { connectToRun } from '../transport/connect.ts';
 import { openExistingRun } from '../transport/run-resources.ts';
 import type { StageStateBlob } from './stitch-stages.ts';
 

@@ -14,7 +14,7 @@ import type { KvWatchEntry } from '@nats-io/kv';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { decodeRunConfig } from '../../schemas/run-config.ts';
 import type { Logger } from '../log.ts';
-import { connectNats } from '../nats/connect.ts';
+import { connectNats } from '../transport/connect.ts';
 import { retryTransient } from '../transport/durable-publish.ts';
 import { encodeJson } from '../../schemas/json-message.ts';
 import { decodeRegistrationReply, decodeRunFailure } from '../../schemas/control-messages.ts';

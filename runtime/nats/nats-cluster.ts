@@ -12,7 +12,7 @@ import { createServer, type AddressInfo, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { jetstreamManager, StorageType, type JetStreamManager, type Placement } from '@nats-io/jetstream';
-import { connectNats } from './connect.ts';
+import { connectNats } from '../transport/connect.ts';
 import { EMBEDDED_MAX_PAYLOAD, natsServerBinary } from './nats-server.ts';
 
 export interface ClusterServer {

@@ -5,7 +5,7 @@
 // stood still: the time to its next committed step.
 import type { NatsConnection } from '@nats-io/transport-node';
 import type { Logger } from '../log.ts';
-import { connectNats } from '../nats/connect.ts';
+import { connectNats } from '../transport/connect.ts';
 import type { Progress } from '../train/train-distributed.ts';
 import { readSlot } from '../transport/slots.ts';
 import { openExistingRun, type RunResources } from '../transport/run-resources.ts';

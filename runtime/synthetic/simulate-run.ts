@@ -11,7 +11,7 @@
 // holder's datacenter), or with `nats: 'hub'` one server in the first.
 import type { RunConfig } from '../../schemas/run-config.ts';
 import type { Logger } from '../log.ts';
-import { connectNats } from '../nats/connect.ts';
+import { connectNats } from '../transport/connect.ts';
 import { openExistingRun } from '../transport/run-resources.ts';
 import { slotPlacements } from '../transport/slot-placement.ts';
 import { trainDistributed, type DistributedOptions } from '../train/train-distributed.ts';

@@ -11,7 +11,7 @@ import { decodeRunSummary, type RunSummary } from '../../schemas/run-records.ts'
 import { decodeProgress, decodeRunFailure, type Progress } from '../../schemas/control-messages.ts';
 import { REPLACED_EXIT_CODE } from '../host/host-process.ts';
 import type { Logger } from '../log.ts';
-import { connectToRun } from '../nats/connect.ts';
+import { connectToRun } from '../transport/connect.ts';
 import { startNatsServer, type NatsServerHandle } from '../nats/nats-server.ts';
 import { openRunResources } from '../transport/run-resources.ts';
 import { edgeLimits } from '../transport/edge-limits.ts';

@@ -4,7 +4,7 @@ import { loadTokens, TokenDataset } from '../data/index.ts';
 import { readStageCheckpoint, writeStageCheckpoint } from '../checkpoint/local-checkpoint.ts';
 import type { EngineStage, StageSpec } from '../../native/index.ts';
 import { LocalPipeline, type StepResult } from './local-pipeline.ts';
-import type { RunPreset } from './presets.ts';
+import type { RunPreset } from '../config/presets.ts';
 
 export interface TrainOptions extends RunPreset {
   readonly dataFile?: string;           // llm.c / nanoGPT token shard; the bundled corpus when absent

@@ -51,7 +51,25 @@ export function runNames(run: string) {
     controlConsumerPrefix: (replica: number, stage: number) => `step-${replica}-${stage}-g`,
     coordinatorConsumer: (nonce: string) => `coordinator-${nonce}`,
     coordinatorConsumerPrefix: 'coordinator-',
+    /** Everything of the run, and the subjects its streams hold. */
+    all: `${p}.>`,
+    stepControls: `${p}.step.>`,
+    reports: `${p}.report.>`,
+    deadLetters: `${p}.dead.>`,
+    isStepControl: (subject: string) => subject.startsWith(`${p}.step.`),
+    isReport: (subject: string) => subject.startsWith(`${p}.report.`),
+    /** The slot a report's subject names: `report.<replica>.<stage>`. */
+    reportSlot: (subject: string) => { const [replica, stage] = subject.slice(`${p}.report.`.length).split('.').map(Number); return { replica, stage }; },
+    /** The replica a step-control subject names: `step.<replica>`. */
+    stepControlReplica: (subject: string) => Number(subject.slice(`${p}.step.`.length)),
     kvBucket: `caravan_${run}`,
+    /** KV keys of run state, written by the coordinator alone. */
+    configKey: 'config',
+    stateKey: 'state',
+    summaryKey: 'summary',
+    hostKeys: 'hosts.>',
+    slotKeys: 'slot.>',
+    bridgeOuterKeys: 'bridge-outer.>',
     slotKey: (replica: number, stage: number) => `slot.${replica}.${stage}`,
     hostKey: (host: string) => `hosts.${host}`,
     objectBucket: `caravan_${run}_obj`,

@@ -7,7 +7,7 @@ import { bridgeMachine, type BridgeCommand } from '../../actors/bridge-machine.t
 import { decodeParams, encodeParams } from '../../runtime/bridge/bridge-payload.ts';
 import { outerStep } from '../../runtime/bridge/outer-step.ts';
 import { validateRunConfig } from '../../schemas/run-config.ts';
-import { preset } from '../../runtime/train/presets.ts';
+import { preset } from '../../runtime/config/presets.ts';
 import { mulberry32 } from '../support/random-weights.ts';
 
 function bridge(replicas: number, quorum: number, timeoutMs = 1000) {

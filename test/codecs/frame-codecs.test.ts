@@ -3,7 +3,7 @@
 import test from 'ava';
 import { mxint8RoundTrip } from '../../native/index.ts';
 import { boundaryCodecs, FRAME_CODECS, lz4Codec, lz4Decode, lz4Encode, mxExponent, mxint8Codec, mxint8Decode, mxint8Encode, MX_BLOCK } from '../../runtime/codecs/index.ts';
-import { preset } from '../../runtime/train/presets.ts';
+import { preset } from '../../runtime/config/presets.ts';
 import { decodeFrame, encodeFrame, FrameError, type FrameCodec, type FrameContent, type FrameExpectation } from '../../schemas/index.ts';
 import { mulberry32 } from '../support/random-weights.ts';
 

@@ -5,7 +5,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadRunConfig } from '../../runtime/config/load-run-config.ts';
-import { preset } from '../../runtime/train/presets.ts';
+import { preset } from '../../runtime/config/presets.ts';
 
 async function withFile(name: string, text: string, f: (path: string) => Promise<void>) {
   const dir = await mkdtemp(join(tmpdir(), 'caravan-config-'));

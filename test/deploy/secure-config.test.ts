@@ -14,7 +14,7 @@ import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { loadRunConfig } from '../../runtime/config/load-run-config.ts';
 import { createLogger } from '../../runtime/log.ts';
-import { connectToRun } from '../../runtime/nats/connect.ts';
+import { connectToRun } from '../../runtime/transport/connect.ts';
 import { freeLoopbackPorts } from '../../runtime/nats/nats-cluster.ts';
 import { mintCredentials } from '../../runtime/security/credentials.ts';
 import { trainDistributed } from '../../runtime/train/train-distributed.ts';

@@ -20,7 +20,7 @@ import { parseTokenShard, serializeTokenShard } from '../../runtime/data/token-s
 import { newHostKey } from '../../runtime/security/host-key.ts';
 import { parseSignatureHeader, signatureHeader } from '../../runtime/security/message-signature.ts';
 import { checkRegistration, registrationProof } from '../../runtime/security/registration.ts';
-import { preset } from '../../runtime/train/presets.ts';
+import { preset } from '../../runtime/config/presets.ts';
 import { decodeSlot } from '../../runtime/transport/slots.ts';
 import { encodeJson } from '../../schemas/json-message.ts';
 import { validateRunConfig } from '../../schemas/run-config.ts';

@@ -7,7 +7,7 @@
 import test from 'ava';
 import { jetstream, jetstreamManager, StorageType } from '@nats-io/jetstream';
 import { Kvm } from '@nats-io/kv';
-import { connectNats, type NatsConnection } from '../../runtime/nats/connect.ts';
+import { connectNats, type NatsConnection } from '../../runtime/transport/connect.ts';
 import { startNatsCluster } from '../../runtime/nats/nats-cluster.ts';
 
 const MiB = 1024 * 1024;

@@ -8,7 +8,7 @@
 import test from 'ava';
 import { loadRunConfig } from '../../runtime/config/load-run-config.ts';
 import { createLogger } from '../../runtime/log.ts';
-import { connectNats } from '../../runtime/nats/connect.ts';
+import { connectNats } from '../../runtime/transport/connect.ts';
 import { freeLoopbackPorts } from '../../runtime/nats/nats-cluster.ts';
 import { startSupercluster, type SuperclusterDatacenter } from '../../runtime/nats/nats-supercluster.ts';
 import { ensureInputStream, openExistingRun, openRunResources } from '../../runtime/transport/run-resources.ts';

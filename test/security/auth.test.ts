@@ -13,7 +13,7 @@ import { jetstream } from '@nats-io/jetstream';
 import { headers } from '@nats-io/transport-node';
 import { loadRunConfig } from '../../runtime/config/load-run-config.ts';
 import { createLogger } from '../../runtime/log.ts';
-import { connectNats, connectToRun } from '../../runtime/nats/connect.ts';
+import { connectNats, connectToRun } from '../../runtime/transport/connect.ts';
 import { startNatsServer } from '../../runtime/nats/nats-server.ts';
 import { mintCredentials } from '../../runtime/security/credentials.ts';
 import { readHostKey } from '../../runtime/security/host-key.ts';

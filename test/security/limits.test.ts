@@ -6,7 +6,7 @@
 import test from 'ava';
 import { jetstream } from '@nats-io/jetstream';
 import { loadRunConfig } from '../../runtime/config/load-run-config.ts';
-import { connectNats } from '../../runtime/nats/connect.ts';
+import { connectNats } from '../../runtime/transport/connect.ts';
 import { startNatsServer } from '../../runtime/nats/nats-server.ts';
 import { edgeLimits } from '../../runtime/transport/edge-limits.ts';
 import { ensureInputStream, openRunResources } from '../../runtime/transport/run-resources.ts';

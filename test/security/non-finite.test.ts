@@ -7,7 +7,7 @@ import test from 'ava';
 import { decodeSafeTensors } from '../../native/index.ts';
 import { loadRunConfig } from '../../runtime/config/load-run-config.ts';
 import { createLogger } from '../../runtime/log.ts';
-import { connectNats } from '../../runtime/nats/connect.ts';
+import { connectNats } from '../../runtime/transport/connect.ts';
 import { startNatsServer } from '../../runtime/nats/nats-server.ts';
 import { openExistingRun } from '../../runtime/transport/run-resources.ts';
 import { readSlot } from '../../runtime/transport/slots.ts';

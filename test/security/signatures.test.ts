@@ -7,7 +7,7 @@ import test from 'ava';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { connectNats } from '../../runtime/nats/connect.ts';
+import { connectNats } from '../../runtime/transport/connect.ts';
 import { startNatsServer } from '../../runtime/nats/nats-server.ts';
 import { newHostKey, parseHostKey, readHostKey, type HostKey } from '../../runtime/security/host-key.ts';
 import { loadRunConfig } from '../../runtime/config/load-run-config.ts';

@@ -4,7 +4,7 @@ import test from 'ava';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { preset } from '../../runtime/train/presets.ts';
+import { preset } from '../../runtime/config/presets.ts';
 import { trainLocal } from '../../runtime/train/train-local.ts';
 import { smallModel, smallOptim } from '../support/tiny-run.ts';
 

@@ -10,7 +10,7 @@
 // anywhere when none is.
 import test, { type ExecutionContext } from 'ava';
 import { randomUUID } from 'node:crypto';
-import { connectNats, type NatsConnection } from '../../runtime/nats/connect.ts';
+import { connectNats, type NatsConnection } from '../../runtime/transport/connect.ts';
 import { startNatsServer, type NatsServerHandle } from '../../runtime/nats/nats-server.ts';
 import { ensureInputStream, openEdgeConsumer, openRunResources, ReaderReplacedError, type RunResources } from '../../runtime/transport/run-resources.ts';
 import { assignSlot, readSlot, recordCheckpoint, SlotLostError } from '../../runtime/transport/slots.ts';

@@ -20,7 +20,7 @@ import { promisify } from 'node:util';
 import { loadRunConfig } from '../../runtime/config/load-run-config.ts';
 import type { RunConfig } from '../../schemas/run-config.ts';
 import { createLogger } from '../../runtime/log.ts';
-import { connectNats } from '../../runtime/nats/connect.ts';
+import { connectNats } from '../../runtime/transport/connect.ts';
 import { startNatsServer } from '../../runtime/nats/nats-server.ts';
 import { startSupercluster } from '../../runtime/nats/nats-supercluster.ts';
 import { openExistingRun } from '../../runtime/transport/run-resources.ts';

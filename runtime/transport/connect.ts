@@ -7,7 +7,7 @@
 // CA that signed the servers' certificates), and CARAVAN_TLS_CERT with
 // CARAVAN_TLS_KEY where servers ask for client certificates.
 import { connect, nkeyAuthenticator, type NatsConnection } from '@nats-io/transport-node';
-import { runInboxPrefix } from '../transport/subjects.ts';
+import { runInboxPrefix } from './subjects.ts';
 import { readHostKey } from '../security/host-key.ts';
 
 export type { NatsConnection };
