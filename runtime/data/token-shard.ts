@@ -7,9 +7,24 @@
 // emits llm.c, whose header lets a reader catch truncation.
 // Not a streaming loader: a shard is read whole (2 bytes per token).
 //
-// The magic cannot be mistaken for nanoGPT data with these vocabularies: it
-// would have to start with the uint16 tokens 55208, 308, and 55208 is beyond
-// both the byte (256) and GPT-2 (50257) vocabularies.
+// The magic cannot be mistaken for nanoGPT data with these vocabularies: read
+// as uint16 tokens it is 20240520 & 0xffff = 55432, then 20240520 >>> 16 = 308,
+// and 55432 is beyond both the byte (256) and GPT-2 (50257) vocabularies.
+//
+// A damaged magic is the other way round: without its magic an llm.c shard is
+// a valid-looking nanoGPT file (a zeroed magic reads as tokens 0, 0, 1, 0,
+// count..., every one inside GPT-2's vocabulary), so a file is refused when
+// its magic is wrong but the rest of its header is consistent: at least a
+// header's 1024 bytes, int32 version 1 at byte 4, and at byte 8 an int32 count
+// equal to the tokens after the header. For raw tokens to pass for that, tokens
+// 2..5 would have to be exactly 1, 0, count & 0xffff, count >>> 16 for this
+// very file size: about one chance in vocab^4 (1 in 6e18 for GPT-2) for
+// tokens that were anything like independent, and for the byte vocabulary
+// only possible at all when both halves of the count are below 256. Nothing
+// else of the header is required (its 253 reserved ints are zero as llm.c
+// writes them), so a header whose magic and zeros are both damaged is still
+// caught; one whose version or count is damaged as well reads as nanoGPT, and
+// the vocabulary check is then the only guard left.
 
 import { readFile, rename, rm, writeFile } from 'node:fs/promises';
 
@@ -32,6 +47,14 @@ export interface TokenShardOptions {
 
 const HOST_IS_LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
 
+/** Whether the bytes after the magic are an llm.c header consistent with the file's size (the rule in the file comment). */
+function looksLikeLlmcHeader(view: DataView): boolean {
+  if (view.byteLength < LLMC_HEADER_BYTES) return false;
+  return view.getInt32(4, true) === LLMC_SHARD_VERSION && view.getInt32(8, true) === (view.byteLength - LLMC_HEADER_BYTES) / 2;
+}
+
+const hex32 = (n: number): string => `0x${(n >>> 0).toString(16).padStart(8, '0')}`;
+
 /** Parses shard bytes; `source` names the file in errors. */
 export function parseTokenShard(bytes: Uint8Array, source: string, options: TokenShardOptions = {}): TokenShard {
   const fail = (why: string): never => {
@@ -45,7 +68,15 @@ export function parseTokenShard(bytes: Uint8Array, source: string, options: Toke
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   let format: TokenShardFormat = 'nanogpt';
   let start = 0;
-  if (bytes.byteLength >= 4 && view.getInt32(0, true) === LLMC_SHARD_MAGIC) {
+  const magic = bytes.byteLength >= 4 ? view.getInt32(0, true) : undefined;
+  if (magic !== undefined && magic !== LLMC_SHARD_MAGIC && looksLikeLlmcHeader(view)) {
+    fail(
+      `damaged llm.c header: magic is ${magic} (${hex32(magic)}), expected ${LLMC_SHARD_MAGIC} (${hex32(LLMC_SHARD_MAGIC)}); ` +
+      `its version ${LLMC_SHARD_VERSION} and token count ${view.getInt32(8, true)} match the file's ${bytes.byteLength} bytes, ` +
+      'so it is not raw nanoGPT tokens',
+    );
+  }
+  if (magic === LLMC_SHARD_MAGIC) {
     format = 'llmc';
     if (bytes.byteLength < LLMC_HEADER_BYTES) {
       fail(`truncated llm.c header: ${bytes.byteLength} bytes, the header alone is ${LLMC_HEADER_BYTES}`);

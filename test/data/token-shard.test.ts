@@ -108,6 +108,42 @@ for (const [name, bytes, message, vocabSize] of corruptCases) {
   });
 }
 
+// An llm.c shard whose magic alone is damaged would otherwise read as raw
+// nanoGPT tokens: with the byte vocabulary the error would blame a token, and
+// with GPT-2's a zeroed magic would train on the header's bytes.
+const damagedMagics: Array<[string, number]> = [
+  ['zeroed', 0],
+  ['one bit flipped', LLMC_SHARD_MAGIC ^ (1 << 13)],
+];
+for (const [damage, magic] of damagedMagics) {
+  for (const vocabSize of [256, 50257]) {
+    test(`damaged llm.c magic (${damage}) is refused naming the magic, vocab size ${vocabSize}`, async (t) => {
+      const file = path.join(t.context.dir, 'damaged.bin');
+      const bytes = serializeTokenShard([1, 2, 3, 4], { vocabSize });
+      new DataView(bytes.buffer).setInt32(0, magic, true);
+      await writeFile(file, bytes);
+      const error = await t.throwsAsync(readTokenShard(file, { vocabSize }), {
+        message: new RegExp(`damaged llm.c header: magic is ${magic} .*expected ${LLMC_SHARD_MAGIC}`),
+      });
+      t.true(error?.message.includes(file), `error names the file: ${error?.message}`);
+    });
+  }
+}
+
+test('nanoGPT shard: a raw file as long as a header whose first tokens do not form a consistent header still reads', async (t) => {
+  const file = path.join(t.context.dir, 'raw.bin');
+  // 600 tokens: the bytes 1024 and up would hold 88 tokens after a header.
+  // Tokens 2, 3 are (1, 0) as in llm.c's version, but the "count" is not 88.
+  const tokens = Uint16Array.from({ length: 600 }, (_, i) => (i === 2 ? 1 : i === 3 ? 0 : (i * 37) % 256));
+  t.not(tokens[4] | (tokens[5] << 16), (tokens.byteLength - LLMC_HEADER_BYTES) / 2);
+  await writeFile(file, nanoGptBytes(tokens));
+  for (const vocabSize of [256, 50257]) {
+    const shard = await readTokenShard(file, { vocabSize });
+    t.is(shard.format, 'nanogpt');
+    t.deepEqual(shard.tokens, tokens);
+  }
+});
+
 test('corrupt shard: missing file', async (t) => {
   const file = path.join(t.context.dir, 'absent.bin');
   const error = await t.throwsAsync(readTokenShard(file), { message: /file not found/ });
