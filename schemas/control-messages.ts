@@ -9,7 +9,7 @@
 // value that is not finite (a skipped step's loss, a gradient's Σg²), it
 // arrives as null and the type says `number | null`.
 import {
-  arrayOf, count, flag, nullable, object, oneOf, optional, readJsonMessage, real, tagged, text, type FieldList, type FieldReader,
+  arrayOf, count, flag, jsonDecoder, nullable, object, oneOf, optional, real, tagged, text, type FieldList, type FieldReader,
 } from './json-fields.ts';
 import type { FrameKind } from './tensor-frame.ts';
 
@@ -144,6 +144,7 @@ const STEP_CONTROL = tagged('type', {
   commit: { step: count, gradScale: real, gradNorm: nullable(real), loss: nullable(real), skip: optional(oneOf([true])) },
 });
 
+// Readers run-records.ts uses too (the summary's wire counts, live metrics' edges, a slot's checkpoint).
 export const WIRE_COUNT_FIELDS = { frames: count, f32_bytes: count, wire_bytes: count } as const satisfies FieldList;
 export const wireCountReader: FieldReader<WireCount> = object(WIRE_COUNT_FIELDS);
 
@@ -181,13 +182,13 @@ const FAULT_REQUEST = object({ point: FAULT_POINT, after: count });
 const FAULT_REPLY = object({ ok: flag, error: optional(text) });
 const FAULT_REACHED = object({ host: text, pid: count, point: FAULT_POINT });
 
-export const decodeStepControl = (bytes: Uint8Array, what = 'step control'): StepControl => readJsonMessage(bytes, what, STEP_CONTROL);
-export const decodeStageReport = (bytes: Uint8Array, what = 'stage report'): StageReport => readJsonMessage(bytes, what, STAGE_REPORT);
-export const decodeRegistration = (bytes: Uint8Array, what = 'registration'): Registration => readJsonMessage(bytes, what, REGISTRATION);
-export const decodeRegistrationReply = (bytes: Uint8Array, what = 'registration reply'): RegistrationReply => readJsonMessage(bytes, what, REGISTRATION_REPLY);
-export const decodeHostAnnouncement = (bytes: Uint8Array, what = 'host announcement'): HostAnnouncement => readJsonMessage(bytes, what, HOST_ANNOUNCEMENT);
-export const decodeRunFailure = (bytes: Uint8Array, what = 'run failure'): RunFailure => readJsonMessage(bytes, what, RUN_FAILURE);
-export const decodeProgress = (bytes: Uint8Array, what = 'progress'): Progress => readJsonMessage(bytes, what, PROGRESS);
-export const decodeFaultRequest = (bytes: Uint8Array, what = 'fault request'): FaultRequest => readJsonMessage(bytes, what, FAULT_REQUEST);
-export const decodeFaultReply = (bytes: Uint8Array, what = 'fault reply'): FaultReply => readJsonMessage(bytes, what, FAULT_REPLY);
-export const decodeFaultReached = (bytes: Uint8Array, what = 'fault reached'): FaultReached => readJsonMessage(bytes, what, FAULT_REACHED);
+export const decodeStepControl = jsonDecoder<StepControl>('step control', STEP_CONTROL);
+export const decodeStageReport = jsonDecoder<StageReport>('stage report', STAGE_REPORT);
+export const decodeRegistration = jsonDecoder<Registration>('registration', REGISTRATION);
+export const decodeRegistrationReply = jsonDecoder<RegistrationReply>('registration reply', REGISTRATION_REPLY);
+export const decodeHostAnnouncement = jsonDecoder<HostAnnouncement>('host announcement', HOST_ANNOUNCEMENT);
+export const decodeRunFailure = jsonDecoder<RunFailure>('run failure', RUN_FAILURE);
+export const decodeProgress = jsonDecoder<Progress>('progress', PROGRESS);
+export const decodeFaultRequest = jsonDecoder<FaultRequest>('fault request', FAULT_REQUEST);
+export const decodeFaultReply = jsonDecoder<FaultReply>('fault reply', FAULT_REPLY);
+export const decodeFaultReached = jsonDecoder<FaultReached>('fault reached', FAULT_REACHED);

@@ -1,8 +1,8 @@
 // Field readers for the control protocol's JSON messages: a decoder is a list
-// of its fields, each with the reader that checks it, and `readJsonMessage`
+// of its fields, each with the reader that checks it, and `jsonDecoder`
 // runs the list over the parsed bytes. A reader returns the value it was given
 // (typed), or throws naming the field by its path from the message's root
-// (`counters.compute.busy_ms`, `signers[2].key`); readJsonMessage turns that
+// (`counters.compute.busy_ms`, `signers[2].key`); jsonDecoder turns that
 // into a ControlMessageError of the message being read.
 //
 // Unknown fields: lenient. Objects are checked, not copied: fields a reader
@@ -153,13 +153,19 @@ export function tagged<const K extends string, const V extends Readonly<Record<s
   };
 }
 
-/** Parses `bytes` as JSON and reads the message with `read`; throws a ControlMessageError naming `what` and the field. */
-export function readJsonMessage<T>(bytes: Uint8Array, what: string, read: FieldReader<T>): T {
-  const value = decodeJson(bytes, what);
-  try {
-    return read(value, '');
-  } catch (err) {
-    if (err instanceof FieldError) throw new ControlMessageError(what, err.field, err.detail);
-    throw err;
-  }
+/**
+ * A message's decoder: parses `bytes` as JSON and reads the message with
+ * `read`; throws a ControlMessageError naming what was read (`what`, by
+ * default `name`) and the field.
+ */
+export function jsonDecoder<T>(name: string, read: FieldReader<T>): (bytes: Uint8Array, what?: string) => T {
+  return (bytes, what = name) => {
+    const value = decodeJson(bytes, what);
+    try {
+      return read(value, '');
+    } catch (err) {
+      if (err instanceof FieldError) throw new ControlMessageError(what, err.field, err.detail);
+      throw err;
+    }
+  };
 }

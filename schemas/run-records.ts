@@ -8,7 +8,7 @@
 // unchecked, so a newer coordinator may add some. JSON has no NaN: a loss that
 // was not finite (a skipped step's) is stored as null, and the types say so.
 import {
-  arrayOf, count, nullable, object, oneOf, optional, pair, readJsonMessage, real, text, type FieldList, type FieldReader,
+  arrayOf, count, jsonDecoder, nullable, object, oneOf, optional, pair, real, text, type FieldList, type FieldReader,
 } from './json-fields.ts';
 import { checkpointPointerReader, WIRE_COUNT_FIELDS, wireCountReader, type CheckpointPointer, type WireCount } from './control-messages.ts';
 
@@ -257,9 +257,9 @@ const SLOT_RECORD = object({
   signers: optional(arrayOf(object({ generation: count, host: text, key: text, until: optional(object({ act: optional(count), grad: optional(count) })) }))),
 });
 
-export const decodeRunState = (bytes: Uint8Array, what = 'run state'): RunState => readJsonMessage(bytes, what, RUN_STATE);
-export const decodeRunSummary = (bytes: Uint8Array, what = 'run summary'): RunSummary => readJsonMessage(bytes, what, RUN_SUMMARY);
-export const decodeHostEntry = (bytes: Uint8Array, what = 'host record'): HostEntry => readJsonMessage(bytes, what, HOST_ENTRY);
-export const decodeSlotRecord = (bytes: Uint8Array, what = 'slot record'): SlotRecord => readJsonMessage(bytes, what, SLOT_RECORD);
-export const decodeBridgeRecord = (bytes: Uint8Array, what = 'bridge record'): BridgeRecord => readJsonMessage(bytes, what, BRIDGE_RECORD);
-export const decodeCounterRecord = (bytes: Uint8Array, what = 'counter record'): CounterRecord => readJsonMessage(bytes, what, COUNTER_RECORD);
+export const decodeRunState = jsonDecoder<RunState>('run state', RUN_STATE);
+export const decodeRunSummary = jsonDecoder<RunSummary>('run summary', RUN_SUMMARY);
+export const decodeHostEntry = jsonDecoder<HostEntry>('host record', HOST_ENTRY);
+export const decodeSlotRecord = jsonDecoder<SlotRecord>('slot record', SLOT_RECORD);
+export const decodeBridgeRecord = jsonDecoder<BridgeRecord>('bridge record', BRIDGE_RECORD);
+export const decodeCounterRecord = jsonDecoder<CounterRecord>('counter record', COUNTER_RECORD);
