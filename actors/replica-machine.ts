@@ -30,7 +30,8 @@ export interface ReplicaMachineInput {
 
 export type ReplicaEvent =
   | { type: 'START' }
-  | { type: 'STAGE_DONE'; stage: number; step: number; sumSquares: readonly number[]; loss?: number }
+  /** Σg² per tensor as the stage reported it: null where it was not finite (JSON has no NaN). */
+  | { type: 'STAGE_DONE'; stage: number; step: number; sumSquares: ReadonlyArray<number | null>; loss?: number }
   | { type: 'STAGE_STEPPED'; stage: number; step: number };
 
 export type ReplicaCommand =
@@ -41,15 +42,16 @@ export type ReplicaCommand =
 
 export interface ReplicaContext extends ReplicaMachineInput {
   step: number;
-  reports: Array<{ sumSquares: readonly number[]; loss?: number } | undefined>;  // by stage
+  reports: Array<{ sumSquares: ReadonlyArray<number | null>; loss?: number } | undefined>;  // by stage
   stepped: boolean[];
   losses: number[];
 }
 
 /** The step's outcome once the last report is in: the reports, the clip decision, the loss, and whether it stops the run. */
-function decide(context: ReplicaContext, event: { stage: number; sumSquares: readonly number[]; loss?: number }) {
+function decide(context: ReplicaContext, event: { stage: number; sumSquares: ReadonlyArray<number | null>; loss?: number }) {
   const reports = context.reports.map((r, s) => (s === event.stage ? { sumSquares: event.sumSquares, loss: event.loss } : r!));
-  const clip = clipDecision(reports.map((r) => Float64Array.from(r.sumSquares)), context.microbatches, context.maxGradNorm);
+  // null is a sum that was not finite: NaN, so the norm is not finite either (Float64Array.from alone would make it 0).
+  const clip = clipDecision(reports.map((r) => Float64Array.from(r.sumSquares, (x) => x ?? NaN)), context.microbatches, context.maxGradNorm);
   const loss = reports[context.stages - 1].loss ?? NaN;
   const finite = Number.isFinite(clip.gradNorm) && Number.isFinite(loss);
   return { reports, clip, loss, finite, stops: !finite && context.nonFinite !== 'skip-step' };

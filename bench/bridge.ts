@@ -43,7 +43,7 @@ export async function benchBridge(args: string[]): Promise<Record<string, unknow
     const wall = (performance.now() - began) / 1000;
     const syncs = summary.bridge_syncs!;
     const tokens = R * H * outers * 2 * 8 * 128;
-    rows.push({ replicas: R, val_loss: +valLoss.toFixed(4), train_loss_r0: +summary.final_loss.toFixed(4), tokens, wall_s: +wall.toFixed(1) });
+    rows.push({ replicas: R, val_loss: +valLoss.toFixed(4), train_loss_r0: +(summary.final_loss ?? NaN).toFixed(4), tokens, wall_s: +wall.toFixed(1) });
     console.log(`R=${R}: validation loss ${valLoss.toFixed(4)} after ${outers} outer steps (${tokens} tokens, ${wall.toFixed(1)} s)`);
     if (R === Math.max(...replicaCounts)) {
       let all = 0, one = 0;

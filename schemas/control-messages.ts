@@ -2,14 +2,21 @@
 // besides tensor frames. Step control (`step.<r>`) and stage reports
 // (`report.<r>.<s>`) are the run's control log in JetStream; registration,
 // heartbeats, readiness, progress, the run's end and fault injection are core
-// NATS. Each message has a decoder that checks it field by field.
-import { decodeJson } from './json-message.ts';
+// NATS. Each message has a decoder that checks it field by field (the field
+// readers of json-fields.ts) and throws a ControlMessageError naming the
+// field; fields a decoder does not list are left as they are, unchecked, so
+// a newer peer may add some. JSON has no NaN: where a producer may send a
+// value that is not finite (a skipped step's loss, a gradient's Σg²), it
+// arrives as null and the type says `number | null`.
+import {
+  arrayOf, count, flag, jsonDecoder, nullable, object, oneOf, optional, real, tagged, text, type FieldList, type FieldReader,
+} from './json-fields.ts';
 import type { FrameKind } from './tensor-frame.ts';
 
-/** Step control on `step.<replica>`, written by the coordinator. */
+/** Step control on `step.<replica>`, written by the coordinator. A commit's gradNorm and loss are null when not finite (a step committed as skipped). */
 export type StepControl =
   | { type: 'open'; step: number }
-  | { type: 'commit'; step: number; gradScale: number; gradNorm: number; loss: number; skip?: true };
+  | { type: 'commit'; step: number; gradScale: number; gradNorm: number | null; loss: number | null; skip?: true };
 
 /** A stage's report that its contribution to an outer step is in the Object Store. */
 export interface ContributionReport {
@@ -31,13 +38,17 @@ export interface CheckpointPointer {
   readonly sha256?: string;
 }
 
-/** Stage reports on `report.<replica>.<stage>`, read by the coordinator (and by `caravan chaos`, to count). */
+/**
+ * Stage reports on `report.<replica>.<stage>`, read by the coordinator (and by
+ * `caravan chaos`, to count). In 'done', Σg² per tensor is null where it is not
+ * finite, and the loss (the last stage's alone) null when it is not.
+ */
 export type StageReport =
-  | { type: 'done'; replica: number; stage: number; generation: number; host: string; step: number; sumSquares: number[]; loss?: number; counters: StageCounters }
+  | { type: 'done'; replica: number; stage: number; generation: number; host: string; step: number; sumSquares: Array<number | null>; loss?: number | null; counters: StageCounters }
   | { type: 'stepped'; replica: number; stage: number; generation: number; host: string; step: number; contributions: number[] }
   | { type: 'checkpoint'; replica: number; stage: number; generation: number; host: string; step: number; checkpoint: CheckpointPointer }
   | { type: 'final'; replica: number; stage: number; generation: number; host: string; name: string; sha256: string; counters: StageCounters }
-  | ({ type: 'contribution'; generation: number; host: string } & ContributionReport);
+  | ({ type: 'contribution'; generation: number; host: string; step: number } & ContributionReport);
 
 /** A slot holder's counters since it started (a replacement: since its restore), sent with each step report. */
 export interface StageCounters {
@@ -95,13 +106,13 @@ export interface RunFailure {
   readonly reason: string;
 }
 
-/** `ctl.progress`: a replica committed a step. */
+/** `ctl.progress`: a replica committed a step (loss and gradNorm are null when not finite: a skipped step). */
 export interface Progress {
   readonly replica: number;
   readonly step: number;
   readonly steps: number;
-  readonly loss: number;
-  readonly gradNorm: number;
+  readonly loss: number | null;
+  readonly gradNorm: number | null;
   readonly tokensPerSecond: number;
 }
 
@@ -127,13 +138,57 @@ export interface FaultReached {
   readonly point: FaultPoint;
 }
 
-export const decodeStepControl = (bytes: Uint8Array, what = 'step control'): StepControl => decodeJson<StepControl>(bytes, what);
-export const decodeStageReport = (bytes: Uint8Array, what = 'stage report'): StageReport => decodeJson<StageReport>(bytes, what);
-export const decodeRegistration = (bytes: Uint8Array, what = 'registration'): Registration => decodeJson<Registration>(bytes, what);
-export const decodeRegistrationReply = (bytes: Uint8Array, what = 'registration reply'): RegistrationReply => decodeJson<RegistrationReply>(bytes, what);
-export const decodeHostAnnouncement = (bytes: Uint8Array, what = 'host announcement'): HostAnnouncement => decodeJson<HostAnnouncement>(bytes, what);
-export const decodeRunFailure = (bytes: Uint8Array, what = 'run failure'): RunFailure => decodeJson<RunFailure>(bytes, what);
-export const decodeProgress = (bytes: Uint8Array, what = 'progress'): Progress => decodeJson<Progress>(bytes, what);
-export const decodeFaultRequest = (bytes: Uint8Array, what = 'fault request'): FaultRequest => decodeJson<FaultRequest>(bytes, what);
-export const decodeFaultReply = (bytes: Uint8Array, what = 'fault reply'): FaultReply => decodeJson<FaultReply>(bytes, what);
-export const decodeFaultReached = (bytes: Uint8Array, what = 'fault reached'): FaultReached => decodeJson<FaultReached>(bytes, what);
+// The messages' fields, in the order of the types above.
+const STEP_CONTROL = tagged('type', {
+  open: { step: count },
+  commit: { step: count, gradScale: real, gradNorm: nullable(real), loss: nullable(real), skip: optional(oneOf([true])) },
+});
+
+// Readers run-records.ts uses too (the summary's wire counts, live metrics' edges, a slot's checkpoint).
+export const WIRE_COUNT_FIELDS = { frames: count, f32_bytes: count, wire_bytes: count } as const satisfies FieldList;
+export const wireCountReader: FieldReader<WireCount> = object(WIRE_COUNT_FIELDS);
+
+const STAGE_COUNTERS: FieldReader<StageCounters> = object({
+  compute: object({ busy_ms: real, first_ms: real, last_ms: real, peak_gflops: real, device: text }),
+  sent_by_kind: object({ act: wireCountReader, grad: wireCountReader }),
+  queued: count,
+});
+
+export const checkpointPointerReader: FieldReader<CheckpointPointer> = object({
+  step: count,
+  object: text,
+  resume: object({ act: optional(count), grad: optional(count), control: count }),
+  sha256: optional(text),
+});
+
+/** Who sent a report: every kind names the slot and its holder. */
+const REPORTER = { replica: count, stage: count, generation: count, host: text } as const satisfies FieldList;
+
+const STAGE_REPORT = tagged('type', {
+  done: { ...REPORTER, step: count, sumSquares: arrayOf(nullable(real)), loss: optional(nullable(real)), counters: STAGE_COUNTERS },
+  stepped: { ...REPORTER, step: count, contributions: arrayOf(count) },
+  checkpoint: { ...REPORTER, step: count, checkpoint: checkpointPointerReader },
+  final: { ...REPORTER, name: text, sha256: text, counters: STAGE_COUNTERS },
+  contribution: { ...REPORTER, step: count, outer: count, object: text, bytes_raw: count, bytes_wire: count },
+});
+
+const REGISTRATION = object({ host: text, datacenter: text, device: optional(text), gpu: optional(text), key: text, proof: text });
+const REGISTRATION_REPLY = object({ ok: flag, run: optional(text), reason: optional(text) });
+const HOST_ANNOUNCEMENT = object({ host: text });
+const RUN_FAILURE = object({ reason: text });
+const PROGRESS = object({ replica: count, step: count, steps: count, loss: nullable(real), gradNorm: nullable(real), tokensPerSecond: real });
+const FAULT_POINT = oneOf(FAULT_POINTS);
+const FAULT_REQUEST = object({ point: FAULT_POINT, after: count });
+const FAULT_REPLY = object({ ok: flag, error: optional(text) });
+const FAULT_REACHED = object({ host: text, pid: count, point: FAULT_POINT });
+
+export const decodeStepControl = jsonDecoder<StepControl>('step control', STEP_CONTROL);
+export const decodeStageReport = jsonDecoder<StageReport>('stage report', STAGE_REPORT);
+export const decodeRegistration = jsonDecoder<Registration>('registration', REGISTRATION);
+export const decodeRegistrationReply = jsonDecoder<RegistrationReply>('registration reply', REGISTRATION_REPLY);
+export const decodeHostAnnouncement = jsonDecoder<HostAnnouncement>('host announcement', HOST_ANNOUNCEMENT);
+export const decodeRunFailure = jsonDecoder<RunFailure>('run failure', RUN_FAILURE);
+export const decodeProgress = jsonDecoder<Progress>('progress', PROGRESS);
+export const decodeFaultRequest = jsonDecoder<FaultRequest>('fault request', FAULT_REQUEST);
+export const decodeFaultReply = jsonDecoder<FaultReply>('fault reply', FAULT_REPLY);
+export const decodeFaultReached = jsonDecoder<FaultReached>('fault reached', FAULT_REACHED);

@@ -2,9 +2,15 @@
 // run's status and live metrics (`state`), its summary at the end
 // (`summary`), every host (`hosts.<id>`), every slot (`slot.<r>.<s>`), the
 // Bridge's records of outer steps (`bridge.<s>.<o>`) and its counters
-// (`bridge-outer.<s>`). Each record has a decoder that checks it field by field.
-import { decodeJson } from './json-message.ts';
-import type { CheckpointPointer, WireCount } from './control-messages.ts';
+// (`bridge-outer.<s>`). Each record has a decoder that checks it field by
+// field (the field readers of json-fields.ts) and throws a ControlMessageError
+// naming the field; fields a decoder does not list are left as they are,
+// unchecked, so a newer coordinator may add some. JSON has no NaN: a loss that
+// was not finite (a skipped step's) is stored as null, and the types say so.
+import {
+  arrayOf, count, jsonDecoder, nullable, object, oneOf, optional, pair, real, text, type FieldList, type FieldReader,
+} from './json-fields.ts';
+import { checkpointPointerReader, WIRE_COUNT_FIELDS, wireCountReader, type CheckpointPointer, type WireCount } from './control-messages.ts';
 
 /** Recovery events the coordinator saw, over the run's life (kept across coordinator restarts). */
 export interface RecoveryCounts {
@@ -83,12 +89,13 @@ export interface RunSummary {
   readonly steps: number;
   readonly stages: number;
   readonly replicas: number;
-  readonly losses: number[];                 // replica 0
-  readonly final_loss: number;
+  /** Replica 0's loss at each step; null where it was not finite (a skipped step, after JSON). */
+  readonly losses: Array<number | null>;
+  readonly final_loss: number | null;
   readonly tokens_per_s: number;
   readonly params_sha256: string;            // replica 0's parameters, in model order
   readonly params_sha256_by_replica: string[];
-  readonly losses_by_replica: number[][];
+  readonly losses_by_replica: Array<Array<number | null>>;
   readonly wall_seconds: number;
   readonly dead_letters: number;
   /** Frames between stages, summed over the slot holders that finished (a replacement counts from its restore, re-sent frames included). */
@@ -163,9 +170,96 @@ export interface SlotRecord {
   readonly signers?: readonly SlotSigner[];
 }
 
-export const decodeRunState = (bytes: Uint8Array, what = 'run state'): RunState => decodeJson<RunState>(bytes, what);
-export const decodeRunSummary = (bytes: Uint8Array, what = 'run summary'): RunSummary => decodeJson<RunSummary>(bytes, what);
-export const decodeHostEntry = (bytes: Uint8Array, what = 'host record'): HostEntry => decodeJson<HostEntry>(bytes, what);
-export const decodeSlotRecord = (bytes: Uint8Array, what = 'slot record'): SlotRecord => decodeJson<SlotRecord>(bytes, what);
-export const decodeBridgeRecord = (bytes: Uint8Array, what = 'bridge record'): BridgeRecord => decodeJson<BridgeRecord>(bytes, what);
-export const decodeCounterRecord = (bytes: Uint8Array, what = 'counter record'): CounterRecord => decodeJson<CounterRecord>(bytes, what);
+// The records' fields, in the order of the types above.
+const RECOVERY_COUNTS: FieldReader<RecoveryCounts> = object({ hosts_lost: count, slots_reassigned: count, coordinator_restarts: count });
+const PIPELINE_USE = { utilization_by_stage: arrayOf(real), bubble: real, bubble_bound: real } as const satisfies FieldList;
+
+const LIVE_METRICS: FieldReader<LiveMetrics> = object({
+  ...PIPELINE_USE,
+  step: count,
+  tokens_per_s: real,
+  mfu_pct: real,
+  devices_by_stage: arrayOf(text),
+  edges: arrayOf(object({ edge: text, act: wireCountReader, grad: wireCountReader })),
+  queued_by_stage: arrayOf(count),
+  recoveries: RECOVERY_COUNTS,
+});
+
+const RUN_STATE = object({
+  status: oneOf(['gathering', 'running', 'finishing', 'finished', 'failed']),
+  step: count,
+  loss: nullable(real),
+  tokens_per_s: nullable(real),
+  started_at: nullable(real),
+  reason: optional(text),
+  updated: text,
+  recoveries: optional(RECOVERY_COUNTS),
+  metrics: optional(LIVE_METRICS),
+});
+
+const BRIDGE_RECORD: FieldReader<BridgeRecord> = object({
+  stage: count,
+  outer: count,
+  replicas: arrayOf(count),
+  theta: text,
+  momentum: optional(text),
+  first_ms: real,
+  finished_ms: real,
+  bytes_raw: count,
+  bytes_wire: count,
+});
+
+const COUNTER_RECORD = object({ value: count });
+
+const LOSSES = arrayOf(nullable(real));
+const RUN_SUMMARY = object({
+  run: text,
+  steps: count,
+  stages: count,
+  replicas: count,
+  losses: LOSSES,
+  final_loss: nullable(real),
+  tokens_per_s: real,
+  params_sha256: text,
+  params_sha256_by_replica: arrayOf(text),
+  losses_by_replica: arrayOf(LOSSES),
+  wall_seconds: real,
+  dead_letters: count,
+  wire: object({ ...WIRE_COUNT_FIELDS, ratio_vs_f32: real }),
+  ...PIPELINE_USE,
+  devices_by_stage: arrayOf(text),
+  mfu_pct: real,
+  recoveries: RECOVERY_COUNTS,
+  skipped_steps: arrayOf(object({ replica: count, step: count })),
+  outer_steps: optional(count),
+  bridge_syncs: optional(arrayOf(BRIDGE_RECORD)),
+});
+
+const SLOT = object({ replica: count, stage: count });
+const HOST_ENTRY = object({
+  host: text,
+  datacenter: text,
+  status: oneOf(['joined', 'standby', 'assigned', 'lost']),
+  joined: text,
+  key: optional(text),
+  replica: optional(count),
+  stage: optional(count),
+  layers: optional(pair(count, count)),
+  slot: optional(nullable(SLOT)),
+});
+
+const SLOT_RECORD = object({
+  replica: count,
+  stage: count,
+  host: text,
+  generation: count,
+  checkpoint: optional(checkpointPointerReader),
+  signers: optional(arrayOf(object({ generation: count, host: text, key: text, until: optional(object({ act: optional(count), grad: optional(count) })) }))),
+});
+
+export const decodeRunState = jsonDecoder<RunState>('run state', RUN_STATE);
+export const decodeRunSummary = jsonDecoder<RunSummary>('run summary', RUN_SUMMARY);
+export const decodeHostEntry = jsonDecoder<HostEntry>('host record', HOST_ENTRY);
+export const decodeSlotRecord = jsonDecoder<SlotRecord>('slot record', SLOT_RECORD);
+export const decodeBridgeRecord = jsonDecoder<BridgeRecord>('bridge record', BRIDGE_RECORD);
+export const decodeCounterRecord = jsonDecoder<CounterRecord>('counter record', COUNTER_RECORD);

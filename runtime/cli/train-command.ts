@@ -175,7 +175,7 @@ export function trainCommand(program: Command): void {
         onProgress: (p: Progress) => {
           if (p.replica !== 0) return;
           if (!started) { ui.start(); started = true; }
-          ui.step(p.step, p.loss, p.tokensPerSecond);
+          ui.step(p.step, p.loss ?? NaN, p.tokensPerSecond);  // null: not finite (a skipped step)
         },
         onFinished: flags.export
           ? async ({ url, run }) => exportModel(flags.export!, (await statesFromRun(url, run, 0)).blobs, t.tokenizer, run, (line) => { ui.stop(); ui.log(line); })
@@ -187,6 +187,6 @@ export function trainCommand(program: Command): void {
         ui.log(`${receiver.spans()} spans in ${flags.traceFile}: caravan timeline --trace-file ${flags.traceFile} --out timeline.html`);
       }
       if (flags.json) process.stdout.write(`${JSON.stringify({ ...summary, mode: 'nats' })}\n`);
-      else ui.log(`done: loss ${summary.losses[0].toFixed(3)} → ${summary.final_loss.toFixed(3)}, ${Math.round(summary.tokens_per_s)} tok/s, ${summary.dead_letters} dead-lettered frames, params sha256 ${summary.params_sha256.slice(0, 16)}… (run ${summary.run})`);
+      else ui.log(`done: loss ${(summary.losses[0] ?? NaN).toFixed(3)} → ${(summary.final_loss ?? NaN).toFixed(3)}, ${Math.round(summary.tokens_per_s)} tok/s, ${summary.dead_letters} dead-lettered frames, params sha256 ${summary.params_sha256.slice(0, 16)}… (run ${summary.run})`);
     });
 }

@@ -21,7 +21,7 @@ function replica(input: Partial<ReplicaMachineInput> & Pick<ReplicaMachineInput,
   return { actor, send };
 }
 
-const done = (stage: number, step: number, sumSquares: number[], loss?: number): ReplicaEvent =>
+const done = (stage: number, step: number, sumSquares: Array<number | null>, loss?: number): ReplicaEvent =>
   ({ type: 'STAGE_DONE', stage, step, sumSquares, ...(loss === undefined ? {} : { loss }) });
 const stepped = (stage: number, step: number): ReplicaEvent => ({ type: 'STAGE_STEPPED', stage, step });
 /** The commits among what the replica emitted (the next step's open comes with each). */
@@ -164,4 +164,11 @@ test('a step whose gradients are not finite: skip-step commits it as skipped; st
   const lossOnly = replica({ stages: 3, nonFinite: 'skip-step' });
   lossOnly.send({ type: 'START' });
   t.like([0, 1, 2].flatMap((s) => lossOnly.send(done(s, 0, SUMS[s], s === 2 ? NaN : undefined)))[0], { type: 'COMMIT_STEP', skip: true }, 'a loss that is not finite skips the step too');
+});
+
+test('a sum that was not finite arrives as null (JSON has no NaN) and counts as not finite, not as 0', (t) => {
+  const stopping = replica({ stages: 2 });
+  stopping.send({ type: 'START' });
+  t.deepEqual([0, 1].flatMap((s) => stopping.send(done(s, 0, s === 0 ? [3, null] : [4], s === 1 ? 3.25 : undefined))),
+    [{ type: 'NOT_FINITE', replica: 2, step: 0, gradNorm: NaN, loss: 3.25, stages: [0] }]);
 });

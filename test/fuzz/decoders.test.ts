@@ -2,14 +2,17 @@
 // generated and mutated inputs (fast-check): frame envelopes with every codec
 // chain, the codec streams alone, Bridge payloads, checkpoints (the
 // safetensors reader and the engine's own loader), token shards, run
-// configs (text and values), signature headers, registrations, slot records.
-// Each input must give either a result that keeps the decoder's promises or
-// an Error that names what is wrong: never a crash, a hang, a TypeError from
-// deep inside, or an error without a message.
+// configs (text and values), signature headers, registrations, slot records,
+// and every control message and run record (schemas/control-messages.ts,
+// schemas/run-records.ts). Each input must give either a result that keeps
+// the decoder's promises or an Error that names what is wrong: never a crash,
+// a hang, a TypeError from deep inside, or an error without a message.
 //
-// CI runs CARAVAN_FUZZ_RUNS (default 1500) inputs per target, 18,500 in all;
-// `CARAVAN_FUZZ_RUNS=10000 npx ava test/fuzz` runs 123,334 (about 20 s), and
-// CARAVAN_FUZZ_SEED picks other inputs.
+// CI runs CARAVAN_FUZZ_RUNS (default 1500) inputs per target, and a fifth of
+// that for each of the 16 control message decoders twice (valid messages,
+// then hostile ones): 28,100 in all; `CARAVAN_FUZZ_RUNS=10000 npx ava
+// test/fuzz` runs 187,334, and CARAVAN_FUZZ_SEED picks other inputs.
+import { isDeepStrictEqual } from 'node:util';
 import test, { type ExecutionContext } from 'ava';
 import fc from 'fast-check';
 import { EngineStage, encodeSafeTensors, decodeSafeTensors } from '../../native/index.ts';
@@ -22,7 +25,15 @@ import { parseSignatureHeader, signatureHeader } from '../../runtime/security/me
 import { checkRegistration, registrationProof } from '../../runtime/security/registration.ts';
 import { preset } from '../../runtime/config/presets.ts';
 import { decodeSlot } from '../../runtime/transport/slots.ts';
-import { encodeJson } from '../../schemas/json-message.ts';
+import {
+  decodeFaultReached, decodeFaultReply, decodeFaultRequest, decodeHostAnnouncement, decodeProgress, decodeRegistration, decodeRegistrationReply,
+  decodeRunFailure, decodeStageReport, decodeStepControl, FAULT_POINTS, type CheckpointPointer, type StageCounters,
+} from '../../schemas/control-messages.ts';
+import { ControlMessageError, encodeJson } from '../../schemas/json-message.ts';
+import {
+  decodeBridgeRecord, decodeCounterRecord, decodeHostEntry, decodeRunState, decodeRunSummary, decodeSlotRecord, type BridgeRecord, type SlotRecord,
+} from '../../schemas/run-records.ts';
+import * as arbitrary from '../support/control-message-arbitraries.ts';
 import { validateRunConfig } from '../../schemas/run-config.ts';
 import { decodeFrame, encodeFrame, FrameError, type FrameCodec } from '../../schemas/tensor-frame.ts';
 
@@ -35,8 +46,12 @@ const UNCLEAR = /Cannot read|Cannot set|of undefined|of null|is not a function|i
 
 type Outcome = 'accepted' | 'refused';
 
-/** Runs one decoder on one input: returns whether it took the input (and its result kept `check`'s promises) or refused it clearly. */
-function expectClear(what: string, f: () => unknown, check?: (result: unknown) => void): Outcome {
+/**
+ * Runs one decoder on one input: returns whether it took the input (and its
+ * result kept `check`'s promises) or refused it clearly (and the error kept
+ * `refusal`'s: its class, the field it names).
+ */
+function expectClear(what: string, f: () => unknown, check?: (result: unknown) => void, refusal?: (err: Error) => void): Outcome {
   const started = performance.now();
   let result: unknown;
   try {
@@ -45,6 +60,7 @@ function expectClear(what: string, f: () => unknown, check?: (result: unknown) =
     if (!(err instanceof Error)) throw new Error(`${what}: threw a non-Error: ${String(err)}`);
     if (err instanceof TypeError || UNCLEAR.test(err.message)) throw new Error(`${what}: an error that names nothing: ${err.name}: ${err.message}`);
     if (err.message.length < 16) throw new Error(`${what}: an error too short to say what is wrong: '${err.message}'`);
+    refusal?.(err);
     return 'refused';
   } finally {
     const ms = performance.now() - started;
@@ -222,7 +238,181 @@ test('signature headers, registrations and slot records from the wire: parsed or
   }), params);
   const slot = encodeJson({ replica: 0, stage: 1, host: 'h', generation: 2, signers: [{ generation: 2, host: 'h', key: key.publicKey }] });
   fc.assert(fc.property(fc.oneof(fc.constant(slot), anyBytes, mutated(fc.constant(slot))), (bytes) => {
-    tally.add('decodeSlot', expectClear('decodeSlot', () => decodeSlot(bytes, 'slot.0.1')));
+    tally.add('decodeSlot', expectClear('decodeSlot', () => decodeSlot(bytes, 'slot.0.1'), keeps('decodeSlot', slotPromises), namesField('slot record slot.0.1')));
   }), params);
   tally.assertBothSides(t);
 });
+
+// Control messages and run records. What an accepted message promises is
+// checked here again, field by field, without the decoders' own readers.
+const isCount = (v: unknown): boolean => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
+const isReal = (v: unknown): boolean => typeof v === 'number' && Number.isFinite(v);
+const isRealOrNull = (v: unknown): boolean => v === null || isReal(v);
+const isText = (v: unknown): boolean => typeof v === 'string';
+const isFlag = (v: unknown): boolean => typeof v === 'boolean';
+const absentOr = (test: (v: unknown) => boolean) => (v: unknown): boolean => v === undefined || test(v);
+const every = (test: (v: unknown) => boolean) => (v: unknown): boolean => Array.isArray(v) && v.every(test);
+const isIn = (values: readonly unknown[]) => (v: unknown): boolean => values.includes(v);
+const isWire = (w: { frames: unknown; f32_bytes: unknown; wire_bytes: unknown }): boolean => isCount(w.frames) && isCount(w.f32_bytes) && isCount(w.wire_bytes);
+const isRecoveries = (r: { hosts_lost: unknown; slots_reassigned: unknown; coordinator_restarts: unknown }): boolean =>
+  isCount(r.hosts_lost) && isCount(r.slots_reassigned) && isCount(r.coordinator_restarts);
+const isCheckpoint = (c: CheckpointPointer): boolean => isCount(c.step) && isText(c.object) && isCount(c.resume.control) && absentOr(isCount)(c.resume.act) && absentOr(isCount)(c.resume.grad) && absentOr(isText)(c.sha256);
+const areCounters = (c: StageCounters): boolean => isCount(c.queued) && isWire(c.sent_by_kind.act) && isWire(c.sent_by_kind.grad)
+  && [c.compute.busy_ms, c.compute.first_ms, c.compute.last_ms, c.compute.peak_gflops].every(isReal) && isText(c.compute.device);
+const isBridgeRecord = (r: BridgeRecord): boolean => [r.stage, r.outer, r.bytes_raw, r.bytes_wire].every(isCount) && every(isCount)(r.replicas)
+  && isText(r.theta) && absentOr(isText)(r.momentum) && isReal(r.first_ms) && isReal(r.finished_ms);
+const slotPromises = (m: SlotRecord) => ({
+  'replica, stage, generation': [m.replica, m.stage, m.generation].every(isCount),
+  host: isText(m.host),
+  checkpoint: m.checkpoint === undefined || isCheckpoint(m.checkpoint),
+  signers: m.signers === undefined || m.signers.every((s) => isCount(s.generation) && isText(s.host) && isText(s.key)
+    && (s.until === undefined || (absentOr(isCount)(s.until.act) && absentOr(isCount)(s.until.grad)))),
+});
+
+interface MessageTarget<T> {
+  readonly decode: (bytes: Uint8Array, what?: string) => T;
+  /** Messages as their producers write them. */
+  readonly valid: fc.Arbitrary<unknown>;
+  /** What an accepted message promises, by field: each must be true. */
+  readonly promises: (m: T) => Record<string, boolean>;
+}
+const target = <T>(decode: (bytes: Uint8Array, what?: string) => T, valid: fc.Arbitrary<unknown>, promises: (m: T) => Record<string, boolean>): MessageTarget<unknown> =>
+  ({ decode, valid, promises: promises as (m: unknown) => Record<string, boolean> });
+
+const MESSAGE_TARGETS: Record<string, MessageTarget<unknown>> = {
+  decodeStepControl: target(decodeStepControl, arbitrary.stepControl, (m) => ({
+    type: isIn(['open', 'commit'])(m.type),
+    step: isCount(m.step),
+    'gradScale, gradNorm, loss, skip': m.type === 'open' || (isReal(m.gradScale) && isRealOrNull(m.gradNorm) && isRealOrNull(m.loss) && absentOr(isIn([true]))(m.skip)),
+  })),
+  decodeStageReport: target(decodeStageReport, arbitrary.stageReport, (m) => ({
+    type: isIn(['done', 'stepped', 'checkpoint', 'final', 'contribution'])(m.type),
+    'replica, stage, generation': [m.replica, m.stage, m.generation].every(isCount),
+    host: isText(m.host),
+    step: m.type === 'final' || isCount(m.step),
+    done: m.type !== 'done' || (every(isRealOrNull)(m.sumSquares) && absentOr(isRealOrNull)(m.loss) && areCounters(m.counters)),
+    stepped: m.type !== 'stepped' || every(isCount)(m.contributions),
+    checkpoint: m.type !== 'checkpoint' || isCheckpoint(m.checkpoint),
+    final: m.type !== 'final' || (isText(m.name) && isText(m.sha256) && areCounters(m.counters)),
+    contribution: m.type !== 'contribution' || ([m.outer, m.bytes_raw, m.bytes_wire].every(isCount) && isText(m.object)),
+  })),
+  decodeRegistration: target(decodeRegistration, arbitrary.registration, (m) => ({
+    'host, datacenter, key, proof': [m.host, m.datacenter, m.key, m.proof].every(isText),
+    'device, gpu': [m.device, m.gpu].every(absentOr(isText)),
+  })),
+  decodeRegistrationReply: target(decodeRegistrationReply, arbitrary.registrationReply, (m) => ({ ok: isFlag(m.ok), 'run, reason': [m.run, m.reason].every(absentOr(isText)) })),
+  decodeHostAnnouncement: target(decodeHostAnnouncement, arbitrary.hostAnnouncement, (m) => ({ host: isText(m.host) })),
+  decodeRunFailure: target(decodeRunFailure, arbitrary.runFailure, (m) => ({ reason: isText(m.reason) })),
+  decodeProgress: target(decodeProgress, arbitrary.progress, (m) => ({
+    'replica, step, steps': [m.replica, m.step, m.steps].every(isCount),
+    'loss, gradNorm': [m.loss, m.gradNorm].every(isRealOrNull),
+    tokensPerSecond: isReal(m.tokensPerSecond),
+  })),
+  decodeFaultRequest: target(decodeFaultRequest, arbitrary.faultRequest, (m) => ({ point: isIn(FAULT_POINTS)(m.point), after: isCount(m.after) })),
+  decodeFaultReply: target(decodeFaultReply, arbitrary.faultReply, (m) => ({ ok: isFlag(m.ok), error: absentOr(isText)(m.error) })),
+  decodeFaultReached: target(decodeFaultReached, arbitrary.faultReached, (m) => ({ host: isText(m.host), pid: isCount(m.pid), point: isIn(FAULT_POINTS)(m.point) })),
+  decodeRunState: target(decodeRunState, arbitrary.runState, (m) => ({
+    status: isIn(['gathering', 'running', 'finishing', 'finished', 'failed'])(m.status),
+    step: isCount(m.step),
+    'loss, tokens_per_s, started_at': [m.loss, m.tokens_per_s, m.started_at].every(isRealOrNull),
+    'updated, reason': isText(m.updated) && absentOr(isText)(m.reason),
+    recoveries: m.recoveries === undefined || isRecoveries(m.recoveries),
+    metrics: m.metrics === undefined || (isCount(m.metrics.step) && every(isCount)(m.metrics.queued_by_stage) && isRecoveries(m.metrics.recoveries)
+      && m.metrics.edges.every((e) => isText(e.edge) && isWire(e.act) && isWire(e.grad)) && every(isReal)(m.metrics.utilization_by_stage) && every(isText)(m.metrics.devices_by_stage)
+      && [m.metrics.tokens_per_s, m.metrics.mfu_pct, m.metrics.bubble, m.metrics.bubble_bound].every(isReal)),
+  })),
+  decodeRunSummary: target(decodeRunSummary, arbitrary.runSummary, (m) => ({
+    'steps, stages, replicas, dead_letters': [m.steps, m.stages, m.replicas, m.dead_letters].every(isCount),
+    'losses, final_loss': every(isRealOrNull)(m.losses) && m.losses_by_replica.every(every(isRealOrNull)) && isRealOrNull(m.final_loss),
+    'run, params': isText(m.run) && isText(m.params_sha256) && every(isText)(m.params_sha256_by_replica),
+    wire: isWire(m.wire) && isReal(m.wire.ratio_vs_f32),
+    'rates and fractions': [m.tokens_per_s, m.wall_seconds, m.bubble, m.bubble_bound, m.mfu_pct].every(isReal) && every(isReal)(m.utilization_by_stage),
+    devices_by_stage: every(isText)(m.devices_by_stage),
+    recoveries: isRecoveries(m.recoveries),
+    skipped_steps: m.skipped_steps.every((s) => isCount(s.replica) && isCount(s.step)),
+    'outer_steps, bridge_syncs': absentOr(isCount)(m.outer_steps) && (m.bridge_syncs === undefined || m.bridge_syncs.every(isBridgeRecord)),
+  })),
+  decodeHostEntry: target(decodeHostEntry, arbitrary.hostEntry, (m) => ({
+    status: isIn(['joined', 'standby', 'assigned', 'lost'])(m.status),
+    'host, datacenter, joined': [m.host, m.datacenter, m.joined].every(isText),
+    'key, replica, stage': absentOr(isText)(m.key) && [m.replica, m.stage].every(absentOr(isCount)),
+    layers: m.layers === undefined || (m.layers.length === 2 && m.layers.every(isCount)),
+    slot: m.slot === undefined || m.slot === null || (isCount(m.slot.replica) && isCount(m.slot.stage)),
+  })),
+  decodeSlotRecord: target(decodeSlotRecord, arbitrary.slotRecord, slotPromises),
+  decodeBridgeRecord: target(decodeBridgeRecord, arbitrary.bridgeRecord, (m) => ({ record: isBridgeRecord(m) })),
+  decodeCounterRecord: target(decodeCounterRecord, arbitrary.counterRecord, (m) => ({ value: isCount(m.value) })),
+};
+
+/** Throws unless every promise holds of an accepted message (a promise that cannot even be evaluated is broken too). */
+function keeps<T>(what: string, promises: (m: T) => Record<string, boolean>) {
+  return (m: unknown): void => {
+    let broken: string[];
+    try {
+      broken = Object.entries(promises(m as T)).filter(([, ok]) => !ok).map(([field]) => field);
+    } catch (err) {
+      broken = [`(checking threw ${(err as Error).message})`];
+    }
+    if (broken.length) throw new Error(`${what} accepted ${JSON.stringify(m).slice(0, 300)}, breaking its promise of ${broken.join('; ')}`);
+  };
+}
+
+const FIELD_PATH = /^[A-Za-z_]\w*(\[\d+\]|\.[A-Za-z_]\w*)*$/;
+
+/** A refusal must be a ControlMessageError of the message read, naming the field by its path (or the whole, when it is no JSON object). */
+function namesField(what: string) {
+  return (err: Error): void => {
+    if (!(err instanceof ControlMessageError) || err.what !== what) throw new Error(`${what}: refused with something else than a ControlMessageError of what was read: ${err.name}: ${err.message}`);
+    const named = err.field === ''
+      ? /^[^:]+: (is not valid JSON|must be an object, got)/.test(err.message)
+      : FIELD_PATH.test(err.field) && err.message.startsWith(`${what}: '${err.field}' `);
+    if (!named) throw new Error(`${what}: a refusal that does not name its field clearly: field '${err.field}', ${err.message}`);
+  };
+}
+
+const jsonImage = (value: unknown): unknown => JSON.parse(JSON.stringify(value));
+
+type JsonPath = Array<string | number>;
+function pathsOf(value: unknown, at: JsonPath = []): JsonPath[] {
+  if (typeof value !== 'object' || value === null) return [];
+  const entries: Array<[string | number, unknown]> = Array.isArray(value) ? value.map((x, i) => [i, x]) : Object.entries(value);
+  return entries.flatMap(([key, child]) => [[...at, key], ...pathsOf(child, [...at, key])]);
+}
+
+/** A valid message with one field (at any depth, array elements too) dropped or replaced by another JSON value. */
+function edited(valid: fc.Arbitrary<unknown>): fc.Arbitrary<Uint8Array> {
+  const other = fc.oneof(fc.jsonValue({ maxDepth: 2 }), fc.constantFrom(-1, 0.5, 2 ** 53, '', '3', null, true, [], {}));
+  return fc.tuple(valid, fc.nat(), fc.boolean(), other).map(([message, pick, drop, value]) => {
+    const image = jsonImage(message);
+    const paths = pathsOf(image);
+    const path = paths[pick % paths.length];  // every message has a field
+    const parent = path.slice(0, -1).reduce<unknown>((o, k) => (o as Record<string | number, unknown>)[k], image) as Record<string | number, unknown>;
+    const key = path[path.length - 1];
+    if (!drop) parent[key] = value;
+    else if (Array.isArray(parent)) parent.splice(key as number, 1);
+    else delete parent[key];
+    return encodeJson(image);
+  });
+}
+
+const messageParams = { ...params, numRuns: Math.ceil(RUNS / 5) };
+
+for (const [name, { decode, valid, promises }] of Object.entries(MESSAGE_TARGETS)) {
+  test(`${name}: messages as producers write them come back equal (unknown fields kept); hostile ones are refused naming the field`, (t) => {
+    const what = `fuzzed ${name}`;
+    const tally = new Tally();
+    const promised = keeps(name, promises);
+    fc.assert(fc.property(valid, fc.option(fc.jsonValue({ maxDepth: 2 }), { nil: undefined }), (message, later) => {
+      const sent = jsonImage(later === undefined ? message : { ...(message as object), x_later_field: later });
+      const decoded = decode(encodeJson(sent), what);
+      if (!isDeepStrictEqual(decoded, sent)) throw new Error(`${name}: sent ${JSON.stringify(sent)}, decoded ${JSON.stringify(decoded)}`);
+      promised(decoded);
+      tally.add(name, 'accepted');
+    }), messageParams);
+    const hostile = fc.oneof(edited(valid), mutated(valid.map(encodeJson)), fc.jsonValue().map(encodeJson), anyBytes);
+    fc.assert(fc.property(hostile, (bytes) => {
+      tally.add(name, expectClear(name, () => decode(bytes, what), promised, namesField(what)));
+    }), messageParams);
+    tally.assertBothSides(t);
+  });
+}

@@ -82,7 +82,7 @@ test.serial('the coordinator exports the run\'s metrics over OTLP while it runs,
   const stepsSeen = new Set(points.filter((p) => p.name === 'caravan.run.step').map((p) => p.value));
   t.true(stepsSeen.size >= 2, `steps seen in exports: ${[...stepsSeen].join(', ')}`);
   t.is(last('caravan.run.step'), steps);
-  t.is(last('caravan.run.loss'), summary.final_loss);
+  t.is<number | null, number | null>(last('caravan.run.loss'), summary.final_loss);
   t.true(last('caravan.run.tokens_per_second') > 0);
   t.true(last('caravan.run.mfu') > 0 && last('caravan.run.mfu') < 100);
   t.is(last('caravan.pipeline.bubble_bound'), (S - 1) / (M + S - 1));
