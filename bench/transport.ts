@@ -6,13 +6,19 @@
 // same JetStream path with raw bytes (what the store itself costs), core NATS
 // pub/sub and raw loopback TCP moving the same bytes, alternated in one run on
 // one embedded nats-server (fsync on every write, as runs use).
+//
+// Raw NATS on purpose: this bench measures the client and the server
+// themselves, so it publishes, pulls and subscribes with the NATS client
+// directly (through the run's resources from runtime/transport, and a bare
+// subject for core pub/sub) where runtime code would use the seam's typed
+// handles. The seam rule (test/architecture/nats-seam.test.ts) is for runtime/.
 import { once } from 'node:events';
 import { createServer, connect as tcpConnect, type Socket } from 'node:net';
 import { connectNats } from '../runtime/transport/connect.ts';
 import { startNatsServer } from '../runtime/nats/nats-server.ts';
 import { ensureInputStream, openEdgeConsumer, openRunResources } from '../runtime/transport/run-resources.ts';
 import { decodeFrame, encodeFrame, frameMsgId } from '../schemas/tensor-frame.ts';
-import { headers } from '@nats-io/transport-node';
+import { newMessageHeaders } from '../runtime/transport/message-headers.ts';
 import { newHostKey, verifySignature } from '../runtime/security/host-key.ts';
 import { parseSignatureHeader, SIGNATURE_HEADER, signatureHeader } from '../runtime/security/message-signature.ts';
 
@@ -64,7 +70,7 @@ export async function benchTransport(args: string[]): Promise<Record<string, unk
           const inflight: Promise<unknown>[] = [];
           for (let i = 0; i < count; i++) {
             const body = method === 'jetstream' ? payload : encodeFrame({ run, replica: 0, stage, step: rep, microbatch: i, kind: 'act', shape: [1, T, d], data });
-            const h = method === 'signed' ? headers() : undefined;
+            const h = method === 'signed' ? newMessageHeaders() : undefined;
             h?.set(SIGNATURE_HEADER, signatureHeader(key, 1, 'frame', res.names.act(0, stage), body));
             inflight.push(res.js.publish(res.names.act(0, stage), body, { msgID: frameMsgId(run, 0, rep, i, 'act', stage), headers: h }));
             if (inflight.length >= 8) await inflight.shift();
@@ -101,7 +107,8 @@ export async function benchTransport(args: string[]): Promise<Record<string, unk
       const body = new Uint8Array(s).fill(7);
       const t0 = performance.now();
       for (let i = 0; i < 50; i++) {
-        const sig = parseSignatureHeader(signatureHeader(key, 1, 'frame', 'caravan.bench.act.0.1', body), 'frame', 'caravan.bench.act.0.1', body);
+        const subject = res.names.act(0, 1);
+        const sig = parseSignatureHeader(signatureHeader(key, 1, 'frame', subject, body), 'frame', subject, body);
         if (typeof sig === 'string' || !verifySignature(key.publicKey, sig.message, sig.signature)) throw new Error('did not verify');
       }
       return +((performance.now() - t0) / 50).toFixed(3);

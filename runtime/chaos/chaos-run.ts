@@ -9,21 +9,22 @@
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { NatsConnection } from '@nats-io/transport-node';
 import type { RunConfig } from '../../schemas/run-config.ts';
-import { decodeRunSummary, type RecoveryCounts, type RunSummary } from '../../schemas/run-records.ts';
-import { decodeFaultReached, decodeFaultReply, decodeProgress, decodeRunFailure, decodeStageReport, type FaultReached, type FaultRequest } from '../../schemas/control-messages.ts';
+import type { RecoveryCounts, RunSummary } from '../../schemas/run-records.ts';
+import type { FaultReached, FaultRequest } from '../../schemas/control-messages.ts';
 import type { Logger } from '../log.ts';
-import { connectNats } from '../transport/connect.ts';
+import { connectNats, type NatsConnection } from '../transport/connect.ts';
 import { startNatsCluster, type NatsClusterHandle } from '../nats/nats-cluster.ts';
 import { startNatsServer, type NatsServerHandle } from '../nats/nats-server.ts';
 import { isRunning, spawnCaravan, type CaravanChild } from '../train/caravan-child.ts';
 import { newRunId, trainDistributed } from '../train/train-distributed.ts';
 import { trainLocal } from '../train/train-local.ts';
-import { encodeJson } from '../../schemas/json-message.ts';
 import { openRunResources, type RunResources } from '../transport/run-resources.ts';
 import { edgeLimits } from '../transport/edge-limits.ts';
-import { readSlot } from '../transport/slots.ts';
+import { FaultInjection } from '../transport/fault-injection.ts';
+import { followRunEvents } from '../transport/run-events.ts';
+import { RunStateReader } from '../transport/run-state-reader.ts';
+import { storedStageReports } from '../transport/stored-reports.ts';
 import { planKills, type KillKind, type PlannedKill } from './kill-plan.ts';
 
 export interface ChaosOptions {
@@ -87,6 +88,8 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
     const url = cluster?.url ?? single!.url;
     nc = await connectNats(url, `caravan-chaos-${run}`);
     const res = await openRunResources(nc, run, { limits: edgeLimits(o.config) });
+    const runState = new RunStateReader(res);
+    const faults = new FaultInjection(nc, res.names);
     const configFile = join(dir, 'run.json');
     await writeFile(configFile, JSON.stringify(o.config));
 
@@ -122,18 +125,17 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
     const commits: Array<{ step: number; at: number }> = [];
     let committedSteps = 0;  // replica 0's steps committed so far
     let summary: RunSummary | undefined;
-    nc.subscribe(res.names.progress, {
-      callback: (_e, m) => {
-        const p = decodeProgress(m.data);
+    await followRunEvents(nc, res.names, {
+      progress: (p) => {
         if (p.replica !== 0) return;
         commits.push({ step: p.step, at: performance.now() });
         committedSteps = Math.max(committedSteps, p.step + 1);
       },
+      finished: (s) => { summary = s; },
+      failed: (f) => fail(new Error(f.reason)),
     });
-    nc.subscribe(res.names.finished, { callback: (_e, m) => { summary = decodeRunSummary(m.data); } });
-    nc.subscribe(res.names.failed, { callback: (_e, m) => fail(new Error(decodeRunFailure(m.data).reason)) });
     const reached: FaultReached[] = [];
-    nc.subscribe(res.names.chaosReached, { callback: (_e, m) => { reached.push(decodeFaultReached(m.data)); } });
+    faults.onReached((r) => { reached.push(r); });
 
     const until = async (what: string, cond: () => boolean, timeoutMs = 120_000) => {
       const deadline = performance.now() + timeoutMs;
@@ -184,7 +186,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
 
     async function strikeStage(kill: PlannedKill): Promise<void> {
       const target = kill.target as Extract<PlannedKill['target'], { kind: 'stage' }>;
-      const slot = await readSlot(res.kv, target.replica, target.stage);
+      const slot = await runState.slot(target.replica, target.stage);
       if (!slot) throw new Error(`chaos: slot ${target.replica}.${target.stage} has no holder`);
       const holder = children.find((c) => c.process.pid === pidOf(slot.record.host));
       if (!holder || !isRunning(holder)) throw new Error(`chaos: the holder of slot ${target.replica}.${target.stage} (${slot.record.host}) is not a running child`);
@@ -198,7 +200,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
         let handedOver = false;
         const deadline = performance.now() + 60_000;
         while (!handedOver && performance.now() < deadline) {
-          handedOver = (await readSlot(res.kv, target.replica, target.stage))?.record.host !== slot.record.host;
+          handedOver = (await runState.slot(target.replica, target.stage))?.record.host !== slot.record.host;
           if (!handedOver) await sleep(100);
         }
         if (!handedOver) throw new Error(`chaos: slot ${target.replica}.${target.stage} was not handed over while its host was stopped`);
@@ -215,7 +217,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
         at = performance.now();
       } else {
         const request: FaultRequest = { point: target.point, after: 1 };
-        const reply = decodeFaultReply((await nc!.request(res.names.chaos(slot.record.host), encodeJson(request), { timeout: 5000 })).data);
+        const reply = await faults.arm(slot.record.host, request);
         if (!reply.ok) throw new Error(`chaos: ${reply.error}`);
         const from = reached.length;
         await until(`${detail} to reach its fault point`, () => reached.slice(from).some((r) => r.pid === holder.process.pid) || summary !== undefined || !isRunning(holder), 120_000);
@@ -291,27 +293,19 @@ function median(xs: readonly number[]): number {
  */
 export async function countContributions(res: RunResources, config: RunConfig): Promise<{ lost: number; duplicated: number; mismatches: number }> {
   const t = config.training;
-  const last = (await res.jsm.streams.info(res.names.controlStream)).state.last_seq;
   const stepped = new Map<string, number[][]>();
   const done = new Map<string, string>();
   let mismatches = 0;
-  if (last > 0) {
-    const consumer = await res.js.consumers.get(res.names.controlStream, { filter_subjects: [`caravan.${res.names.run}.report.>`] });
-    const messages = await consumer.consume();
-    for await (const m of messages) {
-      const r = decodeStageReport(m.data);
-      if (r.type === 'stepped') {
-        const k = `${r.replica}.${r.stage}.${r.step}`;
-        stepped.set(k, [...(stepped.get(k) ?? []), r.contributions]);
-      } else if (r.type === 'done') {
-        const k = `${r.replica}.${r.stage}.${r.step}`;
-        const sums = JSON.stringify(r.sumSquares);
-        if (done.has(k) && done.get(k) !== sums) mismatches++;
-        else done.set(k, sums);
-      }
-      if (m.seq >= last || m.info.pending === 0) break;
+  for await (const r of storedStageReports(res)) {
+    if (r.type === 'stepped') {
+      const k = `${r.replica}.${r.stage}.${r.step}`;
+      stepped.set(k, [...(stepped.get(k) ?? []), r.contributions]);
+    } else if (r.type === 'done') {
+      const k = `${r.replica}.${r.stage}.${r.step}`;
+      const sums = JSON.stringify(r.sumSquares);
+      if (done.has(k) && done.get(k) !== sums) mismatches++;
+      else done.set(k, sums);
     }
-    await messages.close();
   }
   let lost = 0, duplicated = 0;
   for (let r = 0; r < t.replicas; r++) {

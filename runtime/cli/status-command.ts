@@ -3,9 +3,10 @@
 // throughput, dead-lettered frames.
 import { Command } from 'commander';
 import { connectToRun } from '../transport/connect.ts';
-import { decodeBridgeRecord, decodeCounterRecord, decodeHostEntry, decodeRunState, decodeRunSummary, type HostEntry, type LiveMetrics, type PipelineUse, type RecoveryCounts, type RunState, type RunSummary, type SlotRecord } from '../../schemas/run-records.ts';
+import type { HostEntry, LiveMetrics, PipelineUse, RecoveryCounts, RunState, RunSummary, SlotRecord } from '../../schemas/run-records.ts';
+import type { DeadLetter } from '../transport/dead-letters.ts';
 import { openExistingRun } from '../transport/run-resources.ts';
-import { decodeSlot } from '../transport/slots.ts';
+import { RunStateReader } from '../transport/run-state-reader.ts';
 import { validateRunId } from '../transport/subjects.ts';
 
 export interface RunStatus {
@@ -13,7 +14,7 @@ export interface RunStatus {
   readonly state: RunState | null;
   readonly hosts: HostEntry[];
   readonly slots: SlotRecord[];
-  readonly dead_letters: { count: number; recent: Array<{ fault: string; reason: string; subject: string; host: string }> };
+  readonly dead_letters: { count: number; recent: DeadLetter[] };
   readonly summary: RunSummary | null;
   /** With a Bridge: each stage's last stored sync (outer step, replicas, span in ms). */
   readonly bridge: Array<{ stage: number; outer: number; replicas: number[]; ms: number }>;
@@ -22,39 +23,17 @@ export interface RunStatus {
 export async function readRunStatus(url: string, run: string, nkey?: string): Promise<RunStatus> {
   const nc = await connectToRun(url, `caravan-status-${run}`, run, nkey);
   try {
-    const res = await openExistingRun(nc, run, url);
-    const json = async <T>(key: string, decode: (bytes: Uint8Array, what: string) => T): Promise<T | null> => {
-      const e = await res.kv.get(key);
-      return e && e.value.length ? decode(e.value, `KV ${key}`) : null;
+    const reader = new RunStateReader(await openExistingRun(nc, run, url));
+    const bridge = (await reader.bridgeSyncs()).map(({ stage, outer, record }) => ({ stage, outer, replicas: record.replicas, ms: record.finished_ms - record.first_ms }));
+    return {
+      run,
+      state: (await reader.state()) ?? null,
+      hosts: await reader.hosts(),
+      slots: await reader.slots(),
+      dead_letters: await reader.deadLetters(20),
+      summary: (await reader.summary()) ?? null,
+      bridge,
     };
-    const hosts: HostEntry[] = [];
-    for await (const key of await res.kv.keys('hosts.>')) {
-      const h = await json(key, decodeHostEntry);
-      if (h) hosts.push(h);
-    }
-    const slots: SlotRecord[] = [];
-    for await (const key of await res.kv.keys('slot.>')) {
-      const e = await res.kv.get(key);
-      if (e && e.operation === 'PUT' && e.value.length) slots.push(decodeSlot(e.value, key));
-    }
-    slots.sort((a, b) => a.replica - b.replica || a.stage - b.stage);
-    const info = await res.jsm.streams.info(res.names.deadStream);
-    const recent: RunStatus['dead_letters']['recent'] = [];
-    for (let seq = info.state.last_seq; seq >= info.state.first_seq && seq > 0 && recent.length < 20; seq--) {
-      const m = await res.jsm.streams.getMessage(res.names.deadStream, { seq }).catch(() => null);
-      if (!m) continue;
-      const h = m.header;
-      recent.push({ fault: h.get('Caravan-Fault'), reason: h.get('Caravan-Reason'), subject: h.get('Caravan-Subject'), host: h.get('Caravan-Host') });
-    }
-    const bridge: RunStatus['bridge'] = [];
-    for await (const key of await res.kv.keys('bridge-outer.>')) {
-      const stage = Number(key.split('.')[1]);
-      const outer = (await json(key, decodeCounterRecord))?.value;
-      const record = outer ? await json(res.names.bridgeKey(stage, outer), decodeBridgeRecord) : null;
-      if (record) bridge.push({ stage, outer: outer!, replicas: record.replicas, ms: record.finished_ms - record.first_ms });
-    }
-    bridge.sort((a, b) => a.stage - b.stage);
-    return { run, state: await json('state', decodeRunState), hosts, slots, dead_letters: { count: info.state.messages, recent }, summary: await json('summary', decodeRunSummary), bridge };
   } finally {
     await nc.close();
   }

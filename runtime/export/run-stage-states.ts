@@ -4,9 +4,10 @@
 import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { splitLayers } from '../../native/index.ts';
-import { decodeRunConfig, type RunConfig } from '../../schemas/run-config.ts';
+import type { RunConfig } from '../../schemas/run-config.ts';
 import { connectToRun } from '../transport/connect.ts';
 import { openExistingRun } from '../transport/run-resources.ts';
+import { RunStateReader } from '../transport/run-state-reader.ts';
 import type { StageStateBlob } from './stitch-stages.ts';
 
 export async function statesFromCheckpointDir(dir: string): Promise<StageStateBlob[]> {
@@ -24,17 +25,15 @@ export async function statesFromCheckpointDir(dir: string): Promise<StageStateBl
 export async function statesFromRun(url: string, run: string, replica: number, nkey?: string): Promise<{ blobs: StageStateBlob[]; config: RunConfig }> {
   const nc = await connectToRun(url, `caravan-export-${run}`, run, nkey);
   try {
-    const res = await openExistingRun(nc, run, url);
-    const entry = await res.kv.get('config');
-    if (!entry || !entry.value.length) throw new Error(`run '${run}' has no config in KV`);
-    const config = decodeRunConfig(entry.value, `run ${run} config`);
+    const reader = new RunStateReader(await openExistingRun(nc, run, url));
+    const config = await reader.config();
+    if (!config) throw new Error(`run '${run}' has no config in KV`);
     if (!Number.isSafeInteger(replica) || replica < 0 || replica >= config.training.replicas) {
       throw new Error(`run '${run}' has replicas 0..${config.training.replicas - 1}, not ${replica}`);
     }
     const blobs: StageStateBlob[] = [];
     for (const [begin, end] of splitLayers(config.model.nLayers, config.training.stages)) {
-      const name = res.names.finalState(replica, begin, end);
-      const bytes = await res.objects.getBlob(name);
+      const { name, bytes } = await reader.finalState(replica, begin, end);
       if (!bytes) throw new Error(`run '${run}' has no final state ${name} (has the run finished?)`);
       blobs.push({ source: `${run}:${name}`, bytes });
     }

@@ -13,6 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { jetstreamManager, StorageType, type JetStreamManager, type Placement } from '@nats-io/jetstream';
 import { connectNats } from '../transport/connect.ts';
+import { placementProbe } from '../transport/subjects.ts';
 import { EMBEDDED_MAX_PAYLOAD, natsServerBinary } from './nats-server.ts';
 
 export interface ClusterServer {
@@ -47,7 +48,6 @@ export interface NatsClusterOptions {
 }
 
 const CLUSTER_NAME = 'caravan';
-const PROBE_STREAM = 'CARAVAN_CLUSTER_PROBE';
 // How long a meta group short of servers is given to heal by itself before the
 // left-out server is restarted.
 const META_GRACE_MS = 4_000;
@@ -336,8 +336,8 @@ export async function awaitPlacement(url: string, probes: readonly PlacementProb
           jsm ??= await jetstreamManager(nc, { timeout: 5_000 });
           // Adding an identical stream again is not an error, so a retry after a
           // create that timed out but happened still succeeds.
-          await jsm.streams.add({ name: PROBE_STREAM, subjects: ['caravan.placement-probe'], storage: StorageType.File, num_replicas: probe.replicas, ...(probe.placement ? { placement: probe.placement } : {}) });
-          await jsm.streams.delete(PROBE_STREAM);
+          await jsm.streams.add({ name: placementProbe.stream, subjects: [placementProbe.subject], storage: StorageType.File, num_replicas: probe.replicas, ...(probe.placement ? { placement: probe.placement } : {}) });
+          await jsm.streams.delete(placementProbe.stream);
           pending.splice(pending.indexOf(probe), 1);
         } catch (err) {
           last = `${probe.what}: ${(err as Error).message}`;

@@ -13,7 +13,7 @@
 //                checked by SHA-256 against signed reports. It cannot write
 //                run state or step control, nor create or delete streams.
 //   observer     reads run state, objects and dead letters (`caravan status`, `caravan export`).
-import { runNames, runInboxPrefix } from '../transport/subjects.ts';
+import { jetStreamApi, runNames } from '../transport/subjects.ts';
 
 export type Role = 'coordinator' | 'host' | 'observer';
 export const ROLES: readonly Role[] = ['coordinator', 'host', 'observer'];
@@ -34,28 +34,18 @@ export interface RunShape {
 function streamsOf(run: string, shape: RunShape) {
   const n = runNames(run);
   const inputs = Array.from({ length: shape.replicas }, (_, r) => Array.from({ length: shape.stages }, (_, s) => n.inputStream(r, s))).flat();
-  return { inputs, control: n.controlStream, dead: n.deadStream, kv: `KV_${n.kvBucket}`, objects: `OBJ_${n.objectBucket}` };
+  return { inputs, control: n.controlStream, dead: n.deadStream, kv: n.kvStream, objects: n.objectStream };
 }
-
-/** Reading a stream's messages by sequence or subject. */
-const reads = (stream: string) => [`$JS.API.STREAM.INFO.${stream}`, `$JS.API.STREAM.MSG.GET.${stream}`, `$JS.API.DIRECT.GET.${stream}`, `$JS.API.DIRECT.GET.${stream}.>`];
-/** Reading through consumers of a stream: creating, finding and deleting them, pulling and acking. */
-const consumes = (stream: string) => [
-  `$JS.API.CONSUMER.CREATE.${stream}`, `$JS.API.CONSUMER.CREATE.${stream}.>`, `$JS.API.CONSUMER.DURABLE.CREATE.${stream}.*`,
-  `$JS.API.CONSUMER.INFO.${stream}.*`, `$JS.API.CONSUMER.DELETE.${stream}.*`, `$JS.API.CONSUMER.LIST.${stream}`, `$JS.API.CONSUMER.NAMES.${stream}`,
-  `$JS.API.CONSUMER.MSG.NEXT.${stream}.*`, `$JS.ACK.${stream}.>`,
-];
 
 export function permissionsFor(role: Role, run: string, shape: RunShape): Permissions {
   const n = runNames(run);
   const st = streamsOf(run, shape);
-  const p = `caravan.${run}`;
-  const inbox = `${runInboxPrefix(run)}.>`;
+  const { reads, consumes } = jetStreamApi;
   const all = [...st.inputs, st.control, st.dead, st.kv, st.objects];
   if (role === 'coordinator') {
     return {
-      publish: { allow: [`${p}.>`, inbox, '$JS.API.INFO', ...all.flatMap((s) => [`$JS.API.STREAM.*.${s}`, `$JS.API.STREAM.*.*.${s}`, `$JS.API.DIRECT.GET.${s}`, `$JS.API.DIRECT.GET.${s}.>`, ...consumes(s)]), `$KV.${n.kvBucket}.>`, `$O.${n.objectBucket}.>`] },
-      subscribe: { allow: [`${p}.>`, inbox] },
+      publish: { allow: [n.all, n.inboxes, jetStreamApi.info, ...all.flatMap((s) => [...jetStreamApi.streamAdmin(s), ...jetStreamApi.directGet(s), ...consumes(s)]), n.kvSubjects, n.objectSubjects] },
+      subscribe: { allow: [n.all, n.inboxes] },
       allow_responses: true,
     };
   }
@@ -63,20 +53,20 @@ export function permissionsFor(role: Role, run: string, shape: RunShape): Permis
     return {
       publish: {
         allow: [
-          `${p}.act.>`, `${p}.grad.>`, `${p}.dead.>`, `${p}.report.>`, `${p}.hb.*`, `${p}.ctl.register`, `${p}.ctl.ready`, `${p}.ctl.failed`, `${p}.chaos-reached`,
-          '$JS.API.INFO', ...all.map((s) => `$JS.API.STREAM.INFO.${s}`),
+          n.edges('act'), n.edges('grad'), n.deadLetters, n.reports, n.heartbeats, n.register, n.ready, n.failed, n.chaosReached,
+          jetStreamApi.info, ...all.map(jetStreamApi.streamInfo),
           ...st.inputs.flatMap(consumes), ...consumes(st.control),
           ...reads(st.kv), ...consumes(st.kv),
-          ...reads(st.objects), ...consumes(st.objects), `$O.${n.objectBucket}.>`,
+          ...reads(st.objects), ...consumes(st.objects), n.objectSubjects,
           // Re-uploading an object under the same name (a replacement's Bridge contribution) purges its old chunks.
-          `$JS.API.STREAM.PURGE.${st.objects}`,
+          jetStreamApi.streamPurge(st.objects),
         ],
       },
-      subscribe: { allow: [inbox, `${p}.ctl.failed`, `${p}.chaos.*`] },
+      subscribe: { allow: [n.inboxes, n.failed, n.chaosRequests] },
     };
   }
   return {
-    publish: { allow: ['$JS.API.INFO', ...all.map((s) => `$JS.API.STREAM.INFO.${s}`), ...reads(st.kv), ...consumes(st.kv), ...reads(st.objects), ...consumes(st.objects), ...reads(st.dead)] },
-    subscribe: { allow: [inbox] },
+    publish: { allow: [jetStreamApi.info, ...all.map(jetStreamApi.streamInfo), ...reads(st.kv), ...consumes(st.kv), ...reads(st.objects), ...consumes(st.objects), ...reads(st.dead)] },
+    subscribe: { allow: [n.inboxes] },
   };
 }

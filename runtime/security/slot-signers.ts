@@ -2,8 +2,8 @@
 // cached and kept current by the caller's KV watch, re-read when a message
 // names a generation the cache does not know yet (a replacement's first
 // frames can beat the watch).
-import type { KV } from '@nats-io/kv';
 import { retryTransient } from '../transport/durable-publish.ts';
+import type { RunStateBucket } from '../transport/run-resources.ts';
 import { readSlot } from '../transport/slots.ts';
 import type { SlotRecord } from '../../schemas/run-records.ts';
 import { verifySignature } from './host-key.ts';
@@ -27,7 +27,7 @@ export type SignatureVerdict = { ok: true; generation: number; host: string } | 
 export class SlotSigners {
   private readonly records = new Map<string, SlotRecord>();
 
-  constructor(private readonly kv: KV) {}
+  constructor(private readonly kv: RunStateBucket) {}
 
   /** A slot record as the KV watch delivered it. */
   update(record: SlotRecord): void {

@@ -3,12 +3,11 @@
 // standby) and a partition (one datacenter's links cut for a while after
 // the first step). It records when each struck and how long replica 0 then
 // stood still: the time to its next committed step.
-import type { NatsConnection } from '@nats-io/transport-node';
 import type { Logger } from '../log.ts';
-import { connectNats } from '../transport/connect.ts';
+import { connectNats, type NatsConnection } from '../transport/connect.ts';
 import type { Progress } from '../train/train-distributed.ts';
-import { readSlot } from '../transport/slots.ts';
-import { openExistingRun, type RunResources } from '../transport/run-resources.ts';
+import { openExistingRun } from '../transport/run-resources.ts';
+import { RunStateReader } from '../transport/run-state-reader.ts';
 import type { WanNetwork } from '../wan/wan-network.ts';
 
 export interface SimulateFaults {
@@ -32,7 +31,7 @@ export function killTarget(k: number, stages: number, replicas: number): { repli
 }
 
 export class FaultInjector {
-  private res: RunResources | undefined;
+  private runState: RunStateReader | undefined;
   private nc: NatsConnection | undefined;
   private readonly records: Array<{ fault: FaultRecord['fault']; detail: string; after_step: number; at: number; stall_s: number | null }> = [];
   private killed = 0;
@@ -50,7 +49,7 @@ export class FaultInjector {
   async attach(url: string, run: string): Promise<void> {
     if (!this.active) return;
     this.nc = await connectNats(url, 'simulate-faults');
-    this.res = await openExistingRun(this.nc, run, url);
+    this.runState = new RunStateReader(await openExistingRun(this.nc, run, url));
   }
 
   /** A committed step: close the stalls that were open, then strike what is due. */
@@ -75,7 +74,7 @@ export class FaultInjector {
 
   private async kill(k: number, step: number): Promise<void> {
     const { replica, stage } = killTarget(k, this.o.stages, this.o.replicas);
-    const holder = this.res && (await readSlot(this.res.kv, replica, stage).catch(() => undefined))?.record.host;
+    const holder = this.runState && (await this.runState.slot(replica, stage).catch(() => undefined))?.record.host;
     // Host ids end with the host process's pid (host-process.ts, hostId).
     const pid = Number(/-(\d+)$/.exec(holder ?? '')?.[1]);
     if (!holder || !Number.isSafeInteger(pid)) {

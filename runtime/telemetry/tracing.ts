@@ -13,7 +13,7 @@ import { OTLPTraceExporter as JsonExporter } from '@opentelemetry/exporter-trace
 import { OTLPTraceExporter as ProtoExporter } from '@opentelemetry/exporter-trace-otlp-proto';
 import { detectResources, envDetector, resourceFromAttributes } from '@opentelemetry/resources';
 import { BasicTracerProvider, BatchSpanProcessor, ParentBasedSampler, TraceIdRatioBasedSampler } from '@opentelemetry/sdk-trace-base';
-import { headers as natsHeaders, type MsgHdrs } from '@nats-io/transport-node';
+import { newMessageHeaders, type MessageHeaders } from '../transport/message-headers.ts';
 
 export interface TracingIdentity {
   readonly service: string;       // default for OTEL_SERVICE_NAME
@@ -36,18 +36,18 @@ export interface Tracing {
 const propagator = new W3CTraceContextPropagator();
 
 /** NATS headers carrying `ctx` as traceparent (and tracestate), merged into `into` when given. */
-export function traceHeaders(ctx: Context | undefined, into?: MsgHdrs): MsgHdrs | undefined {
+export function traceHeaders(ctx: Context | undefined, into?: MessageHeaders): MessageHeaders | undefined {
   if (!ctx || !trace.getSpan(ctx)?.isRecording()) return into;
-  const h = into ?? natsHeaders();
+  const h = into ?? newMessageHeaders();
   propagator.inject(ctx, h, { set: (carrier, key, value) => carrier.set(key, value) });
   return h;
 }
 
 /** The trace context a message's headers carry, if any. */
-export function traceContext(h: MsgHdrs | undefined): Context | undefined {
+export function traceContext(h: MessageHeaders | undefined): Context | undefined {
   if (!h || !h.get('traceparent')) return undefined;
   return propagator.extract(ROOT_CONTEXT, h, {
-    // MsgHdrs.get answers "" for a missing key; the propagator wants undefined.
+    // MessageHeaders.get answers "" for a missing key; the propagator wants undefined.
     get: (carrier, key) => carrier.get(key) || undefined,
     keys: (carrier) => carrier.keys(),
   });

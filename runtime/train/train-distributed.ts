@@ -7,14 +7,15 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { RunConfig } from '../../schemas/run-config.ts';
-import { decodeRunSummary, type RunSummary } from '../../schemas/run-records.ts';
-import { decodeProgress, decodeRunFailure, type Progress } from '../../schemas/control-messages.ts';
+import type { RunSummary } from '../../schemas/run-records.ts';
+import type { Progress } from '../../schemas/control-messages.ts';
 import { REPLACED_EXIT_CODE } from '../host/host-process.ts';
 import type { Logger } from '../log.ts';
 import { connectToRun } from '../transport/connect.ts';
 import { startNatsServer, type NatsServerHandle } from '../nats/nats-server.ts';
 import { openRunResources } from '../transport/run-resources.ts';
 import { edgeLimits } from '../transport/edge-limits.ts';
+import { followRunEvents } from '../transport/run-events.ts';
 import { isRunning, spawnCaravan, type CaravanChild } from './caravan-child.ts';
 
 export type { Progress };
@@ -85,10 +86,11 @@ export async function trainDistributed(o: DistributedOptions): Promise<RunSummar
       const res = await openRunResources(nc, run, { limits: edgeLimits(o.config) });
       let settle!: (v: RunSummary | Error) => void;
       const outcome = new Promise<RunSummary | Error>((r) => { settle = r; });
-      nc.subscribe(res.names.progress, { callback: (_e, m) => o.onProgress?.(decodeProgress(m.data)) });
-      nc.subscribe(res.names.finished, { callback: (_e, m) => settle(decodeRunSummary(m.data)) });
-      nc.subscribe(res.names.failed, { callback: (_e, m) => settle(new Error(decodeRunFailure(m.data).reason)) });
-      await nc.flush();
+      await followRunEvents(nc, res.names, {
+        progress: (p) => o.onProgress?.(p),
+        finished: (summary) => settle(summary),
+        failed: (f) => settle(new Error(f.reason)),
+      });
       await o.onReady?.({ url, run });
 
       const configFile = join(dir, 'run.json');

@@ -14,11 +14,14 @@ import { retryTransient } from './durable-publish.ts';
 import { runNames, type EdgeKind, type RunNames } from './subjects.ts';
 import type { EdgeLimits } from './edge-limits.ts';
 
+/** The run's KV bucket: config, state, summary, hosts, slots, Bridge records (its keys: subjects.ts, runStateKeys). */
+export type RunStateBucket = KV;
+
 export interface RunResources {
   readonly names: RunNames;
   readonly js: JetStreamClient;
   readonly jsm: JetStreamManager;
-  readonly kv: KV;
+  readonly kv: RunStateBucket;
   readonly objects: ObjectStore;
   /**
    * What input streams are created with (ensureInputStream), and the
@@ -93,10 +96,10 @@ export async function openRunResources(nc: NatsConnection, run: string, options:
   const names = runNames(run);
   const replicas = options.replicas ?? defaultReplicas(nc);
   const jsm = await jetstreamManager(nc);
-  await ensureStream(jsm, logStream(names.controlStream, [`caravan.${run}.step.>`, `caravan.${run}.report.>`], replicas, { max_msg_size: CONTROL_MESSAGE_BYTES }));
+  await ensureStream(jsm, logStream(names.controlStream, [names.stepControls, names.reports], replicas, { max_msg_size: CONTROL_MESSAGE_BYTES }));
   await ensureStream(jsm, {
     name: names.deadStream,
-    subjects: [`caravan.${run}.dead.>`],
+    subjects: [names.deadLetters],
     storage: StorageType.File,
     num_replicas: replicas,
     max_msgs: DEAD_LETTER_LIMIT,

@@ -1,9 +1,8 @@
 // Where each slot of a run ended up: its holder, the holder's datacenter (as
 // the host registered it) and the cluster its input stream lives on. For
 // reports and tests after a run (`caravan simulate`, the WAN tests).
-import { decodeHostEntry } from '../../schemas/run-records.ts';
 import type { RunResources } from './run-resources.ts';
-import { readSlot } from './slots.ts';
+import { RunStateReader } from './run-state-reader.ts';
 
 export interface SlotPlacement {
   readonly replica: number;
@@ -16,14 +15,14 @@ export interface SlotPlacement {
 
 /** Replica by replica, stage by stage. */
 export async function slotPlacements(res: RunResources, replicas: number, stages: number): Promise<SlotPlacement[][]> {
+  const reader = new RunStateReader(res);
   const rows: SlotPlacement[][] = [];
   for (let replica = 0; replica < replicas; replica++) {
     const row: SlotPlacement[] = [];
     for (let stage = 0; stage < stages; stage++) {
-      const slot = await readSlot(res.kv, replica, stage);
+      const slot = await reader.slot(replica, stage);
       if (!slot) throw new Error(`slot ${replica}.${stage} has no record`);
-      const entry = await res.kv.get(res.names.hostKey(slot.record.host));
-      const datacenter = entry?.value.length ? decodeHostEntry(entry.value, `host ${slot.record.host}`).datacenter ?? 'unknown' : 'unknown';
+      const datacenter = (await reader.host(slot.record.host))?.datacenter ?? 'unknown';
       const stream = (await res.jsm.streams.info(res.names.inputStream(replica, stage)).catch(() => undefined))?.cluster?.name;
       row.push({ replica, stage, host: slot.record.host, datacenter, ...(stream ? { stream } : {}) });
     }

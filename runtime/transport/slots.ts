@@ -6,6 +6,7 @@
 // record's revision. That is the fence: two hosts never both advance one slot.
 import type { KV } from '@nats-io/kv';
 import { retryTransient } from './durable-publish.ts';
+import { runStateKeys } from './subjects.ts';
 import { encodeJson } from '../../schemas/json-message.ts';
 import type { CheckpointPointer } from '../../schemas/control-messages.ts';
 import { decodeSlotRecord, type SentUntil, type SlotRecord, type SlotSigner } from '../../schemas/run-records.ts';
@@ -27,7 +28,7 @@ export class SlotLostError extends Error {
   }
 }
 
-export const slotKey = (replica: number, stage: number) => `slot.${replica}.${stage}`;
+const slotKey = runStateKeys.slot;
 
 export function decodeSlot(bytes: Uint8Array, key: string): SlotRecord {
   return decodeSlotRecord(bytes, `slot record ${key}`);

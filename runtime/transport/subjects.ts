@@ -5,6 +5,9 @@
 // (run-resources.ts places it in the holder's datacenter). Step control (`step.r`) and stage reports
 // (`report.r.s`) are JetStream too: together they are the run's control log,
 // which a restarted coordinator and a replacement stage replay.
+//
+// Nothing else under runtime/ writes a subject, wildcard, stream name or KV
+// key as a string: it asks these builders (test/architecture/nats-seam.test.ts).
 
 const RUN_ID = /^[A-Za-z0-9_-]{1,64}$/;
 
@@ -20,9 +23,57 @@ export function runInboxPrefix(run: string): string {
   return `_INBOX.${validateRunId(run)}`;
 }
 
+/**
+ * Keys of a run's KV bucket. The bucket is the run's own, so its keys carry no
+ * run id: `config`, `state` and `summary` (one record each), `hosts.<id>`,
+ * `slot.<r>.<s>`, and the Bridge's `bridge.<s>.<outer>` and `bridge-outer.<s>`.
+ */
+export const runStateKeys = {
+  config: 'config',
+  state: 'state',
+  summary: 'summary',
+  hosts: 'hosts.>',
+  slots: 'slot.>',
+  bridgeOuters: 'bridge-outer.>',
+  host: (host: string) => `hosts.${host}`,
+  slot: (replica: number, stage: number) => `slot.${replica}.${stage}`,
+  bridge: (stage: number, outer: number) => `bridge.${stage}.${outer}`,
+  bridgeOuter: (stage: number) => `bridge-outer.${stage}`,
+  /** The stage a `bridge-outer.<stage>` key names. */
+  bridgeOuterStage: (key: string) => Number(key.slice('bridge-outer.'.length)),
+};
+
+/**
+ * JetStream's API subjects for one stream (a run's input streams, control log,
+ * dead letters, and the streams behind its bucket and store), as nats-server
+ * permissions name them.
+ */
+export const jetStreamApi = {
+  /** The account's JetStream info: every client asks for it first. */
+  info: '$JS.API.INFO',
+  streamInfo: (stream: string) => `$JS.API.STREAM.INFO.${stream}`,
+  streamPurge: (stream: string) => `$JS.API.STREAM.PURGE.${stream}`,
+  /** Every operation on the stream and its messages: create, update, delete, purge, message get and delete. */
+  streamAdmin: (stream: string) => [`$JS.API.STREAM.*.${stream}`, `$JS.API.STREAM.*.*.${stream}`],
+  directGet: (stream: string) => [`$JS.API.DIRECT.GET.${stream}`, `$JS.API.DIRECT.GET.${stream}.>`],
+  /** Reading the stream's messages by sequence or subject. */
+  reads: (stream: string) => [`$JS.API.STREAM.INFO.${stream}`, `$JS.API.STREAM.MSG.GET.${stream}`, ...jetStreamApi.directGet(stream)],
+  /** Reading through consumers of the stream: creating, finding and deleting them, pulling and acking. */
+  consumes: (stream: string) => [
+    `$JS.API.CONSUMER.CREATE.${stream}`, `$JS.API.CONSUMER.CREATE.${stream}.>`, `$JS.API.CONSUMER.DURABLE.CREATE.${stream}.*`,
+    `$JS.API.CONSUMER.INFO.${stream}.*`, `$JS.API.CONSUMER.DELETE.${stream}.*`, `$JS.API.CONSUMER.LIST.${stream}`, `$JS.API.CONSUMER.NAMES.${stream}`,
+    `$JS.API.CONSUMER.MSG.NEXT.${stream}.*`, `$JS.ACK.${stream}.>`,
+  ],
+};
+
+/** What the cluster kits (runtime/nats/) create and delete to learn that a placement works: no run's. */
+export const placementProbe = { stream: 'CARAVAN_CLUSTER_PROBE', subject: 'caravan.placement-probe' };
+
 export function runNames(run: string) {
   validateRunId(run);
   const p = `caravan.${run}`;
+  const kvBucket = `caravan_${run}`;
+  const objectBucket = `caravan_${run}_obj`;
   return {
     run,
     act: (replica: number, stage: number) => `${p}.act.${replica}.${stage}`,
@@ -33,6 +84,8 @@ export function runNames(run: string) {
     report: (replica: number, stage: number) => `${p}.report.${replica}.${stage}`,  // stages → coordinator (done, stepped, final)
     heartbeat: (host: string) => `${p}.hb.${host}`,
     heartbeats: `${p}.hb.*`,
+    /** Every activation (or gradient) subject of the run: what a host may publish. */
+    edges: (kind: EdgeKind) => `${p}.${kind}.>`,
     register: `${p}.ctl.register`,
     ready: `${p}.ctl.ready`,
     progress: `${p}.ctl.progress`,
@@ -40,6 +93,9 @@ export function runNames(run: string) {
     failed: `${p}.ctl.failed`,
     chaos: (host: string) => `${p}.chaos.${host}`,           // fault injection, only where CARAVAN_CHAOS=1
     chaosReached: `${p}.chaos-reached`,
+    chaosRequests: `${p}.chaos.*`,
+    /** Every reply subject of the run's peers (connect.ts sets the prefix). */
+    inboxes: `${runInboxPrefix(run)}.>`,
     /** The input stream of slot (replica, stage): its `act` and `grad` edges. */
     inputStream: (replica: number, stage: number) => `CARAVAN_${run}_IN_${replica}_${stage}`,
     controlStream: `CARAVAN_${run}_CTL`,
@@ -62,17 +118,23 @@ export function runNames(run: string) {
     reportSlot: (subject: string) => { const [replica, stage] = subject.slice(`${p}.report.`.length).split('.').map(Number); return { replica, stage }; },
     /** The replica a step-control subject names: `step.<replica>`. */
     stepControlReplica: (subject: string) => Number(subject.slice(`${p}.step.`.length)),
-    kvBucket: `caravan_${run}`,
+    kvBucket,
+    /** The stream behind the KV bucket, and the subjects its keys are written on. */
+    kvStream: `KV_${kvBucket}`,
+    kvSubjects: `$KV.${kvBucket}.>`,
     /** KV keys of run state, written by the coordinator alone. */
-    configKey: 'config',
-    stateKey: 'state',
-    summaryKey: 'summary',
-    hostKeys: 'hosts.>',
-    slotKeys: 'slot.>',
-    bridgeOuterKeys: 'bridge-outer.>',
-    slotKey: (replica: number, stage: number) => `slot.${replica}.${stage}`,
-    hostKey: (host: string) => `hosts.${host}`,
-    objectBucket: `caravan_${run}_obj`,
+    configKey: runStateKeys.config,
+    stateKey: runStateKeys.state,
+    summaryKey: runStateKeys.summary,
+    hostKeys: runStateKeys.hosts,
+    slotKeys: runStateKeys.slots,
+    bridgeOuterKeys: runStateKeys.bridgeOuters,
+    slotKey: runStateKeys.slot,
+    hostKey: runStateKeys.host,
+    objectBucket,
+    /** The stream behind the object store, and the subjects its chunks and metadata are written on. */
+    objectStream: `OBJ_${objectBucket}`,
+    objectSubjects: `$O.${objectBucket}.>`,
     checkpoint: (replica: number, begin: number, end: number, step: number, generation: number) =>
       `ckpt/replica-${replica}/stage-${begin}-${end}/step-${step}-g${generation}.safetensors`,
     finalState: (replica: number, begin: number, end: number) => `final/replica-${replica}/stage-${begin}-${end}.safetensors`,
@@ -82,9 +144,9 @@ export function runNames(run: string) {
     /** A replica's error-feedback residual after outer step o (top-k payloads): what a replacement restores. */
     bridgeResidual: (stage: number, outer: number, replica: number) => `bridge/stage-${stage}/outer-${outer}/residual-${replica}`,
     bridgeMomentum: (stage: number, outer: number) => `bridge/stage-${stage}/outer-${outer}/momentum`,
-    bridgeKey: (stage: number, outer: number) => `bridge.${stage}.${outer}`,
+    bridgeKey: runStateKeys.bridge,
     /** A distributed variable, advanced by compare-and-set: the last outer step of stage s the Bridge completed. */
-    bridgeOuterKey: (stage: number) => `bridge-outer.${stage}`,
+    bridgeOuterKey: runStateKeys.bridgeOuter,
   };
 }
 
