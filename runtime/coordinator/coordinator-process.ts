@@ -24,6 +24,7 @@ import { decodeHostEntry, decodeRunState, decodeRunSummary, type BridgeRecord, t
 import { liveMetrics, mfuPercent, NO_RECOVERIES, pipelineUse } from './live-metrics.ts';
 import { initRunMetrics } from '../telemetry/metrics.ts';
 import { readBridgeRecord, startBridges } from '../bridge/bridge-runtime.ts';
+import { bridgeStore } from '../transport/bridge-store.ts';
 import type { Logger } from '../log.ts';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { connectToRun } from '../transport/connect.ts';
@@ -152,7 +153,7 @@ async function coordinate(
   const registered = new Map<string, { key: string; datacenter: string }>();  // host → the public key it registered and its datacenter (also in its KV record, for restarts)
   const registeredHost = async (host: string) => registered.get(host) ?? (await readJson(res, res.names.hostKey(host), decodeHostEntry));
   const signers = new SlotSigners(res.kv);
-  const bridges = t.bridge ? startBridges({ res, config, bridge: t.bridge, log, onError: (err) => settle(err) }) : undefined;
+  const bridges = t.bridge ? startBridges({ store: bridgeStore(res), config, bridge: t.bridge, log, onError: (err) => settle(err) }) : undefined;
   // The run's metrics over OpenTelemetry (off unless OTEL_EXPORTER_OTLP_* names an endpoint): the live state, read when exported.
   const metrics = initRunMetrics({ service: 'caravan-coordinator', run: o.run }, () => state);
   let replicasDone = false;
