@@ -3,10 +3,11 @@
 // steps) and decides when to combine them: at once when every replica has
 // delivered, or once `timeoutMs` has passed since the first contribution if a
 // quorum has. A contribution to an outer step already combined is late: that
-// replica adopts the published result like everyone else. Pure, with a clock
-// that arrives as events (TICK): the runtime (runtime/bridge/) does the I/O
-// and tells it when a combination is stored.
+// replica adopts the published result like everyone else. Pure, keeping time
+// on the actor clock (actor-clock.ts): the runtime (runtime/bridge/) does the
+// I/O and tells it when a combination is stored.
 import { assign, enqueueActions, setup } from 'xstate';
+import { elapsedSince, tickDelay, type ActorClock } from './actor-clock.ts';
 
 export interface BridgeMachineInput {
   readonly stage: number;
@@ -14,15 +15,17 @@ export interface BridgeMachineInput {
   /** Fewest contributions a sync goes ahead with once the timeout has passed. */
   readonly quorum: number;
   readonly timeoutMs: number;
+  /** The actor clock's tick: a quorum goes ahead within a tick of its timeout. */
+  readonly tickMs: number;
 }
 
 export type BridgeEvent =
-  | { type: 'CONTRIBUTED'; outer: number; replica: number; now: number }
-  | { type: 'TICK'; now: number }
+  | { type: 'CONTRIBUTED'; outer: number; replica: number }
   | { type: 'COMBINED'; outer: number };
 
 export type BridgeCommand =
-  | { type: 'COMBINE'; stage: number; outer: number; replicas: number[]; firstAt: number }
+  /** firstAt: the first contribution's stamp; at: now. Both on the actor clock. */
+  | { type: 'COMBINE'; stage: number; outer: number; replicas: number[]; firstAt: number; at: number }
   | { type: 'LATE'; stage: number; outer: number; replica: number };
 
 interface Gathering {
@@ -31,16 +34,17 @@ interface Gathering {
   combining: boolean;
 }
 
-export interface BridgeContext extends BridgeMachineInput {
+export interface BridgeContext extends BridgeMachineInput, ActorClock {
+  now: number;
   /** Outer steps with contributions, not yet combined. */
   open: Record<number, Gathering>;
   /** Outer steps combined (stored), as a sorted list. */
   done: number[];
 }
 
-function ready(c: BridgeContext, g: Gathering, now: number): boolean {
+function ready(c: BridgeContext, g: Gathering): boolean {
   if (g.combining) return false;
-  return g.replicas.length >= c.replicas || (g.replicas.length >= c.quorum && now - g.firstAt >= c.timeoutMs);
+  return g.replicas.length >= c.replicas || (g.replicas.length >= c.quorum && elapsedSince(c, g.firstAt) >= c.timeoutMs);
 }
 
 export const bridgeMachine = setup({
@@ -50,24 +54,31 @@ export const bridgeMachine = setup({
     input: {} as BridgeMachineInput,
     emitted: {} as BridgeCommand,
   },
+  delays: { tick: tickDelay },
   actions: {
-    combineWhatIsReady: enqueueActions(({ context, event, enqueue }) => {
-      if (event.type === 'COMBINED') return;
+    tick: assign(({ context }) => ({ now: context.now + context.tickMs })),
+    combineWhatIsReady: enqueueActions(({ context, enqueue }) => {
       const open = { ...context.open };
       let changed = false;
       for (const [key, g] of Object.entries(open)) {
-        if (!ready(context, g, event.now)) continue;
+        if (!ready(context, g)) continue;
         const outer = Number(key);
         open[outer] = { ...g, combining: true };
         changed = true;
-        enqueue.emit({ type: 'COMBINE', stage: context.stage, outer, replicas: [...g.replicas].sort((a, b) => a - b), firstAt: g.firstAt });
+        enqueue.emit({ type: 'COMBINE', stage: context.stage, outer, replicas: [...g.replicas].sort((a, b) => a - b), firstAt: g.firstAt, at: context.now });
       }
       if (changed) enqueue.assign({ open });
     }),
   },
 }).createMachine({
   id: 'bridge',
-  context: ({ input }) => ({ ...input, open: {}, done: [] }),
+  context: ({ input }) => ({ ...input, now: 0, open: {}, done: [] }),
+  initial: 'gathering',
+  states: {
+    gathering: {
+      after: { tick: { target: 'gathering', reenter: true, actions: ['tick', 'combineWhatIsReady'] } },
+    },
+  },
   on: {
     CONTRIBUTED: {
       actions: [
@@ -76,14 +87,13 @@ export const bridgeMachine = setup({
             enqueue.emit({ type: 'LATE', stage: context.stage, outer: event.outer, replica: event.replica });
             return;
           }
-          const g = context.open[event.outer] ?? { replicas: [], firstAt: event.now, combining: false };
+          const g = context.open[event.outer] ?? { replicas: [], firstAt: context.now, combining: false };
           if (g.replicas.includes(event.replica)) return;  // a replacement sending the same contribution again
           enqueue.assign({ open: { ...context.open, [event.outer]: { ...g, replicas: [...g.replicas, event.replica] } } });
         }),
         'combineWhatIsReady',
       ],
     },
-    TICK: { actions: 'combineWhatIsReady' },
     COMBINED: {
       actions: assign(({ context, event }) => {
         const { [event.outer]: _combined, ...open } = context.open;

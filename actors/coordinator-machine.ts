@@ -6,6 +6,7 @@
 // joins. A restarted coordinator starts from the hosts and slots it kept in
 // KV (`restore`).
 import { assign, enqueueActions, setup } from 'xstate';
+import { elapsedSince, tickDelay } from './actor-clock.ts';
 
 export interface Slot {
   readonly replica: number;
@@ -45,7 +46,7 @@ export type CoordinatorCommand =
   | { type: 'RUN_FINISHED' };
 
 export interface CoordinatorContext extends CoordinatorMachineInput {
-  now: number;                 // ms on the actor clock, advanced by ticks
+  now: number;                 // ms on the actor clock (actor-clock.ts), advanced by ticks
   hosts: HostRecord[];         // in join order
   vacant: Array<Slot & { lost: string }>;  // slots whose host was lost and no standby was there
   finished: number[];          // replicas
@@ -60,7 +61,7 @@ export const coordinatorMachine = setup({
     input: {} as CoordinatorMachineInput,
     emitted: {} as CoordinatorCommand,
   },
-  delays: { tick: ({ context }) => context.tickMs },
+  delays: { tick: tickDelay },
   actions: {
     admit: enqueueActions(({ context, event, enqueue }) => {
       if (event.type !== 'HOST_JOINED' || context.hosts.some((h) => h.id === event.host)) return;
@@ -111,7 +112,7 @@ export const coordinatorMachine = setup({
     checkLiveness: enqueueActions(({ context, enqueue }) => {
       const now = context.now + context.tickMs;
       // lastSeen is the tick before the host's last message, up to a tick early: that tick is not silence.
-      const lost = context.hosts.filter((h) => now - h.lastSeen - context.tickMs >= context.heartbeatTimeoutMs);
+      const lost = context.hosts.filter((h) => elapsedSince({ now, tickMs: context.tickMs }, h.lastSeen) >= context.heartbeatTimeoutMs);
       enqueue.assign({ now, hosts: context.hosts.filter((h) => !lost.includes(h)) });
       for (const h of lost) {
         enqueue.emit({ type: 'HOST_LOST', host: h.id, slot: h.slot });

@@ -3,7 +3,7 @@
 // the clip factor over all stages in model order, commits the step and, in
 // the same breath, opens the next; the run finishes once every stage has
 // applied the last step. Pure: the coordinator's runtime carries out what it
-// emits.
+// emits. It keeps no time: it moves on events alone (actor-clock.ts).
 //
 // The next step is not held back until every stage says it applied the
 // commit: each stage takes its step control in log order (the commit before

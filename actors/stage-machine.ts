@@ -1,7 +1,8 @@
 // The Stage actor: one per (replica, stage). Pure: it receives events about
 // arrivals and finished computations and emits the commands the host runtime
 // carries out (run a forward or a backward, report the step, apply the
-// optimizer step, ack the step's inputs). It never touches a tensor.
+// optimizer step, ack the step's inputs). It never touches a tensor, and
+// keeps no time: it moves on events alone (actor-clock.ts).
 //
 // Schedule: 1F1B. Forward when the next microbatch's input has arrived and
 // fewer than S−s microbatches (plus `extraInFlight` on all but the last

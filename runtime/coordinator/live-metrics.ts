@@ -26,6 +26,11 @@ export function mfuPercent(tokensPerS: number, model: LlamaConfig, seqLen: numbe
   return peak > 0 ? (100 * tokensPerS * trainFlopsPerToken(model, seqLen)) / (peak * 1e9) : 0;
 }
 
+/** Tokens one replica trains on per step: microbatches × batch × sequence. */
+export function tokensPerStep(t: { readonly microbatches: number; readonly batchSize: number; readonly seqLen: number }): number {
+  return t.microbatches * t.batchSize * t.seqLen;
+}
+
 export const NO_RECOVERIES: RecoveryCounts = { hosts_lost: 0, slots_reassigned: 0, coordinator_restarts: 0 };
 
 const NO_WIRE: WireCount = { frames: 0, f32_bytes: 0, wire_bytes: 0 };

@@ -2,7 +2,7 @@
 // after the timeout; late and repeated contributions), the outer step's
 // arithmetic, and its payloads, bad ones refused by name.
 import test from 'ava';
-import { createActor } from 'xstate';
+import { createActor, SimulatedClock } from 'xstate';
 import { bridgeMachine, type BridgeCommand } from '../../actors/bridge-machine.ts';
 import { decodeParams, encodeParams } from '../../runtime/bridge/bridge-payload.ts';
 import { outerStep } from '../../runtime/bridge/outer-step.ts';
@@ -10,42 +10,56 @@ import { validateRunConfig } from '../../schemas/run-config.ts';
 import { preset } from '../../runtime/config/presets.ts';
 import { mulberry32 } from '../support/random-weights.ts';
 
+const TICK = 100;
+
+/** A Bridge on a simulated clock; `at(ms)` advances it to ms tick by tick (SimulatedClock fires one round of timers per increment). */
 function bridge(replicas: number, quorum: number, timeoutMs = 1000) {
-  const actor = createActor(bridgeMachine, { input: { stage: 2, replicas, quorum, timeoutMs } });
+  const clock = new SimulatedClock();
+  const actor = createActor(bridgeMachine, { input: { stage: 2, replicas, quorum, timeoutMs, tickMs: TICK }, clock });
   const out: BridgeCommand[] = [];
   actor.on('*', (c: BridgeCommand) => out.push(c));
   actor.start();
-  return { actor, out };
+  const at = (ms: number) => {
+    while (clock.now() < ms) clock.increment(Math.min(TICK - (clock.now() % TICK), ms - clock.now()));
+  };
+  const contributed = (ms: number, outer: number, replica: number) => {
+    at(ms);
+    actor.send({ type: 'CONTRIBUTED', outer, replica });
+  };
+  return { actor, out, at, contributed };
 }
 
 test('a sync goes ahead when every replica delivered, in replica order, whatever the arrival order', (t) => {
-  const { actor, out } = bridge(3, 3);
-  actor.send({ type: 'CONTRIBUTED', outer: 1, replica: 2, now: 100 });
-  actor.send({ type: 'CONTRIBUTED', outer: 1, replica: 0, now: 150 });
-  actor.send({ type: 'CONTRIBUTED', outer: 1, replica: 0, now: 160 });  // a replacement sending it again
+  const { out, at, contributed } = bridge(3, 3);
+  contributed(100, 1, 2);
+  contributed(150, 1, 0);
+  contributed(160, 1, 0);  // a replacement sending it again
   t.deepEqual(out, []);
-  actor.send({ type: 'CONTRIBUTED', outer: 1, replica: 1, now: 200 });
-  t.deepEqual(out, [{ type: 'COMBINE', stage: 2, outer: 1, replicas: [0, 1, 2], firstAt: 100 }]);
-  actor.send({ type: 'TICK', now: 5000 });
+  contributed(200, 1, 1);
+  t.deepEqual(out, [{ type: 'COMBINE', stage: 2, outer: 1, replicas: [0, 1, 2], firstAt: 100, at: 200 }]);
+  at(5000);
   t.is(out.length, 1, 'combined once');
 });
 
 test('past the timeout a quorum is enough; below it the sync waits; a late replica is told to adopt the result', (t) => {
-  const { actor, out } = bridge(3, 2, 1000);
-  actor.send({ type: 'CONTRIBUTED', outer: 1, replica: 1, now: 0 });
-  actor.send({ type: 'TICK', now: 5000 });
+  const { actor, out, at, contributed } = bridge(3, 2, 1000);
+  contributed(0, 1, 1);
+  at(5000);
   t.deepEqual(out, [], 'one of a quorum of two: still waiting');
-  actor.send({ type: 'CONTRIBUTED', outer: 1, replica: 0, now: 5100 });
-  t.deepEqual(out.at(-1), { type: 'COMBINE', stage: 2, outer: 1, replicas: [0, 1], firstAt: 0 });
-  actor.send({ type: 'CONTRIBUTED', outer: 1, replica: 2, now: 5200 });
+  contributed(5100, 1, 0);
+  t.deepEqual(out.at(-1), { type: 'COMBINE', stage: 2, outer: 1, replicas: [0, 1], firstAt: 0, at: 5100 });
+  contributed(5200, 1, 2);
   t.deepEqual(out.at(-1), { type: 'LATE', stage: 2, outer: 1, replica: 2 });
   actor.send({ type: 'COMBINED', outer: 1 });
-  actor.send({ type: 'CONTRIBUTED', outer: 2, replica: 0, now: 6000 });
-  actor.send({ type: 'CONTRIBUTED', outer: 2, replica: 2, now: 6100 });
-  actor.send({ type: 'TICK', now: 6500 });
+  contributed(6000, 2, 0);
+  contributed(6100, 2, 2);
+  at(6500);
   t.is(out.length, 2, 'outer 2: a quorum, but the timeout has not passed');
-  actor.send({ type: 'TICK', now: 7000 });
-  t.deepEqual(out.at(-1), { type: 'COMBINE', stage: 2, outer: 2, replicas: [0, 2], firstAt: 6000 });
+  // Stamped 6000, the first contribution may have come as late as 6099 on the actor clock: the timeout has surely passed one tick later.
+  at(7000);
+  t.is(out.length, 2, 'never before the timeout');
+  at(7000 + TICK);
+  t.deepEqual(out.at(-1), { type: 'COMBINE', stage: 2, outer: 2, replicas: [0, 2], firstAt: 6000, at: 7000 + TICK });
 });
 
 test('outer step: averaging fp32 parameters of one replica gives them back exactly; Nesterov follows DiLoCo in double, rounded once', (t) => {

@@ -6,7 +6,7 @@
 import test from 'ava';
 import { connect } from '@nats-io/transport-node';
 import { loadRunConfig } from '../../runtime/config/load-run-config.ts';
-import { hashStageStates } from '../../runtime/coordinator/coordinator-process.ts';
+import { hashStageStates } from '../../runtime/coordinator/run-summary.ts';
 import { createLogger } from '../../runtime/log.ts';
 import { openExistingRun } from '../../runtime/transport/run-resources.ts';
 import { readSlot } from '../../runtime/transport/slots.ts';

@@ -1,0 +1,43 @@
+// The control log from its start. What is there already is the history to
+// rebuild: the step control in it was decided before a restart and is not
+// written again, and once every Replica actor has started, its reports are
+// dispatched in log order, so each replica re-decides every commit exactly as
+// before. After that, live: each new report as it comes. On a fresh run the
+// log is empty and it is live from the start.
+import { decodeStepControl } from '../../schemas/control-messages.ts';
+import type { Logger } from '../log.ts';
+import type { ControlLog, ControlLogEntry } from '../transport/control-log.ts';
+import type { Replicas } from './replicas.ts';
+import type { Reports } from './reports.ts';
+
+export async function followControlLog(o: {
+  readonly controlLog: ControlLog; readonly replicas: Replicas; readonly reports: Reports; readonly log: Logger;
+  /** Told how to stop reading, once the history is replayed. */
+  readonly reading: (stop: () => void) => void;
+}): Promise<void> {
+  const last = await o.controlLog.lastSeq();
+  const backlog: ControlLogEntry[] = [];
+  const reader = await o.controlLog.read();
+  const goLive = async () => {
+    for (const e of backlog) {
+      if (e.source.kind !== 'step') continue;
+      try {
+        o.replicas.alreadyInLog(e.source.replica, decodeStepControl(e.data));
+      } catch { /* unreadable: the replica writes it again */ }
+    }
+    o.replicas.start();
+    for (const e of backlog) await o.reports.dispatch(e);
+    if (backlog.length) o.log.info({ replayed: backlog.length, steps: o.replicas.losses.map((l) => l.length) }, 'control log replayed');
+  };
+  if (last === 0) await goLive();
+  let live = last === 0;
+  o.reading(() => reader.close());
+  for await (const e of reader) {
+    if (!live) {
+      backlog.push(e);
+      if (e.seq >= last) { live = true; await goLive(); }
+      continue;
+    }
+    await o.reports.dispatch(e);
+  }
+}

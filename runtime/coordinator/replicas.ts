@@ -1,0 +1,109 @@
+// The Replica actors, one per replica, and what their decisions become: each
+// step's open and commit in the control log, written once (step control the
+// log already holds was decided before a restart, and is not written again);
+// for every fresh commit the loss and the run's progress; for replica 0's,
+// the run's step, speed and live metrics in its state.
+import { createActor, type Actor } from 'xstate';
+import { replicaMachine, type ReplicaCommand, type ReplicaEvent } from '../../actors/replica-machine.ts';
+import type { Progress, StageCounters, StepControl } from '../../schemas/control-messages.ts';
+import type { RunConfig } from '../../schemas/run-config.ts';
+import type { Logger } from '../log.ts';
+import { stepControlId, type ControlLog } from '../transport/control-log.ts';
+import { liveMetrics, tokensPerStep } from './live-metrics.ts';
+import type { OrderedWrites } from './ordered-writes.ts';
+import type { LiveRunState } from './run-state.ts';
+
+type Commit = Extract<ReplicaCommand, { type: 'COMMIT_STEP' }>;
+
+export class Replicas {
+  /** Each replica's loss at every step it committed. */
+  readonly losses: number[][];
+  /** `${replica}.${step}` committed as skipped. */
+  readonly skipped = new Set<string>();
+  private readonly actors: Array<Actor<typeof replicaMachine>> = [];
+  private readonly inLog = new Set<string>();  // step control already in the log, by stepControlId
+
+  constructor(private readonly o: {
+    readonly config: RunConfig; readonly controlLog: ControlLog; readonly writes: OrderedWrites; readonly run: LiveRunState; readonly log: Logger;
+    /** The latest counters of every slot's holder, `${replica}.${stage}`. */
+    readonly counters: ReadonlyMap<string, StageCounters>;
+    readonly progress: (p: Progress) => void;
+    readonly failed: (err: Error) => void;
+    readonly finished: (replica: number) => void;
+  }) {
+    this.losses = Array.from({ length: o.config.training.replicas }, () => []);
+  }
+
+  /** Step control found in the log: its replica decides it again, and it is not written twice. */
+  alreadyInLog(replica: number, control: StepControl): void {
+    this.inLog.add(stepControlId(replica, control));
+  }
+
+  /** Starts every replica's actor, then every replica. */
+  start(): void {
+    for (let r = 0; r < this.o.config.training.replicas; r++) this.actors.push(this.startReplica(r));
+    for (const r of this.actors) r.send({ type: 'START' });
+  }
+
+  /** The replica's actor, once started. */
+  actor(replica: number): { send(event: ReplicaEvent): void } | undefined {
+    return this.actors[replica];
+  }
+
+  stop(): void {
+    for (const r of this.actors) r.stop();
+  }
+
+  private startReplica(replica: number): Actor<typeof replicaMachine> {
+    const t = this.o.config.training;
+    const actor = createActor(replicaMachine, {
+      input: { replica, stages: t.stages, microbatches: t.microbatches, steps: t.steps, maxGradNorm: t.maxGradNorm, nonFinite: t.nonFinite },
+    });
+    actor.on('*', (cmd: ReplicaCommand) => {
+      switch (cmd.type) {
+        case 'OPEN_STEP':
+          this.control(replica, { type: 'open', step: cmd.step });
+          return;
+        case 'COMMIT_STEP':
+          this.commit(replica, cmd);
+          return;
+        case 'NOT_FINITE':
+          this.o.failed(new Error(`replica ${replica} step ${cmd.step}: the gradient norm is ${cmd.gradNorm} and the loss ${cmd.loss}, not finite` +
+            `${cmd.stages.length ? ` (in the gradients of stage${cmd.stages.length > 1 ? 's' : ''} ${cmd.stages.join(', ')})` : ''}: stopping before any weight is updated (training.nonFinite = stop)`));
+          return;
+        case 'FINISHED':
+          this.o.finished(replica);
+          return;
+      }
+    });
+    actor.start();
+    return actor;
+  }
+
+  /** Writes step control unless the log has it already; says whether it was written. */
+  private control(replica: number, body: StepControl): boolean {
+    const id = stepControlId(replica, body);
+    if (this.inLog.has(id)) return false;  // already in the log: decided before a restart
+    this.inLog.add(id);
+    this.o.writes.write(id, () => this.o.controlLog.writeStepControl(replica, body));
+    return true;
+  }
+
+  private commit(replica: number, cmd: Commit): void {
+    const { config, run, log } = this.o;
+    const t = config.training;
+    this.losses[replica][cmd.step] = cmd.loss;
+    if (cmd.skip) this.skipped.add(`${replica}.${cmd.step}`);
+    const fresh = this.control(replica, { type: 'commit', step: cmd.step, gradScale: cmd.gradScale, gradNorm: cmd.gradNorm, loss: cmd.loss, ...(cmd.skip ? { skip: true as const } : {}) });
+    if (!fresh) return;
+    if (cmd.skip) log.warn({ replica, step: cmd.step, grad_norm: cmd.gradNorm, loss: cmd.loss }, 'step skipped: its gradients or loss were not finite (training.nonFinite = skip-step)');
+    const stepsDone = this.losses.reduce((n, l) => n + l.length, 0);  // commits come in step order: no holes
+    const tokensPerSecond = (stepsDone * tokensPerStep(t)) / Math.max(run.elapsedSeconds(), 1e-3);
+    this.o.progress({ replica, step: cmd.step, loss: cmd.loss, gradNorm: cmd.gradNorm, tokensPerSecond, steps: t.steps });
+    if (replica === 0) {
+      const live = liveMetrics({ counters: this.o.counters, stages: t.stages, microbatches: t.microbatches, model: config.model, seqLen: t.seqLen, step: cmd.step, tokensPerS: tokensPerSecond, recoveries: run.recoveries });
+      Object.assign(run.state, { step: cmd.step + 1, loss: cmd.loss, tokens_per_s: tokensPerSecond }, live ? { metrics: live } : {});
+      void run.save();
+    }
+  }
+}

@@ -1,0 +1,68 @@
+// The stages' reports in the control log. A report counts only if the holder
+// of the slot its subject names signed it, under the generation the report
+// claims. Step reports go to their replica's actor, contributions to the
+// Bridge, final reports are collected for the summary, and checkpoints are
+// recorded in the slot table (fenced by generation), after which what they
+// make unnecessary is dropped: the previous checkpoint and the slot's inputs
+// before it.
+import { decodeStageReport, type CheckpointPointer, type StageCounters, type StageReport } from '../../schemas/control-messages.ts';
+import type { Bridges } from '../bridge/bridge-runtime.ts';
+import type { Logger } from '../log.ts';
+import type { ControlLogEntry } from '../transport/control-log.ts';
+import type { SlotStore } from '../transport/slot-store.ts';
+import type { OrderedWrites } from './ordered-writes.ts';
+import type { Replicas } from './replicas.ts';
+
+export class Reports {
+  /** `${replica}.${stage}` whose final state is uploaded (its counters are the last) → its sha256. */
+  readonly finals = new Map<string, string>();
+
+  constructor(private readonly o: {
+    readonly slots: SlotStore; readonly writes: OrderedWrites; readonly log: Logger; readonly replicas: Replicas; readonly bridges: Bridges | undefined;
+    /** Where the latest counters of every slot's holder go, `${replica}.${stage}`. */
+    readonly counters: Map<string, StageCounters>;
+    readonly finalReported: () => void;
+  }) {}
+
+  async dispatch(e: ControlLogEntry): Promise<void> {
+    if (e.source.kind !== 'report') return;
+    const { log, counters } = this.o;
+    let msg: StageReport;
+    try {
+      msg = decodeStageReport(e.data, `stage report (control log seq ${e.seq})`);
+    } catch (err) {
+      log.warn({ seq: e.seq, err: (err as Error).message }, 'unreadable report skipped');
+      return;
+    }
+    const replica = this.o.replicas.actor(msg.replica);
+    if (!replica) return;
+    // A report counts only if the holder of the slot its subject names signed it, under the generation it claims.
+    const { replica: sr, stage: ss } = e.source;
+    const signed = await this.o.slots.signers.check({ kind: 'report', subject: e.subject, body: e.data, header: e.signature, replica: sr, stage: ss });
+    if (!signed.ok || msg.replica !== sr || msg.stage !== ss || msg.generation !== signed.generation) {
+      log.warn({ seq: e.seq, subject: e.subject, reason: signed.ok ? `the report names replica ${msg.replica} stage ${msg.stage} generation ${msg.generation}` : signed.reason }, 'report refused');
+      return;
+    }
+    if (msg.type === 'checkpoint') { this.recordCheckpoint(msg.replica, msg.stage, msg.generation, msg.checkpoint); return; }
+    if (msg.type === 'done' || msg.type === 'final') counters.set(`${msg.replica}.${msg.stage}`, msg.counters);
+    if (msg.type === 'done') replica.send({ type: 'STAGE_DONE', stage: msg.stage, step: msg.step, sumSquares: msg.sumSquares, loss: msg.loss ?? undefined });
+    else if (msg.type === 'stepped') replica.send({ type: 'STAGE_STEPPED', stage: msg.stage, step: msg.step });
+    else if (msg.type === 'contribution') this.o.bridges?.contributed(msg);
+    else if (msg.type === 'final') { this.finals.set(`${msg.replica}.${msg.stage}`, msg.sha256); this.o.finalReported(); }
+  }
+
+  /** Records a checkpoint a holder reported, then drops what it makes unnecessary: the previous state and the inputs before it. */
+  private recordCheckpoint(replica: number, stage: number, generation: number, pointer: CheckpointPointer): void {
+    const { slots, log } = this.o;
+    this.o.writes.write(`checkpoint of slot ${replica}.${stage}`, async () => {
+      const done = await slots.recordCheckpoint(replica, stage, generation, pointer);
+      if (!done.recorded) { log.debug({ replica, stage, step: pointer.step, why: done.why }, 'checkpoint not recorded'); return; }
+      log.debug({ replica, stage, step: pointer.step, object: pointer.object }, 'checkpoint recorded');
+      if (done.previous && done.previous.object !== pointer.object) await slots.dropCheckpoint(done.previous.object);
+      for (const kind of ['act', 'grad'] as const) {
+        const seq = pointer.resume[kind];
+        if (seq) await slots.purgeInputs(replica, stage, kind, seq);
+      }
+    });
+  }
+}

@@ -1,0 +1,81 @@
+// The coordinator's side of the control log (the run's JetStream stream of
+// step control and stage reports): it writes each replica's step control
+// durably, once (its Nats-Msg-Id names the replica, the kind and the step,
+// so a write repeated after a restart or a server failover is stored once),
+// and reads the whole log from its start through a durable consumer of its
+// own, each entry typed by what its subject names and acked as it is taken.
+import { randomBytes } from 'node:crypto';
+import type { JsMsg } from '@nats-io/jetstream';
+import { encodeJson } from '../../schemas/json-message.ts';
+import type { StepControl } from '../../schemas/control-messages.ts';
+import { SIGNATURE_HEADER } from '../security/message-signature.ts';
+import { publishDurable, retryTransient } from './durable-publish.ts';
+import { openReaderConsumer, PULL_EXPIRES_MS, type RunResources } from './run-resources.ts';
+
+/** One message of the control log, as the coordinator reads it. */
+export interface ControlLogEntry {
+  readonly seq: number;
+  readonly subject: string;
+  readonly data: Uint8Array;
+  /** The sender's signature header (message-signature.ts), if it sent one. */
+  readonly signature: string | undefined;
+  /** What the subject names: a slot's report, or a replica's step control. */
+  readonly source: { kind: 'report'; replica: number; stage: number } | { kind: 'step'; replica: number } | { kind: 'other' };
+}
+
+/** The log from its start, entry by entry, until closed. */
+export interface ControlLogReader extends AsyncIterable<ControlLogEntry> {
+  close(): void;
+}
+
+export interface ControlLog {
+  /** Writes a replica's step control; a second write of the same (stepControlId) is dropped by the server. */
+  writeStepControl(replica: number, control: StepControl): Promise<void>;
+  /** The sequence of the log's last message now: 0 when it is empty. */
+  lastSeq(): Promise<number>;
+  /** Opens a consumer of the whole log, deleting any an earlier coordinator left. */
+  read(): Promise<ControlLogReader>;
+}
+
+/** What makes a step control unique in the log, and its Nats-Msg-Id: `open-<replica>-<step>`, `commit-<replica>-<step>`. */
+export function stepControlId(replica: number, control: Pick<StepControl, 'type' | 'step'>): string {
+  return `${control.type}-${replica}-${control.step}`;
+}
+
+export function controlLog(res: RunResources): ControlLog {
+  const n = res.names;
+  const entry = (m: JsMsg): ControlLogEntry => ({
+    seq: m.seq,
+    subject: m.subject,
+    data: m.data,
+    signature: m.headers?.get(SIGNATURE_HEADER),
+    source: n.isReport(m.subject) ? { kind: 'report', ...n.reportSlot(m.subject) }
+      : n.isStepControl(m.subject) ? { kind: 'step', replica: n.stepControlReplica(m.subject) }
+      : { kind: 'other' },
+  });
+  return {
+    writeStepControl: async (replica, control) => {
+      await publishDurable(res.js, n.stepControl(replica), encodeJson(control), { msgID: stepControlId(replica, control) });
+    },
+    lastSeq: async () => (await retryTransient('control log info', () => res.jsm.streams.info(n.controlStream))).state.last_seq,
+    read: async () => {
+      const name = await openReaderConsumer(res, {
+        stream: n.controlStream,
+        name: n.coordinatorConsumer(randomBytes(4).toString('hex')),
+        prefix: n.coordinatorConsumerPrefix,
+        filter: n.all,
+      });
+      const consumer = await res.js.consumers.get(n.controlStream, name);
+      const messages = await consumer.consume({ expires: PULL_EXPIRES_MS });
+      return {
+        close: () => void messages.close().catch(() => {}),
+        async *[Symbol.asyncIterator]() {
+          for await (const m of messages) {
+            m.ack();
+            yield entry(m);
+          }
+        },
+      };
+    },
+  };
+}

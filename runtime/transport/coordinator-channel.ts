@@ -1,0 +1,55 @@
+// The coordinator's core-NATS side of a run (`ctl.*` and heartbeats: about
+// now, not history). It answers registrations (request/reply), hears
+// heartbeats, hosts' word that their slot is ready and a host's report that
+// the run failed, each decoded before the caller sees it; and it announces
+// progress, the summary at the end, or the failure.
+import type { NatsConnection } from '@nats-io/transport-node';
+import { encodeJson } from '../../schemas/json-message.ts';
+import { decodeHostAnnouncement, decodeRegistration, decodeRunFailure, type Progress, type Registration, type RegistrationReply } from '../../schemas/control-messages.ts';
+import type { RunSummary } from '../../schemas/run-records.ts';
+import type { RunNames } from './subjects.ts';
+
+/** What hosts say, decoded. A registration that does not decode is refused here, with the reason. */
+export interface HostMessages {
+  register(registration: Registration, respond: (reply: RegistrationReply) => void): Promise<void>;
+  heartbeat(host: string): void;
+  ready(host: string): void;
+  failed(reason: string): void;
+}
+
+export interface CoordinatorChannel {
+  /** Starts hearing hosts; returns how to stop. */
+  listen(hosts: HostMessages): { close(): void };
+  progress(p: Progress): void;
+  failed(reason: string): void;
+  finished(summary: RunSummary): void;
+}
+
+export function coordinatorChannel(nc: NatsConnection, names: RunNames): CoordinatorChannel {
+  return {
+    listen: (h) => {
+      const subs = [
+        nc.subscribe(names.register, {
+          callback: (_e, m) => {
+            const respond = (reply: RegistrationReply) => m.respond(encodeJson(reply));
+            let msg;
+            try {
+              msg = decodeRegistration(m.data);
+            } catch (err) {
+              respond({ ok: false, reason: (err as Error).message });
+              return;
+            }
+            void h.register(msg, respond);
+          },
+        }),
+        nc.subscribe(names.heartbeats, { callback: (_e, m) => h.heartbeat(decodeHostAnnouncement(m.data, 'heartbeat').host) }),
+        nc.subscribe(names.ready, { callback: (_e, m) => h.ready(decodeHostAnnouncement(m.data, 'ready').host) }),
+        nc.subscribe(names.failed, { callback: (_e, m) => h.failed(decodeRunFailure(m.data).reason) }),
+      ];
+      return { close: () => { for (const s of subs) s.unsubscribe(); } };
+    },
+    progress: (p) => nc.publish(names.progress, encodeJson(p)),
+    failed: (reason) => nc.publish(names.failed, encodeJson({ reason })),
+    finished: (summary) => nc.publish(names.finished, encodeJson(summary)),
+  };
+}

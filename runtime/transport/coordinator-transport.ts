@@ -1,0 +1,41 @@
+// Everything the coordinator's process does over NATS, opened once: a
+// connection for the run (its inbox prefix, its nkey user when given), the
+// run's JetStream resources created where missing, and the typed handles the
+// coordinator and its Bridges work through. Nothing outside runtime/transport
+// sees the connection, a stream or a bucket.
+import type { EdgeLimits } from './edge-limits.ts';
+import { bridgeStore, type BridgeStore } from './bridge-store.ts';
+import { connectToRun } from './connect.ts';
+import { controlLog, type ControlLog } from './control-log.ts';
+import { coordinatorChannel, type CoordinatorChannel } from './coordinator-channel.ts';
+import { openRunResources } from './run-resources.ts';
+import { runResults, type RunResults } from './run-results.ts';
+import { runStateStore, type RunStateStore } from './run-state-store.ts';
+import { slotStore, type SlotStore } from './slot-store.ts';
+
+export interface CoordinatorTransport {
+  readonly runState: RunStateStore;
+  readonly slots: SlotStore;
+  readonly controlLog: ControlLog;
+  readonly bridges: BridgeStore;
+  readonly results: RunResults;
+  readonly channel: CoordinatorChannel;
+  /** Drains the connection: what was published goes out first. */
+  close(): Promise<void>;
+}
+
+export async function openCoordinatorTransport(o: {
+  readonly url: string; readonly run: string; readonly nkey?: string; readonly streamReplicas?: number; readonly limits: EdgeLimits;
+}): Promise<CoordinatorTransport> {
+  const nc = await connectToRun(o.url, `caravan-coordinator-${o.run}`, o.run, o.nkey);
+  const res = await openRunResources(nc, o.run, { replicas: o.streamReplicas, limits: o.limits });
+  return {
+    runState: runStateStore(res.kv, res.names),
+    slots: slotStore(res),
+    controlLog: controlLog(res),
+    bridges: bridgeStore(res),
+    results: runResults(res),
+    channel: coordinatorChannel(nc, res.names),
+    close: () => nc.drain().catch(() => nc.close()),
+  };
+}

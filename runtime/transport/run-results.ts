@@ -1,0 +1,17 @@
+// What a run leaves for its summary besides the coordinator's own records:
+// every slot's final state in the Object Store (uploaded by its holder, who
+// reported its SHA-256), and how many frames went to dead letters.
+import type { RunResources } from './run-resources.ts';
+
+export interface RunResults {
+  /** The final state of a replica's layers [begin, end), if it is there. */
+  finalState(replica: number, begin: number, end: number): Promise<Uint8Array | undefined>;
+  deadLetters(): Promise<number>;
+}
+
+export function runResults(res: RunResources): RunResults {
+  return {
+    finalState: async (replica, begin, end) => (await res.objects.getBlob(res.names.finalState(replica, begin, end))) ?? undefined,
+    deadLetters: async () => (await res.jsm.streams.info(res.names.deadStream)).state.messages,
+  };
+}

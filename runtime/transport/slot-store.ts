@@ -1,0 +1,51 @@
+// The coordinator's handle on the slot table and what hangs off a slot: the
+// slot's record in KV (slots.ts: generations, signers, the fenced checkpoint
+// record), its input stream (created where the holder's datacenter is, read
+// for how far each sender got), the checkpoints in the Object Store and the
+// inputs a checkpoint makes unnecessary. Operations that a server or leader
+// in transition can fail are retried here, so callers see only real failures.
+import type { CheckpointPointer } from '../../schemas/control-messages.ts';
+import type { SentUntil, SlotRecord } from '../../schemas/run-records.ts';
+import { SlotSigners } from '../security/slot-signers.ts';
+import { retryTransient } from './durable-publish.ts';
+import { ensureInputStream, type RunResources } from './run-resources.ts';
+import { assignSlot, readSlot, recordReportedCheckpoint } from './slots.ts';
+import type { EdgeKind } from './subjects.ts';
+
+export interface SlotStore {
+  /** Whose signatures count for each slot, kept current as slots are assigned. */
+  readonly signers: SlotSigners;
+  read(replica: number, stage: number): Promise<SlotRecord | undefined>;
+  /** Creates the slot's input stream if missing, in the datacenter given where it can; returns the cluster it lives on. */
+  ensureInputStream(replica: number, stage: number, datacenter: string): Promise<string | undefined>;
+  /** The last sequence stored in the slot's input stream: 0 when there is none yet. */
+  lastInputSeq(replica: number, stage: number): Promise<number>;
+  /** Gives the slot to `host` under the next generation, bound to its key (slots.ts assignSlot). */
+  assign(replica: number, stage: number, host: string, signer: { key: string; until: SentUntil }): Promise<SlotRecord>;
+  /** Records a checkpoint its holder reported (slots.ts recordReportedCheckpoint). */
+  recordCheckpoint(replica: number, stage: number, generation: number, checkpoint: CheckpointPointer): ReturnType<typeof recordReportedCheckpoint>;
+  /** Deletes a checkpoint object no record names any more; a failure only leaves it behind. */
+  dropCheckpoint(object: string): Promise<void>;
+  /** Purges the slot's inputs on one edge below `seq`; a failure only leaves them behind. */
+  purgeInputs(replica: number, stage: number, kind: EdgeKind, seq: number): Promise<void>;
+}
+
+export function slotStore(res: RunResources): SlotStore {
+  const n = res.names;
+  const slot = (replica: number, stage: number) => `slot ${replica}.${stage}`;
+  return {
+    signers: new SlotSigners(res.kv),
+    read: async (replica, stage) => (await readSlot(res.kv, replica, stage))?.record,
+    ensureInputStream: (replica, stage, datacenter) =>
+      retryTransient(`input stream of ${slot(replica, stage)}`, () => ensureInputStream(res, replica, stage, datacenter)),
+    lastInputSeq: (replica, stage) => retryTransient(`input stream of ${slot(replica, stage)}`, () =>
+      res.jsm.streams.info(n.inputStream(replica, stage)).then((i) => i.state.last_seq, (err: Error) => { if (/not found/i.test(err.message)) return 0; throw err; })),
+    assign: async (replica, stage, host, signer) =>
+      (await retryTransient(slot(replica, stage), () => assignSlot(res.kv, replica, stage, host, signer))).record,
+    recordCheckpoint: (replica, stage, generation, checkpoint) => recordReportedCheckpoint(res.kv, replica, stage, generation, checkpoint),
+    dropCheckpoint: async (object) => { await res.objects.delete(object).catch(() => {}); },
+    purgeInputs: async (replica, stage, kind, seq) => {
+      await res.jsm.streams.purge(n.inputStream(replica, stage), { filter: n.edge(kind, replica, stage), seq }).catch(() => {});
+    },
+  };
+}
