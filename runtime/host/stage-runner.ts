@@ -38,7 +38,7 @@ import type { Tracing } from '../telemetry/tracing.ts';
 import type { FaultPoints } from './fault-points.ts';
 import { MicrobatchTraces, traceIds } from './microbatch-traces.ts';
 import { StageSync } from './bridge-sync.ts';
-import { SyntheticStage } from '../synthetic/synthetic-stage.ts';
+import { SyntheticStage } from '../compute/synthetic-stage.ts';
 import type { Span } from '@opentelemetry/api';
 
 const CONSUME_MAX_BYTES = 32 * 1024 * 1024;  // bounded by bytes, not messages: see DEPENDENCIES.md
