@@ -7,14 +7,14 @@
 // a step whose sync is stored loads it without waiting, so its weights come
 // out as the first holder's did; the residual, state outside the weights,
 // is stored at every sync so that a restore finds it.
-import type { EngineStage } from '../../native/index.ts';
 import type { BridgeConfig } from '../../schemas/run-config.ts';
 import { decodeParams, encodeParams, topK } from '../bridge/bridge-payload.ts';
 import { readBridgeRecord } from '../bridge/bridge-runtime.ts';
 import type { BridgeRecord } from '../../schemas/run-records.ts';
 import type { Logger } from '../log.ts';
-import { retryTransient } from '../transport/durable-publish.ts';
 import type { RunResources } from '../transport/run-resources.ts';
+import type { StateObjects } from '../transport/state-objects.ts';
+import type { ComputeStage } from '../compute/compute-stage.ts';
 
 const POLL_MS = 50;
 
@@ -26,10 +26,11 @@ export class StageSync {
 
   constructor(private readonly o: {
     readonly res: RunResources;
+    readonly objects: StateObjects;
     readonly bridge: BridgeConfig;
     readonly replica: number;
     readonly stage: number;
-    readonly engine: Pick<EngineStage, 'params' | 'setParams' | 'paramCount'>;
+    readonly engine: Pick<ComputeStage, 'params' | 'setParams' | 'paramCount'>;
     readonly log: Logger;
     readonly stopped: () => boolean;
     readonly report: (body: Record<string, unknown> & { type: 'contribution'; step: number; outer: number }) => Promise<void>;
@@ -75,12 +76,12 @@ export class StageSync {
       residual = values.slice();
       for (const i of topK(values, bridge.topkFraction).indices) residual[i] = 0;
       const name = res.names.bridgeResidual(stage, outer, replica);
-      await retryTransient(`bridge residual ${name}`, () => res.objects.putBlob({ name }, encodeParams(residual!, 'fp32').bytes));
+      await this.o.objects.put(name, encodeParams(residual!, 'fp32').bytes, 'bridge residual');
     }
     if (!record) {
       const { bytes, rawBytes } = encodeParams(values, bridge.payload, bridge.topkFraction);
       const object = res.names.bridgeContribution(stage, outer, replica);
-      await retryTransient(`bridge contribution ${object}`, () => res.objects.putBlob({ name: object }, bytes));
+      await this.o.objects.put(object, bytes, 'bridge contribution');
       await this.o.report({ type: 'contribution', step, outer, object, bytes_raw: rawBytes, bytes_wire: bytes.byteLength });
       const waiting = performance.now();
       while (!(record = await readBridgeRecord(res.kv, key))) {
@@ -98,7 +99,7 @@ export class StageSync {
 
   /** An fp32 blob of the stage's length from the Object Store (a sync's θ, or a residual). */
   private async download(name: string): Promise<Float32Array> {
-    const blob = await retryTransient(`bridge object ${name}`, () => this.o.res.objects.getBlob(name));
+    const blob = await this.o.objects.get(name, 'bridge object');
     if (!blob) throw new Error(`bridge object ${name} is missing from the object store`);
     return decodeParams(blob, { length: this.o.engine.paramCount, kind: 'fp32' }, name).values;
   }

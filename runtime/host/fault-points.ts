@@ -10,29 +10,27 @@
 // The same switch lets a host play a peer that sends poison:
 // CARAVAN_CHAOS_POISON=<kind>/<replica>/<stage>/<step>/<mb> makes the holder
 // of that slot put a NaN in that output frame (the non-finite tests).
-import type { NatsConnection, Subscription } from '@nats-io/transport-node';
 import { encodeJson } from '../../schemas/json-message.ts';
 import { decodeFaultRequest, FAULT_POINTS, type FaultPoint, type FaultReached } from '../../schemas/control-messages.ts';
+import type { CoreSubscription, RunConnection } from '../transport/run-connection.ts';
 
 export class FaultPoints {
   private armed: { point: FaultPoint; left: number } | undefined;
-  private readonly sub: Subscription | undefined;
+  private readonly sub: CoreSubscription | undefined;
   /** Outputs to poison, as `<kind>/<replica>/<stage>/<step>/<mb>`: read once, at start. */
   private readonly poison: ReadonlySet<string>;
 
-  constructor(private readonly nc: NatsConnection, private readonly host: string, subject: string, private readonly reachedSubject: string, enabled = process.env.CARAVAN_CHAOS === '1') {
+  constructor(private readonly conn: RunConnection, private readonly host: string, subject: string, private readonly reachedSubject: string, enabled = process.env.CARAVAN_CHAOS === '1') {
     this.poison = new Set(enabled && process.env.CARAVAN_CHAOS_POISON ? process.env.CARAVAN_CHAOS_POISON.split(',') : []);
     if (!enabled) return;
-    this.sub = nc.subscribe(subject, {
-      callback: (_e, m) => {
-        const req = decodeFaultRequest(m.data);
-        if (!FAULT_POINTS.includes(req.point) || !(req.after >= 1)) {
-          m.respond(encodeJson({ ok: false, error: `unknown fault point ${JSON.stringify(req.point)} or count ${req.after}` }));
-          return;
-        }
-        this.armed = { point: req.point, left: req.after };
-        m.respond(encodeJson({ ok: true }));
-      },
+    this.sub = conn.subscribe(subject, (m) => {
+      const req = decodeFaultRequest(m.data);
+      if (!FAULT_POINTS.includes(req.point) || !(req.after >= 1)) {
+        m.respond(encodeJson({ ok: false, error: `unknown fault point ${JSON.stringify(req.point)} or count ${req.after}` }));
+        return;
+      }
+      this.armed = { point: req.point, left: req.after };
+      m.respond(encodeJson({ ok: true }));
     });
   }
 
@@ -41,8 +39,8 @@ export class FaultPoints {
     if (!this.armed || this.armed.point !== point || --this.armed.left > 0) return;
     this.armed = undefined;
     const reached: FaultReached = { host: this.host, pid: process.pid, point };
-    this.nc.publish(this.reachedSubject, encodeJson(reached));
-    await this.nc.flush();
+    this.conn.publish(this.reachedSubject, encodeJson(reached));
+    await this.conn.flush();
     process.kill(process.pid, 'SIGSTOP');
   }
 

@@ -10,22 +10,19 @@
 // the coordinator binds the slot it gives the host to that key, and every
 // frame and report the host publishes is signed with it.
 import { hostname } from 'node:os';
-import type { KvWatchEntry } from '@nats-io/kv';
-import type { NatsConnection } from '@nats-io/transport-node';
-import { decodeRunConfig } from '../../schemas/run-config.ts';
 import type { Logger } from '../log.ts';
-import { connectNats } from '../transport/connect.ts';
-import { retryTransient } from '../transport/durable-publish.ts';
 import { encodeJson } from '../../schemas/json-message.ts';
 import { decodeRegistrationReply, decodeRunFailure } from '../../schemas/control-messages.ts';
-import { decodeRunState } from '../../schemas/run-records.ts';
-import { openExistingRun, type RunResources } from '../transport/run-resources.ts';
+import type { HostDevice } from '../compute/compute-stage.ts';
+import { connectToRunAsHost, type RunConnection } from '../transport/run-connection.ts';
+import type { RunResources } from '../transport/run-resources.ts';
+import { readRunConfig, watchRunState } from '../transport/run-state.ts';
 import { newHostKey, readHostKey, type HostKey } from '../security/host-key.ts';
 import { registrationProof } from '../security/registration.ts';
 import { SlotSigners } from '../security/slot-signers.ts';
-import { decodeSlot, SlotLostError, type SlotEntry } from '../transport/slots.ts';
+import { SlotLostError, type SlotEntry } from '../transport/slots.ts';
 import { FaultPoints } from './fault-points.ts';
-import { startStage, type HostDevice, type StageRunner } from './stage-runner.ts';
+import { startStage, type StageRunner } from './stage-runner.ts';
 import { cudaDevice, type CudaDeviceInfo } from '../../native/index.ts';
 import { initTracing, type Tracing } from '../telemetry/tracing.ts';
 
@@ -60,7 +57,7 @@ export async function runHost(o: HostOptions): Promise<void> {
     }
   }
   const key = o.nkey ? await readHostKey(o.nkey) : newHostKey();
-  const nc = await connectNats(o.nats, `caravan-host-${hostId()}`, { run: o.run, ...(o.nkey ? { credentials: key } : {}) });
+  const conn = await connectToRunAsHost(o.nats, `caravan-host-${hostId()}`, o.run, o.nkey ? key : undefined);
   const id = hostId();
   const log = o.log.child({ run: o.run, host: id, datacenter: o.datacenter });
   if (gpu) log.info({ gpu: gpu.index, name: gpu.name, memory_gib: +(gpu.totalBytes / 2 ** 30).toFixed(1), free_gib: +(gpu.freeBytes / 2 ** 30).toFixed(1), compute_capability: gpu.computeCapability }, 'using GPU');
@@ -71,47 +68,43 @@ export async function runHost(o: HostOptions): Promise<void> {
   let faults: FaultPoints | undefined;
   try {
     // Hosts do not create a run's streams (their permissions do not allow it): they wait for the coordinator to.
-    const res = await waitForRun(nc, o);
-    faults = new FaultPoints(nc, id, res.names.chaos(id), res.names.chaosReached);
+    const res = await waitForRun(conn, o);
+    faults = new FaultPoints(conn, id, res.names.chaos(id), res.names.chaosReached);
     beat = setInterval(() => {
-      nc.publish(res.names.heartbeat(id), encodeJson({ host: id, datacenter: o.datacenter, deadLetters: deadLetters.count }));
+      conn.publish(res.names.heartbeat(id), encodeJson({ host: id, datacenter: o.datacenter, deadLetters: deadLetters.count }));
     }, o.heartbeatMs ?? 1000);
-    await register(nc, res, id, o, device, key, log);
-    await followRun(nc, res, id, device, log, faults, deadLetters, tracing, key);
+    await register(conn, res, id, o, device, key, log);
+    await followRun(conn, res, id, device, log, faults, deadLetters, tracing, key);
   } finally {
     clearInterval(beat);
     faults?.close();
     await tracing.shutdown().catch((err: Error) => log.warn({ err: err.message }, 'trace export failed'));
-    await nc.drain().catch(() => nc.close());
+    await conn.close();
   }
 }
 
 /** Watches the run's state and slots until the run ends or this host loses its slot. */
-async function followRun(nc: NatsConnection, res: RunResources, id: string, device: HostDevice, log: Logger, faults: FaultPoints, deadLetters: { count: number }, tracing: Tracing, key: HostKey): Promise<void> {
-  const watch = await res.kv.watch({ key: ['state', 'slot.>'] });
+async function followRun(conn: RunConnection, res: RunResources, id: string, device: HostDevice, log: Logger, faults: FaultPoints, deadLetters: { count: number }, tracing: Tracing, key: HostKey): Promise<void> {
+  const watch = await watchRunState(res);
   const signers = new SlotSigners(res.kv);
   let stage: StageRunner | undefined;
   let held: SlotEntry | undefined;
   let ending: Promise<void> | undefined;
   // The watch and the stage both end the host: whichever comes first.
   let failed: Error | undefined;
-  const failedRun = nc.subscribe(res.names.failed, {
-    callback: (_e, m) => {
-      failed ??= new Error(`the run failed: ${decodeRunFailure(m.data).reason}`);
-      stage?.stop(failed);
-      watch.stop();
-    },
+  const failedRun = conn.subscribe(res.names.failed, (m) => {
+    failed ??= new Error(`the run failed: ${decodeRunFailure(m.data).reason}`);
+    stage?.stop(failed);
+    watch.stop();
   });
   try {
     for await (const e of watch) {
-      if (e.key === 'state') {
-        const status = runStatus(e);
-        if (status === 'finished') { stage?.stop(); break; }
-        if (status === 'failed') { failed ??= new Error('the run failed'); stage?.stop(failed); break; }
+      if (e.type === 'status') {
+        if (e.status === 'finished') { stage?.stop(); break; }
+        if (e.status === 'failed') { failed ??= new Error('the run failed'); stage?.stop(failed); break; }
         continue;
       }
-      if (e.operation !== 'PUT' || e.value.length === 0) continue;
-      const record = decodeSlot(e.value, e.key);
+      const { record } = e.entry;
       signers.update(record);
       if (held && record.replica === held.record.replica && record.stage === held.record.stage && record.generation !== held.record.generation) {
         const lost = new SlotLostError(held.record.replica, held.record.stage, id, record);
@@ -120,16 +113,16 @@ async function followRun(nc: NatsConnection, res: RunResources, id: string, devi
         break;
       }
       if (held || record.host !== id) continue;
-      held = { record, revision: e.revision };
+      held = e.entry;
       const slotLog = log.child({ replica: record.replica, stage: record.stage, generation: record.generation });
       slotLog.info({ from: record.checkpoint?.step ?? null }, 'slot assigned');
-      const config = decodeRunConfig((await retryTransient('run config', () => res.kv.get('config')))?.value ?? new Uint8Array(), 'run config in KV');
-      stage = await startStage({ nc, res, config, slot: held, host: id, device, log: slotLog, faults, deadLetters, tracing, key, signers });
-      nc.publish(res.names.ready, encodeJson({ host: id, replica: record.replica, stage: record.stage }));
+      const config = await readRunConfig(res);
+      stage = await startStage({ conn, res, config, slot: held, host: id, device, log: slotLog, faults, deadLetters, tracing, key, signers });
+      conn.publish(res.names.ready, encodeJson({ host: id, replica: record.replica, stage: record.stage }));
       ending = stage.done.catch((err: Error) => {
         // A stage that cannot go on fails the run: a replacement would meet the same error.
         if (!failed && !(err instanceof SlotLostError)) {
-          nc.publish(res.names.failed, encodeJson({ reason: `replica ${record.replica} stage ${record.stage} (host ${id}): ${err.message}` }));
+          conn.publish(res.names.failed, encodeJson({ reason: `replica ${record.replica} stage ${record.stage} (host ${id}): ${err.message}` }));
         }
         failed ??= err;
       }).finally(() => watch.stop());
@@ -142,20 +135,15 @@ async function followRun(nc: NatsConnection, res: RunResources, id: string, devi
   if (failed) throw failed;
   // The watch also ends when the connection is gone for good: that is no clean exit, or whoever
   // started this host would wait for a run it has left.
-  if (nc.isClosed()) throw new Error('the connection to NATS closed (the server is gone or out of reach): leaving the run');
+  if (conn.isClosed()) throw new Error('the connection to NATS closed (the server is gone or out of reach): leaving the run');
   if (!held) log.info('the run ended while this host was a standby');
 }
 
-function runStatus(e: KvWatchEntry): string | undefined {
-  if (e.operation !== 'PUT' || e.value.length === 0) return undefined;
-  return decodeRunState(e.value).status;
-}
-
-async function waitForRun(nc: NatsConnection, o: HostOptions): Promise<RunResources> {
+async function waitForRun(conn: RunConnection, o: HostOptions): Promise<RunResources> {
   const deadline = Date.now() + (o.registerTimeoutMs ?? 5 * 60_000);
   for (;;) {
     try {
-      return await openExistingRun(nc, o.run, o.nats);
+      return await conn.openRun();
     } catch (err) {
       if (Date.now() > deadline || /permission/i.test((err as Error).message)) throw err;
       await new Promise((r) => setTimeout(r, 500));
@@ -163,7 +151,7 @@ async function waitForRun(nc: NatsConnection, o: HostOptions): Promise<RunResour
   }
 }
 
-async function register(nc: NatsConnection, res: RunResources, id: string, o: HostOptions, device: HostDevice, key: HostKey, log: Logger): Promise<void> {
+async function register(conn: RunConnection, res: RunResources, id: string, o: HostOptions, device: HostDevice, key: HostKey, log: Logger): Promise<void> {
   const deadline = Date.now() + (o.registerTimeoutMs ?? 5 * 60_000);
   const body = {
     host: id, datacenter: o.datacenter, device: device.kind, ...(device.kind === 'cuda' ? { gpu: device.gpu.name } : {}),
@@ -171,7 +159,7 @@ async function register(nc: NatsConnection, res: RunResources, id: string, o: Ho
   };
   for (;;) {
     try {
-      const reply = decodeRegistrationReply((await nc.request(res.names.register, encodeJson(body), { timeout: 2000 })).data);
+      const reply = decodeRegistrationReply(await conn.request(res.names.register, encodeJson(body), 2000));
       if (!reply.ok) throw new RegistrationRefused(`the coordinator refused this host: ${reply.reason ?? 'no reason given'}`);
       log.info({ key: key.publicKey }, 'registered with the coordinator');
       return;

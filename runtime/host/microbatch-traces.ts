@@ -3,12 +3,12 @@
 // backward is done; each stage adds `consume` (with `decode`), `queue` (from
 // arrival to compute), `forward` or `backward`, and `encode` and `publish`
 // for what it sends on. Frames carry the context as `traceparent` in their
-// NATS headers, so a stage's spans hang under the span that sent its input;
-// the last stage's backward hangs under its own forward.
+// headers (transport/ puts it there and reads it back), so a stage's spans
+// hang under the span that sent its input; the last stage's backward hangs
+// under its own forward.
 import { TraceFlags, type Context, type Span } from '@opentelemetry/api';
-import type { MsgHdrs } from '@nats-io/transport-node';
 import type { FrameKind } from '../../schemas/tensor-frame.ts';
-import { traceContext, traceHeaders, type Tracing } from '../telemetry/tracing.ts';
+import type { Tracing } from '../telemetry/tracing.ts';
 
 export interface TraceIdentity {
   readonly run: string;
@@ -42,10 +42,10 @@ export class MicrobatchTraces {
     return { 'caravan.run': this.id.run, 'caravan.replica': this.id.replica, 'caravan.stage': this.id.stage, 'caravan.step': step, 'caravan.microbatch': mb };
   }
 
-  /** A frame was consumed: `decode` ran from `started` to now. */
-  consumed(kind: FrameKind, step: number, mb: number, headers: MsgHdrs | undefined, started: number, wireBytes: number, codecs: readonly string[]): void {
+  /** A frame was consumed (`from`: what it came in, which carries the sender's context): `decode` ran from `started` to now. */
+  consumed(kind: FrameKind, step: number, mb: number, from: { traceContext(): Context | undefined }, started: number, wireBytes: number, codecs: readonly string[]): void {
     if (!this.tracing.enabled) return;
-    const parent = traceContext(headers);
+    const parent = from.traceContext();
     const attributes = { ...this.attributes(step, mb), 'caravan.kind': kind, 'caravan.bytes_wire': wireBytes, 'caravan.codecs': codecs.join('+') || 'none' };
     const consume = this.tracing.start('consume', parent, { startTime: started, attributes });
     this.tracing.start('decode', this.tracing.contextOf(consume), { startTime: started, attributes }).end();
@@ -87,8 +87,8 @@ export class MicrobatchTraces {
     }
   }
 
-  /** Spans around sending a frame: `encode` then `publish`; returns the headers that carry the trace on. */
-  send<T>(parent: Span, step: number, mb: number, encode: () => { bytes: Uint8Array; f32Bytes: number; codecs: readonly string[] }, publish: (bytes: Uint8Array, headers: MsgHdrs | undefined) => Promise<T>): Promise<T> {
+  /** Spans around sending a frame: `encode` then `publish`, which is handed the context the frame carries on. */
+  send<T>(parent: Span, step: number, mb: number, encode: () => { bytes: Uint8Array; f32Bytes: number; codecs: readonly string[] }, publish: (bytes: Uint8Array, trace: Context) => Promise<T>): Promise<T> {
     const parentCtx = this.tracing.contextOf(parent);
     const encodeSpan = this.tracing.start('encode', parentCtx, { attributes: this.attributes(step, mb) });
     const out = encode();
@@ -96,6 +96,6 @@ export class MicrobatchTraces {
     encodeSpan.setAttributes(attributes);
     encodeSpan.end();
     const publishSpan = this.tracing.start('publish', parentCtx, { attributes });
-    return publish(out.bytes, traceHeaders(this.tracing.contextOf(publishSpan))).finally(() => publishSpan.end());
+    return publish(out.bytes, this.tracing.contextOf(publishSpan)).finally(() => publishSpan.end());
   }
 }

@@ -17,7 +17,7 @@ import { slotPlacements } from '../transport/slot-placement.ts';
 import { trainDistributed, type DistributedOptions } from '../train/train-distributed.ts';
 import type { RunSummary } from '../../schemas/run-records.ts';
 import { splitLayers } from '../../native/index.ts';
-import { SyntheticStage } from './synthetic-stage.ts';
+import { SyntheticStage } from '../compute/synthetic-stage.ts';
 import { FaultInjector, type FaultRecord, type SimulateFaults } from './simulate-faults.ts';
 import { startNatsServer } from '../nats/nats-server.ts';
 import { startSupercluster } from '../nats/nats-supercluster.ts';

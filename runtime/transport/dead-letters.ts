@@ -1,8 +1,14 @@
-// Frames a stage refused, kept in the run's dead-letter stream with why: the
-// message as it came, and headers naming the fault, the reason, the subject it
-// came on and the host that refused it. `caravan status` shows the latest.
+// The run's dead-letter stream: frames a slot's holder refused (a bad
+// signature, a frame that does not decode or has the wrong shape), each kept
+// as it came, with headers naming the fault, the reason, the subject it came
+// on and the host that refused it. The holder acks a frame once it is there:
+// moved, not lost. `caravan status` shows the latest.
+import { headers } from '@nats-io/transport-node';
+import { publishDurable } from './durable-publish.ts';
 import type { MessageHeaders } from './message-headers.ts';
 import type { RunResources } from './run-resources.ts';
+import type { SlotHolder } from './slot-reader.ts';
+import type { EdgeDelivery } from './slot-inputs.ts';
 
 export interface DeadLetter {
   readonly fault: string;
@@ -21,6 +27,16 @@ export const DEAD_LETTER_HEADERS: { readonly [K in keyof DeadLetter]: string } =
 
 export function deadLetterOf(h: MessageHeaders): DeadLetter {
   return { fault: h.get(DEAD_LETTER_HEADERS.fault), reason: h.get(DEAD_LETTER_HEADERS.reason), subject: h.get(DEAD_LETTER_HEADERS.subject), host: h.get(DEAD_LETTER_HEADERS.host) };
+}
+
+export async function moveToDeadLetters(res: RunResources, holder: SlotHolder, d: EdgeDelivery, fault: string, reason: string): Promise<void> {
+  const h = headers();
+  h.set(DEAD_LETTER_HEADERS.fault, fault);
+  h.set(DEAD_LETTER_HEADERS.reason, reason.slice(0, 1000));
+  h.set(DEAD_LETTER_HEADERS.subject, d.subject);
+  h.set(DEAD_LETTER_HEADERS.host, holder.host);
+  await publishDurable(res.js, res.names.dead(holder.replica, holder.stage), d.data, { msgID: `dead-${d.stream}-${d.seq}`, headers: h });
+  d.ack();
 }
 
 /** How many frames the stream holds, and the latest `recent` of them, newest first. */

@@ -5,7 +5,7 @@
 import test from 'ava';
 import { stageForwardFlopsPerToken, forwardFlopsPerToken } from '../../schemas/model-flops.ts';
 import { validateRunConfig } from '../../schemas/run-config.ts';
-import { SyntheticStage } from '../../runtime/synthetic/synthetic-stage.ts';
+import { SyntheticStage } from '../../runtime/compute/synthetic-stage.ts';
 import { SIMULATE_PRESETS } from '../../runtime/synthetic/simulate-presets.ts';
 import { splitLayers } from '../../native/index.ts';
 

@@ -3,8 +3,9 @@
 // fit on a laptop. A forward sleeps for the stage's model FLOPs on the
 // microbatch ÷ (peak · efficiency) ÷ timeScale, a backward twice that; the
 // outputs are frames of the real size (their values are a constant). It
-// stands in for EngineStage behind the same methods, so the hosts run the
-// same actors, transport, checkpoints and recovery as for a real model.
+// stands in for EngineStage behind the same interface (compute-stage.ts),
+// so the hosts run the same actors, transport, checkpoints and recovery as
+// for a real model.
 //
 // The sleep blocks the thread (Atomics.wait), as an engine call does: the
 // host's I/O waits for it exactly as it waits for real compute.
@@ -12,6 +13,7 @@ import { decodeSafeTensors, encodeSafeTensors } from '../../native/index.ts';
 import type { LlamaConfig } from '../../schemas/model-config.ts';
 import { stageForwardFlopsPerToken } from '../../schemas/model-flops.ts';
 import type { SyntheticCompute } from '../../schemas/run-config.ts';
+import type { ComputeStage } from './compute-stage.ts';
 
 const sleeper = new Int32Array(new SharedArrayBuffer(4));
 
@@ -28,7 +30,7 @@ export interface SyntheticStageSpec {
   readonly synthetic: SyntheticCompute;
 }
 
-export class SyntheticStage {
+export class SyntheticStage implements ComputeStage {
   readonly isFirst: boolean;
   readonly isLast: boolean;
   readonly inWidth: number;

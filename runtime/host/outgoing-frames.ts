@@ -1,0 +1,82 @@
+// A slot's outputs on their way out: each frame is encoded (with its
+// boundary's codecs) in an `encode` span, checked against the server's
+// max_payload, counted by kind and published, signed, in a `publish` span.
+// Frames go out without holding up the next computation: waiting for each
+// acknowledgement put a round trip to the stream's server (across a WAN,
+// tens of ms) after every forward and backward. At most MAX_FRAMES_IN_FLIGHT
+// are unacknowledged at once, and the slot waits for all of them before the
+// step's report (allSent), so a commit still means every frame of the step
+// is stored (a checkpoint after it relies on that). A frame is encoded before
+// send returns: the engine may reuse the output's memory.
+import type { Span } from '@opentelemetry/api';
+import type { WireCount } from '../../schemas/control-messages.ts';
+import { encodeFrameWithCodecs, type FrameCodec, type FrameKind } from '../../schemas/tensor-frame.ts';
+import type { SlotOutputs } from '../transport/slot-outputs.ts';
+import type { FaultPoints } from './fault-points.ts';
+import type { MicrobatchTraces } from './microbatch-traces.ts';
+
+// Frames published and not yet acknowledged, per stage (each up to max_payload, 8 MiB).
+const MAX_FRAMES_IN_FLIGHT = 8;
+
+export interface OutgoingFramesOptions {
+  readonly run: string;
+  readonly replica: number;
+  readonly stage: number;
+  readonly batchSize: number;
+  readonly seqLen: number;
+  /** By kind: the channels and the codecs of its boundary (activations cross layerEnd, gradients layerBegin). */
+  readonly wire: Record<FrameKind, { readonly width: number; readonly codecs: readonly FrameCodec[] }>;
+  /** The largest message the NATS server takes, in bytes. */
+  readonly maxPayload: number;
+  readonly outputs: SlotOutputs;
+  readonly traces: MicrobatchTraces;
+  readonly faults: FaultPoints;
+  /** Stops the slot: a frame that could not be published. */
+  readonly failed: (err: Error) => void;
+}
+
+export class OutgoingFrames {
+  private readonly sending = new Set<Promise<void>>();
+  private readonly sent: Record<FrameKind, WireCount> = { act: { frames: 0, f32_bytes: 0, wire_bytes: 0 }, grad: { frames: 0, f32_bytes: 0, wire_bytes: 0 } };
+
+  constructor(private readonly o: OutgoingFramesOptions) {}
+
+  /** Sends `data` as the `kind` frame of (step, mb) into stage `to`; returns once it is encoded and a place in flight is free. */
+  async send(kind: FrameKind, to: number, step: number, mb: number, data: Float32Array, parent: Span): Promise<void> {
+    while (this.sending.size >= MAX_FRAMES_IN_FLIGHT) await Promise.race(this.sending);
+    const sent: Promise<void> = this.publish(kind, to, step, mb, data, parent)
+      .catch((err: Error) => this.o.failed(err))
+      .finally(() => this.sending.delete(sent));
+    this.sending.add(sent);
+  }
+
+  /** Settles once every frame sent so far is stored. */
+  async allSent(): Promise<void> {
+    while (this.sending.size) await Promise.all([...this.sending]);
+  }
+
+  /** Frames and bytes sent so far, by kind. */
+  sentByKind(): Record<FrameKind, WireCount> {
+    return { act: { ...this.sent.act }, grad: { ...this.sent.grad } };
+  }
+
+  private async publish(kind: FrameKind, to: number, step: number, mb: number, data: Float32Array, parent: Span): Promise<void> {
+    const { run, replica, stage, batchSize: B, seqLen: T, maxPayload, faults } = this.o;
+    const { width, codecs } = this.o.wire[kind];
+    if (faults.poisons(kind, replica, stage, step, mb)) (data = data.slice())[0] = NaN;
+    await this.o.traces.send(parent, step, mb, () => {
+      const encoded = encodeFrameWithCodecs({ run, replica, stage: to, step, microbatch: mb, kind, shape: [B, T, width], data }, codecs);
+      return { ...encoded, f32Bytes: data.byteLength };
+    }, (bytes, trace) => {
+      const count = this.sent[kind];
+      count.frames++;
+      count.f32_bytes += data.byteLength;
+      count.wire_bytes += bytes.byteLength;
+      if (bytes.length > maxPayload) {
+        throw new Error(`a ${kind} frame of ${bytes.length} bytes exceeds the server's max_payload of ${maxPayload} bytes: raise max_payload (up to 8MB) in the nats-server config, shrink B·T·d, or put a bottleneck at the boundary (--bottleneck K)`);
+      }
+      return this.o.outputs.frame({ kind, to, step, mb }, bytes, trace);
+    });
+    await faults.reach('publish');
+  }
+}
