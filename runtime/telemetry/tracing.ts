@@ -13,7 +13,21 @@ import { OTLPTraceExporter as JsonExporter } from '@opentelemetry/exporter-trace
 import { OTLPTraceExporter as ProtoExporter } from '@opentelemetry/exporter-trace-otlp-proto';
 import { detectResources, envDetector, resourceFromAttributes } from '@opentelemetry/resources';
 import { BasicTracerProvider, BatchSpanProcessor, ParentBasedSampler, TraceIdRatioBasedSampler } from '@opentelemetry/sdk-trace-base';
-import { newMessageHeaders, type MessageHeaders } from '../transport/message-headers.ts';
+
+/** Message headers as the propagator reads and writes them (NATS headers fit): `get` answers "" or undefined for a missing key. */
+export interface TraceCarrier {
+  get(key: string): string | undefined;
+  set(key: string, value: string): void;
+  keys(): string[];
+}
+
+/** Headers of their own, for a caller that has none yet: like NATS headers, `get` answers "" for a missing key. */
+export class TraceHeaderMap implements TraceCarrier {
+  private readonly values = new Map<string, string>();
+  get(key: string): string { return this.values.get(key) ?? ''; }
+  set(key: string, value: string) { this.values.set(key, value); }
+  keys() { return [...this.values.keys()]; }
+}
 
 export interface TracingIdentity {
   readonly service: string;       // default for OTEL_SERVICE_NAME
@@ -36,18 +50,20 @@ export interface Tracing {
 const propagator = new W3CTraceContextPropagator();
 
 /** NATS headers carrying `ctx` as traceparent (and tracestate), merged into `into` when given. */
-export function traceHeaders(ctx: Context | undefined, into?: MessageHeaders): MessageHeaders | undefined {
+export function traceHeaders(ctx: Context | undefined): TraceHeaderMap | undefined;
+export function traceHeaders<C extends TraceCarrier>(ctx: Context | undefined, into: C): C;
+export function traceHeaders(ctx: Context | undefined, into?: TraceCarrier): TraceCarrier | undefined {
   if (!ctx || !trace.getSpan(ctx)?.isRecording()) return into;
-  const h = into ?? newMessageHeaders();
+  const h = into ?? new TraceHeaderMap();
   propagator.inject(ctx, h, { set: (carrier, key, value) => carrier.set(key, value) });
   return h;
 }
 
 /** The trace context a message's headers carry, if any. */
-export function traceContext(h: MessageHeaders | undefined): Context | undefined {
+export function traceContext(h: TraceCarrier | undefined): Context | undefined {
   if (!h || !h.get('traceparent')) return undefined;
   return propagator.extract(ROOT_CONTEXT, h, {
-    // MessageHeaders.get answers "" for a missing key; the propagator wants undefined.
+    // NATS headers' get answers "" for a missing key; the propagator wants undefined.
     get: (carrier, key) => carrier.get(key) || undefined,
     keys: (carrier) => carrier.keys(),
   });

@@ -72,9 +72,10 @@ const RULES: readonly Rule[] = [
     forbids: (edge) => local(edge) && !under('schemas')(edge.to),
   },
   {
-    name: 'native/ imports nothing of the TS code outside native/',
+    // The engine's surface takes the model and optimizer configs as the wire format defines them; schemas/ is pure and imports nothing.
+    name: 'native/ imports nothing of the TS code outside native/ but schemas/',
     applies: under('native'),
-    forbids: (edge) => local(edge) && !under('native')(edge.to),
+    forbids: (edge) => local(edge) && !under('native')(edge.to) && !under('schemas')(edge.to),
   },
   {
     name: 'runtime/coordinator/ imports no runtime/host/ module',
@@ -183,8 +184,6 @@ function folderCycles(edges: readonly ImportEdge[]): Array<{ folders: string[]; 
 const KNOWN_CYCLES: ReadonlyArray<readonly string[]> = [
   // transport/connect.ts reads the host key from security/; security/ reuses transport/'s subject names and slot reads.
   ['runtime/security', 'runtime/transport'],
-  // host/ runs the synthetic stage from synthetic/ (moving to compute/), which drives train/, which reads host/'s exit code.
-  ['runtime/host', 'runtime/synthetic', 'runtime/train'],
 ];
 
 const sameFolders = (a: readonly string[], b: readonly string[]) => a.length === b.length && a.every((f) => b.includes(f));
