@@ -5,18 +5,17 @@
 // run of the same config. It counts from the control log how often each
 // (step, microbatch) went into each stage's update, measures how long the
 // pipeline stood still after each kill, and reports whether the final
-// parameters are bit for bit the reference's.
+// parameters are bit for bit the reference's. The processes it starts, and
+// stopping them however the run ends, are chaos-fleet.ts's.
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { RunConfig } from '../../schemas/run-config.ts';
 import type { RecoveryCounts, RunSummary } from '../../schemas/run-records.ts';
-import type { FaultReached, FaultRequest } from '../../schemas/control-messages.ts';
+import type { FaultPoint, FaultReached, FaultRequest } from '../../schemas/control-messages.ts';
 import type { Logger } from '../log.ts';
 import { connectNats, type NatsConnection } from '../transport/connect.ts';
-import { startNatsCluster, type NatsClusterHandle } from '../nats/nats-cluster.ts';
-import { startNatsServer, type NatsServerHandle } from '../nats/nats-server.ts';
-import { isRunning, spawnCaravan, type CaravanChild } from '../train/caravan-child.ts';
+import { isRunning, type CaravanChild } from '../train/caravan-child.ts';
 import { newRunId, trainDistributed } from '../train/train-distributed.ts';
 import { trainLocal } from '../train/train-local.ts';
 import { openRunResources, type RunResources } from '../transport/run-resources.ts';
@@ -25,7 +24,9 @@ import { FaultInjection } from '../transport/fault-injection.ts';
 import { followRunEvents } from '../transport/run-events.ts';
 import { RunStateReader } from '../transport/run-state-reader.ts';
 import { storedStageReports } from '../transport/stored-reports.ts';
-import { planKills, type KillKind, type PlannedKill } from './kill-plan.ts';
+import type { RunNames } from '../transport/subjects.ts';
+import { ChaosFleet } from './chaos-fleet.ts';
+import { planKills, type KillKind, type KillTarget, type PlannedKill } from './kill-plan.ts';
 
 export interface ChaosOptions {
   readonly config: RunConfig;
@@ -78,194 +79,239 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
   const began = performance.now();
   const run = newRunId();
   const dir = await mkdtemp(join(tmpdir(), 'caravan-chaos-'));
-  let cluster: NatsClusterHandle | undefined;
-  let single: NatsServerHandle | undefined;
-  const children: CaravanChild[] = [];
+  const configFile = join(dir, 'run.json');
+  const watch = new TrainingWatch();
+  const fleet = new ChaosFleet({
+    run, configFile, heartbeatMs: o.heartbeatMs, heartbeatTimeoutMs: o.heartbeatTimeoutMs, log: o.log, childLogLevel: o.childLogLevel,
+    fail: (err) => watch.fail(err),
+  });
   let nc: NatsConnection | undefined;
   try {
-    if (o.natsServers === 3) cluster = await startNatsCluster({ log: (l) => o.log.info(l) });
-    else single = await startNatsServer();
-    const url = cluster?.url ?? single!.url;
+    const url = await fleet.startNats(o.natsServers);
     nc = await connectNats(url, `caravan-chaos-${run}`);
     const res = await openRunResources(nc, run, { limits: edgeLimits(o.config) });
-    const runState = new RunStateReader(res);
-    const faults = new FaultInjection(nc, res.names);
-    const configFile = join(dir, 'run.json');
+    const striker = new Striker(fleet, watch, new RunStateReader(res), new FaultInjection(nc, res.names), say);
     await writeFile(configFile, JSON.stringify(o.config));
-
-    let failure: Error | undefined;
-    let hostCount = 0;
-    let refused = 0;
-    const fail = (err: Error) => { failure ??= err; };
-    const expectedExit = new Set<CaravanChild>();
-    const watch = (c: CaravanChild) => {
-      children.push(c);
-      void c.exited.then(({ code, signal }) => {
-        if (expectedExit.has(c) || signal === 'SIGTERM') return;
-        if (code === 3) { refused++; return; }  // a replaced host refused on its return: as designed
-        if (code !== 0) fail(new Error(`${c.name} exited (${code ?? signal}): ${c.lastLine()}`));
-      });
-      return c;
-    };
-    const env = { CARAVAN_CHAOS: '1' };
-    const echo = Boolean(o.childLogLevel && o.childLogLevel !== 'silent');
-    const spawnCoordinator = () => watch(spawnCaravan('coordinator', [
-      'coordinator', '--nats', url, '--run', run, '--config', configFile, '--heartbeat-timeout', String(o.heartbeatTimeoutMs),
-    ], { logLevel: o.childLogLevel, echo }));
-    const spawnHost = () => {
-      const i = hostCount++;
-      return watch(spawnCaravan(`host ${i}`, [
-        'host', '--nats', url, '--run', run, '--datacenter', `local-${i}`, '--heartbeat', String(o.heartbeatMs),
-      ], { env, logLevel: o.childLogLevel, echo }));
-    };
-    let coordinator = spawnCoordinator();
-    for (let i = 0; i < t.stages * t.replicas + o.standbys; i++) spawnHost();
-
-    // Progress: replica 0's committed steps, with the time each was seen.
-    const commits: Array<{ step: number; at: number }> = [];
-    let committedSteps = 0;  // replica 0's steps committed so far
-    let summary: RunSummary | undefined;
-    await followRunEvents(nc, res.names, {
-      progress: (p) => {
-        if (p.replica !== 0) return;
-        commits.push({ step: p.step, at: performance.now() });
-        committedSteps = Math.max(committedSteps, p.step + 1);
-      },
-      finished: (s) => { summary = s; },
-      failed: (f) => fail(new Error(f.reason)),
-    });
-    const reached: FaultReached[] = [];
-    faults.onReached((r) => { reached.push(r); });
-
-    const until = async (what: string, cond: () => boolean, timeoutMs = 120_000) => {
-      const deadline = performance.now() + timeoutMs;
-      while (!cond()) {
-        if (failure) throw failure;
-        if (performance.now() > deadline) throw new Error(`chaos: timed out waiting for ${what}`);
-        await sleep(20);
-      }
-    };
-    const committed = () => committedSteps;
-    const kills: KillRecord[] = [];
-    const pendingRecoveries: Array<Promise<void>> = [];
-    const recoveryAfter = (at: number, record: Omit<KillRecord, 'recovery_s'>) => {
-      pendingRecoveries.push(until(`a step committed after killing ${record.detail}`, () => summary !== undefined || commits.some((c) => c.at > at), 180_000).then(() => {
-        const next = commits.find((c) => c.at > at);
-        const recovery = next ? (next.at - at) / 1000 : (performance.now() - at) / 1000;
-        kills.push({ ...record, recovery_s: recovery });
-        say(`recovered from ${record.detail} in ${recovery.toFixed(2)} s`);
-      }, (err: Error) => say(`recovery from ${record.detail} not measured: ${err.message}`)));
-    };
+    fleet.spawnCoordinator();
+    for (let i = 0; i < t.stages * t.replicas + o.standbys; i++) fleet.spawnHost();
+    await watch.follow(nc, res.names);
+    striker.listen();
 
     for (const kill of plan) {
-      await until(`step ${kill.afterStep}`, () => committed() >= kill.afterStep || summary !== undefined);
-      if (summary) break;
-      const target = kill.target;
-      if (target.kind === 'coordinator') {
-        expectedExit.add(coordinator);
-        const at = performance.now();
-        coordinator.process.kill('SIGKILL');
-        await coordinator.exited;
-        say(`killed the coordinator at step ${committed()}`);
-        coordinator = spawnCoordinator();
-        recoveryAfter(at, { target: 'coordinator', detail: 'the coordinator', afterStep: committed() });
-      } else if (target.kind === 'nats') {
-        const victim = cluster!.servers[Math.floor(kill.afterStep % cluster!.servers.length)];
-        const at = performance.now();
-        await victim.kill('SIGKILL');
-        say(`killed NATS server ${victim.name} at step ${committed()}`);
-        recoveryAfter(at, { target: 'nats', detail: `NATS server ${victim.name}`, afterStep: committed() });
-        // Back after the pipeline moved on without it (a quorum of two), before anything else is killed.
-        await Promise.race([until('a step without the killed server', () => summary !== undefined || commits.some((c) => c.at > at), 120_000), sleep(30_000)]);
-        await victim.restart();
-        say(`NATS server ${victim.name} restarted`);
-      } else {
-        await strikeStage(kill);
-      }
+      await watch.until(`step ${kill.afterStep}`, () => watch.committedSteps >= kill.afterStep || watch.summary !== undefined);
+      if (watch.summary) break;
+      await striker.strike(kill);
     }
 
-    async function strikeStage(kill: PlannedKill): Promise<void> {
-      const target = kill.target as Extract<PlannedKill['target'], { kind: 'stage' }>;
-      const slot = await runState.slot(target.replica, target.stage);
-      if (!slot) throw new Error(`chaos: slot ${target.replica}.${target.stage} has no holder`);
-      const holder = children.find((c) => c.process.pid === pidOf(slot.record.host));
-      if (!holder || !isRunning(holder)) throw new Error(`chaos: the holder of slot ${target.replica}.${target.stage} (${slot.record.host}) is not a running child`);
-      const detail = `replica ${target.replica} stage ${target.stage} (${target.point})`;
-      let at: number;
-      if (target.point === 'stall') {
-        // Frozen past the heartbeat timeout: replaced; thawed: it must see that and leave (exit 3).
-        at = performance.now();
-        holder.process.kill('SIGSTOP');
-        say(`stalled ${detail.replace(' (stall)', '')} (SIGSTOP) at step ${committed()}`);
-        let handedOver = false;
-        const deadline = performance.now() + 60_000;
-        while (!handedOver && performance.now() < deadline) {
-          handedOver = (await runState.slot(target.replica, target.stage))?.record.host !== slot.record.host;
-          if (!handedOver) await sleep(100);
-        }
-        if (!handedOver) throw new Error(`chaos: slot ${target.replica}.${target.stage} was not handed over while its host was stopped`);
-        holder.process.kill('SIGCONT');
-        const exit = await Promise.race([holder.exited, sleep(30_000).then(() => undefined)]);
-        if (!exit || exit.code !== 3) throw new Error(`chaos: the replaced host of slot ${target.replica}.${target.stage} did not refuse to go on after SIGCONT (${exit ? `exit ${exit.code ?? exit.signal}` : 'still running after 30 s'}): ${holder.lastLine()}`);
-        say(`the stalled host came back and left: ${holder.lastLine()}`);
-        spawnHost();
-        recoveryAfter(at, { target: 'stall', detail, afterStep: committed() });
-        return;
-      }
-      if (target.point === 'anytime') {
-        await sleep(Math.floor(50 + (kill.afterStep * 37) % 200));
-        at = performance.now();
-      } else {
-        const request: FaultRequest = { point: target.point, after: 1 };
-        const reply = await faults.arm(slot.record.host, request);
-        if (!reply.ok) throw new Error(`chaos: ${reply.error}`);
-        const from = reached.length;
-        await until(`${detail} to reach its fault point`, () => reached.slice(from).some((r) => r.pid === holder.process.pid) || summary !== undefined || !isRunning(holder), 120_000);
-        if (summary) return;
-        at = performance.now();
-      }
-      expectedExit.add(holder);
-      holder.process.kill('SIGKILL');
-      await holder.exited;
-      say(`killed ${detail} at step ${committed()}`);
-      spawnHost();  // the replacement's replacement: it joins as a standby
-      recoveryAfter(at, { target: 'stage', detail, afterStep: committed() });
-    }
-
-    await until('the end of the run', () => summary !== undefined, 600_000);
-    await Promise.all(pendingRecoveries);
+    await watch.until('the end of the run', () => watch.summary !== undefined, 600_000);
+    await striker.recovered();
     const counts = await countContributions(res, o.config);
-    const finalSummary = summary!;
-    const hashes = finalSummary.params_sha256_by_replica;
-    const match = hashes.length === reference.length && hashes.every((h, i) => h === reference[i]);
-    const times = kills.map((k) => k.recovery_s).sort((a, b) => a - b);
-    const byTarget: Record<string, number> = {};
-    for (const k of kills) byTarget[k.target] = (byTarget[k.target] ?? 0) + 1;
-    return {
-      kills: kills.length,
-      kills_by_target: byTarget,
-      lost_microbatches: counts.lost,
-      duplicated_microbatches: counts.duplicated,
-      replay_mismatches: counts.mismatches,
-      params_match_reference: match,
-      recovery_s: { median: median(times), max: times.length ? times[times.length - 1] : 0 },
-      params_sha256: finalSummary.params_sha256,
-      reference_params_sha256: reference[0],
-      hosts_replaced_and_refused: refused,
-      recoveries: finalSummary.recoveries,
-      wall_seconds: (performance.now() - began) / 1000,
-      kill_log: kills,
-    };
+    return chaosReport({ summary: watch.summary!, reference, kills: striker.kills, counts, refused: fleet.refused, began });
   } finally {
     await nc?.close().catch(() => {});
-    for (const c of children) if (isRunning(c)) c.process.kill('SIGTERM');
-    const timer = setTimeout(() => { for (const c of children) if (isRunning(c)) c.process.kill('SIGKILL'); }, 5000);
-    await Promise.all(children.map((c) => c.exited));
-    clearTimeout(timer);
-    await cluster?.stop();
-    await single?.stop();
+    await fleet.stop();
     await rm(dir, { recursive: true, force: true });
   }
+}
+
+/**
+ * What the chaos run has seen of training: replica 0's committed steps, each
+ * with the time it was seen; the summary once the run finished; and the
+ * first failure, of the run or of a child. `until` waits on it.
+ */
+class TrainingWatch {
+  private readonly commits: Array<{ step: number; at: number }> = [];
+  /** Replica 0's steps committed so far. */
+  committedSteps = 0;
+  summary: RunSummary | undefined;
+  private failure: Error | undefined;
+
+  fail(err: Error): void {
+    this.failure ??= err;
+  }
+
+  async follow(nc: NatsConnection, names: RunNames): Promise<void> {
+    await followRunEvents(nc, names, {
+      progress: (p) => {
+        if (p.replica !== 0) return;
+        this.commits.push({ step: p.step, at: performance.now() });
+        this.committedSteps = Math.max(this.committedSteps, p.step + 1);
+      },
+      finished: (s) => { this.summary = s; },
+      failed: (f) => this.fail(new Error(f.reason)),
+    });
+  }
+
+  /** The first commit seen after `at` (a performance.now() time), if any. */
+  commitAfter(at: number): { step: number; at: number } | undefined {
+    return this.commits.find((c) => c.at > at);
+  }
+
+  /** Resolves once `cond` holds; rejects with the first failure, or when `timeoutMs` has passed. */
+  async until(what: string, cond: () => boolean, timeoutMs = 120_000): Promise<void> {
+    const deadline = performance.now() + timeoutMs;
+    while (!cond()) {
+      if (this.failure) throw this.failure;
+      if (performance.now() > deadline) throw new Error(`chaos: timed out waiting for ${what}`);
+      await sleep(20);
+    }
+  }
+}
+
+type StageTarget = Extract<KillTarget, { kind: 'stage' }>;
+
+/**
+ * Strikes planned kills on the run under way, replaces what it killed, and
+ * times each recovery: from the kill to the next step replica 0 commits.
+ */
+class Striker {
+  private readonly reached: FaultReached[] = [];
+  /** The kills whose recovery was measured, in the order they recovered. */
+  readonly kills: KillRecord[] = [];
+  private readonly pendingRecoveries: Array<Promise<void>> = [];
+
+  constructor(
+    private readonly fleet: ChaosFleet,
+    private readonly watch: TrainingWatch,
+    private readonly runState: RunStateReader,
+    private readonly faults: FaultInjection,
+    private readonly say: (line: string) => void,
+  ) {}
+
+  /** Starts hearing which hosts reached the fault point they were armed with. */
+  listen(): void {
+    this.faults.onReached((r) => { this.reached.push(r); });
+  }
+
+  async strike(kill: PlannedKill): Promise<void> {
+    if (kill.target.kind === 'coordinator') await this.strikeCoordinator();
+    else if (kill.target.kind === 'nats') await this.strikeNats(kill);
+    else await this.strikeStage(kill, kill.target);
+  }
+
+  /** Resolves once every recovery is measured or given up on. */
+  async recovered(): Promise<void> {
+    await Promise.all(this.pendingRecoveries);
+  }
+
+  private async strikeCoordinator(): Promise<void> {
+    const at = performance.now();
+    await this.fleet.kill(this.fleet.coordinator);
+    this.say(`killed the coordinator at step ${this.watch.committedSteps}`);
+    this.fleet.spawnCoordinator();
+    this.recoveryAfter(at, { target: 'coordinator', detail: 'the coordinator', afterStep: this.watch.committedSteps });
+  }
+
+  private async strikeNats(kill: PlannedKill): Promise<void> {
+    const servers = this.fleet.cluster!.servers;
+    const victim = servers[Math.floor(kill.afterStep % servers.length)];
+    const at = performance.now();
+    await victim.kill('SIGKILL');
+    this.say(`killed NATS server ${victim.name} at step ${this.watch.committedSteps}`);
+    this.recoveryAfter(at, { target: 'nats', detail: `NATS server ${victim.name}`, afterStep: this.watch.committedSteps });
+    // Back after the pipeline moved on without it (a quorum of two), before anything else is killed.
+    const movedOn = () => this.watch.summary !== undefined || this.watch.commitAfter(at) !== undefined;
+    await Promise.race([this.watch.until('a step without the killed server', movedOn, 120_000), sleep(30_000)]);
+    await victim.restart();
+    this.say(`NATS server ${victim.name} restarted`);
+  }
+
+  private async strikeStage(kill: PlannedKill, target: StageTarget): Promise<void> {
+    const slot = await this.runState.slot(target.replica, target.stage);
+    if (!slot) throw new Error(`chaos: slot ${target.replica}.${target.stage} has no holder`);
+    const holder = this.fleet.child(pidOf(slot.record.host));
+    if (!holder || !isRunning(holder)) throw new Error(`chaos: the holder of slot ${target.replica}.${target.stage} (${slot.record.host}) is not a running child`);
+    const detail = `replica ${target.replica} stage ${target.stage} (${target.point})`;
+    if (target.point === 'stall') return this.stallStage(target, slot.record.host, holder, detail);
+    let at: number;
+    if (target.point === 'anytime') {
+      await sleep(Math.floor(50 + (kill.afterStep * 37) % 200));
+      at = performance.now();
+    } else {
+      await this.reachFaultPoint(target.point, slot.record.host, holder, detail);
+      if (this.watch.summary) return;
+      at = performance.now();
+    }
+    await this.fleet.kill(holder);
+    this.say(`killed ${detail} at step ${this.watch.committedSteps}`);
+    this.fleet.spawnHost();  // the replacement's replacement: it joins as a standby
+    this.recoveryAfter(at, { target: 'stage', detail, afterStep: this.watch.committedSteps });
+  }
+
+  /** Arms `host` to stop at `point`, and waits until it got there, is gone, or the run ended. */
+  private async reachFaultPoint(point: FaultPoint, host: string, holder: CaravanChild, detail: string): Promise<void> {
+    const request: FaultRequest = { point, after: 1 };
+    const reply = await this.faults.arm(host, request);
+    if (!reply.ok) throw new Error(`chaos: ${reply.error}`);
+    const from = this.reached.length;
+    const there = () => this.reached.slice(from).some((r) => r.pid === holder.process.pid) || this.watch.summary !== undefined || !isRunning(holder);
+    await this.watch.until(`${detail} to reach its fault point`, there, 120_000);
+  }
+
+  /** Frozen past the heartbeat timeout: replaced; thawed: it must see that and leave (exit 3). */
+  private async stallStage(target: StageTarget, host: string, holder: CaravanChild, detail: string): Promise<void> {
+    const at = performance.now();
+    holder.process.kill('SIGSTOP');
+    this.say(`stalled ${detail.replace(' (stall)', '')} (SIGSTOP) at step ${this.watch.committedSteps}`);
+    let handedOver = false;
+    const deadline = performance.now() + 60_000;
+    while (!handedOver && performance.now() < deadline) {
+      handedOver = (await this.runState.slot(target.replica, target.stage))?.record.host !== host;
+      if (!handedOver) await sleep(100);
+    }
+    if (!handedOver) throw new Error(`chaos: slot ${target.replica}.${target.stage} was not handed over while its host was stopped`);
+    holder.process.kill('SIGCONT');
+    const exit = await Promise.race([holder.exited, sleep(30_000).then(() => undefined)]);
+    if (!exit || exit.code !== 3) throw new Error(`chaos: the replaced host of slot ${target.replica}.${target.stage} did not refuse to go on after SIGCONT (${exit ? `exit ${exit.code ?? exit.signal}` : 'still running after 30 s'}): ${holder.lastLine()}`);
+    this.say(`the stalled host came back and left: ${holder.lastLine()}`);
+    this.fleet.spawnHost();
+    this.recoveryAfter(at, { target: 'stall', detail, afterStep: this.watch.committedSteps });
+  }
+
+  /** Times the recovery from a kill at `at` in the background; the record joins `kills` once a step is committed after it. */
+  private recoveryAfter(at: number, record: Omit<KillRecord, 'recovery_s'>): void {
+    const recovered = () => this.watch.summary !== undefined || this.watch.commitAfter(at) !== undefined;
+    this.pendingRecoveries.push(this.watch.until(`a step committed after killing ${record.detail}`, recovered, 180_000).then(() => {
+      const next = this.watch.commitAfter(at);
+      const recovery = next ? (next.at - at) / 1000 : (performance.now() - at) / 1000;
+      this.kills.push({ ...record, recovery_s: recovery });
+      this.say(`recovered from ${record.detail} in ${recovery.toFixed(2)} s`);
+    }, (err: Error) => this.say(`recovery from ${record.detail} not measured: ${err.message}`)));
+  }
+}
+
+interface ChaosOutcome {
+  readonly summary: RunSummary;
+  /** The fault-free run's parameter hashes by replica. */
+  readonly reference: readonly string[];
+  readonly kills: KillRecord[];
+  readonly counts: Contributions;
+  readonly refused: number;
+  /** performance.now() when the chaos run (after the reference) began. */
+  readonly began: number;
+}
+
+function chaosReport({ summary, reference, kills, counts, refused, began }: ChaosOutcome): ChaosReport {
+  const hashes = summary.params_sha256_by_replica;
+  const match = hashes.length === reference.length && hashes.every((h, i) => h === reference[i]);
+  const times = kills.map((k) => k.recovery_s).sort((a, b) => a - b);
+  const byTarget: Record<string, number> = {};
+  for (const k of kills) byTarget[k.target] = (byTarget[k.target] ?? 0) + 1;
+  return {
+    kills: kills.length,
+    kills_by_target: byTarget,
+    lost_microbatches: counts.lost,
+    duplicated_microbatches: counts.duplicated,
+    replay_mismatches: counts.mismatches,
+    params_match_reference: match,
+    recovery_s: { median: median(times), max: times.length ? times[times.length - 1] : 0 },
+    params_sha256: summary.params_sha256,
+    reference_params_sha256: reference[0],
+    hosts_replaced_and_refused: refused,
+    recoveries: summary.recoveries,
+    wall_seconds: (performance.now() - began) / 1000,
+    kill_log: kills,
+  };
 }
 
 /** The fault-free run's parameter hashes by replica: in process for one replica (equal bit for bit to the pipeline, see test/pipeline), over NATS otherwise. */
@@ -285,13 +331,19 @@ function median(xs: readonly number[]): number {
   return xs.length % 2 ? xs[m] : (xs[m - 1] + xs[m]) / 2;
 }
 
+export interface Contributions {
+  readonly lost: number;
+  readonly duplicated: number;
+  readonly mismatches: number;
+}
+
 /**
  * From the control log: every update a stage applied (first run and every
  * replay) must hold each microbatch of its step exactly once, and every
  * (replica, stage, step) must have been applied. A replayed step must also
  * report the same Σg² as the first time.
  */
-export async function countContributions(res: RunResources, config: RunConfig): Promise<{ lost: number; duplicated: number; mismatches: number }> {
+export async function countContributions(res: RunResources, config: RunConfig): Promise<Contributions> {
   const t = config.training;
   const stepped = new Map<string, number[][]>();
   const done = new Map<string, string>();

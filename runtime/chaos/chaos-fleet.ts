@@ -1,0 +1,111 @@
+// The processes one `caravan chaos` run starts: its NATS server (or 3-node
+// cluster), the coordinator and the stage hosts, the last two children of
+// this process. The fleet spawns them, tells the exits the run causes (a
+// kill it makes, SIGTERM, a replaced host refusing to go on) from one that
+// fails the run, and `stop` ends every one of them however the run ended:
+// SIGTERM, then SIGKILL for any child still there after 5 s, then the servers.
+import type { Logger } from '../log.ts';
+import { startNatsCluster, type NatsClusterHandle } from '../nats/nats-cluster.ts';
+import { startNatsServer, type NatsServerHandle } from '../nats/nats-server.ts';
+import { isRunning, spawnCaravan, type CaravanChild } from '../train/caravan-child.ts';
+
+export interface ChaosFleetOptions {
+  readonly run: string;
+  /** The run's config, for the coordinator: written there before it is spawned. */
+  readonly configFile: string;
+  readonly heartbeatMs: number;
+  readonly heartbeatTimeoutMs: number;
+  readonly log: Logger;
+  readonly childLogLevel?: string;
+  /** Called when a child exits in a way the run did not cause. */
+  readonly fail: (err: Error) => void;
+}
+
+export class ChaosFleet {
+  /** The 3-node cluster, once started (undefined with a single server). */
+  cluster: NatsClusterHandle | undefined;
+  private single: NatsServerHandle | undefined;
+  private url: string | undefined;
+  private readonly children: CaravanChild[] = [];
+  private readonly expectedExit = new Set<CaravanChild>();
+  private hostCount = 0;
+  private refusedCount = 0;
+  private current: CaravanChild | undefined;
+
+  constructor(private readonly o: ChaosFleetOptions) {}
+
+  /** Hosts that came back after they were replaced and refused to go on (exit 3), as designed. */
+  get refused(): number {
+    return this.refusedCount;
+  }
+
+  /** The coordinator spawned last. */
+  get coordinator(): CaravanChild {
+    if (!this.current) throw new Error('chaos: no coordinator was spawned');
+    return this.current;
+  }
+
+  /** Starts one NATS server or a 3-node cluster; resolves to the URL the children connect to. */
+  async startNats(servers: 1 | 3): Promise<string> {
+    if (servers === 3) this.cluster = await startNatsCluster({ log: (l) => this.o.log.info(l) });
+    else this.single = await startNatsServer();
+    this.url = this.cluster?.url ?? this.single!.url;
+    return this.url;
+  }
+
+  spawnCoordinator(): CaravanChild {
+    this.current = this.watch(spawnCaravan('coordinator', [
+      'coordinator', '--nats', this.natsUrl(), '--run', this.o.run, '--config', this.o.configFile, '--heartbeat-timeout', String(this.o.heartbeatTimeoutMs),
+    ], { logLevel: this.o.childLogLevel, echo: this.echo() }));
+    return this.current;
+  }
+
+  /** A stage host with fault injection on (CARAVAN_CHAOS=1), in a datacenter of its own. */
+  spawnHost(): CaravanChild {
+    const i = this.hostCount++;
+    return this.watch(spawnCaravan(`host ${i}`, [
+      'host', '--nats', this.natsUrl(), '--run', this.o.run, '--datacenter', `local-${i}`, '--heartbeat', String(this.o.heartbeatMs),
+    ], { env: { CARAVAN_CHAOS: '1' }, logLevel: this.o.childLogLevel, echo: this.echo() }));
+  }
+
+  /** The child with process id `pid`, running or not. */
+  child(pid: number): CaravanChild | undefined {
+    return this.children.find((c) => c.process.pid === pid);
+  }
+
+  /** Kills a child with SIGKILL, an exit the run causes, and waits until it has exited. */
+  async kill(c: CaravanChild): Promise<void> {
+    this.expectedExit.add(c);
+    c.process.kill('SIGKILL');
+    await c.exited;
+  }
+
+  /** Ends every child and server the fleet started, whatever state they are in. */
+  async stop(): Promise<void> {
+    for (const c of this.children) if (isRunning(c)) c.process.kill('SIGTERM');
+    const timer = setTimeout(() => { for (const c of this.children) if (isRunning(c)) c.process.kill('SIGKILL'); }, 5000);
+    await Promise.all(this.children.map((c) => c.exited));
+    clearTimeout(timer);
+    await this.cluster?.stop();
+    await this.single?.stop();
+  }
+
+  private watch(c: CaravanChild): CaravanChild {
+    this.children.push(c);
+    void c.exited.then(({ code, signal }) => {
+      if (this.expectedExit.has(c) || signal === 'SIGTERM') return;
+      if (code === 3) { this.refusedCount++; return; }  // a replaced host refused on its return: as designed
+      if (code !== 0) this.o.fail(new Error(`${c.name} exited (${code ?? signal}): ${c.lastLine()}`));
+    });
+    return c;
+  }
+
+  private natsUrl(): string {
+    if (this.url === undefined) throw new Error('chaos: NATS is not started yet');
+    return this.url;
+  }
+
+  private echo(): boolean {
+    return Boolean(this.o.childLogLevel && this.o.childLogLevel !== 'silent');
+  }
+}
