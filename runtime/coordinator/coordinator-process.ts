@@ -90,6 +90,7 @@ async function coordinate(
     heartbeat: (host) => coordinator.send({ type: 'HEARTBEAT', host }),
     ready: (host) => coordinator.send({ type: 'HOST_READY', host }),
     failed: (reason) => settle(new Error(reason)),
+    refused: (subject, err) => log.warn({ subject, err: err.message }, 'message refused'),
   });
   coordinator.on('*', (cmd: CoordinatorCommand) => {
     switch (cmd.type) {

@@ -13,6 +13,7 @@
 import { encodeJson } from '../../schemas/json-message.ts';
 import { decodeFaultRequest, FAULT_POINTS, type FaultPoint, type FaultReached } from '../../schemas/control-messages.ts';
 import type { CoreSubscription, RunConnection } from '../transport/run-connection.ts';
+import type { OnRefused } from '../transport/survivable-callback.ts';
 
 export class FaultPoints {
   private armed: { point: FaultPoint; left: number } | undefined;
@@ -20,7 +21,7 @@ export class FaultPoints {
   /** Outputs to poison, as `<kind>/<replica>/<stage>/<step>/<mb>`: read once, at start. */
   private readonly poison: ReadonlySet<string>;
 
-  constructor(private readonly conn: RunConnection, private readonly host: string, subject: string, private readonly reachedSubject: string, enabled = process.env.CARAVAN_CHAOS === '1') {
+  constructor(private readonly conn: RunConnection, private readonly host: string, subject: string, private readonly reachedSubject: string, refused: OnRefused, enabled = process.env.CARAVAN_CHAOS === '1') {
     this.poison = new Set(enabled && process.env.CARAVAN_CHAOS_POISON ? process.env.CARAVAN_CHAOS_POISON.split(',') : []);
     if (!enabled) return;
     this.sub = conn.subscribe(subject, (m) => {
@@ -31,7 +32,7 @@ export class FaultPoints {
       }
       this.armed = { point: req.point, left: req.after };
       m.respond(encodeJson({ ok: true }));
-    });
+    }, refused);
   }
 
   /** Called by the stage at each point; returns at once unless this is where the host was told to stop. */

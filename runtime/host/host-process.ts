@@ -15,6 +15,7 @@ import { encodeJson } from '../../schemas/json-message.ts';
 import { decodeRegistrationReply, decodeRunFailure } from '../../schemas/control-messages.ts';
 import type { HostDevice } from '../compute/compute-stage.ts';
 import { connectToRunAsHost, type RunConnection } from '../transport/run-connection.ts';
+import type { OnRefused } from '../transport/survivable-callback.ts';
 import type { RunResources } from '../transport/run-resources.ts';
 import { readRunConfig, watchRunState } from '../transport/run-state.ts';
 import { newHostKey, readHostKey, type HostKey } from '../security/host-key.ts';
@@ -69,7 +70,7 @@ export async function runHost(o: HostOptions): Promise<void> {
   try {
     // Hosts do not create a run's streams (their permissions do not allow it): they wait for the coordinator to.
     const res = await waitForRun(conn, o);
-    faults = new FaultPoints(conn, id, res.names.chaos(id), res.names.chaosReached);
+    faults = new FaultPoints(conn, id, res.names.chaos(id), res.names.chaosReached, refused(log));
     beat = setInterval(() => {
       conn.publish(res.names.heartbeat(id), encodeJson({ host: id, datacenter: o.datacenter, deadLetters: deadLetters.count }));
     }, o.heartbeatMs ?? 1000);
@@ -96,7 +97,7 @@ async function followRun(conn: RunConnection, res: RunResources, id: string, dev
     failed ??= new Error(`the run failed: ${decodeRunFailure(m.data).reason}`);
     stage?.stop(failed);
     watch.stop();
-  });
+  }, refused(log));
   try {
     for await (const e of watch) {
       if (e.type === 'status') {
@@ -171,3 +172,8 @@ async function register(conn: RunConnection, res: RunResources, id: string, o: H
 }
 
 class RegistrationRefused extends Error {}
+
+/** A core-NATS message this host could not take (junk on a subject others may publish to): logged, and the host reads on. */
+function refused(log: Logger): OnRefused {
+  return (subject, err) => log.warn({ subject, err: err.message }, 'message refused');
+}

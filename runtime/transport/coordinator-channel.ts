@@ -8,6 +8,7 @@ import { encodeJson } from '../../schemas/json-message.ts';
 import { decodeHostAnnouncement, decodeRegistration, decodeRunFailure, type Progress, type Registration, type RegistrationReply } from '../../schemas/control-messages.ts';
 import type { RunSummary } from '../../schemas/run-records.ts';
 import type { RunNames } from './subjects.ts';
+import { survivable, type OnRefused } from './survivable-callback.ts';
 
 /** What hosts say, decoded. A registration that does not decode is refused here, with the reason. */
 export interface HostMessages {
@@ -15,6 +16,8 @@ export interface HostMessages {
   heartbeat(host: string): void;
   ready(host: string): void;
   failed(reason: string): void;
+  /** A message on one of these subjects that does not decode, or whose handling failed: the channel reads on. */
+  refused: OnRefused;
 }
 
 export interface CoordinatorChannel {
@@ -30,21 +33,21 @@ export function coordinatorChannel(nc: NatsConnection, names: RunNames): Coordin
     listen: (h) => {
       const subs = [
         nc.subscribe(names.register, {
-          callback: (_e, m) => {
+          callback: survivable(h.refused, (m) => {
             const respond = (reply: RegistrationReply) => m.respond(encodeJson(reply));
             let msg;
             try {
               msg = decodeRegistration(m.data);
             } catch (err) {
               respond({ ok: false, reason: (err as Error).message });
-              return;
+              throw err;
             }
-            void h.register(msg, respond);
-          },
+            return h.register(msg, respond);
+          }),
         }),
-        nc.subscribe(names.heartbeats, { callback: (_e, m) => h.heartbeat(decodeHostAnnouncement(m.data, 'heartbeat').host) }),
-        nc.subscribe(names.ready, { callback: (_e, m) => h.ready(decodeHostAnnouncement(m.data, 'ready').host) }),
-        nc.subscribe(names.failed, { callback: (_e, m) => h.failed(decodeRunFailure(m.data).reason) }),
+        nc.subscribe(names.heartbeats, { callback: survivable(h.refused, (m) => h.heartbeat(decodeHostAnnouncement(m.data, 'heartbeat').host)) }),
+        nc.subscribe(names.ready, { callback: survivable(h.refused, (m) => h.ready(decodeHostAnnouncement(m.data, 'ready').host)) }),
+        nc.subscribe(names.failed, { callback: survivable(h.refused, (m) => h.failed(decodeRunFailure(m.data).reason)) }),
       ];
       return { close: () => { for (const s of subs) s.unsubscribe(); } };
     },

@@ -6,8 +6,12 @@ import { encodeJson } from '../../schemas/json-message.ts';
 import type { NatsConnection } from './connect.ts';
 import type { RunEventSubscription } from './run-events.ts';
 import type { RunNames } from './subjects.ts';
+import { RefusalCount, survivable } from './survivable-callback.ts';
 
 export class FaultInjection {
+  /** Announcements that did not decode (anyone of the run may publish there). */
+  readonly refusals = new RefusalCount();
+
   constructor(private readonly nc: NatsConnection, private readonly names: RunNames) {}
 
   /** Arms `host`: its answer says whether it took the request. */
@@ -17,7 +21,7 @@ export class FaultInjection {
 
   /** Calls `reached` each time a host says it got to its point (it then stops itself). */
   onReached(reached: (r: FaultReached) => void): RunEventSubscription {
-    const sub = this.nc.subscribe(this.names.chaosReached, { callback: (_e, m) => reached(decodeFaultReached(m.data)) });
+    const sub = this.nc.subscribe(this.names.chaosReached, { callback: survivable(this.refusals.refused, (m) => reached(decodeFaultReached(m.data))) });
     return { close: () => sub.unsubscribe() };
   }
 }

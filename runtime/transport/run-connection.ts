@@ -6,6 +6,7 @@
 import type { NatsConnection } from '@nats-io/transport-node';
 import { connectNats, type NatsCredentials } from './connect.ts';
 import { openExistingRun, type RunResources } from './run-resources.ts';
+import { survivable, type OnRefused } from './survivable-callback.ts';
 
 /** A message a subscriber got: its body, and the way to answer it where it was a request. */
 export interface CoreMessage {
@@ -20,7 +21,8 @@ export interface CoreSubscription {
 export interface RunConnection {
   /** Core NATS, at most once: no stream keeps it. */
   publish(subject: string, body: Uint8Array): void;
-  subscribe(subject: string, onMessage: (m: CoreMessage) => void): CoreSubscription;
+  /** `onMessage` may throw (a message that does not decode): the message goes to `refused` and the subscription reads on. */
+  subscribe(subject: string, onMessage: (m: CoreMessage) => void, refused: OnRefused): CoreSubscription;
   /** The reply's body; rejects where nobody answers within `timeoutMs`. */
   request(subject: string, body: Uint8Array, timeoutMs: number): Promise<Uint8Array>;
   /** Settles once the server has everything published so far. */
@@ -44,7 +46,7 @@ export async function connectToRunAsHost(url: string, name: string, run: string,
 function runConnection(nc: NatsConnection, run: string, url: string): RunConnection {
   return {
     publish: (subject, body) => nc.publish(subject, body),
-    subscribe: (subject, onMessage) => nc.subscribe(subject, { callback: (_err, m) => onMessage({ data: m.data, respond: (body) => m.respond(body) }) }),
+    subscribe: (subject, onMessage, refused) => nc.subscribe(subject, { callback: survivable(refused, (m) => onMessage({ data: m.data, respond: (body) => m.respond(body) })) }),
     request: async (subject, body, timeoutMs) => (await nc.request(subject, body, { timeout: timeoutMs })).data,
     flush: () => nc.flush(),
     get maxPayload() { return nc.info?.max_payload ?? 1024 * 1024; },

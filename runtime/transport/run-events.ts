@@ -7,11 +7,14 @@ import { decodeProgress, decodeRunFailure, type Progress, type RunFailure } from
 import { decodeRunSummary, type RunSummary } from '../../schemas/run-records.ts';
 import type { NatsConnection } from './connect.ts';
 import type { RunNames } from './subjects.ts';
+import { survivable, type OnRefused } from './survivable-callback.ts';
 
 export interface RunEventHandlers {
   progress?(p: Progress): void;
   finished?(summary: RunSummary): void;
   failed?(failure: RunFailure): void;
+  /** An event that does not decode, or whose handler threw: the subscription reads on. Ignored unless given. */
+  refused?: OnRefused;
 }
 
 export interface RunEventSubscription {
@@ -20,10 +23,11 @@ export interface RunEventSubscription {
 
 /** Subscribes to the events there are handlers for; resolves once the server has the subscriptions, so nothing published after that is missed. */
 export async function followRunEvents(nc: NatsConnection, names: RunNames, on: RunEventHandlers): Promise<RunEventSubscription> {
+  const refused = on.refused ?? (() => {});
   const subs = [
-    on.progress && nc.subscribe(names.progress, { callback: (_e, m) => on.progress!(decodeProgress(m.data)) }),
-    on.finished && nc.subscribe(names.finished, { callback: (_e, m) => on.finished!(decodeRunSummary(m.data)) }),
-    on.failed && nc.subscribe(names.failed, { callback: (_e, m) => on.failed!(decodeRunFailure(m.data)) }),
+    on.progress && nc.subscribe(names.progress, { callback: survivable(refused, (m) => on.progress!(decodeProgress(m.data))) }),
+    on.finished && nc.subscribe(names.finished, { callback: survivable(refused, (m) => on.finished!(decodeRunSummary(m.data))) }),
+    on.failed && nc.subscribe(names.failed, { callback: survivable(refused, (m) => on.failed!(decodeRunFailure(m.data))) }),
   ];
   await nc.flush();
   return { close: () => { for (const s of subs) s?.unsubscribe(); } };

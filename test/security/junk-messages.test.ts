@@ -1,0 +1,69 @@
+// Junk on every subject a host of the run may publish to, sent by a peer
+// with valid host credentials while a secured run goes on: heartbeats,
+// registration, readiness, the run's failure, chaos announcements (core NATS)
+// and frames, reports and dead letters (JetStream). Each is refused where it
+// lands and nothing stops reading: a throw inside a subscription callback
+// once left the coordinator deaf to every heartbeat, and it declared every
+// host lost. The run ends with no host lost and the weights of the clean run.
+import test from 'ava';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { jetstream } from '@nats-io/jetstream';
+import { loadRunConfig } from '../../runtime/config/load-run-config.ts';
+import { createLogger } from '../../runtime/log.ts';
+import { startNatsServer } from '../../runtime/nats/nats-server.ts';
+import { mintCredentials } from '../../runtime/security/credentials.ts';
+import { connectToRun, type NatsConnection } from '../../runtime/transport/connect.ts';
+import { runNames } from '../../runtime/transport/subjects.ts';
+import { trainDistributed } from '../../runtime/train/train-distributed.ts';
+import { trainLocal } from '../../runtime/train/train-local.ts';
+
+const text = (s: string) => new TextEncoder().encode(s);
+/** Not JSON, truncated JSON, JSON of the wrong shape, fields of the wrong type, nothing at all. */
+const JUNK = [new Uint8Array([0xff, 0x00, 0x13, 0x37]), text('{"host":"h'), text('[1,2,3]'), text('null'), text('{"host":5,"reason":[],"type":"commit","step":-1}'), new Uint8Array(0)];
+
+test('junk on every subject a host may publish to is refused, every process reads on, and the run ends with the clean weights', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'caravan-junk-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const run = 'junk';
+  const { authConfig } = await mintCredentials({ dir, run, hosts: 3, observers: 0, shape: { stages: 2, replicas: 1 } });
+  const server = await startNatsServer({ config: [await readFile(authConfig, 'utf8')] });
+  t.teardown(() => server.stop());
+  const seed = (name: string) => join(dir, run, `${name}.nk`);
+  const config = await loadRunConfig({ preset: 'tiny', overrides: { training: { steps: 6, stages: 2, seqLen: 32, batchSize: 4, microbatches: 2, seed: 9, checkpointEvery: 2 } } });
+  const names = runNames(run);
+
+  let attacker: NatsConnection | undefined;
+  let sent: Promise<string[]> | undefined;
+  // Everything host-2 (valid credentials, no slot) may publish on, by its permissions.
+  const attack = async (nc: NatsConnection): Promise<string[]> => {
+    const js = jetstream(nc);
+    const replies: string[] = [];
+    for (const body of JUNK) {
+      for (const subject of [names.heartbeat('host-x'), names.ready, names.failed, names.chaosReached]) nc.publish(subject, body);
+      replies.push(new TextDecoder().decode((await nc.request(names.register, body, { timeout: 5000 })).data));
+      for (const subject of [names.act(0, 1), names.grad(0, 0), names.report(0, 0), names.report(0, 1), names.dead(0, 0)]) {
+        await js.publish(subject, body).catch(() => {});  // a stream may refuse it (its limits): refused is fine too
+      }
+    }
+    await nc.flush();
+    return replies;
+  };
+  const summary = await trainDistributed({
+    config, nats: server.url, run, log: createLogger('test', 'silent'), heartbeatTimeoutMs: 4000,
+    credentials: { coordinator: seed('coordinator'), hosts: [seed('host-0'), seed('host-1')] },
+    onReady: async () => { attacker = await connectToRun(server.url, 'attacker', run, seed('host-2')); },
+    // Once the run is under way, so the coordinator and both hosts are reading.
+    onProgress: (p) => { if (p.step === 0 && attacker) sent ??= attack(attacker); },
+  });
+  t.teardown(() => attacker?.close());
+  t.truthy(sent, 'the junk went out while the run went on');
+  const replies = await sent!;
+  t.is(replies.length, JUNK.length);
+  for (const r of replies) t.regex(r, /"ok":false,"reason":"registration: /, 'a junk registration is answered with why it was refused');
+  t.is(summary.recoveries.hosts_lost, 0, 'the coordinator kept hearing every heartbeat');
+  t.true(summary.dead_letters >= 2 * JUNK.length, 'junk frames were dead-lettered');
+  const clean = await trainLocal({ ...config, valBatches: 1 });
+  t.is(summary.params_sha256, clean.paramsSha256, 'the junk changes nothing in the result');
+});
