@@ -13,6 +13,14 @@
 //                checked by SHA-256 against signed reports. It cannot write
 //                run state or step control, nor create or delete streams.
 //   observer     reads run state, objects and dead letters (`caravan status`, `caravan export`).
+//
+// Object Store reads and KV watches and key listings go through the client's
+// ordered push consumers, which use flow control: the server pauses delivery
+// until the reader answers on `$JS.FC.<stream>.…`. Hosts and observers may
+// answer for the KV and object streams, the only ones they read that way (input
+// streams and the control log are read by pull consumers, dead letters by
+// message get, neither of which has flow control). The coordinator answers
+// through allow_responses.
 import { jetStreamApi, runNames } from '../transport/subjects.ts';
 
 export type Role = 'coordinator' | 'host' | 'observer';
@@ -40,7 +48,7 @@ function streamsOf(run: string, shape: RunShape) {
 export function permissionsFor(role: Role, run: string, shape: RunShape): Permissions {
   const n = runNames(run);
   const st = streamsOf(run, shape);
-  const { reads, consumes } = jetStreamApi;
+  const { reads, consumes, flowControlReplies } = jetStreamApi;
   const all = [...st.inputs, st.control, st.dead, st.kv, st.objects];
   if (role === 'coordinator') {
     return {
@@ -56,8 +64,8 @@ export function permissionsFor(role: Role, run: string, shape: RunShape): Permis
           n.edges('act'), n.edges('grad'), n.deadLetters, n.reports, n.heartbeats, n.register, n.ready, n.failed, n.chaosReached,
           jetStreamApi.info, ...all.map(jetStreamApi.streamInfo),
           ...st.inputs.flatMap(consumes), ...consumes(st.control),
-          ...reads(st.kv), ...consumes(st.kv),
-          ...reads(st.objects), ...consumes(st.objects), n.objectSubjects,
+          ...reads(st.kv), ...consumes(st.kv), flowControlReplies(st.kv),
+          ...reads(st.objects), ...consumes(st.objects), flowControlReplies(st.objects), n.objectSubjects,
           // Re-uploading an object under the same name (a replacement's Bridge contribution) purges its old chunks.
           jetStreamApi.streamPurge(st.objects),
         ],
@@ -66,7 +74,14 @@ export function permissionsFor(role: Role, run: string, shape: RunShape): Permis
     };
   }
   return {
-    publish: { allow: [jetStreamApi.info, ...all.map(jetStreamApi.streamInfo), ...reads(st.kv), ...consumes(st.kv), ...reads(st.objects), ...consumes(st.objects), ...reads(st.dead)] },
+    publish: {
+      allow: [
+        jetStreamApi.info, ...all.map(jetStreamApi.streamInfo),
+        ...reads(st.kv), ...consumes(st.kv), flowControlReplies(st.kv),
+        ...reads(st.objects), ...consumes(st.objects), flowControlReplies(st.objects),
+        ...reads(st.dead),
+      ],
+    },
     subscribe: { allow: [n.inboxes] },
   };
 }

@@ -58,6 +58,14 @@ export const jetStreamApi = {
   directGet: (stream: string) => [`$JS.API.DIRECT.GET.${stream}`, `$JS.API.DIRECT.GET.${stream}.>`],
   /** Reading the stream's messages by sequence or subject. */
   reads: (stream: string) => [`$JS.API.STREAM.INFO.${stream}`, `$JS.API.STREAM.MSG.GET.${stream}`, ...jetStreamApi.directGet(stream)],
+  /**
+   * Answers to the server's flow control of push consumers on the stream: `$JS.FC.<stream>.<consumer>.<token>`, the
+   * subjects nats-server listens on (and names in a stalled consumer's heartbeat). The client's ordered push
+   * consumers, behind Object Store reads and KV watches and key listings, set flow control; the server stops
+   * delivering once a few MiB are unanswered (2 MiB with nats-server 2.10.27), so a reader that may not answer
+   * never gets the rest of an object, and a long-lived watch stops seeing updates.
+   */
+  flowControlReplies: (stream: string) => `$JS.FC.${stream}.*.*`,
   /** Reading through consumers of the stream: creating, finding and deleting them, pulling and acking. */
   consumes: (stream: string) => [
     `$JS.API.CONSUMER.CREATE.${stream}`, `$JS.API.CONSUMER.CREATE.${stream}.>`, `$JS.API.CONSUMER.DURABLE.CREATE.${stream}.*`,
