@@ -94,6 +94,8 @@ export interface RegistrationReply {
   readonly ok: boolean;
   readonly run?: string;
   readonly reason?: string;
+  /** Refused for now: the key is another host id's, which is live; it is free once that host is lost (heartbeats stopped). */
+  readonly retry?: boolean;
 }
 
 /** A heartbeat (`hb.<host>`) or a host's word that its slot is ready (`ctl.ready`). */
@@ -173,7 +175,7 @@ const STAGE_REPORT = tagged('type', {
 });
 
 const REGISTRATION = object({ host: text, datacenter: text, device: optional(text), gpu: optional(text), key: text, proof: text });
-const REGISTRATION_REPLY = object({ ok: flag, run: optional(text), reason: optional(text) });
+const REGISTRATION_REPLY = object({ ok: flag, run: optional(text), reason: optional(text), retry: optional(flag) });
 const HOST_ANNOUNCEMENT = object({ host: text });
 const RUN_FAILURE = object({ reason: text });
 const PROGRESS = object({ replica: count, step: count, steps: count, loss: nullable(real), gradNorm: nullable(real), tokensPerSecond: real });

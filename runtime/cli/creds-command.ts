@@ -21,12 +21,13 @@ export function credsCommand(program: Command): void {
       validateRunId(flags.run);
       if ((flags.stages === undefined) !== (flags.replicas === undefined)) throw new Error('give --stages and --replicas together');
       const shape = flags.stages !== undefined ? { stages: flags.stages, replicas: flags.replicas! } : undefined;
-      const { users, authConfig } = await mintCredentials({ dir: flags.dir, run: flags.run, hosts: flags.hosts, observers: flags.observers, rotate: flags.rotate, shape });
+      const { users, authConfig, hostKeys } = await mintCredentials({ dir: flags.dir, run: flags.run, hosts: flags.hosts, observers: flags.observers, rotate: flags.rotate, shape });
       if (flags.json) {
-        process.stdout.write(`${JSON.stringify({ run: flags.run, auth_config: authConfig, users: users.map(({ role, name, file, publicKey }) => ({ role, name, file, public_key: publicKey })) })}\n`);
+        process.stdout.write(`${JSON.stringify({ run: flags.run, auth_config: authConfig, host_keys: hostKeys, users: users.map(({ role, name, file, publicKey }) => ({ role, name, file, public_key: publicKey })) })}\n`);
         return;
       }
       for (const u of users) process.stdout.write(`${u.role.padEnd(11)} ${u.name.padEnd(12)} ${u.publicKey}  ${u.file}\n`);
       process.stdout.write(`server authorization: ${authConfig} (include it in the nats-server config; 'nats-server --signal reload' after a change)\n`);
+      process.stdout.write(`host keys: ${hostKeys} (the only keys the coordinator admits; it reads the file beside its seed, or --host-keys)\n`);
     });
 }

@@ -9,10 +9,11 @@
 // the coordinator publishes the summary with a hash of the final parameters
 // that does not depend on the split.
 //
-// It binds each slot to the key its host registered with, counts only reports
-// signed by the slot's holder, and is the only writer of run state: the
-// checkpoints holders report are recorded here, and the inputs they make
-// unnecessary purged here.
+// It admits a key under one live host id at a time and, under credentials,
+// only the run's host keys; it binds each slot to the key its host registered
+// with, counts only reports signed by the slot's holder, and is the only
+// writer of run state: the checkpoints holders report are recorded here, and
+// the inputs they make unnecessary purged here.
 //
 // This file wires the pieces together and routes the Coordinator actor's
 // commands to them: membership.ts (hosts), slot-table.ts (ASSIGN),
@@ -25,6 +26,7 @@ import type { StageCounters } from '../../schemas/control-messages.ts';
 import type { RunState, RunSummary } from '../../schemas/run-records.ts';
 import { startBridges } from '../bridge/bridge-runtime.ts';
 import type { Logger } from '../log.ts';
+import { HOST_KEYS_FILE, hostKeysCheck, hostKeysFileFor, readHostKeys } from '../security/run-host-keys.ts';
 import { initRunMetrics } from '../telemetry/metrics.ts';
 import { openCoordinatorTransport, type CoordinatorTransport } from '../transport/coordinator-transport.ts';
 import { edgeLimits } from '../transport/edge-limits.ts';
@@ -46,11 +48,23 @@ export interface CoordinatorOptions {
   readonly streamReplicas?: number;
   /** An nkey seed file to authenticate to NATS with (the coordinator role of `caravan creds`). */
   readonly nkey?: string;
+  /**
+   * The run's host keys (`caravan creds` writes <dir>/<run>/host-keys.pub): only these may register. Under
+   * credentials it defaults to host-keys.pub beside the seed and must exist; without, any key is admitted.
+   */
+  readonly hostKeys?: string;
 }
 
 export async function runCoordinator(o: CoordinatorOptions): Promise<RunSummary> {
   const { config } = o;
   const log = o.log.child({ run: o.run });
+  const hostKeys = hostKeysFileFor(o);
+  if (hostKeys) {
+    const keys = await readHostKeys(hostKeys).catch((err: Error) => {
+      throw new Error(`run ${o.run}: ${err.message}; a coordinator under credentials admits only the run's host keys: run 'caravan creds' for the run (it writes ${HOST_KEYS_FILE} beside the seeds) or give --host-keys`);
+    });
+    log.info({ file: hostKeys, keys: keys.size }, 'admitting only the run\'s host keys');
+  }
   const net = await openCoordinatorTransport({ url: o.nats, run: o.run, nkey: o.nkey, streamReplicas: o.streamReplicas, limits: edgeLimits(config) });
   try {
     const prior = await net.runState.readState();
@@ -121,7 +135,8 @@ function assemble(
   const { config } = o;
   const t = config.training;
   const writes = new OrderedWrites(settle);
-  const membership = new Membership({ run: o.run, store: net.runState, writes, log, recoveries: run.recoveries, send });
+  const hostKeys = hostKeysFileFor(o);
+  const membership = new Membership({ run: o.run, store: net.runState, writes, log, recoveries: run.recoveries, send, runKey: hostKeys ? hostKeysCheck(hostKeys) : undefined });
   const slotTable = new SlotTable({ config, slots: net.slots, membership, writes, log, recoveries: run.recoveries });
   const counters = new Map<string, StageCounters>();  // the latest of every slot's holder, `${replica}.${stage}`
   const replicas = new Replicas({

@@ -1,9 +1,11 @@
 // Who is in the run. A host registers with a key it proves it holds and is
 // bound to that key for the run's life (a host id that comes back with
-// another key is someone else); it then joins the Coordinator actor, which
-// also hears its heartbeats and readiness. Every host has a KV record — its
-// join time, latest status and slot — from which a restarted coordinator
-// rebuilds the hosts it knew (restoreMembership).
+// another key is someone else); a key serves one live host id at a time, and
+// under credentials it must be one of the run's minted host keys (host-keys.pub).
+// The host then joins the Coordinator actor, which also hears its heartbeats
+// and readiness. Every host has a KV record — its join time, key, latest
+// status and slot — from which a restarted coordinator rebuilds the hosts it
+// knew (restoreMembership) and which keys live hosts hold.
 import type { CoordinatorEvent, CoordinatorMachineInput, Slot } from '../../actors/coordinator-machine.ts';
 import type { Registration, RegistrationReply } from '../../schemas/control-messages.ts';
 import type { RunConfig } from '../../schemas/run-config.ts';
@@ -19,31 +21,65 @@ type HostFields = Partial<Omit<HostEntry, 'host' | 'status' | 'joined'>>;
 export class Membership {
   /** host → the public key it registered and its datacenter (also in its KV record, for restarts). */
   private readonly registered = new Map<string, { key: string; datacenter: string }>();
+  /** Hosts this process declared lost since they last registered (their KV records say so too, once written). */
+  private readonly lostHere = new Set<string>();
+  /** Registrations are decided one at a time: two under one key cannot both see the key free. */
+  private admitting: Promise<void> = Promise.resolve();
 
   constructor(private readonly o: {
     readonly run: string; readonly store: RunStateStore; readonly writes: OrderedWrites; readonly log: Logger;
     readonly recoveries: RecoveryCounts; readonly send: (event: CoordinatorEvent) => void;
+    /** Why a key is not one minted for the run (under credentials: the run's host-keys.pub), or undefined; absent, any key is admitted. */
+    readonly runKey?: (key: string) => Promise<string | undefined>;
   }) {}
 
-  async register(msg: Registration, respond: (reply: RegistrationReply) => void): Promise<void> {
-    const refused = checkRegistration(this.o.run, msg);
+  register(msg: Registration, respond: (reply: RegistrationReply) => void): Promise<void> {
+    this.admitting = this.admitting.then(() => this.admit(msg, respond)).catch((err: Error) => {
+      this.o.log.warn({ host: msg.host, err: err.message }, 'registration failed');
+      respond({ ok: false, reason: `the coordinator could not decide the registration of ${String(msg.host)}: ${err.message}` });
+    });
+    return this.admitting;
+  }
+
+  private async admit(msg: Registration, respond: (reply: RegistrationReply) => void): Promise<void> {
+    const invalid = checkRegistration(this.o.run, msg);
+    const refused = invalid ? { reason: invalid } : await this.keyRefusal(msg.host, msg.key);
     if (refused) {
-      this.o.log.warn({ reason: refused }, 'registration refused');
-      respond({ ok: false, reason: refused });
-      return;
-    }
-    // A host id is bound to the first key it registered with (kept in its KV record across coordinator restarts):
-    // another key under the same id is someone else.
-    const known = (await this.holder(msg.host).catch(() => undefined))?.key;
-    if (known && known !== msg.key) {
-      respond({ ok: false, reason: `host id ${msg.host} is registered with another key` });
+      this.o.log.warn({ host: msg.host, key: msg.key, reason: refused.reason }, 'registration refused');
+      respond({ ok: false, ...refused });
       return;
     }
     this.registered.set(msg.host, { key: msg.key, datacenter: msg.datacenter ?? 'default' });
+    this.lostHere.delete(msg.host);
     respond({ ok: true, run: this.o.run });
     this.o.log.info({ host: msg.host, datacenter: msg.datacenter, key: msg.key }, 'host joined');
     this.putHost(msg.host, 'joined', { datacenter: msg.datacenter ?? 'default', key: msg.key });
     this.o.send({ type: 'HOST_JOINED', host: msg.host, datacenter: msg.datacenter ?? 'default' });
+  }
+
+  /**
+   * Why this host id may not register with this key, or undefined. Under credentials the key must be one minted
+   * for the run. A host id is bound to the first key it registered with (another key under it is someone else),
+   * and a key to at most one live host id: one credential, one slot at most. A host that is lost (its heartbeats
+   * stopped) frees its key, so a restarted process (a new host id: hostname and pid) registers again. What this
+   * process decided is in memory; what a coordinator before a restart decided is in the KV host records (every
+   * record not 'lost' is restored into the actor, which times it out if its host is gone).
+   */
+  private async keyRefusal(host: string, key: string): Promise<{ reason: string; retry?: true } | undefined> {
+    const notMinted = await this.o.runKey?.(key);
+    if (notMinted) return { reason: `host ${host}: ${notMinted}` };
+    const known = (await this.holder(host))?.key;
+    if (known && known !== key) return { reason: `host id ${host} is registered with another key` };
+    const records = new Map((await this.o.store.hosts()).map((h) => [h.host, h]));
+    for (const other of new Set([...this.registered.keys(), ...records.keys()])) {
+      if (other === host || (this.registered.get(other)?.key ?? records.get(other)?.key) !== key) continue;
+      const live = this.lostHere.has(other) ? false : this.registered.has(other) || records.get(other)?.status !== 'lost';
+      if (live) {
+        // Retried by the host: a process restarted right after a crash waits for its old id to be declared lost.
+        return { reason: `key ${key.slice(0, 12)}… is registered by host ${other}, which is live: one key holds one host id at a time (it is free again once ${other} is lost)`, retry: true };
+      }
+    }
+    return undefined;
   }
 
   /** The key and datacenter a host registered with: in this process, or in its record from before a restart. */
@@ -63,6 +99,7 @@ export class Membership {
 
   lost(host: string, slot: Slot | null): void {
     this.o.log.warn({ host, slot }, 'host lost (no heartbeat)');
+    this.lostHere.add(host);
     // Counted once: a restarted coordinator times out again a holder whose record already says lost.
     this.o.writes.write(`host record ${host}`, async () => {
       if ((await this.o.store.readHost(host))?.status !== 'lost') this.o.recoveries.hosts_lost++;

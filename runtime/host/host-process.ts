@@ -158,10 +158,18 @@ async function register(conn: RunConnection, res: RunResources, id: string, o: H
     host: id, datacenter: o.datacenter, device: device.kind, ...(device.kind === 'cuda' ? { gpu: device.gpu.name } : {}),
     key: key.publicKey, proof: registrationProof(key, o.run, id),
   };
+  let waiting = false;
   for (;;) {
     try {
       const reply = decodeRegistrationReply(await conn.request(res.names.register, encodeJson(body), 2000));
-      if (!reply.ok) throw new RegistrationRefused(`the coordinator refused this host: ${reply.reason ?? 'no reason given'}`);
+      if (!reply.ok && (!reply.retry || Date.now() > deadline)) throw new RegistrationRefused(`the coordinator refused this host: ${reply.reason ?? 'no reason given'}`);
+      if (!reply.ok) {
+        // Its key is another host id's that is still live: this process's previous life, until its heartbeats time out.
+        if (!waiting) log.warn({ reason: reply.reason }, 'registration refused for now: waiting for the key to be free');
+        waiting = true;
+        await new Promise((r) => setTimeout(r, 500));
+        continue;
+      }
       log.info({ key: key.publicKey }, 'registered with the coordinator');
       return;
     } catch (err) {

@@ -3,6 +3,7 @@
 //
 //   <dir>/<run>/coordinator.nk, host-<i>.nk, observer-<i>.nk   seeds (0600)
 //   <dir>/<run>/shape.json                                    stages and replicas: the run's input streams are named in the permissions
+//   <dir>/<run>/host-keys.pub                                 the host users' public keys: the only keys the coordinator admits
 //   <dir>/auth.conf                                           every user of every run, with its permissions
 //
 // The server includes auth.conf; after a change it reloads it
@@ -15,6 +16,7 @@ import { createUser } from '@nats-io/nkeys';
 import { validateRunId } from '../transport/subjects.ts';
 import { readHostKey } from './host-key.ts';
 import { permissionsFor, type Role, type RunShape } from './permissions.ts';
+import { formatHostKeys, HOST_KEYS_FILE } from './run-host-keys.ts';
 
 export interface CredentialUser {
   readonly run: string;
@@ -54,7 +56,7 @@ export interface MintOptions {
 }
 
 /** Creates what is missing of the run's users (existing seeds are kept), replaces the rotated ones, and rewrites auth.conf. */
-export async function mintCredentials(o: MintOptions): Promise<{ users: CredentialUser[]; authConfig: string }> {
+export async function mintCredentials(o: MintOptions): Promise<{ users: CredentialUser[]; authConfig: string; hostKeys: string }> {
   validateRunId(o.run);
   const runDir = join(o.dir, o.run);
   await mkdir(runDir, { recursive: true, mode: 0o700 });
@@ -76,7 +78,11 @@ export async function mintCredentials(o: MintOptions): Promise<{ users: Credenti
   const users = await readUsers(o.dir);
   const authConfig = join(o.dir, 'auth.conf');
   await writeFile(authConfig, authorizationBlock(users));
-  return { users: users.filter((u) => u.run === o.run), authConfig };
+  // Like auth.conf, every run's key list follows the seed files present (a deleted seed is a revoked host).
+  for (const run of new Set(users.map((u) => u.run))) {
+    await writeFile(join(o.dir, run, HOST_KEYS_FILE), formatHostKeys(run, users.filter((u) => u.run === run && u.role === 'host')));
+  }
+  return { users: users.filter((u) => u.run === o.run), authConfig, hostKeys: join(runDir, HOST_KEYS_FILE) };
 }
 
 async function readShape(runDir: string, run: string): Promise<RunShape> {

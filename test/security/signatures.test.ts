@@ -2,23 +2,30 @@
 // a frame counts only when the holder of the sending slot, under the
 // generation it claims, signed exactly these bytes for exactly this subject;
 // a generation that was replaced is good for what was stored before the
-// replacement and stale after it; registrations prove the key.
+// replacement and stale after it; registrations prove the key, under
+// credentials use a key minted for the run, and hold one live host id per key.
 import test from 'ava';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { connectNats } from '../../runtime/transport/connect.ts';
+import { connectNats, connectToRun } from '../../runtime/transport/connect.ts';
 import { startNatsServer } from '../../runtime/nats/nats-server.ts';
 import { newHostKey, parseHostKey, readHostKey, type HostKey } from '../../runtime/security/host-key.ts';
 import { loadRunConfig } from '../../runtime/config/load-run-config.ts';
 import { runCoordinator } from '../../runtime/coordinator/coordinator-process.ts';
+import { Membership } from '../../runtime/coordinator/membership.ts';
+import { OrderedWrites } from '../../runtime/coordinator/ordered-writes.ts';
+import { mintCredentials } from '../../runtime/security/credentials.ts';
+import { HOST_KEYS_FILE, readHostKeys } from '../../runtime/security/run-host-keys.ts';
+import { runStateStore } from '../../runtime/transport/run-state-store.ts';
+import type { Registration, RegistrationReply } from '../../schemas/control-messages.ts';
 import { createLogger } from '../../runtime/log.ts';
 import { decodeJson, encodeJson } from '../../schemas/json-message.ts';
 import { runNames } from '../../runtime/transport/subjects.ts';
 import { signatureHeader } from '../../runtime/security/message-signature.ts';
 import { checkRegistration, registrationProof } from '../../runtime/security/registration.ts';
 import { SlotSigners } from '../../runtime/security/slot-signers.ts';
-import { openRunResources } from '../../runtime/transport/run-resources.ts';
+import { openExistingRun, openRunResources } from '../../runtime/transport/run-resources.ts';
 import { assignSlot, readSlot } from '../../runtime/transport/slots.ts';
 
 test('the slot table binds generations to keys: wrong key, unknown generation, altered bytes, other subject, stale generation, no header', async (t) => {
@@ -106,6 +113,82 @@ test('the coordinator admits a registration only with a proof of its key, and ke
   t.like(await register('spare-1', key), { ok: true });
   t.deepEqual(await register('spare-1', newHostKey()), { ok: false, reason: 'host id spare-1 is registered with another key' });
   t.like(await register('spare-1', key), { ok: true }, 'the same key again is a retry, not an impostor');
+  nc.publish(names.failed, encodeJson({ reason: 'test over' }));
+  await t.throwsAsync(coordinator, { message: 'test over' });
+});
+
+test('under credentials a key must be minted for the run and holds one live host id; once that host is lost it registers again', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'caravan-bound-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const { authConfig } = await mintCredentials({ dir, run: 'bound', hosts: 2, observers: 0, shape: { stages: 2, replicas: 1 } });
+  const seed = (name: string) => join(dir, 'bound', `${name}.nk`);
+  const [key0, key1] = await Promise.all([readHostKey(seed('host-0')), readHostKey(seed('host-1'))]);
+  t.deepEqual([...(await readHostKeys(join(dir, 'bound', HOST_KEYS_FILE))).entries()], [[key0.publicKey, 'host-0'], [key1.publicKey, 'host-1']], 'caravan creds lists the host keys beside the seeds');
+  await rm(seed('host-1'));
+  await mintCredentials({ dir, run: 'bound', hosts: 1, observers: 0 });
+  t.deepEqual([...(await readHostKeys(join(dir, 'bound', HOST_KEYS_FILE))).keys()], [key0.publicKey], 'a revoked host (its seed deleted) leaves the list');
+
+  // A coordinator under credentials does not start without the run's host keys.
+  const elsewhere = join(dir, 'elsewhere');
+  await mkdir(elsewhere);
+  await copyFile(seed('coordinator'), join(elsewhere, 'coordinator.nk'));
+  const config = await loadRunConfig({ preset: 'tiny', overrides: { training: { stages: 2, steps: 1 } } });
+  const log = createLogger('test', 'silent');
+  await t.throwsAsync(runCoordinator({ nats: 'nats://127.0.0.1:1', run: 'bound', config, log, nkey: join(elsewhere, 'coordinator.nk') }),
+    { message: /host-keys\.pub: no such file; a coordinator under credentials admits only the run's host keys/ });
+
+  const server = await startNatsServer({ config: [await readFile(authConfig, 'utf8')] });
+  t.teardown(() => server.stop());
+  const coordinator = runCoordinator({ nats: server.url, run: 'bound', config, log, nkey: seed('coordinator'), heartbeatTimeoutMs: 1000 });
+  const nc = await connectToRun(server.url, 'host-0', 'bound', seed('host-0'));
+  t.teardown(() => nc.close());
+  const names = runNames('bound');
+  const register = async (host: string, k: HostKey) => {
+    for (;;) {
+      try {
+        const body = encodeJson({ host, datacenter: 'x', device: 'cpu', key: k.publicKey, proof: registrationProof(k, 'bound', host) });
+        return decodeJson<{ ok: boolean; reason?: string }>((await nc.request(names.register, body, { timeout: 5000 })).data, 'reply');
+      } catch (err) {
+        if (!/no responders/.test((err as Error).message)) throw err;
+        await new Promise((r) => setTimeout(r, 100));  // the coordinator is still starting
+      }
+    }
+  };
+  const beat = setInterval(() => nc.publish(names.heartbeat('h-a'), encodeJson({ host: 'h-a', datacenter: 'x', deadLetters: 0 })), 100);
+  t.teardown(() => clearInterval(beat));
+
+  t.like(await register('h-a', key0), { ok: true });
+  t.deepEqual(await register('h-b', key0), {
+    ok: false, reason: `key ${key0.publicKey.slice(0, 12)}… is registered by host h-a, which is live: one key holds one host id at a time (it is free again once h-a is lost)`, retry: true,
+  });
+  const stranger = newHostKey();
+  t.regex((await register('h-c', stranger)).reason ?? '', new RegExp(`^host h-c: key ${stranger.publicKey} is not one of the run's host keys \\(1 in host-keys\\.pub\\)`));
+  t.like(await register('h-a', key0), { ok: true }, 'the live host itself may retry');
+
+  // h-a's heartbeats stop: once it is lost, its key registers again under a new host id (a restarted process).
+  clearInterval(beat);
+  const deadline = Date.now() + 10_000;
+  let again = await register('h-b', key0);
+  while (!again.ok && Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 200));
+    again = await register('h-b', key0);
+  }
+  t.like(again, { ok: true });
+
+  // A restarted coordinator knows from the KV host records which host holds the key.
+  const admin = await connectToRun(server.url, 'coordinator-side', 'bound', seed('coordinator'));
+  t.teardown(() => admin.close());
+  const store = runStateStore((await openExistingRun(admin, 'bound', server.url)).kv, names);
+  while ((await store.readHost('h-a'))?.status !== 'lost' || (await store.readHost('h-b'))?.status !== 'joined') await new Promise((r) => setTimeout(r, 50));
+  const restarted = new Membership({
+    run: 'bound', store, writes: new OrderedWrites((err) => t.fail(err.message)), log, recoveries: { hosts_lost: 0, slots_reassigned: 0, coordinator_restarts: 0 }, send: () => {},
+  });
+  const replies: RegistrationReply[] = [];
+  const registration: Registration = { host: 'h-c', datacenter: 'x', device: 'cpu', key: key0.publicKey, proof: registrationProof(key0, 'bound', 'h-c') };
+  await restarted.register(registration, (r) => replies.push(r));
+  t.like(replies[0], { ok: false });
+  t.regex(replies[0]?.reason ?? '', /is registered by host h-b, which is live/);
+
   nc.publish(names.failed, encodeJson({ reason: 'test over' }));
   await t.throwsAsync(coordinator, { message: 'test over' });
 });
