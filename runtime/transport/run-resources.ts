@@ -214,8 +214,10 @@ async function createReaderConsumer(res: RunResources, o: ReaderConsumer): Promi
     const existing = await res.jsm.consumers.info(o.stream, o.name).catch(() => undefined);
     const differs = existing && consumerMismatch(existing.config, wanted);
     if (existing && !differs) return o.name;
+    if (attempt >= 3) {
+      throw new Error(`consumer ${o.name} on ${o.stream} ${differs ? `keeps being re-created with another ${differs}` : 'cannot be made or read back'}: refusing to read through it`);
+    }
     if (differs) {
-      if (attempt >= 3) throw new Error(`consumer ${o.name} on ${o.stream} keeps being re-created with another ${differs}: refusing to read through it`);
       o.replaced?.(`consumer ${o.name} on ${o.stream} had ${differs}: deleted and made again`);
       await res.jsm.consumers.delete(o.stream, o.name).catch(() => {});
     }
