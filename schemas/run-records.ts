@@ -1,6 +1,7 @@
 // Run state in the run's KV bucket, written by the coordinator alone: the
 // run's status and live metrics (`state`), its summary at the end
-// (`summary`), every host (`hosts.<id>`), every slot (`slot.<r>.<s>`), the
+// (`summary`), the keys its coordinators sign step control with
+// (`coordinator`), every host (`hosts.<id>`), every slot (`slot.<r>.<s>`), the
 // Bridge's records of outer steps (`bridge.<s>.<o>`) and its counters
 // (`bridge-outer.<s>`). Each record has a decoder that checks it field by
 // field (the field readers of json-fields.ts) and throws a ControlMessageError
@@ -121,6 +122,16 @@ export interface RunSummary {
   readonly bridge_syncs?: BridgeRecord[];
 }
 
+/**
+ * `coordinator`: every public nkey ('U…') a coordinator of the run has signed
+ * step control with, oldest first. A step control's signature header names
+ * its key by its index here; a coordinator restarted without a seed has a new
+ * key, and the log still holds what the old one signed, so none is dropped.
+ */
+export interface CoordinatorRecord {
+  readonly keys: string[];
+}
+
 /** `hosts.<id>`: a host the coordinator admitted, and what became of it. */
 export interface HostEntry {
   readonly host: string;
@@ -235,6 +246,8 @@ const RUN_SUMMARY = object({
   bridge_syncs: optional(arrayOf(BRIDGE_RECORD)),
 });
 
+const COORDINATOR_RECORD = object({ keys: arrayOf(text) });
+
 const SLOT = object({ replica: count, stage: count });
 const HOST_ENTRY = object({
   host: text,
@@ -263,3 +276,4 @@ export const decodeHostEntry = jsonDecoder<HostEntry>('host record', HOST_ENTRY)
 export const decodeSlotRecord = jsonDecoder<SlotRecord>('slot record', SLOT_RECORD);
 export const decodeBridgeRecord = jsonDecoder<BridgeRecord>('bridge record', BRIDGE_RECORD);
 export const decodeCounterRecord = jsonDecoder<CounterRecord>('counter record', COUNTER_RECORD);
+export const decodeCoordinatorRecord = jsonDecoder<CoordinatorRecord>('coordinator record', COORDINATOR_RECORD);

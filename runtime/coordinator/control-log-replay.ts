@@ -2,7 +2,9 @@
 // rebuild: the step control in it was decided before a restart and is not
 // written again, and once every Replica actor has started, its reports are
 // dispatched in log order, so each replica re-decides every commit exactly as
-// before. After that, live: each new report as it comes. On a fresh run the
+// before. Only step control the coordinator signed counts as already
+// written: anything else on a step subject is skipped, and the replica writes
+// its own. After that, live: each new report as it comes. On a fresh run the
 // log is empty and it is live from the start.
 import { decodeStepControl } from '../../schemas/control-messages.ts';
 import type { Logger } from '../log.ts';
@@ -21,6 +23,11 @@ export async function followControlLog(o: {
   const goLive = async () => {
     for (const e of backlog) {
       if (e.source.kind !== 'step') continue;
+      const signed = await o.controlLog.checkStepControl(e);
+      if (!signed.ok) {
+        o.log.warn({ seq: e.seq, subject: e.subject, fault: signed.fault, reason: signed.reason }, 'step control in the log not signed by a coordinator of the run: skipped');
+        continue;
+      }
       try {
         o.replicas.alreadyInLog(e.source.replica, decodeStepControl(e.data));
       } catch { /* unreadable: the replica writes it again */ }

@@ -20,6 +20,7 @@ import type { RunResources } from '../transport/run-resources.ts';
 import { readRunConfig, watchRunState } from '../transport/run-state.ts';
 import { newHostKey, readHostKey, type HostKey } from '../security/host-key.ts';
 import { registrationProof } from '../security/registration.ts';
+import { CoordinatorKeys } from '../security/coordinator-keys.ts';
 import { SlotSigners } from '../security/slot-signers.ts';
 import { SlotLostError, type SlotEntry } from '../transport/slots.ts';
 import { FaultPoints } from './fault-points.ts';
@@ -88,6 +89,7 @@ export async function runHost(o: HostOptions): Promise<void> {
 async function followRun(conn: RunConnection, res: RunResources, id: string, device: HostDevice, log: Logger, faults: FaultPoints, deadLetters: { count: number }, tracing: Tracing, key: HostKey): Promise<void> {
   const watch = await watchRunState(res);
   const signers = new SlotSigners(res.kv);
+  const coordinatorKeys = new CoordinatorKeys(res.kv);
   let stage: StageRunner | undefined;
   let held: SlotEntry | undefined;
   let ending: Promise<void> | undefined;
@@ -118,7 +120,7 @@ async function followRun(conn: RunConnection, res: RunResources, id: string, dev
       const slotLog = log.child({ replica: record.replica, stage: record.stage, generation: record.generation });
       slotLog.info({ from: record.checkpoint?.step ?? null }, 'slot assigned');
       const config = await readRunConfig(res);
-      stage = await startStage({ conn, res, config, slot: held, host: id, device, log: slotLog, faults, deadLetters, tracing, key, signers });
+      stage = await startStage({ conn, res, config, slot: held, host: id, device, log: slotLog, faults, deadLetters, tracing, key, signers, coordinatorKeys });
       conn.publish(res.names.ready, encodeJson({ host: id, replica: record.replica, stage: record.stage }));
       ending = stage.done.catch((err: Error) => {
         // A stage that cannot go on fails the run: a replacement would meet the same error.

@@ -14,7 +14,9 @@
 //
 // Everything it publishes is signed with the host's key; every frame it
 // receives is checked against the slot table's key for the sender's slot
-// before its tensor is decoded (security/), and dead-lettered if it fails.
+// before its tensor is decoded (security/), and dead-lettered if it fails;
+// step control is acted on only when the coordinator signed it for this
+// slot's replica (step-control.ts).
 //
 // This file wires the pieces together and carries out each command of the
 // actor on the slot's command chain, one at a time (command-chain.ts).
@@ -26,6 +28,7 @@ import type { RunConfig } from '../../schemas/run-config.ts';
 import { boundaryCodecs } from '../codecs/index.ts';
 import { createComputeStage, type ComputeStage, type HostDevice } from '../compute/compute-stage.ts';
 import type { Logger } from '../log.ts';
+import type { CoordinatorKeys } from '../security/coordinator-keys.ts';
 import type { HostKey } from '../security/host-key.ts';
 import type { SlotSigners } from '../security/slot-signers.ts';
 import type { Tracing } from '../telemetry/tracing.ts';
@@ -71,8 +74,9 @@ export interface StageRunnerOptions {
   readonly tracing: Tracing;
   /** Signs what this host publishes. */
   readonly key: HostKey;
-  /** Checks what it receives. */
+  /** Checks what it receives: frames and reports against the slot table, step control against the coordinator's keys. */
   readonly signers: SlotSigners;
+  readonly coordinatorKeys: CoordinatorKeys;
 }
 
 /** What carries out the actor's commands. */
@@ -106,7 +110,10 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
   const send = (event: StageEvent) => chain.run(() => { actor.send(event); });
   // Made before a checkpoint is loaded: it keeps the initial weights where pseudo-gradients need them.
   const bridge = t.bridge ? new StageSync({ res, objects, bridge: t.bridge, replica, stage: s, engine, log, stopped: () => chain.settled, report: (r) => outputs.report(r) }) : undefined;
-  const steps = new StepControl(send);
+  const steps = new StepControl({
+    send, keys: o.coordinatorKeys, subject: res.names.stepControl(replica), log, deadLetters: o.deadLetters,
+    moveToDeadLetters: (d, fault, reason) => moveToDeadLetters(res, holder, d, fault, reason),
+  });
   const traces = new MicrobatchTraces(tracing, { run: res.names.run, replica, stage: s, isFirst: engine.isFirst, isLast: engine.isLast });
   const inputs = new IncomingFrames({
     run: res.names.run, replica, stage: s, batchSize: t.batchSize, seqLen: t.seqLen, maxSeqLen: model.maxSeqLen,
@@ -143,7 +150,7 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
   });
   chain.onStop(() => actor.stop());
   actor.start();
-  await openReaders(res, holder, restored?.resume, engine, chain, slot);
+  await openReaders(res, holder, restored?.resume, engine, chain, slot, log);
   log.info({ layers, generation, from: restored?.step ?? null }, 'stage ready');
   return { done: chain.done, stop: chain.stop };
 }
@@ -183,13 +190,17 @@ async function stepped(step: number, p: Slot): Promise<void> {
 }
 
 /** Step control from just after the checkpoint's commit, then each edge into the slot from where the checkpoint resumes it. */
-async function openReaders(res: RunResources, holder: SlotHolder, resume: CheckpointPointer['resume'] | undefined, engine: ComputeStage, chain: CommandChain, p: Slot): Promise<void> {
-  const control = await openSlotControl(res, holder, resume?.control);
+async function openReaders(
+  res: RunResources, holder: SlotHolder, resume: CheckpointPointer['resume'] | undefined, engine: ComputeStage, chain: CommandChain, p: Slot, log: Logger,
+): Promise<void> {
+  // A consumer under this holder's name with another config was made or changed by someone else: replaced, and said.
+  const replaced = (why: string) => log.warn({ why }, 'reader consumer replaced');
+  const control = await openSlotControl(res, holder, resume?.control, replaced);
   chain.onStop(() => void control.close().catch(() => {}));
   chain.follow('step control', () => p.steps.read(control));
   for (const kind of ['act', 'grad'] as const) {
     if ((kind === 'act' && engine.isFirst) || (kind === 'grad' && engine.isLast)) continue;
-    const edge = await openEdgeInput(res, holder, kind, resume?.[kind]);
+    const edge = await openEdgeInput(res, holder, kind, resume?.[kind], replaced);
     chain.onStop(() => void edge.close().catch(() => {}));
     chain.follow(`${kind} consumer`, () => p.inputs.read(kind, edge));
   }

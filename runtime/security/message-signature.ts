@@ -1,8 +1,10 @@
 // What a host signs: a domain label, the subject it publishes on, and the
 // SHA-256 of the body, so a signature is good for that body on that subject
 // only (a frame cannot be replayed onto another edge, nor a report onto
-// another slot's subject). The signature travels in a NATS header with the
-// generation of the slot the signer holds:
+// another slot's subject, nor step control onto another replica's). The
+// signature travels in a NATS header with the generation of the slot the
+// signer holds, or for the coordinator's step control ('control') the index
+// of its key in the run's `coordinator` record:
 //
 //   Caravan-Sig: <generation>.<base64url ed25519 signature>
 //
@@ -13,7 +15,7 @@ import type { HostKey } from './host-key.ts';
 
 export const SIGNATURE_HEADER = 'Caravan-Sig';
 
-export type SignedKind = 'frame' | 'report';
+export type SignedKind = 'frame' | 'report' | 'control';
 
 /** SHA-256 of a stored object, hex: what a signed report vouches for (checkpoints, final states). */
 export function sha256Hex(bytes: Uint8Array): string {

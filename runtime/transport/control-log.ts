@@ -1,13 +1,16 @@
 // The coordinator's side of the control log (the run's JetStream stream of
 // step control and stage reports): it writes each replica's step control
 // durably, once (its Nats-Msg-Id names the replica, the kind and the step,
-// so a write repeated after a restart or a server failover is stored once),
-// and reads the whole log from its start through a durable consumer of its
+// so a write repeated after a restart or a server failover is stored once)
+// and signed with the coordinator's key (security/coordinator-keys.ts: the
+// stages act on step control only when it is), and reads the whole log from its start through a durable consumer of its
 // own, each entry typed by what its subject names and acked as it is taken.
 import { randomBytes } from 'node:crypto';
 import type { JsMsg } from '@nats-io/jetstream';
+import { headers } from '@nats-io/transport-node';
 import { encodeJson } from '../../schemas/json-message.ts';
 import type { StepControl } from '../../schemas/control-messages.ts';
+import { controlSignature, CoordinatorKeys, type ControlSigner, type ControlVerdict } from '../security/coordinator-keys.ts';
 import { SIGNATURE_HEADER } from '../security/message-signature.ts';
 import { publishDurable, retryTransient } from './durable-publish.ts';
 import { openReaderConsumer, PULL_EXPIRES_MS, type RunResources } from './run-resources.ts';
@@ -35,6 +38,8 @@ export interface ControlLog {
   lastSeq(): Promise<number>;
   /** Opens a consumer of the whole log, deleting any an earlier coordinator left. */
   read(): Promise<ControlLogReader>;
+  /** Whether a step-control entry is a coordinator's of this run, on the subject it names (a replay trusts no other). */
+  checkStepControl(e: ControlLogEntry): Promise<ControlVerdict>;
 }
 
 /** What makes a step control unique in the log, and its Nats-Msg-Id: `open-<replica>-<step>`, `commit-<replica>-<step>`. */
@@ -42,8 +47,10 @@ export function stepControlId(replica: number, control: Pick<StepControl, 'type'
   return `${control.type}-${replica}-${control.step}`;
 }
 
-export function controlLog(res: RunResources): ControlLog {
+/** The control log of the run, its step control signed by `signer` (the coordinator's key, in the run's `coordinator` record). */
+export function controlLog(res: RunResources, signer: ControlSigner): ControlLog {
   const n = res.names;
+  const keys = new CoordinatorKeys(res.kv);
   const entry = (m: JsMsg): ControlLogEntry => ({
     seq: m.seq,
     subject: m.subject,
@@ -55,8 +62,15 @@ export function controlLog(res: RunResources): ControlLog {
   });
   return {
     writeStepControl: async (replica, control) => {
-      await publishDurable(res.js, n.stepControl(replica), encodeJson(control), { msgID: stepControlId(replica, control) });
+      const subject = n.stepControl(replica);
+      const body = encodeJson(control);
+      const h = headers();
+      h.set(SIGNATURE_HEADER, controlSignature(signer, subject, body));
+      await publishDurable(res.js, subject, body, { msgID: stepControlId(replica, control), headers: h });
     },
+    checkStepControl: (e) => keys.check({
+      subject: e.subject, body: e.data, header: e.signature, expected: e.source.kind === 'step' ? n.stepControl(e.source.replica) : '',
+    }),
     lastSeq: async () => (await retryTransient('control log info', () => res.jsm.streams.info(n.controlStream))).state.last_seq,
     read: async () => {
       const name = await openReaderConsumer(res, {

@@ -6,7 +6,9 @@
 import type { EdgeLimits } from './edge-limits.ts';
 import { bridgeStore, type BridgeStore } from './bridge-store.ts';
 import { connectToRun } from './connect.ts';
+import { newHostKey, readHostKey } from '../security/host-key.ts';
 import { controlLog, type ControlLog } from './control-log.ts';
+import { addCoordinatorKey } from './coordinator-record.ts';
 import { coordinatorChannel, type CoordinatorChannel } from './coordinator-channel.ts';
 import { openRunResources } from './run-resources.ts';
 import { runResults, type RunResults } from './run-results.ts';
@@ -29,10 +31,13 @@ export async function openCoordinatorTransport(o: {
 }): Promise<CoordinatorTransport> {
   const nc = await connectToRun(o.url, `caravan-coordinator-${o.run}`, o.run, o.nkey);
   const res = await openRunResources(nc, o.run, { replicas: o.streamReplicas, limits: o.limits });
+  // Step control is signed: with the coordinator's seed where it has one, else with a key of this process's own.
+  const key = o.nkey ? await readHostKey(o.nkey) : newHostKey();
+  const signer = { key, index: await addCoordinatorKey(res.kv, key.publicKey) };
   return {
     runState: runStateStore(res.kv, res.names),
     slots: slotStore(res),
-    controlLog: controlLog(res),
+    controlLog: controlLog(res, signer),
     bridges: bridgeStore(res),
     results: runResults(res),
     channel: coordinatorChannel(nc, res.names),

@@ -1,5 +1,6 @@
 // The run's dead-letter stream: frames a slot's holder refused (a bad
-// signature, a frame that does not decode or has the wrong shape), each kept
+// signature, a frame that does not decode or has the wrong shape) and step
+// control it refused (not the coordinator's, or not its replica's), each kept
 // as it came, with headers naming the fault, the reason, the subject it came
 // on and the host that refused it. The holder acks a frame once it is there:
 // moved, not lost. `caravan status` shows the latest.
@@ -29,7 +30,10 @@ export function deadLetterOf(h: MessageHeaders): DeadLetter {
   return { fault: h.get(DEAD_LETTER_HEADERS.fault), reason: h.get(DEAD_LETTER_HEADERS.reason), subject: h.get(DEAD_LETTER_HEADERS.subject), host: h.get(DEAD_LETTER_HEADERS.host) };
 }
 
-export async function moveToDeadLetters(res: RunResources, holder: SlotHolder, d: EdgeDelivery, fault: string, reason: string): Promise<void> {
+/** What is moved: a frame of an input stream, or a message of the control log. */
+export type Refused = Pick<EdgeDelivery, 'subject' | 'data' | 'stream' | 'seq' | 'ack'>;
+
+export async function moveToDeadLetters(res: RunResources, holder: SlotHolder, d: Refused, fault: string, reason: string): Promise<void> {
   const h = headers();
   h.set(DEAD_LETTER_HEADERS.fault, fault);
   h.set(DEAD_LETTER_HEADERS.reason, reason.slice(0, 1000));

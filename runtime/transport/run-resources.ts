@@ -156,6 +156,16 @@ export async function ensureInputStream(res: RunResources, replica: number, stag
   return (await ensureStream(res.jsm, config)).cluster?.name;
 }
 
+export interface ReaderConsumer {
+  readonly stream: string;
+  readonly name: string;
+  readonly prefix: string;
+  readonly filter: string;
+  readonly startSeq?: number;
+  /** Told when a consumer under `name` had another config and was replaced (a peer made it, or changed it). */
+  readonly replaced?: (why: string) => void;
+}
+
 /**
  * A durable pull consumer of one reader — a slot's holder on an edge or on
  * its step control, or the coordinator on the control log — starting at
@@ -165,17 +175,17 @@ export async function ensureInputStream(res: RunResources, replica: number, stag
  * generation's consumer was itself replaced and gets an error instead. Durable consumers keep as many
  * copies as their stream, so they outlive the NATS server they started on
  * (an ordered consumer, in memory on one server, stalled for half a minute
- * when that server died).
+ * when that server died). A consumer found under `name` is checked against
+ * what this reader would create (filter, deliver policy and start, ack
+ * policy) and replaced where it differs.
  */
 export function openReaderConsumer(
-  res: RunResources, o: { stream: string; name: string; prefix: string; filter: string; startSeq?: number },
+  res: RunResources, o: ReaderConsumer,
 ): Promise<string> {
   return retryTransient(`consumer ${o.name} on ${o.stream}`, () => createReaderConsumer(res, o));
 }
 
-async function createReaderConsumer(
-  res: RunResources, o: { stream: string; name: string; prefix: string; filter: string; startSeq?: number },
-): Promise<string> {
+async function createReaderConsumer(res: RunResources, o: ReaderConsumer): Promise<string> {
   const mine = generationOf(o.name);
   for await (const c of res.jsm.consumers.list(o.stream)) {
     if (!c.name.startsWith(o.prefix) || c.name === o.name) continue;
@@ -186,22 +196,48 @@ async function createReaderConsumer(
     }
     await res.jsm.consumers.delete(o.stream, c.name).catch(() => {});
   }
-  try {
-    await res.jsm.consumers.info(o.stream, o.name);
-  } catch {
-    await res.jsm.consumers.add(o.stream, {
-      durable_name: o.name,
-      filter_subject: o.filter,
-      ack_policy: AckPolicy.Explicit,
-      ...(o.startSeq ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: o.startSeq } : { deliver_policy: DeliverPolicy.All }),
-      // Inputs stay unacked until their step commits; a step must not be
-      // redelivered while it is still being computed. (A replacement does not
-      // wait for redelivery: it reads through a consumer of its own.)
-      ack_wait: nanos(10 * 60_000),
-      max_ack_pending: 10_000,
+  const wanted = {
+    durable_name: o.name,
+    filter_subject: o.filter,
+    ack_policy: AckPolicy.Explicit,
+    ...(o.startSeq ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: o.startSeq } : { deliver_policy: DeliverPolicy.All }),
+    // Inputs stay unacked until their step commits; a step must not be
+    // redelivered while it is still being computed. (A replacement does not
+    // wait for redelivery: it reads through a consumer of its own.)
+    ack_wait: nanos(10 * 60_000),
+    max_ack_pending: 10_000,
+  };
+  // A consumer already under this name is used only if it is the one this reader would make: a peer may create
+  // consumers of these streams, and one made with a broader filter or another start would deliver what the reader
+  // must not take. One that differs is replaced (its owner is this reader, whose name it has), and that is said.
+  for (let attempt = 0; ; attempt++) {
+    const existing = await res.jsm.consumers.info(o.stream, o.name).catch(() => undefined);
+    const differs = existing && consumerMismatch(existing.config, wanted);
+    if (existing && !differs) return o.name;
+    if (attempt >= 3) {
+      throw new Error(`consumer ${o.name} on ${o.stream} ${differs ? `keeps being re-created with another ${differs}` : 'cannot be made or read back'}: refusing to read through it`);
+    }
+    if (differs) {
+      o.replaced?.(`consumer ${o.name} on ${o.stream} had ${differs}: deleted and made again`);
+      await res.jsm.consumers.delete(o.stream, o.name).catch(() => {});
+    }
+    await res.jsm.consumers.add(o.stream, wanted).catch((err: Error) => {
+      if (!/already (exists|in use)/i.test(err.message)) throw err;  // someone else made one meanwhile: checked on the next pass
     });
   }
-  return o.name;
+}
+
+/** The first field of a consumer's config that is not what the reader asks for, named with both values; undefined when all match. */
+export function consumerMismatch(
+  have: { filter_subject?: string; filter_subjects?: string[]; deliver_policy: DeliverPolicy; opt_start_seq?: number; ack_policy: AckPolicy },
+  want: { filter_subject: string; deliver_policy: DeliverPolicy; opt_start_seq?: number; ack_policy: AckPolicy },
+): string | undefined {
+  const filters = have.filter_subjects?.length ? have.filter_subjects : have.filter_subject ? [have.filter_subject] : [];
+  if (filters.length !== 1 || filters[0] !== want.filter_subject) return `filter ${JSON.stringify(filters)}, not ["${want.filter_subject}"]`;
+  if (have.deliver_policy !== want.deliver_policy) return `deliver policy ${have.deliver_policy}, not ${want.deliver_policy}`;
+  if ((have.opt_start_seq ?? 0) !== (want.opt_start_seq ?? 0)) return `start sequence ${have.opt_start_seq ?? 'none'}, not ${want.opt_start_seq ?? 'none'}`;
+  if (have.ack_policy !== want.ack_policy) return `ack policy ${have.ack_policy}, not ${want.ack_policy}`;
+  return undefined;
 }
 
 /** A reader found that a later holder of its slot already reads its inputs. */
@@ -216,12 +252,15 @@ function generationOf(name: string): number | undefined {
 }
 
 /** The edge into (replica, stage), for the slot's holder of this generation. */
-export function openEdgeConsumer(res: RunResources, kind: EdgeKind, replica: number, stage: number, generation: number, startSeq?: number): Promise<string> {
+export function openEdgeConsumer(
+  res: RunResources, kind: EdgeKind, replica: number, stage: number, generation: number, startSeq?: number, replaced?: (why: string) => void,
+): Promise<string> {
   return openReaderConsumer(res, {
     stream: res.names.inputStream(replica, stage),
     name: res.names.consumer(kind, replica, stage, generation),
     prefix: res.names.consumerPrefix(kind, replica, stage),
     filter: res.names.edge(kind, replica, stage),
     startSeq,
+    replaced,
   });
 }

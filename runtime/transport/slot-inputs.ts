@@ -33,11 +33,11 @@ export interface EdgeInput extends AsyncIterable<EdgeDelivery> {
   close(): Promise<void>;
 }
 
-/** The `kind` edge into the holder's slot, from sequence `startSeq` (or the beginning). */
-export async function openEdgeInput(res: RunResources, holder: SlotHolder, kind: EdgeKind, startSeq?: number): Promise<EdgeInput> {
+/** The `kind` edge into the holder's slot, from sequence `startSeq` (or the beginning); `replaced` hears of a consumer of another config replaced. */
+export async function openEdgeInput(res: RunResources, holder: SlotHolder, kind: EdgeKind, startSeq?: number, replaced?: (why: string) => void): Promise<EdgeInput> {
   const { replica, stage, generation } = holder;
   const messages = await openSlotReader(res, holder, res.names.inputStream(replica, stage),
-    () => openEdgeConsumer(res, kind, replica, stage, generation, startSeq), CONSUME_MAX_BYTES);
+    () => openEdgeConsumer(res, kind, replica, stage, generation, startSeq, replaced), CONSUME_MAX_BYTES);
   return {
     close: () => messages.close().then(() => {}),
     async *[Symbol.asyncIterator]() {

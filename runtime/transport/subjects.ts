@@ -25,13 +25,15 @@ export function runInboxPrefix(run: string): string {
 
 /**
  * Keys of a run's KV bucket. The bucket is the run's own, so its keys carry no
- * run id: `config`, `state` and `summary` (one record each), `hosts.<id>`,
+ * run id: `config`, `state`, `summary` and `coordinator` (one record each), `hosts.<id>`,
  * `slot.<r>.<s>`, and the Bridge's `bridge.<s>.<outer>` and `bridge-outer.<s>`.
  */
 export const runStateKeys = {
   config: 'config',
   state: 'state',
   summary: 'summary',
+  /** The public keys the run's coordinators sign step control with. */
+  coordinator: 'coordinator',
   hosts: 'hosts.>',
   slots: 'slot.>',
   bridgeOuters: 'bridge-outer.>',
@@ -134,6 +136,7 @@ export function runNames(run: string) {
     configKey: runStateKeys.config,
     stateKey: runStateKeys.state,
     summaryKey: runStateKeys.summary,
+    coordinatorKey: runStateKeys.coordinator,
     hostKeys: runStateKeys.hosts,
     slotKeys: runStateKeys.slots,
     bridgeOuterKeys: runStateKeys.bridgeOuters,

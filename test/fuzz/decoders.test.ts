@@ -31,7 +31,7 @@ import {
 } from '../../schemas/control-messages.ts';
 import { ControlMessageError, encodeJson } from '../../schemas/json-message.ts';
 import {
-  decodeBridgeRecord, decodeCounterRecord, decodeHostEntry, decodeRunState, decodeRunSummary, decodeSlotRecord, type BridgeRecord, type SlotRecord,
+  decodeBridgeRecord, decodeCoordinatorRecord, decodeCounterRecord, decodeHostEntry, decodeRunState, decodeRunSummary, decodeSlotRecord, type BridgeRecord, type SlotRecord,
 } from '../../schemas/run-records.ts';
 import * as arbitrary from '../support/control-message-arbitraries.ts';
 import { validateRunConfig } from '../../schemas/run-config.ts';
@@ -342,6 +342,7 @@ const MESSAGE_TARGETS: Record<string, MessageTarget<unknown>> = {
   decodeSlotRecord: target(decodeSlotRecord, arbitrary.slotRecord, slotPromises),
   decodeBridgeRecord: target(decodeBridgeRecord, arbitrary.bridgeRecord, (m) => ({ record: isBridgeRecord(m) })),
   decodeCounterRecord: target(decodeCounterRecord, arbitrary.counterRecord, (m) => ({ value: isCount(m.value) })),
+  decodeCoordinatorRecord: target(decodeCoordinatorRecord, arbitrary.coordinatorRecord, (m) => ({ keys: m.keys.every(isText) })),
 };
 
 /** Throws unless every promise holds of an accepted message (a promise that cannot even be evaluated is broken too). */

@@ -7,6 +7,7 @@ import test, { type ExecutionContext } from 'ava';
 import {
   ControlMessageError,
   decodeBridgeRecord,
+  decodeCoordinatorRecord,
   decodeCounterRecord,
   decodeFaultReached,
   decodeFaultReply,
@@ -112,13 +113,14 @@ const MESSAGES: ReadonlyArray<[string, Decoder, readonly unknown[]]> = [
   ]],
   ['decodeBridgeRecord', decodeBridgeRecord, [sync, (({ momentum: _m, ...rest }) => rest)(sync)]],
   ['decodeCounterRecord', decodeCounterRecord, [{ value: 0 }, { value: 12 }]],
+  ['decodeCoordinatorRecord', decodeCoordinatorRecord, [{ keys: ['U'.padEnd(56, 'A')] }, { keys: ['U'.padEnd(56, 'A'), 'U'.padEnd(56, 'B')] }]],
 ];
 
 test('every message and record its producer writes comes back equal', (t) => {
   for (const [name, decode, messages] of MESSAGES) {
     for (const message of messages) t.deepEqual(decode(encodeJson(message)), message, `${name}: ${JSON.stringify(message)}`);
   }
-  t.is(MESSAGES.length, 16, 'every decoder is here');
+  t.is(MESSAGES.length, 17, 'every decoder is here');
 });
 
 test('a value that was not finite when sent (NaN, ±Infinity) arrives as null, where the protocol allows it', (t) => {

@@ -4,7 +4,10 @@
 // a generation that was replaced is good for what was stored before the
 // replacement and stale after it; registrations prove the key, under
 // credentials use a key minted for the run, and hold one live host id per key.
+// Step control counts only when a coordinator of the run signed it for the
+// reader's replica's subject; a reader's consumer is used only as it would make it.
 import test from 'ava';
+import { AckPolicy, DeliverPolicy } from '@nats-io/jetstream';
 import { copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -25,7 +28,9 @@ import { runNames } from '../../runtime/transport/subjects.ts';
 import { signatureHeader } from '../../runtime/security/message-signature.ts';
 import { checkRegistration, registrationProof } from '../../runtime/security/registration.ts';
 import { SlotSigners } from '../../runtime/security/slot-signers.ts';
-import { openExistingRun, openRunResources } from '../../runtime/transport/run-resources.ts';
+import { controlSignature, CoordinatorKeys } from '../../runtime/security/coordinator-keys.ts';
+import { addCoordinatorKey, readCoordinatorRecord } from '../../runtime/transport/coordinator-record.ts';
+import { consumerMismatch, openExistingRun, openRunResources } from '../../runtime/transport/run-resources.ts';
 import { assignSlot, readSlot } from '../../runtime/transport/slots.ts';
 
 test('the slot table binds generations to keys: wrong key, unknown generation, altered bytes, other subject, stale generation, no header', async (t) => {
@@ -191,4 +196,51 @@ test('under credentials a key must be minted for the run and holds one live host
 
   nc.publish(names.failed, encodeJson({ reason: 'test over' }));
   await t.throwsAsync(coordinator, { message: 'test over' });
+});
+
+test('step control counts only when a coordinator of the run signed it for this replica\'s subject, under any key it has had', async (t) => {
+  const server = await startNatsServer();
+  t.teardown(() => server.stop());
+  const nc = await connectNats(server.url, 'control-keys-test');
+  t.teardown(() => nc.close());
+  const { kv } = await openRunResources(nc, 'ctlkeys');
+  const names = runNames('ctlkeys');
+  // A coordinator, then the same one restarted without a seed (a new key): both stay listed, each once.
+  const first = newHostKey(), restarted = newHostKey(), host = newHostKey();
+  t.is(await addCoordinatorKey(kv, first.publicKey), 0);
+  const keys = new CoordinatorKeys(kv);  // reads the record on its first miss
+  t.is(await addCoordinatorKey(kv, restarted.publicKey), 1);
+  t.is(await addCoordinatorKey(kv, first.publicKey), 0, 'a key already listed keeps its index');
+  t.deepEqual((await readCoordinatorRecord(kv))?.keys, [first.publicKey, restarted.publicKey]);
+
+  const mine = names.stepControl(0), other = names.stepControl(1);
+  const body = encodeJson({ type: 'commit', step: 3, gradScale: 0.5, gradNorm: 2, loss: 2.1 });
+  const check = (header: string | undefined, o: { subject?: string; body?: Uint8Array } = {}) =>
+    keys.check({ subject: o.subject ?? mine, body: o.body ?? body, header, expected: mine });
+
+  t.deepEqual(await check(controlSignature({ key: first, index: 0 }, mine, body)), { ok: true });
+  t.deepEqual(await check(controlSignature({ key: restarted, index: 1 }, mine, body)), { ok: true }, 'a later key is learnt from the record');
+  // Signed by the coordinator for replica 1, delivered to replica 0's holder: on its own subject, or claimed as replica 0's.
+  const forOther = controlSignature({ key: first, index: 0 }, other, body);
+  t.like(await check(forOther, { subject: other }), { ok: false, fault: 'subject' }, 'another replica\'s subject is not this slot\'s step control');
+  t.like(await check(forOther), { ok: false, fault: 'signature' }, 'the signature covers the subject: moved onto this replica\'s, it fails');
+  t.like(await keys.check({ subject: other, body, header: forOther, expected: other }), { ok: true }, 'where it belongs it is good');
+  t.like(await check(controlSignature({ key: first, index: 0 }, mine, body), { body: encodeJson({ type: 'commit', step: 3, gradScale: 0.25, gradNorm: 2, loss: 2.1 }) }), { ok: false, fault: 'signature' }, 'another gradScale');
+  t.like(await check(controlSignature({ key: host, index: 0 }, mine, body)), { ok: false, fault: 'signature' }, 'a host\'s key');
+  t.like(await check(controlSignature({ key: first, index: 2 }, mine, body)), { ok: false, fault: 'signer' }, 'a key the record does not list');
+  t.like(await check(signatureHeader(first, 0, 'report', mine, body)), { ok: false, fault: 'signature' }, 'a report signature is not a control signature');
+  t.like(await check(undefined), { ok: false, fault: 'unsigned' });
+  t.like(await check(signatureHeader(host, 1, 'report', names.report(0, 1), body), { subject: names.report(0, 1) }), { ok: false, fault: 'subject' }, 'a report delivered as step control');
+});
+
+test('a reader consumer is used only as its reader would make it: filter, deliver policy and start, ack policy', (t) => {
+  const want = { filter_subject: 'caravan.r.step.0', deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: 7, ack_policy: AckPolicy.Explicit };
+  t.is(consumerMismatch({ ...want }, want), undefined);
+  t.is(consumerMismatch({ ...want, filter_subject: undefined, filter_subjects: ['caravan.r.step.0'] }, want), undefined, 'one filter, either field');
+  t.is(consumerMismatch({ ...want, filter_subject: 'caravan.r.>' }, want), 'filter ["caravan.r.>"], not ["caravan.r.step.0"]');
+  t.regex(consumerMismatch({ ...want, filter_subject: undefined, filter_subjects: ['caravan.r.step.0', 'caravan.r.report.>'] }, want)!, /^filter/);
+  t.regex(consumerMismatch({ ...want, filter_subject: undefined }, want)!, /^filter \[\]/, 'no filter: the whole stream');
+  t.is(consumerMismatch({ ...want, deliver_policy: DeliverPolicy.All, opt_start_seq: undefined }, want), 'deliver policy all, not by_start_sequence');
+  t.is(consumerMismatch({ ...want, opt_start_seq: 1 }, want), 'start sequence 1, not 7');
+  t.is(consumerMismatch({ ...want, ack_policy: AckPolicy.None }, want), 'ack policy none, not explicit');
 });

@@ -123,3 +123,4 @@ export const slotRecord = fc.record({
 
 export { bridgeRecord };
 export const counterRecord = fc.record({ value: count });
+export const coordinatorRecord = fc.record({ keys: fc.array(name, { maxLength: 4 }) });
