@@ -105,7 +105,7 @@ export function stageCombiner(o: {
     };
     const { record, created } = await store.createRecord(mine);
     if (created) latest = { outer, theta: next.theta, momentum: next.momentum };
-    o.log.info({ stage, outer, replicas: record.replicas, ms: record.finished_ms - record.first_ms }, 'bridge sync stored');
+    o.log.info({ stage, outer, replicas: record.replicas, refused: record.refused, ms: record.finished_ms - record.first_ms }, 'bridge sync stored');
     return record;
   };
 
