@@ -9,7 +9,7 @@
 // value that is not finite (a skipped step's loss, a gradient's Σg²), it
 // arrives as null and the type says `number | null`.
 import {
-  arrayOf, count, flag, jsonDecoder, nullable, object, oneOf, optional, real, tagged, text, type FieldList, type FieldReader,
+  arrayOf, count, flag, jsonDecoder, nullable, object, oneOf, optional, real, sha256Digest, tagged, text, type FieldList, type FieldReader,
 } from './json-fields.ts';
 import type { FrameKind } from './tensor-frame.ts';
 
@@ -26,6 +26,8 @@ export interface ContributionReport {
   readonly object: string;
   readonly bytes_raw: number;
   readonly bytes_wire: number;
+  /** SHA-256 (hex) of the object as the replica uploaded it: anyone may write the object store, so the Bridge checks it. */
+  readonly sha256: string;
 }
 
 /** Where a slot holder's inputs start again after a checkpoint's step, and the checkpoint itself. */
@@ -36,6 +38,8 @@ export interface CheckpointPointer {
   readonly resume: { readonly act?: number; readonly grad?: number; readonly control: number };
   /** SHA-256 (hex) of the object as its holder uploaded it: anyone may write the object store, so a restore checks it. */
   readonly sha256?: string;
+  /** With top-k payloads: SHA-256 (hex) of the error-feedback residual the holder held then (the object of its last sync), checked at a restore. */
+  readonly residual_sha256?: string;
 }
 
 /**
@@ -161,6 +165,7 @@ export const checkpointPointerReader: FieldReader<CheckpointPointer> = object({
   object: text,
   resume: object({ act: optional(count), grad: optional(count), control: count }),
   sha256: optional(text),
+  residual_sha256: optional(sha256Digest),
 });
 
 /** Who sent a report: every kind names the slot and its holder. */
@@ -171,7 +176,7 @@ const STAGE_REPORT = tagged('type', {
   stepped: { ...REPORTER, step: count, contributions: arrayOf(count) },
   checkpoint: { ...REPORTER, step: count, checkpoint: checkpointPointerReader },
   final: { ...REPORTER, name: text, sha256: text, counters: STAGE_COUNTERS },
-  contribution: { ...REPORTER, step: count, outer: count, object: text, bytes_raw: count, bytes_wire: count },
+  contribution: { ...REPORTER, step: count, outer: count, object: text, bytes_raw: count, bytes_wire: count, sha256: sha256Digest },
 });
 
 const REGISTRATION = object({ host: text, datacenter: text, device: optional(text), gpu: optional(text), key: text, proof: text });

@@ -77,6 +77,8 @@ export const count = scalar<number>((v) => typeof v === 'number' && Number.isSaf
 export const real = scalar<number>((v) => typeof v === 'number' && Number.isFinite(v), 'a finite number');
 export const text = scalar<string>((v) => typeof v === 'string', 'a string');
 export const flag = scalar<boolean>((v) => typeof v === 'boolean', 'true or false');
+/** A SHA-256 digest as lowercase hex: what a holder reports of an object it put in the store, for its reader to check. */
+export const sha256Digest = scalar<string>((v) => typeof v === 'string' && /^[0-9a-f]{64}$/.test(v), 'a SHA-256 digest (64 lowercase hex digits)');
 
 /** One of a few strings (or other JSON scalars): an enum such as a message's `type`. */
 export function oneOf<const V extends string | number | boolean>(values: readonly V[]): ScalarReader<V> {

@@ -9,7 +9,7 @@
 // unchecked, so a newer coordinator may add some. JSON has no NaN: a loss that
 // was not finite (a skipped step's) is stored as null, and the types say so.
 import {
-  arrayOf, count, jsonDecoder, nullable, object, oneOf, optional, pair, real, text, type FieldList, type FieldReader,
+  arrayOf, count, jsonDecoder, nullable, object, oneOf, optional, pair, real, sha256Digest, text, type FieldList, type FieldReader,
 } from './json-fields.ts';
 import { checkpointPointerReader, WIRE_COUNT_FIELDS, wireCountReader, type CheckpointPointer, type WireCount } from './control-messages.ts';
 
@@ -68,9 +68,15 @@ export interface RunState {
 export interface BridgeRecord {
   readonly stage: number;
   readonly outer: number;
+  /** The replicas whose contributions were combined. */
   readonly replicas: number[];
+  /** Replicas that contributed but whose object was not the one they reported (overwritten in the store): left out. */
+  readonly refused?: number[];
+  /** The objects of the new parameters and momentum, and their SHA-256 (hex): anyone may write the store, so readers check. */
   readonly theta: string;
+  readonly theta_sha256: string;
   readonly momentum?: string;
+  readonly momentum_sha256?: string;
   /** Epoch ms of the first contribution and of the record: the sync's span. */
   readonly first_ms: number;
   readonly finished_ms: number;
@@ -212,8 +218,11 @@ const BRIDGE_RECORD: FieldReader<BridgeRecord> = object({
   stage: count,
   outer: count,
   replicas: arrayOf(count),
+  refused: optional(arrayOf(count)),
   theta: text,
+  theta_sha256: sha256Digest,
   momentum: optional(text),
+  momentum_sha256: optional(sha256Digest),
   first_ms: real,
   finished_ms: real,
   bytes_raw: count,

@@ -2,7 +2,8 @@
 // runs a Bridge actor (actors/bridge-machine.ts) on the actor clock and
 // carries out what it decides (stage-combiner.ts). Stages are independent:
 // each has its own chain of work, so every stage's sync downloads, combines
-// and uploads at the same time as the others'.
+// and uploads at the same time as the others'. Each contribution's reported
+// SHA-256 is kept for the combiner, which checks the object's bytes against it.
 import { createActor } from 'xstate';
 import { bridgeMachine, type BridgeCommand } from '../../actors/bridge-machine.ts';
 import { splitLayers } from '../../native/index.ts';
@@ -30,8 +31,10 @@ export function startBridges(o: { store: BridgeStore; config: RunConfig; bridge:
   // A quorum goes ahead within a tick of its timeout.
   const tickMs = Math.min(250, Math.max(10, Math.floor(bridge.timeoutMs / 10)));
 
+  // `${stage}.${outer}.${replica}` → the SHA-256 its holder reported (the latest report: a replacement's re-upload has the same bytes).
+  const reported = new Map<string, string>();
   const actors = splitLayers(config.model.nLayers, t.stages).map((layers, stage) => {
-    const combiner = stageCombiner({ store, config, bridge, log, stage, layers });
+    const combiner = stageCombiner({ store, config, bridge, log, stage, layers, reported: (outer, replica) => reported.get(`${stage}.${outer}.${replica}`) });
     let chain = Promise.resolve();
     const actor = createActor(bridgeMachine, { input: { stage, replicas: t.replicas, quorum: bridge.quorum, timeoutMs: bridge.timeoutMs, tickMs } });
     actor.on('*', (cmd: BridgeCommand) => {
@@ -52,7 +55,10 @@ export function startBridges(o: { store: BridgeStore; config: RunConfig; bridge:
   });
 
   return {
-    contributed: (c) => actors[c.stage]?.send({ type: 'CONTRIBUTED', outer: c.outer, replica: c.replica }),
+    contributed: (c) => {
+      reported.set(`${c.stage}.${c.outer}.${c.replica}`, c.sha256);
+      actors[c.stage]?.send({ type: 'CONTRIBUTED', outer: c.outer, replica: c.replica });
+    },
     records: () => [...records],
     stop: () => { for (const a of actors) a.stop(); },
   };

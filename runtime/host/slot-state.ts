@@ -47,12 +47,12 @@ export class SlotState {
       throw new Error(`checkpoint ${from.object} of replica ${replica} stage ${stage} is not the one its holder recorded (sha256 ${sha.slice(0, 16)}…, recorded ${from.sha256.slice(0, 16)}…): it was overwritten in the object store`);
     }
     this.o.engine.loadState(blob, `checkpoint ${from.object}`);
-    await bridge?.restored(from.step);
+    await bridge?.restored(from.step, from.residual_sha256);
     this.o.log.info({ step: from.step, object: from.object }, 'restored from checkpoint');
   }
 
-  /** The state after `step`, uploaded and reported for the coordinator to record. */
-  async checkpoint(step: number): Promise<void> {
+  /** The state after `step` (and the digest of the Bridge's residual then), uploaded and reported for the coordinator to record. */
+  async checkpoint(step: number, bridge: StageSync | undefined): Promise<void> {
     const { engine, names, replica, layers: [begin, end] } = this.o;
     const control = this.o.commitSeqOf(step);
     const resume = {
@@ -66,7 +66,7 @@ export class SlotState {
     await this.o.objects.put(name, state, 'checkpoint upload');
     await this.o.faults.reach('checkpoint');
     // The coordinator records it (hosts may not write run state), then deletes the previous state and the inputs before it.
-    await this.o.outputs.report({ type: 'checkpoint', step, checkpoint: { step, object: name, resume, sha256: sha256Hex(state) } });
+    await this.o.outputs.report({ type: 'checkpoint', step, checkpoint: { step, object: name, resume, sha256: sha256Hex(state), residual_sha256: bridge?.residualSha256() } });
     this.o.log.debug({ step, object: name, ms: Math.round(performance.now() - started) }, 'checkpoint reported');
   }
 

@@ -249,6 +249,7 @@ const isCount = (v: unknown): boolean => typeof v === 'number' && Number.isSafeI
 const isReal = (v: unknown): boolean => typeof v === 'number' && Number.isFinite(v);
 const isRealOrNull = (v: unknown): boolean => v === null || isReal(v);
 const isText = (v: unknown): boolean => typeof v === 'string';
+const isDigest = (v: unknown): boolean => typeof v === 'string' && /^[0-9a-f]{64}$/.test(v);
 const isFlag = (v: unknown): boolean => typeof v === 'boolean';
 const absentOr = (test: (v: unknown) => boolean) => (v: unknown): boolean => v === undefined || test(v);
 const every = (test: (v: unknown) => boolean) => (v: unknown): boolean => Array.isArray(v) && v.every(test);
@@ -256,11 +257,13 @@ const isIn = (values: readonly unknown[]) => (v: unknown): boolean => values.inc
 const isWire = (w: { frames: unknown; f32_bytes: unknown; wire_bytes: unknown }): boolean => isCount(w.frames) && isCount(w.f32_bytes) && isCount(w.wire_bytes);
 const isRecoveries = (r: { hosts_lost: unknown; slots_reassigned: unknown; coordinator_restarts: unknown }): boolean =>
   isCount(r.hosts_lost) && isCount(r.slots_reassigned) && isCount(r.coordinator_restarts);
-const isCheckpoint = (c: CheckpointPointer): boolean => isCount(c.step) && isText(c.object) && isCount(c.resume.control) && absentOr(isCount)(c.resume.act) && absentOr(isCount)(c.resume.grad) && absentOr(isText)(c.sha256);
+const isCheckpoint = (c: CheckpointPointer): boolean => isCount(c.step) && isText(c.object) && isCount(c.resume.control) && absentOr(isCount)(c.resume.act) && absentOr(isCount)(c.resume.grad) && absentOr(isText)(c.sha256)
+  && absentOr(isDigest)(c.residual_sha256);
 const areCounters = (c: StageCounters): boolean => isCount(c.queued) && isWire(c.sent_by_kind.act) && isWire(c.sent_by_kind.grad)
   && [c.compute.busy_ms, c.compute.first_ms, c.compute.last_ms, c.compute.peak_gflops].every(isReal) && isText(c.compute.device);
 const isBridgeRecord = (r: BridgeRecord): boolean => [r.stage, r.outer, r.bytes_raw, r.bytes_wire].every(isCount) && every(isCount)(r.replicas)
-  && isText(r.theta) && absentOr(isText)(r.momentum) && isReal(r.first_ms) && isReal(r.finished_ms);
+  && (r.refused === undefined || every(isCount)(r.refused)) && isText(r.theta) && isDigest(r.theta_sha256) && absentOr(isText)(r.momentum)
+  && absentOr(isDigest)(r.momentum_sha256) && isReal(r.first_ms) && isReal(r.finished_ms);
 const slotPromises = (m: SlotRecord) => ({
   'replica, stage, generation': [m.replica, m.stage, m.generation].every(isCount),
   host: isText(m.host),
@@ -294,7 +297,7 @@ const MESSAGE_TARGETS: Record<string, MessageTarget<unknown>> = {
     stepped: m.type !== 'stepped' || every(isCount)(m.contributions),
     checkpoint: m.type !== 'checkpoint' || isCheckpoint(m.checkpoint),
     final: m.type !== 'final' || (isText(m.name) && isText(m.sha256) && areCounters(m.counters)),
-    contribution: m.type !== 'contribution' || ([m.outer, m.bytes_raw, m.bytes_wire].every(isCount) && isText(m.object)),
+    contribution: m.type !== 'contribution' || ([m.outer, m.bytes_raw, m.bytes_wire].every(isCount) && isText(m.object) && isDigest(m.sha256)),
   })),
   decodeRegistration: target(decodeRegistration, arbitrary.registration, (m) => ({
     'host, datacenter, key, proof': [m.host, m.datacenter, m.key, m.proof].every(isText),

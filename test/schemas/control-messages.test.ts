@@ -48,14 +48,14 @@ const metrics: LiveMetrics = {
   queued_by_stage: [0, 2], recoveries,
 };
 const sync: BridgeRecord = {
-  stage: 0, outer: 2, replicas: [0, 1], theta: 'bridge.theta.0.2', momentum: 'bridge.momentum.0.2', first_ms: 1764150001000, finished_ms: 1764150001450, bytes_raw: 560, bytes_wire: 152,
+  stage: 0, outer: 2, replicas: [0, 1], theta: 'bridge.theta.0.2', theta_sha256: '0a'.repeat(32), momentum: 'bridge.momentum.0.2', momentum_sha256: '1b'.repeat(32), first_ms: 1764150001000, finished_ms: 1764150001450, bytes_raw: 560, bytes_wire: 152,
 };
 const summary: RunSummary = {
   run: 'r-1a2b', steps: 4, stages: 2, replicas: 2, losses: [5.54, 5.31, null, 4.98], final_loss: 4.98, tokens_per_s: 18000.25,
   params_sha256: 'ab'.repeat(32), params_sha256_by_replica: ['ab'.repeat(32), 'cd'.repeat(32)], losses_by_replica: [[5.54, 5.31, null, 4.98], [5.5, 5.3, 5.1, 4.9]],
   wall_seconds: 12.5, dead_letters: 0, wire: { frames: 96, f32_bytes: 12582912, wire_bytes: 3225600, ratio_vs_f32: 3.9 },
   utilization_by_stage: [0.8, 0.75], bubble: 0.225, bubble_bound: 0.2, devices_by_stage: ['cpu', 'cpu'], mfu_pct: 0.4, recoveries,
-  skipped_steps: [{ replica: 0, step: 2 }], outer_steps: 2, bridge_syncs: [sync, { ...sync, stage: 1, theta: 'bridge.theta.1.2', momentum: undefined }].map((r) => JSON.parse(JSON.stringify(r))),
+  skipped_steps: [{ replica: 0, step: 2 }], outer_steps: 2, bridge_syncs: [sync, { ...sync, stage: 1, theta: 'bridge.theta.1.2', momentum: undefined, momentum_sha256: undefined, replicas: [1], refused: [0] }].map((r) => JSON.parse(JSON.stringify(r))),
 };
 
 // Each decoder with messages its producers send (taken from what runtime/ writes).
@@ -72,8 +72,9 @@ const MESSAGES: ReadonlyArray<[string, Decoder, readonly unknown[]]> = [
     { type: 'stepped', ...holder, step: 7, contributions: [0, 1, 2, 3] },
     { type: 'checkpoint', ...holder, step: 9, checkpoint: { step: 9, object: 'ckpt.1.2-4.9.g3', resume: { act: 181, grad: 90, control: 57 }, sha256: 'ef'.repeat(32) } },
     { type: 'checkpoint', ...holder, stage: 0, step: 9, checkpoint: { step: 9, object: 'ckpt.1.0-2.9.g3', resume: { grad: 90, control: 57 }, sha256: 'ef'.repeat(32) } },
+    { type: 'checkpoint', ...holder, step: 9, checkpoint: { step: 9, object: 'ckpt.1.2-4.9.g3', resume: { act: 181, control: 57 }, sha256: 'ef'.repeat(32), residual_sha256: '2c'.repeat(32) } },
     { type: 'final', ...holder, name: 'final.1.2-4', sha256: 'ef'.repeat(32), counters },
-    { type: 'contribution', ...holder, step: 9, outer: 2, object: 'bridge.contribution.2.2.1', bytes_raw: 560, bytes_wire: 152 },
+    { type: 'contribution', ...holder, step: 9, outer: 2, object: 'bridge.contribution.2.2.1', bytes_raw: 560, bytes_wire: 152, sha256: '3d'.repeat(32) },
   ]],
   ['decodeRegistration', decodeRegistration, [
     { host: 'gpu-7', datacenter: 'eu-west', device: 'cuda', gpu: 'NVIDIA H100 80GB HBM3', key: 'U'.padEnd(56, 'A'), proof: 'p'.repeat(86) },
@@ -111,7 +112,7 @@ const MESSAGES: ReadonlyArray<[string, Decoder, readonly unknown[]]> = [
       signers: [{ generation: 1, host: 'gpu-7', key: 'U'.padEnd(56, 'A'), until: { act: 200, grad: 97 } }, { generation: 2, host: 'gpu-9', key: 'U'.padEnd(56, 'C') }],
     },
   ]],
-  ['decodeBridgeRecord', decodeBridgeRecord, [sync, (({ momentum: _m, ...rest }) => rest)(sync)]],
+  ['decodeBridgeRecord', decodeBridgeRecord, [sync, (({ momentum: _m, momentum_sha256: _s, ...rest }) => rest)(sync), { ...sync, replicas: [1], refused: [0] }]],
   ['decodeCounterRecord', decodeCounterRecord, [{ value: 0 }, { value: 12 }]],
   ['decodeCoordinatorRecord', decodeCoordinatorRecord, [{ keys: ['U'.padEnd(56, 'A')] }, { keys: ['U'.padEnd(56, 'A'), 'U'.padEnd(56, 'B')] }]],
 ];
@@ -187,6 +188,21 @@ test('optional fields may be absent, but not null or wrong when present', (t) =>
   refuses(t, decodeBridgeRecord, { ...sync, momentum: 3 }, 'bridge record', 'momentum', /must be a string, got 3$/);
   // Unless null is what the producer writes: a lost host's slot, when it held none.
   refuses(t, decodeHostEntry, { host: 'h', datacenter: 'd', status: 'lost', joined: 'x', slot: { replica: 0 } }, 'host record', 'slot.stage', /is missing$/);
+});
+
+test('the SHA-256 digests that vouch for Bridge objects are required where a reader checks them, and must be 64 lowercase hex digits', (t) => {
+  const contribution = { type: 'contribution', ...holder, step: 9, outer: 2, object: 'bridge.contribution.2.2.1', bytes_raw: 560, bytes_wire: 152, sha256: '3d'.repeat(32) };
+  t.is(decodeStageReport(encodeJson(contribution)).type, 'contribution');
+  refuses(t, decodeStageReport, { ...contribution, sha256: undefined }, 'stage report', 'sha256', /'sha256' is missing$/);
+  refuses(t, decodeStageReport, { ...contribution, sha256: '3D'.repeat(32) }, 'stage report', 'sha256', /must be a SHA-256 digest \(64 lowercase hex digits\), got "3D3D/);
+  refuses(t, decodeStageReport, { ...contribution, sha256: '3d'.repeat(31) }, 'stage report', 'sha256', /must be a SHA-256 digest/);
+  refuses(t, decodeStageReport, { ...contribution, sha256: 7 }, 'stage report', 'sha256', /must be a SHA-256 digest \(64 lowercase hex digits\), got 7$/);
+  refuses(t, decodeBridgeRecord, { ...sync, theta_sha256: undefined }, 'bridge record', 'theta_sha256', /'theta_sha256' is missing$/);
+  refuses(t, decodeBridgeRecord, { ...sync, theta_sha256: 'x'.repeat(64) }, 'bridge record', 'theta_sha256', /must be a SHA-256 digest/);
+  refuses(t, decodeBridgeRecord, { ...sync, momentum_sha256: null }, 'bridge record', 'momentum_sha256', /must be a SHA-256 digest \(64 lowercase hex digits\), got null$/);
+  refuses(t, decodeBridgeRecord, { ...sync, refused: [-1] }, 'bridge record', 'refused[0]', /must be a non-negative integer, got -1$/);
+  const checkpoint = { step: 9, object: 'o', resume: { control: 5 }, sha256: 'ef'.repeat(32) };
+  refuses(t, decodeStageReport, { type: 'checkpoint', ...holder, step: 9, checkpoint: { ...checkpoint, residual_sha256: 'ef' } }, 'stage report', 'checkpoint.residual_sha256', /must be a SHA-256 digest/);
 });
 
 test('nested fields are named by their path from the message', (t) => {

@@ -11,6 +11,8 @@ const real = fc.double({ noNaN: true, noDefaultInfinity: true });
 /** A loss or a norm: finite, or not (sent as null). */
 const lossy = fc.oneof(real, fc.constantFrom(NaN, Infinity, -Infinity));
 const name = fc.string({ maxLength: 24 });
+/** A SHA-256 digest in lowercase hex, as hosts and the Bridge write them. */
+const digest = fc.uint8Array({ minLength: 32, maxLength: 32 }).map((b) => Buffer.from(b).toString('hex'));
 
 const wireCount = fc.record({ frames: count, f32_bytes: count, wire_bytes: count });
 const counters = fc.record({
@@ -19,14 +21,17 @@ const counters = fc.record({
   queued: count,
 });
 const checkpoint = fc.record(
-  { step: count, object: name, resume: fc.record({ act: count, grad: count, control: count }, { requiredKeys: ['control'] }), sha256: name },
+  { step: count, object: name, resume: fc.record({ act: count, grad: count, control: count }, { requiredKeys: ['control'] }), sha256: name, residual_sha256: digest },
   { requiredKeys: ['step', 'object', 'resume'] },
 );
 const recoveries = fc.record({ hosts_lost: count, slots_reassigned: count, coordinator_restarts: count });
 const pipelineUse = { utilization_by_stage: fc.array(real, { maxLength: 4 }), bubble: real, bubble_bound: real };
 const bridgeRecord = fc.record(
-  { stage: count, outer: count, replicas: fc.array(count, { maxLength: 4 }), theta: name, momentum: name, first_ms: real, finished_ms: real, bytes_raw: count, bytes_wire: count },
-  { requiredKeys: ['stage', 'outer', 'replicas', 'theta', 'first_ms', 'finished_ms', 'bytes_raw', 'bytes_wire'] },
+  {
+    stage: count, outer: count, replicas: fc.array(count, { maxLength: 4 }), refused: fc.array(count, { maxLength: 4 }), theta: name, theta_sha256: digest,
+    momentum: name, momentum_sha256: digest, first_ms: real, finished_ms: real, bytes_raw: count, bytes_wire: count,
+  },
+  { requiredKeys: ['stage', 'outer', 'replicas', 'theta', 'theta_sha256', 'first_ms', 'finished_ms', 'bytes_raw', 'bytes_wire'] },
 );
 const holder = { replica: count, stage: count, generation: count, host: name };
 
@@ -41,7 +46,7 @@ export const stageReport = fc.oneof(
   fc.record({ type: fc.constant('stepped'), ...holder, step: count, contributions: fc.array(count, { maxLength: 6 }) }),
   fc.record({ type: fc.constant('checkpoint'), ...holder, step: count, checkpoint }),
   fc.record({ type: fc.constant('final'), ...holder, name, sha256: name, counters }),
-  fc.record({ type: fc.constant('contribution'), ...holder, step: count, outer: count, object: name, bytes_raw: count, bytes_wire: count }),
+  fc.record({ type: fc.constant('contribution'), ...holder, step: count, outer: count, object: name, bytes_raw: count, bytes_wire: count, sha256: digest }),
 );
 
 export const registration = fc.record({ host: name, datacenter: name, device: name, gpu: name, key: name, proof: name }, { requiredKeys: ['host', 'datacenter', 'key', 'proof'] });
