@@ -45,14 +45,16 @@ export interface CheckpointPointer {
 /**
  * Stage reports on `report.<replica>.<stage>`, read by the coordinator (and by
  * `caravan chaos`, to count). In 'done', Σg² per tensor is null where it is not
- * finite, and the loss (the last stage's alone) null when it is not.
+ * finite, and the loss (the last stage's alone) null when it is not. 'failed'
+ * says the holder cannot go on, and why: the coordinator fails the run with it.
  */
 export type StageReport =
   | { type: 'done'; replica: number; stage: number; generation: number; host: string; step: number; sumSquares: Array<number | null>; loss?: number | null; counters: StageCounters }
   | { type: 'stepped'; replica: number; stage: number; generation: number; host: string; step: number; contributions: number[] }
   | { type: 'checkpoint'; replica: number; stage: number; generation: number; host: string; step: number; checkpoint: CheckpointPointer }
   | { type: 'final'; replica: number; stage: number; generation: number; host: string; name: string; sha256: string; counters: StageCounters }
-  | ({ type: 'contribution'; generation: number; host: string; step: number } & ContributionReport);
+  | ({ type: 'contribution'; generation: number; host: string; step: number } & ContributionReport)
+  | { type: 'failed'; replica: number; stage: number; generation: number; host: string; reason: string };
 
 /** A slot holder's counters since it started (a replacement: since its restore), sent with each step report. */
 export interface StageCounters {
@@ -177,6 +179,7 @@ const STAGE_REPORT = tagged('type', {
   checkpoint: { ...REPORTER, step: count, checkpoint: checkpointPointerReader },
   final: { ...REPORTER, name: text, sha256: text, counters: STAGE_COUNTERS },
   contribution: { ...REPORTER, step: count, outer: count, object: text, bytes_raw: count, bytes_wire: count, sha256: sha256Digest },
+  failed: { ...REPORTER, reason: text },
 });
 
 const REGISTRATION = object({ host: text, datacenter: text, device: optional(text), gpu: optional(text), key: text, proof: text });

@@ -146,7 +146,7 @@ function assemble(
   const bridges = t.bridge ? startBridges({ store: net.bridges, config, bridge: t.bridge, log, onError: settle }) : undefined;
   // The run's metrics over OpenTelemetry (off unless OTEL_EXPORTER_OTLP_* names an endpoint): the live state, read when exported.
   const metrics = initRunMetrics({ service: 'caravan-coordinator', run: o.run }, () => run.state);
-  const reports = new Reports({ slots: net.slots, writes, log, replicas, bridges, counters, finalReported: () => maybeFinish() });
+  const reports = new Reports({ slots: net.slots, writes, log, replicas, bridges, counters, finalReported: () => maybeFinish(), failed: settle });
   let replicasDone = false;
   let finishing = false;
   function maybeFinish(): void {

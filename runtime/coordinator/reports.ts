@@ -1,7 +1,8 @@
 // The stages' reports in the control log. A report counts only if the holder
 // of the slot its subject names signed it, under the generation the report
 // claims. Step reports go to their replica's actor, contributions to the
-// Bridge, final reports are collected for the summary, and checkpoints are
+// Bridge, final reports are collected for the summary, a holder's 'failed'
+// report fails the run with its reason, and checkpoints are
 // recorded in the slot table (fenced by generation), after which what they
 // make unnecessary is dropped: the previous checkpoint and the slot's inputs
 // before it.
@@ -22,6 +23,8 @@ export class Reports {
     /** Where the latest counters of every slot's holder go, `${replica}.${stage}`. */
     readonly counters: Map<string, StageCounters>;
     readonly finalReported: () => void;
+    /** The slot's holder cannot go on (its signed 'failed' report): the run fails with this. */
+    readonly failed: (err: Error) => void;
   }) {}
 
   async dispatch(e: ControlLogEntry): Promise<void> {
@@ -43,6 +46,7 @@ export class Reports {
       log.warn({ seq: e.seq, subject: e.subject, reason: signed.ok ? `the report names replica ${msg.replica} stage ${msg.stage} generation ${msg.generation}` : signed.reason }, 'report refused');
       return;
     }
+    if (msg.type === 'failed') { this.o.failed(new Error(msg.reason)); return; }
     if (msg.type === 'checkpoint') { this.recordCheckpoint(msg.replica, msg.stage, msg.generation, msg.checkpoint); return; }
     if (msg.type === 'done' || msg.type === 'final') counters.set(`${msg.replica}.${msg.stage}`, msg.counters);
     if (msg.type === 'done') replica.send({ type: 'STAGE_DONE', stage: msg.stage, step: msg.step, sumSquares: msg.sumSquares, loss: msg.loss ?? undefined });

@@ -43,6 +43,8 @@ export interface HostOptions {
 
 /** Exit status of a host that was replaced: not a crash, and not a success either. */
 export const REPLACED_EXIT_CODE = 3;
+/** How long a holder that reported its failure waits for the coordinator to announce the run failed, before it exits. */
+const FAILURE_HEARD_MS = 10_000;
 
 export function hostId(): string {
   return `${hostname()}-${process.pid}`.replace(/[^A-Za-z0-9_-]/g, '-').slice(0, 60);
@@ -95,7 +97,11 @@ async function followRun(conn: RunConnection, res: RunResources, id: string, dev
   let ending: Promise<void> | undefined;
   // The watch and the stage both end the host: whichever comes first.
   let failed: Error | undefined;
+  // Settles once the run is known to have ended (the coordinator's announcement, or the run state).
+  let runEnded!: () => void;
+  const ended = new Promise<void>((resolve) => { runEnded = resolve; });
   const failedRun = conn.subscribe(res.names.failed, (m) => {
+    runEnded();
     failed ??= new Error(`the run failed: ${decodeRunFailure(m.data).reason}`);
     stage?.stop(failed);
     watch.stop();
@@ -103,6 +109,7 @@ async function followRun(conn: RunConnection, res: RunResources, id: string, dev
   try {
     for await (const e of watch) {
       if (e.type === 'status') {
+        if (e.status === 'finished' || e.status === 'failed') runEnded();
         if (e.status === 'finished') { stage?.stop(); break; }
         if (e.status === 'failed') { failed ??= new Error('the run failed'); stage?.stop(failed); break; }
         continue;
@@ -122,12 +129,20 @@ async function followRun(conn: RunConnection, res: RunResources, id: string, dev
       const config = await readRunConfig(res);
       stage = await startStage({ conn, res, config, slot: held, host: id, device, log: slotLog, faults, deadLetters, tracing, key, signers, coordinatorKeys });
       conn.publish(res.names.ready, encodeJson({ host: id, replica: record.replica, stage: record.stage }));
-      ending = stage.done.catch((err: Error) => {
-        // A stage that cannot go on fails the run: a replacement would meet the same error.
-        if (!failed && !(err instanceof SlotLostError)) {
-          conn.publish(res.names.failed, encodeJson({ reason: `replica ${record.replica} stage ${record.stage} (host ${id}): ${err.message}` }));
-        }
+      const runner = stage;
+      ending = stage.done.catch(async (err: Error) => {
+        // A stage that cannot go on fails the run (a replacement would meet the same error): it says so in a
+        // report signed as the slot's holder, which the coordinator heeds only from the holder. A host that
+        // lost its slot says nothing. The report is stored before this host goes on to exit.
+        const first = !failed && !(err instanceof SlotLostError);
         failed ??= err;
+        if (first) {
+          await runner.reportFailure(`replica ${record.replica} stage ${record.stage} (host ${id}): ${err.message}`)
+            .catch((e: Error) => slotLog.warn({ err: e.message }, 'the failure report was not stored'));
+          // Whoever started this host hears its exit at once, the coordinator the report through its control log:
+          // wait (bounded) for the coordinator to fail the run, so that the run's failure carries the reason.
+          await Promise.race([ended, new Promise<void>((resolve) => setTimeout(resolve, FAILURE_HEARD_MS).unref())]);
+        }
       }).finally(() => watch.stop());
     }
     await ending;  // the stage's end, its error already kept in `failed`

@@ -59,6 +59,8 @@ export interface StageRunner {
   readonly done: Promise<void>;
   /** Ends the stage: cleanly with no argument, as a failure with one. */
   stop(err?: Error): void;
+  /** Tells the coordinator this holder cannot go on, and why (a signed 'failed' report): settles once it is stored. */
+  reportFailure(reason: string): Promise<void>;
 }
 
 export interface StageRunnerOptions {
@@ -152,7 +154,7 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
   actor.start();
   await openReaders(res, holder, restored?.resume, engine, chain, slot, log);
   log.info({ layers, generation, from: restored?.step ?? null }, 'stage ready');
-  return { done: chain.done, stop: chain.stop };
+  return { done: chain.done, stop: chain.stop, reportFailure: (reason) => outputs.report({ type: 'failed', reason }) };
 }
 
 async function carryOut(cmd: StageCommand, p: Slot): Promise<void> {

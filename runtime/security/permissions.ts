@@ -11,7 +11,9 @@
 //                the control log; reads run state; writes objects
 //                (checkpoints, final states, Bridge contributions), which are
 //                checked by SHA-256 against signed reports. It cannot write
-//                run state or step control, nor create or delete streams.
+//                run state or step control, nor create or delete streams, nor
+//                announce the run's failure (`ctl.failed`, which it hears): a
+//                holder that cannot go on says so in a signed 'failed' report.
 //   observer     reads run state, objects and dead letters (`caravan status`, `caravan export`).
 //
 // Object Store reads and KV watches and key listings go through the client's
@@ -61,7 +63,7 @@ export function permissionsFor(role: Role, run: string, shape: RunShape): Permis
     return {
       publish: {
         allow: [
-          n.edges('act'), n.edges('grad'), n.deadLetters, n.reports, n.heartbeats, n.register, n.ready, n.failed, n.chaosReached,
+          n.edges('act'), n.edges('grad'), n.deadLetters, n.reports, n.heartbeats, n.register, n.ready, n.chaosReached,
           jetStreamApi.info, ...all.map(jetStreamApi.streamInfo),
           ...st.inputs.flatMap(consumes), ...consumes(st.control),
           ...reads(st.kv), ...consumes(st.kv), flowControlReplies(st.kv),

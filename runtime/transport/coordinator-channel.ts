@@ -1,8 +1,10 @@
 // The coordinator's core-NATS side of a run (`ctl.*` and heartbeats: about
 // now, not history). It answers registrations (request/reply), hears
-// heartbeats, hosts' word that their slot is ready and a host's report that
-// the run failed, each decoded before the caller sees it; and it announces
-// progress, the summary at the end, or the failure.
+// heartbeats, hosts' word that their slot is ready and word that the run
+// failed (`ctl.failed`: only the coordinator's credentials may publish there,
+// as an operator's watchdog does; a host reports its failure in a signed
+// stage report instead), each decoded before the caller sees it; and it
+// announces progress, the summary at the end, or the failure.
 import type { NatsConnection } from '@nats-io/transport-node';
 import { encodeJson } from '../../schemas/json-message.ts';
 import { decodeHostAnnouncement, decodeRegistration, decodeRunFailure, type Progress, type Registration, type RegistrationReply } from '../../schemas/control-messages.ts';

@@ -289,15 +289,16 @@ const MESSAGE_TARGETS: Record<string, MessageTarget<unknown>> = {
     'gradScale, gradNorm, loss, skip': m.type === 'open' || (isReal(m.gradScale) && isRealOrNull(m.gradNorm) && isRealOrNull(m.loss) && absentOr(isIn([true]))(m.skip)),
   })),
   decodeStageReport: target(decodeStageReport, arbitrary.stageReport, (m) => ({
-    type: isIn(['done', 'stepped', 'checkpoint', 'final', 'contribution'])(m.type),
+    type: isIn(['done', 'stepped', 'checkpoint', 'final', 'contribution', 'failed'])(m.type),
     'replica, stage, generation': [m.replica, m.stage, m.generation].every(isCount),
     host: isText(m.host),
-    step: m.type === 'final' || isCount(m.step),
+    step: m.type === 'final' || m.type === 'failed' || isCount(m.step),
     done: m.type !== 'done' || (every(isRealOrNull)(m.sumSquares) && absentOr(isRealOrNull)(m.loss) && areCounters(m.counters)),
     stepped: m.type !== 'stepped' || every(isCount)(m.contributions),
     checkpoint: m.type !== 'checkpoint' || isCheckpoint(m.checkpoint),
     final: m.type !== 'final' || (isText(m.name) && isText(m.sha256) && areCounters(m.counters)),
     contribution: m.type !== 'contribution' || ([m.outer, m.bytes_raw, m.bytes_wire].every(isCount) && isText(m.object) && isDigest(m.sha256)),
+    failed: m.type !== 'failed' || isText(m.reason),
   })),
   decodeRegistration: target(decodeRegistration, arbitrary.registration, (m) => ({
     'host, datacenter, key, proof': [m.host, m.datacenter, m.key, m.proof].every(isText),

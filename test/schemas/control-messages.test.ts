@@ -75,6 +75,7 @@ const MESSAGES: ReadonlyArray<[string, Decoder, readonly unknown[]]> = [
     { type: 'checkpoint', ...holder, step: 9, checkpoint: { step: 9, object: 'ckpt.1.2-4.9.g3', resume: { act: 181, control: 57 }, sha256: 'ef'.repeat(32), residual_sha256: '2c'.repeat(32) } },
     { type: 'final', ...holder, name: 'final.1.2-4', sha256: 'ef'.repeat(32), counters },
     { type: 'contribution', ...holder, step: 9, outer: 2, object: 'bridge.contribution.2.2.1', bytes_raw: 560, bytes_wire: 152, sha256: '3d'.repeat(32) },
+    { type: 'failed', ...holder, reason: 'replica 1 stage 2 (host gpu-7): out of memory' },
   ]],
   ['decodeRegistration', decodeRegistration, [
     { host: 'gpu-7', datacenter: 'eu-west', device: 'cuda', gpu: 'NVIDIA H100 80GB HBM3', key: 'U'.padEnd(56, 'A'), proof: 'p'.repeat(86) },

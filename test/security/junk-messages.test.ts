@@ -1,10 +1,13 @@
 // Junk on every subject a host of the run may publish to, sent by a peer
 // with valid host credentials while a secured run goes on: heartbeats,
-// registration, readiness, the run's failure, chaos announcements (core NATS)
-// and frames, reports and dead letters (JetStream). Each is refused where it
-// lands and nothing stops reading: a throw inside a subscription callback
-// once left the coordinator deaf to every heartbeat, and it declared every
-// host lost. The run ends with no host lost and the weights of the clean run.
+// registration, readiness, chaos announcements (core NATS) and frames,
+// reports and dead letters (JetStream). Each is refused where it lands and
+// nothing stops reading: a throw inside a subscription callback once left the
+// coordinator deaf to every heartbeat, and it declared every host lost. The
+// same peer's well-formed announcement that the run failed (`ctl.failed`) is
+// refused by the server: only the coordinator announces a failure, and a
+// holder that cannot go on says so in a signed report. The run ends with no
+// host lost and the weights of the clean run.
 import test from 'ava';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -36,12 +39,18 @@ test('junk on every subject a host may publish to is refused, every process read
 
   let attacker: NatsConnection | undefined;
   let sent: Promise<string[]> | undefined;
+  let failure: string | undefined;
   // Everything host-2 (valid credentials, no slot) may publish on, by its permissions.
   const attack = async (nc: NatsConnection): Promise<string[]> => {
     const js = jetstream(nc);
     const replies: string[] = [];
+    // Not junk: what would end the run, were a host allowed to announce it.
+    nc.publish(names.failed, text('{"reason":"x"}'));
+    // Nor a 'failed' report it did not sign as the slot's holder: the coordinator refuses it.
+    await js.publish(names.report(0, 1), text(JSON.stringify({ type: 'failed', replica: 0, stage: 1, generation: 1, host: 'host-1', reason: 'x' }))).catch(() => {});
+    failure = await nc.request(names.failed, text('{"reason":"x"}'), { timeout: 5000 }).then(() => 'answered', (err: Error) => err.message);
     for (const body of JUNK) {
-      for (const subject of [names.heartbeat('host-x'), names.ready, names.failed, names.chaosReached]) nc.publish(subject, body);
+      for (const subject of [names.heartbeat('host-x'), names.ready, names.chaosReached]) nc.publish(subject, body);
       replies.push(new TextDecoder().decode((await nc.request(names.register, body, { timeout: 5000 })).data));
       for (const subject of [names.act(0, 1), names.grad(0, 0), names.report(0, 0), names.report(0, 1), names.dead(0, 0)]) {
         await js.publish(subject, body).catch(() => {});  // a stream may refuse it (its limits): refused is fine too
@@ -62,6 +71,7 @@ test('junk on every subject a host may publish to is refused, every process read
   const replies = await sent!;
   t.is(replies.length, JUNK.length);
   for (const r of replies) t.regex(r, /"ok":false,"reason":"registration: /, 'a junk registration is answered with why it was refused');
+  t.regex(failure ?? '', new RegExp(`Permissions Violation for Publish to "${names.failed.replaceAll('.', '\\.')}"`), 'a host cannot announce the run\'s failure');
   t.is(summary.recoveries.hosts_lost, 0, 'the coordinator kept hearing every heartbeat');
   t.true(summary.dead_letters >= 2 * JUNK.length, 'junk frames were dead-lettered');
   const clean = await trainLocal({ ...config, valBatches: 1 });

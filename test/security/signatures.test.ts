@@ -194,7 +194,7 @@ test('under credentials a key must be minted for the run and holds one live host
   t.like(replies[0], { ok: false });
   t.regex(replies[0]?.reason ?? '', /is registered by host h-b, which is live/);
 
-  nc.publish(names.failed, encodeJson({ reason: 'test over' }));
+  admin.publish(names.failed, encodeJson({ reason: 'test over' }));  // only the coordinator's credentials may announce a failure
   await t.throwsAsync(coordinator, { message: 'test over' });
 });
 

@@ -47,6 +47,7 @@ export const stageReport = fc.oneof(
   fc.record({ type: fc.constant('checkpoint'), ...holder, step: count, checkpoint }),
   fc.record({ type: fc.constant('final'), ...holder, name, sha256: name, counters }),
   fc.record({ type: fc.constant('contribution'), ...holder, step: count, outer: count, object: name, bytes_raw: count, bytes_wire: count, sha256: digest }),
+  fc.record({ type: fc.constant('failed'), ...holder, reason: name }),
 );
 
 export const registration = fc.record({ host: name, datacenter: name, device: name, gpu: name, key: name, proof: name }, { requiredKeys: ['host', 'datacenter', 'key', 'proof'] });
