@@ -10,30 +10,9 @@ import { EngineStage, sgemmGflops, type CudaDeviceInfo } from '../../native/inde
 import type { RunConfig } from '../../schemas/run-config.ts';
 import { SyntheticStage } from './synthetic-stage.ts';
 
-export interface ComputeStage {
-  readonly isFirst: boolean;
-  readonly isLast: boolean;
-  /** Channels of what comes in across layerBegin and goes out across layerEnd (0 where tokens come in, or a loss goes out). */
-  readonly inWidth: number;
-  readonly outWidth: number;
-  /** Whether a forward of a middle stage needs its microbatch's tokens too. */
-  readonly needsTokens: boolean;
-  /** The GPU it runs on; absent on the CPU. */
-  readonly cuda?: CudaDeviceInfo;
-  readonly paramCount: number;
-  /** A microbatch's forward, stashed for its backward: the output, or on the last stage the loss. */
-  forwardTrain(mb: number, input: Int32Array | Float32Array, B: number, T: number, targets?: Int32Array, tokens?: Int32Array): Float32Array | number;
-  /** Its backward, accumulated into the gradients: the gradient for the previous stage, or null on the first. */
-  backward(mb: number, gradOut: Float32Array | null): Float32Array | null;
-  /** Per-tensor sums of squares of the accumulated gradients, for global-norm clipping. */
-  gradSumSquares(): Float64Array;
-  step(gradScale: number): number;
-  zeroGrad(): void;
-  state(): Uint8Array;
-  loadState(bytes: Uint8Array, source: string): void;
-  params(): Float32Array;
-  setParams(values: Float32Array): void;
-}
+/** What the host drives: the engine's surface, which the synthetic stage implements too. */
+export type ComputeStage = Pick<EngineStage, 'isFirst' | 'isLast' | 'inWidth' | 'outWidth' | 'needsTokens' | 'cuda' | 'paramCount'
+  | 'forwardTrain' | 'backward' | 'gradSumSquares' | 'step' | 'zeroGrad' | 'state' | 'loadState' | 'params' | 'setParams'>;
 
 /** Where this host computes: the CPU, or one GPU it has already opened. */
 export type HostDevice = { readonly kind: 'cpu' } | { readonly kind: 'cuda'; readonly gpu: CudaDeviceInfo };

@@ -8,7 +8,7 @@ import type { KV } from '@nats-io/kv';
 import { encodeJson } from '../../schemas/json-message.ts';
 import { decodeBridgeRecord, decodeCounterRecord, type BridgeRecord } from '../../schemas/run-records.ts';
 import { retryTransient } from './durable-publish.ts';
-import { readKvRecord } from './kv-record.ts';
+import { changeKvRecord, readKvRecord } from './kv-record.ts';
 import type { RunResources } from './run-resources.ts';
 
 export interface BridgeStore {
@@ -32,19 +32,7 @@ export function readBridgeRecord(kv: KV, key: string): Promise<BridgeRecord | un
 
 /** Advances a counter in KV by compare-and-set: it only moves forward, whoever writes it. */
 async function advanceCounter(kv: KV, key: string, to: number): Promise<void> {
-  for (let attempt = 0; attempt < 20; attempt++) {
-    const e = await kv.get(key);
-    const current = e && e.operation === 'PUT' && e.value.length ? decodeCounterRecord(e.value, `KV ${key}`).value : undefined;
-    if (current !== undefined && current >= to) return;
-    try {
-      if (e) await kv.update(key, encodeJson({ value: to }), e.revision);
-      else await kv.create(key, encodeJson({ value: to }));
-      return;
-    } catch {
-      // someone else wrote it in between: read again
-    }
-  }
-  throw new Error(`could not advance ${key} to ${to}: too many concurrent writers`);
+  await changeKvRecord(kv, key, decodeCounterRecord, (current) => (current !== undefined && current.value >= to ? undefined : { value: to }));
 }
 
 export function bridgeStore(res: RunResources): BridgeStore {

@@ -1,10 +1,40 @@
-// Reading one JSON record from the run's KV bucket: a key that was never
-// written, was deleted or purged, or holds nothing reads as undefined; any
-// other value goes through the record's decoder, which names the key when it
-// is not what the protocol says.
-import type { KV } from '@nats-io/kv';
+// One JSON record in the run's KV bucket: a key that was never written, was
+// deleted or purged, or holds nothing reads as undefined; any other value
+// goes through the record's decoder, which names the key when it is not what
+// the protocol says. Records that several writers advance are changed by
+// compare-and-set, read again when another writer came first.
+import type { KV, KvEntry } from '@nats-io/kv';
+import { encodeJson } from '../../schemas/json-message.ts';
 
-export async function readKvRecord<T>(kv: KV, key: string, decode: (bytes: Uint8Array, what: string) => T): Promise<T | undefined> {
-  const e = await kv.get(key);
-  return e && e.operation === 'PUT' && e.value.length ? decode(e.value, `KV ${key}`) : undefined;
+type Decode<T> = (bytes: Uint8Array, what: string) => T;
+
+/** An entry's record, or undefined where the key holds none. */
+export function kvRecordOf<T>(e: KvEntry | null, decode: Decode<T>): T | undefined {
+  return e && e.operation === 'PUT' && e.value.length ? decode(e.value, `KV ${e.key}`) : undefined;
+}
+
+export async function readKvRecord<T>(kv: KV, key: string, decode: Decode<T>): Promise<T | undefined> {
+  return kvRecordOf(await kv.get(key), decode);
+}
+
+/**
+ * Writes `next(current)` by compare-and-set, reading again after another
+ * writer's change; `next` answers undefined where nothing is to change.
+ * Returns the record as it stands after.
+ */
+export async function changeKvRecord<T>(kv: KV, key: string, decode: Decode<T>, next: (current: T | undefined) => T | undefined): Promise<T | undefined> {
+  for (let attempt = 0; ; attempt++) {
+    const e = await kv.get(key);
+    const current = kvRecordOf(e, decode);
+    const record = next(current);
+    if (record === undefined) return current;
+    try {
+      if (e) await kv.update(key, encodeJson(record), e.revision);
+      else await kv.create(key, encodeJson(record));
+      return record;
+    } catch (err) {
+      // Another writer came first: read again (a bounded number of times).
+      if (attempt >= 20 || !/wrong last sequence|key exists/i.test((err as Error).message)) throw err;
+    }
+  }
 }

@@ -8,6 +8,7 @@ import { decodeBridgeRecord, decodeCounterRecord, decodeHostEntry, decodeRunStat
 import { readDeadLetters, type DeadLetter } from './dead-letters.ts';
 import type { RunResources } from './run-resources.ts';
 import { decodeSlot, readSlot, type SlotEntry } from './slots.ts';
+import { kvRecordOf } from './kv-record.ts';
 import { runStateKeys } from './subjects.ts';
 
 /** A stage's last stored Bridge sync: the outer step its counter names, and that step's record. */
@@ -60,8 +61,8 @@ export class RunStateReader {
   async slots(): Promise<SlotRecord[]> {
     const slots: SlotRecord[] = [];
     for await (const key of await this.res.kv.keys(runStateKeys.slots)) {
-      const e = await this.res.kv.get(key);
-      if (e && e.operation === 'PUT' && e.value.length) slots.push(decodeSlot(e.value, key));
+      const slot = kvRecordOf(await this.res.kv.get(key), (bytes) => decodeSlot(bytes, key));
+      if (slot) slots.push(slot);
     }
     return slots.sort((a, b) => a.replica - b.replica || a.stage - b.stage);
   }
