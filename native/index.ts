@@ -63,8 +63,14 @@ export interface GradCheckResult {
 interface NativeStage {
   forward(mb: number, input: Int32Array | Float32Array, B: number, T: number, targets: Int32Array | null, train: boolean, tokens: Int32Array | null): number | Float32Array;
   backward(mb: number, gradOut: Float32Array | null): Float32Array | null;
+  backwardInput(mb: number, gradOut: Float32Array | null): Float32Array | null;
+  backwardWeight(mb: number): void;
+  stashedBytes(): number;
   gradSumSquares(): Float64Array;
   step(gradScale: number): number;
+  stepWithUndo(gradScale: number): number;
+  undoStep(): void;
+  dropUndo(): void;
   zeroGrad(): void;
   tensors(): TensorEntry[];
   /** The CPU stage's arenas are views of its memory; the CUDA stage's are host copies. */
@@ -257,6 +263,46 @@ export class EngineStage {
     return this.native.backward(mb, gradOut);
   }
 
+  /**
+   * B of the split backward (zero-bubble pipelines): `backward`'s arguments,
+   * result and errors — gradOut [B,T,outWidth] (null on the last stage) →
+   * gradIn [B,T,inWidth] (null on stage 0) — without the weight gradients: the
+   * gradient arena is left alone. The microbatch's stash keeps what W needs:
+   * per layer the output gradients of the linears and norms (dy, dh and the
+   * two norms' dxn [N,d] each, N = B·T; dgate, dup [N,F]; dq [N,H·hd]; dk, dv
+   * [N,Hkv·hd], the last five in the place of gate, up, q, k, v) beside the
+   * forward activations the weight gradients read; the attention
+   * probabilities [B,H,T,T] are freed. Per layer: 4·N·d floats more and N·H·T
+   * fewer than the forward stash (the last stage also keeps dlogits [N,V] in
+   * the place of the probabilities and its final norm's dxn [N,d], stage 0 the
+   * embedding's output gradient [N,d], bottlenecks their dy [N,d] and dz [N,k]).
+   */
+  backwardInput(mb: number, gradOut: Float32Array | null): Float32Array | null {
+    return this.native.backwardInput(mb, gradOut);
+  }
+
+  /**
+   * W of the split backward: adds the weight gradients of microbatch `mb`
+   * (every linear and norm, the embedding on stage 0, the final norm and head
+   * on the last stage, bottleneck projections) into the gradient arena and
+   * releases its stash. Throws, naming the stage and microbatch, when B has
+   * not run for `mb` or W already has.
+   *
+   * Bit-identity: with W's run in microbatch order (0, 1, 2, …) — B's in any
+   * order — the gradients, and so the weights after `step`, equal the fused
+   * `backward` run in microbatch order bit for bit: W makes the fused path's
+   * weight-gradient calls with the same operands, and each weight's gradient
+   * is a sum in call order.
+   */
+  backwardWeight(mb: number): void {
+    this.native.backwardWeight(mb);
+  }
+
+  /** Bytes held by this stage's stashed microbatches (forward stashes and what B keeps for W); 0 when none is stashed. */
+  stashedBytes(): number {
+    return this.native.stashedBytes();
+  }
+
   /** Σg² per tensor, in model order, of the gradients accumulated since the last step. */
   gradSumSquares(): Float64Array {
     return this.native.gradSumSquares();
@@ -265,6 +311,32 @@ export class EngineStage {
   /** AdamW on g·gradScale; advances the learning-rate schedule and zeroes gradients. Returns the lr used. */
   step(gradScale: number): number {
     return this.native.step(gradScale);
+  }
+
+  /**
+   * `step`, after saving the parameters, both AdamW moments, the gradient
+   * arena and the optimizer step, so that `undoStep` can take it back (for an
+   * optimizer step validated after it is taken). The saved copy costs 4 ×
+   * paramCount floats (on the GPU for a CUDA stage) until `undoStep`,
+   * `dropUndo`, `step` or `setParams`/`loadState` lets it go.
+   */
+  stepWithUndo(gradScale: number): number {
+    return this.native.stepWithUndo(gradScale);
+  }
+
+  /**
+   * Restores what `stepWithUndo` saved: parameters, moments, optimizer step
+   * and its accumulated gradients (gradients added since, e.g. by W's of the
+   * next step, are discarded), so a following `step(s)` equals a direct
+   * `step(s)` bit for bit. Throws when nothing is saved.
+   */
+  undoStep(): void {
+    this.native.undoStep();
+  }
+
+  /** Forgets the copy `stepWithUndo` saved (no-op when none is). */
+  dropUndo(): void {
+    this.native.dropUndo();
   }
 
   zeroGrad(): void {

@@ -26,6 +26,12 @@ class StageWrap : public Napi::ObjectWrap<StageWrap> {
     return DefineClass(env, "Stage", {
       InstanceMethod("forward", &StageWrap::Forward),
       InstanceMethod("backward", &StageWrap::Backward),
+      InstanceMethod("backwardInput", &StageWrap::BackwardInput),
+      InstanceMethod("backwardWeight", &StageWrap::BackwardWeight),
+      InstanceMethod("stashedBytes", &StageWrap::StashedBytes),
+      InstanceMethod("stepWithUndo", &StageWrap::StepWithUndo),
+      InstanceMethod("undoStep", &StageWrap::UndoStep),
+      InstanceMethod("dropUndo", &StageWrap::DropUndo),
       InstanceMethod("gradSumSquares", &StageWrap::GradSumSquares),
       InstanceMethod("step", &StageWrap::Step),
       InstanceMethod("zeroGrad", &StageWrap::ZeroGrad),
@@ -111,7 +117,22 @@ class StageWrap : public Napi::ObjectWrap<StageWrap> {
   }
 
   // backward(mb, gradOut|null) → Float32Array gradIn | null (stage 0)
-  Napi::Value Backward(const Napi::CallbackInfo& info) {
+  Napi::Value Backward(const Napi::CallbackInfo& info) { return BackwardOf(info, false); }
+  // backwardInput(mb, gradOut|null): as backward, without the weight gradients (B)
+  Napi::Value BackwardInput(const Napi::CallbackInfo& info) { return BackwardOf(info, true); }
+
+  // backwardWeight(mb): the weight gradients of a microbatch whose B has run (W)
+  Napi::Value BackwardWeight(const Napi::CallbackInfo& info) {
+    const int64_t mb = microbatch_id(info[0]);
+    guarded(info.Env(), [&] { stage_->backward_weight(mb); return 0; });
+    return info.Env().Undefined();
+  }
+
+  Napi::Value StashedBytes(const Napi::CallbackInfo& info) {
+    return Napi::Number::New(info.Env(), (double)stage_->stashed_bytes());
+  }
+
+  Napi::Value BackwardOf(const Napi::CallbackInfo& info, bool split) {
     Napi::Env env = info.Env();
     Stage& s = *stage_;
     const int64_t mb = microbatch_id(info[0]);
@@ -124,13 +145,21 @@ class StageWrap : public Napi::ObjectWrap<StageWrap> {
       grad_len = g.ElementLength();
     }
     if (s.is_first()) {
-      guarded(env, [&] { s.backward(mb, grad, grad_len, nullptr, 0); return 0; });
+      guarded(env, [&] {
+        if (split) s.backward_input(mb, grad, grad_len, nullptr, 0);
+        else s.backward(mb, grad, grad_len, nullptr, 0);
+        return 0;
+      });
       return env.Null();
     }
     int B = 0, T = 0;
     const size_t n = s.stash_shape(mb, &B, &T) ? (size_t)B * T * s.in_width() : 0;
     Napi::Float32Array out = Napi::Float32Array::New(env, n);
-    guarded(env, [&] { s.backward(mb, grad, grad_len, out.Data(), n); return 0; });
+    guarded(env, [&] {
+      if (split) s.backward_input(mb, grad, grad_len, out.Data(), n);
+      else s.backward(mb, grad, grad_len, out.Data(), n);
+      return 0;
+    });
     return out;
   }
 
@@ -141,11 +170,30 @@ class StageWrap : public Napi::ObjectWrap<StageWrap> {
     return out;
   }
 
-  Napi::Value Step(const Napi::CallbackInfo& info) {
-    if (!info[0].IsNumber()) throw Napi::TypeError::New(info.Env(), "step(gradScale) expects a number");
+  static double grad_scale(const Napi::CallbackInfo& info, const char* method) {
+    if (!info[0].IsNumber()) throw Napi::TypeError::New(info.Env(), std::string(method) + "(gradScale) expects a number");
     double scale = info[0].As<Napi::Number>().DoubleValue();
     if (!std::isfinite(scale) || scale < 0) throw Napi::RangeError::New(info.Env(), "gradScale must be finite and >= 0");
-    return Napi::Number::New(info.Env(), stage_->step(scale));
+    return scale;
+  }
+
+  Napi::Value Step(const Napi::CallbackInfo& info) {
+    return Napi::Number::New(info.Env(), stage_->step(grad_scale(info, "step")));
+  }
+
+  Napi::Value StepWithUndo(const Napi::CallbackInfo& info) {
+    const double scale = grad_scale(info, "stepWithUndo");
+    return Napi::Number::New(info.Env(), guarded(info.Env(), [&] { return stage_->step_with_undo(scale); }));
+  }
+
+  Napi::Value UndoStep(const Napi::CallbackInfo& info) {
+    guarded(info.Env(), [&] { stage_->undo_step(); return 0; });
+    return info.Env().Undefined();
+  }
+
+  Napi::Value DropUndo(const Napi::CallbackInfo& info) {
+    stage_->drop_undo();
+    return info.Env().Undefined();
   }
 
   Napi::Value ZeroGrad(const Napi::CallbackInfo& info) {
@@ -174,6 +222,7 @@ class StageWrap : public Napi::ObjectWrap<StageWrap> {
     auto src = info[1].As<Napi::Float32Array>();
     if (src.ElementLength() != a->size()) throw Napi::RangeError::New(env, stage_->describe() + ": setArena needs " + std::to_string(a->size()) + " floats, got " + std::to_string(src.ElementLength()));
     std::copy(src.Data(), src.Data() + a->size(), a->data());
+    stage_->drop_undo();  // a saved step would restore over the new state
     return env.Undefined();
   }
 

@@ -17,6 +17,10 @@ void linear_backward(float* dx, float* dw, const float* dy, const float* x, cons
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, in, out, 1.0f, dy, out, w, in,
                 accumulate_dx ? 1.0f : 0.0f, dx, in);
   }
+  if (dw) linear_backward_weight(dw, dy, x, N, in, out);
+}
+
+void linear_backward_weight(float* dw, const float* dy, const float* x, int N, int in, int out) {
   // dw[out,in] += dy[N,out]ᵀ · x[N,in]
   cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, in, N, 1.0f, dy, out, x, in, 1.0f, dw, in);
 }

@@ -17,15 +17,20 @@ constexpr size_t kParallelMin = 1 << 15;
 void linear_forward(float* y, const float* x, const float* w, int N, int in, int out,
                     bool accumulate = false);
 // dx[N,in] (= or +=) dy[N,out] · w[out,in];  dw[out,in] += dy[N,out]ᵀ · x[N,in]
+// dx or dw may be null: that half is skipped (the split backward's B and W).
 void linear_backward(float* dx, float* dw, const float* dy, const float* x, const float* w,
                      int N, int in, int out, bool accumulate_dx);
+// dw[out,in] += dy[N,out]ᵀ · x[N,in]: the very sgemm linear_backward makes for dw.
+void linear_backward_weight(float* dw, const float* dy, const float* x, int N, int in, int out);
 
 // rmsnorm.cpp — y = x / sqrt(mean(x²) + eps) * w over the last axis.
 // y[N,d], rstd[N] = 1/sqrt(mean(x²)+eps); x[N,d]; w[d]
 void rmsnorm_forward(float* y, float* rstd, const float* x, const float* w, int N, int d, float eps);
-// dx[N,d] (= or +=); dw[d] +=
+// dx[N,d] (= or +=); dw[d] += (skipped when dw is null)
 void rmsnorm_backward(float* dx, float* dw, const float* dy, const float* x, const float* w,
                       const float* rstd, int N, int d, bool accumulate_dx);
+// dw[d] += Σ_rows dy·x·rstd, rows in order: the loop rmsnorm_backward runs for dw.
+void rmsnorm_backward_weight(float* dw, const float* dy, const float* x, const float* rstd, int N, int d);
 
 // rope.cpp — rotary positions, rotate_half convention.
 // cos/sin [max_seq, hd/2]
@@ -72,12 +77,12 @@ double sum_squares(const float* g, size_t n);
 // bottleneck.cpp — residual bottleneck, wd[k,d] (down), wu[d,k] (up), k <= d.
 // z[N,k] = h[N,d]·wdᵀ + h[:, :k]
 void bottleneck_down_forward(float* z, const float* h, const float* wd, int N, int d, int k);
-// dh[N,d] =; dwd[k,d] +=
+// dh[N,d] =; dwd[k,d] += (skipped when dwd is null: linear_backward_weight(dwd, dz, h, N, d, k) is that half)
 void bottleneck_down_backward(float* dh, float* dwd, const float* dz, const float* h, const float* wd,
                               int N, int d, int k);
 // y[N,d] = z[N,k]·wuᵀ, y[:, :k] += z
 void bottleneck_up_forward(float* y, const float* z, const float* wu, int N, int d, int k);
-// dz[N,k] =; dwu[d,k] +=
+// dz[N,k] =; dwu[d,k] += (skipped when dwu is null: linear_backward_weight(dwu, dy, z, N, k, d) is that half)
 void bottleneck_up_backward(float* dz, float* dwu, const float* dy, const float* z, const float* wu,
                             int N, int d, int k);
 

@@ -34,6 +34,10 @@ void rmsnorm_backward(float* dx, float* dw, const float* dy, const float* x, con
       dxi[j] = accumulate_dx ? dxi[j] + g : g;
     }
   }
+  if (dw) rmsnorm_backward_weight(dw, dy, x, rstd, N, d);
+}
+
+void rmsnorm_backward_weight(float* dw, const float* dy, const float* x, const float* rstd, int N, int d) {
   // Weight gradient sums over rows: done serially so the order is fixed.
   for (int i = 0; i < N; i++) {
     const float* xi = x + (size_t)i * d;
