@@ -23,3 +23,38 @@ export function stageForwardFlopsPerToken(m: LlamaConfig, T: number, begin: numb
   const head = end === m.nLayers ? m.vocabSize * m.dModel : 0;
   return 2 * (layers * perLayer + head) + layers * 4 * T * m.dModel;
 }
+
+/**
+ * Backward FLOPs per token of layers [begin, end), split as zero-bubble
+ * schedules run them (actors/pipeline-schedule.ts): `input` is B, what the
+ * previous stage waits for; `weight` is W, what only the optimizer needs.
+ *
+ * A matmul y = x·A (A of n weights) costs 2n per token forward; its backward
+ * is two matmuls of the same size, dx = dy·Aᵀ (2n, input) and dA = xᵀ·dy
+ * (2n, weight). The attention products q·kᵀ and p·v have no weights: each of
+ * the two has two input gradients (dq and dk, dp and dv), 2 · 4·T·d per
+ * layer per token, all input. The LM head is a matmul on the last stage like
+ * any other; the embedding is a lookup (no forward FLOPs) and its weight
+ * gradient a scatter-add of the first stage's input gradient, counted by
+ * neither, as in the forward. Norms and activations are not counted (PaLM).
+ * So input + weight = 2 × stageForwardFlopsPerToken, as trainFlopsPerToken
+ * has it, and input − weight = 8·T·d per layer.
+ */
+export function stageBackwardFlopsPerToken(m: LlamaConfig, T: number, begin: number, end: number): { input: number; weight: number } {
+  const attention = (end - begin) * 4 * T * m.dModel;  // forward q·kᵀ and p·v
+  const matmul = stageForwardFlopsPerToken(m, T, begin, end) - attention;  // 2 per weight
+  return { input: matmul + 2 * attention, weight: matmul };
+}
+
+/**
+ * Per-stage op costs for a pipeline schedule, in FLOPs per microbatch of
+ * `tokens` tokens (divide by a rate for time): F the forward, B and W the
+ * backward's two halves. `ranges` are the stages' [begin, end) layers
+ * (native splitLayers). Structurally the schedule's OpCosts.
+ */
+export function opCostsFromFlops(m: LlamaConfig, T: number, ranges: readonly (readonly [number, number])[], tokens = T): Array<{ F: number; B: number; W: number }> {
+  return ranges.map(([begin, end]) => {
+    const { input, weight } = stageBackwardFlopsPerToken(m, T, begin, end);
+    return { F: stageForwardFlopsPerToken(m, T, begin, end) * tokens, B: input * tokens, W: weight * tokens };
+  });
+}

@@ -1,8 +1,11 @@
 // The synthetic compute backend: a pipeline stage that does no math and
 // takes the time the simulated device would, so 48 stages of a 100B model
 // fit on a laptop. A forward sleeps for the stage's model FLOPs on the
-// microbatch ÷ (peak · efficiency) ÷ timeScale, a backward twice that; the
-// outputs are frames of the real size (their values are a constant). It
+// microbatch ÷ (peak · efficiency) ÷ timeScale, a backward twice that, split
+// for zero-bubble schedules into its input half (backwardInput, B) and its
+// weight half (backwardWeight, W) by their own FLOPs
+// (stageBackwardFlopsPerToken); the outputs are frames of the real size
+// (their values are a constant). It
 // stands in for EngineStage behind the same interface (compute-stage.ts),
 // so the hosts run the same actors, transport, checkpoints and recovery as
 // for a real model.
@@ -11,7 +14,7 @@
 // host's I/O waits for it exactly as it waits for real compute.
 import { decodeSafeTensors, encodeSafeTensors } from '../../native/index.ts';
 import type { LlamaConfig } from '../../schemas/model-config.ts';
-import { stageForwardFlopsPerToken } from '../../schemas/model-flops.ts';
+import { stageBackwardFlopsPerToken, stageForwardFlopsPerToken } from '../../schemas/model-flops.ts';
 import type { SyntheticCompute } from '../../schemas/run-config.ts';
 import type { ComputeStage } from './compute-stage.ts';
 
@@ -40,11 +43,23 @@ export class SyntheticStage implements ComputeStage {
   readonly paramCount = 16;
   /** Wall ms of one forward of one microbatch (a backward takes twice as long). */
   readonly forwardMs: number;
+  /** Wall ms of the input-gradient half of a backward (B) and of the weight-gradient half (W); together 2 · forwardMs. */
+  readonly backwardInputMs: number;
+  readonly backwardWeightMs: number;
+  /**
+   * Bytes a microbatch keeps on the stage from its forward to its weight
+   * gradient: 34 · B·T·d bytes per layer, Korthikanti et al. 2022's bf16
+   * activations of a layer with the attention scores not kept (flash
+   * attention). What a schedule's stash limit costs in memory.
+   */
+  readonly stashBytesPerMicrobatch: number;
   /** The device's peak as this run's clock sees it (peak · timeScale), GFLOP/s: what MFU is taken against. */
   readonly peakGflops: number;
   private readonly frameWidth: number;
   private readonly weights = new Float32Array(16);
   private steps = 0;
+  /** Microbatches forwarded whose weight gradient (or fused backward) has not run. */
+  private readonly stashed = new Set<number>();
 
   constructor(private readonly spec: SyntheticStageSpec) {
     const { model, layerBegin, layerEnd, batchSize: B, seqLen: T, synthetic: s } = spec;
@@ -55,21 +70,46 @@ export class SyntheticStage implements ComputeStage {
     this.inWidth = this.isFirst ? 0 : this.frameWidth;
     this.outWidth = this.isLast ? 0 : this.frameWidth;
     const flops = stageForwardFlopsPerToken(model, T, layerBegin, layerEnd) * B * T;
+    const ms = (perToken: number) => ((perToken * B * T) / (s.peakTflops * 1e12 * s.efficiency)) * 1000 / s.timeScale;
     this.forwardMs = (flops / (s.peakTflops * 1e12 * s.efficiency)) * 1000 / s.timeScale;
+    const backward = stageBackwardFlopsPerToken(model, T, layerBegin, layerEnd);
+    this.backwardInputMs = ms(backward.input);
+    this.backwardWeightMs = ms(backward.weight);
+    this.stashBytesPerMicrobatch = 34 * B * T * model.dModel * (layerEnd - layerBegin);
     this.peakGflops = s.peakTflops * 1000 * s.timeScale;
   }
 
   forwardTrain(mb: number, _input: Int32Array | Float32Array, B: number, T: number): Float32Array | number {
     sleepMs(this.forwardMs);
+    this.stashed.add(mb);
     // A loss that falls with the microbatch index: something finite and deterministic for the replica to report.
     if (this.isLast) return Math.log(this.spec.model.vocabSize) * Math.exp(-mb / 10_000);
     return new Float32Array(B * T * this.frameWidth).fill(0.5);
   }
 
-  backward(_mb: number, _gradOut: Float32Array | null): Float32Array | null {
-    sleepMs(2 * this.forwardMs);
+  /** The fused backward (1F1B): B then W, 2 · forwardMs in all. */
+  backward(mb: number, gradOut: Float32Array | null): Float32Array | null {
+    const gradIn = this.backwardInput(mb, gradOut);
+    this.backwardWeight(mb);
+    return gradIn;
+  }
+
+  /** B: the gradient for the previous stage (null on stage 0); the microbatch stays stashed for its W. */
+  backwardInput(_mb: number, _gradOut: Float32Array | null): Float32Array | null {
+    sleepMs(this.backwardInputMs);
     if (this.isFirst) return null;
     return new Float32Array(this.spec.batchSize * this.spec.seqLen * this.frameWidth).fill(0.25);
+  }
+
+  /** W: the weight gradient of microbatch mb, accumulated; frees its stash. */
+  backwardWeight(mb: number): void {
+    sleepMs(this.backwardWeightMs);
+    this.stashed.delete(mb);
+  }
+
+  /** Activation bytes the stage holds now for microbatches between their forward and their W. */
+  stashedBytes(): number {
+    return this.stashed.size * this.stashBytesPerMicrobatch;
   }
 
   gradSumSquares(): Float64Array {
