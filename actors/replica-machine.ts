@@ -26,6 +26,8 @@ export interface ReplicaMachineInput {
   readonly firstStep?: number;
   /** Default 'stop'. */
   readonly nonFinite?: 'stop' | 'skip-step';
+  /** Steps opened ahead of the one being decided: 1 where stages apply updates before their commit (post-validation), so a stage can go on to the next step; default 0. */
+  readonly openAhead?: number;
 }
 
 export type ReplicaEvent =
@@ -74,9 +76,13 @@ export const replicaMachine = setup({
     emitted: {} as ReplicaCommand,
   },
   actions: {
-    open: enqueueActions(({ context, enqueue }) => {
+    // The step now decided is open already when steps are opened ahead: only the one furthest ahead is new.
+    open: enqueueActions(({ context, enqueue }, params: { first: boolean }) => {
       enqueue.assign({ reports: Array(context.stages).fill(undefined), stepped: Array(context.stages).fill(false) });
-      enqueue.emit({ type: 'OPEN_STEP', replica: context.replica, step: context.step });
+      const ahead = context.openAhead ?? 0;
+      for (let step = params.first ? context.step : context.step + ahead; step <= context.step + ahead && step < context.steps; step++) {
+        enqueue.emit({ type: 'OPEN_STEP', replica: context.replica, step });
+      }
     }),
   },
 }).createMachine({
@@ -84,7 +90,7 @@ export const replicaMachine = setup({
   context: ({ input }) => ({ ...input, step: input.firstStep ?? 0, reports: [], stepped: [], losses: [] }),
   initial: 'idle',
   states: {
-    idle: { on: { START: [{ guard: ({ context }) => context.step >= context.steps, target: 'finished' }, { target: 'collecting', actions: 'open' }] } },
+    idle: { on: { START: [{ guard: ({ context }) => context.step >= context.steps, target: 'finished' }, { target: 'collecting', actions: { type: 'open', params: { first: true } } }] } },
     collecting: {
       on: {
         STAGE_DONE: [
@@ -125,7 +131,7 @@ export const replicaMachine = setup({
       always: {
         guard: ({ context }) => context.step + 1 < context.steps,
         target: 'collecting',
-        actions: [assign(({ context }) => ({ step: context.step + 1 })), 'open'],
+        actions: [assign(({ context }) => ({ step: context.step + 1 })), { type: 'open', params: { first: false } }],
       },
       on: {
         STAGE_STEPPED: [

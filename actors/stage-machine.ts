@@ -1,84 +1,230 @@
 // The Stage actor: one per (replica, stage). Pure: it receives events about
-// arrivals and finished computations and emits the commands the host runtime
-// carries out (run a forward or a backward, report the step, apply the
-// optimizer step, ack the step's inputs). It never touches a tensor, and
-// keeps no time: it moves on events alone (actor-clock.ts).
+// arrivals, finished computations and step control, and emits the commands
+// the host runtime carries out (run one computation of one microbatch, report
+// the step, apply, confirm or roll back the optimizer step, ack the step's
+// inputs). It never touches a tensor, and keeps no time: it moves on events
+// alone (actor-clock.ts).
 //
-// Schedule: 1F1B. Forward when the next microbatch's input has arrived and
-// fewer than S−s microbatches (plus `extraInFlight` on all but the last
-// stage, to hide link latency) are in flight (forwarded, not yet backwarded);
-// a waiting backward always goes first. Forwards and backwards both run in
-// microbatch order, so gradients accumulate in microbatch order whatever the
-// arrival order.
+// Schedule as data: each step the stage runs `ops` (pipeline-schedule.ts: F,
+// B and W, or F and the fused BW for 1F1B) strictly in that order, each once
+// its input is here (an activation for F, a gradient for B or BW; a W needs
+// nothing but its B, which comes first in the list). The lists are a
+// linearisation of one feasible run of the whole pipeline, so any timing
+// completes them, and weight gradients accumulate in microbatch order
+// whatever the arrival order: the bits do not depend on the schedule.
 //
-// Recovery: a replacement starts from a checkpoint (`committed` in the input)
-// and replays the step control and the inputs recorded since. Opens and
-// commits may then arrive before the stage can act on them; they are kept
-// and taken in step order, so a replayed step runs exactly like a live one.
-import { assign, enqueueActions, setup } from 'xstate';
+// Between steps. With a flush (1F1B), a stage reports the step's Σg² and
+// waits for the replica's commit (the clip factor) before it applies the
+// update and starts the next step. Post-validated (`postValidate`, the
+// zero-bubble schedules): once its last W is done, a stage applies the update
+// it expects (no clipping, every value finite: gradScale 1/M) keeping an
+// undo, and goes straight on with the next step. The commit then confirms
+// it, or says the step was clipped or skipped: the stage undoes the update,
+// applies the committed one (bit-exactly what a flush would have done), and
+// redoes the next step's work as attempt 1, which every stage of the replica
+// derives from the same commit. Frames carry their attempt; a frame of an
+// attempt that was rolled back is acked and dropped. At most one step is
+// provisional: a stage reports step k+1 only once step k is final, so a
+// report is never of gradients a roll-back would void. A step after which
+// the Bridge syncs (`barrierEvery`) is never run ahead of.
+//
+// Recovery: a replacement starts from a checkpoint (`committed` and
+// `nextAttempt` in the input) and replays the step control and the inputs
+// recorded since. Opens and commits may then arrive before the stage can act
+// on them; they are kept and taken in step order, so a replayed step runs
+// exactly like a live one (with a known commit it applies the final update
+// at once, never a provisional one).
+import { enqueueActions, setup } from 'xstate';
+import type { PipelineOp } from './pipeline-schedule.ts';
 
 export interface StageMachineInput {
   readonly stage: number;         // s
   readonly stages: number;        // S
   readonly microbatches: number;  // M per step
+  /** One step's computations on this stage, in the order it runs them. */
+  readonly ops: readonly PipelineOp[];
   readonly committed?: number;    // the last step in the weights it starts from (a checkpoint); −1 when fresh
-  readonly extraInFlight?: number;  // beyond S−s, on all but the last stage (training.extraInFlight); default 0
+  /** The attempt of step committed+1, as the checkpoint recorded it; default 0. */
+  readonly nextAttempt?: number;
+  /** Apply each update before its commit, validate it when the commit comes (no flush between steps). Default false. */
+  readonly postValidate?: boolean;
+  /** Every n-th step ends in a barrier (a Bridge sync): its update must be final before the next step starts. 0 or absent: none. */
+  readonly barrierEvery?: number;
 }
 
-type InputKind = 'act' | 'grad';
+export type InputKind = 'act' | 'grad';
 
 export type StageEvent =
   | { type: 'STEP_OPEN'; step: number }
-  | { type: 'ACT_ARRIVED'; step: number; mb: number }
-  | { type: 'GRAD_ARRIVED'; step: number; mb: number }
-  | { type: 'FORWARD_DONE'; step: number; mb: number }
-  | { type: 'BACKWARD_DONE'; step: number; mb: number }
-  | { type: 'STEP_COMMIT'; step: number; gradScale: number };
+  | { type: 'ACT_ARRIVED'; step: number; mb: number; attempt: number }
+  | { type: 'GRAD_ARRIVED'; step: number; mb: number; attempt: number }
+  | { type: 'OP_DONE'; step: number; attempt: number }
+  | { type: 'STEP_COMMIT'; step: number; gradScale: number; skip?: boolean };
 
 export type StageCommand =
-  | { type: 'RUN_FORWARD'; step: number; mb: number }
-  | { type: 'RUN_BACKWARD'; step: number; mb: number }
-  | { type: 'STEP_READY'; step: number }        // every backward done: report Σg² (and the loss)
-  | { type: 'APPLY_STEP'; step: number; gradScale: number }
+  | { type: 'RUN_OP'; step: number; attempt: number; op: PipelineOp }
+  | { type: 'STEP_READY'; step: number }        // every op of the step done: report Σg² (and the loss)
+  | { type: 'APPLY_STEP'; step: number; gradScale: number; skip: boolean }  // the final update
+  | { type: 'APPLY_PROVISIONAL'; step: number; gradScale: number }          // the expected update, with an undo
+  | { type: 'CONFIRM_STEP'; step: number }      // the provisional update was the committed one: forget the undo
+  | { type: 'ROLLBACK_STEP'; step: number; gradScale: number; skip: boolean }  // undo it, apply the committed one, void step+1's work
   | { type: 'ACK_STEP'; step: number }          // the step's effect is in the weights: ack its inputs
   | { type: 'STEPPED'; step: number }
-  | { type: 'DUPLICATE'; kind: InputKind; step: number; mb: number };  // already seen: ack it, nothing else
+  | { type: 'DUPLICATE'; kind: InputKind; step: number; mb: number; attempt: number };  // already seen, or of a voided attempt: ack it, nothing else
+
+interface Arrival { readonly kind: InputKind; readonly step: number; readonly mb: number; readonly attempt: number }
+interface Commit { readonly step: number; readonly gradScale: number; readonly skip: boolean }
 
 export interface StageContext extends StageMachineInput {
-  step: number;              // the open step, or the last committed one while waiting
-  committed: number;         // last committed step, −1 before the first
-  acts: number[];            // microbatches whose input is here and not yet forwarded
-  grads: number[];           // microbatches whose gradient is here and not yet backwarded
-  nextForward: number;
-  nextBackward: number;
-  busy: boolean;             // a RUN_* command is being carried out
-  future: Array<{ kind: InputKind; step: number; mb: number }>;  // inputs for steps not open yet
-  opens: number[];           // opened steps not yet run (replayed control can run ahead)
-  commits: Array<{ step: number; gradScale: number }>;  // commits not yet applied
+  step: number;              // the step being run, or whose update was applied last
+  phase: 'applied' | 'running';
+  attempt: number;           // of `step`
+  next: number;              // index in `ops` of the next computation to issue
+  running: { step: number; attempt: number } | null;  // the computation being carried out
+  reported: boolean;         // STEP_READY issued for `step`
+  committed: number;         // the last step whose update is final
+  afterCommitted: number;    // the attempt of step committed+1
+  provisional: number | null;  // the step applied before its commit, awaiting it
+  arrived: Arrival[];        // inputs here and not yet taken, for this step or later ones
+  taken: Arrival[];          // inputs of `step`'s attempt already taken
+  opens: number[];           // opened steps not yet started
+  commits: Commit[];         // commits not yet acted on
 }
 
-/** The in-flight limit of stage s of S under 1F1B, with `extra` more on every stage but the last (whose gradient is its own). */
-export const inFlightLimit = (stage: number, stages: number, extra = 0) => stages - stage + (stage < stages - 1 ? extra : 0);
+/** The update a post-validated stage applies before its commit: no clipping, every value finite. */
+export const optimisticScale = (microbatches: number) => 1 / microbatches;
 
-function seen(ctx: StageContext, kind: InputKind, mb: number): boolean {
-  return kind === 'act' ? mb < ctx.nextForward || ctx.acts.includes(mb) : mb < ctx.nextBackward || ctx.grads.includes(mb);
+/** The attempt of the step after one with this commit: 1 where a provisional update of it would have been rolled back. */
+export function attemptAfter(ctx: Pick<StageContext, 'postValidate' | 'microbatches'>, c: Commit): number {
+  return ctx.postValidate && (c.skip || c.gradScale !== optimisticScale(ctx.microbatches)) ? 1 : 0;
 }
 
-/** A reported result is for the computation now running: this step, the expected microbatch. */
-function isOutstanding(ctx: StageContext, step: number, mb: number, expected: number): boolean {
-  return ctx.busy && step === ctx.step && mb === expected;
-}
+const same = (a: Arrival, b: Arrival) => a.kind === b.kind && a.step === b.step && a.mb === b.mb && a.attempt === b.attempt;
 
-/** The command to issue next, if any (pure). */
-export function nextCommand(ctx: StageContext): StageCommand | undefined {
-  if (ctx.busy || ctx.step <= ctx.committed) return undefined;
-  // A gradient can come before its microbatch's forward when inputs are replayed; the backward needs that forward.
-  if (ctx.grads.includes(ctx.nextBackward) && ctx.nextBackward < ctx.nextForward) return { type: 'RUN_BACKWARD', step: ctx.step, mb: ctx.nextBackward };
-  const inFlight = ctx.nextForward - ctx.nextBackward;
-  if (ctx.acts.includes(ctx.nextForward) && inFlight < inFlightLimit(ctx.stage, ctx.stages, ctx.extraInFlight)) {
-    return { type: 'RUN_FORWARD', step: ctx.step, mb: ctx.nextForward };
-  }
+/** The input an op takes, if any. */
+function inputOf(ctx: StageContext, op: PipelineOp): Arrival | undefined {
+  if (op.kind === 'F' && ctx.stage > 0) return { kind: 'act', step: ctx.step, mb: op.mb, attempt: ctx.attempt };
+  if ((op.kind === 'B' || op.kind === 'BW') && ctx.stage < ctx.stages - 1) return { kind: 'grad', step: ctx.step, mb: op.mb, attempt: ctx.attempt };
   return undefined;
+}
+
+const isBarrier = (ctx: StageContext, step: number) => (ctx.barrierEvery ?? 0) > 0 && (step + 1) % ctx.barrierEvery! === 0;
+
+type Emit = (cmd: StageCommand) => void;
+
+/** Inputs of an earlier step, or of `step` from an attempt before `attempt`: acked, forgotten. */
+function dropStale(ctx: StageContext, emit: Emit): Arrival[] {
+  return ctx.arrived.filter((a) => {
+    const stale = a.step < ctx.step || (a.step === ctx.step && a.attempt < ctx.attempt);
+    if (stale) emit({ type: 'DUPLICATE', ...a });
+    return !stale;
+  });
+}
+
+/** Starts `step` (its attempt known, or tentatively 0 while the step before is provisional). */
+function start(ctx: StageContext, step: number, attempt: number, emit: Emit): StageContext {
+  const next: StageContext = { ...ctx, step, attempt, phase: 'running', next: 0, reported: false, taken: [], opens: ctx.opens.filter((o) => o !== step) };
+  return { ...next, arrived: dropStale(next, emit) };
+}
+
+/** The commit of the provisional step is here: confirm it, or roll it back and redo what ran ahead of it. */
+function validate(ctx: StageContext, c: Commit, emit: Emit): StageContext {
+  const p = c.step;
+  const attempt = attemptAfter(ctx, c);
+  emit(attempt === 0 ? { type: 'CONFIRM_STEP', step: p } : { type: 'ROLLBACK_STEP', step: p, gradScale: c.gradScale, skip: c.skip });
+  emit({ type: 'ACK_STEP', step: p });
+  emit({ type: 'STEPPED', step: p });
+  const settled: StageContext = { ...ctx, committed: p, afterCommitted: attempt, provisional: null, commits: ctx.commits.filter((x) => x !== c) };
+  if (ctx.step !== p + 1 || attempt === ctx.attempt) return settled;
+  // Step p+1 ran ahead on weights that were not the committed ones: it starts over as the attempt every stage derives.
+  return start(settled, p + 1, attempt, emit);
+}
+
+/** The step's computations are all done: report it, then apply its update as far as is known. */
+function finish(ctx: StageContext, emit: Emit): StageContext {
+  if (ctx.committed !== ctx.step - 1) return ctx;  // the step before is provisional still
+  if (!ctx.reported) {
+    emit({ type: 'STEP_READY', step: ctx.step });
+    ctx = { ...ctx, reported: true };
+  }
+  const c = ctx.commits.find((x) => x.step === ctx.step);
+  if (c) {
+    emit({ type: 'APPLY_STEP', step: ctx.step, gradScale: c.gradScale, skip: c.skip });
+    emit({ type: 'ACK_STEP', step: ctx.step });
+    emit({ type: 'STEPPED', step: ctx.step });
+    return { ...ctx, phase: 'applied', committed: ctx.step, afterCommitted: attemptAfter(ctx, c), commits: ctx.commits.filter((x) => x !== c) };
+  }
+  if (ctx.postValidate && !isBarrier(ctx, ctx.step)) {
+    emit({ type: 'APPLY_PROVISIONAL', step: ctx.step, gradScale: optimisticScale(ctx.microbatches) });
+    return { ...ctx, phase: 'applied', provisional: ctx.step };
+  }
+  return ctx;
+}
+
+/** Issues the next computation if its input is here. */
+function issue(ctx: StageContext, emit: Emit): StageContext {
+  const op = ctx.ops[ctx.next];
+  const input = inputOf(ctx, op);
+  if (input && !ctx.arrived.some((a) => same(a, input))) return ctx;
+  emit({ type: 'RUN_OP', step: ctx.step, attempt: ctx.attempt, op });
+  return {
+    ...ctx, next: ctx.next + 1, running: { step: ctx.step, attempt: ctx.attempt },
+    ...(input ? { arrived: ctx.arrived.filter((a) => !same(a, input)), taken: [...ctx.taken, input] } : {}),
+  };
+}
+
+/** Everything the stage can do now, in order (pure): the commands, through `emit`, and the context after them. */
+export function advance(ctx: StageContext, emit: Emit): StageContext {
+  for (;;) {
+    const before = ctx;
+    const pc = ctx.provisional === null ? undefined : ctx.commits.find((c) => c.step === ctx.provisional);
+    if (pc) ctx = validate(ctx, pc, emit);
+    else if (ctx.phase === 'running' && ctx.running === null) {
+      ctx = ctx.next < ctx.ops.length ? issue(ctx, emit) : finish(ctx, emit);
+    } else if (ctx.phase === 'applied' && ctx.opens.includes(ctx.step + 1)) {
+      const ahead = ctx.provisional === ctx.step;
+      ctx = start(ctx, ctx.step + 1, ahead ? 0 : ctx.afterCommitted, emit);
+    }
+    if (ctx === before) return ctx;
+  }
+}
+
+/** An input's arrival: taken into `arrived`, or answered as a duplicate (seen already, or of a voided attempt). */
+function arrive(ctx: StageContext, a: Arrival, emit: Emit): StageContext {
+  const duplicate = () => { emit({ type: 'DUPLICATE', ...a }); return ctx; };
+  if (a.step <= ctx.committed || a.mb < 0 || a.mb >= ctx.microbatches) return duplicate();
+  if (a.step < ctx.step || (a.step === ctx.step && ctx.phase === 'applied')) return duplicate();
+  if (a.step === ctx.step && a.attempt < ctx.attempt) return duplicate();
+  if (ctx.arrived.some((x) => same(x, a)) || ctx.taken.some((x) => same(x, a))) return duplicate();
+  return { ...ctx, arrived: [...ctx.arrived, a] };
+}
+
+export function initialContext(input: StageMachineInput): StageContext {
+  const committed = input.committed ?? -1;
+  return {
+    ...input, step: committed, phase: 'applied', attempt: 0, next: 0, running: null, reported: false,
+    committed, afterCommitted: input.nextAttempt ?? 0, provisional: null, arrived: [], taken: [], opens: [], commits: [],
+  };
+}
+
+/** The context after one event, and the commands it leads to (pure: what the machine below does). */
+export function stageTransition(ctx: StageContext, event: StageEvent, emit: Emit): StageContext {
+  switch (event.type) {
+    case 'STEP_OPEN':
+      if (event.step <= ctx.committed || ctx.opens.includes(event.step) || event.step <= ctx.step) return ctx;
+      return advance({ ...ctx, opens: [...ctx.opens, event.step] }, emit);
+    case 'STEP_COMMIT':
+      if (event.step <= ctx.committed || ctx.commits.some((c) => c.step === event.step)) return ctx;
+      return advance({ ...ctx, commits: [...ctx.commits, { step: event.step, gradScale: event.gradScale, skip: event.skip ?? false }] }, emit);
+    case 'ACT_ARRIVED':
+    case 'GRAD_ARRIVED': {
+      const kind: InputKind = event.type === 'ACT_ARRIVED' ? 'act' : 'grad';
+      return advance(arrive(ctx, { kind, step: event.step, mb: event.mb, attempt: event.attempt }, emit), emit);
+    }
+    case 'OP_DONE':
+      if (!ctx.running || ctx.running.step !== event.step || ctx.running.attempt !== event.attempt) return ctx;
+      return advance({ ...ctx, running: null }, emit);
+  }
 }
 
 export const stageMachine = setup({
@@ -88,145 +234,17 @@ export const stageMachine = setup({
     input: {} as StageMachineInput,
     emitted: {} as StageCommand,
   },
-  actions: {
-    // Issue the next computation, marking the stage busy until it is reported done.
-    schedule: enqueueActions(({ context, enqueue }) => {
-      const cmd = nextCommand(context);
-      if (!cmd) return;
-      enqueue.assign({ busy: true });
-      enqueue.emit(cmd);
-    }),
-    // An input: the open step's is queued (and may start a computation); a
-    // later step's waits in `future`; anything already seen or finished is a
-    // duplicate, which the runtime only acks.
-    arrive: enqueueActions(({ context, event, enqueue }) => {
-      if (event.type !== 'ACT_ARRIVED' && event.type !== 'GRAD_ARRIVED') return;
-      const kind: InputKind = event.type === 'ACT_ARRIVED' ? 'act' : 'grad';
-      const { step, mb } = event;
-      const duplicate = () => enqueue.emit({ type: 'DUPLICATE', kind, step, mb });
-      if (step <= context.committed || mb < 0 || mb >= context.microbatches) return duplicate();
-      if (step > context.step) {
-        if (context.future.some((f) => f.kind === kind && f.step === step && f.mb === mb)) return duplicate();
-        enqueue.assign({ future: [...context.future, { kind, step, mb }] });
-        return;
-      }
-      if (step < context.step || seen(context, kind, mb)) return duplicate();
-      const next = kind === 'act' ? { acts: [...context.acts, mb] } : { grads: [...context.grads, mb] };
-      const cmd = nextCommand({ ...context, ...next });
-      enqueue.assign(cmd ? { ...next, busy: true } : next);
-      if (cmd) enqueue.emit(cmd);
-    }),
-  },
 }).createMachine({
   id: 'stage',
-  context: ({ input }) => ({
-    ...input, step: input.committed ?? -1, committed: input.committed ?? -1,
-    acts: [], grads: [], nextForward: 0, nextBackward: 0, busy: false, future: [], opens: [], commits: [],
-  }),
-  // Step control is remembered whatever the state; `always` below takes it in order.
+  context: ({ input }) => initialContext(input),
   on: {
-    STEP_OPEN: {
-      guard: ({ context, event }) => event.step > context.committed && !context.opens.includes(event.step) && !(event.step === context.step && context.step > context.committed),
-      actions: assign(({ context, event }) => ({ opens: [...context.opens, event.step] })),
-    },
-    STEP_COMMIT: {
-      guard: ({ context, event }) => event.step > context.committed && !context.commits.some((c) => c.step === event.step),
-      actions: assign(({ context, event }) => ({ commits: [...context.commits, { step: event.step, gradScale: event.gradScale }] })),
-    },
-  },
-  initial: 'waiting',
-  states: {
-    // Between steps: inputs for later steps wait in `future`.
-    waiting: {
-      always: {
-        guard: ({ context }) => context.opens.includes(context.committed + 1),
-        target: 'running',
-        actions: [
-          assign(({ context }) => {
-            const step = context.committed + 1;
-            const early = context.future.filter((f) => f.step === step);
-            return {
-              step,
-              opens: context.opens.filter((o) => o !== step),
-              nextForward: 0,
-              nextBackward: 0,
-              busy: false,
-              // Stage 0 reads its own data: every microbatch's input is here at once.
-              acts: context.stage === 0
-                ? Array.from({ length: context.microbatches }, (_, i) => i)
-                : early.filter((f) => f.kind === 'act').map((f) => f.mb),
-              grads: early.filter((f) => f.kind === 'grad').map((f) => f.mb),
-              future: context.future.filter((f) => f.step !== step),
-            };
-          }),
-          'schedule',
-        ],
-      },
-      on: {
-        ACT_ARRIVED: { actions: 'arrive' },
-        GRAD_ARRIVED: { actions: 'arrive' },
-      },
-    },
-    running: {
-      on: {
-        ACT_ARRIVED: { actions: 'arrive' },
-        GRAD_ARRIVED: { actions: 'arrive' },
-        FORWARD_DONE: {
-          guard: ({ context, event }) => isOutstanding(context, event.step, event.mb, context.nextForward),
-          actions: [
-            assign(({ context }) => ({
-              busy: false,
-              acts: context.acts.filter((m) => m !== context.nextForward),
-              nextForward: context.nextForward + 1,
-              // The last stage's backward starts from its own loss.
-              grads: context.stage === context.stages - 1 ? [...context.grads, context.nextForward] : context.grads,
-            })),
-            'schedule',
-          ],
-        },
-        BACKWARD_DONE: [
-          {
-            guard: ({ context, event }) =>
-              isOutstanding(context, event.step, event.mb, context.nextBackward) && event.mb === context.microbatches - 1,
-            target: 'reporting',
-            actions: [
-              assign(({ context }) => ({ busy: false, grads: [], nextBackward: context.nextBackward + 1 })),
-              enqueueActions(({ context, enqueue }) => enqueue.emit({ type: 'STEP_READY', step: context.step })),
-            ],
-          },
-          {
-            guard: ({ context, event }) => isOutstanding(context, event.step, event.mb, context.nextBackward),
-            actions: [
-              assign(({ context }) => ({
-                busy: false,
-                grads: context.grads.filter((m) => m !== context.nextBackward),
-                nextBackward: context.nextBackward + 1,
-              })),
-              'schedule',
-            ],
-          },
-        ],
-      },
-    },
-    // Every backward of the step is done; the replica decides the clip factor.
-    reporting: {
-      always: {
-        guard: ({ context }) => context.commits.some((c) => c.step === context.step),
-        target: 'waiting',
-        actions: [
-          enqueueActions(({ context, enqueue }) => {
-            const { gradScale } = context.commits.find((c) => c.step === context.step)!;
-            enqueue.emit({ type: 'APPLY_STEP', step: context.step, gradScale });
-            enqueue.emit({ type: 'ACK_STEP', step: context.step });
-            enqueue.emit({ type: 'STEPPED', step: context.step });
-          }),
-          assign(({ context }) => ({ committed: context.step, commits: context.commits.filter((c) => c.step !== context.step) })),
-        ],
-      },
-      on: {
-        ACT_ARRIVED: { actions: 'arrive' },
-        GRAD_ARRIVED: { actions: 'arrive' },
-      },
+    '*': {
+      actions: enqueueActions(({ context, event, enqueue }) => {
+        const cmds: StageCommand[] = [];
+        const next = stageTransition(context, event, (c) => cmds.push(c));
+        if (next !== context) enqueue.assign(() => next);
+        for (const c of cmds) enqueue.emit(c);
+      }),
     },
   },
 });

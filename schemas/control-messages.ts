@@ -40,6 +40,8 @@ export interface CheckpointPointer {
   readonly sha256?: string;
   /** With top-k payloads: SHA-256 (hex) of the error-feedback residual the holder held then (the object of its last sync), checked at a restore. */
   readonly residual_sha256?: string;
+  /** The attempt of the step after it (1 where a post-validated run rolled that step back; actors/stage-machine.ts); absent: 0. */
+  readonly next_attempt?: number;
 }
 
 /**
@@ -76,6 +78,8 @@ export interface ComputeCount {
   last_ms: number;
   peak_gflops: number;
   device: string;
+  /** The most bytes of activations and backward halves it has held stashed at once. */
+  peak_stash_bytes?: number;
 }
 
 /** Frames this slot holder published: their float32 size, and their size on the wire (whole frames). */
@@ -157,7 +161,7 @@ export const WIRE_COUNT_FIELDS = { frames: count, f32_bytes: count, wire_bytes: 
 export const wireCountReader: FieldReader<WireCount> = object(WIRE_COUNT_FIELDS);
 
 const STAGE_COUNTERS: FieldReader<StageCounters> = object({
-  compute: object({ busy_ms: real, first_ms: real, last_ms: real, peak_gflops: real, device: text }),
+  compute: object({ busy_ms: real, first_ms: real, last_ms: real, peak_gflops: real, device: text, peak_stash_bytes: optional(count) }),
   sent_by_kind: object({ act: wireCountReader, grad: wireCountReader }),
   queued: count,
 });
@@ -168,6 +172,7 @@ export const checkpointPointerReader: FieldReader<CheckpointPointer> = object({
   resume: object({ act: optional(count), grad: optional(count), control: count }),
   sha256: optional(text),
   residual_sha256: optional(sha256Digest),
+  next_attempt: optional(count),
 });
 
 /** Who sent a report: every kind names the slot and its holder. */

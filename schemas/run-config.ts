@@ -1,6 +1,7 @@
 // A run's configuration: the model, the optimizer and the training plan. It is
 // written to the run's KV bucket by the coordinator and read by every host, so
 // validation here names the field that is wrong, wherever the config came from.
+import { scheduleNames, type ScheduleName } from '../actors/pipeline-schedule.ts';
 import { decodeJson } from './json-message.ts';
 import { validateLlamaConfig, type LlamaConfig } from './model-config.ts';
 
@@ -50,6 +51,13 @@ export interface TrainingConfig {
   // flight hides one microbatch's forward and backward of that wait, for one
   // more stored activation. Changes timing, never results. Default 0.
   readonly extraInFlight?: number;
+  // The pipeline schedule (actors/pipeline-schedule.ts): '1f1b' (the fused
+  // backward, a flush between steps) or a zero-bubble one, 'zb-h1' (1F1B's
+  // activation memory) or 'zb-h2' (about twice it), which split the backward
+  // into its input and weight halves and validate each optimizer step after
+  // applying it instead of flushing. Changes timing and memory, never
+  // results. Default 'zb-h2'.
+  readonly schedule?: ScheduleName;
   // Replicas synchronised by the Bridge every syncEvery steps (DiLoCo);
   // without it replicas train independently.
   readonly bridge?: BridgeConfig;
@@ -112,6 +120,9 @@ export interface RunConfig {
 
 export const DEFAULT_CHECKPOINT_EVERY = 10;
 
+/** The best schedule that is exact: all of them are, and ZB-H2 leaves the least bubble (docs/architecture.md). */
+export const DEFAULT_SCHEDULE: ScheduleName = 'zb-h2';
+
 function field(obj: unknown, path: string): unknown {
   return path.split('.').reduce<unknown>((o, k) => (o && typeof o === 'object' ? (o as Record<string, unknown>)[k] : undefined), obj);
 }
@@ -144,11 +155,13 @@ export function validateRunConfig(config: unknown): RunConfig {
   }
   const raw = config as RunConfig;
   if (raw.training.lz4 !== undefined && typeof raw.training.lz4 !== 'boolean') fail(`training.lz4 must be a boolean, got ${JSON.stringify(raw.training.lz4)}`);
+  const schedule = raw.training.schedule ?? DEFAULT_SCHEDULE;
+  if (!scheduleNames.includes(schedule)) fail(`training.schedule must be one of ${scheduleNames.map((n) => `'${n}'`).join(', ')}, got ${JSON.stringify(schedule)}`);
   const nonFinite = raw.training.nonFinite ?? 'stop';
   if (nonFinite !== 'stop' && nonFinite !== 'skip-step') fail(`training.nonFinite must be 'stop' or 'skip-step', got ${JSON.stringify(nonFinite)}`);
   const c: RunConfig = {
     ...raw,
-    training: { ...raw.training, checkpointEvery: raw.training.checkpointEvery ?? DEFAULT_CHECKPOINT_EVERY, lz4: raw.training.lz4 ?? true, nonFinite },
+    training: { ...raw.training, checkpointEvery: raw.training.checkpointEvery ?? DEFAULT_CHECKPOINT_EVERY, lz4: raw.training.lz4 ?? true, nonFinite, schedule },
   };
   if (c.training.seqLen > c.model.maxSeqLen) fail(`training.seqLen ${c.training.seqLen} exceeds model.maxSeqLen ${c.model.maxSeqLen}`);
   if (c.training.stages > c.model.nLayers) fail(`training.stages ${c.training.stages} exceeds model.nLayers ${c.model.nLayers}`);

@@ -18,6 +18,10 @@
 //   sh   shape       array of uint: [B, T, d]
 //   cx   codecs      array of text, applied in order by the sender ([] = raw f32)
 //   crc  checksum    uint: CRC-32 (zlib) of the payload bytes as sent
+//   at   attempt     uint, only when > 0: the step's attempt (a post-validated
+//                    step that was rolled back is redone as attempt 1;
+//                    actors/stage-machine.ts). Absent means 0, so 1F1B's
+//                    frames are byte for byte what they were.
 //
 // The encoder always writes `d` first with a 4-byte length, so the payload
 // starts at byte 8 of the frame: when the message buffer is 4-byte aligned the
@@ -50,6 +54,8 @@ export interface FrameContent {
   readonly stage: number;
   readonly step: number;
   readonly microbatch: number;
+  /** The step's attempt: 0 unless the step was redone after a roll-back. */
+  readonly attempt?: number;
   readonly kind: FrameKind;
   /** [B, T, d] */
   readonly shape: readonly number[];
@@ -59,6 +65,7 @@ export interface FrameContent {
 /** A decoded frame: the content plus what the envelope says about it. */
 export interface TensorFrame extends FrameContent {
   readonly version: number;
+  readonly attempt: number;
   readonly dtype: 'f32';
   readonly codecs: readonly string[];
   /** CRC-32 of the payload bytes as sent. */
@@ -110,7 +117,7 @@ export interface FrameExpectation {
 }
 
 const KEYS = ['d', 'v', 'run', 'r', 's', 't', 'mb', 'k', 'dt', 'sh', 'cx', 'crc'] as const;
-const KNOWN_KEYS: ReadonlySet<string> = new Set(KEYS);
+const KNOWN_KEYS: ReadonlySet<string> = new Set([...KEYS, 'at']);
 const MAX_PAYLOAD_BYTES = 0xffffffff; // the 4-byte CBOR length the encoder writes
 // map head (1) + text "d" (2) + byte string head with 4-byte length (5)
 const PAYLOAD_OFFSET = 8;
@@ -141,7 +148,7 @@ function describe(value: unknown): string {
   return Object.prototype.toString.call(value);
 }
 
-/** `${run}/${replica}/${step}/${microbatch}/${edge}/${dir}`: the Nats-Msg-Id that makes a re-sent frame a duplicate. */
+/** `${run}/${replica}/${step}/${microbatch}/${edge}/${dir}` (and `/a${attempt}` after a roll-back): the Nats-Msg-Id that makes a re-sent frame a duplicate. */
 export function frameMsgId(
   run: string,
   replica: number,
@@ -149,7 +156,13 @@ export function frameMsgId(
   microbatch: number,
   kind: FrameKind,
   stage: number,
+  attempt = 0,
 ): string {
+  if (!isIndex(attempt)) throw new RangeError(`frameMsgId: attempt must be a non-negative integer, got ${describe(attempt)}`);
+  return frameEdgeId(run, replica, step, microbatch, kind, stage) + (attempt > 0 ? `/a${attempt}` : '');
+}
+
+function frameEdgeId(run: string, replica: number, step: number, microbatch: number, kind: FrameKind, stage: number): string {
   if (typeof run !== 'string' || run.length === 0 || run.includes('/')) {
     throw new RangeError(`frameMsgId: run must be a non-empty string without '/', got ${describe(run)}`);
   }
@@ -172,7 +185,8 @@ function checkContent(frame: FrameContent): void {
   if (typeof frame.run !== 'string' || frame.run.length === 0) {
     throw new FrameError('malformed', `encodeFrame: run must be a non-empty string, got ${describe(frame.run)}`);
   }
-  for (const key of ['replica', 'stage', 'step', 'microbatch'] as const) {
+  for (const key of ['replica', 'stage', 'step', 'microbatch', 'attempt'] as const) {
+    if (key === 'attempt' && frame.attempt === undefined) continue;
     if (!isIndex(frame[key])) {
       throw new FrameError('malformed', `encodeFrame: ${key} must be a non-negative integer, got ${describe(frame[key])} (run ${frame.run})`);
     }
@@ -221,7 +235,7 @@ export function encodeFrameWithCodecs(frame: FrameContent, codecs: readonly Fram
     payload = encoded;
     applied.push(codec.name);
   });
-  const header = {
+  const header: Record<string, unknown> = {
     v: FRAME_VERSION,
     run: frame.run,
     r: frame.replica,
@@ -233,13 +247,14 @@ export function encodeFrameWithCodecs(frame: FrameContent, codecs: readonly Fram
     sh: [frame.shape[0], frame.shape[1], frame.shape[2]],
     cx: applied,
     crc: crc32(payload),
+    ...(frame.attempt ? { at: frame.attempt } : {}),
   };
   const encoded = headerEncoder.encode(header);
   // Skip cbor-x's own map head (1 to 3 bytes); ours counts the payload entry too.
   const head = encoded[0];
   const [headLength, headerEntries] =
     head >= 0xa0 && head <= 0xb7 ? [1, head - 0xa0] : head === 0xb8 ? [2, encoded[1]] : head === 0xb9 ? [3, (encoded[1] << 8) | encoded[2]] : [0, -1];
-  const entries = KEYS.length;
+  const entries = Object.keys(header).length + 1;
   if (headerEntries !== entries - 1) {
     throw new Error(`encodeFrame: the header encoder wrote map head 0x${head.toString(16)}, not a map of ${entries - 1} entries`);
   }
@@ -297,7 +312,8 @@ export function decodeFrame(bytes: Uint8Array, expect: FrameExpectation): Tensor
   if (!isIndex(step)) throw malformed(`malformed frame for run ${run}`, 't', 'the step, a non-negative integer', step);
   if (!isIndex(microbatch)) throw malformed(`malformed frame for run ${run}`, 'mb', 'the microbatch, a non-negative integer', microbatch);
   const label = `frame run=${run} replica=${replica} stage=${stage} step=${step} mb=${microbatch} kind=${kind}`;
-  const { dt: dtype, sh: shape, cx: codecs, crc: checksum, d: payload } = map;
+  const { dt: dtype, sh: shape, cx: codecs, crc: checksum, d: payload, at: attempt = 0 } = map;
+  if (!isIndex(attempt)) throw malformed(label, 'at', 'the attempt, a non-negative integer', attempt);
   if (typeof dtype !== 'string') throw malformed(label, 'dt', 'the dtype as text', dtype);
   if (!Array.isArray(shape)) throw malformed(label, 'sh', 'the shape, an array', shape);
   if (!Array.isArray(codecs) || !codecs.every((c) => typeof c === 'string')) throw malformed(label, 'cx', 'an array of codec names', codecs);
@@ -368,6 +384,7 @@ export function decodeFrame(bytes: Uint8Array, expect: FrameExpectation): Tensor
     stage,
     step,
     microbatch,
+    attempt,
     kind,
     dtype: 'f32',
     shape: [B, T, width],

@@ -48,7 +48,7 @@ export function chaosCommand(program: Command): void {
         compression: compression.compression,
         overrides: {
           training: {
-            steps: flags.steps, stages: flags.stages, replicas: flags.replicas, microbatches: flags.microbatches,
+            steps: flags.steps, stages: flags.stages, replicas: flags.replicas, microbatches: flags.microbatches, schedule: flags.schedule,
             batchSize: flags.batch, seqLen: flags.seq, seed: flags.trainSeed, checkpointEvery: flags.checkpointEvery, ...compression.training,
           },
         },

@@ -1,4 +1,6 @@
 // Flag parsers shared by the commands: each names the flag in its error.
+import { scheduleNames, type ScheduleName } from '../../actors/pipeline-schedule.ts';
+import { DEFAULT_SCHEDULE } from '../../schemas/run-config.ts';
 import { InvalidArgumentError, Option, type Command } from 'commander';
 
 export function positiveInt(flag: string) {
@@ -33,6 +35,7 @@ export interface RunShapeFlags {
   stages?: number;
   replicas?: number;
   microbatches?: number;
+  schedule?: ScheduleName;
   batch?: number;
   seq?: number;
   bottleneck?: number;
@@ -41,13 +44,14 @@ export interface RunShapeFlags {
   lz4: boolean;
 }
 
-/** The schedule's flags (--steps, --stages, --replicas, --microbatches), shared by train, chaos and simulate. */
+/** The schedule's flags (--steps, --stages, --replicas, --microbatches, --schedule), shared by train, chaos and simulate. */
 export function withScheduleOptions(command: Command, defaults: { steps?: number } = {}): Command {
   return command
     .option('--steps <n>', 'optimizer steps', positiveInt('--steps'), defaults.steps)
     .option('--stages <n>', 'pipeline stages the layers are split into (S)', positiveInt('--stages'))
     .option('--replicas <n>', 'pipeline replicas, each on its own data shard', positiveInt('--replicas'))
-    .option('--microbatches <n>', 'microbatches per step (M)', positiveInt('--microbatches'));
+    .option('--microbatches <n>', 'microbatches per step (M)', positiveInt('--microbatches'))
+    .addOption(new Option('--schedule <name>', `pipeline schedule (training.schedule; default ${DEFAULT_SCHEDULE}): 1f1b flushes every step; zb-h1 and zb-h2 split the backward and validate each update after applying it`).choices([...scheduleNames]));
 }
 
 /** The compression flags, shared by the commands that start a run (docs/compression.md). */

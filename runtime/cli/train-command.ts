@@ -133,7 +133,7 @@ export function trainCommand(program: Command): void {
           model: tokenizerVocab ? { vocabSize: tokenizerVocab } : undefined,
           optim: { lr: flags.lr },
           training: {
-            steps: flags.steps, stages: flags.stages, replicas: flags.replicas, microbatches: flags.microbatches,
+            steps: flags.steps, stages: flags.stages, replicas: flags.replicas, microbatches: flags.microbatches, schedule: flags.schedule,
             batchSize: flags.batch, seqLen: flags.seq, seed: flags.seed, tokenizer: flags.tokenizer, dataFile: flags.data,
             checkpointEvery: flags.checkpointEvery, nonFinite: flags.nonFinite, bridge: bridgeOverride(flags), ...compression.training,
           },

@@ -59,7 +59,8 @@ export class SyntheticStage implements ComputeStage {
   private readonly weights = new Float32Array(16);
   private steps = 0;
   /** Microbatches forwarded whose weight gradient (or fused backward) has not run. */
-  private readonly stashed = new Set<number>();
+  private readonly stash = new Set<number>();
+  private undo: { weights: Float32Array; steps: number } | null = null;
 
   constructor(private readonly spec: SyntheticStageSpec) {
     const { model, layerBegin, layerEnd, batchSize: B, seqLen: T, synthetic: s } = spec;
@@ -81,7 +82,7 @@ export class SyntheticStage implements ComputeStage {
 
   forwardTrain(mb: number, _input: Int32Array | Float32Array, B: number, T: number): Float32Array | number {
     sleepMs(this.forwardMs);
-    this.stashed.add(mb);
+    this.stash.add(mb);
     // A loss that falls with the microbatch index: something finite and deterministic for the replica to report.
     if (this.isLast) return Math.log(this.spec.model.vocabSize) * Math.exp(-mb / 10_000);
     return new Float32Array(B * T * this.frameWidth).fill(0.5);
@@ -104,12 +105,20 @@ export class SyntheticStage implements ComputeStage {
   /** W: the weight gradient of microbatch mb, accumulated; frees its stash. */
   backwardWeight(mb: number): void {
     sleepMs(this.backwardWeightMs);
-    this.stashed.delete(mb);
+    this.stash.delete(mb);
   }
 
   /** Activation bytes the stage holds now for microbatches between their forward and their W. */
   stashedBytes(): number {
-    return this.stashed.size * this.stashBytesPerMicrobatch;
+    return this.stash.size * this.stashBytesPerMicrobatch;
+  }
+
+  stashed(): number[] {
+    return [...this.stash];
+  }
+
+  drop(mb: number): boolean {
+    return this.stash.delete(mb);
   }
 
   gradSumSquares(): Float64Array {
@@ -120,6 +129,23 @@ export class SyntheticStage implements ComputeStage {
     this.steps++;
     this.weights[this.steps % 16] += 1;
     return 0;
+  }
+
+  /** A post-validated update (stage-machine.ts): the step, with what undoes it. */
+  stepWithUndo(gradScale: number): number {
+    this.undo = { weights: this.weights.slice(), steps: this.steps };
+    return this.step(gradScale);
+  }
+
+  undoStep(): void {
+    if (!this.undo) throw new Error('synthetic stage: no update to undo');
+    this.weights.set(this.undo.weights);
+    this.steps = this.undo.steps;
+    this.undo = null;
+  }
+
+  dropUndo(): void {
+    this.undo = null;
   }
 
   zeroGrad(): void {}

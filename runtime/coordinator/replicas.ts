@@ -57,7 +57,7 @@ export class Replicas {
   private startReplica(replica: number): Actor<typeof replicaMachine> {
     const t = this.o.config.training;
     const actor = createActor(replicaMachine, {
-      input: { replica, stages: t.stages, microbatches: t.microbatches, steps: t.steps, maxGradNorm: t.maxGradNorm, nonFinite: t.nonFinite },
+      input: { replica, stages: t.stages, microbatches: t.microbatches, steps: t.steps, maxGradNorm: t.maxGradNorm, nonFinite: t.nonFinite, openAhead: (t.schedule ?? '1f1b') === '1f1b' ? 0 : 1 },
     });
     actor.on('*', (cmd: ReplicaCommand) => {
       switch (cmd.type) {

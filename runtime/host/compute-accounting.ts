@@ -25,9 +25,9 @@ export class ComputeAccounting {
     }
   }
 
-  counters(sentByKind: Record<FrameKind, WireCount>, queued: number): StageCounters {
+  counters(sentByKind: Record<FrameKind, WireCount>, queued: number, peakStashBytes: number): StageCounters {
     return {
-      compute: { busy_ms: this.busyMs, first_ms: this.firstCompute, last_ms: this.lastCompute, peak_gflops: this.peakGflops, device: this.device },
+      compute: { busy_ms: this.busyMs, first_ms: this.firstCompute, last_ms: this.lastCompute, peak_gflops: this.peakGflops, device: this.device, peak_stash_bytes: peakStashBytes },
       sent_by_kind: sentByKind,
       queued,
     };

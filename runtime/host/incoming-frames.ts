@@ -48,10 +48,10 @@ interface Unacked {
   readonly delivery: EdgeDelivery;
 }
 
-const key = (kind: FrameKind, step: number, mb: number) => `${kind}/${step}/${mb}`;
+const key = (kind: FrameKind, step: number, mb: number, attempt: number) => `${kind}/${step}/${mb}/${attempt}`;
 
 export class IncomingFrames {
-  // Inputs that arrived, by `${kind}/${step}/${mb}`, and their messages by step, acked at commit.
+  // Inputs that arrived, by `${kind}/${step}/${mb}/${attempt}`, and their messages by step, acked at commit.
   private readonly inputs = new Map<string, Float32Array>();
   private readonly seen = new Set<string>();
   private readonly unacked = new Map<number, Unacked[]>();
@@ -72,8 +72,8 @@ export class IncomingFrames {
   }
 
   /** The input a computation takes; it is no longer held here. */
-  take(kind: FrameKind, step: number, mb: number): Float32Array | undefined {
-    const k = key(kind, step, mb);
+  take(kind: FrameKind, step: number, mb: number, attempt: number): Float32Array | undefined {
+    const k = key(kind, step, mb, attempt);
     const input = this.inputs.get(k);
     this.inputs.delete(k);
     return input;
@@ -86,9 +86,9 @@ export class IncomingFrames {
     for (const k of this.seen) if (k.split('/')[1] === String(step)) this.seen.delete(k);
   }
 
-  /** A frame whose effect is already in the weights: it only needs its ack. */
-  duplicate(kind: FrameKind, step: number, mb: number): void {
-    const k = key(kind, step, mb);
+  /** A frame whose effect is already in the weights, or of an attempt that was voided: it only needs its ack. */
+  duplicate(kind: FrameKind, step: number, mb: number, attempt: number): void {
+    const k = key(kind, step, mb, attempt);
     const pending = this.unacked.get(step) ?? [];
     for (const u of pending) if (u.key === k) u.delivery.ack();
     this.unacked.set(step, pending.filter((u) => u.key !== k));
@@ -127,7 +127,7 @@ export class IncomingFrames {
       if (!(err instanceof FrameError)) throw err;
       return this.deadLetter(d, err.fault, err.message);
     }
-    const k = key(kind, frame.step, frame.microbatch);
+    const k = key(kind, frame.step, frame.microbatch, frame.attempt);
     if (this.seen.has(k)) { d.ack(); return; }  // redelivered while its step is still open
     const poison = nonFiniteIn(frame.data);
     if (poison) {
@@ -142,7 +142,7 @@ export class IncomingFrames {
     let pending = this.unacked.get(frame.step);
     if (!pending) this.unacked.set(frame.step, (pending = []));
     pending.push({ key: k, delivery: d });
-    this.o.send({ type: kind === 'act' ? 'ACT_ARRIVED' : 'GRAD_ARRIVED', step: frame.step, mb: frame.microbatch });
+    this.o.send({ type: kind === 'act' ? 'ACT_ARRIVED' : 'GRAD_ARRIVED', step: frame.step, mb: frame.microbatch, attempt: frame.attempt });
   }
 
   private decode(kind: FrameKind, bytes: Uint8Array): TensorFrame {

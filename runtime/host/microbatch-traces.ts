@@ -1,7 +1,8 @@
 // One trace per microbatch, across every host it crosses: stage 0 opens the
 // root span `microbatch` when it takes the microbatch and closes it when its
 // backward is done; each stage adds `consume` (with `decode`), `queue` (from
-// arrival to compute), `forward` or `backward`, and `encode` and `publish`
+// arrival to compute), `forward` and `backward` (or, under a zero-bubble
+// schedule, `backward-input` and its child `backward-weight`), and `encode` and `publish`
 // for what it sends on. Frames carry the context as `traceparent` in their
 // headers (transport/ puts it there and reads it back), so a stage's spans
 // hang under the span that sent its input; the last stage's backward hangs
@@ -31,7 +32,11 @@ export function traceIds(span: Span): { trace_id?: string; span_id?: string } {
   return { trace_id: c.traceId, span_id: c.spanId };
 }
 
+/** The span of one computation: the forward, the fused backward, or a split backward's input (B) and weight (W) halves. */
+export type ComputeSpan = 'forward' | 'backward' | 'backward-input' | 'backward-weight';
+
 export class MicrobatchTraces {
+  private readonly inputHalves = new Map<string, Context>();  // a split backward's B span, parent of its W
   private readonly roots = new Map<string, Span>();          // stage 0: `${step}/${mb}`
   private readonly forwards = new Map<string, Context>();    // last stage: its forward, parent of its backward
   private readonly arrivals = new Map<string, Arrival>();    // `${kind}/${step}/${mb}`
@@ -53,8 +58,12 @@ export class MicrobatchTraces {
     this.arrivals.set(`${kind}/${step}/${mb}`, { ctx: this.tracing.contextOf(consume), at: Date.now() });
   }
 
-  /** Opens `forward` or `backward` of a microbatch (and `queue` for the wait before it); returns the span to end. */
-  compute(kind: 'forward' | 'backward', step: number, mb: number): Span {
+  /**
+   * Opens a computation of a microbatch (and `queue` for the wait before it);
+   * returns the span to end. A split backward's weight half is a child of its
+   * input half, which is what it waited for.
+   */
+  compute(kind: ComputeSpan, step: number, mb: number): Span {
     if (!this.tracing.enabled) return this.tracing.start(kind, undefined);  // a non-recording span: no bookkeeping
     const k = `${step}/${mb}`;
     const attributes = this.attributes(step, mb);
@@ -63,7 +72,10 @@ export class MicrobatchTraces {
       const root = this.tracing.start('microbatch', undefined, { attributes });
       this.roots.set(k, root);
       parent = this.tracing.contextOf(root);
-    } else if (kind === 'backward' && this.id.isLast) {
+    } else if (kind === 'backward-weight') {
+      parent = this.inputHalves.get(k);
+      this.inputHalves.delete(k);
+    } else if (kind !== 'forward' && this.id.isLast) {
       parent = this.forwards.get(k);
       this.forwards.delete(k);
     } else {
@@ -75,13 +87,14 @@ export class MicrobatchTraces {
     return this.tracing.start(kind, parent, { attributes });
   }
 
-  /** Closes a compute span; the last stage keeps its forward as its backward's parent, stage 0 closes the root after its backward. */
-  computed(kind: 'forward' | 'backward', step: number, mb: number, span: Span): void {
+  /** Closes a compute span; the last stage keeps its forward as its backward's parent, stage 0 closes the root after its last computation of the microbatch. */
+  computed(kind: ComputeSpan, step: number, mb: number, span: Span): void {
     span.end();
     if (!this.tracing.enabled) return;
     const k = `${step}/${mb}`;
     if (kind === 'forward' && this.id.isLast) this.forwards.set(k, this.tracing.contextOf(span));
-    if (kind === 'backward' && this.id.isFirst) {
+    if (kind === 'backward-input') this.inputHalves.set(k, this.tracing.contextOf(span));
+    if ((kind === 'backward' || kind === 'backward-weight') && this.id.isFirst) {
       this.roots.get(k)?.end();
       this.roots.delete(k);
     }

@@ -41,10 +41,10 @@ export class OutgoingFrames {
 
   constructor(private readonly o: OutgoingFramesOptions) {}
 
-  /** Sends `data` as the `kind` frame of (step, mb) into stage `to`; returns once it is encoded and a place in flight is free. */
-  async send(kind: FrameKind, to: number, step: number, mb: number, data: Float32Array, parent: Span): Promise<void> {
+  /** Sends `data` as the `kind` frame of (step, mb, attempt) into stage `to`; returns once it is encoded and a place in flight is free. */
+  async send(kind: FrameKind, to: number, at: { step: number; mb: number; attempt: number }, data: Float32Array, parent: Span): Promise<void> {
     while (this.sending.size >= MAX_FRAMES_IN_FLIGHT) await Promise.race(this.sending);
-    const sent: Promise<void> = this.publish(kind, to, step, mb, data, parent)
+    const sent: Promise<void> = this.publish(kind, to, at, data, parent)
       .catch((err: Error) => this.o.failed(err))
       .finally(() => this.sending.delete(sent));
     this.sending.add(sent);
@@ -60,12 +60,13 @@ export class OutgoingFrames {
     return { act: { ...this.sent.act }, grad: { ...this.sent.grad } };
   }
 
-  private async publish(kind: FrameKind, to: number, step: number, mb: number, data: Float32Array, parent: Span): Promise<void> {
+  private async publish(kind: FrameKind, to: number, at: { step: number; mb: number; attempt: number }, data: Float32Array, parent: Span): Promise<void> {
     const { run, replica, stage, batchSize: B, seqLen: T, maxPayload, faults } = this.o;
+    const { step, mb, attempt } = at;
     const { width, codecs } = this.o.wire[kind];
     if (faults.poisons(kind, replica, stage, step, mb)) (data = data.slice())[0] = NaN;
     await this.o.traces.send(parent, step, mb, () => {
-      const encoded = encodeFrameWithCodecs({ run, replica, stage: to, step, microbatch: mb, kind, shape: [B, T, width], data }, codecs);
+      const encoded = encodeFrameWithCodecs({ run, replica, stage: to, step, microbatch: mb, attempt, kind, shape: [B, T, width], data }, codecs);
       return { ...encoded, f32Bytes: data.byteLength };
     }, (bytes, trace) => {
       const count = this.sent[kind];
@@ -75,7 +76,7 @@ export class OutgoingFrames {
       if (bytes.length > maxPayload) {
         throw new Error(`a ${kind} frame of ${bytes.length} bytes exceeds the server's max_payload of ${maxPayload} bytes: raise max_payload (up to 8MB) in the nats-server config, shrink B·T·d, or put a bottleneck at the boundary (--bottleneck K)`);
       }
-      return this.o.outputs.frame({ kind, to, step, mb }, bytes, trace);
+      return this.o.outputs.frame({ kind, to, step, mb, attempt }, bytes, trace);
     });
     await faults.reach('publish');
   }

@@ -29,6 +29,8 @@ export interface SlotStateOptions {
   /** Where the holder's inputs of `kind` start after `step`, and the control-log sequence of the step's commit. */
   readonly resumeAfter: (kind: FrameKind, step: number) => number;
   readonly commitSeqOf: (step: number) => number;
+  /** The attempt of the step after `step`, from its commit. */
+  readonly attemptAfter: (step: number) => number;
   readonly faults: FaultPoints;
   readonly tracing: Tracing;
   readonly log: Logger;
@@ -66,7 +68,8 @@ export class SlotState {
     await this.o.objects.put(name, state, 'checkpoint upload');
     await this.o.faults.reach('checkpoint');
     // The coordinator records it (hosts may not write run state), then deletes the previous state and the inputs before it.
-    await this.o.outputs.report({ type: 'checkpoint', step, checkpoint: { step, object: name, resume, sha256: sha256Hex(state), residual_sha256: bridge?.residualSha256() } });
+    const nextAttempt = this.o.attemptAfter(step);
+    await this.o.outputs.report({ type: 'checkpoint', step, checkpoint: { step, object: name, resume, sha256: sha256Hex(state), residual_sha256: bridge?.residualSha256(), ...(nextAttempt ? { next_attempt: nextAttempt } : {}) } });
     this.o.log.debug({ step, object: name, ms: Math.round(performance.now() - started) }, 'checkpoint reported');
   }
 

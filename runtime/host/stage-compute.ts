@@ -1,10 +1,13 @@
 // The computations a slot's commands call for, on its compute stage: a
 // microbatch's forward (its tokens from the run's data on the first stage,
 // its activation from the inputs elsewhere; on the last, its loss, kept for
-// the step's report) and its backward, each timed, traced and its output
-// sent on; and the step's update, which for a step committed as skipped
-// drops the gradients instead. Microbatches are backwarded into the
+// the step's report) and its backward, whole or in its two halves (the input
+// gradient B, the weight gradients W), each timed, traced and its output sent
+// on; and the step's update: final, which for a step committed as skipped
+// drops the gradients instead, or provisional, then confirmed or rolled back
+// (actors/stage-machine.ts). Microbatches' weight gradients go into the
 // gradients in the order the actor gives, and the update reports which.
+import type { PipelineOp } from '../../actors/pipeline-schedule.ts';
 import type { RunConfig } from '../../schemas/run-config.ts';
 import type { ComputeStage, SlotCompute } from '../compute/compute-stage.ts';
 import { loadTokens, TokenDataset, type Batch } from '../data/index.ts';
@@ -42,6 +45,9 @@ export class StageCompute {
   private readonly lossSums = new Map<number, number>();
   private accumulated: number[] = [];  // microbatches backwarded into the gradients since the last update
   private appliedMbs: number[] = [];
+  private provisional = false;  // a provisional update is in the weights, with its undo
+  private rollBacks = 0;
+  private peakStash = 0;
 
   constructor(private readonly o: StageComputeOptions) {}
 
@@ -50,30 +56,63 @@ export class StageCompute {
     return this.appliedMbs;
   }
 
-  async forward(step: number, mb: number): Promise<void> {
+  /** One computation of the actor's schedule: a forward, the backward whole (BW) or either half (B, then W). */
+  async run(step: number, attempt: number, op: PipelineOp): Promise<void> {
+    switch (op.kind) {
+      case 'F': return this.forward(step, attempt, op.mb);
+      case 'B': return this.backward(step, attempt, op.mb, 'input');
+      case 'BW': return this.backward(step, attempt, op.mb, 'whole');
+      case 'W': return this.weights(step, op.mb);
+    }
+  }
+
+  private async forward(step: number, attempt: number, mb: number): Promise<void> {
     const { engine, traces, log, config } = this.o;
     const { microbatches: M, batchSize: B, seqLen: T } = config.training;
     const data = this.o.dataset ? this.batch(step, mb) : undefined;
-    const input = engine.isFirst ? data?.tokens ?? NO_TOKENS : this.o.inputs.take('act', step, mb)!;
+    const input = engine.isFirst ? data?.tokens ?? NO_TOKENS : this.o.inputs.take('act', step, mb, attempt)!;
     const span = traces.compute('forward', step, mb);
     const out = this.o.accounting.timed(() => engine.forwardTrain(step * M + mb, input, B, T, engine.isLast ? data?.targets : undefined, engine.needsTokens ? data?.tokens : undefined));
     traces.computed('forward', step, mb, span);
-    if (log.isLevelEnabled('debug')) log.debug({ step, mb, ...traceIds(span) }, 'forward');
+    if (log.isLevelEnabled('debug')) log.debug({ step, mb, attempt, ...traceIds(span) }, 'forward');
+    this.noteStash();
     await this.o.faults.reach('forward');
     if (typeof out === 'number') this.lossSums.set(step, (this.lossSums.get(step) ?? 0) + out);
-    else await this.o.outputs.send('act', this.o.stage + 1, step, mb, out, span);
+    else await this.o.outputs.send('act', this.o.stage + 1, { step, mb, attempt }, out, span);
   }
 
-  async backward(step: number, mb: number): Promise<void> {
+  /** The input gradient, sent on; with `whole` the weight gradients too (the fused backward). */
+  private async backward(step: number, attempt: number, mb: number, part: 'input' | 'whole'): Promise<void> {
     const { engine, traces, log, config } = this.o;
-    const gradOut = this.o.inputs.take('grad', step, mb);
-    const span = traces.compute('backward', step, mb);
-    const gradIn = this.o.accounting.timed(() => engine.backward(step * config.training.microbatches + mb, engine.isLast ? null : gradOut!));
-    traces.computed('backward', step, mb, span);
-    if (log.isLevelEnabled('debug')) log.debug({ step, mb, ...traceIds(span) }, 'backward');
+    const gradOut = engine.isLast ? null : this.o.inputs.take('grad', step, mb, attempt)!;
+    const span = traces.compute(part === 'whole' ? 'backward' : 'backward-input', step, mb);
+    const id = step * config.training.microbatches + mb;
+    const gradIn = this.o.accounting.timed(() => (part === 'whole' ? engine.backward(id, gradOut) : engine.backwardInput(id, gradOut)));
+    traces.computed(part === 'whole' ? 'backward' : 'backward-input', step, mb, span);
+    if (log.isLevelEnabled('debug')) log.debug({ step, mb, attempt, part, ...traceIds(span) }, 'backward');
+    if (part === 'whole') this.accumulated.push(mb);
+    else this.noteStash();
+    await this.o.faults.reach('backward');
+    if (gradIn) await this.o.outputs.send('grad', this.o.stage - 1, { step, mb, attempt }, gradIn, span);
+  }
+
+  /** The weight gradients of a microbatch whose input gradient is done, into the step's gradients. */
+  private async weights(step: number, mb: number): Promise<void> {
+    const { engine, traces, config } = this.o;
+    const span = traces.compute('backward-weight', step, mb);
+    this.o.accounting.timed(() => engine.backwardWeight(step * config.training.microbatches + mb));
+    traces.computed('backward-weight', step, mb, span);
     this.accumulated.push(mb);
     await this.o.faults.reach('backward');
-    if (gradIn) await this.o.outputs.send('grad', this.o.stage - 1, step, mb, gradIn, span);
+  }
+
+  /** The largest the activation stash has been, in bytes. */
+  get peakStashBytes(): number {
+    return this.peakStash;
+  }
+
+  private noteStash(): void {
+    this.peakStash = Math.max(this.peakStash, this.o.engine.stashedBytes());
   }
 
   /** The step's mean loss over its microbatches, on the last stage (undefined elsewhere); asked once, for its report. */
@@ -96,6 +135,51 @@ export class StageCompute {
     } else this.o.engine.step(gradScale);
     this.appliedMbs = this.accumulated;
     this.accumulated = [];
+  }
+
+  /**
+   * The update the step is expected to commit, applied before the commit
+   * comes, with an undo. Not where this stage's own gradients or loss are not
+   * finite: that commit is sure to skip the step (or stop the run), so the
+   * weights stay as they are and no non-finite frame goes out meanwhile.
+   */
+  applyProvisional(step: number, gradScale: number, sumSquares: readonly number[], loss: number | undefined): void {
+    this.provisional = sumSquares.every(Number.isFinite) && (loss === undefined || Number.isFinite(loss));
+    if (this.provisional) this.o.engine.stepWithUndo(gradScale);
+    else this.o.log.warn({ step }, 'gradients not finite: no provisional update, waiting for the commit');
+    this.appliedMbs = this.accumulated;
+    this.accumulated = [];
+  }
+
+  /** The commit was the update applied: its undo is no longer needed. */
+  confirm(): void {
+    this.o.engine.dropUndo();
+    this.provisional = false;
+  }
+
+  /**
+   * The commit was not the update applied: put the weights, moments and
+   * gradients back as they were before it, apply the committed one, and void
+   * what the next step did meanwhile (its stashed forwards, its loss, its
+   * weight gradients, which the undo took back too).
+   */
+  rollBack(step: number, gradScale: number, skipped: boolean): void {
+    const { engine, config, log } = this.o;
+    const M = config.training.microbatches;
+    if (this.provisional) engine.undoStep();
+    this.provisional = false;
+    if (skipped) engine.zeroGrad();
+    else engine.step(gradScale);
+    for (const id of engine.stashed()) if (id >= (step + 1) * M && id < (step + 2) * M) engine.drop(id);
+    this.lossSums.delete(step + 1);
+    this.accumulated = [];
+    this.rollBacks++;
+    log.info({ step, gradScale, skipped }, 'provisional update rolled back: the committed one applied, the next step redone');
+  }
+
+  /** How many provisional updates were rolled back. */
+  get rolledBack(): number {
+    return this.rollBacks;
   }
 
   private batch(step: number, mb: number): Batch {

@@ -21,9 +21,11 @@
 // This file wires the pieces together and carries out each command of the
 // actor on the slot's command chain, one at a time (command-chain.ts).
 import { createActor } from 'xstate';
-import { stageMachine, type StageCommand, type StageEvent } from '../../actors/stage-machine.ts';
+import { pipelineSchedule } from '../../actors/pipeline-schedule.ts';
+import { stageMachine, type StageCommand, type StageEvent, type StageMachineInput } from '../../actors/stage-machine.ts';
 import { splitLayers } from '../../native/index.ts';
 import type { CheckpointPointer, StageCounters } from '../../schemas/control-messages.ts';
+import { opCostsFromFlops } from '../../schemas/model-flops.ts';
 import type { RunConfig } from '../../schemas/run-config.ts';
 import { boundaryCodecs } from '../codecs/index.ts';
 import { createComputeStage, type ComputeStage, type HostDevice } from '../compute/compute-stage.ts';
@@ -95,6 +97,8 @@ interface Slot {
   readonly computed: (event: StageEvent) => Promise<void>;
   readonly lastStep: number;
   readonly checkpointEvery: number;
+  /** What each step reported, until its update is applied: a provisional one is not applied on gradients that are not finite. */
+  readonly reported: Map<number, { sumSquares: number[]; loss: number | undefined }>;
 }
 
 export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
@@ -108,12 +112,13 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
   const chain = new CommandChain(log);
   const outputs = new SlotOutputs(res, o.key, holder);
   const objects = stateObjects(res);
-  const actor = createActor(stageMachine, { input: { stage: s, stages: t.stages, microbatches: t.microbatches, committed: restored?.step ?? -1, extraInFlight: t.extraInFlight ?? 0 } });
+  const actor = createActor(stageMachine, { input: stageInput(config, s, restored) });
   const send = (event: StageEvent) => chain.run(() => { actor.send(event); });
   // Made before a checkpoint is loaded: it keeps the initial weights where pseudo-gradients need them.
   const bridge = t.bridge ? new StageSync({ res, objects, bridge: t.bridge, replica, stage: s, engine, log, stopped: () => chain.settled, report: (r) => outputs.report(r) }) : undefined;
   const steps = new StepControl({
     send, keys: o.coordinatorKeys, subject: res.names.stepControl(replica), log, deadLetters: o.deadLetters,
+    postValidate: (t.schedule ?? '1f1b') !== '1f1b', microbatches: t.microbatches,
     moveToDeadLetters: (d, fault, reason) => moveToDeadLetters(res, holder, d, fault, reason),
   });
   const traces = new MicrobatchTraces(tracing, { run: res.names.run, replica, stage: s, isFirst: engine.isFirst, isLast: engine.isLast });
@@ -125,7 +130,7 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
   });
   const state = new SlotState({
     names: res.names, objects, outputs, engine, replica, stage: s, layers, generation, faults, tracing, log,
-    resumeAfter: (kind, step) => inputs.resumeAfter(kind, step), commitSeqOf: (step) => steps.commitSeqOf(step),
+    resumeAfter: (kind, step) => inputs.resumeAfter(kind, step), commitSeqOf: (step) => steps.commitSeqOf(step), attemptAfter: (step) => steps.attemptAfter(step),
   });
   if (restored) await state.restore(restored, bridge);
   const dataset = await slotData(config, compute);
@@ -137,8 +142,8 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
   const accounting = new ComputeAccounting(compute.peakGflops(), engine.cuda?.name ?? 'cpu');
   const work = new StageCompute({ config, replica, stage: s, engine, dataset, inputs, outputs: outgoing, accounting, traces, faults, log });
   const slot: Slot = {
-    work, inputs, outgoing, steps, state, outputs, bridge, lastStep: t.steps - 1, checkpointEvery: t.checkpointEvery,
-    counters: () => accounting.counters(outgoing.sentByKind(), inputs.queued()),
+    work, inputs, outgoing, steps, state, outputs, bridge, lastStep: t.steps - 1, checkpointEvery: t.checkpointEvery, reported: new Map(),
+    counters: () => accounting.counters(outgoing.sentByKind(), inputs.queued(), work.peakStashBytes),
     // A computation holds the thread. Before the actor picks the next one, the
     // event loop takes a turn: frames that arrived meanwhile (a gradient that
     // should go first) are seen, and the frame just sent is written out. (While
@@ -159,25 +164,34 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
 
 async function carryOut(cmd: StageCommand, p: Slot): Promise<void> {
   switch (cmd.type) {
-    case 'RUN_FORWARD':
-      await p.work.forward(cmd.step, cmd.mb);
-      return p.computed({ type: 'FORWARD_DONE', step: cmd.step, mb: cmd.mb });
-    case 'RUN_BACKWARD':
-      await p.work.backward(cmd.step, cmd.mb);
-      return p.computed({ type: 'BACKWARD_DONE', step: cmd.step, mb: cmd.mb });
+    case 'RUN_OP':
+      await p.work.run(cmd.step, cmd.attempt, cmd.op);
+      return p.computed({ type: 'OP_DONE', step: cmd.step, attempt: cmd.attempt });
     case 'STEP_READY': {
       const loss = p.work.takeLoss(cmd.step);
+      const sumSquares = p.work.sumSquares();
+      p.reported.set(cmd.step, { sumSquares, loss });
       await p.outgoing.allSent();
-      return p.outputs.report({ type: 'done', step: cmd.step, sumSquares: p.work.sumSquares(), loss, counters: p.counters() });
+      return p.outputs.report({ type: 'done', step: cmd.step, sumSquares, loss, counters: p.counters() });
     }
     case 'APPLY_STEP':
-      return p.work.update(cmd.step, cmd.gradScale, p.steps.takeSkip(cmd.step));
+      p.reported.delete(cmd.step);
+      return p.work.update(cmd.step, cmd.gradScale, cmd.skip);
+    case 'APPLY_PROVISIONAL': {
+      const { sumSquares, loss } = p.reported.get(cmd.step)!;
+      p.reported.delete(cmd.step);
+      return p.work.applyProvisional(cmd.step, cmd.gradScale, sumSquares, loss);
+    }
+    case 'CONFIRM_STEP':
+      return p.work.confirm();
+    case 'ROLLBACK_STEP':
+      return p.work.rollBack(cmd.step, cmd.gradScale, cmd.skip);
     case 'ACK_STEP':
       return p.inputs.ackStep(cmd.step);
     case 'STEPPED':
       return stepped(cmd.step, p);
     case 'DUPLICATE':
-      return p.inputs.duplicate(cmd.kind, cmd.step, cmd.mb);
+      return p.inputs.duplicate(cmd.kind, cmd.step, cmd.mb, cmd.attempt);
   }
 }
 
@@ -189,6 +203,19 @@ async function stepped(step: number, p: Slot): Promise<void> {
   if (step === p.lastStep) await p.state.final(p.counters);
   else if (p.checkpointEvery > 0 && (step + 1) % p.checkpointEvery === 0) await p.state.checkpoint(step, p.bridge);
   p.steps.forget(step);
+}
+
+/** The Stage actor of stage s: its schedule's computations for one step, from the stage's costs, and where it starts. */
+function stageInput(config: RunConfig, s: number, restored: CheckpointPointer | undefined): StageMachineInput {
+  const { model, training: t } = config;
+  const schedule = t.schedule ?? '1f1b';
+  // Every stage must derive the same lists: the costs come from the model's FLOPs, never from a measurement.
+  const costs = opCostsFromFlops(model, t.seqLen, splitLayers(model.nLayers, t.stages));
+  const ops = pipelineSchedule(schedule, { stages: t.stages, microbatches: t.microbatches, extraInFlight: t.extraInFlight ?? 0, costs })[s];
+  return {
+    stage: s, stages: t.stages, microbatches: t.microbatches, ops, committed: restored?.step ?? -1, nextAttempt: restored?.next_attempt ?? 0,
+    postValidate: schedule !== '1f1b', barrierEvery: t.bridge?.syncEvery ?? 0,
+  };
 }
 
 /** Step control from just after the checkpoint's commit, then each edge into the slot from where the checkpoint resumes it. */

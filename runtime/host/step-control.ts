@@ -1,9 +1,8 @@
 // A slot's step control, as its Stage actor sees it: each `open` and
 // `commit` from the control log becomes the actor's event, in log order. A
-// commit's sequence in the log is kept until its step is done, since a
-// checkpoint after the step resumes the log just past it; a commit that
-// skips its step (its gradients were not finite) is kept for the update,
-// which then drops the gradients instead of applying them.
+// commit is kept until its step is done, since a checkpoint after the step
+// resumes the log just past it (its sequence) and records the attempt of the
+// step after it (which follows from its clip factor and skip).
 //
 // A commit's gradScale goes straight into the weights, so nothing is acted on
 // unless the coordinator signed it for this replica's step-control subject
@@ -11,7 +10,7 @@
 // config changed under it by a peer, say) is moved to the dead-letter
 // stream, counted and logged, and reading goes on. A message at or before
 // the last one taken (a consumer re-created to replay the log) is dropped.
-import type { StageEvent } from '../../actors/stage-machine.ts';
+import { attemptAfter, type StageEvent } from '../../actors/stage-machine.ts';
 import { decodeStepControl } from '../../schemas/control-messages.ts';
 import type { Logger } from '../log.ts';
 import type { CoordinatorKeys } from '../security/coordinator-keys.ts';
@@ -27,11 +26,13 @@ export interface StepControlOptions {
   readonly moveToDeadLetters: (d: ControlDelivery, fault: string, reason: string) => Promise<void>;
   readonly deadLetters: { count: number };
   readonly log: Logger;
+  /** How the attempt after a commit follows from it (the Stage actor's rule). */
+  readonly postValidate: boolean;
+  readonly microbatches: number;
 }
 
 export class StepControl {
-  private readonly commitSeq = new Map<number, number>();  // control-log sequence of each step's commit
-  private readonly skipped = new Set<number>();            // steps committed as skipped
+  private readonly commits = new Map<number, { seq: number; gradScale: number; skip: boolean }>();  // each step's commit, with its control-log sequence
   private lastSeq = 0;                                     // the last message taken
 
   constructor(private readonly o: StepControlOptions) {}
@@ -52,28 +53,32 @@ export class StepControl {
       const msg = decodeStepControl(d.data, `step control (control log seq ${d.seq})`);
       if (msg.type === 'open') this.o.send({ type: 'STEP_OPEN', step: msg.step });
       else if (msg.type === 'commit') {
-        this.commitSeq.set(msg.step, d.seq);
-        if (msg.skip) this.skipped.add(msg.step);
-        this.o.send({ type: 'STEP_COMMIT', step: msg.step, gradScale: msg.gradScale });
+        this.commits.set(msg.step, { seq: d.seq, gradScale: msg.gradScale, skip: msg.skip === true });
+        this.o.send({ type: 'STEP_COMMIT', step: msg.step, gradScale: msg.gradScale, skip: msg.skip === true });
       }
     }
   }
 
   /** The control-log sequence of the step's commit; throws where none was seen. */
   commitSeqOf(step: number): number {
-    const seq = this.commitSeq.get(step);
-    if (seq === undefined) throw new Error(`no commit recorded for step ${step}`);
-    return seq;
+    return this.commitOf(step).seq;
   }
 
-  /** The step is done: its commit's place in the log is no longer needed. */
+  /** The attempt of the step after `step`: 1 where its commit rolls back a provisional update. */
+  attemptAfter(step: number): number {
+    const { gradScale, skip } = this.commitOf(step);
+    return attemptAfter(this.o, { step, gradScale, skip });
+  }
+
+  /** The step is done: its commit is no longer needed. */
   forget(step: number): void {
-    this.commitSeq.delete(step);
+    this.commits.delete(step);
   }
 
-  /** Whether the step was committed as skipped (asked once, by its update). */
-  takeSkip(step: number): boolean {
-    return this.skipped.delete(step);
+  private commitOf(step: number) {
+    const c = this.commits.get(step);
+    if (c === undefined) throw new Error(`no commit recorded for step ${step}`);
+    return c;
   }
 
   private async refuse(d: ControlDelivery, fault: string, reason: string): Promise<void> {

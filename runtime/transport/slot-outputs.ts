@@ -25,6 +25,8 @@ export interface FrameAddress {
   readonly to: number;
   readonly step: number;
   readonly mb: number;
+  /** The step's attempt (0 unless it was redone after a roll-back). */
+  readonly attempt: number;
 }
 
 export class SlotOutputs {
@@ -33,7 +35,7 @@ export class SlotOutputs {
   /** An encoded frame, stored once it resolves. */
   async frame(to: FrameAddress, bytes: Uint8Array, trace: Context | undefined): Promise<void> {
     const { names } = this.res;
-    const msgID = frameMsgId(names.run, this.holder.replica, to.step, to.mb, to.kind, to.to);
+    const msgID = frameMsgId(names.run, this.holder.replica, to.step, to.mb, to.kind, to.to, to.attempt);
     await this.publishSigned('frame', names.edge(to.kind, this.holder.replica, to.to), bytes, msgID, traceHeaders(trace, headers()));
   }
 
