@@ -62,6 +62,12 @@ class CudaStageWrap : public Napi::ObjectWrap<CudaStageWrap> {
     return DefineClass(env, "CudaStage", {
       InstanceMethod("forward", &CudaStageWrap::Forward),
       InstanceMethod("backward", &CudaStageWrap::Backward),
+      InstanceMethod("backwardInput", &CudaStageWrap::BackwardInput),
+      InstanceMethod("backwardWeight", &CudaStageWrap::BackwardWeight),
+      InstanceMethod("stashedBytes", &CudaStageWrap::StashedBytes),
+      InstanceMethod("stepWithUndo", &CudaStageWrap::StepWithUndo),
+      InstanceMethod("undoStep", &CudaStageWrap::UndoStep),
+      InstanceMethod("dropUndo", &CudaStageWrap::DropUndo),
       InstanceMethod("gradSumSquares", &CudaStageWrap::GradSumSquares),
       InstanceMethod("step", &CudaStageWrap::Step),
       InstanceMethod("zeroGrad", &CudaStageWrap::ZeroGrad),
@@ -146,13 +152,28 @@ class CudaStageWrap : public Napi::ObjectWrap<CudaStageWrap> {
   }
 
   // backward(mb, gradOut|null) → Float32Array gradIn | null (stage 0)
-  Napi::Value Backward(const Napi::CallbackInfo& info) {
+  Napi::Value Backward(const Napi::CallbackInfo& info) { return BackwardOf(info, false); }
+  // backwardInput(mb, gradOut|null): as backward, without the weight gradients (B)
+  Napi::Value BackwardInput(const Napi::CallbackInfo& info) { return BackwardOf(info, true); }
+
+  // backwardWeight(mb): the weight gradients of a microbatch whose B has run (W)
+  Napi::Value BackwardWeight(const Napi::CallbackInfo& info) {
+    const int64_t mb = microbatch_id(info[0]);
+    guarded(info.Env(), [&] { stage_->backward_weight(mb); return 0; });
+    return info.Env().Undefined();
+  }
+
+  Napi::Value StashedBytes(const Napi::CallbackInfo& info) {
+    return Napi::Number::New(info.Env(), (double)stage_->stashed_bytes());
+  }
+
+  Napi::Value BackwardOf(const Napi::CallbackInfo& info, bool split) {
     Napi::Env env = info.Env();
     CudaStage& s = *stage_;
     const int64_t mb = microbatch_id(info[0]);
     const std::string where = s.describe() + ", microbatch " + std::to_string(mb);
     int B = 0, T = 0;
-    if (!s.stash_shape(mb, &B, &T)) throw Napi::Error::New(env, where + ": backward for a microbatch with no stashed forward");
+    if (!s.stash_shape(mb, &B, &T)) throw Napi::Error::New(env, where + ": " + (split ? "backwardInput" : "backward") + " for a microbatch with no stashed forward");
     const size_t n = (size_t)B * T * d_;
     const bool given = !info[1].IsNull() && !info[1].IsUndefined();
     if (s.is_last() && given) throw Napi::TypeError::New(env, where + ": the last stage starts backward from its loss and takes no gradient");
@@ -169,13 +190,18 @@ class CudaStageWrap : public Napi::ObjectWrap<CudaStageWrap> {
       });
     }
     if (s.is_first()) {
-      guarded(env, [&] { s.backward(mb, d_grad, nullptr); return 0; });
+      guarded(env, [&] {
+        if (split) s.backward_input(mb, d_grad, nullptr);
+        else s.backward(mb, d_grad, nullptr);
+        return 0;
+      });
       return env.Null();
     }
     Napi::Float32Array out = Napi::Float32Array::New(env, n);
     guarded(env, [&] {
       float* d_out = static_cast<float*>(out_.reserve(n * sizeof(float), s.describe() + " gradient output"));
-      s.backward(mb, d_grad, d_out);
+      if (split) s.backward_input(mb, d_grad, d_out);
+      else s.backward(mb, d_grad, d_out);
       s.copy_to_host(out.Data(), d_out, n * sizeof(float));
       return 0;
     });
@@ -189,11 +215,31 @@ class CudaStageWrap : public Napi::ObjectWrap<CudaStageWrap> {
     return out;
   }
 
-  Napi::Value Step(const Napi::CallbackInfo& info) {
-    if (!info[0].IsNumber()) throw Napi::TypeError::New(info.Env(), "step(gradScale) expects a number");
+  static double grad_scale(const Napi::CallbackInfo& info, const char* method) {
+    if (!info[0].IsNumber()) throw Napi::TypeError::New(info.Env(), std::string(method) + "(gradScale) expects a number");
     const double scale = info[0].As<Napi::Number>().DoubleValue();
     if (!std::isfinite(scale) || scale < 0) throw Napi::RangeError::New(info.Env(), "gradScale must be finite and >= 0");
+    return scale;
+  }
+
+  Napi::Value Step(const Napi::CallbackInfo& info) {
+    const double scale = grad_scale(info, "step");
     return Napi::Number::New(info.Env(), guarded(info.Env(), [&] { return stage_->step(scale); }));
+  }
+
+  Napi::Value StepWithUndo(const Napi::CallbackInfo& info) {
+    const double scale = grad_scale(info, "stepWithUndo");
+    return Napi::Number::New(info.Env(), guarded(info.Env(), [&] { return stage_->step_with_undo(scale); }));
+  }
+
+  Napi::Value UndoStep(const Napi::CallbackInfo& info) {
+    guarded(info.Env(), [&] { stage_->undo_step(); return 0; });
+    return info.Env().Undefined();
+  }
+
+  Napi::Value DropUndo(const Napi::CallbackInfo& info) {
+    guarded(info.Env(), [&] { stage_->drop_undo(); return 0; });
+    return info.Env().Undefined();
   }
 
   Napi::Value ZeroGrad(const Napi::CallbackInfo& info) {

@@ -58,6 +58,11 @@ struct CudaLayerStash {
   // with flash attention, else probs [B,H,T,T] (becomes dS in backward).
   float *x, *h, *rstd1, *rstd2, *lse;
   bf16 *xn1, *xn2, *q, *k, *v, *attn, *probs, *gate, *up, *act;
+  // The split backward's B (W's operands, in CudaStash::split): dy_bf, dh_bf
+  // [N,d] bf16, dxn2, dxn1 [N,d] fp32; gate, up, q, k, v then hold dgate,
+  // dup, dq, dk, dv.
+  bf16 *dy_bf = nullptr, *dh_bf = nullptr;
+  float *dxn2 = nullptr, *dxn1 = nullptr;
 };
 
 struct CudaStash {
@@ -69,6 +74,10 @@ struct CudaStash {
   float *final_in = nullptr, *rstd_f = nullptr, *loss_rows = nullptr;  // [N,d], [N], [N]
   bf16 *xn_f = nullptr, *logits = nullptr;                              // [N,d], [N,V] (dlogits after the loss)
   DeviceAllocation memory;
+  // The split backward: B has run; its kept gradients (dxn_f, demb [N,d] fp32).
+  bool input_done = false;
+  float *dxn_f = nullptr, *demb = nullptr;
+  DeviceAllocation split;
 };
 
 struct CudaWorkspace {
@@ -122,6 +131,7 @@ CudaStage::CudaStage(const ModelConfig& model, const OptimConfig& optim, int beg
 }
 
 CudaStage::~CudaStage() {
+  if (d_undo_) cudaFree(d_undo_);
   stash_.clear();
   spare_.clear();
   ws_.reset();
@@ -429,36 +439,95 @@ void CudaStage::block_forward(int layer, float* x, CudaLayerStash& c, int B, int
   gemm(false, true, N, d, F, c.act, F, W(o.wd), F, x, true, d, 1.0f);
 }
 
-void CudaStage::block_backward(int layer, float* dx, CudaLayerStash& c, int B, int T) {
+void CudaStage::block_backward(int layer, float* dx, CudaLayerStash& c, int B, int T, bool split) {
   const LayerOffsets& o = layout_.layers[layer - begin_];
   const int N = B * T, d = model_.d_model, hd = model_.head_dim(), H = model_.n_heads, Hkv = model_.n_kv_heads,
             F = model_.ffn_hidden;
   CudaWorkspace& w = *ws_;
   const size_t bytes = (size_t)N * d * sizeof(float);
-  f32_to_bf16(w.dx_bf, dx, (size_t)N * d, stream_);
-  gemm(false, false, N, F, d, w.dx_bf, d, W(o.wd), F, w.dact, false, F, 0.0f);   // dact = dy·Wd
-  gemm(true, false, d, F, N, w.dx_bf, d, c.act, F, G(o.wd), true, F, 1.0f);      // dWd += dyᵀ·act
+  // split (B): no weight gradients; their dy operands go to the stash for W.
+  bf16* dy_bf = split ? c.dy_bf : w.dx_bf;
+  bf16* dh_bf = split ? c.dh_bf : w.dh_bf;
+  float* dxn2 = split ? c.dxn2 : w.dxn;
+  float* dxn1 = split ? c.dxn1 : w.dxn;
+  f32_to_bf16(dy_bf, dx, (size_t)N * d, stream_);
+  gemm(false, false, N, F, d, dy_bf, d, W(o.wd), F, w.dact, false, F, 0.0f);   // dact = dy·Wd
+  if (!split) gemm(true, false, d, F, N, dy_bf, d, c.act, F, G(o.wd), true, F, 1.0f);  // dWd += dyᵀ·act
   swiglu_backward(w.dgate, w.dup, w.dact, c.gate, c.up, (size_t)N * F, stream_);
-  gemm(false, false, N, d, F, w.dgate, F, W(o.wg), d, w.dxn, true, d, 0.0f);
-  gemm(false, false, N, d, F, w.dup, F, W(o.wu), d, w.dxn, true, d, 1.0f);
-  gemm(true, false, F, d, N, w.dgate, F, c.xn2, d, G(o.wg), true, d, 1.0f);
-  gemm(true, false, F, d, N, w.dup, F, c.xn2, d, G(o.wu), true, d, 1.0f);
+  gemm(false, false, N, d, F, w.dgate, F, W(o.wg), d, dxn2, true, d, 0.0f);
+  gemm(false, false, N, d, F, w.dup, F, W(o.wu), d, dxn2, true, d, 1.0f);
+  if (!split) {
+    gemm(true, false, F, d, N, w.dgate, F, c.xn2, d, G(o.wg), true, d, 1.0f);
+    gemm(true, false, F, d, N, w.dup, F, c.xn2, d, G(o.wu), true, d, 1.0f);
+  }
   CUDA_CHECK(cudaMemcpyAsync(w.dh, dx, bytes, cudaMemcpyDeviceToDevice, stream_));  // residual path
-  rmsnorm_backward(w.dh, G(o.norm2), w.rms_partial, w.dxn, c.h, P(o.norm2), c.rstd2, N, d, stream_);
-  f32_to_bf16(w.dh_bf, w.dh, (size_t)N * d, stream_);
-  gemm(false, false, N, H * hd, d, w.dh_bf, d, W(o.wo), H * hd, w.dattn, false, H * hd, 0.0f);
-  gemm(true, false, d, H * hd, N, w.dh_bf, d, c.attn, H * hd, G(o.wo), true, H * hd, 1.0f);
+  rmsnorm_backward(w.dh, split ? nullptr : G(o.norm2), w.rms_partial, dxn2, c.h, P(o.norm2), c.rstd2, N, d, stream_);
+  f32_to_bf16(dh_bf, w.dh, (size_t)N * d, stream_);
+  gemm(false, false, N, H * hd, d, dh_bf, d, W(o.wo), H * hd, w.dattn, false, H * hd, 0.0f);
+  if (!split) gemm(true, false, d, H * hd, N, dh_bf, d, c.attn, H * hd, G(o.wo), true, H * hd, 1.0f);
   profiled([&] { attention_backward(c, w.dattn, w.dq, w.dk, w.dv, B, T); });
   rope_backward(w.dq, d_rope_cos_, d_rope_sin_, B, T, H, hd, stream_);
   rope_backward(w.dk, d_rope_cos_, d_rope_sin_, B, T, Hkv, hd, stream_);
-  gemm(false, false, N, d, H * hd, w.dq, H * hd, W(o.wq), d, w.dxn, true, d, 0.0f);
-  gemm(false, false, N, d, Hkv * hd, w.dk, Hkv * hd, W(o.wk), d, w.dxn, true, d, 1.0f);
-  gemm(false, false, N, d, Hkv * hd, w.dv, Hkv * hd, W(o.wv), d, w.dxn, true, d, 1.0f);
-  gemm(true, false, H * hd, d, N, w.dq, H * hd, c.xn1, d, G(o.wq), true, d, 1.0f);
-  gemm(true, false, Hkv * hd, d, N, w.dk, Hkv * hd, c.xn1, d, G(o.wk), true, d, 1.0f);
-  gemm(true, false, Hkv * hd, d, N, w.dv, Hkv * hd, c.xn1, d, G(o.wv), true, d, 1.0f);
+  gemm(false, false, N, d, H * hd, w.dq, H * hd, W(o.wq), d, dxn1, true, d, 0.0f);
+  gemm(false, false, N, d, Hkv * hd, w.dk, Hkv * hd, W(o.wk), d, dxn1, true, d, 1.0f);
+  gemm(false, false, N, d, Hkv * hd, w.dv, Hkv * hd, W(o.wv), d, dxn1, true, d, 1.0f);
+  if (!split) {
+    gemm(true, false, H * hd, d, N, w.dq, H * hd, c.xn1, d, G(o.wq), true, d, 1.0f);
+    gemm(true, false, Hkv * hd, d, N, w.dk, Hkv * hd, c.xn1, d, G(o.wk), true, d, 1.0f);
+    gemm(true, false, Hkv * hd, d, N, w.dv, Hkv * hd, c.xn1, d, G(o.wv), true, d, 1.0f);
+  }
   CUDA_CHECK(cudaMemcpyAsync(dx, w.dh, bytes, cudaMemcpyDeviceToDevice, stream_));
-  rmsnorm_backward(dx, G(o.norm1), w.rms_partial, w.dxn, c.x, P(o.norm1), c.rstd1, N, d, stream_);
+  rmsnorm_backward(dx, split ? nullptr : G(o.norm1), w.rms_partial, dxn1, c.x, P(o.norm1), c.rstd1, N, d, stream_);
+  if (split) {
+    // W reads dgate, dup, dq, dk, dv where gate, up, q, k, v were.
+    const size_t nf = (size_t)N * F * sizeof(bf16), nq = (size_t)N * H * hd * sizeof(bf16),
+                 nkv = (size_t)N * Hkv * hd * sizeof(bf16);
+    CUDA_CHECK(cudaMemcpyAsync(c.gate, w.dgate, nf, cudaMemcpyDeviceToDevice, stream_));
+    CUDA_CHECK(cudaMemcpyAsync(c.up, w.dup, nf, cudaMemcpyDeviceToDevice, stream_));
+    CUDA_CHECK(cudaMemcpyAsync(c.q, w.dq, nq, cudaMemcpyDeviceToDevice, stream_));
+    CUDA_CHECK(cudaMemcpyAsync(c.k, w.dk, nkv, cudaMemcpyDeviceToDevice, stream_));
+    CUDA_CHECK(cudaMemcpyAsync(c.v, w.dv, nkv, cudaMemcpyDeviceToDevice, stream_));
+  }
+}
+
+// W of one layer: block_backward's weight-gradient GEMMs and kernels, in its
+// order, on the operands B kept.
+void CudaStage::block_weight(int layer, const CudaLayerStash& c, int N) {
+  const LayerOffsets& o = layout_.layers[layer - begin_];
+  const int d = model_.d_model, hd = model_.head_dim(), H = model_.n_heads, Hkv = model_.n_kv_heads,
+            F = model_.ffn_hidden;
+  CudaWorkspace& w = *ws_;
+  const bf16 *dgate = c.gate, *dup = c.up, *dq = c.q, *dk = c.k, *dv = c.v;
+  gemm(true, false, d, F, N, c.dy_bf, d, c.act, F, G(o.wd), true, F, 1.0f);
+  gemm(true, false, F, d, N, dgate, F, c.xn2, d, G(o.wg), true, d, 1.0f);
+  gemm(true, false, F, d, N, dup, F, c.xn2, d, G(o.wu), true, d, 1.0f);
+  rmsnorm_backward_weight(G(o.norm2), w.rms_partial, c.dxn2, c.h, c.rstd2, N, d, stream_);
+  gemm(true, false, d, H * hd, N, c.dh_bf, d, c.attn, H * hd, G(o.wo), true, H * hd, 1.0f);
+  gemm(true, false, H * hd, d, N, dq, H * hd, c.xn1, d, G(o.wq), true, d, 1.0f);
+  gemm(true, false, Hkv * hd, d, N, dk, Hkv * hd, c.xn1, d, G(o.wk), true, d, 1.0f);
+  gemm(true, false, Hkv * hd, d, N, dv, Hkv * hd, c.xn1, d, G(o.wv), true, d, 1.0f);
+  rmsnorm_backward_weight(G(o.norm1), w.rms_partial, c.dxn1, c.x, c.rstd1, N, d, stream_);
+}
+
+// The split backward's own buffers in a stash, made on its first B.
+void CudaStage::split_memory(CudaStash& st) {
+  if (st.split.ptr) return;
+  const size_t N = (size_t)st.B * st.T, d = model_.d_model;
+  auto carve = [&](Carver& c) {
+    for (CudaLayerStash& l : st.layers) {
+      l.dy_bf = c.take<bf16>(N * d);
+      l.dh_bf = c.take<bf16>(N * d);
+      l.dxn2 = c.take<float>(N * d);
+      l.dxn1 = c.take<float>(N * d);
+    }
+    st.dxn_f = c.take<float>(is_last() ? N * d : 0);
+    st.demb = c.take<float>(is_first() ? N * d : 0);
+  };
+  Carver sizing;
+  carve(sizing);
+  st.split.allocate(sizing.used, describe() + " split-backward stash");
+  Carver real{static_cast<char*>(st.split.ptr)};
+  carve(real);
 }
 
 double CudaStage::forward(int64_t mb, const int32_t* tokens, const float* d_acts, int B, int T,
@@ -484,6 +553,8 @@ double CudaStage::forward(int64_t mb, const int32_t* tokens, const float* d_acts
   if (!ws_) resolve_attention(B, T);
   CudaWorkspace& w = workspace(B, T);
   std::unique_ptr<CudaStash> st = take_stash(B, T, train);
+  st->input_done = false;
+  if (train) weighted_.erase(mb);
   if (is_first()) {
     CUDA_CHECK(cudaMemcpyAsync(st->tokens, tokens, (size_t)N * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
     embedding_forward(w.x, st->tokens, P(layout_.emb), N, d, stream_);
@@ -534,31 +605,77 @@ double CudaStage::forward(int64_t mb, const int32_t* tokens, const float* d_acts
 }
 
 void CudaStage::backward(int64_t mb, const float* d_grad_out, float* d_grad_in) {
+  backward_impl(mb, d_grad_out, d_grad_in, false);
+}
+
+void CudaStage::backward_input(int64_t mb, const float* d_grad_out, float* d_grad_in) {
+  backward_impl(mb, d_grad_out, d_grad_in, true);
+}
+
+void CudaStage::backward_impl(int64_t mb, const float* d_grad_out, float* d_grad_in, bool split) {
+  const std::string where = describe() + ", microbatch " + std::to_string(mb);
+  const char* what = split ? "backwardInput" : "backward";
   auto it = stash_.find(mb);
-  if (it == stash_.end()) {
-    throw std::invalid_argument(describe() + ", microbatch " + std::to_string(mb) + ": backward for a microbatch with no stashed forward");
-  }
+  if (it == stash_.end()) throw std::invalid_argument(where + ": " + what + " for a microbatch with no stashed forward");
   CudaStash& st = *it->second;
+  if (st.input_done) throw std::invalid_argument(where + ": " + what + " after backwardInput already ran for this microbatch (its backwardWeight is due)");
+  if (!is_last() && !d_grad_out) throw std::invalid_argument(describe() + ": backward needs the gradient of this stage's output");
   const int B = st.B, T = st.T, N = B * T, d = model_.d_model, V = model_.vocab;
   CudaWorkspace& w = workspace(B, T);
+  if (split) split_memory(st);
   const size_t bytes = (size_t)N * d * sizeof(float);
   if (is_last()) {
-    gemm(false, false, N, d, V, st.logits, V, W(layout_.head), d, w.dxn, true, d, 0.0f);   // dxn = dlogits·Wh
-    gemm(true, false, V, d, N, st.logits, V, st.xn_f, d, G(layout_.head), true, d, 1.0f);  // dWh += dlogitsᵀ·xn
+    float* dxn = split ? st.dxn_f : w.dxn;
+    gemm(false, false, N, d, V, st.logits, V, W(layout_.head), d, dxn, true, d, 0.0f);   // dxn = dlogits·Wh
+    if (!split) gemm(true, false, V, d, N, st.logits, V, st.xn_f, d, G(layout_.head), true, d, 1.0f);  // dWh += dlogitsᵀ·xn
     CUDA_CHECK(cudaMemsetAsync(w.dx, 0, bytes, stream_));
-    rmsnorm_backward(w.dx, G(layout_.norm_f), w.rms_partial, w.dxn, st.final_in, P(layout_.norm_f), st.rstd_f, N, d, stream_);
+    rmsnorm_backward(w.dx, split ? nullptr : G(layout_.norm_f), w.rms_partial, dxn, st.final_in, P(layout_.norm_f), st.rstd_f, N, d, stream_);
   } else {
-    if (!d_grad_out) throw std::invalid_argument(describe() + ": backward needs the gradient of this stage's output");
     CUDA_CHECK(cudaMemcpyAsync(w.dx, d_grad_out, bytes, cudaMemcpyDeviceToDevice, stream_));
   }
-  for (int l = end_ - 1; l >= begin_; l--) block_backward(l, w.dx, st.layers[l - begin_], B, T);
+  for (int l = end_ - 1; l >= begin_; l--) block_backward(l, w.dx, st.layers[l - begin_], B, T, split);
   if (is_first()) {
-    embedding_backward(G(layout_.emb), w.dx, st.order, st.starts, st.ids, st.unique, d, stream_);
+    if (split) CUDA_CHECK(cudaMemcpyAsync(st.demb, w.dx, bytes, cudaMemcpyDeviceToDevice, stream_));
+    else embedding_backward(G(layout_.emb), w.dx, st.order, st.starts, st.ids, st.unique, d, stream_);
   } else {
     CUDA_CHECK(cudaMemcpyAsync(d_grad_in, w.dx, bytes, cudaMemcpyDeviceToDevice, stream_));
   }
+  if (split) {
+    st.input_done = true;
+    return;
+  }
   spare_.push_back(std::move(it->second));
   stash_.erase(it);
+}
+
+// W: backward_impl's weight-gradient calls, in its order, on what B kept.
+void CudaStage::backward_weight(int64_t mb) {
+  const std::string where = describe() + ", microbatch " + std::to_string(mb);
+  auto it = stash_.find(mb);
+  if (it == stash_.end()) {
+    if (weighted_.count(mb)) throw std::invalid_argument(where + ": backwardWeight already ran for this microbatch (it is called once per backwardInput)");
+    throw std::invalid_argument(where + ": backwardWeight for a microbatch with no stashed forward");
+  }
+  CudaStash& st = *it->second;
+  if (!st.input_done) throw std::invalid_argument(where + ": backwardWeight before backwardInput (run backwardInput for this microbatch first)");
+  const int N = st.B * st.T, d = model_.d_model, V = model_.vocab;
+  CudaWorkspace& w = workspace(st.B, st.T);
+  if (is_last()) {
+    gemm(true, false, V, d, N, st.logits, V, st.xn_f, d, G(layout_.head), true, d, 1.0f);
+    rmsnorm_backward_weight(G(layout_.norm_f), w.rms_partial, st.dxn_f, st.final_in, st.rstd_f, N, d, stream_);
+  }
+  for (int l = end_ - 1; l >= begin_; l--) block_weight(l, st.layers[l - begin_], N);
+  if (is_first()) embedding_backward(G(layout_.emb), st.demb, st.order, st.starts, st.ids, st.unique, d, stream_);
+  st.input_done = false;
+  weighted_.insert(mb);
+  spare_.push_back(std::move(it->second));
+  stash_.erase(it);
+}
+
+size_t CudaStage::stashed_bytes() const {
+  size_t total = 0;
+  for (const auto& [mb, st] : stash_) total += st->memory.bytes + st->split.bytes;
+  return total;
 }
 
 std::vector<double> CudaStage::grad_sum_squares() {
@@ -575,6 +692,45 @@ std::vector<double> CudaStage::grad_sum_squares() {
 }
 
 double CudaStage::step(double grad_scale) {
+  drop_undo();
+  return adamw_step(grad_scale);
+}
+
+double CudaStage::step_with_undo(double grad_scale) {
+  const size_t n = layout_.total, bytes = n * sizeof(float);
+  if (!d_undo_) {
+    cudaError_t e = cudaMalloc(&d_undo_, 4 * bytes);
+    if (e != cudaSuccess) {
+      d_undo_ = nullptr;
+      throw std::runtime_error(describe() + ": out of GPU memory allocating " + std::to_string((4 * bytes) >> 20) +
+                               " MiB for stepWithUndo's saved copy: " + cudaGetErrorString(e));
+    }
+  }
+  const float* from[4] = {d_params_, d_grads_, d_m_, d_v_};
+  for (int i = 0; i < 4; i++) CUDA_CHECK(cudaMemcpyAsync(d_undo_ + i * n, from[i], bytes, cudaMemcpyDeviceToDevice, stream_));
+  undo_optimizer_step_ = optimizer_step;
+  return adamw_step(grad_scale);
+}
+
+void CudaStage::undo_step() {
+  if (!d_undo_) throw std::logic_error(describe() + ": undoStep with nothing to undo (no stepWithUndo since the last step, undoStep or dropUndo)");
+  const size_t n = layout_.total, bytes = n * sizeof(float);
+  float* to[4] = {d_params_, d_grads_, d_m_, d_v_};
+  for (int i = 0; i < 4; i++) CUDA_CHECK(cudaMemcpyAsync(to[i], d_undo_ + i * n, bytes, cudaMemcpyDeviceToDevice, stream_));
+  // The bf16 copies are the master weights rounded, as adamw_update writes them.
+  f32_to_bf16(d_params_bf16_, d_params_, n, stream_);
+  optimizer_step = undo_optimizer_step_;
+  drop_undo();
+}
+
+void CudaStage::drop_undo() {
+  if (!d_undo_) return;
+  synchronize();  // copies in flight read or write it
+  cudaFree(d_undo_);
+  d_undo_ = nullptr;
+}
+
+double CudaStage::adamw_step(double grad_scale) {
   const double lr = lr_at(optim_, optimizer_step);
   optimizer_step++;
   for (const TensorInfo& t : layout_.tensors) {
@@ -586,7 +742,10 @@ double CudaStage::step(double grad_scale) {
   return lr;
 }
 
-void CudaStage::zero_grad() { CUDA_CHECK(cudaMemsetAsync(d_grads_, 0, layout_.total * sizeof(float), stream_)); }
+void CudaStage::zero_grad() {
+  CUDA_CHECK(cudaMemsetAsync(d_grads_, 0, layout_.total * sizeof(float), stream_));
+  weighted_.clear();
+}
 
 void CudaStage::synchronize() { CUDA_CHECK(cudaStreamSynchronize(stream_)); }
 
@@ -632,6 +791,7 @@ void CudaStage::upload(ArenaKind kind, const float* in) {
   float* d = arena_of(kind, d_params_, d_grads_, d_m_, d_v_);
   CUDA_CHECK(cudaMemcpyAsync(d, in, layout_.total * sizeof(float), cudaMemcpyHostToDevice, stream_));
   if (kind == ArenaKind::params) f32_to_bf16(d_params_bf16_, d_params_, layout_.total, stream_);
+  drop_undo();  // a saved step would restore over the new state
   synchronize();
 }
 

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 #include "../src/config.h"
@@ -53,9 +54,29 @@ class CudaStage {
                  float* d_out, bool train);
   // d_grad_out[B·T·d] (none on the last stage) → d_grad_in[B·T·d] (none on stage 0).
   void backward(int64_t mb, const float* d_grad_out, float* d_grad_in);
+  // The split backward, as Stage::backward_input / backward_weight
+  // (native/src/stage.h): B writes d_grad_in and leaves the gradients alone;
+  // W adds the weight gradients with the fused path's GEMMs and kernels, in
+  // its order, and frees the stash. W's in microbatch order give the fused
+  // backward's bits. B keeps, in a second allocation of the stash made on its
+  // first B (and kept for reuse): per layer dy and dh [N,d] bf16 (the GEMM
+  // operands) and the norms' dxn2, dxn1 [N,d] fp32; dgate, dup, dq, dk, dv are
+  // copied over gate, up, q, k, v; stage 0 keeps the embedding's output
+  // gradient [N,d] fp32, the last stage its final norm's dxn [N,d] fp32
+  // (dlogits already sit in the stash). The forward stash is one allocation,
+  // so B frees nothing of it (the probabilities stay until W).
+  void backward_input(int64_t mb, const float* d_grad_out, float* d_grad_in);
+  void backward_weight(int64_t mb);
+  // Device bytes of the stashed microbatches (both allocations).
+  size_t stashed_bytes() const;
   std::vector<double> grad_sum_squares();
   double step(double grad_scale);
   void zero_grad();
+  // As Stage: step after saving params, grads and both moments on the device
+  // (4 × params floats until undo_step, drop_undo, step or an upload).
+  double step_with_undo(double grad_scale);
+  void undo_step();
+  void drop_undo();
   void synchronize();
 
   // Microbatches with a stashed forward, and dropping one (recovery).
@@ -87,7 +108,11 @@ class CudaStage {
   template <typename F>
   void profiled(F&& f);
   void block_forward(int layer, float* x, struct CudaLayerStash& c, int B, int T);
-  void block_backward(int layer, float* dx, struct CudaLayerStash& c, int B, int T);
+  void block_backward(int layer, float* dx, struct CudaLayerStash& c, int B, int T, bool split);
+  void block_weight(int layer, const struct CudaLayerStash& c, int N);
+  void backward_impl(int64_t mb, const float* d_grad_out, float* d_grad_in, bool split);
+  void split_memory(CudaStash& st);
+  double adamw_step(double grad_scale);
   void attention_forward(struct CudaLayerStash& c, int B, int T);
   void attention_backward(struct CudaLayerStash& c, const bf16* dattn, bf16* dq, bf16* dk, bf16* dv, int B, int T);
   // Row-major C[M,N] (+)= op(A)[M,K] · op(B)[K,N]; C is bf16 or fp32.
@@ -118,6 +143,9 @@ class CudaStage {
   std::unique_ptr<CudaWorkspace> ws_;
   std::map<int64_t, std::unique_ptr<CudaStash>> stash_;
   std::vector<std::unique_ptr<CudaStash>> spare_;
+  std::set<int64_t> weighted_;  // microbatches whose W has run since their forward
+  float* d_undo_ = nullptr;     // params, grads, exp_avg, exp_avg_sq [4·n] while an undo is held
+  int undo_optimizer_step_ = 0;
   AttentionPath attention_ = AttentionPath::automatic;  // resolved to flash or gemm by the first forward
   bool flash_ = false;
   void resolve_attention(int B, int T);

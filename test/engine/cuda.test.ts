@@ -131,6 +131,53 @@ if (!gpu) {
     t.deepEqual(first.stashed(), []);
   });
 
+  test('on the GPU, the split backward (B\'s shuffled, W\'s in order) equals the fused backward bit for bit, and stashedBytes returns to 0', (t) => {
+    const M = 3;
+    for (const [a, b] of [[0, 2], [2, 4], [0, 4]]) {
+      const [fused, split] = [cudaStage(a, b), cudaStage(a, b)];
+      const feed = (s: EngineStage, mb: number, step: number) => {
+        const batch = corpusBatches(step)[mb % 2];
+        if (s.isFirst) return s.forwardTrain(mb, batch.tokens, B, T, s.isLast ? batch.targets : undefined);
+        const acts = Float32Array.from({ length: B * T * model.dModel }, (_, i) => Math.sin(i * 0.37 + mb + step));
+        return s.forwardTrain(mb, acts, B, T, s.isLast ? batch.targets : undefined);
+      };
+      const gradOut = (s: EngineStage, mb: number) => (s.isLast ? null : Float32Array.from({ length: B * T * model.dModel }, (_, i) => 1e-3 * Math.cos(i * 0.11 + mb)));
+      for (let step = 0; step < 2; step++) {
+        for (let mb = 0; mb < M; mb++) { feed(fused, mb, step); feed(split, mb, step); }
+        const fusedIn = [0, 1, 2].map((mb) => fused.backward(mb, gradOut(fused, mb)));
+        const splitIn: Array<Float32Array | null> = [];
+        for (const mb of [2, 0, 1]) splitIn[mb] = split.backwardInput(mb, gradOut(split, mb));
+        t.true(split.stashedBytes() > 0);
+        for (let mb = 0; mb < M; mb++) split.backwardWeight(mb);
+        t.is(split.stashedBytes(), 0);
+        t.deepEqual(splitIn, fusedIn, `[${a}, ${b}) gradIn`);
+        t.deepEqual(split.grads(), fused.grads(), `[${a}, ${b}) gradients, step ${step}`);
+        split.step(1 / M);
+        fused.step(1 / M);
+        t.deepEqual(Buffer.from(split.state()), Buffer.from(fused.state()), `[${a}, ${b}) state after step ${step}`);
+      }
+      t.throws(() => split.backwardWeight(0), { message: /backwardWeight already ran|no stashed forward/ });
+    }
+  });
+
+  test('on the GPU, stepWithUndo, undoStep, step(s2) equals step(s2) bit for bit, with W\'s of the next step in between', (t) => {
+    const [direct, undone] = [cudaStage(0, 4), cudaStage(0, 4)];
+    for (const s of [direct, undone]) {
+      corpusBatches(0).forEach((mb, i) => { s.forwardTrain(i, mb.tokens, B, T, mb.targets); s.backward(i, null); });
+      s.step(0.5);
+      corpusBatches(1).forEach((mb, i) => { s.forwardTrain(i, mb.tokens, B, T, mb.targets); s.backward(i, null); });
+    }
+    const grads = undone.grads();
+    t.throws(() => undone.undoStep(), { message: /nothing to undo/ });
+    undone.stepWithUndo(0.5);
+    corpusBatches(2).forEach((mb, i) => { undone.forwardTrain(i, mb.tokens, B, T, mb.targets); undone.backwardInput(i, null); undone.backwardWeight(i); });
+    undone.undoStep();
+    t.deepEqual(undone.grads(), grads);
+    t.is(undone.step(0.25), direct.step(0.25));
+    t.deepEqual(Buffer.from(undone.state()), Buffer.from(direct.state()));
+    t.deepEqual(undone.params(), direct.params());
+  });
+
   test('on the GPU, 1, 2 and 4 stages train to the same bits, and a CUDA state restores bit for bit (on the GPU and into the CPU engine)', (t) => {
     const hashes = [1, 2, 4].map((S) => {
       const p = new LocalPipeline(model, smallOptim, S, 1, 2, { device: 'cuda', gpu: 0 });

@@ -17,6 +17,9 @@ void rmsnorm_forward(bf16* y, float* rstd, const float* x, const float* w, int N
 constexpr int kRmsChunks = 64;
 void rmsnorm_backward(float* dx, float* dw, float* partial, const float* dy, const float* x, const float* w,
                       const float* rstd, int N, int d, cudaStream_t s);
+// rmsnorm_backward's weight half (dw null there skips it): dw[d] += Σ dy·x·rstd.
+void rmsnorm_backward_weight(float* dw, float* partial, const float* dy, const float* x, const float* rstd, int N, int d,
+                             cudaStream_t s);
 
 // rope.cu — x[B,T,nh,hd] rotated in place (rotate_half); cos/sin [max_seq, hd/2]
 void rope_forward(bf16* x, const float* cos_t, const float* sin_t, int B, int T, int nh, int hd, cudaStream_t s);

@@ -64,6 +64,11 @@ void rmsnorm_backward(float* dx, float* dw, float* partial, const float* dy, con
                       const float* rstd, int N, int d, cudaStream_t s) {
   rmsnorm_backward_dx_kernel<<<N, kThreads, 0, s>>>(dx, dy, x, w, rstd, d);
   CUDA_LAUNCHED("rmsnorm_backward_dx");
+  if (dw) rmsnorm_backward_weight(dw, partial, dy, x, rstd, N, d, s);
+}
+
+void rmsnorm_backward_weight(float* dw, float* partial, const float* dy, const float* x, const float* rstd, int N, int d,
+                             cudaStream_t s) {
   rmsnorm_dw_partial_kernel<<<dim3(blocks_for(d, 128), kRmsChunks), 128, 0, s>>>(partial, dy, x, rstd, N, d);
   CUDA_LAUNCHED("rmsnorm_dw_partial");
   rmsnorm_dw_sum_kernel<<<blocks_for(d, 128), 128, 0, s>>>(dw, partial, d);
