@@ -12,12 +12,17 @@
 // idle moments:
 //   zb-h1  1F1B's memory: at most S−s microbatches stashed on stage s; at each
 //          free moment a ready B, else an F, else a W.
-//   zb-h2  about twice the memory (see stashLimit): more forwards in flight
-//          (2(S−s)−1, which fills the warm-up) and, on stage s > 0, the last
-//          deferW(s) W's kept for the end of the step. Without a flush those
-//          W's fill the time between a stage's last B of step k and the
-//          arrival of step k+1's first forward, which goes from stage s up to
-//          stage 0 as B's and back down as F's: about Σ_{j<s}(B_j + F_j).
+//   zb-h2  more forwards in flight (2(S−s)−1, which fills the warm-up) and,
+//          on stage s > 0, the last deferW(s) W's kept for the end of the
+//          step. Without a flush those W's fill the time between a stage's
+//          last B of step k and the arrival of step k+1's first forward, which
+//          goes from stage s up to stage 0 as B's and back down as F's: about
+//          Σ_{j<s}(B_j + F_j), so deferW(s) = ⌈that / W_s⌉. With F = B = W that
+//          is 2s, and the stash limit 2(S−s)−1 + 2s = 2S−1 on every stage:
+//          about twice 1F1B's peak (S, on stage 0), and all stages alike.
+// Every limit is at most M (a step has no more microbatches to stash). A
+// memoryLimit replaces the zb-* defaults (zb-h2 then gives the forwards in
+// flight their slots first and defers W's with what is left) and caps 1f1b's.
 //
 // Why the lists never deadlock, for any positive durations and link delays:
 // every list is one linear extension of the dependency graph (the simulation
@@ -97,6 +102,12 @@ function zbH2Deferred(spec: ScheduleSpec, stage: number): number {
 }
 
 function policy(name: ScheduleName, spec: ScheduleSpec, stage: number): StagePolicy {
+  // No stage can stash more microbatches than the step has.
+  const p = unclampedPolicy(name, spec, stage), M = spec.microbatches;
+  return { inFlight: Math.min(p.inFlight, M), stash: Math.min(p.stash, M), deferW: p.deferW };
+}
+
+function unclampedPolicy(name: ScheduleName, spec: ScheduleSpec, stage: number): StagePolicy {
   const S = spec.stages, extra = spec.extraInFlight ?? 0, limit = spec.memoryLimit;
   const withExtra = (n: number) => n + (stage < S - 1 ? extra : 0);
   switch (name) {

@@ -23,6 +23,10 @@ export interface SimulationSpec {
   readonly mode?: FlushMode;                           // default 'flush'
   readonly roundTrip?: number;                         // flush only: from the step's last op to the next step's start; default 0
   readonly update?: number;                            // each stage's optimizer update, after its last op of a step; default 0
+  /** Overrides `costs` op by op (e.g. random durations, to show a schedule cannot deadlock whatever the timings). */
+  readonly opTime?: (stage: number, step: number, op: PipelineOp) => number;
+  /** Overrides `latency` result by result: the time op's output takes from stage `from` to its neighbour. */
+  readonly linkTime?: (from: number, step: number, op: PipelineOp) => number;
 }
 
 /** One op as it ran. */
@@ -74,15 +78,16 @@ export function simulateSchedule(spec: SimulationSpec): SimulationResult {
 
   /** When op may start on stage s as far as its inputs go, or undefined while one of them has not run yet. */
   function inputsAt(s: number, step: number, op: PipelineOp): number | undefined {
-    const at = (st: number, kind: string, hop: number) => {
+    const at = (st: number, kind: PipelineOp['kind'], hop: boolean) => {
       const e = ends.get(key(step, st, kind, op.mb));
-      return e === undefined ? undefined : e + hop;
+      if (e === undefined) return undefined;
+      return hop ? e + (spec.linkTime ? spec.linkTime(st, step, { kind, mb: op.mb }) : latency) : e;
     };
-    const backward = (st: number) => at(st, 'B', latency) ?? at(st, 'BW', latency);
+    const backward = (st: number) => at(st, 'B', true) ?? at(st, 'BW', true);
     switch (op.kind) {
-      case 'F': return s === 0 ? 0 : at(s - 1, 'F', latency);
-      case 'B': case 'BW': return s === S - 1 ? at(s, 'F', 0) : backward(s + 1);
-      case 'W': return at(s, 'B', 0);
+      case 'F': return s === 0 ? 0 : at(s - 1, 'F', true);
+      case 'B': case 'BW': return s === S - 1 ? at(s, 'F', false) : backward(s + 1);
+      case 'W': return at(s, 'B', false);
     }
   }
 
@@ -107,7 +112,7 @@ export function simulateSchedule(spec: SimulationSpec): SimulationResult {
         const ready = inputsAt(s, step, op);
         if (begin === undefined || ready === undefined) break;
         const start = Math.max(freeAt[s], ready, begin);
-        const end = start + opCost(costs[s], op.kind);
+        const end = start + (spec.opTime ? spec.opTime(s, step, op) : opCost(costs[s], op.kind));
         ends.set(key(step, s, op.kind, op.mb), end);
         ops[s].push({ ...op, stage: s, step, start, end });
         busy[s] += end - start;
