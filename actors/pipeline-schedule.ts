@@ -3,9 +3,9 @@
 // event-driven simulation with the given op costs and no link latency, and a
 // stage then runs its list strictly in order whatever the real timings are.
 //
-// '1f1b' is today's Stage actor (stage-machine.ts nextCommand): a fused
-// backward 'BW', a ready backward first, else a forward while fewer than
-// inFlightLimit(s) microbatches are in flight. The zero-bubble schedules (Qi
+// '1f1b' is the classic order (what the Stage actor issued before schedules
+// became data): a fused backward 'BW', a ready backward first, else a
+// forward while fewer than inFlightLimit(s) microbatches are in flight. The zero-bubble schedules (Qi
 // et al., "Zero Bubble Pipeline Parallelism", ICLR 2024) split the backward
 // into B (the input gradient, on the critical path between stages) and W (the
 // weight gradient, needed only by the optimizer), and use the W's to fill the
@@ -32,7 +32,7 @@
 // no dependency points from a later step to an earlier one, so concatenating
 // steps keeps the graph acyclic.
 
-/** 1F1B's in-flight limit on stage s, as stage-machine.ts inFlightLimit (restated so this module stays free of xstate; a test pins the two together). */
+/** 1F1B's in-flight limit on stage s: S−s, and `extra` more on every stage but the last (whose gradient is its own). */
 const inFlightLimit = (stage: number, stages: number, extra: number) => stages - stage + (stage < stages - 1 ? extra : 0);
 
 export type ScheduleName = '1f1b' | 'zb-h1' | 'zb-h2';

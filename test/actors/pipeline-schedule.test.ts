@@ -1,11 +1,10 @@
 // Pipeline schedules (actors/pipeline-schedule.ts) checked as data, and run
 // by the evaluator (actors/schedule-simulation.ts): every op once and in
 // microbatch order, each B after its F and each W after its B, the stash
-// within its limit, 1f1b the very order today's Stage actor issues
-// (stage-machine.ts nextCommand), and no deadlock whatever the op and link
+// within its limit, 1f1b the very order the Stage actor issued before
+// schedules became data (its rule is restated below as the reference), and no deadlock whatever the op and link
 // times, for one step and for steps run back to back with no flush.
 import test from 'ava';
-import { nextCommand, inFlightLimit, type StageContext } from '../../actors/stage-machine.ts';
 import { pipelineSchedule, scheduleNames, stashLimit, type OpCosts, type PipelineOp, type ScheduleName, type ScheduleSpec } from '../../actors/pipeline-schedule.ts';
 import { listPeakStash, simulateSchedule, steadyStateUtilization } from '../../actors/schedule-simulation.ts';
 import { mulberry32 } from '../support/random-weights.ts';
@@ -73,11 +72,24 @@ test('the stash limits: 1f1b and zb-h1 keep S−s (+extraInFlight but on the las
   t.throws(() => pipelineSchedule('zb-h2', { stages: 2, microbatches: 2, costs: { F: 1, B: 0, W: 1 } }), { message: 'pipeline schedule: stage 0 cost B must be a positive number, got 0' });
 });
 
-/** What today's Stage actors issue, driven by nextCommand in an event simulation with the same costs and no link latency. */
+/** The 1F1B rule the Stage actor followed before schedules became data: a ready backward first, else a forward while fewer than S−s (+extra) are in flight. */
+interface StageContext {
+  stage: number; stages: number; microbatches: number; extraInFlight: number;
+  acts: number[]; grads: number[]; nextForward: number; nextBackward: number; busy: boolean;
+}
+const inFlightLimit = (stage: number, stages: number, extra = 0) => stages - stage + (stage < stages - 1 ? extra : 0);
+function nextCommand(ctx: StageContext): { type: 'RUN_FORWARD' | 'RUN_BACKWARD'; mb: number } | undefined {
+  if (ctx.busy) return undefined;
+  if (ctx.grads.includes(ctx.nextBackward) && ctx.nextBackward < ctx.nextForward) return { type: 'RUN_BACKWARD', mb: ctx.nextBackward };
+  if (ctx.acts.includes(ctx.nextForward) && ctx.nextForward - ctx.nextBackward < inFlightLimit(ctx.stage, ctx.stages, ctx.extraInFlight)) return { type: 'RUN_FORWARD', mb: ctx.nextForward };
+  return undefined;
+}
+
+/** What the 1F1B Stage actors issued, driven by nextCommand in an event simulation with the same costs and no link latency. */
 function stageMachineOrder(S: number, M: number, costs: OpCosts, extraInFlight: number): PipelineOp[][] {
   const ctx: StageContext[] = Array.from({ length: S }, (_, s) => ({
-    stage: s, stages: S, microbatches: M, extraInFlight, step: 0, committed: -1,
-    acts: s === 0 ? [...Array(M).keys()] : [], grads: [], nextForward: 0, nextBackward: 0, busy: false, future: [], opens: [], commits: [],
+    stage: s, stages: S, microbatches: M, extraInFlight,
+    acts: s === 0 ? [...Array(M).keys()] : [], grads: [], nextForward: 0, nextBackward: 0, busy: false,
   }));
   const lists: PipelineOp[][] = Array.from({ length: S }, () => []);
   const running: Array<{ end: number; stage: number; kind: 'F' | 'BW'; mb: number }> = [];
@@ -116,7 +128,7 @@ function stageMachineOrder(S: number, M: number, costs: OpCosts, extraInFlight: 
   }
 }
 
-test('1f1b is exactly the order today\'s Stage actor issues (nextCommand), with and without extraInFlight', (t) => {
+test('1f1b is exactly the order the 1F1B Stage actor issued (nextCommand), with and without extraInFlight', (t) => {
   for (const [S, M] of shapes) for (const extraInFlight of [0, 1, 3]) for (const costs of [{ F: 1, B: 1, W: 1 }, { F: 1, B: 1.5, W: 0.5 }, { F: 2, B: 1, W: 0.25 }]) {
     t.deepEqual(pipelineSchedule('1f1b', { stages: S, microbatches: M, extraInFlight, costs }), stageMachineOrder(S, M, costs, extraInFlight), `S=${S} M=${M} extra=${extraInFlight} ${JSON.stringify(costs)}`);
   }
