@@ -32,11 +32,13 @@
 // no dependency points from a later step to an earlier one, so concatenating
 // steps keeps the graph acyclic.
 
+import { scheduleNames, type ScheduleName } from '../schemas/run-config.ts';
+
 /** 1F1B's in-flight limit on stage s: S−s, and `extra` more on every stage but the last (whose gradient is its own). */
 const inFlightLimit = (stage: number, stages: number, extra: number) => stages - stage + (stage < stages - 1 ? extra : 0);
 
-export type ScheduleName = '1f1b' | 'zb-h1' | 'zb-h2';
-export const scheduleNames: readonly ScheduleName[] = ['1f1b', 'zb-h1', 'zb-h2'];
+// The names are part of the run config (schemas/ imports nothing from here).
+export { scheduleNames, type ScheduleName };
 
 /** One computation of one microbatch on one stage. 'BW' is the fused backward (1F1B); 'B' and 'W' are its two halves. */
 export interface PipelineOp { readonly kind: 'F' | 'B' | 'W' | 'BW'; readonly mb: number }

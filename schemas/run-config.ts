@@ -1,7 +1,6 @@
 // A run's configuration: the model, the optimizer and the training plan. It is
 // written to the run's KV bucket by the coordinator and read by every host, so
 // validation here names the field that is wrong, wherever the config came from.
-import { scheduleNames, type ScheduleName } from '../actors/pipeline-schedule.ts';
 import { decodeJson } from './json-message.ts';
 import { validateLlamaConfig, type LlamaConfig } from './model-config.ts';
 
@@ -119,6 +118,10 @@ export interface RunConfig {
 }
 
 export const DEFAULT_CHECKPOINT_EVERY = 10;
+
+/** The pipeline schedules (actors/pipeline-schedule.ts makes their lists). */
+export type ScheduleName = '1f1b' | 'zb-h1' | 'zb-h2';
+export const scheduleNames: readonly ScheduleName[] = ['1f1b', 'zb-h1', 'zb-h2'];
 
 /** The best schedule that is exact: all of them are, and ZB-H2 leaves the least bubble (docs/architecture.md). */
 export const DEFAULT_SCHEDULE: ScheduleName = 'zb-h2';

@@ -24,9 +24,13 @@ export interface RecoveryCounts {
 export interface PipelineUse {
   /** The fraction of the window each stage spent in engine calls (hosts' clocks are compared, so they must agree). */
   readonly utilization_by_stage: number[];
-  /** What the stages together did not compute, beside the 1F1B bound (S−1)/(M+S−1). */
+  /** What the stages together did not compute, beside the least bubble the run's schedule allows (runtime/config/run-schedule.ts). */
   readonly bubble: number;
   readonly bubble_bound: number;
+  /** The run's pipeline schedule ('1f1b', 'zb-h1', 'zb-h2'). */
+  readonly schedule?: string;
+  /** The most bytes of activations each stage held stashed at once. */
+  readonly peak_stash_bytes_by_stage?: number[];
 }
 
 /** The boundary between stages s and s+1 of replica 0: activations s → s+1, gradients s+1 → s. */
@@ -111,11 +115,15 @@ export interface RunSummary {
    * Replica 0's stages: the fraction of the window from the first engine call
    * of any stage to the last that each stage spent in engine calls; the
    * bubble is what the stages together did not (hosts' clocks are compared,
-   * so they must agree), beside the 1F1B bound (S−1)/(M+S−1).
+   * so they must agree), beside the least bubble the run's schedule allows
+   * (runtime/config/run-schedule.ts), its name, and each stage's peak
+   * activation stash.
    */
   readonly utilization_by_stage: number[];
   readonly bubble: number;
   readonly bubble_bound: number;
+  readonly schedule?: string;
+  readonly peak_stash_bytes_by_stage?: number[];
   /** Replica 0's stages' devices: 'cpu', or the GPU's name. */
   readonly devices_by_stage: string[];
   /** Model FLOPs per second over the sum of the hosts' peaks: a GPU's dense bf16 peak, a CPU's measured fp32 sgemm at start-up. */
@@ -123,6 +131,8 @@ export interface RunSummary {
   readonly recoveries: RecoveryCounts;
   /** Steps committed as skipped because their gradients or loss were not finite (training.nonFinite = skip-step). */
   readonly skipped_steps: Array<{ replica: number; step: number }>;
+  /** Post-validated schedules: steps whose provisional update was rolled back (clipped or skipped), and the next step redone. */
+  readonly rolled_back_steps?: Array<{ replica: number; step: number }>;
   /** With a Bridge: outer steps every stage completed, and each sync (stage, outer step, replicas, span, bytes). */
   readonly outer_steps?: number;
   readonly bridge_syncs?: BridgeRecord[];
@@ -189,7 +199,7 @@ export interface SlotRecord {
 
 // The records' fields, in the order of the types above.
 const RECOVERY_COUNTS: FieldReader<RecoveryCounts> = object({ hosts_lost: count, slots_reassigned: count, coordinator_restarts: count });
-const PIPELINE_USE = { utilization_by_stage: arrayOf(real), bubble: real, bubble_bound: real } as const satisfies FieldList;
+const PIPELINE_USE = { utilization_by_stage: arrayOf(real), bubble: real, bubble_bound: real, schedule: optional(text), peak_stash_bytes_by_stage: optional(arrayOf(count)) } as const satisfies FieldList;
 
 const LIVE_METRICS: FieldReader<LiveMetrics> = object({
   ...PIPELINE_USE,
@@ -251,6 +261,7 @@ const RUN_SUMMARY = object({
   mfu_pct: real,
   recoveries: RECOVERY_COUNTS,
   skipped_steps: arrayOf(object({ replica: count, step: count })),
+  rolled_back_steps: optional(arrayOf(object({ replica: count, step: count }))),
   outer_steps: optional(count),
   bridge_syncs: optional(arrayOf(BRIDGE_RECORD)),
 });

@@ -152,8 +152,8 @@ function assemble(
   function maybeFinish(): void {
     if (finishing || !replicasDone || reports.finals.size < t.stages * t.replicas) return;
     finishing = true;
-    const { finals } = reports, { losses, skipped } = replicas;
-    void finishRun({ run: o.run, config, state: run, results: net.results, bridges: net.bridges, counters, finals, losses, skipped }).then(settle, (err: Error) => settle(err));
+    const { finals } = reports, { losses, skipped, rolledBack } = replicas;
+    void finishRun({ run: o.run, config, state: run, results: net.results, bridges: net.bridges, counters, finals, losses, skipped, rolledBack }).then(settle, (err: Error) => settle(err));
   }
   let stopLog = () => {};
   return {

@@ -9,14 +9,17 @@ import { trainFlopsPerToken } from '../../schemas/model-flops.ts';
 import type { ComputeCount, StageCounters, WireCount } from '../../schemas/control-messages.ts';
 import type { EdgeTraffic, LiveMetrics, PipelineUse, RecoveryCounts } from '../../schemas/run-records.ts';
 
-export function pipelineUse(stages: readonly ComputeCount[], microbatches: number): PipelineUse {
+/** Replica 0's stages' use of their time, beside the least bubble the schedule allows and what each stage stashed. */
+export function pipelineUse(stages: readonly ComputeCount[], schedule: { readonly name: string; readonly bound: number }): PipelineUse {
   const S = stages.length;
   const window = Math.max(...stages.map((c) => c.last_ms)) - Math.min(...stages.map((c) => c.first_ms));
   const utilization = stages.map((c) => (window > 0 ? c.busy_ms / window : 0));
   return {
     utilization_by_stage: utilization,
     bubble: 1 - utilization.reduce((a, b) => a + b, 0) / S,
-    bubble_bound: (S - 1) / (microbatches + S - 1),
+    bubble_bound: 1 - schedule.bound,
+    schedule: schedule.name,
+    peak_stash_bytes_by_stage: stages.map((c) => c.peak_stash_bytes ?? 0),
   };
 }
 
@@ -43,7 +46,7 @@ const NO_WIRE: WireCount = { frames: 0, f32_bytes: 0, wire_bytes: 0 };
 export function liveMetrics(o: {
   readonly counters: ReadonlyMap<string, StageCounters>;
   readonly stages: number;
-  readonly microbatches: number;
+  readonly schedule: { readonly name: string; readonly bound: number };
   readonly model: LlamaConfig;
   readonly seqLen: number;
   readonly step: number;
@@ -61,7 +64,7 @@ export function liveMetrics(o: {
   return {
     step: o.step,
     tokens_per_s: o.tokensPerS,
-    ...pipelineUse(stages.map((c) => c.compute), o.microbatches),
+    ...pipelineUse(stages.map((c) => c.compute), o.schedule),
     mfu_pct: mfuPercent(o.tokensPerS, o.model, o.seqLen, [...o.counters.values()].map((c) => c.compute.peak_gflops)),
     devices_by_stage: stages.map((c) => c.compute.device),
     edges,

@@ -4,9 +4,11 @@
 // for every fresh commit the loss and the run's progress; for replica 0's,
 // the run's step, speed and live metrics in its state.
 import { createActor, type Actor } from 'xstate';
+import { attemptAfter } from '../../actors/stage-machine.ts';
 import { replicaMachine, type ReplicaCommand, type ReplicaEvent } from '../../actors/replica-machine.ts';
 import type { Progress, StageCounters, StepControl } from '../../schemas/control-messages.ts';
 import type { RunConfig } from '../../schemas/run-config.ts';
+import { runSchedule, scheduleUse } from '../config/run-schedule.ts';
 import type { Logger } from '../log.ts';
 import { stepControlId, type ControlLog } from '../transport/control-log.ts';
 import { liveMetrics, tokensPerStep } from './live-metrics.ts';
@@ -20,6 +22,8 @@ export class Replicas {
   readonly losses: number[][];
   /** `${replica}.${step}` committed as skipped. */
   readonly skipped = new Set<string>();
+  /** `${replica}.${step}` whose commit rolled back the stages' provisional update (post-validated schedules). */
+  readonly rolledBack = new Set<string>();
   private readonly actors: Array<Actor<typeof replicaMachine>> = [];
   private readonly inLog = new Set<string>();  // step control already in the log, by stepControlId
 
@@ -57,7 +61,7 @@ export class Replicas {
   private startReplica(replica: number): Actor<typeof replicaMachine> {
     const t = this.o.config.training;
     const actor = createActor(replicaMachine, {
-      input: { replica, stages: t.stages, microbatches: t.microbatches, steps: t.steps, maxGradNorm: t.maxGradNorm, nonFinite: t.nonFinite, openAhead: (t.schedule ?? '1f1b') === '1f1b' ? 0 : 1 },
+      input: { replica, stages: t.stages, microbatches: t.microbatches, steps: t.steps, maxGradNorm: t.maxGradNorm, nonFinite: t.nonFinite, openAhead: runSchedule(this.o.config).postValidated ? 1 : 0 },
     });
     actor.on('*', (cmd: ReplicaCommand) => {
       switch (cmd.type) {
@@ -94,6 +98,10 @@ export class Replicas {
     const t = config.training;
     this.losses[replica][cmd.step] = cmd.loss;
     if (cmd.skip) this.skipped.add(`${replica}.${cmd.step}`);
+    const schedule = runSchedule(config);
+    if (attemptAfter({ postValidate: schedule.postValidated, microbatches: t.microbatches }, { step: cmd.step, gradScale: cmd.gradScale, skip: cmd.skip === true }) > 0) {
+      this.rolledBack.add(`${replica}.${cmd.step}`);
+    }
     const fresh = this.control(replica, { type: 'commit', step: cmd.step, gradScale: cmd.gradScale, gradNorm: cmd.gradNorm, loss: cmd.loss, ...(cmd.skip ? { skip: true as const } : {}) });
     if (!fresh) return;
     if (cmd.skip) log.warn({ replica, step: cmd.step, grad_norm: cmd.gradNorm, loss: cmd.loss }, 'step skipped: its gradients or loss were not finite (training.nonFinite = skip-step)');
@@ -101,7 +109,7 @@ export class Replicas {
     const tokensPerSecond = (stepsDone * tokensPerStep(t)) / Math.max(run.elapsedSeconds(), 1e-3);
     this.o.progress({ replica, step: cmd.step, loss: cmd.loss, gradNorm: cmd.gradNorm, tokensPerSecond, steps: t.steps });
     if (replica === 0) {
-      const live = liveMetrics({ counters: this.o.counters, stages: t.stages, microbatches: t.microbatches, model: config.model, seqLen: t.seqLen, step: cmd.step, tokensPerS: tokensPerSecond, recoveries: run.recoveries });
+      const live = liveMetrics({ counters: this.o.counters, stages: t.stages, schedule: scheduleUse(config), model: config.model, seqLen: t.seqLen, step: cmd.step, tokensPerS: tokensPerSecond, recoveries: run.recoveries });
       Object.assign(run.state, { step: cmd.step + 1, loss: cmd.loss, tokens_per_s: tokensPerSecond }, live ? { metrics: live } : {});
       void run.save();
     }

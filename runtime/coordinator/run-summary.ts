@@ -4,6 +4,7 @@
 // order without optimizer moments, so the hash does not depend on the
 // split), losses, speed and pipeline use from the final counters, bytes on
 // the wire, recoveries, skipped steps, and with a Bridge every stored sync.
+import { scheduleUse } from '../config/run-schedule.ts';
 import { decodeSafeTensors, hashParams, splitLayers } from '../../native/index.ts';
 import type { StageCounters } from '../../schemas/control-messages.ts';
 import type { RunConfig } from '../../schemas/run-config.ts';
@@ -32,6 +33,8 @@ export interface FinishedRun {
   readonly losses: number[][];
   /** `${replica}.${step}` committed as skipped. */
   readonly skipped: ReadonlySet<string>;
+  /** `${replica}.${step}` whose commit rolled back a provisional update. */
+  readonly rolledBack: ReadonlySet<string>;
 }
 
 export async function finishRun(o: FinishedRun): Promise<RunSummary> {
@@ -67,11 +70,12 @@ export async function finishRun(o: FinishedRun): Promise<RunSummary> {
     wall_seconds: wall,
     dead_letters: dead,
     wire: { ...wire, ratio_vs_f32: wire.wire_bytes > 0 ? wire.f32_bytes / wire.wire_bytes : 0 },
-    ...pipelineUse(stagesOf0, t.microbatches),
+    ...pipelineUse(stagesOf0, scheduleUse(config)),
     devices_by_stage: stagesOf0.map((c) => c.device),
     mfu_pct: mfuPercent(tokensPerS, config.model, t.seqLen, [...counters.values()].map((c) => c.compute.peak_gflops)),
     recoveries: { ...state.recoveries },
-    skipped_steps: [...o.skipped].map((k) => { const [replica, step] = k.split('.').map(Number); return { replica, step }; }).sort((a, b) => a.replica - b.replica || a.step - b.step),
+    skipped_steps: replicaSteps(o.skipped),
+    rolled_back_steps: replicaSteps(o.rolledBack),
     ...(t.bridge ? await bridgeSummary(o.bridges, t.stages, Math.floor(t.steps / t.bridge.syncEvery)) : {}),
   };
 }
@@ -108,4 +112,9 @@ async function bridgeSummary(store: BridgeStore, stages: number, outers: number)
   }
   const done = Array.from({ length: stages }, (_, stage) => syncs.filter((r) => r.stage === stage).length);
   return { outer_steps: Math.min(...done), bridge_syncs: syncs };
+}
+
+/** `${replica}.${step}` keys as records, in order. */
+function replicaSteps(keys: ReadonlySet<string>): Array<{ replica: number; step: number }> {
+  return [...keys].map((k) => { const [replica, step] = k.split('.').map(Number); return { replica, step }; }).sort((a, b) => a.replica - b.replica || a.step - b.step);
 }

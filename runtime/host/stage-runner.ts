@@ -21,13 +21,12 @@
 // This file wires the pieces together and carries out each command of the
 // actor on the slot's command chain, one at a time (command-chain.ts).
 import { createActor } from 'xstate';
-import { pipelineSchedule } from '../../actors/pipeline-schedule.ts';
 import { stageMachine, type StageCommand, type StageEvent, type StageMachineInput } from '../../actors/stage-machine.ts';
 import { splitLayers } from '../../native/index.ts';
 import type { CheckpointPointer, StageCounters } from '../../schemas/control-messages.ts';
-import { opCostsFromFlops } from '../../schemas/model-flops.ts';
 import type { RunConfig } from '../../schemas/run-config.ts';
 import { boundaryCodecs } from '../codecs/index.ts';
+import { runSchedule } from '../config/run-schedule.ts';
 import { createComputeStage, type ComputeStage, type HostDevice } from '../compute/compute-stage.ts';
 import type { Logger } from '../log.ts';
 import type { CoordinatorKeys } from '../security/coordinator-keys.ts';
@@ -118,7 +117,7 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
   const bridge = t.bridge ? new StageSync({ res, objects, bridge: t.bridge, replica, stage: s, engine, log, stopped: () => chain.settled, report: (r) => outputs.report(r) }) : undefined;
   const steps = new StepControl({
     send, keys: o.coordinatorKeys, subject: res.names.stepControl(replica), log, deadLetters: o.deadLetters,
-    postValidate: (t.schedule ?? '1f1b') !== '1f1b', microbatches: t.microbatches,
+    postValidate: runSchedule(config).postValidated, microbatches: t.microbatches,
     moveToDeadLetters: (d, fault, reason) => moveToDeadLetters(res, holder, d, fault, reason),
   });
   const traces = new MicrobatchTraces(tracing, { run: res.names.run, replica, stage: s, isFirst: engine.isFirst, isLast: engine.isLast });
@@ -205,16 +204,13 @@ async function stepped(step: number, p: Slot): Promise<void> {
   p.steps.forget(step);
 }
 
-/** The Stage actor of stage s: its schedule's computations for one step, from the stage's costs, and where it starts. */
+/** The Stage actor of stage s: its row of the run's schedule, and where it starts. */
 function stageInput(config: RunConfig, s: number, restored: CheckpointPointer | undefined): StageMachineInput {
-  const { model, training: t } = config;
-  const schedule = t.schedule ?? '1f1b';
-  // Every stage must derive the same lists: the costs come from the model's FLOPs, never from a measurement.
-  const costs = opCostsFromFlops(model, t.seqLen, splitLayers(model.nLayers, t.stages));
-  const ops = pipelineSchedule(schedule, { stages: t.stages, microbatches: t.microbatches, extraInFlight: t.extraInFlight ?? 0, costs })[s];
+  const t = config.training;
+  const schedule = runSchedule(config);
   return {
-    stage: s, stages: t.stages, microbatches: t.microbatches, ops, committed: restored?.step ?? -1, nextAttempt: restored?.next_attempt ?? 0,
-    postValidate: schedule !== '1f1b', barrierEvery: t.bridge?.syncEvery ?? 0,
+    stage: s, stages: t.stages, microbatches: t.microbatches, ops: schedule.lists[s], committed: restored?.step ?? -1, nextAttempt: restored?.next_attempt ?? 0,
+    postValidate: schedule.postValidated, barrierEvery: t.bridge?.syncEvery ?? 0,
   };
 }
 

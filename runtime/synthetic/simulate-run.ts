@@ -2,13 +2,14 @@
 // NATS transport and recovery code (one host process per stage and replica),
 // and the figures that say how close the pipeline comes to its schedule:
 // utilization (the fraction of the window from the first engine call to the
-// last that replica 0's stages spent computing), the 1F1B bound M/(M+S−1),
+// last that replica 0's stages spent computing), the schedule's bound,
 // throughput and MFU in the simulated device's time, and the bytes that
 // cross datacenters per step. With `wan`, the datacenters are real network
 // namespaces joined by emulated links (runtime/wan/), the hosts in contiguous
 // blocks across them and the coordinator in the first; NATS is one server
 // per datacenter joined by gateways (each slot's input stream in its
 // holder's datacenter), or with `nats: 'hub'` one server in the first.
+import { scheduleUse } from '../config/run-schedule.ts';
 import type { RunConfig } from '../../schemas/run-config.ts';
 import type { Logger } from '../log.ts';
 import { connectNats } from '../transport/connect.ts';
@@ -35,7 +36,10 @@ export interface SimulateResult {
   readonly microbatches: number;
   readonly steps: number;
   readonly utilization: number;
+  readonly schedule: string;
   readonly schedule_bound: number;
+  readonly rolled_back_steps: number;
+  readonly peak_stash_bytes_by_stage: readonly number[];
   readonly ratio_to_bound: number;
   /** Of stage 0, one microbatch, on the simulated device (a backward takes twice as long). */
   readonly forward_ms_simulated: number;
@@ -167,7 +171,7 @@ export async function simulate(o: SimulateOptions): Promise<SimulateResult> {
   }
   const M = t.microbatches, S = t.stages;
   const utilization = summary.utilization_by_stage.reduce((a, b) => a + b, 0) / S;
-  const bound = M / (M + S - 1);
+  const { name: schedule, bound } = scheduleUse(o.config);
   const frameBytes = summary.wire.frames ? summary.wire.wire_bytes / summary.wire.frames : 0;
   // Each boundary whose two stages sit in different datacenters carries M activations and M gradients a step.
   const crossings = stageDcs.reduce((n, row) => n + row.slice(1).filter((dc, i) => dc !== row[i]).length, 0);
@@ -175,7 +179,8 @@ export async function simulate(o: SimulateOptions): Promise<SimulateResult> {
   const forwardMs = new SyntheticStage({ model: o.config.model, layerBegin: begin, layerEnd: end, batchSize: t.batchSize, seqLen: t.seqLen, synthetic: s }).forwardMs * s.timeScale;
   return {
     bench: 'simulate', preset: o.preset, stages: S, replicas: t.replicas, datacenters: o.datacenters, microbatches: M, steps: t.steps,
-    utilization: +utilization.toFixed(4), schedule_bound: +bound.toFixed(4), ratio_to_bound: +(utilization / bound).toFixed(4),
+    schedule, utilization: +utilization.toFixed(4), schedule_bound: +bound.toFixed(4), ratio_to_bound: +(utilization / bound).toFixed(4),
+    rolled_back_steps: summary.rolled_back_steps?.length ?? 0, peak_stash_bytes_by_stage: summary.peak_stash_bytes_by_stage ?? [],
     tokens_per_s: Math.round(summary.tokens_per_s / s.timeScale), mfu_pct: +summary.mfu_pct.toFixed(2),
     wan_bytes_per_step: Math.round(crossings * 2 * M * frameBytes), frame_bytes: Math.round(frameBytes), time_scale: s.timeScale,
     forward_ms_simulated: +forwardMs.toFixed(1), wall_s: +summary.wall_seconds.toFixed(1),

@@ -63,7 +63,7 @@ export function initRunMetrics(id: { service: string; run: string }, read: () =>
   gauge('caravan.run.tokens_per_second', 'tokens trained per second, all replicas, since the run started', '{token}/s', (r, s) => { if (s.tokens_per_s !== null) r.observe(s.tokens_per_s, run); });
   gauge('caravan.run.mfu', "model FLOPs per second over the hosts' peaks", '%', (r, s) => { if (s.metrics) r.observe(s.metrics.mfu_pct, run); });
   gauge('caravan.pipeline.bubble', "the fraction of the window replica 0's stages did not compute", '1', (r, s) => { if (s.metrics) r.observe(s.metrics.bubble, run); });
-  gauge('caravan.pipeline.bubble_bound', "the 1F1B schedule's bound (S−1)/(M+S−1)", '1', (r, s) => { if (s.metrics) r.observe(s.metrics.bubble_bound, run); });
+  gauge('caravan.pipeline.bubble_bound', "the least bubble the run's pipeline schedule allows", '1', (r, s) => { if (s.metrics) r.observe(s.metrics.bubble_bound, run); });
   gauge('caravan.stage.utilization', 'the fraction of the window each stage of replica 0 spent computing', '1', (r, s) => {
     s.metrics?.utilization_by_stage.forEach((u, stage) => r.observe(u, { ...run, 'caravan.stage': stage }));
   });

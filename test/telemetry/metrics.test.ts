@@ -123,20 +123,22 @@ test('metrics are off without an endpoint or with OTEL_METRICS_EXPORTER=none; ba
   t.true(Date.now() - began < 6000);
 });
 
-test('live metrics: utilization over the common window, bubble beside 1F1B\'s bound, MFU over summed peaks, edges both ways', (t) => {
+test('live metrics: utilization over the common window, bubble beside the schedule\'s bound, MFU over summed peaks, edges both ways', (t) => {
   const model = { vocabSize: 256, dModel: 128, nLayers: 4, nHeads: 4, nKvHeads: 2, ffnHidden: 352, maxSeqLen: 128, ropeTheta: 10000, normEps: 1e-5, tiedEmbeddings: false };
   const wire = (frames: number) => ({ frames, f32_bytes: frames * 100, wire_bytes: frames * 60 });
   const stage = (busy: number, first: number, last: number, act: number, grad: number, queued: number): StageCounters => ({
     compute: { busy_ms: busy, first_ms: first, last_ms: last, peak_gflops: 50, device: 'cpu' }, sent_by_kind: { act: wire(act), grad: wire(grad) }, queued,
   });
   const counters = new Map([['0.0', stage(600, 1000, 2000, 8, 0, 1)], ['0.1', stage(500, 1100, 1900, 0, 8, 3)]]);
-  const common = { stages: 2, microbatches: 4, model, seqLen: 128, step: 3, tokensPerS: 1000, recoveries: NO_RECOVERIES };
+  const common = { stages: 2, schedule: { name: '1f1b', bound: 0.8 }, model, seqLen: 128, step: 3, tokensPerS: 1000, recoveries: NO_RECOVERIES };
   t.is(liveMetrics({ ...common, counters: new Map([['0.0', counters.get('0.0')!]]) }), undefined, 'not until every stage of replica 0 reported');
   const m = liveMetrics({ ...common, counters })!;
   t.deepEqual(m.utilization_by_stage, [0.6, 0.5]);
   t.is(m.bubble, 1 - 1.1 / 2);
-  t.is(m.bubble_bound, 1 / 5);
-  t.deepEqual(pipelineUse([counters.get('0.0')!.compute, counters.get('0.1')!.compute], 4), { utilization_by_stage: [0.6, 0.5], bubble: m.bubble, bubble_bound: 0.2 });
+  t.is(m.bubble_bound, 1 - 0.8);
+  t.deepEqual(pipelineUse([counters.get('0.0')!.compute, counters.get('0.1')!.compute], { name: '1f1b', bound: 0.8 }), {
+    utilization_by_stage: [0.6, 0.5], bubble: m.bubble, bubble_bound: 1 - 0.8, schedule: '1f1b', peak_stash_bytes_by_stage: [0, 0],
+  });
   t.is(m.mfu_pct, (100 * 1000 * trainFlopsPerToken(model, 128)) / (100 * 1e9));
   t.is(m.mfu_pct, mfuPercent(1000, model, 128, [50, 50]));
   t.deepEqual(m.edges, [{ edge: '0-1', act: wire(8), grad: wire(8) }]);
