@@ -137,7 +137,7 @@ export class IncomingFrames {
       log.warn({ step: frame.step, mb: frame.microbatch, sender, host: signed.host, count: poison.count }, `${what}: the step will be skipped`);
     }
     this.seen.add(k);
-    this.o.traces.consumed(kind, frame.step, frame.microbatch, d, received, d.data.byteLength, frame.codecs);
+    this.o.traces.consumed(kind, frame.step, frame.microbatch, frame.attempt, d, received, d.data.byteLength, frame.codecs);
     this.inputs.set(k, frame.data);
     let pending = this.unacked.get(frame.step);
     if (!pending) this.unacked.set(frame.step, (pending = []));

@@ -17,6 +17,8 @@ export interface TraceIdentity {
   readonly stage: number;
   readonly isFirst: boolean;
   readonly isLast: boolean;
+  /** The run's pipeline schedule, on each microbatch's root span (caravan timeline reads it). */
+  readonly schedule: string;
 }
 
 interface Arrival {
@@ -37,25 +39,26 @@ export type ComputeSpan = 'forward' | 'backward' | 'backward-input' | 'backward-
 
 export class MicrobatchTraces {
   private readonly inputHalves = new Map<string, Context>();  // a split backward's B span, parent of its W
-  private readonly roots = new Map<string, Span>();          // stage 0: `${step}/${mb}`
+  private readonly roots = new Map<string, Span>();          // stage 0: `${step}/${mb}/${attempt}`
   private readonly forwards = new Map<string, Context>();    // last stage: its forward, parent of its backward
-  private readonly arrivals = new Map<string, Arrival>();    // `${kind}/${step}/${mb}`
+  private readonly arrivals = new Map<string, Arrival>();    // `${kind}/${step}/${mb}/${attempt}`
 
   constructor(private readonly tracing: Tracing, private readonly id: TraceIdentity) {}
 
-  private attributes(step: number, mb: number): Record<string, string | number> {
-    return { 'caravan.run': this.id.run, 'caravan.replica': this.id.replica, 'caravan.stage': this.id.stage, 'caravan.step': step, 'caravan.microbatch': mb };
+  private attributes(step: number, mb: number, attempt = 0): Record<string, string | number> {
+    const a = { 'caravan.run': this.id.run, 'caravan.replica': this.id.replica, 'caravan.stage': this.id.stage, 'caravan.step': step, 'caravan.microbatch': mb };
+    return attempt > 0 ? { ...a, 'caravan.attempt': attempt } : a;
   }
 
   /** A frame was consumed (`from`: what it came in, which carries the sender's context): `decode` ran from `started` to now. */
-  consumed(kind: FrameKind, step: number, mb: number, from: { traceContext(): Context | undefined }, started: number, wireBytes: number, codecs: readonly string[]): void {
+  consumed(kind: FrameKind, step: number, mb: number, attempt: number, from: { traceContext(): Context | undefined }, started: number, wireBytes: number, codecs: readonly string[]): void {
     if (!this.tracing.enabled) return;
     const parent = from.traceContext();
-    const attributes = { ...this.attributes(step, mb), 'caravan.kind': kind, 'caravan.bytes_wire': wireBytes, 'caravan.codecs': codecs.join('+') || 'none' };
+    const attributes = { ...this.attributes(step, mb, attempt), 'caravan.kind': kind, 'caravan.bytes_wire': wireBytes, 'caravan.codecs': codecs.join('+') || 'none' };
     const consume = this.tracing.start('consume', parent, { startTime: started, attributes });
     this.tracing.start('decode', this.tracing.contextOf(consume), { startTime: started, attributes }).end();
     consume.end();
-    this.arrivals.set(`${kind}/${step}/${mb}`, { ctx: this.tracing.contextOf(consume), at: Date.now() });
+    this.arrivals.set(`${kind}/${step}/${mb}/${attempt}`, { ctx: this.tracing.contextOf(consume), at: Date.now() });
   }
 
   /**
@@ -63,13 +66,13 @@ export class MicrobatchTraces {
    * returns the span to end. A split backward's weight half is a child of its
    * input half, which is what it waited for.
    */
-  compute(kind: ComputeSpan, step: number, mb: number): Span {
+  compute(kind: ComputeSpan, step: number, mb: number, attempt: number): Span {
     if (!this.tracing.enabled) return this.tracing.start(kind, undefined);  // a non-recording span: no bookkeeping
-    const k = `${step}/${mb}`;
-    const attributes = this.attributes(step, mb);
+    const k = `${step}/${mb}/${attempt}`;
+    const attributes = this.attributes(step, mb, attempt);
     let parent: Context | undefined;
     if (kind === 'forward' && this.id.isFirst) {
-      const root = this.tracing.start('microbatch', undefined, { attributes });
+      const root = this.tracing.start('microbatch', undefined, { attributes: { ...attributes, 'caravan.schedule': this.id.schedule } });
       this.roots.set(k, root);
       parent = this.tracing.contextOf(root);
     } else if (kind === 'backward-weight') {
@@ -88,16 +91,29 @@ export class MicrobatchTraces {
   }
 
   /** Closes a compute span; the last stage keeps its forward as its backward's parent, stage 0 closes the root after its last computation of the microbatch. */
-  computed(kind: ComputeSpan, step: number, mb: number, span: Span): void {
+  computed(kind: ComputeSpan, step: number, mb: number, attempt: number, span: Span): void {
     span.end();
     if (!this.tracing.enabled) return;
-    const k = `${step}/${mb}`;
+    const k = `${step}/${mb}/${attempt}`;
     if (kind === 'forward' && this.id.isLast) this.forwards.set(k, this.tracing.contextOf(span));
     if (kind === 'backward-input') this.inputHalves.set(k, this.tracing.contextOf(span));
     if ((kind === 'backward' || kind === 'backward-weight') && this.id.isFirst) {
       this.roots.get(k)?.end();
       this.roots.delete(k);
     }
+  }
+
+  /**
+   * An attempt of a step was voided (its step before was rolled back): the
+   * traces of its microbatches end here, marked `caravan.voided`, and the
+   * redone attempt's microbatches get traces of their own.
+   */
+  voided(step: number, attempt: number): void {
+    if (!this.tracing.enabled) return;
+    const of = (k: string, at: number) => k.split('/')[at] === String(step) && k.split('/')[at + 2] === String(attempt);
+    for (const [k, root] of this.roots) if (of(k, 0)) { root.setAttribute('caravan.voided', true); root.end(); this.roots.delete(k); }
+    for (const map of [this.forwards, this.inputHalves]) for (const k of map.keys()) if (of(k, 0)) map.delete(k);
+    for (const k of this.arrivals.keys()) if (of(k, 1)) this.arrivals.delete(k);
   }
 
   /** Spans around sending a frame: `encode` then `publish`, which is handed the context the frame carries on. */

@@ -62,7 +62,7 @@ export class StageCompute {
       case 'F': return this.forward(step, attempt, op.mb);
       case 'B': return this.backward(step, attempt, op.mb, 'input');
       case 'BW': return this.backward(step, attempt, op.mb, 'whole');
-      case 'W': return this.weights(step, op.mb);
+      case 'W': return this.weights(step, attempt, op.mb);
     }
   }
 
@@ -71,9 +71,9 @@ export class StageCompute {
     const { microbatches: M, batchSize: B, seqLen: T } = config.training;
     const data = this.o.dataset ? this.batch(step, mb) : undefined;
     const input = engine.isFirst ? data?.tokens ?? NO_TOKENS : this.o.inputs.take('act', step, mb, attempt)!;
-    const span = traces.compute('forward', step, mb);
+    const span = traces.compute('forward', step, mb, attempt);
     const out = this.o.accounting.timed(() => engine.forwardTrain(step * M + mb, input, B, T, engine.isLast ? data?.targets : undefined, engine.needsTokens ? data?.tokens : undefined));
-    traces.computed('forward', step, mb, span);
+    traces.computed('forward', step, mb, attempt, span);
     if (log.isLevelEnabled('debug')) log.debug({ step, mb, attempt, ...traceIds(span) }, 'forward');
     this.noteStash();
     await this.o.faults.reach('forward');
@@ -85,10 +85,10 @@ export class StageCompute {
   private async backward(step: number, attempt: number, mb: number, part: 'input' | 'whole'): Promise<void> {
     const { engine, traces, log, config } = this.o;
     const gradOut = engine.isLast ? null : this.o.inputs.take('grad', step, mb, attempt)!;
-    const span = traces.compute(part === 'whole' ? 'backward' : 'backward-input', step, mb);
+    const span = traces.compute(part === 'whole' ? 'backward' : 'backward-input', step, mb, attempt);
     const id = step * config.training.microbatches + mb;
     const gradIn = this.o.accounting.timed(() => (part === 'whole' ? engine.backward(id, gradOut) : engine.backwardInput(id, gradOut)));
-    traces.computed(part === 'whole' ? 'backward' : 'backward-input', step, mb, span);
+    traces.computed(part === 'whole' ? 'backward' : 'backward-input', step, mb, attempt, span);
     if (log.isLevelEnabled('debug')) log.debug({ step, mb, attempt, part, ...traceIds(span) }, 'backward');
     if (part === 'whole') this.accumulated.push(mb);
     else this.noteStash();
@@ -97,11 +97,11 @@ export class StageCompute {
   }
 
   /** The weight gradients of a microbatch whose input gradient is done, into the step's gradients. */
-  private async weights(step: number, mb: number): Promise<void> {
+  private async weights(step: number, attempt: number, mb: number): Promise<void> {
     const { engine, traces, config } = this.o;
-    const span = traces.compute('backward-weight', step, mb);
+    const span = traces.compute('backward-weight', step, mb, attempt);
     this.o.accounting.timed(() => engine.backwardWeight(step * config.training.microbatches + mb));
-    traces.computed('backward-weight', step, mb, span);
+    traces.computed('backward-weight', step, mb, attempt, span);
     this.accumulated.push(mb);
     await this.o.faults.reach('backward');
   }
@@ -173,6 +173,7 @@ export class StageCompute {
     for (const id of engine.stashed()) if (id >= (step + 1) * M && id < (step + 2) * M) engine.drop(id);
     this.lossSums.delete(step + 1);
     this.accumulated = [];
+    this.o.traces.voided(step + 1, 0);
     this.rollBacks++;
     log.info({ step, gradScale, skipped }, 'provisional update rolled back: the committed one applied, the next step redone');
   }

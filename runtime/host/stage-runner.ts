@@ -120,7 +120,7 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
     postValidate: runSchedule(config).postValidated, microbatches: t.microbatches,
     moveToDeadLetters: (d, fault, reason) => moveToDeadLetters(res, holder, d, fault, reason),
   });
-  const traces = new MicrobatchTraces(tracing, { run: res.names.run, replica, stage: s, isFirst: engine.isFirst, isLast: engine.isLast });
+  const traces = new MicrobatchTraces(tracing, { run: res.names.run, replica, stage: s, isFirst: engine.isFirst, isLast: engine.isLast, schedule: runSchedule(config).name });
   const inputs = new IncomingFrames({
     run: res.names.run, replica, stage: s, batchSize: t.batchSize, seqLen: t.seqLen, maxSeqLen: model.maxSeqLen,
     // Activations arrive across the boundary at layerBegin, gradients across the one at layerEnd.

@@ -1,18 +1,26 @@
 // The pipeline schedule drawn from a run's spans, as pipeline-parallelism
 // papers draw it: one row per (replica, stage), one box per forward and
-// backward of each microbatch, queue waits as thin bars, frame transfers as
-// lines from the sender's publish to the receiver's consume, and the bubble
-// (the fraction of stage time spent not computing) beside the 1F1B bound
-// (S−1)/(M+S−1). One self-contained HTML page: the data is embedded as JSON
+// backward of each microbatch (F, and B and W where the schedule splits the
+// backward), queue waits as thin bars, frame transfers as lines from the
+// sender's publish to the receiver's consume, work of a redone attempt faded,
+// and the bubble (the fraction of stage time spent not computing) beside the
+// least the run's schedule allows. One self-contained HTML page: the data is embedded as JSON
 // and a small script draws the SVG, so a browser renders it offline.
+import { pipelineSchedule, scheduleNames, type ScheduleName } from '../../actors/pipeline-schedule.ts';
+import { steadyStateUtilization } from '../../actors/schedule-simulation.ts';
 import type { SpanRecord } from './span-file.ts';
 
+export type TimelineKind = 'forward' | 'backward' | 'backward-input' | 'backward-weight' | 'queue';
+
 export interface TimelineBox {
-  readonly kind: 'forward' | 'backward' | 'queue';
+  readonly kind: TimelineKind;
   readonly replica: number;
   readonly stage: number;
   readonly step: number;
   readonly microbatch: number;
+  /** The step's attempt; a box of an attempt that was redone later is `voided` (its step before was rolled back). */
+  readonly attempt: number;
+  readonly voided: boolean;
   readonly start: number;  // ms from the first compute span
   readonly end: number;
 }
@@ -31,25 +39,34 @@ export interface Timeline {
   readonly transfers: TimelineTransfer[];
   readonly spanMs: number;
   readonly bubble: number;          // 1 − busy / (rows × span)
-  readonly bubbleBound: number;     // (S−1)/(M+S−1), with M the microbatches per step
+  /** The least bubble the run's schedule allows with equal op costs (the trace carries no costs). */
+  readonly bubbleBound: number;
+  readonly schedule: ScheduleName;
   readonly stages: number;
   readonly microbatchesPerStep: number;
 }
 
 const num = (v: unknown) => (typeof v === 'number' ? v : Number(v));
+const WORK: readonly string[] = ['forward', 'backward', 'backward-input', 'backward-weight'];
 
 export function buildTimeline(spans: readonly SpanRecord[]): Timeline {
-  const compute = spans.filter((s) => s.name === 'forward' || s.name === 'backward' || s.name === 'queue');
+  const compute = spans.filter((s) => WORK.includes(s.name) || s.name === 'queue');
   const work = compute.filter((s) => s.name !== 'queue');
   if (work.length === 0) throw new Error('no forward or backward spans in the trace file: was the run traced (caravan train --trace-file)?');
   const t0 = Math.min(...work.map((s) => s.start));
   const t1 = Math.max(...work.map((s) => s.end));
-  const boxes: TimelineBox[] = compute.map((s) => ({
-    kind: s.name as TimelineBox['kind'],
+  const at = (s: SpanRecord) => ({
     replica: num(s.attributes['caravan.replica']), stage: num(s.attributes['caravan.stage']),
-    step: num(s.attributes['caravan.step']), microbatch: num(s.attributes['caravan.microbatch']),
-    start: s.start - t0, end: s.end - t0,
-  }));
+    step: num(s.attributes['caravan.step']), microbatch: num(s.attributes['caravan.microbatch']), attempt: num(s.attributes['caravan.attempt'] ?? 0),
+  });
+  // An attempt is voided where the same stage ran a later attempt of the same step.
+  const latest = new Map<string, number>();
+  const key = (b: { replica: number; stage: number; step: number }) => `${b.replica}/${b.stage}/${b.step}`;
+  for (const s of work) { const a = at(s); latest.set(key(a), Math.max(latest.get(key(a)) ?? 0, a.attempt)); }
+  const boxes: TimelineBox[] = compute.map((s) => {
+    const a = at(s);
+    return { kind: s.name as TimelineKind, ...a, voided: a.attempt < (latest.get(key(a)) ?? 0), start: s.start - t0, end: s.end - t0 };
+  });
   const rowKey = (r: number, s: number) => `${r}/${s}`;
   const busy = new Map<string, number>();
   for (const b of boxes) if (b.kind !== 'queue') busy.set(rowKey(b.replica, b.stage), (busy.get(rowKey(b.replica, b.stage)) ?? 0) + (b.end - b.start));
@@ -71,7 +88,11 @@ export function buildTimeline(spans: readonly SpanRecord[]): Timeline {
   const M = Math.max(...[...perStep.values()].map((s) => s.size));
   const spanMs = t1 - t0;
   const bubble = 1 - rows.reduce((sum, r) => sum + r.busyMs, 0) / (rows.length * spanMs);
-  return { rows, boxes, transfers, spanMs, bubble, bubbleBound: (stages - 1) / (M + stages - 1), stages, microbatchesPerStep: M };
+  const named = spans.find((s) => s.name === 'microbatch' && typeof s.attributes['caravan.schedule'] === 'string')?.attributes['caravan.schedule'];
+  const schedule = scheduleNames.find((n) => n === named) ?? '1f1b';
+  const lists = pipelineSchedule(schedule, { stages, microbatches: M });
+  const bound = steadyStateUtilization(lists, undefined, schedule === '1f1b' ? 'flush' : 'no-flush');
+  return { rows, boxes, transfers, spanMs, bubble, bubbleBound: 1 - bound, schedule, stages, microbatchesPerStep: M };
 }
 
 const esc = (s: string) => s.replace(/[&<>"]/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;' })[c]!);
@@ -82,13 +103,14 @@ export function timelineHtml(t: Timeline, title: string): string {
 <html lang="en"><head><meta charset="utf-8"><title>${esc(title)}</title>
 <style>
 body { font: 13px system-ui, sans-serif; margin: 16px; color: #222; }
-.forward { fill: #4c78a8; } .backward { fill: #e45756; } .queue { fill: #ccc; }
+.forward { fill: #4c78a8; } .backward, .backward-input { fill: #e45756; } .backward-weight { fill: #54a24b; } .queue { fill: #ccc; }
+.voided { opacity: 0.3; }
 .transfer { stroke: #999; stroke-width: 0.7; } text { font-size: 11px; }
 </style></head><body>
 <h1 style="font-size:16px">${esc(title)}</h1>
 <p id="summary"></p>
 <div id="chart"></div>
-<p>Rows: (replica, stage). Blue: forward, red: backward (labelled step.microbatch), grey: waiting in the queue, lines: frames between stages (publish → consume).</p>
+<p>Rows: (replica, stage). Blue: forward (F), red: backward (BW, or its input half B), green: the backward's weight half (W), labelled step.microbatch; faded: work of an attempt that was redone after a roll-back; grey: waiting in the queue; lines: frames between stages (publish → consume).</p>
 <script>
 (() => {
 const T = ${data};
@@ -112,9 +134,10 @@ for (const b of T.boxes) {
   if (!rowOf.has(b.replica + '/' + b.stage)) continue;
   const h = b.kind === 'queue' ? 4 : rowH - 6;
   const yy = y(b.replica, b.stage) + (b.kind === 'queue' ? rowH - 6 : 2);
-  el('rect', { class: b.kind, x: x(b.start), y: yy, width: Math.max(1, x(b.end) - x(b.start)), height: h,
-    'data-kind': b.kind, 'data-replica': b.replica, 'data-stage': b.stage, 'data-step': b.step, 'data-mb': b.microbatch });
-  if (b.kind !== 'queue' && x(b.end) - x(b.start) > 24) el('text', { x: x(b.start) + 2, y: yy + 15, fill: '#fff' }, b.step + '.' + b.microbatch);
+  el('rect', { class: b.kind + (b.voided ? ' voided' : ''), x: x(b.start), y: yy, width: Math.max(1, x(b.end) - x(b.start)), height: h,
+    'data-kind': b.kind, 'data-replica': b.replica, 'data-stage': b.stage, 'data-step': b.step, 'data-mb': b.microbatch, 'data-attempt': b.attempt });
+  const letter = { forward: 'F', backward: 'BW', 'backward-input': 'B', 'backward-weight': 'W' }[b.kind];
+  if (letter && x(b.end) - x(b.start) > 30) el('text', { x: x(b.start) + 2, y: yy + 15, fill: '#fff' }, letter + ' ' + b.step + '.' + b.microbatch);
 }
 for (const f of T.transfers) {
   if (!rowOf.has(f.replica + '/' + f.from) || !rowOf.has(f.replica + '/' + f.to)) continue;
@@ -123,8 +146,8 @@ for (const f of T.transfers) {
 el('text', { x: left, y: top + T.rows.length * rowH + 20 }, '0 ms');
 el('text', { x: width - 80, y: top + T.rows.length * rowH + 20 }, Math.round(T.spanMs) + ' ms');
 document.getElementById('chart').appendChild(svg);
-document.getElementById('summary').textContent = 'bubble ' + (100 * T.bubble).toFixed(1) + '% of stage time (1F1B bound for S=' + T.stages +
-  ', M=' + T.microbatchesPerStep + ': ' + (100 * T.bubbleBound).toFixed(1) + '%), over ' + Math.round(T.spanMs) + ' ms';
+document.getElementById('summary').textContent = 'bubble ' + (100 * T.bubble).toFixed(1) + '% of stage time (' + T.schedule + ' bound for S=' + T.stages +
+  ', M=' + T.microbatchesPerStep + ' with equal op costs: ' + (100 * T.bubbleBound).toFixed(1) + '%), over ' + Math.round(T.spanMs) + ' ms';
 })();
 </script></body></html>
 `;

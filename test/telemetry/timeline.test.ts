@@ -1,6 +1,6 @@
 // `caravan timeline` from a real traced run, rendered by headless Chromium:
-// the page draws one forward and one backward box for every stage, step and
-// microbatch, and prints the bubble beside its 1F1B bound.
+// the page draws one forward and one backward (B and W) box for every stage, step and
+// microbatch, and prints the bubble beside its schedule's bound.
 import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
@@ -26,16 +26,18 @@ test('a traced 4-stage run draws a box for every stage, step and microbatch, in 
   const trained = await caravan(['train', '--stages', '4', '--steps', '2', '--microbatches', '2', '--seq', '32', '--batch', '2', '--trace-file', spans, '--json']);
   t.is(trained.code, 0, trained.stderr);
   const summary = summaryOf(await caravan(['timeline', '--trace-file', spans, '--out', page, '--json']));
-  t.like(summary, { rows: 4, boxes: 4 * 2 * 2 * 2, stages: 4, microbatches: 2, bubble_bound: 0.6 });
+  // The default schedule, zb-h2: F, B and W of every microbatch on every stage (a redone attempt's voided boxes aside).
+  t.like(summary, { rows: 4, boxes: 4 * 2 * 2 * 3, stages: 4, microbatches: 2, schedule: 'zb-h2' });
+  t.true((summary.bubble_bound as number) >= 0 && (summary.bubble_bound as number) < 0.6, `below 1F1B's 60% (${summary.bubble_bound})`);
   t.true((summary.bubble as number) > 0 && (summary.bubble as number) < 1);
-  t.is(summary.transfers, 2 * 2 * 6, 'every frame between stages is drawn');
+  t.true((summary.transfers as number) >= 2 * 2 * 6, 'every frame between stages is drawn');
 
   const { stdout: dom } = await run(chromium(), ['--headless', '--no-sandbox', '--disable-gpu', '--dump-dom', `file://${page}`], { timeout: 60_000, maxBuffer: 16 << 20 });
-  const boxes = [...dom.matchAll(/<rect [^>]*data-kind="(forward|backward)"[^>]*data-stage="(\d+)"[^>]*data-step="(\d+)"[^>]*data-mb="(\d+)"/g)].map((m) => `${m[1]} ${m[2]} ${m[3]}.${m[4]}`);
+  const boxes = [...dom.matchAll(/<rect class="([a-z-]+)"[^>]*data-kind="(forward|backward-input|backward-weight)"[^>]*data-stage="(\d+)"[^>]*data-step="(\d+)"[^>]*data-mb="(\d+)"/g)].map((m) => `${m[2]} ${m[3]} ${m[4]}.${m[5]}`);
   const expected: string[] = [];
-  for (const kind of ['forward', 'backward']) for (let s = 0; s < 4; s++) for (const step of [0, 1]) for (const mb of [0, 1]) expected.push(`${kind} ${s} ${step}.${mb}`);
+  for (const kind of ['forward', 'backward-input', 'backward-weight']) for (let s = 0; s < 4; s++) for (const step of [0, 1]) for (const mb of [0, 1]) expected.push(`${kind} ${s} ${step}.${mb}`);
   t.deepEqual(boxes.sort(), expected.sort(), 'the script ran in the browser and drew each box once');
-  t.regex(dom, /id="summary">bubble \d+\.\d% of stage time \(1F1B bound for S=4, M=2: 60\.0%\)/);
+  t.regex(dom, /id="summary">bubble \d+\.\d% of stage time \(zb-h2 bound for S=4, M=2 with equal op costs: \d+\.\d%\)/);
 });
 
 test('timeline refuses a trace file without compute spans, or none at all, in one line', async (t) => {
