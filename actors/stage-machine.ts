@@ -26,7 +26,10 @@
 // attempt that was rolled back is acked and dropped. At most one step is
 // provisional: a stage reports step k+1 only once step k is final, so a
 // report is never of gradients a roll-back would void. A step after which
-// the Bridge syncs (`barrierEvery`) is never run ahead of.
+// the Bridge syncs (`barrierEvery`) is never run ahead of, and neither is
+// one after a commit that was not the optimistic one: while clipping is on,
+// redoing would cost more than the flush (the attempt still follows the
+// commit, so every stage numbers it the same whichever it chose).
 //
 // Recovery: a replacement starts from a checkpoint (`committed` and
 // `nextAttempt` in the input) and replays the step control and the inputs
@@ -154,7 +157,8 @@ function finish(ctx: StageContext, emit: Emit): StageContext {
     emit({ type: 'STEPPED', step: ctx.step });
     return { ...ctx, phase: 'applied', committed: ctx.step, afterCommitted: attemptAfter(ctx, c), commits: ctx.commits.filter((x) => x !== c) };
   }
-  if (ctx.postValidate && !isBarrier(ctx, ctx.step)) {
+  // After a commit that was not the optimistic one (clipping is on, say), the next is likely not either: flush instead of redoing.
+  if (ctx.postValidate && !isBarrier(ctx, ctx.step) && ctx.afterCommitted === 0) {
     emit({ type: 'APPLY_PROVISIONAL', step: ctx.step, gradScale: optimisticScale(ctx.microbatches) });
     return { ...ctx, phase: 'applied', provisional: ctx.step };
   }

@@ -44,7 +44,8 @@ function computeLine(m: (PipelineUse & { mfu_pct: number; devices_by_stage: stri
   const u = m?.utilization_by_stage;
   if (!m || !u?.length) return [];
   const pct = (x: number) => `${(100 * x).toFixed(1)}%`;
-  return [`stages busy (replica 0, ${when}): ${u.map(pct).join(' ')}; bubble ${pct(m.bubble)} (${m.schedule ?? '1f1b'} allows ${pct(m.bubble_bound)}); peak stash by stage ${(m.peak_stash_bytes_by_stage ?? []).map((n) => `${mb(n)} MB`).join(' ') || 'n/a'}; MFU ${m.mfu_pct.toFixed(1)}% of the hosts' peak (${peakKind(m.devices_by_stage)})`];
+  const stash = m.peak_stash_bytes_by_stage?.length ? `peak activation stash by stage ${m.peak_stash_bytes_by_stage.map((n) => `${mb(n)} MB`).join(' ')}; ` : '';
+  return [`stages busy (replica 0, ${when}): ${u.map(pct).join(' ')}; bubble ${pct(m.bubble)} (${m.schedule ?? '1f1b'} bound ${pct(m.bubble_bound)}); ${stash}MFU ${m.mfu_pct.toFixed(1)}% of the hosts' peak (${peakKind(m.devices_by_stage)})`];
 }
 
 const mb = (n: number) => (n / 1e6).toFixed(2);
