@@ -49,6 +49,8 @@ export interface StageMachineInput {
   readonly committed?: number;    // the last step in the weights it starts from (a checkpoint); −1 when fresh
   /** The attempt of step committed+1, as the checkpoint recorded it; default 0. */
   readonly nextAttempt?: number;
+  /** Steps already opened before the point the control log is replayed from (a post-validated run opens step k+1 before it commits k). */
+  readonly opened?: readonly number[];
   /** Apply each update before its commit, validate it when the commit comes (no flush between steps). Default false. */
   readonly postValidate?: boolean;
   /** Every n-th step ends in a barrier (a Bridge sync): its update must be final before the next step starts. 0 or absent: none. */
@@ -207,7 +209,7 @@ export function initialContext(input: StageMachineInput): StageContext {
   const committed = input.committed ?? -1;
   return {
     ...input, step: committed, phase: 'applied', attempt: 0, next: 0, running: null, reported: false,
-    committed, afterCommitted: input.nextAttempt ?? 0, provisional: null, arrived: [], taken: [], opens: [], commits: [],
+    committed, afterCommitted: input.nextAttempt ?? 0, provisional: null, arrived: [], taken: [], opens: (input.opened ?? []).filter((s) => s > committed), commits: [],
   };
 }
 

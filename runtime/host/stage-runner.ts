@@ -210,6 +210,8 @@ function stageInput(config: RunConfig, s: number, restored: CheckpointPointer | 
   const schedule = runSchedule(config);
   return {
     stage: s, stages: t.stages, microbatches: t.microbatches, ops: schedule.lists[s], committed: restored?.step ?? -1, nextAttempt: restored?.next_attempt ?? 0,
+    // The replica opens step k+1 before it commits k (openAhead), so a checkpoint's log resumes past the next step's open.
+    opened: schedule.postValidated && restored && restored.step + 1 < t.steps ? [restored.step + 1] : [],
     postValidate: schedule.postValidated, barrierEvery: t.bridge?.syncEvery ?? 0,
   };
 }

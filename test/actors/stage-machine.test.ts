@@ -242,7 +242,7 @@ for (const schedule of scheduleNames) {
 }
 
 // One stage, events one at a time: the rules a pipeline run may not happen to reach.
-function single(input: { stage: number; stages: number; microbatches: number; schedule: ScheduleName; committed?: number; nextAttempt?: number }) {
+function single(input: { stage: number; stages: number; microbatches: number; schedule: ScheduleName; committed?: number; nextAttempt?: number; opened?: number[] }) {
   const ops = pipelineSchedule(input.schedule, { stages: input.stages, microbatches: input.microbatches })[input.stage];
   const actor = createActor(stageMachine, { input: { ...input, ops, postValidate: input.schedule !== '1f1b' } });
   let out: StageCommand[] = [];
@@ -284,6 +284,13 @@ test('a stage restored from a checkpoint starts the next step at the attempt the
   // Opening step 5 drops the voided attempt's frame and waits for attempt 1's.
   t.deepEqual(st.send({ type: 'STEP_OPEN', step: 5 }), [{ type: 'DUPLICATE', kind: 'act', step: 5, mb: 0, attempt: 0 }]);
   t.deepEqual(st.send({ type: 'ACT_ARRIVED', step: 5, mb: 0, attempt: 1 }), [{ type: 'RUN_OP', step: 5, attempt: 1, op: { kind: 'F', mb: 0 } }]);
+  st.actor.stop();
+});
+
+test('a post-validated stage restored after step k runs step k+1, whose open came before the log point it resumes from', (t) => {
+  const st = single({ stage: 1, stages: 2, microbatches: 1, schedule: 'zb-h2', committed: 4, opened: [5] });
+  t.deepEqual(st.send({ type: 'ACT_ARRIVED', step: 5, mb: 0, attempt: 0 }), [{ type: 'RUN_OP', step: 5, attempt: 0, op: { kind: 'F', mb: 0 } }]);
+  t.deepEqual(st.send({ type: 'STEP_OPEN', step: 5 }), [], 'the open replayed again changes nothing');
   st.actor.stop();
 });
 
