@@ -57,7 +57,7 @@ export function simulateCommand(program: Command): void {
         onProgress: flags.json ? undefined : (pr) => process.stderr.write(`replica ${pr.replica} step ${pr.step + 1}/${pr.steps} after ${((Date.now() - started) / 1000).toFixed(0)} s\n`),
       });
       if (!flags.json) {
-        process.stderr.write(`utilization ${(result.utilization * 100).toFixed(1)}% of the window (1F1B bound ${(result.schedule_bound * 100).toFixed(1)}%: ${(result.ratio_to_bound * 100).toFixed(1)}% of it), MFU ${result.mfu_pct}%, ${result.tokens_per_s} tokens/s on the simulated devices\n`);
+        process.stderr.write(`utilization ${(result.utilization * 100).toFixed(1)}% of the window (${result.schedule} bound ${(result.schedule_bound * 100).toFixed(1)}%: ${(result.ratio_to_bound * 100).toFixed(1)}% of it), ${result.rolled_back_steps} step(s) rolled back, MFU ${result.mfu_pct}%, ${result.tokens_per_s} tokens/s on the simulated devices\n`);
       }
       process.stdout.write(`${JSON.stringify(result)}\n`);
     });

@@ -11,8 +11,11 @@
 // behind each one: what makes the weights the same bits as a flush.
 import test from 'ava';
 import { createActor, type Actor } from 'xstate';
-import { pipelineSchedule, scheduleNames, stashLimit, type ScheduleName } from '../../actors/pipeline-schedule.ts';
+import { pipelineSchedule, scheduleNames, stashLimit, type ScheduleName, type ScheduleSpec } from '../../actors/pipeline-schedule.ts';
 import { optimisticScale, stageMachine, type StageCommand, type StageEvent } from '../../actors/stage-machine.ts';
+import { splitLayers } from '../../native/index.ts';
+import { SIMULATE_PRESETS } from '../../runtime/synthetic/simulate-presets.ts';
+import { opCostsFromFlops } from '../../schemas/model-flops.ts';
 import { mulberry32 } from '../support/random-weights.ts';
 
 interface PipelineOptions {
@@ -28,6 +31,8 @@ interface PipelineOptions {
   readonly skipRate: number;
   /** Every n-th step ends in a barrier (a Bridge sync). */
   readonly barrierEvery?: number;
+  /** Per-stage op costs the lists are made with (default equal). */
+  readonly costs?: ScheduleSpec['costs'];
 }
 
 interface PipelineResult {
@@ -55,7 +60,7 @@ function runPipeline(o: PipelineOptions): PipelineResult {
   const { stages: S, microbatches: M, steps } = o;
   const postValidate = o.schedule !== '1f1b';
   const rand = mulberry32(o.seed);
-  const spec = { stages: S, microbatches: M };
+  const spec: ScheduleSpec = { stages: S, microbatches: M, costs: o.costs };
   const lists = pipelineSchedule(o.schedule, spec);
   const where = (s: number, step?: number) => `${o.schedule} S=${S} M=${M} seed=${o.seed}: stage ${s}${step === undefined ? '' : ` step ${step}`}`;
   const fail = (msg: string): never => { throw new Error(msg); };
@@ -240,6 +245,15 @@ for (const schedule of scheduleNames) {
     t.pass();
   });
 }
+
+test('orion-100b\'s shape (S=16, M=32) with its FLOP costs: every schedule runs to the end', (t) => {
+  const preset = SIMULATE_PRESETS['orion-100b'].config;
+  const costs = opCostsFromFlops(preset.model, preset.training.seqLen, splitLayers(preset.model.nLayers, 16));
+  for (const schedule of scheduleNames) {
+    for (let seed = 0; seed < 2; seed++) runPipeline({ schedule, stages: 16, microbatches: 32, steps: 3, seed: 3000 + seed, duplicateRate: 0.05, clipRate: 0.2, skipRate: 0, costs });
+  }
+  t.pass();
+});
 
 // One stage, events one at a time: the rules a pipeline run may not happen to reach.
 function single(input: { stage: number; stages: number; microbatches: number; schedule: ScheduleName; committed?: number; nextAttempt?: number; opened?: number[] }) {
