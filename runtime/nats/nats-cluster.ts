@@ -263,6 +263,8 @@ function serverConfig(o: { name: string; port: number; httpPort: number; routePo
     `  routes: [ ${o.routePorts.map((p) => `nats-route://127.0.0.1:${p}`).join(', ')} ]`,
     '}',
     `max_payload: ${EMBEDDED_MAX_PAYLOAD}`,
+    // As deploy/nats/*.conf: room for a host whose pulls wait while a computation holds its thread.
+    'max_pending: 256MB',
     // Acknowledged must mean persisted: fsync each write (nats-server >= 2.10).
     `jetstream { store_dir: "${o.storeDir}", sync_interval: always }`,
   ].join('\n');

@@ -39,6 +39,8 @@ export async function startNatsServer(options: { timeoutMs?: number; config?: re
     [
       `listen: ${options.listen ?? '127.0.0.1:-1'}`,
       `max_payload: ${EMBEDDED_MAX_PAYLOAD}`,
+    // As deploy/nats/*.conf: room for a host whose pulls wait while a computation holds its thread.
+    'max_pending: 256MB',
       // Acknowledged must mean persisted: fsync each write (nats-server >= 2.10).
       `jetstream { store_dir: "${storeDir}", sync_interval: always }`,
       `ports_file_dir: "${dir}"`,

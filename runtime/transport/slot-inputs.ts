@@ -10,8 +10,15 @@ import { openEdgeConsumer, type RunResources } from './run-resources.ts';
 import { openSlotReader, type SlotHolder } from './slot-reader.ts';
 import type { EdgeKind } from './subjects.ts';
 
-// Pulls are bounded by bytes, not messages: see DEPENDENCIES.md.
-const CONSUME_MAX_BYTES = 32 * 1024 * 1024;
+// Pulls are bounded by bytes, not messages: see DEPENDENCIES.md. A host reads
+// two edges, and while a computation holds its thread nothing drains the
+// socket, so what both pulls may have in flight (each up to its bound, and a
+// refill) has to stay under the server's per-client max_pending (64 MiB by
+// default; our configs raise it to 256 MB): past it the server drops messages
+// as a slow consumer's, and a dropped frame comes back only after ack_wait
+// (minutes). 32 MiB a pull against the default stalled orion-100b's shape
+// under zb-h2, whose stages hold more frames ahead.
+const CONSUME_MAX_BYTES = 16 * 1024 * 1024;
 
 export interface EdgeDelivery {
   readonly subject: string;
