@@ -93,7 +93,7 @@ test('bad frames are dead-lettered, counted in status, and nothing else is lost'
   const text = await caravan(['status', '--nats', server.url, '--run', run]);
   t.regex(text.stdout, /dead-lettered frames: 11/);
   t.regex(text.stdout, /frames between stages: \d+, [\d.]+ MB as fp32, [\d.]+ MB on the wire/);
-  t.regex(text.stdout, /stages busy \(replica 0, whole run\): [\d.]+% [\d.]+%; bubble [\d.]+% \(1F1B bound 33\.3%\); MFU [\d.]+%/);
+  t.regex(text.stdout, /stages busy \(replica 0, whole run\): [\d.]+% [\d.]+%; bubble [\d.]+% \(zb-h2 bound [\d.]+%\); peak activation stash by stage [\d.]+ MB [\d.]+ MB; MFU [\d.]+%/);
   t.regex(text.stdout, /recovery: 0 hosts lost, 0 slots handed to standbys, 0 coordinator restarts/);
   t.regex(text.stdout, /replica 0 stage 0 .* generation 1 {2}checkpoint /);
 });
