@@ -7,10 +7,14 @@
 // - every edge subject (one per sender and direction) at most what a slot can
 //   legitimately have outstanding: the frames since the last checkpoint, the
 //   step in flight, and as many again re-sent by a replacement, per
-//   microbatch. Further frames are refused (discard new, per subject).
+//   microbatch; under a post-validated schedule also the steps redone after a
+//   roll-back (at most every other step: a stage does not run ahead right
+//   after a commit that rolled back). Further frames are refused (discard
+//   new, per subject).
 //
 // A receiver's unacked inputs are bounded the same way (max_ack_pending).
 import type { RunConfig } from '../../schemas/run-config.ts';
+import { runSchedule } from '../config/run-schedule.ts';
 
 export interface EdgeLimits {
   readonly maxFrameBytes: number;
@@ -23,8 +27,9 @@ const ENVELOPE_BYTES = 64 * 1024;
 export function edgeLimits(config: RunConfig): EdgeLimits {
   const t = config.training;
   const stepsHeld = t.checkpointEvery > 0 ? t.checkpointEvery + 2 : t.steps + 1;
+  const redone = runSchedule(config).postValidated ? Math.ceil(stepsHeld / 2) : 0;
   return {
     maxFrameBytes: t.batchSize * t.seqLen * config.model.dModel * 4 + ENVELOPE_BYTES,
-    maxFramesPerEdge: 2 * stepsHeld * t.microbatches + 16,
+    maxFramesPerEdge: (2 * stepsHeld + redone) * t.microbatches + 16,
   };
 }
