@@ -11,7 +11,7 @@ import { nonNegativeInt, positiveInt, positiveNumber, withScheduleOptions } from
 
 export function simulateCommand(program: Command): void {
   withScheduleOptions(program.command('simulate'))
-    .description('run a model too large for this machine through the real pipeline with synthetic compute (sleeps as long as the device would) and report utilization against the 1F1B bound')
+    .description('run a model too large for this machine through the real pipeline with synthetic compute (sleeps as long as the device would) and report utilization against its pipeline schedule\'s bound')
     .addOption(new Option('--preset <name>', Object.entries(SIMULATE_PRESETS).map(([k, p]) => `${k}: ${p.description}`).join('; ')).choices(Object.keys(SIMULATE_PRESETS)).default('orion-mini'))
     .option('--datacenters <n>', 'datacenter labels the hosts are spread over, in contiguous blocks', positiveInt('--datacenters'))
     .option('--time-scale <x>', 'simulated seconds per wall second (compute runs x times faster than on the device)', positiveNumber('--time-scale'))
