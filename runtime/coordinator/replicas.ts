@@ -8,7 +8,7 @@ import { attemptAfter } from '../../actors/stage-machine.ts';
 import { replicaMachine, type ReplicaCommand, type ReplicaEvent } from '../../actors/replica-machine.ts';
 import type { Progress, StageCounters, StepControl } from '../../schemas/control-messages.ts';
 import type { RunConfig } from '../../schemas/run-config.ts';
-import { runSchedule, scheduleUse } from '../config/run-schedule.ts';
+import { runSchedule, scheduleBound, type RunSchedule } from '../config/run-schedule.ts';
 import type { Logger } from '../log.ts';
 import { stepControlId, type ControlLog } from '../transport/control-log.ts';
 import { liveMetrics, tokensPerStep } from './live-metrics.ts';
@@ -26,6 +26,8 @@ export class Replicas {
   readonly rolledBack = new Set<string>();
   private readonly actors: Array<Actor<typeof replicaMachine>> = [];
   private readonly inLog = new Set<string>();  // step control already in the log, by stepControlId
+  private readonly schedule: RunSchedule;
+  private readonly scheduleUse: { readonly name: string; readonly bound: number };
 
   constructor(private readonly o: {
     readonly config: RunConfig; readonly controlLog: ControlLog; readonly writes: OrderedWrites; readonly run: LiveRunState; readonly log: Logger;
@@ -36,6 +38,8 @@ export class Replicas {
     readonly finished: (replica: number) => void;
   }) {
     this.losses = Array.from({ length: o.config.training.replicas }, () => []);
+    this.schedule = runSchedule(o.config);
+    this.scheduleUse = { name: this.schedule.name, bound: scheduleBound(this.schedule) };
   }
 
   /** Step control found in the log: its replica decides it again, and it is not written twice. */
@@ -61,7 +65,7 @@ export class Replicas {
   private startReplica(replica: number): Actor<typeof replicaMachine> {
     const t = this.o.config.training;
     const actor = createActor(replicaMachine, {
-      input: { replica, stages: t.stages, microbatches: t.microbatches, steps: t.steps, maxGradNorm: t.maxGradNorm, nonFinite: t.nonFinite, openAhead: runSchedule(this.o.config).postValidated ? 1 : 0 },
+      input: { replica, stages: t.stages, microbatches: t.microbatches, steps: t.steps, maxGradNorm: t.maxGradNorm, nonFinite: t.nonFinite, openAhead: this.schedule.postValidated ? 1 : 0 },
     });
     actor.on('*', (cmd: ReplicaCommand) => {
       switch (cmd.type) {
@@ -98,8 +102,7 @@ export class Replicas {
     const t = config.training;
     this.losses[replica][cmd.step] = cmd.loss;
     if (cmd.skip) this.skipped.add(`${replica}.${cmd.step}`);
-    const schedule = runSchedule(config);
-    if (attemptAfter({ postValidate: schedule.postValidated, microbatches: t.microbatches }, { step: cmd.step, gradScale: cmd.gradScale, skip: cmd.skip === true }) > 0) {
+    if (attemptAfter({ postValidate: this.schedule.postValidated, microbatches: t.microbatches }, { step: cmd.step, gradScale: cmd.gradScale, skip: cmd.skip === true }) > 0) {
       this.rolledBack.add(`${replica}.${cmd.step}`);
     }
     const fresh = this.control(replica, { type: 'commit', step: cmd.step, gradScale: cmd.gradScale, gradNorm: cmd.gradNorm, loss: cmd.loss, ...(cmd.skip ? { skip: true as const } : {}) });
@@ -109,7 +112,7 @@ export class Replicas {
     const tokensPerSecond = (stepsDone * tokensPerStep(t)) / Math.max(run.elapsedSeconds(), 1e-3);
     this.o.progress({ replica, step: cmd.step, loss: cmd.loss, gradNorm: cmd.gradNorm, tokensPerSecond, steps: t.steps });
     if (replica === 0) {
-      const live = liveMetrics({ counters: this.o.counters, stages: t.stages, schedule: scheduleUse(config), model: config.model, seqLen: t.seqLen, step: cmd.step, tokensPerS: tokensPerSecond, recoveries: run.recoveries });
+      const live = liveMetrics({ counters: this.o.counters, stages: t.stages, schedule: this.scheduleUse, model: config.model, seqLen: t.seqLen, step: cmd.step, tokensPerS: tokensPerSecond, recoveries: run.recoveries });
       Object.assign(run.state, { step: cmd.step + 1, loss: cmd.loss, tokens_per_s: tokensPerSecond }, live ? { metrics: live } : {});
       void run.save();
     }

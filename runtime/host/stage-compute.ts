@@ -46,6 +46,7 @@ export class StageCompute {
   private accumulated: number[] = [];  // microbatches backwarded into the gradients since the last update
   private appliedMbs: number[] = [];
   private provisional = false;  // a provisional update is in the weights, with its undo
+  private reportFinite = true;  // the last report's Σg² and loss were all finite
   private rollBacks = 0;
   private peakStash = 0;
 
@@ -115,16 +116,17 @@ export class StageCompute {
     this.peakStash = Math.max(this.peakStash, this.o.engine.stashedBytes());
   }
 
-  /** The step's mean loss over its microbatches, on the last stage (undefined elsewhere); asked once, for its report. */
-  takeLoss(step: number): number | undefined {
+  /**
+   * What the step's report carries: Σg² per tensor of the step's gradients (for the replica's global norm) and, on the
+   * last stage, the mean loss over its microbatches (undefined elsewhere). Asked once per step; whether both are finite
+   * is kept for a provisional update that may follow.
+   */
+  takeReport(step: number): { sumSquares: number[]; loss: number | undefined } {
     const loss = this.o.engine.isLast ? (this.lossSums.get(step) ?? NaN) / this.o.config.training.microbatches : undefined;
     this.lossSums.delete(step);
-    return loss;
-  }
-
-  /** Per-tensor sums of squares of the step's gradients, for the replica's global norm. */
-  sumSquares(): number[] {
-    return Array.from(this.o.engine.gradSumSquares());
+    const sumSquares = Array.from(this.o.engine.gradSumSquares());
+    this.reportFinite = sumSquares.every(Number.isFinite) && (loss === undefined || Number.isFinite(loss));
+    return { sumSquares, loss };
   }
 
   /** The optimizer step with the replica's clip factor; a skipped step leaves weights, moments and the schedule as they were. */
@@ -143,8 +145,8 @@ export class StageCompute {
    * finite: that commit is sure to skip the step (or stop the run), so the
    * weights stay as they are and no non-finite frame goes out meanwhile.
    */
-  applyProvisional(step: number, gradScale: number, sumSquares: readonly number[], loss: number | undefined): void {
-    this.provisional = sumSquares.every(Number.isFinite) && (loss === undefined || Number.isFinite(loss));
+  applyProvisional(step: number, gradScale: number): void {
+    this.provisional = this.reportFinite;
     if (this.provisional) this.o.engine.stepWithUndo(gradScale);
     else this.o.log.warn({ step }, 'gradients not finite: no provisional update, waiting for the commit');
     this.appliedMbs = this.accumulated;

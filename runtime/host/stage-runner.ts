@@ -26,7 +26,7 @@ import { splitLayers } from '../../native/index.ts';
 import type { CheckpointPointer, StageCounters } from '../../schemas/control-messages.ts';
 import type { RunConfig } from '../../schemas/run-config.ts';
 import { boundaryCodecs } from '../codecs/index.ts';
-import { runSchedule } from '../config/run-schedule.ts';
+import { runSchedule, type RunSchedule } from '../config/run-schedule.ts';
 import { createComputeStage, type ComputeStage, type HostDevice } from '../compute/compute-stage.ts';
 import type { Logger } from '../log.ts';
 import type { CoordinatorKeys } from '../security/coordinator-keys.ts';
@@ -96,8 +96,6 @@ interface Slot {
   readonly computed: (event: StageEvent) => Promise<void>;
   readonly lastStep: number;
   readonly checkpointEvery: number;
-  /** What each step reported, until its update is applied: a provisional one is not applied on gradients that are not finite. */
-  readonly reported: Map<number, { sumSquares: number[]; loss: number | undefined }>;
 }
 
 export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
@@ -107,20 +105,21 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
   const holder: SlotHolder = { replica, stage: s, generation, host: o.host };
   const layers = splitLayers(model.nLayers, t.stages)[s];
   const compute = createComputeStage(config, o.device, layers[0], layers[1]);
+  const schedule = runSchedule(config);
   const engine = compute.stage;
   const chain = new CommandChain(log);
   const outputs = new SlotOutputs(res, o.key, holder);
   const objects = stateObjects(res);
-  const actor = createActor(stageMachine, { input: stageInput(config, s, restored) });
+  const actor = createActor(stageMachine, { input: stageInput(config, schedule, s, restored) });
   const send = (event: StageEvent) => chain.run(() => { actor.send(event); });
   // Made before a checkpoint is loaded: it keeps the initial weights where pseudo-gradients need them.
   const bridge = t.bridge ? new StageSync({ res, objects, bridge: t.bridge, replica, stage: s, engine, log, stopped: () => chain.settled, report: (r) => outputs.report(r) }) : undefined;
   const steps = new StepControl({
     send, keys: o.coordinatorKeys, subject: res.names.stepControl(replica), log, deadLetters: o.deadLetters,
-    postValidate: runSchedule(config).postValidated, microbatches: t.microbatches,
+    postValidate: schedule.postValidated, microbatches: t.microbatches,
     moveToDeadLetters: (d, fault, reason) => moveToDeadLetters(res, holder, d, fault, reason),
   });
-  const traces = new MicrobatchTraces(tracing, { run: res.names.run, replica, stage: s, isFirst: engine.isFirst, isLast: engine.isLast, schedule: runSchedule(config).name });
+  const traces = new MicrobatchTraces(tracing, { run: res.names.run, replica, stage: s, isFirst: engine.isFirst, isLast: engine.isLast, schedule: schedule.name });
   const inputs = new IncomingFrames({
     run: res.names.run, replica, stage: s, batchSize: t.batchSize, seqLen: t.seqLen, maxSeqLen: model.maxSeqLen,
     // Activations arrive across the boundary at layerBegin, gradients across the one at layerEnd.
@@ -141,7 +140,7 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
   const accounting = new ComputeAccounting(compute.peakGflops(), engine.cuda?.name ?? 'cpu');
   const work = new StageCompute({ config, replica, stage: s, engine, dataset, inputs, outputs: outgoing, accounting, traces, faults, log });
   const slot: Slot = {
-    work, inputs, outgoing, steps, state, outputs, bridge, lastStep: t.steps - 1, checkpointEvery: t.checkpointEvery, reported: new Map(),
+    work, inputs, outgoing, steps, state, outputs, bridge, lastStep: t.steps - 1, checkpointEvery: t.checkpointEvery,
     counters: () => accounting.counters(outgoing.sentByKind(), inputs.queued(), work.peakStashBytes),
     // A computation holds the thread. Before the actor picks the next one, the
     // event loop takes a turn: frames that arrived meanwhile (a gradient that
@@ -167,20 +166,14 @@ async function carryOut(cmd: StageCommand, p: Slot): Promise<void> {
       await p.work.run(cmd.step, cmd.attempt, cmd.op);
       return p.computed({ type: 'OP_DONE', step: cmd.step, attempt: cmd.attempt });
     case 'STEP_READY': {
-      const loss = p.work.takeLoss(cmd.step);
-      const sumSquares = p.work.sumSquares();
-      p.reported.set(cmd.step, { sumSquares, loss });
+      const { sumSquares, loss } = p.work.takeReport(cmd.step);
       await p.outgoing.allSent();
       return p.outputs.report({ type: 'done', step: cmd.step, sumSquares, loss, counters: p.counters() });
     }
     case 'APPLY_STEP':
-      p.reported.delete(cmd.step);
       return p.work.update(cmd.step, cmd.gradScale, cmd.skip);
-    case 'APPLY_PROVISIONAL': {
-      const { sumSquares, loss } = p.reported.get(cmd.step)!;
-      p.reported.delete(cmd.step);
-      return p.work.applyProvisional(cmd.step, cmd.gradScale, sumSquares, loss);
-    }
+    case 'APPLY_PROVISIONAL':
+      return p.work.applyProvisional(cmd.step, cmd.gradScale);
     case 'CONFIRM_STEP':
       return p.work.confirm();
     case 'ROLLBACK_STEP':
@@ -205,9 +198,8 @@ async function stepped(step: number, p: Slot): Promise<void> {
 }
 
 /** The Stage actor of stage s: its row of the run's schedule, and where it starts. */
-function stageInput(config: RunConfig, s: number, restored: CheckpointPointer | undefined): StageMachineInput {
+function stageInput(config: RunConfig, schedule: RunSchedule, s: number, restored: CheckpointPointer | undefined): StageMachineInput {
   const t = config.training;
-  const schedule = runSchedule(config);
   return {
     stage: s, stages: t.stages, microbatches: t.microbatches, ops: schedule.lists[s], committed: restored?.step ?? -1, nextAttempt: restored?.next_attempt ?? 0,
     // The replica opens step k+1 before it commits k (openAhead), so a checkpoint's log resumes past the next step's open.
