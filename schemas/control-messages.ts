@@ -45,13 +45,25 @@ export interface CheckpointPointer {
 }
 
 /**
+ * SHA-256 (hex) over a step's frames of one kind as sent, in microbatch
+ * order: the digest of the concatenated SHA-256 digests of each frame's
+ * payload bytes (after its codecs). Absent for a kind the stage sends none of.
+ */
+export interface OutputDigests {
+  readonly act?: string;
+  readonly grad?: string;
+}
+
+/**
  * Stage reports on `report.<replica>.<stage>`, read by the coordinator (and by
  * `caravan chaos`, to count). In 'done', Σg² per tensor is null where it is not
- * finite, and the loss (the last stage's alone) null when it is not. 'failed'
+ * finite, and the loss (the last stage's alone) null when it is not; its
+ * `digests` commit the holder to the frames it sent that step (OutputDigests),
+ * which audits recompute (runtime/audit/). 'failed'
  * says the holder cannot go on, and why: the coordinator fails the run with it.
  */
 export type StageReport =
-  | { type: 'done'; replica: number; stage: number; generation: number; host: string; step: number; sumSquares: Array<number | null>; loss?: number | null; counters: StageCounters }
+  | { type: 'done'; replica: number; stage: number; generation: number; host: string; step: number; sumSquares: Array<number | null>; loss?: number | null; digests?: OutputDigests; counters: StageCounters }
   | { type: 'stepped'; replica: number; stage: number; generation: number; host: string; step: number; contributions: number[] }
   | { type: 'checkpoint'; replica: number; stage: number; generation: number; host: string; step: number; checkpoint: CheckpointPointer }
   | { type: 'final'; replica: number; stage: number; generation: number; host: string; name: string; sha256: string; counters: StageCounters }
@@ -179,7 +191,7 @@ export const checkpointPointerReader: FieldReader<CheckpointPointer> = object({
 const REPORTER = { replica: count, stage: count, generation: count, host: text } as const satisfies FieldList;
 
 const STAGE_REPORT = tagged('type', {
-  done: { ...REPORTER, step: count, sumSquares: arrayOf(nullable(real)), loss: optional(nullable(real)), counters: STAGE_COUNTERS },
+  done: { ...REPORTER, step: count, sumSquares: arrayOf(nullable(real)), loss: optional(nullable(real)), digests: optional(object({ act: optional(sha256Digest), grad: optional(sha256Digest) })), counters: STAGE_COUNTERS },
   stepped: { ...REPORTER, step: count, contributions: arrayOf(count) },
   checkpoint: { ...REPORTER, step: count, checkpoint: checkpointPointerReader },
   final: { ...REPORTER, name: text, sha256: text, counters: STAGE_COUNTERS },

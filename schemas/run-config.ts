@@ -57,6 +57,12 @@ export interface TrainingConfig {
   // applying it instead of flushing. Changes timing and memory, never
   // results. Default 'zb-h2'.
   readonly schedule?: ScheduleName;
+  // Audits by exact replay (runtime/audit/): the coordinator recomputes this
+  // fraction of the slots' checkpoint intervals from the checkpoint before,
+  // the inputs the slot took and the commits, and compares what its holder
+  // reported (digests of the frames it sent, Σg², loss, the state after).
+  // Absent: no audits.
+  readonly audit?: AuditConfig;
   // Replicas synchronised by the Bridge every syncEvery steps (DiLoCo);
   // without it replicas train independently.
   readonly bridge?: BridgeConfig;
@@ -80,6 +86,12 @@ export interface SyntheticCompute {
   readonly timeScale: number;
   /** Bytes of one activation or gradient frame's payload, as the real model would send at a boundary. */
   readonly frameBytes: number;
+}
+
+/** Which checkpoint intervals are audited: each (replica, stage, interval) with probability `rate`, drawn from `seed` (default: the run's seed). */
+export interface AuditConfig {
+  readonly rate: number;
+  readonly seed?: number;
 }
 
 /**
@@ -172,8 +184,19 @@ export function validateRunConfig(config: unknown): RunConfig {
   if (c.training.dataFile !== undefined && typeof c.training.dataFile !== 'string') fail('training.dataFile must be a path');
   if (c.model.tiedEmbeddings && c.training.stages > 1) fail('model.tiedEmbeddings needs training.stages = 1 (the head and the embedding on one stage)');
   if (raw.training.synthetic !== undefined) validateSynthetic(raw.training.synthetic, fail);
+  if (raw.training.audit !== undefined) validateAudit(raw.training, fail);
   if (raw.training.bridge !== undefined) return { ...c, training: { ...c.training, bridge: validateBridge(raw.training.bridge, c.training.replicas, fail) } };
   return c;
+}
+
+function validateAudit(t: TrainingConfig, fail: (why: string) => never): void {
+  const a = t.audit as unknown as Record<string, unknown> | null;
+  if (!a || typeof a !== 'object') fail('training.audit must be an object {rate, seed?}');
+  if (typeof a!.rate !== 'number' || !(a!.rate > 0 && a!.rate <= 1)) fail(`training.audit.rate must be in (0, 1], got ${JSON.stringify(a!.rate)}`);
+  if (a!.seed !== undefined && (!Number.isSafeInteger(a!.seed) || (a!.seed as number) < 0)) fail(`training.audit.seed must be a non-negative integer, got ${JSON.stringify(a!.seed)}`);
+  // A synthetic stage computes nothing to recompute; a Bridge's sync changes the weights between checkpoints, which a replay does not redo yet.
+  if (t.synthetic) fail('training.audit needs real compute: a synthetic run has nothing to recompute');
+  if (t.bridge) fail('training.audit is not built for runs with a Bridge (replicas synchronised by DiLoCo): leave out one or the other');
 }
 
 function validateSynthetic(raw: unknown, fail: (why: string) => never): void {

@@ -95,6 +95,21 @@ export interface CounterRecord {
 }
 
 /** `summary`, and the message on `ctl.finished`: the run's outcome. */
+/**
+ * Audits by exact replay: the rate drawn at, the intervals replayed and
+ * passed, those that could not be (a holder on another backend, evidence
+ * gone), the steps replayed and the replays' time, and each difference found
+ * (the slot at fault, the step, its holder then, what differed).
+ */
+export interface AuditSummary {
+  readonly rate: number;
+  readonly audited: number;
+  readonly skipped: number;
+  readonly steps_replayed: number;
+  readonly replay_ms: number;
+  readonly failed: Array<{ replica: number; stage: number; step: number; host: string | null; what: string }>;
+}
+
 export interface RunSummary {
   readonly run: string;
   readonly steps: number;
@@ -133,6 +148,8 @@ export interface RunSummary {
   readonly skipped_steps: Array<{ replica: number; step: number }>;
   /** Post-validated schedules: steps whose provisional update was rolled back (clipped or skipped), and the next step redone. */
   readonly rolled_back_steps?: Array<{ replica: number; step: number }>;
+  /** With training.audit: the checkpoint intervals replayed and what they cost (runtime/coordinator/audits.ts). */
+  readonly audits?: AuditSummary;
   /** With a Bridge: outer steps every stage completed, and each sync (stage, outer step, replicas, span, bytes). */
   readonly outer_steps?: number;
   readonly bridge_syncs?: BridgeRecord[];
@@ -262,6 +279,10 @@ const RUN_SUMMARY = object({
   recoveries: RECOVERY_COUNTS,
   skipped_steps: arrayOf(object({ replica: count, step: count })),
   rolled_back_steps: optional(arrayOf(object({ replica: count, step: count }))),
+  audits: optional(object({
+    rate: real, audited: count, skipped: count, steps_replayed: count, replay_ms: real,
+    failed: arrayOf(object({ replica: count, stage: count, step: count, host: nullable(text), what: text })),
+  })),
   outer_steps: optional(count),
   bridge_syncs: optional(arrayOf(BRIDGE_RECORD)),
 });

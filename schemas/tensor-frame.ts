@@ -269,6 +269,13 @@ export function encodeFrameWithCodecs(frame: FrameContent, codecs: readonly Fram
   return { bytes: out, codecs: applied };
 }
 
+/** The payload of an encoded frame, as sent (after its codecs): a view of `bytes`, or undefined where `bytes` is too short to hold the payload its length field names. */
+export function framePayload(bytes: Uint8Array): Uint8Array | undefined {
+  if (bytes.byteLength < PAYLOAD_OFFSET) return undefined;
+  const length = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength).getUint32(4);
+  return PAYLOAD_OFFSET + length <= bytes.byteLength ? bytes.subarray(PAYLOAD_OFFSET, PAYLOAD_OFFSET + length) : undefined;
+}
+
 function malformed(label: string, key: string, what: string, value: unknown): FrameError {
   return new FrameError('malformed', `${label}: field '${key}' must be ${what}, got ${describe(value)}`);
 }

@@ -73,3 +73,10 @@ export function compressionOverrides(flags: RunShapeFlags) {
     training: flags.lz4 === false ? { lz4: false } : undefined,
   };
 }
+
+/** --audit-rate: a fraction in (0, 1]. */
+export function auditRate(value: string): number {
+  const n = Number(value);
+  if (!(n > 0 && n <= 1)) throw new InvalidArgumentError(`--audit-rate must be a fraction in (0, 1], got '${value}'`);
+  return n;
+}

@@ -15,10 +15,11 @@ import { writeHfModel } from '../export/hf-llama.ts';
 import { startSpanFileReceiver } from '../telemetry/span-file.ts';
 import { statesFromRun } from '../export/run-stage-states.ts';
 import { stitchStageStates, type StageStateBlob } from '../export/stitch-stages.ts';
-import { compressionOverrides, withCompressionOptions, withScheduleOptions, nonNegativeInt, positiveInt, positiveNumber, type RunShapeFlags } from './options.ts';
+import { auditRate, compressionOverrides, withCompressionOptions, withScheduleOptions, nonNegativeInt, positiveInt, positiveNumber, type RunShapeFlags } from './options.ts';
 
 interface TrainFlags extends RunShapeFlags {
   seed?: number;
+  auditRate?: number;
   lr?: number;
   tokenizer?: 'byte' | 'gpt2';
   data?: string;
@@ -119,6 +120,7 @@ export function trainCommand(program: Command): void {
     .addOption(new Option('--log-level <level>', "child processes' log level on stderr").choices([...LOG_LEVELS]))
     .option('--trace-file <file>', "trace every microbatch into this file (JSON lines of spans) for `caravan timeline`; hosts export OTLP to this process")
     .option('--export <dir>', "at the end, export replica 0's model there (as `caravan export` does: transformers' Llama layout and ONNX)")
+    .option('--audit-rate <x>', 'audit this fraction of each slot\'s checkpoint intervals by exact replay (training.audit; docs/security.md)', auditRate)
     .option('--json', 'print one JSON summary line at the end')
     .option('--no-progress', 'no progress bar')
     .action(async (flags: TrainFlags) => {
@@ -136,6 +138,7 @@ export function trainCommand(program: Command): void {
             steps: flags.steps, stages: flags.stages, replicas: flags.replicas, microbatches: flags.microbatches, schedule: flags.schedule,
             batchSize: flags.batch, seqLen: flags.seq, seed: flags.seed, tokenizer: flags.tokenizer, dataFile: flags.data,
             checkpointEvery: flags.checkpointEvery, nonFinite: flags.nonFinite, bridge: bridgeOverride(flags), ...compression.training,
+            ...(flags.auditRate !== undefined ? { audit: { rate: flags.auditRate } } : {}),
           },
         },
       });

@@ -31,6 +31,7 @@ import { initRunMetrics } from '../telemetry/metrics.ts';
 import { openCoordinatorTransport, type CoordinatorTransport } from '../transport/coordinator-transport.ts';
 import { edgeLimits } from '../transport/edge-limits.ts';
 import { followControlLog } from './control-log-replay.ts';
+import { Audits } from './audits.ts';
 import { Membership, restoreMembership } from './membership.ts';
 import { OrderedWrites } from './ordered-writes.ts';
 import { Replicas } from './replicas.ts';
@@ -139,21 +140,26 @@ function assemble(
   const membership = new Membership({ run: o.run, store: net.runState, writes, log, recoveries: run.recoveries, send, runKey: hostKeys ? hostKeysCheck(hostKeys) : undefined });
   const slotTable = new SlotTable({ config, slots: net.slots, membership, writes, log, recoveries: run.recoveries });
   const counters = new Map<string, StageCounters>();  // the latest of every slot's holder, `${replica}.${stage}`
+  const audits = t.audit ? new Audits({ run: o.run, config, slots: net.slots, evidence: net.evidence, log, failed: settle }) : undefined;
   const replicas = new Replicas({
     config, controlLog: net.controlLog, writes, run, log, counters,
     progress: (p) => net.channel.progress(p), failed: settle, finished: (replica) => send({ type: 'REPLICA_FINISHED', replica }),
+    committed: audits && ((replica, step, gradScale, skip) => audits.committed(replica, step, gradScale, skip)),
   });
   const bridges = t.bridge ? startBridges({ store: net.bridges, config, bridge: t.bridge, log, onError: settle }) : undefined;
   // The run's metrics over OpenTelemetry (off unless OTEL_EXPORTER_OTLP_* names an endpoint): the live state, read when exported.
   const metrics = initRunMetrics({ service: 'caravan-coordinator', run: o.run }, () => run.state);
-  const reports = new Reports({ slots: net.slots, writes, log, replicas, bridges, counters, finalReported: () => maybeFinish(), failed: settle });
+  const reports = new Reports({ slots: net.slots, writes, log, replicas, bridges, audits, counters, finalReported: () => maybeFinish(), failed: settle });
   let replicasDone = false;
   let finishing = false;
   function maybeFinish(): void {
     if (finishing || !replicasDone || reports.finals.size < t.stages * t.replicas) return;
     finishing = true;
     const { finals } = reports, { losses, skipped, rolledBack } = replicas;
-    void finishRun({ run: o.run, config, state: run, results: net.results, bridges: net.bridges, counters, finals, losses, skipped, rolledBack }).then(settle, (err: Error) => settle(err));
+    // The last intervals' audits finish before the summary says what they found.
+    void (audits?.settled() ?? Promise.resolve())
+      .then(() => finishRun({ run: o.run, config, state: run, results: net.results, bridges: net.bridges, counters, finals, losses, skipped, rolledBack, audits: audits?.result() }))
+      .then(settle, (err: Error) => settle(err));
   }
   let stopLog = () => {};
   return {

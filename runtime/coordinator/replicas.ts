@@ -36,6 +36,8 @@ export class Replicas {
     readonly progress: (p: Progress) => void;
     readonly failed: (err: Error) => void;
     readonly finished: (replica: number) => void;
+    /** Each commit, as the replica decides it (audits replay with it). */
+    readonly committed?: (replica: number, step: number, gradScale: number, skip: boolean) => void;
   }) {
     this.losses = Array.from({ length: o.config.training.replicas }, () => []);
     this.schedule = runSchedule(o.config);
@@ -101,6 +103,7 @@ export class Replicas {
     const { config, run, log } = this.o;
     const t = config.training;
     this.losses[replica][cmd.step] = cmd.loss;
+    this.o.committed?.(replica, cmd.step, cmd.gradScale, cmd.skip === true);
     if (cmd.skip) this.skipped.add(`${replica}.${cmd.step}`);
     if (attemptAfter({ postValidate: this.schedule.postValidated, microbatches: t.microbatches }, { step: cmd.step, gradScale: cmd.gradScale, skip: cmd.skip === true }) > 0) {
       this.rolledBack.add(`${replica}.${cmd.step}`);

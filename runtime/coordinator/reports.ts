@@ -12,6 +12,7 @@ import type { Logger } from '../log.ts';
 import type { ControlLogEntry } from '../transport/control-log.ts';
 import type { SlotStore } from '../transport/slot-store.ts';
 import type { OrderedWrites } from './ordered-writes.ts';
+import type { Audits } from './audits.ts';
 import type { Replicas } from './replicas.ts';
 
 export class Reports {
@@ -19,7 +20,7 @@ export class Reports {
   readonly finals = new Map<string, string>();
 
   constructor(private readonly o: {
-    readonly slots: SlotStore; readonly writes: OrderedWrites; readonly log: Logger; readonly replicas: Replicas; readonly bridges: Bridges | undefined;
+    readonly slots: SlotStore; readonly writes: OrderedWrites; readonly log: Logger; readonly replicas: Replicas; readonly bridges: Bridges | undefined; readonly audits: Audits | undefined;
     /** Where the latest counters of every slot's holder go, `${replica}.${stage}`. */
     readonly counters: Map<string, StageCounters>;
     readonly finalReported: () => void;
@@ -49,10 +50,15 @@ export class Reports {
     if (msg.type === 'failed') { this.o.failed(new Error(msg.reason)); return; }
     if (msg.type === 'checkpoint') { this.recordCheckpoint(msg.replica, msg.stage, msg.generation, msg.checkpoint); return; }
     if (msg.type === 'done' || msg.type === 'final') counters.set(`${msg.replica}.${msg.stage}`, msg.counters);
+    if (msg.type === 'done') this.o.audits?.reported(msg, msg.counters);
     if (msg.type === 'done') replica.send({ type: 'STAGE_DONE', stage: msg.stage, step: msg.step, sumSquares: msg.sumSquares, loss: msg.loss ?? undefined });
     else if (msg.type === 'stepped') replica.send({ type: 'STAGE_STEPPED', stage: msg.stage, step: msg.step });
     else if (msg.type === 'contribution') this.o.bridges?.contributed(msg);
-    else if (msg.type === 'final') { this.finals.set(`${msg.replica}.${msg.stage}`, msg.sha256); this.o.finalReported(); }
+    else if (msg.type === 'final') {
+      this.finals.set(`${msg.replica}.${msg.stage}`, msg.sha256);
+      this.o.audits?.finalState(msg.replica, msg.stage, msg.sha256);
+      this.o.finalReported();
+    }
   }
 
   /** Records a checkpoint a holder reported, then drops what it makes unnecessary: the previous state and the inputs before it. */
@@ -62,9 +68,11 @@ export class Reports {
       const done = await slots.recordCheckpoint(replica, stage, generation, pointer);
       if (!done.recorded) { log.debug({ replica, stage, step: pointer.step, why: done.why }, 'checkpoint not recorded'); return; }
       log.debug({ replica, stage, step: pointer.step, object: pointer.object }, 'checkpoint recorded');
-      if (done.previous && done.previous.object !== pointer.object) await slots.dropCheckpoint(done.previous.object);
+      // An audit of the interval just closed holds what it replays from (audits.ts).
+      const kept = this.o.audits?.checkpointed(replica, stage, done.previous, pointer) ?? { dropPrevious: true, purgeBelow: pointer.resume };
+      if (done.previous && done.previous.object !== pointer.object && kept.dropPrevious) await slots.dropCheckpoint(done.previous.object);
       for (const kind of ['act', 'grad'] as const) {
-        const seq = pointer.resume[kind];
+        const seq = kept.purgeBelow[kind];
         if (seq) await slots.purgeInputs(replica, stage, kind, seq);
       }
     });

@@ -8,7 +8,7 @@ import { scheduleUse } from '../config/run-schedule.ts';
 import { decodeSafeTensors, hashParams, splitLayers } from '../../native/index.ts';
 import type { StageCounters } from '../../schemas/control-messages.ts';
 import type { RunConfig } from '../../schemas/run-config.ts';
-import type { BridgeRecord, RunSummary } from '../../schemas/run-records.ts';
+import type { AuditSummary, BridgeRecord, RunSummary } from '../../schemas/run-records.ts';
 import { sha256Hex } from '../security/message-signature.ts';
 import type { BridgeStore } from '../transport/bridge-store.ts';
 import type { RunResults } from '../transport/run-results.ts';
@@ -35,6 +35,8 @@ export interface FinishedRun {
   readonly skipped: ReadonlySet<string>;
   /** `${replica}.${step}` whose commit rolled back a provisional update. */
   readonly rolledBack: ReadonlySet<string>;
+  /** With training.audit: what the audits found. */
+  readonly audits?: AuditSummary;
 }
 
 export async function finishRun(o: FinishedRun): Promise<RunSummary> {
@@ -76,6 +78,7 @@ export async function finishRun(o: FinishedRun): Promise<RunSummary> {
     recoveries: { ...state.recoveries },
     skipped_steps: replicaSteps(o.skipped),
     rolled_back_steps: replicaSteps(o.rolledBack),
+    ...(o.audits ? { audits: o.audits } : {}),
     ...(t.bridge ? await bridgeSummary(o.bridges, t.stages, Math.floor(t.steps / t.bridge.syncEvery)) : {}),
   };
 }

@@ -9,7 +9,13 @@
 //
 // The same switch lets a host play a peer that sends poison:
 // CARAVAN_CHAOS_POISON=<kind>/<replica>/<stage>/<step>/<mb> makes the holder
-// of that slot put a NaN in that output frame (the non-finite tests).
+// of that slot put a NaN in that output frame (the non-finite tests), and
+// CARAVAN_CHAOS_CHEAT=<mode>/<replica>/<stage>/<from step> makes it cheat from
+// that step on, as a dishonest peer would, for the audits to catch: 'scale'
+// multiplies every output by 1 + 1e-3 (and reports the digests of what it
+// sent), 'flip' flips the lowest bit of each output's first value after
+// digesting the honest frame (so its report and its frames disagree), and
+// 'skip-update' leaves its weights as they were instead of updating them.
 import { encodeJson } from '../../schemas/json-message.ts';
 import { decodeFaultRequest, FAULT_POINTS, type FaultPoint, type FaultReached } from '../../schemas/control-messages.ts';
 import type { CoreSubscription, RunConnection } from '../transport/run-connection.ts';
@@ -20,9 +26,11 @@ export class FaultPoints {
   private readonly sub: CoreSubscription | undefined;
   /** Outputs to poison, as `<kind>/<replica>/<stage>/<step>/<mb>`: read once, at start. */
   private readonly poison: ReadonlySet<string>;
+  private readonly cheat: { mode: CheatMode; replica: number; stage: number; from: number } | undefined;
 
   constructor(private readonly conn: RunConnection, private readonly host: string, subject: string, private readonly reachedSubject: string, refused: OnRefused, enabled = process.env.CARAVAN_CHAOS === '1') {
     this.poison = new Set(enabled && process.env.CARAVAN_CHAOS_POISON ? process.env.CARAVAN_CHAOS_POISON.split(',') : []);
+    this.cheat = enabled && process.env.CARAVAN_CHAOS_CHEAT ? parseCheat(process.env.CARAVAN_CHAOS_CHEAT) : undefined;
     if (!enabled) return;
     this.sub = conn.subscribe(subject, (m) => {
       const req = decodeFaultRequest(m.data);
@@ -50,7 +58,26 @@ export class FaultPoints {
     return this.poison.size > 0 && this.poison.has(`${kind}/${replica}/${stage}/${step}/${mb}`);
   }
 
+  /** How this slot's holder cheats at `step`, if CARAVAN_CHAOS_CHEAT names it (only with CARAVAN_CHAOS=1). */
+  cheats(replica: number, stage: number, step: number): CheatMode | undefined {
+    const c = this.cheat;
+    return c && c.replica === replica && c.stage === stage && step >= c.from ? c.mode : undefined;
+  }
+
   close(): void {
     this.sub?.unsubscribe();
   }
+}
+
+export const CHEAT_MODES = ['scale', 'flip', 'skip-update'] as const;
+export type CheatMode = (typeof CHEAT_MODES)[number];
+
+/** `<mode>/<replica>/<stage>/<from step>`, refused by name where it is not that. */
+export function parseCheat(spec: string): { mode: CheatMode; replica: number; stage: number; from: number } {
+  const [mode, ...rest] = spec.split('/');
+  const nums = rest.map(Number);
+  if (!CHEAT_MODES.includes(mode as CheatMode) || nums.length !== 3 || !nums.every((n) => Number.isSafeInteger(n) && n >= 0)) {
+    throw new Error(`cheat ${JSON.stringify(spec)}: expected <mode>/<replica>/<stage>/<from step> with mode one of ${CHEAT_MODES.join(', ')}`);
+  }
+  return { mode: mode as CheatMode, replica: nums[0], stage: nums[1], from: nums[2] };
 }

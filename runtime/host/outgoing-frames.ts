@@ -10,7 +10,8 @@
 // send returns: the engine may reuse the output's memory.
 import type { Span } from '@opentelemetry/api';
 import type { WireCount } from '../../schemas/control-messages.ts';
-import { encodeFrameWithCodecs, type FrameCodec, type FrameKind } from '../../schemas/tensor-frame.ts';
+import { encodeFrameWithCodecs, type FrameCodec, type FrameContent, type FrameKind } from '../../schemas/tensor-frame.ts';
+import { frameDigest, type StepDigests } from '../audit/output-digests.ts';
 import type { SlotOutputs } from '../transport/slot-outputs.ts';
 import type { FaultPoints } from './fault-points.ts';
 import type { MicrobatchTraces } from './microbatch-traces.ts';
@@ -31,6 +32,8 @@ export interface OutgoingFramesOptions {
   readonly outputs: SlotOutputs;
   readonly traces: MicrobatchTraces;
   readonly faults: FaultPoints;
+  /** Where each frame's digest goes, for the step's report. */
+  readonly digests: StepDigests;
   /** Stops the slot: a frame that could not be published. */
   readonly failed: (err: Error) => void;
 }
@@ -65,8 +68,15 @@ export class OutgoingFrames {
     const { step, mb, attempt } = at;
     const { width, codecs } = this.o.wire[kind];
     if (faults.poisons(kind, replica, stage, step, mb)) (data = data.slice())[0] = NaN;
+    const content = (d: Float32Array): FrameContent => ({ run, replica, stage: to, step, microbatch: mb, attempt, kind, shape: [B, T, width], data: d });
+    const cheat = faults.cheats(replica, stage, step);
+    // A cheater that flips a bit reports the honest frame's digest: its report and what it sent then disagree.
+    const reported = cheat === 'flip' ? frameDigest(encodeFrameWithCodecs(content(data), codecs).bytes) : undefined;
+    if (cheat === 'scale') data = data.map((v) => Math.fround(v * (1 + 1e-3)));
+    if (cheat === 'flip') { data = data.slice(); new Uint32Array(data.buffer)[0] ^= 1; }
     await this.o.traces.send(parent, step, mb, () => {
-      const encoded = encodeFrameWithCodecs({ run, replica, stage: to, step, microbatch: mb, attempt, kind, shape: [B, T, width], data }, codecs);
+      const encoded = encodeFrameWithCodecs(content(data), codecs);
+      this.o.digests.record(kind, step, mb, attempt, reported ?? frameDigest(encoded.bytes));
       return { ...encoded, f32Bytes: data.byteLength };
     }, (bytes, trace) => {
       const count = this.sent[kind];

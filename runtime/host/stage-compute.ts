@@ -134,7 +134,8 @@ export class StageCompute {
     if (skipped) {
       this.o.engine.zeroGrad();
       this.o.log.warn({ step }, 'step skipped: its gradients were not finite');
-    } else this.o.engine.step(gradScale);
+    } else if (this.o.faults.cheats(this.o.replica, this.o.stage, step) === 'skip-update') this.o.engine.zeroGrad();
+    else this.o.engine.step(gradScale);
     this.appliedMbs = this.accumulated;
     this.accumulated = [];
   }
@@ -147,7 +148,10 @@ export class StageCompute {
    */
   applyProvisional(step: number, gradScale: number): void {
     this.provisional = this.reportFinite;
-    if (this.provisional) this.o.engine.stepWithUndo(gradScale);
+    if (this.provisional && this.o.faults.cheats(this.o.replica, this.o.stage, step) === 'skip-update') {
+      this.provisional = false;
+      this.o.engine.zeroGrad();
+    } else if (this.provisional) this.o.engine.stepWithUndo(gradScale);
     else this.o.log.warn({ step }, 'gradients not finite: no provisional update, waiting for the commit');
     this.appliedMbs = this.accumulated;
     this.accumulated = [];

@@ -51,6 +51,7 @@ import { MicrobatchTraces } from './microbatch-traces.ts';
 import { OutgoingFrames } from './outgoing-frames.ts';
 import { SlotState } from './slot-state.ts';
 import { slotData, StageCompute } from './stage-compute.ts';
+import { StepDigests } from '../audit/output-digests.ts';
 import { StepControl } from './step-control.ts';
 
 const turnOfTheEventLoop = () => new Promise<void>((resolve) => setImmediate(resolve));
@@ -85,6 +86,9 @@ export interface StageRunnerOptions {
 /** What carries out the actor's commands. */
 interface Slot {
   readonly work: StageCompute;
+  /** The digests of the frames sent, by step, for its report. */
+  readonly digests: StepDigests;
+  readonly microbatches: number;
   readonly inputs: IncomingFrames;
   readonly outgoing: OutgoingFrames;
   readonly steps: StepControl;
@@ -132,15 +136,16 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
   });
   if (restored) await state.restore(restored, bridge);
   const dataset = await slotData(config, compute);
+  const digests = new StepDigests();
   const outgoing = new OutgoingFrames({
-    run: res.names.run, replica, stage: s, batchSize: t.batchSize, seqLen: t.seqLen, maxPayload: o.conn.maxPayload, outputs, traces, faults, failed: chain.stop,
+    run: res.names.run, replica, stage: s, batchSize: t.batchSize, seqLen: t.seqLen, maxPayload: o.conn.maxPayload, outputs, traces, faults, digests, failed: chain.stop,
     // Activations go out across the boundary at layerEnd, gradients across the one at layerBegin.
     wire: { act: { width: engine.outWidth, codecs: boundaryCodecs(model, layers[1], t.lz4) }, grad: { width: engine.inWidth, codecs: boundaryCodecs(model, layers[0], t.lz4) } },
   });
   const accounting = new ComputeAccounting(compute.peakGflops(), engine.cuda?.name ?? 'cpu');
   const work = new StageCompute({ config, replica, stage: s, engine, dataset, inputs, outputs: outgoing, accounting, traces, faults, log });
   const slot: Slot = {
-    work, inputs, outgoing, steps, state, outputs, bridge, lastStep: t.steps - 1, checkpointEvery: t.checkpointEvery,
+    work, inputs, outgoing, digests, microbatches: t.microbatches, steps, state, outputs, bridge, lastStep: t.steps - 1, checkpointEvery: t.checkpointEvery,
     counters: () => accounting.counters(outgoing.sentByKind(), inputs.queued(), work.peakStashBytes),
     // A computation holds the thread. Before the actor picks the next one, the
     // event loop takes a turn: frames that arrived meanwhile (a gradient that
@@ -168,7 +173,7 @@ async function carryOut(cmd: StageCommand, p: Slot): Promise<void> {
     case 'STEP_READY': {
       const { sumSquares, loss } = p.work.takeReport(cmd.step);
       await p.outgoing.allSent();
-      return p.outputs.report({ type: 'done', step: cmd.step, sumSquares, loss, counters: p.counters() });
+      return p.outputs.report({ type: 'done', step: cmd.step, sumSquares, loss, digests: p.digests.take(cmd.step, p.microbatches), counters: p.counters() });
     }
     case 'APPLY_STEP':
       return p.work.update(cmd.step, cmd.gradScale, cmd.skip);

@@ -13,11 +13,14 @@ import { coordinatorChannel, type CoordinatorChannel } from './coordinator-chann
 import { openRunResources } from './run-resources.ts';
 import { runResults, type RunResults } from './run-results.ts';
 import { runStateStore, type RunStateStore } from './run-state-store.ts';
+import { slotEvidence, type SlotEvidence } from './slot-evidence.ts';
 import { slotStore, type SlotStore } from './slot-store.ts';
 
 export interface CoordinatorTransport {
   readonly runState: RunStateStore;
   readonly slots: SlotStore;
+  /** What audits read back: a slot's stored inputs, a checkpoint's state. */
+  readonly evidence: SlotEvidence;
   readonly controlLog: ControlLog;
   readonly bridges: BridgeStore;
   readonly results: RunResults;
@@ -37,6 +40,7 @@ export async function openCoordinatorTransport(o: {
   return {
     runState: runStateStore(res.kv, res.names),
     slots: slotStore(res),
+    evidence: slotEvidence(res),
     controlLog: controlLog(res, signer),
     bridges: bridgeStore(res),
     results: runResults(res),

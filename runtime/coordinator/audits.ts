@@ -1,0 +1,195 @@
+// Audits by exact replay, run by the coordinator (training.audit). Each
+// checkpoint interval of each slot — from the checkpoint before (or the run's
+// start) to the one its holder just reported (or its final state) — is
+// audited with probability `rate`, drawn from (seed, replica, stage, step)
+// alone, so a restarted coordinator draws the same. An audited interval's
+// evidence is held: the checkpoint before it is not dropped and the slot's
+// inputs are not purged past where it started, until the replay
+// (runtime/audit/replay-interval.ts) is done. Audits run one at a time, off
+// the run's path: the stages go on meanwhile.
+//
+// The replay computes on this process's CPU engine, so it audits only slots
+// whose holders compute on the CPU: a GPU's bits are its own, and another
+// backend would accuse an honest host. A difference fails the run, naming
+// the slot, its holder and the step: nothing a dishonest holder computed
+// reaches a summary unseen.
+import { createHash } from 'node:crypto';
+import type { CheckpointPointer, StageCounters, StageReport } from '../../schemas/control-messages.ts';
+import type { RunConfig } from '../../schemas/run-config.ts';
+import type { AuditSummary } from '../../schemas/run-records.ts';
+import { replayInterval, type ReportedStep } from '../audit/replay-interval.ts';
+import { loadTokens, TokenDataset } from '../data/index.ts';
+import type { Logger } from '../log.ts';
+import type { SlotEvidence } from '../transport/slot-evidence.ts';
+import type { SlotStore } from '../transport/slot-store.ts';
+
+type Resume = CheckpointPointer['resume'];
+
+interface Hold {
+  readonly replica: number;
+  readonly stage: number;
+  /** The checkpoint the interval starts from (undefined: the run's start), and where its inputs start. */
+  readonly from: CheckpointPointer | undefined;
+  readonly to: { readonly step: number; readonly sha256: string };
+}
+
+/** Whether (replica, stage)'s interval ending at `step` is audited: a draw from the seed, the same in every process. */
+export function auditDrawn(seed: number, rate: number, replica: number, stage: number, step: number): boolean {
+  const h = createHash('sha256').update(`caravan-audit/${seed}/${replica}/${stage}/${step}`).digest();
+  return h.readUInt32BE(0) / 2 ** 32 < rate;
+}
+
+export class Audits {
+  private readonly reports = new Map<string, ReportedStep>();        // `${replica}.${stage}.${step}`: the slot's step report
+  private readonly commits = new Map<string, { gradScale: number; skip: boolean }>();  // `${replica}.${step}`
+  private readonly latest = new Map<string, CheckpointPointer>();    // `${replica}.${stage}`: the last recorded checkpoint
+  private readonly devices = new Map<string, string>();              // `${replica}.${stage}`: what its holder computes on
+  private readonly holds: Hold[] = [];
+  private queue: Promise<void> = Promise.resolve();
+  private dataset: Promise<TokenDataset> | undefined;
+  private readonly summary: { audited: number; skipped: number; steps: number; ms: number; failed: AuditSummary['failed'] } = { audited: 0, skipped: 0, steps: 0, ms: 0, failed: [] };
+
+  constructor(private readonly o: {
+    readonly run: string; readonly config: RunConfig; readonly slots: SlotStore; readonly evidence: SlotEvidence; readonly log: Logger;
+    /** A replay found a difference: the run fails with this. */
+    readonly failed: (err: Error) => void;
+  }) {}
+
+  private get rate(): number { return this.o.config.training.audit?.rate ?? 0; }
+  private get seed(): number { return this.o.config.training.audit?.seed ?? this.o.config.training.seed; }
+
+  /** A signed step report of a slot: kept while an audit may need it. */
+  reported(msg: Extract<StageReport, { type: 'done' }>, counters: StageCounters): void {
+    this.reports.set(`${msg.replica}.${msg.stage}.${msg.step}`, { sumSquares: msg.sumSquares, loss: msg.loss, digests: msg.digests });
+    this.devices.set(`${msg.replica}.${msg.stage}`, counters.compute.device);
+  }
+
+  /** A replica's commit of a step. */
+  committed(replica: number, step: number, gradScale: number, skip: boolean): void {
+    this.commits.set(`${replica}.${step}`, { gradScale, skip });
+  }
+
+  /**
+   * A checkpoint of the slot was recorded. Returns what of the previous one
+   * may go now: its object (unless an audit reads it) and the slot's inputs
+   * below these sequences (none past where a held interval starts).
+   */
+  checkpointed(replica: number, stage: number, previous: CheckpointPointer | undefined, current: CheckpointPointer): { dropPrevious: boolean; purgeBelow: Resume } {
+    this.latest.set(`${replica}.${stage}`, current);
+    if (this.rate > 0 && current.sha256 && auditDrawn(this.seed, this.rate, replica, stage, current.step)) {
+      this.audit({ replica, stage, from: previous, to: { step: current.step, sha256: current.sha256 } });
+    }
+    this.forgetBefore(replica);
+    return { dropPrevious: !previous || !this.holds.some((h) => h.from?.object === previous.object), purgeBelow: this.purgeLimit(replica, stage, current.resume) };
+  }
+
+  /** The slot's final state was reported: its last interval, from its last checkpoint. */
+  finalState(replica: number, stage: number, sha256: string): void {
+    const last = this.o.config.training.steps - 1;
+    const from = this.latest.get(`${replica}.${stage}`);
+    if (this.rate > 0 && (!from || from.step < last) && auditDrawn(this.seed, this.rate, replica, stage, last)) this.audit({ replica, stage, from, to: { step: last, sha256 } });
+  }
+
+  /** Settles once every audit begun so far is done. */
+  settled(): Promise<void> {
+    return this.queue;
+  }
+
+  /** The audits so far, for the run's summary. */
+  result(): AuditSummary {
+    return { rate: this.rate, audited: this.summary.audited, skipped: this.summary.skipped, steps_replayed: this.summary.steps, replay_ms: this.summary.ms, failed: [...this.summary.failed] };
+  }
+
+  private audit(hold: Hold): void {
+    this.holds.push(hold);
+    this.queue = this.queue.then(() => this.replay(hold)).catch((err: Error) => {
+      this.o.log.error({ replica: hold.replica, stage: hold.stage, step: hold.to.step, err: err.message }, 'audit could not run');
+      this.summary.skipped++;
+    }).finally(() => this.release(hold));
+  }
+
+  private async replay(h: Hold): Promise<void> {
+    const { config, evidence, slots, log } = this.o;
+    const { replica, stage } = h;
+    const device = this.devices.get(`${replica}.${stage}`);
+    if (device !== 'cpu') {
+      log.info({ replica, stage, step: h.to.step, device }, 'audit skipped: its holder computes on another backend than this auditor\'s CPU');
+      this.summary.skipped++;
+      return;
+    }
+    const first = h.from ? h.from.step + 1 : 0;
+    const state = h.from ? await evidence.checkpointState(h.from.object) : undefined;
+    if (h.from && !state) throw new Error(`checkpoint ${h.from.object} is gone`);
+    const inputs = [];
+    for (const kind of ['act', 'grad'] as const) {
+      if ((kind === 'act' && stage === 0) || (kind === 'grad' && stage === config.training.stages - 1)) continue;
+      const sender = kind === 'act' ? stage - 1 : stage + 1;
+      const stored = await evidence.storedInputs(replica, stage, kind, h.from?.resume[kind] ?? 1);
+      for (const f of stored) {
+        // The holder took only frames signed by the sending slot's holder: so does the replay.
+        const signed = await slots.signers.check({ kind: 'frame', subject: f.subject, body: f.bytes, header: f.signature, replica, stage: sender, edge: kind, seq: f.seq });
+        if (signed.ok) inputs.push({ kind, bytes: f.bytes });
+      }
+    }
+    const steps = Array.from({ length: h.to.step - first + 1 }, (_, i) => first + i);
+    const pick = <T>(m: Map<string, T>, key: (step: number) => string) => new Map(steps.flatMap((s) => (m.has(key(s)) ? [[s, m.get(key(s))!] as [number, T]] : [])));
+    const verdict = await replayInterval({
+      run: this.o.run, config, replica, stage, from: h.from && state ? { step: h.from.step, state } : undefined, to: h.to, inputs,
+      commits: pick(this.commits, (s) => `${replica}.${s}`),
+      reports: pick(this.reports, (s) => `${replica}.${stage}.${s}`),
+      sent: new Map(steps.map((s) => [s, { act: this.reports.get(`${replica}.${stage - 1}.${s}`)?.digests?.act, grad: this.reports.get(`${replica}.${stage + 1}.${s}`)?.digests?.grad }])),
+      dataset: await (this.dataset ??= loadTokens(config).then((tokens) => new TokenDataset(tokens))),
+      yieldTurn: () => new Promise((r) => setImmediate(r)),
+    });
+    this.summary.ms += verdict.ms;
+    if (verdict.ok) {
+      this.summary.audited++;
+      this.summary.steps += verdict.steps;
+      log.info({ replica, stage, from: first, to: h.to.step, ms: verdict.ms }, 'audit passed');
+      return;
+    }
+    const at = verdict.culprit;
+    const record = await slots.read(at.replica, at.stage);
+    const holder = record ? `host ${record.host} (generation ${record.generation})` : 'its holder';
+    this.summary.failed.push({ replica: at.replica, stage: at.stage, step: verdict.step, host: record?.host ?? null, what: verdict.what });
+    const message = `audit: slot ${at.replica}.${at.stage}, held by ${holder}, computed step ${verdict.step} wrongly: ${verdict.what} (replay of slot ${replica}.${stage}, steps ${first}–${h.to.step})`;
+    log.error({ replica: at.replica, stage: at.stage, step: verdict.step, host: record?.host, what: verdict.what }, 'audit failed');
+    this.o.failed(new Error(message));
+  }
+
+  /** An audit is over: what it held goes, unless another holds it. */
+  private release(h: Hold): void {
+    this.holds.splice(this.holds.indexOf(h), 1);
+    const { slots, log } = this.o;
+    const current = this.latest.get(`${h.replica}.${h.stage}`);
+    if (h.from && h.from.object !== current?.object && !this.holds.some((o) => o.from?.object === h.from!.object)) void slots.dropCheckpoint(h.from.object);
+    if (current) {
+      const below = this.purgeLimit(h.replica, h.stage, current.resume);
+      for (const kind of ['act', 'grad'] as const) if (below[kind]) void slots.purgeInputs(h.replica, h.stage, kind, below[kind]!).catch(() => {});
+    }
+    this.forgetBefore(h.replica);
+    log.debug({ replica: h.replica, stage: h.stage, step: h.to.step }, 'audit evidence released');
+  }
+
+  /** Where the slot's inputs may be purged up to: its checkpoint's resume, but not past an interval still held. */
+  private purgeLimit(replica: number, stage: number, resume: Resume): Resume {
+    const held = this.holds.filter((h) => h.replica === replica && h.stage === stage);
+    const limit = (kind: 'act' | 'grad') => {
+      const at = resume[kind];
+      if (at === undefined) return undefined;
+      return Math.min(at, ...held.map((h) => h.from?.resume[kind] ?? 1));
+    };
+    return { ...(limit('act') !== undefined ? { act: limit('act') } : {}), ...(limit('grad') !== undefined ? { grad: limit('grad') } : {}), control: resume.control };
+  }
+
+  /** Reports and commits no audit of the replica can need any more: at or before every stage's last checkpoint and every held interval's start. */
+  private forgetBefore(replica: number): void {
+    const S = this.o.config.training.stages;
+    const starts = Array.from({ length: S }, (_, s) => this.latest.get(`${replica}.${s}`)?.step ?? -1);
+    for (const h of this.holds) if (h.replica === replica) starts.push(h.from?.step ?? -1);
+    const keepAfter = Math.min(...starts);
+    if (keepAfter < 0) return;
+    for (const k of this.reports.keys()) { const [r, , st] = k.split('.').map(Number); if (r === replica && st <= keepAfter) this.reports.delete(k); }
+    for (const k of this.commits.keys()) { const [r, st] = k.split('.').map(Number); if (r === replica && st <= keepAfter) this.commits.delete(k); }
+  }
+}
