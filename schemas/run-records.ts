@@ -66,6 +66,8 @@ export interface RunState {
   recoveries?: RecoveryCounts;
   /** As of the last step of replica 0 (live-metrics.ts): what `caravan status` shows while the run goes on. */
   metrics?: LiveMetrics;
+  /** With training.audit: the audits so far, and the difference one found (which fails the run). */
+  audits?: AuditSummary;
 }
 
 /** `bridge.<stage>.<outer>`: one stage's outer step, created once. */
@@ -229,6 +231,11 @@ const LIVE_METRICS: FieldReader<LiveMetrics> = object({
   recoveries: RECOVERY_COUNTS,
 });
 
+const AUDIT_SUMMARY: FieldReader<AuditSummary> = object({
+  rate: real, audited: count, skipped: count, steps_replayed: count, replay_ms: real,
+  failed: arrayOf(object({ replica: count, stage: count, step: count, host: nullable(text), what: text })),
+});
+
 const RUN_STATE = object({
   status: oneOf(['gathering', 'running', 'finishing', 'finished', 'failed']),
   step: count,
@@ -239,6 +246,7 @@ const RUN_STATE = object({
   updated: text,
   recoveries: optional(RECOVERY_COUNTS),
   metrics: optional(LIVE_METRICS),
+  audits: optional(AUDIT_SUMMARY),
 });
 
 const BRIDGE_RECORD: FieldReader<BridgeRecord> = object({
@@ -279,10 +287,7 @@ const RUN_SUMMARY = object({
   recoveries: RECOVERY_COUNTS,
   skipped_steps: arrayOf(object({ replica: count, step: count })),
   rolled_back_steps: optional(arrayOf(object({ replica: count, step: count }))),
-  audits: optional(object({
-    rate: real, audited: count, skipped: count, steps_replayed: count, replay_ms: real,
-    failed: arrayOf(object({ replica: count, stage: count, step: count, host: nullable(text), what: text })),
-  })),
+  audits: optional(AUDIT_SUMMARY),
   outer_steps: optional(count),
   bridge_syncs: optional(arrayOf(BRIDGE_RECORD)),
 });

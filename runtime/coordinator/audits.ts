@@ -53,6 +53,8 @@ export class Audits {
     readonly run: string; readonly config: RunConfig; readonly slots: SlotStore; readonly evidence: SlotEvidence; readonly log: Logger;
     /** A replay found a difference: the run fails with this. */
     readonly failed: (err: Error) => void;
+    /** The audits so far changed (one more done): for the run's live state. */
+    readonly changed?: (summary: AuditSummary) => void;
   }) {}
 
   private get rate(): number { return this.o.config.training.audit?.rate ?? 0; }
@@ -109,6 +111,14 @@ export class Audits {
   }
 
   private async replay(h: Hold): Promise<void> {
+    try {
+      await this.replayAndJudge(h);
+    } finally {
+      this.o.changed?.(this.result());
+    }
+  }
+
+  private async replayAndJudge(h: Hold): Promise<void> {
     const { config, evidence, slots, log } = this.o;
     const { replica, stage } = h;
     const device = this.devices.get(`${replica}.${stage}`);
@@ -154,6 +164,7 @@ export class Audits {
     this.summary.failed.push({ replica: at.replica, stage: at.stage, step: verdict.step, host: record?.host ?? null, what: verdict.what });
     const message = `audit: slot ${at.replica}.${at.stage}, held by ${holder}, computed step ${verdict.step} wrongly: ${verdict.what} (replay of slot ${replica}.${stage}, steps ${first}–${h.to.step})`;
     log.error({ replica: at.replica, stage: at.stage, step: verdict.step, host: record?.host, what: verdict.what }, 'audit failed');
+    this.o.changed?.(this.result());  // in the run's state before it says the run failed
     this.o.failed(new Error(message));
   }
 

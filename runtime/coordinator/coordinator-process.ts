@@ -140,7 +140,10 @@ function assemble(
   const membership = new Membership({ run: o.run, store: net.runState, writes, log, recoveries: run.recoveries, send, runKey: hostKeys ? hostKeysCheck(hostKeys) : undefined });
   const slotTable = new SlotTable({ config, slots: net.slots, membership, writes, log, recoveries: run.recoveries });
   const counters = new Map<string, StageCounters>();  // the latest of every slot's holder, `${replica}.${stage}`
-  const audits = t.audit ? new Audits({ run: o.run, config, slots: net.slots, evidence: net.evidence, log, failed: settle }) : undefined;
+  const audits = t.audit ? new Audits({
+    run: o.run, config, slots: net.slots, evidence: net.evidence, log, failed: settle,
+    changed: (summary) => { run.state.audits = summary; void run.save(); },
+  }) : undefined;
   const replicas = new Replicas({
     config, controlLog: net.controlLog, writes, run, log, counters,
     progress: (p) => net.channel.progress(p), failed: settle, finished: (replica) => send({ type: 'REPLICA_FINISHED', replica }),
