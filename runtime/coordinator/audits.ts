@@ -79,7 +79,11 @@ export class Audits {
   checkpointed(replica: number, stage: number, previous: CheckpointPointer | undefined, current: CheckpointPointer): { dropPrevious: boolean; purgeBelow: Resume } {
     this.latest.set(`${replica}.${stage}`, current);
     if (this.rate > 0 && current.sha256 && auditDrawn(this.seed, this.rate, replica, stage, current.step)) {
-      this.audit({ replica, stage, from: previous, to: { step: current.step, sha256: current.sha256 } });
+      // One audit of a slot at a time: its held inputs then span at most two intervals, which the edge's cap leaves room for (edge-limits.ts).
+      if (this.holds.some((h) => h.replica === replica && h.stage === stage)) {
+        this.o.log.warn({ replica, stage, step: current.step }, 'audit skipped: the slot\'s previous audit is still running (the auditor is slower than the run)');
+        this.summary.skipped++;
+      } else this.audit({ replica, stage, from: previous, to: { step: current.step, sha256: current.sha256 } });
     }
     this.forgetBefore(replica);
     return { dropPrevious: !previous || !this.holds.some((h) => h.from?.object === previous.object), purgeBelow: this.purgeLimit(replica, stage, current.resume) };
