@@ -40,7 +40,8 @@ export function slotEvidence(res: RunResources): SlotEvidence {
         for await (const m of await consumer.fetch({ max_bytes: 16 * 1024 * 1024, expires: 1000 })) {
           got++;
           frames.push({ kind, subject: m.subject, seq: m.seq, bytes: m.data, signature: m.headers?.get(SIGNATURE_HEADER) });
-          if (m.seq >= last || m.info.pending === 0) done = true;
+          // A fetch runs until its bytes are in or it expires: it is left as soon as the last message is.
+          if (m.seq >= last || m.info.pending === 0) { done = true; break; }
         }
         if (done || got === 0) break;
       }
