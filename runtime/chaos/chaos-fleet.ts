@@ -17,6 +17,8 @@ export interface ChaosFleetOptions {
   readonly heartbeatTimeoutMs: number;
   readonly log: Logger;
   readonly childLogLevel?: string;
+  /** CARAVAN_CHAOS_CHEAT for every stage host (replacements included, so a slot keeps its cheater): `caravan chaos --cheat`. */
+  readonly cheat?: string;
   /** Called when a child exits in a way the run did not cause. */
   readonly fail: (err: Error) => void;
 }
@@ -60,12 +62,14 @@ export class ChaosFleet {
     return this.current;
   }
 
-  /** A stage host with fault injection on (CARAVAN_CHAOS=1), in a datacenter of its own. */
+  /** A stage host with fault injection on (CARAVAN_CHAOS=1, and the cheat if one is given), in a datacenter of its own. */
   spawnHost(): CaravanChild {
     const i = this.hostCount++;
+    // Empty without --cheat: one inherited from this process's environment would make an ordinary chaos run cheat unasked.
+    const env = { CARAVAN_CHAOS: '1', CARAVAN_CHAOS_CHEAT: this.o.cheat ?? '' };
     return this.watch(spawnCaravan(`host ${i}`, [
       'host', '--nats', this.natsUrl(), '--run', this.o.run, '--datacenter', `local-${i}`, '--heartbeat', String(this.o.heartbeatMs),
-    ], { env: { CARAVAN_CHAOS: '1' }, logLevel: this.o.childLogLevel, echo: this.echo() }));
+    ], { env, logLevel: this.o.childLogLevel, echo: this.echo() }));
   }
 
   /** The child with process id `pid`, running or not. */

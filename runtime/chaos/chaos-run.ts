@@ -7,18 +7,25 @@
 // pipeline stood still after each kill, and reports whether the final
 // parameters are bit for bit the reference's. The processes it starts, and
 // stopping them however the run ends, are chaos-fleet.ts's.
+//
+// With a cheat (`--cheat`, which needs audits) the stage hosts also play a
+// dishonest holder of one slot (CARAVAN_CHAOS_CHEAT): the audits must catch
+// it, so the run failing is the expected outcome, and the report says which
+// slot and step the audit blamed, how long after the cheat began, and what
+// the fault-free run's audits cost.
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { RunConfig } from '../../schemas/run-config.ts';
-import type { RecoveryCounts, RunSummary } from '../../schemas/run-records.ts';
+import type { AuditSummary, RecoveryCounts, RunState, RunSummary } from '../../schemas/run-records.ts';
 import type { FaultPoint, FaultReached, FaultRequest } from '../../schemas/control-messages.ts';
 import type { Logger } from '../log.ts';
+import type { parseCheat } from '../host/fault-points.ts';
 import { connectNats, type NatsConnection } from '../transport/connect.ts';
 import { isRunning, type CaravanChild } from '../train/caravan-child.ts';
 import { newRunId, trainDistributed } from '../train/train-distributed.ts';
 import { trainLocal } from '../train/train-local.ts';
-import { openRunResources, type RunResources } from '../transport/run-resources.ts';
+import { openExistingRun, openRunResources, type RunResources } from '../transport/run-resources.ts';
 import { edgeLimits } from '../transport/edge-limits.ts';
 import { FaultInjection } from '../transport/fault-injection.ts';
 import { followRunEvents } from '../transport/run-events.ts';
@@ -40,7 +47,11 @@ export interface ChaosOptions {
   readonly log: Logger;
   readonly childLogLevel?: string;
   readonly onEvent?: (line: string) => void;
+  /** A dishonest holder for the audits (training.audit) to catch: the chaos run's stage hosts cheat so. */
+  readonly cheat?: Cheat;
 }
+
+export type Cheat = ReturnType<typeof parseCheat>;
 
 export interface KillRecord {
   readonly target: string;          // 'stage' | 'coordinator' | 'nats'
@@ -64,11 +75,44 @@ export interface ChaosReport {
   readonly recoveries: RecoveryCounts;
   readonly wall_seconds: number;
   readonly kill_log: KillRecord[];
+  /** With training.audit: the chaos run's audits, and the fault-free run's. */
+  readonly audits?: AuditSummary;
+  readonly reference_audits?: AuditSummary;
+}
+
+/** What the audits made of a cheating holder (ChaosOptions.cheat). */
+export interface CheatReport {
+  /** The chaos run's id: its processes carry it on their command lines. */
+  readonly run: string;
+  readonly cheat: Cheat;
+  /** An audit found a difference. */
+  readonly caught: boolean;
+  /** The first difference: the slot, step and holder the audit blamed. */
+  readonly detected: AuditSummary['failed'][number] | null;
+  /** Detected step − the step the cheat began at. */
+  readonly detection_lag_steps: number | null;
+  /** Blamed on the cheating slot, at or after the step it began: a caught cheat that accused an honest slot or step is not a pass. */
+  readonly blamed_cheater: boolean;
+  /** Why the chaos run failed (the audit's message when caught), or null if it finished. */
+  readonly run_failed: string | null;
+  /** The cheating run's audits as its live state held them when it ended. */
+  readonly audits: AuditSummary | null;
+  readonly reference_audits: AuditSummary | null;
+  /** Σ over the fault-free run's slots of busy_ms in each holder's final report: its engine time. */
+  readonly reference_compute_ms: number | null;
+  /** The fault-free run's replay_ms / reference_compute_ms: the auditor's CPU time per unit of the stages'. */
+  readonly audit_overhead: number | null;
+  readonly params_match_reference: false;
+  readonly note: string;
+  readonly reference_params_sha256: string;
+  readonly kills: number;
+  readonly kill_log: KillRecord[];
+  readonly wall_seconds: number;
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
+export async function runChaos(o: ChaosOptions): Promise<ChaosReport | CheatReport> {
   const t = o.config.training;
   const say = (line: string) => o.onEvent?.(line);
   const plan = planKills({ kills: o.kills, seed: o.seed, steps: t.steps, stages: t.stages, replicas: t.replicas, checkpointEvery: t.checkpointEvery, natsServers: o.natsServers, targets: o.targets });
@@ -83,27 +127,29 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
   const watch = new TrainingWatch();
   const fleet = new ChaosFleet({
     run, configFile, heartbeatMs: o.heartbeatMs, heartbeatTimeoutMs: o.heartbeatTimeoutMs, log: o.log, childLogLevel: o.childLogLevel,
-    fail: (err) => watch.fail(err),
+    cheat: o.cheat && `${o.cheat.mode}/${o.cheat.replica}/${o.cheat.stage}/${o.cheat.from}`, fail: (err) => watch.fail(err),
   });
   let nc: NatsConnection | undefined;
   try {
     const url = await fleet.startNats(o.natsServers);
     nc = await connectNats(url, `caravan-chaos-${run}`);
     const res = await openRunResources(nc, run, { limits: edgeLimits(o.config) });
-    const striker = new Striker(fleet, watch, new RunStateReader(res), new FaultInjection(nc, res.names), say);
+    const runState = new RunStateReader(res);
+    const striker = new Striker(fleet, watch, runState, new FaultInjection(nc, res.names), say);
     await writeFile(configFile, JSON.stringify(o.config));
     fleet.spawnCoordinator();
     for (let i = 0; i < t.stages * t.replicas + o.standbys; i++) fleet.spawnHost();
     await watch.follow(nc, res.names);
     striker.listen();
+    const ended = strikeAll(plan, watch, striker);
 
-    for (const kill of plan) {
-      await watch.until(`step ${kill.afterStep}`, () => watch.committedSteps >= kill.afterStep || watch.summary !== undefined);
-      if (watch.summary) break;
-      await striker.strike(kill);
+    if (o.cheat) {
+      // The audit failing the run is what a cheat should come to: the outcome, not an error (the fleet still stops below).
+      const failure = await ended.then(() => undefined, (err: Error) => err);
+      await striker.recovered();
+      return cheatReport({ run, cheat: o.cheat, failure, state: await endedState(runState), summary: watch.summary, reference, kills: striker.kills, began });
     }
-
-    await watch.until('the end of the run', () => watch.summary !== undefined, 600_000);
+    await ended;
     await striker.recovered();
     const counts = await countContributions(res, o.config);
     return chaosReport({ summary: watch.summary!, reference, kills: striker.kills, counts, refused: fleet.refused, began });
@@ -112,6 +158,32 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
     await fleet.stop();
     await rm(dir, { recursive: true, force: true });
   }
+}
+
+/** Strikes every planned kill as its step comes (none after the run ended), then waits for the end of the run. */
+async function strikeAll(plan: readonly PlannedKill[], watch: TrainingWatch, striker: Striker): Promise<void> {
+  for (const kill of plan) {
+    await watch.until(`step ${kill.afterStep}`, () => watch.committedSteps >= kill.afterStep || watch.summary !== undefined);
+    if (watch.summary) break;
+    await striker.strike(kill);
+  }
+  await watch.until('the end of the run', () => watch.summary !== undefined, 600_000);
+}
+
+/**
+ * The run's state once the coordinator recorded how the run ended: it saves
+ * the state (audits included) before it says the run failed, but a child's
+ * exit may have been heard first. Whatever it holds after 15 s otherwise.
+ */
+async function endedState(runState: RunStateReader): Promise<RunState | undefined> {
+  const deadline = performance.now() + 15_000;
+  let state: RunState | undefined;
+  do {
+    state = await runState.state().catch(() => state);
+    if (state?.status === 'failed' || state?.status === 'finished') break;
+    await sleep(100);
+  } while (performance.now() < deadline);
+  return state;
 }
 
 /**
@@ -282,8 +354,7 @@ class Striker {
 
 interface ChaosOutcome {
   readonly summary: RunSummary;
-  /** The fault-free run's parameter hashes by replica. */
-  readonly reference: readonly string[];
+  readonly reference: Reference;
   readonly kills: KillRecord[];
   readonly counts: Contributions;
   readonly refused: number;
@@ -291,7 +362,7 @@ interface ChaosOutcome {
   readonly began: number;
 }
 
-function chaosReport({ summary, reference, kills, counts, refused, began }: ChaosOutcome): ChaosReport {
+function chaosReport({ summary, reference: { hashes: reference, audits }, kills, counts, refused, began }: ChaosOutcome): ChaosReport {
   const hashes = summary.params_sha256_by_replica;
   const match = hashes.length === reference.length && hashes.every((h, i) => h === reference[i]);
   const times = kills.map((k) => k.recovery_s).sort((a, b) => a - b);
@@ -311,14 +382,82 @@ function chaosReport({ summary, reference, kills, counts, refused, began }: Chao
     recoveries: summary.recoveries,
     wall_seconds: (performance.now() - began) / 1000,
     kill_log: kills,
+    ...(summary.audits ? { audits: summary.audits } : {}),
+    ...(audits ? { reference_audits: audits } : {}),
   };
 }
 
-/** The fault-free run's parameter hashes by replica: in process for one replica (equal bit for bit to the pipeline, see test/pipeline), over NATS otherwise. */
-async function referenceRun(o: ChaosOptions): Promise<string[]> {
-  if (o.config.training.replicas === 1) return [(await trainLocal({ ...o.config, valEvery: 0, valBatches: 1 })).paramsSha256];
-  const summary = await trainDistributed({ config: o.config, log: o.log });
-  return summary.params_sha256_by_replica;
+interface CheatOutcome {
+  readonly run: string;
+  readonly cheat: Cheat;
+  /** Why the chaos run failed; undefined if it finished. */
+  readonly failure: Error | undefined;
+  readonly state: RunState | undefined;
+  readonly summary: RunSummary | undefined;
+  readonly reference: Reference;
+  readonly kills: KillRecord[];
+  readonly began: number;
+}
+
+function cheatReport({ run, cheat, failure, state, summary, reference, kills, began }: CheatOutcome): CheatReport {
+  const audits = state?.audits ?? summary?.audits ?? null;
+  const detected = audits?.failed[0] ?? null;
+  const ref = reference.audits;
+  return {
+    run,
+    cheat,
+    caught: detected !== null,
+    detected,
+    detection_lag_steps: detected ? detected.step - cheat.from : null,
+    blamed_cheater: detected !== null && detected.replica === cheat.replica && detected.stage === cheat.stage && detected.step >= cheat.from,
+    run_failed: failure?.message ?? null,
+    audits,
+    reference_audits: ref ?? null,
+    reference_compute_ms: reference.computeMs ?? null,
+    audit_overhead: ref && reference.computeMs ? ref.replay_ms / reference.computeMs : null,
+    params_match_reference: false,
+    note: 'the run stops at detection: rolling the slot back to its last audited checkpoint and replaying with a standby are not built yet, so no parameters to compare',
+    reference_params_sha256: reference.hashes[0],
+    kills: kills.length,
+    kill_log: kills,
+    wall_seconds: (performance.now() - began) / 1000,
+  };
+}
+
+/** The fault-free run: its parameter hashes by replica; with training.audit, what its audits found and the compute they are set against. */
+interface Reference {
+  readonly hashes: readonly string[];
+  readonly audits?: AuditSummary;
+  /** Σ over every slot of busy_ms in its holder's final report. */
+  readonly computeMs?: number;
+}
+
+/**
+ * In process for one replica (equal bit for bit to the pipeline, see
+ * test/pipeline), over NATS otherwise, and also with audits: the coordinator
+ * is what runs them.
+ */
+async function referenceRun(o: ChaosOptions): Promise<Reference> {
+  const t = o.config.training;
+  if (t.replicas === 1 && !t.audit) return { hashes: [(await trainLocal({ ...o.config, valEvery: 0, valBatches: 1 })).paramsSha256] };
+  let computeMs: number | undefined;
+  const summary = await trainDistributed({
+    config: o.config, log: o.log,
+    onFinished: t.audit ? async ({ url, run }) => { computeMs = await stageComputeMs(url, run); } : undefined,
+  });
+  return { hashes: summary.params_sha256_by_replica, audits: summary.audits, computeMs };
+}
+
+/** The engine time of a finished run's stage hosts: busy_ms summed over the slots' final reports (one a slot in a run without faults). */
+async function stageComputeMs(url: string, run: string): Promise<number> {
+  const nc = await connectNats(url, `caravan-chaos-reference-${run}`);
+  try {
+    let ms = 0;
+    for await (const r of storedStageReports(await openExistingRun(nc, run, url))) if (r.type === 'final') ms += r.counters.compute.busy_ms;
+    return ms;
+  } finally {
+    await nc.close().catch(() => {});
+  }
 }
 
 function pidOf(host: string): number {

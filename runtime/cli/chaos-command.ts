@@ -1,12 +1,15 @@
 // `caravan chaos`: train while killing hosts, the coordinator and a NATS
 // server with SIGKILL at seeded moments; then compare with a fault-free run.
-import { Command, Option } from 'commander';
-import { runChaos } from '../chaos/chaos-run.ts';
+// With --cheat, one slot's holder also cheats, and the audits must catch it.
+import { Command, InvalidArgumentError, Option } from 'commander';
+import { runChaos, type ChaosReport, type Cheat, type CheatReport } from '../chaos/chaos-run.ts';
 import { KILL_KINDS, type KillKind } from '../chaos/kill-plan.ts';
 import { loadRunConfig } from '../config/load-run-config.ts';
 import { createLogger, LOG_LEVELS } from '../log.ts';
 import { PRESETS } from '../config/presets.ts';
-import { compressionOverrides, withCompressionOptions, withScheduleOptions, nonNegativeInt, positiveInt, type RunShapeFlags } from './options.ts';
+import type { RunConfig } from '../../schemas/run-config.ts';
+import { CHEAT_MODES, parseCheat } from '../host/fault-points.ts';
+import { auditRate, compressionOverrides, withCompressionOptions, withScheduleOptions, nonNegativeInt, positiveInt, type RunShapeFlags } from './options.ts';
 
 interface ChaosFlags extends RunShapeFlags {
   trainSeed?: number;
@@ -20,6 +23,8 @@ interface ChaosFlags extends RunShapeFlags {
   heartbeatTimeout: number;
   logLevel?: string;
   json?: boolean;
+  auditRate?: number;
+  cheat?: Cheat;
 }
 
 export function chaosCommand(program: Command): void {
@@ -38,9 +43,12 @@ export function chaosCommand(program: Command): void {
     .option('--seq <n>', 'tokens per sequence', positiveInt('--seq'), 64)
     .option('--train-seed <n>', 'seed for weights and data order', nonNegativeInt('--train-seed'))
     .option('--checkpoint-every <n>', 'steps between stage checkpoints', nonNegativeInt('--checkpoint-every'), 3)
+    .option('--audit-rate <x>', 'audit this fraction of each slot\'s checkpoint intervals by exact replay, in the fault-free run and the chaos run (training.audit; docs/security.md)', auditRate)
+    .option('--cheat <spec>', `<mode>/<replica>/<stage>/<from step>: that slot's holder cheats from that step on (mode: ${CHEAT_MODES.join(', ')}); needs --audit-rate. The audit must catch it: exit 0 when it blames that slot, 2 otherwise; the run stops there`, cheatSpec)
     .addOption(new Option('--log-level <level>', "child processes' log level on stderr").choices([...LOG_LEVELS]))
     .option('--json', 'print one JSON line at the end')
     .action(async (flags: ChaosFlags) => {
+      if (flags.cheat && flags.auditRate === undefined) throw new Error('--cheat needs --audit-rate: a cheat is only caught by the audits (rate 1 audits every interval)');
       const compression = compressionOverrides(flags);
       const config = await loadRunConfig({
         file: flags.config,
@@ -50,22 +58,59 @@ export function chaosCommand(program: Command): void {
           training: {
             steps: flags.steps, stages: flags.stages, replicas: flags.replicas, microbatches: flags.microbatches, schedule: flags.schedule,
             batchSize: flags.batch, seqLen: flags.seq, seed: flags.trainSeed, checkpointEvery: flags.checkpointEvery, ...compression.training,
+            ...(flags.auditRate !== undefined ? { audit: { rate: flags.auditRate } } : {}),
           },
         },
       });
+      if (flags.cheat) checkCheatFits(flags.cheat, config);
       const say = (line: string) => { if (!flags.json) process.stderr.write(`${line}\n`); };
       const t = config.training;
+      if (flags.cheat) say(`caravan chaos: slot ${flags.cheat.replica}.${flags.cheat.stage}'s holder cheats (${flags.cheat.mode}) from step ${flags.cheat.from}; audits at rate ${flags.auditRate}`);
       say(`caravan chaos: ${flags.kills} kills (seed ${flags.seed}) in a ${t.steps}-step run of ${t.stages} stages × ${t.replicas} replica(s), checkpoints every ${t.checkpointEvery} steps, ${flags.natsServers} NATS server(s)`);
       const report = await runChaos({
         config, kills: flags.kills, seed: flags.seed, targets: flags.targets as KillKind[] | undefined, natsServers: flags.natsServers === '1' ? 1 : 3, standbys: flags.standbys,
         heartbeatMs: flags.heartbeat, heartbeatTimeoutMs: flags.heartbeatTimeout, log: createLogger('caravan-chaos', 'warn'),
-        childLogLevel: flags.logLevel, onEvent: say,
+        childLogLevel: flags.logLevel, onEvent: say, cheat: flags.cheat,
       });
       if (flags.json) process.stdout.write(`${JSON.stringify(report)}\n`);
-      else {
-        say(`kills ${report.kills} ${JSON.stringify(report.kills_by_target)}; lost microbatches ${report.lost_microbatches}, duplicated ${report.duplicated_microbatches}; recovery median ${report.recovery_s.median.toFixed(2)} s, max ${report.recovery_s.max.toFixed(2)} s`);
-        say(`params ${report.params_match_reference ? 'match' : 'DO NOT match'} the fault-free run (${report.params_sha256.slice(0, 16)}…)`);
+      if ('cheat' in report) {
+        sayCheat(report, say);
+        process.exitCode = report.blamed_cheater ? 0 : 2;
+        return;
       }
+      sayChaos(report, say);
       if (!report.params_match_reference || report.lost_microbatches || report.duplicated_microbatches) process.exitCode = 2;
     });
+}
+
+/** --cheat, refused at parse time where it is not <mode>/<replica>/<stage>/<from step>. */
+function cheatSpec(value: string): Cheat {
+  try {
+    return parseCheat(value);
+  } catch (err) {
+    throw new InvalidArgumentError((err as Error).message);
+  }
+}
+
+/** A cheat outside the run would never happen, and read as one the audits missed. */
+function checkCheatFits(c: Cheat, config: RunConfig): void {
+  const t = config.training;
+  if (c.replica >= t.replicas || c.stage >= t.stages || c.from >= t.steps) {
+    throw new Error(`--cheat ${c.mode}/${c.replica}/${c.stage}/${c.from}: the run has replicas 0–${t.replicas - 1}, stages 0–${t.stages - 1} and steps 0–${t.steps - 1}`);
+  }
+}
+
+function sayCheat(r: CheatReport, say: (line: string) => void): void {
+  const d = r.detected;
+  say(d
+    ? `cheat ${r.cheat.mode} at slot ${r.cheat.replica}.${r.cheat.stage} from step ${r.cheat.from}: caught at slot ${d.replica}.${d.stage} step ${d.step} (${r.detection_lag_steps} step(s) later), host ${d.host}${r.blamed_cheater ? '' : ' — NOT the cheating slot or step'}`
+    : `cheat ${r.cheat.mode} at slot ${r.cheat.replica}.${r.cheat.stage} from step ${r.cheat.from}: NOT caught${r.run_failed ? ` (the run failed: ${r.run_failed})` : ''}`);
+  if (r.audit_overhead !== null) say(`audits of the fault-free run: ${r.reference_audits!.audited} intervals, ${r.reference_audits!.replay_ms.toFixed(0)} ms of replay for ${r.reference_compute_ms!.toFixed(0)} ms of stage compute (overhead ${(100 * r.audit_overhead).toFixed(1)}%)`);
+  say(r.note);
+}
+
+function sayChaos(report: ChaosReport, say: (line: string) => void): void {
+  say(`kills ${report.kills} ${JSON.stringify(report.kills_by_target)}; lost microbatches ${report.lost_microbatches}, duplicated ${report.duplicated_microbatches}; recovery median ${report.recovery_s.median.toFixed(2)} s, max ${report.recovery_s.max.toFixed(2)} s`);
+  say(`params ${report.params_match_reference ? 'match' : 'DO NOT match'} the fault-free run (${report.params_sha256.slice(0, 16)}…)`);
+  if (report.audits) say(`audits: ${report.audits.audited} intervals passed, ${report.audits.skipped} skipped, ${report.audits.failed.length} failed`);
 }
