@@ -71,8 +71,8 @@ export async function benchTransport(args: string[]): Promise<Record<string, unk
           for (let i = 0; i < count; i++) {
             const body = method === 'jetstream' ? payload : encodeFrame({ run, replica: 0, stage, step: rep, microbatch: i, kind: 'act', shape: [1, T, d], data });
             const h = method === 'signed' ? newMessageHeaders() : undefined;
-            h?.set(SIGNATURE_HEADER, signatureHeader(key, 1, 'frame', res.names.act(0, stage), body));
-            inflight.push(res.js.publish(res.names.act(0, stage), body, { msgID: frameMsgId(run, 0, rep, i, 'act', stage), headers: h }));
+            h?.set(SIGNATURE_HEADER, signatureHeader(key, 1, 'frame', res.names.edge('act', 0, stage, key.publicKey), body));
+            inflight.push(res.js.publish(res.names.edge('act', 0, stage, key.publicKey), body, { msgID: frameMsgId(run, 0, rep, i, 'act', stage), headers: h }));
             if (inflight.length >= 8) await inflight.shift();
           }
           await Promise.all(inflight);
@@ -107,7 +107,7 @@ export async function benchTransport(args: string[]): Promise<Record<string, unk
       const body = new Uint8Array(s).fill(7);
       const t0 = performance.now();
       for (let i = 0; i < 50; i++) {
-        const subject = res.names.act(0, 1);
+        const subject = res.names.edge('act', 0, 1, key.publicKey);
         const sig = parseSignatureHeader(signatureHeader(key, 1, 'frame', subject, body), 'frame', subject, body);
         if (typeof sig === 'string' || !verifySignature(key.publicKey, sig.message, sig.signature)) throw new Error('did not verify');
       }

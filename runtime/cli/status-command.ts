@@ -93,7 +93,7 @@ export function formatStatus(s: RunStatus): string {
     ...bridgeLine(s.bridge),
     ...recoveryLine(st.recoveries),
     `dead-lettered frames: ${s.dead_letters.count}`,
-    ...s.dead_letters.recent.map((d) => `  [${d.fault}] ${d.reason} (${d.subject}, host ${d.host})`),
+    ...s.dead_letters.recent.map((d) => `  [${d.fault}] ${d.reason} (${d.subject}, host ${d.host}${d.writer ? `, key ${d.writer.slice(0, 12)}…` : ''})`),
   ].join('\n');
 }
 

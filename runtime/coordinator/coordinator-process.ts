@@ -102,7 +102,10 @@ async function coordinate(
   const p = assemble(o, net, run, log, settle, (e) => coordinator.send(e));
   const hosts = net.channel.listen({
     register: (msg, respond) => p.membership.register(msg, respond),
-    heartbeat: (host) => coordinator.send({ type: 'HEARTBEAT', host }),
+    heartbeat: (host, key) => {
+      if (p.membership.heartbeatCounts(host, key)) coordinator.send({ type: 'HEARTBEAT', host });
+      else log.warn({ host, key }, 'heartbeat refused: not under the key the host registered with');
+    },
     ready: (host) => coordinator.send({ type: 'HOST_READY', host }),
     failed: (reason) => settle(new Error(reason)),
     refused: (subject, err) => log.warn({ subject, err: err.message }, 'message refused'),

@@ -82,6 +82,16 @@ export class Membership {
     return undefined;
   }
 
+  /**
+   * Whether a heartbeat under `key` counts for `host`: it does unless the host registered with another key (in this
+   * process; one known only from before a restart is taken as it comes). Another host's heartbeats, which a host
+   * could otherwise send to keep a dead one "alive", are refused.
+   */
+  heartbeatCounts(host: string, key: string): boolean {
+    const registered = this.registered.get(host);
+    return !registered || registered.key === key;
+  }
+
   /** The key and datacenter a host registered with: in this process, or in its record from before a restart. */
   async holder(host: string): Promise<{ key?: string; datacenter: string } | undefined> {
     return this.registered.get(host) ?? (await this.o.store.readHost(host));

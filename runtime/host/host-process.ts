@@ -75,7 +75,7 @@ export async function runHost(o: HostOptions): Promise<void> {
     const res = await waitForRun(conn, o);
     faults = new FaultPoints(conn, id, res.names.chaos(id), res.names.chaosReached, refused(log));
     beat = setInterval(() => {
-      conn.publish(res.names.heartbeat(id), encodeJson({ host: id, datacenter: o.datacenter, deadLetters: deadLetters.count }));
+      conn.publish(res.names.heartbeat(id, key.publicKey), encodeJson({ host: id, datacenter: o.datacenter, deadLetters: deadLetters.count }));
     }, o.heartbeatMs ?? 1000);
     await register(conn, res, id, o, device, key, log);
     await followRun(conn, res, id, device, log, faults, deadLetters, tracing, key);

@@ -116,19 +116,22 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
   const objects = stateObjects(res);
   const actor = createActor(stageMachine, { input: stageInput(config, schedule, s, restored) });
   const send = (event: StageEvent) => chain.run(() => { actor.send(event); });
+  const deadLetter = async (d: Parameters<typeof moveToDeadLetters>[3], fault: string, reason: string) => {
+    if (!(await moveToDeadLetters(res, holder, o.key.publicKey, d, fault, reason))) log.warn({ fault, subject: d.subject }, 'dead-letter stream full: the refused message is dropped unrecorded');
+  };
   // Made before a checkpoint is loaded: it keeps the initial weights where pseudo-gradients need them.
   const bridge = t.bridge ? new StageSync({ res, objects, bridge: t.bridge, replica, stage: s, engine, log, stopped: () => chain.settled, report: (r) => outputs.report(r) }) : undefined;
   const steps = new StepControl({
     send, keys: o.coordinatorKeys, subject: res.names.stepControl(replica), log, deadLetters: o.deadLetters,
     postValidate: schedule.postValidated, microbatches: t.microbatches,
-    moveToDeadLetters: (d, fault, reason) => moveToDeadLetters(res, holder, d, fault, reason),
+    moveToDeadLetters: (d, fault, reason) => deadLetter(d, fault, reason),
   });
   const traces = new MicrobatchTraces(tracing, { run: res.names.run, replica, stage: s, isFirst: engine.isFirst, isLast: engine.isLast, schedule: schedule.name });
   const inputs = new IncomingFrames({
     run: res.names.run, replica, stage: s, batchSize: t.batchSize, seqLen: t.seqLen, maxSeqLen: model.maxSeqLen,
     // Activations arrive across the boundary at layerBegin, gradients across the one at layerEnd.
     widths: { act: engine.inWidth, grad: engine.outWidth }, nonFinite: t.nonFinite, resume: restored?.resume,
-    signers: o.signers, traces, log, moveToDeadLetters: (d, fault, reason) => moveToDeadLetters(res, holder, d, fault, reason), deadLetters: o.deadLetters, send,
+    signers: o.signers, traces, log, moveToDeadLetters: (d, fault, reason) => deadLetter(d, fault, reason), deadLetters: o.deadLetters, send,
   });
   const state = new SlotState({
     names: res.names, objects, outputs, engine, replica, stage: s, layers, generation, faults, tracing, log,

@@ -110,6 +110,6 @@ export async function readUsers(dir: string): Promise<CredentialUser[]> {
 
 /** The nats-server `authorization` block for these users (nats-server's config accepts JSON values). */
 export function authorizationBlock(users: readonly CredentialUser[]): string {
-  const lines = users.map((u) => `    # run ${u.run}: ${u.name}\n    ${JSON.stringify({ nkey: u.publicKey, permissions: permissionsFor(u.role, u.run, u.shape) })}`);
+  const lines = users.map((u) => `    # run ${u.run}: ${u.name}\n    ${JSON.stringify({ nkey: u.publicKey, permissions: permissionsFor(u.role, u.run, u.shape, u.publicKey) })}`);
   return `# Written by 'caravan creds': ${users.length} users. Include it from the server config and reload the server after a change.\nauthorization {\n  users = [\n${lines.join(',\n')}\n  ]\n}\n`;
 }

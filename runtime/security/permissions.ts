@@ -6,7 +6,9 @@
 //
 //   coordinator  everything of its run (it creates the streams, writes run
 //                state and step control); the Bridges run in its process.
-//   host         publishes frames, reports, heartbeats, registration and its
+//   host         publishes frames and heartbeats under its own key only (the
+//                subject's last token: a flood fills its own subjects, and it
+//                cannot beat for another host), reports, registration and
 //                dead letters; reads through consumers of the input streams and
 //                the control log; reads run state; writes objects
 //                (checkpoints, final states, Bridge contributions), which are
@@ -47,7 +49,8 @@ function streamsOf(run: string, shape: RunShape) {
   return { inputs, control: n.controlStream, dead: n.deadStream, kv: n.kvStream, objects: n.objectStream };
 }
 
-export function permissionsFor(role: Role, run: string, shape: RunShape): Permissions {
+/** What `role` may do in `run`; a host's publishing is bound to its own public key `key`. */
+export function permissionsFor(role: Role, run: string, shape: RunShape, key = ''): Permissions {
   const n = runNames(run);
   const st = streamsOf(run, shape);
   const { reads, consumes, flowControlReplies } = jetStreamApi;
@@ -60,10 +63,11 @@ export function permissionsFor(role: Role, run: string, shape: RunShape): Permis
     };
   }
   if (role === 'host') {
+    if (!/^U[A-Z2-7]{55}$/.test(key)) throw new Error(`a host's permissions name its public nkey (U…, 56 characters), got ${JSON.stringify(key)}`);
     return {
       publish: {
         allow: [
-          n.edges('act'), n.edges('grad'), n.deadLetters, n.reports, n.heartbeats, n.register, n.ready, n.chaosReached,
+          n.edgesFrom('act', key), n.edgesFrom('grad', key), n.deadLettersFrom(key), n.reports, n.heartbeatsFrom(key), n.register, n.ready, n.chaosReached,
           jetStreamApi.info, ...all.map(jetStreamApi.streamInfo),
           ...st.inputs.flatMap(consumes), ...consumes(st.control),
           ...reads(st.kv), ...consumes(st.kv), flowControlReplies(st.kv),

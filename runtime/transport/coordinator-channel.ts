@@ -15,7 +15,8 @@ import { survivable, type OnRefused } from './survivable-callback.ts';
 /** What hosts say, decoded. A registration that does not decode is refused here, with the reason. */
 export interface HostMessages {
   register(registration: Registration, respond: (reply: RegistrationReply) => void): Promise<void>;
-  heartbeat(host: string): void;
+  /** A heartbeat of `host`, published under `key` (its subject's last token, which a host's credentials bind to its own key). */
+  heartbeat(host: string, key: string): void;
   ready(host: string): void;
   failed(reason: string): void;
   /** A message on one of these subjects that does not decode, or whose handling failed: the channel reads on. */
@@ -47,7 +48,11 @@ export function coordinatorChannel(nc: NatsConnection, names: RunNames): Coordin
             return h.register(msg, respond);
           }),
         }),
-        nc.subscribe(names.heartbeats, { callback: survivable(h.refused, (m) => h.heartbeat(decodeHostAnnouncement(m.data, 'heartbeat').host)) }),
+        nc.subscribe(names.heartbeats, { callback: survivable(h.refused, (m) => {
+          const { host, key } = names.heartbeatOf(m.subject);
+          if (decodeHostAnnouncement(m.data, 'heartbeat').host !== host) throw new Error(`a heartbeat on ${m.subject} names another host`);
+          h.heartbeat(host, key);
+        }) }),
         nc.subscribe(names.ready, { callback: survivable(h.refused, (m) => h.ready(decodeHostAnnouncement(m.data, 'ready').host)) }),
         nc.subscribe(names.failed, { callback: survivable(h.refused, (m) => h.failed(decodeRunFailure(m.data).reason)) }),
       ];

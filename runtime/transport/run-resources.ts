@@ -40,7 +40,10 @@ export interface RunResources {
  */
 export const PULL_EXPIRES_MS = 1000;
 
-const DEAD_LETTER_LIMIT = 10_000;  // a flood of bad frames cannot fill the disk
+// A flood of bad frames cannot fill the disk; once full, new dead letters are refused and the old ones kept (a
+// flooder cannot flush the evidence of what it sent), and each writer's subject holds at most its share.
+const DEAD_LETTER_LIMIT = 10_000;
+const DEAD_LETTERS_PER_WRITER = 1_000;
 const DEAD_LETTER_BYTES = 256 * 1024 * 1024;
 const CONTROL_MESSAGE_BYTES = 256 * 1024;  // step control and reports are small: anything larger is not one
 // Re-sent outputs (a replacement recomputing what its predecessor published)
@@ -104,7 +107,9 @@ export async function openRunResources(nc: NatsConnection, run: string, options:
     num_replicas: replicas,
     max_msgs: DEAD_LETTER_LIMIT,
     max_bytes: DEAD_LETTER_BYTES,
-    discard: DiscardPolicy.Old,
+    max_msgs_per_subject: DEAD_LETTERS_PER_WRITER,
+    discard: DiscardPolicy.New,
+    discard_new_per_subject: true,
   });
   const kv = await new Kvm(nc).create(names.kvBucket, { history: 10, replicas });
   const objects = await new Objm(nc).create(names.objectBucket, { replicas });
@@ -132,7 +137,7 @@ export async function ensureInputStream(res: RunResources, replica: number, stag
   const existing = await res.jsm.streams.info(name).catch(() => undefined);
   if (existing) return existing.cluster?.name;
   const l = res.streams.limits;
-  const config = logStream(name, [n.act(replica, stage), n.grad(replica, stage)], res.streams.replicas,
+  const config = logStream(name, [n.edgeIn('act', replica, stage), n.edgeIn('grad', replica, stage)], res.streams.replicas,
     l ? { max_msg_size: l.maxFrameBytes, max_msgs_per_subject: l.maxFramesPerEdge, discard: DiscardPolicy.New, discard_new_per_subject: true } : {});
   const tag = datacenter && !res.streams.untagged.has(datacenter) ? `dc:${datacenter}` : undefined;
   if (tag) {
@@ -259,7 +264,7 @@ export function openEdgeConsumer(
     stream: res.names.inputStream(replica, stage),
     name: res.names.consumer(kind, replica, stage, generation),
     prefix: res.names.consumerPrefix(kind, replica, stage),
-    filter: res.names.edge(kind, replica, stage),
+    filter: res.names.edgeIn(kind, replica, stage),
     startSeq,
     replaced,
   });

@@ -33,7 +33,7 @@ export function slotEvidence(res: RunResources): SlotEvidence {
       const last = (await res.jsm.streams.info(stream)).state.last_seq;
       const frames: StoredFrame[] = [];
       if (last < fromSeq) return frames;
-      const consumer = await res.js.consumers.get(stream, { filter_subjects: [n.edge(kind, replica, stage)], deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: Math.max(1, fromSeq) });
+      const consumer = await res.js.consumers.get(stream, { filter_subjects: [n.edgeIn(kind, replica, stage)], deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: Math.max(1, fromSeq) });
       // Fetches until one brings nothing (none of the edge is left, or there was none from fromSeq) or the last is in.
       for (;;) {
         let got = 0, done = false;

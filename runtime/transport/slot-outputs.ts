@@ -36,7 +36,7 @@ export class SlotOutputs {
   async frame(to: FrameAddress, bytes: Uint8Array, trace: Context | undefined): Promise<void> {
     const { names } = this.res;
     const msgID = frameMsgId(names.run, this.holder.replica, to.step, to.mb, to.kind, to.to, to.attempt);
-    await this.publishSigned('frame', names.edge(to.kind, this.holder.replica, to.to), bytes, msgID, traceHeaders(trace, headers()));
+    await this.publishSigned('frame', names.edge(to.kind, this.holder.replica, to.to, this.key.publicKey), bytes, msgID, traceHeaders(trace, headers()));
   }
 
   /** A report to the coordinator, stored once it resolves. */

@@ -47,7 +47,7 @@ export function slotStore(res: RunResources): SlotStore {
     purgeInputs: async (replica, stage, kind, seq) => {
       // Nothing lies below 1; and nats-server (2.10.27) takes a filtered purge up to 1 as one of every message on the subject.
       if (seq <= 1) return;
-      await res.jsm.streams.purge(n.inputStream(replica, stage), { filter: n.edge(kind, replica, stage), seq }).catch(() => {});
+      await res.jsm.streams.purge(n.inputStream(replica, stage), { filter: n.edgeIn(kind, replica, stage), seq }).catch(() => {});
     },
   };
 }

@@ -86,16 +86,29 @@ export function runNames(run: string) {
   const objectBucket = `caravan_${run}_obj`;
   return {
     run,
-    act: (replica: number, stage: number) => `${p}.act.${replica}.${stage}`,
-    grad: (replica: number, stage: number) => `${p}.grad.${replica}.${stage}`,
-    edge: (kind: EdgeKind, replica: number, stage: number) => `${p}.${kind}.${replica}.${stage}`,
-    dead: (replica: number, stage: number) => `${p}.dead.${replica}.${stage}`,
+    /**
+     * The edge of `kind` into (replica, stage) as one sender publishes it: the sender's public key ends the subject,
+     * and a host's credentials let it publish under its own key only (permissions.ts). So the edge's per-subject cap
+     * counts each sender's frames alone: a flood fills the flooder's subject, never the real sender's.
+     */
+    edge: (kind: EdgeKind, replica: number, stage: number, sender: string) => `${p}.${kind}.${replica}.${stage}.${sender}`,
+    /** Every sender's subject of the edge: what the slot's input stream holds and its holder reads. */
+    edgeIn: (kind: EdgeKind, replica: number, stage: number) => `${p}.${kind}.${replica}.${stage}.*`,
+    /** A dead letter of slot (replica, stage)'s holder, under the key of the host that writes it (its credentials allow no other). */
+    dead: (replica: number, stage: number, writer: string) => `${p}.dead.${replica}.${stage}.${writer}`,
+    deadLettersFrom: (writer: string) => `${p}.dead.*.*.${writer}`,
+    /** The key a dead letter's subject names as its writer. */
+    deadLetterWriter: (subject: string) => subject.slice(`${p}.dead.`.length).split('.')[2],
     stepControl: (replica: number) => `${p}.step.${replica}`,                  // coordinator → a replica's stages (open, commit)
     report: (replica: number, stage: number) => `${p}.report.${replica}.${stage}`,  // stages → coordinator (done, stepped, final)
-    heartbeat: (host: string) => `${p}.hb.${host}`,
-    heartbeats: `${p}.hb.*`,
-    /** Every activation (or gradient) subject of the run: what a host may publish. */
-    edges: (kind: EdgeKind) => `${p}.${kind}.>`,
+    /** A host's heartbeat, under its id and its key; the coordinator counts it only if the key is the one the id registered with. */
+    heartbeat: (host: string, key: string) => `${p}.hb.${host}.${key}`,
+    heartbeats: `${p}.hb.*.*`,
+    /** `hb.<host>.<key>`: whose heartbeat, and under which key. */
+    heartbeatOf: (subject: string) => { const [host, key] = subject.slice(`${p}.hb.`.length).split('.'); return { host, key }; },
+    /** Every subject a host of this key may publish frames on, and its heartbeats. */
+    edgesFrom: (kind: EdgeKind, key: string) => `${p}.${kind}.*.*.${key}`,
+    heartbeatsFrom: (key: string) => `${p}.hb.*.${key}`,
     register: `${p}.ctl.register`,
     ready: `${p}.ctl.ready`,
     progress: `${p}.ctl.progress`,

@@ -52,9 +52,9 @@ test('bad frames are dead-lettered, counted in status, and nothing else is lost'
       const nc = await connect({ servers: server.url });
       await ensureInputStream(await openRunResources(nc, run), 0, 1);
       const js = jetstream(nc);
-      const subject = names.act(0, 1);
       const publish = async (bytes: Uint8Array) => {
         for (const key of keys) {
+          const subject = names.edge('act', 0, 1, key.publicKey);
           const h = headers();
           h.set(SIGNATURE_HEADER, signatureHeader(key, 1, 'frame', subject, bytes));
           await js.publish(subject, bytes, { headers: h });
@@ -67,7 +67,7 @@ test('bad frames are dead-lettered, counted in status, and nothing else is lost'
       await publish(encodeFrame({ run: 'another-run', replica: 0, stage: 1, step: 0, microbatch: 0, kind: 'act', shape, data: good }));
       const zstd = decodeCbor(encodeFrame({ run, replica: 0, stage: 1, step: 0, microbatch: 0, kind: 'act', shape, data: good })) as Record<string, unknown>;
       await publish(new Encoder({ useRecords: false }).encode({ ...zstd, cx: ['zstd'] }));
-      await js.publish(subject, encodeFrame({ run, replica: 0, stage: 1, step: 0, microbatch: 1, kind: 'act', shape, data: good }));  // unsigned
+      await js.publish(names.edge('act', 0, 1, keys[0].publicKey), encodeFrame({ run, replica: 0, stage: 1, step: 0, microbatch: 1, kind: 'act', shape, data: good }));  // unsigned
       await nc.close();
     },
   });

@@ -68,16 +68,19 @@ test('authenticated run: strangers refused, each role held to its permissions, f
       const key = await readHostKey(a('host-2'));
       for (const generation of [1, 2]) {
         const h = headers();
-        h.set(SIGNATURE_HEADER, signatureHeader(key, generation, 'frame', names.act(0, 1), forged));
-        await js.publish(names.act(0, 1), forged, { headers: h });
+        h.set(SIGNATURE_HEADER, signatureHeader(key, generation, 'frame', names.edge('act', 0, 1, key.publicKey), forged));
+        await js.publish(names.edge('act', 0, 1, key.publicKey), forged, { headers: h });
       }
+      // Under another host's key it may not publish at all: a flood of its own fills only its own subject.
+      const someoneElse = (await readHostKey(a('host-0'))).publicKey;
+      await t.throwsAsync(js.publish(names.edge('act', 0, 1, someoneElse), forged), { message: VIOLATION }, 'frames only under its own key');
 
       // A host of run B reaches nothing of run A, and cannot read the replies A's peers get.
       const other = await connectToRun(server.url, 'other-run', 'runb', join(dir, 'runb', 'host-0.nk'));
       t.teardown(() => other.close());
       await t.throwsAsync(openExistingRun(other, 'runa', server.url), { message: /Permissions Violation for Publish to "\$JS\.API\.STREAM\.INFO\.CARAVAN_runa_CTL"/ });
       await t.throwsAsync(other.request(names.register, new Uint8Array(), { timeout: 2000 }), { message: VIOLATION });
-      await t.throwsAsync(jetstream(other).publish(names.act(0, 1), forged), { message: VIOLATION });
+      await t.throwsAsync(jetstream(other).publish(names.edge('act', 0, 1, (await readHostKey(join(dir, 'runb', 'host-0.nk'))).publicKey), forged), { message: VIOLATION });
       for (const subject of [`caravan.runa.>`, '_INBOX.>', '_INBOX.runa.>']) {
         const sub = other.subscribe(subject);
         const err = await (async () => { try { for await (const _ of sub) { /* nothing may arrive */ } } catch (e) { return e as Error; } })();

@@ -1,7 +1,10 @@
 // Junk on every subject a host of the run may publish to, sent by a peer
 // with valid host credentials while a secured run goes on: heartbeats,
 // registration, readiness, chaos announcements (core NATS) and frames,
-// reports and dead letters (JetStream). Each is refused where it lands and
+// reports and dead letters (JetStream), and a flood of frames into both slots
+// past the edge's per-subject cap (which once refused the real sender's next
+// frame and failed the run: now each sender's subject ends with its key, so
+// the flood fills only the flooder's). Each is refused where it lands and
 // nothing stops reading: a throw inside a subscription callback once left the
 // coordinator deaf to every heartbeat, and it declared every host lost. The
 // same peer's well-formed announcement that the run failed (`ctl.failed`) is
@@ -9,6 +12,7 @@
 // holder that cannot go on says so in a signed report. The run ends with no
 // host lost and the weights of the clean run.
 import test from 'ava';
+import { readHostKey } from '../../runtime/security/host-key.ts';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -18,6 +22,7 @@ import { createLogger } from '../../runtime/log.ts';
 import { startNatsServer } from '../../runtime/nats/nats-server.ts';
 import { mintCredentials } from '../../runtime/security/credentials.ts';
 import { connectToRun, type NatsConnection } from '../../runtime/transport/connect.ts';
+import { edgeLimits } from '../../runtime/transport/edge-limits.ts';
 import { runNames } from '../../runtime/transport/subjects.ts';
 import { trainDistributed } from '../../runtime/train/train-distributed.ts';
 import { trainLocal } from '../../runtime/train/train-local.ts';
@@ -40,20 +45,29 @@ test('junk on every subject a host may publish to is refused, every process read
   let attacker: NatsConnection | undefined;
   let sent: Promise<string[]> | undefined;
   let failure: string | undefined;
+  let floodRefused = 0;
   // Everything host-2 (valid credentials, no slot) may publish on, by its permissions.
   const attack = async (nc: NatsConnection): Promise<string[]> => {
     const js = jetstream(nc);
     const replies: string[] = [];
+    const own = (await readHostKey(seed('host-2'))).publicKey;  // a host publishes frames and heartbeats under its own key only
     // Not junk: what would end the run, were a host allowed to announce it.
     nc.publish(names.failed, text('{"reason":"x"}'));
     // Nor a 'failed' report it did not sign as the slot's holder: the coordinator refuses it.
     await js.publish(names.report(0, 1), text(JSON.stringify({ type: 'failed', replica: 0, stage: 1, generation: 1, host: 'host-1', reason: 'x' }))).catch(() => {});
     failure = await nc.request(names.failed, text('{"reason":"x"}'), { timeout: 5000 }).then(() => 'answered', (err: Error) => err.message);
     for (const body of JUNK) {
-      for (const subject of [names.heartbeat('host-x'), names.ready, names.chaosReached]) nc.publish(subject, body);
+      for (const subject of [names.heartbeat('host-x', own), names.heartbeat('host-0', own), names.ready, names.chaosReached]) nc.publish(subject, body);
       replies.push(new TextDecoder().decode((await nc.request(names.register, body, { timeout: 5000 })).data));
-      for (const subject of [names.act(0, 1), names.grad(0, 0), names.report(0, 0), names.report(0, 1), names.dead(0, 0)]) {
+      for (const subject of [names.edge('act', 0, 1, own), names.edge('grad', 0, 0, own), names.report(0, 0), names.report(0, 1), names.dead(0, 0, own)]) {
         await js.publish(subject, body).catch(() => {});  // a stream may refuse it (its limits): refused is fine too
+      }
+    }
+    // A flood: frames into both slots past the per-subject cap. It fills only the flooder's own subjects (its
+    // credentials publish under its key alone), so the real senders' frames still go in and the run goes on.
+    for (const subject of [names.edge('act', 0, 1, own), names.edge('grad', 0, 0, own)]) {
+      for (let i = 0; i <= edgeLimits(config).maxFramesPerEdge; i++) {
+        await js.publish(subject, JUNK[0]).catch((err: Error) => { if (/maximum messages per subject/.test(err.message)) floodRefused++; });
       }
     }
     await nc.flush();
@@ -73,6 +87,7 @@ test('junk on every subject a host may publish to is refused, every process read
   for (const r of replies) t.regex(r, /"ok":false,"reason":"registration: /, 'a junk registration is answered with why it was refused');
   t.regex(failure ?? '', new RegExp(`Permissions Violation for Publish to "${names.failed.replaceAll('.', '\\.')}"`), 'a host cannot announce the run\'s failure');
   t.is(summary.recoveries.hosts_lost, 0, 'the coordinator kept hearing every heartbeat');
+  t.true(floodRefused >= 2, 'the flood reached the cap of both subjects it filled');
   t.true(summary.dead_letters >= 2 * JUNK.length, 'junk frames were dead-lettered');
   const clean = await trainLocal({ ...config, valBatches: 1 });
   t.is(summary.params_sha256, clean.paramsSha256, 'the junk changes nothing in the result');

@@ -27,16 +27,21 @@ test('oversized frames and floods are refused by the server; the dead-letter str
   for (const stage of [0, 1]) await ensureInputStream(res, 0, stage);
   const js = jetstream(nc);
 
-  await t.throwsAsync(js.publish(res.names.act(0, 1), new Uint8Array(limits.maxFrameBytes + 1)), { message: /message size exceeds maximum allowed/ });
-  await js.publish(res.names.act(0, 1), new Uint8Array(limits.maxFrameBytes));  // the largest legitimate frame passes
+  // Senders publish under their own key (the subject's last token; credentials allow no other): a flooder and the real sender.
+  const flooder = res.names.edge('act', 0, 1, 'UFLOODER'), sender = res.names.edge('act', 0, 1, 'USENDER');
+  await t.throwsAsync(js.publish(flooder, new Uint8Array(limits.maxFrameBytes + 1)), { message: /message size exceeds maximum allowed/ });
+  await js.publish(flooder, new Uint8Array(limits.maxFrameBytes));  // the largest legitimate frame passes
 
-  for (let i = 1; i < limits.maxFramesPerEdge; i++) await js.publish(res.names.act(0, 1), new Uint8Array(8));
-  await t.throwsAsync(js.publish(res.names.act(0, 1), new Uint8Array(8)), { message: /maximum messages per subject exceeded/ }, 'the flooding edge is full');
-  await js.publish(res.names.grad(0, 0), new Uint8Array(8));  // other edges still take frames
-  t.is((await res.jsm.streams.info(res.names.inputStream(0, 1))).state.messages, limits.maxFramesPerEdge, 'nothing past the limit was stored');
+  for (let i = 1; i < limits.maxFramesPerEdge; i++) await js.publish(flooder, new Uint8Array(8));
+  await t.throwsAsync(js.publish(flooder, new Uint8Array(8)), { message: /maximum messages per subject exceeded/ }, 'the flooder\'s subject is full');
+  // The cap counts each sender alone: the real sender's frames into the same slot still go in (a flood was a kill switch).
+  for (let i = 0; i < 3; i++) await js.publish(sender, new Uint8Array(8));
+  await js.publish(res.names.edge('grad', 0, 0, 'USENDER'), new Uint8Array(8));  // other edges still take frames
+  t.is((await res.jsm.streams.info(res.names.inputStream(0, 1))).state.messages, limits.maxFramesPerEdge + 3, 'nothing of the flooder past its limit was stored');
   t.is((await res.jsm.streams.info(res.names.inputStream(0, 0))).state.messages, 1);
 
   const dead = (await res.jsm.streams.info(res.names.deadStream)).config;
-  t.like(dead, { max_msgs: 10_000, max_bytes: 256 * 1024 * 1024, discard: 'old' });
+  // Full, it refuses new letters and keeps the old (nobody flushes the evidence), and each writer has its share.
+  t.like(dead, { max_msgs: 10_000, max_bytes: 256 * 1024 * 1024, discard: 'new', max_msgs_per_subject: 1000, discard_new_per_subject: true });
   await t.throwsAsync(js.publish(res.names.report(0, 0), new Uint8Array(256 * 1024 + 1)), { message: /message size exceeds maximum allowed/ }, 'reports are small');
 });

@@ -159,7 +159,7 @@ test('under credentials a key must be minted for the run and holds one live host
       }
     }
   };
-  const beat = setInterval(() => nc.publish(names.heartbeat('h-a'), encodeJson({ host: 'h-a', datacenter: 'x', deadLetters: 0 })), 100);
+  const beat = setInterval(() => nc.publish(names.heartbeat('h-a', key0.publicKey), encodeJson({ host: 'h-a', datacenter: 'x', deadLetters: 0 })), 100);
   t.teardown(() => clearInterval(beat));
 
   t.like(await register('h-a', key0), { ok: true });

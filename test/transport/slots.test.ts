@@ -134,12 +134,13 @@ test("opening generation 2's edge consumer deletes generation 1's of that edge o
     return names.sort();
   };
 
-  // Frames on act 0.1, with gradients into the same slot in between.
+  // Frames on act 0.1, with gradients into the same slot in between, all from one sender (its key ends the subject).
+  const SENDER = 'USENDER';
   const seqOf: number[] = [];
   for (let i = 1; i <= 5; i++) {
-    seqOf[i] = (await res.js.publish(res.names.act(0, 1), new Uint8Array([i]))).seq;
-    await res.js.publish(res.names.grad(0, 1), new Uint8Array([50 + i]));
-    await res.js.publish(res.names.act(0, 2), new Uint8Array([100 + i]));
+    seqOf[i] = (await res.js.publish(res.names.edge('act', 0, 1, SENDER), new Uint8Array([i]))).seq;
+    await res.js.publish(res.names.edge('grad', 0, 1, SENDER), new Uint8Array([50 + i]));
+    await res.js.publish(res.names.edge('act', 0, 2, SENDER), new Uint8Array([100 + i]));
   }
 
   for (const [kind, replica, stage] of [['act', 0, 1], ['act', 0, 2], ['grad', 0, 1], ['act', 0, 10], ['act', 1, 1]] as const) {
@@ -158,7 +159,7 @@ test("opening generation 2's edge consumer deletes generation 1's of that edge o
     got.push({ seq: m.seq, byte: m.data[0], subject: m.subject });
     m.ack();
   }
-  t.deepEqual(got, [3, 4, 5].map((i) => ({ seq: seqOf[i], byte: i, subject: res.names.act(0, 1) })),
+  t.deepEqual(got, [3, 4, 5].map((i) => ({ seq: seqOf[i], byte: i, subject: res.names.edge('act', 0, 1, SENDER) })),
     `from stream sequence ${startSeq} on, this edge's frames only`);
   t.is((await consumer.info()).num_pending, 0, 'and nothing else');
 
