@@ -1,8 +1,9 @@
 // What each role may publish and subscribe to, per run, as nats-server
 // permissions. Everything is scoped by the run id, so credentials for one run
 // reach nothing of another: its subjects `caravan.<run>.…`, its streams'
-// JetStream API subjects, its KV bucket and object store, and its inboxes
-// `_INBOX.<run>.…` (connect.ts sets the prefix), so nobody reads another run's replies.
+// JetStream API subjects, its KV bucket and object store; and a host or
+// observer reads only its own inboxes `_INBOX.<run>.<its key>.…` (connect.ts
+// sets the prefix), so nobody reads another peer's replies.
 //
 //   coordinator  everything of its run (it creates the streams, writes run
 //                state and step control); the Bridges run in its process.
@@ -62,8 +63,8 @@ export function permissionsFor(role: Role, run: string, shape: RunShape, key = '
       allow_responses: true,
     };
   }
+  if (!/^U[A-Z2-7]{55}$/.test(key)) throw new Error(`a ${role}'s permissions name its public nkey (U…, 56 characters), got ${JSON.stringify(key)}`);
   if (role === 'host') {
-    if (!/^U[A-Z2-7]{55}$/.test(key)) throw new Error(`a host's permissions name its public nkey (U…, 56 characters), got ${JSON.stringify(key)}`);
     return {
       publish: {
         allow: [
@@ -76,7 +77,7 @@ export function permissionsFor(role: Role, run: string, shape: RunShape, key = '
           jetStreamApi.streamPurge(st.objects),
         ],
       },
-      subscribe: { allow: [n.inboxes, n.failed, n.chaosRequests] },
+      subscribe: { allow: [n.inboxesOf(key), n.failed, n.chaosRequests] },
     };
   }
   return {
@@ -88,6 +89,6 @@ export function permissionsFor(role: Role, run: string, shape: RunShape, key = '
         ...reads(st.dead),
       ],
     },
-    subscribe: { allow: [n.inboxes] },
+    subscribe: { allow: [n.inboxesOf(key)] },
   };
 }

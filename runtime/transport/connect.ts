@@ -1,8 +1,8 @@
 // Connecting to NATS with an error that names the URL, instead of a stack.
 // With credentials (an nkey seed from `caravan creds`) the connection
-// authenticates as that user, and its reply subjects live under the run's own
-// inbox prefix, the only inboxes its permissions let it read: one run cannot
-// see the replies another run's peers get. TLS comes from the environment, so
+// authenticates as that user, and its reply subjects live under the run's and
+// the user's own inbox prefix, the only inboxes its permissions let it read:
+// no peer sees the replies another gets (JetStream acks, pulled frames). TLS comes from the environment, so
 // systemd units and pods set it once for every command: CARAVAN_TLS_CA (the
 // CA that signed the servers' certificates), and CARAVAN_TLS_CERT with
 // CARAVAN_TLS_KEY where servers ask for client certificates.
@@ -15,6 +15,8 @@ export type { NatsConnection };
 export interface NatsCredentials {
   /** An nkey user seed ('SU…'). */
   readonly seed: Uint8Array;
+  /** Its public key ('U…'): the inbox prefix's last token. */
+  readonly publicKey: string;
 }
 
 export async function connectNats(url: string, name: string, o: { credentials?: NatsCredentials; run?: string } = {}): Promise<NatsConnection> {
@@ -24,7 +26,7 @@ export async function connectNats(url: string, name: string, o: { credentials?: 
     return await connect({
       servers, name, maxReconnectAttempts: 10, reconnectTimeWait: 500, timeout: 5000,
       ...(o.credentials ? { authenticator: nkeyAuthenticator(o.credentials.seed) } : {}),
-      ...(o.run ? { inboxPrefix: runInboxPrefix(o.run) } : {}),
+      ...(o.run ? { inboxPrefix: runInboxPrefix(o.run, o.credentials?.publicKey) } : {}),
       ...tlsFromEnv(),
     });
   } catch (err) {

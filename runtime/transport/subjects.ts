@@ -18,9 +18,12 @@ export function validateRunId(run: string): string {
 
 export type EdgeKind = 'act' | 'grad';
 
-/** Where a run's peers get their replies (JetStream acks, KV reads): `_INBOX.<run>.<nuid>`. */
-export function runInboxPrefix(run: string): string {
-  return `_INBOX.${validateRunId(run)}`;
+/**
+ * Where a run's peers get their replies (JetStream acks, KV reads, pulled frames): `_INBOX.<run>.<nuid>`, and under
+ * credentials `_INBOX.<run>.<public key>.<nuid>`, so a peer may read its own replies and no one else's.
+ */
+export function runInboxPrefix(run: string, key?: string): string {
+  return key ? `_INBOX.${validateRunId(run)}.${key}` : `_INBOX.${validateRunId(run)}`;
 }
 
 /**
@@ -119,6 +122,8 @@ export function runNames(run: string) {
     chaosRequests: `${p}.chaos.*`,
     /** Every reply subject of the run's peers (connect.ts sets the prefix). */
     inboxes: `${runInboxPrefix(run)}.>`,
+    /** The reply subjects of the peer with this public key alone (connect.ts sets its prefix under credentials). */
+    inboxesOf: (key: string) => `${runInboxPrefix(run, key)}.>`,
     /** The input stream of slot (replica, stage): its `act` and `grad` edges. */
     inputStream: (replica: number, stage: number) => `CARAVAN_${run}_IN_${replica}_${stage}`,
     controlStream: `CARAVAN_${run}_CTL`,

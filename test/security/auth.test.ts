@@ -81,6 +81,15 @@ test('authenticated run: strangers refused, each role held to its permissions, f
       await t.throwsAsync(openExistingRun(other, 'runa', server.url), { message: /Permissions Violation for Publish to "\$JS\.API\.STREAM\.INFO\.CARAVAN_runa_CTL"/ });
       await t.throwsAsync(other.request(names.register, new Uint8Array(), { timeout: 2000 }), { message: VIOLATION });
       await t.throwsAsync(jetstream(other).publish(names.edge('act', 0, 1, (await readHostKey(join(dir, 'runb', 'host-0.nk'))).publicKey), forged), { message: VIOLATION });
+      // Nor, within its own run, the replies another peer gets (JetStream acks, pulled frames): only its own inboxes.
+      const host2 = await connectToRun(server.url, 'host-2-side', 'runa', a('host-2'));
+      t.teardown(() => host2.close());
+      const host0 = (await readHostKey(a('host-0'))).publicKey;
+      for (const subject of ['_INBOX.runa.>', `_INBOX.runa.${host0}.>`]) {
+        const sub = host2.subscribe(subject);
+        const err = await (async () => { try { for await (const _ of sub) { /* nothing may arrive */ } } catch (e) { return e as Error; } })();
+        t.regex(err?.message ?? '', VIOLATION, `host-2 subscribing to ${subject} is refused`);
+      }
       for (const subject of [`caravan.runa.>`, '_INBOX.>', '_INBOX.runa.>']) {
         const sub = other.subscribe(subject);
         const err = await (async () => { try { for await (const _ of sub) { /* nothing may arrive */ } } catch (e) { return e as Error; } })();

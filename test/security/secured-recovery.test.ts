@@ -18,6 +18,7 @@ import { statesFromRun } from '../../runtime/export/run-stage-states.ts';
 import { createLogger } from '../../runtime/log.ts';
 import { startNatsServer } from '../../runtime/nats/nats-server.ts';
 import { mintCredentials } from '../../runtime/security/credentials.ts';
+import { newHostKey } from '../../runtime/security/host-key.ts';
 import { permissionsFor } from '../../runtime/security/permissions.ts';
 import { connectToRun } from '../../runtime/transport/connect.ts';
 import { openExistingRun } from '../../runtime/transport/run-resources.ts';
@@ -39,7 +40,8 @@ function within<T>(ms: number, what: string, p: Promise<T>): Promise<T> {
 
 test('hosts and observers may answer flow control on the KV and object streams of their run, and on nothing else', (t) => {
   const n = runNames(RUN);
-  const answers = (role: 'host' | 'observer' | 'coordinator') => permissionsFor(role, RUN, { stages: 2, replicas: 1 }).publish.allow.filter((s) => s.startsWith('$JS.FC.'));
+  const key = newHostKey().publicKey;
+  const answers = (role: 'host' | 'observer' | 'coordinator') => permissionsFor(role, RUN, { stages: 2, replicas: 1 }, key).publish.allow.filter((s) => s.startsWith('$JS.FC.'));
   for (const role of ['host', 'observer'] as const) t.deepEqual(answers(role), [jetStreamApi.flowControlReplies(n.kvStream), jetStreamApi.flowControlReplies(n.objectStream)], role);
   t.deepEqual(answers('coordinator'), [], 'the coordinator answers through allow_responses');
   t.true(permissionsFor('coordinator', RUN, { stages: 2, replicas: 1 }).allow_responses);
