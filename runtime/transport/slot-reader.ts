@@ -22,7 +22,23 @@ export interface SlotHolder {
  */
 export async function openSlotReader(res: RunResources, holder: SlotHolder, stream: string, open: () => Promise<string>, maxBytes?: number): Promise<ConsumerMessages> {
   const consumer = await res.js.consumers.get(stream, await fenced(res, holder, open));
-  return consumer.consume(maxBytes ? { max_bytes: maxBytes, expires: PULL_EXPIRES_MS } : { expires: PULL_EXPIRES_MS });
+  const messages = await consumer.consume(maxBytes ? { max_bytes: maxBytes, expires: PULL_EXPIRES_MS } : { expires: PULL_EXPIRES_MS });
+  void remakeWhenDeleted(res, holder, open, messages);
+  return messages;
+}
+
+/**
+ * A peer of the run may delete this holder's consumer (permissions do not
+ * follow the slot yet), and the client would then pull from nothing for good.
+ * Made again as it was, it delivers again from the holder's checkpoint on, and
+ * its readers drop what they already took as repeats. A holder replaced
+ * meanwhile ends its reader with the SlotLostError instead.
+ */
+async function remakeWhenDeleted(res: RunResources, holder: SlotHolder, open: () => Promise<string>, messages: ConsumerMessages): Promise<void> {
+  for await (const s of messages.status()) {
+    if (s.type !== 'consumer_deleted' && s.type !== 'consumer_not_found') continue;
+    await fenced(res, holder, open).catch((err: Error) => messages.stop(err));
+  }
 }
 
 async function fenced(res: RunResources, holder: SlotHolder, open: () => Promise<string>): Promise<string> {

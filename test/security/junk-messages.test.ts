@@ -4,7 +4,9 @@
 // reports and dead letters (JetStream), and a flood of frames into both slots
 // past the edge's per-subject cap (which once refused the real sender's next
 // frame and failed the run: now each sender's subject ends with its key, so
-// the flood fills only the flooder's). Each is refused where it lands and
+// the flood fills only the flooder's), and the holders' consumers deleted
+// (which once left a holder pulling from nothing for good: it now makes them
+// again). Each is refused where it lands and
 // nothing stops reading: a throw inside a subscription callback once left the
 // coordinator deaf to every heartbeat, and it declared every host lost. The
 // same peer's well-formed announcement that the run failed (`ctl.failed`) is
@@ -16,7 +18,7 @@ import { readHostKey } from '../../runtime/security/host-key.ts';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { jetstream } from '@nats-io/jetstream';
+import { jetstream, jetstreamManager } from '@nats-io/jetstream';
 import { loadRunConfig } from '../../runtime/config/load-run-config.ts';
 import { createLogger } from '../../runtime/log.ts';
 import { startNatsServer } from '../../runtime/nats/nats-server.ts';
@@ -46,6 +48,7 @@ test('junk on every subject a host may publish to is refused, every process read
   let sent: Promise<string[]> | undefined;
   let failure: string | undefined;
   let floodRefused = 0;
+  let consumersDeleted = 0;
   // Everything host-2 (valid credentials, no slot) may publish on, by its permissions.
   const attack = async (nc: NatsConnection): Promise<string[]> => {
     const js = jetstream(nc);
@@ -70,6 +73,11 @@ test('junk on every subject a host may publish to is refused, every process read
         await js.publish(subject, JUNK[0]).catch((err: Error) => { if (/maximum messages per subject/.test(err.message)) floodRefused++; });
       }
     }
+    // Deleting a holder's consumers (permissions do not follow the slot yet): the holder makes them again and reads on.
+    const jsm = await jetstreamManager(nc);
+    for (const [stream, consumer] of [[names.inputStream(0, 1), names.consumer('act', 0, 1, 1)], [names.inputStream(0, 0), names.consumer('grad', 0, 0, 1)], [names.controlStream, names.controlConsumer(0, 1, 1)]]) {
+      if (await jsm.consumers.delete(stream, consumer).catch(() => false)) consumersDeleted++;
+    }
     await nc.flush();
     return replies;
   };
@@ -88,6 +96,7 @@ test('junk on every subject a host may publish to is refused, every process read
   t.regex(failure ?? '', new RegExp(`Permissions Violation for Publish to "${names.failed.replaceAll('.', '\\.')}"`), 'a host cannot announce the run\'s failure');
   t.is(summary.recoveries.hosts_lost, 0, 'the coordinator kept hearing every heartbeat');
   t.true(floodRefused >= 2, 'the flood reached the cap of both subjects it filled');
+  t.true(consumersDeleted >= 1, 'a holder\'s consumer was deleted while the run went on');
   t.true(summary.dead_letters >= 2 * JUNK.length, 'junk frames were dead-lettered');
   const clean = await trainLocal({ ...config, valBatches: 1 });
   t.is(summary.params_sha256, clean.paramsSha256, 'the junk changes nothing in the result');
