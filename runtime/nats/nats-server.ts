@@ -74,8 +74,9 @@ export async function startNatsServer(options: { timeoutMs?: number; config?: re
       throw new Error(`nats-server exited with code ${child.exitCode}: ${stderr.trim().split('\n').pop()}`);
     }
     const portsFile = (await readdir(dir)).find((f) => f.endsWith('.ports'));
-    if (portsFile) {
-      const ports = JSON.parse(await readFile(join(dir, portsFile), 'utf8')) as { nats: string[] };
+    // The server creates the file, then writes it: on a loaded machine it can be read empty or half written.
+    const ports = portsFile ? parsedPorts(await readFile(join(dir, portsFile), 'utf8')) : undefined;
+    if (ports) {
       const url = ports.nats[0].replace(/^nats:\/\//, 'nats://');
       const port = Number(new URL(url).port);
       return { url, port, storeDir, process: child, stop };
@@ -83,4 +84,14 @@ export async function startNatsServer(options: { timeoutMs?: number; config?: re
   }
   await stop();
   throw new Error(`nats-server did not report its port within ${options.timeoutMs ?? 10_000} ms`);
+}
+
+/** The ports file's contents, or undefined while it is not yet whole. */
+function parsedPorts(text: string): { nats: string[] } | undefined {
+  try {
+    const ports = JSON.parse(text) as { nats?: unknown };
+    return Array.isArray(ports.nats) && typeof ports.nats[0] === 'string' ? (ports as { nats: string[] }) : undefined;
+  } catch {
+    return undefined;
+  }
 }
