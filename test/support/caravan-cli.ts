@@ -14,7 +14,7 @@ export interface CliResult {
 export async function caravan(args: string[], env: Record<string, string> = {}): Promise<CliResult> {
   try {
     const { stdout, stderr } = await run(process.execPath, ['--import=tsx', 'runtime/cli/bin.ts', ...args], {
-      env: { ...process.env, ...env }, maxBuffer: 16 << 20, timeout: 180_000,
+      env: { ...process.env, ...env }, maxBuffer: 16 << 20, timeout: 280_000,  // a guard against a hang (under ava's 5 min), not a speed limit: chaos runs on a loaded 2-core machine take minutes
     });
     return { code: 0, stdout, stderr };
   } catch (err) {
