@@ -130,6 +130,10 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport | CheatRepo
     cheat: o.cheat && `${o.cheat.mode}/${o.cheat.replica}/${o.cheat.stage}/${o.cheat.from}`, fail: (err) => watch.fail(err),
   });
   let nc: NatsConnection | undefined;
+  // Stopped from outside (Ctrl-C, a test's timeout), the driver still ends its servers, coordinator and hosts.
+  const onSignal = () => { void fleet.stop().finally(() => process.exit(130)); };
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
   try {
     const url = await fleet.startNats(o.natsServers);
     nc = await connectNats(url, `caravan-chaos-${run}`);
@@ -154,6 +158,8 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport | CheatRepo
     const counts = await countContributions(res, o.config);
     return chaosReport({ summary: watch.summary!, reference, kills: striker.kills, counts, refused: fleet.refused, began });
   } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
     await nc?.close().catch(() => {});
     await fleet.stop();
     await rm(dir, { recursive: true, force: true });
