@@ -132,6 +132,8 @@ test('under credentials a key must be minted for the run and holds one live host
   await rm(seed('host-1'));
   await mintCredentials({ dir, run: 'bound', hosts: 1, observers: 0 });
   t.deepEqual([...(await readHostKeys(join(dir, 'bound', HOST_KEYS_FILE))).keys()], [key0.publicKey], 'a revoked host (its seed deleted) leaves the list');
+  // A host minted again (another key), to beat for h-a under its own key below.
+  const { authConfig: withHost1 } = await mintCredentials({ dir, run: 'bound', hosts: 2, observers: 0 });
 
   // A coordinator under credentials does not start without the run's host keys.
   const elsewhere = join(dir, 'elsewhere');
@@ -142,7 +144,7 @@ test('under credentials a key must be minted for the run and holds one live host
   await t.throwsAsync(runCoordinator({ nats: 'nats://127.0.0.1:1', run: 'bound', config, log, nkey: join(elsewhere, 'coordinator.nk') }),
     { message: /host-keys\.pub: no such file; a coordinator under credentials admits only the run's host keys/ });
 
-  const server = await startNatsServer({ config: [await readFile(authConfig, 'utf8')] });
+  const server = await startNatsServer({ config: [await readFile(withHost1, 'utf8')] });
   t.teardown(() => server.stop());
   const coordinator = runCoordinator({ nats: server.url, run: 'bound', config, log, nkey: seed('coordinator'), heartbeatTimeoutMs: 1000 });
   const nc = await connectToRun(server.url, 'host-0', 'bound', seed('host-0'));
@@ -167,18 +169,25 @@ test('under credentials a key must be minted for the run and holds one live host
     ok: false, reason: `key ${key0.publicKey.slice(0, 12)}… is registered by host h-a, which is live: one key holds one host id at a time (it is free again once h-a is lost)`, retry: true,
   });
   const stranger = newHostKey();
-  t.regex((await register('h-c', stranger)).reason ?? '', new RegExp(`^host h-c: key ${stranger.publicKey} is not one of the run's host keys \\(1 in host-keys\\.pub\\)`));
+  t.regex((await register('h-c', stranger)).reason ?? '', new RegExp(`^host h-c: key ${stranger.publicKey} is not one of the run's host keys \\(2 in host-keys\\.pub\\)`));
   t.like(await register('h-a', key0), { ok: true }, 'the live host itself may retry');
 
   // h-a's heartbeats stop: once it is lost, its key registers again under a new host id (a restarted process).
+  // Another host's beats for h-a, under its own key (the only one its credentials publish under), do not keep it alive.
   clearInterval(beat);
+  const other = await connectToRun(server.url, 'host-1', 'bound', seed('host-1'));
+  t.teardown(() => other.close());
+  const otherKey = (await readHostKey(seed('host-1'))).publicKey;
+  const forged = setInterval(() => other.publish(names.heartbeat('h-a', otherKey), encodeJson({ host: 'h-a', datacenter: 'x', deadLetters: 0 })), 100);
+  t.teardown(() => clearInterval(forged));
   const deadline = Date.now() + 10_000;
   let again = await register('h-b', key0);
   while (!again.ok && Date.now() < deadline) {
     await new Promise((r) => setTimeout(r, 200));
     again = await register('h-b', key0);
   }
-  t.like(again, { ok: true });
+  t.like(again, { ok: true }, 'h-a was lost though another key kept beating for it');
+  clearInterval(forged);
 
   // A restarted coordinator knows from the KV host records which host holds the key.
   const admin = await connectToRun(server.url, 'coordinator-side', 'bound', seed('coordinator'));
