@@ -3,7 +3,7 @@
 // throughput, dead-lettered frames.
 import { Command } from 'commander';
 import { connectToRun } from '../transport/connect.ts';
-import type { HostEntry, LiveMetrics, PipelineUse, RecoveryCounts, RunState, RunSummary, SlotRecord } from '../../schemas/run-records.ts';
+import type { AuditSummary, HostEntry, LiveMetrics, PipelineUse, RecoveryCounts, RunState, RunSummary, SlotRecord } from '../../schemas/run-records.ts';
 import type { DeadLetter } from '../transport/dead-letters.ts';
 import { openExistingRun } from '../transport/run-resources.ts';
 import { RunStateReader } from '../transport/run-state-reader.ts';
@@ -74,6 +74,15 @@ function bridgeLine(b: RunStatus['bridge']): string[] {
   return [`bridge: outer step ${Math.min(...b.map((x) => x.outer))}; last sync by stage: ${b.map((x) => `${x.ms} ms (outer ${x.outer}, replicas ${x.replicas.join(',')})`).join('; ')}`];
 }
 
+/** Audits by exact replay (training.audit): intervals passed and skipped, replay time, and the difference that failed the run. */
+function auditLines(a: AuditSummary | undefined): string[] {
+  if (!a) return [];
+  return [
+    `audits (rate ${a.rate}): ${a.audited} intervals passed (${a.steps_replayed} slot-steps replayed in ${(a.replay_ms / 1000).toFixed(1)} s), ${a.skipped} skipped, ${a.failed.length} failed`,
+    ...a.failed.map((f) => `  slot ${f.replica}.${f.stage} step ${f.step}${f.host ? ` (host ${f.host})` : ''}: ${f.what}`),
+  ];
+}
+
 function recoveryLine(r: RecoveryCounts | undefined): string[] {
   if (!r) return [];
   return [`recovery: ${r.hosts_lost} hosts lost, ${r.slots_reassigned} slots handed to standbys, ${r.coordinator_restarts} coordinator restarts`];
@@ -92,6 +101,7 @@ export function formatStatus(s: RunStatus): string {
       : [...computeLine(st.metrics, `as of step ${st.metrics?.step}`), ...liveLines(st.metrics)]),
     ...bridgeLine(s.bridge),
     ...recoveryLine(st.recoveries),
+    ...auditLines(s.summary?.audits ?? st.audits),
     `dead-lettered frames: ${s.dead_letters.count}`,
     ...s.dead_letters.recent.map((d) => `  [${d.fault}] ${d.reason} (${d.subject}, host ${d.host}${d.writer ? `, key ${d.writer.slice(0, 12)}…` : ''})`),
   ].join('\n');

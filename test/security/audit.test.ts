@@ -7,6 +7,7 @@
 // audits the rate's fraction of intervals; bad settings are refused by name.
 import test from 'ava';
 import { validateRunConfig } from '../../schemas/run-config.ts';
+import { formatStatus } from '../../runtime/cli/status-command.ts';
 import { auditDrawn } from '../../runtime/coordinator/audits.ts';
 import { parseCheat } from '../../runtime/host/fault-points.ts';
 import { PRESETS } from '../../runtime/config/presets.ts';
@@ -61,4 +62,16 @@ test('--audit-rate outside (0, 1] is refused before anything starts', async (t) 
   const r = await caravan([...shape, '--audit-rate', '2']);
   t.is(r.code, 1);
   t.regex(r.stderr, /--audit-rate must be a fraction in \(0, 1\], got '2'/);
+});
+
+test('status shows the audits: intervals passed and skipped, and the difference that failed the run', (t) => {
+  const text = formatStatus({
+    run: 'r1', hosts: [], slots: [], summary: null, dead_letters: { count: 0, recent: [] }, bridge: [],
+    state: {
+      status: 'failed', step: 3, loss: 2.5, tokens_per_s: 100, started_at: null, updated: '', reason: 'audit: …',
+      audits: { rate: 0.5, audited: 4, skipped: 1, steps_replayed: 8, replay_ms: 2345, failed: [{ replica: 0, stage: 1, step: 2, host: 'vm-7', what: 'the act frames it reported sending at step 2 …' }] },
+    },
+  });
+  t.regex(text, /^audits \(rate 0\.5\): 4 intervals passed \(8 slot-steps replayed in 2\.3 s\), 1 skipped, 1 failed$/m);
+  t.regex(text, /^ {2}slot 0\.1 step 2 \(host vm-7\): the act frames it reported sending at step 2 …$/m);
 });
