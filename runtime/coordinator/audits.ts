@@ -20,6 +20,7 @@ import type { AuditSummary } from '../../schemas/run-records.ts';
 import { replayInterval, type ReportedStep } from '../audit/replay-interval.ts';
 import { loadTokens, TokenDataset } from '../data/index.ts';
 import type { Logger } from '../log.ts';
+import { AUDITS_PENDING_PER_SLOT } from '../transport/edge-limits.ts';
 import type { SlotEvidence } from '../transport/slot-evidence.ts';
 import type { SlotStore } from '../transport/slot-store.ts';
 
@@ -79,9 +80,10 @@ export class Audits {
   checkpointed(replica: number, stage: number, previous: CheckpointPointer | undefined, current: CheckpointPointer): { dropPrevious: boolean; purgeBelow: Resume } {
     this.latest.set(`${replica}.${stage}`, current);
     if (this.rate > 0 && current.sha256 && auditDrawn(this.seed, this.rate, replica, stage, current.step)) {
-      // One audit of a slot at a time: its held inputs then span at most two intervals, which the edge's cap leaves room for (edge-limits.ts).
-      if (this.holds.some((h) => h.replica === replica && h.stage === stage)) {
-        this.o.log.warn({ replica, stage, step: current.step }, 'audit skipped: the slot\'s previous audit is still running (the auditor is slower than the run)');
+      // At most AUDITS_PENDING_PER_SLOT audits of a slot wait at once: its held inputs then span at most one interval more
+      // than that, which the edge's cap leaves room for (edge-limits.ts). Past it the auditor is slower than the run.
+      if (this.holds.filter((h) => h.replica === replica && h.stage === stage).length >= AUDITS_PENDING_PER_SLOT) {
+        this.o.log.warn({ replica, stage, step: current.step }, 'audit skipped: the slot\'s earlier audits are still waiting (the auditor is slower than the run)');
         this.summary.skipped++;
       } else this.audit({ replica, stage, from: previous, to: { step: current.step, sha256: current.sha256 } });
     }

@@ -16,7 +16,8 @@ import { caravan, summaryOf } from '../support/caravan-cli.ts';
 const shape = ['train', '--stages', '3', '--steps', '5', '--seed', '7', '--seq', '32', '--batch', '4', '--microbatches', '3', '--checkpoint-every', '2', '--json'];
 
 for (const schedule of ['zb-h2', '1f1b'] as const) {
-  test(`${schedule}: an honest run audited at rate 1 passes every interval and keeps its weights`, async (t) => {
+  // One after another: each pair is four runs whose coordinator replays beside them, heavy on 2 cores.
+  test.serial(`${schedule}: an honest run audited at rate 1 passes every interval and keeps its weights`, async (t) => {
     const plain = summaryOf(await caravan([...shape, '--schedule', schedule]));
     const audited = summaryOf(await caravan([...shape, '--schedule', schedule, '--audit-rate', '1']));
     t.is(audited.params_sha256, plain.params_sha256, 'auditing changes nothing');

@@ -6,8 +6,9 @@
 // body is a `commit` as step control. The stage replaces a consumer it did
 // not make as it would (filter, start, acks), and acts only on step control
 // the coordinator signed for its replica's subject: a consumer switched under
-// it while it reads delivers the forgery, which is dead-lettered, and the
-// run ends with the weights of the clean run.
+// it while it reads delivers the forgery, which is dead-lettered (or is
+// replaced first: a holder makes a deleted consumer again), and the run ends
+// with the weights of the clean run.
 import test from 'ava';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -65,9 +66,10 @@ test('a host\'s credentials cannot change the weights through the control log: f
         while (Date.now() < deadline) {
           const info = await jsm.consumers.info(names.controlStream, victim).catch(() => undefined);
           if (info && info.config.filter_subject === names.stepControl(0) && info.delivered.stream_seq > 0) {
-            await jsm.consumers.delete(names.controlStream, victim);
-            await broadConsumer(jsm, victim, info.delivered.stream_seq + 1);
-            return (await js.publish(names.report(0, 1), forgedCommit(info.delivered.consumer_seq))).seq;
+            await jsm.consumers.delete(names.controlStream, victim).catch(() => {});
+            // The holder makes a deleted consumer again as soon as it hears of it: the intruder may lose the race, and tries again.
+            const made = await broadConsumer(jsm, victim, info.delivered.stream_seq + 1).then(() => true, (err: Error) => { if (/already exists/.test(err.message)) return false; throw err; });
+            if (made) return (await js.publish(names.report(0, 1), forgedCommit(info.delivered.consumer_seq))).seq;
           }
           await new Promise((r) => setTimeout(r, 10));
         }
@@ -81,7 +83,6 @@ test('a host\'s credentials cannot change the weights through the control log: f
   t.is(summary.params_sha256, clean.paramsSha256, 'the forged commits changed nothing');
 
   // What the stage refused is in the dead-letter stream, counted: the forgery among it, by subject.
-  t.true(summary.dead_letters >= 1);
   const admin = await connectToRun(server.url, 'admin', RUN, nk('coordinator'));
   t.teardown(() => admin.close());
   const jsm = await jetstreamManager(admin);
@@ -92,8 +93,13 @@ test('a host\'s credentials cannot change the weights through the control log: f
     if (!m) continue;
     dead.push({ data: new TextDecoder().decode(m.data), fault: m.header.get(DEAD_LETTER_HEADERS.fault), subject: m.header.get(DEAD_LETTER_HEADERS.subject), reason: m.header.get(DEAD_LETTER_HEADERS.reason) });
   }
+  // The forgery is delivered through the switched consumer and refused, unless the holder replaced that consumer
+  // first (it makes one of another config again when it hears its own was deleted); the one before was never delivered.
   const forged = dead.filter((d) => d.data.includes('"gradScale":0.25'));
-  t.is(forged.length, 1, 'the forgery delivered through the switched consumer was refused; the one before was never delivered');
-  t.like(forged[0], { fault: 'subject', subject: names.report(0, 1) });
-  t.regex(forged[0].reason, /not this replica's step control/);
+  t.true(forged.length <= 1, `${forged.length} forgeries dead-lettered`);
+  t.true(summary.dead_letters >= forged.length, 'counted');
+  for (const f of forged) {
+    t.like(f, { fault: 'subject', subject: names.report(0, 1) });
+    t.regex(f.reason, /not this replica's step control/);
+  }
 });

@@ -21,8 +21,8 @@ test('oversized frames and floods are refused by the server; the dead-letter str
   // (K + 2) steps held twice, and under zb-h2 (the default) ⌈(K + 2)/2⌉ steps redone after roll-backs, of M frames each.
   t.deepEqual(limits, { maxFrameBytes: 4 * 32 * 128 * 4 + 65536, maxFramesPerEdge: (2 * 3 + 2) * 2 + 16 });
   t.is(edgeLimits({ ...config, training: { ...config.training, schedule: '1f1b' } }).maxFramesPerEdge, 2 * 3 * 2 + 16);
-  // Audited: one interval more (2K + 2 steps), which an audit holds back from the purge.
-  t.is(edgeLimits({ ...config, training: { ...config.training, schedule: '1f1b', audit: { rate: 0.5 } } }).maxFramesPerEdge, 2 * 4 * 2 + 16);
+  // Audited: two intervals more (3K + 2 steps), which audits waiting for the slot hold back from the purge.
+  t.is(edgeLimits({ ...config, training: { ...config.training, schedule: '1f1b', audit: { rate: 0.5 } } }).maxFramesPerEdge, 2 * 5 * 2 + 16);
   const res = await openRunResources(nc, 'limits', { limits });
   for (const stage of [0, 1]) await ensureInputStream(res, 0, stage);
   const js = jetstream(nc);
