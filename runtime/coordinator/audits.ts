@@ -14,7 +14,7 @@
 // the slot, its holder and the step: nothing a dishonest holder computed
 // reaches a summary unseen.
 import { createHash } from 'node:crypto';
-import type { CheckpointPointer, StageCounters, StageReport } from '../../schemas/control-messages.ts';
+import type { CheckpointPointer, StageReport } from '../../schemas/control-messages.ts';
 import type { RunConfig } from '../../schemas/run-config.ts';
 import type { AuditSummary } from '../../schemas/run-records.ts';
 import { replayInterval, type ReportedStep } from '../audit/replay-interval.ts';
@@ -62,9 +62,9 @@ export class Audits {
   private get seed(): number { return this.o.config.training.audit?.seed ?? this.o.config.training.seed; }
 
   /** A signed step report of a slot: kept while an audit may need it. */
-  reported(msg: Extract<StageReport, { type: 'done' }>, counters: StageCounters): void {
+  reported(msg: Extract<StageReport, { type: 'done' }>): void {
     this.reports.set(`${msg.replica}.${msg.stage}.${msg.step}`, { sumSquares: msg.sumSquares, loss: msg.loss, digests: msg.digests });
-    this.devices.set(`${msg.replica}.${msg.stage}`, counters.compute.device);
+    this.devices.set(`${msg.replica}.${msg.stage}`, msg.counters.compute.device);
   }
 
   /** A replica's commit of a step. */

@@ -50,9 +50,10 @@ export class Reports {
     if (msg.type === 'failed') { this.o.failed(new Error(msg.reason)); return; }
     if (msg.type === 'checkpoint') { this.recordCheckpoint(msg.replica, msg.stage, msg.generation, msg.checkpoint); return; }
     if (msg.type === 'done' || msg.type === 'final') counters.set(`${msg.replica}.${msg.stage}`, msg.counters);
-    if (msg.type === 'done') this.o.audits?.reported(msg, msg.counters);
-    if (msg.type === 'done') replica.send({ type: 'STAGE_DONE', stage: msg.stage, step: msg.step, sumSquares: msg.sumSquares, loss: msg.loss ?? undefined });
-    else if (msg.type === 'stepped') replica.send({ type: 'STAGE_STEPPED', stage: msg.stage, step: msg.step });
+    if (msg.type === 'done') {
+      this.o.audits?.reported(msg);
+      replica.send({ type: 'STAGE_DONE', stage: msg.stage, step: msg.step, sumSquares: msg.sumSquares, loss: msg.loss ?? undefined });
+    } else if (msg.type === 'stepped') replica.send({ type: 'STAGE_STEPPED', stage: msg.stage, step: msg.step });
     else if (msg.type === 'contribution') this.o.bridges?.contributed(msg);
     else if (msg.type === 'final') {
       this.finals.set(`${msg.replica}.${msg.stage}`, msg.sha256);

@@ -32,8 +32,8 @@ export interface OutgoingFramesOptions {
   readonly outputs: SlotOutputs;
   readonly traces: MicrobatchTraces;
   readonly faults: FaultPoints;
-  /** Where each frame's digest goes, for the step's report. */
-  readonly digests: StepDigests;
+  /** Where each frame's digest goes, for the step's report: only in an audited run (training.audit), which alone reads them. */
+  readonly digests: StepDigests | undefined;
   /** Stops the slot: a frame that could not be published. */
   readonly failed: (err: Error) => void;
 }
@@ -71,12 +71,12 @@ export class OutgoingFrames {
     const content = (d: Float32Array): FrameContent => ({ run, replica, stage: to, step, microbatch: mb, attempt, kind, shape: [B, T, width], data: d });
     const cheat = faults.cheats(replica, stage, step);
     // A cheater that flips a bit reports the honest frame's digest: its report and what it sent then disagree.
-    const reported = cheat === 'flip' ? frameDigest(encodeFrameWithCodecs(content(data), codecs).bytes) : undefined;
+    const reported = cheat === 'flip' && this.o.digests ? frameDigest(encodeFrameWithCodecs(content(data), codecs).bytes) : undefined;
     if (cheat === 'scale') data = data.map((v) => Math.fround(v * (1 + 1e-3)));
     if (cheat === 'flip') { data = data.slice(); new Uint32Array(data.buffer)[0] ^= 1; }
     await this.o.traces.send(parent, step, mb, () => {
       const encoded = encodeFrameWithCodecs(content(data), codecs);
-      this.o.digests.record(kind, step, mb, attempt, reported ?? frameDigest(encoded.bytes));
+      this.o.digests?.record(kind, step, mb, attempt, reported ?? frameDigest(encoded.bytes));
       return { ...encoded, f32Bytes: data.byteLength };
     }, (bytes, trace) => {
       const count = this.sent[kind];

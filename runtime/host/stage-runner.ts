@@ -86,8 +86,8 @@ export interface StageRunnerOptions {
 /** What carries out the actor's commands. */
 interface Slot {
   readonly work: StageCompute;
-  /** The digests of the frames sent, by step, for its report. */
-  readonly digests: StepDigests;
+  /** The digests of the frames sent, by step, for its report (audited runs only). */
+  readonly digests: StepDigests | undefined;
   readonly microbatches: number;
   readonly inputs: IncomingFrames;
   readonly outgoing: OutgoingFrames;
@@ -139,7 +139,8 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
   });
   if (restored) await state.restore(restored, bridge);
   const dataset = await slotData(config, compute);
-  const digests = new StepDigests();
+  // A SHA-256 of every frame sent, on the hot path: paid only where audits read them.
+  const digests = t.audit ? new StepDigests() : undefined;
   const outgoing = new OutgoingFrames({
     run: res.names.run, replica, stage: s, batchSize: t.batchSize, seqLen: t.seqLen, maxPayload: o.conn.maxPayload, outputs, traces, faults, digests, failed: chain.stop,
     // Activations go out across the boundary at layerEnd, gradients across the one at layerBegin.
@@ -176,7 +177,7 @@ async function carryOut(cmd: StageCommand, p: Slot): Promise<void> {
     case 'STEP_READY': {
       const { sumSquares, loss } = p.work.takeReport(cmd.step);
       await p.outgoing.allSent();
-      return p.outputs.report({ type: 'done', step: cmd.step, sumSquares, loss, digests: p.digests.take(cmd.step, p.microbatches), counters: p.counters() });
+      return p.outputs.report({ type: 'done', step: cmd.step, sumSquares, loss, ...(p.digests ? { digests: p.digests.take(cmd.step, p.microbatches) } : {}), counters: p.counters() });
     }
     case 'APPLY_STEP':
       return p.work.update(cmd.step, cmd.gradScale, cmd.skip);
