@@ -60,11 +60,22 @@ export interface GradCheckResult {
   readonly tolerance: number;
 }
 
+/** An engine call that ran off the event loop: its result, and the ms the device spent on it. */
+export interface DeviceResult<T> {
+  readonly value: T;
+  readonly deviceMs: number;
+}
+
 interface NativeStage {
   forward(mb: number, input: Int32Array | Float32Array, B: number, T: number, targets: Int32Array | null, train: boolean, tokens: Int32Array | null): number | Float32Array;
   backward(mb: number, gradOut: Float32Array | null): Float32Array | null;
   backwardInput(mb: number, gradOut: Float32Array | null): Float32Array | null;
   backwardWeight(mb: number): void;
+  /** The four computations on libuv's thread pool (the CPU stage; the CUDA stage has none yet). */
+  forwardAsync?(mb: number, input: Int32Array | Float32Array, B: number, T: number, targets: Int32Array | null, train: boolean, tokens: Int32Array | null): Promise<DeviceResult<number | Float32Array>>;
+  backwardAsync?(mb: number, gradOut: Float32Array | null): Promise<DeviceResult<Float32Array | null>>;
+  backwardInputAsync?(mb: number, gradOut: Float32Array | null): Promise<DeviceResult<Float32Array | null>>;
+  backwardWeightAsync?(mb: number): Promise<DeviceResult<void>>;
   stashedBytes(): number;
   gradSumSquares(): Float64Array;
   step(gradScale: number): number;
@@ -200,6 +211,12 @@ export function splitLayers(nLayers: number, stages: number): Array<[number, num
  * Int32Array[B·T]; other stages take activations Float32Array[B·T·d]. The last
  * stage returns the mean loss when given targets, or logits [B·T·V] without.
  */
+async function timedCall<T>(f: () => T): Promise<DeviceResult<T>> {
+  const t0 = performance.now();
+  const value = f();
+  return { value, deviceMs: performance.now() - t0 };
+}
+
 export class EngineStage {
   readonly spec: StageSpec;
   readonly isFirst: boolean;
@@ -296,6 +313,34 @@ export class EngineStage {
    */
   backwardWeight(mb: number): void {
     this.native.backwardWeight(mb);
+  }
+
+  // The same computations off the event loop, each resolving with its result
+  // and the ms it took, so the host reads and sends frames while the engine
+  // computes; their arguments, results, errors and bits are the sync ones'.
+  // The CPU stage runs them on libuv's thread pool, and no other call may
+  // reach the stage until the promise settles (it throws, saying so). The
+  // CUDA stage has no such calls yet: it computes at once, blocking the
+  // thread as the sync call does, and resolves when done.
+
+  forwardTrainAsync(mb: number, input: Int32Array | Float32Array, B: number, T: number, targets?: Int32Array, tokens?: Int32Array): Promise<DeviceResult<Float32Array | number>> {
+    if (this.native.forwardAsync) return this.native.forwardAsync(mb, input, B, T, targets ?? null, true, tokens ?? null);
+    return timedCall(() => this.forwardTrain(mb, input, B, T, targets, tokens));
+  }
+
+  backwardAsync(mb: number, gradOut: Float32Array | null): Promise<DeviceResult<Float32Array | null>> {
+    if (this.native.backwardAsync) return this.native.backwardAsync(mb, gradOut);
+    return timedCall(() => this.backward(mb, gradOut));
+  }
+
+  backwardInputAsync(mb: number, gradOut: Float32Array | null): Promise<DeviceResult<Float32Array | null>> {
+    if (this.native.backwardInputAsync) return this.native.backwardInputAsync(mb, gradOut);
+    return timedCall(() => this.backwardInput(mb, gradOut));
+  }
+
+  backwardWeightAsync(mb: number): Promise<DeviceResult<void>> {
+    if (this.native.backwardWeightAsync) return this.native.backwardWeightAsync(mb);
+    return timedCall(() => this.backwardWeight(mb));
   }
 
   /** Bytes held by this stage's stashed microbatches (forward stashes and what B keeps for W); 0 when none is stashed. */

@@ -5,8 +5,10 @@
 #include <napi.h>
 #include <malloc.h>
 #include <omp.h>
+#include <atomic>
 #include <chrono>
 #include <cmath>
+#include <functional>
 #include <vector>
 #include "addon_args.h"
 #include "blas.h"
@@ -20,6 +22,75 @@
 using namespace caravan;
 using namespace caravan::addon;
 
+
+// The OpenMP thread count setThreads fixed; a call on a pool thread sets it
+// there too (OpenMP's count is per calling thread, and the sums depend on it).
+static std::atomic<int> g_threads{0};
+
+// One engine computation, ready to run: `run` computes (returning the loss of
+// a last stage's forward, else 0) into buffers that `keep` holds alive;
+// `value` is what the call gives back (the output array, null, or undefined),
+// unless `loss` says the result is the number `run` returns.
+struct PreparedCall {
+  std::function<double()> run;
+  Napi::Value value;
+  bool loss = false;
+  std::vector<Napi::Value> keep;
+};
+
+// A computation on libuv's thread pool, so the host's event loop goes on
+// reading and sending frames while the stage computes. It resolves with
+// {value, deviceMs} (deviceMs: how long the computation itself took) or
+// rejects with the engine's error. `busy` marks the stage taken meanwhile.
+class StageCall : public Napi::AsyncWorker {
+ public:
+  StageCall(Napi::Env env, PreparedCall call, Napi::Object stage, std::atomic<bool>* busy)
+      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), run_(std::move(call.run)), loss_(call.loss), busy_(busy), threads_(g_threads.load()) {
+    keep_.push_back(Napi::Persistent(stage));
+    if (call.value.IsObject()) value_ = Napi::Persistent(call.value.As<Napi::Object>());
+    else returns_null_ = call.value.IsNull();
+    for (auto& v : call.keep) if (v.IsObject()) keep_.push_back(Napi::Persistent(v.As<Napi::Object>()));
+  }
+
+  Napi::Promise Promise() { return deferred_.Promise(); }
+
+  void Execute() override {
+    if (threads_ > 0) omp_set_num_threads(threads_);
+    auto t0 = std::chrono::steady_clock::now();
+    try {
+      result_ = run_();
+    } catch (const std::exception& e) {
+      SetError(e.what());
+    }
+    ms_ = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  }
+
+  void OnOK() override {
+    Napi::Env env = Env();
+    busy_->store(false);
+    Napi::Object out = Napi::Object::New(env);
+    out.Set("value", loss_ ? Napi::Number::New(env, result_) : !value_.IsEmpty() ? value_.Value() : returns_null_ ? env.Null() : env.Undefined());
+    out.Set("deviceMs", Napi::Number::New(env, ms_));
+    deferred_.Resolve(out);
+  }
+
+  void OnError(const Napi::Error& e) override {
+    busy_->store(false);
+    deferred_.Reject(e.Value());
+  }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  std::function<double()> run_;
+  bool loss_;
+  bool returns_null_ = false;
+  std::atomic<bool>* busy_;
+  int threads_;
+  double result_ = 0, ms_ = 0;
+  Napi::ObjectReference value_;
+  std::vector<Napi::ObjectReference> keep_;
+};
+
 class StageWrap : public Napi::ObjectWrap<StageWrap> {
  public:
   static Napi::Function Define(Napi::Env env) {
@@ -28,6 +99,10 @@ class StageWrap : public Napi::ObjectWrap<StageWrap> {
       InstanceMethod("backward", &StageWrap::Backward),
       InstanceMethod("backwardInput", &StageWrap::BackwardInput),
       InstanceMethod("backwardWeight", &StageWrap::BackwardWeight),
+      InstanceMethod("forwardAsync", &StageWrap::ForwardAsync),
+      InstanceMethod("backwardAsync", &StageWrap::BackwardAsync),
+      InstanceMethod("backwardInputAsync", &StageWrap::BackwardInputAsync),
+      InstanceMethod("backwardWeightAsync", &StageWrap::BackwardWeightAsync),
       InstanceMethod("stashedBytes", &StageWrap::StashedBytes),
       InstanceMethod("stepWithUndo", &StageWrap::StepWithUndo),
       InstanceMethod("undoStep", &StageWrap::UndoStep),
@@ -69,6 +144,16 @@ class StageWrap : public Napi::ObjectWrap<StageWrap> {
   // forward(mb, input, B, T, targets|null, train, tokens|null) → loss (number) | Float32Array
   // tokens: the microbatch's token ids, for a non-first stage that needs them
   Napi::Value Forward(const Napi::CallbackInfo& info) {
+    EnsureIdle(info);
+    return RunNow(info.Env(), PrepareForward(info));
+  }
+  // forwardAsync(…forward's arguments) → Promise<{value, deviceMs}>
+  Napi::Value ForwardAsync(const Napi::CallbackInfo& info) {
+    EnsureIdle(info);
+    return RunOffLoop(info, PrepareForward(info));
+  }
+
+  PreparedCall PrepareForward(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     Stage& s = *stage_;
     const int64_t mb = microbatch_id(info[0]);
@@ -106,33 +191,69 @@ class StageWrap : public Napi::ObjectWrap<StageWrap> {
     // Shapes are checked before the output is allocated, so a wrong B or T
     // is an error rather than a huge allocation.
     guarded(env, [&] { s.check_forward(mb, tokens, acts, input_len, B, T, targets, targets_len, train); return 0; });
+    PreparedCall call;
+    call.keep = {info[1], info[4], info[6]};
+    Stage* st = &s;
     if (s.is_last() && targets) {
-      double loss = guarded(env, [&] { return s.forward(mb, tokens, acts, input_len, B, T, targets, targets_len, nullptr, 0, train, true); });
-      return Napi::Number::New(env, loss);
+      call.loss = true;
+      call.value = env.Undefined();
+      call.run = [=] { return st->forward(mb, tokens, acts, input_len, B, T, targets, targets_len, nullptr, 0, train, true); };
+      return call;
     }
     const size_t n = s.output_len(B, T, s.is_last());
     Napi::Float32Array out = Napi::Float32Array::New(env, n);
-    guarded(env, [&] { return s.forward(mb, tokens, acts, input_len, B, T, targets, targets_len, out.Data(), n, train, true); });
-    return out;
+    float* dst = out.Data();
+    call.value = out;
+    call.run = [=] { st->forward(mb, tokens, acts, input_len, B, T, targets, targets_len, dst, n, train, true); return 0.0; };
+    return call;
+  }
+
+  // Runs a prepared computation here and now; engine errors become JS errors.
+  static Napi::Value RunNow(Napi::Env env, PreparedCall call) {
+    double r = guarded(env, call.run);
+    return call.loss ? Napi::Number::New(env, r) : call.value;
+  }
+
+  // Starts a prepared computation on the thread pool: a Promise of {value, deviceMs}.
+  Napi::Value RunOffLoop(const Napi::CallbackInfo& info, PreparedCall call) {
+    auto* worker = new StageCall(info.Env(), std::move(call), info.This().As<Napi::Object>(), &busy_);
+    Napi::Promise promise = worker->Promise();
+    busy_.store(true);
+    worker->Queue();
+    return promise;
+  }
+
+  // An engine call while another runs on the pool would race it: a clear error instead.
+  void EnsureIdle(const Napi::CallbackInfo& info) {
+    if (busy_.load()) throw Napi::Error::New(info.Env(), stage_->describe() + ": a computation is still running off the event loop; wait for its promise before calling the stage again");
   }
 
   // backward(mb, gradOut|null) → Float32Array gradIn | null (stage 0)
-  Napi::Value Backward(const Napi::CallbackInfo& info) { return BackwardOf(info, false); }
+  Napi::Value Backward(const Napi::CallbackInfo& info) { EnsureIdle(info); return RunNow(info.Env(), PrepareBackward(info, false)); }
   // backwardInput(mb, gradOut|null): as backward, without the weight gradients (B)
-  Napi::Value BackwardInput(const Napi::CallbackInfo& info) { return BackwardOf(info, true); }
-
+  Napi::Value BackwardInput(const Napi::CallbackInfo& info) { EnsureIdle(info); return RunNow(info.Env(), PrepareBackward(info, true)); }
   // backwardWeight(mb): the weight gradients of a microbatch whose B has run (W)
-  Napi::Value BackwardWeight(const Napi::CallbackInfo& info) {
+  Napi::Value BackwardWeight(const Napi::CallbackInfo& info) { EnsureIdle(info); return RunNow(info.Env(), PrepareWeight(info)); }
+  // The same three off the event loop: Promise<{value, deviceMs}>.
+  Napi::Value BackwardAsync(const Napi::CallbackInfo& info) { EnsureIdle(info); return RunOffLoop(info, PrepareBackward(info, false)); }
+  Napi::Value BackwardInputAsync(const Napi::CallbackInfo& info) { EnsureIdle(info); return RunOffLoop(info, PrepareBackward(info, true)); }
+  Napi::Value BackwardWeightAsync(const Napi::CallbackInfo& info) { EnsureIdle(info); return RunOffLoop(info, PrepareWeight(info)); }
+
+  PreparedCall PrepareWeight(const Napi::CallbackInfo& info) {
     const int64_t mb = microbatch_id(info[0]);
-    guarded(info.Env(), [&] { stage_->backward_weight(mb); return 0; });
-    return info.Env().Undefined();
+    Stage* st = stage_.get();
+    PreparedCall call;
+    call.value = info.Env().Undefined();
+    call.run = [=] { st->backward_weight(mb); return 0.0; };
+    return call;
   }
 
   Napi::Value StashedBytes(const Napi::CallbackInfo& info) {
+    EnsureIdle(info);
     return Napi::Number::New(info.Env(), (double)stage_->stashed_bytes());
   }
 
-  Napi::Value BackwardOf(const Napi::CallbackInfo& info, bool split) {
+  PreparedCall PrepareBackward(const Napi::CallbackInfo& info, bool split) {
     Napi::Env env = info.Env();
     Stage& s = *stage_;
     const int64_t mb = microbatch_id(info[0]);
@@ -144,26 +265,30 @@ class StageWrap : public Napi::ObjectWrap<StageWrap> {
       grad = data_of(g);
       grad_len = g.ElementLength();
     }
+    Stage* st = &s;
+    PreparedCall call;
+    call.keep = {info[1]};
+    float* dst = nullptr;
+    size_t n = 0;
     if (s.is_first()) {
-      guarded(env, [&] {
-        if (split) s.backward_input(mb, grad, grad_len, nullptr, 0);
-        else s.backward(mb, grad, grad_len, nullptr, 0);
-        return 0;
-      });
-      return env.Null();
+      call.value = env.Null();
+    } else {
+      int B = 0, T = 0;
+      n = s.stash_shape(mb, &B, &T) ? (size_t)B * T * s.in_width() : 0;
+      Napi::Float32Array out = Napi::Float32Array::New(env, n);
+      dst = out.Data();
+      call.value = out;
     }
-    int B = 0, T = 0;
-    const size_t n = s.stash_shape(mb, &B, &T) ? (size_t)B * T * s.in_width() : 0;
-    Napi::Float32Array out = Napi::Float32Array::New(env, n);
-    guarded(env, [&] {
-      if (split) s.backward_input(mb, grad, grad_len, out.Data(), n);
-      else s.backward(mb, grad, grad_len, out.Data(), n);
-      return 0;
-    });
-    return out;
+    call.run = [=] {
+      if (split) st->backward_input(mb, grad, grad_len, dst, n);
+      else st->backward(mb, grad, grad_len, dst, n);
+      return 0.0;
+    };
+    return call;
   }
 
   Napi::Value GradSumSquares(const Napi::CallbackInfo& info) {
+    EnsureIdle(info);
     std::vector<double> ss = stage_->grad_sum_squares();
     Napi::Float64Array out = Napi::Float64Array::New(info.Env(), ss.size());
     std::copy(ss.begin(), ss.end(), out.Data());
@@ -178,25 +303,30 @@ class StageWrap : public Napi::ObjectWrap<StageWrap> {
   }
 
   Napi::Value Step(const Napi::CallbackInfo& info) {
+    EnsureIdle(info);
     return Napi::Number::New(info.Env(), stage_->step(grad_scale(info, "step")));
   }
 
   Napi::Value StepWithUndo(const Napi::CallbackInfo& info) {
+    EnsureIdle(info);
     const double scale = grad_scale(info, "stepWithUndo");
     return Napi::Number::New(info.Env(), guarded(info.Env(), [&] { return stage_->step_with_undo(scale); }));
   }
 
   Napi::Value UndoStep(const Napi::CallbackInfo& info) {
+    EnsureIdle(info);
     guarded(info.Env(), [&] { stage_->undo_step(); return 0; });
     return info.Env().Undefined();
   }
 
   Napi::Value DropUndo(const Napi::CallbackInfo& info) {
+    EnsureIdle(info);
     stage_->drop_undo();
     return info.Env().Undefined();
   }
 
   Napi::Value ZeroGrad(const Napi::CallbackInfo& info) {
+    EnsureIdle(info);
     stage_->zero_grad();
     return info.Env().Undefined();
   }
@@ -206,6 +336,7 @@ class StageWrap : public Napi::ObjectWrap<StageWrap> {
   // arena('params'|'grads'|'exp_avg'|'exp_avg_sq') → a Float32Array over the
   // engine's own memory; the view holds a reference that keeps it alive.
   Napi::Value ArenaView(const Napi::CallbackInfo& info) {
+    EnsureIdle(info);
     Napi::Env env = info.Env();
     Arena a = arena_named(env, info[0]);
     auto* keep = new Arena(a);
@@ -216,6 +347,7 @@ class StageWrap : public Napi::ObjectWrap<StageWrap> {
 
   // setArena(kind, Float32Array): overwrites a whole arena (state loading).
   Napi::Value SetArena(const Napi::CallbackInfo& info) {
+    EnsureIdle(info);
     Napi::Env env = info.Env();
     Arena a = arena_named(env, info[0]);
     if (!is_typed(info[1], napi_float32_array)) throw Napi::TypeError::New(env, "setArena expects a Float32Array, got " + std::string(typed_name(info[1])));
@@ -236,6 +368,7 @@ class StageWrap : public Napi::ObjectWrap<StageWrap> {
   }
 
   Napi::Value Stashed(const Napi::CallbackInfo& info) {
+    EnsureIdle(info);
     auto ids = stage_->stashed();
     Napi::Array arr = Napi::Array::New(info.Env(), ids.size());
     for (size_t i = 0; i < ids.size(); i++) arr.Set(i, Napi::Number::New(info.Env(), (double)ids[i]));
@@ -243,6 +376,7 @@ class StageWrap : public Napi::ObjectWrap<StageWrap> {
   }
 
   Napi::Value Drop(const Napi::CallbackInfo& info) {
+    EnsureIdle(info);
     return Napi::Boolean::New(info.Env(), stage_->drop(microbatch_id(info[0])));
   }
 
@@ -262,6 +396,7 @@ class StageWrap : public Napi::ObjectWrap<StageWrap> {
   }
 
   std::unique_ptr<Stage> stage_;
+  std::atomic<bool> busy_{false};  // a computation runs on the pool (RunOffLoop)
 };
 
 static Napi::Value GradCheck(const Napi::CallbackInfo& info) {
@@ -302,6 +437,7 @@ static Napi::Value SetThreads(const Napi::CallbackInfo& info) {
   const int n = dim(info[0], "threads");
   openblas_set_num_threads(n);
   omp_set_num_threads(n);
+  g_threads.store(n);
   return info.Env().Undefined();
 }
 

@@ -49,8 +49,6 @@ export interface SlotInterval {
   readonly sent: ReadonlyMap<number, { readonly act?: string; readonly grad?: string }>;
   /** The run's tokens, for a first or last stage (or one that needs them). */
   readonly dataset: TokenDataset | undefined;
-  /** Awaited between computations, so the caller's event loop goes on. */
-  readonly yieldTurn?: () => Promise<void>;
 }
 
 export type AuditVerdict =
@@ -87,13 +85,11 @@ export async function replayInterval(iv: SlotInterval): Promise<AuditVerdict> {
         const id = step * M + mb;
         const batch = iv.dataset?.batchAt({ seed: t.seed, replica, shards: t.replicas, step, microbatch: mb, batchSize: t.batchSize, seqLen: t.seqLen, split: 'train' });
         const input = engine.isFirst ? batch!.tokens : need(taken, 'act', step, mb, iv);
-        const out = engine.forwardTrain(id, input, t.batchSize, t.seqLen, engine.isLast ? batch?.targets : undefined, engine.needsTokens ? batch?.tokens : undefined);
+        const { value: out } = await engine.forwardTrainAsync(id, input, t.batchSize, t.seqLen, engine.isLast ? batch?.targets : undefined, engine.needsTokens ? batch?.tokens : undefined);
         if (typeof out === 'number') lossSum += out;
         else sent.act.push(digestOf(out, 'act', codecs.act, iv, step, mb));
-        await iv.yieldTurn?.();
-        const gradIn = engine.backward(id, engine.isLast ? null : need(taken, 'grad', step, mb, iv));
+        const { value: gradIn } = await engine.backwardAsync(id, engine.isLast ? null : need(taken, 'grad', step, mb, iv));
         if (gradIn) sent.grad.push(digestOf(gradIn, 'grad', codecs.grad, iv, step, mb));
-        await iv.yieldTurn?.();
       }
       for (const kind of ['act', 'grad'] as const) {
         if (!sent[kind].length) continue;

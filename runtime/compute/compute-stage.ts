@@ -13,7 +13,10 @@ import { SyntheticStage } from './synthetic-stage.ts';
 /** What the host drives: the engine's surface, which the synthetic stage implements too. */
 export type ComputeStage = Pick<EngineStage, 'isFirst' | 'isLast' | 'inWidth' | 'outWidth' | 'needsTokens' | 'cuda' | 'paramCount'
   | 'forwardTrain' | 'backward' | 'backwardInput' | 'backwardWeight' | 'stashed' | 'stashedBytes' | 'drop'
+  | 'forwardTrainAsync' | 'backwardAsync' | 'backwardInputAsync' | 'backwardWeightAsync'
   | 'gradSumSquares' | 'step' | 'stepWithUndo' | 'undoStep' | 'dropUndo' | 'zeroGrad' | 'state' | 'loadState' | 'params' | 'setParams'>;
+
+export type { DeviceResult } from '../../native/index.ts';
 
 /** Where this host computes: the CPU, or one GPU it has already opened. */
 export type HostDevice = { readonly kind: 'cpu' } | { readonly kind: 'cuda'; readonly gpu: CudaDeviceInfo };

@@ -155,7 +155,6 @@ export class Audits {
       reports: pick(this.reports, (s) => `${replica}.${stage}.${s}`),
       sent: new Map(steps.map((s) => [s, { act: this.reports.get(`${replica}.${stage - 1}.${s}`)?.digests?.act, grad: this.reports.get(`${replica}.${stage + 1}.${s}`)?.digests?.grad }])),
       dataset: await (this.dataset ??= loadTokens(config).then((tokens) => new TokenDataset(tokens))),
-      yieldTurn: () => new Promise((r) => setImmediate(r)),
     });
     this.summary.ms += verdict.ms;
     if (verdict.ok) {

@@ -4,6 +4,7 @@
 // every step report and the final report carry.
 import type { StageCounters, WireCount } from '../../schemas/control-messages.ts';
 import type { FrameKind } from '../../schemas/tensor-frame.ts';
+import type { DeviceResult } from '../compute/compute-stage.ts';
 
 export class ComputeAccounting {
   private busyMs = 0;
@@ -12,17 +13,14 @@ export class ComputeAccounting {
 
   constructor(private readonly peakGflops: number, private readonly device: string) {}
 
-  /** Runs an engine call, counting its time as busy. */
-  timed<R>(f: () => R): R {
-    const t0 = performance.now();
-    try {
-      return f();
-    } finally {
-      const t1 = performance.now();
-      this.busyMs += t1 - t0;
-      if (!this.firstCompute) this.firstCompute = Date.now() - (t1 - t0);
-      this.lastCompute = Date.now();
-    }
+  /** Waits for an engine call that runs off the event loop, counting the device's time on it as busy. */
+  async onDevice<R>(call: Promise<DeviceResult<R>>): Promise<R> {
+    const { value, deviceMs } = await call;
+    this.busyMs += deviceMs;
+    const now = Date.now();
+    if (!this.firstCompute) this.firstCompute = now - deviceMs;
+    this.lastCompute = now;
+    return value;
   }
 
   counters(sentByKind: Record<FrameKind, WireCount>, queued: number, peakStashBytes: number): StageCounters {

@@ -6,8 +6,10 @@
 // tens of ms) after every forward and backward. At most MAX_FRAMES_IN_FLIGHT
 // are unacknowledged at once, and the slot waits for all of them before the
 // step's report (allSent), so a commit still means every frame of the step
-// is stored (a checkpoint after it relies on that). A frame is encoded before
-// send returns: the engine may reuse the output's memory.
+// is stored (a checkpoint after it relies on that). A frame is encoded and
+// signed on the event loop's next turn, after the slot has started its next
+// computation, so that work overlaps the device's instead of delaying it; the
+// engine's outputs are fresh arrays, never reused.
 import type { Span } from '@opentelemetry/api';
 import type { WireCount } from '../../schemas/control-messages.ts';
 import { encodeFrameWithCodecs, type FrameCodec, type FrameContent, type FrameKind } from '../../schemas/tensor-frame.ts';
@@ -15,6 +17,8 @@ import { frameDigest, type StepDigests } from '../audit/output-digests.ts';
 import type { SlotOutputs } from '../transport/slot-outputs.ts';
 import type { FaultPoints } from './fault-points.ts';
 import type { MicrobatchTraces } from './microbatch-traces.ts';
+
+const nextTurn = () => new Promise<void>((resolve) => setImmediate(resolve));
 
 // Frames published and not yet acknowledged, per stage (each up to max_payload, 8 MiB).
 const MAX_FRAMES_IN_FLIGHT = 8;
@@ -44,10 +48,11 @@ export class OutgoingFrames {
 
   constructor(private readonly o: OutgoingFramesOptions) {}
 
-  /** Sends `data` as the `kind` frame of (step, mb, attempt) into stage `to`; returns once it is encoded and a place in flight is free. */
+  /** Sends `data` as the `kind` frame of (step, mb, attempt) into stage `to`; returns once a place in flight is free. */
   async send(kind: FrameKind, to: number, at: { step: number; mb: number; attempt: number }, data: Float32Array, parent: Span): Promise<void> {
     while (this.sending.size >= MAX_FRAMES_IN_FLIGHT) await Promise.race(this.sending);
-    const sent: Promise<void> = this.publish(kind, to, at, data, parent)
+    // Encoded and published once the event loop turns: by then the slot's next computation is under way on the device.
+    const sent: Promise<void> = nextTurn().then(() => this.publish(kind, to, at, data, parent))
       .catch((err: Error) => this.o.failed(err))
       .finally(() => this.sending.delete(sent));
     this.sending.add(sent);

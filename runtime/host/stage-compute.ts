@@ -73,7 +73,7 @@ export class StageCompute {
     const data = this.o.dataset ? this.batch(step, mb) : undefined;
     const input = engine.isFirst ? data?.tokens ?? NO_TOKENS : this.o.inputs.take('act', step, mb, attempt)!;
     const span = traces.compute('forward', step, mb, attempt);
-    const out = this.o.accounting.timed(() => engine.forwardTrain(step * M + mb, input, B, T, engine.isLast ? data?.targets : undefined, engine.needsTokens ? data?.tokens : undefined));
+    const out = await this.o.accounting.onDevice(engine.forwardTrainAsync(step * M + mb, input, B, T, engine.isLast ? data?.targets : undefined, engine.needsTokens ? data?.tokens : undefined));
     traces.computed('forward', step, mb, attempt, span);
     if (log.isLevelEnabled('debug')) log.debug({ step, mb, attempt, ...traceIds(span) }, 'forward');
     this.noteStash();
@@ -88,7 +88,7 @@ export class StageCompute {
     const gradOut = engine.isLast ? null : this.o.inputs.take('grad', step, mb, attempt)!;
     const span = traces.compute(part === 'whole' ? 'backward' : 'backward-input', step, mb, attempt);
     const id = step * config.training.microbatches + mb;
-    const gradIn = this.o.accounting.timed(() => (part === 'whole' ? engine.backward(id, gradOut) : engine.backwardInput(id, gradOut)));
+    const gradIn = await this.o.accounting.onDevice(part === 'whole' ? engine.backwardAsync(id, gradOut) : engine.backwardInputAsync(id, gradOut));
     traces.computed(part === 'whole' ? 'backward' : 'backward-input', step, mb, attempt, span);
     if (log.isLevelEnabled('debug')) log.debug({ step, mb, attempt, part, ...traceIds(span) }, 'backward');
     if (part === 'whole') this.accumulated.push(mb);
@@ -101,7 +101,7 @@ export class StageCompute {
   private async weights(step: number, attempt: number, mb: number): Promise<void> {
     const { engine, traces, config } = this.o;
     const span = traces.compute('backward-weight', step, mb, attempt);
-    this.o.accounting.timed(() => engine.backwardWeight(step * config.training.microbatches + mb));
+    await this.o.accounting.onDevice(engine.backwardWeightAsync(step * config.training.microbatches + mb));
     traces.computed('backward-weight', step, mb, attempt, span);
     this.accumulated.push(mb);
     await this.o.faults.reach('backward');

@@ -54,8 +54,6 @@ import { slotData, StageCompute } from './stage-compute.ts';
 import { StepDigests } from '../audit/output-digests.ts';
 import { StepControl } from './step-control.ts';
 
-const turnOfTheEventLoop = () => new Promise<void>((resolve) => setImmediate(resolve));
-
 export interface StageRunner {
   /** Settles when the run ends (after `stop()`), or rejects when the stage fails or loses its slot. */
   readonly done: Promise<void>;
@@ -96,7 +94,7 @@ interface Slot {
   readonly outputs: SlotOutputs;
   readonly bridge: StageSync | undefined;
   readonly counters: () => StageCounters;
-  /** Tells the actor a computation is done, after a turn of the event loop. */
+  /** Tells the actor a computation is done. */
   readonly computed: (event: StageEvent) => Promise<void>;
   readonly lastStep: number;
   readonly checkpointEvery: number;
@@ -151,11 +149,9 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
   const slot: Slot = {
     work, inputs, outgoing, digests, microbatches: t.microbatches, steps, state, outputs, bridge, lastStep: t.steps - 1, checkpointEvery: t.checkpointEvery,
     counters: () => accounting.counters(outgoing.sentByKind(), inputs.queued(), work.peakStashBytes),
-    // A computation holds the thread. Before the actor picks the next one, the
-    // event loop takes a turn: frames that arrived meanwhile (a gradient that
-    // should go first) are seen, and the frame just sent is written out. (While
-    // each send waited for its acknowledgement, that wait was the turn.)
-    computed: async (event) => { await turnOfTheEventLoop(); actor.send(event); },
+    // Frames that arrived during a computation were read meanwhile (engine calls run off the event loop), so the
+    // actor picks the next one at once; the outputs just sent are encoded after it has started (outgoing-frames.ts).
+    computed: async (event) => { actor.send(event); },
   };
   // Commands run one at a time, off the event that issued them, so NATS I/O and heartbeats go on between computations.
   actor.on('*', (cmd: StageCommand) => {
