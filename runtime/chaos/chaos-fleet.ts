@@ -4,10 +4,20 @@
 // kill it makes, SIGTERM, a replaced host refusing to go on) from one that
 // fails the run, and `stop` ends every one of them however the run ended:
 // SIGTERM, then SIGKILL for any child still there after 5 s, then the servers.
+//
+// Hosts run under a supervisor, as systemd's Restart=on-failure or a
+// Kubernetes pod would keep them: a host process that was killed, or that
+// left because its slot had been handed to another (it was frozen, or too
+// slow to heartbeat), is started again after RESTART_DELAY_MS as a fresh
+// process, which joins as a standby. So capacity is not used up by faults,
+// however many there are.
 import type { Logger } from '../log.ts';
 import { startNatsCluster, type NatsClusterHandle } from '../nats/nats-cluster.ts';
 import { startNatsServer, type NatsServerHandle } from '../nats/nats-server.ts';
 import { isRunning, spawnCaravan, type CaravanChild } from '../train/caravan-child.ts';
+
+/** How long the supervisor waits before it starts a host again (systemd's RestartSec). */
+export const RESTART_DELAY_MS = 1000;
 
 export interface ChaosFleetOptions {
   readonly run: string;
@@ -32,6 +42,9 @@ export class ChaosFleet {
   private readonly expectedExit = new Set<CaravanChild>();
   private hostCount = 0;
   private refusedCount = 0;
+  private restartCount = 0;
+  private stopping = false;
+  private readonly restarts = new Set<NodeJS.Timeout>();
   private current: CaravanChild | undefined;
 
   constructor(private readonly o: ChaosFleetOptions) {}
@@ -39,6 +52,11 @@ export class ChaosFleet {
   /** Hosts that came back after they were replaced and refused to go on (exit 3), as designed. */
   get refused(): number {
     return this.refusedCount;
+  }
+
+  /** Host processes the supervisor started again after they were killed or left. */
+  get restarted(): number {
+    return this.restartCount;
   }
 
   /** The coordinator spawned last. */
@@ -67,9 +85,22 @@ export class ChaosFleet {
     const i = this.hostCount++;
     // Empty without --cheat: one inherited from this process's environment would make an ordinary chaos run cheat unasked.
     const env = { CARAVAN_CHAOS: '1', CARAVAN_CHAOS_CHEAT: this.o.cheat ?? '' };
-    return this.watch(spawnCaravan(`host ${i}`, [
+    const host = this.watch(spawnCaravan(`host ${i}`, [
       'host', '--nats', this.natsUrl(), '--run', this.o.run, '--datacenter', `local-${i}`, '--heartbeat', String(this.o.heartbeatMs),
     ], { env, logLevel: this.o.childLogLevel, echo: this.echo() }));
+    void host.exited.then(({ code }) => {
+      // Killed by the run, or replaced and gone (exit 3): the supervisor starts it again. A clean exit (the run
+      // ended) or a crash (which fails the run) is not restarted.
+      if (this.stopping || !(this.expectedExit.has(host) || code === 3)) return;
+      const timer = setTimeout(() => {
+        this.restarts.delete(timer);
+        if (this.stopping) return;
+        this.restartCount++;
+        this.spawnHost();
+      }, RESTART_DELAY_MS);
+      this.restarts.add(timer);
+    });
+    return host;
   }
 
   /** The child with process id `pid`, running or not. */
@@ -86,6 +117,9 @@ export class ChaosFleet {
 
   /** Ends every child and server the fleet started, whatever state they are in. */
   async stop(): Promise<void> {
+    this.stopping = true;
+    for (const timer of this.restarts) clearTimeout(timer);
+    this.restarts.clear();
     for (const c of this.children) if (isRunning(c)) c.process.kill('SIGTERM');
     const timer = setTimeout(() => { for (const c of this.children) if (isRunning(c)) c.process.kill('SIGKILL'); }, 5000);
     await Promise.all(this.children.map((c) => c.exited));

@@ -71,6 +71,8 @@ export interface ChaosReport {
   readonly params_sha256: string;
   readonly reference_params_sha256: string;
   readonly hosts_replaced_and_refused: number;
+  /** Host processes its supervisor started again (RESTART_DELAY_MS after each kill, or after a replaced host left). */
+  readonly hosts_restarted: number;
   /** The recovery events the coordinator counted (its summary): they must account for the kills. */
   readonly recoveries: RecoveryCounts;
   readonly wall_seconds: number;
@@ -156,7 +158,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport | CheatRepo
     await ended;
     await striker.recovered();
     const counts = await countContributions(res, o.config);
-    return chaosReport({ summary: watch.summary!, reference, kills: striker.kills, counts, refused: fleet.refused, began });
+    return chaosReport({ summary: watch.summary!, reference, kills: striker.kills, counts, refused: fleet.refused, restarted: fleet.restarted, began });
   } finally {
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
@@ -310,9 +312,8 @@ class Striker {
       if (this.watch.summary) return;
       at = performance.now();
     }
-    await this.fleet.kill(holder);
+    await this.fleet.kill(holder);  // its supervisor starts it again, as a standby
     this.say(`killed ${detail} at step ${this.watch.committedSteps}`);
-    this.fleet.spawnHost();  // the replacement's replacement: it joins as a standby
     this.recoveryAfter(at, { target: 'stage', detail, afterStep: this.watch.committedSteps });
   }
 
@@ -342,7 +343,6 @@ class Striker {
     const exit = await Promise.race([holder.exited, sleep(30_000).then(() => undefined)]);
     if (!exit || exit.code !== 3) throw new Error(`chaos: the replaced host of slot ${target.replica}.${target.stage} did not refuse to go on after SIGCONT (${exit ? `exit ${exit.code ?? exit.signal}` : 'still running after 30 s'}): ${holder.lastLine()}`);
     this.say(`the stalled host came back and left: ${holder.lastLine()}`);
-    this.fleet.spawnHost();
     this.recoveryAfter(at, { target: 'stall', detail, afterStep: this.watch.committedSteps });
   }
 
@@ -364,11 +364,12 @@ interface ChaosOutcome {
   readonly kills: KillRecord[];
   readonly counts: Contributions;
   readonly refused: number;
+  readonly restarted: number;
   /** performance.now() when the chaos run (after the reference) began. */
   readonly began: number;
 }
 
-function chaosReport({ summary, reference: { hashes: reference, audits }, kills, counts, refused, began }: ChaosOutcome): ChaosReport {
+function chaosReport({ summary, reference: { hashes: reference, audits }, kills, counts, refused, restarted, began }: ChaosOutcome): ChaosReport {
   const hashes = summary.params_sha256_by_replica;
   const match = hashes.length === reference.length && hashes.every((h, i) => h === reference[i]);
   const times = kills.map((k) => k.recovery_s).sort((a, b) => a - b);
@@ -385,6 +386,7 @@ function chaosReport({ summary, reference: { hashes: reference, audits }, kills,
     params_sha256: summary.params_sha256,
     reference_params_sha256: reference[0],
     hosts_replaced_and_refused: refused,
+    hosts_restarted: restarted,
     recoveries: summary.recoveries,
     wall_seconds: (performance.now() - began) / 1000,
     kill_log: kills,
