@@ -37,7 +37,8 @@ export class ChaosFleet {
   /** The 3-node cluster, once started (undefined with a single server). */
   cluster: NatsClusterHandle | undefined;
   private single: NatsServerHandle | undefined;
-  private url: string | undefined;
+  /** Where the children connect, once NATS is started. */
+  url: string | undefined;
   private readonly children: CaravanChild[] = [];
   private readonly expectedExit = new Set<CaravanChild>();
   private hostCount = 0;

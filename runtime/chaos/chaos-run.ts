@@ -61,6 +61,8 @@ export interface KillRecord {
 }
 
 export interface ChaosReport {
+  /** Parameters equal to the fault-free run's, nothing lost or doubled. */
+  readonly ok: boolean;
   readonly kills: number;
   readonly kills_by_target: Record<string, number>;
   readonly lost_microbatches: number;
@@ -112,11 +114,39 @@ export interface CheatReport {
   readonly wall_seconds: number;
 }
 
+/**
+ * A chaos run that could not finish, as much of it as there is to debug
+ * from: what went wrong, what the driver was waiting for, the kills so far,
+ * and where the run stood (its status, each slot's holder, each host).
+ */
+export interface ChaosFailure {
+  readonly ok: false;
+  readonly run: string;
+  /** The NATS server (or cluster seed) it ran on, stopped since like every process it started. */
+  readonly nats_url: string | null;
+  /** What went wrong, in one line. */
+  readonly error: string;
+  /** What the driver was waiting for when it gave up, if it was waiting. */
+  readonly waiting_for: string | null;
+  readonly committed_steps: number;
+  /** Every line the driver said, in order: kills, stalls, recoveries. */
+  readonly events: string[];
+  /** The kills whose recovery was measured before the failure. */
+  readonly kill_log: KillRecord[];
+  readonly run_status: string | null;
+  readonly slots: Array<{ replica: number; stage: number; host: string; generation: number; from_step: number | null }>;
+  readonly hosts: Array<{ host: string; status: string; slot: string | null }>;
+  readonly hosts_restarted: number;
+  readonly hosts_replaced_and_refused: number;
+  readonly wall_seconds: number;
+}
+
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-export async function runChaos(o: ChaosOptions): Promise<ChaosReport | CheatReport> {
+export async function runChaos(o: ChaosOptions): Promise<ChaosReport | CheatReport | ChaosFailure> {
   const t = o.config.training;
-  const say = (line: string) => o.onEvent?.(line);
+  const events: string[] = [];
+  const say = (line: string) => { events.push(line); o.onEvent?.(line); };
   const plan = planKills({ kills: o.kills, seed: o.seed, steps: t.steps, stages: t.stages, replicas: t.replicas, checkpointEvery: t.checkpointEvery, natsServers: o.natsServers, targets: o.targets });
 
   say('reference: the same config without faults');
@@ -132,6 +162,8 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport | CheatRepo
     cheat: o.cheat && `${o.cheat.mode}/${o.cheat.replica}/${o.cheat.stage}/${o.cheat.from}`, fail: (err) => watch.fail(err),
   });
   let nc: NatsConnection | undefined;
+  let runState: RunStateReader | undefined;
+  let striker: Striker | undefined;
   // Stopped from outside (Ctrl-C, a test's timeout), the driver still ends its servers, coordinator and hosts.
   const onSignal = () => { void fleet.stop().finally(() => process.exit(130)); };
   process.once('SIGINT', onSignal);
@@ -140,8 +172,8 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport | CheatRepo
     const url = await fleet.startNats(o.natsServers);
     nc = await connectNats(url, `caravan-chaos-${run}`);
     const res = await openRunResources(nc, run, { limits: edgeLimits(o.config) });
-    const runState = new RunStateReader(res);
-    const striker = new Striker(fleet, watch, runState, new FaultInjection(nc, res.names), say);
+    runState = new RunStateReader(res);
+    striker = new Striker(fleet, watch, runState, new FaultInjection(nc, res.names), say, o.heartbeatTimeoutMs);
     await writeFile(configFile, JSON.stringify(o.config));
     fleet.spawnCoordinator();
     for (let i = 0; i < t.stages * t.replicas + o.standbys; i++) fleet.spawnHost();
@@ -159,6 +191,10 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport | CheatRepo
     await striker.recovered();
     const counts = await countContributions(res, o.config);
     return chaosReport({ summary: watch.summary!, reference, kills: striker.kills, counts, refused: fleet.refused, restarted: fleet.restarted, began });
+  } catch (err) {
+    // Once the run is under way, a failure still ends in a report of where it stood (read before the fleet stops).
+    if (!runState || !(err instanceof Error)) throw err;
+    return failureReport(err, { run, watch, runState, fleet, kills: striker?.kills ?? [], events, began });
   } finally {
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
@@ -194,6 +230,20 @@ async function endedState(runState: RunStateReader): Promise<RunState | undefine
   return state;
 }
 
+async function failureReport(err: Error, o: { run: string; watch: TrainingWatch; runState: RunStateReader; fleet: ChaosFleet; kills: KillRecord[]; events: string[]; began: number }): Promise<ChaosFailure> {
+  // The servers may be the reason: what cannot be read is left empty rather than hiding the error.
+  const [state, slots, hosts] = await Promise.all([
+    o.runState.state().catch(() => undefined), o.runState.slots().catch(() => []), o.runState.hosts().catch(() => []),
+  ]);
+  return {
+    ok: false, run: o.run, nats_url: o.fleet.url ?? null, error: err.message, waiting_for: o.watch.waitingFor ?? null, committed_steps: o.watch.committedSteps,
+    events: o.events, kill_log: o.kills, run_status: state?.status ?? null,
+    slots: slots.map((r) => ({ replica: r.replica, stage: r.stage, host: r.host, generation: r.generation, from_step: r.checkpoint?.step ?? null })),
+    hosts: hosts.map((h) => ({ host: h.host, status: h.status, slot: h.replica !== undefined ? `${h.replica}.${h.stage}` : null })),
+    hosts_restarted: o.fleet.restarted, hosts_replaced_and_refused: o.fleet.refused, wall_seconds: (performance.now() - o.began) / 1000,
+  };
+}
+
 /**
  * What the chaos run has seen of training: replica 0's committed steps, each
  * with the time it was seen; the summary once the run finished; and the
@@ -227,14 +277,19 @@ class TrainingWatch {
     return this.commits.find((c) => c.at > at);
   }
 
+  /** What the last `until` still waiting was waiting for. */
+  waitingFor: string | undefined;
+
   /** Resolves once `cond` holds; rejects with the first failure, or when `timeoutMs` has passed. */
   async until(what: string, cond: () => boolean, timeoutMs = 120_000): Promise<void> {
     const deadline = performance.now() + timeoutMs;
+    this.waitingFor = what;
     while (!cond()) {
       if (this.failure) throw this.failure;
       if (performance.now() > deadline) throw new Error(`chaos: timed out waiting for ${what}`);
       await sleep(20);
     }
+    if (this.waitingFor === what) this.waitingFor = undefined;
   }
 }
 
@@ -256,6 +311,7 @@ class Striker {
     private readonly runState: RunStateReader,
     private readonly faults: FaultInjection,
     private readonly say: (line: string) => void,
+    private readonly heartbeatTimeoutMs: number,
   ) {}
 
   /** Starts hearing which hosts reached the fault point they were armed with. */
@@ -333,7 +389,7 @@ class Striker {
     holder.process.kill('SIGSTOP');
     this.say(`stalled ${detail.replace(' (stall)', '')} (SIGSTOP) at step ${this.watch.committedSteps}`);
     let handedOver = false;
-    const deadline = performance.now() + 60_000;
+    const deadline = performance.now() + Math.max(15_000, 10 * this.heartbeatTimeoutMs);
     while (!handedOver && performance.now() < deadline) {
       handedOver = (await this.runState.slot(target.replica, target.stage))?.record.host !== host;
       if (!handedOver) await sleep(100);
@@ -376,6 +432,7 @@ function chaosReport({ summary, reference: { hashes: reference, audits }, kills,
   const byTarget: Record<string, number> = {};
   for (const k of kills) byTarget[k.target] = (byTarget[k.target] ?? 0) + 1;
   return {
+    ok: match && counts.lost === 0 && counts.duplicated === 0,
     kills: kills.length,
     kills_by_target: byTarget,
     lost_microbatches: counts.lost,

@@ -78,6 +78,11 @@ export function chaosCommand(program: Command): void {
         process.exitCode = report.blamed_cheater ? 0 : 2;
         return;
       }
+      if ('error' in report) {
+        // The line above says where the run stood; this one what went wrong.
+        say(`caravan chaos: failed at step ${report.committed_steps}${report.waiting_for ? `, waiting for ${report.waiting_for}` : ''}; run ${report.run_status ?? 'state unknown'}; slots: ${report.slots.map((x) => `${x.replica}.${x.stage}→${x.host}#${x.generation}`).join(' ') || 'none'}`);
+        throw new Error(report.error);
+      }
       sayChaos(report, say);
       if (!report.params_match_reference || report.lost_microbatches || report.duplicated_microbatches) process.exitCode = 2;
     });

@@ -88,6 +88,11 @@ function recoveryLine(r: RecoveryCounts | undefined): string[] {
   return [`recovery: ${r.hosts_lost} hosts lost, ${r.slots_reassigned} slots handed to standbys, ${r.coordinator_restarts} coordinator restarts`];
 }
 
+/** A slot whose holder was lost with no standby to take over: the run waits for a host to join. */
+function vacant(s: { readonly hosts: HostEntry[] }, slot: SlotRecord): boolean {
+  return s.hosts.some((h) => h.host === slot.host && h.status === 'lost');
+}
+
 /** `caravan status` as text: the run's state line, hosts, slots, then its figures (live while it runs, whole-run once it finished). */
 export function formatStatus(s: RunStatus): string {
   const st: Partial<RunState> = s.state ?? {};
@@ -96,7 +101,7 @@ export function formatStatus(s: RunStatus): string {
     `hosts (${s.hosts.length}):`,
     ...s.hosts.map((h) => `  ${h.host}  ${h.status}${h.replica !== undefined ? `  replica ${h.replica} stage ${h.stage}` : ''}${h.datacenter ? `  ${h.datacenter}` : ''}`),
     `slots (${s.slots.length}):`,
-    ...s.slots.map((x) => `  replica ${x.replica} stage ${x.stage}  ${x.host}  generation ${x.generation}  checkpoint ${x.checkpoint ? `after step ${x.checkpoint.step}` : 'none'}`),
+    ...s.slots.map((x) => `  replica ${x.replica} stage ${x.stage}  ${x.host}  generation ${x.generation}  checkpoint ${x.checkpoint ? `after step ${x.checkpoint.step}` : 'none'}${vacant(s, x) ? '  VACANT: its host was lost and no standby was left; the next host to join takes it' : ''}`),
     ...(s.summary ? [...wireLine(s.summary), ...computeLine(s.summary, 'whole run')]
       : [...computeLine(st.metrics, `as of step ${st.metrics?.step}`), ...liveLines(st.metrics)]),
     ...bridgeLine(s.bridge),

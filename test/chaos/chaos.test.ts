@@ -6,6 +6,8 @@
 // with the weights of the fault-free run bit for bit, every (step,
 // microbatch) in every stage's update exactly once, and replayed steps
 // reporting the same Σg² as the first time.
+import { readdirSync, readFileSync } from 'node:fs';
+import { createConnection } from 'node:net';
 import test from 'ava';
 import { caravan, summaryOf } from '../support/caravan-cli.ts';
 
@@ -32,6 +34,8 @@ test.serial('stage hosts killed at every fault point, a stalled host and the coo
   checkReport(t, r, 7);
   t.deepEqual(r.kills_by_target, { stage: 5, stall: 1, coordinator: 1 });
   t.true((r.hosts_replaced_and_refused as number) >= 1, 'the stalled host came back, saw it was replaced and left');
+  t.true(r.ok);
+  t.true((r.hosts_restarted as number) >= 1, `the supervisor started killed hosts again (${r.hosts_restarted})`);
   // The coordinator's own count: every killed or stalled host was lost and its slot handed on; it restarted once.
   const rec = r.recoveries as { hosts_lost: number; slots_reassigned: number; coordinator_restarts: number };
   t.true(rec.hosts_lost >= 6 && rec.slots_reassigned >= 6, JSON.stringify(rec));
@@ -52,4 +56,45 @@ clusterTest('on a 3-node NATS cluster, losing a server (and a host) loses nothin
   t.is(out.code, 0, out.stderr.slice(-2000));
   checkReport(t, r, 2);
   t.deepEqual(r.kills_by_target, { nats: 1, stage: 1 });
+});
+
+/** Processes whose command line names `word` (the run id every coordinator and host of a run is started with). */
+function processesNaming(word: string): string[] {
+  const found: string[] = [];
+  for (const pid of readdirSync('/proc').filter((d) => /^\d+$/.test(d))) {
+    try {
+      const cmd = readFileSync(`/proc/${pid}/cmdline`, 'utf8').replace(/\0/g, ' ');
+      if (cmd.includes(word)) found.push(`${pid}: ${cmd.slice(0, 120)}`);
+    } catch { /* gone meanwhile */ }
+  }
+  return found;
+}
+
+/** Whether something accepts connections at a nats://host:port URL. */
+function listening(url: string): Promise<boolean> {
+  const { hostname, port } = new URL(url);
+  return new Promise((resolve) => {
+    const socket = createConnection({ host: hostname, port: Number(port) });
+    socket.once('connect', () => { socket.destroy(); resolve(true); });
+    socket.once('error', () => resolve(false));
+  });
+}
+
+test.serial('a chaos run that cannot go on ends with a JSON line saying where it stood, and leaves nothing running', async (t) => {
+  // A stalled host and no standby to take its slot: the handover the driver waits for never comes.
+  const out = await caravan(['chaos', ...small, '--steps', '6', '--nats-servers', '1', '--kills', '1', '--seed', '3', '--targets', 'stall', '--standbys', '0']);
+  t.is(out.code, 1, out.stderr.slice(-2000));
+  const r = summaryOf(out) as Record<string, any>;
+  t.false(r.ok);
+  t.regex(r.error, /^chaos: slot 0\.\d was not handed over while its host was stopped$/);
+  t.regex(out.stderr, /caravan: chaos: failed at step \d+; run running; slots: 0\.0→\S+#1 0\.1→\S+#1 0\.2→\S+#1/);
+  t.regex(out.stderr, /chaos: slot 0\.\d was not handed over/);
+  t.true(r.events.some((e: string) => /^stalled replica 0 stage \d \(SIGSTOP\) at step \d+$/.test(e)), JSON.stringify(r.events));
+  t.is(r.run_status, 'running');
+  t.is(r.slots.length, 3);
+  t.true(r.hosts.some((h: { status: string; slot: string | null }) => h.status === 'lost'), `the stalled host was declared lost: ${JSON.stringify(r.hosts)}`);
+  t.deepEqual(r.kill_log, [], 'no recovery was measured');
+  // Nothing left behind: no coordinator or host of the run, and no server on its port.
+  t.deepEqual(processesNaming(r.run), []);
+  t.false(await listening(r.nats_url), `nothing listens on ${r.nats_url}`);
 });

@@ -172,3 +172,15 @@ test('status while a run goes on shows the live figures: busy stages, edges both
   t.regex(text, /^recovery: 2 hosts lost, 2 slots handed to standbys, 1 coordinator restarts$/m);
   t.regex(text, /^bridge: outer step 2; last sync by stage: 412 ms \(outer 3, replicas 0,1\); 1503 ms \(outer 2, replicas 0\)$/m);
 });
+
+test('status names a vacant slot: its host was lost and no standby was left to take it', (t) => {
+  const host = (name: string, status: 'assigned' | 'lost', stage: number) => ({ host: name, datacenter: 'dc-0', status, joined: '', replica: 0, stage });
+  const text = formatStatus({
+    run: 'r2', summary: null, dead_letters: { count: 0, recent: [] }, bridge: [],
+    hosts: [host('vm-1', 'assigned', 0), host('vm-2', 'lost', 1)],
+    slots: [{ replica: 0, stage: 0, host: 'vm-1', generation: 1 }, { replica: 0, stage: 1, host: 'vm-2', generation: 2 }],
+    state: { status: 'running', step: 3, loss: 2.5, tokens_per_s: 10, started_at: null, updated: '' },
+  });
+  t.regex(text, /^ {2}replica 0 stage 1 {2}vm-2 {2}generation 2 {2}checkpoint none {2}VACANT: its host was lost and no standby was left; the next host to join takes it$/m);
+  t.regex(text, /^ {2}replica 0 stage 0 {2}vm-1 {2}generation 1 {2}checkpoint none$/m, 'a held slot is not vacant');
+});
