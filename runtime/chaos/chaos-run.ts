@@ -194,7 +194,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport | CheatRepo
   } catch (err) {
     // Once the run is under way, a failure still ends in a report of where it stood (read before the fleet stops).
     if (!runState || !(err instanceof Error)) throw err;
-    return failureReport(err, { run, watch, runState, fleet, kills: striker?.kills ?? [], events, began });
+    return await failureReport(err, { run, watch, runState, fleet, kills: striker?.kills ?? [], events, began });
   } finally {
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);

@@ -79,8 +79,8 @@ export function chaosCommand(program: Command): void {
         return;
       }
       if ('error' in report) {
-        // The line above says where the run stood; this one what went wrong.
-        say(`caravan chaos: failed at step ${report.committed_steps}${report.waiting_for ? `, waiting for ${report.waiting_for}` : ''}; run ${report.run_status ?? 'state unknown'}; slots: ${report.slots.map((x) => `${x.replica}.${x.stage}→${x.host}#${x.generation}`).join(' ') || 'none'}`);
+        // Where the run stood, even under --json (stderr), then what went wrong: the last line.
+        process.stderr.write(`caravan chaos: failed at step ${report.committed_steps}${report.waiting_for ? `, waiting for ${report.waiting_for}` : ''}; run ${report.run_status ?? 'state unknown'}; slots: ${report.slots.map((x) => `${x.replica}.${x.stage}→${x.host}#${x.generation}`).join(' ') || 'none'}\n`);
         throw new Error(report.error);
       }
       sayChaos(report, say);

@@ -87,7 +87,7 @@ test.serial('a chaos run that cannot go on ends with a JSON line saying where it
   const r = summaryOf(out) as Record<string, any>;
   t.false(r.ok);
   t.regex(r.error, /^chaos: slot 0\.\d was not handed over while its host was stopped$/);
-  t.regex(out.stderr, /caravan: chaos: failed at step \d+; run running; slots: 0\.0→\S+#1 0\.1→\S+#1 0\.2→\S+#1/);
+  t.regex(out.stderr, /caravan chaos: failed at step \d+; run running; slots: 0\.0→\S+#1 0\.1→\S+#1 0\.2→\S+#1/);
   t.regex(out.stderr, /chaos: slot 0\.\d was not handed over/);
   t.true(r.events.some((e: string) => /^stalled replica 0 stage \d \(SIGSTOP\) at step \d+$/.test(e)), JSON.stringify(r.events));
   t.is(r.run_status, 'running');
