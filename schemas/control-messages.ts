@@ -123,6 +123,8 @@ export interface RegistrationReply {
 /** A heartbeat (`hb.<host>`) or a host's word that its slot is ready (`ctl.ready`). */
 export interface HostAnnouncement {
   readonly host: string;
+  /** In a heartbeat: how long ago the host's event loop last turned (its heartbeats come from a thread of their own). */
+  readonly loop_lag_ms?: number;
 }
 
 /** `ctl.failed`: the run has failed, and why. */
@@ -201,7 +203,7 @@ const STAGE_REPORT = tagged('type', {
 
 const REGISTRATION = object({ host: text, datacenter: text, device: optional(text), gpu: optional(text), key: text, proof: text });
 const REGISTRATION_REPLY = object({ ok: flag, run: optional(text), reason: optional(text), retry: optional(flag) });
-const HOST_ANNOUNCEMENT = object({ host: text });
+const HOST_ANNOUNCEMENT = object({ host: text, loop_lag_ms: optional(real) });
 const RUN_FAILURE = object({ reason: text });
 const PROGRESS = object({ replica: count, step: count, steps: count, loss: nullable(real), gradNorm: nullable(real), tokensPerSecond: real });
 const FAULT_POINT = oneOf(FAULT_POINTS);

@@ -46,6 +46,12 @@ export interface CoordinatorOptions {
   readonly config: RunConfig;
   readonly log: Logger;
   readonly heartbeatTimeoutMs?: number;
+  /**
+   * A host whose heartbeats say its event loop has not turned for this long is stuck: its heartbeats no longer count,
+   * and it is lost after the heartbeat timeout. Default: 10 × the heartbeat timeout. A host only slow (a long engine
+   * call, a checkpoint) keeps its slot meanwhile.
+   */
+  readonly stuckTimeoutMs?: number;
   readonly streamReplicas?: number;
   /** An nkey seed file to authenticate to NATS with (the coordinator role of `caravan creds`). */
   readonly nkey?: string;
@@ -96,15 +102,21 @@ async function coordinate(
   let settle!: (v: RunSummary | Error) => void;
   const outcome = new Promise<RunSummary | Error>((r) => { settle = r; });
   const heartbeatTimeoutMs = o.heartbeatTimeoutMs ?? 15_000;
+  const stuckTimeoutMs = o.stuckTimeoutMs ?? 10 * heartbeatTimeoutMs;
+  const stuck = new Set<string>();  // hosts whose last heartbeat said their event loop is stuck
   const coordinator = createActor(coordinatorMachine, {
     input: { stages: t.stages, replicas: t.replicas, heartbeatTimeoutMs, tickMs: Math.min(1000, Math.max(50, Math.floor(heartbeatTimeoutMs / 10))), restore },
   });
   const p = assemble(o, net, run, log, settle, (e) => coordinator.send(e));
   const hosts = net.channel.listen({
     register: (msg, respond) => p.membership.register(msg, respond),
-    heartbeat: (host, key) => {
-      if (p.membership.heartbeatCounts(host, key)) coordinator.send({ type: 'HEARTBEAT', host });
-      else log.warn({ host, key }, 'heartbeat refused: not under the key the host registered with');
+    heartbeat: (host, key, loopLagMs) => {
+      if (!p.membership.heartbeatCounts(host, key)) log.warn({ host, key }, 'heartbeat refused: not under the key the host registered with');
+      else if ((loopLagMs ?? 0) <= stuckTimeoutMs) { stuck.delete(host); coordinator.send({ type: 'HEARTBEAT', host }); }
+      else if (!stuck.has(host)) {
+        stuck.add(host);
+        log.warn({ host, loop_lag_ms: loopLagMs, stuck_timeout_ms: stuckTimeoutMs }, 'host stuck: its event loop has not turned for longer than the stuck timeout; its heartbeats no longer count');
+      }
     },
     ready: (host) => coordinator.send({ type: 'HOST_READY', host }),
     failed: (reason) => settle(new Error(reason)),

@@ -16,6 +16,11 @@
 // sent), 'flip' flips the lowest bit of each output's first value after
 // digesting the honest frame (so its report and its frames disagree), and
 // 'skip-update' leaves its weights as they were instead of updating them.
+// CARAVAN_CHAOS_BLOCK=<replica>/<stage>/<step>/<ms> makes the first holder
+// of that slot (generation 1) hold its event loop (a blocking wait) for that
+// long when it starts that step's first forward, once: a host that is slow,
+// not gone, whose heartbeats come from a thread of their own
+// (heartbeat-thread.ts).
 import { encodeJson } from '../../schemas/json-message.ts';
 import { decodeFaultRequest, FAULT_POINTS, type FaultPoint, type FaultReached } from '../../schemas/control-messages.ts';
 import type { CoreSubscription, RunConnection } from '../transport/run-connection.ts';
@@ -27,10 +32,12 @@ export class FaultPoints {
   /** Outputs to poison, as `<kind>/<replica>/<stage>/<step>/<mb>`: read once, at start. */
   private readonly poison: ReadonlySet<string>;
   private readonly cheat: { mode: CheatMode; replica: number; stage: number; from: number } | undefined;
+  private block: { slot: string; ms: number } | undefined;
 
   constructor(private readonly conn: RunConnection, private readonly host: string, subject: string, private readonly reachedSubject: string, refused: OnRefused, enabled = process.env.CARAVAN_CHAOS === '1') {
     this.poison = new Set(enabled && process.env.CARAVAN_CHAOS_POISON ? process.env.CARAVAN_CHAOS_POISON.split(',') : []);
     this.cheat = enabled && process.env.CARAVAN_CHAOS_CHEAT ? parseCheat(process.env.CARAVAN_CHAOS_CHEAT) : undefined;
+    this.block = enabled && process.env.CARAVAN_CHAOS_BLOCK ? parseBlock(process.env.CARAVAN_CHAOS_BLOCK) : undefined;
     if (!enabled) return;
     this.sub = conn.subscribe(subject, (m) => {
       const req = decodeFaultRequest(m.data);
@@ -64,6 +71,14 @@ export class FaultPoints {
     return c && c.replica === replica && c.stage === stage && step >= c.from ? c.mode : undefined;
   }
 
+  /** Holds the event loop where CARAVAN_CHAOS_BLOCK says (only with CARAVAN_CHAOS=1), the first time this step starts. */
+  holdEventLoop(replica: number, stage: number, generation: number, step: number): void {
+    if (!this.block || generation !== 1 || this.block.slot !== `${replica}/${stage}/${step}`) return;
+    const { ms } = this.block;
+    this.block = undefined;
+    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+  }
+
   close(): void {
     this.sub?.unsubscribe();
   }
@@ -80,4 +95,13 @@ export function parseCheat(spec: string): { mode: CheatMode; replica: number; st
     throw new Error(`cheat ${JSON.stringify(spec)}: expected <mode>/<replica>/<stage>/<from step> with mode one of ${CHEAT_MODES.join(', ')}`);
   }
   return { mode: mode as CheatMode, replica: nums[0], stage: nums[1], from: nums[2] };
+}
+
+/** CARAVAN_CHAOS_BLOCK: <replica>/<stage>/<step>/<ms>. */
+function parseBlock(spec: string): { slot: string; ms: number } {
+  const nums = spec.split('/').map(Number);
+  if (nums.length !== 4 || !nums.every((n) => Number.isSafeInteger(n) && n >= 0)) {
+    throw new Error(`CARAVAN_CHAOS_BLOCK ${JSON.stringify(spec)}: expected <replica>/<stage>/<step>/<ms>`);
+  }
+  return { slot: nums.slice(0, 3).join('/'), ms: nums[3] };
 }

@@ -1,5 +1,6 @@
 // `caravan host`: one OS process per GPU node. It registers with the
-// coordinator, heartbeats on core NATS, and watches the run's KV bucket: a
+// coordinator, heartbeats on core NATS from a thread of its own
+// (heartbeat-thread.ts), and watches the run's KV bucket: a
 // slot record naming it makes it run that (replica, stage) slot; until then it
 // is a standby. A later slot record naming another host for its slot means it
 // was replaced (it went quiet for too long): it stops at once and exits with
@@ -15,6 +16,7 @@ import { encodeJson } from '../../schemas/json-message.ts';
 import { decodeRegistrationReply, decodeRunFailure } from '../../schemas/control-messages.ts';
 import type { HostDevice } from '../compute/compute-stage.ts';
 import { connectToRunAsHost, type RunConnection } from '../transport/run-connection.ts';
+import { HeartbeatThread } from './heartbeat-thread.ts';
 import type { OnRefused } from '../transport/survivable-callback.ts';
 import type { RunResources } from '../transport/run-resources.ts';
 import { readRunConfig, watchRunState } from '../transport/run-state.ts';
@@ -68,19 +70,20 @@ export async function runHost(o: HostOptions): Promise<void> {
   const device: HostDevice = gpu ? { kind: 'cuda', gpu } : { kind: 'cpu' };
   const deadLetters = { count: 0 };
   const tracing = initTracing({ service: 'caravan-host', host: id, datacenter: o.datacenter });
-  let beat: NodeJS.Timeout | undefined;
+  let heartbeats: HeartbeatThread | undefined;
   let faults: FaultPoints | undefined;
   try {
     // Hosts do not create a run's streams (their permissions do not allow it): they wait for the coordinator to.
     const res = await waitForRun(conn, o);
     faults = new FaultPoints(conn, id, res.names.chaos(id), res.names.chaosReached, refused(log));
-    beat = setInterval(() => {
-      conn.publish(res.names.heartbeat(id, key.publicKey), encodeJson({ host: id, datacenter: o.datacenter, deadLetters: deadLetters.count }));
-    }, o.heartbeatMs ?? 1000);
+    heartbeats = await HeartbeatThread.start({
+      url: o.nats, run: o.run, name: `caravan-host-${id}-heartbeat`, subject: res.names.heartbeat(id, key.publicKey), host: id, datacenter: o.datacenter,
+      periodMs: o.heartbeatMs ?? 1000, credentials: o.nkey ? key : undefined, deadLetters,
+    });
     await register(conn, res, id, o, device, key, log);
     await followRun(conn, res, id, device, log, faults, deadLetters, tracing, key);
   } finally {
-    clearInterval(beat);
+    await heartbeats?.stop();
     faults?.close();
     await tracing.shutdown().catch((err: Error) => log.warn({ err: err.message }, 'trace export failed'));
     await conn.close();

@@ -24,6 +24,8 @@ export interface StageComputeOptions {
   readonly config: RunConfig;
   readonly replica: number;
   readonly stage: number;
+  /** The holder's generation of the slot. */
+  readonly generation: number;
   readonly engine: ComputeStage;
   /** The run's tokens, where this stage reads them (see `slotData`). */
   readonly dataset: TokenDataset | undefined;
@@ -70,6 +72,7 @@ export class StageCompute {
   private async forward(step: number, attempt: number, mb: number): Promise<void> {
     const { engine, traces, log, config } = this.o;
     const { microbatches: M, batchSize: B, seqLen: T } = config.training;
+    if (mb === 0) this.o.faults.holdEventLoop(this.o.replica, this.o.stage, this.o.generation, step);
     const data = this.o.dataset ? this.batch(step, mb) : undefined;
     const input = engine.isFirst ? data?.tokens ?? NO_TOKENS : this.o.inputs.take('act', step, mb, attempt)!;
     const span = traces.compute('forward', step, mb, attempt);

@@ -145,7 +145,7 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
     wire: { act: { width: engine.outWidth, codecs: boundaryCodecs(model, layers[1], t.lz4) }, grad: { width: engine.inWidth, codecs: boundaryCodecs(model, layers[0], t.lz4) } },
   });
   const accounting = new ComputeAccounting(compute.peakGflops(), engine.cuda?.name ?? 'cpu');
-  const work = new StageCompute({ config, replica, stage: s, engine, dataset, inputs, outputs: outgoing, accounting, traces, faults, log });
+  const work = new StageCompute({ config, replica, stage: s, generation, engine, dataset, inputs, outputs: outgoing, accounting, traces, faults, log });
   const slot: Slot = {
     work, inputs, outgoing, digests, microbatches: t.microbatches, steps, state, outputs, bridge, lastStep: t.steps - 1, checkpointEvery: t.checkpointEvery,
     counters: () => accounting.counters(outgoing.sentByKind(), inputs.queued(), work.peakStashBytes),

@@ -15,8 +15,11 @@ import { survivable, type OnRefused } from './survivable-callback.ts';
 /** What hosts say, decoded. A registration that does not decode is refused here, with the reason. */
 export interface HostMessages {
   register(registration: Registration, respond: (reply: RegistrationReply) => void): Promise<void>;
-  /** A heartbeat of `host`, published under `key` (its subject's last token, which a host's credentials bind to its own key). */
-  heartbeat(host: string, key: string): void;
+  /**
+   * A heartbeat of `host`, published under `key` (its subject's last token, which a host's credentials bind to its own
+   * key), with how long ago the host's event loop last turned where it says (its heartbeats come from a thread of their own).
+   */
+  heartbeat(host: string, key: string, loopLagMs: number | undefined): void;
   ready(host: string): void;
   failed(reason: string): void;
   /** A message on one of these subjects that does not decode, or whose handling failed: the channel reads on. */
@@ -50,8 +53,9 @@ export function coordinatorChannel(nc: NatsConnection, names: RunNames): Coordin
         }),
         nc.subscribe(names.heartbeats, { callback: survivable(h.refused, (m) => {
           const { host, key } = names.heartbeatOf(m.subject);
-          if (decodeHostAnnouncement(m.data, 'heartbeat').host !== host) throw new Error(`a heartbeat on ${m.subject} names another host`);
-          h.heartbeat(host, key);
+          const beat = decodeHostAnnouncement(m.data, 'heartbeat');
+          if (beat.host !== host) throw new Error(`a heartbeat on ${m.subject} names another host`);
+          h.heartbeat(host, key, beat.loop_lag_ms);
         }) }),
         nc.subscribe(names.ready, { callback: survivable(h.refused, (m) => h.ready(decodeHostAnnouncement(m.data, 'ready').host)) }),
         nc.subscribe(names.failed, { callback: survivable(h.refused, (m) => h.failed(decodeRunFailure(m.data).reason)) }),
