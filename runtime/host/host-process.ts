@@ -78,7 +78,7 @@ export async function runHost(o: HostOptions): Promise<void> {
     faults = new FaultPoints(conn, id, res.names.chaos(id), res.names.chaosReached, refused(log));
     heartbeats = await HeartbeatThread.start({
       url: o.nats, run: o.run, name: `caravan-host-${id}-heartbeat`, subject: res.names.heartbeat(id, key.publicKey), host: id, datacenter: o.datacenter,
-      periodMs: o.heartbeatMs ?? 1000, credentials: o.nkey ? key : undefined, deadLetters,
+      periodMs: o.heartbeatMs ?? 1000, credentials: o.nkey ? { seed: key.seed, publicKey: key.publicKey } : undefined, deadLetters,
     });
     await register(conn, res, id, o, device, key, log);
     await followRun(conn, res, id, device, log, faults, deadLetters, tracing, key);
