@@ -205,18 +205,19 @@ export function splitLayers(nLayers: number, stages: number): Array<[number, num
   return ranges;
 }
 
-/**
- * One pipeline stage of the model, on the CPU backend or (spec.device 'cuda')
- * on an NVIDIA GPU. Stage 0 takes token ids
- * Int32Array[B·T]; other stages take activations Float32Array[B·T·d]. The last
- * stage returns the mean loss when given targets, or logits [B·T·V] without.
- */
+/** A computation run here and now, timed, as an off-loop call's result (the CUDA stage has no off-loop calls yet). */
 async function timedCall<T>(f: () => T): Promise<DeviceResult<T>> {
   const t0 = performance.now();
   const value = f();
   return { value, deviceMs: performance.now() - t0 };
 }
 
+/**
+ * One pipeline stage of the model, on the CPU backend or (spec.device 'cuda')
+ * on an NVIDIA GPU. Stage 0 takes token ids
+ * Int32Array[B·T]; other stages take activations Float32Array[B·T·d]. The last
+ * stage returns the mean loss when given targets, or logits [B·T·V] without.
+ */
 export class EngineStage {
   readonly spec: StageSpec;
   readonly isFirst: boolean;

@@ -10,10 +10,9 @@ import { EngineStage, sgemmGflops, type CudaDeviceInfo } from '../../native/inde
 import type { RunConfig } from '../../schemas/run-config.ts';
 import { SyntheticStage } from './synthetic-stage.ts';
 
-/** What the host drives: the engine's surface, which the synthetic stage implements too. */
+/** What the host drives: the engine's surface (its computations off the event loop), which the synthetic stage implements too. */
 export type ComputeStage = Pick<EngineStage, 'isFirst' | 'isLast' | 'inWidth' | 'outWidth' | 'needsTokens' | 'cuda' | 'paramCount'
-  | 'forwardTrain' | 'backward' | 'backwardInput' | 'backwardWeight' | 'stashed' | 'stashedBytes' | 'drop'
-  | 'forwardTrainAsync' | 'backwardAsync' | 'backwardInputAsync' | 'backwardWeightAsync'
+  | 'forwardTrainAsync' | 'backwardAsync' | 'backwardInputAsync' | 'backwardWeightAsync' | 'stashed' | 'stashedBytes' | 'drop'
   | 'gradSumSquares' | 'step' | 'stepWithUndo' | 'undoStep' | 'dropUndo' | 'zeroGrad' | 'state' | 'loadState' | 'params' | 'setParams'>;
 
 export type { DeviceResult } from '../../native/index.ts';

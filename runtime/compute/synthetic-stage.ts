@@ -10,22 +10,14 @@
 // so the hosts run the same actors, transport, checkpoints and recovery as
 // for a real model.
 //
-// The host calls the async methods (…Async): the device's time passes on a
-// timer while the event loop goes on with the host's I/O, as it does beside
-// the engine's calls, which run off the event loop (native/index.ts). The
-// sync methods block the thread for the same time (Atomics.wait), for
-// callers that want the result at once.
+// Its computations are the engine's off-loop calls (…Async): the device's
+// time passes on a timer while the event loop goes on with the host's I/O,
+// as it does beside the engine's, which run on a pool thread (native/index.ts).
 import { decodeSafeTensors, encodeSafeTensors } from '../../native/index.ts';
 import type { LlamaConfig } from '../../schemas/model-config.ts';
 import { stageBackwardFlopsPerToken, stageForwardFlopsPerToken } from '../../schemas/model-flops.ts';
 import type { SyntheticCompute } from '../../schemas/run-config.ts';
 import type { ComputeStage, DeviceResult } from './compute-stage.ts';
-
-const sleeper = new Int32Array(new SharedArrayBuffer(4));
-
-function sleepMs(ms: number): void {
-  if (ms > 0) Atomics.wait(sleeper, 0, 0, ms);
-}
 
 /** The device busy for `ms` while the event loop goes on. */
 const deviceTime = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
@@ -86,30 +78,15 @@ export class SyntheticStage implements ComputeStage {
     this.peakGflops = s.peakTflops * 1000 * s.timeScale;
   }
 
-  forwardTrain(mb: number, input: Int32Array | Float32Array, B: number, T: number): Float32Array | number {
-    sleepMs(this.forwardMs);
-    return this.forwardOutput(mb, input, B, T);
-  }
-
-  async forwardTrainAsync(mb: number, input: Int32Array | Float32Array, B: number, T: number): Promise<DeviceResult<Float32Array | number>> {
+  async forwardTrainAsync(mb: number, _input: Int32Array | Float32Array, B: number, T: number): Promise<DeviceResult<Float32Array | number>> {
     await deviceTime(this.forwardMs);
-    return { value: this.forwardOutput(mb, input, B, T), deviceMs: this.forwardMs };
-  }
-
-  private forwardOutput(mb: number, _input: Int32Array | Float32Array, B: number, T: number): Float32Array | number {
     this.stash.add(mb);
     // A loss that falls with the microbatch index: something finite and deterministic for the replica to report.
-    if (this.isLast) return Math.log(this.spec.model.vocabSize) * Math.exp(-mb / 10_000);
-    return new Float32Array(B * T * this.frameWidth).fill(0.5);
+    const value = this.isLast ? Math.log(this.spec.model.vocabSize) * Math.exp(-mb / 10_000) : new Float32Array(B * T * this.frameWidth).fill(0.5);
+    return { value, deviceMs: this.forwardMs };
   }
 
   /** The fused backward (1F1B): B then W, 2 · forwardMs in all. */
-  backward(mb: number, gradOut: Float32Array | null): Float32Array | null {
-    const gradIn = this.backwardInput(mb, gradOut);
-    this.backwardWeight(mb);
-    return gradIn;
-  }
-
   async backwardAsync(mb: number, gradOut: Float32Array | null): Promise<DeviceResult<Float32Array | null>> {
     const b = await this.backwardInputAsync(mb, gradOut);
     const w = await this.backwardWeightAsync(mb);
@@ -117,27 +94,13 @@ export class SyntheticStage implements ComputeStage {
   }
 
   /** B: the gradient for the previous stage (null on stage 0); the microbatch stays stashed for its W. */
-  backwardInput(_mb: number, _gradOut: Float32Array | null): Float32Array | null {
-    sleepMs(this.backwardInputMs);
-    return this.inputGradient();
-  }
-
   async backwardInputAsync(_mb: number, _gradOut: Float32Array | null): Promise<DeviceResult<Float32Array | null>> {
     await deviceTime(this.backwardInputMs);
-    return { value: this.inputGradient(), deviceMs: this.backwardInputMs };
-  }
-
-  private inputGradient(): Float32Array | null {
-    if (this.isFirst) return null;
-    return new Float32Array(this.spec.batchSize * this.spec.seqLen * this.frameWidth).fill(0.25);
+    const value = this.isFirst ? null : new Float32Array(this.spec.batchSize * this.spec.seqLen * this.frameWidth).fill(0.25);
+    return { value, deviceMs: this.backwardInputMs };
   }
 
   /** W: the weight gradient of microbatch mb, accumulated; frees its stash. */
-  backwardWeight(mb: number): void {
-    sleepMs(this.backwardWeightMs);
-    this.stash.delete(mb);
-  }
-
   async backwardWeightAsync(mb: number): Promise<DeviceResult<void>> {
     await deviceTime(this.backwardWeightMs);
     this.stash.delete(mb);

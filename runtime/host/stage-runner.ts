@@ -95,7 +95,7 @@ interface Slot {
   readonly bridge: StageSync | undefined;
   readonly counters: () => StageCounters;
   /** Tells the actor a computation is done. */
-  readonly computed: (event: StageEvent) => Promise<void>;
+  readonly computed: (event: StageEvent) => void;
   readonly lastStep: number;
   readonly checkpointEvery: number;
 }
@@ -151,7 +151,7 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
     counters: () => accounting.counters(outgoing.sentByKind(), inputs.queued(), work.peakStashBytes),
     // Frames that arrived during a computation were read meanwhile (engine calls run off the event loop), so the
     // actor picks the next one at once; the outputs just sent are encoded after it has started (outgoing-frames.ts).
-    computed: async (event) => { actor.send(event); },
+    computed: (event) => actor.send(event),
   };
   // Commands run one at a time, off the event that issued them, so NATS I/O and heartbeats go on between computations.
   actor.on('*', (cmd: StageCommand) => {

@@ -45,7 +45,7 @@ test('orion-100b: F : B : W per layer is 1 : 1.063 : 0.937, from the matmul weig
   t.is(costs.reduce((n, c) => n + c.F, 0), forwardFlopsPerToken(m, T) * training.batchSize * T);
 });
 
-test('the synthetic stage sleeps B and W by their FLOPs, B + W = the fused backward, and stashes from forward to W', (t) => {
+test('the synthetic stage sleeps B and W by their FLOPs, B + W = the fused backward, and stashes from forward to W', async (t) => {
   const { model } = SIMULATE_PRESETS['orion-100b'].config;
   const small = { ...model, nLayers: 4 };
   const synthetic = { device: 'test', peakTflops: 100, efficiency: 0.5, timeScale: 1000, frameBytes: 2 * 64 * 16 * 4 };
@@ -55,20 +55,20 @@ test('the synthetic stage sleeps B and W by their FLOPs, B + W = the fused backw
   t.is(stage.backwardWeightMs, (weight * 2 * 64 / (100e12 * 0.5)) * 1000 / 1000);
   t.true(Math.abs(stage.backwardInputMs + stage.backwardWeightMs - 2 * stage.forwardMs) < 1e-9 * stage.forwardMs);
   t.is(stage.stashBytesPerMicrobatch, 34 * 2 * 64 * small.dModel * 2);
-  const out = stage.forwardTrain(0, new Float32Array(0), 2, 64) as Float32Array;
-  stage.forwardTrain(1, out, 2, 64);
+  const out = (await stage.forwardTrainAsync(0, new Float32Array(0), 2, 64)).value as Float32Array;
+  await stage.forwardTrainAsync(1, out, 2, 64);
   t.is(stage.stashedBytes(), 2 * stage.stashBytesPerMicrobatch);
   const t0 = performance.now();
-  t.is(stage.backwardInput(0, out)!.length, 2 * 64 * 16, 'B returns the gradient frame');
+  t.is((await stage.backwardInputAsync(0, out)).value!.length, 2 * 64 * 16, 'B returns the gradient frame');
   const b = performance.now() - t0;
   t.is(stage.stashedBytes(), 2 * stage.stashBytesPerMicrobatch, 'B keeps the stash for W');
   const t1 = performance.now();
-  stage.backwardWeight(0);
+  await stage.backwardWeightAsync(0);
   const w = performance.now() - t1;
   t.is(stage.stashedBytes(), stage.stashBytesPerMicrobatch);
   t.true(b >= stage.backwardInputMs * 0.9 && w >= stage.backwardWeightMs * 0.9, `B ${b.toFixed(1)} ms, W ${w.toFixed(1)} ms`);
-  stage.backward(1, out);
+  await stage.backwardAsync(1, out);
   t.is(stage.stashedBytes(), 0, 'the fused backward frees its stash');
   const first = new SyntheticStage({ model: small, layerBegin: 0, layerEnd: 1, batchSize: 2, seqLen: 64, synthetic });
-  t.is(first.backwardInput(0, out), null, 'stage 0 sends no gradient');
+  t.is((await first.backwardInputAsync(0, out)).value, null, 'stage 0 sends no gradient');
 });

@@ -24,7 +24,7 @@ test('orion-100b is a 100B Llama in 16 stages whose boundary frames are 1/64 of 
   t.is(sum, forwardFlopsPerToken(m, T));
 });
 
-test('forward and backward take the device time of the stage\'s FLOPs, scaled; frames have the real size', (t) => {
+test('forward and backward take the device time of the stage\'s FLOPs, scaled; frames have the real size', async (t) => {
   const synthetic = { device: 'test', peakTflops: 100, efficiency: 0.5, timeScale: 1000, frameBytes: 2 * 64 * 16 * 4 };
   const model = { ...orion.model, nLayers: 4 };
   const stage = new SyntheticStage({ model, layerBegin: 1, layerEnd: 3, batchSize: 2, seqLen: 64, synthetic });
@@ -34,17 +34,17 @@ test('forward and backward take the device time of the stage\'s FLOPs, scaled; f
   t.is(stage.inWidth, 16);
   t.is(stage.outWidth, 16);
   const t0 = performance.now();
-  const out = stage.forwardTrain(0, new Float32Array(0), 2, 64) as Float32Array;
+  const out = (await stage.forwardTrainAsync(0, new Float32Array(0), 2, 64)).value as Float32Array;
   const fwd = performance.now() - t0;
   t.is(out.length, 2 * 64 * 16, 'a frame of frameBytes');
   const t1 = performance.now();
-  t.is(stage.backward(0, out)!.length, 2 * 64 * 16);
+  t.is((await stage.backwardAsync(0, out)).value!.length, 2 * 64 * 16);
   const bwd = performance.now() - t1;
   t.true(fwd >= stage.forwardMs * 0.9 && bwd >= 2 * stage.forwardMs * 0.9, `forward ${fwd.toFixed(1)} ms, backward ${bwd.toFixed(1)} ms for ${stage.forwardMs.toFixed(1)} ms`);
   const last = new SyntheticStage({ model, layerBegin: 3, layerEnd: 4, batchSize: 2, seqLen: 64, synthetic });
-  t.is(typeof last.forwardTrain(5, out, 2, 64), 'number', 'the last stage returns a loss');
+  t.is(typeof (await last.forwardTrainAsync(5, out, 2, 64)).value, 'number', 'the last stage returns a loss');
   t.is(last.outWidth, 0);
-  t.is(new SyntheticStage({ model, layerBegin: 0, layerEnd: 1, batchSize: 2, seqLen: 64, synthetic }).backward(0, out), null, 'stage 0 sends no gradient');
+  t.is((await new SyntheticStage({ model, layerBegin: 0, layerEnd: 1, batchSize: 2, seqLen: 64, synthetic }).backwardAsync(0, out)).value, null, 'stage 0 sends no gradient');
 });
 
 test('state round trips; another kind of state is refused by name', (t) => {
