@@ -4,8 +4,8 @@
 #   1. OS packages (OpenBLAS headers, a C++ toolchain, cmake; with --test also
 #      chromium, which the timeline test renders pages in, and openssl, which
 #      makes the TLS test's certificates) through apt-get;
-#   2. a nats-server >= 2.10 (the one on the PATH if recent enough, else
-#      Debian trixie's package unpacked into .deps/, leaving apt sources alone);
+#   2. a nats-server (the one on the PATH if recent enough, else Debian
+#      forky's 2.15 package unpacked into .deps/, leaving apt sources alone);
 #   3. `npm ci` when node_modules is missing or older than package-lock.json;
 #   4. the native addon and the standalone driver when missing or stale.
 # Idempotent: a second run does nothing and takes a fraction of a second.
@@ -47,35 +47,42 @@ if [ "${1:-}" = --test ]; then
 fi
 [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
 
-# 2. nats-server >= 2.10 (2.9 has no fsync-on-write: jetstream sync_interval)
+# 2. nats-server: the one on the PATH when it is at least NATS_MIN, else
+# Debian forky's 2.15 (one static Go binary, runs on bookworm and later)
+# unpacked into .deps/. 2.9 had no fsync-on-write (jetstream sync_interval);
+# docs/nats-server.md says what caravan uses from the newer releases.
+NATS_MIN=2.10
+NATS_SUITE=forky
 nats_ok() {
   local v
   v=$("$1" --version 2>/dev/null | grep -oE '[0-9]+\.[0-9]+\.[0-9]+' | head -1) || return 1
   [ -n "$v" ] || return 1
   local major=${v%%.*} rest=${v#*.}
   local minor=${rest%%.*}
-  [ "$major" -gt 2 ] || { [ "$major" -eq 2 ] && [ "$minor" -ge 10 ]; }
+  [ "$major" -gt "${NATS_MIN%%.*}" ] || { [ "$major" -eq "${NATS_MIN%%.*}" ] && [ "$minor" -ge "${NATS_MIN#*.}" ]; }
 }
 mkdir -p .deps/bin
 link=.deps/bin/nats-server
+# A link into an earlier set-up's fetch (trixie's 2.10) is replaced by the current one.
+case "$(readlink "$link" 2>/dev/null || true)" in */.deps/trixie/*) rm -f "$link" ;; esac
 if [ -x "$link" ] && nats_ok "$link"; then :
 elif command -v nats-server >/dev/null && nats_ok "$(command -v nats-server)"; then
   ln -sf "$(command -v nats-server)" "$link"
 else
-  command -v apt-get >/dev/null || die "no nats-server >= 2.10 found: install one (https://nats.io) on the PATH and retry"
-  say "fetching nats-server 2.10 (Debian trixie's package) into .deps/"
-  d=$root/.deps/trixie
+  command -v apt-get >/dev/null || die "no nats-server >= $NATS_MIN found: install one (https://nats.io) on the PATH and retry"
+  say "fetching nats-server (Debian $NATS_SUITE's package) into .deps/"
+  d=$root/.deps/$NATS_SUITE
   rm -rf "$d" && mkdir -p "$d/lists/partial" "$d/etc" "$d/cache/archives/partial"
   uri=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
   [ -n "$uri" ] || uri=$(awk '/^deb /{print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
   [ -n "$uri" ] || uri=http://deb.debian.org/debian
-  printf 'Types: deb\nURIs: %s\nSuites: trixie\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' "$uri" > "$d/etc/trixie.sources"
+  printf 'Types: deb\nURIs: %s\nSuites: %s\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' "$uri" "$NATS_SUITE" > "$d/etc/$NATS_SUITE.sources"
   o=(-o "Dir::State::Lists=$d/lists" -o Dir::Etc::SourceList=/dev/null -o "Dir::Etc::SourceParts=$d/etc" -o "Dir::Cache=$d/cache" -o Debug::NoLocking=1)
-  apt-get "${o[@]}" update -qq >/dev/null 2>&1 || die "could not read Debian trixie's package list from $uri: install nats-server >= 2.10 on the PATH and retry"
-  (cd "$d" && apt-get "${o[@]}" download nats-server >/dev/null 2>&1) || die "could not download Debian trixie's nats-server: install nats-server >= 2.10 on the PATH and retry"
+  apt-get "${o[@]}" update -qq >/dev/null 2>&1 || die "could not read Debian $NATS_SUITE's package list from $uri: install nats-server >= $NATS_MIN on the PATH and retry"
+  (cd "$d" && apt-get "${o[@]}" download "nats-server/$NATS_SUITE" >/dev/null 2>&1) || die "could not download Debian $NATS_SUITE's nats-server: install nats-server >= $NATS_MIN on the PATH and retry"
   dpkg -x "$d"/nats-server_*.deb "$d/x"
   ln -sf "$d/x/usr/sbin/nats-server" "$link"
-  nats_ok "$link" || die "the unpacked nats-server is older than 2.10"
+  nats_ok "$link" || die "the unpacked nats-server is older than $NATS_MIN"
 fi
 
 # 3. node modules

@@ -113,8 +113,10 @@ export interface MetaGroupView {
   currentFollowers: string[];
 }
 
-// The JetStream meta group as its leader reports it on /jsz (followers name
-// the leader but do not list the replicas). Undefined while no server knows.
+// The JetStream meta group as its leader reports it on /jsz. Followers name
+// the leader too, and list no replicas (2.10) or their own view of the group,
+// the leader included (2.15): the leader's view is the one whose replicas do
+// not include itself. Undefined while no server knows.
 export async function metaGroupView(httpPorts: readonly number[]): Promise<MetaGroupView | undefined> {
   for (const port of httpPorts) {
     try {
@@ -123,7 +125,7 @@ export async function metaGroupView(httpPorts: readonly number[]): Promise<MetaG
         meta_cluster?: { leader?: string; cluster_size?: number; replicas?: { name: string; current: boolean }[] };
       };
       const meta = jsz.meta_cluster;
-      if (meta?.leader && meta.replicas) {
+      if (meta?.leader && meta.replicas && !meta.replicas.some((r) => r.name === meta.leader)) {
         return {
           leader: meta.leader,
           size: meta.cluster_size ?? 0,
