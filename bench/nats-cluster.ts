@@ -8,15 +8,16 @@
 // left-out server or retry a placement) or failed. Then the stream leader is
 // killed: failover_ms is from the kill until a publish to the replicas-3
 // stream is acknowledged and a durable pull consumer, made before the kill,
-// delivers it; rejoin_ms is from restarting the killed server until it is
-// healthy again. Binaries given with --also run alternately with the
+// delivers it; rejoin_ms is from restarting the server until it is healthy
+// again. Then the new leader is stopped gracefully (SIGTERM, as systemd or a
+// rolling upgrade stops it) and the same failover is timed. Binaries given with --also run alternately with the
 // configured one, round by round (--parallel clusters at once), so both see
 // the same load.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { AckPolicy, jetstream, jetstreamManager, StorageType } from '@nats-io/jetstream';
 import { natsServerBinary } from '../runtime/nats/nats-server.ts';
 import { startNatsCluster, type ClusterServer } from '../runtime/nats/nats-cluster.ts';
-import { connectNats } from '../runtime/transport/connect.ts';
+import { connectNats, type NatsConnection } from '../runtime/transport/connect.ts';
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 const median = (xs: number[]) => (xs.length ? [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] : null);
@@ -34,6 +35,7 @@ interface BinaryTally {
   failures: string[];
   startMs: number[];
   failoverMs: number[];
+  termFailoverMs: number[];
   failoverFailures: string[];
   rejoinMs: number[];
   rejoinRepairs: number;
@@ -49,9 +51,47 @@ function versionOf(binary: string): Promise<string> {
   });
 }
 
-// The kill, then: a publish acknowledged by the stream's new leader, and the
-// pre-existing durable consumer delivering that message.
-async function measureFailover(url: string, servers: readonly ClusterServer[], timeoutMs: number): Promise<[failoverMs: number, rejoinMs: number]> {
+// Stops the stream's leader with `signal`, then measures: a publish
+// acknowledged by the stream's new leader and the pre-existing durable
+// consumer delivering that message; then the stopped server's restart until
+// it is healthy again.
+async function stopLeader(nc: NatsConnection, servers: readonly ClusterServer[], signal: NodeJS.Signals, timeoutMs: number): Promise<[failoverMs: number, rejoinMs: number]> {
+  const jsm = await jetstreamManager(nc, { timeout: 5_000 });
+  const js = jetstream(nc, { timeout: 1_000 });
+  const consumer = await js.consumers.get('FAILOVER', 'reader');
+  const leaderName = (await jsm.streams.info('FAILOVER')).cluster?.leader;
+  const leader = servers.find((s) => s.name === leaderName);
+  if (!leader) throw new Error(`no stream leader named (${leaderName})`);
+  const msgID = `after-${signal}`;
+  const stoppedAt = performance.now();
+  await leader.kill(signal);
+  const deadline = stoppedAt + timeoutMs;
+  let last = '';
+  let published = false;
+  for (;;) {
+    if (performance.now() > deadline) throw new Error(`no failover after ${signal} within ${timeoutMs} ms (last: ${last})`);
+    try {
+      if (!published) {
+        await js.publish('failover.x', new Uint8Array(1024), { msgID, timeout: 1_000 });
+        published = true;
+      }
+      const m = await consumer.next({ expires: 1_000 });
+      if (m) {
+        m.ack();
+        if (m.headers?.get('Nats-Msg-Id') === msgID) break;
+      }
+    } catch (err) {
+      last = (err as Error).message;
+      await sleep(50);
+    }
+  }
+  const failoverMs = performance.now() - stoppedAt;
+  const restartAt = performance.now();
+  await leader.restart();
+  return [failoverMs, performance.now() - restartAt];
+}
+
+async function measureFailover(url: string, servers: readonly ClusterServer[], timeoutMs: number): Promise<{ kill: [number, number]; term: [number, number] }> {
   const nc = await connectNats(url, 'bench-nats-cluster');
   try {
     const jsm = await jetstreamManager(nc, { timeout: 5_000 });
@@ -59,39 +99,11 @@ async function measureFailover(url: string, servers: readonly ClusterServer[], t
     await jsm.consumers.add('FAILOVER', { durable_name: 'reader', ack_policy: AckPolicy.Explicit });
     const js = jetstream(nc, { timeout: 1_000 });
     await js.publish('failover.x', new Uint8Array(1024));
-    const consumer = await js.consumers.get('FAILOVER', 'reader');
-    const first = await consumer.next({ expires: 5_000 });
-    first?.ack();
-    const leaderName = (await jsm.streams.info('FAILOVER')).cluster?.leader;
-    const leader = servers.find((s) => s.name === leaderName);
-    if (!leader) throw new Error(`no stream leader named (${leaderName})`);
-
-    const killedAt = performance.now();
-    await leader.kill();
-    const deadline = killedAt + timeoutMs;
-    let last = '';
-    let published = false;
-    for (;;) {
-      if (performance.now() > deadline) throw new Error(`no failover within ${timeoutMs} ms (last: ${last})`);
-      try {
-        if (!published) {
-          await js.publish('failover.x', new Uint8Array(1024), { msgID: 'after-kill', timeout: 1_000 });
-          published = true;
-        }
-        const m = await consumer.next({ expires: 1_000 });
-        if (m) {
-          m.ack();
-          break;
-        }
-      } catch (err) {
-        last = (err as Error).message;
-        await sleep(50);
-      }
-    }
-    const failoverMs = performance.now() - killedAt;
-    const restartAt = performance.now();
-    await leader.restart();
-    return [failoverMs, performance.now() - restartAt];
+    (await (await js.consumers.get('FAILOVER', 'reader')).next({ expires: 5_000 }))?.ack();
+    const kill = await stopLeader(nc, servers, 'SIGKILL', timeoutMs);
+    // A graceful stop, as a rolling upgrade or `systemctl stop` does it.
+    const term = await stopLeader(nc, servers, 'SIGTERM', timeoutMs);
+    return { kill, term };
   } finally {
     await nc.close().catch(() => {});
   }
@@ -115,11 +127,14 @@ async function startAndFailOver(tally: BinaryTally, n: number): Promise<void> {
   tally.startMs.push(startMs);
   const startRepairs = repairs.length;
   if (startRepairs) { tally.repaired++; tally.repairs.push(...repairs); } else tally.clean++;
-  let failover: number | undefined, rejoin: number | undefined;
+  let failover: number | undefined, rejoin: number | undefined, termFailover: number | undefined;
   try {
-    [failover, rejoin] = await measureFailover(cluster.url, cluster.servers, 60_000);
+    const m = await measureFailover(cluster.url, cluster.servers, 60_000);
+    [failover, rejoin] = m.kill;
+    termFailover = m.term[0];
     tally.failoverMs.push(failover);
-    tally.rejoinMs.push(rejoin);
+    tally.rejoinMs.push(rejoin, m.term[1]);
+    tally.termFailoverMs.push(termFailover);
     // restart() logs only when a rejoin needed a second restart.
     tally.rejoinRepairs += repairs.length - startRepairs;
   } catch (err) {
@@ -127,7 +142,7 @@ async function startAndFailOver(tally: BinaryTally, n: number): Promise<void> {
   } finally {
     await cluster.stop();
   }
-  console.log(`  ${tally.version} start ${n}: up in ${Math.round(startMs)} ms${startRepairs ? ` after ${startRepairs} repair(s): ${repairs[0]}` : ''}; failover ${failover === undefined ? 'FAILED' : Math.round(failover)} ms, rejoin ${rejoin === undefined ? '-' : Math.round(rejoin)} ms`);
+  console.log(`  ${tally.version} start ${n}: up in ${Math.round(startMs)} ms${startRepairs ? ` after ${startRepairs} repair(s): ${repairs[0]}` : ''}; failover ${failover === undefined ? 'FAILED' : Math.round(failover)} ms after SIGKILL, ${termFailover === undefined ? '-' : Math.round(termFailover)} ms after SIGTERM; rejoin ${rejoin === undefined ? '-' : Math.round(rejoin)} ms`);
 }
 
 export async function benchNatsCluster(args: string[]): Promise<Record<string, unknown>> {
@@ -143,7 +158,7 @@ export async function benchNatsCluster(args: string[]): Promise<Record<string, u
   for (const binary of binaries) {
     const version = await versionOf(binary);
     if (!/^v?\d/.test(version)) throw new Error(`cannot run nats-server ${binary} (--version said: ${version})`);
-    tallies.push({ binary, version, starts: 0, clean: 0, repaired: 0, failed: 0, repairs: [], failures: [], startMs: [], failoverMs: [], failoverFailures: [], rejoinMs: [], rejoinRepairs: 0 });
+    tallies.push({ binary, version, starts: 0, clean: 0, repaired: 0, failed: 0, repairs: [], failures: [], startMs: [], failoverMs: [], termFailoverMs: [], failoverFailures: [], rejoinMs: [], rejoinRepairs: 0 });
   }
   console.log(`nats-cluster bench: ${starts} fresh 3-node starts per binary (${tallies.map((t) => `${t.version} ${t.binary}`).join('; ')}), ${parallel} at once, ${load} busy processes beside them`);
 
@@ -180,6 +195,8 @@ export async function benchNatsCluster(args: string[]): Promise<Record<string, u
       start_ms_max: round(max(t.startMs)),
       failover_ms_median: round(median(t.failoverMs)),
       failover_ms_max: round(max(t.failoverMs)),
+      failover_after_sigterm_ms_median: round(median(t.termFailoverMs)),
+      failover_after_sigterm_ms_max: round(max(t.termFailoverMs)),
       failover_failures: t.failoverFailures.length,
       rejoin_ms_median: round(median(t.rejoinMs)),
       rejoin_ms_max: round(max(t.rejoinMs)),

@@ -111,7 +111,11 @@ export async function openRunResources(nc: NatsConnection, run: string, options:
     discard: DiscardPolicy.New,
     discard_new_per_subject: true,
   });
-  const kv = await new Kvm(nc).create(names.kvBucket, { history: 10, replicas });
+  // No direct gets: any replica answers one, a follower that is catching up
+  // (just restarted, or cut off) included, and a stale slot or host record
+  // read there was written back over the newer one (seen on a 3-server
+  // cluster after a server kill). Reads go to the stream's leader.
+  const kv = await new Kvm(nc).create(names.kvBucket, { history: 10, replicas, allow_direct: false });
   const objects = await new Objm(nc).create(names.objectBucket, { replicas });
   return { names, js: jetstream(nc), jsm, kv, objects, streams: { replicas, untagged: new Set(), ...(options.limits ? { limits: options.limits } : {}) } };
 }

@@ -8,7 +8,7 @@ import { encodeJson } from '../../schemas/json-message.ts';
 import { decodeRunConfig, type RunConfig } from '../../schemas/run-config.ts';
 import { decodeHostEntry, decodeRunState, decodeRunSummary, type HostEntry, type RunState, type RunSummary } from '../../schemas/run-records.ts';
 import { retryTransient } from './durable-publish.ts';
-import { readKvRecord } from './kv-record.ts';
+import { changeKvRecord, readKvRecord } from './kv-record.ts';
 import type { RunNames } from './subjects.ts';
 
 export interface RunStateStore {
@@ -35,8 +35,9 @@ export function runStateStore(kv: KV, names: RunNames): RunStateStore {
     readSummary: () => readKvRecord(kv, names.summaryKey, decodeRunSummary),
     writeSummary: (summary) => put(names.summaryKey, summary),
     readHost: (host) => readKvRecord(kv, names.hostKey(host), decodeHostEntry),
+    // By compare-and-set, so a write is never based on a read that missed the latest one.
     updateHost: (host, change) => retryTransient(`host record ${host}`, async () => {
-      await put(names.hostKey(host), change(await readKvRecord(kv, names.hostKey(host), decodeHostEntry)));
+      await changeKvRecord(kv, names.hostKey(host), decodeHostEntry, change);
     }),
     hosts: async () => {
       const entries: HostEntry[] = [];
