@@ -353,10 +353,19 @@ class Striker {
   }
 
   private async strikeStage(kill: PlannedKill, target: StageTarget): Promise<void> {
-    const slot = await this.runState.slot(target.replica, target.stage);
+    // The slot may still name a holder killed a moment ago (two kills of one
+    // slot in a row): wait until it is handed to a live host.
+    let slot = await this.runState.slot(target.replica, target.stage);
+    const deadline = performance.now() + Math.max(30_000, 20 * this.heartbeatTimeoutMs);
+    const liveHolder = () => (slot ? this.fleet.child(pidOf(slot.record.host)) : undefined);
+    while (!(liveHolder() && isRunning(liveHolder()!)) && performance.now() < deadline && !this.watch.summary) {
+      await sleep(100);
+      slot = await this.runState.slot(target.replica, target.stage);
+    }
+    if (this.watch.summary) return;
     if (!slot) throw new Error(`chaos: slot ${target.replica}.${target.stage} has no holder`);
-    const holder = this.fleet.child(pidOf(slot.record.host));
-    if (!holder || !isRunning(holder)) throw new Error(`chaos: the holder of slot ${target.replica}.${target.stage} (${slot.record.host}) is not a running child`);
+    const holder = liveHolder();
+    if (!holder || !isRunning(holder)) throw new Error(`chaos: the holder of slot ${target.replica}.${target.stage} (${slot.record.host}) is not a running child, and no live host took the slot over`);
     const detail = `replica ${target.replica} stage ${target.stage} (${target.point})`;
     if (target.point === 'stall') return this.stallStage(target, slot.record.host, holder, detail);
     let at: number;
