@@ -3,7 +3,8 @@
 // once every slot's host is ready, watches heartbeats on the actor clock, and
 // ends the run when every replica has finished. A slot whose host goes quiet
 // goes to the first standby, or, when there is none, to the next host that
-// joins. A restarted coordinator starts from the hosts and slots it kept in
+// joins; while the coordinator's own link to NATS is silent, silence counts
+// against no host. A restarted coordinator starts from the hosts and slots it kept in
 // KV (`restore`).
 import { assign, enqueueActions, setup } from 'xstate';
 import { elapsedSince, tickDelay } from './actor-clock.ts';
@@ -35,6 +36,10 @@ export type CoordinatorEvent =
   | { type: 'HEARTBEAT'; host: string }
   | { type: 'HOST_READY'; host: string }
   | { type: 'REPLICA_FINISHED'; replica: number }
+  // The coordinator's own link to NATS went silent (a paused or partitioned server), and came back: while it is
+  // deaf, no host's silence is its host's fault.
+  | { type: 'LINK_LOST' }
+  | { type: 'LINK_BACK' }
   | { type: 'SLOT_LOST'; host: string; slot: Slot; datacenter: string };  // raised by the liveness check
 
 export type CoordinatorCommand =
@@ -50,6 +55,7 @@ export interface CoordinatorContext extends CoordinatorMachineInput {
   hosts: HostRecord[];         // in join order
   vacant: Array<Slot & { lost: string }>;  // slots whose host was lost and no standby was there
   finished: number[];          // replicas
+  deafSince: number | undefined;  // on the actor clock, while the coordinator's link to NATS is silent
 }
 
 const slotCount = (c: CoordinatorContext) => c.stages * c.replicas;
@@ -109,6 +115,16 @@ export const coordinatorMachine = setup({
       enqueue.assign({ hosts: context.hosts.map((h) => (h === standby ? { ...h, slot: event.slot } : h)) });
       enqueue.emit({ type: 'ASSIGN', host: standby.id, replica: event.slot.replica, stage: event.slot.stage, replacing: event.host });
     }),
+    // Deaf: time passes, but a host's silence is not counted against it.
+    passDeaf: assign(({ context }) => ({ now: context.now + context.tickMs })),
+    becomeDeaf: assign(({ context }) => ({ deafSince: context.now })),
+    // What the coordinator could not hear for is taken off every host's silence, so a host is lost only after
+    // heartbeatTimeoutMs of silence the coordinator was there to hear. (Resetting silence to zero instead would let
+    // a link that fails over and over keep a dead host in its slot for good.)
+    forgiveDeafness: assign(({ context }) => {
+      const deaf = context.now - (context.deafSince ?? context.now);
+      return { deafSince: undefined, hosts: context.hosts.map((h) => ({ ...h, lastSeen: Math.min(context.now, h.lastSeen + deaf) })) };
+    }),
     checkLiveness: enqueueActions(({ context, enqueue }) => {
       const now = context.now + context.tickMs;
       // lastSeen is the tick before the host's last message, up to a tick early: that tick is not silence.
@@ -137,6 +153,7 @@ export const coordinatorMachine = setup({
     hosts: (input.restore?.hosts ?? []).map((h) => ({ ...h, lastSeen: 0, ready: h.slot !== null })),
     vacant: [],
     finished: [],
+    deafSince: undefined,
   }),
   states: {
     run: {
@@ -183,8 +200,12 @@ export const coordinatorMachine = setup({
       initial: 'watching',
       states: {
         watching: {
-          on: { HEARTBEAT: { actions: 'seen' } },
+          on: { HEARTBEAT: { actions: 'seen' }, LINK_LOST: { target: 'deaf', actions: 'becomeDeaf' } },
           after: { tick: { target: 'watching', reenter: true, actions: 'checkLiveness' } },
+        },
+        deaf: {
+          on: { HEARTBEAT: { actions: 'seen' }, LINK_BACK: { target: 'watching', actions: 'forgiveDeafness' } },
+          after: { tick: { target: 'deaf', reenter: true, actions: 'passDeaf' } },
         },
       },
     },

@@ -74,6 +74,16 @@ export class ChaosFleet {
     return this.url;
   }
 
+  /** One of the run's NATS servers, the `n`th modulo their number, to signal (a pause: SIGSTOP, then SIGCONT). */
+  natsServer(n: number): { name: string; signal(sig: NodeJS.Signals): void } {
+    if (this.cluster) {
+      const server = this.cluster.servers[n % this.cluster.servers.length];
+      return { name: `NATS server ${server.name}`, signal: (sig) => server.signal(sig) };
+    }
+    const single = this.single!;
+    return { name: 'the NATS server', signal: (sig) => { single.process.kill(sig); } };
+  }
+
   spawnCoordinator(): CaravanChild {
     this.current = this.watch(spawnCaravan('coordinator', [
       'coordinator', '--nats', this.natsUrl(), '--run', this.o.run, '--config', this.o.configFile, '--heartbeat-timeout', String(this.o.heartbeatTimeoutMs),

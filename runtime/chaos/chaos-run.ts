@@ -54,7 +54,7 @@ export interface ChaosOptions {
 export type Cheat = ReturnType<typeof parseCheat>;
 
 export interface KillRecord {
-  readonly target: string;          // 'stage' | 'coordinator' | 'nats'
+  readonly target: string;          // 'stage' | 'coordinator' | 'nats' | 'stall' | 'pause-coordinator' | 'pause-nats'
   readonly detail: string;          // where: slot and point, or server name
   readonly afterStep: number;       // steps of replica 0 committed when it struck
   readonly recovery_s: number;      // from the kill to the next committed step
@@ -322,7 +322,31 @@ class Striker {
   async strike(kill: PlannedKill): Promise<void> {
     if (kill.target.kind === 'coordinator') await this.strikeCoordinator();
     else if (kill.target.kind === 'nats') await this.strikeNats(kill);
+    else if (kill.target.kind === 'pause') await this.pause(kill, kill.target.process);
     else await this.strikeStage(kill, kill.target);
+  }
+
+  /**
+   * Freezes the coordinator or a NATS server (SIGSTOP) for three heartbeat
+   * timeouts (at least 3 s), as a GC or disk stall would, then thaws it.
+   * Neither is a host's fault: a paused coordinator's clock stops with it,
+   * and one whose server stops answering counts nobody's silence meanwhile
+   * (link-watch.ts), so no slot should change hands for it.
+   */
+  private async pause(kill: PlannedKill, process: 'coordinator' | 'nats'): Promise<void> {
+    const pauseMs = Math.max(3_000, 3 * this.heartbeatTimeoutMs);
+    const coordinator = this.fleet.coordinator.process;
+    const stopped = process === 'coordinator'
+      ? { name: 'the coordinator', signal: (sig: NodeJS.Signals) => { coordinator.kill(sig); } }
+      : this.fleet.natsServer(kill.afterStep);
+    const detail = `${stopped.name} paused ${(pauseMs / 1000).toFixed(1)} s`;
+    const at = performance.now();
+    stopped.signal('SIGSTOP');
+    this.say(`paused ${stopped.name} (SIGSTOP) at step ${this.watch.committedSteps}`);
+    await sleep(pauseMs);
+    stopped.signal('SIGCONT');
+    this.say(`resumed it (SIGCONT) after ${(pauseMs / 1000).toFixed(1)} s`);
+    this.recoveryAfter(at, { target: `pause-${process}`, detail, afterStep: this.watch.committedSteps });
   }
 
   /** Resolves once every recovery is measured or given up on. */

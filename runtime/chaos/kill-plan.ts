@@ -4,18 +4,21 @@
 // stage host mid-forward, mid-backward, between publish and ack, during a
 // checkpoint upload and at an arbitrary instant, a stage host that stalls
 // (SIGSTOP) past the heartbeat timeout and comes back after it was replaced,
-// the coordinator, and a NATS server; the order and the slots hit are drawn
-// from the seed.
+// the coordinator, and a NATS server, and pauses (SIGSTOP, then SIGCONT) of
+// the coordinator and of a NATS server longer than the heartbeat timeout, as
+// a GC or a disk stall would; the order and the slots hit are drawn from the
+// seed.
 import { mulberry32 } from '../seeded-random.ts';
 import type { FaultPoint } from '../../schemas/control-messages.ts';
 
 export type KillTarget =
   | { readonly kind: 'stage'; readonly replica: number; readonly stage: number; readonly point: StagePoint }
   | { readonly kind: 'coordinator' }
-  | { readonly kind: 'nats' };
+  | { readonly kind: 'nats' }
+  | { readonly kind: 'pause'; readonly process: 'coordinator' | 'nats' };
 
-/** What can be killed: a stage host at a point of its work (or anywhere), the coordinator, a NATS server. */
-export const KILL_KINDS = ['forward', 'backward', 'publish', 'checkpoint', 'anytime', 'stall', 'coordinator', 'nats'] as const;
+/** What can be killed: a stage host at a point of its work (or anywhere), the coordinator, a NATS server; or paused: the coordinator, a NATS server. */
+export const KILL_KINDS = ['forward', 'backward', 'publish', 'checkpoint', 'anytime', 'stall', 'coordinator', 'nats', 'pause-coordinator', 'pause-nats'] as const;
 export type KillKind = (typeof KILL_KINDS)[number];
 export type StagePoint = FaultPoint | 'anytime' | 'stall';
 
@@ -60,8 +63,9 @@ export function planKills(o: KillPlanInput): PlannedKill[] {
   const span = Math.max(1, o.steps - 2);
   return order.slice(0, o.kills).map((kind, i) => {
     const afterStep = Math.min(o.steps - 1, 1 + Math.floor((i * span) / Math.max(1, o.kills)));
-    const target: KillTarget = kind === 'coordinator' || kind === 'nats'
-      ? { kind }
+    const target: KillTarget = kind === 'coordinator' || kind === 'nats' ? { kind }
+      : kind === 'pause-coordinator' ? { kind: 'pause', process: 'coordinator' }
+      : kind === 'pause-nats' ? { kind: 'pause', process: 'nats' }
       : { kind: 'stage', replica: Math.floor(rand() * o.replicas), stage: Math.floor(rand() * o.stages), point: kind as StagePoint };
     return { afterStep, target };
   });

@@ -29,7 +29,7 @@ interface ChaosFlags extends RunShapeFlags {
 
 export function chaosCommand(program: Command): void {
   withScheduleOptions(withCompressionOptions(program.command('chaos')), { steps: 24 })
-    .description('train with seeded SIGKILLs of stage hosts (mid-forward, mid-backward, after a publish, during a checkpoint, anytime), the coordinator and a NATS server; compare with a fault-free run')
+    .description('train with seeded SIGKILLs of stage hosts (mid-forward, mid-backward, after a publish, during a checkpoint, anytime), the coordinator and a NATS server, and SIGSTOP pauses of the coordinator and a NATS server; compare with a fault-free run')
     .option('--kills <n>', 'processes to kill', nonNegativeInt('--kills'), 6)
     .option('--seed <n>', 'seed of the kill plan (which process, where, when)', nonNegativeInt('--seed'), 1)
     .addOption(new Option('--nats-servers <n>', 'embedded NATS: a 3-node cluster (one server is killed too) or one server').choices(['1', '3']).default('3'))

@@ -104,8 +104,18 @@ async function coordinate(
   const heartbeatTimeoutMs = o.heartbeatTimeoutMs ?? 15_000;
   const stuckTimeoutMs = o.stuckTimeoutMs ?? 10 * heartbeatTimeoutMs;
   const stuck = new Set<string>();  // hosts whose last heartbeat said their event loop is stuck
+  const tickMs = Math.min(1000, Math.max(50, Math.floor(heartbeatTimeoutMs / 10)));
   const coordinator = createActor(coordinatorMachine, {
-    input: { stages: t.stages, replicas: t.replicas, heartbeatTimeoutMs, tickMs: Math.min(1000, Math.max(50, Math.floor(heartbeatTimeoutMs / 10))), restore },
+    input: { stages: t.stages, replicas: t.replicas, heartbeatTimeoutMs, tickMs, restore },
+  });
+  // Deaf to NATS (its server paused or cut off), the coordinator counts no host's silence against it.
+  const link = net.watchLink({
+    periodMs: tickMs, silentMs: heartbeatTimeoutMs / 2,
+    changed: (up) => {
+      if (up) log.info('NATS answers again: hosts are timed again, less the time the coordinator could not hear');
+      else log.warn({ silent_ms: heartbeatTimeoutMs / 2 }, 'NATS does not answer this coordinator: no host is declared lost until it does');
+      coordinator.send({ type: up ? 'LINK_BACK' : 'LINK_LOST' });
+    },
   });
   const p = assemble(o, net, run, log, settle, (e) => coordinator.send(e));
   const hosts = net.channel.listen({
@@ -136,6 +146,7 @@ async function coordinate(
   coordinator.start();
   log.info({ slots: t.stages * t.replicas }, restore ? 'coordinator resumed' : 'coordinator waiting for hosts');
   const result = await outcome;
+  link.stop();
   coordinator.stop();
   p.stop();
   hosts.close();

@@ -25,6 +25,8 @@ export interface ClusterServer {
   readonly running: boolean;
   /** Signals the server (SIGKILL unless told) and resolves once it has exited. */
   kill(signal?: NodeJS.Signals): Promise<void>;
+  /** Sends the running server a signal and returns (SIGSTOP, SIGCONT: a pause); nothing when it is not running. */
+  signal(signal: NodeJS.Signals): void;
   /** Starts it again on the same ports and store (stopping it first if it runs); resolves once /healthz is ok. */
   restart(): Promise<void>;
   /** The last few kB the server wrote, for error messages and failed tests. */
@@ -186,6 +188,10 @@ class ClusterMember implements ClusterServer {
     child.once('error', (err) => { this.spawnError = err; });
     // 'close', not 'exit': a process that never started emits only 'error' and 'close'.
     this.exited = new Promise((resolve) => child.once('close', () => resolve()));
+  }
+
+  signal(signal: NodeJS.Signals): void {
+    if (this.running) this.child!.kill(signal);
   }
 
   async kill(signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {

@@ -8,6 +8,7 @@ import { bridgeStore, type BridgeStore } from './bridge-store.ts';
 import { connectToRun } from './connect.ts';
 import { newHostKey, readHostKey } from '../security/host-key.ts';
 import { controlLog, type ControlLog } from './control-log.ts';
+import { watchLink, type LinkWatch } from './link-watch.ts';
 import { addCoordinatorKey } from './coordinator-record.ts';
 import { coordinatorChannel, type CoordinatorChannel } from './coordinator-channel.ts';
 import { openRunResources } from './run-resources.ts';
@@ -25,6 +26,8 @@ export interface CoordinatorTransport {
   readonly bridges: BridgeStore;
   readonly results: RunResults;
   readonly channel: CoordinatorChannel;
+  /** Pings the server; `changed` hears when the link goes silent for `silentMs` and when it answers again (link-watch.ts). */
+  watchLink(o: { periodMs: number; silentMs: number; changed: (up: boolean) => void }): LinkWatch;
   /** Drains the connection: what was published goes out first. */
   close(): Promise<void>;
 }
@@ -45,6 +48,7 @@ export async function openCoordinatorTransport(o: {
     bridges: bridgeStore(res),
     results: runResults(res),
     channel: coordinatorChannel(nc, res.names),
+    watchLink: (w) => watchLink(nc, w),
     close: () => nc.drain().catch(() => nc.close()),
   };
 }

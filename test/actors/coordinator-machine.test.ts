@@ -151,6 +151,40 @@ test('a slotted host silent for longer than the timeout is lost and its slot goe
   t.deepEqual(c.send({ type: 'REPLICA_FINISHED', replica: 1 }), [{ type: 'RUN_FINISHED' }], 'the run goes on to its end');
 });
 
+test('while its own link to NATS is silent the coordinator loses no host; after, a host is lost only for silence it was there to hear', (t) => {
+  const c = running(2);
+  const dead = 'h4';  // replica 1, stage 1: it dies 600 ms before the link goes
+  const others = c.hosts.filter((h) => h !== dead);
+  t.deepEqual(c.advance(600, others), []);
+  c.send({ type: 'LINK_LOST' });
+  t.deepEqual(c.advance(10 * TIMEOUT, []), [], 'ten timeouts of silence from everyone while deaf: nobody is lost');
+  c.send({ type: 'LINK_BACK' });
+  // The live hosts' heartbeats come again; the dead host has 400 ms of its timeout left, not a whole new one.
+  for (const host of others) c.send({ type: 'HEARTBEAT', host });
+  const backAt = c.clock.now();
+  const after = c.advance(3 * TIMEOUT, others);
+  t.deepEqual(after.map((e) => e.cmd), [
+    { type: 'HOST_LOST', host: dead, slot: { replica: 1, stage: 1 } },
+    { type: 'ASSIGN', host: c.standbys[0], replica: 1, stage: 1, replacing: dead },
+  ], 'only the dead host is lost');
+  const lostAfter = after[0].at - backAt;
+  t.true(lostAfter > 400 - TICK && lostAfter <= 400 + 2 * TICK, `lost ${lostAfter} ms after the link came back (400 ms of its timeout were left)`);
+});
+
+test('a link that fails over and over does not keep a dead host in its slot: silence it heard adds up', (t) => {
+  const c = running(1);
+  const dead = 'h0';
+  const others = c.hosts.filter((h) => h !== dead);
+  const lost: CoordinatorCommand[] = [];
+  for (let i = 0; i < 10 && !lost.length; i++) {
+    lost.push(...c.advance(3 * TICK, others).map((e) => e.cmd).filter((cmd) => cmd.type === 'HOST_LOST'));
+    c.send({ type: 'LINK_LOST' });
+    c.advance(5 * TICK, []);
+    c.send({ type: 'LINK_BACK' });
+  }
+  t.deepEqual(lost, [{ type: 'HOST_LOST', host: dead, slot: { replica: 0, stage: 0 } }]);
+});
+
 test('a lost slot goes to a standby in the lost host\'s datacenter before one elsewhere', (t) => {
   const c = coordinator();  // S=3, R=2
   const slotted = hostIds(6);

@@ -12,7 +12,7 @@ import { KILL_KINDS, planKills, type KillKind, type KillPlanInput, type PlannedK
 const base: KillPlanInput = { kills: 20, seed: 7, steps: 40, stages: 3, replicas: 2, checkpointEvery: 3, natsServers: 3 };
 const STAGE_POINTS = ['forward', 'backward', 'publish', 'checkpoint', 'anytime', 'stall'] as const;
 
-const kindOf = (k: PlannedKill): KillKind => (k.target.kind === 'stage' ? k.target.point : k.target.kind);
+const kindOf = (k: PlannedKill): KillKind => (k.target.kind === 'stage' ? k.target.point : k.target.kind === 'pause' ? `pause-${k.target.process}` : k.target.kind);
 /** The kinds as a sorted list, for comparing as sets (ava compares Sets in insertion order). */
 const sorted = (kinds: Iterable<KillKind>) => [...kinds].sort();
 const seeds = Array.from({ length: 50 }, (_, i) => i * 7919 + 1);
@@ -27,8 +27,8 @@ function assertRounds(t: import('ava').ExecutionContext, plan: readonly PlannedK
   }
 }
 
-test('KILL_KINDS are the six stage points, the coordinator and a NATS server', (t) => {
-  t.deepEqual([...KILL_KINDS], [...STAGE_POINTS, 'coordinator', 'nats']);
+test('KILL_KINDS are the six stage points, the coordinator and a NATS server, and pauses of either', (t) => {
+  t.deepEqual([...KILL_KINDS], [...STAGE_POINTS, 'coordinator', 'nats', 'pause-coordinator', 'pause-nats']);
 });
 
 test('the same input gives the same plan', (t) => {
@@ -55,12 +55,15 @@ test('the first round strikes every kind once before any repeats, and so does ev
   }
 });
 
-test('stage points become stage targets with that point; coordinator and nats are bare targets', (t) => {
+test('stage points become stage targets with that point; coordinator and nats are bare targets; a pause names its process', (t) => {
   const plan = planKills({ ...base, kills: KILL_KINDS.length });
   for (const k of plan) {
     if (k.target.kind === 'stage') {
       t.true((STAGE_POINTS as readonly string[]).includes(k.target.point), k.target.point);
       t.deepEqual(Object.keys(k.target).sort(), ['kind', 'point', 'replica', 'stage']);
+    } else if (k.target.kind === 'pause') {
+      t.true(k.target.process === 'coordinator' || k.target.process === 'nats', k.target.process);
+      t.deepEqual(Object.keys(k.target).sort(), ['kind', 'process'], 'a pause carries no slot');
     } else {
       t.deepEqual(k.target, { kind: k.target.kind }, `${k.target.kind} carries no slot`);
     }
