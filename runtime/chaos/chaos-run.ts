@@ -323,6 +323,7 @@ class Striker {
     if (kill.target.kind === 'coordinator') await this.strikeCoordinator();
     else if (kill.target.kind === 'nats') await this.strikeNats(kill);
     else if (kill.target.kind === 'pause') await this.pause(kill, kill.target.process);
+    else if (kill.target.kind === 'nats-checkpoint') await this.strikeNatsAtCheckpoint(kill, kill.target);
     else await this.strikeStage(kill, kill.target);
   }
 
@@ -362,13 +363,15 @@ class Striker {
     this.recoveryAfter(at, { target: 'coordinator', detail: 'the coordinator', afterStep: this.watch.committedSteps });
   }
 
-  private async strikeNats(kill: PlannedKill): Promise<void> {
+  private async strikeNats(kill: PlannedKill, during?: { holder: CaravanChild; detail: string }): Promise<void> {
     const servers = this.fleet.cluster!.servers;
     const victim = servers[Math.floor(kill.afterStep % servers.length)];
     const at = performance.now();
     await victim.kill('SIGKILL');
-    this.say(`killed NATS server ${victim.name} at step ${this.watch.committedSteps}`);
-    this.recoveryAfter(at, { target: 'nats', detail: `NATS server ${victim.name}`, afterStep: this.watch.committedSteps });
+    this.say(`killed NATS server ${victim.name} at step ${this.watch.committedSteps}${during ? ` while ${during.detail}` : ''}`);
+    // The holder stopped at its fault point goes on, against the servers that are left.
+    during?.holder.process.kill('SIGCONT');
+    this.recoveryAfter(at, { target: during ? 'nats-checkpoint' : 'nats', detail: `NATS server ${victim.name}${during ? ` while ${during.detail}` : ''}`, afterStep: this.watch.committedSteps });
     // Back after the pipeline moved on without it (a quorum of two), before anything else is killed.
     const movedOn = () => this.watch.summary !== undefined || this.watch.commitAfter(at) !== undefined;
     await Promise.race([this.watch.until('a step without the killed server', movedOn, 120_000), sleep(30_000)]);
@@ -376,28 +379,48 @@ class Striker {
     this.say(`NATS server ${victim.name} restarted`);
   }
 
-  private async strikeStage(kill: PlannedKill, target: StageTarget): Promise<void> {
-    // The slot may still name a holder killed a moment ago (two kills of one
-    // slot in a row): wait until it is handed to a live host.
+  /** A NATS server killed while the slot's holder has a checkpoint uploaded but not yet reported. */
+  private async strikeNatsAtCheckpoint(kill: PlannedKill, target: { replica: number; stage: number }): Promise<void> {
+    const found = await this.liveHolder(target);
+    if (!found) return;
+    const detail = `replica ${target.replica} stage ${target.stage} had uploaded a checkpoint and not yet reported it`;
+    await this.reachFaultPoint('checkpoint', found.host, found.holder, `replica ${target.replica} stage ${target.stage} (checkpoint)`);
+    if (this.watch.summary || !isRunning(found.holder)) return;
+    await this.strikeNats(kill, { holder: found.holder, detail });
+  }
+
+  /**
+   * The running child holding a slot. The slot may still name a holder
+   * killed a moment ago (two kills of one slot in a row): this waits until it
+   * is handed to a live host. Undefined once the run has ended.
+   */
+  private async liveHolder(target: { replica: number; stage: number }): Promise<{ host: string; holder: CaravanChild } | undefined> {
     let slot = await this.runState.slot(target.replica, target.stage);
     const deadline = performance.now() + Math.max(30_000, 20 * this.heartbeatTimeoutMs);
-    const liveHolder = () => (slot ? this.fleet.child(pidOf(slot.record.host)) : undefined);
-    while (!(liveHolder() && isRunning(liveHolder()!)) && performance.now() < deadline && !this.watch.summary) {
+    const child = () => (slot ? this.fleet.child(pidOf(slot.record.host)) : undefined);
+    while (!(child() && isRunning(child()!)) && performance.now() < deadline && !this.watch.summary) {
       await sleep(100);
       slot = await this.runState.slot(target.replica, target.stage);
     }
-    if (this.watch.summary) return;
+    if (this.watch.summary) return undefined;
     if (!slot) throw new Error(`chaos: slot ${target.replica}.${target.stage} has no holder`);
-    const holder = liveHolder();
+    const holder = child();
     if (!holder || !isRunning(holder)) throw new Error(`chaos: the holder of slot ${target.replica}.${target.stage} (${slot.record.host}) is not a running child, and no live host took the slot over`);
+    return { host: slot.record.host, holder };
+  }
+
+  private async strikeStage(kill: PlannedKill, target: StageTarget): Promise<void> {
+    const found = await this.liveHolder(target);
+    if (!found) return;
+    const { host, holder } = found;
     const detail = `replica ${target.replica} stage ${target.stage} (${target.point})`;
-    if (target.point === 'stall') return this.stallStage(target, slot.record.host, holder, detail);
+    if (target.point === 'stall') return this.stallStage(target, host, holder, detail);
     let at: number;
     if (target.point === 'anytime') {
       await sleep(Math.floor(50 + (kill.afterStep * 37) % 200));
       at = performance.now();
     } else {
-      await this.reachFaultPoint(target.point, slot.record.host, holder, detail);
+      await this.reachFaultPoint(target.point, host, holder, detail);
       if (this.watch.summary) return;
       at = performance.now();
     }

@@ -15,10 +15,12 @@ export type KillTarget =
   | { readonly kind: 'stage'; readonly replica: number; readonly stage: number; readonly point: StagePoint }
   | { readonly kind: 'coordinator' }
   | { readonly kind: 'nats' }
-  | { readonly kind: 'pause'; readonly process: 'coordinator' | 'nats' };
+  | { readonly kind: 'pause'; readonly process: 'coordinator' | 'nats' }
+  // A NATS server killed while the slot's holder is stopped between uploading a checkpoint and reporting it.
+  | { readonly kind: 'nats-checkpoint'; readonly replica: number; readonly stage: number };
 
-/** What can be killed: a stage host at a point of its work (or anywhere), the coordinator, a NATS server; or paused: the coordinator, a NATS server. */
-export const KILL_KINDS = ['forward', 'backward', 'publish', 'checkpoint', 'anytime', 'stall', 'coordinator', 'nats', 'pause-coordinator', 'pause-nats'] as const;
+/** What can be killed: a stage host at a point of its work (or anywhere), the coordinator, a NATS server (at any moment, or while a checkpoint is between upload and record); or paused: the coordinator, a NATS server. */
+export const KILL_KINDS = ['forward', 'backward', 'publish', 'checkpoint', 'anytime', 'stall', 'coordinator', 'nats', 'pause-coordinator', 'pause-nats', 'nats-checkpoint'] as const;
 export type KillKind = (typeof KILL_KINDS)[number];
 export type StagePoint = FaultPoint | 'anytime' | 'stall';
 
@@ -43,10 +45,11 @@ export function planKills(o: KillPlanInput): PlannedKill[] {
   if (o.kills > 0 && o.steps < 3) throw new Error(`a chaos run needs at least 3 steps (a kill, and a step after it to recover in), got ${o.steps}`);
   const rand = mulberry32(o.seed);
   const applies = (k: KillKind) =>
-    (k !== 'publish' || o.stages > 1) && (k !== 'checkpoint' || o.checkpointEvery > 0) && (k !== 'nats' || o.natsServers >= 3);
+    (k !== 'publish' || o.stages > 1) && (k !== 'checkpoint' || o.checkpointEvery > 0) && (k !== 'nats' || o.natsServers >= 3)
+    && (k !== 'nats-checkpoint' || (o.natsServers >= 3 && o.checkpointEvery > 0));
   for (const k of o.targets ?? []) {
     if (!KILL_KINDS.includes(k)) throw new Error(`unknown kill target '${k}': expected ${KILL_KINDS.join(', ')}`);
-    if (!applies(k)) throw new Error(`kill target '${k}' does not apply to this run (${k === 'nats' ? 'it needs 3 NATS servers' : k === 'publish' ? 'it needs 2 or more stages' : 'it needs checkpoints'})`);
+    if (!applies(k)) throw new Error(`kill target '${k}' does not apply to this run (${k === 'nats' ? 'it needs 3 NATS servers' : k === 'publish' ? 'it needs 2 or more stages' : k === 'nats-checkpoint' ? 'it needs 3 NATS servers and checkpoints' : 'it needs checkpoints'})`);
   }
   const kinds = o.targets?.length ? [...new Set(o.targets)] : KILL_KINDS.filter(applies);
   // Each round takes every kind once, in a seeded order.
@@ -66,6 +69,7 @@ export function planKills(o: KillPlanInput): PlannedKill[] {
     const target: KillTarget = kind === 'coordinator' || kind === 'nats' ? { kind }
       : kind === 'pause-coordinator' ? { kind: 'pause', process: 'coordinator' }
       : kind === 'pause-nats' ? { kind: 'pause', process: 'nats' }
+      : kind === 'nats-checkpoint' ? { kind: 'nats-checkpoint', replica: Math.floor(rand() * o.replicas), stage: Math.floor(rand() * o.stages) }
       : { kind: 'stage', replica: Math.floor(rand() * o.replicas), stage: Math.floor(rand() * o.stages), point: kind as StagePoint };
     return { afterStep, target };
   });

@@ -27,8 +27,8 @@ function assertRounds(t: import('ava').ExecutionContext, plan: readonly PlannedK
   }
 }
 
-test('KILL_KINDS are the six stage points, the coordinator and a NATS server, and pauses of either', (t) => {
-  t.deepEqual([...KILL_KINDS], [...STAGE_POINTS, 'coordinator', 'nats', 'pause-coordinator', 'pause-nats']);
+test('KILL_KINDS are the six stage points, the coordinator and a NATS server, pauses of either, and a server killed at a checkpoint', (t) => {
+  t.deepEqual([...KILL_KINDS], [...STAGE_POINTS, 'coordinator', 'nats', 'pause-coordinator', 'pause-nats', 'nats-checkpoint']);
 });
 
 test('the same input gives the same plan', (t) => {
@@ -61,6 +61,8 @@ test('stage points become stage targets with that point; coordinator and nats ar
     if (k.target.kind === 'stage') {
       t.true((STAGE_POINTS as readonly string[]).includes(k.target.point), k.target.point);
       t.deepEqual(Object.keys(k.target).sort(), ['kind', 'point', 'replica', 'stage']);
+    } else if (k.target.kind === 'nats-checkpoint') {
+      t.deepEqual(Object.keys(k.target).sort(), ['kind', 'replica', 'stage'], 'the slot whose checkpoint the server dies under');
     } else if (k.target.kind === 'pause') {
       t.true(k.target.process === 'coordinator' || k.target.process === 'nats', k.target.process);
       t.deepEqual(Object.keys(k.target).sort(), ['kind', 'process'], 'a pause carries no slot');
@@ -75,11 +77,11 @@ test("'publish' is left out with one stage, 'checkpoint' without checkpoints, 'n
   const cases: Array<{ over: Partial<KillPlanInput>; missing: KillKind[] }> = [
     { over: {}, missing: [] },
     { over: { stages: 1 }, missing: ['publish'] },
-    { over: { checkpointEvery: 0 }, missing: ['checkpoint'] },
-    { over: { natsServers: 1 }, missing: ['nats'] },
-    { over: { natsServers: 2 }, missing: ['nats'] },
+    { over: { checkpointEvery: 0 }, missing: ['checkpoint', 'nats-checkpoint'] },
+    { over: { natsServers: 1 }, missing: ['nats', 'nats-checkpoint'] },
+    { over: { natsServers: 2 }, missing: ['nats', 'nats-checkpoint'] },
     { over: { natsServers: 5 }, missing: [] },
-    { over: { stages: 1, checkpointEvery: 0, natsServers: 1 }, missing: ['publish', 'checkpoint', 'nats'] },
+    { over: { stages: 1, checkpointEvery: 0, natsServers: 1 }, missing: ['publish', 'checkpoint', 'nats', 'nats-checkpoint'] },
   ];
   for (const { over, missing } of cases) {
     const kinds = KILL_KINDS.filter((k) => !missing.includes(k));
