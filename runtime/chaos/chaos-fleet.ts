@@ -74,8 +74,12 @@ export class ChaosFleet {
     return this.url;
   }
 
-  /** One of the run's NATS servers, the `n`th modulo their number, to signal (a pause: SIGSTOP, then SIGCONT). */
-  natsServer(n: number): { name: string; signal(sig: NodeJS.Signals): void } {
+  /** The coordinator, or one of the run's NATS servers (the `n`th modulo their number), to signal: a pause is SIGSTOP, then SIGCONT. */
+  pausable(process: 'coordinator' | 'nats', n: number): { name: string; signal(sig: NodeJS.Signals): void } {
+    if (process === 'coordinator') {
+      const coordinator = this.coordinator.process;
+      return { name: 'the coordinator', signal: (sig) => { coordinator.kill(sig); } };
+    }
     if (this.cluster) {
       const server = this.cluster.servers[n % this.cluster.servers.length];
       return { name: `NATS server ${server.name}`, signal: (sig) => server.signal(sig) };

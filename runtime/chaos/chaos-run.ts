@@ -54,7 +54,7 @@ export interface ChaosOptions {
 export type Cheat = ReturnType<typeof parseCheat>;
 
 export interface KillRecord {
-  readonly target: string;          // 'stage' | 'coordinator' | 'nats' | 'stall' | 'pause-coordinator' | 'pause-nats'
+  readonly target: string;          // 'stage' | 'stall' | 'coordinator' | 'nats' | 'nats-checkpoint' | 'pause-coordinator' | 'pause-nats'
   readonly detail: string;          // where: slot and point, or server name
   readonly afterStep: number;       // steps of replica 0 committed when it struck
   readonly recovery_s: number;      // from the kill to the next committed step
@@ -336,10 +336,7 @@ class Striker {
    */
   private async pause(kill: PlannedKill, process: 'coordinator' | 'nats'): Promise<void> {
     const pauseMs = Math.max(3_000, 3 * this.heartbeatTimeoutMs);
-    const coordinator = this.fleet.coordinator.process;
-    const stopped = process === 'coordinator'
-      ? { name: 'the coordinator', signal: (sig: NodeJS.Signals) => { coordinator.kill(sig); } }
-      : this.fleet.natsServer(kill.afterStep);
+    const stopped = this.fleet.pausable(process, kill.afterStep);
     const detail = `${stopped.name} paused ${(pauseMs / 1000).toFixed(1)} s`;
     const at = performance.now();
     stopped.signal('SIGSTOP');
@@ -368,10 +365,11 @@ class Striker {
     const victim = servers[Math.floor(kill.afterStep % servers.length)];
     const at = performance.now();
     await victim.kill('SIGKILL');
-    this.say(`killed NATS server ${victim.name} at step ${this.watch.committedSteps}${during ? ` while ${during.detail}` : ''}`);
+    const detail = `NATS server ${victim.name}${during ? ` while ${during.detail}` : ''}`;
+    this.say(`killed ${detail} at step ${this.watch.committedSteps}`);
     // The holder stopped at its fault point goes on, against the servers that are left.
     during?.holder.process.kill('SIGCONT');
-    this.recoveryAfter(at, { target: during ? 'nats-checkpoint' : 'nats', detail: `NATS server ${victim.name}${during ? ` while ${during.detail}` : ''}`, afterStep: this.watch.committedSteps });
+    this.recoveryAfter(at, { target: during ? 'nats-checkpoint' : 'nats', detail, afterStep: this.watch.committedSteps });
     // Back after the pipeline moved on without it (a quorum of two), before anything else is killed.
     const movedOn = () => this.watch.summary !== undefined || this.watch.commitAfter(at) !== undefined;
     await Promise.race([this.watch.until('a step without the killed server', movedOn, 120_000), sleep(30_000)]);

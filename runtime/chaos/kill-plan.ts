@@ -44,12 +44,17 @@ export function planKills(o: KillPlanInput): PlannedKill[] {
   if (o.kills < 0 || !Number.isInteger(o.kills)) throw new Error(`--kills must be a non-negative integer, got ${o.kills}`);
   if (o.kills > 0 && o.steps < 3) throw new Error(`a chaos run needs at least 3 steps (a kill, and a step after it to recover in), got ${o.steps}`);
   const rand = mulberry32(o.seed);
-  const applies = (k: KillKind) =>
-    (k !== 'publish' || o.stages > 1) && (k !== 'checkpoint' || o.checkpointEvery > 0) && (k !== 'nats' || o.natsServers >= 3)
-    && (k !== 'nats-checkpoint' || (o.natsServers >= 3 && o.checkpointEvery > 0));
+  // What a kind needs that this run may lack, each with the words that say so.
+  const twoStages = { ok: o.stages > 1, what: '2 or more stages' };
+  const checkpoints = { ok: o.checkpointEvery > 0, what: 'checkpoints' };
+  const threeServers = { ok: o.natsServers >= 3, what: '3 NATS servers' };
+  const needs: Partial<Record<KillKind, Array<{ ok: boolean; what: string }>>> = {
+    publish: [twoStages], checkpoint: [checkpoints], nats: [threeServers], 'nats-checkpoint': [threeServers, checkpoints],
+  };
+  const applies = (k: KillKind) => (needs[k] ?? []).every((n) => n.ok);
   for (const k of o.targets ?? []) {
     if (!KILL_KINDS.includes(k)) throw new Error(`unknown kill target '${k}': expected ${KILL_KINDS.join(', ')}`);
-    if (!applies(k)) throw new Error(`kill target '${k}' does not apply to this run (${k === 'nats' ? 'it needs 3 NATS servers' : k === 'publish' ? 'it needs 2 or more stages' : k === 'nats-checkpoint' ? 'it needs 3 NATS servers and checkpoints' : 'it needs checkpoints'})`);
+    if (!applies(k)) throw new Error(`kill target '${k}' does not apply to this run (it needs ${needs[k]!.map((n) => n.what).join(' and ')})`);
   }
   const kinds = o.targets?.length ? [...new Set(o.targets)] : KILL_KINDS.filter(applies);
   // Each round takes every kind once, in a seeded order.

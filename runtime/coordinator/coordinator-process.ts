@@ -109,11 +109,12 @@ async function coordinate(
     input: { stages: t.stages, replicas: t.replicas, heartbeatTimeoutMs, tickMs, restore },
   });
   // Deaf to NATS (its server paused or cut off), the coordinator counts no host's silence against it.
+  const silentMs = heartbeatTimeoutMs / 2;
   const link = net.watchLink({
-    periodMs: tickMs, silentMs: heartbeatTimeoutMs / 2,
+    periodMs: tickMs, silentMs,
     changed: (up) => {
       if (up) log.info('NATS answers again: hosts are timed again, less the time the coordinator could not hear');
-      else log.warn({ silent_ms: heartbeatTimeoutMs / 2 }, 'NATS does not answer this coordinator: no host is declared lost until it does');
+      else log.warn({ silent_ms: silentMs }, 'NATS does not answer this coordinator: no host is declared lost until it does');
       coordinator.send({ type: up ? 'LINK_BACK' : 'LINK_LOST' });
     },
   });
