@@ -5,6 +5,7 @@ import { Command, InvalidArgumentError } from 'commander';
 import { tuneAllocator } from '../../native/index.ts';
 import { chaosCommand } from './chaos-command.ts';
 import { credsCommand } from './creds-command.ts';
+import { dashboardCommand } from './dashboard-command.ts';
 import { wanCommand } from './wan-command.ts';
 import { simulateCommand } from './simulate-command.ts';
 import { modelCommands } from './model-commands.ts';
@@ -22,6 +23,7 @@ const program = new Command('caravan')
 trainCommand(program);
 processCommands(program);
 statusCommand(program);
+dashboardCommand(program);
 chaosCommand(program);
 modelCommands(program);
 timelineCommand(program);

@@ -17,7 +17,8 @@
 //                run state or step control, nor create or delete streams, nor
 //                announce the run's failure (`ctl.failed`, which it hears): a
 //                holder that cannot go on says so in a signed 'failed' report.
-//   observer     reads run state, objects and dead letters (`caravan status`, `caravan export`).
+//   observer     reads run state, objects and dead letters (`caravan status`, `caravan export`),
+//                and the control log's step control (`caravan dashboard`).
 //
 // Object Store reads and KV watches and key listings go through the client's
 // ordered push consumers, which use flow control: the server pauses delivery
@@ -87,6 +88,9 @@ export function permissionsFor(role: Role, run: string, shape: RunShape, key = '
         ...reads(st.kv), ...consumes(st.kv), flowControlReplies(st.kv),
         ...reads(st.objects), ...consumes(st.objects), flowControlReplies(st.objects),
         ...reads(st.dead),
+        // `caravan dashboard` reads the step control (each commit's loss) through an ordered consumer of its own:
+        // created only with that filter, and never a durable or another's consumer deleted.
+        `$JS.API.CONSUMER.CREATE.${st.control}.*.${n.stepControls}`, `$JS.API.CONSUMER.MSG.NEXT.${st.control}.*`, `$JS.API.CONSUMER.INFO.${st.control}.*`,
       ],
     },
     subscribe: { allow: [n.inboxesOf(key)] },

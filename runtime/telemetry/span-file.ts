@@ -89,13 +89,15 @@ export async function startSpanFileReceiver(file: string): Promise<SpanFileRecei
   };
 }
 
-export async function readSpanFile(file: string): Promise<SpanRecord[]> {
+/** The spans of a trace file; `growing`: a run is still writing it, so a last line without its newline is not read yet. */
+export async function readSpanFile(file: string, o: { growing?: boolean } = {}): Promise<SpanRecord[]> {
   let text: string;
   try {
     text = await readFile(file, 'utf8');
   } catch (err) {
     throw new Error(`cannot read trace file ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
   }
+  if (o.growing) text = text.slice(0, text.lastIndexOf('\n') + 1);
   return text.split('\n').filter((l) => l.trim()).map((line, i) => {
     try {
       const s = JSON.parse(line) as SpanRecord;

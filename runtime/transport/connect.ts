@@ -19,12 +19,13 @@ export interface NatsCredentials {
   readonly publicKey: string;
 }
 
-export async function connectNats(url: string, name: string, o: { credentials?: NatsCredentials; run?: string } = {}): Promise<NatsConnection> {
+export async function connectNats(url: string, name: string, o: { credentials?: NatsCredentials; run?: string; reconnectForever?: boolean } = {}): Promise<NatsConnection> {
   try {
     // A cluster is given as a comma-separated list of its servers' URLs.
     const servers = url.split(',').map((u) => u.trim()).filter(Boolean);
     return await connect({
-      servers, name, maxReconnectAttempts: 10, reconnectTimeWait: 500, timeout: 5000,
+      // A watcher (`caravan dashboard`) outlives any one server restart; everyone else gives up and says so.
+      servers, name, maxReconnectAttempts: o.reconnectForever ? -1 : 10, reconnectTimeWait: 500, timeout: 5000,
       ...(o.credentials ? { authenticator: nkeyAuthenticator(o.credentials.seed) } : {}),
       ...(o.run ? { inboxPrefix: runInboxPrefix(o.run, o.credentials?.publicKey) } : {}),
       ...tlsFromEnv(),
@@ -35,8 +36,8 @@ export async function connectNats(url: string, name: string, o: { credentials?: 
 }
 
 /** A connection for one run: its inbox prefix, and the user of an nkey seed file when one is given. */
-export async function connectToRun(url: string, name: string, run: string, nkeyFile?: string): Promise<NatsConnection> {
-  return connectNats(url, name, { run, ...(nkeyFile ? { credentials: await readHostKey(nkeyFile) } : {}) });
+export async function connectToRun(url: string, name: string, run: string, nkeyFile?: string, o: { reconnectForever?: boolean } = {}): Promise<NatsConnection> {
+  return connectNats(url, name, { run, ...o, ...(nkeyFile ? { credentials: await readHostKey(nkeyFile) } : {}) });
 }
 
 function tlsFromEnv(env = process.env): { tls?: { caFile?: string; certFile?: string; keyFile?: string } } {

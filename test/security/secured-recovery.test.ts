@@ -9,12 +9,14 @@
 // restore and the export never finish, so each is given a bound and fails
 // with a reason instead of hanging.
 import test from 'ava';
+import { jetstream } from '@nats-io/jetstream';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadRunConfig } from '../../runtime/config/load-run-config.ts';
 import { hashStageStates } from '../../runtime/coordinator/run-summary.ts';
 import { statesFromRun } from '../../runtime/export/run-stage-states.ts';
+import { RunWatch } from '../../runtime/dashboard/run-watch.ts';
 import { createLogger } from '../../runtime/log.ts';
 import { startNatsServer } from '../../runtime/nats/nats-server.ts';
 import { mintCredentials } from '../../runtime/security/credentials.ts';
@@ -110,4 +112,30 @@ test.serial('under caravan creds, a standby restores a multi-MiB checkpoint and 
   const { blobs } = await within(EXPORT_BOUND_MS, 'reading the final states as an observer', statesFromRun(server.url, RUN, 0, creds('observer-0')));
   t.true(blobs.every((b) => b.bytes.length > 4 * 1024 * 1024), `final states of ${blobs.map((b) => b.bytes.length).join(', ')} bytes`);
   t.is(hashStageStates(blobs.map((b) => b.bytes)), summary.params_sha256, 'the observer reads the weights the run reported');
+
+  // `caravan dashboard --nkey observer-0.nk`: the run's records and its step control, and validation loss from the multi-MiB final states.
+  const watch = new RunWatch({ nats: server.url, run: RUN, nkey: creds('observer-0'), log: createLogger('test', 'silent'), validateBatches: 1, timeline: false });
+  watch.start();
+  t.teardown(() => watch.stop());
+  let watching = true;
+  t.teardown(() => { watching = false; });
+  const seen = await within(EXPORT_BOUND_MS, 'the dashboard reading the run as an observer', (async () => {
+    while (watching) {
+      const s = watch.snapshot();
+      if (s.losses.length === config.training.steps && s.validation.points.some((p) => p.step === config.training.steps) && s.events.some((e) => e.kind === 'host_lost')) return s;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    throw new Error('stopped');
+  })());
+  t.deepEqual(seen.losses.map((p) => p.loss), summary.losses, 'every commit, read as an observer');
+  t.is(seen.validation.error, null);
+  t.true(seen.events.some((e) => e.kind === 'slot_reassigned' && e.text.includes('slot 0.1')), JSON.stringify(seen.events));
+  // The stages' reports are not the observer's to read: a consumer filtered on them is refused.
+  const observer = await connectToRun(server.url, 'observer', RUN, creds('observer-0'));
+  t.teardown(() => observer.close());
+  const n = runNames(RUN);
+  await t.throwsAsync(async () => {
+    const reports = await jetstream(observer).consumers.get(n.controlStream, { filter_subjects: n.reports });
+    await reports.next({ expires: 2000 });
+  }, { message: /permission/i });
 });

@@ -2,22 +2,15 @@
 // the page draws one forward and one backward (B and W) box for every stage, step and
 // microbatch, and prints the bubble beside its schedule's bound.
 import { execFile } from 'node:child_process';
-import { existsSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import test from 'ava';
 import { caravan, summaryOf } from '../support/caravan-cli.ts';
+import { chromiumPath, HEADLESS_ARGS } from '../support/chromium.ts';
 
 const run = promisify(execFile);
-
-function chromium(): string {
-  for (const dir of (process.env.PATH ?? '').split(':')) {
-    for (const name of ['chromium', 'chromium-browser']) if (dir && existsSync(join(dir, name))) return join(dir, name);
-  }
-  throw new Error('no chromium on the PATH: npm test installs it (scripts/setup.sh --test), or apt-get install chromium');
-}
 
 test('a traced 4-stage run draws a box for every stage, step and microbatch, in a real browser', async (t) => {
   const dir = await mkdtemp(join(tmpdir(), 'caravan-timeline-'));
@@ -32,7 +25,7 @@ test('a traced 4-stage run draws a box for every stage, step and microbatch, in 
   t.true((summary.bubble as number) > 0 && (summary.bubble as number) < 1);
   t.true((summary.transfers as number) >= 2 * 2 * 6, 'every frame between stages is drawn');
 
-  const { stdout: dom } = await run(chromium(), ['--headless', '--no-sandbox', '--disable-gpu', '--dump-dom', `file://${page}`], { timeout: 60_000, maxBuffer: 16 << 20 });
+  const { stdout: dom } = await run(chromiumPath(), [...HEADLESS_ARGS, '--dump-dom', `file://${page}`], { timeout: 60_000, maxBuffer: 16 << 20 });
   const boxes = [...dom.matchAll(/<rect class="([a-z-]+)"[^>]*data-kind="(forward|backward-input|backward-weight)"[^>]*data-stage="(\d+)"[^>]*data-step="(\d+)"[^>]*data-mb="(\d+)"/g)].map((m) => `${m[2]} ${m[3]} ${m[4]}.${m[5]}`);
   const expected: string[] = [];
   for (const kind of ['forward', 'backward-input', 'backward-weight']) for (let s = 0; s < 4; s++) for (const step of [0, 1]) for (const mb of [0, 1]) expected.push(`${kind} ${s} ${step}.${mb}`);
