@@ -36,6 +36,10 @@ export type CoordinatorEvent =
   | { type: 'HEARTBEAT'; host: string }
   | { type: 'HOST_READY'; host: string }
   | { type: 'REPLICA_FINISHED'; replica: number }
+  // An audit's catch rewound the replica to its start: it is not finished, whatever it said before.
+  | { type: 'REPLICA_REWOUND'; replica: number }
+  // An audit caught the host computing wrongly: it is lost at the next tick, as if it had gone silent for good.
+  | { type: 'HOST_EVICTED'; host: string }
   // The coordinator's own link to NATS went silent (a paused or partitioned server), and came back: while it is
   // deaf, no host's silence is its host's fault.
   | { type: 'LINK_LOST' }
@@ -104,6 +108,10 @@ export const coordinatorMachine = setup({
     }),
     // The lost host's slot goes to the first standby (in join order) in the lost host's datacenter, so the
     // stage stays beside its neighbours; else to the first standby anywhere.
+    evict: assign(({ context, event }) => ({
+      hosts: context.hosts.map((h) => (event.type === 'HOST_EVICTED' && h.id === event.host ? { ...h, lastSeen: context.now - context.heartbeatTimeoutMs - context.tickMs } : h)),
+    })),
+    unfinish: assign(({ context, event }) => (event.type === 'REPLICA_REWOUND' ? { finished: context.finished.filter((r) => r !== event.replica) } : {})),
     reassign: enqueueActions(({ context, event, enqueue }) => {
       if (event.type !== 'SLOT_LOST') return;
       const standby = context.hosts.find((h) => !h.slot && h.datacenter === event.datacenter) ?? context.hosts.find((h) => !h.slot);
@@ -190,21 +198,26 @@ export const coordinatorMachine = setup({
               { guard: 'allFinished', target: 'finished' },
               { actions: assign(({ context, event }) => ({ finished: [...context.finished, event.replica] })) },
             ],
+            REPLICA_REWOUND: { actions: 'unfinish' },
             SLOT_LOST: { actions: 'reassign' },
           },
         },
-        finished: { entry: enqueueActions(({ enqueue }) => enqueue.emit({ type: 'RUN_FINISHED' })) },
+        finished: {
+          entry: enqueueActions(({ enqueue }) => enqueue.emit({ type: 'RUN_FINISHED' })),
+          // The last audits run after the last step: a catch then sends the run back to work.
+          on: { REPLICA_REWOUND: { target: 'running', actions: 'unfinish' } },
+        },
       },
     },
     liveness: {
       initial: 'watching',
       states: {
         watching: {
-          on: { HEARTBEAT: { actions: 'seen' }, LINK_LOST: { target: 'deaf', actions: 'becomeDeaf' } },
+          on: { HEARTBEAT: { actions: 'seen' }, HOST_EVICTED: { actions: 'evict' }, LINK_LOST: { target: 'deaf', actions: 'becomeDeaf' } },
           after: { tick: { target: 'watching', reenter: true, actions: 'checkLiveness' } },
         },
         deaf: {
-          on: { HEARTBEAT: { actions: 'seen' }, LINK_BACK: { target: 'watching', actions: 'forgiveDeafness' } },
+          on: { HEARTBEAT: { actions: 'seen' }, HOST_EVICTED: { actions: 'evict' }, LINK_BACK: { target: 'watching', actions: 'forgiveDeafness' } },
           after: { tick: { target: 'deaf', reenter: true, actions: 'passDeaf' } },
         },
       },

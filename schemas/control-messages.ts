@@ -16,7 +16,27 @@ import type { FrameKind } from './tensor-frame.ts';
 /** Step control on `step.<replica>`, written by the coordinator. A commit's gradNorm and loss are null when not finite (a step committed as skipped). */
 export type StepControl =
   | { type: 'open'; step: number }
-  | { type: 'commit'; step: number; gradScale: number; gradNorm: number | null; loss: number | null; skip?: true };
+  | { type: 'commit'; step: number; gradScale: number; gradNorm: number | null; loss: number | null; skip?: true }
+  | RewindControl;
+
+/**
+ * An audit caught a slot's holder computing wrongly: the replica starts over
+ * from its initial weights under `epoch` (runtime/coordinator/rewinds.ts).
+ * Every slot of the replica takes generation `generations[stage]` and reads
+ * its inputs from `resume[stage]` (the end of its input stream when the
+ * rewind was decided) and the control log from just after this record.
+ */
+export interface RewindControl {
+  readonly type: 'rewind';
+  readonly step: 0;
+  readonly epoch: number;
+  readonly generations: number[];
+  readonly resume: Array<{ readonly act?: number; readonly grad?: number }>;
+  /** The slot the audit blamed, the step it computed wrongly, and its holder (banned from the run). */
+  readonly culprit: { readonly stage: number; readonly step: number; readonly host: string };
+  /** The steps the replica had committed, done again. */
+  readonly discarded_steps: number;
+}
 
 /** A stage's report that its contribution to an outer step is in the Object Store. */
 export interface ContributionReport {
@@ -168,6 +188,10 @@ export interface FaultReached {
 const STEP_CONTROL = tagged('type', {
   open: { step: count },
   commit: { step: count, gradScale: real, gradNorm: nullable(real), loss: nullable(real), skip: optional(oneOf([true])) },
+  rewind: {
+    step: oneOf([0]), epoch: count, generations: arrayOf(count), resume: arrayOf(object({ act: optional(count), grad: optional(count) })),
+    culprit: object({ stage: count, step: count, host: text }), discarded_steps: count,
+  },
 });
 
 // Readers run-records.ts uses too (the summary's wire counts, live metrics' edges, a slot's checkpoint).

@@ -110,6 +110,8 @@ export interface AuditSummary {
   readonly steps_replayed: number;
   readonly replay_ms: number;
   readonly failed: Array<{ replica: number; stage: number; step: number; host: string | null; what: string }>;
+  /** Each catch's rewind: the replica started over from its initial weights (epoch), the steps it had committed and recomputes, the host banned. */
+  readonly rewinds?: Array<{ replica: number; epoch: number; discarded_steps: number; banned: string }>;
 }
 
 export interface RunSummary {
@@ -214,6 +216,12 @@ export interface SlotRecord {
    * later ones are stale.
    */
   readonly signers?: readonly SlotSigner[];
+  /**
+   * Set when an audit's catch rewound the slot's replica (RewindControl):
+   * with no checkpoint since, the holder starts from the initial weights and
+   * reads from these sequences, not from the streams' starts.
+   */
+  readonly rewound?: { readonly epoch: number; readonly resume: { readonly act?: number; readonly grad?: number; readonly control: number } };
 }
 
 // The records' fields, in the order of the types above.
@@ -234,6 +242,7 @@ const LIVE_METRICS: FieldReader<LiveMetrics> = object({
 const AUDIT_SUMMARY: FieldReader<AuditSummary> = object({
   rate: real, audited: count, skipped: count, steps_replayed: count, replay_ms: real,
   failed: arrayOf(object({ replica: count, stage: count, step: count, host: nullable(text), what: text })),
+  rewinds: optional(arrayOf(object({ replica: count, epoch: count, discarded_steps: count, banned: text }))),
 });
 
 const RUN_STATE = object({
@@ -314,6 +323,7 @@ const SLOT_RECORD = object({
   generation: count,
   checkpoint: optional(checkpointPointerReader),
   signers: optional(arrayOf(object({ generation: count, host: text, key: text, until: optional(object({ act: optional(count), grad: optional(count) })) }))),
+  rewound: optional(object({ epoch: count, resume: object({ act: optional(count), grad: optional(count), control: count }) })),
 });
 
 export const decodeRunState = jsonDecoder<RunState>('run state', RUN_STATE);

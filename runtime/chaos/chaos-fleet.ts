@@ -27,7 +27,7 @@ export interface ChaosFleetOptions {
   readonly heartbeatTimeoutMs: number;
   readonly log: Logger;
   readonly childLogLevel?: string;
-  /** CARAVAN_CHAOS_CHEAT for every stage host (replacements included, so a slot keeps its cheater): `caravan chaos --cheat`. */
+  /** CARAVAN_CHAOS_CHEAT for every stage host (whichever first holds the slot cheats; fault-points.ts): `caravan chaos --cheat`. */
   readonly cheat?: string;
   /** Called when a child exits in a way the run did not cause. */
   readonly fail: (err: Error) => void;

@@ -106,8 +106,11 @@ export interface CheatReport {
   readonly reference_compute_ms: number | null;
   /** The fault-free run's replay_ms / reference_compute_ms: the auditor's CPU time per unit of the stages'. */
   readonly audit_overhead: number | null;
-  readonly params_match_reference: false;
-  readonly note: string;
+  /** The run ended (after the catch's rewind) with the fault-free run's weights, replica by replica. */
+  readonly params_match_reference: boolean;
+  readonly params_sha256: string | null;
+  /** The catch's rewinds: the replica trained again from its start, the steps it had committed and recomputed, the host banned. */
+  readonly rewinds: NonNullable<AuditSummary['rewinds']>;
   readonly reference_params_sha256: string;
   readonly kills: number;
   readonly kill_log: KillRecord[];
@@ -182,7 +185,8 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport | CheatRepo
     const ended = strikeAll(plan, watch, striker);
 
     if (o.cheat) {
-      // The audit failing the run is what a cheat should come to: the outcome, not an error (the fleet still stops below).
+      // Caught, the cheater is banned and its replica trained again: the run should end with the honest weights. A run
+      // that fails is reported as such, not thrown (the fleet still stops below).
       const failure = await ended.then(() => undefined, (err: Error) => err);
       await striker.recovered();
       return cheatReport({ run, cheat: o.cheat, failure, state: await endedState(runState), summary: watch.summary, reference, kills: striker.kills, began });
@@ -534,8 +538,9 @@ function cheatReport({ run, cheat, failure, state, summary, reference, kills, be
     reference_audits: ref ?? null,
     reference_compute_ms: reference.computeMs ?? null,
     audit_overhead: ref && reference.computeMs ? ref.replay_ms / reference.computeMs : null,
-    params_match_reference: false,
-    note: 'the run stops at detection: rolling the slot back to its last audited checkpoint and replaying with a standby are not built yet, so no parameters to compare',
+    params_match_reference: summary !== undefined && summary.params_sha256_by_replica.length === reference.hashes.length && summary.params_sha256_by_replica.every((h, i) => h === reference.hashes[i]),
+    params_sha256: summary?.params_sha256 ?? null,
+    rewinds: audits?.rewinds ?? [],
     reference_params_sha256: reference.hashes[0],
     kills: kills.length,
     kill_log: kills,

@@ -44,7 +44,7 @@ export function chaosCommand(program: Command): void {
     .option('--train-seed <n>', 'seed for weights and data order', nonNegativeInt('--train-seed'))
     .option('--checkpoint-every <n>', 'steps between stage checkpoints', nonNegativeInt('--checkpoint-every'), 3)
     .option('--audit-rate <x>', 'audit this fraction of each slot\'s checkpoint intervals by exact replay, in the fault-free run and the chaos run (training.audit; docs/security.md)', auditRate)
-    .option('--cheat <spec>', `<mode>/<replica>/<stage>/<from step>: that slot's holder cheats from that step on (mode: ${CHEAT_MODES.join(', ')}); needs --audit-rate. The audit must catch it: exit 0 when it blames that slot, 2 otherwise; the run stops there`, cheatSpec)
+    .option('--cheat <spec>', `<mode>/<replica>/<stage>/<from step>: that slot's holder cheats from that step on (mode: ${CHEAT_MODES.join(', ')}); needs --audit-rate. The audit must catch it: the host is banned and its replica trains again from its start; exit 0 when the audit blames that slot and the run ends with the fault-free run's weights, 2 otherwise`, cheatSpec)
     .addOption(new Option('--log-level <level>', "child processes' log level on stderr").choices([...LOG_LEVELS]))
     .option('--json', 'print one JSON line at the end')
     .action(async (flags: ChaosFlags) => {
@@ -75,7 +75,7 @@ export function chaosCommand(program: Command): void {
       if (flags.json) process.stdout.write(`${JSON.stringify(report)}\n`);
       if ('cheat' in report) {
         sayCheat(report, say);
-        process.exitCode = report.blamed_cheater ? 0 : 2;
+        process.exitCode = report.blamed_cheater && report.params_match_reference ? 0 : 2;
         return;
       }
       if ('error' in report) {
@@ -111,7 +111,8 @@ function sayCheat(r: CheatReport, say: (line: string) => void): void {
     ? `cheat ${r.cheat.mode} at slot ${r.cheat.replica}.${r.cheat.stage} from step ${r.cheat.from}: caught at slot ${d.replica}.${d.stage} step ${d.step} (${r.detection_lag_steps} step(s) later), host ${d.host}${r.blamed_cheater ? '' : ' — NOT the cheating slot or step'}`
     : `cheat ${r.cheat.mode} at slot ${r.cheat.replica}.${r.cheat.stage} from step ${r.cheat.from}: NOT caught${r.run_failed ? ` (the run failed: ${r.run_failed})` : ''}`);
   if (r.audit_overhead !== null) say(`audits of the fault-free run: ${r.reference_audits!.audited} intervals, ${r.reference_audits!.replay_ms.toFixed(0)} ms of replay for ${r.reference_compute_ms!.toFixed(0)} ms of stage compute (overhead ${(100 * r.audit_overhead).toFixed(1)}%)`);
-  say(r.note);
+  for (const w of r.rewinds) say(`rewind: replica ${w.replica} trained again from step 0 (epoch ${w.epoch}, ${w.discarded_steps} committed step(s) recomputed); host ${w.banned} banned`);
+  say(r.run_failed ? `the run failed: ${r.run_failed}` : `params ${r.params_match_reference ? 'match' : 'DO NOT match'} the fault-free run (${r.params_sha256?.slice(0, 16) ?? '-'}…)`);
 }
 
 function sayChaos(report: ChaosReport, say: (line: string) => void): void {

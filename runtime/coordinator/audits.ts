@@ -10,14 +10,16 @@
 //
 // The replay computes on this process's CPU engine, so it audits only slots
 // whose holders compute on the CPU: a GPU's bits are its own, and another
-// backend would accuse an honest host. A difference fails the run, naming
-// the slot, its holder and the step: nothing a dishonest holder computed
-// reaches a summary unseen.
+// backend would accuse an honest host. A difference names the slot, its
+// holder and the step, and is handed to rewinds.ts: the holder is banned and
+// its replica trains again from its start, so nothing a dishonest holder
+// computed reaches the final weights. Audits drawn before a rewind are void.
 import { createHash } from 'node:crypto';
 import type { CheckpointPointer, StageReport } from '../../schemas/control-messages.ts';
 import type { RunConfig } from '../../schemas/run-config.ts';
 import type { AuditSummary } from '../../schemas/run-records.ts';
 import { replayInterval, type ReportedStep } from '../audit/replay-interval.ts';
+import type { Catch } from './rewinds.ts';
 import { loadTokens, TokenDataset } from '../data/index.ts';
 import type { Logger } from '../log.ts';
 import { AUDITS_PENDING_PER_SLOT } from '../transport/edge-limits.ts';
@@ -32,6 +34,8 @@ interface Hold {
   /** The checkpoint the interval starts from (undefined: the run's start), and where its inputs start. */
   readonly from: CheckpointPointer | undefined;
   readonly to: { readonly step: number; readonly sha256: string };
+  /** The replica's rewinds when it was drawn: one drawn before a rewind is void. */
+  readonly rewinds: number;
 }
 
 /** Whether (replica, stage)'s interval ending at `step` is audited: a draw from the seed, the same in every process. */
@@ -46,29 +50,44 @@ export class Audits {
   private readonly latest = new Map<string, CheckpointPointer>();    // `${replica}.${stage}`: the last recorded checkpoint
   private readonly devices = new Map<string, string>();              // `${replica}.${stage}`: what its holder computes on
   private readonly holds: Hold[] = [];
+  private readonly rewinds = new Map<number, number>();             // replica → times it was rewound (or is being)
+  private readonly paused = new Set<number>();                      // replicas being rewound: what their old epoch reports is void
   private queue: Promise<void> = Promise.resolve();
   private dataset: Promise<TokenDataset> | undefined;
-  private readonly summary: { audited: number; skipped: number; steps: number; ms: number; failed: AuditSummary['failed'] } = { audited: 0, skipped: 0, steps: 0, ms: 0, failed: [] };
+  private readonly summary: { audited: number; skipped: number; steps: number; ms: number; failed: AuditSummary['failed'] };
 
   constructor(private readonly o: {
     readonly run: string; readonly config: RunConfig; readonly slots: SlotStore; readonly evidence: SlotEvidence; readonly log: Logger;
-    /** A replay found a difference: the run fails with this. */
+    /** A replay found a difference: the slot at fault, its first wrong step and its holder (rewinds.ts takes it from there). */
+    readonly caught: (c: Catch) => void;
+    /** A difference no holder can be named for: the run fails with this. */
     readonly failed: (err: Error) => void;
+    /** A checkpoint an audit held, of an epoch a rewind voided: the rewind drops it when nothing reads it any more. */
+    readonly orphaned?: (replica: number, stage: number, object: string) => void;
+    /** Each rewind so far, for the summary. */
+    readonly rewound?: () => NonNullable<AuditSummary['rewinds']>;
     /** The audits so far changed (one more done): for the run's live state. */
     readonly changed?: (summary: AuditSummary) => void;
-  }) {}
+    /** What the audits had found before this coordinator (restarted) took over: the counts go on from there. */
+    readonly prior?: AuditSummary;
+  }) {
+    const p = o.prior;
+    this.summary = { audited: p?.audited ?? 0, skipped: p?.skipped ?? 0, steps: p?.steps_replayed ?? 0, ms: p?.replay_ms ?? 0, failed: [...(p?.failed ?? [])] };
+  }
 
   private get rate(): number { return this.o.config.training.audit?.rate ?? 0; }
   private get seed(): number { return this.o.config.training.audit?.seed ?? this.o.config.training.seed; }
 
   /** A signed step report of a slot: kept while an audit may need it. */
   reported(msg: Extract<StageReport, { type: 'done' }>): void {
+    if (this.paused.has(msg.replica)) return;
     this.reports.set(`${msg.replica}.${msg.stage}.${msg.step}`, { sumSquares: msg.sumSquares, loss: msg.loss, digests: msg.digests });
     this.devices.set(`${msg.replica}.${msg.stage}`, msg.counters.compute.device);
   }
 
   /** A replica's commit of a step. */
   committed(replica: number, step: number, gradScale: number, skip: boolean): void {
+    if (this.paused.has(replica)) return;
     this.commits.set(`${replica}.${step}`, { gradScale, skip });
   }
 
@@ -78,6 +97,7 @@ export class Audits {
    * below these sequences (none past where a held interval starts).
    */
   checkpointed(replica: number, stage: number, previous: CheckpointPointer | undefined, current: CheckpointPointer): { dropPrevious: boolean; purgeBelow: Resume } {
+    if (this.paused.has(replica)) return { dropPrevious: true, purgeBelow: current.resume };
     this.latest.set(`${replica}.${stage}`, current);
     if (this.rate > 0 && current.sha256 && auditDrawn(this.seed, this.rate, replica, stage, current.step)) {
       // At most AUDITS_PENDING_PER_SLOT audits of a slot wait at once: its held inputs then span at most one interval more
@@ -85,7 +105,7 @@ export class Audits {
       if (this.holds.filter((h) => h.replica === replica && h.stage === stage).length >= AUDITS_PENDING_PER_SLOT) {
         this.o.log.warn({ replica, stage, step: current.step }, 'audit skipped: the slot\'s earlier audits are still waiting (the auditor is slower than the run)');
         this.summary.skipped++;
-      } else this.audit({ replica, stage, from: previous, to: { step: current.step, sha256: current.sha256 } });
+      } else this.audit({ replica, stage, from: previous, to: { step: current.step, sha256: current.sha256 }, rewinds: this.rewinds.get(replica) ?? 0 });
     }
     this.forgetBefore(replica);
     return { dropPrevious: !previous || !this.holds.some((h) => h.from?.object === previous.object), purgeBelow: this.purgeLimit(replica, stage, current.resume) };
@@ -93,9 +113,26 @@ export class Audits {
 
   /** The slot's final state was reported: its last interval, from its last checkpoint. */
   finalState(replica: number, stage: number, sha256: string): void {
+    if (this.paused.has(replica)) return;
     const last = this.o.config.training.steps - 1;
     const from = this.latest.get(`${replica}.${stage}`);
-    if (this.rate > 0 && (!from || from.step < last) && auditDrawn(this.seed, this.rate, replica, stage, last)) this.audit({ replica, stage, from, to: { step: last, sha256 } });
+    if (this.rate > 0 && (!from || from.step < last) && auditDrawn(this.seed, this.rate, replica, stage, last)) this.audit({ replica, stage, from, to: { step: last, sha256 }, rewinds: this.rewinds.get(replica) ?? 0 });
+  }
+
+  /**
+   * The replica is being rewound: audits drawn before are void (their evidence is of an epoch that no longer
+   * counts), what was kept for them goes, and what its old epoch reports meanwhile is not kept.
+   */
+  rewinding(replica: number): void {
+    this.rewinds.set(replica, (this.rewinds.get(replica) ?? 0) + 1);
+    this.paused.add(replica);
+    for (const m of [this.reports, this.latest, this.devices]) for (const k of m.keys()) if (k.startsWith(`${replica}.`)) m.delete(k);
+    for (const k of this.commits.keys()) if (k.startsWith(`${replica}.`)) this.commits.delete(k);
+  }
+
+  /** The replica's new epoch began: its intervals are drawn and audited again. */
+  rewound(replica: number): void {
+    this.paused.delete(replica);
   }
 
   /** Settles once every audit begun so far is done. */
@@ -105,7 +142,11 @@ export class Audits {
 
   /** The audits so far, for the run's summary. */
   result(): AuditSummary {
-    return { rate: this.rate, audited: this.summary.audited, skipped: this.summary.skipped, steps_replayed: this.summary.steps, replay_ms: this.summary.ms, failed: [...this.summary.failed] };
+    const rewinds = this.o.rewound?.() ?? [];
+    return {
+      rate: this.rate, audited: this.summary.audited, skipped: this.summary.skipped, steps_replayed: this.summary.steps, replay_ms: this.summary.ms, failed: [...this.summary.failed],
+      ...(rewinds.length ? { rewinds: [...rewinds] } : {}),
+    };
   }
 
   private audit(hold: Hold): void {
@@ -127,6 +168,10 @@ export class Audits {
   private async replayAndJudge(h: Hold): Promise<void> {
     const { config, evidence, slots, log } = this.o;
     const { replica, stage } = h;
+    if (h.rewinds !== (this.rewinds.get(replica) ?? 0)) {
+      log.debug({ replica, stage, step: h.to.step }, 'audit void: its replica was rewound since it was drawn');
+      return;
+    }
     const device = this.devices.get(`${replica}.${stage}`);
     if (device !== 'cpu') {
       log.info({ replica, stage, step: h.to.step, device }, 'audit skipped: its holder computes on another backend than this auditor\'s CPU');
@@ -168,15 +213,21 @@ export class Audits {
     const holder = record ? `host ${record.host} (generation ${record.generation})` : 'its holder';
     this.summary.failed.push({ replica: at.replica, stage: at.stage, step: verdict.step, host: record?.host ?? null, what: verdict.what });
     const message = `audit: slot ${at.replica}.${at.stage}, held by ${holder}, computed step ${verdict.step} wrongly: ${verdict.what} (replay of slot ${replica}.${stage}, steps ${first}–${h.to.step})`;
-    log.error({ replica: at.replica, stage: at.stage, step: verdict.step, host: record?.host, what: verdict.what }, 'audit failed');
-    this.o.changed?.(this.result());  // in the run's state before it says the run failed
-    this.o.failed(new Error(message));
+    log.error({ replica: at.replica, stage: at.stage, step: verdict.step, host: record?.host, what: verdict.what }, message);
+    this.o.changed?.(this.result());  // in the run's state before anything else happens
+    if (!record) this.o.failed(new Error(`${message}; the slot has no record, so no holder to ban`));
+    else this.o.caught({ replica: at.replica, stage: at.stage, step: verdict.step, host: record.host });
   }
 
   /** An audit is over: what it held goes, unless another holds it. */
   private release(h: Hold): void {
     this.holds.splice(this.holds.indexOf(h), 1);
     const { slots, log } = this.o;
+    // Void (its replica was rewound since): what it held goes with the rewind's leftovers, once nothing reads it.
+    if (h.rewinds !== (this.rewinds.get(h.replica) ?? 0)) {
+      if (h.from && !this.holds.some((o) => o.from?.object === h.from!.object)) this.o.orphaned?.(h.replica, h.stage, h.from.object);
+      return;
+    }
     const current = this.latest.get(`${h.replica}.${h.stage}`);
     if (h.from && h.from.object !== current?.object && !this.holds.some((o) => o.from?.object === h.from!.object)) void slots.dropCheckpoint(h.from.object);
     if (current) {

@@ -36,6 +36,7 @@ import { Membership, restoreMembership } from './membership.ts';
 import { OrderedWrites } from './ordered-writes.ts';
 import { Replicas } from './replicas.ts';
 import { Reports } from './reports.ts';
+import { Rewinds } from './rewinds.ts';
 import { finishRun } from './run-summary.ts';
 import { LiveRunState } from './run-state.ts';
 import { SlotTable } from './slot-table.ts';
@@ -122,6 +123,7 @@ async function coordinate(
   const hosts = net.channel.listen({
     register: (msg, respond) => p.membership.register(msg, respond),
     heartbeat: (host, key, loopLagMs) => {
+      if (p.membership.isBanned(host)) return;  // caught by an audit: left to time out, and said once (rewinds.ts)
       if (!p.membership.heartbeatCounts(host, key)) log.warn({ host, key }, 'heartbeat refused: not under the key the host registered with');
       else if ((loopLagMs ?? 0) <= stuckTimeoutMs) { stuck.delete(host); coordinator.send({ type: 'HEARTBEAT', host }); }
       else if (!stuck.has(host)) {
@@ -167,11 +169,14 @@ function assemble(
   const membership = new Membership({ run: o.run, store: net.runState, writes, log, recoveries: run.recoveries, send, runKey: hostKeys ? hostKeysCheck(hostKeys) : undefined });
   const slotTable = new SlotTable({ config, slots: net.slots, membership, writes, log, recoveries: run.recoveries });
   const counters = new Map<string, StageCounters>();  // the latest of every slot's holder, `${replica}.${stage}`
-  const audits = t.audit ? new Audits({
-    run: o.run, config, slots: net.slots, evidence: net.evidence, log, failed: settle,
+  const audits: Audits | undefined = t.audit ? new Audits({
+    run: o.run, config, slots: net.slots, evidence: net.evidence, log, failed: settle, prior: run.state.audits,
+    caught: (c) => rewinds.caught(c),
+    orphaned: (replica, stage, object) => rewinds.orphaned(replica, stage, object),
+    rewound: () => rewinds.done,
     changed: (summary) => { run.state.audits = summary; void run.save(); },
   }) : undefined;
-  const replicas = new Replicas({
+  const replicas: Replicas = new Replicas({
     config, controlLog: net.controlLog, writes, run, log, counters,
     progress: (p) => net.channel.progress(p), failed: settle, finished: (replica) => send({ type: 'REPLICA_FINISHED', replica }),
     committed: audits && ((replica, step, gradScale, skip) => audits.committed(replica, step, gradScale, skip)),
@@ -179,17 +184,36 @@ function assemble(
   const bridges = t.bridge ? startBridges({ store: net.bridges, config, bridge: t.bridge, log, onError: settle }) : undefined;
   // The run's metrics over OpenTelemetry (off unless OTEL_EXPORTER_OTLP_* names an endpoint): the live state, read when exported.
   const metrics = initRunMetrics({ service: 'caravan-coordinator', run: o.run }, () => run.state);
-  const reports = new Reports({ slots: net.slots, writes, log, replicas, bridges, audits, counters, finalReported: () => maybeFinish(), failed: settle });
+  // An audit's catch: the caught host banned, its replica trained again from its start (rewinds.ts).
+  const rewinds: Rewinds = new Rewinds({
+    config, controlLog: net.controlLog, slots: net.slots, membership, replicas, writes, log, failed: settle,
+    evict: (host) => send({ type: 'HOST_EVICTED', host }),
+    unfinished: (replica) => {
+      replicasDone = false;
+      reports.forgetFinals(replica);
+      audits?.rewinding(replica);
+      send({ type: 'REPLICA_REWOUND', replica });
+    },
+    restarted: (replica) => {
+      reports.forgetFinals(replica);
+      audits?.rewound(replica);
+    },
+    changed: () => { if (audits) { run.state.audits = audits.result(); void run.save(); } },
+  });
+  const reports = new Reports({ slots: net.slots, writes, log, replicas, bridges, audits, rewinds, counters, finalReported: () => maybeFinish(), failed: settle });
   let replicasDone = false;
   let finishing = false;
   function maybeFinish(): void {
-    if (finishing || !replicasDone || reports.finals.size < t.stages * t.replicas) return;
+    if (finishing || rewinds.busy || !replicasDone || reports.finals.size < t.stages * t.replicas) return;
     finishing = true;
     const { finals } = reports, { losses, skipped, rolledBack } = replicas;
-    // The last intervals' audits finish before the summary says what they found.
+    // The last intervals' audits finish before the summary says what they found; one of them may send a replica back to work.
     void (audits?.settled() ?? Promise.resolve())
-      .then(() => finishRun({ run: o.run, config, state: run, results: net.results, bridges: net.bridges, counters, finals, losses, skipped, rolledBack, audits: audits?.result() }))
-      .then(settle, (err: Error) => settle(err));
+      .then(() => {
+        if (rewinds.busy) { finishing = false; return; }
+        return finishRun({ run: o.run, config, state: run, results: net.results, bridges: net.bridges, counters, finals, losses, skipped, rolledBack, audits: audits?.result() }).then(settle);
+      })
+      .catch((err: Error) => settle(err));
   }
   let stopLog = () => {};
   return {
@@ -197,7 +221,8 @@ function assemble(
     startRun: () => {
       if (!run.start()) return;
       log.info({ stages: t.stages, replicas: t.replicas, steps: t.steps }, 'run started');
-      followControlLog({ controlLog: net.controlLog, replicas, reports, log, reading: (stop) => { stopLog = stop; } })
+      const recorded = run.state.audits?.failed ?? [];
+      followControlLog({ controlLog: net.controlLog, replicas, reports, rewinds, log, reading: (stop) => { stopLog = stop; }, replayed: () => rewinds.resume(recorded) })
         .catch((err: Error) => settle(new Error(`control log: ${err.message}`)));
     },
     replicasFinished: () => {

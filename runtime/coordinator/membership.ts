@@ -23,6 +23,9 @@ export class Membership {
   private readonly registered = new Map<string, { key: string; datacenter: string }>();
   /** Hosts this process declared lost since they last registered (their KV records say so too, once written). */
   private readonly lostHere = new Set<string>();
+  /** Keys of hosts an audit caught computing wrongly (rewinds.ts): never admitted again, their heartbeats ignored. */
+  private readonly banned = new Set<string>();
+  private readonly bannedHosts = new Set<string>();
   /** Registrations are decided one at a time: two under one key cannot both see the key free. */
   private admitting: Promise<void> = Promise.resolve();
 
@@ -66,6 +69,7 @@ export class Membership {
    * record not 'lost' is restored into the actor, which times it out if its host is gone).
    */
   private async keyRefusal(host: string, key: string): Promise<{ reason: string; retry?: true } | undefined> {
+    if (this.banned.has(key)) return { reason: `key ${key.slice(0, 12)}… is banned from run ${this.o.run}: an audit caught its host computing wrongly` };
     const notMinted = await this.o.runKey?.(key);
     if (notMinted) return { reason: `host ${host}: ${notMinted}` };
     const known = (await this.holder(host))?.key;
@@ -89,7 +93,24 @@ export class Membership {
    */
   heartbeatCounts(host: string, key: string): boolean {
     const registered = this.registered.get(host);
-    return !registered || registered.key === key;
+    return !this.banned.has(key) && !this.bannedHosts.has(host) && (!registered || registered.key === key);
+  }
+
+  /** Whether the host was banned (its heartbeats are ignored without a word). */
+  isBanned(host: string): boolean {
+    return this.bannedHosts.has(host);
+  }
+
+  /**
+   * Bans the host and its key: its heartbeats stop counting, so the Coordinator actor times it out and hands its
+   * slot to a standby, and the key may not register again under any host id. A key known only from the host's
+   * record (a restarted coordinator) is looked up there.
+   */
+  ban(host: string): void {
+    this.bannedHosts.add(host);
+    const key = this.registered.get(host)?.key;
+    if (key) this.banned.add(key);
+    else void this.o.store.readHost(host).then((h) => { if (h?.key) this.banned.add(h.key); }, () => {});
   }
 
   /** The key and datacenter a host registered with: in this process, or in its record from before a restart. */

@@ -26,6 +26,8 @@ export class Replicas {
   readonly rolledBack = new Set<string>();
   private readonly actors: Array<Actor<typeof replicaMachine>> = [];
   private readonly inLog = new Set<string>();  // step control already in the log, by stepControlId
+  /** Each replica's epoch: how many times an audit's catch rewound it (rewinds.ts). */
+  private readonly epochs: number[];
   private readonly schedule: RunSchedule;
   private readonly scheduleUse: { readonly name: string; readonly bound: number };
 
@@ -40,19 +42,44 @@ export class Replicas {
     readonly committed?: (replica: number, step: number, gradScale: number, skip: boolean) => void;
   }) {
     this.losses = Array.from({ length: o.config.training.replicas }, () => []);
+    this.epochs = Array.from({ length: o.config.training.replicas }, () => 0);
     this.schedule = runSchedule(o.config);
     this.scheduleUse = { name: this.schedule.name, bound: scheduleBound(this.schedule) };
   }
 
-  /** Step control found in the log: its replica decides it again, and it is not written twice. */
-  alreadyInLog(replica: number, control: StepControl): void {
-    this.inLog.add(stepControlId(replica, control));
+  /** Step control of `epoch` found in the log: its replica decides it again, and it is not written twice. */
+  alreadyInLog(replica: number, control: StepControl, epoch: number): void {
+    this.inLog.add(stepControlId(replica, control, epoch));
+  }
+
+  epoch(replica: number): number {
+    return this.epochs[replica];
+  }
+
+  /** Before the actors start (a restarted coordinator replaying the log): the replica was rewound to `epoch`. */
+  setEpoch(replica: number, epoch: number): void {
+    this.epochs[replica] = epoch;
   }
 
   /** Starts every replica's actor, then every replica. */
   start(): void {
     for (let r = 0; r < this.o.config.training.replicas; r++) this.actors.push(this.startReplica(r));
     for (const r of this.actors) r.send({ type: 'START' });
+  }
+
+  /** Stops the replica's actor: nothing more of its epoch is decided (rewinds.ts, before the rewind is written). */
+  halt(replica: number): void {
+    this.actors[replica]?.stop();
+  }
+
+  /** The replica starts over from step 0 under `epoch`: its losses and step marks go, a new actor begins. */
+  restart(replica: number, epoch: number): void {
+    this.epochs[replica] = epoch;
+    this.losses[replica] = [];
+    for (const set of [this.skipped, this.rolledBack]) for (const k of set) if (k.startsWith(`${replica}.`)) set.delete(k);
+    this.actors[replica]?.stop();
+    this.actors[replica] = this.startReplica(replica);
+    this.actors[replica].send({ type: 'START' });
   }
 
   /** The replica's actor, once started. */
@@ -92,10 +119,11 @@ export class Replicas {
 
   /** Writes step control unless the log has it already; says whether it was written. */
   private control(replica: number, body: StepControl): boolean {
-    const id = stepControlId(replica, body);
+    const epoch = this.epochs[replica];
+    const id = stepControlId(replica, body, epoch);
     if (this.inLog.has(id)) return false;  // already in the log: decided before a restart
     this.inLog.add(id);
-    this.o.writes.write(id, () => this.o.controlLog.writeStepControl(replica, body));
+    this.o.writes.write(id, () => this.o.controlLog.writeStepControl(replica, body, epoch));
     return true;
   }
 

@@ -14,6 +14,7 @@ import type { SlotStore } from '../transport/slot-store.ts';
 import type { OrderedWrites } from './ordered-writes.ts';
 import type { Audits } from './audits.ts';
 import type { Replicas } from './replicas.ts';
+import type { Rewinds } from './rewinds.ts';
 
 export class Reports {
   /** `${replica}.${stage}` whose final state is uploaded (its counters are the last) → its sha256. */
@@ -21,6 +22,7 @@ export class Reports {
 
   constructor(private readonly o: {
     readonly slots: SlotStore; readonly writes: OrderedWrites; readonly log: Logger; readonly replicas: Replicas; readonly bridges: Bridges | undefined; readonly audits: Audits | undefined;
+    readonly rewinds: Pick<Rewinds, 'counts' | 'checkpointed'>;
     /** Where the latest counters of every slot's holder go, `${replica}.${stage}`. */
     readonly counters: Map<string, StageCounters>;
     readonly finalReported: () => void;
@@ -47,6 +49,8 @@ export class Reports {
       log.warn({ seq: e.seq, subject: e.subject, reason: signed.ok ? `the report names replica ${msg.replica} stage ${msg.stage} generation ${msg.generation}` : signed.reason }, 'report refused');
       return;
     }
+    // A rewind voided everything the slot's earlier generations did (rewinds.ts).
+    if (!this.o.rewinds.counts(sr, ss, msg.generation)) { log.debug({ seq: e.seq, replica: sr, stage: ss, generation: msg.generation }, 'report of an epoch a rewind voided: ignored'); return; }
     if (msg.type === 'failed') { this.o.failed(new Error(msg.reason)); return; }
     if (msg.type === 'checkpoint') { this.recordCheckpoint(msg.replica, msg.stage, msg.generation, msg.checkpoint); return; }
     if (msg.type === 'done' || msg.type === 'final') counters.set(`${msg.replica}.${msg.stage}`, msg.counters);
@@ -62,6 +66,11 @@ export class Reports {
     }
   }
 
+  /** The replica was rewound: its final states so far are void. */
+  forgetFinals(replica: number): void {
+    for (const k of this.finals.keys()) if (k.startsWith(`${replica}.`)) this.finals.delete(k);
+  }
+
   /** Records a checkpoint a holder reported, then drops what it makes unnecessary: the previous state and the inputs before it. */
   private recordCheckpoint(replica: number, stage: number, generation: number, pointer: CheckpointPointer): void {
     const { slots, log } = this.o;
@@ -72,6 +81,7 @@ export class Reports {
       // An audit of the interval just closed holds what it replays from (audits.ts).
       const kept = this.o.audits?.checkpointed(replica, stage, done.previous, pointer) ?? { dropPrevious: true, purgeBelow: pointer.resume };
       if (done.previous && done.previous.object !== pointer.object && kept.dropPrevious) await slots.dropCheckpoint(done.previous.object);
+      for (const voided of this.o.rewinds.checkpointed(replica, stage)) if (voided !== pointer.object) await slots.dropCheckpoint(voided);
       for (const kind of ['act', 'grad'] as const) {
         const seq = kept.purgeBelow[kind];
         if (seq) await slots.purgeInputs(replica, stage, kind, seq);

@@ -11,7 +11,13 @@ export function dashboardHtml(run: string): string {
 <html lang="en"><head><meta charset="utf-8"><title>${title}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <style>
-body { font: 13px system-ui, sans-serif; margin: 0; color: #222; background: #f6f6f4; }
+${STYLE}</style></head><body>
+${SECTIONS.replace('TITLE', title)}<script>
+${SCRIPT}</script>
+</body></html>`;
+}
+
+const STYLE = `body { font: 13px system-ui, sans-serif; margin: 0; color: #222; background: #f6f6f4; }
 header { background: #23303d; color: #fff; padding: 10px 16px; display: flex; gap: 24px; align-items: baseline; flex-wrap: wrap; }
 header h1 { font-size: 16px; margin: 0; }
 header .figure b { font-size: 15px; }
@@ -25,14 +31,16 @@ td, th { text-align: left; padding: 2px 6px; border-bottom: 1px solid #eee; font
 tr.vacant td { color: #b33; }
 ol#events { list-style: none; padding: 0; margin: 0; max-height: 260px; overflow-y: auto; }
 ol#events li { padding: 2px 0; border-bottom: 1px solid #f0f0f0; }
-.k-host_lost, .k-run_failed, .k-audit_failed { color: #b33; } .k-slot_reassigned { color: #c60; } .k-bridge_sync { color: #365; } .k-coordinator_restart { color: #849; }
+.k-host_lost, .k-run_failed, .k-audit_failed, .k-rewind { color: #b33; } .k-slot_reassigned { color: #c60; } .k-bridge_sync { color: #365; } .k-coordinator_restart { color: #849; }
 svg text { font-size: 10px; fill: #555; }
 .legend span { margin-right: 12px; } .swatch { display: inline-block; width: 10px; height: 10px; margin-right: 4px; vertical-align: middle; }
 iframe { width: 100%; height: 420px; border: 0; }
 .wide { grid-column: 1 / -1; }
-</style></head><body>
-<header>
-  <h1 id="title">${title}</h1>
+`;
+
+/** The header's figures, the banner, and a section per view: the script fills them. */
+const SECTIONS = `<header>
+  <h1 id="title">TITLE</h1>
   <span class="figure">status <b id="status">–</b></span>
   <span class="figure">step <b id="step">–</b></span>
   <span class="figure">loss <b id="loss">–</b></span>
@@ -49,8 +57,10 @@ iframe { width: 100%; height: 420px; border: 0; }
   <section class="wide"><h2>Recoveries and Bridge syncs on the run's time axis</h2><div id="event-axis" data-testid="event-axis"></div><ol id="events" data-testid="events"></ol></section>
   <section class="wide" id="timeline-section" style="display:none"><h2>Pipeline timeline of recent steps (from the trace file)</h2><iframe id="timeline" title="timeline"></iframe></section>
 </main>
-<script>
-(() => {
+`;
+
+/** Polls /snapshot.json every second and redraws every view from it. */
+const SCRIPT = `(() => {
 const NS = 'http://www.w3.org/2000/svg';
 const COLORS = ['#4c78a8', '#f58518', '#54a24b', '#e45756', '#72b7b2', '#b279a2', '#ff9da6', '#9d755d'];
 const $ = (id) => document.getElementById(id);
@@ -111,7 +121,7 @@ function eventAxis(target, events, state, now) {
   const sx = (t) => L + (t - t0) / Math.max(t1 - t0, 1) * (W - L - R);
   svg.appendChild(el('line', { x1: L, y1: 30, x2: W - R, y2: 30, stroke: '#999' }));
   for (const e of events) {
-    const color = { host_lost: '#b33', slot_reassigned: '#c60', bridge_sync: '#365', coordinator_restart: '#849', run_failed: '#b33', audit_failed: '#b33' }[e.kind] || '#555';
+    const color = { host_lost: '#b33', slot_reassigned: '#c60', bridge_sync: '#365', coordinator_restart: '#849', run_failed: '#b33', audit_failed: '#b33', rewind: '#b33' }[e.kind] || '#555';
     if (e.kind === 'bridge_sync') svg.appendChild(el('rect', { x: sx(e.from), y: 36, width: Math.max(2, sx(e.t) - sx(e.from)), height: 8, fill: color, class: 'event ' + e.kind }));
     else svg.appendChild(el('circle', { cx: sx(e.t), cy: 24, r: 5, fill: color, class: 'event ' + e.kind }, undefined));
   }
@@ -197,6 +207,4 @@ async function poll() {
 }
 poll();
 })();
-</script>
-</body></html>`;
-}
+`;

@@ -1,22 +1,17 @@
-// What `caravan dashboard` shows, kept up to date from NATS as an observer:
-// one watch of the run's KV bucket from its oldest kept revision (state,
-// slots, hosts, Bridge syncs, summary: the history that is left and then
-// every change as it happens) and one ordered consumer of the control log's
-// step control from its first message (each committed step's loss and
-// gradient norm, signed by the coordinator). Nothing is written anywhere: the
+// What `caravan dashboard` shows, kept up to date from NATS as an observer
+// (runtime/transport/run-history.ts): the run's KV records from the oldest
+// revision kept (state, slots, hosts, Bridge syncs, summary: the history that
+// is left and then every change as it happens) and the control log's step
+// control from its first message (each committed step's loss and gradient
+// norm, signed by the coordinator; a rewind starts a replica's curve again). Nothing is written anywhere: the
 // run cannot tell it is watched. When the run does not exist yet, or NATS
 // goes away, the snapshot says so and the watch starts over.
-import type { JsMsg } from '@nats-io/jetstream';
-import type { KvEntry } from '@nats-io/kv';
-import { decodeStepControl } from '../../schemas/control-messages.ts';
-import { decodeRunConfig, type RunConfig } from '../../schemas/run-config.ts';
-import { decodeBridgeRecord, decodeHostEntry, decodeRunState, decodeRunSummary, type HostEntry, type RunState, type RunSummary, type SlotRecord } from '../../schemas/run-records.ts';
+import type { RunConfig } from '../../schemas/run-config.ts';
+import type { HostEntry, RunState, RunSummary, SlotRecord } from '../../schemas/run-records.ts';
 import type { Logger } from '../log.ts';
-import { CoordinatorKeys } from '../security/coordinator-keys.ts';
-import { SIGNATURE_HEADER } from '../security/message-signature.ts';
 import { connectToRun, type NatsConnection } from '../transport/connect.ts';
+import { runRecords, stepControls, type HistoryFeed, type RunRecord } from '../transport/run-history.ts';
 import { openExistingRun, type RunResources } from '../transport/run-resources.ts';
-import { decodeSlot } from '../transport/slots.ts';
 import { DashboardEvents, type DashboardEvent } from './dashboard-events.ts';
 import { Validation, type ValidationPoint } from './validation.ts';
 
@@ -94,9 +89,10 @@ export class RunWatch {
   private config: RunConfig | undefined;
   private state: RunState | null = null;
   private summary: RunSummary | null = null;
-  private readonly losses = new Map<string, LossPoint>();      // `${replica}.${step}`
+  private readonly losses = new Map<string, LossPoint>();      // `${replica}/${step}`
   private readonly metrics = new Map<number, MetricsPoint>();  // by step
-  private readonly slots = new Map<string, SlotRecord>();      // `${replica}.${stage}`
+  private readonly slots = new Map<string, SlotRecord>();      // `${replica}/${stage}`
+  private feeds: Array<HistoryFeed<unknown>> = [];
   private readonly hosts = new Map<string, HostEntry>();
   private readonly events = new DashboardEvents();
   private validation: Validation | undefined;
@@ -170,6 +166,8 @@ export class RunWatch {
       this.validation ??= new Validation({ batches: this.o.validateBatches, log: this.o.log });
       await Promise.all([this.watchKv(res), this.readSteps(res)]);
     } finally {
+      for (const f of this.feeds) f.stop();
+      this.feeds = [];
       await nc.close().catch(() => {});
     }
   }
@@ -181,76 +179,62 @@ export class RunWatch {
   }
 
   private async watchKv(res: RunResources): Promise<void> {
-    const watch = await res.kv.watch({ include: 'history' });
-    for await (const e of watch) {
+    const records = await runRecords(res, this.refused);
+    this.feeds.push(records);
+    for await (const r of records) {
       if (this.stopped) break;
-      try {
-        this.kvEntry(e, res);
-      } catch (err) {
-        this.o.log.warn({ key: e.key, err: (err as Error).message }, 'dashboard: a KV record did not decode; left out');
+      this.record(r, res);
+    }
+  }
+
+  private record(r: RunRecord, res: RunResources): void {
+    switch (r.kind) {
+      case 'config':
+        this.config = r.config;
+        return;
+      case 'state': {
+        this.events.state(this.state, r.state, r.t);
+        this.state = r.state;
+        const m = r.state.metrics;
+        if (m) this.metrics.set(m.step, { step: m.step, t: r.t, tokens_per_s: m.tokens_per_s, mfu_pct: m.mfu_pct, bubble: m.bubble, bubble_bound: m.bubble_bound, utilization_by_stage: m.utilization_by_stage });
+        return;
+      }
+      case 'summary':
+        this.summary = r.summary;
+        if (this.config) this.validation?.finalStates(res, this.config, r.summary, r.t);
+        return;
+      case 'slot': {
+        const key = `${r.slot.replica}/${r.slot.stage}`;
+        this.events.slot(this.slots.get(key), r.slot, r.t);
+        this.slots.set(key, r.slot);
+        if (this.config) this.validation?.checkpoints(res, this.config, [...this.slots.values()], r.t);
+        return;
+      }
+      case 'host':
+        this.events.host(this.hosts.get(r.host.host), r.host, r.t);
+        this.hosts.set(r.host.host, r.host);
+        return;
+      case 'bridge':
+        this.events.bridge(r.bridge);
+    }
+  }
+
+  /** Every replica's step control from the log's start: its commits are the loss curves; a rewind starts a replica's curve again. */
+  private async readSteps(res: RunResources): Promise<void> {
+    const steps = await stepControls(res, this.refused);
+    this.feeds.push(steps);
+    for await (const { replica, control, t } of steps) {
+      if (this.stopped) break;
+      if (control.type === 'rewind') {
+        for (const k of this.losses.keys()) if (k.startsWith(`${replica}/`)) this.losses.delete(k);
+        this.events.rewind(replica, control, t);
+      } else if (control.type === 'commit') {
+        this.losses.set(`${replica}/${control.step}`, { replica, step: control.step, loss: control.loss, grad_norm: control.gradNorm, skipped: control.skip === true, t });
       }
     }
   }
 
-  private kvEntry(e: KvEntry, res: RunResources): void {
-    if (e.operation !== 'PUT' || e.value.length === 0) return;
-    const t = e.created.getTime();
-    const key = e.key;
-    if (key === 'config') {
-      this.config = decodeRunConfig(e.value, 'run config');
-    } else if (key === 'state') {
-      const state = decodeRunState(e.value, 'run state');
-      this.events.state(this.state, state, t);
-      this.state = state;
-      const m = state.metrics;
-      if (m) this.metrics.set(m.step, { step: m.step, t, tokens_per_s: m.tokens_per_s, mfu_pct: m.mfu_pct, bubble: m.bubble, bubble_bound: m.bubble_bound, utilization_by_stage: m.utilization_by_stage });
-    } else if (key === 'summary') {
-      this.summary = decodeRunSummary(e.value, 'run summary');
-      if (this.config) this.validation?.finalStates(res, this.config, this.summary, t);
-    } else if (key.startsWith('slot.')) {
-      const slot = decodeSlot(e.value, key);
-      const before = this.slots.get(`${slot.replica}.${slot.stage}`);
-      this.events.slot(before, slot, t);
-      this.slots.set(`${slot.replica}.${slot.stage}`, slot);
-      if (this.config) this.validation?.checkpoints(res, this.config, [...this.slots.values()], t);
-    } else if (key.startsWith('hosts.')) {
-      const host = decodeHostEntry(e.value, key);
-      this.events.host(this.hosts.get(host.host), host, t);
-      this.hosts.set(host.host, host);
-    } else if (/^bridge\.\d+\.\d+$/.test(key)) {
-      this.events.bridge(decodeBridgeRecord(e.value, key));
-    }
-  }
-
-  /** Every replica's step control from the log's start: its commits are the loss curves. Only the coordinator's signed entries count. */
-  private async readSteps(res: RunResources): Promise<void> {
-    const keys = new CoordinatorKeys(res.kv);
-    // One filter subject, named in the consumer's create subject, where an observer's permissions can check it.
-    const consumer = await res.js.consumers.get(res.names.controlStream, { filter_subjects: res.names.stepControls });
-    const messages = await consumer.consume();
-    for await (const m of messages) {
-      if (this.stopped) break;
-      await this.stepControl(m, res, keys);
-    }
-  }
-
-  private async stepControl(m: JsMsg, res: RunResources, keys: CoordinatorKeys): Promise<void> {
-    const replica = res.names.stepControlReplica(m.subject);
-    const verdict = await keys.check({ subject: m.subject, body: m.data, header: m.headers?.get(SIGNATURE_HEADER), expected: res.names.stepControl(replica) });
-    if (!verdict.ok) {
-      this.o.log.warn({ subject: m.subject, seq: m.seq, reason: verdict.reason }, 'dashboard: step control not signed by the coordinator; left out');
-      return;
-    }
-    try {
-      const control = decodeStepControl(m.data, `step control ${m.subject}`);
-      if (control.type !== 'commit') return;
-      this.losses.set(`${replica}.${control.step}`, {
-        replica, step: control.step, loss: control.loss, grad_norm: control.gradNorm, skipped: control.skip === true, t: Math.round(m.info.timestampNanos / 1e6),
-      });
-    } catch (err) {
-      this.o.log.warn({ subject: m.subject, seq: m.seq, err: (err as Error).message }, 'dashboard: step control did not decode; left out');
-    }
-  }
+  private readonly refused = (where: string, reason: string) => this.o.log.warn({ where, reason }, 'dashboard: left out what does not decode or is not signed');
 
   private slotRow(s: SlotRecord): SlotRow {
     const host = this.hosts.get(s.host);

@@ -16,6 +16,9 @@ export class CommandChain {
 
   constructor(private readonly log: Logger) {
     this.done = new Promise<void>((resolve, reject) => { this.resolveDone = resolve; this.rejectDone = reject; });
+    // The slot can stop while it is still being started (a rewind read from the control log, say), before whoever
+    // started it has taken `done`: that is no unhandled rejection. Whoever takes it later still sees the error.
+    this.done.catch(() => {});
   }
 
   /** Whether the slot has stopped: nothing more runs. */
@@ -44,7 +47,8 @@ export class CommandChain {
     this.stopped = true;
     for (const close of [...this.closers].reverse()) close();
     if (err) {
-      this.log.error({ err: err.message }, 'stage stopped');
+      if (err.name === 'SlotRewoundError') this.log.warn({ err: err.message }, 'stage stopped');
+      else this.log.error({ err: err.message }, 'stage stopped');
       this.rejectDone(err);
     } else this.resolveDone();
   };

@@ -10,8 +10,8 @@
 // The same switch lets a host play a peer that sends poison:
 // CARAVAN_CHAOS_POISON=<kind>/<replica>/<stage>/<step>/<mb> makes the holder
 // of that slot put a NaN in that output frame (the non-finite tests), and
-// CARAVAN_CHAOS_CHEAT=<mode>/<replica>/<stage>/<from step> makes it cheat from
-// that step on, as a dishonest peer would, for the audits to catch: 'scale'
+// CARAVAN_CHAOS_CHEAT=<mode>/<replica>/<stage>/<from step> makes the slot's
+// first holder cheat from that step on, as a dishonest peer would, for the audits to catch: 'scale'
 // multiplies every output by 1 + 1e-3 (and reports the digests of what it
 // sent), 'flip' flips the lowest bit of each output's first value after
 // digesting the honest frame (so its report and its frames disagree), and
@@ -65,10 +65,13 @@ export class FaultPoints {
     return this.poison.size > 0 && this.poison.has(`${kind}/${replica}/${stage}/${step}/${mb}`);
   }
 
-  /** How this slot's holder cheats at `step`, if CARAVAN_CHAOS_CHEAT names it (only with CARAVAN_CHAOS=1). */
-  cheats(replica: number, stage: number, step: number): CheatMode | undefined {
+  /**
+   * How this slot's holder cheats at `step`, if CARAVAN_CHAOS_CHEAT names it (only with CARAVAN_CHAOS=1): the slot's
+   * first holder (generation 1) only. Caught, it is banned and a standby takes the slot: that one is honest.
+   */
+  cheats(replica: number, stage: number, generation: number, step: number): CheatMode | undefined {
     const c = this.cheat;
-    return c && c.replica === replica && c.stage === stage && step >= c.from ? c.mode : undefined;
+    return c && generation === 1 && c.replica === replica && c.stage === stage && step >= c.from ? c.mode : undefined;
   }
 
   /** Holds the event loop where CARAVAN_CHAOS_BLOCK says (only with CARAVAN_CHAOS=1), the first time this step starts. */

@@ -4,7 +4,10 @@
 // slot record naming it makes it run that (replica, stage) slot; until then it
 // is a standby. A later slot record naming another host for its slot means it
 // was replaced (it went quiet for too long): it stops at once and exits with
-// a line saying so. It leaves when the run's state says finished or failed.
+// a line saying so. One naming it under a new generation with `rewound` (an
+// audit caught another slot's holder) means its replica starts over: it
+// drops its stage and starts the slot again from that record. It leaves
+// when the run's state says finished or failed.
 //
 // Its identity is an nkey: the one `--nkey` names (which also authenticates
 // it to NATS), or a fresh one. It proves it holds the key when it registers;
@@ -24,7 +27,7 @@ import { newHostKey, readHostKey, type HostKey } from '../security/host-key.ts';
 import { registrationProof } from '../security/registration.ts';
 import { CoordinatorKeys } from '../security/coordinator-keys.ts';
 import { SlotSigners } from '../security/slot-signers.ts';
-import { SlotLostError, type SlotEntry } from '../transport/slots.ts';
+import { SlotLostError, SlotRewoundError, type SlotEntry } from '../transport/slots.ts';
 import { FaultPoints } from './fault-points.ts';
 import { startStage, type StageRunner } from './stage-runner.ts';
 import { cudaDevice, type CudaDeviceInfo } from '../../native/index.ts';
@@ -109,6 +112,33 @@ async function followRun(conn: RunConnection, res: RunResources, id: string, dev
     stage?.stop(failed);
     watch.stop();
   }, refused(log));
+  const begin = async (entry: SlotEntry) => {
+    const { record } = entry;
+    held = entry;
+    const slotLog = log.child({ replica: record.replica, stage: record.stage, generation: record.generation });
+    slotLog.info({ from: record.checkpoint?.step ?? null, ...(record.rewound && !record.checkpoint ? { rewound_epoch: record.rewound.epoch } : {}) }, 'slot assigned');
+    const config = await readRunConfig(res);
+    stage = await startStage({ conn, res, config, slot: entry, host: id, device, log: slotLog, faults, deadLetters, tracing, key, signers, coordinatorKeys });
+    conn.publish(res.names.ready, encodeJson({ host: id, replica: record.replica, stage: record.stage }));
+    const runner = stage;
+    ending = stage.done.then(() => watch.stop(), async (err: Error) => {
+      // Rewound (an audit's catch): this host keeps the slot, and starts it again from the record that says so.
+      if (err instanceof SlotRewoundError) { slotLog.warn({ epoch: err.epoch }, 'replica rewound: this slot\'s state is void; waiting for its new record'); return; }
+      // A stage that cannot go on fails the run (a replacement would meet the same error): it says so in a
+      // report signed as the slot's holder, which the coordinator heeds only from the holder. A host that
+      // lost its slot says nothing. The report is stored before this host goes on to exit.
+      const first = !failed && !(err instanceof SlotLostError);
+      failed ??= err;
+      if (first) {
+        await runner.reportFailure(`replica ${record.replica} stage ${record.stage} (host ${id}): ${err.message}`)
+          .catch((e: Error) => slotLog.warn({ err: e.message }, 'the failure report was not stored'));
+        // Whoever started this host hears its exit at once, the coordinator the report through its control log:
+        // wait (bounded) for the coordinator to fail the run, so that the run's failure carries the reason.
+        await Promise.race([ended, new Promise<void>((resolve) => setTimeout(resolve, FAILURE_HEARD_MS).unref())]);
+      }
+      watch.stop();
+    });
+  };
   try {
     for await (const e of watch) {
       if (e.type === 'status') {
@@ -120,33 +150,21 @@ async function followRun(conn: RunConnection, res: RunResources, id: string, dev
       const { record } = e.entry;
       signers.update(record);
       if (held && record.replica === held.record.replica && record.stage === held.record.stage && record.generation !== held.record.generation) {
+        if (record.host === id && record.rewound && record.generation > held.record.generation) {
+          // Still this host's, rewound: the old stage stops (if the control log did not stop it first), a new one starts.
+          stage?.stop(new SlotRewoundError(record.replica, record.rewound.epoch));
+          await ending;
+          if (failed) break;
+          await begin(e.entry);
+          continue;
+        }
         const lost = new SlotLostError(held.record.replica, held.record.stage, id, record);
         stage?.stop(lost);
         failed ??= lost;
         break;
       }
       if (held || record.host !== id) continue;
-      held = e.entry;
-      const slotLog = log.child({ replica: record.replica, stage: record.stage, generation: record.generation });
-      slotLog.info({ from: record.checkpoint?.step ?? null }, 'slot assigned');
-      const config = await readRunConfig(res);
-      stage = await startStage({ conn, res, config, slot: held, host: id, device, log: slotLog, faults, deadLetters, tracing, key, signers, coordinatorKeys });
-      conn.publish(res.names.ready, encodeJson({ host: id, replica: record.replica, stage: record.stage }));
-      const runner = stage;
-      ending = stage.done.catch(async (err: Error) => {
-        // A stage that cannot go on fails the run (a replacement would meet the same error): it says so in a
-        // report signed as the slot's holder, which the coordinator heeds only from the holder. A host that
-        // lost its slot says nothing. The report is stored before this host goes on to exit.
-        const first = !failed && !(err instanceof SlotLostError);
-        failed ??= err;
-        if (first) {
-          await runner.reportFailure(`replica ${record.replica} stage ${record.stage} (host ${id}): ${err.message}`)
-            .catch((e: Error) => slotLog.warn({ err: e.message }, 'the failure report was not stored'));
-          // Whoever started this host hears its exit at once, the coordinator the report through its control log:
-          // wait (bounded) for the coordinator to fail the run, so that the run's failure carries the reason.
-          await Promise.race([ended, new Promise<void>((resolve) => setTimeout(resolve, FAILURE_HEARD_MS).unref())]);
-        }
-      }).finally(() => watch.stop());
+      await begin(e.entry);
     }
     await ending;  // the stage's end, its error already kept in `failed`
   } finally {

@@ -27,6 +27,8 @@ export interface OutgoingFramesOptions {
   readonly run: string;
   readonly replica: number;
   readonly stage: number;
+  /** The holder's generation of the slot. */
+  readonly generation: number;
   readonly batchSize: number;
   readonly seqLen: number;
   /** By kind: the channels and the codecs of its boundary (activations cross layerEnd, gradients layerBegin). */
@@ -74,7 +76,7 @@ export class OutgoingFrames {
     const { width, codecs } = this.o.wire[kind];
     if (faults.poisons(kind, replica, stage, step, mb)) (data = data.slice())[0] = NaN;
     const content = (d: Float32Array): FrameContent => ({ run, replica, stage: to, step, microbatch: mb, attempt, kind, shape: [B, T, width], data: d });
-    const cheat = faults.cheats(replica, stage, step);
+    const cheat = faults.cheats(replica, stage, this.o.generation, step);
     // A cheater that flips a bit reports the honest frame's digest: its report and what it sent then disagree.
     const reported = cheat === 'flip' && this.o.digests ? frameDigest(encodeFrameWithCodecs(content(data), codecs).bytes) : undefined;
     if (cheat === 'scale') data = data.map((v) => Math.fround(v * (1 + 1e-3)));

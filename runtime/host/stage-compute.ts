@@ -137,7 +137,7 @@ export class StageCompute {
     if (skipped) {
       this.o.engine.zeroGrad();
       this.o.log.warn({ step }, 'step skipped: its gradients were not finite');
-    } else if (this.o.faults.cheats(this.o.replica, this.o.stage, step) === 'skip-update') this.o.engine.zeroGrad();
+    } else if (this.o.faults.cheats(this.o.replica, this.o.stage, this.o.generation, step) === 'skip-update') this.o.engine.zeroGrad();
     else this.o.engine.step(gradScale);
     this.appliedMbs = this.accumulated;
     this.accumulated = [];
@@ -151,7 +151,7 @@ export class StageCompute {
    */
   applyProvisional(step: number, gradScale: number): void {
     this.provisional = this.reportFinite;
-    if (this.provisional && this.o.faults.cheats(this.o.replica, this.o.stage, step) === 'skip-update') {
+    if (this.provisional && this.o.faults.cheats(this.o.replica, this.o.stage, this.o.generation, step) === 'skip-update') {
       this.provisional = false;
       this.o.engine.zeroGrad();
     } else if (this.provisional) this.o.engine.stepWithUndo(gradScale);

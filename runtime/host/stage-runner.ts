@@ -40,7 +40,7 @@ import { openSlotControl } from '../transport/slot-control.ts';
 import { openEdgeInput } from '../transport/slot-inputs.ts';
 import { SlotOutputs } from '../transport/slot-outputs.ts';
 import type { SlotHolder } from '../transport/slot-reader.ts';
-import type { SlotEntry } from '../transport/slots.ts';
+import { SlotRewoundError, type SlotEntry } from '../transport/slots.ts';
 import { stateObjects } from '../transport/state-objects.ts';
 import { StageSync } from './bridge-sync.ts';
 import { CommandChain } from './command-chain.ts';
@@ -103,7 +103,9 @@ interface Slot {
 export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
   const { res, config, log, faults, tracing } = o;
   const { model, training: t } = config;
-  const { replica, stage: s, generation, checkpoint: restored } = o.slot.record;
+  const { replica, stage: s, generation, checkpoint: restored, rewound } = o.slot.record;
+  // Where inputs and step control start: after the checkpoint, or (rewound with none since) where the rewind left the streams.
+  const resume = restored?.resume ?? rewound?.resume;
   const holder: SlotHolder = { replica, stage: s, generation, host: o.host };
   const layers = splitLayers(model.nLayers, t.stages)[s];
   const compute = createComputeStage(config, o.device, layers[0], layers[1]);
@@ -123,12 +125,13 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
     send, keys: o.coordinatorKeys, subject: res.names.stepControl(replica), log, deadLetters: o.deadLetters,
     postValidate: schedule.postValidated, microbatches: t.microbatches,
     moveToDeadLetters: (d, fault, reason) => deadLetter(d, fault, reason),
+    rewound: (epoch) => chain.stop(new SlotRewoundError(replica, epoch)),
   });
   const traces = new MicrobatchTraces(tracing, { run: res.names.run, replica, stage: s, isFirst: engine.isFirst, isLast: engine.isLast, schedule: schedule.name });
   const inputs = new IncomingFrames({
     run: res.names.run, replica, stage: s, batchSize: t.batchSize, seqLen: t.seqLen, maxSeqLen: model.maxSeqLen,
     // Activations arrive across the boundary at layerBegin, gradients across the one at layerEnd.
-    widths: { act: engine.inWidth, grad: engine.outWidth }, nonFinite: t.nonFinite, resume: restored?.resume,
+    widths: { act: engine.inWidth, grad: engine.outWidth }, nonFinite: t.nonFinite, resume,
     signers: o.signers, traces, log, moveToDeadLetters: (d, fault, reason) => deadLetter(d, fault, reason), deadLetters: o.deadLetters, send,
   });
   const state = new SlotState({
@@ -140,7 +143,7 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
   // A SHA-256 of every frame sent, on the hot path: paid only where audits read them.
   const digests = t.audit ? new StepDigests() : undefined;
   const outgoing = new OutgoingFrames({
-    run: res.names.run, replica, stage: s, batchSize: t.batchSize, seqLen: t.seqLen, maxPayload: o.conn.maxPayload, outputs, traces, faults, digests, failed: chain.stop,
+    run: res.names.run, replica, stage: s, generation, batchSize: t.batchSize, seqLen: t.seqLen, maxPayload: o.conn.maxPayload, outputs, traces, faults, digests, failed: chain.stop,
     // Activations go out across the boundary at layerEnd, gradients across the one at layerBegin.
     wire: { act: { width: engine.outWidth, codecs: boundaryCodecs(model, layers[1], t.lz4) }, grad: { width: engine.inWidth, codecs: boundaryCodecs(model, layers[0], t.lz4) } },
   });
@@ -160,8 +163,8 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
   });
   chain.onStop(() => actor.stop());
   actor.start();
-  await openReaders(res, holder, restored?.resume, engine, chain, slot, log);
-  log.info({ layers, generation, from: restored?.step ?? null }, 'stage ready');
+  await openReaders(res, holder, resume, engine, chain, slot, log);
+  log.info({ layers, generation, from: restored?.step ?? null, ...(rewound ? { epoch: rewound.epoch } : {}) }, 'stage ready');
   return { done: chain.done, stop: chain.stop, reportFailure: (reason) => outputs.report({ type: 'failed', reason }) };
 }
 

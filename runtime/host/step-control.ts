@@ -10,6 +10,8 @@
 // config changed under it by a peer, say) is moved to the dead-letter
 // stream, counted and logged, and reading goes on. A message at or before
 // the last one taken (a consumer re-created to replay the log) is dropped.
+// A rewind (an audit's catch) ends the reading: this holder's state is void,
+// and its slot starts again from the record the coordinator writes next.
 import { attemptAfter, type StageEvent } from '../../actors/stage-machine.ts';
 import { decodeStepControl } from '../../schemas/control-messages.ts';
 import type { Logger } from '../log.ts';
@@ -26,6 +28,8 @@ export interface StepControlOptions {
   readonly moveToDeadLetters: (d: ControlDelivery, fault: string, reason: string) => Promise<void>;
   readonly deadLetters: { count: number };
   readonly log: Logger;
+  /** The replica was rewound (an audit's catch): everything of this slot's holder is void. */
+  readonly rewound: (epoch: number) => void;
   /** How the attempt after a commit follows from it (the Stage actor's rule). */
   readonly postValidate: boolean;
   readonly microbatches: number;
@@ -55,6 +59,10 @@ export class StepControl {
       else if (msg.type === 'commit') {
         this.commits.set(msg.step, { seq: d.seq, gradScale: msg.gradScale, skip: msg.skip === true });
         this.o.send({ type: 'STEP_COMMIT', step: msg.step, gradScale: msg.gradScale, skip: msg.skip === true });
+      } else {
+        // What follows in the log is the replica's next epoch, from step 0: not for this holder's state.
+        this.o.rewound(msg.epoch);
+        return;
       }
     }
   }

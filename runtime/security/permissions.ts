@@ -90,7 +90,7 @@ export function permissionsFor(role: Role, run: string, shape: RunShape, key = '
         ...reads(st.dead),
         // `caravan dashboard` reads the step control (each commit's loss) through an ordered consumer of its own:
         // created only with that filter, and never a durable or another's consumer deleted.
-        `$JS.API.CONSUMER.CREATE.${st.control}.*.${n.stepControls}`, `$JS.API.CONSUMER.MSG.NEXT.${st.control}.*`, `$JS.API.CONSUMER.INFO.${st.control}.*`,
+        ...jetStreamApi.orderedReads(st.control, n.stepControls),
       ],
     },
     subscribe: { allow: [n.inboxesOf(key)] },

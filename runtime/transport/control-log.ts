@@ -32,8 +32,11 @@ export interface ControlLogReader extends AsyncIterable<ControlLogEntry> {
 }
 
 export interface ControlLog {
-  /** Writes a replica's step control; a second write of the same (stepControlId) is dropped by the server. */
-  writeStepControl(replica: number, control: StepControl): Promise<void>;
+  /**
+   * Writes a replica's step control of `epoch` (0 until an audit's catch rewinds the replica); a second write of the
+   * same (stepControlId) is dropped by the server. Resolves to its sequence in the log (the first write's, for a second).
+   */
+  writeStepControl(replica: number, control: StepControl, epoch?: number): Promise<number>;
   /** The sequence of the log's last message now: 0 when it is empty. */
   lastSeq(): Promise<number>;
   /** Opens a consumer of the whole log, deleting any an earlier coordinator left. */
@@ -42,9 +45,12 @@ export interface ControlLog {
   checkStepControl(e: ControlLogEntry): Promise<ControlVerdict>;
 }
 
-/** What makes a step control unique in the log, and its Nats-Msg-Id: `open-<replica>-<step>`, `commit-<replica>-<step>`. */
-export function stepControlId(replica: number, control: Pick<StepControl, 'type' | 'step'>): string {
-  return `${control.type}-${replica}-${control.step}`;
+/**
+ * What makes a step control unique in the log, and its Nats-Msg-Id: `open-<replica>-<step>`, `commit-<replica>-<step>`;
+ * after a rewind the step is done again, so its control carries the epoch: `open-<replica>-<step>-e<epoch>`.
+ */
+export function stepControlId(replica: number, control: Pick<StepControl, 'type' | 'step'>, epoch = 0): string {
+  return `${control.type}-${replica}-${control.step}${epoch ? `-e${epoch}` : ''}`;
 }
 
 /** The control log of the run, its step control signed by `signer` (the coordinator's key, in the run's `coordinator` record). */
@@ -61,12 +67,12 @@ export function controlLog(res: RunResources, signer: ControlSigner): ControlLog
       : { kind: 'other' },
   });
   return {
-    writeStepControl: async (replica, control) => {
+    writeStepControl: async (replica, control, epoch = 0) => {
       const subject = n.stepControl(replica);
       const body = encodeJson(control);
       const h = headers();
       h.set(SIGNATURE_HEADER, controlSignature(signer, subject, body));
-      await publishDurable(res.js, subject, body, { msgID: stepControlId(replica, control), headers: h });
+      return (await publishDurable(res.js, subject, body, { msgID: stepControlId(replica, control, epoch), headers: h })).seq;
     },
     checkStepControl: (e) => keys.check({
       subject: e.subject, body: e.data, header: e.signature, expected: e.source.kind === 'step' ? n.stepControl(e.source.replica) : '',

@@ -35,7 +35,8 @@ export class SlotOutputs {
   /** An encoded frame, stored once it resolves. */
   async frame(to: FrameAddress, bytes: Uint8Array, trace: Context | undefined): Promise<void> {
     const { names } = this.res;
-    const msgID = frameMsgId(names.run, this.holder.replica, to.step, to.mb, to.kind, to.to, to.attempt);
+    // The generation too: after a rewind a holder keeps its key and recomputes the same bytes, which must be stored again.
+    const msgID = `${frameMsgId(names.run, this.holder.replica, to.step, to.mb, to.kind, to.to, to.attempt)}/g${this.holder.generation}`;
     await this.publishSigned('frame', names.edge(to.kind, this.holder.replica, to.to, this.key.publicKey), bytes, msgID, traceHeaders(trace, headers()));
   }
 

@@ -9,7 +9,7 @@ import type { SentUntil, SlotRecord } from '../../schemas/run-records.ts';
 import { SlotSigners } from '../security/slot-signers.ts';
 import { retryTransient } from './durable-publish.ts';
 import { ensureInputStream, type RunResources } from './run-resources.ts';
-import { assignSlot, readSlot, recordReportedCheckpoint } from './slots.ts';
+import { assignSlot, readSlot, recordReportedCheckpoint, rewindSlot } from './slots.ts';
 import type { EdgeKind } from './subjects.ts';
 
 export interface SlotStore {
@@ -22,6 +22,8 @@ export interface SlotStore {
   lastInputSeq(replica: number, stage: number): Promise<number>;
   /** Gives the slot to `host` under the next generation, bound to its key (slots.ts assignSlot). */
   assign(replica: number, stage: number, host: string, signer: { key: string; until: SentUntil }): Promise<SlotRecord>;
+  /** Rewinds the slot to the run's start under `generation` (slots.ts rewindSlot). */
+  rewind(replica: number, stage: number, generation: number, rewound: NonNullable<SlotRecord['rewound']>, until: SentUntil): Promise<SlotRecord>;
   /** Records a checkpoint its holder reported (slots.ts recordReportedCheckpoint). */
   recordCheckpoint(replica: number, stage: number, generation: number, checkpoint: CheckpointPointer): ReturnType<typeof recordReportedCheckpoint>;
   /** Deletes a checkpoint object no record names any more; a failure only leaves it behind. */
@@ -42,6 +44,8 @@ export function slotStore(res: RunResources): SlotStore {
       res.jsm.streams.info(n.inputStream(replica, stage)).then((i) => i.state.last_seq, (err: Error) => { if (/not found/i.test(err.message)) return 0; throw err; })),
     assign: async (replica, stage, host, signer) =>
       (await retryTransient(slot(replica, stage), () => assignSlot(res.kv, replica, stage, host, signer))).record,
+    rewind: async (replica, stage, generation, rewound, until) =>
+      (await retryTransient(slot(replica, stage), () => rewindSlot(res.kv, replica, stage, generation, rewound, until))).record,
     recordCheckpoint: (replica, stage, generation, checkpoint) => recordReportedCheckpoint(res.kv, replica, stage, generation, checkpoint),
     dropCheckpoint: async (object) => { await res.objects.delete(object).catch(() => {}); },
     purgeInputs: async (replica, stage, kind, seq) => {

@@ -28,6 +28,14 @@ export class SlotLostError extends Error {
   }
 }
 
+/** The slot's replica was rewound (an audit's catch): its holder stops, and starts again from the new slot record. */
+export class SlotRewoundError extends Error {
+  constructor(readonly replica: number, readonly epoch: number) {
+    super(`replica ${replica} was rewound to its start (epoch ${epoch}): the slot starts again`);
+    this.name = 'SlotRewoundError';
+  }
+}
+
 const slotKey = runStateKeys.slot;
 
 export function decodeSlot(bytes: Uint8Array, key: string): SlotRecord {
@@ -54,7 +62,9 @@ export async function assignSlot(kv: KV, replica: number, stage: number, host: s
     const generation = (current?.record.generation ?? 0) + 1;
     const before = (current?.record.signers ?? []).map((x) => (x.generation === current!.record.generation && x.until === undefined && signer ? { ...x, until: signer.until } : x));
     const signers = signer ? [...before, { generation, host, key: signer.key }].slice(-MAX_SIGNERS) : current?.record.signers;
-    const record: SlotRecord = { replica, stage, host, generation, checkpoint: current?.record.checkpoint, ...(signers ? { signers } : {}) };
+    const record: SlotRecord = {
+      replica, stage, host, generation, checkpoint: current?.record.checkpoint, ...(signers ? { signers } : {}), ...(current?.record.rewound ? { rewound: current.record.rewound } : {}),
+    };
     try {
       const revision = current
         ? await kv.update(slotKey(replica, stage), encodeJson(record), current.revision)
@@ -102,5 +112,31 @@ export async function recordReportedCheckpoint(
   } catch (err) {
     if (err instanceof SlotLostError) return { recorded: false, why: err.message };
     throw err;
+  }
+}
+
+/**
+ * Rewinds the slot (an audit's catch, RewindControl): its holder now keeps it
+ * under `generation`, with no checkpoint, starting from the initial weights and
+ * reading from `rewound.resume`; the generation before keeps `until`, so its
+ * frames stored after the rewind was decided are stale. Idempotent: a slot at
+ * `generation` or later is left as it is (a restarted coordinator completes a
+ * rewind it had begun).
+ */
+export async function rewindSlot(kv: KV, replica: number, stage: number, generation: number, rewound: NonNullable<SlotRecord['rewound']>, until: SentUntil): Promise<SlotEntry> {
+  for (;;) {
+    const current = await readSlot(kv, replica, stage);
+    if (!current) throw new Error(`slot ${replica}.${stage} has no record to rewind`);
+    if (current.record.generation >= generation) return current;
+    const { host, generation: was, signers = [] } = current.record;
+    const key = signers.find((x) => x.generation === was)?.key;
+    if (!key) throw new Error(`slot ${replica}.${stage}: generation ${was} has no signer to carry over`);
+    const kept = signers.map((x) => (x.generation === was && x.until === undefined ? { ...x, until } : x));
+    const record: SlotRecord = { replica, stage, host, generation, signers: [...kept, { generation, host, key }].slice(-MAX_SIGNERS), rewound };
+    try {
+      return { record, revision: await kv.update(slotKey(replica, stage), encodeJson(record), current.revision) };
+    } catch (err) {
+      if (!/wrong last sequence/i.test((err as Error).message)) throw err;
+    }
   }
 }

@@ -31,6 +31,9 @@ export function runInboxPrefix(run: string, key?: string): string {
  * run id: `config`, `state`, `summary` and `coordinator` (one record each), `hosts.<id>`,
  * `slot.<r>.<s>`, and the Bridge's `bridge.<s>.<outer>` and `bridge-outer.<s>`.
  */
+/** What a watch of the whole run-state bucket starts from: every revision it still keeps (@nats-io/kv's include). */
+export const KV_WATCH_ALL_HISTORY = 'history';
+
 export const runStateKeys = {
   config: 'config',
   state: 'state',
@@ -46,6 +49,15 @@ export const runStateKeys = {
   bridgeOuter: (stage: number) => `bridge-outer.${stage}`,
   /** The stage a `bridge-outer.<stage>` key names. */
   bridgeOuterStage: (key: string) => Number(key.slice('bridge-outer.'.length)),
+  /** What record a key of the bucket holds (a watch of the whole bucket tells them apart by it). */
+  kindOf: (key: string): 'config' | 'state' | 'summary' | 'coordinator' | 'host' | 'slot' | 'bridge' | 'bridge-outer' | undefined => {
+    if (key === 'config' || key === 'state' || key === 'summary' || key === 'coordinator') return key;
+    if (key.startsWith('hosts.')) return 'host';
+    if (key.startsWith('slot.')) return 'slot';
+    if (/^bridge\.\d+\.\d+$/.test(key)) return 'bridge';
+    if (key.startsWith('bridge-outer.')) return 'bridge-outer';
+    return undefined;
+  },
 };
 
 /**
@@ -71,6 +83,12 @@ export const jetStreamApi = {
    * never gets the rest of an object, and a long-lived watch stops seeing updates.
    */
   flowControlReplies: (stream: string) => `$JS.FC.${stream}.*.*`,
+  /**
+   * Reading the stream through ordered consumers of one filter subject only (the filter is in the create subject,
+   * so a permission can check it): creating them, their info, pulling. Not deleting: a reader so allowed can
+   * delete no one's consumer.
+   */
+  orderedReads: (stream: string, filter: string) => [`$JS.API.CONSUMER.CREATE.${stream}.*.${filter}`, `$JS.API.CONSUMER.MSG.NEXT.${stream}.*`, `$JS.API.CONSUMER.INFO.${stream}.*`],
   /** Reading through consumers of the stream: creating, finding and deleting them, pulling and acking. */
   consumes: (stream: string) => [
     `$JS.API.CONSUMER.CREATE.${stream}`, `$JS.API.CONSUMER.CREATE.${stream}.>`, `$JS.API.CONSUMER.DURABLE.CREATE.${stream}.*`,

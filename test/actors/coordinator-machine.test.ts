@@ -118,6 +118,23 @@ test('REPLICA_FINISHED before the run started is ignored', (t) => {
   t.deepEqual(send({ type: 'REPLICA_FINISHED', replica: 0 }), [{ type: 'RUN_FINISHED' }]);
 });
 
+test('a replica rewound after the run finished sends the run back to work, and it finishes again when the replica does', (t) => {
+  const c = running(1);
+  c.send({ type: 'REPLICA_FINISHED', replica: 0 });
+  t.deepEqual(c.send({ type: 'REPLICA_FINISHED', replica: 1 }), [{ type: 'RUN_FINISHED' }]);
+  // Back in `running`, whose entry says START_RUN: the runtime starts a run once (LiveRunState.start) and ignores it.
+  t.deepEqual(c.send({ type: 'REPLICA_REWOUND', replica: 1 }), [{ type: 'START_RUN' }]);
+  t.true(c.actor.getSnapshot().matches({ run: 'running' }));
+  t.deepEqual(c.actor.getSnapshot().context.finished, [0]);
+  // Back at work, a lost slot is handed on again.
+  c.send({ type: 'HOST_EVICTED', host: 'h4' });
+  t.deepEqual(c.advance(TICK, c.hosts.filter((h) => h !== 'h4')).map((e) => e.cmd), [
+    { type: 'HOST_LOST', host: 'h4', slot: { replica: 1, stage: 1 } },
+    { type: 'ASSIGN', host: c.standbys[0], replica: 1, stage: 1, replacing: 'h4' },
+  ], 'an evicted host is lost at the next tick');
+  t.deepEqual(c.send({ type: 'REPLICA_FINISHED', replica: 1 }), [{ type: 'RUN_FINISHED' }]);
+});
+
 test('heartbeats keep every host alive, slotted or standby, for as long as they come', (t) => {
   const c = running(2);
   t.deepEqual(c.advance(20 * TIMEOUT, c.hosts, 300), []);

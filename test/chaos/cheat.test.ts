@@ -1,19 +1,26 @@
-// A dishonest slot holder under `caravan chaos --cheat`: stage 1's holder
-// cheats from step 1 on (runtime/host/fault-points.ts: scaled outputs with
-// matching digests, a flipped bit its report does not own up to, an update
-// left out) and the audits at rate 1 must stop the run blaming slot 0.1 at
-// step 1, the first step it got wrong: scale and flip by the frames it sent
-// then; skip-update by its checkpoint after step 1 (--checkpoint-every 2
-// closes the interval 0–1 there), whose state is not the replay's, a step
-// before its outputs would differ. The fault-free reference run, audited
-// too, passes every interval. Nothing the chaos run started may outlive the
-// command.
+// A dishonest slot holder under `caravan chaos --cheat`: stage 1's first
+// holder cheats from step 1 on (runtime/host/fault-points.ts: scaled outputs
+// with matching digests, a flipped bit its report does not own up to, an
+// update left out) and the audits at rate 1 must blame slot 0.1 at step 1,
+// the first step it got wrong: scale and flip by the frames it sent then;
+// skip-update by its checkpoint after step 1 (--checkpoint-every 2 closes the
+// interval 0–1 there), whose state is not the replay's, a step before its
+// outputs would differ. Caught, the cheater's key is banned, a standby takes
+// its slot and the replica trains again from its start
+// (runtime/coordinator/rewinds.ts): the run must end with the fault-free
+// run's weights. The fault-free reference run, audited too, passes every
+// interval. Nothing the chaos run started may outlive the command.
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import test from 'ava';
 import { caravan, summaryOf } from '../support/caravan-cli.ts';
 
 const shape = ['chaos', '--json', '--kills', '0', '--nats-servers', '1', '--stages', '3', '--steps', '4', '--seq', '32', '--batch', '4', '--checkpoint-every', '2', '--audit-rate', '1'];
+
+/** `args` with the values of some flags replaced. */
+function withFlags(args: readonly string[], values: Record<string, string>): string[] {
+  return args.map((a, i) => (i > 0 && args[i - 1] in values ? values[args[i - 1]] : a));
+}
 
 interface Audits { audited: number; skipped: number; failed: unknown[] }
 
@@ -24,7 +31,7 @@ async function leftRunning(run: string): Promise<string> {
 }
 
 for (const [mode, step] of [['scale', 1], ['flip', 1], ['skip-update', 1]] as const) {
-  test.serial(`${mode} from step 1 at slot 0.1: caught and blamed on slot 0.1 at step ${step}`, async (t) => {
+  test.serial(`${mode} from step 1 at slot 0.1: caught, blamed on slot 0.1 at step ${step}, banned, and the run ends with the honest weights`, async (t) => {
     const out = await caravan([...shape, '--cheat', `${mode}/0/1/1`]);
     const r = summaryOf(out);
     t.is(out.code, 0, out.stderr.slice(-2000));
@@ -34,17 +41,32 @@ for (const [mode, step] of [['scale', 1], ['flip', 1], ['skip-update', 1]] as co
     t.like(d, { replica: 0, stage: 1, step });
     t.regex(d.host, /\S/);
     t.is(r.detection_lag_steps, step - 1);
-    t.regex(r.run_failed as string, new RegExp(`^audit: slot 0\\.1, held by host \\S+ \\(generation 1\\), computed step ${step} wrongly`));
+    t.is(r.run_failed, null, 'the run goes on after the catch');
+    const rewinds = r.rewinds as Array<{ replica: number; epoch: number; discarded_steps: number; banned: string }>;
+    t.is(rewinds.length, 1, JSON.stringify(rewinds));
+    t.like(rewinds[0], { replica: 0, epoch: 1, banned: d.host });
     const ref = r.reference_audits as Audits;
     t.deepEqual(ref.failed, [], 'the honest run passes its audits');
     t.true(ref.audited > 0 && ref.skipped === 0, JSON.stringify(ref));
     t.true((r.audit_overhead as number) > 0, `overhead ${r.audit_overhead}`);
-    t.false(r.params_match_reference);
+    t.true(r.params_match_reference, `the run ends with the honest weights: ${r.params_sha256} vs ${r.reference_params_sha256}`);
     t.is(await leftRunning(r.run as string), '', 'the coordinator and hosts of the chaos run are gone');
     if (mode === 'skip-update') t.regex(d.what, /its state after step 1/);
     t.log(`${mode}: ${d.what}; audit overhead ${((r.audit_overhead as number) * 100).toFixed(0)}% of the stages' compute`);
   });
 }
+
+test.serial('the coordinator killed twice around a catch: the catch, the ban and the rewind hold across its restarts, and the run ends with the honest weights', async (t) => {
+  const out = await caravan([...withFlags(shape, { '--kills': '2', '--steps': '6' }), '--targets', 'coordinator', '--seed', '3', '--cheat', 'scale/0/1/1']);
+  const r = summaryOf(out);
+  t.is(out.code, 0, out.stderr.slice(-2000));
+  t.is((r.kill_log as unknown[]).length, 2);
+  t.true(r.caught);
+  t.like(r.detected, { replica: 0, stage: 1, step: 1 });
+  t.is((r.rewinds as unknown[]).length, 1, 'one rewind, not one per restart');
+  t.true(r.params_match_reference, `${r.params_sha256} vs ${r.reference_params_sha256}`);
+  t.is(await leftRunning(r.run as string), '');
+});
 
 test('--cheat is refused without --audit-rate, and when it is not mode/replica/stage/step', async (t) => {
   const noRate = await caravan(['chaos', '--kills', '0', '--cheat', 'scale/0/1/1']);

@@ -284,9 +284,11 @@ const target = <T>(decode: (bytes: Uint8Array, what?: string) => T, valid: fc.Ar
 
 const MESSAGE_TARGETS: Record<string, MessageTarget<unknown>> = {
   decodeStepControl: target(decodeStepControl, arbitrary.stepControl, (m) => ({
-    type: isIn(['open', 'commit'])(m.type),
+    type: isIn(['open', 'commit', 'rewind'])(m.type),
     step: isCount(m.step),
-    'gradScale, gradNorm, loss, skip': m.type === 'open' || (isReal(m.gradScale) && isRealOrNull(m.gradNorm) && isRealOrNull(m.loss) && absentOr(isIn([true]))(m.skip)),
+    'gradScale, gradNorm, loss, skip': m.type !== 'commit' || (isReal(m.gradScale) && isRealOrNull(m.gradNorm) && isRealOrNull(m.loss) && absentOr(isIn([true]))(m.skip)),
+    'epoch, generations, resume, culprit': m.type !== 'rewind' || (m.step === 0 && isCount(m.epoch) && m.generations.every(isCount) && m.resume.every((r) => absentOr(isCount)(r.act) && absentOr(isCount)(r.grad))
+      && isCount(m.culprit.stage) && isCount(m.culprit.step) && isText(m.culprit.host) && isCount(m.discarded_steps)),
   })),
   decodeStageReport: target(decodeStageReport, arbitrary.stageReport, (m) => ({
     type: isIn(['done', 'stepped', 'checkpoint', 'final', 'contribution', 'failed'])(m.type),

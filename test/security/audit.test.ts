@@ -3,7 +3,8 @@
 // roll-backs, 1F1B, checkpoints and the final interval alike) and ends with
 // the weights of the same run without audits; a host that cheats from step k
 // (CARAVAN_CHAOS_CHEAT, as in test/chaos/cheat.test.ts through `caravan
-// chaos`) fails the run naming its slot, its host and the step; the draw
+// chaos`) is caught naming its slot, its host and the step, banned, and its
+// replica trained again: the run ends with the honest weights; the draw
 // audits the rate's fraction of intervals; bad settings are refused by name.
 import test from 'ava';
 import { validateRunConfig } from '../../schemas/run-config.ts';
@@ -28,10 +29,17 @@ for (const schedule of ['zb-h2', '1f1b'] as const) {
   });
 }
 
-test('a cheater is caught at the step it starts, by name', async (t) => {
-  const r = await caravan([...shape, '--audit-rate', '1'], { CARAVAN_CHAOS: '1', CARAVAN_CHAOS_CHEAT: 'scale/0/1/2' });
-  t.is(r.code, 1);
-  t.regex(r.stderr, /audit: slot 0\.1, held by host \S+ \(generation 1\), computed step 2 wrongly: the act frames it reported sending at step 2/);
+test.serial('a cheater is caught at the step it starts, by name; banned, its replica trained again, and the run ends with the honest weights', async (t) => {
+  const plain = summaryOf(await caravan(shape));
+  const r = await caravan([...shape, '--audit-rate', '1', '--standbys', '1'], { CARAVAN_CHAOS: '1', CARAVAN_CHAOS_CHEAT: 'scale/0/1/2' });
+  t.is(r.code, 0, r.stderr.slice(-2000));
+  const summary = summaryOf(r);
+  const audits = summary.audits as { failed: Array<{ replica: number; stage: number; step: number; host: string; what: string }>; rewinds: Array<{ replica: number; epoch: number; banned: string }> };
+  t.like(audits.failed[0], { replica: 0, stage: 1, step: 2 });
+  t.regex(audits.failed[0].what, /^the act frames it reported sending at step 2 \(digest [0-9a-f]{12}…\) are not what its inputs and state give/);
+  t.like(audits.rewinds, [{ replica: 0, epoch: 1, banned: audits.failed[0].host }]);
+  t.is(summary.params_sha256, plain.params_sha256, 'the weights of the run without a cheater');
+  t.deepEqual(summary.losses, plain.losses, 'and its losses, step by step');
 });
 
 test('the draw audits about the rate\'s fraction of intervals, the same in every process', (t) => {

@@ -38,6 +38,11 @@ const holder = { replica: count, stage: count, generation: count, host: name };
 export const stepControl = fc.oneof(
   fc.record({ type: fc.constant('open'), step: count }),
   fc.record({ type: fc.constant('commit'), step: count, gradScale: real, gradNorm: lossy, loss: lossy, skip: fc.constant(true) }, { requiredKeys: ['type', 'step', 'gradScale', 'gradNorm', 'loss'] }),
+  fc.record({
+    type: fc.constant('rewind'), step: fc.constant(0), epoch: count, generations: fc.array(count, { maxLength: 6 }),
+    resume: fc.array(fc.record({ act: count, grad: count }, { requiredKeys: [] }), { maxLength: 6 }),
+    culprit: fc.record({ stage: count, step: count, host: fc.string() }), discarded_steps: count,
+  }),
 );
 
 export const stageReport = fc.oneof(
