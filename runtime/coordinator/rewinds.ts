@@ -100,6 +100,7 @@ export class Rewinds {
     if (this.underway.has(c.replica)) {
       log.warn({ ...c }, 'another catch in a replica being rewound: its holder is banned; the rewind under way voids its work too');
       this.o.membership.ban(c.host);
+      this.o.evict(c.host);
       return;
     }
     this.underway.add(c.replica);

@@ -167,7 +167,7 @@ test('a field that is missing, of the wrong type or out of range is refused by i
   refuses(t, decodeStepControl, { ...open, step: 2 ** 53 }, 'step control', 'step', /got 9007199254740992$/);
   refuses(t, decodeStepControl, { ...open, step: '3' }, 'step control', 'step', /got "3"$/);
   refuses(t, decodeStepControl, text('{"type":"open","step":1e999}'), 'step control', 'step', /got Infinity$/);
-  refuses(t, decodeStepControl, { type: 'close', step: 3 }, 'step control', 'type', /must be one of "open", "commit", got "close"$/);
+  refuses(t, decodeStepControl, { type: 'close', step: 3 }, 'step control', 'type', /must be one of "open", "commit", "rewind", got "close"$/);
   refuses(t, decodeStepControl, { step: 3 }, 'step control', 'type', /'type' is missing$/);
   // Fields of the kind the type names: a commit needs its scale; its loss may be null, not text.
   refuses(t, decodeStepControl, { type: 'commit', step: 3, gradNorm: 1, loss: 1 }, 'step control', 'gradScale', /is missing$/);
