@@ -34,8 +34,6 @@ interface Hold {
   /** The checkpoint the interval starts from (undefined: the run's start), and where its inputs start. */
   readonly from: CheckpointPointer | undefined;
   readonly to: { readonly step: number; readonly sha256: string };
-  /** The replica's rewinds when it was drawn: one drawn before a rewind is void. */
-  readonly rewinds: number;
 }
 
 /** Whether (replica, stage)'s interval ending at `step` is audited: a draw from the seed, the same in every process. */
@@ -50,7 +48,7 @@ export class Audits {
   private readonly latest = new Map<string, CheckpointPointer>();    // `${replica}.${stage}`: the last recorded checkpoint
   private readonly devices = new Map<string, string>();              // `${replica}.${stage}`: what its holder computes on
   private readonly holds: Hold[] = [];
-  private readonly rewinds = new Map<number, number>();             // replica → times it was rewound (or is being)
+  private readonly voided = new Set<Hold>();                        // drawn before their replica was rewound
   private readonly paused = new Set<number>();                      // replicas being rewound: what their old epoch reports is void
   private queue: Promise<void> = Promise.resolve();
   private dataset: Promise<TokenDataset> | undefined;
@@ -105,7 +103,7 @@ export class Audits {
       if (this.holds.filter((h) => h.replica === replica && h.stage === stage).length >= AUDITS_PENDING_PER_SLOT) {
         this.o.log.warn({ replica, stage, step: current.step }, 'audit skipped: the slot\'s earlier audits are still waiting (the auditor is slower than the run)');
         this.summary.skipped++;
-      } else this.audit({ replica, stage, from: previous, to: { step: current.step, sha256: current.sha256 }, rewinds: this.rewinds.get(replica) ?? 0 });
+      } else this.audit({ replica, stage, from: previous, to: { step: current.step, sha256: current.sha256 } });
     }
     this.forgetBefore(replica);
     return { dropPrevious: !previous || !this.holds.some((h) => h.from?.object === previous.object), purgeBelow: this.purgeLimit(replica, stage, current.resume) };
@@ -116,7 +114,7 @@ export class Audits {
     if (this.paused.has(replica)) return;
     const last = this.o.config.training.steps - 1;
     const from = this.latest.get(`${replica}.${stage}`);
-    if (this.rate > 0 && (!from || from.step < last) && auditDrawn(this.seed, this.rate, replica, stage, last)) this.audit({ replica, stage, from, to: { step: last, sha256 }, rewinds: this.rewinds.get(replica) ?? 0 });
+    if (this.rate > 0 && (!from || from.step < last) && auditDrawn(this.seed, this.rate, replica, stage, last)) this.audit({ replica, stage, from, to: { step: last, sha256 } });
   }
 
   /**
@@ -124,7 +122,7 @@ export class Audits {
    * counts), what was kept for them goes, and what its old epoch reports meanwhile is not kept.
    */
   rewinding(replica: number): void {
-    this.rewinds.set(replica, (this.rewinds.get(replica) ?? 0) + 1);
+    for (const h of this.holds) if (h.replica === replica) this.voided.add(h);
     this.paused.add(replica);
     for (const m of [this.reports, this.latest, this.devices]) for (const k of m.keys()) if (k.startsWith(`${replica}.`)) m.delete(k);
     for (const k of this.commits.keys()) if (k.startsWith(`${replica}.`)) this.commits.delete(k);
@@ -168,7 +166,7 @@ export class Audits {
   private async replayAndJudge(h: Hold): Promise<void> {
     const { config, evidence, slots, log } = this.o;
     const { replica, stage } = h;
-    if (h.rewinds !== (this.rewinds.get(replica) ?? 0)) {
+    if (this.voided.has(h)) {
       log.debug({ replica, stage, step: h.to.step }, 'audit void: its replica was rewound since it was drawn');
       return;
     }
@@ -224,7 +222,7 @@ export class Audits {
     this.holds.splice(this.holds.indexOf(h), 1);
     const { slots, log } = this.o;
     // Void (its replica was rewound since): what it held goes with the rewind's leftovers, once nothing reads it.
-    if (h.rewinds !== (this.rewinds.get(h.replica) ?? 0)) {
+    if (this.voided.delete(h)) {
       if (h.from && !this.holds.some((o) => o.from?.object === h.from!.object)) this.o.orphaned?.(h.replica, h.stage, h.from.object);
       return;
     }

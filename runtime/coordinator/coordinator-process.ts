@@ -23,7 +23,7 @@ import { createActor } from 'xstate';
 import { coordinatorMachine, type CoordinatorCommand, type CoordinatorEvent, type CoordinatorMachineInput } from '../../actors/coordinator-machine.ts';
 import type { RunConfig } from '../../schemas/run-config.ts';
 import type { StageCounters } from '../../schemas/control-messages.ts';
-import type { RunState, RunSummary } from '../../schemas/run-records.ts';
+import type { AuditSummary, RunState, RunSummary } from '../../schemas/run-records.ts';
 import { startBridges } from '../bridge/bridge-runtime.ts';
 import type { Logger } from '../log.ts';
 import { HOST_KEYS_FILE, hostKeysCheck, hostKeysFileFor, readHostKeys } from '../security/run-host-keys.ts';
@@ -169,12 +169,13 @@ function assemble(
   const membership = new Membership({ run: o.run, store: net.runState, writes, log, recoveries: run.recoveries, send, runKey: hostKeys ? hostKeysCheck(hostKeys) : undefined });
   const slotTable = new SlotTable({ config, slots: net.slots, membership, writes, log, recoveries: run.recoveries });
   const counters = new Map<string, StageCounters>();  // the latest of every slot's holder, `${replica}.${stage}`
+  const saveAudits = (summary: AuditSummary) => { run.state.audits = summary; void run.save(); };
   const audits: Audits | undefined = t.audit ? new Audits({
     run: o.run, config, slots: net.slots, evidence: net.evidence, log, failed: settle, prior: run.state.audits,
     caught: (c) => rewinds.caught(c),
     orphaned: (replica, stage, object) => rewinds.orphaned(replica, stage, object),
     rewound: () => rewinds.done,
-    changed: (summary) => { run.state.audits = summary; void run.save(); },
+    changed: saveAudits,
   }) : undefined;
   const replicas: Replicas = new Replicas({
     config, controlLog: net.controlLog, writes, run, log, counters,
@@ -198,7 +199,7 @@ function assemble(
       reports.forgetFinals(replica);
       audits?.rewound(replica);
     },
-    changed: () => { if (audits) { run.state.audits = audits.result(); void run.save(); } },
+    changed: () => { if (audits) saveAudits(audits.result()); },
   });
   const reports = new Reports({ slots: net.slots, writes, log, replicas, bridges, audits, rewinds, counters, finalReported: () => maybeFinish(), failed: settle });
   let replicasDone = false;

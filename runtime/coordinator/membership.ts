@@ -93,18 +93,17 @@ export class Membership {
    */
   heartbeatCounts(host: string, key: string): boolean {
     const registered = this.registered.get(host);
-    return !this.banned.has(key) && !this.bannedHosts.has(host) && (!registered || registered.key === key);
+    return !registered || registered.key === key;
   }
 
-  /** Whether the host was banned (its heartbeats are ignored without a word). */
+  /** Whether the host was banned: its heartbeats are ignored without a word. */
   isBanned(host: string): boolean {
     return this.bannedHosts.has(host);
   }
 
   /**
-   * Bans the host and its key: its heartbeats stop counting, so the Coordinator actor times it out and hands its
-   * slot to a standby, and the key may not register again under any host id. A key known only from the host's
-   * record (a restarted coordinator) is looked up there.
+   * Bans the host and its key: its heartbeats are ignored (isBanned), and the key may not register again under any
+   * host id. A key known only from the host's record (a restarted coordinator) is looked up there.
    */
   ban(host: string): void {
     this.bannedHosts.add(host);

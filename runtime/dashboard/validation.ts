@@ -13,7 +13,7 @@ import { splitLayers } from '../../native/index.ts';
 import type { RunConfig } from '../../schemas/run-config.ts';
 import type { RunSummary, SlotRecord } from '../../schemas/run-records.ts';
 import { loadTokens, TokenDataset } from '../data/index.ts';
-import { engineFromExport } from '../export/exported-engine.ts';
+import { validationLoss } from '../export/eval-model.ts';
 import { exportedFromStitched } from '../export/hf-llama.ts';
 import { stitchStageStates, type StageStateBlob } from '../export/stitch-stages.ts';
 import type { Logger } from '../log.ts';
@@ -81,7 +81,7 @@ export class Validation {
         blobs.push({ source: o.name, bytes });
       }
       const t0 = Date.now();
-      const loss = await this.validationLoss(config, blobs);
+      const loss = await this.lossOf(config, blobs);
       this.done.set(step, { step, loss, t });
       this.o.log.debug({ step, loss, ms: Date.now() - t0 }, 'dashboard: validation loss');
     }).catch((err: Error) => {
@@ -91,13 +91,10 @@ export class Validation {
   }
 
   /** Mean cross-entropy per token over the held-out split, `batches` batches of the run's own batch size and sequence length. */
-  private async validationLoss(config: RunConfig, blobs: StageStateBlob[]): Promise<number> {
+  private async lossOf(config: RunConfig, blobs: StageStateBlob[]): Promise<number> {
     const t = config.training;
     const dataset = await (this.dataset ??= loadTokens(config).then((tokens) => new TokenDataset(tokens)));
-    const batches = dataset.valBatches(t.batchSize, t.seqLen, this.o.batches);
-    const engine = engineFromExport(exportedFromStitched(stitchStageStates(blobs), t.tokenizer), 1);
-    let sum = 0;
-    for (const b of batches) sum += engine.evalLoss(b.tokens, t.batchSize, t.seqLen, b.targets);  // tokens, targets: [batchSize, seqLen]
-    return sum / batches.length;
+    const exported = exportedFromStitched(stitchStageStates(blobs), t.tokenizer);
+    return validationLoss(exported, dataset, { batches: this.o.batches, batchSize: t.batchSize, seqLen: t.seqLen, threads: 1 }).loss;
   }
 }

@@ -24,10 +24,15 @@ export async function evalExported(exported: ExportedModel, o: EvalOptions): Pro
   const tokens = o.dataFile
     ? (await readTokenShard(o.dataFile, { vocabSize: exported.model.vocabSize })).tokens
     : tokenizeCorpus(createTokenizer(exported.tokenizer));
-  const batches = new TokenDataset(tokens).valBatches(o.batchSize, o.seqLen, o.batches);
+  return validationLoss(exported, new TokenDataset(tokens), o);
+}
+
+/** The mean loss over the first `batches` batches of the dataset's held-out split (`caravan dashboard` keeps its dataset between calls). */
+export function validationLoss(exported: ExportedModel, dataset: TokenDataset, o: Omit<EvalOptions, 'dataFile'>): EvalResult {
+  const batches = dataset.valBatches(o.batchSize, o.seqLen, o.batches);
   const stage = engineFromExport(exported, o.threads);
   let sum = 0;
-  for (const b of batches) sum += stage.evalLoss(b.tokens, o.batchSize, o.seqLen, b.targets);
+  for (const b of batches) sum += stage.evalLoss(b.tokens, o.batchSize, o.seqLen, b.targets);  // tokens, targets: [batchSize, seqLen]
   const loss = sum / batches.length;
   return { loss, perplexity: Math.exp(loss), tokens: batches.length * o.batchSize * o.seqLen, batches: batches.length };
 }

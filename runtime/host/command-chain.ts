@@ -5,6 +5,7 @@
 // holder; stopping closes what the slot opened, the last opened first, and
 // settles `done`.
 import type { Logger } from '../log.ts';
+import { SlotRewoundError } from '../transport/slots.ts';
 
 export class CommandChain {
   readonly done: Promise<void>;
@@ -47,7 +48,7 @@ export class CommandChain {
     this.stopped = true;
     for (const close of [...this.closers].reverse()) close();
     if (err) {
-      if (err.name === 'SlotRewoundError') this.log.warn({ err: err.message }, 'stage stopped');
+      if (err instanceof SlotRewoundError) this.log.warn({ err: err.message }, 'stage stopped');
       else this.log.error({ err: err.message }, 'stage stopped');
       this.rejectDone(err);
     } else this.resolveDone();

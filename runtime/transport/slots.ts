@@ -60,8 +60,7 @@ export async function assignSlot(kv: KV, replica: number, stage: number, host: s
     // Already this host's (an earlier attempt landed before its reply was lost): assigning twice must not bump the generation.
     if (current?.record.host === host) return current;
     const generation = (current?.record.generation ?? 0) + 1;
-    const before = (current?.record.signers ?? []).map((x) => (x.generation === current!.record.generation && x.until === undefined && signer ? { ...x, until: signer.until } : x));
-    const signers = signer ? [...before, { generation, host, key: signer.key }].slice(-MAX_SIGNERS) : current?.record.signers;
+    const signers = signer ? handOver(current?.record, generation, host, signer) : current?.record.signers;
     const record: SlotRecord = {
       replica, stage, host, generation, checkpoint: current?.record.checkpoint, ...(signers ? { signers } : {}), ...(current?.record.rewound ? { rewound: current.record.rewound } : {}),
     };
@@ -128,15 +127,20 @@ export async function rewindSlot(kv: KV, replica: number, stage: number, generat
     const current = await readSlot(kv, replica, stage);
     if (!current) throw new Error(`slot ${replica}.${stage} has no record to rewind`);
     if (current.record.generation >= generation) return current;
-    const { host, generation: was, signers = [] } = current.record;
-    const key = signers.find((x) => x.generation === was)?.key;
+    const { host, generation: was } = current.record;
+    const key = current.record.signers?.find((x) => x.generation === was)?.key;
     if (!key) throw new Error(`slot ${replica}.${stage}: generation ${was} has no signer to carry over`);
-    const kept = signers.map((x) => (x.generation === was && x.until === undefined ? { ...x, until } : x));
-    const record: SlotRecord = { replica, stage, host, generation, signers: [...kept, { generation, host, key }].slice(-MAX_SIGNERS), rewound };
+    const record: SlotRecord = { replica, stage, host, generation, signers: handOver(current.record, generation, host, { key, until }), rewound };
     try {
       return { record, revision: await kv.update(slotKey(replica, stage), encodeJson(record), current.revision) };
     } catch (err) {
       if (!/wrong last sequence/i.test((err as Error).message)) throw err;
     }
   }
+}
+
+/** The slot's signers once `generation` takes it: the one before keeps `until` (its later frames are stale), the newest last. */
+function handOver(current: SlotRecord | undefined, generation: number, host: string, signer: { key: string; until: SentUntil }): SlotSigner[] {
+  const before = (current?.signers ?? []).map((x) => (x.generation === current!.generation && x.until === undefined ? { ...x, until: signer.until } : x));
+  return [...before, { generation, host, key: signer.key }].slice(-MAX_SIGNERS);
 }

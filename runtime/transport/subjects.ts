@@ -31,9 +31,6 @@ export function runInboxPrefix(run: string, key?: string): string {
  * run id: `config`, `state`, `summary` and `coordinator` (one record each), `hosts.<id>`,
  * `slot.<r>.<s>`, and the Bridge's `bridge.<s>.<outer>` and `bridge-outer.<s>`.
  */
-/** What a watch of the whole run-state bucket starts from: every revision it still keeps (@nats-io/kv's include). */
-export const KV_WATCH_ALL_HISTORY = 'history';
-
 export const runStateKeys = {
   config: 'config',
   state: 'state',
@@ -59,6 +56,9 @@ export const runStateKeys = {
     return undefined;
   },
 };
+
+/** What a watch of the whole run-state bucket starts from: every revision it still keeps (@nats-io/kv's include). */
+export const KV_WATCH_ALL_HISTORY = 'history';
 
 /**
  * JetStream's API subjects for one stream (a run's input streams, control log,
