@@ -112,6 +112,17 @@ export interface AuditSummary {
   readonly failed: Array<{ replica: number; stage: number; step: number; host: string | null; what: string }>;
   /** Each catch's rewind: the replica started over from its initial weights (epoch), the steps it had committed and recomputes, the host banned. */
   readonly rewinds?: Array<{ replica: number; epoch: number; discarded_steps: number; banned: string }>;
+  /** Intervals drawn and not yet replayed, saved before the checkpoint that closes one is recorded: a restarted coordinator replays them. */
+  readonly pending?: PendingAudit[];
+}
+
+/** An audit drawn and not yet done: the slot, its replica's epoch, the checkpoint it replays from (none: the start), and the state it must reach. */
+export interface PendingAudit {
+  readonly replica: number;
+  readonly stage: number;
+  readonly epoch: number;
+  readonly from?: CheckpointPointer;
+  readonly to: { readonly step: number; readonly sha256: string };
 }
 
 export interface RunSummary {
@@ -243,6 +254,7 @@ const AUDIT_SUMMARY: FieldReader<AuditSummary> = object({
   rate: real, audited: count, skipped: count, steps_replayed: count, replay_ms: real,
   failed: arrayOf(object({ replica: count, stage: count, step: count, host: nullable(text), what: text })),
   rewinds: optional(arrayOf(object({ replica: count, epoch: count, discarded_steps: count, banned: text }))),
+  pending: optional(arrayOf(object({ replica: count, stage: count, epoch: count, from: optional(checkpointPointerReader), to: object({ step: count, sha256: text }) }))),
 });
 
 const RUN_STATE = object({

@@ -54,7 +54,7 @@ export interface ChaosOptions {
 export type Cheat = ReturnType<typeof parseCheat>;
 
 export interface KillRecord {
-  readonly target: string;          // 'stage' | 'stall' | 'coordinator' | 'nats' | 'nats-checkpoint' | 'pause-coordinator' | 'pause-nats'
+  readonly target: string;          // 'stage' | 'stall' | 'coordinator' | 'coordinator-audit' | 'nats' | 'nats-checkpoint' | 'pause-coordinator' | 'pause-nats'
   readonly detail: string;          // where: slot and point, or server name
   readonly afterStep: number;       // steps of replica 0 committed when it struck
   readonly recovery_s: number;      // from the kill to the next committed step
@@ -150,7 +150,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport | CheatRepo
   const t = o.config.training;
   const events: string[] = [];
   const say = (line: string) => { events.push(line); o.onEvent?.(line); };
-  const plan = planKills({ kills: o.kills, seed: o.seed, steps: t.steps, stages: t.stages, replicas: t.replicas, checkpointEvery: t.checkpointEvery, natsServers: o.natsServers, targets: o.targets });
+  const plan = planKills({ kills: o.kills, seed: o.seed, steps: t.steps, stages: t.stages, replicas: t.replicas, checkpointEvery: t.checkpointEvery, natsServers: o.natsServers, targets: o.targets, audits: (t.audit?.rate ?? 0) > 0 });
 
   say('reference: the same config without faults');
   const reference = await referenceRun(o);
@@ -325,6 +325,7 @@ class Striker {
 
   async strike(kill: PlannedKill): Promise<void> {
     if (kill.target.kind === 'coordinator') await this.strikeCoordinator();
+    else if (kill.target.kind === 'coordinator-audit') await this.strikeCoordinatorMidAudit();
     else if (kill.target.kind === 'nats') await this.strikeNats(kill);
     else if (kill.target.kind === 'pause') await this.pause(kill, kill.target.process);
     else if (kill.target.kind === 'nats-checkpoint') await this.strikeNatsAtCheckpoint(kill, kill.target);
@@ -356,12 +357,23 @@ class Striker {
     await Promise.all(this.pendingRecoveries);
   }
 
-  private async strikeCoordinator(): Promise<void> {
+  private async strikeCoordinator(during?: string): Promise<void> {
     const at = performance.now();
     await this.fleet.kill(this.fleet.coordinator);
-    this.say(`killed the coordinator at step ${this.watch.committedSteps}`);
+    const detail = `the coordinator${during ? ` ${during}` : ''}`;
+    this.say(`killed ${detail} at step ${this.watch.committedSteps}`);
     this.fleet.spawnCoordinator();
-    this.recoveryAfter(at, { target: 'coordinator', detail: 'the coordinator', afterStep: this.watch.committedSteps });
+    this.recoveryAfter(at, { target: during ? 'coordinator-audit' : 'coordinator', detail, afterStep: this.watch.committedSteps });
+  }
+
+  /** The coordinator killed once the run's state shows an audit it drew and has not done (or not at all, if the run ends first). */
+  private async strikeCoordinatorMidAudit(): Promise<void> {
+    for (;;) {
+      if (this.watch.summary) return;
+      const pending = (await this.runState.state())?.audits?.pending?.[0];
+      if (pending) return this.strikeCoordinator(`while it audited slot ${pending.replica}.${pending.stage} up to step ${pending.to.step}`);
+      await sleep(10);
+    }
   }
 
   private async strikeNats(kill: PlannedKill, during?: { holder: CaravanChild; detail: string }): Promise<void> {

@@ -4,7 +4,8 @@
 // stage host mid-forward, mid-backward, between publish and ack, during a
 // checkpoint upload and at an arbitrary instant, a stage host that stalls
 // (SIGSTOP) past the heartbeat timeout and comes back after it was replaced,
-// the coordinator, and a NATS server, and pauses (SIGSTOP, then SIGCONT) of
+// the coordinator (at any moment, or while an audit it drew is not yet
+// done), and a NATS server, and pauses (SIGSTOP, then SIGCONT) of
 // the coordinator and of a NATS server longer than the heartbeat timeout, as
 // a GC or a disk stall would; the order and the slots hit are drawn from the
 // seed.
@@ -14,13 +15,18 @@ import type { FaultPoint } from '../../schemas/control-messages.ts';
 export type KillTarget =
   | { readonly kind: 'stage'; readonly replica: number; readonly stage: number; readonly point: StagePoint }
   | { readonly kind: 'coordinator' }
+  // The coordinator killed while an audit it drew is saved in the run's state and not yet done.
+  | { readonly kind: 'coordinator-audit' }
   | { readonly kind: 'nats' }
   | { readonly kind: 'pause'; readonly process: 'coordinator' | 'nats' }
   // A NATS server killed while the slot's holder is stopped between uploading a checkpoint and reporting it.
   | { readonly kind: 'nats-checkpoint'; readonly replica: number; readonly stage: number };
 
-/** What can be killed: a stage host at a point of its work (or anywhere), the coordinator, a NATS server (at any moment, or while a checkpoint is between upload and record); or paused: the coordinator, a NATS server. */
-export const KILL_KINDS = ['forward', 'backward', 'publish', 'checkpoint', 'anytime', 'stall', 'coordinator', 'nats', 'pause-coordinator', 'pause-nats', 'nats-checkpoint'] as const;
+/**
+ * What can be killed: a stage host at a point of its work (or anywhere), the coordinator (at any moment, or mid-audit),
+ * a NATS server (at any moment, or while a checkpoint is between upload and record); or paused: the coordinator, a NATS server.
+ */
+export const KILL_KINDS = ['forward', 'backward', 'publish', 'checkpoint', 'anytime', 'stall', 'coordinator', 'nats', 'pause-coordinator', 'pause-nats', 'nats-checkpoint', 'coordinator-audit'] as const;
 export type KillKind = (typeof KILL_KINDS)[number];
 export type StagePoint = FaultPoint | 'anytime' | 'stall';
 
@@ -37,6 +43,7 @@ export interface KillPlanInput {
   readonly replicas: number;
   readonly checkpointEvery: number;
   readonly natsServers: number;  // a NATS server is only killed when the others keep a majority
+  readonly audits?: boolean;     // the run audits (training.audit): the coordinator can be killed mid-audit
   readonly targets?: readonly KillKind[];  // only these kinds (default: all that apply)
 }
 
@@ -50,6 +57,7 @@ export function planKills(o: KillPlanInput): PlannedKill[] {
   const threeServers = { ok: o.natsServers >= 3, what: '3 NATS servers' };
   const needs: Partial<Record<KillKind, Array<{ ok: boolean; what: string }>>> = {
     publish: [twoStages], checkpoint: [checkpoints], nats: [threeServers], 'nats-checkpoint': [threeServers, checkpoints],
+    'coordinator-audit': [{ ok: o.audits === true, what: 'audits (--audit-rate)' }],
   };
   const applies = (k: KillKind) => (needs[k] ?? []).every((n) => n.ok);
   for (const k of o.targets ?? []) {
@@ -71,7 +79,7 @@ export function planKills(o: KillPlanInput): PlannedKill[] {
   const span = Math.max(1, o.steps - 2);
   return order.slice(0, o.kills).map((kind, i) => {
     const afterStep = Math.min(o.steps - 1, 1 + Math.floor((i * span) / Math.max(1, o.kills)));
-    const target: KillTarget = kind === 'coordinator' || kind === 'nats' ? { kind }
+    const target: KillTarget = kind === 'coordinator' || kind === 'nats' || kind === 'coordinator-audit' ? { kind }
       : kind === 'pause-coordinator' ? { kind: 'pause', process: 'coordinator' }
       : kind === 'pause-nats' ? { kind: 'pause', process: 'nats' }
       : kind === 'nats-checkpoint' ? { kind: 'nats-checkpoint', replica: Math.floor(rand() * o.replicas), stage: Math.floor(rand() * o.stages) }

@@ -8,6 +8,12 @@
 // (runtime/audit/replay-interval.ts) is done. Audits run one at a time, off
 // the run's path: the stages go on meanwhile.
 //
+// A drawn audit is saved in the run's state before the checkpoint that
+// closes its interval is recorded, and leaves it once done: a coordinator
+// restarted in between finds it there and replays it (the checkpoint's report,
+// replayed from the log, is recorded already and draws nothing), so a restart
+// never skips an interval.
+//
 // The replay computes on this process's CPU engine, so it audits only slots
 // whose holders compute on the CPU: a GPU's bits are its own, and another
 // backend would accuse an honest host. A difference names the slot, its
@@ -17,7 +23,7 @@
 import { createHash } from 'node:crypto';
 import type { CheckpointPointer, StageReport } from '../../schemas/control-messages.ts';
 import type { RunConfig } from '../../schemas/run-config.ts';
-import type { AuditSummary } from '../../schemas/run-records.ts';
+import type { AuditSummary, PendingAudit } from '../../schemas/run-records.ts';
 import { replayInterval, type ReportedStep } from '../audit/replay-interval.ts';
 import type { Catch } from './rewinds.ts';
 import { loadTokens, TokenDataset } from '../data/index.ts';
@@ -28,13 +34,8 @@ import type { SlotStore } from '../transport/slot-store.ts';
 
 type Resume = CheckpointPointer['resume'];
 
-interface Hold {
-  readonly replica: number;
-  readonly stage: number;
-  /** The checkpoint the interval starts from (undefined: the run's start), and where its inputs start. */
-  readonly from: CheckpointPointer | undefined;
-  readonly to: { readonly step: number; readonly sha256: string };
-}
+/** An interval drawn: `from` is the checkpoint it starts from (none: the run's start) and says where its inputs start. */
+type Hold = PendingAudit;
 
 /** Whether (replica, stage)'s interval ending at `step` is audited: a draw from the seed, the same in every process. */
 export function auditDrawn(seed: number, rate: number, replica: number, stage: number, step: number): boolean {
@@ -64,13 +65,36 @@ export class Audits {
     readonly orphaned?: (replica: number, stage: number, object: string) => void;
     /** Each rewind so far, for the summary. */
     readonly rewound?: () => NonNullable<AuditSummary['rewinds']>;
-    /** The audits so far changed (one more done): for the run's live state. */
-    readonly changed?: (summary: AuditSummary) => void;
+    /** The audits so far changed (one more drawn or done): saved in the run's live state; resolves once saved. */
+    readonly changed?: (summary: AuditSummary) => Promise<void> | void;
+    /** The replica's current epoch (its rewinds so far). */
+    readonly epochOf: (replica: number) => number;
     /** What the audits had found before this coordinator (restarted) took over: the counts go on from there. */
     readonly prior?: AuditSummary;
   }) {
     const p = o.prior;
     this.summary = { audited: p?.audited ?? 0, skipped: p?.skipped ?? 0, steps: p?.steps_replayed ?? 0, ms: p?.replay_ms ?? 0, failed: [...(p?.failed ?? [])] };
+    // Held from the start, so nothing they read is dropped; replayed once the log is (resume()).
+    this.holds.push(...(p?.pending ?? []));
+  }
+
+  /** A restarted coordinator, before it replays the log: each slot's latest checkpoint, as its record has it. */
+  async restore(): Promise<void> {
+    const { stages, replicas } = this.o.config.training;
+    for (let r = 0; r < replicas; r++) {
+      for (let s = 0; s < stages; s++) {
+        const checkpoint = (await this.o.slots.read(r, s))?.checkpoint;
+        if (checkpoint) this.latest.set(`${r}.${s}`, checkpoint);
+      }
+    }
+  }
+
+  /** The log is replayed: the audits the coordinator before had drawn and not done are replayed now, but those of an epoch a rewind voided. */
+  resume(): void {
+    for (const h of [...this.holds]) {
+      if (h.epoch < this.o.epochOf(h.replica)) this.voided.add(h);
+      this.enqueue(h);
+    }
   }
 
   private get rate(): number { return this.o.config.training.audit?.rate ?? 0; }
@@ -90,21 +114,31 @@ export class Audits {
   }
 
   /**
-   * A checkpoint of the slot was recorded. Returns what of the previous one
-   * may go now: its object (unless an audit reads it) and the slot's inputs
-   * below these sequences (none past where a held interval starts).
+   * A checkpoint of the slot is about to be recorded, after `previous`: if the interval it closes is drawn, the
+   * audit is held and saved first, and returned for checkpointed() (or cancel(), if the checkpoint is not recorded).
    */
-  checkpointed(replica: number, stage: number, previous: CheckpointPointer | undefined, current: CheckpointPointer): { dropPrevious: boolean; purgeBelow: Resume } {
+  async drawn(replica: number, stage: number, previous: CheckpointPointer | undefined, current: CheckpointPointer): Promise<Hold | undefined> {
+    if (!current.sha256) return undefined;
+    const hold = this.draw(replica, stage, previous, { step: current.step, sha256: current.sha256 });
+    if (hold) await this.o.changed?.(this.result());
+    return hold;
+  }
+
+  /** The checkpoint drawn() was told of was not recorded after all: its audit goes. */
+  cancel(hold: Hold): void {
+    this.holds.splice(this.holds.indexOf(hold), 1);
+    void this.o.changed?.(this.result());
+  }
+
+  /**
+   * A checkpoint of the slot was recorded, and `drawn` is the audit drawn() held for it. Returns what of the
+   * previous one may go now: its object (unless an audit reads it) and the slot's inputs below these sequences
+   * (none past where a held interval starts).
+   */
+  checkpointed(replica: number, stage: number, previous: CheckpointPointer | undefined, current: CheckpointPointer, drawn: Hold | undefined): { dropPrevious: boolean; purgeBelow: Resume } {
     if (this.paused.has(replica)) return { dropPrevious: true, purgeBelow: current.resume };
     this.latest.set(`${replica}.${stage}`, current);
-    if (this.rate > 0 && current.sha256 && auditDrawn(this.seed, this.rate, replica, stage, current.step)) {
-      // At most AUDITS_PENDING_PER_SLOT audits of a slot wait at once: its held inputs then span at most one interval more
-      // than that, which the edge's cap leaves room for (edge-limits.ts). Past it the auditor is slower than the run.
-      if (this.holds.filter((h) => h.replica === replica && h.stage === stage).length >= AUDITS_PENDING_PER_SLOT) {
-        this.o.log.warn({ replica, stage, step: current.step }, 'audit skipped: the slot\'s earlier audits are still waiting (the auditor is slower than the run)');
-        this.summary.skipped++;
-      } else this.audit({ replica, stage, from: previous, to: { step: current.step, sha256: current.sha256 } });
-    }
+    if (drawn) this.enqueue(drawn);
     this.forgetBefore(replica);
     return { dropPrevious: !previous || !this.holds.some((h) => h.from?.object === previous.object), purgeBelow: this.purgeLimit(replica, stage, current.resume) };
   }
@@ -114,7 +148,12 @@ export class Audits {
     if (this.paused.has(replica)) return;
     const last = this.o.config.training.steps - 1;
     const from = this.latest.get(`${replica}.${stage}`);
-    if (this.rate > 0 && (!from || from.step < last) && auditDrawn(this.seed, this.rate, replica, stage, last)) this.audit({ replica, stage, from, to: { step: last, sha256 } });
+    if (from && from.step >= last) return;
+    const hold = this.draw(replica, stage, from, { step: last, sha256 });
+    if (hold) {
+      void this.o.changed?.(this.result());
+      this.enqueue(hold);
+    }
   }
 
   /**
@@ -144,23 +183,36 @@ export class Audits {
     return {
       rate: this.rate, audited: this.summary.audited, skipped: this.summary.skipped, steps_replayed: this.summary.steps, replay_ms: this.summary.ms, failed: [...this.summary.failed],
       ...(rewinds.length ? { rewinds: [...rewinds] } : {}),
+      ...(this.holds.length ? { pending: this.holds.filter((h) => !this.voided.has(h)).map((h) => ({ ...h })) } : {}),
     };
   }
 
-  private audit(hold: Hold): void {
+  /**
+   * Whether the interval of (replica, stage) ending at `to` is audited: drawn, not held already (a restarted
+   * coordinator's saved audit), and not past the slot's limit of waiting audits. Drawn, it is held.
+   */
+  private draw(replica: number, stage: number, from: CheckpointPointer | undefined, to: Hold['to']): Hold | undefined {
+    if (this.paused.has(replica) || this.rate <= 0 || !auditDrawn(this.seed, this.rate, replica, stage, to.step)) return undefined;
+    const epoch = this.o.epochOf(replica);
+    const slot = this.holds.filter((h) => h.replica === replica && h.stage === stage && !this.voided.has(h));
+    if (slot.some((h) => h.epoch === epoch && h.to.step === to.step)) return undefined;
+    // At most AUDITS_PENDING_PER_SLOT audits of a slot wait at once: its held inputs then span at most one interval more
+    // than that, which the edge's cap leaves room for (edge-limits.ts). Past it the auditor is slower than the run.
+    if (slot.length >= AUDITS_PENDING_PER_SLOT) {
+      this.o.log.warn({ replica, stage, step: to.step }, 'audit skipped: the slot\'s earlier audits are still waiting (the auditor is slower than the run)');
+      this.summary.skipped++;
+      return undefined;
+    }
+    const hold: Hold = { replica, stage, epoch, ...(from ? { from } : {}), to };
     this.holds.push(hold);
-    this.queue = this.queue.then(() => this.replay(hold)).catch((err: Error) => {
+    return hold;
+  }
+
+  private enqueue(hold: Hold): void {
+    this.queue = this.queue.then(() => this.replayAndJudge(hold)).catch((err: Error) => {
       this.o.log.error({ replica: hold.replica, stage: hold.stage, step: hold.to.step, err: err.message }, 'audit could not run');
       this.summary.skipped++;
     }).finally(() => this.release(hold));
-  }
-
-  private async replay(h: Hold): Promise<void> {
-    try {
-      await this.replayAndJudge(h);
-    } finally {
-      this.o.changed?.(this.result());
-    }
   }
 
   private async replayAndJudge(h: Hold): Promise<void> {
@@ -217,12 +269,14 @@ export class Audits {
     else this.o.caught({ replica: at.replica, stage: at.stage, step: verdict.step, host: record.host });
   }
 
-  /** An audit is over: what it held goes, unless another holds it. */
-  private release(h: Hold): void {
+  /** An audit is over: it leaves the saved state, then what it held goes, unless another holds it. */
+  private async release(h: Hold): Promise<void> {
     this.holds.splice(this.holds.indexOf(h), 1);
+    const wasVoid = this.voided.delete(h);
+    await this.o.changed?.(this.result());
     const { slots, log } = this.o;
     // Void (its replica was rewound since): what it held goes with the rewind's leftovers, once nothing reads it.
-    if (this.voided.delete(h)) {
+    if (wasVoid) {
       if (h.from && !this.holds.some((o) => o.from?.object === h.from!.object)) this.o.orphaned?.(h.replica, h.stage, h.from.object);
       return;
     }

@@ -169,13 +169,14 @@ function assemble(
   const membership = new Membership({ run: o.run, store: net.runState, writes, log, recoveries: run.recoveries, send, runKey: hostKeys ? hostKeysCheck(hostKeys) : undefined });
   const slotTable = new SlotTable({ config, slots: net.slots, membership, writes, log, recoveries: run.recoveries });
   const counters = new Map<string, StageCounters>();  // the latest of every slot's holder, `${replica}.${stage}`
-  const saveAudits = (summary: AuditSummary) => { run.state.audits = summary; void run.save(); };
+  const saveAudits = (summary: AuditSummary) => { run.state.audits = summary; return run.save(); };
   const audits: Audits | undefined = t.audit ? new Audits({
     run: o.run, config, slots: net.slots, evidence: net.evidence, log, failed: settle, prior: run.state.audits,
     caught: (c) => rewinds.caught(c),
     orphaned: (replica, stage, object) => rewinds.orphaned(replica, stage, object),
     rewound: () => rewinds.done,
     changed: saveAudits,
+    epochOf: (replica) => replicas.epoch(replica),
   }) : undefined;
   const replicas: Replicas = new Replicas({
     config, controlLog: net.controlLog, writes, run, log, counters,
@@ -199,7 +200,7 @@ function assemble(
       reports.forgetFinals(replica);
       audits?.rewound(replica);
     },
-    changed: () => { if (audits) saveAudits(audits.result()); },
+    changed: () => { if (audits) void saveAudits(audits.result()); },
   });
   const reports = new Reports({ slots: net.slots, writes, log, replicas, bridges, audits, rewinds, counters, finalReported: () => maybeFinish(), failed: settle });
   let replicasDone = false;
@@ -223,7 +224,12 @@ function assemble(
       if (!run.start()) return;
       log.info({ stages: t.stages, replicas: t.replicas, steps: t.steps }, 'run started');
       const recorded = run.state.audits?.failed ?? [];
-      followControlLog({ controlLog: net.controlLog, replicas, reports, rewinds, log, reading: (stop) => { stopLog = stop; }, replayed: () => rewinds.resume(recorded) })
+      const replayed = () => {
+        rewinds.resume(recorded);
+        audits?.resume();
+      };
+      void (audits?.restore() ?? Promise.resolve())
+        .then(() => followControlLog({ controlLog: net.controlLog, replicas, reports, rewinds, log, reading: (stop) => { stopLog = stop; }, replayed }))
         .catch((err: Error) => settle(new Error(`control log: ${err.message}`)));
     },
     replicasFinished: () => {

@@ -75,11 +75,17 @@ export class Reports {
   private recordCheckpoint(replica: number, stage: number, generation: number, pointer: CheckpointPointer): void {
     const { slots, log } = this.o;
     this.o.writes.write(`checkpoint of slot ${replica}.${stage}`, async () => {
-      const done = await slots.recordCheckpoint(replica, stage, generation, pointer);
-      if (!done.recorded) { log.debug({ replica, stage, step: pointer.step, why: done.why }, 'checkpoint not recorded'); return; }
+      // An audit of the interval this closes is saved before the checkpoint is recorded, and holds what it replays from (audits.ts).
+      const { audits } = this.o;
+      let drawn: Awaited<ReturnType<Audits['drawn']>>;
+      const done = await slots.recordCheckpoint(replica, stage, generation, pointer, audits && (async (previous) => { drawn = await audits.drawn(replica, stage, previous, pointer); }));
+      if (!done.recorded) {
+        if (drawn) audits?.cancel(drawn);
+        log.debug({ replica, stage, step: pointer.step, why: done.why }, 'checkpoint not recorded');
+        return;
+      }
       log.debug({ replica, stage, step: pointer.step, object: pointer.object }, 'checkpoint recorded');
-      // An audit of the interval just closed holds what it replays from (audits.ts).
-      const kept = this.o.audits?.checkpointed(replica, stage, done.previous, pointer) ?? { dropPrevious: true, purgeBelow: pointer.resume };
+      const kept = audits?.checkpointed(replica, stage, done.previous, pointer, drawn) ?? { dropPrevious: true, purgeBelow: pointer.resume };
       if (done.previous && done.previous.object !== pointer.object && kept.dropPrevious) await slots.dropCheckpoint(done.previous.object);
       for (const voided of this.o.rewinds.checkpointed(replica, stage)) if (voided !== pointer.object) await slots.dropCheckpoint(voided);
       for (const kind of ['act', 'grad'] as const) {

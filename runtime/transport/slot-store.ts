@@ -25,7 +25,7 @@ export interface SlotStore {
   /** Rewinds the slot to the run's start under `generation` (slots.ts rewindSlot). */
   rewind(replica: number, stage: number, generation: number, rewound: NonNullable<SlotRecord['rewound']>, until: SentUntil): Promise<SlotRecord>;
   /** Records a checkpoint its holder reported (slots.ts recordReportedCheckpoint). */
-  recordCheckpoint(replica: number, stage: number, generation: number, checkpoint: CheckpointPointer): ReturnType<typeof recordReportedCheckpoint>;
+  recordCheckpoint(replica: number, stage: number, generation: number, checkpoint: CheckpointPointer, beforeWrite?: Parameters<typeof recordReportedCheckpoint>[5]): ReturnType<typeof recordReportedCheckpoint>;
   /** Deletes a checkpoint object no record names any more; a failure only leaves it behind. */
   dropCheckpoint(object: string): Promise<void>;
   /** Purges the slot's inputs on one edge below `seq`; a failure only leaves them behind. */
@@ -46,7 +46,7 @@ export function slotStore(res: RunResources): SlotStore {
       (await retryTransient(slot(replica, stage), () => assignSlot(res.kv, replica, stage, host, signer))).record,
     rewind: async (replica, stage, generation, rewound, until) =>
       (await retryTransient(slot(replica, stage), () => rewindSlot(res.kv, replica, stage, generation, rewound, until))).record,
-    recordCheckpoint: (replica, stage, generation, checkpoint) => recordReportedCheckpoint(res.kv, replica, stage, generation, checkpoint),
+    recordCheckpoint: (replica, stage, generation, checkpoint, beforeWrite) => recordReportedCheckpoint(res.kv, replica, stage, generation, checkpoint, beforeWrite),
     dropCheckpoint: async (object) => { await res.objects.delete(object).catch(() => {}); },
     purgeInputs: async (replica, stage, kind, seq) => {
       // Nothing lies below 1; and nats-server (2.10.27) takes a filtered purge up to 1 as one of every message on the subject.

@@ -99,12 +99,15 @@ export async function recordCheckpoint(kv: KV, held: SlotEntry, checkpoint: Chec
  */
 export async function recordReportedCheckpoint(
   kv: KV, replica: number, stage: number, generation: number, checkpoint: CheckpointPointer,
+  /** Runs once the checkpoint is known to be new for its holder, before it is written: what must be saved first. */
+  beforeWrite?: (previous: CheckpointPointer | undefined) => Promise<void>,
 ): Promise<{ recorded: true; previous?: CheckpointPointer } | { recorded: false; why: string }> {
   const current = await retryTransient(`slot ${replica}.${stage}`, () => readSlot(kv, replica, stage));
   if (!current) return { recorded: false, why: 'the slot has no record' };
   if (current.record.generation !== generation) return { recorded: false, why: `generation ${generation} no longer holds the slot (now ${current.record.generation})` };
   const previous = current.record.checkpoint;
   if (previous && previous.step >= checkpoint.step) return { recorded: false, why: `step ${previous.step} is recorded already` };
+  await beforeWrite?.(previous);
   try {
     await recordCheckpoint(kv, current, checkpoint);
     return { recorded: true, ...(previous ? { previous } : {}) };

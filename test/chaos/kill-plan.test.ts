@@ -2,14 +2,15 @@
 // same plan and another seed another one; each round of the plan strikes every
 // kind that applies to the run once, in a seeded order, before any kind comes
 // again; kinds that cannot apply (publish with one stage, checkpoint without
-// checkpoints, a NATS server without a majority left) are left out, and asking
+// checkpoints, a NATS server without a majority left, the coordinator
+// mid-audit without audits) are left out, and asking
 // for one, or for a kind that does not exist, is an error naming it; kills are
 // spread over the run in step order, each with a step after it, on slots that
 // exist. No processes: planKills only.
 import test from 'ava';
 import { KILL_KINDS, planKills, type KillKind, type KillPlanInput, type PlannedKill } from '../../runtime/chaos/kill-plan.ts';
 
-const base: KillPlanInput = { kills: 20, seed: 7, steps: 40, stages: 3, replicas: 2, checkpointEvery: 3, natsServers: 3 };
+const base: KillPlanInput = { kills: 20, seed: 7, steps: 40, stages: 3, replicas: 2, checkpointEvery: 3, natsServers: 3, audits: true };
 const STAGE_POINTS = ['forward', 'backward', 'publish', 'checkpoint', 'anytime', 'stall'] as const;
 
 const kindOf = (k: PlannedKill): KillKind => (k.target.kind === 'stage' ? k.target.point : k.target.kind === 'pause' ? `pause-${k.target.process}` : k.target.kind);
@@ -27,8 +28,8 @@ function assertRounds(t: import('ava').ExecutionContext, plan: readonly PlannedK
   }
 }
 
-test('KILL_KINDS are the six stage points, the coordinator and a NATS server, pauses of either, and a server killed at a checkpoint', (t) => {
-  t.deepEqual([...KILL_KINDS], [...STAGE_POINTS, 'coordinator', 'nats', 'pause-coordinator', 'pause-nats', 'nats-checkpoint']);
+test('KILL_KINDS are the six stage points, the coordinator and a NATS server, pauses of either, a server killed at a checkpoint, and the coordinator mid-audit', (t) => {
+  t.deepEqual([...KILL_KINDS], [...STAGE_POINTS, 'coordinator', 'nats', 'pause-coordinator', 'pause-nats', 'nats-checkpoint', 'coordinator-audit']);
 });
 
 test('the same input gives the same plan', (t) => {
@@ -73,7 +74,7 @@ test('stage points become stage targets with that point; coordinator and nats ar
   t.is(plan.filter((k) => k.target.kind === 'stage').length, STAGE_POINTS.length);
 });
 
-test("'publish' is left out with one stage, 'checkpoint' without checkpoints, 'nats' with fewer than 3 servers", (t) => {
+test("'publish' is left out with one stage, 'checkpoint' without checkpoints, 'nats' with fewer than 3 servers, 'coordinator-audit' without audits", (t) => {
   const cases: Array<{ over: Partial<KillPlanInput>; missing: KillKind[] }> = [
     { over: {}, missing: [] },
     { over: { stages: 1 }, missing: ['publish'] },
@@ -81,7 +82,9 @@ test("'publish' is left out with one stage, 'checkpoint' without checkpoints, 'n
     { over: { natsServers: 1 }, missing: ['nats', 'nats-checkpoint'] },
     { over: { natsServers: 2 }, missing: ['nats', 'nats-checkpoint'] },
     { over: { natsServers: 5 }, missing: [] },
-    { over: { stages: 1, checkpointEvery: 0, natsServers: 1 }, missing: ['publish', 'checkpoint', 'nats', 'nats-checkpoint'] },
+    { over: { audits: false }, missing: ['coordinator-audit'] },
+    { over: { audits: undefined }, missing: ['coordinator-audit'] },
+    { over: { stages: 1, checkpointEvery: 0, natsServers: 1, audits: false }, missing: ['publish', 'checkpoint', 'nats', 'nats-checkpoint', 'coordinator-audit'] },
   ];
   for (const { over, missing } of cases) {
     const kinds = KILL_KINDS.filter((k) => !missing.includes(k));
@@ -110,6 +113,7 @@ test('a target that does not apply to the run, or does not exist, is an error na
   t.throws(() => planKills({ ...base, stages: 1, targets: ['forward', 'publish'] }), { message: /'publish'.*2 or more stages/ });
   t.throws(() => planKills({ ...base, checkpointEvery: 0, targets: ['checkpoint'] }), { message: /'checkpoint'.*checkpoints/ });
   t.throws(() => planKills({ ...base, natsServers: 2, targets: ['coordinator', 'nats'] }), { message: /'nats'.*3 NATS servers/ });
+  t.throws(() => planKills({ ...base, audits: false, targets: ['coordinator-audit'] }), { message: /'coordinator-audit'.*audits \(--audit-rate\)/ });
   t.throws(() => planKills({ ...base, targets: ['forward', 'gpu' as KillKind] }), { message: /unknown kill target 'gpu'.*forward, backward/ });
   t.throws(() => planKills({ ...base, kills: 0, targets: ['gpu' as KillKind] }), { message: /'gpu'/ }, 'even when nothing would be killed');
 });
