@@ -1,9 +1,12 @@
-// `npm run bench -- transport`: the project's own edge path — encode a tensor
-// frame, publish it to JetStream with its Nats-Msg-Id, consume it through the
-// stage's durable pull consumer, decode and validate it, ack it — with and
-// without the signature a host puts on every frame and the check a receiver
-// makes before decoding (SHA-256 and ed25519 each way), against the
-// same JetStream path with raw bytes (what the store itself costs), core NATS
+// `npm run bench -- transport`: the project's own edge path as hosts run it —
+// encode a tensor frame into a buffer used again once stored
+// (runtime/host/frame-buffers.ts), sign it, publish it to JetStream with its
+// Nats-Msg-Id, consume it through the stage's durable pull consumer, check
+// the signature, decode and validate it, ack it — beside the same path
+// unsigned and encoding into a fresh buffer each time (as hosts did before),
+// the same JetStream path with raw bytes (what the store itself costs), raw
+// bytes into a stream that acknowledges before it writes to disk
+// (persist_mode async, nats-server ≥ 2.12, one server only), core NATS
 // pub/sub and raw loopback TCP moving the same bytes, alternated in one run on
 // one embedded nats-server (fsync on every write, as runs use).
 //
@@ -17,7 +20,9 @@ import { createServer, connect as tcpConnect, type Socket } from 'node:net';
 import { connectNats } from '../runtime/transport/connect.ts';
 import { startNatsServer } from '../runtime/nats/nats-server.ts';
 import { ensureInputStream, openEdgeConsumer, openRunResources } from '../runtime/transport/run-resources.ts';
-import { decodeFrame, encodeFrame, frameMsgId } from '../schemas/tensor-frame.ts';
+import { PersistMode } from '@nats-io/jetstream';
+import { decodeFrame, encodeFrame, encodeFrameWithCodecs, frameMsgId } from '../schemas/tensor-frame.ts';
+import { FrameBuffers } from '../runtime/host/frame-buffers.ts';
 import { newMessageHeaders } from '../runtime/transport/message-headers.ts';
 import { newHostKey, verifySignature } from '../runtime/security/host-key.ts';
 import { parseSignatureHeader, SIGNATURE_HEADER, signatureHeader } from '../runtime/security/message-signature.ts';
@@ -35,7 +40,9 @@ export async function benchTransport(args: string[]): Promise<Record<string, unk
   const res = await openRunResources(nc, run);
   const d = 256;
   try {
-    const results: Record<string, Record<number, number[]>> = { edge: {}, signed: {}, jetstream: {}, core: {}, tcp: {} };
+    const methods = ['edge', 'edge_fresh', 'jetstream', 'jetstream_async'] as const;
+    const results: Record<string, Record<number, number[]>> = { edge: {}, edge_fresh: {}, jetstream: {}, jetstream_async: {}, core: {}, tcp: {} };
+    const buffers = new FrameBuffers(9);
     const key = newHostKey();
     let seq = 0;
     console.log(`transport bench: frames of ${sizes.map((s) => `${s / 1024} KiB`).join(', ')}, ${perSize} MiB each per method, ${reps} reps, nats-server with sync_interval always`);
@@ -48,9 +55,15 @@ export async function benchTransport(args: string[]): Promise<Record<string, unk
         // Edge: encode → JetStream publish (8 acks in flight) → durable pull consumer → decode → ack;
         // then the same JetStream path with the raw payload, to separate our costs from the store's.
         const payload = new Uint8Array(data.buffer);
-        for (const method of ['edge', 'signed', 'jetstream'] as const) {
+        for (const method of methods) {
           const stage = 1 + (seq++ % 1000);
           await ensureInputStream(res, 0, stage);
+          if (method === 'jetstream_async') {
+            // Acknowledged before it is on disk: the stream is made again with the one setting changed (R1 only).
+            const config = (await res.jsm.streams.info(res.names.inputStream(0, stage))).config;
+            await res.jsm.streams.delete(config.name);
+            await res.jsm.streams.add({ ...config, persist_mode: PersistMode.Async });
+          }
           const consumerName = await openEdgeConsumer(res, 'act', 0, stage, 1);
           const consumer = await res.js.consumers.get(res.names.inputStream(0, stage), consumerName);
           const t0 = performance.now();
@@ -58,21 +71,24 @@ export async function benchTransport(args: string[]): Promise<Record<string, unk
           const received = (async () => {
             let n = 0;
             for await (const m of messages) {
-              if (method === 'signed') {
+              if (method === 'edge' || method === 'edge_fresh') {
                 const sig = parseSignatureHeader(m.headers?.get(SIGNATURE_HEADER), 'frame', m.subject, m.data);
                 if (typeof sig === 'string' || !verifySignature(key.publicKey, sig.message, sig.signature)) throw new Error('a signed frame did not verify');
               }
-              if (method !== 'jetstream') decodeFrame(m.data, { run, replica: 0, stage, kind: 'act', width: d, maxSeqLen: T });
+              if (!method.startsWith('jetstream')) decodeFrame(m.data, { run, replica: 0, stage, kind: 'act', width: d, maxSeqLen: T });
               m.ack();
               if (++n === count) break;
             }
           })();
           const inflight: Promise<unknown>[] = [];
           for (let i = 0; i < count; i++) {
-            const body = method === 'jetstream' ? payload : encodeFrame({ run, replica: 0, stage, step: rep, microbatch: i, kind: 'act', shape: [1, T, d], data });
-            const h = method === 'signed' ? newMessageHeaders() : undefined;
+            const content = { run, replica: 0, stage, step: rep, microbatch: i, kind: 'act', shape: [1, T, d], data } as const;
+            const body = method.startsWith('jetstream') ? payload
+              : method === 'edge' ? encodeFrameWithCodecs(content, [], (n) => buffers.take(n)).bytes : encodeFrame(content);
+            const h = method.startsWith('edge') ? newMessageHeaders() : undefined;
             h?.set(SIGNATURE_HEADER, signatureHeader(key, 1, 'frame', res.names.edge('act', 0, stage, key.publicKey), body));
-            inflight.push(res.js.publish(res.names.edge('act', 0, stage, key.publicKey), body, { msgID: frameMsgId(run, 0, rep, i, 'act', stage), headers: h }));
+            const stored = res.js.publish(res.names.edge('act', 0, stage, key.publicKey), body, { msgID: frameMsgId(run, 0, rep, i, 'act', stage), headers: h });
+            inflight.push(method === 'edge' ? stored.then(() => buffers.give(body)) : stored);
             if (inflight.length >= 8) await inflight.shift();
           }
           await Promise.all(inflight);
@@ -100,8 +116,11 @@ export async function benchTransport(args: string[]): Promise<Record<string, unk
     }
     const perSizeMedian = (m: string) => sizes.map((s) => +median(results[m][s]).toFixed(1));
     const mean = (xs: number[]) => +(xs.reduce((a, b) => a + b, 0) / xs.length).toFixed(1);
-    const edge = perSizeMedian('edge'), signed = perSizeMedian('signed'), raw = perSizeMedian('jetstream'), core = perSizeMedian('core'), tcp = perSizeMedian('tcp');
-    for (const [i, s] of sizes.entries()) console.log(`${(s / 1024).toString().padStart(5)} KiB: edge ${edge[i]} MB/s, signed edge ${signed[i]} MB/s, raw JetStream ${raw[i]} MB/s, core NATS ${core[i]} MB/s, TCP ${tcp[i]} MB/s`);
+    const edge = perSizeMedian('edge'), fresh = perSizeMedian('edge_fresh'), raw = perSizeMedian('jetstream'), rawAsync = perSizeMedian('jetstream_async');
+    const core = perSizeMedian('core'), tcp = perSizeMedian('tcp');
+    for (const [i, s] of sizes.entries()) {
+      console.log(`${(s / 1024).toString().padStart(5)} KiB: edge ${edge[i]} MB/s, into fresh buffers ${fresh[i]} MB/s, raw JetStream ${raw[i]} MB/s (async persist ${rawAsync[i]}), core NATS ${core[i]} MB/s, TCP ${tcp[i]} MB/s`);
+    }
     // The signing and checking alone, per frame, out of the NATS path.
     const signMs = sizes.map((s) => {
       const body = new Uint8Array(s).fill(7);
@@ -113,19 +132,38 @@ export async function benchTransport(args: string[]): Promise<Record<string, unk
       }
       return +((performance.now() - t0) / 50).toFixed(3);
     });
+    // What the sender spends on a frame before the client takes it (encode and sign), into fresh buffers and into used ones.
+    const senderMs = (reuse: boolean) => sizes.map((s) => {
+      const data = new Float32Array(s / 4).map((_, i) => Math.sin(i));
+      const subject = res.names.edge('act', 0, 1, key.publicKey);
+      const pool = new FrameBuffers(2);
+      const content = { run, replica: 0, stage: 1, step: 0, microbatch: 0, kind: 'act', shape: [1, s / 4 / d, d], data } as const;
+      const n = Math.max(20, Math.round((64 * MiB) / s));
+      const t0 = performance.now();
+      for (let i = 0; i < n; i++) {
+        const body = reuse ? encodeFrameWithCodecs(content, [], (b) => pool.take(b)).bytes : encodeFrame(content);
+        signatureHeader(key, 1, 'frame', subject, body);
+        if (reuse) pool.give(body);
+      }
+      return +((performance.now() - t0) / n).toFixed(3);
+    });
+    const sendFresh = senderMs(false), sendReused = senderMs(true);
+    console.log(`encode and sign, ms per frame: fresh buffers ${sendFresh.join(', ')}; used buffers ${sendReused.join(', ')}`);
     return {
       bench: 'transport',
       frame_bytes: sizes,
       edge_MBps: mean(edge),
-      signed_edge_MBps: mean(signed),
-      signed_vs_edge: +(mean(signed) / mean(edge)).toFixed(3),
+      edge_fresh_MBps: mean(fresh),
       sign_and_verify_ms_by_size: signMs,
+      encode_and_sign_ms_by_size: { fresh_buffers: sendFresh, used_buffers: sendReused },
       core_nats_MBps: mean(core),
       tcp_MBps: mean(tcp),
       edge_vs_core: +(mean(edge) / mean(core)).toFixed(3),
       jetstream_raw_MBps: mean(raw),
+      jetstream_async_MBps: mean(rawAsync),
       edge_vs_jetstream: +(mean(edge) / mean(raw)).toFixed(3),
-      by_size: { edge, signed, jetstream: raw, core, tcp },
+      durability: { edge: 'fsync on every write (sync_interval: always)', jetstream: 'fsync on every write', jetstream_async: 'persist_mode async: acknowledged before written' },
+      by_size: { edge, edge_fresh: fresh, jetstream: raw, jetstream_async: rawAsync, core, tcp },
       reps,
       mib_per_size: perSize,
     };

@@ -216,14 +216,17 @@ function checkContent(frame: FrameContent): void {
 /**
  * One CBOR map, payload first (see the header). Applies `codecs` in order
  * (each may decline a frame that does not pay), then copies the payload once,
- * into a buffer of exactly the frame's size that the caller owns.
+ * into a buffer of exactly the frame's size that the caller owns: a new one,
+ * or `into(bytes)` (every byte of which is written).
  */
 export function encodeFrame(frame: FrameContent, codecs: readonly FrameCodec[] = []): Uint8Array {
   return encodeFrameWithCodecs(frame, codecs).bytes;
 }
 
 /** encodeFrame, also saying which codecs it applied (a codec may decline a frame). */
-export function encodeFrameWithCodecs(frame: FrameContent, codecs: readonly FrameCodec[] = []): { bytes: Uint8Array; codecs: readonly string[] } {
+export function encodeFrameWithCodecs(
+  frame: FrameContent, codecs: readonly FrameCodec[] = [], into: (bytes: number) => Uint8Array = (bytes) => new Uint8Array(bytes),
+): { bytes: Uint8Array; codecs: readonly string[] } {
   requireLittleEndianHost();
   checkContent(frame);
   let payload = new Uint8Array(frame.data.buffer, frame.data.byteOffset, frame.data.byteLength);
@@ -258,12 +261,14 @@ export function encodeFrameWithCodecs(frame: FrameContent, codecs: readonly Fram
   if (headerEntries !== entries - 1) {
     throw new Error(`encodeFrame: the header encoder wrote map head 0x${head.toString(16)}, not a map of ${entries - 1} entries`);
   }
-  const out = new Uint8Array(PAYLOAD_OFFSET + payload.byteLength + encoded.length - headLength);
+  const size = PAYLOAD_OFFSET + payload.byteLength + encoded.length - headLength;
+  const out = into(size);
+  if (out.byteLength !== size) throw new Error(`encodeFrame: a buffer of ${out.byteLength} bytes was given for a frame of ${size}`);
   out[0] = 0xa0 + entries; // a map of `entries` pairs (< 24, so one byte)
   out[1] = 0x61; // text string of length 1
   out[2] = 0x64; // "d"
   out[3] = 0x5a; // byte string, 4-byte big-endian length follows
-  new DataView(out.buffer).setUint32(4, payload.byteLength);
+  new DataView(out.buffer, out.byteOffset, out.byteLength).setUint32(4, payload.byteLength);
   out.set(payload, PAYLOAD_OFFSET);
   out.set(encoded.subarray(headLength), PAYLOAD_OFFSET + payload.byteLength);
   return { bytes: out, codecs: applied };

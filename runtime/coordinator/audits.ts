@@ -149,7 +149,7 @@ export class Audits {
     const last = this.o.config.training.steps - 1;
     const from = this.latest.get(`${replica}.${stage}`);
     if (from && from.step >= last) return;
-    const hold = this.draw(replica, stage, from, { step: last, sha256 });
+    const hold = this.draw(replica, stage, from, { step: last, sha256 }, true);
     if (hold) {
       void this.o.changed?.(this.result());
       this.enqueue(hold);
@@ -191,14 +191,15 @@ export class Audits {
    * Whether the interval of (replica, stage) ending at `to` is audited: drawn, not held already (a restarted
    * coordinator's saved audit), and not past the slot's limit of waiting audits. Drawn, it is held.
    */
-  private draw(replica: number, stage: number, from: CheckpointPointer | undefined, to: Hold['to']): Hold | undefined {
+  private draw(replica: number, stage: number, from: CheckpointPointer | undefined, to: Hold['to'], final = false): Hold | undefined {
     if (this.paused.has(replica) || this.rate <= 0 || !auditDrawn(this.seed, this.rate, replica, stage, to.step)) return undefined;
     const epoch = this.o.epochOf(replica);
     const slot = this.holds.filter((h) => h.replica === replica && h.stage === stage && !this.voided.has(h));
     if (slot.some((h) => h.epoch === epoch && h.to.step === to.step)) return undefined;
     // At most AUDITS_PENDING_PER_SLOT audits of a slot wait at once: its held inputs then span at most one interval more
     // than that, which the edge's cap leaves room for (edge-limits.ts). Past it the auditor is slower than the run.
-    if (slot.length >= AUDITS_PENDING_PER_SLOT) {
+    // The final interval is exempt: no frame comes after it, and its inputs are the ones the last checkpoint keeps anyway.
+    if (!final && slot.length >= AUDITS_PENDING_PER_SLOT) {
       this.o.log.warn({ replica, stage, step: to.step }, 'audit skipped: the slot\'s earlier audits are still waiting (the auditor is slower than the run)');
       this.summary.skipped++;
       return undefined;

@@ -9,13 +9,15 @@
 // is stored (a checkpoint after it relies on that). A frame is encoded and
 // signed on the event loop's next turn, after the slot has started its next
 // computation, so that work overlaps the device's instead of delaying it; the
-// engine's outputs are fresh arrays, never reused.
+// engine's outputs are fresh arrays, never reused. Frames are encoded into
+// buffers used again once stored (frame-buffers.ts).
 import type { Span } from '@opentelemetry/api';
 import type { WireCount } from '../../schemas/control-messages.ts';
 import { encodeFrameWithCodecs, type FrameCodec, type FrameContent, type FrameKind } from '../../schemas/tensor-frame.ts';
 import { frameDigest, type StepDigests } from '../audit/output-digests.ts';
 import type { SlotOutputs } from '../transport/slot-outputs.ts';
 import type { FaultPoints } from './fault-points.ts';
+import { FrameBuffers } from './frame-buffers.ts';
 import type { MicrobatchTraces } from './microbatch-traces.ts';
 
 const nextTurn = () => new Promise<void>((resolve) => setImmediate(resolve));
@@ -47,6 +49,7 @@ export interface OutgoingFramesOptions {
 export class OutgoingFrames {
   private readonly sending = new Set<Promise<void>>();
   private readonly sent: Record<FrameKind, WireCount> = { act: { frames: 0, f32_bytes: 0, wire_bytes: 0 }, grad: { frames: 0, f32_bytes: 0, wire_bytes: 0 } };
+  private readonly buffers = new FrameBuffers(MAX_FRAMES_IN_FLIGHT + 1);
 
   constructor(private readonly o: OutgoingFramesOptions) {}
 
@@ -81,8 +84,9 @@ export class OutgoingFrames {
     const reported = cheat === 'flip' && this.o.digests ? frameDigest(encodeFrameWithCodecs(content(data), codecs).bytes) : undefined;
     if (cheat === 'scale') data = data.map((v) => Math.fround(v * (1 + 1e-3)));
     if (cheat === 'flip') { data = data.slice(); new Uint32Array(data.buffer)[0] ^= 1; }
+    let taken: Uint8Array | undefined;
     await this.o.traces.send(parent, step, mb, () => {
-      const encoded = encodeFrameWithCodecs(content(data), codecs);
+      const encoded = encodeFrameWithCodecs(content(data), codecs, (bytes) => (taken = this.buffers.take(bytes)));
       this.o.digests?.record(kind, step, mb, attempt, reported ?? frameDigest(encoded.bytes));
       return { ...encoded, f32Bytes: data.byteLength };
     }, (bytes, trace) => {
@@ -95,6 +99,7 @@ export class OutgoingFrames {
       }
       return this.o.outputs.frame({ kind, to, step, mb, attempt }, bytes, trace);
     });
+    this.buffers.give(taken!);  // stored: not if the publish threw, as the client may still hold it
     await faults.reach('publish');
   }
 }
