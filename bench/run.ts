@@ -7,10 +7,11 @@ import { benchCompression } from './compression.ts';
 import { benchEngine } from './engine.ts';
 import { benchNatsCluster } from './nats-cluster.ts';
 import { benchSchedule } from './schedule.ts';
+import { benchSplit } from './split.ts';
 import { benchTracing } from './tracing.ts';
 import { benchTransport } from './transport.ts';
 
-const benches: Record<string, (args: string[]) => Promise<Record<string, unknown>>> = { audit: benchAudit, bridge: benchBridge, compression: benchCompression, engine: benchEngine, 'nats-cluster': benchNatsCluster, schedule: benchSchedule, tracing: benchTracing, transport: benchTransport };
+const benches: Record<string, (args: string[]) => Promise<Record<string, unknown>>> = { audit: benchAudit, bridge: benchBridge, compression: benchCompression, engine: benchEngine, 'nats-cluster': benchNatsCluster, schedule: benchSchedule, split: benchSplit, tracing: benchTracing, transport: benchTransport };
 
 const [name, ...args] = process.argv.slice(2);
 if (!name || name === '--help' || !benches[name]) {

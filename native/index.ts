@@ -9,6 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { decodeSafeTensors, encodeSafeTensors, type SafeTensor } from './safetensors.ts';
 
 import type { LlamaConfig } from '../schemas/model-config.ts';
+export { splitLayers } from '../schemas/stage-layers.ts';
 import type { OptimizerConfig } from '../schemas/run-config.ts';
 export { decodeSafeTensors, encodeSafeTensors, type SafeTensor, type SafeTensorsFile } from './safetensors.ts';
 
@@ -188,21 +189,6 @@ export function hashParams(tensors: Iterable<Float32Array>): string {
   const h = createHash('sha256');
   for (const t of tensors) h.update(new Uint8Array(t.buffer, t.byteOffset, t.byteLength));
   return h.digest('hex');
-}
-
-/** Layer ranges of `stages` stages, as even as possible, earlier stages taking the remainder. */
-export function splitLayers(nLayers: number, stages: number): Array<[number, number]> {
-  if (!Number.isSafeInteger(stages) || stages < 1 || stages > nLayers) {
-    throw new Error(`cannot split ${nLayers} layers into ${stages} stages: stages must be an integer in [1, ${nLayers}]`);
-  }
-  const ranges: Array<[number, number]> = [];
-  let begin = 0;
-  for (let s = 0; s < stages; s++) {
-    const n = Math.floor(nLayers / stages) + (s < nLayers % stages ? 1 : 0);
-    ranges.push([begin, begin + n]);
-    begin += n;
-  }
-  return ranges;
 }
 
 /** A computation run here and now, timed, as an off-loop call's result (the CUDA stage has no off-loop calls yet). */

@@ -21,6 +21,10 @@ export interface TrainingConfig {
   readonly batchSize: number;     // B rows per microbatch
   readonly seqLen: number;        // T
   readonly stages: number;
+  // Layers per stage, in order (sums to model.nLayers); absent: as even as
+  // possible. `caravan simulate --split speed` chooses them for stages of
+  // different speeds (runtime/config/speed-split.ts).
+  readonly stageLayers?: readonly number[];
   readonly replicas: number;
   readonly seed: number;
   readonly maxGradNorm: number;
@@ -86,6 +90,8 @@ export interface SyntheticCompute {
   readonly timeScale: number;
   /** Bytes of one activation or gradient frame's payload, as the real model would send at a boundary. */
   readonly frameBytes: number;
+  /** A device per stage, in order, where stages run on different ones (efficiency is shared); absent: `device` everywhere. */
+  readonly stageDevices?: ReadonlyArray<{ readonly device: string; readonly peakTflops: number }>;
 }
 
 /** Which checkpoint intervals are audited: each (replica, stage, interval) with probability `rate`, drawn from `seed` (default: the run's seed). */
@@ -183,7 +189,8 @@ export function validateRunConfig(config: unknown): RunConfig {
   if (c.training.tokenizer !== 'byte' && c.training.tokenizer !== 'gpt2') fail(`training.tokenizer must be 'byte' or 'gpt2', got ${JSON.stringify(c.training.tokenizer)}`);
   if (c.training.dataFile !== undefined && typeof c.training.dataFile !== 'string') fail('training.dataFile must be a path');
   if (c.model.tiedEmbeddings && c.training.stages > 1) fail('model.tiedEmbeddings needs training.stages = 1 (the head and the embedding on one stage)');
-  if (raw.training.synthetic !== undefined) validateSynthetic(raw.training.synthetic, fail);
+  if (raw.training.stageLayers !== undefined) validateStageLayers(c, fail);
+  if (raw.training.synthetic !== undefined) validateSynthetic(raw.training.synthetic, c.training.stages, fail);
   if (raw.training.audit !== undefined) validateAudit(raw.training, fail);
   if (raw.training.bridge !== undefined) return { ...c, training: { ...c.training, bridge: validateBridge(raw.training.bridge, c.training.replicas, fail) } };
   return c;
@@ -199,7 +206,17 @@ function validateAudit(t: TrainingConfig, fail: (why: string) => never): void {
   if (t.bridge) fail('training.audit is not built for runs with a Bridge (replicas synchronised by DiLoCo): leave out one or the other');
 }
 
-function validateSynthetic(raw: unknown, fail: (why: string) => never): void {
+function validateStageLayers(c: RunConfig, fail: (why: string) => never): void {
+  const counts = c.training.stageLayers as unknown;
+  const { stages } = c.training;
+  if (!Array.isArray(counts) || counts.length !== stages || !counts.every((n) => Number.isSafeInteger(n) && n >= 1)) {
+    fail(`training.stageLayers must be ${stages} positive integers (one per stage), got ${JSON.stringify(counts)}`);
+  }
+  const sum = (counts as number[]).reduce((a, b) => a + b, 0);
+  if (sum !== c.model.nLayers) fail(`training.stageLayers ${JSON.stringify(counts)} holds ${sum} layers, the model has ${c.model.nLayers}`);
+}
+
+function validateSynthetic(raw: unknown, stages: number, fail: (why: string) => never): void {
   if (!raw || typeof raw !== 'object') fail('training.synthetic must be an object {device, peakTflops, efficiency, timeScale, frameBytes}');
   const s = raw as Record<string, unknown>;
   if (typeof s.device !== 'string' || !s.device) fail('training.synthetic.device must name the device');
@@ -207,6 +224,13 @@ function validateSynthetic(raw: unknown, fail: (why: string) => never): void {
     if (typeof s[k] !== 'number' || !Number.isFinite(s[k]) || !((s[k] as number) > 0)) fail(`training.synthetic.${k} must be a positive number, got ${JSON.stringify(s[k])}`);
   }
   if (typeof s.efficiency !== 'number' || !(s.efficiency > 0 && s.efficiency <= 1)) fail(`training.synthetic.efficiency must be in (0, 1], got ${JSON.stringify(s.efficiency)}`);
+  if (s.stageDevices === undefined) return;
+  const devices = s.stageDevices as unknown;
+  const good = (d: unknown) => !!d && typeof d === 'object' && typeof (d as { device: unknown }).device === 'string' && !!(d as { device: string }).device
+    && typeof (d as { peakTflops: unknown }).peakTflops === 'number' && (d as { peakTflops: number }).peakTflops > 0 && Number.isFinite((d as { peakTflops: number }).peakTflops);
+  if (!Array.isArray(devices) || devices.length !== stages || !devices.every(good)) {
+    fail(`training.synthetic.stageDevices must be ${stages} entries {device, peakTflops > 0} (one per stage), got ${JSON.stringify(devices)}`);
+  }
 }
 
 function validateBridge(raw: unknown, replicas: number, fail: (why: string) => never): BridgeConfig {

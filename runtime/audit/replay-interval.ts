@@ -14,8 +14,9 @@
 // weight gradients still go in microbatch order, the one the engine's split
 // and fused backwards agree on bit for bit (test/engine/split-backward.test.ts),
 // so the schedule the holder ran does not matter.
+import { stageRanges } from '../../schemas/stage-layers.ts';
 import { createHash } from 'node:crypto';
-import { EngineStage, splitLayers } from '../../native/index.ts';
+import { EngineStage } from '../../native/index.ts';
 import type { OutputDigests } from '../../schemas/control-messages.ts';
 import type { RunConfig } from '../../schemas/run-config.ts';
 import { decodeFrame, encodeFrameWithCodecs, type FrameKind } from '../../schemas/tensor-frame.ts';
@@ -66,7 +67,7 @@ export async function replayInterval(iv: SlotInterval): Promise<AuditVerdict> {
   const { config, replica, stage } = iv;
   const { model, optim, training: t } = config;
   const M = t.microbatches;
-  const [begin, end] = splitLayers(model.nLayers, t.stages)[stage];
+  const [begin, end] = stageRanges(config)[stage];
   const engine = new EngineStage({ model, optim, layerBegin: begin, layerEnd: end, seed: t.seed, threads: t.cpuThreads });
   try {
     if (iv.from) engine.loadState(iv.from.state, `audit of slot ${replica}.${stage} from step ${iv.from.step}`);

@@ -4,9 +4,9 @@
 // each has its own chain of work, so every stage's sync downloads, combines
 // and uploads at the same time as the others'. Each contribution's reported
 // SHA-256 is kept for the combiner, which checks the object's bytes against it.
+import { stageRanges } from '../../schemas/stage-layers.ts';
 import { createActor } from 'xstate';
 import { bridgeMachine, type BridgeCommand } from '../../actors/bridge-machine.ts';
-import { splitLayers } from '../../native/index.ts';
 import type { BridgeConfig, RunConfig } from '../../schemas/run-config.ts';
 import type { ContributionReport } from '../../schemas/control-messages.ts';
 import type { BridgeRecord } from '../../schemas/run-records.ts';
@@ -33,7 +33,7 @@ export function startBridges(o: { store: BridgeStore; config: RunConfig; bridge:
 
   // `${stage}.${outer}.${replica}` → the SHA-256 its holder reported (the latest report: a replacement's re-upload has the same bytes).
   const reported = new Map<string, string>();
-  const actors = splitLayers(config.model.nLayers, t.stages).map((layers, stage) => {
+  const actors = stageRanges(config).map((layers, stage) => {
     const combiner = stageCombiner({ store, config, bridge, log, stage, layers, reported: (outer, replica) => reported.get(`${stage}.${outer}.${replica}`) });
     let chain = Promise.resolve();
     const actor = createActor(bridgeMachine, { input: { stage, replicas: t.replicas, quorum: bridge.quorum, timeoutMs: bridge.timeoutMs, tickMs } });

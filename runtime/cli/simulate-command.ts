@@ -4,7 +4,7 @@ import type { ScheduleName } from '../../actors/pipeline-schedule.ts';
 import { Command, Option } from 'commander';
 import { validateRunConfig } from '../../schemas/run-config.ts';
 import { createLogger, LOG_LEVELS } from '../log.ts';
-import { SIMULATE_PRESETS } from '../synthetic/simulate-presets.ts';
+import { SIMULATE_PRESETS, splitStages, type LayerSplit } from '../synthetic/simulate-presets.ts';
 import { NATS_TOPOLOGIES, simulate, type NatsTopology } from '../synthetic/simulate-run.ts';
 import { loadWanProfile } from '../wan/wan-profile.ts';
 import { nonNegativeInt, positiveInt, positiveNumber, withScheduleOptions } from './options.ts';
@@ -34,15 +34,20 @@ export function simulateCommand(program: Command): void {
     })
     .option('--heartbeat-timeout <ms>', 'a host silent this long is lost and its slot goes to a standby (the coordinator\'s default: 15000)', positiveInt('--heartbeat-timeout'))
     .addOption(new Option('--log-level <level>', "child processes' log level on stderr").choices([...LOG_LEVELS]))
+    .addOption(new Option('--split <how>', 'layers per stage: even (by count), or speed (balanced for the stages\' devices, the LM head counted: runtime/config/speed-split.ts)').choices(['even', 'speed']).default('even'))
     .option('--json', 'print only the final JSON line')
-    .action(async (flags: { preset: string; steps?: number; microbatches?: number; stages?: number; replicas?: number; schedule?: ScheduleName; datacenters?: number; timeScale?: number; frameBytes?: number; efficiency?: number; standbys?: number; kill: number; extraInFlight?: number; heartbeatTimeout?: number; partition?: { datacenter: string; seconds: number }; wan?: string; rttScale?: number; rateMbit?: number; natsTopology?: NatsTopology; logLevel?: string; json?: boolean }) => {
+    .action(async (flags: { preset: string; steps?: number; microbatches?: number; stages?: number; replicas?: number; schedule?: ScheduleName; datacenters?: number; timeScale?: number; frameBytes?: number; efficiency?: number; standbys?: number; kill: number; extraInFlight?: number; heartbeatTimeout?: number; partition?: { datacenter: string; seconds: number }; wan?: string; rttScale?: number; rateMbit?: number; natsTopology?: NatsTopology; split: LayerSplit; logLevel?: string; json?: boolean }) => {
       if ((flags.rttScale !== undefined || flags.rateMbit !== undefined || flags.natsTopology !== undefined || flags.partition) && !flags.wan) throw new Error('--rtt-scale, --rate-mbit, --nats-topology and --partition need --wan PROFILE');
       const p = SIMULATE_PRESETS[flags.preset];
       const t = p.config.training;
+      const stages = flags.stages ?? t.stages;
       const synthetic = { ...t.synthetic!, ...(flags.timeScale ? { timeScale: flags.timeScale } : {}), ...(flags.frameBytes ? { frameBytes: flags.frameBytes } : {}), ...(flags.efficiency ? { efficiency: flags.efficiency } : {}) };
       const config = validateRunConfig({
         ...p.config,
-        training: { ...t, steps: flags.steps ?? t.steps, microbatches: flags.microbatches ?? t.microbatches, stages: flags.stages ?? t.stages, replicas: flags.replicas ?? t.replicas, schedule: flags.schedule ?? t.schedule, synthetic, ...(flags.extraInFlight !== undefined ? { extraInFlight: flags.extraInFlight } : {}) },
+        training: {
+          ...t, steps: flags.steps ?? t.steps, microbatches: flags.microbatches ?? t.microbatches, stages, replicas: flags.replicas ?? t.replicas, schedule: flags.schedule ?? t.schedule,
+          ...splitStages(p, synthetic, stages, flags.split), ...(flags.extraInFlight !== undefined ? { extraInFlight: flags.extraInFlight } : {}),
+        },
       });
       const started = Date.now();
       const profile = flags.wan ? await loadWanProfile(flags.wan) : undefined;

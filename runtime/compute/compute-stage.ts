@@ -6,6 +6,7 @@
 // simulation (synthetic-stage.ts), which computes nothing and takes the
 // simulated device's time. `createComputeStage` picks one from the run's
 // config; the host above it is the same for both.
+import { stageDevice, stageRanges } from '../../schemas/stage-layers.ts';
 import { EngineStage, sgemmGflops, type CudaDeviceInfo } from '../../native/index.ts';
 import type { RunConfig } from '../../schemas/run-config.ts';
 import { SyntheticStage } from './synthetic-stage.ts';
@@ -32,11 +33,12 @@ export interface SlotCompute {
   peakGflops(): number;
 }
 
-/** The stage of layers [layerBegin, layerEnd) of the run's model, on `device`: synthetic where the run says so. */
-export function createComputeStage(config: RunConfig, device: HostDevice, layerBegin: number, layerEnd: number): SlotCompute {
+/** Pipeline stage `s` of the run's model (its layers as the run splits them), on `device`: synthetic where the run says so. */
+export function createComputeStage(config: RunConfig, device: HostDevice, s: number): SlotCompute {
   const { model, optim, training: t } = config;
+  const [layerBegin, layerEnd] = stageRanges(config)[s];
   if (t.synthetic) {
-    const stage = new SyntheticStage({ model, layerBegin, layerEnd, batchSize: t.batchSize, seqLen: t.seqLen, synthetic: t.synthetic });
+    const stage = new SyntheticStage({ model, layerBegin, layerEnd, batchSize: t.batchSize, seqLen: t.seqLen, synthetic: stageDevice(t.synthetic, s) });
     return { stage, synthetic: true, peakGflops: () => stage.peakGflops };
   }
   const onGpu = device.kind === 'cuda' ? { device: 'cuda' as const, gpu: device.gpu.index } : {};

@@ -1,10 +1,10 @@
 // A run's config from a preset, a YAML, TOML or JSON file laid over it, and
 // flags laid over both; validated before anything starts.
+import { stageRanges } from '../../schemas/stage-layers.ts';
 import { readFile } from 'node:fs/promises';
 import { parse as parseToml } from 'smol-toml';
 import { parse as parseYaml } from 'yaml';
 import { validateRunConfig, type RunConfig } from '../../schemas/run-config.ts';
-import { splitLayers } from '../../native/index.ts';
 import { preset } from '../config/presets.ts';
 
 export interface ConfigOverrides {
@@ -85,7 +85,7 @@ export async function loadRunConfig(options: LoadRunConfigOptions): Promise<RunC
   let model = { ...config.model, ...compression.model };
   const wanted = compression.bottleneckAtBoundaries;
   if (wanted) {
-    const bottlenecks = splitLayers(config.model.nLayers, config.training.stages).slice(1).map(([at]) => ({ at, width: wanted.width }));
+    const bottlenecks = stageRanges(config).slice(1).map(([at]) => ({ at, width: wanted.width }));
     if (bottlenecks.length === 0) throw new Error('--bottleneck needs at least 2 stages: a bottleneck sits at a stage boundary');
     model = { ...model, bottlenecks, bottleneckEmbed: wanted.embed };
   }

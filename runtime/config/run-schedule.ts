@@ -5,9 +5,9 @@
 // bound, the utilization it reaches in steady state with no link latency
 // (actors/schedule-simulation.ts): 1F1B flushes every step, the zero-bubble
 // schedules do not (their updates are post-validated).
+import { stageRanges } from '../../schemas/stage-layers.ts';
 import { pipelineSchedule, type PipelineOp, type ScheduleSpec } from '../../actors/pipeline-schedule.ts';
 import { steadyStateUtilization } from '../../actors/schedule-simulation.ts';
-import { splitLayers } from '../../native/index.ts';
 import { opCostsFromFlops } from '../../schemas/model-flops.ts';
 import { DEFAULT_SCHEDULE, type RunConfig, type ScheduleName } from '../../schemas/run-config.ts';
 
@@ -23,7 +23,9 @@ export interface RunSchedule {
 export function runSchedule(config: RunConfig): RunSchedule {
   const { model, training: t } = config;
   const name = t.schedule ?? DEFAULT_SCHEDULE;
-  const costs = opCostsFromFlops(model, t.seqLen, splitLayers(model.nLayers, t.stages));
+  // Stages on simulated devices of different speeds take their ops' FLOPs at their own pace.
+  const pace = (s: number) => (t.synthetic?.stageDevices ? t.synthetic.peakTflops / t.synthetic.stageDevices[s].peakTflops : 1);
+  const costs = opCostsFromFlops(model, t.seqLen, stageRanges(config)).map((c, s) => ({ F: c.F * pace(s), B: c.B * pace(s), W: c.W * pace(s) }));
   const spec: ScheduleSpec = { stages: t.stages, microbatches: t.microbatches, extraInFlight: t.extraInFlight ?? 0, costs };
   return { name, spec, lists: pipelineSchedule(name, spec), postValidated: name !== '1f1b' };
 }

@@ -4,8 +4,9 @@
 // order without optimizer moments, so the hash does not depend on the
 // split), losses, speed and pipeline use from the final counters, bytes on
 // the wire, recoveries, skipped steps, and with a Bridge every stored sync.
+import { stageRanges } from '../../schemas/stage-layers.ts';
 import { scheduleUse } from '../config/run-schedule.ts';
-import { decodeSafeTensors, hashParams, splitLayers } from '../../native/index.ts';
+import { decodeSafeTensors, hashParams } from '../../native/index.ts';
 import type { StageCounters } from '../../schemas/control-messages.ts';
 import type { RunConfig } from '../../schemas/run-config.ts';
 import type { AuditSummary, BridgeRecord, RunSummary } from '../../schemas/run-records.ts';
@@ -86,7 +87,7 @@ export async function finishRun(o: FinishedRun): Promise<RunSummary> {
 /** Each replica's parameter hash, from the final states its holders uploaded and reported. */
 async function finalHashes(o: FinishedRun): Promise<string[]> {
   const t = o.config.training;
-  const ranges = splitLayers(o.config.model.nLayers, t.stages);
+  const ranges = stageRanges(o.config);
   const hashes: string[] = [];
   for (let r = 0; r < t.replicas; r++) {
     const blobs: Uint8Array[] = [];

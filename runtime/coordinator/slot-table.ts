@@ -4,8 +4,8 @@
 // and notes how far the previous holder's frames count (sentUntil); then the
 // host's record says what it holds. Signatures are checked against the
 // record from then on.
+import { stageRanges } from '../../schemas/stage-layers.ts';
 import type { CoordinatorCommand } from '../../actors/coordinator-machine.ts';
-import { splitLayers } from '../../native/index.ts';
 import type { RunConfig } from '../../schemas/run-config.ts';
 import type { RecoveryCounts, SentUntil } from '../../schemas/run-records.ts';
 import type { Logger } from '../log.ts';
@@ -21,7 +21,7 @@ export class SlotTable {
 
   assign(cmd: Extract<CoordinatorCommand, { type: 'ASSIGN' }>): void {
     const { slots, log } = this.o;
-    const [begin, end] = splitLayers(this.o.config.model.nLayers, this.o.config.training.stages)[cmd.stage];
+    const [begin, end] = stageRanges(this.o.config)[cmd.stage];
     this.o.writes.write(`slot ${cmd.replica}.${cmd.stage}`, async () => {
       const holder = await this.o.membership.holder(cmd.host);
       if (!holder?.key) throw new Error(`host ${cmd.host} has no registered key`);

@@ -8,8 +8,8 @@
 // checkpoint dropped before it was read (a newer one replaced it) is passed
 // over. The cost is the observer's, never the run's; for models too big for
 // the dashboard's machine, `--validate-batches 0` turns it off.
+import { stageRanges } from '../../schemas/stage-layers.ts';
 import { createHash } from 'node:crypto';
-import { splitLayers } from '../../native/index.ts';
 import type { RunConfig } from '../../schemas/run-config.ts';
 import type { RunSummary, SlotRecord } from '../../schemas/run-records.ts';
 import { loadTokens, TokenDataset } from '../data/index.ts';
@@ -61,7 +61,7 @@ export class Validation {
 
   /** The run finished: its final states are the weights after its last step. */
   finalStates(res: RunResources, config: RunConfig, summary: RunSummary, t: number): void {
-    const objects = splitLayers(config.model.nLayers, config.training.stages).map(([begin, end]) => ({ name: res.names.finalState(0, begin, end), sha256: undefined }));
+    const objects = stageRanges(config).map(([begin, end]) => ({ name: res.names.finalState(0, begin, end), sha256: undefined }));
     this.evaluate(res, config, summary.steps, objects, t);
   }
 

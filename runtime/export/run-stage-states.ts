@@ -1,9 +1,9 @@
 // Where a run's stage states come from: an in-process run's checkpoint
 // directory (stage-<a>-<b>.safetensors), or a NATS run's final states in its
 // Object Store, with its config (and so its tokenizer) from KV.
+import { stageRanges } from '../../schemas/stage-layers.ts';
 import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { splitLayers } from '../../native/index.ts';
 import type { RunConfig } from '../../schemas/run-config.ts';
 import { connectToRun } from '../transport/connect.ts';
 import { openExistingRun } from '../transport/run-resources.ts';
@@ -32,7 +32,7 @@ export async function statesFromRun(url: string, run: string, replica: number, n
       throw new Error(`run '${run}' has replicas 0..${config.training.replicas - 1}, not ${replica}`);
     }
     const blobs: StageStateBlob[] = [];
-    for (const [begin, end] of splitLayers(config.model.nLayers, config.training.stages)) {
+    for (const [begin, end] of stageRanges(config)) {
       const { name, bytes } = await reader.finalState(replica, begin, end);
       if (!bytes) throw new Error(`run '${run}' has no final state ${name} (has the run finished?)`);
       blobs.push({ source: `${run}:${name}`, bytes });

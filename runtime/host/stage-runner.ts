@@ -20,9 +20,9 @@
 //
 // This file wires the pieces together and carries out each command of the
 // actor on the slot's command chain, one at a time (command-chain.ts).
+import { stageRanges } from '../../schemas/stage-layers.ts';
 import { createActor } from 'xstate';
 import { stageMachine, type StageCommand, type StageEvent, type StageMachineInput } from '../../actors/stage-machine.ts';
-import { splitLayers } from '../../native/index.ts';
 import type { CheckpointPointer, StageCounters } from '../../schemas/control-messages.ts';
 import type { RunConfig } from '../../schemas/run-config.ts';
 import { boundaryCodecs } from '../codecs/index.ts';
@@ -107,8 +107,8 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
   // Where inputs and step control start: after the checkpoint, or (rewound with none since) where the rewind left the streams.
   const resume = restored?.resume ?? rewound?.resume;
   const holder: SlotHolder = { replica, stage: s, generation, host: o.host };
-  const layers = splitLayers(model.nLayers, t.stages)[s];
-  const compute = createComputeStage(config, o.device, layers[0], layers[1]);
+  const layers = stageRanges(config)[s];
+  const compute = createComputeStage(config, o.device, s);
   const schedule = runSchedule(config);
   const engine = compute.stage;
   const chain = new CommandChain(log);

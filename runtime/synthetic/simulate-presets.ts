@@ -3,16 +3,44 @@
 // a Llama-style 100B model (90 layers, d = 9216) in 16 stages × 3 replicas on
 // A100s in 5 datacenters, with activations shrunk 64× at the boundaries (a
 // microbatch of 2 × 4096 tokens crosses as 2.36 MB: 8192 × 9216 bf16 ÷ 64).
-import type { RunConfig } from '../../schemas/run-config.ts';
+import type { RunConfig, SyntheticCompute } from '../../schemas/run-config.ts';
+import { speedAwareLayers } from '../config/speed-split.ts';
 
 export interface SimulatePreset {
   readonly description: string;
   readonly config: RunConfig;
   readonly datacenters: number;
+  /** Devices of different speeds, given to the stages in turn (stage s gets mix[s mod n]). */
+  readonly mix?: readonly SimulatedDevice[];
+}
+
+export interface SimulatedDevice { readonly device: string; readonly peakTflops: number }
+
+// Peak dense bf16 tensor TFLOPS, as the vendors give them; memory is not modelled.
+const DEVICES = {
+  h100: { device: 'H100 SXM', peakTflops: 989 },
+  a100: { device: 'A100 80GB', peakTflops: 312 },
+  rtx4090: { device: 'RTX 4090', peakTflops: 165 },
+  rtx3090: { device: 'RTX 3090', peakTflops: 71 },
+} as const satisfies Record<string, SimulatedDevice>;
+
+export type LayerSplit = 'even' | 'speed';
+
+/**
+ * For `stages` stages of the preset: its devices (its mix given to the stages in turn, or its one device) in
+ * `synthetic`, and with split 'speed' the layers per stage that balance them (runtime/config/speed-split.ts).
+ */
+export function splitStages(p: SimulatePreset, synthetic: SyntheticCompute, stages: number, split: LayerSplit): { synthetic: SyntheticCompute; stageLayers?: number[] } {
+  const stageDevices = p.mix ? Array.from({ length: stages }, (_, s) => p.mix![s % p.mix!.length]) : undefined;
+  const speeds = stageDevices?.map((d) => d.peakTflops) ?? Array.from({ length: stages }, () => synthetic.peakTflops);
+  return {
+    synthetic: { ...synthetic, ...(stageDevices ? { stageDevices } : {}) },
+    ...(split === 'speed' ? { stageLayers: speedAwareLayers(p.config.model, p.config.training.seqLen, speeds) } : {}),
+  };
 }
 
 const optim = { lr: 1e-4, minLrRatio: 0.1, warmupSteps: 0, totalSteps: 1000, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1 };
-const a100 = { device: 'A100 80GB', peakTflops: 312 };
+const a100 = DEVICES.a100;
 
 const llama100b = { vocabSize: 32000, dModel: 9216, nLayers: 90, nHeads: 72, nKvHeads: 8, ffnHidden: 33792, maxSeqLen: 4096, ropeTheta: 500000, normEps: 1e-5, tiedEmbeddings: false };
 
@@ -37,6 +65,11 @@ export const SIMULATE_PRESETS: Readonly<Record<string, SimulatePreset>> = {
     { stages: 16, replicas: 3, microbatches: 32, timeScale: 1 }),
   'llama-7b': preset('a 7B Llama (32 layers, d=4096) in 4 stages × 1 replica over 4 datacenters at the A100s\' own speed, 1 MiB frames: for WAN sweeps (--wan)', 4, llama7b,
     { stages: 4, replicas: 1, microbatches: 8, timeScale: 1 }),
+  'mixed-7b': {
+    ...preset('the 7B Llama in 4 stages × 1 replica on an H100, an A100, an RTX 4090 and an RTX 3090, 2 datacenters: for --split speed against even', 2, llama7b,
+      { stages: 4, replicas: 1, microbatches: 8, timeScale: 4 }),
+    mix: [DEVICES.h100, DEVICES.a100, DEVICES.rtx4090, DEVICES.rtx3090],
+  },
   'orion-mini': preset('the same model in 4 stages × 1 replica over 2 datacenters, 8 microbatches: a quick check', 2, llama100b,
     { stages: 4, replicas: 1, microbatches: 8, timeScale: 20 }),
 };

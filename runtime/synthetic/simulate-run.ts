@@ -17,7 +17,7 @@ import { openExistingRun } from '../transport/run-resources.ts';
 import { slotPlacements } from '../transport/slot-placement.ts';
 import { trainDistributed, type DistributedOptions } from '../train/train-distributed.ts';
 import type { RunSummary } from '../../schemas/run-records.ts';
-import { splitLayers } from '../../native/index.ts';
+import { stageDevice, stageRanges } from '../../schemas/stage-layers.ts';
 import { SyntheticStage } from '../compute/synthetic-stage.ts';
 import { FaultInjector, type FaultRecord, type SimulateFaults } from './simulate-faults.ts';
 import { startNatsServer } from '../nats/nats-server.ts';
@@ -51,6 +51,9 @@ export interface SimulateResult {
   readonly time_scale: number;
   readonly wall_s: number;
   readonly utilization_by_stage: number[];
+  /** Each stage's layers (its count), and the simulated device it runs on. */
+  readonly layers_by_stage: number[];
+  readonly devices_by_stage: string[];
   readonly recoveries: unknown;
   /** What was killed or cut, after which step, and how long replica 0 then stood still. */
   readonly faults: FaultRecord[];
@@ -175,8 +178,9 @@ export async function simulate(o: SimulateOptions): Promise<SimulateResult> {
   const frameBytes = summary.wire.frames ? summary.wire.wire_bytes / summary.wire.frames : 0;
   // Each boundary whose two stages sit in different datacenters carries M activations and M gradients a step.
   const crossings = stageDcs.reduce((n, row) => n + row.slice(1).filter((dc, i) => dc !== row[i]).length, 0);
-  const [begin, end] = splitLayers(o.config.model.nLayers, S)[0];
-  const forwardMs = new SyntheticStage({ model: o.config.model, layerBegin: begin, layerEnd: end, batchSize: t.batchSize, seqLen: t.seqLen, synthetic: s }).forwardMs * s.timeScale;
+  const ranges = stageRanges(o.config);
+  const [begin, end] = ranges[0];
+  const forwardMs = new SyntheticStage({ model: o.config.model, layerBegin: begin, layerEnd: end, batchSize: t.batchSize, seqLen: t.seqLen, synthetic: stageDevice(s, 0) }).forwardMs * s.timeScale;
   return {
     bench: 'simulate', preset: o.preset, stages: S, replicas: t.replicas, datacenters: o.datacenters, microbatches: M, steps: t.steps,
     schedule, utilization: +utilization.toFixed(4), schedule_bound: +bound.toFixed(4), ratio_to_bound: +(utilization / bound).toFixed(4),
@@ -184,7 +188,8 @@ export async function simulate(o: SimulateOptions): Promise<SimulateResult> {
     tokens_per_s: Math.round(summary.tokens_per_s / s.timeScale), mfu_pct: +summary.mfu_pct.toFixed(2),
     wan_bytes_per_step: Math.round(crossings * 2 * M * frameBytes), frame_bytes: Math.round(frameBytes), time_scale: s.timeScale,
     forward_ms_simulated: +forwardMs.toFixed(1), wall_s: +summary.wall_seconds.toFixed(1),
-    utilization_by_stage: summary.utilization_by_stage.map((u) => +u.toFixed(3)), recoveries: summary.recoveries, faults: faults.report(),
+    utilization_by_stage: summary.utilization_by_stage.map((u) => +u.toFixed(3)),
+    layers_by_stage: ranges.map(([b, e]) => e - b), devices_by_stage: ranges.map((_, st) => stageDevice(s, st).device), recoveries: summary.recoveries, faults: faults.report(),
     wan: o.wan ? { profile: o.wan.profile.name, rtt_scale: o.wan.rttScale ?? 1, up_mbit: o.wan.rateMbit ?? o.wan.profile.hostUpMbit, down_mbit: o.wan.rateMbit ?? o.wan.profile.hostDownMbit, nats: o.wan.nats ?? 'per-dc' } : null,
   };
 }

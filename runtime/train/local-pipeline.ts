@@ -21,9 +21,9 @@ export interface StepResult {
 export class LocalPipeline {
   readonly stages: EngineStage[];
 
-  /** `on`: the device every stage runs on (default the CPU). */
-  constructor(model: EngineModelConfig, optim: OptimizerConfig, stageCount: number, seed: number, threads?: number, on: Pick<StageSpec, 'device' | 'gpu'> = {}) {
-    this.stages = splitLayers(model.nLayers, stageCount).map(
+  /** `stages`: how many, split evenly, or each stage's [begin, end) layers; `on`: the device every stage runs on (default the CPU). */
+  constructor(model: EngineModelConfig, optim: OptimizerConfig, stages: number | ReadonlyArray<readonly [number, number]>, seed: number, threads?: number, on: Pick<StageSpec, 'device' | 'gpu'> = {}) {
+    this.stages = (typeof stages === 'number' ? splitLayers(model.nLayers, stages) : stages).map(
       ([layerBegin, layerEnd]) => new EngineStage({ model, optim, layerBegin, layerEnd, seed, threads, ...on }),
     );
   }

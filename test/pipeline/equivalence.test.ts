@@ -60,3 +60,20 @@ test('two replicas train independently on their own data', async (t) => {
   t.not(byReplica[0], byReplica[1], 'different data shards give different weights (no Bridge yet)');
   t.notDeepEqual((r.losses_by_replica as number[][])[0], (r.losses_by_replica as number[][])[1]);
 });
+
+test('an uneven split gives the same weights: --stage-layers 1,3 over NATS and 3,1 in process equal one stage, bit for bit', async (t) => {
+  const [uneven, reversed, one] = await Promise.all([
+    caravan([...common, '--stages', '2', '--stage-layers', '1,3']),
+    caravan([...common, '--stages', '2', '--stage-layers', '3,1', '--in-process']),
+    caravan([...common, '--stages', '1', '--in-process']),
+  ]);
+  const [a, b, c] = [summaryOf(uneven), summaryOf(reversed), summaryOf(one)];
+  t.is(a.mode, 'nats');
+  t.deepEqual(a.losses, c.losses);
+  t.deepEqual(b.losses, c.losses);
+  t.is(a.params_sha256, c.params_sha256);
+  t.is(b.params_sha256, c.params_sha256);
+  const bad = await caravan([...common, '--stages', '2', '--stage-layers', '1,2']);
+  t.is(bad.code, 1);
+  t.regex(bad.stderr, /training\.stageLayers \[1,2\] holds 3 layers, the model has 4/);
+});

@@ -7,6 +7,9 @@
 // good part of the bound (a loose floor: 2 cores run the hosts here, beside
 // other tests, so the time scale leaves each forward 290 ms of compute).
 import test from 'ava';
+import { scheduleUse } from '../../runtime/config/run-schedule.ts';
+import { SIMULATE_PRESETS, splitStages, type LayerSplit } from '../../runtime/synthetic/simulate-presets.ts';
+import { validateRunConfig } from '../../schemas/run-config.ts';
 import { caravan } from '../support/caravan-cli.ts';
 
 test('caravan simulate --preset orion-mini: utilization against the schedule\'s bound, tokens/s, MFU and WAN bytes', async (t) => {
@@ -49,4 +52,21 @@ test('caravan simulate refuses faults it cannot carry out, saying why', async (t
   const bad = await caravan(['simulate', '--preset', 'orion-mini', '--wan', 'us5', '--partition', 'us-east']);
   t.not(bad.code, 0);
   t.regex(bad.stderr, /--partition takes <datacenter>:<seconds>/);
+});
+
+test('caravan simulate --preset mixed-7b --split speed: each stage on its own device, the faster ones with more layers, and a higher schedule bound than the even split\'s', async (t) => {
+  const r = await caravan(['simulate', '--preset', 'mixed-7b', '--split', 'speed', '--steps', '1', '--microbatches', '4', '--time-scale', '8', '--json']);
+  t.is(r.code, 0, r.stderr);
+  const line = JSON.parse(r.stdout.trim().split('\n').pop()!);
+  t.deepEqual(line.devices_by_stage, ['H100 SXM', 'A100 80GB', 'RTX 4090', 'RTX 3090']);
+  const preset = SIMULATE_PRESETS['mixed-7b'];
+  const t0 = preset.config.training;
+  const config = (split: LayerSplit) => validateRunConfig({ ...preset.config, training: { ...t0, microbatches: 4, ...splitStages(preset, t0.synthetic!, 4, split) } });
+  t.deepEqual(line.layers_by_stage, config('speed').training.stageLayers);
+  t.true(line.layers_by_stage[0] > line.layers_by_stage[1] && line.layers_by_stage[1] > line.layers_by_stage[2], `${line.layers_by_stage}`);
+  // The bound comes from the config alone (each stage's FLOPs at its device's pace), not from the timing of a run.
+  const even = scheduleUse(config('even')).bound;
+  t.is(line.schedule_bound, +scheduleUse(config('speed')).bound.toFixed(4));
+  t.true(line.schedule_bound > 1.5 * even, `bound ${line.schedule_bound} against the even split's ${even}`);
+  t.log(`layers ${line.layers_by_stage}, bound ${line.schedule_bound} (even: ${even.toFixed(4)}), ${line.tokens_per_s} tokens/s`);
 });

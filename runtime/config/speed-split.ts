@@ -1,0 +1,39 @@
+// Layers per stage for stages of different speeds: the split whose slowest
+// stage is as fast as can be, so the pipeline's pace (set by its slowest
+// stage) is the best any contiguous split allows. A stage's time is its
+// training FLOPs — its layers, and the LM head on the last one (the
+// embedding is a lookup) — over its speed. Exact, by dynamic programming over
+// (stages, layers): O(S·L²), a few million steps for 16 stages of 90 layers.
+import type { LlamaConfig } from '../../schemas/model-config.ts';
+import { stageForwardFlopsPerToken } from '../../schemas/model-flops.ts';
+
+/**
+ * Layers per stage (each at least one, summing to m.nLayers) for stages of relative speeds `speeds` (any unit:
+ * TFLOPS, or a measured rate), minimising the slowest stage's time. Ties go to the split that gives later
+ * stages fewer layers, so the result is one function of its inputs.
+ */
+export function speedAwareLayers(m: LlamaConfig, seqLen: number, speeds: readonly number[]): number[] {
+  const S = speeds.length, L = m.nLayers;
+  if (S < 1 || S > L) throw new Error(`cannot split ${L} layers into ${S} stages`);
+  if (!speeds.every((v) => Number.isFinite(v) && v > 0)) throw new Error(`stage speeds must be positive numbers, got ${JSON.stringify(speeds)}`);
+  const time = (s: number, begin: number, end: number) => stageForwardFlopsPerToken(m, seqLen, begin, end) / speeds[s];
+  // slowest[s][e]: the least possible slowest time of stages 0..s holding layers [0, e); from[s][e]: where stage s begins then.
+  const slowest = Array.from({ length: S }, () => new Float64Array(L + 1).fill(Infinity));
+  const from = Array.from({ length: S }, () => new Int32Array(L + 1).fill(-1));
+  for (let e = 1; e <= L - (S - 1); e++) { slowest[0][e] = time(0, 0, e); from[0][e] = 0; }
+  for (let s = 1; s < S; s++) {
+    for (let e = s + 1; e <= L - (S - 1 - s); e++) {
+      for (let b = e - 1; b >= s; b--) {
+        const t = Math.max(slowest[s - 1][b], time(s, b, e));
+        if (t < slowest[s][e]) { slowest[s][e] = t; from[s][e] = b; }
+      }
+    }
+  }
+  const counts = new Array<number>(S);
+  for (let s = S - 1, e = L; s >= 0; s--) {
+    const b = from[s][e];
+    counts[s] = e - b;
+    e = b;
+  }
+  return counts;
+}
