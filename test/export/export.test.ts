@@ -155,10 +155,10 @@ test('stitching refuses a missing stage, states of different steps, and models t
   await t.throwsAsync(statesFromCheckpointDir(join(dir, 'nothing-here')), { message: /cannot read checkpoint directory .*: ENOENT/ });
 });
 
-test('caravan export from a NATS run\'s final states gives the run summary\'s params_sha256; eval and generate run from the CLI', async (t) => {
+test('caravan export from a NATS run\'s final states (layers split 3 and 1) gives the run summary\'s params_sha256; eval and generate run from the CLI', async (t) => {
   const server = await startNatsServer();
   t.teardown(() => server.stop());
-  const config = await loadRunConfig({ preset: 'tiny', overrides: { training: { steps: 3, stages: 2, seqLen: 32, batchSize: 4 } } });
+  const config = await loadRunConfig({ preset: 'tiny', overrides: { training: { steps: 3, stages: 2, stageLayers: [3, 1], seqLen: 32, batchSize: 4 } } });
   const summary = await trainDistributed({ config, nats: server.url, run: 'exported', log: createLogger('test', 'silent') });
   const out = join(await tempDir(), 'model');
   const exported = summaryOf(await caravan(['export', '--nats', server.url, '--run', 'exported', '--out', out, '--json']));
