@@ -3,7 +3,7 @@
 // (runtime/host/frame-buffers.ts), sign it, publish it to JetStream with its
 // Nats-Msg-Id, consume it through the stage's durable pull consumer, check
 // the signature, decode and validate it, ack it — beside the same path
-// unsigned and encoding into a fresh buffer each time (as hosts did before),
+// encoding into a fresh buffer each time (as hosts did before),
 // the same JetStream path with raw bytes (what the store itself costs), raw
 // bytes into a stream that acknowledges before it writes to disk
 // (persist_mode async, nats-server ≥ 2.12, one server only), core NATS

@@ -9,9 +9,9 @@ import { fileURLToPath } from 'node:url';
 import { decodeSafeTensors, encodeSafeTensors, type SafeTensor } from './safetensors.ts';
 
 import type { LlamaConfig } from '../schemas/model-config.ts';
-export { splitLayers } from '../schemas/stage-layers.ts';
 import type { OptimizerConfig } from '../schemas/run-config.ts';
 export { decodeSafeTensors, encodeSafeTensors, type SafeTensor, type SafeTensorsFile } from './safetensors.ts';
+export { splitLayers } from '../schemas/stage-layers.ts';
 
 // The engine's model and optimizer settings are the run config's own types (type-only imports: no runtime dependency).
 export type EngineModelConfig = LlamaConfig;

@@ -91,7 +91,13 @@ export interface SyntheticCompute {
   /** Bytes of one activation or gradient frame's payload, as the real model would send at a boundary. */
   readonly frameBytes: number;
   /** A device per stage, in order, where stages run on different ones (efficiency is shared); absent: `device` everywhere. */
-  readonly stageDevices?: ReadonlyArray<{ readonly device: string; readonly peakTflops: number }>;
+  readonly stageDevices?: readonly StageDevice[];
+}
+
+/** A simulated device: its name and peak dense bf16 TFLOP/s. */
+export interface StageDevice {
+  readonly device: string;
+  readonly peakTflops: number;
 }
 
 /** Which checkpoint intervals are audited: each (replica, stage, interval) with probability `rate`, drawn from `seed` (default: the run's seed). */

@@ -14,7 +14,6 @@
 // weight gradients still go in microbatch order, the one the engine's split
 // and fused backwards agree on bit for bit (test/engine/split-backward.test.ts),
 // so the schedule the holder ran does not matter.
-import { stageRanges } from '../../schemas/stage-layers.ts';
 import { createHash } from 'node:crypto';
 import { EngineStage } from '../../native/index.ts';
 import type { OutputDigests } from '../../schemas/control-messages.ts';
@@ -23,6 +22,7 @@ import { decodeFrame, encodeFrameWithCodecs, type FrameKind } from '../../schema
 import { boundaryCodecs, FRAME_CODECS } from '../codecs/index.ts';
 import type { TokenDataset } from '../data/index.ts';
 import { combineDigests, frameDigest } from './output-digests.ts';
+import { stageRanges } from '../../schemas/stage-layers.ts';
 
 /** What the slot's holder reported for a step: its 'done' report. */
 export interface ReportedStep {

@@ -4,7 +4,6 @@
 // each has its own chain of work, so every stage's sync downloads, combines
 // and uploads at the same time as the others'. Each contribution's reported
 // SHA-256 is kept for the combiner, which checks the object's bytes against it.
-import { stageRanges } from '../../schemas/stage-layers.ts';
 import { createActor } from 'xstate';
 import { bridgeMachine, type BridgeCommand } from '../../actors/bridge-machine.ts';
 import type { BridgeConfig, RunConfig } from '../../schemas/run-config.ts';
@@ -13,6 +12,7 @@ import type { BridgeRecord } from '../../schemas/run-records.ts';
 import type { Logger } from '../log.ts';
 import type { BridgeStore } from '../transport/bridge-store.ts';
 import { stageCombiner } from './stage-combiner.ts';
+import { stageRanges } from '../../schemas/stage-layers.ts';
 
 // Hosts read the Bridge's records through here (runtime/host/bridge-sync.ts); the reading lives in the transport.
 export { readBridgeRecord } from '../transport/bridge-store.ts';

@@ -6,10 +6,10 @@
 // simulation (synthetic-stage.ts), which computes nothing and takes the
 // simulated device's time. `createComputeStage` picks one from the run's
 // config; the host above it is the same for both.
-import { stageDevice, stageRanges } from '../../schemas/stage-layers.ts';
 import { EngineStage, sgemmGflops, type CudaDeviceInfo } from '../../native/index.ts';
 import type { RunConfig } from '../../schemas/run-config.ts';
 import { SyntheticStage } from './synthetic-stage.ts';
+import { stageDevice, stageRanges } from '../../schemas/stage-layers.ts';
 
 /** What the host drives: the engine's surface (its computations off the event loop), which the synthetic stage implements too. */
 export type ComputeStage = Pick<EngineStage, 'isFirst' | 'isLast' | 'inWidth' | 'outWidth' | 'needsTokens' | 'cuda' | 'paramCount'

@@ -1,11 +1,11 @@
 // A run's config from a preset, a YAML, TOML or JSON file laid over it, and
 // flags laid over both; validated before anything starts.
-import { stageRanges } from '../../schemas/stage-layers.ts';
 import { readFile } from 'node:fs/promises';
 import { parse as parseToml } from 'smol-toml';
 import { parse as parseYaml } from 'yaml';
 import { validateRunConfig, type RunConfig } from '../../schemas/run-config.ts';
 import { preset } from '../config/presets.ts';
+import { stageRanges } from '../../schemas/stage-layers.ts';
 
 export interface ConfigOverrides {
   readonly model?: Partial<RunConfig['model']>;

@@ -5,11 +5,11 @@
 // bound, the utilization it reaches in steady state with no link latency
 // (actors/schedule-simulation.ts): 1F1B flushes every step, the zero-bubble
 // schedules do not (their updates are post-validated).
-import { stageRanges } from '../../schemas/stage-layers.ts';
 import { pipelineSchedule, type PipelineOp, type ScheduleSpec } from '../../actors/pipeline-schedule.ts';
 import { steadyStateUtilization } from '../../actors/schedule-simulation.ts';
 import { opCostsFromFlops } from '../../schemas/model-flops.ts';
 import { DEFAULT_SCHEDULE, type RunConfig, type ScheduleName } from '../../schemas/run-config.ts';
+import { stageDevice, stageRanges } from '../../schemas/stage-layers.ts';
 
 export interface RunSchedule {
   readonly name: ScheduleName;
@@ -24,7 +24,7 @@ export function runSchedule(config: RunConfig): RunSchedule {
   const { model, training: t } = config;
   const name = t.schedule ?? DEFAULT_SCHEDULE;
   // Stages on simulated devices of different speeds take their ops' FLOPs at their own pace.
-  const pace = (s: number) => (t.synthetic?.stageDevices ? t.synthetic.peakTflops / t.synthetic.stageDevices[s].peakTflops : 1);
+  const pace = (s: number) => (t.synthetic ? t.synthetic.peakTflops / stageDevice(t.synthetic, s).peakTflops : 1);
   const costs = opCostsFromFlops(model, t.seqLen, stageRanges(config)).map((c, s) => ({ F: c.F * pace(s), B: c.B * pace(s), W: c.W * pace(s) }));
   const spec: ScheduleSpec = { stages: t.stages, microbatches: t.microbatches, extraInFlight: t.extraInFlight ?? 0, costs };
   return { name, spec, lists: pipelineSchedule(name, spec), postValidated: name !== '1f1b' };

@@ -1,8 +1,9 @@
 // Layers per stage for stages of different speeds: the split whose slowest
 // stage is as fast as can be, so the pipeline's pace (set by its slowest
 // stage) is the best any contiguous split allows. A stage's time is its
-// training FLOPs — its layers, and the LM head on the last one (the
-// embedding is a lookup) — over its speed. Exact, by dynamic programming over
+// forward FLOPs — its layers, and the LM head on the last one (the embedding
+// is a lookup) — over its speed; training is three forwards' worth
+// (model-flops.ts), so the forward ranks splits as training does. Exact, by dynamic programming over
 // (stages, layers): O(S·L²), a few million steps for 16 stages of 90 layers.
 import type { LlamaConfig } from '../../schemas/model-config.ts';
 import { stageForwardFlopsPerToken } from '../../schemas/model-flops.ts';

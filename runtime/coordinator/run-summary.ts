@@ -4,7 +4,6 @@
 // order without optimizer moments, so the hash does not depend on the
 // split), losses, speed and pipeline use from the final counters, bytes on
 // the wire, recoveries, skipped steps, and with a Bridge every stored sync.
-import { stageRanges } from '../../schemas/stage-layers.ts';
 import { scheduleUse } from '../config/run-schedule.ts';
 import { decodeSafeTensors, hashParams } from '../../native/index.ts';
 import type { StageCounters } from '../../schemas/control-messages.ts';
@@ -15,6 +14,7 @@ import type { BridgeStore } from '../transport/bridge-store.ts';
 import type { RunResults } from '../transport/run-results.ts';
 import { mfuPercent, pipelineUse, tokensPerStep } from './live-metrics.ts';
 import type { LiveRunState } from './run-state.ts';
+import { stageRanges } from '../../schemas/stage-layers.ts';
 
 /** sha256 over the parameter tensors of stage states, in order (optimizer moments excluded). */
 export function hashStageStates(states: readonly Uint8Array[]): string {

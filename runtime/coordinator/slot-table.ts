@@ -4,7 +4,6 @@
 // and notes how far the previous holder's frames count (sentUntil); then the
 // host's record says what it holds. Signatures are checked against the
 // record from then on.
-import { stageRanges } from '../../schemas/stage-layers.ts';
 import type { CoordinatorCommand } from '../../actors/coordinator-machine.ts';
 import type { RunConfig } from '../../schemas/run-config.ts';
 import type { RecoveryCounts, SentUntil } from '../../schemas/run-records.ts';
@@ -12,6 +11,7 @@ import type { Logger } from '../log.ts';
 import type { SlotStore } from '../transport/slot-store.ts';
 import type { Membership } from './membership.ts';
 import type { OrderedWrites } from './ordered-writes.ts';
+import { stageRanges } from '../../schemas/stage-layers.ts';
 
 export class SlotTable {
   constructor(private readonly o: {

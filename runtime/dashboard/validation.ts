@@ -8,7 +8,6 @@
 // checkpoint dropped before it was read (a newer one replaced it) is passed
 // over. The cost is the observer's, never the run's; for models too big for
 // the dashboard's machine, `--validate-batches 0` turns it off.
-import { stageRanges } from '../../schemas/stage-layers.ts';
 import { createHash } from 'node:crypto';
 import type { RunConfig } from '../../schemas/run-config.ts';
 import type { RunSummary, SlotRecord } from '../../schemas/run-records.ts';
@@ -18,6 +17,7 @@ import { exportedFromStitched } from '../export/hf-llama.ts';
 import { stitchStageStates, type StageStateBlob } from '../export/stitch-stages.ts';
 import type { Logger } from '../log.ts';
 import type { RunResources } from '../transport/run-resources.ts';
+import { stageRanges } from '../../schemas/stage-layers.ts';
 
 export interface ValidationPoint {
   /** Steps trained: the weights after step `step - 1`. */

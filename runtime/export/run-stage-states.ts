@@ -1,7 +1,6 @@
 // Where a run's stage states come from: an in-process run's checkpoint
 // directory (stage-<a>-<b>.safetensors), or a NATS run's final states in its
 // Object Store, with its config (and so its tokenizer) from KV.
-import { stageRanges } from '../../schemas/stage-layers.ts';
 import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { RunConfig } from '../../schemas/run-config.ts';
@@ -9,6 +8,7 @@ import { connectToRun } from '../transport/connect.ts';
 import { openExistingRun } from '../transport/run-resources.ts';
 import { RunStateReader } from '../transport/run-state-reader.ts';
 import type { StageStateBlob } from './stitch-stages.ts';
+import { stageRanges } from '../../schemas/stage-layers.ts';
 
 export async function statesFromCheckpointDir(dir: string): Promise<StageStateBlob[]> {
   let names: string[];

@@ -27,7 +27,7 @@ export class FrameBuffers {
   /** A frame taken from here is stored: its buffer may hold the next one. */
   give(frame: Uint8Array): void {
     this.free.push(frame.buffer as ArrayBuffer);
-    // The smallest go first: a stage's frames are mostly one size, and a larger buffer fits a smaller frame.
+    // Past `keep`, the smallest are let go: a stage's frames are mostly one size, and a larger buffer fits a smaller one.
     if (this.free.length > this.keep) {
       this.free.sort((a, b) => b.byteLength - a.byteLength);
       this.free.length = this.keep;

@@ -20,7 +20,6 @@
 //
 // This file wires the pieces together and carries out each command of the
 // actor on the slot's command chain, one at a time (command-chain.ts).
-import { stageRanges } from '../../schemas/stage-layers.ts';
 import { createActor } from 'xstate';
 import { stageMachine, type StageCommand, type StageEvent, type StageMachineInput } from '../../actors/stage-machine.ts';
 import type { CheckpointPointer, StageCounters } from '../../schemas/control-messages.ts';
@@ -53,6 +52,7 @@ import { SlotState } from './slot-state.ts';
 import { slotData, StageCompute } from './stage-compute.ts';
 import { StepDigests } from '../audit/output-digests.ts';
 import { StepControl } from './step-control.ts';
+import { stageRanges } from '../../schemas/stage-layers.ts';
 
 export interface StageRunner {
   /** Settles when the run ends (after `stop()`), or rejects when the stage fails or loses its slot. */

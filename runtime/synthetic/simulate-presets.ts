@@ -3,7 +3,7 @@
 // a Llama-style 100B model (90 layers, d = 9216) in 16 stages × 3 replicas on
 // A100s in 5 datacenters, with activations shrunk 64× at the boundaries (a
 // microbatch of 2 × 4096 tokens crosses as 2.36 MB: 8192 × 9216 bf16 ÷ 64).
-import type { RunConfig, SyntheticCompute } from '../../schemas/run-config.ts';
+import type { RunConfig, StageDevice, SyntheticCompute } from '../../schemas/run-config.ts';
 import { speedAwareLayers } from '../config/speed-split.ts';
 
 export interface SimulatePreset {
@@ -11,10 +11,8 @@ export interface SimulatePreset {
   readonly config: RunConfig;
   readonly datacenters: number;
   /** Devices of different speeds, given to the stages in turn (stage s gets mix[s mod n]). */
-  readonly mix?: readonly SimulatedDevice[];
+  readonly mix?: readonly StageDevice[];
 }
-
-export interface SimulatedDevice { readonly device: string; readonly peakTflops: number }
 
 // Peak dense bf16 tensor TFLOPS, as the vendors give them; memory is not modelled.
 const DEVICES = {
@@ -22,7 +20,7 @@ const DEVICES = {
   a100: { device: 'A100 80GB', peakTflops: 312 },
   rtx4090: { device: 'RTX 4090', peakTflops: 165 },
   rtx3090: { device: 'RTX 3090', peakTflops: 71 },
-} as const satisfies Record<string, SimulatedDevice>;
+} as const satisfies Record<string, StageDevice>;
 
 export type LayerSplit = 'even' | 'speed';
 
@@ -40,7 +38,6 @@ export function splitStages(p: SimulatePreset, synthetic: SyntheticCompute, stag
 }
 
 const optim = { lr: 1e-4, minLrRatio: 0.1, warmupSteps: 0, totalSteps: 1000, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1 };
-const a100 = DEVICES.a100;
 
 const llama100b = { vocabSize: 32000, dModel: 9216, nLayers: 90, nHeads: 72, nKvHeads: 8, ffnHidden: 33792, maxSeqLen: 4096, ropeTheta: 500000, normEps: 1e-5, tiedEmbeddings: false };
 
@@ -54,7 +51,7 @@ function preset(description: string, datacenters: number, model: RunConfig['mode
   const { timeScale, ...split } = shape;
   return {
     description, datacenters,
-    config: { model, optim, training: { ...training, ...split, synthetic: { ...a100, efficiency: 0.5, timeScale, frameBytes: frameBytes(model.dModel) } } },
+    config: { model, optim, training: { ...training, ...split, synthetic: { ...DEVICES.a100, efficiency: 0.5, timeScale, frameBytes: frameBytes(model.dModel) } } },
   };
 }
 

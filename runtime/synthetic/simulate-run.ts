@@ -17,13 +17,13 @@ import { openExistingRun } from '../transport/run-resources.ts';
 import { slotPlacements } from '../transport/slot-placement.ts';
 import { trainDistributed, type DistributedOptions } from '../train/train-distributed.ts';
 import type { RunSummary } from '../../schemas/run-records.ts';
-import { stageDevice, stageRanges } from '../../schemas/stage-layers.ts';
 import { SyntheticStage } from '../compute/synthetic-stage.ts';
 import { FaultInjector, type FaultRecord, type SimulateFaults } from './simulate-faults.ts';
 import { startNatsServer } from '../nats/nats-server.ts';
 import { startSupercluster } from '../nats/nats-supercluster.ts';
 import { startWan, type WanNetwork } from '../wan/wan-network.ts';
 import { planWan, type WanProfile } from '../wan/wan-profile.ts';
+import { stageDevice, stageRanges } from '../../schemas/stage-layers.ts';
 
 const CLIENT_PORT = 4222, CLUSTER_PORT = 6222, GATEWAY_PORT = 7222;
 

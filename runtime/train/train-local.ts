@@ -1,11 +1,11 @@
 // The single-process training run: data from the bundled corpus (or a token
 // shard), a LocalPipeline of S stages, periodic validation, checkpoints.
-import { layerRanges } from '../../schemas/stage-layers.ts';
 import { loadTokens, TokenDataset } from '../data/index.ts';
 import { readStageCheckpoint, writeStageCheckpoint } from '../checkpoint/local-checkpoint.ts';
 import type { EngineStage, StageSpec } from '../../native/index.ts';
 import { LocalPipeline, type StepResult } from './local-pipeline.ts';
 import type { RunPreset } from '../config/presets.ts';
+import { stageRanges } from '../../schemas/stage-layers.ts';
 
 export interface TrainOptions extends RunPreset {
   readonly dataFile?: string;           // llm.c / nanoGPT token shard; the bundled corpus when absent
@@ -35,7 +35,7 @@ export interface TrainSummary {
 export async function trainLocal(options: TrainOptions): Promise<TrainSummary> {
   const { model, optim, training: t } = options;
   const dataset = new TokenDataset(await loadTokens(options, options.dataFile));
-  const pipeline = new LocalPipeline(model, optim, t.stageLayers ? layerRanges(t.stageLayers) : t.stages, t.seed, t.cpuThreads, options.on);
+  const pipeline = new LocalPipeline(model, optim, stageRanges(options), t.seed, t.cpuThreads, options.on);
   let startStep = 0;
   if (options.resume && options.checkpointDir) {
     for (const stage of pipeline.stages) await readStageCheckpoint(options.checkpointDir, stage);
