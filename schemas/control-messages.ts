@@ -163,7 +163,7 @@ export interface Progress {
 }
 
 /** Where a host started with CARAVAN_CHAOS=1 can be told to stop itself. */
-export const FAULT_POINTS = ['forward', 'backward', 'publish', 'checkpoint'] as const;
+export const FAULT_POINTS = ['forward', 'backward', 'publish', 'checkpoint', 'bridge-sync'] as const;
 export type FaultPoint = (typeof FAULT_POINTS)[number];
 
 /** `chaos.<host>`: stop on the after-th time the point is reached from now (1 = the next). */

@@ -11,7 +11,14 @@
 // slow to heartbeat), is started again after RESTART_DELAY_MS as a fresh
 // process, which joins as a standby. So capacity is not used up by faults,
 // however many there are.
+//
+// With `partitions`, each host reaches every NATS server through a link of
+// its own (a userspace TCP proxy, link-emulator.ts) that the driver can cut
+// and heal: a partition between that host and NATS. While cut, the link
+// carries nothing and drops nothing, as a partition that heals before TCP
+// gives up; the host's connections stall rather than close.
 import type { Logger } from '../log.ts';
+import { LinkEmulator } from '../wan/link-emulator.ts';
 import { startNatsCluster, type NatsClusterHandle } from '../nats/nats-cluster.ts';
 import { startNatsServer, type NatsServerHandle } from '../nats/nats-server.ts';
 import { isRunning, spawnCaravan, type CaravanChild } from '../train/caravan-child.ts';
@@ -31,7 +38,11 @@ export interface ChaosFleetOptions {
   readonly cheat?: string;
   /** Called when a child exits in a way the run did not cause. */
   readonly fail: (err: Error) => void;
+  /** Each host reaches NATS through links that `partition` can cut (a hop through this process for every byte). */
+  readonly partitions?: boolean;
 }
+
+const OPEN_LINK = { delayMs: 0, jitterMs: 0, rateMbit: 0, up: true };
 
 export class ChaosFleet {
   /** The 3-node cluster, once started (undefined with a single server). */
@@ -47,6 +58,8 @@ export class ChaosFleet {
   private stopping = false;
   private readonly restarts = new Set<NodeJS.Timeout>();
   private current: CaravanChild | undefined;
+  /** Each host's links to the servers (with `partitions`). */
+  private readonly links = new Map<CaravanChild, LinkEmulator[]>();
 
   constructor(private readonly o: ChaosFleetOptions) {}
 
@@ -95,14 +108,24 @@ export class ChaosFleet {
     return this.current;
   }
 
-  /** A stage host with fault injection on (CARAVAN_CHAOS=1, and the cheat if one is given), in a datacenter of its own. */
-  spawnHost(): CaravanChild {
+  /**
+   * A stage host with fault injection on (CARAVAN_CHAOS=1, and the cheat if one is given), in a datacenter of its own;
+   * with `partitions`, behind links of its own to the servers.
+   */
+  async spawnHost(): Promise<void> {
     const i = this.hostCount++;
     // Empty without --cheat: one inherited from this process's environment would make an ordinary chaos run cheat unasked.
     const env = { CARAVAN_CHAOS: '1', CARAVAN_CHAOS_CHEAT: this.o.cheat ?? '' };
+    const links = this.o.partitions ? await this.openLinks(`host ${i}`) : undefined;
+    if (this.stopping) { for (const l of links ?? []) await l.stop(); return; }  // stopped meanwhile: nothing must start after stop()
+    const url = links ? links.map((l) => `nats://127.0.0.1:${l.port}`).join(',') : this.natsUrl();
     const host = this.watch(spawnCaravan(`host ${i}`, [
-      'host', '--nats', this.natsUrl(), '--run', this.o.run, '--datacenter', `local-${i}`, '--heartbeat', String(this.o.heartbeatMs),
+      'host', '--nats', url, '--run', this.o.run, '--datacenter', `local-${i}`, '--heartbeat', String(this.o.heartbeatMs),
     ], { env, logLevel: this.o.childLogLevel, echo: this.echo() }));
+    if (links) {
+      this.links.set(host, links);
+      void host.exited.then(async () => { this.links.delete(host); for (const l of links) await l.stop(); });
+    }
     void host.exited.then(({ code }) => {
       // Killed by the run, or replaced and gone (exit 3): the supervisor starts it again. A clean exit (the run
       // ended) or a crash (which fails the run) is not restarted.
@@ -111,11 +134,17 @@ export class ChaosFleet {
         this.restarts.delete(timer);
         if (this.stopping) return;
         this.restartCount++;
-        this.spawnHost();
+        void this.spawnHost().catch((err: Error) => this.o.fail(err));
       }, RESTART_DELAY_MS);
       this.restarts.add(timer);
     });
-    return host;
+  }
+
+  /** Cuts (true) or heals (false) every link between a host and NATS; only with `partitions`. */
+  partition(host: CaravanChild, cut: boolean): void {
+    const links = this.links.get(host);
+    if (!links) throw new Error(`chaos: ${host.name} has no links to cut (the fleet was started without partitions)`);
+    for (const l of links) l.set({ up: !cut });
   }
 
   /** The child with process id `pid`, running or not. */
@@ -139,6 +168,8 @@ export class ChaosFleet {
     const timer = setTimeout(() => { for (const c of this.children) if (isRunning(c)) c.process.kill('SIGKILL'); }, 5000);
     await Promise.all(this.children.map((c) => c.exited));
     clearTimeout(timer);
+    for (const links of this.links.values()) for (const l of links) await l.stop();
+    this.links.clear();
     await this.cluster?.stop();
     await this.single?.stop();
   }
@@ -151,6 +182,18 @@ export class ChaosFleet {
       if (code !== 0) this.o.fail(new Error(`${c.name} exited (${code ?? signal}): ${c.lastLine()}`));
     });
     return c;
+  }
+
+  /** A link to each server, open, on a free loopback port. */
+  private async openLinks(name: string): Promise<LinkEmulator[]> {
+    const servers = this.natsUrl().split(',').map((u) => new URL(u.trim()));
+    return Promise.all(servers.map(async (u, k) => {
+      const link = new LinkEmulator({
+        name: `${name} → server ${k}`, listen: { host: '127.0.0.1', port: 0 }, target: { host: u.hostname, port: Number(u.port) }, forward: OPEN_LINK, backward: OPEN_LINK,
+      });
+      await link.start();
+      return link;
+    }));
   }
 
   private natsUrl(): string {

@@ -54,10 +54,11 @@ export interface ChaosOptions {
 export type Cheat = ReturnType<typeof parseCheat>;
 
 export interface KillRecord {
-  readonly target: string;          // 'stage' | 'stall' | 'coordinator' | 'coordinator-audit' | 'nats' | 'nats-checkpoint' | 'pause-coordinator' | 'pause-nats'
+  readonly target: string;          // 'stage' | 'stall' | 'partition' | 'coordinator' | 'coordinator-audit' | 'nats' | 'nats-checkpoint' | 'pause-coordinator' | 'pause-nats'
+  readonly kind: KillKind;          // the planned kind: for 'stage', the point it was killed at
   readonly detail: string;          // where: slot and point, or server name
   readonly afterStep: number;       // steps of replica 0 committed when it struck
-  readonly recovery_s: number;      // from the kill to the next committed step
+  readonly recovery_s: number;      // from the kill to the next step committed (by the struck slot's replica; replica 0's otherwise)
 }
 
 export interface ChaosReport {
@@ -65,11 +66,14 @@ export interface ChaosReport {
   readonly ok: boolean;
   readonly kills: number;
   readonly kills_by_target: Record<string, number>;
+  /** Faults by planned kind: a stage kill counts under its point. */
+  readonly faults_by_kind: Record<string, number>;
   readonly lost_microbatches: number;
   readonly duplicated_microbatches: number;
   readonly replay_mismatches: number;   // replayed steps whose Σg² differed from the first time
   readonly params_match_reference: boolean;
-  readonly recovery_s: { median: number; max: number };
+  readonly recovery_s: Percentiles;
+  readonly recovery_s_by_kind: Record<string, Percentiles>;
   readonly params_sha256: string;
   readonly reference_params_sha256: string;
   readonly hosts_replaced_and_refused: number;
@@ -150,7 +154,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport | CheatRepo
   const t = o.config.training;
   const events: string[] = [];
   const say = (line: string) => { events.push(line); o.onEvent?.(line); };
-  const plan = planKills({ kills: o.kills, seed: o.seed, steps: t.steps, stages: t.stages, replicas: t.replicas, checkpointEvery: t.checkpointEvery, natsServers: o.natsServers, targets: o.targets, audits: (t.audit?.rate ?? 0) > 0 });
+  const plan = planKills({ kills: o.kills, seed: o.seed, steps: t.steps, stages: t.stages, replicas: t.replicas, checkpointEvery: t.checkpointEvery, natsServers: o.natsServers, targets: o.targets, audits: (t.audit?.rate ?? 0) > 0, bridge: t.bridge !== undefined });
 
   say('reference: the same config without faults');
   const reference = await referenceRun(o);
@@ -163,6 +167,8 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport | CheatRepo
   const fleet = new ChaosFleet({
     run, configFile, heartbeatMs: o.heartbeatMs, heartbeatTimeoutMs: o.heartbeatTimeoutMs, log: o.log, childLogLevel: o.childLogLevel,
     cheat: o.cheat && `${o.cheat.mode}/${o.cheat.replica}/${o.cheat.stage}/${o.cheat.from}`, fail: (err) => watch.fail(err),
+    // Hosts reach NATS through links the driver can cut only when the plan partitions one: a proxy costs every frame a hop.
+    partitions: plan.some((k) => k.target.kind === 'stage' && k.target.point === 'partition'),
   });
   let nc: NatsConnection | undefined;
   let runState: RunStateReader | undefined;
@@ -179,7 +185,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport | CheatRepo
     striker = new Striker(fleet, watch, runState, new FaultInjection(nc, res.names), say, o.heartbeatTimeoutMs);
     await writeFile(configFile, JSON.stringify(o.config));
     fleet.spawnCoordinator();
-    for (let i = 0; i < t.stages * t.replicas + o.standbys; i++) fleet.spawnHost();
+    for (let i = 0; i < t.stages * t.replicas + o.standbys; i++) await fleet.spawnHost();
     await watch.follow(nc, res.names);
     striker.listen();
     const ended = strikeAll(plan, watch, striker);
@@ -254,7 +260,7 @@ async function failureReport(err: Error, o: { run: string; watch: TrainingWatch;
  * first failure, of the run or of a child. `until` waits on it.
  */
 class TrainingWatch {
-  private readonly commits: Array<{ step: number; at: number }> = [];
+  private readonly commits: Array<{ replica: number; step: number; at: number }> = [];
   /** Replica 0's steps committed so far. */
   committedSteps = 0;
   summary: RunSummary | undefined;
@@ -267,8 +273,8 @@ class TrainingWatch {
   async follow(nc: NatsConnection, names: RunNames): Promise<void> {
     await followRunEvents(nc, names, {
       progress: (p) => {
+        this.commits.push({ replica: p.replica, step: p.step, at: performance.now() });
         if (p.replica !== 0) return;
-        this.commits.push({ step: p.step, at: performance.now() });
         this.committedSteps = Math.max(this.committedSteps, p.step + 1);
       },
       finished: (s) => { this.summary = s; },
@@ -277,8 +283,9 @@ class TrainingWatch {
   }
 
   /** The first commit seen after `at` (a performance.now() time), if any. */
-  commitAfter(at: number): { step: number; at: number } | undefined {
-    return this.commits.find((c) => c.at > at);
+  /** The first commit of `replica` seen after `at` (a performance.now() time), if any. */
+  commitAfter(at: number, replica = 0): { step: number; at: number } | undefined {
+    return this.commits.find((c) => c.at > at && c.replica === replica);
   }
 
   /** What the last `until` still waiting was waiting for. */
@@ -349,7 +356,7 @@ class Striker {
     await sleep(pauseMs);
     stopped.signal('SIGCONT');
     this.say(`resumed it (SIGCONT) after ${(pauseMs / 1000).toFixed(1)} s`);
-    this.recoveryAfter(at, { target: `pause-${process}`, detail, afterStep: this.watch.committedSteps });
+    this.recoveryAfter(at, { target: `pause-${process}`, kind: `pause-${process}`, detail, afterStep: this.watch.committedSteps });
   }
 
   /** Resolves once every recovery is measured or given up on. */
@@ -363,7 +370,8 @@ class Striker {
     const detail = `the coordinator${during ? ` ${during}` : ''}`;
     this.say(`killed ${detail} at step ${this.watch.committedSteps}`);
     this.fleet.spawnCoordinator();
-    this.recoveryAfter(at, { target: during ? 'coordinator-audit' : 'coordinator', detail, afterStep: this.watch.committedSteps });
+    const kind = during ? 'coordinator-audit' : 'coordinator';
+    this.recoveryAfter(at, { target: kind, kind, detail, afterStep: this.watch.committedSteps });
   }
 
   /** The coordinator killed once the run's state shows an audit it drew and has not done (or not at all, if the run ends first). */
@@ -385,7 +393,8 @@ class Striker {
     this.say(`killed ${detail} at step ${this.watch.committedSteps}`);
     // The holder stopped at its fault point goes on, against the servers that are left.
     during?.holder.process.kill('SIGCONT');
-    this.recoveryAfter(at, { target: during ? 'nats-checkpoint' : 'nats', detail, afterStep: this.watch.committedSteps });
+    const kind = during ? 'nats-checkpoint' : 'nats';
+    this.recoveryAfter(at, { target: kind, kind, detail, afterStep: this.watch.committedSteps });
     // Back after the pipeline moved on without it (a quorum of two), before anything else is killed.
     const movedOn = () => this.watch.summary !== undefined || this.watch.commitAfter(at) !== undefined;
     await Promise.race([this.watch.until('a step without the killed server', movedOn, 120_000), sleep(30_000)]);
@@ -428,7 +437,7 @@ class Striker {
     if (!found) return;
     const { host, holder } = found;
     const detail = `replica ${target.replica} stage ${target.stage} (${target.point})`;
-    if (target.point === 'stall') return this.stallStage(target, host, holder, detail);
+    if (target.point === 'stall' || target.point === 'partition') return this.isolateStage(target, host, holder, detail);
     let at: number;
     if (target.point === 'anytime') {
       await sleep(Math.floor(50 + (kill.afterStep * 37) % 200));
@@ -440,7 +449,7 @@ class Striker {
     }
     await this.fleet.kill(holder);  // its supervisor starts it again, as a standby
     this.say(`killed ${detail} at step ${this.watch.committedSteps}`);
-    this.recoveryAfter(at, { target: 'stage', detail, afterStep: this.watch.committedSteps });
+    this.recoveryAfter(at, { target: 'stage', kind: target.point, detail, afterStep: this.watch.committedSteps }, target.replica);
   }
 
   /** Arms `host` to stop at `point`, and waits until it got there, is gone, or the run ended. */
@@ -453,30 +462,39 @@ class Striker {
     await this.watch.until(`${detail} to reach its fault point`, there, 120_000);
   }
 
-  /** Frozen past the heartbeat timeout: replaced; thawed: it must see that and leave (exit 3). */
-  private async stallStage(target: StageTarget, host: string, holder: CaravanChild, detail: string): Promise<void> {
+  /**
+   * Frozen (stall: SIGSTOP) or cut off from NATS (partition: its links stop
+   * carrying bytes, nothing is dropped) past the heartbeat timeout: replaced.
+   * Thawed or reconnected, it must see that and leave (exit 3).
+   */
+  private async isolateStage(target: StageTarget, host: string, holder: CaravanChild, detail: string): Promise<void> {
     const at = performance.now();
-    holder.process.kill('SIGSTOP');
-    this.say(`stalled ${detail.replace(' (stall)', '')} (SIGSTOP) at step ${this.watch.committedSteps}`);
+    const slot = `replica ${target.replica} stage ${target.stage}`;
+    const stall = target.point === 'stall';
+    if (stall) holder.process.kill('SIGSTOP');
+    else this.fleet.partition(holder, true);
+    this.say(`${stall ? `stalled ${slot} (SIGSTOP)` : `cut ${slot} off from NATS (partition)`} at step ${this.watch.committedSteps}`);
     let handedOver = false;
     const deadline = performance.now() + Math.max(15_000, 10 * this.heartbeatTimeoutMs);
     while (!handedOver && performance.now() < deadline) {
       handedOver = (await this.runState.slot(target.replica, target.stage))?.record.host !== host;
       if (!handedOver) await sleep(100);
     }
-    if (!handedOver) throw new Error(`chaos: slot ${target.replica}.${target.stage} was not handed over while its host was stopped`);
-    holder.process.kill('SIGCONT');
+    if (!handedOver) throw new Error(`chaos: slot ${target.replica}.${target.stage} was not handed over while its host was ${stall ? 'stopped' : 'cut off'}`);
+    if (stall) holder.process.kill('SIGCONT');
+    else this.fleet.partition(holder, false);
     const exit = await Promise.race([holder.exited, sleep(30_000).then(() => undefined)]);
-    if (!exit || exit.code !== 3) throw new Error(`chaos: the replaced host of slot ${target.replica}.${target.stage} did not refuse to go on after SIGCONT (${exit ? `exit ${exit.code ?? exit.signal}` : 'still running after 30 s'}): ${holder.lastLine()}`);
-    this.say(`the stalled host came back and left: ${holder.lastLine()}`);
-    this.recoveryAfter(at, { target: 'stall', detail, afterStep: this.watch.committedSteps });
+    const back = stall ? 'SIGCONT' : 'its links were healed';
+    if (!exit || exit.code !== 3) throw new Error(`chaos: the replaced host of slot ${target.replica}.${target.stage} did not refuse to go on after ${back} (${exit ? `exit ${exit.code ?? exit.signal}` : 'still running after 30 s'}): ${holder.lastLine()}`);
+    this.say(`the ${stall ? 'stalled' : 'cut-off'} host came back and left: ${holder.lastLine()}`);
+    this.recoveryAfter(at, { target: target.point, kind: target.point, detail, afterStep: this.watch.committedSteps }, target.replica);
   }
 
   /** Times the recovery from a kill at `at` in the background; the record joins `kills` once a step is committed after it. */
-  private recoveryAfter(at: number, record: Omit<KillRecord, 'recovery_s'>): void {
-    const recovered = () => this.watch.summary !== undefined || this.watch.commitAfter(at) !== undefined;
+  private recoveryAfter(at: number, record: Omit<KillRecord, 'recovery_s'>, replica = 0): void {
+    const recovered = () => this.watch.summary !== undefined || this.watch.commitAfter(at, replica) !== undefined;
     this.pendingRecoveries.push(this.watch.until(`a step committed after killing ${record.detail}`, recovered, 180_000).then(() => {
-      const next = this.watch.commitAfter(at);
+      const next = this.watch.commitAfter(at, replica);
       const recovery = next ? (next.at - at) / 1000 : (performance.now() - at) / 1000;
       this.kills.push({ ...record, recovery_s: recovery });
       this.say(`recovered from ${record.detail} in ${recovery.toFixed(2)} s`);
@@ -498,18 +516,23 @@ interface ChaosOutcome {
 function chaosReport({ summary, reference: { hashes: reference, audits }, kills, counts, refused, restarted, began }: ChaosOutcome): ChaosReport {
   const hashes = summary.params_sha256_by_replica;
   const match = hashes.length === reference.length && hashes.every((h, i) => h === reference[i]);
-  const times = kills.map((k) => k.recovery_s).sort((a, b) => a - b);
   const byTarget: Record<string, number> = {};
-  for (const k of kills) byTarget[k.target] = (byTarget[k.target] ?? 0) + 1;
+  const byKind: Record<string, number[]> = {};
+  for (const k of kills) {
+    byTarget[k.target] = (byTarget[k.target] ?? 0) + 1;
+    (byKind[k.kind] ??= []).push(k.recovery_s);
+  }
   return {
     ok: match && counts.lost === 0 && counts.duplicated === 0,
     kills: kills.length,
     kills_by_target: byTarget,
+    faults_by_kind: Object.fromEntries(Object.entries(byKind).map(([k, xs]) => [k, xs.length])),
     lost_microbatches: counts.lost,
     duplicated_microbatches: counts.duplicated,
     replay_mismatches: counts.mismatches,
     params_match_reference: match,
-    recovery_s: { median: median(times), max: times.length ? times[times.length - 1] : 0 },
+    recovery_s: percentiles(kills.map((k) => k.recovery_s)),
+    recovery_s_by_kind: Object.fromEntries(Object.entries(byKind).map(([k, xs]) => [k, percentiles(xs)])),
     params_sha256: summary.params_sha256,
     reference_params_sha256: reference[0],
     hosts_replaced_and_refused: refused,
@@ -600,10 +623,23 @@ function pidOf(host: string): number {
   return Number(host.split('-').pop());
 }
 
-function median(xs: readonly number[]): number {
-  if (!xs.length) return 0;
+/** Recovery times, s: the median, the 95th percentile (nearest rank) and the largest; 0 for none. */
+export interface Percentiles {
+  readonly median: number;
+  readonly p95: number;
+  readonly max: number;
+}
+
+function percentiles(values: readonly number[]): Percentiles {
+  const xs = [...values].sort((a, b) => a - b);
+  if (!xs.length) return { median: 0, p95: 0, max: 0 };
   const m = Math.floor(xs.length / 2);
-  return xs.length % 2 ? xs[m] : (xs[m - 1] + xs[m]) / 2;
+  const round = (x: number) => Math.round(x * 1000) / 1000;
+  return {
+    median: round(xs.length % 2 ? xs[m] : (xs[m - 1] + xs[m]) / 2),
+    p95: round(xs[Math.min(xs.length - 1, Math.ceil(0.95 * xs.length) - 1)]),
+    max: round(xs[xs.length - 1]),
+  };
 }
 
 export interface Contributions {

@@ -2,8 +2,11 @@
 // seed. Kills are spread over the run (by committed step) and cycle through
 // every kind of moment before repeating any, so even a short plan covers a
 // stage host mid-forward, mid-backward, between publish and ack, during a
-// checkpoint upload and at an arbitrary instant, a stage host that stalls
-// (SIGSTOP) past the heartbeat timeout and comes back after it was replaced,
+// checkpoint upload, during the Bridge's sync (its contribution reported, the
+// outer step not yet stored) and at an arbitrary instant, a stage host that
+// stalls (SIGSTOP) past the heartbeat timeout and comes back after it was
+// replaced, a stage host cut off from NATS (a network partition) past the
+// heartbeat timeout and reconnected after it was replaced,
 // the coordinator (at any moment, or while an audit it drew is not yet
 // done), and a NATS server, and pauses (SIGSTOP, then SIGCONT) of
 // the coordinator and of a NATS server longer than the heartbeat timeout, as
@@ -26,9 +29,13 @@ export type KillTarget =
  * What can be killed: a stage host at a point of its work (or anywhere), the coordinator (at any moment, or mid-audit),
  * a NATS server (at any moment, or while a checkpoint is between upload and record); or paused: the coordinator, a NATS server.
  */
-export const KILL_KINDS = ['forward', 'backward', 'publish', 'checkpoint', 'anytime', 'stall', 'coordinator', 'nats', 'pause-coordinator', 'pause-nats', 'nats-checkpoint', 'coordinator-audit'] as const;
+export const KILL_KINDS = [
+  'forward', 'backward', 'publish', 'checkpoint', 'bridge-sync', 'anytime', 'stall', 'partition',
+  'coordinator', 'nats', 'pause-coordinator', 'pause-nats', 'nats-checkpoint', 'coordinator-audit',
+] as const;
 export type KillKind = (typeof KILL_KINDS)[number];
-export type StagePoint = FaultPoint | 'anytime' | 'stall';
+/** Where a stage host is struck: killed at a fault point or anywhere, frozen (stall), or cut off from NATS (partition). */
+export type StagePoint = FaultPoint | 'anytime' | 'stall' | 'partition';
 
 export interface PlannedKill {
   readonly afterStep: number;   // strike once this many steps of replica 0 are committed
@@ -44,6 +51,7 @@ export interface KillPlanInput {
   readonly checkpointEvery: number;
   readonly natsServers: number;  // a NATS server is only killed when the others keep a majority
   readonly audits?: boolean;     // the run audits (training.audit): the coordinator can be killed mid-audit
+  readonly bridge?: boolean;     // the Bridge syncs replicas (training.bridge, 2 or more replicas): a host can be killed mid-sync
   readonly targets?: readonly KillKind[];  // only these kinds (default: all that apply)
 }
 
@@ -58,6 +66,7 @@ export function planKills(o: KillPlanInput): PlannedKill[] {
   const needs: Partial<Record<KillKind, Array<{ ok: boolean; what: string }>>> = {
     publish: [twoStages], checkpoint: [checkpoints], nats: [threeServers], 'nats-checkpoint': [threeServers, checkpoints],
     'coordinator-audit': [{ ok: o.audits === true, what: 'audits (--audit-rate)' }],
+    'bridge-sync': [{ ok: o.bridge === true && o.replicas > 1, what: 'the Bridge (training.bridge) and 2 or more replicas' }],
   };
   const applies = (k: KillKind) => (needs[k] ?? []).every((n) => n.ok);
   for (const k of o.targets ?? []) {

@@ -14,7 +14,8 @@ import { auditRate, compressionOverrides, withCompressionOptions, withScheduleOp
 interface ChaosFlags extends RunShapeFlags {
   trainSeed?: number;
   checkpointEvery?: number;
-  kills: number;
+  kills?: number;
+  faults?: number;
   seed: number;
   natsServers: string;
   targets?: string[];
@@ -27,10 +28,13 @@ interface ChaosFlags extends RunShapeFlags {
   cheat?: Cheat;
 }
 
+const DEFAULT_FAULTS = 6;
+
 export function chaosCommand(program: Command): void {
   withScheduleOptions(withCompressionOptions(program.command('chaos')), { steps: 24 })
-    .description('train with seeded SIGKILLs of stage hosts (mid-forward, mid-backward, after a publish, during a checkpoint, anytime), the coordinator and a NATS server, and SIGSTOP pauses of the coordinator and a NATS server; compare with a fault-free run')
-    .option('--kills <n>', 'processes to kill', nonNegativeInt('--kills'), 6)
+    .description('train with seeded faults: SIGKILLs of stage hosts (mid-forward, mid-backward, after a publish, during a checkpoint or a Bridge sync, anytime), the coordinator and a NATS server; stage hosts stalled (SIGSTOP) or cut off from NATS past the heartbeat timeout; SIGSTOP pauses of the coordinator and a NATS server; compare with a fault-free run')
+    .option('--faults <n>', `faults to inject, of the kinds --targets names, in seeded rounds (default: ${DEFAULT_FAULTS})`, nonNegativeInt('--faults'))
+    .option('--kills <n>', 'the same as --faults (its older name)', nonNegativeInt('--kills'))
     .option('--seed <n>', 'seed of the kill plan (which process, where, when)', nonNegativeInt('--seed'), 1)
     .addOption(new Option('--nats-servers <n>', 'embedded NATS: a 3-node cluster (one server is killed too) or one server').choices(['1', '3']).default('3'))
     .option('--targets <list>', `comma-separated kinds of kill (default: all that apply): ${KILL_KINDS.join(', ')}`, (v: string) => v.split(',').map((x) => x.trim()).filter(Boolean))
@@ -48,6 +52,8 @@ export function chaosCommand(program: Command): void {
     .addOption(new Option('--log-level <level>', "child processes' log level on stderr").choices([...LOG_LEVELS]))
     .option('--json', 'print one JSON line at the end')
     .action(async (flags: ChaosFlags) => {
+      if (flags.faults !== undefined && flags.kills !== undefined && flags.faults !== flags.kills) throw new Error(`--faults ${flags.faults} and --kills ${flags.kills} disagree: they are one setting, give one`);
+      const faults = flags.faults ?? flags.kills ?? DEFAULT_FAULTS;
       if (flags.cheat && flags.auditRate === undefined) throw new Error('--cheat needs --audit-rate: a cheat is only caught by the audits (rate 1 audits every interval)');
       const compression = compressionOverrides(flags);
       const config = await loadRunConfig({
@@ -66,9 +72,9 @@ export function chaosCommand(program: Command): void {
       const say = (line: string) => { if (!flags.json) process.stderr.write(`${line}\n`); };
       const t = config.training;
       if (flags.cheat) say(`caravan chaos: slot ${flags.cheat.replica}.${flags.cheat.stage}'s holder cheats (${flags.cheat.mode}) from step ${flags.cheat.from}; audits at rate ${flags.auditRate}`);
-      say(`caravan chaos: ${flags.kills} kills (seed ${flags.seed}) in a ${t.steps}-step run of ${t.stages} stages × ${t.replicas} replica(s), checkpoints every ${t.checkpointEvery} steps, ${flags.natsServers} NATS server(s)`);
+      say(`caravan chaos: ${faults} faults (seed ${flags.seed}) in a ${t.steps}-step run of ${t.stages} stages × ${t.replicas} replica(s), checkpoints every ${t.checkpointEvery} steps, ${flags.natsServers} NATS server(s)`);
       const report = await runChaos({
-        config, kills: flags.kills, seed: flags.seed, targets: flags.targets as KillKind[] | undefined, natsServers: flags.natsServers === '1' ? 1 : 3, standbys: flags.standbys,
+        config, kills: faults, seed: flags.seed, targets: flags.targets as KillKind[] | undefined, natsServers: flags.natsServers === '1' ? 1 : 3, standbys: flags.standbys,
         heartbeatMs: flags.heartbeat, heartbeatTimeoutMs: flags.heartbeatTimeout, log: createLogger('caravan-chaos', 'warn'),
         childLogLevel: flags.logLevel, onEvent: say, cheat: flags.cheat,
       });
@@ -116,7 +122,8 @@ function sayCheat(r: CheatReport, say: (line: string) => void): void {
 }
 
 function sayChaos(report: ChaosReport, say: (line: string) => void): void {
-  say(`kills ${report.kills} ${JSON.stringify(report.kills_by_target)}; lost microbatches ${report.lost_microbatches}, duplicated ${report.duplicated_microbatches}; recovery median ${report.recovery_s.median.toFixed(2)} s, max ${report.recovery_s.max.toFixed(2)} s`);
+  say(`faults ${report.kills} ${JSON.stringify(report.faults_by_kind)}; lost microbatches ${report.lost_microbatches}, duplicated ${report.duplicated_microbatches}; recovery median ${report.recovery_s.median.toFixed(2)} s, p95 ${report.recovery_s.p95.toFixed(2)} s, max ${report.recovery_s.max.toFixed(2)} s`);
+  for (const [kind, r] of Object.entries(report.recovery_s_by_kind)) say(`  ${kind}: ${report.faults_by_kind[kind]} × recovery median ${r.median.toFixed(2)} s, p95 ${r.p95.toFixed(2)} s, max ${r.max.toFixed(2)} s`);
   say(`params ${report.params_match_reference ? 'match' : 'DO NOT match'} the fault-free run (${report.params_sha256.slice(0, 16)}…)`);
   if (report.audits) say(`audits: ${report.audits.audited} intervals passed, ${report.audits.skipped} skipped, ${report.audits.failed.length} failed`);
 }

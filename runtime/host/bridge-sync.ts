@@ -44,6 +44,8 @@ export class StageSync {
     readonly log: Logger;
     readonly stopped: () => boolean;
     readonly report: (body: Record<string, unknown> & { type: 'contribution'; step: number; outer: number }) => Promise<void>;
+    /** Chaos: reached once the contribution is reported and before the outer step is stored (fault-points.ts). */
+    readonly reported?: () => Promise<void>;
   }) {
     // Called before a checkpoint is loaded: the engine holds the initial weights.
     if (o.bridge.payload !== 'fp32') this.thetaSync = o.engine.params().slice();
@@ -106,6 +108,7 @@ export class StageSync {
       const object = res.names.bridgeContribution(stage, outer, replica);
       await this.o.objects.put(object, bytes, 'bridge contribution');
       await this.o.report({ type: 'contribution', step, outer, object, bytes_raw: rawBytes, bytes_wire: bytes.byteLength, sha256: sha256Hex(bytes) });
+      await this.o.reported?.();
       const waiting = performance.now();
       while (!(record = await readBridgeRecord(res.kv, key))) {
         if (this.o.stopped()) throw new Error(`stopped while waiting for outer step ${outer} of stage ${stage}`);

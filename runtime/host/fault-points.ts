@@ -4,7 +4,8 @@
 // SIGSTOP, so the chaos driver can SIGKILL it at exactly that instant: after a
 // forward or a backward is computed but before its output is published, just
 // after an output is published (stored, its effect not yet recorded), or
-// while a checkpoint is uploaded but not yet recorded. Off by default: a
+// while a checkpoint is uploaded but not yet recorded, or once its Bridge
+// contribution is reported and before the outer step it joins is stored. Off by default: a
 // production host ignores the subject entirely.
 //
 // The same switch lets a host play a peer that sends poison:

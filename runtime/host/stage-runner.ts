@@ -120,7 +120,7 @@ export async function startStage(o: StageRunnerOptions): Promise<StageRunner> {
     if (!(await moveToDeadLetters(res, holder, o.key.publicKey, d, fault, reason))) log.warn({ fault, subject: d.subject }, 'dead-letter stream full: the refused message is dropped unrecorded');
   };
   // Made before a checkpoint is loaded: it keeps the initial weights where pseudo-gradients need them.
-  const bridge = t.bridge ? new StageSync({ res, objects, bridge: t.bridge, replica, stage: s, engine, log, stopped: () => chain.settled, report: (r) => outputs.report(r) }) : undefined;
+  const bridge = t.bridge ? new StageSync({ res, objects, bridge: t.bridge, replica, stage: s, engine, log, stopped: () => chain.settled, report: (r) => outputs.report(r), reported: () => faults.reach('bridge-sync') }) : undefined;
   const steps = new StepControl({
     send, keys: o.coordinatorKeys, subject: res.names.stepControl(replica), log, deadLetters: o.deadLetters,
     postValidate: schedule.postValidated, microbatches: t.microbatches,

@@ -3,15 +3,15 @@
 // kind that applies to the run once, in a seeded order, before any kind comes
 // again; kinds that cannot apply (publish with one stage, checkpoint without
 // checkpoints, a NATS server without a majority left, the coordinator
-// mid-audit without audits) are left out, and asking
+// mid-audit without audits, a host mid-sync without the Bridge) are left out, and asking
 // for one, or for a kind that does not exist, is an error naming it; kills are
 // spread over the run in step order, each with a step after it, on slots that
 // exist. No processes: planKills only.
 import test from 'ava';
 import { KILL_KINDS, planKills, type KillKind, type KillPlanInput, type PlannedKill } from '../../runtime/chaos/kill-plan.ts';
 
-const base: KillPlanInput = { kills: 20, seed: 7, steps: 40, stages: 3, replicas: 2, checkpointEvery: 3, natsServers: 3, audits: true };
-const STAGE_POINTS = ['forward', 'backward', 'publish', 'checkpoint', 'anytime', 'stall'] as const;
+const base: KillPlanInput = { kills: 20, seed: 7, steps: 40, stages: 3, replicas: 2, checkpointEvery: 3, natsServers: 3, audits: true, bridge: true };
+const STAGE_POINTS = ['forward', 'backward', 'publish', 'checkpoint', 'bridge-sync', 'anytime', 'stall', 'partition'] as const;
 
 const kindOf = (k: PlannedKill): KillKind => (k.target.kind === 'stage' ? k.target.point : k.target.kind === 'pause' ? `pause-${k.target.process}` : k.target.kind);
 /** The kinds as a sorted list, for comparing as sets (ava compares Sets in insertion order). */
@@ -28,7 +28,7 @@ function assertRounds(t: import('ava').ExecutionContext, plan: readonly PlannedK
   }
 }
 
-test('KILL_KINDS are the six stage points, the coordinator and a NATS server, pauses of either, a server killed at a checkpoint, and the coordinator mid-audit', (t) => {
+test('KILL_KINDS are the eight stage points, the coordinator and a NATS server, pauses of either, a server killed at a checkpoint, and the coordinator mid-audit', (t) => {
   t.deepEqual([...KILL_KINDS], [...STAGE_POINTS, 'coordinator', 'nats', 'pause-coordinator', 'pause-nats', 'nats-checkpoint', 'coordinator-audit']);
 });
 
@@ -74,7 +74,7 @@ test('stage points become stage targets with that point; coordinator and nats ar
   t.is(plan.filter((k) => k.target.kind === 'stage').length, STAGE_POINTS.length);
 });
 
-test("'publish' is left out with one stage, 'checkpoint' without checkpoints, 'nats' with fewer than 3 servers, 'coordinator-audit' without audits", (t) => {
+test("'publish' is left out with one stage, 'checkpoint' without checkpoints, 'nats' with fewer than 3 servers, 'coordinator-audit' without audits, 'bridge-sync' without the Bridge", (t) => {
   const cases: Array<{ over: Partial<KillPlanInput>; missing: KillKind[] }> = [
     { over: {}, missing: [] },
     { over: { stages: 1 }, missing: ['publish'] },
@@ -84,7 +84,9 @@ test("'publish' is left out with one stage, 'checkpoint' without checkpoints, 'n
     { over: { natsServers: 5 }, missing: [] },
     { over: { audits: false }, missing: ['coordinator-audit'] },
     { over: { audits: undefined }, missing: ['coordinator-audit'] },
-    { over: { stages: 1, checkpointEvery: 0, natsServers: 1, audits: false }, missing: ['publish', 'checkpoint', 'nats', 'nats-checkpoint', 'coordinator-audit'] },
+    { over: { bridge: false }, missing: ['bridge-sync'] },
+    { over: { replicas: 1 }, missing: ['bridge-sync'] },
+    { over: { stages: 1, checkpointEvery: 0, natsServers: 1, audits: false, bridge: undefined }, missing: ['publish', 'checkpoint', 'nats', 'nats-checkpoint', 'coordinator-audit', 'bridge-sync'] },
   ];
   for (const { over, missing } of cases) {
     const kinds = KILL_KINDS.filter((k) => !missing.includes(k));
@@ -114,6 +116,7 @@ test('a target that does not apply to the run, or does not exist, is an error na
   t.throws(() => planKills({ ...base, checkpointEvery: 0, targets: ['checkpoint'] }), { message: /'checkpoint'.*checkpoints/ });
   t.throws(() => planKills({ ...base, natsServers: 2, targets: ['coordinator', 'nats'] }), { message: /'nats'.*3 NATS servers/ });
   t.throws(() => planKills({ ...base, audits: false, targets: ['coordinator-audit'] }), { message: /'coordinator-audit'.*audits \(--audit-rate\)/ });
+  t.throws(() => planKills({ ...base, replicas: 1, targets: ['bridge-sync'] }), { message: /'bridge-sync'.*the Bridge \(training.bridge\) and 2 or more replicas/ });
   t.throws(() => planKills({ ...base, targets: ['forward', 'gpu' as KillKind] }), { message: /unknown kill target 'gpu'.*forward, backward/ });
   t.throws(() => planKills({ ...base, kills: 0, targets: ['gpu' as KillKind] }), { message: /'gpu'/ }, 'even when nothing would be killed');
 });
