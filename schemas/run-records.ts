@@ -68,6 +68,11 @@ export interface RunState {
   metrics?: LiveMetrics;
   /** With training.audit: the audits so far, and the difference one found (which fails the run). */
   audits?: AuditSummary;
+  /**
+   * What each restarted coordinator replayed of the control log (the last 20): the snapshot it started from (null: the
+   * log's start), the entries it replayed, and the log's last sequence then.
+   */
+  replays?: Array<{ snapshot_seq: number | null; entries: number; log_seq: number }>;
 }
 
 /** `bridge.<stage>.<outer>`: one stage's outer step, created once. */
@@ -218,7 +223,8 @@ export interface SlotRecord {
   readonly generation: number;
   readonly checkpoint?: CheckpointPointer;
   /**
-   * Who signed for this slot, newest last (the last MAX_SIGNERS generations):
+   * Who signed for this slot, newest last (the last MAX_SIGNERS generations; older ones move to
+   * `signer.<r>.<s>.<generation>` records, so a replay of the control log can still check their reports):
    * receivers check a frame's signature against the key of the generation it
    * claims. A generation that lost the slot keeps `until`: the last
    * sequences, when it was replaced, of the input streams it sent to (its
@@ -268,6 +274,7 @@ const RUN_STATE = object({
   recoveries: optional(RECOVERY_COUNTS),
   metrics: optional(LIVE_METRICS),
   audits: optional(AUDIT_SUMMARY),
+  replays: optional(arrayOf(object({ snapshot_seq: nullable(count), entries: count, log_seq: count }))),
 });
 
 const BRIDGE_RECORD: FieldReader<BridgeRecord> = object({
@@ -328,13 +335,14 @@ const HOST_ENTRY = object({
   slot: optional(nullable(SLOT)),
 });
 
+const SLOT_SIGNER = object({ generation: count, host: text, key: text, until: optional(object({ act: optional(count), grad: optional(count) })) });
 const SLOT_RECORD = object({
   replica: count,
   stage: count,
   host: text,
   generation: count,
   checkpoint: optional(checkpointPointerReader),
-  signers: optional(arrayOf(object({ generation: count, host: text, key: text, until: optional(object({ act: optional(count), grad: optional(count) })) }))),
+  signers: optional(arrayOf(SLOT_SIGNER)),
   rewound: optional(object({ epoch: count, resume: object({ act: optional(count), grad: optional(count), control: count }) })),
 });
 
@@ -342,6 +350,7 @@ export const decodeRunState = jsonDecoder<RunState>('run state', RUN_STATE);
 export const decodeRunSummary = jsonDecoder<RunSummary>('run summary', RUN_SUMMARY);
 export const decodeHostEntry = jsonDecoder<HostEntry>('host record', HOST_ENTRY);
 export const decodeSlotRecord = jsonDecoder<SlotRecord>('slot record', SLOT_RECORD);
+export const decodeSlotSigner = jsonDecoder<SlotSigner>('retired signer', SLOT_SIGNER);
 export const decodeBridgeRecord = jsonDecoder<BridgeRecord>('bridge record', BRIDGE_RECORD);
 export const decodeCounterRecord = jsonDecoder<CounterRecord>('counter record', COUNTER_RECORD);
 export const decodeCoordinatorRecord = jsonDecoder<CoordinatorRecord>('coordinator record', COORDINATOR_RECORD);

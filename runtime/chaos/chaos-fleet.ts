@@ -38,6 +38,8 @@ export interface ChaosFleetOptions {
   readonly cheat?: string;
   /** Called when a child exits in a way the run did not cause. */
   readonly fail: (err: Error) => void;
+  /** The coordinator's --snapshot-every, where given. */
+  readonly snapshotEvery?: number;
   /** Each host reaches NATS through links that `partition` can cut (a hop through this process for every byte). */
   readonly partitions?: boolean;
 }
@@ -104,6 +106,7 @@ export class ChaosFleet {
   spawnCoordinator(): CaravanChild {
     this.current = this.watch(spawnCaravan('coordinator', [
       'coordinator', '--nats', this.natsUrl(), '--run', this.o.run, '--config', this.o.configFile, '--heartbeat-timeout', String(this.o.heartbeatTimeoutMs),
+      ...(this.o.snapshotEvery !== undefined ? ['--snapshot-every', String(this.o.snapshotEvery)] : []),
     ], { logLevel: this.o.childLogLevel, echo: this.echo() }));
     return this.current;
   }

@@ -47,6 +47,8 @@ export interface ChaosOptions {
   readonly log: Logger;
   readonly childLogLevel?: string;
   readonly onEvent?: (line: string) => void;
+  /** The coordinator's control-log snapshots: entries between them (its default where undefined). */
+  readonly snapshotEvery?: number;
   /** A dishonest holder for the audits (training.audit) to catch: the chaos run's stage hosts cheat so. */
   readonly cheat?: Cheat;
 }
@@ -83,6 +85,8 @@ export interface ChaosReport {
   readonly recoveries: RecoveryCounts;
   readonly wall_seconds: number;
   readonly kill_log: KillRecord[];
+  /** What each restart of the coordinator replayed of the control log (the run state's `replays`). */
+  readonly control_replays: NonNullable<RunState['replays']>;
   /** With training.audit: the chaos run's audits, and the fault-free run's. */
   readonly audits?: AuditSummary;
   readonly reference_audits?: AuditSummary;
@@ -165,7 +169,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport | CheatRepo
   const configFile = join(dir, 'run.json');
   const watch = new TrainingWatch();
   const fleet = new ChaosFleet({
-    run, configFile, heartbeatMs: o.heartbeatMs, heartbeatTimeoutMs: o.heartbeatTimeoutMs, log: o.log, childLogLevel: o.childLogLevel,
+    run, configFile, snapshotEvery: o.snapshotEvery, heartbeatMs: o.heartbeatMs, heartbeatTimeoutMs: o.heartbeatTimeoutMs, log: o.log, childLogLevel: o.childLogLevel,
     cheat: o.cheat && `${o.cheat.mode}/${o.cheat.replica}/${o.cheat.stage}/${o.cheat.from}`, fail: (err) => watch.fail(err),
     // Hosts reach NATS through links the driver can cut only when the plan partitions one: a proxy costs every frame a hop.
     partitions: plan.some((k) => k.target.kind === 'stage' && k.target.point === 'partition'),
@@ -200,7 +204,8 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport | CheatRepo
     await ended;
     await striker.recovered();
     const counts = await countContributions(res, o.config);
-    return chaosReport({ summary: watch.summary!, reference, kills: striker.kills, counts, refused: fleet.refused, restarted: fleet.restarted, began });
+    const replays = (await runState.state().catch(() => undefined))?.replays ?? [];
+    return chaosReport({ summary: watch.summary!, reference, kills: striker.kills, counts, replays, refused: fleet.refused, restarted: fleet.restarted, began });
   } catch (err) {
     // Once the run is under way, a failure still ends in a report of where it stood (read before the fleet stops).
     if (!runState || !(err instanceof Error)) throw err;
@@ -507,13 +512,14 @@ interface ChaosOutcome {
   readonly reference: Reference;
   readonly kills: KillRecord[];
   readonly counts: Contributions;
+  readonly replays: NonNullable<RunState['replays']>;
   readonly refused: number;
   readonly restarted: number;
   /** performance.now() when the chaos run (after the reference) began. */
   readonly began: number;
 }
 
-function chaosReport({ summary, reference: { hashes: reference, audits }, kills, counts, refused, restarted, began }: ChaosOutcome): ChaosReport {
+function chaosReport({ summary, reference: { hashes: reference, audits }, kills, counts, replays, refused, restarted, began }: ChaosOutcome): ChaosReport {
   const hashes = summary.params_sha256_by_replica;
   const match = hashes.length === reference.length && hashes.every((h, i) => h === reference[i]);
   const byTarget: Record<string, number> = {};
@@ -540,6 +546,7 @@ function chaosReport({ summary, reference: { hashes: reference, audits }, kills,
     recoveries: summary.recoveries,
     wall_seconds: (performance.now() - began) / 1000,
     kill_log: kills,
+    control_replays: replays,
     ...(summary.audits ? { audits: summary.audits } : {}),
     ...(audits ? { reference_audits: audits } : {}),
   };

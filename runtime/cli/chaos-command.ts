@@ -22,6 +22,7 @@ interface ChaosFlags extends RunShapeFlags {
   standbys: number;
   heartbeat: number;
   heartbeatTimeout: number;
+  snapshotEvery?: number;
   logLevel?: string;
   json?: boolean;
   auditRate?: number;
@@ -41,6 +42,7 @@ export function chaosCommand(program: Command): void {
     .option('--standbys <n>', 'standby hosts started with the run (each kill starts one more)', nonNegativeInt('--standbys'), 1)
     .option('--heartbeat <ms>', "hosts' heartbeat period", positiveInt('--heartbeat'), 200)
     .option('--heartbeat-timeout <ms>', 'a host silent this long is replaced', positiveInt('--heartbeat-timeout'), 1500)
+    .option('--snapshot-every <entries>', "the coordinator's control-log entries between snapshots of the log (its --snapshot-every; default: the coordinator's)", nonNegativeInt('--snapshot-every'))
     .option('--config <file>', 'run config (YAML, TOML or JSON)')
     .addOption(new Option('--preset <name>', 'base settings').choices(Object.keys(PRESETS)))
     .option('--batch <n>', 'sequences per microbatch', positiveInt('--batch'), 4)
@@ -76,7 +78,7 @@ export function chaosCommand(program: Command): void {
       const report = await runChaos({
         config, kills: faults, seed: flags.seed, targets: flags.targets as KillKind[] | undefined, natsServers: flags.natsServers === '1' ? 1 : 3, standbys: flags.standbys,
         heartbeatMs: flags.heartbeat, heartbeatTimeoutMs: flags.heartbeatTimeout, log: createLogger('caravan-chaos', 'warn'),
-        childLogLevel: flags.logLevel, onEvent: say, cheat: flags.cheat,
+        childLogLevel: flags.logLevel, onEvent: say, cheat: flags.cheat, snapshotEvery: flags.snapshotEvery,
       });
       if (flags.json) process.stdout.write(`${JSON.stringify(report)}\n`);
       if ('cheat' in report) {

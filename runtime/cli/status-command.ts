@@ -83,9 +83,11 @@ function auditLines(a: AuditSummary | undefined): string[] {
   ];
 }
 
-function recoveryLine(r: RecoveryCounts | undefined): string[] {
+function recoveryLine(r: RecoveryCounts | undefined, replays: RunState['replays']): string[] {
   if (!r) return [];
-  return [`recovery: ${r.hosts_lost} hosts lost, ${r.slots_reassigned} slots handed to standbys, ${r.coordinator_restarts} coordinator restarts`];
+  const last = replays?.at(-1);
+  const replayed = last ? `; the last restart replayed ${last.entries} of the control log's ${last.log_seq} entries${last.snapshot_seq !== null ? ` (from its snapshot at ${last.snapshot_seq})` : ''}` : '';
+  return [`recovery: ${r.hosts_lost} hosts lost, ${r.slots_reassigned} slots handed to standbys, ${r.coordinator_restarts} coordinator restarts${replayed}`];
 }
 
 /** A slot whose holder was lost with no standby to take over: the run waits for a host to join. */
@@ -105,7 +107,7 @@ export function formatStatus(s: RunStatus): string {
     ...(s.summary ? [...wireLine(s.summary), ...computeLine(s.summary, 'whole run')]
       : [...computeLine(st.metrics, `as of step ${st.metrics?.step}`), ...liveLines(st.metrics)]),
     ...bridgeLine(s.bridge),
-    ...recoveryLine(st.recoveries),
+    ...recoveryLine(st.recoveries, st.replays),
     ...auditLines(s.summary?.audits ?? st.audits),
     `dead-lettered frames: ${s.dead_letters.count}`,
     ...s.dead_letters.recent.map((d) => `  [${d.fault}] ${d.reason} (${d.subject}, host ${d.host}${d.writer ? `, key ${d.writer.slice(0, 12)}…` : ''})`),

@@ -8,9 +8,14 @@
 // epoch: it is completed if the coordinator before stopped half-way, and the
 // replica starts in the latest epoch, counting only that epoch's reports. After that, live: each new report as it comes. On a fresh run the
 // log is empty and it is live from the start.
+//
+// With a snapshot of the log (control-log-snapshots.ts), the history is the
+// snapshot's replicas in short, the entries it kept, and the log after it:
+// what is replayed no longer grows with the number of steps.
 import { decodeStepControl, type StepControl } from '../../schemas/control-messages.ts';
 import type { Logger } from '../log.ts';
 import type { ControlLog, ControlLogEntry } from '../transport/control-log.ts';
+import { ControlLogSnapshots, startingSnapshot, type ReplayRead } from './control-log-snapshots.ts';
 import type { Replicas } from './replicas.ts';
 import type { Reports } from './reports.ts';
 import type { Rewinds } from './rewinds.ts';
@@ -19,12 +24,21 @@ export async function followControlLog(o: {
   readonly controlLog: ControlLog; readonly replicas: Replicas; readonly reports: Reports; readonly rewinds: Rewinds; readonly log: Logger;
   /** Told how to stop reading, once the history is replayed. */
   readonly reading: (stop: () => void) => void;
-  /** The history is replayed and the replicas have started. */
-  readonly replayed?: () => void;
+  /** The history is replayed and the replicas have started: what it read. */
+  readonly replayed?: (read: ReplayRead) => void;
+  /** Snapshots taken while following live (none with `every` 0), and how a snapshot's wait for settled writes is told. */
+  readonly snapshots: { readonly every: number; readonly settled: () => Promise<void> };
 }): Promise<void> {
+  const snapshot = await startingSnapshot(o.controlLog, o.log);
+  if (snapshot) o.replicas.restore(snapshot.replicas);
+  const snapshots = new ControlLogSnapshots({
+    controlLog: o.controlLog, log: o.log, every: o.snapshots.every, settled: o.snapshots.settled, replicas: () => o.replicas.snapshot(), busy: () => o.rewinds.busy,
+  });
+  const backlog: ControlLogEntry[] = (snapshot?.entries ?? []).map((e) => o.controlLog.fromSnapshotEntry(e));
+  for (const e of backlog) snapshots.seen(e);
+  const from = snapshot ? snapshot.seq + 1 : 1;
   const last = await o.controlLog.lastSeq();
-  const backlog: ControlLogEntry[] = [];
-  const reader = await o.controlLog.read();
+  const reader = await o.controlLog.read(from);
   const goLive = async () => {
     for (const e of backlog) {
       if (e.source.kind !== 'step') continue;
@@ -43,18 +57,21 @@ export async function followControlLog(o: {
     }
     o.replicas.start();
     for (const e of backlog) await o.reports.dispatch(e);
-    if (backlog.length) o.log.info({ replayed: backlog.length, steps: o.replicas.losses.map((l) => l.length) }, 'control log replayed');
-    o.replayed?.();
+    const read: ReplayRead = { snapshot_seq: snapshot?.seq ?? null, entries: backlog.length, log_seq: last };
+    if (backlog.length) o.log.info({ replayed: backlog.length, snapshot_seq: read.snapshot_seq, log_seq: last, steps: o.replicas.losses.map((l) => l.length) }, 'control log replayed');
+    o.replayed?.(read);
   };
-  if (last === 0) await goLive();
-  let live = last === 0;
+  let live = last < from;
+  if (live) await goLive();
   o.reading(() => reader.close());
   for await (const e of reader) {
     if (!live) {
       backlog.push(e);
+      snapshots.seen(e);
       if (e.seq >= last) { live = true; await goLive(); }
       continue;
     }
     await o.reports.dispatch(e);
+    await snapshots.followed(e);
   }
 }

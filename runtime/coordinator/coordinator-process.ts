@@ -31,6 +31,7 @@ import { initRunMetrics } from '../telemetry/metrics.ts';
 import { openCoordinatorTransport, type CoordinatorTransport } from '../transport/coordinator-transport.ts';
 import { edgeLimits } from '../transport/edge-limits.ts';
 import { followControlLog } from './control-log-replay.ts';
+import type { ReplayRead } from './control-log-snapshots.ts';
 import { Audits } from './audits.ts';
 import { Membership, restoreMembership } from './membership.ts';
 import { OrderedWrites } from './ordered-writes.ts';
@@ -61,7 +62,18 @@ export interface CoordinatorOptions {
    * credentials it defaults to host-keys.pub beside the seed and must exist; without, any key is admitted.
    */
   readonly hostKeys?: string;
+  /**
+   * Control-log entries followed between snapshots of the log (control-log-snapshots.ts): a restart replays the latest
+   * snapshot and the log after it. Default CONTROL_SNAPSHOT_EVERY; 0: none (a restart replays the whole log). Runs with
+   * audits take none yet.
+   */
+  readonly snapshotEvery?: number;
 }
+
+/** The default of CoordinatorOptions.snapshotEvery: about 20 steps of a 16 × 3 run. */
+export const CONTROL_SNAPSHOT_EVERY = 2048;
+/** How many replays (one per coordinator restart) the run state keeps, newest last. */
+const REPLAYS_KEPT = 20;
 
 export async function runCoordinator(o: CoordinatorOptions): Promise<RunSummary> {
   const { config } = o;
@@ -224,12 +236,18 @@ function assemble(
       if (!run.start()) return;
       log.info({ stages: t.stages, replicas: t.replicas, steps: t.steps }, 'run started');
       const recorded = run.state.audits?.failed ?? [];
-      const replayed = () => {
+      const replayed = (read: ReplayRead) => {
         rewinds.resume(recorded);
         audits?.resume();
+        // What this coordinator's start read: `caravan status` and `caravan chaos` show it.
+        if (read.entries || read.snapshot_seq !== null) {
+          run.state.replays = [...(run.state.replays ?? []), read].slice(-REPLAYS_KEPT);
+          void run.save();
+        }
       };
+      const snapshots = { every: t.audit ? 0 : o.snapshotEvery ?? CONTROL_SNAPSHOT_EVERY, settled: () => writes.drained() };
       void (audits?.restore() ?? Promise.resolve())
-        .then(() => followControlLog({ controlLog: net.controlLog, replicas, reports, rewinds, log, reading: (stop) => { stopLog = stop; }, replayed }))
+        .then(() => followControlLog({ controlLog: net.controlLog, replicas, reports, rewinds, log, reading: (stop) => { stopLog = stop; }, replayed, snapshots }))
         .catch((err: Error) => settle(new Error(`control log: ${err.message}`)));
     },
     replicasFinished: () => {

@@ -8,6 +8,7 @@ import { attemptAfter } from '../../actors/stage-machine.ts';
 import { replicaMachine, type ReplicaCommand, type ReplicaEvent } from '../../actors/replica-machine.ts';
 import type { Progress, StageCounters, StepControl } from '../../schemas/control-messages.ts';
 import type { RunConfig } from '../../schemas/run-config.ts';
+import type { ReplicaSnapshot } from '../../schemas/control-snapshot.ts';
 import { runSchedule, scheduleBound, type RunSchedule } from '../config/run-schedule.ts';
 import type { Logger } from '../log.ts';
 import { stepControlId, type ControlLog } from '../transport/control-log.ts';
@@ -28,6 +29,8 @@ export class Replicas {
   private readonly inLog = new Set<string>();  // step control already in the log, by stepControlId
   /** Each replica's epoch: how many times an audit's catch rewound it (rewinds.ts). */
   private readonly epochs: number[];
+  /** Where each replica's actor starts deciding (a control-log snapshot's first_step; 0 otherwise). */
+  private readonly firstSteps: number[];
   private readonly schedule: RunSchedule;
   private readonly scheduleUse: { readonly name: string; readonly bound: number };
 
@@ -43,6 +46,7 @@ export class Replicas {
   }) {
     this.losses = Array.from({ length: o.config.training.replicas }, () => []);
     this.epochs = Array.from({ length: o.config.training.replicas }, () => 0);
+    this.firstSteps = Array.from({ length: o.config.training.replicas }, () => 0);
     this.schedule = runSchedule(o.config);
     this.scheduleUse = { name: this.schedule.name, bound: scheduleBound(this.schedule) };
   }
@@ -61,6 +65,41 @@ export class Replicas {
     this.epochs[replica] = epoch;
   }
 
+  /**
+   * Before the actors start (a restarted coordinator reading a control-log snapshot): each replica's commits before its
+   * first_step as the snapshot has them; its actor starts deciding at first_step.
+   */
+  restore(snapshot: readonly ReplicaSnapshot[]): void {
+    if (snapshot.length !== this.losses.length) throw new Error(`the control snapshot has ${snapshot.length} replicas, the run ${this.losses.length}`);
+    snapshot.forEach((r, replica) => {
+      if (r.losses.length !== r.first_step) throw new Error(`the control snapshot's replica ${replica} starts at step ${r.first_step} with ${r.losses.length} losses`);
+      this.losses[replica] = r.losses.map((x) => x ?? NaN);
+      this.epochs[replica] = r.epoch;
+      this.firstSteps[replica] = r.first_step;
+      for (const step of r.skipped) this.skipped.add(`${replica}.${step}`);
+      for (const step of r.rolled_back) this.rolledBack.add(`${replica}.${step}`);
+    });
+  }
+
+  /**
+   * What a control-log snapshot keeps of each replica now: the commits before the step it last committed, in short.
+   * That last commit is decided again from the entries the snapshot keeps, so that a replica whose final step awaits
+   * its stages' `stepped` reports still waits for them.
+   */
+  snapshot(): ReplicaSnapshot[] {
+    return this.losses.map((losses, replica) => {
+      const first = Math.max(0, losses.length - 1);
+      const before = (set: ReadonlySet<string>) => [...set].flatMap((k) => {
+        const [r, step] = k.split('.').map(Number);
+        return r === replica && step < first ? [step] : [];
+      }).sort((a, b) => a - b);
+      return {
+        epoch: this.epochs[replica], first_step: first, losses: losses.slice(0, first).map((x) => (Number.isFinite(x) ? x : null)),
+        skipped: before(this.skipped), rolled_back: before(this.rolledBack),
+      };
+    });
+  }
+
   /** Starts every replica's actor, then every replica. */
   start(): void {
     for (let r = 0; r < this.o.config.training.replicas; r++) this.actors.push(this.startReplica(r));
@@ -75,6 +114,7 @@ export class Replicas {
   /** The replica starts over from step 0 under `epoch`: its losses and step marks go, a new actor begins. */
   restart(replica: number, epoch: number): void {
     this.epochs[replica] = epoch;
+    this.firstSteps[replica] = 0;
     this.losses[replica] = [];
     for (const set of [this.skipped, this.rolledBack]) for (const k of set) if (k.startsWith(`${replica}.`)) set.delete(k);
     this.actors[replica]?.stop();
@@ -94,7 +134,10 @@ export class Replicas {
   private startReplica(replica: number): Actor<typeof replicaMachine> {
     const t = this.o.config.training;
     const actor = createActor(replicaMachine, {
-      input: { replica, stages: t.stages, microbatches: t.microbatches, steps: t.steps, maxGradNorm: t.maxGradNorm, nonFinite: t.nonFinite, openAhead: this.schedule.postValidated ? 1 : 0 },
+      input: {
+        replica, stages: t.stages, microbatches: t.microbatches, steps: t.steps, maxGradNorm: t.maxGradNorm, nonFinite: t.nonFinite,
+        openAhead: this.schedule.postValidated ? 1 : 0, firstStep: this.firstSteps[replica],
+      },
     });
     actor.on('*', (cmd: ReplicaCommand) => {
       switch (cmd.type) {

@@ -3,12 +3,16 @@
 // durably, once (its Nats-Msg-Id names the replica, the kind and the step,
 // so a write repeated after a restart or a server failover is stored once)
 // and signed with the coordinator's key (security/coordinator-keys.ts: the
-// stages act on step control only when it is), and reads the whole log from its start through a durable consumer of its
-// own, each entry typed by what its subject names and acked as it is taken.
+// stages act on step control only when it is), and reads the log from its start (or from where its snapshot ends)
+// through a durable consumer of its own, each entry typed by what its subject names and acked as it is taken. The
+// snapshot's body is an object, vouched for by the SHA-256 in a KV record only the coordinator writes.
 import { randomBytes } from 'node:crypto';
 import type { JsMsg } from '@nats-io/jetstream';
 import { headers } from '@nats-io/transport-node';
 import { encodeJson } from '../../schemas/json-message.ts';
+import { decodeControlSnapshot, decodeControlSnapshotPointer, type ControlSnapshot, type ControlSnapshotPointer, type SnapshotEntry } from '../../schemas/control-snapshot.ts';
+import { sha256Hex } from '../security/message-signature.ts';
+import { readKvRecord } from './kv-record.ts';
 import type { StepControl } from '../../schemas/control-messages.ts';
 import { controlSignature, CoordinatorKeys, type ControlSigner, type ControlVerdict } from '../security/coordinator-keys.ts';
 import { SIGNATURE_HEADER } from '../security/message-signature.ts';
@@ -39,8 +43,15 @@ export interface ControlLog {
   writeStepControl(replica: number, control: StepControl, epoch?: number): Promise<number>;
   /** The sequence of the log's last message now: 0 when it is empty. */
   lastSeq(): Promise<number>;
-  /** Opens a consumer of the whole log, deleting any an earlier coordinator left. */
-  read(): Promise<ControlLogReader>;
+  /** Opens a consumer of the log from `fromSeq` (its start by default), deleting any an earlier coordinator left. */
+  read(fromSeq?: number): Promise<ControlLogReader>;
+  /** The latest snapshot, checked against its record's digest; undefined if none was written. Throws naming what is wrong. */
+  readSnapshot(): Promise<ControlSnapshot | undefined>;
+  /** Stores a snapshot, points the record at it, then drops the one before. */
+  writeSnapshot(snapshot: ControlSnapshot): Promise<ControlSnapshotPointer>;
+  /** A log entry as a snapshot keeps it, and back. */
+  toSnapshotEntry(e: ControlLogEntry): SnapshotEntry;
+  fromSnapshotEntry(e: SnapshotEntry): ControlLogEntry;
   /** Whether a step-control entry is a coordinator's of this run, on the subject it names (a replay trusts no other). */
   checkStepControl(e: ControlLogEntry): Promise<ControlVerdict>;
 }
@@ -57,15 +68,14 @@ export function stepControlId(replica: number, control: Pick<StepControl, 'type'
 export function controlLog(res: RunResources, signer: ControlSigner): ControlLog {
   const n = res.names;
   const keys = new CoordinatorKeys(res.kv);
-  const entry = (m: JsMsg): ControlLogEntry => ({
-    seq: m.seq,
-    subject: m.subject,
-    data: m.data,
-    signature: m.headers?.get(SIGNATURE_HEADER),
-    source: n.isReport(m.subject) ? { kind: 'report', ...n.reportSlot(m.subject) }
-      : n.isStepControl(m.subject) ? { kind: 'step', replica: n.stepControlReplica(m.subject) }
+  const typed = (seq: number, subject: string, data: Uint8Array, signature: string | undefined): ControlLogEntry => ({
+    seq, subject, data, signature,
+    source: n.isReport(subject) ? { kind: 'report', ...n.reportSlot(subject) }
+      : n.isStepControl(subject) ? { kind: 'step', replica: n.stepControlReplica(subject) }
       : { kind: 'other' },
   });
+  const entry = (m: JsMsg): ControlLogEntry => typed(m.seq, m.subject, m.data, m.headers?.get(SIGNATURE_HEADER) || undefined);
+  const snapshotPointer = () => retryTransient('control snapshot record', () => readKvRecord(res.kv, n.controlSnapshotKey, decodeControlSnapshotPointer));
   return {
     writeStepControl: async (replica, control, epoch = 0) => {
       const subject = n.stepControl(replica);
@@ -78,12 +88,13 @@ export function controlLog(res: RunResources, signer: ControlSigner): ControlLog
       subject: e.subject, body: e.data, header: e.signature, expected: e.source.kind === 'step' ? n.stepControl(e.source.replica) : '',
     }),
     lastSeq: async () => (await retryTransient('control log info', () => res.jsm.streams.info(n.controlStream))).state.last_seq,
-    read: async () => {
+    read: async (fromSeq) => {
       const name = await openReaderConsumer(res, {
         stream: n.controlStream,
         name: n.coordinatorConsumer(randomBytes(4).toString('hex')),
         prefix: n.coordinatorConsumerPrefix,
         filter: n.all,
+        ...(fromSeq && fromSeq > 1 ? { startSeq: fromSeq } : {}),
       });
       const consumer = await res.js.consumers.get(n.controlStream, name);
       const messages = await consumer.consume({ expires: PULL_EXPIRES_MS });
@@ -97,5 +108,27 @@ export function controlLog(res: RunResources, signer: ControlSigner): ControlLog
         },
       };
     },
+    readSnapshot: async () => {
+      const pointer = await snapshotPointer();
+      if (!pointer) return undefined;
+      const body = await retryTransient(`control snapshot ${pointer.object}`, () => res.objects.getBlob(pointer.object));
+      if (!body) throw new Error(`control snapshot ${pointer.object} (log sequence ${pointer.seq}) is missing from the object store`);
+      const sha = sha256Hex(body);
+      if (sha !== pointer.sha256) throw new Error(`control snapshot ${pointer.object}: its sha256 is ${sha.slice(0, 16)}…, its record says ${pointer.sha256.slice(0, 16)}…: it was overwritten in the object store`);
+      const snapshot = decodeControlSnapshot(body, `control snapshot ${pointer.object}`);
+      if (snapshot.seq !== pointer.seq) throw new Error(`control snapshot ${pointer.object} covers the log up to ${snapshot.seq}, its record says ${pointer.seq}`);
+      return snapshot;
+    },
+    writeSnapshot: async (snapshot) => {
+      const body = encodeJson(snapshot);
+      const pointer: ControlSnapshotPointer = { seq: snapshot.seq, object: n.controlSnapshot(snapshot.seq), sha256: sha256Hex(body), bytes: body.byteLength };
+      const before = await snapshotPointer();
+      await retryTransient(`control snapshot ${pointer.object}`, () => res.objects.putBlob({ name: pointer.object }, body));
+      await retryTransient('control snapshot record', () => res.kv.put(n.controlSnapshotKey, encodeJson(pointer)));
+      if (before && before.object !== pointer.object) await res.objects.delete(before.object).catch(() => {});
+      return pointer;
+    },
+    toSnapshotEntry: (e) => ({ seq: e.seq, subject: e.subject, data: Buffer.from(e.data).toString('base64'), ...(e.signature ? { signature: e.signature } : {}) }),
+    fromSnapshotEntry: (e) => typed(e.seq, e.subject, new Uint8Array(Buffer.from(e.data, 'base64')), e.signature),
   };
 }

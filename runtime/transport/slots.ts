@@ -9,7 +9,8 @@ import { retryTransient } from './durable-publish.ts';
 import { runStateKeys } from './subjects.ts';
 import { encodeJson } from '../../schemas/json-message.ts';
 import type { CheckpointPointer } from '../../schemas/control-messages.ts';
-import { decodeSlotRecord, type SentUntil, type SlotRecord, type SlotSigner } from '../../schemas/run-records.ts';
+import { decodeSlotRecord, decodeSlotSigner, type SentUntil, type SlotRecord, type SlotSigner } from '../../schemas/run-records.ts';
+import { readKvRecord } from './kv-record.ts';
 
 const MAX_SIGNERS = 16;
 
@@ -60,7 +61,7 @@ export async function assignSlot(kv: KV, replica: number, stage: number, host: s
     // Already this host's (an earlier attempt landed before its reply was lost): assigning twice must not bump the generation.
     if (current?.record.host === host) return current;
     const generation = (current?.record.generation ?? 0) + 1;
-    const signers = signer ? handOver(current?.record, generation, host, signer) : current?.record.signers;
+    const signers = signer ? await handOver(kv, current?.record, generation, host, signer) : current?.record.signers;
     const record: SlotRecord = {
       replica, stage, host, generation, checkpoint: current?.record.checkpoint, ...(signers ? { signers } : {}), ...(current?.record.rewound ? { rewound: current.record.rewound } : {}),
     };
@@ -133,7 +134,7 @@ export async function rewindSlot(kv: KV, replica: number, stage: number, generat
     const { host, generation: was } = current.record;
     const key = current.record.signers?.find((x) => x.generation === was)?.key;
     if (!key) throw new Error(`slot ${replica}.${stage}: generation ${was} has no signer to carry over`);
-    const record: SlotRecord = { replica, stage, host, generation, signers: handOver(current.record, generation, host, { key, until }), rewound };
+    const record: SlotRecord = { replica, stage, host, generation, signers: await handOver(kv, current.record, generation, host, { key, until }), rewound };
     try {
       return { record, revision: await kv.update(slotKey(replica, stage), encodeJson(record), current.revision) };
     } catch (err) {
@@ -142,8 +143,21 @@ export async function rewindSlot(kv: KV, replica: number, stage: number, generat
   }
 }
 
-/** The slot's signers once `generation` takes it: the one before keeps `until` (its later frames are stale), the newest last. */
-function handOver(current: SlotRecord | undefined, generation: number, host: string, signer: { key: string; until: SentUntil }): SlotSigner[] {
+/**
+ * The slot's signers once `generation` takes it: the one before keeps `until` (its later frames are stale), the newest
+ * last. Those beyond MAX_SIGNERS leave the list, written first to records of their own (`signer.<r>.<s>.<generation>`):
+ * a coordinator replaying the control log from its start checks their reports against them.
+ */
+async function handOver(kv: KV, current: SlotRecord | undefined, generation: number, host: string, signer: { key: string; until: SentUntil }): Promise<SlotSigner[]> {
   const before = (current?.signers ?? []).map((x) => (x.generation === current!.generation && x.until === undefined ? { ...x, until: signer.until } : x));
-  return [...before, { generation, host, key: signer.key }].slice(-MAX_SIGNERS);
+  const all = [...before, { generation, host, key: signer.key }];
+  for (const retired of all.slice(0, -MAX_SIGNERS)) {
+    await retryTransient(`retired signer ${retired.generation} of slot ${current!.replica}.${current!.stage}`, () => kv.put(runStateKeys.retiredSigner(current!.replica, current!.stage, retired.generation), encodeJson(retired)));
+  }
+  return all.slice(-MAX_SIGNERS);
+}
+
+/** A signer of the slot that its record no longer lists (handOver), if there was one of that generation. */
+export function readRetiredSigner(kv: KV, replica: number, stage: number, generation: number): Promise<SlotSigner | undefined> {
+  return retryTransient(`retired signer ${generation} of slot ${replica}.${stage}`, () => readKvRecord(kv, runStateKeys.retiredSigner(replica, stage, generation), decodeSlotSigner));
 }

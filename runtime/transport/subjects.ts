@@ -28,8 +28,8 @@ export function runInboxPrefix(run: string, key?: string): string {
 
 /**
  * Keys of a run's KV bucket. The bucket is the run's own, so its keys carry no
- * run id: `config`, `state`, `summary` and `coordinator` (one record each), `hosts.<id>`,
- * `slot.<r>.<s>`, and the Bridge's `bridge.<s>.<outer>` and `bridge-outer.<s>`.
+ * run id: `config`, `state`, `summary`, `coordinator` and `control-snapshot` (one record each), `hosts.<id>`,
+ * `slot.<r>.<s>`, `signer.<r>.<s>.<generation>` (signers the slot record no longer lists), and the Bridge's `bridge.<s>.<outer>` and `bridge-outer.<s>`.
  */
 export const runStateKeys = {
   config: 'config',
@@ -44,6 +44,10 @@ export const runStateKeys = {
   slot: (replica: number, stage: number) => `slot.${replica}.${stage}`,
   bridge: (stage: number, outer: number) => `bridge.${stage}.${outer}`,
   bridgeOuter: (stage: number) => `bridge-outer.${stage}`,
+  /** A slot's signer of `generation` once it left the slot record's list (slots.ts): a replay of old reports still checks them. */
+  retiredSigner: (replica: number, stage: number, generation: number) => `signer.${replica}.${stage}.${generation}`,
+  /** Where the control log's latest snapshot is (schemas/control-snapshot.ts). */
+  controlSnapshot: 'control-snapshot',
   /** The stage a `bridge-outer.<stage>` key names. */
   bridgeOuterStage: (key: string) => Number(key.slice('bridge-outer.'.length)),
   /** What record a key of the bucket holds (a watch of the whole bucket tells them apart by it). */
@@ -192,6 +196,9 @@ export function runNames(run: string) {
     bridgeResidual: (stage: number, outer: number, replica: number) => `bridge/stage-${stage}/outer-${outer}/residual-${replica}`,
     bridgeMomentum: (stage: number, outer: number) => `bridge/stage-${stage}/outer-${outer}/momentum`,
     bridgeKey: runStateKeys.bridge,
+    controlSnapshotKey: runStateKeys.controlSnapshot,
+    /** The body of the control log's snapshot as of log sequence `seq`. */
+    controlSnapshot: (seq: number) => `control/snapshot-${seq}.json`,
     /** A distributed variable, advanced by compare-and-set: the last outer step of stage s the Bridge completed. */
     bridgeOuterKey: runStateKeys.bridgeOuter,
   };

@@ -79,6 +79,27 @@ test.serial('the coordinator and the NATS server paused past the heartbeat timeo
   t.true(rec.hosts_lost <= 1, `a pause is nobody's fault, yet ${rec.hosts_lost} hosts were declared lost`);
 });
 
+test.serial('a restarted coordinator replays a snapshot of the control log and its tail, not the whole log: same weights', async (t) => {
+  // Snapshots every 24 entries followed live; the coordinator killed three times over 36 steps.
+  const every = 24;
+  const out = await caravan(['chaos', ...small, '--stages', '2', '--steps', '36', '--nats-servers', '1', '--faults', '3', '--seed', '3', '--targets', 'coordinator', '--snapshot-every', String(every)]);
+  const r = summaryOf(out) as Record<string, any>;
+  t.is(out.code, 0, out.stderr.slice(-2000));
+  checkReport(t, r, 3);
+  const replays = r.control_replays as Array<{ snapshot_seq: number | null; entries: number; log_seq: number }>;
+  t.is(replays.length, 3, JSON.stringify(replays));
+  const fromSnapshot = replays.filter((x) => x.snapshot_seq !== null);
+  t.true(fromSnapshot.length >= 2, `the later restarts start from a snapshot: ${JSON.stringify(replays)}`);
+  for (const x of fromSnapshot) {
+    // The tail (at most `every` followed entries, and what the stages logged while no coordinator ran) and what the
+    // snapshot kept (the steps each replica last committed): bounded whatever the run's length.
+    t.true(x.entries <= every + 40, `${x.entries} entries replayed from the snapshot at ${x.snapshot_seq} of a log of ${x.log_seq}`);
+  }
+  const last = replays[replays.length - 1];
+  t.true(last.entries * 2 < last.log_seq, `the last restart replayed ${last.entries} of ${last.log_seq} entries`);
+  t.log(`replays: ${JSON.stringify(replays)}`);
+});
+
 // On a 3-node cluster; opt-in (CARAVAN_CLUSTER_CHAOS=1). Three causes of
 // stalls there are fixed: nats-server 2.10.27 now and then formed a broken
 // cluster (set-up now fetches 2.15.1), a KV read served by a follower still

@@ -13,7 +13,10 @@ import { randomUUID } from 'node:crypto';
 import { connectNats, type NatsConnection } from '../../runtime/transport/connect.ts';
 import { startNatsServer, type NatsServerHandle } from '../../runtime/nats/nats-server.ts';
 import { ensureInputStream, openEdgeConsumer, openRunResources, ReaderReplacedError, type RunResources } from '../../runtime/transport/run-resources.ts';
-import { assignSlot, readSlot, recordCheckpoint, SlotLostError } from '../../runtime/transport/slots.ts';
+import { assignSlot, readRetiredSigner, readSlot, recordCheckpoint, SlotLostError } from '../../runtime/transport/slots.ts';
+import { SlotSigners } from '../../runtime/security/slot-signers.ts';
+import { newHostKey } from '../../runtime/security/host-key.ts';
+import { signatureHeader } from '../../runtime/security/message-signature.ts';
 import type { CheckpointPointer } from '../../schemas/control-messages.ts';
 
 /** A fresh nats-server and run per test, stopped in teardown. */
@@ -181,4 +184,27 @@ test("a replaced holder that opens its consumer late gets an error and leaves th
   const names: string[] = [];
   for await (const c of res.jsm.consumers.list(res.names.inputStream(0, 1))) names.push(c.name);
   t.deepEqual(names, ['act-0-1-g2']);
+});
+
+test('signers the slot record no longer lists stay checkable: a report of generation 1 still verifies after 20 hand-overs', async (t) => {
+  const res = await freshRun(t);
+  const keys = Array.from({ length: 21 }, () => newHostKey());
+  for (let g = 1; g <= keys.length; g++) await assignSlot(res.kv, 0, 1, `host-${g}`, { key: keys[g - 1].publicKey, until: { act: g } });
+  const record = (await readSlot(res.kv, 0, 1))!.record;
+  t.is(record.generation, 21);
+  t.is(record.signers![0].generation, 6, 'the record lists the last 16 generations');
+  const retired = await readRetiredSigner(res.kv, 0, 1, 1);
+  t.deepEqual(retired, { generation: 1, host: 'host-1', key: keys[0].publicKey, until: { act: 2 } }, 'generation 1 kept what it signed with, and where its frames end');
+
+  const signers = new SlotSigners(res.kv);
+  signers.update(record);
+  const subject = res.names.report(0, 1);
+  const body = new TextEncoder().encode('{"type":"stepped","step":0}');
+  const report = (generation: number, key = keys[generation - 1]) => ({ kind: 'report' as const, subject, body, header: signatureHeader(key, generation, 'report', subject, body), replica: 0, stage: 1 });
+  t.like(await signers.check(report(1)), { ok: true, generation: 1, host: 'host-1' });
+  t.like(await signers.check(report(5)), { ok: true, generation: 5, host: 'host-5' });
+  t.like(await signers.check(report(21)), { ok: true, generation: 21 });
+  // A retired generation's key still signs only for itself, and a generation that never held the slot has no signer.
+  t.like(await signers.check(report(1, keys[2])), { ok: false, fault: 'signature' });
+  t.like(await signers.check(report(22, keys[0])), { ok: false, fault: 'signer' });
 });
