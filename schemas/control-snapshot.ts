@@ -23,9 +23,8 @@ export interface ControlSnapshotPointer {
   readonly bytes: number;
 }
 
+/** A replica's epoch is not here: every rewind stays among the entries, and the replay sets it as a full one would. */
 export interface ReplicaSnapshot {
-  /** Its epoch: how many times an audit's catch rewound it. */
-  readonly epoch: number;
   /** The first step the replay decides again; the commits before it are below. */
   readonly first_step: number;
   /** The loss of each step before first_step; null where it was not finite (a skipped step's). */
@@ -52,7 +51,7 @@ export interface ControlSnapshot {
   readonly entries: SnapshotEntry[];
 }
 
-const REPLICA = object({ epoch: count, first_step: count, losses: arrayOf(nullable(real)), skipped: arrayOf(count), rolled_back: arrayOf(count) });
+const REPLICA = object({ first_step: count, losses: arrayOf(nullable(real)), skipped: arrayOf(count), rolled_back: arrayOf(count) });
 const ENTRY = object({ seq: count, subject: text, data: text, signature: optional(text) });
 
 export const decodeControlSnapshotPointer = jsonDecoder<ControlSnapshotPointer>('control snapshot record', object({ seq: count, object: text, sha256: sha256Digest, bytes: count }));

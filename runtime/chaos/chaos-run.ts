@@ -122,6 +122,8 @@ export interface CheatReport {
   readonly reference_params_sha256: string;
   readonly kills: number;
   readonly kill_log: KillRecord[];
+  /** What each restart of the coordinator replayed of the control log. */
+  readonly control_replays: NonNullable<RunState['replays']>;
   readonly wall_seconds: number;
 }
 
@@ -586,6 +588,7 @@ function cheatReport({ run, cheat, failure, state, summary, reference, kills, be
     reference_params_sha256: reference.hashes[0],
     kills: kills.length,
     kill_log: kills,
+    control_replays: state?.replays ?? [],
     wall_seconds: (performance.now() - began) / 1000,
   };
 }

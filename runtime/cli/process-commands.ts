@@ -19,7 +19,7 @@ export function processCommands(program: Command): void {
     .option('--preset <name>', 'base settings when no config file names one')
     .option('--heartbeat-timeout <ms>', 'a host silent this long is lost and its slot goes to a standby', positiveInt('--heartbeat-timeout'), 15_000)
     .option('--stuck-timeout <ms>', 'a host whose heartbeats say its event loop has not turned for this long is stuck, and lost after the heartbeat timeout (default: 10 × the heartbeat timeout)', positiveInt('--stuck-timeout'))
-    .option('--snapshot-every <entries>', `control-log entries between snapshots of the log, which a restarted coordinator replays instead of the whole log; 0 for none (runs with audits take none yet)`, nonNegativeInt('--snapshot-every'), CONTROL_SNAPSHOT_EVERY)
+    .option('--snapshot-every <entries>', `control-log entries between snapshots of the log, which a restarted coordinator replays instead of the whole log; 0 for none`, nonNegativeInt('--snapshot-every'), CONTROL_SNAPSHOT_EVERY)
     .option('--stream-replicas <n>', 'copies of every stream, KV bucket and object store (default: 3 on a cluster, 1 on one server)', positiveInt('--stream-replicas'))
     .option('--json', 'print the run summary as one JSON line at the end')
     .option('--nkey <file>', 'authenticate to NATS as this nkey user (the coordinator seed `caravan creds` wrote)')

@@ -303,11 +303,19 @@ export class Audits {
   }
 
   /** Reports and commits no audit of the replica can need any more: at or before every stage's last checkpoint and every held interval's start. */
-  private forgetBefore(replica: number): void {
+  /**
+   * The first step of the replica an audit may still replay: after every stage's latest checkpoint and every held
+   * interval's start. Its reports and commits are kept (and a control-log snapshot keeps what re-creates them).
+   */
+  firstNeeded(replica: number): number {
     const S = this.o.config.training.stages;
     const starts = Array.from({ length: S }, (_, s) => this.latest.get(`${replica}.${s}`)?.step ?? -1);
     for (const h of this.holds) if (h.replica === replica) starts.push(h.from?.step ?? -1);
-    const keepAfter = Math.min(...starts);
+    return Math.min(...starts) + 1;
+  }
+
+  private forgetBefore(replica: number): void {
+    const keepAfter = this.firstNeeded(replica) - 1;
     if (keepAfter < 0) return;
     for (const k of this.reports.keys()) { const [r, , st] = k.split('.').map(Number); if (r === replica && st <= keepAfter) this.reports.delete(k); }
     for (const k of this.commits.keys()) { const [r, st] = k.split('.').map(Number); if (r === replica && st <= keepAfter) this.commits.delete(k); }

@@ -27,12 +27,16 @@ export async function followControlLog(o: {
   /** The history is replayed and the replicas have started: what it read. */
   readonly replayed?: (read: ReplayRead) => void;
   /** Snapshots taken while following live (none with `every` 0), and how a snapshot's wait for settled writes is told. */
-  readonly snapshots: { readonly every: number; readonly settled: () => Promise<void> };
+  readonly snapshots: {
+    readonly every: number; readonly settled: () => Promise<void>;
+    /** The first step of each replica another reader of the log still needs decided again on a replay (audits). */
+    readonly needed?: (replica: number) => number;
+  };
 }): Promise<void> {
   const snapshot = await startingSnapshot(o.controlLog, o.log);
   if (snapshot) o.replicas.restore(snapshot.replicas);
   const snapshots = new ControlLogSnapshots({
-    controlLog: o.controlLog, log: o.log, every: o.snapshots.every, settled: o.snapshots.settled, replicas: () => o.replicas.snapshot(), busy: () => o.rewinds.busy,
+    controlLog: o.controlLog, log: o.log, every: o.snapshots.every, settled: o.snapshots.settled, replicas: () => o.replicas.snapshot(o.snapshots.needed), busy: () => o.rewinds.busy,
   });
   const backlog: ControlLogEntry[] = (snapshot?.entries ?? []).map((e) => o.controlLog.fromSnapshotEntry(e));
   for (const e of backlog) snapshots.seen(e);

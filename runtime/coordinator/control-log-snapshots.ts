@@ -10,9 +10,10 @@
 // committed, decided again), every rewind, and every final or failed report.
 // The log itself is not purged: hosts and `caravan chaos` still read it.
 //
-// Runs with audits take no snapshots yet: an audit replays a whole checkpoint
-// interval from the commits and reports the coordinator collected from the
-// log, and the rule above keeps less than that.
+// With audits, a replica's first_step goes back to the first step an audit
+// may still replay (after each stage's latest checkpoint, and where each held
+// interval starts): an audit replays a whole checkpoint interval from the
+// commits and reports the coordinator collected from the log.
 import { decodeStepControl, decodeStageReport } from '../../schemas/control-messages.ts';
 import type { ControlSnapshot, ReplicaSnapshot } from '../../schemas/control-snapshot.ts';
 import { CONTROL_SNAPSHOT_VERSION } from '../../schemas/control-snapshot.ts';

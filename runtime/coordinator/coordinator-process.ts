@@ -65,7 +65,7 @@ export interface CoordinatorOptions {
   /**
    * Control-log entries followed between snapshots of the log (control-log-snapshots.ts): a restart replays the latest
    * snapshot and the log after it. Default CONTROL_SNAPSHOT_EVERY; 0: none (a restart replays the whole log). Runs with
-   * audits take none yet.
+   * audits keep in their snapshots what the audits may still replay.
    */
   readonly snapshotEvery?: number;
 }
@@ -245,7 +245,7 @@ function assemble(
           void run.save();
         }
       };
-      const snapshots = { every: t.audit ? 0 : o.snapshotEvery ?? CONTROL_SNAPSHOT_EVERY, settled: () => writes.drained() };
+      const snapshots = { every: o.snapshotEvery ?? CONTROL_SNAPSHOT_EVERY, settled: () => writes.drained(), needed: audits && ((r: number) => audits.firstNeeded(r)) };
       void (audits?.restore() ?? Promise.resolve())
         .then(() => followControlLog({ controlLog: net.controlLog, replicas, reports, rewinds, log, reading: (stop) => { stopLog = stop; }, replayed, snapshots }))
         .catch((err: Error) => settle(new Error(`control log: ${err.message}`)));

@@ -74,7 +74,6 @@ export class Replicas {
     snapshot.forEach((r, replica) => {
       if (r.losses.length !== r.first_step) throw new Error(`the control snapshot's replica ${replica} starts at step ${r.first_step} with ${r.losses.length} losses`);
       this.losses[replica] = r.losses.map((x) => x ?? NaN);
-      this.epochs[replica] = r.epoch;
       this.firstSteps[replica] = r.first_step;
       for (const step of r.skipped) this.skipped.add(`${replica}.${step}`);
       for (const step of r.rolled_back) this.rolledBack.add(`${replica}.${step}`);
@@ -82,19 +81,20 @@ export class Replicas {
   }
 
   /**
-   * What a control-log snapshot keeps of each replica now: the commits before the step it last committed, in short.
-   * That last commit is decided again from the entries the snapshot keeps, so that a replica whose final step awaits
-   * its stages' `stepped` reports still waits for them.
+   * What a control-log snapshot keeps of each replica now: the commits before the step it last committed (or before
+   * `needed`, if earlier), in short. From there on commits are decided again from the entries the snapshot keeps, so
+   * that a replica whose final step awaits its stages' `stepped` reports still waits for them.
    */
-  snapshot(): ReplicaSnapshot[] {
+  snapshot(needed: (replica: number) => number = () => Infinity): ReplicaSnapshot[] {
     return this.losses.map((losses, replica) => {
-      const first = Math.max(0, losses.length - 1);
+      // No later than what another reader of the log still needs decided again (audits.ts).
+      const first = Math.max(0, Math.min(losses.length - 1, needed(replica)));
       const before = (set: ReadonlySet<string>) => [...set].flatMap((k) => {
         const [r, step] = k.split('.').map(Number);
         return r === replica && step < first ? [step] : [];
       }).sort((a, b) => a - b);
       return {
-        epoch: this.epochs[replica], first_step: first, losses: losses.slice(0, first).map((x) => (Number.isFinite(x) ? x : null)),
+        first_step: first, losses: losses.slice(0, first).map((x) => (Number.isFinite(x) ? x : null)),
         skipped: before(this.skipped), rolled_back: before(this.rolledBack),
       };
     });

@@ -58,8 +58,9 @@ for (const [mode, step] of [['scale', 1], ['flip', 1], ['skip-update', 1]] as co
   });
 }
 
-test.serial('the coordinator killed twice around a catch, once mid-audit: the audit, the catch, the ban and the rewind hold across its restarts, and the run ends with the honest weights', async (t) => {
-  const out = await caravan([...withFlags(shape, { '--kills': '2', '--steps': '6' }), '--targets', 'coordinator-audit,coordinator', '--seed', '3', '--cheat', 'scale/0/1/1']);
+test.serial('the coordinator killed twice around a catch, once mid-audit: the audit, the catch, the ban and the rewind hold across its restarts from control-log snapshots, and the run ends with the honest weights', async (t) => {
+  // A snapshot every 8 entries: the restarts replay from one, keeping what the audits and the rewind need.
+  const out = await caravan([...withFlags(shape, { '--kills': '2', '--steps': '6' }), '--targets', 'coordinator-audit,coordinator', '--seed', '3', '--cheat', 'scale/0/1/1', '--snapshot-every', '8']);
   const r = summaryOf(out);
   t.is(out.code, 0, out.stderr.slice(-2000));
   const kills = r.kill_log as Array<{ target: string; detail: string }>;
@@ -69,6 +70,8 @@ test.serial('the coordinator killed twice around a catch, once mid-audit: the au
   t.like(r.detected, { replica: 0, stage: 1, step: 1 });
   t.is((r.rewinds as unknown[]).length, 1, 'one rewind, not one per restart');
   t.true(r.params_match_reference, `${r.params_sha256} vs ${r.reference_params_sha256}`);
+  const replays = r.control_replays as Array<{ snapshot_seq: number | null }>;
+  t.true(replays.some((x) => x.snapshot_seq !== null), `a restart replayed from a snapshot: ${JSON.stringify(replays)}`);
   t.is(await leftRunning(r.run as string), '');
 });
 

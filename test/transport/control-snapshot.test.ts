@@ -32,7 +32,7 @@ function snapshotAt(log: ControlLog, res: RunResources, seq: number): ControlSna
   };
   return {
     version: CONTROL_SNAPSHOT_VERSION, seq,
-    replicas: [{ epoch: 0, first_step: 3, losses: [5.5, null, 4.25], skipped: [1], rolled_back: [] }],
+    replicas: [{ first_step: 3, losses: [5.5, null, 4.25], skipped: [1], rolled_back: [] }],
     entries: [log.toSnapshotEntry(entry)],
   };
 }
