@@ -1,0 +1,79 @@
+// Re-partitioning at a checkpoint: a run split 4 ways stops after step 3,
+// its stage states are re-sharded by layer into 3 stages (2/1/1), and a run
+// split that way goes on from them to step 8. Its weights must be bit for bit
+// those of the run that never stopped, unsplit (the in-process reference),
+// because the engine's results do not depend on the split. Through the CLI
+// too (`caravan repartition`, then `caravan train --in-process --resume`),
+// and states that are not of one moment, or a split that does not cover the
+// model, are refused by name.
+import test from 'ava';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { loadRunConfig } from '../../runtime/config/load-run-config.ts';
+import { reshardStageStates } from '../../runtime/checkpoint/reshard-states.ts';
+import { statesFromCheckpointDir } from '../../runtime/export/run-stage-states.ts';
+import { trainLocal } from '../../runtime/train/train-local.ts';
+import type { RunConfig } from '../../schemas/run-config.ts';
+import { caravan } from '../support/caravan-cli.ts';
+
+const STEPS = 8, STOP = 3;
+
+async function config(training: Partial<RunConfig['training']>): Promise<RunConfig> {
+  // optim.totalSteps is the whole run's: the part that stops early follows the same learning-rate schedule.
+  return loadRunConfig({ preset: 'tiny', overrides: { training: { steps: STEPS, seqLen: 32, batchSize: 4, microbatches: 2, checkpointEvery: 0, ...training } as never, optim: { totalSteps: STEPS, warmupSteps: 2 } } });
+}
+
+const train = async (c: RunConfig, o: { checkpointDir?: string; resume?: boolean } = {}) => trainLocal({ ...c, valEvery: 0, valBatches: 1, ...o });
+
+async function tempDir(t: import('ava').ExecutionContext): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), 'caravan-reshard-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+test('4 stages to step 3, re-sharded into 2/1/1, then on to step 8: the unsplit reference\'s weights, bit for bit', async (t) => {
+  const reference = await train(await config({ stages: 1 }));
+  const before = await tempDir(t), after = await tempDir(t);
+  await train(await config({ stages: 4, steps: STOP }), { checkpointDir: before });
+  const states = reshardStageStates(await statesFromCheckpointDir(before), [[0, 2], [2, 3], [3, 4]]);
+  t.deepEqual(states.map((s) => s.layers), [[0, 2], [2, 3], [3, 4]]);
+  for (const s of states) await writeFile(join(after, `stage-${s.layers[0]}-${s.layers[1]}.safetensors`), s.bytes);
+  const resumed = await train(await config({ stages: 3, stageLayers: [2, 1, 1] }), { checkpointDir: after, resume: true });
+  t.is(resumed.losses.length, STEPS - STOP, 'the resumed run trained the steps after the checkpoint only');
+  t.is(resumed.paramsSha256, reference.paramsSha256);
+});
+
+test('caravan repartition re-shards a checkpoint directory that caravan train --in-process --resume continues; bad input is refused by name', async (t) => {
+  const before = await tempDir(t), after = await tempDir(t);
+  const shape = ['--in-process', '--preset', 'tiny', '--seq', '32', '--batch', '4', '--microbatches', '2', '--val-every', '1000', '--checkpoint-every', '0'];
+  // The whole run's schedule, stopped early: a config file gives optim.totalSteps.
+  const file = join(before, 'run.json');
+  await writeFile(file, JSON.stringify({ optim: { totalSteps: STEPS, warmupSteps: 2 } }));
+  const first = await caravan(['train', ...shape, '--config', file, '--steps', String(STOP), '--stages', '4', '--checkpoint-dir', before]);
+  t.is(first.code, 0, first.stderr.slice(-1500));
+
+  const out = await caravan(['repartition', '--checkpoint-dir', before, '--stage-layers', '1,3', '--out', after, '--json']);
+  t.is(out.code, 0, out.stderr.slice(-1500));
+  const summary = JSON.parse(out.stdout.trim().split('\n').pop()!);
+  t.deepEqual(summary.layers_by_stage, [1, 3]);
+  t.is(summary.optimizer_step, STOP);
+  t.is(summary.from_stages, 4);
+
+  const resumed = await caravan(['train', ...shape, '--config', file, '--steps', String(STEPS), '--stage-layers', '1,3', '--stages', '2', '--checkpoint-dir', after, '--resume', '--json']);
+  t.is(resumed.code, 0, resumed.stderr.slice(-1500));
+  const reference = await train(await config({ stages: 1 }));
+  t.is(JSON.parse(resumed.stdout.trim().split('\n').pop()!).params_sha256, reference.paramsSha256);
+
+  const uneven = await caravan(['repartition', '--checkpoint-dir', before, '--stage-layers', '1,2', '--out', after]);
+  t.not(uneven.code, 0);
+  t.regex(uneven.stderr, /--stage-layers 1,2: positive layer counts that add up to the model's 4 layers are needed/);
+  // States of two moments: one stage of the 4-way run replaced by the resumed run's state at step 8.
+  const mixed = await tempDir(t);
+  const blobs = await statesFromCheckpointDir(before);
+  const later = (await statesFromCheckpointDir(after)).find((b) => b.source.endsWith('stage-0-1.safetensors'))!;
+  for (const b of blobs) await writeFile(join(mixed, b.source.split('/').pop()!), b.source.endsWith('stage-0-1.safetensors') ? later.bytes : b.bytes);
+  const refused = await caravan(['repartition', '--checkpoint-dir', mixed, '--stages', '2', '--out', after]);
+  t.not(refused.code, 0);
+  t.regex(refused.stderr, /optimizer step 3, but .* is at step 8 \(states of one moment are needed\)|optimizer step 8, but .* is at step 3 \(states of one moment are needed\)/);
+});
