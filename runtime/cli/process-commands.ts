@@ -19,18 +19,19 @@ export function processCommands(program: Command): void {
     .option('--preset <name>', 'base settings when no config file names one')
     .option('--heartbeat-timeout <ms>', 'a host silent this long is lost and its slot goes to a standby', positiveInt('--heartbeat-timeout'), 15_000)
     .option('--stuck-timeout <ms>', 'a host whose heartbeats say its event loop has not turned for this long is stuck, and lost after the heartbeat timeout (default: 10 × the heartbeat timeout)', positiveInt('--stuck-timeout'))
+    .option('--from-states <dir>', "a new run starts from these stage states of one moment (an in-process run's checkpoints, or `caravan repartition`'s output), re-sharded for the run's split: it trains from their optimizer step on")
     .option('--snapshot-every <entries>', `control-log entries between snapshots of the log, which a restarted coordinator replays instead of the whole log; 0 for none`, nonNegativeInt('--snapshot-every'), CONTROL_SNAPSHOT_EVERY)
     .option('--stream-replicas <n>', 'copies of every stream, KV bucket and object store (default: 3 on a cluster, 1 on one server)', positiveInt('--stream-replicas'))
     .option('--json', 'print the run summary as one JSON line at the end')
     .option('--nkey <file>', 'authenticate to NATS as this nkey user (the coordinator seed `caravan creds` wrote)')
     .option('--host-keys <file>', 'admit only these host keys (the host-keys.pub `caravan creds` wrote; default with --nkey: host-keys.pub beside the seed)')
     .addOption(logLevelOption())
-    .action(async (flags: { nats: string; run: string; config?: string; preset?: string; heartbeatTimeout: number; stuckTimeout?: number; snapshotEvery: number; streamReplicas?: number; json?: boolean; logLevel?: string; nkey?: string; hostKeys?: string }) => {
+    .action(async (flags: { nats: string; run: string; config?: string; preset?: string; heartbeatTimeout: number; stuckTimeout?: number; snapshotEvery: number; fromStates?: string; streamReplicas?: number; json?: boolean; logLevel?: string; nkey?: string; hostKeys?: string }) => {
       validateRunId(flags.run);
       const config = await loadRunConfig({ file: flags.config, preset: flags.preset });
       const summary = await runCoordinator({
         nats: flags.nats, run: flags.run, config, log: createLogger('caravan-coordinator', flags.logLevel),
-        heartbeatTimeoutMs: flags.heartbeatTimeout, stuckTimeoutMs: flags.stuckTimeout, snapshotEvery: flags.snapshotEvery, streamReplicas: flags.streamReplicas, nkey: flags.nkey, hostKeys: flags.hostKeys,
+        heartbeatTimeoutMs: flags.heartbeatTimeout, stuckTimeoutMs: flags.stuckTimeout, snapshotEvery: flags.snapshotEvery, fromStates: flags.fromStates, streamReplicas: flags.streamReplicas, nkey: flags.nkey, hostKeys: flags.hostKeys,
       });
       if (flags.json) process.stdout.write(`${JSON.stringify(summary)}\n`);
     });

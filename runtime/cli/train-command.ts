@@ -33,6 +33,7 @@ interface TrainFlags extends RunShapeFlags {
   checkpointEvery?: number;
   nonFinite?: 'stop' | 'skip-step';
   resume?: boolean;
+  fromStates?: string;
   json?: boolean;
   progress: boolean;
   logLevel?: string;
@@ -119,6 +120,7 @@ export function trainCommand(program: Command): void {
     .option('--checkpoint-every <n>', 'steps between stage checkpoints (to the Object Store; in-process to --checkpoint-dir); 0: none', nonNegativeInt('--checkpoint-every'))
     .addOption(new Option('--non-finite <policy>', 'a step whose gradients or loss are NaN/Inf: stop the run naming where they came from, or skip the step on every stage (default stop)').choices(['stop', 'skip-step']))
     .option('--resume', '(in-process) continue from the checkpoints in --checkpoint-dir')
+    .option('--from-states <dir>', "(NATS) start from these stage states of one moment, from any split (an in-process run's checkpoints, `caravan repartition`'s output): re-sharded for this run's split, trained from their optimizer step on")
     .addOption(new Option('--log-level <level>', "child processes' log level on stderr").choices([...LOG_LEVELS]))
     .option('--trace-file <file>', "trace every microbatch into this file (JSON lines of spans) for `caravan timeline`; hosts export OTLP to this process")
     .option('--export <dir>', "at the end, export replica 0's model there (as `caravan export` does: transformers' Llama layout and ONNX)")
@@ -148,6 +150,7 @@ export function trainCommand(program: Command): void {
       const ui = progressReporter(config, flags);
       if (flags.inProcess) {
         if (flags.resume && !flags.checkpointDir) throw new Error('--resume needs --checkpoint-dir');
+        if (flags.fromStates) throw new Error('--from-states starts a NATS run; in process, continue with --checkpoint-dir DIR --resume (`caravan repartition` re-shards for another split)');
         if (t.replicas > 1) throw new Error('--in-process trains one replica; use the NATS pipeline for --replicas > 1');
         if (t.bridge) throw new Error('--in-process has no Bridge: it runs with the NATS pipeline (leave out --in-process)');
         if (flags.traceFile) throw new Error('--trace-file traces the hosts of a NATS run; --in-process has none');
@@ -175,7 +178,7 @@ export function trainCommand(program: Command): void {
         delete process.env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT;
       }
       const summary = await trainDistributed({
-        config, nats: flags.nats, run: flags.run, standbys: flags.standbys, childLogLevel: flags.logLevel, device: flags.device, gpu: flags.gpu,
+        config, nats: flags.nats, run: flags.run, standbys: flags.standbys, childLogLevel: flags.logLevel, device: flags.device, gpu: flags.gpu, fromStates: flags.fromStates,
         log: createLogger('caravan-train', 'warn'),
         onProgress: (p: Progress) => {
           if (p.replica !== 0) return;

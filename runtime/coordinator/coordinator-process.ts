@@ -31,6 +31,7 @@ import { initRunMetrics } from '../telemetry/metrics.ts';
 import { openCoordinatorTransport, type CoordinatorTransport } from '../transport/coordinator-transport.ts';
 import { edgeLimits } from '../transport/edge-limits.ts';
 import { followControlLog } from './control-log-replay.ts';
+import { seedRunFromStates } from './initial-states.ts';
 import type { ReplayRead } from './control-log-snapshots.ts';
 import { Audits } from './audits.ts';
 import { Membership, restoreMembership } from './membership.ts';
@@ -68,6 +69,8 @@ export interface CoordinatorOptions {
    * audits keep in their snapshots what the audits may still replay.
    */
   readonly snapshotEvery?: number;
+  /** Stage states of one moment (initial-states.ts): a new run starts from them; ignored once the run has begun. */
+  readonly fromStates?: string;
 }
 
 /** The default of CoordinatorOptions.snapshotEvery: about 20 steps of a 16 × 3 run. */
@@ -98,6 +101,8 @@ export async function runCoordinator(o: CoordinatorOptions): Promise<RunSummary>
       throw new Error(`run ${o.run} already exists with a different config: restart its coordinator with the same config, or use a new run id`);
     }
     if (!kept) await net.runState.writeConfig(config);
+    if (o.fromStates && !prior) await seedRunFromStates({ dir: o.fromStates, config, slots: net.slots, controlLog: net.controlLog, log });
+    else if (o.fromStates) log.info({ dir: o.fromStates }, 'the run has begun already: --from-states is not used again');
     const restore = prior ? await restoreMembership(net.runState, net.slots, config) : undefined;
     if (restore) log.info({ hosts: restore.hosts.length, running: restore.running, step: prior!.step }, 'coordinator restarted: resuming from KV and the control log');
     return await coordinate(o, net, prior, restore, log);

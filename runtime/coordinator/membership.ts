@@ -144,7 +144,8 @@ export async function restoreMembership(store: RunStateStore, slotTable: SlotSto
   for (let r = 0; r < config.training.replicas; r++) {
     for (let s = 0; s < config.training.stages; s++) {
       const record = await slotTable.read(r, s);
-      if (record) slots.push(record);
+      // Generation 0 is a run's starting state that no host has held yet (initial-states.ts).
+      if (record && record.generation > 0) slots.push(record);
     }
   }
   const entries = await store.hosts();

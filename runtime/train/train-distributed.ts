@@ -43,6 +43,8 @@ export interface DistributedOptions {
    * reaches from there, and its datacenter label. The coordinator's, with `coordinator`. Default: here, `nats`.
    */
   readonly placement?: { readonly coordinator?: ProcessPlacement; readonly host?: (i: number) => ProcessPlacement };
+  /** Stage states the run starts from (the coordinator's --from-states). */
+  readonly fromStates?: string;
   /** Datacenter labels for the hosts, given out in turn (default: local-<i>, one each). */
   readonly datacenters?: readonly string[];
   readonly log: Logger;
@@ -109,7 +111,8 @@ export async function trainDistributed(o: DistributedOptions): Promise<RunSummar
       const beat = o.heartbeatTimeoutMs ? ['--heartbeat', String(Math.max(50, Math.floor(o.heartbeatTimeoutMs / 5)))] : [];
       const nkey = (file: string | undefined) => (file ? ['--nkey', file] : []);
       const c = o.placement?.coordinator;
-      spawnChild('coordinator', ['coordinator', '--nats', c?.nats ?? url, '--run', run, '--config', configFile, ...timeout, ...nkey(o.credentials?.coordinator)], c?.prefix);
+      spawnChild('coordinator', ['coordinator', '--nats', c?.nats ?? url, '--run', run, '--config', configFile, ...timeout, ...nkey(o.credentials?.coordinator),
+        ...(o.fromStates ? ['--from-states', o.fromStates] : [])], c?.prefix);
       for (let i = 0; i < hosts; i++) {
         const p = o.placement?.host?.(i);
         const datacenter = p?.datacenter ?? (o.datacenters?.length ? o.datacenters[i % o.datacenters.length] : `local-${i}`);

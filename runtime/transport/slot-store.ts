@@ -9,7 +9,8 @@ import type { SentUntil, SlotRecord } from '../../schemas/run-records.ts';
 import { SlotSigners } from '../security/slot-signers.ts';
 import { retryTransient } from './durable-publish.ts';
 import { ensureInputStream, type RunResources } from './run-resources.ts';
-import { assignSlot, readSlot, recordReportedCheckpoint, rewindSlot } from './slots.ts';
+import { assignSlot, readSlot, recordReportedCheckpoint, rewindSlot, seedSlot } from './slots.ts';
+import { sha256Hex } from '../security/message-signature.ts';
 import type { EdgeKind } from './subjects.ts';
 
 export interface SlotStore {
@@ -30,6 +31,11 @@ export interface SlotStore {
   dropCheckpoint(object: string): Promise<void>;
   /** Purges the slot's inputs on one edge below `seq`; a failure only leaves them behind. */
   purgeInputs(replica: number, stage: number, kind: EdgeKind, seq: number): Promise<void>;
+  /**
+   * Before the run's first start: the slot's state to start from, stored as a checkpoint after `step` and named by a
+   * record of generation 0 that no host holds; the first host given the slot starts from it (slots.ts seedSlot).
+   */
+  seed(replica: number, stage: number, layers: readonly [number, number], step: number, state: Uint8Array): Promise<CheckpointPointer>;
 }
 
 export function slotStore(res: RunResources): SlotStore {
@@ -52,6 +58,14 @@ export function slotStore(res: RunResources): SlotStore {
       // Nothing lies below 1; and nats-server (2.10.27) takes a filtered purge up to 1 as one of every message on the subject.
       if (seq <= 1) return;
       await res.jsm.streams.purge(n.inputStream(replica, stage), { filter: n.edgeIn(kind, replica, stage), seq }).catch(() => {});
+    },
+    seed: async (replica, stage, [begin, end], step, state) => {
+      const object = n.checkpoint(replica, begin, end, step, 0);
+      await retryTransient(`seed state ${object}`, () => res.objects.putBlob({ name: object }, state));
+      // Nothing to resume from in the streams yet: each reader starts at its stream's start.
+      const pointer: CheckpointPointer = { step, object, resume: { control: 0 }, sha256: sha256Hex(state) };
+      await retryTransient(slot(replica, stage), () => seedSlot(res.kv, replica, stage, pointer));
+      return pointer;
     },
   };
 }

@@ -76,6 +76,19 @@ export async function assignSlot(kv: KV, replica: number, stage: number, host: s
   }
 }
 
+/**
+ * The slot's first record, before any host holds it: generation 0, no host, and the checkpoint the run starts from
+ * (a run started from given states). A slot that has a record already is left as it is.
+ */
+export async function seedSlot(kv: KV, replica: number, stage: number, checkpoint: CheckpointPointer): Promise<void> {
+  const record: SlotRecord = { replica, stage, host: '', generation: 0, checkpoint };
+  try {
+    await kv.create(slotKey(replica, stage), encodeJson(record));
+  } catch (err) {
+    if (!/key exists|wrong last sequence/i.test((err as Error).message)) throw err;
+  }
+}
+
 /** Records a new checkpoint if `held` is still the slot's latest record; otherwise the holder was replaced. */
 export async function recordCheckpoint(kv: KV, held: SlotEntry, checkpoint: CheckpointPointer): Promise<SlotEntry> {
   const { replica, stage, host, generation } = held.record;

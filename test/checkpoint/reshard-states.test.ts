@@ -2,10 +2,12 @@
 // its stage states are re-sharded by layer into 3 stages (2/1/1), and a run
 // split that way goes on from them to step 8. Its weights must be bit for bit
 // those of the run that never stopped, unsplit (the in-process reference),
-// because the engine's results do not depend on the split. Through the CLI
-// too (`caravan repartition`, then `caravan train --in-process --resume`),
-// and states that are not of one moment, or a split that does not cover the
-// model, are refused by name.
+// because the engine's results do not depend on the split. In process, through
+// the CLI too (`caravan repartition`, then `caravan train --in-process
+// --resume`), and over NATS (`--from-states`: the coordinator re-shards and
+// the Replica actors start at step 3). States that are not of one moment, or
+// of another model, and a split that does not cover the model, are refused
+// by name.
 import test from 'ava';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -14,6 +16,8 @@ import { loadRunConfig } from '../../runtime/config/load-run-config.ts';
 import { reshardStageStates } from '../../runtime/checkpoint/reshard-states.ts';
 import { statesFromCheckpointDir } from '../../runtime/export/run-stage-states.ts';
 import { trainLocal } from '../../runtime/train/train-local.ts';
+import { trainDistributed } from '../../runtime/train/train-distributed.ts';
+import { createLogger } from '../../runtime/log.ts';
 import type { RunConfig } from '../../schemas/run-config.ts';
 import { caravan } from '../support/caravan-cli.ts';
 
@@ -76,4 +80,19 @@ test('caravan repartition re-shards a checkpoint directory that caravan train --
   const refused = await caravan(['repartition', '--checkpoint-dir', mixed, '--stages', '2', '--out', after]);
   t.not(refused.code, 0);
   t.regex(refused.stderr, /optimizer step 3, but .* is at step 8 \(states of one moment are needed\)|optimizer step 8, but .* is at step 3 \(states of one moment are needed\)/);
+});
+
+test('over NATS: a run started from the 4-stage states at step 3 (--from-states), split 2/1/1, ends with the unsplit reference\'s weights; states of another model are refused', async (t) => {
+  const reference = await train(await config({ stages: 1 }));
+  const before = await tempDir(t);
+  await train(await config({ stages: 4, steps: STOP }), { checkpointDir: before });
+  const log = createLogger('reshard-test', 'warn');
+  const summary = await trainDistributed({ config: { ...(await config({ stages: 3, stageLayers: [2, 1, 1], checkpointEvery: 2 })) }, fromStates: before, log });
+  t.is(summary.params_sha256, reference.paramsSha256);
+  t.deepEqual(summary.losses.slice(0, STOP), [null, null, null], 'the steps before the states have no loss in this run');
+  t.true(summary.losses.slice(STOP).every((l) => typeof l === 'number'));
+
+  const wider = await config({ stages: 2 });
+  const refused = await trainDistributed({ config: { ...wider, model: { ...wider.model, ffnHidden: 384 } }, fromStates: before, log }).then(() => undefined, (err: Error) => err);
+  t.regex(refused?.message ?? '', /--from-states .*: model ffnHidden is 352 in the states, 384 in the run's config/);
 });

@@ -1,0 +1,46 @@
+// A run that starts from given stage states (`caravan coordinator
+// --from-states DIR`): states of one moment, from any split (an in-process
+// run's checkpoints, or `caravan repartition`'s output), re-sharded for this
+// run's split (runtime/checkpoint/reshard-states.ts) and stored before the
+// run's first start as each slot's checkpoint, under a record no host holds
+// (generation 0). The first host given a slot starts from it, as a
+// replacement would. The control log gets a snapshot whose replicas start at
+// the states' optimizer step, so the Replica actors open that step first;
+// the steps before it have no loss in this run (null). Every replica starts
+// from the same states.
+import { CONTROL_SNAPSHOT_VERSION } from '../../schemas/control-snapshot.ts';
+import type { RunConfig } from '../../schemas/run-config.ts';
+import { stageRanges } from '../../schemas/stage-layers.ts';
+import { reshardStageStates } from '../checkpoint/reshard-states.ts';
+import { statesFromCheckpointDir } from '../export/run-stage-states.ts';
+import { stitchStageStates } from '../export/stitch-stages.ts';
+import type { Logger } from '../log.ts';
+import type { ControlLog } from '../transport/control-log.ts';
+import type { SlotStore } from '../transport/slot-store.ts';
+
+/** Stores the states as every slot's starting checkpoint; resolves to the first step the run trains. */
+export async function seedRunFromStates(o: { readonly dir: string; readonly config: RunConfig; readonly slots: SlotStore; readonly controlLog: ControlLog; readonly log: Logger }): Promise<number> {
+  const t = o.config.training;
+  const what = `--from-states ${o.dir}`;
+  if (t.bridge) throw new Error(`${what}: a run with the Bridge cannot start from given states yet (its outer steps would have no record)`);
+  if (t.audit) throw new Error(`${what}: a run with audits cannot start from given states yet`);
+  const blobs = await statesFromCheckpointDir(o.dir);
+  const whole = stitchStageStates(blobs);
+  for (const [k, v] of Object.entries(o.config.model)) {
+    const got = (whole.model as unknown as Record<string, unknown>)[k];
+    if (JSON.stringify(got) !== JSON.stringify(v)) throw new Error(`${what}: model ${k} is ${JSON.stringify(got)} in the states, ${JSON.stringify(v)} in the run's config`);
+  }
+  const step = whole.optimizerStep;
+  if (!(step >= 1 && step < t.steps)) throw new Error(`${what}: the states are at optimizer step ${step}; the run's steps are 0–${t.steps - 1}, so it would train nothing from them`);
+  const ranges = stageRanges(o.config);
+  const states = reshardStageStates(blobs, ranges);
+  for (let r = 0; r < t.replicas; r++) {
+    for (let s = 0; s < t.stages; s++) await o.slots.seed(r, s, ranges[s], step - 1, states[s].bytes);
+  }
+  await o.controlLog.writeSnapshot({
+    version: CONTROL_SNAPSHOT_VERSION, seq: 0, entries: [],
+    replicas: Array.from({ length: t.replicas }, () => ({ first_step: step, losses: Array.from({ length: step }, () => null), skipped: [], rolled_back: [] })),
+  });
+  o.log.info({ dir: o.dir, from_stages: blobs.length, layers_by_stage: ranges.map(([b, e]) => e - b), step }, 'run seeded from given stage states: it trains from their optimizer step on');
+  return step;
+}
