@@ -73,6 +73,8 @@ export interface RunState {
    * log's start), the entries it replayed, and the log's last sequence then.
    */
   replays?: Array<{ snapshot_seq: number | null; entries: number; log_seq: number }>;
+  /** A run started from given stage states (--from-states): the first step it trained; the steps before were not this run's. */
+  from_step?: number;
 }
 
 /** `bridge.<stage>.<outer>`: one stage's outer step, created once. */
@@ -275,6 +277,7 @@ const RUN_STATE = object({
   metrics: optional(LIVE_METRICS),
   audits: optional(AUDIT_SUMMARY),
   replays: optional(arrayOf(object({ snapshot_seq: nullable(count), entries: count, log_seq: count }))),
+  from_step: optional(count),
 });
 
 const BRIDGE_RECORD: FieldReader<BridgeRecord> = object({

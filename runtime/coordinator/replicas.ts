@@ -182,7 +182,8 @@ export class Replicas {
     const fresh = this.control(replica, { type: 'commit', step: cmd.step, gradScale: cmd.gradScale, gradNorm: cmd.gradNorm, loss: cmd.loss, ...(cmd.skip ? { skip: true as const } : {}) });
     if (!fresh) return;
     if (cmd.skip) log.warn({ replica, step: cmd.step, grad_norm: cmd.gradNorm, loss: cmd.loss }, 'step skipped: its gradients or loss were not finite (training.nonFinite = skip-step)');
-    const stepsDone = this.losses.reduce((n, l) => n + l.length, 0);  // commits come in step order: no holes
+    // Commits come in step order: no holes. Steps before given states (--from-states) were not this run's.
+    const stepsDone = this.losses.reduce((n, l) => n + l.length, 0) - (run.state.from_step ?? 0) * t.replicas;
     const tokensPerSecond = (stepsDone * tokensPerStep(t)) / Math.max(run.elapsedSeconds(), 1e-3);
     this.o.progress({ replica, step: cmd.step, loss: cmd.loss, gradNorm: cmd.gradNorm, tokensPerSecond, steps: t.steps });
     if (replica === 0) {

@@ -57,7 +57,8 @@ export async function finishRun(o: FinishedRun): Promise<RunSummary> {
       wire.wire_bytes += sent.wire_bytes;
     }
   }
-  const tokensPerS = (t.steps * t.replicas * tokensPerStep(t)) / wall;
+  // Steps before a run's given states (--from-states) were not trained in this run's time.
+  const tokensPerS = ((t.steps - (state.state.from_step ?? 0)) * t.replicas * tokensPerStep(t)) / wall;
   const stagesOf0 = Array.from({ length: t.stages }, (_, s) => counters.get(`0.${s}`)!.compute);
   return {
     run: o.run,
