@@ -492,8 +492,10 @@ class Striker {
     else this.fleet.partition(holder, false);
     const exit = await Promise.race([holder.exited, sleep(30_000).then(() => undefined)]);
     const back = stall ? 'SIGCONT' : 'its links were healed';
-    if (!exit || exit.code !== 3) throw new Error(`chaos: the replaced host of slot ${target.replica}.${target.stage} did not refuse to go on after ${back} (${exit ? `exit ${exit.code ?? exit.signal}` : 'still running after 30 s'}): ${holder.lastLine()}`);
-    this.say(`the ${stall ? 'stalled' : 'cut-off'} host came back and left: ${holder.lastLine()}`);
+    // Back after the run finished, it sees that first and leaves as a standby would.
+    const finishedMeanwhile = exit?.code === 0 && this.watch.summary !== undefined;
+    if (!exit || (exit.code !== 3 && !finishedMeanwhile)) throw new Error(`chaos: the replaced host of slot ${target.replica}.${target.stage} did not refuse to go on after ${back} (${exit ? `exit ${exit.code ?? exit.signal}` : 'still running after 30 s'}): ${holder.lastLine()}`);
+    this.say(`the ${stall ? 'stalled' : 'cut-off'} host came back and left${finishedMeanwhile ? ' (the run had finished)' : ''}: ${holder.lastLine()}`);
     this.recoveryAfter(at, { target: target.point, kind: target.point, detail, afterStep: this.watch.committedSteps }, target.replica);
   }
 

@@ -27,7 +27,7 @@ import { newHostKey, readHostKey, type HostKey } from '../security/host-key.ts';
 import { registrationProof } from '../security/registration.ts';
 import { CoordinatorKeys } from '../security/coordinator-keys.ts';
 import { SlotSigners } from '../security/slot-signers.ts';
-import { SlotLostError, SlotRewoundError, type SlotEntry } from '../transport/slots.ts';
+import { readSlot, SlotLostError, SlotRewoundError, type SlotEntry } from '../transport/slots.ts';
 import { FaultPoints } from './fault-points.ts';
 import { startStage, type StageRunner } from './stage-runner.ts';
 import { cudaDevice, type CudaDeviceInfo } from '../../native/index.ts';
@@ -124,6 +124,9 @@ async function followRun(conn: RunConnection, res: RunResources, id: string, dev
     ending = stage.done.then(() => watch.stop(), async (err: Error) => {
       // Rewound (an audit's catch): this host keeps the slot, and starts it again from the record that says so.
       if (err instanceof SlotRewoundError) { slotLog.warn({ epoch: err.epoch }, 'replica rewound: this slot\'s state is void; waiting for its new record'); return; }
+      // Cut off from NATS past the heartbeat timeout, a holder meets timeouts before it hears it was replaced: an error
+      // met by a replaced holder is its replacement's business, not the run's.
+      if (!(err instanceof SlotLostError)) err = (await replacedSince(res, entry, id)) ?? err;
       // A stage that cannot go on fails the run (a replacement would meet the same error): it says so in a
       // report signed as the slot's holder, which the coordinator heeds only from the holder. A host that
       // lost its slot says nothing. The report is stored before this host goes on to exit.
@@ -171,11 +174,19 @@ async function followRun(conn: RunConnection, res: RunResources, id: string, dev
     watch.stop();
     failedRun.unsubscribe();
   }
+  if (failed && !(failed instanceof SlotLostError) && held) failed = (await replacedSince(res, held, id)) ?? failed;
   if (failed) throw failed;
   // The watch also ends when the connection is gone for good: that is no clean exit, or whoever
   // started this host would wait for a run it has left.
   if (conn.isClosed()) throw new Error('the connection to NATS closed (the server is gone or out of reach): leaving the run');
   if (!held) log.info('the run ended while this host was a standby');
+}
+
+/** Whether the slot `held` names is now another holder's: read once more, since the watch may not have said so yet. */
+async function replacedSince(res: RunResources, held: SlotEntry, id: string): Promise<SlotLostError | undefined> {
+  const { replica, stage, generation } = held.record;
+  const now = await readSlot(res.kv, replica, stage).catch(() => undefined);  // still cut off: the error stands
+  return now && now.record.generation !== generation && now.record.host !== id ? new SlotLostError(replica, stage, id, now.record) : undefined;
 }
 
 async function waitForRun(conn: RunConnection, o: HostOptions): Promise<RunResources> {
