@@ -19,16 +19,13 @@ export interface NatsCredentials {
   readonly publicKey: string;
 }
 
-/** How long the first connection may take: a server on a loaded machine (2 cores shared by a pipeline) can be slow to answer. */
-const CONNECT_TIMEOUT_MS = 15_000;
-
 export async function connectNats(url: string, name: string, o: { credentials?: NatsCredentials; run?: string; reconnectForever?: boolean } = {}): Promise<NatsConnection> {
   try {
     // A cluster is given as a comma-separated list of its servers' URLs.
     const servers = url.split(',').map((u) => u.trim()).filter(Boolean);
     return await connect({
       // A watcher (`caravan dashboard`) outlives any one server restart; everyone else gives up and says so.
-      servers, name, maxReconnectAttempts: o.reconnectForever ? -1 : 10, reconnectTimeWait: 500, timeout: CONNECT_TIMEOUT_MS,
+      servers, name, maxReconnectAttempts: o.reconnectForever ? -1 : 10, reconnectTimeWait: 500, timeout: 5000,
       ...(o.credentials ? { authenticator: nkeyAuthenticator(o.credentials.seed) } : {}),
       ...(o.run ? { inboxPrefix: runInboxPrefix(o.run, o.credentials?.publicKey) } : {}),
       ...tlsFromEnv(),
