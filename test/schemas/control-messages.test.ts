@@ -174,7 +174,7 @@ test('a field that is missing, of the wrong type or out of range is refused by i
   refuses(t, decodeStepControl, { type: 'commit', step: 3, gradScale: null, gradNorm: 1, loss: 1 }, 'step control', 'gradScale', /must be a finite number, got null$/);
   refuses(t, decodeStepControl, { type: 'commit', step: 3, gradScale: 1, gradNorm: 1, loss: 'NaN' }, 'step control', 'loss', /must be a finite number or null, got "NaN"$/);
   refuses(t, decodeStepControl, { type: 'commit', step: 3, gradScale: 1, gradNorm: 1, loss: 1, skip: false }, 'step control', 'skip', /must be true, got false$/);
-  refuses(t, decodeFaultRequest, { point: 'sideways', after: 1 }, 'fault request', 'point', /must be one of "forward", "backward", "publish", "checkpoint", got "sideways"$/);
+  refuses(t, decodeFaultRequest, { point: 'sideways', after: 1 }, 'fault request', 'point', /must be one of "forward", "backward", "publish", "checkpoint", "bridge-sync", got "sideways"$/);
   refuses(t, decodeRegistration, { host: 'h', datacenter: 'd', key: 'U', proof: 7 }, 'registration', 'proof', /must be a string, got 7$/);
   refuses(t, decodeRegistrationReply, { ok: 'yes' }, 'registration reply', 'ok', /must be true or false, got "yes"$/);
   refuses(t, decodeHostEntry, { host: 'h', datacenter: 'd', status: 'gone', joined: 'x' }, 'host record', 'status', /must be one of "joined", "standby", "assigned", "lost"/);
