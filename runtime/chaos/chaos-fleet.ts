@@ -180,7 +180,8 @@ export class ChaosFleet {
   private watch(c: CaravanChild): CaravanChild {
     this.children.push(c);
     void c.exited.then(({ code, signal }) => {
-      if (this.expectedExit.has(c) || signal === 'SIGTERM') return;
+      // Once stopping, every exit is the fleet's own doing (SIGTERM, then SIGKILL for a child still there).
+      if (this.stopping || this.expectedExit.has(c) || signal === 'SIGTERM') return;
       if (code === 3) { this.refusedCount++; return; }  // a replaced host refused on its return: as designed
       if (code !== 0) this.o.fail(new Error(`${c.name} exited (${code ?? signal}): ${c.lastLine()}`));
     });

@@ -482,7 +482,9 @@ class Striker {
     else this.fleet.partition(holder, true);
     this.say(`${stall ? `stalled ${slot} (SIGSTOP)` : `cut ${slot} off from NATS (partition)`} at step ${this.watch.committedSteps}`);
     let handedOver = false;
-    const deadline = performance.now() + Math.max(15_000, 10 * this.heartbeatTimeoutMs);
+    // Generous: right after other faults (a coordinator restarting, standbys still starting) on a loaded machine, a
+    // hand-over takes far longer than the heartbeat timeout.
+    const deadline = performance.now() + Math.max(30_000, 20 * this.heartbeatTimeoutMs);
     while (!handedOver && performance.now() < deadline) {
       handedOver = (await this.runState.slot(target.replica, target.stage))?.record.host !== host;
       if (!handedOver) await sleep(100);
