@@ -248,7 +248,8 @@ function assemble(
         rewinds.resume(recorded);
         audits?.resume();
         // What this coordinator's start read: `caravan status` and `caravan chaos` show it.
-        if (read.entries || read.snapshot_seq !== null) {
+        // (A fresh run has read nothing; one started from given states, only their snapshot at sequence 0.)
+        if (read.log_seq > 0) {
           run.state.replays = [...(run.state.replays ?? []), read].slice(-REPLAYS_KEPT);
           void run.save();
         }
