@@ -46,13 +46,14 @@ export class ControlLogSnapshots {
 
   /** The replay's entries: those a snapshot kept, then the log's (the window starts with them all). */
   seen(e: ControlLogEntry): void {
-    this.window.push(e);
+    if (this.o.every > 0) this.window.push(e);
   }
 
   /** A live entry was dispatched: takes a snapshot as of it when one is due. */
   async followed(e: ControlLogEntry): Promise<void> {
+    if (this.o.every <= 0) return;  // none taken: nothing kept for one
     this.window.push(e);
-    if (this.o.every <= 0 || ++this.since < this.o.every || this.o.busy()) return;
+    if (++this.since < this.o.every || this.o.busy()) return;
     this.since = 0;
     try {
       await this.o.settled();
