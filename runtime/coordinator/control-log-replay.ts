@@ -36,7 +36,7 @@ export async function followControlLog(o: {
   const snapshot = await startingSnapshot(o.controlLog, o.log);
   if (snapshot) o.replicas.restore(snapshot.replicas);
   const snapshots = new ControlLogSnapshots({
-    controlLog: o.controlLog, log: o.log, every: o.snapshots.every, settled: o.snapshots.settled, replicas: () => o.replicas.snapshot(o.snapshots.needed), busy: () => o.rewinds.busy,
+    controlLog: o.controlLog, log: o.log, every: o.snapshots.every, settled: o.snapshots.settled, replicas: () => o.replicas.snapshot(o.snapshots.needed), busy: () => o.rewinds.busy, startedFrom: snapshot?.seq,
   });
   const backlog: ControlLogEntry[] = (snapshot?.entries ?? []).map((e) => o.controlLog.fromSnapshotEntry(e));
   for (const e of backlog) snapshots.seen(e);

@@ -1,6 +1,7 @@
 // Snapshots of the control log, so that a restarted coordinator's replay does
-// not grow with the run's length: every `every` entries it follows live, the
-// coordinator waits until what it decided so far is written, then stores each
+// not grow with the run's length: once the log has grown by `every` entries
+// since the latest snapshot (whichever coordinator took it), the coordinator
+// waits until what it decided so far is written, then stores each
 // replica's commits in short and the entries a replay still needs
 // (schemas/control-snapshot.ts). A replay reads the snapshot, those entries,
 // and the log after the snapshot's sequence.
@@ -30,7 +31,8 @@ export interface ReplayRead {
 export class ControlLogSnapshots {
   /** The entries since the last snapshot, and those it kept: candidates for the next. */
   private window: ControlLogEntry[] = [];
-  private since = 0;
+  /** The log sequence the latest snapshot covers (0: none yet): the next is due `every` entries after it. */
+  private base: number;
 
   constructor(private readonly o: {
     readonly controlLog: ControlLog; readonly log: Logger;
@@ -42,7 +44,12 @@ export class ControlLogSnapshots {
     readonly replicas: () => ReplicaSnapshot[];
     /** No snapshot now: a rewind is under way. */
     readonly busy: () => boolean;
-  }) {}
+    /** The snapshot the replay started from (its sequence), if any. */
+    readonly startedFrom?: number;
+  }) {
+    // Counted in the log, not in what this process followed: coordinators restarted often still take snapshots.
+    this.base = o.startedFrom ?? 0;
+  }
 
   /** The replay's entries: those a snapshot kept, then the log's (the window starts with them all). */
   seen(e: ControlLogEntry): void {
@@ -53,8 +60,8 @@ export class ControlLogSnapshots {
   async followed(e: ControlLogEntry): Promise<void> {
     if (this.o.every <= 0) return;  // none taken: nothing kept for one
     this.window.push(e);
-    if (++this.since < this.o.every || this.o.busy()) return;
-    this.since = 0;
+    if (e.seq - this.base < this.o.every || this.o.busy()) return;
+    this.base = e.seq;
     try {
       await this.o.settled();
       const replicas = this.o.replicas();
