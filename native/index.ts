@@ -184,6 +184,18 @@ export function readStateHeader(meta: Record<string, string>, where: string): St
   return { layerBegin, layerEnd, model, optimizerStep };
 }
 
+/**
+ * The first setting of `model` that a state's header says otherwise, in words naming both sides (`model dModel is 64
+ * in the state, 128 here`); undefined when the state is of that model.
+ */
+export function modelDifference(stateModel: unknown, model: object, words: { state: string; here: string }): string | undefined {
+  for (const [k, v] of Object.entries(model)) {
+    const got = (stateModel as Record<string, unknown> | null)?.[k];
+    if (JSON.stringify(got) !== JSON.stringify(v)) return `model ${k} is ${JSON.stringify(got)} in ${words.state}, ${JSON.stringify(v)} ${words.here}`;
+  }
+  return undefined;
+}
+
 /** sha256 of parameter tensors in model order: the run's params_sha256 when they are a whole model's. */
 export function hashParams(tensors: Iterable<Float32Array>): string {
   const h = createHash('sha256');
@@ -448,10 +460,8 @@ export class EngineStage {
     if (header.layerBegin !== this.spec.layerBegin || header.layerEnd !== this.spec.layerEnd) {
       throw new Error(`${where}: state holds layers [${header.layerBegin}, ${header.layerEnd})`);
     }
-    for (const [k, v] of Object.entries(this.spec.model)) {
-      const got = (header.model as unknown as Record<string, unknown> | null)?.[k];
-      if (JSON.stringify(got) !== JSON.stringify(v)) throw new Error(`${where}: model ${k} is ${JSON.stringify(got)} in the state, ${JSON.stringify(v)} here`);
-    }
+    const differs = modelDifference(header.model, this.spec.model, { state: 'the state', here: 'here' });
+    if (differs) throw new Error(`${where}: ${differs}`);
     const step = header.optimizerStep;
     const expected = new Set<string>();
     const arenas: Array<[ArenaKind, Float32Array]> = [];

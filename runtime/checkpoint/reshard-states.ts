@@ -5,9 +5,9 @@
 // Nothing is computed: the engine's results do not depend on the split, so a
 // run that goes on from re-sharded states ends with the weights it would have
 // had unsplit (test/checkpoint/reshard-states.test.ts).
-import { decodeSafeTensors, encodeSafeTensors, readStateHeader, type SafeTensor } from '../../native/index.ts';
+import { decodeSafeTensors, encodeSafeTensors, type SafeTensor } from '../../native/index.ts';
 import { llamaTensorSpecs, type LlamaConfig } from '../../schemas/model-config.ts';
-import { stitchStageStates, type StageStateBlob } from '../export/stitch-stages.ts';
+import { stitchStageStates, type StageStateBlob, type StitchedModel } from '../export/stitch-stages.ts';
 
 /** A state's tensor-name prefixes: the parameters, then AdamW's first and second moments. */
 const PREFIXES = ['', 'optimizer.exp_avg.', 'optimizer.exp_avg_sq.'] as const;
@@ -23,7 +23,11 @@ export interface ReshardedState {
 /** `blobs`, the states of every stage at one step, as one state per range of `ranges` (which must cover the layers in order). */
 export function reshardStageStates(blobs: readonly StageStateBlob[], ranges: readonly LayerRange[]): ReshardedState[] {
   // Stitching checks that the states are of one model and one step, and cover every layer once.
-  const whole = stitchStageStates(blobs);
+  return reshardStitched(stitchStageStates(blobs), blobs, ranges);
+}
+
+/** reshardStageStates for a caller that has stitched `blobs` already (into `whole`). */
+export function reshardStitched(whole: StitchedModel, blobs: readonly StageStateBlob[], ranges: readonly LayerRange[]): ReshardedState[] {
   const model = whole.model as LlamaConfig;
   if (model.bottlenecks?.length) throw new Error('a model with residual bottlenecks is not re-sharded: each bottleneck belongs to the stage boundary it crosses');
   if (model.tiedEmbeddings && ranges.length > 1) throw new Error('a model with tied embeddings trains on one stage only');
@@ -37,7 +41,6 @@ export function reshardStageStates(blobs: readonly StageStateBlob[], ranges: rea
     throw new Error(`tensor ${name} is in no stage state`);
   };
   const meta = files[0].file.metadata;
-  readStateHeader(meta, files[0].source);
   return ranges.map(([begin, end], s) => {
     const names = stageTensorNames(model, begin, end, s === 0, s === ranges.length - 1);
     const tensors = PREFIXES.flatMap((prefix) => names.map((name) => find(prefix + name)));

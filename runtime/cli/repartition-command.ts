@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import type { Command } from 'commander';
 import { hashParams } from '../../native/index.ts';
 import { layerRanges, splitLayers } from '../../schemas/stage-layers.ts';
-import { reshardStageStates } from '../checkpoint/reshard-states.ts';
+import { reshardStitched } from '../checkpoint/reshard-states.ts';
 import { statesFromCheckpointDir, statesFromRun } from '../export/run-stage-states.ts';
 import { stitchStageStates } from '../export/stitch-stages.ts';
 import { validateRunId } from '../transport/subjects.ts';
@@ -52,11 +52,11 @@ export function repartitionCommand(program: Command): void {
       }
       if (flags.stages !== undefined && flags.stages > nLayers) throw new Error(`--stages ${flags.stages}: the model has only ${nLayers} layers`);
       const ranges = counts ? layerRanges(counts) : splitLayers(nLayers, flags.stages!);
-      const states = reshardStageStates(blobs, ranges);
+      const states = reshardStitched(whole, blobs, ranges);
       await mkdir(flags.out, { recursive: true });
       for (const s of states) await writeFile(join(flags.out, `stage-${s.layers[0]}-${s.layers[1]}.safetensors`), s.bytes);
-      // The parameters are the same tensors, only shared out anew: their hash says so.
-      const sha = hashParams(stitchStageStates(states.map((s, i) => ({ source: `new stage ${i}`, bytes: s.bytes }))).tensors.map((t) => t.data));
+      // The parameters are the same tensors, only shared out anew: the run's params_sha256 is theirs.
+      const sha = hashParams(whole.tensors.map((t) => t.data));
       const summary = { out: flags.out, from_stages: blobs.length, layers_by_stage: ranges.map(([b, e]) => e - b), optimizer_step: whole.optimizerStep, params_sha256: sha };
       if (flags.json) process.stdout.write(`${JSON.stringify(summary)}\n`);
       else process.stderr.write(`re-sharded ${blobs.length} stage state(s) at optimizer step ${whole.optimizerStep} into layers ${summary.layers_by_stage.join('/')} in ${flags.out} (params sha256 ${sha.slice(0, 16)}…)\n`);

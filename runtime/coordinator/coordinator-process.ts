@@ -101,14 +101,12 @@ export async function runCoordinator(o: CoordinatorOptions): Promise<RunSummary>
       throw new Error(`run ${o.run} already exists with a different config: restart its coordinator with the same config, or use a new run id`);
     }
     if (!kept) await net.runState.writeConfig(config);
-    let seeded: RunState | undefined;
-    if (o.fromStates && !prior) {
-      const fromStep = await seedRunFromStates({ dir: o.fromStates, config, slots: net.slots, controlLog: net.controlLog, log });
-      seeded = { status: 'gathering', step: fromStep, loss: null, tokens_per_s: null, started_at: null, updated: '', from_step: fromStep };
-    } else if (o.fromStates) log.info({ dir: o.fromStates }, 'the run has begun already: --from-states is not used again');
+    let fromStep: number | undefined;
+    if (o.fromStates && !prior) fromStep = await seedRunFromStates({ dir: o.fromStates, config, slots: net.slots, controlLog: net.controlLog, log });
+    else if (o.fromStates) log.info({ dir: o.fromStates }, 'the run has begun already: --from-states is not used again');
     const restore = prior ? await restoreMembership(net.runState, net.slots, config) : undefined;
     if (restore) log.info({ hosts: restore.hosts.length, running: restore.running, step: prior!.step }, 'coordinator restarted: resuming from KV and the control log');
-    return await coordinate(o, net, prior ?? seeded, restore, log);
+    return await coordinate(o, net, prior, restore, log, fromStep);
   } finally {
     await net.close();
   }
@@ -116,9 +114,12 @@ export async function runCoordinator(o: CoordinatorOptions): Promise<RunSummary>
 
 async function coordinate(
   o: CoordinatorOptions, net: CoordinatorTransport, prior: RunState | undefined, restore: CoordinatorMachineInput['restore'], log: Logger,
+  /** A new run seeded from given states (initial-states.ts): the first step it trains. */
+  fromStep?: number,
 ): Promise<RunSummary> {
   const t = o.config.training;
   const run = new LiveRunState(net.runState, prior, restore !== undefined, log);
+  if (fromStep !== undefined) Object.assign(run.state, { step: fromStep, from_step: fromStep });
   await run.save();
   let settle!: (v: RunSummary | Error) => void;
   const outcome = new Promise<RunSummary | Error>((r) => { settle = r; });

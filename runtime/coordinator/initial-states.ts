@@ -11,7 +11,8 @@
 import { CONTROL_SNAPSHOT_VERSION } from '../../schemas/control-snapshot.ts';
 import type { RunConfig } from '../../schemas/run-config.ts';
 import { stageRanges } from '../../schemas/stage-layers.ts';
-import { reshardStageStates } from '../checkpoint/reshard-states.ts';
+import { modelDifference } from '../../native/index.ts';
+import { reshardStitched } from '../checkpoint/reshard-states.ts';
 import { statesFromCheckpointDir } from '../export/run-stage-states.ts';
 import { stitchStageStates } from '../export/stitch-stages.ts';
 import type { Logger } from '../log.ts';
@@ -26,14 +27,12 @@ export async function seedRunFromStates(o: { readonly dir: string; readonly conf
   if (t.audit) throw new Error(`${what}: a run with audits cannot start from given states yet`);
   const blobs = await statesFromCheckpointDir(o.dir);
   const whole = stitchStageStates(blobs);
-  for (const [k, v] of Object.entries(o.config.model)) {
-    const got = (whole.model as unknown as Record<string, unknown>)[k];
-    if (JSON.stringify(got) !== JSON.stringify(v)) throw new Error(`${what}: model ${k} is ${JSON.stringify(got)} in the states, ${JSON.stringify(v)} in the run's config`);
-  }
+  const differs = modelDifference(whole.model, o.config.model, { state: 'the states', here: "in the run's config" });
+  if (differs) throw new Error(`${what}: ${differs}`);
   const step = whole.optimizerStep;
   if (!(step >= 1 && step < t.steps)) throw new Error(`${what}: the states are at optimizer step ${step}; the run's steps are 0–${t.steps - 1}, so it would train nothing from them`);
   const ranges = stageRanges(o.config);
-  const states = reshardStageStates(blobs, ranges);
+  const states = reshardStitched(whole, blobs, ranges);
   for (let r = 0; r < t.replicas; r++) {
     for (let s = 0; s < t.stages; s++) await o.slots.seed(r, s, ranges[s], step - 1, states[s].bytes);
   }
