@@ -118,8 +118,9 @@ export class ChaosFleet {
   async spawnHost(): Promise<void> {
     const i = this.hostCount++;
     // Empty without --cheat: one inherited from this process's environment would make an ordinary chaos run cheat unasked.
-    const env = { CARAVAN_CHAOS: '1', CARAVAN_CHAOS_CHEAT: this.o.cheat ?? '' };
     const links = this.o.partitions ? await this.openLinks(`host ${i}`) : undefined;
+    // Behind links, only the links: a host that learnt the servers' own addresses would reconnect around a cut.
+    const env = { CARAVAN_CHAOS: '1', CARAVAN_CHAOS_CHEAT: this.o.cheat ?? '', ...(links ? { CARAVAN_NATS_DISCOVERY: 'off' } : {}) };
     if (this.stopping) { for (const l of links ?? []) await l.stop(); return; }  // stopped meanwhile: nothing must start after stop()
     const url = links ? links.map((l) => `nats://127.0.0.1:${l.port}`).join(',') : this.natsUrl();
     const host = this.watch(spawnCaravan(`host ${i}`, [

@@ -29,7 +29,7 @@ import { openExistingRun, openRunResources, type RunResources } from '../transpo
 import { edgeLimits } from '../transport/edge-limits.ts';
 import { FaultInjection } from '../transport/fault-injection.ts';
 import { followRunEvents } from '../transport/run-events.ts';
-import { RunStateReader } from '../transport/run-state-reader.ts';
+import { RunStateReader, type StreamStanding } from '../transport/run-state-reader.ts';
 import { storedStageReports } from '../transport/stored-reports.ts';
 import type { RunNames } from '../transport/subjects.ts';
 import { ChaosFleet } from './chaos-fleet.ts';
@@ -149,6 +149,8 @@ export interface ChaosFailure {
   readonly run_status: string | null;
   readonly slots: Array<{ replica: number; stage: number; host: string; generation: number; from_step: number | null }>;
   readonly hosts: Array<{ host: string; status: string; slot: string | null }>;
+  /** Each stream of the run and its consumers, as JetStream saw them at the end: which delivery a stall waits on. */
+  readonly streams: StreamStanding[];
   readonly hosts_restarted: number;
   readonly hosts_replaced_and_refused: number;
   readonly wall_seconds: number;
@@ -249,14 +251,16 @@ async function endedState(runState: RunStateReader): Promise<RunState | undefine
 
 async function failureReport(err: Error, o: { run: string; watch: TrainingWatch; runState: RunStateReader; fleet: ChaosFleet; kills: KillRecord[]; events: string[]; began: number }): Promise<ChaosFailure> {
   // The servers may be the reason: what cannot be read is left empty rather than hiding the error.
-  const [state, slots, hosts] = await Promise.all([
+  const [state, slots, hosts, streams] = await Promise.all([
     o.runState.state().catch(() => undefined), o.runState.slots().catch(() => []), o.runState.hosts().catch(() => []),
+    o.runState.streams().catch(() => []),
   ]);
   return {
     ok: false, run: o.run, nats_url: o.fleet.url ?? null, error: err.message, waiting_for: o.watch.waitingFor ?? null, committed_steps: o.watch.committedSteps,
     events: o.events, kill_log: o.kills, run_status: state?.status ?? null,
     slots: slots.map((r) => ({ replica: r.replica, stage: r.stage, host: r.host, generation: r.generation, from_step: r.checkpoint?.step ?? null })),
     hosts: hosts.map((h) => ({ host: h.host, status: h.status, slot: h.replica !== undefined ? `${h.replica}.${h.stage}` : null })),
+    streams,
     hosts_restarted: o.fleet.restarted, hosts_replaced_and_refused: o.fleet.refused, wall_seconds: (performance.now() - o.began) / 1000,
   };
 }

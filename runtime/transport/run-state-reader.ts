@@ -18,6 +18,29 @@ export interface BridgeSync {
   readonly record: BridgeRecord;
 }
 
+/** A consumer as JetStream reports it: stream sequences delivered and acknowledged, and what waits. */
+export interface ConsumerStanding {
+  readonly name: string;
+  readonly pending: number;
+  readonly ack_pending: number;
+  readonly redelivered: number;
+  readonly waiting: number;
+  readonly delivered: number;
+  readonly ack_floor: number;
+  readonly leader: string | null;
+}
+
+/** A stream of the run: its sequences, its leader and copies (on a cluster), and its consumers. */
+export interface StreamStanding {
+  readonly name: string;
+  readonly messages: number;
+  readonly first_seq: number;
+  readonly last_seq: number;
+  readonly leader: string | null;
+  readonly copies: string[];
+  readonly consumers: ConsumerStanding[];
+}
+
 export class RunStateReader {
   constructor(private readonly res: RunResources) {}
 
@@ -82,6 +105,34 @@ export class RunStateReader {
   /** How many frames the dead-letter stream holds, and the latest `recent`, newest first. */
   deadLetters(recent: number): Promise<{ count: number; recent: DeadLetter[] }> {
     return readDeadLetters(this.res, recent);
+  }
+
+  /**
+   * Where each of the run's streams and their consumers stand: what a stalled
+   * run is waiting for shows as a consumer with nothing pending and a
+   * delivery never acknowledged, or a stream whose leader or copies lag.
+   */
+  async streams(): Promise<StreamStanding[]> {
+    const n = this.res.names;
+    const ours = new Set([n.controlStream, n.deadStream, n.kvStream, n.objectStream]);
+    const found: StreamStanding[] = [];
+    for await (const s of this.res.jsm.streams.list()) {
+      const name = s.config.name;
+      if (!ours.has(name) && !name.startsWith(n.inputStreamPrefix)) continue;
+      const consumers: ConsumerStanding[] = [];
+      for await (const c of this.res.jsm.consumers.list(name)) {
+        consumers.push({
+          name: c.name, pending: c.num_pending, ack_pending: c.num_ack_pending, redelivered: c.num_redelivered, waiting: c.num_waiting,
+          delivered: c.delivered.stream_seq, ack_floor: c.ack_floor.stream_seq, leader: c.cluster?.leader ?? null,
+        });
+      }
+      found.push({
+        name, messages: s.state.messages, first_seq: s.state.first_seq, last_seq: s.state.last_seq, leader: s.cluster?.leader ?? null,
+        copies: (s.cluster?.replicas ?? []).map((r) => `${r.name}${r.current ? '' : ` (lag ${r.lag ?? '?'})`}${r.offline ? ' offline' : ''}`),
+        consumers,
+      });
+    }
+    return found;
   }
 
   /** A stage's final state in the object store (stage layers [begin, end) of `replica`), with its object name. */

@@ -148,6 +148,7 @@ export function runNames(run: string) {
     inboxesOf: (key: string) => `${runInboxPrefix(run, key)}.>`,
     /** The input stream of slot (replica, stage): its `act` and `grad` edges. */
     inputStream: (replica: number, stage: number) => `CARAVAN_${run}_IN_${replica}_${stage}`,
+    inputStreamPrefix: `CARAVAN_${run}_IN_`,
     controlStream: `CARAVAN_${run}_CTL`,
     deadStream: `CARAVAN_${run}_DEAD`,
     /** Each holder of a slot reads through its own consumer, so a replaced one cannot take or ack its inputs. */
