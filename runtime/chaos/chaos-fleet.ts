@@ -42,6 +42,8 @@ export interface ChaosFleetOptions {
   readonly snapshotEvery?: number;
   /** Each host reaches NATS through links that `partition` can cut (a hop through this process for every byte). */
   readonly partitions?: boolean;
+  /** The cluster's routes run through this process, so that `partitionServer` can cut a server off from the others. */
+  readonly serverPartitions?: boolean;
 }
 
 const OPEN_LINK = { delayMs: 0, jitterMs: 0, rateMbit: 0, up: true };
@@ -83,7 +85,7 @@ export class ChaosFleet {
 
   /** Starts one NATS server or a 3-node cluster; resolves to the URL the children connect to. */
   async startNats(servers: 1 | 3): Promise<string> {
-    if (servers === 3) this.cluster = await startNatsCluster({ log: (l) => this.o.log.info(l) });
+    if (servers === 3) this.cluster = await startNatsCluster({ log: (l) => this.o.log.info(l), partitionable: this.o.serverPartitions });
     else this.single = await startNatsServer();
     this.url = this.cluster?.url ?? this.single!.url;
     return this.url;

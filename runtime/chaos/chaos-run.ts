@@ -56,7 +56,7 @@ export interface ChaosOptions {
 export type Cheat = ReturnType<typeof parseCheat>;
 
 export interface KillRecord {
-  readonly target: string;          // 'stage' | 'stall' | 'partition' | 'coordinator' | 'coordinator-audit' | 'nats' | 'nats-checkpoint' | 'pause-coordinator' | 'pause-nats'
+  readonly target: string;          // 'stage' | 'stall' | 'partition' | 'coordinator' | 'coordinator-audit' | 'nats' | 'nats-partition' | 'nats-checkpoint' | 'pause-coordinator' | 'pause-nats'
   readonly kind: KillKind;          // the planned kind: for 'stage', the point it was killed at
   readonly detail: string;          // where: slot and point, or server name
   readonly afterStep: number;       // steps of replica 0 committed when it struck
@@ -157,6 +157,8 @@ export interface ChaosFailure {
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+// Past nats-server's longest election timeout (9 s): leadership must move while the server is cut off.
+const SERVER_PARTITION_MS = 10_000;
 
 export async function runChaos(o: ChaosOptions): Promise<ChaosReport | CheatReport | ChaosFailure> {
   const t = o.config.training;
@@ -177,6 +179,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport | CheatRepo
     cheat: o.cheat && `${o.cheat.mode}/${o.cheat.replica}/${o.cheat.stage}/${o.cheat.from}`, fail: (err) => watch.fail(err),
     // Hosts reach NATS through links the driver can cut only when the plan partitions one: a proxy costs every frame a hop.
     partitions: plan.some((k) => k.target.kind === 'stage' && k.target.point === 'partition'),
+    serverPartitions: plan.some((k) => k.target.kind === 'nats-partition'),
   });
   let nc: NatsConnection | undefined;
   let runState: RunStateReader | undefined;
@@ -345,6 +348,7 @@ class Striker {
     if (kill.target.kind === 'coordinator') await this.strikeCoordinator();
     else if (kill.target.kind === 'coordinator-audit') await this.strikeCoordinatorMidAudit();
     else if (kill.target.kind === 'nats') await this.strikeNats(kill);
+    else if (kill.target.kind === 'nats-partition') await this.partitionNats(kill);
     else if (kill.target.kind === 'pause') await this.pause(kill, kill.target.process);
     else if (kill.target.kind === 'nats-checkpoint') await this.strikeNatsAtCheckpoint(kill, kill.target);
     else await this.strikeStage(kill, kill.target);
@@ -411,6 +415,29 @@ class Striker {
     await Promise.race([this.watch.until('a step without the killed server', movedOn, 120_000), sleep(30_000)]);
     await victim.restart();
     this.say(`NATS server ${victim.name} restarted`);
+  }
+
+  /**
+   * A NATS server cut off from the other two for longer than a Raft election
+   * can take (nats-server's is 4–9 s), then healed. Leaders it held move to
+   * the two; its clients keep their connections to it and hear nothing
+   * through it meanwhile, so hosts connected there look lost and their slots
+   * go to standbys elsewhere, as a datacenter cut off would. Healed, it must
+   * catch up before anything else is struck.
+   */
+  private async partitionNats(kill: PlannedKill): Promise<void> {
+    const cluster = this.fleet.cluster!;
+    const victim = cluster.servers[Math.floor(kill.afterStep % cluster.servers.length)];
+    const at = performance.now();
+    cluster.partition(victim, true);
+    const detail = `NATS server ${victim.name} cut off from the others ${(SERVER_PARTITION_MS / 1000).toFixed(0)} s`;
+    this.say(`cut NATS server ${victim.name} off from the other servers at step ${this.watch.committedSteps}`);
+    await sleep(SERVER_PARTITION_MS);
+    cluster.partition(victim, false);
+    this.say(`healed NATS server ${victim.name}'s routes`);
+    this.recoveryAfter(at, { target: 'nats-partition', kind: 'nats-partition', detail, afterStep: this.watch.committedSteps });
+    await victim.awaitHealthy(60_000);
+    this.say(`NATS server ${victim.name} caught up`);
   }
 
   /** A NATS server killed while the slot's holder has a checkpoint uploaded but not yet reported. */

@@ -8,7 +8,8 @@
 // replaced, a stage host cut off from NATS (a network partition) past the
 // heartbeat timeout and reconnected after it was replaced,
 // the coordinator (at any moment, or while an audit it drew is not yet
-// done), and a NATS server, and pauses (SIGSTOP, then SIGCONT) of
+// done), and a NATS server, a NATS server cut off from the other servers
+// past a Raft election and healed, and pauses (SIGSTOP, then SIGCONT) of
 // the coordinator and of a NATS server longer than the heartbeat timeout, as
 // a GC or a disk stall would; the order and the slots hit are drawn from the
 // seed.
@@ -21,6 +22,8 @@ export type KillTarget =
   // The coordinator killed while an audit it drew is saved in the run's state and not yet done.
   | { readonly kind: 'coordinator-audit' }
   | { readonly kind: 'nats' }
+  // A NATS server cut off from the other servers (its routes carry nothing), then healed.
+  | { readonly kind: 'nats-partition' }
   | { readonly kind: 'pause'; readonly process: 'coordinator' | 'nats' }
   // A NATS server killed while the slot's holder is stopped between uploading a checkpoint and reporting it.
   | { readonly kind: 'nats-checkpoint'; readonly replica: number; readonly stage: number };
@@ -31,7 +34,7 @@ export type KillTarget =
  */
 export const KILL_KINDS = [
   'forward', 'backward', 'publish', 'checkpoint', 'bridge-sync', 'anytime', 'stall', 'partition',
-  'coordinator', 'nats', 'pause-coordinator', 'pause-nats', 'nats-checkpoint', 'coordinator-audit',
+  'coordinator', 'nats', 'nats-partition', 'pause-coordinator', 'pause-nats', 'nats-checkpoint', 'coordinator-audit',
 ] as const;
 export type KillKind = (typeof KILL_KINDS)[number];
 /** Where a stage host is struck: killed at a fault point or anywhere, frozen (stall), or cut off from NATS (partition). */
@@ -64,7 +67,7 @@ export function planKills(o: KillPlanInput): PlannedKill[] {
   const checkpoints = { ok: o.checkpointEvery > 0, what: 'checkpoints' };
   const threeServers = { ok: o.natsServers >= 3, what: '3 NATS servers' };
   const needs: Partial<Record<KillKind, Array<{ ok: boolean; what: string }>>> = {
-    publish: [twoStages], checkpoint: [checkpoints], nats: [threeServers], 'nats-checkpoint': [threeServers, checkpoints],
+    publish: [twoStages], checkpoint: [checkpoints], nats: [threeServers], 'nats-partition': [threeServers], 'nats-checkpoint': [threeServers, checkpoints],
     'coordinator-audit': [{ ok: o.audits === true, what: 'audits (--audit-rate)' }],
     'bridge-sync': [{ ok: o.bridge === true && o.replicas > 1, what: 'the Bridge (training.bridge) and 2 or more replicas' }],
   };
@@ -88,7 +91,7 @@ export function planKills(o: KillPlanInput): PlannedKill[] {
   const span = Math.max(1, o.steps - 2);
   return order.slice(0, o.kills).map((kind, i) => {
     const afterStep = Math.min(o.steps - 1, 1 + Math.floor((i * span) / Math.max(1, o.kills)));
-    const target: KillTarget = kind === 'coordinator' || kind === 'nats' || kind === 'coordinator-audit' ? { kind }
+    const target: KillTarget = kind === 'coordinator' || kind === 'nats' || kind === 'nats-partition' || kind === 'coordinator-audit' ? { kind }
       : kind === 'pause-coordinator' ? { kind: 'pause', process: 'coordinator' }
       : kind === 'pause-nats' ? { kind: 'pause', process: 'nats' }
       : kind === 'nats-checkpoint' ? { kind: 'nats-checkpoint', replica: Math.floor(rand() * o.replicas), stage: Math.floor(rand() * o.stages) }

@@ -33,7 +33,7 @@ const DEFAULT_FAULTS = 6;
 
 export function chaosCommand(program: Command): void {
   withScheduleOptions(withCompressionOptions(program.command('chaos')), { steps: 24 })
-    .description('train with seeded faults: SIGKILLs of stage hosts (mid-forward, mid-backward, after a publish, during a checkpoint or a Bridge sync, anytime), the coordinator and a NATS server; stage hosts stalled (SIGSTOP) or cut off from NATS past the heartbeat timeout; SIGSTOP pauses of the coordinator and a NATS server; compare with a fault-free run')
+    .description('train with seeded faults: SIGKILLs of stage hosts (mid-forward, mid-backward, after a publish, during a checkpoint or a Bridge sync, anytime), the coordinator and a NATS server; stage hosts stalled (SIGSTOP) or cut off from NATS past the heartbeat timeout; a NATS server cut off from the other servers past a Raft election; SIGSTOP pauses of the coordinator and a NATS server; compare with a fault-free run')
     .option('--faults <n>', `faults to inject, of the kinds --targets names, in seeded rounds (default: ${DEFAULT_FAULTS})`, nonNegativeInt('--faults'))
     .option('--kills <n>', 'the same as --faults (its older name)', nonNegativeInt('--kills'))
     .option('--seed <n>', 'seed of the kill plan (which process, where, when)', nonNegativeInt('--seed'), 1)

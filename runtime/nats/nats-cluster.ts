@@ -15,6 +15,7 @@ import { jetstreamManager, StorageType, type JetStreamManager, type Placement } 
 import { connectNats } from '../transport/connect.ts';
 import { placementProbe } from '../transport/subjects.ts';
 import { EMBEDDED_MAX_PAYLOAD, natsServerBinary } from './nats-server.ts';
+import { RouteLinks } from './route-links.ts';
 
 export interface ClusterServer {
   readonly name: string;
@@ -29,6 +30,8 @@ export interface ClusterServer {
   signal(signal: NodeJS.Signals): void;
   /** Starts it again on the same ports and store (stopping it first if it runs); resolves once /healthz is ok. */
   restart(): Promise<void>;
+  /** Resolves once /healthz is ok (JetStream up and caught up with the meta leader); throws after `timeoutMs`. */
+  awaitHealthy(timeoutMs: number): Promise<void>;
   /** The last few kB the server wrote, for error messages and failed tests. */
   recentLog(): string;
 }
@@ -39,6 +42,12 @@ export interface NatsClusterHandle {
   readonly servers: readonly ClusterServer[];
   /** Kills every server and removes all stores. */
   stop(): Promise<void>;
+  /**
+   * Cuts a server off from the others (true) or heals it (false): its routes
+   * carry nothing meanwhile, and clients keep their connections to it. Only
+   * on a cluster started with `partitionable`.
+   */
+  partition(server: ClusterServer, cut: boolean): void;
 }
 
 export interface NatsClusterOptions {
@@ -47,6 +56,8 @@ export interface NatsClusterOptions {
   timeoutMs?: number;
   /** Told what startNatsCluster had to repair on the way (a left-out server, a slow placement). */
   log?: (line: string) => void;
+  /** Routes between the servers run through this process (route-links.ts), so that `partition` can cut them. */
+  partitionable?: boolean;
 }
 
 const CLUSTER_NAME = 'caravan';
@@ -247,6 +258,10 @@ class ClusterMember implements ClusterServer {
     }
   }
 
+  awaitHealthy(timeoutMs: number): Promise<void> {
+    return this.healthy(Date.now() + timeoutMs);
+  }
+
   async healthy(deadline: number): Promise<void> {
     for (;;) {
       this.assertAlive();
@@ -258,7 +273,7 @@ class ClusterMember implements ClusterServer {
   }
 }
 
-function serverConfig(o: { name: string; port: number; httpPort: number; routePort: number; routePorts: number[]; storeDir: string }): string {
+function serverConfig(o: { name: string; port: number; httpPort: number; routePort: number; routePorts: number[]; advertise?: number; storeDir: string }): string {
   return [
     `server_name: ${o.name}`,
     `listen: 127.0.0.1:${o.port}`,
@@ -266,6 +281,9 @@ function serverConfig(o: { name: string; port: number; httpPort: number; routePo
     'cluster {',
     `  name: ${CLUSTER_NAME}`,
     `  listen: 127.0.0.1:${o.routePort}`,
+    // Behind route links, the link is the address others learn by gossip: a
+    // route dialled straight to the port would escape a partition.
+    ...(o.advertise ? [`  advertise: 127.0.0.1:${o.advertise}`] : []),
     // All servers, this one included (a route to itself is ignored): a new
     // cluster sizes its JetStream meta group from the routes it is given.
     `  routes: [ ${o.routePorts.map((p) => `nats-route://127.0.0.1:${p}`).join(', ')} ]`,
@@ -375,14 +393,23 @@ export async function startNatsCluster(options: NatsClusterOptions = {}): Promis
   const clientPorts = ports.slice(0, count);
   const routePorts = ports.slice(count, 2 * count);
   const httpPorts = ports.slice(2 * count);
+  const names = clientPorts.map((_, i) => `caravan-nats-${i + 1}`);
+  const links = options.partitionable ? new RouteLinks() : undefined;
+  const linkPorts = links ? await Promise.all(names.map((name, i) => links.open(name, routePorts[i]))) : undefined;
   const members: ClusterMember[] = [];
   for (let i = 0; i < count; i++) {
-    const name = `caravan-nats-${i + 1}`;
+    const name = names[i];
     const storeDir = join(dir, name);
     const configPath = join(dir, `${name}.conf`);
-    await writeFile(configPath, serverConfig({ name, port: clientPorts[i], httpPort: httpPorts[i], routePort: routePorts[i], routePorts, storeDir }));
+    await writeFile(configPath, serverConfig({
+      name, port: clientPorts[i], httpPort: httpPorts[i], routePort: routePorts[i], routePorts: linkPorts ?? routePorts, advertise: linkPorts?.[i], storeDir,
+    }));
     members.push(new ClusterMember(name, clientPorts[i], httpPorts[i], storeDir, configPath, timeoutMs, log));
   }
+  const partition = (server: ClusterServer, cut: boolean) => {
+    if (!links) throw new Error('this nats cluster was started without partitionable routes');
+    links.partition(server.name, cut);
+  };
 
   // A process that exits without stop() (a crashed script, a test worker cut
   // off) must not leave servers and stores behind. kill() sends its signal
@@ -396,6 +423,7 @@ export async function startNatsCluster(options: NatsClusterOptions = {}): Promis
   const stop = async () => {
     process.off('exit', orphanGuard);
     await Promise.all(members.map((m) => m.kill()));
+    await links?.stop();
     await rm(dir, { recursive: true, force: true });
   };
 
@@ -408,5 +436,5 @@ export async function startNatsCluster(options: NatsClusterOptions = {}): Promis
     await stop();
     throw err;
   }
-  return { url, servers: members, stop };
+  return { url, servers: members, stop, partition };
 }

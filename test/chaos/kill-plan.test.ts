@@ -28,8 +28,8 @@ function assertRounds(t: import('ava').ExecutionContext, plan: readonly PlannedK
   }
 }
 
-test('KILL_KINDS are the eight stage points, the coordinator and a NATS server, pauses of either, a server killed at a checkpoint, and the coordinator mid-audit', (t) => {
-  t.deepEqual([...KILL_KINDS], [...STAGE_POINTS, 'coordinator', 'nats', 'pause-coordinator', 'pause-nats', 'nats-checkpoint', 'coordinator-audit']);
+test('KILL_KINDS are the eight stage points, the coordinator and a NATS server, a server cut off from the others, pauses of either, a server killed at a checkpoint, and the coordinator mid-audit', (t) => {
+  t.deepEqual([...KILL_KINDS], [...STAGE_POINTS, 'coordinator', 'nats', 'nats-partition', 'pause-coordinator', 'pause-nats', 'nats-checkpoint', 'coordinator-audit']);
 });
 
 test('the same input gives the same plan', (t) => {
@@ -79,14 +79,14 @@ test("'publish' is left out with one stage, 'checkpoint' without checkpoints, 'n
     { over: {}, missing: [] },
     { over: { stages: 1 }, missing: ['publish'] },
     { over: { checkpointEvery: 0 }, missing: ['checkpoint', 'nats-checkpoint'] },
-    { over: { natsServers: 1 }, missing: ['nats', 'nats-checkpoint'] },
-    { over: { natsServers: 2 }, missing: ['nats', 'nats-checkpoint'] },
+    { over: { natsServers: 1 }, missing: ['nats', 'nats-partition', 'nats-checkpoint'] },
+    { over: { natsServers: 2 }, missing: ['nats', 'nats-partition', 'nats-checkpoint'] },
     { over: { natsServers: 5 }, missing: [] },
     { over: { audits: false }, missing: ['coordinator-audit'] },
     { over: { audits: undefined }, missing: ['coordinator-audit'] },
     { over: { bridge: false }, missing: ['bridge-sync'] },
     { over: { replicas: 1 }, missing: ['bridge-sync'] },
-    { over: { stages: 1, checkpointEvery: 0, natsServers: 1, audits: false, bridge: undefined }, missing: ['publish', 'checkpoint', 'nats', 'nats-checkpoint', 'coordinator-audit', 'bridge-sync'] },
+    { over: { stages: 1, checkpointEvery: 0, natsServers: 1, audits: false, bridge: undefined }, missing: ['publish', 'checkpoint', 'nats', 'nats-partition', 'nats-checkpoint', 'coordinator-audit', 'bridge-sync'] },
   ];
   for (const { over, missing } of cases) {
     const kinds = KILL_KINDS.filter((k) => !missing.includes(k));

@@ -107,3 +107,57 @@ test('3-server cluster: a replicas-3 stream and KV bucket take writes after the 
   t.is((await kv.get('step', { revision: firstRevision }))?.string(), '41', 'history survives');
   passed = true;
 });
+
+test('3-server cluster with route links: the stream leader cut off from the other servers loses its leadership; the two elect another and take writes; the cut one takes none until healed, then catches up', async (t) => {
+  const cluster = await startNatsCluster({ log: (line) => t.log(line), partitionable: true });
+  const conns: NatsConnection[] = [];
+  let passed = false;
+  t.teardown(async () => {
+    for (const c of conns) await c.close().catch(() => {});
+    if (!passed) for (const s of cluster.servers) t.log(`--- ${s.name}\n${s.recentLog().slice(-3000)}`);
+    await cluster.stop();
+  });
+  const nc = await connectNats(cluster.url, 'nats-partition-test');
+  conns.push(nc);
+  const jsm = await jetstreamManager(nc);
+  await jsm.streams.add({ name: 'EDGES', subjects: ['caravan.t.>'], storage: StorageType.File, num_replicas: 3 });
+  // The stream's interest reaches the server this client is on a moment after the stream is created.
+  t.is((await eventually(() => jetstream(nc).publish('caravan.t.act.0.1', text('before'), { msgID: 'm1', timeout: 2_000 }), 10_000)).value.seq, 1);
+
+  const leader = (await jsm.streams.info('EDGES')).cluster?.leader;
+  const cut = cluster.servers.find((s) => s.name === leader)!;
+  const others = cluster.servers.filter((s) => s !== cut);
+  // Each side through its own connection: the majority's, and one that knows only the cut server.
+  const majority = await connectNats(others.map((s) => s.url).join(','), 'majority');
+  const minority = await connectNats(cut.url, 'minority');
+  conns.push(majority, minority);
+  const began = Date.now();
+  cluster.partition(cut, true);
+
+  const after = await eventually(() => jetstream(majority).publish('caravan.t.act.0.1', text('during'), { msgID: 'm2', timeout: 2_000 }), 30_000);
+  t.log(`cut ${cut.name} (stream leader) off; the other two took a write after ${after.ms} ms`);
+  t.is(after.value.seq, 2);
+  const newLeader = (await eventually(() => jetstreamManager(majority).then((m) => m.streams.info('EDGES')), 10_000)).value.cluster?.leader;
+  t.true(newLeader !== undefined && newLeader !== cut.name, `the majority's leader is ${newLeader}`);
+  // Its routes carry nothing: a write through the cut server is not acknowledged (no route around the cut).
+  const refused = await jetstream(minority).publish('caravan.t.act.0.1', text('lost'), { msgID: 'm3', timeout: 3_000 }).then(() => 'acknowledged', (err: Error) => err.message);
+  t.not(refused, 'acknowledged', 'a write through the cut server must not be acknowledged while it is cut off');
+  t.log(`cut for ${Date.now() - began} ms; through the cut server: ${refused}`);
+
+  cluster.partition(cut, false);
+  // Healed: all three copies current again, and the cut server serves what was written without it.
+  await eventually(async () => {
+    const c = (await jsm.streams.info('EDGES')).cluster;
+    const peers = [c?.leader, ...(c?.replicas ?? []).map((r) => r.name)];
+    if (peers.length !== 3 || !peers.includes(cut.name) || !(c?.replicas ?? []).every((r) => r.current)) throw new Error(`not caught up: ${JSON.stringify(c)}`);
+  }, 30_000);
+  const seen = await eventually(async () => {
+    const m = await (await jetstreamManager(minority)).streams.getMessage('EDGES', { seq: 2 });
+    return m?.string();
+  }, 20_000);
+  t.is(seen.value, 'during');
+  const info = await jsm.streams.info('EDGES');
+  // The write made through the cut server during the cut either never happened or was stored once, after the heal (m3).
+  t.true(info.state.messages === 2 || info.state.messages === 3, JSON.stringify(info.state));
+  passed = true;
+});
