@@ -374,6 +374,24 @@ class Striker {
     this.recoveryAfter(at, { target: `pause-${process}`, kind: `pause-${process}`, detail, afterStep: this.watch.committedSteps });
   }
 
+  /**
+   * The driver's own reads of the run state, tried again for up to 30 s: on
+   * a cluster, a server the driver is connected to may be paused or catching
+   * up, and a KV read then fails for a while ("JetStream system temporarily
+   * unavailable", a timeout) though nothing is wrong with the run.
+   */
+  private async patiently<T>(what: string, read: () => Promise<T>): Promise<T> {
+    const deadline = performance.now() + 30_000;
+    for (;;) {
+      try {
+        return await read();
+      } catch (err) {
+        if (performance.now() > deadline) throw new Error(`chaos: cannot read ${what} for 30 s: ${(err as Error).message}`);
+        await sleep(250);
+      }
+    }
+  }
+
   /** Resolves once every recovery is measured or given up on. */
   async recovered(): Promise<void> {
     await Promise.all(this.pendingRecoveries);
@@ -393,7 +411,7 @@ class Striker {
   private async strikeCoordinatorMidAudit(): Promise<void> {
     for (;;) {
       if (this.watch.summary) return;
-      const pending = (await this.runState.state())?.audits?.pending?.[0];
+      const pending = (await this.patiently('the run state', () => this.runState.state()))?.audits?.pending?.[0];
       if (pending) return this.strikeCoordinator(`while it audited slot ${pending.replica}.${pending.stage} up to step ${pending.to.step}`);
       await sleep(10);
     }
@@ -456,12 +474,13 @@ class Striker {
    * is handed to a live host. Undefined once the run has ended.
    */
   private async liveHolder(target: { replica: number; stage: number }): Promise<{ host: string; holder: CaravanChild } | undefined> {
-    let slot = await this.runState.slot(target.replica, target.stage);
+    const read = () => this.patiently(`slot ${target.replica}.${target.stage}`, () => this.runState.slot(target.replica, target.stage));
+    let slot = await read();
     const deadline = performance.now() + Math.max(30_000, 20 * this.heartbeatTimeoutMs);
     const child = () => (slot ? this.fleet.child(pidOf(slot.record.host)) : undefined);
     while (!(child() && isRunning(child()!)) && performance.now() < deadline && !this.watch.summary) {
       await sleep(100);
-      slot = await this.runState.slot(target.replica, target.stage);
+      slot = await read();
     }
     if (this.watch.summary) return undefined;
     if (!slot) throw new Error(`chaos: slot ${target.replica}.${target.stage} has no holder`);
@@ -493,7 +512,8 @@ class Striker {
   /** Arms `host` to stop at `point`, and waits until it got there, is gone, or the run ended. */
   private async reachFaultPoint(point: FaultPoint, host: string, holder: CaravanChild, detail: string): Promise<void> {
     const request: FaultRequest = { point, after: 1 };
-    const reply = await this.faults.arm(host, request);
+    // Arming again replaces the request, so a reply lost on the way is simply asked for again.
+    const reply = await this.patiently(`the answer of ${host} to being armed`, () => this.faults.arm(host, request));
     if (!reply.ok) throw new Error(`chaos: ${reply.error}`);
     const from = this.reached.length;
     const there = () => this.reached.slice(from).some((r) => r.pid === holder.process.pid) || this.watch.summary !== undefined || !isRunning(holder);
@@ -517,7 +537,7 @@ class Striker {
     // hand-over takes far longer than the heartbeat timeout.
     const deadline = performance.now() + Math.max(30_000, 20 * this.heartbeatTimeoutMs);
     while (!handedOver && performance.now() < deadline) {
-      handedOver = (await this.runState.slot(target.replica, target.stage))?.record.host !== host;
+      handedOver = (await this.patiently(`slot ${target.replica}.${target.stage}`, () => this.runState.slot(target.replica, target.stage)))?.record.host !== host;
       if (!handedOver) await sleep(100);
     }
     if (!handedOver) throw new Error(`chaos: slot ${target.replica}.${target.stage} was not handed over while its host was ${stall ? 'stopped' : 'cut off'}`);
