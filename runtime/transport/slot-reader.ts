@@ -21,41 +21,99 @@ export interface SlotHolder {
  * most `maxBytes` when given.
  */
 export async function openSlotReader(res: RunResources, holder: SlotHolder, stream: string, open: () => Promise<string>, maxBytes?: number): Promise<SlotReader> {
-  const name = await fenced(res, holder, open);
-  const consumer = await res.js.consumers.get(stream, name);
-  const messages = await consumer.consume(maxBytes ? { max_bytes: maxBytes, expires: PULL_EXPIRES_MS } : { expires: PULL_EXPIRES_MS });
-  void remakeWhenDeleted(res, holder, open, messages);
-  const reader = new SlotReader(messages);
-  void remakeWhenDeliveriesLost(res, holder, stream, name, open, reader);
+  const consume = async (): Promise<Reading> => {
+    const name = await fenced(res, holder, open);
+    const consumer = await res.js.consumers.get(stream, name);
+    const messages = await consumer.consume(maxBytes ? { max_bytes: maxBytes, expires: PULL_EXPIRES_MS } : { expires: PULL_EXPIRES_MS });
+    void remakeWhenDeleted(res, holder, open, messages);
+    return { name, messages };
+  };
+  const reader = new SlotReader(await consume(), async (lost) => {
+    await res.jsm.consumers.delete(stream, lost.name).catch(() => {});
+    return consume();
+  });
+  void remakeWhenDeliveriesLost(res, stream, reader);
   return reader;
 }
 
-/** A slot reader's messages, with what it has taken so far and whether it is waiting for more. */
+/** A consumer being read: its name, and the messages pulled from it. */
+interface Reading {
+  readonly name: string;
+  readonly messages: ConsumerMessages;
+}
+
+/**
+ * A slot reader's messages, with what it has taken so far and whether it is
+ * waiting for more. Deliveries in flight when a connection dropped are gone
+ * (see remakeWhenDeliveriesLost); a lost one followed by others shows as a
+ * gap in the consumer's delivery sequence. The message after the gap is not
+ * handed on (its readers take step control and frames in log order, and drop
+ * what comes after what they took as a repeat): the consumer is made again,
+ * delivers again from the holder's checkpoint on, and the readers drop what
+ * they already took.
+ */
 export class SlotReader implements AsyncIterable<JsMsg> {
   /** The consumer's sequence of the last delivery taken (deliveries and redeliveries count; a consumer made again starts at 1). */
   taken = 0;
   /** Since when the reader has waited for its next message, on the clock of performance.now(); undefined while it has one. */
   waitingSince: number | undefined;
   private closed = false;
+  private failure: Error | undefined;
 
-  constructor(private readonly messages: ConsumerMessages) {}
+  constructor(private current: Reading, private readonly makeAgain: (lost: Reading) => Promise<Reading>) {}
 
   get isClosed(): boolean { return this.closed; }
 
+  get consumerName(): string { return this.current.name; }
+
   close(): Promise<void | Error> {
     this.closed = true;
-    return this.messages.close();
+    return this.current.messages.close();
+  }
+
+  /**
+   * Drops the consumer being read and reads through one made again, from the holder's checkpoint on. One at a time:
+   * the watch and the iterator may both find a loss.
+   */
+  remake(): Promise<void> {
+    return this.remaking ??= this.makeAgainNow().finally(() => { this.remaking = undefined; });
+  }
+
+  private remaking: Promise<void> | undefined;
+
+  private async makeAgainNow(): Promise<void> {
+    const lost = this.current;
+    try {
+      this.current = await this.makeAgain(lost);
+      this.taken = 0;
+    } catch (err) {
+      this.failure = err as Error;  // replaced meanwhile (a SlotLostError): the reader ends with it
+    }
+    void lost.messages.close().catch(() => {});
   }
 
   async *[Symbol.asyncIterator](): AsyncIterator<JsMsg> {
-    const it = this.messages[Symbol.asyncIterator]();
+    let reading = this.current;
+    let it = reading.messages[Symbol.asyncIterator]();
     try {
       for (;;) {
         this.waitingSince = performance.now();
         const next = await it.next();
         this.waitingSince = undefined;
-        if (next.done) return;
-        this.taken = next.value.info.deliverySequence;
+        if (this.failure) throw this.failure;
+        if (next.done || reading !== this.current) {
+          // Ended by close(), or by a consumer made again: then read on through that one.
+          if (this.closed || reading === this.current) return;
+          reading = this.current;
+          it = reading.messages[Symbol.asyncIterator]();
+          continue;
+        }
+        const delivered = next.value.info.deliverySequence;
+        if (delivered > this.taken + 1) {
+          await this.remake();
+          continue;
+        }
+        this.taken = delivered;
         yield next.value;
       }
     } finally {
@@ -74,26 +132,24 @@ const LOST_DELIVERY_CHECK_MS = 3_000;
  * Deliveries in flight when the connection dropped (a NATS server killed,
  * the client moved to another) are gone, while the consumer counts them as
  * delivered: it would send them again only after ack_wait (minutes), and the
- * pipeline would wait that long for them. A reader that has waited a while
- * with nothing to take asks the consumer how far it delivered; if that is
- * past what the reader took, the consumer is made again as it was, delivers
- * again from the holder's checkpoint on, and the readers drop what they
- * already took as repeats.
+ * pipeline would wait that long for them. A lost delivery with nothing after
+ * it shows no gap: a reader that has waited a while with nothing to take asks
+ * the consumer how far it delivered; if that is past what the reader took,
+ * the consumer is made again, delivers again from the holder's checkpoint
+ * on, and the readers drop what they already took as repeats.
  */
-async function remakeWhenDeliveriesLost(res: RunResources, holder: SlotHolder, stream: string, name: string, open: () => Promise<string>, reader: SlotReader): Promise<void> {
+async function remakeWhenDeliveriesLost(res: RunResources, stream: string, reader: SlotReader): Promise<void> {
   while (!reader.isClosed) {
     await new Promise((resolve) => setTimeout(resolve, LOST_DELIVERY_CHECK_MS));
     const since = reader.waitingSince;
     if (reader.isClosed || since === undefined || performance.now() - since < LOST_DELIVERY_CHECK_MS) continue;
     const taken = reader.taken;
-    const info = await res.jsm.consumers.info(stream, name).catch(() => undefined);
+    const info = await res.jsm.consumers.info(stream, reader.consumerName).catch(() => undefined);
     // Gone (remakeWhenDeleted makes it again), or the server is unreachable just now: asked again later.
     if (!info || reader.isClosed) continue;
     // Still waiting, and nothing arrived meanwhile: what the consumer counts past `taken` never reached this reader.
     if (reader.waitingSince !== since || reader.taken !== taken || info.delivered.consumer_seq <= taken) continue;
-    await res.jsm.consumers.delete(stream, name).catch(() => {});
-    reader.taken = 0;
-    await fenced(res, holder, open).catch(() => {});
+    await reader.remake();
   }
 }
 

@@ -52,3 +52,31 @@ test('a delivery the consumer counts but the reader never took is delivered agai
   t.is(new TextDecoder().decode(first.value!.data), 'frame of step 0, microbatch 0', 'the lost delivery reached the reader');
   t.is(first.value!.seq, 1, 'from the start of the stream, as the holder would read it');
 });
+
+test('a delivery lost before the next one arrived is taken before that one: the reader sees the gap and reads again from the start, in order', async (t) => {
+  t.timeout(90_000);
+  const server = await startNatsServer();
+  const nc = await connectNats(server.url, 'lost-deliveries-gap');
+  const thief = await connectNats(server.url, 'lost-deliveries-gap-thief');
+  t.teardown(async () => {
+    await thief.close().catch(() => {});
+    await nc.close().catch(() => {});
+    await server.stop();
+  });
+  const res = await openRunResources(nc, `gap-${randomUUID().slice(0, 8)}`);
+  const holder = { replica: 0, stage: 1, generation: 1, host: 'host-a' };
+  await ensureInputStream(res, 0, 1);
+  const name = await openEdgeConsumer(res, 'act', 0, 1, 1);
+  const frame = (i: number) => res.js.publish(res.names.edge('act', 0, 1, 'sender-key'), new TextEncoder().encode(`frame ${i}`));
+  await frame(0);
+  // Delivery 1 goes to another client; delivery 2, the next frame, will reach the reader: a gap before it.
+  t.truthy(await (await jetstream(thief).consumers.get(res.names.inputStream(0, 1), name)).next({ expires: 5_000 }));
+  await frame(1);
+
+  const input = await openEdgeInput(res, holder, 'act');
+  const deliveries = input[Symbol.asyncIterator]();
+  t.teardown(async () => { await Promise.all([deliveries.return?.(), input.close()]); });
+  const taken: string[] = [];
+  for (let i = 0; i < 2; i++) taken.push(new TextDecoder().decode((await deliveries.next()).value!.data));
+  t.deepEqual(taken, ['frame 0', 'frame 1'], 'in stream order, the lost one first');
+});
