@@ -16,7 +16,8 @@ import { connectNats } from '../../runtime/transport/connect.ts';
 import { ensureInputStream, openEdgeConsumer, openRunResources } from '../../runtime/transport/run-resources.ts';
 import { openEdgeInput } from '../../runtime/transport/slot-inputs.ts';
 
-test('a delivery the consumer counts but the reader never took is delivered again, well before ack_wait', async (t) => {
+/** A server, slot 0.1's input stream with holder generation 1's act consumer, and a second client to take its deliveries. */
+async function inputWithThief(t: import('ava').ExecutionContext) {
   t.timeout(90_000);  // the fault's own cost is ack_wait: ten minutes
   const server = await startNatsServer();
   const nc = await connectNats(server.url, 'lost-deliveries');
@@ -30,6 +31,11 @@ test('a delivery the consumer counts but the reader never took is delivered agai
   const holder = { replica: 0, stage: 1, generation: 1, host: 'host-a' };
   await ensureInputStream(res, 0, 1);
   const name = await openEdgeConsumer(res, 'act', 0, 1, 1);
+  return { res, holder, thief, name };
+}
+
+test('a delivery the consumer counts but the reader never took is delivered again, well before ack_wait', async (t) => {
+  const { res, holder, thief, name } = await inputWithThief(t);
   await res.js.publish(res.names.edge('act', 0, 1, 'sender-key'), new TextEncoder().encode('frame of step 0, microbatch 0'));
 
   // The consumer delivers the message to someone who is not the holder's reader, and it stays unacked.
@@ -54,19 +60,7 @@ test('a delivery the consumer counts but the reader never took is delivered agai
 });
 
 test('a delivery lost before the next one arrived is taken before that one: the reader sees the gap and reads again from the start, in order', async (t) => {
-  t.timeout(90_000);
-  const server = await startNatsServer();
-  const nc = await connectNats(server.url, 'lost-deliveries-gap');
-  const thief = await connectNats(server.url, 'lost-deliveries-gap-thief');
-  t.teardown(async () => {
-    await thief.close().catch(() => {});
-    await nc.close().catch(() => {});
-    await server.stop();
-  });
-  const res = await openRunResources(nc, `gap-${randomUUID().slice(0, 8)}`);
-  const holder = { replica: 0, stage: 1, generation: 1, host: 'host-a' };
-  await ensureInputStream(res, 0, 1);
-  const name = await openEdgeConsumer(res, 'act', 0, 1, 1);
+  const { res, holder, thief, name } = await inputWithThief(t);
   const frame = (i: number) => res.js.publish(res.names.edge('act', 0, 1, 'sender-key'), new TextEncoder().encode(`frame ${i}`));
   await frame(0);
   // Delivery 1 goes to another client; delivery 2, the next frame, will reach the reader: a gap before it.
