@@ -30,9 +30,13 @@ interface ChaosFlags extends RunShapeFlags {
 }
 
 const DEFAULT_FAULTS = 6;
+// Strikes come one after another and some take long (a server cut off for 10 s, one restarted and caught up) while
+// training goes on: a run with room for about two steps a fault ends with every planned fault struck.
+const MIN_CHAOS_STEPS = 24;
+const STEPS_PER_FAULT = 2;
 
 export function chaosCommand(program: Command): void {
-  withScheduleOptions(withCompressionOptions(program.command('chaos')), { steps: 24 })
+  withScheduleOptions(withCompressionOptions(program.command('chaos')), { stepsHelp: `default: ${MIN_CHAOS_STEPS}, or ${STEPS_PER_FAULT} per fault when that is more` })
     .description('train with seeded faults: SIGKILLs of stage hosts (mid-forward, mid-backward, after a publish, during a checkpoint or a Bridge sync, anytime), the coordinator and a NATS server; stage hosts stalled (SIGSTOP) or cut off from NATS past the heartbeat timeout; a NATS server cut off from the other servers past a Raft election; SIGSTOP pauses of the coordinator and a NATS server; compare with a fault-free run')
     .option('--faults <n>', `faults to inject, of the kinds --targets names, in seeded rounds (default: ${DEFAULT_FAULTS})`, nonNegativeInt('--faults'))
     .option('--kills <n>', 'the same as --faults (its older name)', nonNegativeInt('--kills'))
@@ -64,7 +68,7 @@ export function chaosCommand(program: Command): void {
         compression: compression.compression,
         overrides: {
           training: {
-            steps: flags.steps, stages: flags.stages, replicas: flags.replicas, microbatches: flags.microbatches, schedule: flags.schedule,
+            steps: flags.steps ?? Math.max(MIN_CHAOS_STEPS, STEPS_PER_FAULT * faults), stages: flags.stages, replicas: flags.replicas, microbatches: flags.microbatches, schedule: flags.schedule,
             batchSize: flags.batch, seqLen: flags.seq, seed: flags.trainSeed, checkpointEvery: flags.checkpointEvery, ...compression.training,
             ...(flags.auditRate !== undefined ? { audit: { rate: flags.auditRate } } : {}),
           },

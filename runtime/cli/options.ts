@@ -45,9 +45,9 @@ export interface RunShapeFlags {
 }
 
 /** The schedule's flags (--steps, --stages, --replicas, --microbatches, --schedule), shared by train, chaos and simulate. */
-export function withScheduleOptions(command: Command, defaults: { steps?: number } = {}): Command {
+export function withScheduleOptions(command: Command, defaults: { steps?: number; stepsHelp?: string } = {}): Command {
   return command
-    .option('--steps <n>', 'optimizer steps', positiveInt('--steps'), defaults.steps)
+    .option('--steps <n>', `optimizer steps${defaults.stepsHelp ? ` (${defaults.stepsHelp})` : ''}`, positiveInt('--steps'), defaults.steps)
     .option('--stages <n>', 'pipeline stages the layers are split into (S)', positiveInt('--stages'))
     .option('--replicas <n>', 'pipeline replicas, each on its own data shard', positiveInt('--replicas'))
     .option('--microbatches <n>', 'microbatches per step (M)', positiveInt('--microbatches'))

@@ -103,7 +103,7 @@ test.serial('a restarted coordinator replays a snapshot of the control log and i
 });
 
 // On a 3-node cluster, the command as a user would type it: every kind of
-// fault that applies to the default run (4 stages, 24 steps), thirteen kinds,
+// fault that applies to the default run (4 stages, 40 steps: two a fault), thirteen kinds,
 // among them a NATS server killed (at any moment, and while a checkpoint
 // awaits its record), cut off from the other servers past a Raft election,
 // and paused. Until this session's fixes it stalled now and then after a
