@@ -17,12 +17,20 @@ export async function readKvRecord<T>(kv: KV, key: string, decode: Decode<T>): P
   return kvRecordOf(await kv.get(key), decode);
 }
 
+// How long compare-and-set keeps reading again after a conflict. A read can
+// lag the write it must see for seconds: on a cluster, a server cut off from
+// the others answers as the stream's leader until it notices (up to
+// nats-server's 10 s lost-quorum interval). 21 attempts at once once failed
+// the run so, after a server's routes healed.
+const CONFLICT_PATIENCE_MS = 30_000;
+
 /**
  * Writes `next(current)` by compare-and-set, reading again after another
- * writer's change; `next` answers undefined where nothing is to change.
- * Returns the record as it stands after.
+ * writer's change (sooner, then up to a second apart, for CONFLICT_PATIENCE_MS);
+ * `next` answers undefined where nothing is to change. Returns the record as it stands after.
  */
 export async function changeKvRecord<T>(kv: KV, key: string, decode: Decode<T>, next: (current: T | undefined) => T | undefined): Promise<T | undefined> {
+  const deadline = Date.now() + CONFLICT_PATIENCE_MS;
   for (let attempt = 0; ; attempt++) {
     const e = await kv.get(key);
     const current = kvRecordOf(e, decode);
@@ -33,8 +41,14 @@ export async function changeKvRecord<T>(kv: KV, key: string, decode: Decode<T>, 
       else await kv.create(key, encodeJson(record));
       return record;
     } catch (err) {
-      // Another writer came first: read again (a bounded number of times).
-      if (attempt >= 20 || !/wrong last sequence|key exists/i.test((err as Error).message)) throw err;
+      // Another writer came first, or the read missed a write: read again.
+      if (Date.now() > deadline || !/wrong last sequence|key exists/i.test((err as Error).message)) throw err;
+      await afterConflict(attempt);
     }
   }
+}
+
+/** The pause before compare-and-set's attempt after `attempt` failed on a conflict: none at first, then 50 ms doubling to 1 s. */
+export function afterConflict(attempt: number): Promise<void> {
+  return attempt > 0 ? new Promise((resolve) => setTimeout(resolve, Math.min(1_000, 25 * 2 ** attempt))) : Promise.resolve();
 }

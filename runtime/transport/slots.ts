@@ -10,7 +10,7 @@ import { runStateKeys } from './subjects.ts';
 import { encodeJson } from '../../schemas/json-message.ts';
 import type { CheckpointPointer } from '../../schemas/control-messages.ts';
 import { decodeSlotRecord, decodeSlotSigner, type SentUntil, type SlotRecord, type SlotSigner } from '../../schemas/run-records.ts';
-import { readKvRecord } from './kv-record.ts';
+import { afterConflict, readKvRecord } from './kv-record.ts';
 
 const MAX_SIGNERS = 16;
 
@@ -56,7 +56,8 @@ export async function readSlot(kv: KV, replica: number, stage: number): Promise<
  * the coordinator found them: its frames after those are stale. Retries when another write got in first.
  */
 export async function assignSlot(kv: KV, replica: number, stage: number, host: string, signer?: { key: string; until: SentUntil }): Promise<SlotEntry> {
-  for (;;) {
+  for (let attempt = 0; ; attempt++) {
+    await afterConflict(attempt);
     const current = await readSlot(kv, replica, stage);
     // Already this host's (an earlier attempt landed before its reply was lost): assigning twice must not bump the generation.
     if (current?.record.host === host) return current;
@@ -140,7 +141,8 @@ export async function recordReportedCheckpoint(
  * rewind it had begun).
  */
 export async function rewindSlot(kv: KV, replica: number, stage: number, generation: number, rewound: NonNullable<SlotRecord['rewound']>, until: SentUntil): Promise<SlotEntry> {
-  for (;;) {
+  for (let attempt = 0; ; attempt++) {
+    await afterConflict(attempt);
     const current = await readSlot(kv, replica, stage);
     if (!current) throw new Error(`slot ${replica}.${stage} has no record to rewind`);
     if (current.record.generation >= generation) return current;
