@@ -129,6 +129,8 @@ export interface Registration {
   readonly gpu?: string;
   readonly key: string;
   readonly proof: string;
+  /** Training TFLOP/s the host measured for one layer of the run's model at its microbatch shape (host/speed-probe.ts). */
+  readonly tflops?: number;
 }
 
 /** The coordinator's answer to a registration. */
@@ -225,7 +227,7 @@ const STAGE_REPORT = tagged('type', {
   failed: { ...REPORTER, reason: text },
 });
 
-const REGISTRATION = object({ host: text, datacenter: text, device: optional(text), gpu: optional(text), key: text, proof: text });
+const REGISTRATION = object({ host: text, datacenter: text, device: optional(text), gpu: optional(text), key: text, proof: text, tflops: optional(real) });
 const REGISTRATION_REPLY = object({ ok: flag, run: optional(text), reason: optional(text), retry: optional(flag) });
 const HOST_ANNOUNCEMENT = object({ host: text, loop_lag_ms: optional(real) });
 const RUN_FAILURE = object({ reason: text });

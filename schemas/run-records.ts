@@ -201,6 +201,8 @@ export interface HostEntry {
   readonly layers?: [number, number];
   /** When lost holding a slot: that slot. */
   readonly slot?: { replica: number; stage: number } | null;
+  /** The training TFLOP/s it measured for the run's model when it registered, if it did. */
+  readonly tflops?: number;
 }
 
 /** The last input-stream sequences a holder's frames count up to: `act` in the next stage's stream, `grad` in the previous stage's. */
@@ -336,6 +338,7 @@ const HOST_ENTRY = object({
   stage: optional(count),
   layers: optional(pair(count, count)),
   slot: optional(nullable(SLOT)),
+  tflops: optional(real),
 });
 
 const SLOT_SIGNER = object({ generation: count, host: text, key: text, until: optional(object({ act: optional(count), grad: optional(count) })) });

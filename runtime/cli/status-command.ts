@@ -95,13 +95,18 @@ function vacant(s: { readonly hosts: HostEntry[] }, slot: SlotRecord): boolean {
   return s.hosts.some((h) => h.host === slot.host && h.status === 'lost');
 }
 
+/** A measured training speed, to three significant figures: TFLOP/s, or GFLOP/s below one. */
+function formatTflops(tflops: number): string {
+  return tflops >= 1 ? `${tflops.toPrecision(3)} TFLOP/s` : `${(tflops * 1000).toPrecision(3)} GFLOP/s`;
+}
+
 /** `caravan status` as text: the run's state line, hosts, slots, then its figures (live while it runs, whole-run once it finished). */
 export function formatStatus(s: RunStatus): string {
   const st: Partial<RunState> = s.state ?? {};
   return [
     `run ${s.run}: ${st.status ?? 'unknown'}, step ${st.step ?? '-'}, loss ${typeof st.loss === 'number' ? st.loss.toFixed(4) : '-'}, ${typeof st.tokens_per_s === 'number' ? Math.round(st.tokens_per_s) : '-'} tok/s${st.reason ? ` (${st.reason})` : ''}`,
     `hosts (${s.hosts.length}):`,
-    ...s.hosts.map((h) => `  ${h.host}  ${h.status}${h.replica !== undefined ? `  replica ${h.replica} stage ${h.stage}` : ''}${h.datacenter ? `  ${h.datacenter}` : ''}`),
+    ...s.hosts.map((h) => `  ${h.host}  ${h.status}${h.replica !== undefined ? `  replica ${h.replica} stage ${h.stage}` : ''}${h.datacenter ? `  ${h.datacenter}` : ''}${h.tflops !== undefined ? `  ${formatTflops(h.tflops)} measured` : ''}`),
     `slots (${s.slots.length}):`,
     ...s.slots.map((x) => `  replica ${x.replica} stage ${x.stage}  ${x.host}  generation ${x.generation}  checkpoint ${x.checkpoint ? `after step ${x.checkpoint.step}` : 'none'}${vacant(s, x) ? '  VACANT: its host was lost and no standby was left; the next host to join takes it' : ''}`),
     ...(s.summary ? [...wireLine(s.summary), ...computeLine(s.summary, 'whole run')]

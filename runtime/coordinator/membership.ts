@@ -55,8 +55,10 @@ export class Membership {
     this.registered.set(msg.host, { key: msg.key, datacenter: msg.datacenter ?? 'default' });
     this.lostHere.delete(msg.host);
     respond({ ok: true, run: this.o.run });
-    this.o.log.info({ host: msg.host, datacenter: msg.datacenter, key: msg.key }, 'host joined');
-    this.putHost(msg.host, 'joined', { datacenter: msg.datacenter ?? 'default', key: msg.key });
+    // A speed that is no positive finite number is no measurement: left out, not trusted.
+    const tflops = msg.tflops !== undefined && Number.isFinite(msg.tflops) && msg.tflops > 0 ? msg.tflops : undefined;
+    this.o.log.info({ host: msg.host, datacenter: msg.datacenter, key: msg.key, tflops }, 'host joined');
+    this.putHost(msg.host, 'joined', { datacenter: msg.datacenter ?? 'default', key: msg.key, tflops });
     this.o.send({ type: 'HOST_JOINED', host: msg.host, datacenter: msg.datacenter ?? 'default' });
   }
 

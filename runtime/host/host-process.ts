@@ -29,6 +29,7 @@ import { CoordinatorKeys } from '../security/coordinator-keys.ts';
 import { SlotSigners } from '../security/slot-signers.ts';
 import { readSlot, SlotLostError, SlotRewoundError, type SlotEntry } from '../transport/slots.ts';
 import { FaultPoints } from './fault-points.ts';
+import { measureTrainingSpeed, type MeasuredSpeed } from './speed-probe.ts';
 import { startStage, type StageRunner } from './stage-runner.ts';
 import { cudaDevice, type CudaDeviceInfo } from '../../native/index.ts';
 import { initTracing, type Tracing } from '../telemetry/tracing.ts';
@@ -203,9 +204,10 @@ async function waitForRun(conn: RunConnection, o: HostOptions): Promise<RunResou
 
 async function register(conn: RunConnection, res: RunResources, id: string, o: HostOptions, device: HostDevice, key: HostKey, log: Logger): Promise<void> {
   const deadline = Date.now() + (o.registerTimeoutMs ?? 5 * 60_000);
+  const speed = await measuredSpeed(res, device, log);
   const body = {
     host: id, datacenter: o.datacenter, device: device.kind, ...(device.kind === 'cuda' ? { gpu: device.gpu.name } : {}),
-    key: key.publicKey, proof: registrationProof(key, o.run, id),
+    key: key.publicKey, proof: registrationProof(key, o.run, id), ...(speed ? { tflops: speed.tflops } : {}),
   };
   let waiting = false;
   for (;;) {
@@ -229,6 +231,20 @@ async function register(conn: RunConnection, res: RunResources, id: string, o: H
 }
 
 class RegistrationRefused extends Error {}
+
+/** The host's training speed for the run's model, when the run's config is there to say what to measure (speed-probe.ts). */
+async function measuredSpeed(res: RunResources, device: HostDevice, log: Logger): Promise<MeasuredSpeed | undefined> {
+  const config = await readRunConfig(res).catch(() => undefined);  // no coordinator has started the run yet
+  if (!config) return undefined;
+  try {
+    const speed = measureTrainingSpeed(config, device);
+    if (speed) log.info({ tflops: Number(speed.tflops.toPrecision(4)), ms: Number(speed.ms.toFixed(1)) }, 'measured training speed for the run\'s model');
+    return speed;
+  } catch (err) {
+    log.warn({ err: (err as Error).message }, 'could not measure training speed; registering without it');
+    return undefined;
+  }
+}
 
 /** A core-NATS message this host could not take (junk on a subject others may publish to): logged, and the host reads on. */
 function refused(log: Logger): OnRefused {

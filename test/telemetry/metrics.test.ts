@@ -62,7 +62,11 @@ test.serial('the coordinator exports the run\'s metrics over OTLP while it runs,
       t.deepEqual(state.metrics.edges.map((e: { edge: string }) => e.edge), ['0-1', '1-2']);
       t.is(state.metrics.queued_by_stage.length, S);
       t.deepEqual(state.recoveries, NO_RECOVERIES);
+      // Each host measured its training speed for the run's model before it registered (host/speed-probe.ts).
+      const hosts = JSON.parse(status.stdout).hosts as Array<{ host: string; tflops?: number }>;
+      t.true(hosts.length >= S && hosts.every((h) => typeof h.tflops === 'number' && h.tflops > 0), JSON.stringify(hosts));
       const text = await caravan(['status', '--nats', url, '--run', 'metered']);
+      t.regex(text.stdout, /^ {2}\S+ {2}assigned {2}replica 0 stage 0 {2}\S+ {2}[\d.]+ [TG]FLOP\/s measured$/m);
       t.regex(text.stdout, /stages busy \(replica 0, whole run\): [\d.]+% [\d.]+% [\d.]+%; bubble/);
       t.regex(text.stdout, /recovery: 0 hosts lost, 0 slots handed to standbys, 0 coordinator restarts/);
     },
