@@ -13,6 +13,7 @@ import type { HostEntry, RecoveryCounts, SlotRecord } from '../../schemas/run-re
 import type { Logger } from '../log.ts';
 import { checkRegistration } from '../security/registration.ts';
 import type { RunStateStore } from '../transport/run-state-store.ts';
+import { isTransient } from '../transport/durable-publish.ts';
 import type { SlotStore } from '../transport/slot-store.ts';
 import type { OrderedWrites } from './ordered-writes.ts';
 
@@ -39,7 +40,8 @@ export class Membership {
   register(msg: Registration, respond: (reply: RegistrationReply) => void): Promise<void> {
     this.admitting = this.admitting.then(() => this.admit(msg, respond)).catch((err: Error) => {
       this.o.log.warn({ host: msg.host, err: err.message }, 'registration failed');
-      respond({ ok: false, reason: `the coordinator could not decide the registration of ${String(msg.host)}: ${err.message}` });
+      // A server in transition (the host records could not be read just now) is no reason to turn a host away: it asks again.
+      respond({ ok: false, reason: `the coordinator could not decide the registration of ${String(msg.host)}: ${err.message}`, ...(isTransient(err) ? { retry: true } : {}) });
     });
     return this.admitting;
   }

@@ -215,8 +215,9 @@ async function register(conn: RunConnection, res: RunResources, id: string, o: H
       const reply = decodeRegistrationReply(await conn.request(res.names.register, encodeJson(body), 2000));
       if (!reply.ok && (!reply.retry || Date.now() > deadline)) throw new RegistrationRefused(`the coordinator refused this host: ${reply.reason ?? 'no reason given'}`);
       if (!reply.ok) {
-        // Its key is another host id's that is still live: this process's previous life, until its heartbeats time out.
-        if (!waiting) log.warn({ reason: reply.reason }, 'registration refused for now: waiting for the key to be free');
+        // Its key is another host id's that is still live (this process's previous life, until its heartbeats time
+        // out), or the coordinator could not read the host records just now.
+        if (!waiting) log.warn({ reason: reply.reason }, 'registration refused for now: asking again');
         waiting = true;
         await new Promise((r) => setTimeout(r, 500));
         continue;

@@ -39,13 +39,13 @@ export function runStateStore(kv: KV, names: RunNames): RunStateStore {
     updateHost: (host, change) => retryTransient(`host record ${host}`, async () => {
       await changeKvRecord(kv, names.hostKey(host), decodeHostEntry, change);
     }),
-    hosts: async () => {
+    hosts: () => retryTransient('host records', async () => {
       const entries: HostEntry[] = [];
       for await (const key of await kv.keys(names.hostKeys)) {
         const h = await readKvRecord(kv, key, decodeHostEntry);
         if (h) entries.push(h);
       }
       return entries;
-    },
+    }),
   };
 }
