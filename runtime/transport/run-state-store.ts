@@ -26,7 +26,8 @@ export interface RunStateStore {
 }
 
 export function runStateStore(kv: KV, names: RunNames): RunStateStore {
-  const put = async (key: string, value: unknown) => { await kv.put(key, encodeJson(value)); };
+  // A put says the whole record, so one tried again after a lost answer writes the same bytes.
+  const put = (key: string, value: unknown) => retryTransient(`KV ${key}`, async () => { await kv.put(key, encodeJson(value)); });
   return {
     readConfig: () => readKvRecord(kv, names.configKey, decodeRunConfig),
     writeConfig: (config) => put(names.configKey, config),
