@@ -26,16 +26,19 @@ export interface RunStateStore {
 }
 
 export function runStateStore(kv: KV, names: RunNames): RunStateStore {
+  // Every read and write is tried again while the servers are in transition (a leader election, a server that was cut
+  // off and is catching up): the coordinator fails the run on the first that fails for good.
+  const read = <T>(key: string, decode: (bytes: Uint8Array, what: string) => T) => retryTransient(`KV ${key}`, () => readKvRecord(kv, key, decode));
   // A put says the whole record, so one tried again after a lost answer writes the same bytes.
   const put = (key: string, value: unknown) => retryTransient(`KV ${key}`, async () => { await kv.put(key, encodeJson(value)); });
   return {
-    readConfig: () => readKvRecord(kv, names.configKey, decodeRunConfig),
+    readConfig: () => read(names.configKey, decodeRunConfig),
     writeConfig: (config) => put(names.configKey, config),
-    readState: () => readKvRecord(kv, names.stateKey, decodeRunState),
+    readState: () => read(names.stateKey, decodeRunState),
     writeState: (state) => put(names.stateKey, state),
-    readSummary: () => readKvRecord(kv, names.summaryKey, decodeRunSummary),
+    readSummary: () => read(names.summaryKey, decodeRunSummary),
     writeSummary: (summary) => put(names.summaryKey, summary),
-    readHost: (host) => readKvRecord(kv, names.hostKey(host), decodeHostEntry),
+    readHost: (host) => read(names.hostKey(host), decodeHostEntry),
     // By compare-and-set, so a write is never based on a read that missed the latest one.
     updateHost: (host, change) => retryTransient(`host record ${host}`, async () => {
       await changeKvRecord(kv, names.hostKey(host), decodeHostEntry, change);

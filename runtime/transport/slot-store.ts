@@ -43,7 +43,7 @@ export function slotStore(res: RunResources): SlotStore {
   const slot = (replica: number, stage: number) => `slot ${replica}.${stage}`;
   return {
     signers: new SlotSigners(res.kv),
-    read: async (replica, stage) => (await readSlot(res.kv, replica, stage))?.record,
+    read: async (replica, stage) => (await retryTransient(slot(replica, stage), () => readSlot(res.kv, replica, stage)))?.record,
     ensureInputStream: (replica, stage, datacenter) =>
       retryTransient(`input stream of ${slot(replica, stage)}`, () => ensureInputStream(res, replica, stage, datacenter)),
     lastInputSeq: (replica, stage) => retryTransient(`input stream of ${slot(replica, stage)}`, () =>
