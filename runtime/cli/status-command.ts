@@ -8,6 +8,9 @@ import type { DeadLetter } from '../transport/dead-letters.ts';
 import { openExistingRun } from '../transport/run-resources.ts';
 import { RunStateReader } from '../transport/run-state-reader.ts';
 import { validateRunId } from '../transport/subjects.ts';
+import type { RunConfig } from '../../schemas/run-config.ts';
+import { stageRanges } from '../../schemas/stage-layers.ts';
+import { slowestStageTime, speedAwareLayers } from '../config/speed-split.ts';
 
 export interface RunStatus {
   readonly run: string;
@@ -18,6 +21,42 @@ export interface RunStatus {
   readonly summary: RunSummary | null;
   /** With a Bridge: each stage's last stored sync (outer step, replicas, span in ms). */
   readonly bridge: Array<{ stage: number; outer: number; replicas: number[]; ms: number }>;
+  /** Once every slot's holder measured its speed: the split those speeds call for, beside the run's. */
+  readonly split?: MeasuredSplit;
+}
+
+/** The split by the holders' measured speeds (a stage's speed: its slowest replica's holder), and what it would gain. */
+export interface MeasuredSplit {
+  readonly layers: number[];
+  readonly stage_tflops: number[];
+  readonly by_speed: number[];
+  /** How much faster the slowest stage would be with `by_speed` than with `layers`: 1 when the run's split is already it. */
+  readonly pace_gain: number;
+}
+
+/** The split the holders' measured speeds call for, or undefined while a slot's holder has no measurement. */
+export function measuredSplit(config: RunConfig, hosts: readonly HostEntry[], slots: readonly SlotRecord[]): MeasuredSplit | undefined {
+  const { model, training: t } = config;
+  const speed = new Map(hosts.map((h) => [h.host, h.tflops]));
+  const stageTflops: number[] = [];
+  for (let s = 0; s < t.stages; s++) {
+    const holders = slots.filter((x) => x.stage === s).map((x) => speed.get(x.host));
+    if (holders.length === 0 || holders.some((v) => v === undefined)) return undefined;
+    stageTflops.push(Math.min(...(holders as number[])));
+  }
+  const layers = stageRanges(config).map(([b, e]) => e - b);
+  const bySpeed = speedAwareLayers(model, t.seqLen, stageTflops);
+  const pace = (split: readonly number[]) => slowestStageTime(model, t.seqLen, split, stageTflops);
+  return { layers, stage_tflops: stageTflops, by_speed: bySpeed, pace_gain: pace(layers) / pace(bySpeed) };
+}
+
+function splitLine(m: MeasuredSplit | undefined): string[] {
+  if (!m) return [];
+  const same = m.by_speed.every((n, s) => n === m.layers[s]);
+  const speeds = m.stage_tflops.map((v) => formatTflops(v)).join(', ');
+  return [same
+    ? `split ${m.layers.join(',')} layers suits the holders' measured speeds (${speeds} by stage)`
+    : `split by the holders' measured speeds (${speeds} by stage): ${m.by_speed.join(',')} layers would make the slowest stage ${m.pace_gain.toFixed(2)}× faster than ${m.layers.join(',')} (re-split at a checkpoint: caravan repartition, then --from-states)`];
 }
 
 export async function readRunStatus(url: string, run: string, nkey?: string): Promise<RunStatus> {
@@ -25,14 +64,17 @@ export async function readRunStatus(url: string, run: string, nkey?: string): Pr
   try {
     const reader = new RunStateReader(await openExistingRun(nc, run, url));
     const bridge = (await reader.bridgeSyncs()).map(({ stage, outer, record }) => ({ stage, outer, replicas: record.replicas, ms: record.finished_ms - record.first_ms }));
+    const [config, hosts, slots] = [await reader.config(), await reader.hosts(), await reader.slots()];
+    const split = config ? measuredSplit(config, hosts, slots) : undefined;
     return {
       run,
       state: (await reader.state()) ?? null,
-      hosts: await reader.hosts(),
-      slots: await reader.slots(),
+      hosts,
+      slots,
       dead_letters: await reader.deadLetters(20),
       summary: (await reader.summary()) ?? null,
       bridge,
+      ...(split ? { split } : {}),
     };
   } finally {
     await nc.close();
@@ -109,6 +151,7 @@ export function formatStatus(s: RunStatus): string {
     ...s.hosts.map((h) => `  ${h.host}  ${h.status}${h.replica !== undefined ? `  replica ${h.replica} stage ${h.stage}` : ''}${h.datacenter ? `  ${h.datacenter}` : ''}${h.tflops !== undefined ? `  ${formatTflops(h.tflops)} measured` : ''}`),
     `slots (${s.slots.length}):`,
     ...s.slots.map((x) => `  replica ${x.replica} stage ${x.stage}  ${x.host}  generation ${x.generation}  checkpoint ${x.checkpoint ? `after step ${x.checkpoint.step}` : 'none'}${vacant(s, x) ? '  VACANT: its host was lost and no standby was left; the next host to join takes it' : ''}`),
+    ...splitLine(s.split),
     ...(s.summary ? [...wireLine(s.summary), ...computeLine(s.summary, 'whole run')]
       : [...computeLine(st.metrics, `as of step ${st.metrics?.step}`), ...liveLines(st.metrics)]),
     ...bridgeLine(s.bridge),

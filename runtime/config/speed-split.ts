@@ -38,3 +38,13 @@ export function speedAwareLayers(m: LlamaConfig, seqLen: number, speeds: readonl
   }
   return counts;
 }
+
+/** The slowest stage's time per token of a split (layers per stage) on stages of speeds `speeds`: the pipeline's pace, in FLOPs over the speeds' unit. */
+export function slowestStageTime(m: LlamaConfig, seqLen: number, layers: readonly number[], speeds: readonly number[]): number {
+  let begin = 0, slowest = 0;
+  layers.forEach((n, s) => {
+    slowest = Math.max(slowest, stageForwardFlopsPerToken(m, seqLen, begin, begin + n) / speeds[s]);
+    begin += n;
+  });
+  return slowest;
+}
