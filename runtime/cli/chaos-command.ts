@@ -43,7 +43,9 @@ export function chaosCommand(program: Command): void {
     .option('--seed <n>', 'seed of the kill plan (which process, where, when)', nonNegativeInt('--seed'), 1)
     .addOption(new Option('--nats-servers <n>', 'embedded NATS: a 3-node cluster (one server is killed too) or one server').choices(['1', '3']).default('3'))
     .option('--targets <list>', `comma-separated kinds of kill (default: all that apply): ${KILL_KINDS.join(', ')}`, (v: string) => v.split(',').map((x) => x.trim()).filter(Boolean))
-    .option('--standbys <n>', 'standby hosts started with the run (each kill starts one more)', nonNegativeInt('--standbys'), 1)
+    // Two: a fault that loses several hosts at once (a server paused or cut off loses every host connected to it) and a
+    // stall right after must still find a standby while the supervisor brings the lost ones back.
+    .option('--standbys <n>', 'standby hosts started with the run (killed hosts come back as standbys)', nonNegativeInt('--standbys'), 2)
     .option('--heartbeat <ms>', "hosts' heartbeat period", positiveInt('--heartbeat'), 200)
     .option('--heartbeat-timeout <ms>', 'a host silent this long is replaced', positiveInt('--heartbeat-timeout'), 1500)
     .option('--snapshot-every <entries>', "the coordinator's control-log entries between snapshots of the log (its --snapshot-every; default: the coordinator's)", nonNegativeInt('--snapshot-every'))

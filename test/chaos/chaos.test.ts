@@ -17,6 +17,17 @@ import { caravan, summaryOf } from '../support/caravan-cli.ts';
 
 const small = ['--json', '--steps', '14', '--stages', '3', '--seq', '32', '--batch', '4', '--microbatches', '2', '--checkpoint-every', '2'];
 
+/** What a failed run's JSON line says of where it stood, for the log (the assertion's message keeps only stderr's tail). */
+function explainFailure(t: import('ava').ExecutionContext, out: { code: number | null; stdout: string }): void {
+  if (out.code === 0) return;
+  try {
+    const r = summaryOf(out as Parameters<typeof summaryOf>[0]) as Record<string, any>;
+    t.log(JSON.stringify({ error: r.error, waiting_for: r.waiting_for, events: r.events?.slice(-12), slots: r.slots, hosts: r.hosts }));
+  } catch {
+    t.log(`no JSON line: ${out.stdout.slice(-2000)}`);
+  }
+}
+
 function checkReport(t: import('ava').ExecutionContext, r: Record<string, unknown>, kills: number) {
   t.is(r.kills, kills, `every planned kill struck: ${JSON.stringify(r.kill_log)}`);
   t.is(r.lost_microbatches, 0);
@@ -36,6 +47,7 @@ test.serial('twenty faults of ten kinds in one run: hosts killed at every fault 
   // Two standbys: on a loaded 2-core machine a host that is only slow can miss the 1.5 s heartbeat timeout, and a stall must still find one.
   // Killed hosts come back through the fleet's supervisor, so 20 faults do not use up the standbys.
   const out = await caravan(['chaos', ...small, '--nats-servers', '1', '--faults', '20', '--seed', '11', '--targets', targets, '--standbys', '2']);
+  explainFailure(t, out);
   const r = summaryOf(out);
   t.is(out.code, 0, out.stderr.slice(-2000));
   checkReport(t, r, 20);
@@ -111,6 +123,7 @@ test.serial('a restarted coordinator replays a snapshot of the control log and i
 // holders (and the coordinator) took those and never the lost one.
 test.serial('on a 3-node NATS cluster, `caravan chaos --faults 20 --seed 11`: thirteen kinds of fault, servers killed, cut off and paused among them: same weights, nothing lost or doubled', async (t) => {
   const out = await caravan(['chaos', '--json', '--faults', '20', '--seed', '11']);
+  explainFailure(t, out);
   const r = summaryOf(out) as Record<string, any>;
   t.is(out.code, 0, out.stderr.slice(-2000));
   checkReport(t, r, 20);
