@@ -19,7 +19,8 @@ export interface RunStateWatch extends AsyncIterable<RunStateChange> {
 
 export async function watchRunState(res: RunResources): Promise<RunStateWatch> {
   const { stateKey, slotKeys } = res.names;
-  const watch = await res.kv.watch({ key: [stateKey, slotKeys] });
+  // Opening the watch makes a consumer: during a server's transition that request can time out, and is made again.
+  const watch = await retryTransient('watch of the run state', () => res.kv.watch({ key: [stateKey, slotKeys] }));
   return {
     stop: () => watch.stop(),
     async *[Symbol.asyncIterator]() {
