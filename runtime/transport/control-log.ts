@@ -18,6 +18,7 @@ import { controlSignature, CoordinatorKeys, type ControlSigner, type ControlVerd
 import { SIGNATURE_HEADER } from '../security/message-signature.ts';
 import { publishDurable, retryTransient } from './durable-publish.ts';
 import { openReaderConsumer, PULL_EXPIRES_MS, type RunResources } from './run-resources.ts';
+import { openRemakingReader } from './slot-reader.ts';
 
 /** One message of the control log, as the coordinator reads it. */
 export interface ControlLogEntry {
@@ -64,29 +65,21 @@ export function stepControlId(replica: number, control: Pick<StepControl, 'type'
   return `${control.type}-${replica}-${control.step}${epoch ? `-e${epoch}` : ''}`;
 }
 
-// How long the coordinator waits with nothing to take before it asks whether deliveries went missing.
-const LOST_DELIVERY_CHECK_MS = 3_000;
-
 /**
  * The log from `fromSeq` on, through a consumer of the coordinator's own
  * (any an earlier coordinator left is deleted). Deliveries in flight when a
  * NATS server died are gone while the consumer counts them as delivered, and
  * would come again only after ack_wait (minutes): a report lost so would
  * leave its step undecided and the run standing still, with nothing logged.
- * So a reader that has waited LOST_DELIVERY_CHECK_MS with nothing to take
- * asks the consumer how far it delivered, and a delivery that comes after a
- * gap in the consumer's delivery sequence is not taken: either way the
- * consumer is made again from the entry after the last one taken (as
- * slot-reader.ts does for the stages' inputs), so entries are taken in log
- * order, each once.
+ * The reader finds such a loss as the stages' readers do (slot-reader.ts: a
+ * gap in the delivery sequence, or a wait while the consumer counts more
+ * delivered than was taken) and makes its consumer again from the entry after
+ * the last one taken, so entries are taken in log order, each once.
  */
 async function readLog(res: RunResources, fromSeq: number, entry: (m: JsMsg) => ControlLogEntry): Promise<ControlLogReader> {
   const n = res.names;
   let taken = fromSeq - 1;  // the stream sequence of the last entry yielded
-  let delivered = 0;        // the consumer's delivery sequence of the last message received (a consumer made again starts at 1)
-  let closed = false;
-  let waitingSince: number | undefined;
-  const open = async () => {
+  const reader = await openRemakingReader(res, n.controlStream, async () => {
     const name = await openReaderConsumer(res, {
       stream: n.controlStream,
       name: n.coordinatorConsumer(randomBytes(4).toString('hex')),
@@ -96,64 +89,15 @@ async function readLog(res: RunResources, fromSeq: number, entry: (m: JsMsg) => 
     });
     const messages = await (await res.js.consumers.get(n.controlStream, name)).consume({ expires: PULL_EXPIRES_MS });
     return { name, messages };
-  };
-  let current = await open();
-  // Opening the new consumer deletes the one being read; the iterator below moves over once its messages end.
-  // Tried until it works (or the reader is closed): a reader left on the lost consumer would wait for good. One at a
-  // time: the watch and the reader may both find a loss, and a second consumer made would delete the first.
-  let remaking: Promise<void> | undefined;
-  const remake = (reading: typeof current) => remaking ??= (async () => {
-    while (current === reading && !closed) {
-      try {
-        current = await open();
-        delivered = 0;
-        void reading.messages.close().catch(() => {});
-      } catch {
-        await new Promise((resolve) => setTimeout(resolve, 1_000));
-      }
-    }
-  })().finally(() => { remaking = undefined; });
-  const watch = async () => {
-    while (!closed) {
-      await new Promise((resolve) => setTimeout(resolve, LOST_DELIVERY_CHECK_MS));
-      const since = waitingSince;
-      if (closed || since === undefined || performance.now() - since < LOST_DELIVERY_CHECK_MS) continue;
-      const before = taken;
-      const reading = current;
-      const info = await res.jsm.consumers.info(n.controlStream, reading.name).catch(() => undefined);
-      // Unreachable just now: asked again later. Anything taken meanwhile: nothing was lost.
-      if (!info || closed || waitingSince !== since || taken !== before || info.delivered.stream_seq <= taken) continue;
-      await remake(reading);
-    }
-  };
-  void watch();
+  });
   return {
-    close: () => {
-      closed = true;
-      void current.messages.close().catch(() => {});
-    },
+    close: () => void reader.close().catch(() => {}),
     async *[Symbol.asyncIterator]() {
-      while (!closed) {
-        const reading = current;
-        const it = reading.messages[Symbol.asyncIterator]();
-        for (;;) {
-          waitingSince = performance.now();
-          const next = await it.next();
-          waitingSince = undefined;
-          if (next.done || current !== reading) break;
-          const m = next.value;
-          m.ack();
-          if (m.info.deliverySequence > delivered + 1) {
-            await remake(reading);  // a delivery before this one was lost: read again after the last entry taken
-            break;
-          }
-          delivered = m.info.deliverySequence;
-          if (m.seq <= taken) continue;  // delivered again by a consumer made after a loss
-          taken = m.seq;
-          yield entry(m);
-        }
-        // Ended by close(), or by a consumer made again: then go on reading through that one.
-        if (current === reading) return;
+      for await (const m of reader) {
+        m.ack();
+        if (m.seq <= taken) continue;  // delivered again by a consumer made after a loss
+        taken = m.seq;
+        yield entry(m);
       }
     },
   };

@@ -28,6 +28,15 @@ export async function openSlotReader(res: RunResources, holder: SlotHolder, stre
     void remakeWhenDeleted(res, holder, open, messages);
     return { name, messages };
   };
+  return openRemakingReader(res, stream, consume);
+}
+
+/**
+ * A reader of `stream` through the consumer `consume` makes, made again (the lost one deleted first) whenever a
+ * delivery is found lost: by a gap in the delivery sequence, or by remakeWhenDeliveriesLost. Slot readers and the
+ * coordinator's reading of the control log (control-log.ts) both read so.
+ */
+export async function openRemakingReader(res: RunResources, stream: string, consume: () => Promise<Reading>): Promise<SlotReader> {
   const reader = new SlotReader(await consume(), async (lost) => {
     await res.jsm.consumers.delete(stream, lost.name).catch(() => {});
     return consume();
@@ -37,7 +46,7 @@ export async function openSlotReader(res: RunResources, holder: SlotHolder, stre
 }
 
 /** A consumer being read: its name, and the messages pulled from it. */
-interface Reading {
+export interface Reading {
   readonly name: string;
   readonly messages: ConsumerMessages;
 }
