@@ -20,12 +20,13 @@ export function publishDurable(js: JetStreamClient, subject: string, data: Uint8
 /**
  * Errors of a server or leader in transition, as opposed to a refused message. "Duplicate message id is in process"
  * is one: an earlier attempt under the same Nats-Msg-Id (one whose answer was lost in a partition, say) is still being
- * stored, and the next attempt is answered as its duplicate.
+ * stored, and the next attempt is answered as its duplicate. "Error creating store for consumer" is another: a
+ * consumer made again under the name of one still being deleted (a peer deleted it; a reader remade it).
  */
 export function isTransient(err: unknown): boolean {
   const text = `${(err as Error)?.name ?? ''} ${(err as Error)?.message ?? ''} ${(err as { code?: string })?.code ?? ''}`.toLowerCase();
   if (/max_payload|maximum payload|exceeds|wrong last|permission/.test(text)) return false;
-  return /timeout|no responders|503|connection|closed|disconnect|reconnect|leader|unavailable|no suitable peers|insufficient resources|jetstream (is )?not enabled|stream not found|temporarily|message id is in process/.test(text);
+  return /timeout|no responders|503|connection|closed|disconnect|reconnect|leader|unavailable|no suitable peers|insufficient resources|jetstream (is )?not enabled|stream not found|temporarily|message id is in process|error creating store for consumer/.test(text);
 }
 
 /** Runs a JetStream operation (an Object Store put, a KV write), retrying it while the servers are in transition. */
