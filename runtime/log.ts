@@ -42,3 +42,16 @@ export function prettyLine(line: string, color: boolean): string {
 function prettyStream(out: NodeJS.WritableStream, color: boolean): DestinationStream {
   return { write: (chunk: string) => { for (const line of chunk.split('\n')) if (line) out.write(`${prettyLine(line, color)}\n`); } };
 }
+
+/**
+ * Where `err` was made, on one line: its innermost stack frames (caravan's files relative to the checkout,
+ * node_modules packages by name), for a child whose driver keeps only its last line of stderr — a bare
+ * "timeout" from a NATS request says nothing of which request it was.
+ */
+export function errorFrames(err: unknown, frames = 6): string {
+  if (!(err instanceof Error) || !err.stack) return '';
+  const at = err.stack.split('\n').filter((l) => /^\s+at /.test(l) && !l.includes('node:internal')).slice(0, frames).map((l) => l.trim().slice(3)
+    .replace(/\((?:file:\/\/)?\S*?\/node_modules\/((?:@[^/]+\/)?[^/]+)\/\S*?(:\d+):\d+\)/, '($1$2)')
+    .replace(/\((?:file:\/\/)?\S*?\/((?:runtime|actors|schemas|native)\/\S*?:\d+):\d+\)/, '($1)'));
+  return at.length ? ` [at ${at.join(' < ')}]` : '';
+}

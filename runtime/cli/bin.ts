@@ -3,6 +3,7 @@
 // machine-readable line; failures exit non-zero with one clear line.
 import { Command, InvalidArgumentError } from 'commander';
 import { tuneAllocator } from '../../native/index.ts';
+import { errorFrames } from '../log.ts';
 import { chaosCommand } from './chaos-command.ts';
 import { credsCommand } from './creds-command.ts';
 import { dashboardCommand } from './dashboard-command.ts';
@@ -35,6 +36,8 @@ simulateCommand(program);
 
 program.parseAsync(process.argv).catch((err: unknown) => {
   const message = err instanceof InvalidArgumentError ? err.message : err instanceof Error ? err.message : String(err);
-  process.stderr.write(`caravan: ${message}\n`);
+  // A driver that keeps only a child's last line (chaos, train's children) asks for where the error was made.
+  const where = process.env.CARAVAN_ERROR_FRAMES === '1' ? errorFrames(err) : '';
+  process.stderr.write(`caravan: ${message}${where}\n`);
   process.exit(1);
 }).then(() => process.exit(process.exitCode ?? 0));

@@ -23,7 +23,7 @@ export function spawnCaravan(name: string, args: string[], o: { env?: Record<str
   const child = spawn(command[0], command.slice(1), {
     cwd: ROOT,
     stdio: ['ignore', 'ignore', 'pipe'],
-    env: { ...process.env, CARAVAN_LOG_LEVEL: o.logLevel ?? 'warn', ...o.env },
+    env: { ...process.env, CARAVAN_LOG_LEVEL: o.logLevel ?? 'warn', CARAVAN_ERROR_FRAMES: '1', ...o.env },
   });
   let tail = '';
   let partial = '';  // an echoed line not yet ended
