@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cmath>
 #include <functional>
+#include <mutex>
 #include <vector>
 #include "addon_args.h"
 #include "blas.h"
@@ -26,6 +27,12 @@ using namespace caravan::addon;
 // The OpenMP thread count setThreads fixed; a call on a pool thread sets it
 // there too (OpenMP's count is per calling thread, and the sums depend on it).
 static std::atomic<int> g_threads{0};
+
+// One engine computation at a time in this process. OpenBLAS's thread count is
+// process-wide (attention sets it to 1 for its small GEMMs and back) and the
+// sums' order depends on it, so two stages computing at once — hosts sharing
+// a process (`caravan host --count`) — would each get other bits than alone.
+static std::mutex g_compute;
 
 // One engine computation, ready to run: `run` computes (returning the loss of
 // a last stage's forward, else 0) into buffers that `keep` holds alive;
@@ -56,6 +63,7 @@ class StageCall : public Napi::AsyncWorker {
 
   void Execute() override {
     if (threads_ > 0) omp_set_num_threads(threads_);
+    std::lock_guard<std::mutex> one_at_a_time(g_compute);
     auto t0 = std::chrono::steady_clock::now();
     try {
       result_ = run_();
@@ -210,7 +218,7 @@ class StageWrap : public Napi::ObjectWrap<StageWrap> {
 
   // Runs a prepared computation here and now; engine errors become JS errors.
   static Napi::Value RunNow(Napi::Env env, PreparedCall call) {
-    double r = guarded(env, call.run);
+    double r = guarded(env, [&] { std::lock_guard<std::mutex> one_at_a_time(g_compute); return call.run(); });
     return call.loss ? Napi::Number::New(env, r) : call.value;
   }
 

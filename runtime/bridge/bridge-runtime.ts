@@ -33,8 +33,8 @@ export function startBridges(o: { store: BridgeStore; config: RunConfig; bridge:
 
   // `${stage}.${outer}.${replica}` → the SHA-256 its holder reported (the latest report: a replacement's re-upload has the same bytes).
   const reported = new Map<string, string>();
-  const actors = stageRanges(config).map((layers, stage) => {
-    const combiner = stageCombiner({ store, config, bridge, log, stage, layers, reported: (outer, replica) => reported.get(`${stage}.${outer}.${replica}`) });
+  const actors = stageRanges(config).map((_, stage) => {
+    const combiner = stageCombiner({ store, config, bridge, log, stage, reported: (outer, replica) => reported.get(`${stage}.${outer}.${replica}`) });
     let chain = Promise.resolve();
     const actor = createActor(bridgeMachine, { input: { stage, replicas: t.replicas, quorum: bridge.quorum, timeoutMs: bridge.timeoutMs, tickMs } });
     actor.on('*', (cmd: BridgeCommand) => {

@@ -12,7 +12,7 @@
 // still stands without it; otherwise the sync fails, naming the object. The
 // replicas then all load the same θ either way. The record carries the
 // SHA-256 of θ and the momentum, which hosts and a restarted coordinator check.
-import { EngineStage } from '../../native/index.ts';
+import { createComputeStage } from '../compute/compute-stage.ts';
 import type { BridgeConfig, RunConfig } from '../../schemas/run-config.ts';
 import type { BridgeRecord } from '../../schemas/run-records.ts';
 import type { Logger } from '../log.ts';
@@ -35,7 +35,7 @@ export interface StageCombiner {
 
 export function stageCombiner(o: {
   readonly store: BridgeStore; readonly config: RunConfig; readonly bridge: BridgeConfig; readonly log: Logger;
-  readonly stage: number; readonly layers: readonly [number, number];
+  readonly stage: number;
   /** The SHA-256 a replica reported of its contribution to an outer step, if it reported one. */
   readonly reported: (outer: number, replica: number) => string | undefined;
 }): StageCombiner {
@@ -45,8 +45,9 @@ export function stageCombiner(o: {
   let latest: SyncState | undefined;
 
   const initial = (): SyncState => {
-    // The same initialisation every replica starts from: it depends on the seed and the tensor names alone.
-    initialTheta ??= new EngineStage({ model: config.model, optim: config.optim, layerBegin: o.layers[0], layerEnd: o.layers[1], seed: config.training.seed, threads: 1 }).params().slice();
+    // The same initialisation every replica starts from: it depends on the seed and the tensor names alone (a
+    // synthetic stage's: its stand-in parameters).
+    initialTheta ??= createComputeStage(config, { kind: 'cpu' }, stage).stage.params().slice();
     return { outer: 0, theta: initialTheta, momentum: new Float32Array(initialTheta.length) };
   };
   const stateAt = async (outer: number): Promise<SyncState> => {

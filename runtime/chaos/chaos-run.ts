@@ -214,8 +214,9 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport | CheatRepo
     const replays = (await runState.state().catch(() => undefined))?.replays ?? [];
     return chaosReport({ summary: watch.summary!, reference, kills: striker.kills, counts, replays, refused: fleet.refused, restarted: fleet.restarted, began });
   } catch (err) {
-    // Once the run is under way, a failure still ends in a report of where it stood (read before the fleet stops).
-    if (!runState || !(err instanceof Error)) throw err;
+    // A failure still ends in a report of where the run stood (read before the fleet stops); one while setting up
+    // (starting the servers, creating the run's streams) in a report with nothing yet to read.
+    if (!(err instanceof Error)) throw err;
     return await failureReport(err, { run, watch, runState, fleet, kills: striker?.kills ?? [], events, began });
   } finally {
     process.off('SIGINT', onSignal);
@@ -252,11 +253,11 @@ async function endedState(runState: RunStateReader): Promise<RunState | undefine
   return state;
 }
 
-async function failureReport(err: Error, o: { run: string; watch: TrainingWatch; runState: RunStateReader; fleet: ChaosFleet; kills: KillRecord[]; events: string[]; began: number }): Promise<ChaosFailure> {
+async function failureReport(err: Error, o: { run: string; watch: TrainingWatch; runState: RunStateReader | undefined; fleet: ChaosFleet; kills: KillRecord[]; events: string[]; began: number }): Promise<ChaosFailure> {
   // The servers may be the reason: what cannot be read is left empty rather than hiding the error.
   const [state, slots, hosts, streams] = await Promise.all([
-    o.runState.state().catch(() => undefined), o.runState.slots().catch(() => []), o.runState.hosts().catch(() => []),
-    o.runState.streams().catch(() => []),
+    o.runState?.state().catch(() => undefined), o.runState?.slots().catch(() => []) ?? [], o.runState?.hosts().catch(() => []) ?? [],
+    o.runState?.streams().catch(() => []) ?? [],
   ]);
   return {
     ok: false, run: o.run, nats_url: o.fleet.url ?? null, error: err.message, waiting_for: o.watch.waitingFor ?? null, committed_steps: o.watch.committedSteps,

@@ -4,6 +4,7 @@ import { Command, Option } from 'commander';
 import { loadRunConfig } from '../config/load-run-config.ts';
 import { CONTROL_SNAPSHOT_EVERY, runCoordinator } from '../coordinator/coordinator-process.ts';
 import { REPLACED_EXIT_CODE, runHost } from '../host/host-process.ts';
+import { runHostGroup } from '../host/host-group.ts';
 import { SlotLostError } from '../transport/slots.ts';
 import { createLogger, LOG_LEVELS } from '../log.ts';
 import { validateRunId } from '../transport/subjects.ts';
@@ -43,14 +44,19 @@ export function processCommands(program: Command): void {
     .requiredOption('--run <id>', 'run id')
     .addOption(new Option('--device <kind>', 'compute device').choices(['cpu', 'cuda']).default('cpu'))
     .option('--gpu <n>', 'GPU index with --device cuda', nonNegativeInt('--gpu'), 0)
-    .option('--datacenter <name>', 'where this host runs (shown in status and traces)', 'default')
+    .option('--datacenter <name>', 'where this host runs (shown in status and traces); with --count, a comma-separated list given to the hosts in turn', 'default')
     .option('--heartbeat <ms>', 'heartbeat period (keep it well under the coordinator\'s --heartbeat-timeout)', positiveInt('--heartbeat'), 1000)
     .option('--nkey <file>', 'this host\'s nkey seed (`caravan creds`): its NATS user and the key it signs frames with (default: a fresh key, no NATS authentication)')
+    .option('--count <n>', 'run n hosts in this one process, each whole on the wire (its own connection, key, heartbeats, consumers): for simulated runs, whose stages only wait on timers', positiveInt('--count'), 1)
     .addOption(logLevelOption())
-    .action(async (flags: { nats: string; run: string; device: 'cpu' | 'cuda'; gpu: number; datacenter: string; heartbeat: number; logLevel?: string; nkey?: string }) => {
+    .action(async (flags: { nats: string; run: string; device: 'cpu' | 'cuda'; gpu: number; datacenter: string; heartbeat: number; logLevel?: string; nkey?: string; count: number }) => {
       validateRunId(flags.run);
+      const { count, heartbeat, ...rest } = flags;
+      if (count > 1 && flags.nkey) throw new Error('--count with --nkey: one seed file is one host\'s identity; hosts sharing a process get fresh keys');
+      const log = createLogger('caravan-host', flags.logLevel);
       try {
-        await runHost({ ...flags, heartbeatMs: flags.heartbeat, log: createLogger('caravan-host', flags.logLevel) });
+        if (count > 1) await runHostGroup({ ...rest, heartbeatMs: heartbeat, count, datacenters: flags.datacenter.split(',').map((d) => d.trim()).filter(Boolean), log });
+        else await runHost({ ...rest, heartbeatMs: heartbeat, log });
       } catch (err) {
         if (!(err instanceof SlotLostError)) throw err;
         // Replaced while it was away: another host holds its slot now. Not a crash.

@@ -35,18 +35,24 @@ export function simulateCommand(program: Command): void {
     .option('--heartbeat-timeout <ms>', 'a host silent this long is lost and its slot goes to a standby (the coordinator\'s default: 15000)', positiveInt('--heartbeat-timeout'))
     .addOption(new Option('--log-level <level>', "child processes' log level on stderr").choices([...LOG_LEVELS]))
     .addOption(new Option('--split <how>', 'layers per stage: even (by count), or speed (balanced for the stages\' devices, the LM head counted: runtime/config/speed-split.ts)').choices(['even', 'speed']).default('even'))
+    .option('--sync-every <H>', 'with more than one replica: the Bridge combines the replicas every H steps (default: the preset\'s; 0 turns it off)', nonNegativeInt('--sync-every'))
+    .option('--hosts-per-process <n>', 'hosts that share one process, each whole on the wire (default: enough to keep to 16 host processes; 1 with --wan)', positiveInt('--hosts-per-process'))
     .option('--json', 'print only the final JSON line')
-    .action(async (flags: { preset: string; steps?: number; microbatches?: number; stages?: number; replicas?: number; schedule?: ScheduleName; datacenters?: number; timeScale?: number; frameBytes?: number; efficiency?: number; standbys?: number; kill: number; extraInFlight?: number; heartbeatTimeout?: number; partition?: { datacenter: string; seconds: number }; wan?: string; rttScale?: number; rateMbit?: number; natsTopology?: NatsTopology; split: LayerSplit; logLevel?: string; json?: boolean }) => {
+    .action(async (flags: { preset: string; steps?: number; microbatches?: number; stages?: number; replicas?: number; schedule?: ScheduleName; datacenters?: number; timeScale?: number; frameBytes?: number; efficiency?: number; standbys?: number; kill: number; extraInFlight?: number; heartbeatTimeout?: number; partition?: { datacenter: string; seconds: number }; wan?: string; rttScale?: number; rateMbit?: number; natsTopology?: NatsTopology; split: LayerSplit; syncEvery?: number; hostsPerProcess?: number; logLevel?: string; json?: boolean }) => {
       if ((flags.rttScale !== undefined || flags.rateMbit !== undefined || flags.natsTopology !== undefined || flags.partition) && !flags.wan) throw new Error('--rtt-scale, --rate-mbit, --nats-topology and --partition need --wan PROFILE');
       const p = SIMULATE_PRESETS[flags.preset];
       const t = p.config.training;
       const stages = flags.stages ?? t.stages;
+      const replicas = flags.replicas ?? t.replicas;
+      const syncEvery = flags.syncEvery ?? p.syncEvery ?? 0;
+      if (flags.syncEvery && replicas < 2) throw new Error('--sync-every needs more than one replica: the Bridge combines replicas');
       const synthetic = { ...t.synthetic!, ...(flags.timeScale ? { timeScale: flags.timeScale } : {}), ...(flags.frameBytes ? { frameBytes: flags.frameBytes } : {}), ...(flags.efficiency ? { efficiency: flags.efficiency } : {}) };
       const config = validateRunConfig({
         ...p.config,
         training: {
-          ...t, steps: flags.steps ?? t.steps, microbatches: flags.microbatches ?? t.microbatches, stages, replicas: flags.replicas ?? t.replicas, schedule: flags.schedule ?? t.schedule,
+          ...t, steps: flags.steps ?? t.steps, microbatches: flags.microbatches ?? t.microbatches, stages, replicas, schedule: flags.schedule ?? t.schedule,
           ...splitStages(p, synthetic, stages, flags.split), ...(flags.extraInFlight !== undefined ? { extraInFlight: flags.extraInFlight } : {}),
+          ...(replicas > 1 && syncEvery > 0 ? { bridge: { syncEvery } } : {}),
         },
       });
       const started = Date.now();
@@ -56,7 +62,7 @@ export function simulateCommand(program: Command): void {
         : flags.partition;
       const result = await simulate({
         preset: flags.preset, config, datacenters: flags.datacenters ?? p.datacenters, standbys: flags.standbys ?? flags.kill,
-        faults: { kills: flags.kill, ...(partition ? { partition } : {}) }, heartbeatTimeoutMs: flags.heartbeatTimeout,
+        hostsPerProcess: flags.hostsPerProcess, faults: { kills: flags.kill, ...(partition ? { partition } : {}) }, heartbeatTimeoutMs: flags.heartbeatTimeout,
         ...(profile ? { wan: { profile, rttScale: flags.rttScale, rateMbit: flags.rateMbit, nats: flags.natsTopology } } : {}),
         log: createLogger('caravan-simulate', flags.logLevel), childLogLevel: flags.logLevel,
         onProgress: flags.json ? undefined : (pr) => process.stderr.write(`replica ${pr.replica} step ${pr.step + 1}/${pr.steps} after ${((Date.now() - started) / 1000).toFixed(0)} s\n`),

@@ -27,6 +27,7 @@ interface TrainFlags extends RunShapeFlags {
   nats?: string;
   run?: string;
   standbys?: number;
+  hostsPerProcess?: number;
   inProcess?: boolean;
   valEvery: number;
   checkpointDir?: string;
@@ -105,6 +106,7 @@ export function trainCommand(program: Command): void {
     .option('--nats <url>', 'use this NATS server or cluster instead of an embedded one')
     .option('--run <id>', 'run id (default: a new one)')
     .option('--standbys <n>', 'extra host processes that wait as standbys', nonNegativeInt('--standbys'))
+    .option('--hosts-per-process <n>', '(NATS) hosts that share one process, each whole on the wire (`caravan host --count`); the weights do not depend on it', positiveInt('--hosts-per-process'))
     .option('--sync-every <n>', 'the Bridge: every n steps, each stage is synchronised across the replicas, all stages at once (DiLoCo)', positiveInt('--sync-every'))
     .addOption(new Option('--outer <kind>', "the Bridge's outer step: nesterov (SGD with Nesterov momentum on the mean pseudo-gradient) or average").choices(['nesterov', 'average']))
     .option('--outer-lr <x>', 'outer learning rate (default 0.7)', positiveNumber('--outer-lr'))
@@ -178,7 +180,7 @@ export function trainCommand(program: Command): void {
         delete process.env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT;
       }
       const summary = await trainDistributed({
-        config, nats: flags.nats, run: flags.run, standbys: flags.standbys, childLogLevel: flags.logLevel, device: flags.device, gpu: flags.gpu, fromStates: flags.fromStates,
+        config, nats: flags.nats, run: flags.run, standbys: flags.standbys, hostsPerProcess: flags.hostsPerProcess, childLogLevel: flags.logLevel, device: flags.device, gpu: flags.gpu, fromStates: flags.fromStates,
         log: createLogger('caravan-train', 'warn'),
         onProgress: (p: Progress) => {
           if (p.replica !== 0) return;

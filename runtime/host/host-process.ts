@@ -45,6 +45,8 @@ export interface HostOptions {
   readonly registerTimeoutMs?: number;
   /** An nkey seed file (`caravan creds`): the host's NATS user and signing key. A fresh key when absent. */
   readonly nkey?: string;
+  /** The host's id (default hostId()): each of several hosts sharing one process needs its own. */
+  readonly id?: string;
 }
 
 /** Exit status of a host that was replaced: not a crash, and not a success either. */
@@ -52,8 +54,10 @@ export const REPLACED_EXIT_CODE = 3;
 /** How long a holder that reported its failure waits for the coordinator to announce the run failed, before it exits. */
 const FAILURE_HEARD_MS = 10_000;
 
-export function hostId(): string {
-  return `${hostname()}-${process.pid}`.replace(/[^A-Za-z0-9_-]/g, '-').slice(0, 60);
+/** This machine and process; with `k`, the k-th of several hosts sharing the process (caravan host --count). */
+export function hostId(k?: number): string {
+  const suffix = k === undefined ? '' : `-h${k}`;
+  return `${hostname()}-${process.pid}`.replace(/[^A-Za-z0-9_-]/g, '-').slice(0, 60 - suffix.length) + suffix;
 }
 
 export async function runHost(o: HostOptions): Promise<void> {
@@ -67,8 +71,8 @@ export async function runHost(o: HostOptions): Promise<void> {
     }
   }
   const key = o.nkey ? await readHostKey(o.nkey) : newHostKey();
-  const conn = await connectToRunAsHost(o.nats, `caravan-host-${hostId()}`, o.run, o.nkey ? key : undefined);
-  const id = hostId();
+  const id = o.id ?? hostId();
+  const conn = await connectToRunAsHost(o.nats, `caravan-host-${id}`, o.run, o.nkey ? key : undefined);
   const log = o.log.child({ run: o.run, host: id, datacenter: o.datacenter });
   if (gpu) log.info({ gpu: gpu.index, name: gpu.name, memory_gib: +(gpu.totalBytes / 2 ** 30).toFixed(1), free_gib: +(gpu.freeBytes / 2 ** 30).toFixed(1), compute_capability: gpu.computeCapability }, 'using GPU');
   const device: HostDevice = gpu ? { kind: 'cuda', gpu } : { kind: 'cpu' };

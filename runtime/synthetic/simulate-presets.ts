@@ -12,6 +12,8 @@ export interface SimulatePreset {
   readonly datacenters: number;
   /** Devices of different speeds, given to the stages in turn (stage s gets mix[s mod n]). */
   readonly mix?: readonly StageDevice[];
+  /** With more than one replica, the Bridge combines them every this many steps. */
+  readonly syncEvery?: number;
 }
 
 // Peak dense bf16 tensor TFLOPS, as the vendors give them; memory is not modelled.
@@ -58,8 +60,12 @@ function preset(description: string, datacenters: number, model: RunConfig['mode
 const llama7b = { vocabSize: 32000, dModel: 4096, nLayers: 32, nHeads: 32, nKvHeads: 32, ffnHidden: 11008, maxSeqLen: 4096, ropeTheta: 10000, normEps: 1e-5, tiedEmbeddings: false };
 
 export const SIMULATE_PRESETS: Readonly<Record<string, SimulatePreset>> = {
-  'orion-100b': preset('100B Llama (90 layers, d=9216), 16 stages × 3 replicas, A100s, 5 datacenters, 2.36 MB frames', 5, llama100b,
-    { stages: 16, replicas: 3, microbatches: 32, timeScale: 1 }),
+  // The Bridge every step: a simulation is a few steps long, and each is then an outer step whose sync is measured.
+  'orion-100b': {
+    ...preset('100B Llama (90 layers, d=9216), 16 stages × 3 replicas joined by the Bridge every step, A100s, 5 datacenters, 2.36 MB frames', 5, llama100b,
+      { stages: 16, replicas: 3, microbatches: 32, timeScale: 1 }),
+    syncEvery: 1,
+  },
   'llama-7b': preset('a 7B Llama (32 layers, d=4096) in 4 stages × 1 replica over 4 datacenters at the A100s\' own speed, 1 MiB frames: for WAN sweeps (--wan)', 4, llama7b,
     { stages: 4, replicas: 1, microbatches: 8, timeScale: 1 }),
   'mixed-7b': {

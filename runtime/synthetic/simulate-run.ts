@@ -24,6 +24,7 @@ import { startSupercluster } from '../nats/nats-supercluster.ts';
 import { startWan, type WanNetwork } from '../wan/wan-network.ts';
 import { planWan, type WanProfile } from '../wan/wan-profile.ts';
 import { stageDevice, stageRanges } from '../../schemas/stage-layers.ts';
+import { elementCount, llamaTensorSpecs } from '../../schemas/model-config.ts';
 
 const CLIENT_PORT = 4222, CLUSTER_PORT = 6222, GATEWAY_PORT = 7222;
 
@@ -57,6 +58,16 @@ export interface SimulateResult {
   readonly recoveries: unknown;
   /** What was killed or cut, after which step, and how long replica 0 then stood still. */
   readonly faults: FaultRecord[];
+  /** Host processes started (stage hosts and standbys), and how many processes they ran in (simulate's hostsPerProcess). */
+  readonly hosts: number;
+  readonly host_processes: number;
+  /**
+   * With the Bridge on: outer steps, and the seconds from a stage's first contribution to its stored record, the
+   * slowest stage's per outer step (median and max). The synthetic stages' state is 16 stand-in parameters, so this
+   * is the Bridge's coordination (gathering, combining, storing, announcing), not the transfer of a real model's
+   * pseudo-gradients: `bridge_payload_bytes_per_replica` is what that would weigh per outer step.
+   */
+  readonly bridge: { outer_steps: number; sync_s_median: number; sync_s_max: number; payload_bytes_per_replica: number } | null;
   /** With --wan: the profile, its RTT scale, and the hosts' access rates (Mbit/s up, down); null on loopback. */
   readonly wan: { profile: string; rtt_scale: number; up_mbit: number; down_mbit: number; nats: NatsTopology } | null;
 }
@@ -75,7 +86,12 @@ export interface SimulateOptions {
   readonly heartbeatTimeoutMs?: number;
   /** Churn and link faults during the run (simulate-faults.ts); kills need as many standbys. */
   readonly faults?: SimulateFaults;
+  /** Hosts per process (default: as many as keep the host processes to 16, one each for 16 hosts or fewer); 1 with a WAN. */
+  readonly hostsPerProcess?: number;
 }
+
+/** Host processes past which hosts share them by default: 16 lone host processes is what this 2-core machine ran well. */
+const LONE_HOST_PROCESSES = 16;
 
 /** Over a WAN: one NATS server per datacenter joined by gateways, or one in the first datacenter that all reach through their links. */
 export type NatsTopology = 'per-dc' | 'hub';
@@ -106,6 +122,9 @@ export async function simulate(o: SimulateOptions): Promise<SimulateResult> {
     const names = o.wan.profile.datacenters.slice(0, o.datacenters);
     if (!names.includes(partition.datacenter)) throw new Error(`--partition ${partition.datacenter}: the run's datacenters are ${names.join(', ')}`);
   }
+  const hosts = slots + (o.standbys ?? 0);
+  const perProcess = o.hostsPerProcess ?? (o.wan ? 1 : Math.ceil(hosts / LONE_HOST_PROCESSES));
+  if (o.wan && perProcess > 1) throw new Error('over a WAN each host has a namespace of its own: hosts cannot share a process');
   let placement: DistributedOptions['placement'] = { host: (i) => ({ datacenter: dcs[block(i)] }) };
   let wan: WanNetwork | undefined, nats: { url: string; stop(): Promise<void> } | undefined;
   if (o.wan) {
@@ -155,7 +174,7 @@ export async function simulate(o: SimulateOptions): Promise<SimulateResult> {
   try {
     summary = await trainDistributed({
       config: o.config, log: o.log, standbys: o.standbys, childLogLevel: o.childLogLevel, nats: nats?.url, placement,
-      hostsMayBeKilled: kills > 0, heartbeatTimeoutMs: o.heartbeatTimeoutMs,
+      hostsMayBeKilled: kills > 0, heartbeatTimeoutMs: o.heartbeatTimeoutMs, hostsPerProcess: perProcess,
       onReady: ({ url, run }) => faults.attach(url, run),
       onProgress: (p) => { faults.onProgress(p); o.onProgress?.(p); },
       onFinished: async ({ url, run }) => {
@@ -190,6 +209,26 @@ export async function simulate(o: SimulateOptions): Promise<SimulateResult> {
     forward_ms_simulated: +forwardMs.toFixed(1), wall_s: +summary.wall_seconds.toFixed(1),
     utilization_by_stage: summary.utilization_by_stage.map((u) => +u.toFixed(3)),
     layers_by_stage: ranges.map(([b, e]) => e - b), devices_by_stage: ranges.map((_, st) => stageDevice(s, st).device), recoveries: summary.recoveries, faults: faults.report(),
+    hosts, host_processes: Math.ceil(hosts / perProcess), bridge: bridgeFigures(o.config, summary),
     wan: o.wan ? { profile: o.wan.profile.name, rtt_scale: o.wan.rttScale ?? 1, up_mbit: o.wan.rateMbit ?? o.wan.profile.hostUpMbit, down_mbit: o.wan.rateMbit ?? o.wan.profile.hostDownMbit, nats: o.wan.nats ?? 'per-dc' } : null,
+  };
+}
+
+/** The Bridge's outer steps and sync times (SimulateResult.bridge) from the run's records; null without a Bridge. */
+function bridgeFigures(config: RunConfig, summary: RunSummary): SimulateResult['bridge'] {
+  const b = config.training.bridge;
+  if (!b) return null;
+  const slowest = new Map<number, number>();
+  for (const r of summary.bridge_syncs ?? []) slowest.set(r.outer, Math.max(slowest.get(r.outer) ?? 0, (r.finished_ms - r.first_ms) / 1000));
+  const spans = [...slowest.values()].sort((x, y) => x - y);
+  // A real replica's payload: every parameter of the model once per outer step (all its stages together), at the
+  // payload's width: fp32 4 bytes; mxint8 1 byte and a 1-byte scale per block of 32; topk an fp32 value and a u32 index each.
+  const params = llamaTensorSpecs(config.model).reduce((n, t) => n + elementCount(t.shape), 0);
+  const bytesPerParam = b.payload === 'fp32' ? 4 : b.payload === 'mxint8' ? 1 + 1 / 32 : 8 * b.topkFraction;
+  return {
+    outer_steps: spans.length,
+    sync_s_median: spans.length ? +spans[Math.floor((spans.length - 1) / 2)].toFixed(3) : 0,
+    sync_s_max: spans.length ? +spans[spans.length - 1].toFixed(3) : 0,
+    payload_bytes_per_replica: Math.round(params * bytesPerParam),
   };
 }

@@ -45,6 +45,11 @@ export interface DistributedOptions {
   readonly placement?: { readonly coordinator?: ProcessPlacement; readonly host?: (i: number) => ProcessPlacement };
   /** Stage states the run starts from (the coordinator's --from-states). */
   readonly fromStates?: string;
+  /**
+   * Hosts run this many to a process (`caravan host --count`; default 1): for simulated runs, whose synthetic
+   * stages only wait on timers. Hosts sharing a process share its placement's prefix and NATS URL.
+   */
+  readonly hostsPerProcess?: number;
   /** Datacenter labels for the hosts, given out in turn (default: local-<i>, one each). */
   readonly datacenters?: readonly string[];
   readonly log: Logger;
@@ -113,10 +118,20 @@ export async function trainDistributed(o: DistributedOptions): Promise<RunSummar
       const c = o.placement?.coordinator;
       spawnChild('coordinator', ['coordinator', '--nats', c?.nats ?? url, '--run', run, '--config', configFile, ...timeout, ...nkey(o.credentials?.coordinator),
         ...(o.fromStates ? ['--from-states', o.fromStates] : [])], c?.prefix);
-      for (let i = 0; i < hosts; i++) {
-        const p = o.placement?.host?.(i);
-        const datacenter = p?.datacenter ?? (o.datacenters?.length ? o.datacenters[i % o.datacenters.length] : `local-${i}`);
-        spawnChild(`host ${i}`, ['host', '--nats', p?.nats ?? url, '--run', run, '--device', o.device ?? 'cpu', '--gpu', String(o.gpu ?? 0), '--datacenter', datacenter, ...beat, ...nkey(o.credentials?.hosts?.[i])], p?.prefix);
+      const perProcess = o.hostsPerProcess ?? 1;
+      for (let first = 0; first < hosts; first += perProcess) {
+        const group = Array.from({ length: Math.min(perProcess, hosts - first) }, (_, k) => first + k);
+        const places = group.map((i) => o.placement?.host?.(i));
+        const p = places[0];
+        if (places.some((q) => q?.nats !== p?.nats || q?.prefix?.join(' ') !== p?.prefix?.join(' '))) {
+          throw new Error(`hosts ${first}–${group[group.length - 1]} share a process but not a place (a namespace or NATS URL of their own): run them one to a process`);
+        }
+        const labels = group.map((i) => places[i - first]?.datacenter ?? (o.datacenters?.length ? o.datacenters[i % o.datacenters.length] : `local-${i}`));
+        const name = group.length === 1 ? `host ${first}` : `hosts ${first}-${group[group.length - 1]}`;
+        const keys = group.map((i) => o.credentials?.hosts?.[i]).filter((f) => f !== undefined);
+        if (group.length > 1 && keys.length) throw new Error(`hosts ${name.slice(6)} share a process: they cannot have nkey seed files of their own`);
+        spawnChild(name, ['host', '--nats', p?.nats ?? url, '--run', run, '--device', o.device ?? 'cpu', '--gpu', String(o.gpu ?? 0), '--datacenter', labels.join(','), ...beat,
+          ...(group.length > 1 ? ['--count', String(group.length)] : []), ...nkey(keys[0])], p?.prefix);
       }
       const result = await outcome;
       if (result instanceof Error) throw result;

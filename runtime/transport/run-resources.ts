@@ -99,8 +99,10 @@ export async function openRunResources(nc: NatsConnection, run: string, options:
   const names = runNames(run);
   const replicas = options.replicas ?? defaultReplicas(nc);
   const jsm = await jetstreamManager(nc);
-  await ensureStream(jsm, logStream(names.controlStream, [names.stepControls, names.reports], replicas, { max_msg_size: CONTROL_MESSAGE_BYTES }));
-  await ensureStream(jsm, {
+  // On a cluster just started (or under load) the meta leader can still count a server offline: "no suitable
+  // peers for placement" passes within seconds, so each creation here is retried while it does.
+  await retryTransient(`stream ${names.controlStream}`, () => ensureStream(jsm, logStream(names.controlStream, [names.stepControls, names.reports], replicas, { max_msg_size: CONTROL_MESSAGE_BYTES })));
+  await retryTransient(`stream ${names.deadStream}`, () => ensureStream(jsm, {
     name: names.deadStream,
     subjects: [names.deadLetters],
     storage: StorageType.File,
@@ -110,13 +112,13 @@ export async function openRunResources(nc: NatsConnection, run: string, options:
     max_msgs_per_subject: DEAD_LETTERS_PER_WRITER,
     discard: DiscardPolicy.New,
     discard_new_per_subject: true,
-  });
+  }));
   // No direct gets: any replica answers one, a follower that is catching up
   // (just restarted, or cut off) included, and a stale slot or host record
   // read there was written back over the newer one (seen on a 3-server
   // cluster after a server kill). Reads go to the stream's leader.
-  const kv = await new Kvm(nc).create(names.kvBucket, { history: 10, replicas, allow_direct: false });
-  const objects = await new Objm(nc).create(names.objectBucket, { replicas });
+  const kv = await retryTransient(`KV bucket ${names.kvBucket}`, () => new Kvm(nc).create(names.kvBucket, { history: 10, replicas, allow_direct: false }));
+  const objects = await retryTransient(`object store ${names.objectBucket}`, () => new Objm(nc).create(names.objectBucket, { replicas }));
   return { names, js: jetstream(nc), jsm, kv, objects, streams: { replicas, untagged: new Set(), ...(options.limits ? { limits: options.limits } : {}) } };
 }
 

@@ -45,7 +45,7 @@ async function setup(replicas: number, quorum: number) {
   const mem = memoryStore();
   const reported = new Map<string, string>();
   const make = () => stageCombiner({
-    store: mem.store, config, bridge, log: createLogger('test', 'silent'), stage: 0, layers: splitLayers(config.model.nLayers, 2)[0],
+    store: mem.store, config, bridge, log: createLogger('test', 'silent'), stage: 0,
     reported: (outer, replica) => reported.get(`${outer}.${replica}`),
   });
   const combiner = make();

@@ -61,9 +61,9 @@ test('two replicas train independently on their own data', async (t) => {
   t.notDeepEqual((r.losses_by_replica as number[][])[0], (r.losses_by_replica as number[][])[1]);
 });
 
-test('an uneven split gives the same weights: --stage-layers 1,3 over NATS and 3,1 in process equal one stage, bit for bit', async (t) => {
+test('an uneven split gives the same weights: --stage-layers 1,3 over NATS (both hosts in one process) and 3,1 in process equal one stage, bit for bit', async (t) => {
   const [uneven, reversed, one] = await Promise.all([
-    caravan([...common, '--stages', '2', '--stage-layers', '1,3']),
+    caravan([...common, '--stages', '2', '--stage-layers', '1,3', '--hosts-per-process', '2']),
     caravan([...common, '--stages', '2', '--stage-layers', '3,1', '--in-process']),
     caravan([...common, '--stages', '1', '--in-process']),
   ]);

@@ -31,6 +31,23 @@ test('caravan simulate --preset orion-mini: utilization against the schedule\'s 
   t.log(r.stdout.trim());
 });
 
+test('caravan simulate with two replicas joined by the Bridge every step, four hosts to a process: each host whole on the wire, every outer step synced and timed', async (t) => {
+  const r = await caravan(['simulate', '--preset', 'orion-mini', '--replicas', '2', '--sync-every', '1', '--hosts-per-process', '4', '--steps', '2', '--microbatches', '4', '--time-scale', '10', '--json']);
+  t.is(r.code, 0, r.stderr);
+  const line = JSON.parse(r.stdout.trim().split('\n').pop()!);
+  // Eight slots, each held by a host of its own (a host holds one slot): eight hosts registered from two processes.
+  t.like(line, { stages: 4, replicas: 2, hosts: 8, host_processes: 2, recoveries: { hosts_lost: 0, slots_reassigned: 0 } });
+  t.is(line.bridge.outer_steps, 2, JSON.stringify(line.bridge));
+  t.true(line.bridge.sync_s_median > 0 && line.bridge.sync_s_max >= line.bridge.sync_s_median, JSON.stringify(line.bridge));
+  // The real model's pseudo-gradient in MX int8: a byte per parameter and a byte of scale per 32 (101.7B parameters).
+  t.true(Math.abs(line.bridge.payload_bytes_per_replica / (101.7e9 * 33 / 32) - 1) < 0.01, `${line.bridge.payload_bytes_per_replica} bytes`);
+  t.true(line.utilization > 0.1, `utilization ${line.utilization}`);
+  // One seed file is one host's identity: hosts sharing a process cannot share it.
+  const shared = await caravan(['host', '--nats', 'nats://127.0.0.1:1', '--run', 'r', '--count', '2', '--nkey', 'host.seed']);
+  t.is(shared.code, 1);
+  t.regex(shared.stderr, /--count with --nkey/);
+});
+
 test('caravan simulate --kill 1: a stage host is SIGKILLed after the first step, a standby takes its slot, the run completes and says how long it stood still', async (t) => {
   const r = await caravan(['simulate', '--preset', 'orion-mini', '--steps', '3', '--microbatches', '4', '--time-scale', '10', '--kill', '1', '--heartbeat-timeout', '5000', '--json']);
   t.is(r.code, 0, r.stderr);
