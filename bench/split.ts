@@ -19,11 +19,14 @@ function flag(args: string[], name: string): string | undefined {
 }
 
 export async function benchSplit(args: string[]): Promise<Record<string, unknown>> {
-  const name = flag(args, 'preset') ?? 'mixed-7b';
+  return { bench: 'split', ...await compareSplits(flag(args, 'preset') ?? 'mixed-7b', Number(flag(args, 'steps') ?? 4), Number(flag(args, 'time-scale') ?? 1)) };
+}
+
+/** The preset (one with a mix of devices) simulated with the even split and then the speed-aware one: both, and their ratio. */
+export async function compareSplits(name: string, steps: number, timeScale: number): Promise<Record<string, unknown>> {
   const preset = SIMULATE_PRESETS[name];
   if (!preset?.mix) throw new Error(`bench split: --preset must name a preset with a mix of devices (${Object.keys(SIMULATE_PRESETS).filter((k) => SIMULATE_PRESETS[k].mix).join(', ')}), got '${name}'`);
   const t = preset.config.training;
-  const steps = Number(flag(args, 'steps') ?? 4), timeScale = Number(flag(args, 'time-scale') ?? 1);
   const rows = {} as Record<LayerSplit, SimulateResult>;
   for (const split of ['even', 'speed'] as const) {
     const config = validateRunConfig({ ...preset.config, training: { ...t, steps, ...splitStages(preset, { ...t.synthetic!, timeScale }, t.stages, split) } });
@@ -33,7 +36,7 @@ export async function benchSplit(args: string[]): Promise<Record<string, unknown
   }
   const per = (r: SimulateResult) => ({ layers_by_stage: r.layers_by_stage, utilization_by_stage: r.utilization_by_stage, utilization: r.utilization, schedule_bound: r.schedule_bound, mfu_pct: r.mfu_pct, tokens_per_s: r.tokens_per_s });
   return {
-    bench: 'split', preset: name, devices_by_stage: rows.even.devices_by_stage, stages: t.stages, microbatches: t.microbatches, steps, time_scale: timeScale, schedule: rows.even.schedule,
+    preset: name, devices_by_stage: rows.even.devices_by_stage, stages: t.stages, microbatches: t.microbatches, steps, time_scale: timeScale, schedule: rows.even.schedule,
     even: per(rows.even), speed: per(rows.speed),
     speed_vs_even: { tokens_per_s: +(rows.speed.tokens_per_s / rows.even.tokens_per_s).toFixed(3), mfu: +(rows.speed.mfu_pct / rows.even.mfu_pct).toFixed(3) },
   };

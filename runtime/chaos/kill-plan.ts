@@ -87,8 +87,10 @@ export function planKills(o: KillPlanInput): PlannedKill[] {
     }
     order.push(...round);
   }
-  // Spread over steps [1, steps − 2]: a kill needs a step after it to be seen to recover.
-  const span = Math.max(1, o.steps - 2);
+  // Spread over the first three quarters of steps [1, steps − 2]: a kill needs a step after it to be seen to
+  // recover, and a strike may land well after its step (a host reaching its fault point, an answer through a
+  // server just paused) while training goes on; the last quarter leaves room for that.
+  const span = Math.max(1, Math.floor(((o.steps - 2) * 3) / 4));
   return order.slice(0, o.kills).map((kind, i) => {
     const afterStep = Math.min(o.steps - 1, 1 + Math.floor((i * span) / Math.max(1, o.kills)));
     const target: KillTarget = kind === 'coordinator' || kind === 'nats' || kind === 'nats-partition' || kind === 'coordinator-audit' ? { kind }

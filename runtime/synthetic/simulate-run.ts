@@ -86,7 +86,7 @@ export interface SimulateOptions {
   readonly heartbeatTimeoutMs?: number;
   /** Churn and link faults during the run (simulate-faults.ts); kills need as many standbys. */
   readonly faults?: SimulateFaults;
-  /** Hosts per process (default: as many as keep the host processes to 16, one each for 16 hosts or fewer); 1 with a WAN. */
+  /** Hosts per process (default: as many as keep the host processes to 16, one each for 16 hosts or fewer); 1 with a WAN or kills. */
   readonly hostsPerProcess?: number;
 }
 
@@ -123,8 +123,10 @@ export async function simulate(o: SimulateOptions): Promise<SimulateResult> {
     if (!names.includes(partition.datacenter)) throw new Error(`--partition ${partition.datacenter}: the run's datacenters are ${names.join(', ')}`);
   }
   const hosts = slots + (o.standbys ?? 0);
-  const perProcess = o.hostsPerProcess ?? (o.wan ? 1 : Math.ceil(hosts / LONE_HOST_PROCESSES));
+  // A kill strikes a process, so with kills each host keeps one of its own, as it does over a WAN (a namespace each).
+  const perProcess = o.hostsPerProcess ?? (o.wan || kills > 0 ? 1 : Math.ceil(hosts / LONE_HOST_PROCESSES));
   if (o.wan && perProcess > 1) throw new Error('over a WAN each host has a namespace of its own: hosts cannot share a process');
+  if (kills > 0 && perProcess > 1) throw new Error('--kill strikes a host\'s process: hosts that share one would all go with it (leave out --hosts-per-process)');
   let placement: DistributedOptions['placement'] = { host: (i) => ({ datacenter: dcs[block(i)] }) };
   let wan: WanNetwork | undefined, nats: { url: string; stop(): Promise<void> } | undefined;
   if (o.wan) {

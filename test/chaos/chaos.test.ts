@@ -40,13 +40,16 @@ function checkReport(t: import('ava').ExecutionContext, r: Record<string, unknow
   const byKind = r.recovery_s_by_kind as Record<string, { median: number; p95: number; max: number }>;
   t.deepEqual(Object.keys(byKind).sort(), Object.keys(r.faults_by_kind as object).sort(), 'a recovery time for every kind of fault');
   t.log(`recovery median ${rec.median.toFixed(2)} s, p95 ${rec.p95.toFixed(2)} s, max ${rec.max.toFixed(2)} s; ${JSON.stringify(r.faults_by_kind)}`);
+  // Which kinds the slow recoveries follow.
+  t.log(`slowest recovery by kind (s): ${JSON.stringify(Object.fromEntries(Object.entries(byKind).map(([k, v]) => [k, +v.max.toFixed(1)])))}`);
 }
 
 test.serial('twenty faults of ten kinds in one run: hosts killed at every fault point, stalled and cut off from NATS, the coordinator killed and paused, the server paused: same weights, nothing lost or doubled', async (t) => {
   const targets = 'forward,backward,publish,checkpoint,anytime,stall,partition,coordinator,pause-coordinator,pause-nats';
   // Two standbys: on a loaded 2-core machine a host that is only slow can miss the 1.5 s heartbeat timeout, and a stall must still find one.
   // Killed hosts come back through the fleet's supervisor, so 20 faults do not use up the standbys.
-  const out = await caravan(['chaos', ...small, '--nats-servers', '1', '--faults', '20', '--seed', '11', '--targets', targets, '--standbys', '2']);
+  // 18 steps: the plan strikes over the first three quarters, steps 1–12.
+  const out = await caravan(['chaos', ...small, '--steps', '18', '--nats-servers', '1', '--faults', '20', '--seed', '11', '--targets', targets, '--standbys', '2']);
   explainFailure(t, out);
   const r = summaryOf(out);
   t.is(out.code, 0, out.stderr.slice(-2000));
@@ -94,9 +97,9 @@ test.serial('the coordinator and the NATS server paused past the heartbeat timeo
 });
 
 test.serial('a restarted coordinator replays a snapshot of the control log and its tail, not the whole log: same weights', async (t) => {
-  // Snapshots every 24 entries followed live; the coordinator killed three times over 36 steps.
+  // Snapshots every 24 entries followed live; the coordinator killed three times over the first 36 of 48 steps.
   const every = 24;
-  const out = await caravan(['chaos', ...small, '--stages', '2', '--steps', '36', '--nats-servers', '1', '--faults', '3', '--seed', '3', '--targets', 'coordinator', '--snapshot-every', String(every)]);
+  const out = await caravan(['chaos', ...small, '--stages', '2', '--steps', '48', '--nats-servers', '1', '--faults', '3', '--seed', '3', '--targets', 'coordinator', '--snapshot-every', String(every)]);
   const r = summaryOf(out) as Record<string, any>;
   t.is(out.code, 0, out.stderr.slice(-2000));
   checkReport(t, r, 3);
@@ -115,17 +118,13 @@ test.serial('a restarted coordinator replays a snapshot of the control log and i
 });
 
 // On a 3-node cluster, the command as a user would type it: every kind of
-// fault that applies to the default run (4 stages, 40 steps: two a fault), thirteen kinds,
+// fault that applies to the default run (4 stages, 60 steps: three a fault), thirteen kinds,
 // among them a NATS server killed (at any moment, and while a checkpoint
 // awaits its record), cut off from the other servers past a Raft election,
-// and paused. Until the fixes in docs/recovery.md (items 4–9) it stalled or
-// failed now and then; with them it passed 5 runs in a row beside a process
-// spinning on a core. Opt-in (CARAVAN_CLUSTER_CHAOS=1) again after its first
-// CI run, where the suite's other test files ran beside it: a standby host
-// exited on a bare "timeout" while a server was cut off from the others.
-// Opening its run-state watch is now retried; whether that was the cause is
-// not known (the children log nothing in the suite).
-const clusterTest = process.env.CARAVAN_CLUSTER_CHAOS === '1' ? test.serial : test.skip;
+// and paused. Until the fixes in docs/recovery.md (items 4–10) it stalled or
+// failed now and then. With them it passed 10 runs in a row beside a process
+// spinning on a core (docs/testing.md). CARAVAN_CLUSTER_CHAOS=0 leaves it out.
+const clusterTest = process.env.CARAVAN_CLUSTER_CHAOS === '0' ? test.skip : test.serial;
 
 clusterTest('on a 3-node NATS cluster, `caravan chaos --faults 20 --seed 11`: thirteen kinds of fault, servers killed, cut off and paused among them: same weights, nothing lost or doubled', async (t) => {
   const out = await caravan(['chaos', '--json', '--faults', '20', '--seed', '11']);

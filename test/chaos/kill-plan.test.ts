@@ -134,8 +134,9 @@ test('afterStep is non-decreasing, at least 1 and leaves a step after it', (t) =
           t.true(Number.isInteger(plan[i].afterStep), what);
           t.true(plan[i].afterStep >= 1, what);
           t.true(plan[i].afterStep < steps, what);
-          // The comment's promise: within [1, steps − 2], so a later step shows the recovery.
-          t.true(plan[i].afterStep <= steps - 2, what);
+          // The comment's promise: within the first three quarters of [1, steps − 2] (at least step 1), so later
+          // steps show the recovery and leave room for a strike that lands late.
+          t.true(plan[i].afterStep <= Math.max(1, Math.floor(((steps - 2) * 3) / 4)), what);
           if (i > 0) t.true(plan[i].afterStep >= plan[i - 1].afterStep, what);
         }
       }

@@ -69,6 +69,9 @@ test('caravan simulate refuses faults it cannot carry out, saying why', async (t
   const bad = await caravan(['simulate', '--preset', 'orion-mini', '--wan', 'us5', '--partition', 'us-east']);
   t.not(bad.code, 0);
   t.regex(bad.stderr, /--partition takes <datacenter>:<seconds>/);
+  const shared = await caravan(['simulate', '--preset', 'orion-mini', '--kill', '1', '--hosts-per-process', '2']);
+  t.is(shared.code, 1);
+  t.regex(shared.stderr, /--kill strikes a host's process: hosts that share one would all go with it/);
 });
 
 test('caravan simulate --preset mixed-7b --split speed: each stage on its own device, the faster ones with more layers, and a higher schedule bound than the even split\'s', async (t) => {
