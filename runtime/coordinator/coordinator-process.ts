@@ -146,7 +146,11 @@ async function coordinate(
     heartbeat: (host, key, loopLagMs) => {
       if (p.membership.isBanned(host)) return;  // caught by an audit: left to time out, and said once (rewinds.ts)
       if (!p.membership.heartbeatCounts(host, key)) log.warn({ host, key }, 'heartbeat refused: not under the key the host registered with');
-      else if ((loopLagMs ?? 0) <= stuckTimeoutMs) { stuck.delete(host); coordinator.send({ type: 'HEARTBEAT', host }); }
+      else if ((loopLagMs ?? 0) <= stuckTimeoutMs) {
+        stuck.delete(host);
+        p.membership.heardAgain(host);  // a standby declared lost is a standby again
+        coordinator.send({ type: 'HEARTBEAT', host });
+      }
       else if (!stuck.has(host)) {
         stuck.add(host);
         log.warn({ host, loop_lag_ms: loopLagMs, stuck_timeout_ms: stuckTimeoutMs }, 'host stuck: its event loop has not turned for longer than the stuck timeout; its heartbeats no longer count');

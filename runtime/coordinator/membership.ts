@@ -24,6 +24,8 @@ export class Membership {
   private readonly registered = new Map<string, { key: string; datacenter: string }>();
   /** Hosts this process declared lost since they last registered (their KV records say so too, once written). */
   private readonly lostHere = new Set<string>();
+  /** Of those, the ones lost while standbys: they held nothing, so one heard again is a standby again (heardAgain). */
+  private readonly lostStandbys = new Set<string>();
   /** Keys of hosts an audit caught computing wrongly (rewinds.ts): never admitted again, their heartbeats ignored. */
   private readonly banned = new Set<string>();
   private readonly bannedHosts = new Set<string>();
@@ -56,6 +58,7 @@ export class Membership {
     }
     this.registered.set(msg.host, { key: msg.key, datacenter: msg.datacenter ?? 'default' });
     this.lostHere.delete(msg.host);
+    this.lostStandbys.delete(msg.host);
     respond({ ok: true, run: this.o.run });
     // A speed that is no positive finite number is no measurement: left out, not trusted.
     const tflops = msg.tflops !== undefined && Number.isFinite(msg.tflops) && msg.tflops > 0 ? msg.tflops : undefined;
@@ -100,6 +103,26 @@ export class Membership {
     return !registered || registered.key === key;
   }
 
+  /**
+   * A heartbeat from `host` (under its key): if this process declared it lost while it was a standby, it is one
+   * again. Its silence was a server's or a link's (a NATS server killed or paused under it), not its own going: a
+   * standby holds nothing, so nothing was handed on that it could contest, and taking it back keeps the run's
+   * standbys from being used up by faults that are not theirs. Its key must still be its own alone (a host that
+   * registered since under that key keeps it). Returns whether it was taken back.
+   */
+  heardAgain(host: string): boolean {
+    if (!this.lostStandbys.has(host)) return false;
+    const mine = this.registered.get(host);
+    if (!mine) return false;
+    for (const [other, r] of this.registered) if (other !== host && r.key === mine.key && !this.lostHere.has(other)) return false;
+    this.lostStandbys.delete(host);
+    this.lostHere.delete(host);
+    this.o.log.info({ host }, 'standby heard again after it was declared lost: a standby again');
+    this.putHost(host, 'joined', { datacenter: mine.datacenter });
+    this.o.send({ type: 'HOST_JOINED', host, datacenter: mine.datacenter });
+    return true;
+  }
+
   /** Whether the host was banned: its heartbeats are ignored without a word. */
   isBanned(host: string): boolean {
     return this.bannedHosts.has(host);
@@ -134,6 +157,7 @@ export class Membership {
   lost(host: string, slot: Slot | null): void {
     this.o.log.warn({ host, slot }, 'host lost (no heartbeat)');
     this.lostHere.add(host);
+    if (!slot) this.lostStandbys.add(host);
     // Counted once: a restarted coordinator times out again a holder whose record already says lost.
     this.o.writes.write(`host record ${host}`, async () => {
       if ((await this.o.store.readHost(host))?.status !== 'lost') this.o.recoveries.hosts_lost++;
