@@ -148,7 +148,7 @@ async function coordinate(
       if (!p.membership.heartbeatCounts(host, key)) log.warn({ host, key }, 'heartbeat refused: not under the key the host registered with');
       else if ((loopLagMs ?? 0) <= stuckTimeoutMs) {
         stuck.delete(host);
-        p.membership.heardAgain(host);  // a standby declared lost is a standby again
+        p.membership.heardAgain(host, key);  // a standby declared lost is a standby again
         coordinator.send({ type: 'HEARTBEAT', host });
       }
       else if (!stuck.has(host)) {

@@ -26,6 +26,8 @@ export class Membership {
   private readonly lostHere = new Set<string>();
   /** Of those, the ones lost while standbys: they held nothing, so one heard again is a standby again (heardAgain). */
   private readonly lostStandbys = new Set<string>();
+  /** Hosts heard that this process had not (a restarted coordinator's): their KV record is read once (heardAgain). */
+  private readonly lookedUp = new Set<string>();
   /** Keys of hosts an audit caught computing wrongly (rewinds.ts): never admitted again, their heartbeats ignored. */
   private readonly banned = new Set<string>();
   private readonly bannedHosts = new Set<string>();
@@ -104,23 +106,48 @@ export class Membership {
   }
 
   /**
-   * A heartbeat from `host` (under its key): if this process declared it lost while it was a standby, it is one
-   * again. Its silence was a server's or a link's (a NATS server killed or paused under it), not its own going: a
-   * standby holds nothing, so nothing was handed on that it could contest, and taking it back keeps the run's
-   * standbys from being used up by faults that are not theirs. Its key must still be its own alone (a host that
-   * registered since under that key keeps it). Returns whether it was taken back.
+   * A heartbeat from `host` under `key`: if it was declared lost while it was a standby, it is one again. Its silence
+   * was a server's or a link's (a NATS server killed or paused under it), not its own going: a standby holds nothing,
+   * so nothing was handed on that it could contest, and taking it back keeps the run's standbys from being used up by
+   * faults that are not theirs. Its key must still be its own alone (a host that registered since under that key
+   * keeps it). A host this process has not heard of (declared lost before a restart) is looked up once in its KV
+   * record, which must say it was lost holding nothing, under this key.
    */
-  heardAgain(host: string): boolean {
-    if (!this.lostStandbys.has(host)) return false;
-    const mine = this.registered.get(host);
-    if (!mine) return false;
-    for (const [other, r] of this.registered) if (other !== host && r.key === mine.key && !this.lostHere.has(other)) return false;
+  heardAgain(host: string, key: string): void {
+    if (this.lostStandbys.has(host)) {
+      const mine = this.registered.get(host);
+      if (mine?.key === key && this.keyIsOnlyTheirs(host, key)) this.takeBack(host, mine);
+      return;
+    }
+    if (this.registered.has(host) || this.lookedUp.has(host)) return;
+    this.lookedUp.add(host);
+    this.lookUp(host, key).catch((err: Error) => {
+      this.lookedUp.delete(host);  // asked again at its next heartbeat
+      this.o.log.warn({ host, err: err.message }, 'could not read the record of a host heard after a restart');
+    });
+  }
+
+  private async lookUp(host: string, key: string): Promise<void> {
+    const record = await this.o.store.readHost(host);
+    if (record?.status !== 'lost' || record.slot || record.key !== key || this.registered.has(host)) return;
+    const others = await this.o.store.hosts();
+    if (others.some((h) => h.host !== host && h.key === key && h.status !== 'lost')) return;
+    if (this.keyIsOnlyTheirs(host, key)) this.takeBack(host, { key, datacenter: record.datacenter });
+  }
+
+  /** No other host this process knows live holds `key`. */
+  private keyIsOnlyTheirs(host: string, key: string): boolean {
+    for (const [other, r] of this.registered) if (other !== host && r.key === key && !this.lostHere.has(other)) return false;
+    return true;
+  }
+
+  private takeBack(host: string, registered: { key: string; datacenter: string }): void {
+    this.registered.set(host, registered);
     this.lostStandbys.delete(host);
     this.lostHere.delete(host);
     this.o.log.info({ host }, 'standby heard again after it was declared lost: a standby again');
-    this.putHost(host, 'joined', { datacenter: mine.datacenter });
-    this.o.send({ type: 'HOST_JOINED', host, datacenter: mine.datacenter });
-    return true;
+    this.putHost(host, 'joined', { datacenter: registered.datacenter });
+    this.o.send({ type: 'HOST_JOINED', host, datacenter: registered.datacenter });
   }
 
   /** Whether the host was banned: its heartbeats are ignored without a word. */
