@@ -18,7 +18,7 @@ import { controlSignature, CoordinatorKeys, type ControlSigner, type ControlVerd
 import { SIGNATURE_HEADER } from '../security/message-signature.ts';
 import { publishDurable, retryTransient } from './durable-publish.ts';
 import { openReaderConsumer, PULL_EXPIRES_MS, type RunResources } from './run-resources.ts';
-import { openRemakingReader } from './slot-reader.ts';
+import { openRemakingReader, pullFrom } from './slot-reader.ts';
 
 /** One message of the control log, as the coordinator reads it. */
 export interface ControlLogEntry {
@@ -87,7 +87,7 @@ async function readLog(res: RunResources, fromSeq: number, entry: (m: JsMsg) => 
       filter: n.all,
       ...(taken + 1 > 1 ? { startSeq: taken + 1 } : {}),
     });
-    const messages = await (await res.js.consumers.get(n.controlStream, name)).consume({ expires: PULL_EXPIRES_MS });
+    const messages = await pullFrom(res, n.controlStream, name, { expires: PULL_EXPIRES_MS });
     return { name, messages };
   });
   return {

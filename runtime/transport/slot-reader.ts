@@ -4,7 +4,8 @@
 // requests (PULL_EXPIRES_MS) so a lost server is noticed. A holder that finds
 // a later generation's consumer there was replaced before it got this far:
 // that is a SlotLostError, not a failure.
-import type { ConsumerMessages, JsMsg } from '@nats-io/jetstream';
+import type { ConsumeOptions, ConsumerMessages, JsMsg } from '@nats-io/jetstream';
+import { isTransient, retryTransient } from './durable-publish.ts';
 import { PULL_EXPIRES_MS, ReaderReplacedError, type RunResources } from './run-resources.ts';
 import { readSlot, SlotLostError } from './slots.ts';
 
@@ -23,8 +24,7 @@ export interface SlotHolder {
 export async function openSlotReader(res: RunResources, holder: SlotHolder, stream: string, open: () => Promise<string>, maxBytes?: number): Promise<SlotReader> {
   const consume = async (): Promise<Reading> => {
     const name = await fenced(res, holder, open);
-    const consumer = await res.js.consumers.get(stream, name);
-    const messages = await consumer.consume(maxBytes ? { max_bytes: maxBytes, expires: PULL_EXPIRES_MS } : { expires: PULL_EXPIRES_MS });
+    const messages = await pullFrom(res, stream, name, maxBytes ? { max_bytes: maxBytes, expires: PULL_EXPIRES_MS } : { expires: PULL_EXPIRES_MS });
     void remakeWhenDeleted(res, holder, open, messages);
     return { name, messages };
   };
@@ -43,6 +43,15 @@ export async function openRemakingReader(res: RunResources, stream: string, cons
   });
   void remakeWhenDeliveriesLost(res, stream, reader);
   return reader;
+}
+
+/**
+ * Pulls from the consumer `name` of `stream`, retried while the servers are in transition: a reader made again
+ * because a server was killed under it asks a cluster that may be electing leaders for seconds (a bare `timeout`
+ * here once failed a slot, and with it a chaos run on a 3-node cluster).
+ */
+export function pullFrom(res: RunResources, stream: string, name: string, options: ConsumeOptions): Promise<ConsumerMessages> {
+  return retryTransient(`reader consumer ${name} on ${stream}`, async () => (await res.js.consumers.get(stream, name)).consume(options));
 }
 
 /** A consumer being read: its name, and the messages pulled from it. */
@@ -107,8 +116,20 @@ export class SlotReader implements AsyncIterable<JsMsg> {
     try {
       for (;;) {
         this.waitingSince = performance.now();
-        const next = await it.next();
-        this.waitingSince = undefined;
+        let next: IteratorResult<JsMsg>;
+        try {
+          next = await it.next();
+        } catch (err) {
+          // The client gave up on this consumer while the servers were in transition: read on through one made again.
+          if (this.closed || this.failure || !isTransient(err)) throw err;
+          await this.remake();
+          if (this.failure) throw this.failure;
+          reading = this.current;
+          it = reading.messages[Symbol.asyncIterator]();
+          continue;
+        } finally {
+          this.waitingSince = undefined;
+        }
         if (this.failure) throw this.failure;
         if (next.done || reading !== this.current) {
           // Ended by close(), or by a consumer made again: then read on through that one.

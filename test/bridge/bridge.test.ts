@@ -1,6 +1,7 @@
 // The Bridge over real NATS with real host processes: after every outer step
 // each stage holds the same bits in every replica; stages sync at the same
-// time; with one replica and plain averaging the run is the run without a
+// time; runs end with the weights of DiLoCo in one process (train-local-bridge.ts),
+// MX int8 and top-k alike; with one replica and plain averaging the run is the run without a
 // Bridge, bit for bit; a replica's host killed mid-sync: the sync completes
 // with the quorum, nothing hangs, the replacement takes up the stored result.
 // Bridge objects overwritten in the Object Store by a peer with a host's valid
@@ -23,6 +24,7 @@ import { connectToRun } from '../../runtime/transport/connect.ts';
 import { openExistingRun, type RunResources } from '../../runtime/transport/run-resources.ts';
 import { readSlot } from '../../runtime/transport/slots.ts';
 import { trainDistributed } from '../../runtime/train/train-distributed.ts';
+import { trainLocalBridge } from '../../runtime/train/train-local-bridge.ts';
 import { splitLayers } from '../../native/index.ts';
 import { caravan, summaryOf } from '../support/caravan-cli.ts';
 
@@ -90,6 +92,10 @@ test.serial('every outer step leaves each stage with the same bits in every repl
     const lastStart = Math.max(...spans.map((s) => s.first_ms)), firstEnd = Math.min(...spans.map((s) => s.finished_ms));
     t.true(lastStart < firstEnd, `outer step ${outer}: every stage's sync was under way at once (${JSON.stringify(spans.map((s) => [s.first_ms, s.finished_ms]))})`);
   }
+  // DiLoCo in one process, combining what the run's records say each outer step combined: the same bits.
+  const reference = await trainLocalBridge({ ...config, combined: (stage, outer) => syncs.find((s) => s.stage === stage && s.outer === outer)!.replicas });
+  t.deepEqual(summary.losses_by_replica, reference.losses, 'every replica\'s losses, step by step');
+  t.deepEqual(summary.params_sha256_by_replica, reference.paramsSha256ByReplica, 'the in-process reference\'s weights');
 });
 
 test.serial('with one replica and plain averaging of fp32 parameters, the Bridge changes nothing: the same bits as without it', async (t) => {
@@ -138,6 +144,8 @@ test.serial('top-k pseudo-gradients with error feedback: a host killed after a s
   t.deepEqual(faulty.params_sha256_by_replica, clean.params_sha256_by_replica);
   t.is(faulty.params_sha256_by_replica[0], faulty.params_sha256_by_replica[1]);
   for (const s of clean.bridge_syncs!) t.true(s.bytes_wire < s.bytes_raw / 5, `top 5%: ${s.bytes_wire} of ${s.bytes_raw} bytes`);
+  // Every replica waited for: DiLoCo in one process, residuals and all, has the same bits.
+  t.deepEqual(clean.params_sha256_by_replica, (await trainLocalBridge(config)).paramsSha256ByReplica, 'the in-process reference\'s weights');
 });
 
 // Bridge objects are authenticated: an attacker holding a host's valid credentials (a host of the run,
