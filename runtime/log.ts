@@ -49,6 +49,8 @@ function prettyStream(out: NodeJS.WritableStream, color: boolean): DestinationSt
  * "timeout" from a NATS request says nothing of which request it was.
  */
 export function errorFrames(err: unknown, frames = 6): string {
+  // An error wrapped with a prefix keeps the one it wraps as its cause: that one's frames say where it was made.
+  while (err instanceof Error && err.cause instanceof Error && err.cause.stack) err = err.cause;
   if (!(err instanceof Error) || !err.stack) return '';
   const at = err.stack.split('\n').filter((l) => /^\s+at /.test(l) && !l.includes('node:internal')).slice(0, frames).map((l) => l.trim().slice(3)
     .replace(/\((?:file:\/\/)?\S*?\/node_modules\/((?:@[^/]+\/)?[^/]+)\/\S*?(:\d+):\d+\)/, '($1$2)')

@@ -34,7 +34,7 @@ export class CommandChain {
 
   /** Runs a reader's loop beside the chain; its error stops the slot, prefixed by `what`. */
   follow(what: string, loop: () => Promise<void>): void {
-    loop().catch((err: Error) => { if (!this.stopped) this.stop(new Error(`${what}: ${err.message}`)); });
+    loop().catch((err: Error) => { if (!this.stopped) this.stop(new Error(`${what}: ${err.message}`, { cause: err })); });
   }
 
   /** Something to close when the slot stops. */

@@ -14,7 +14,7 @@
 // the coordinator binds the slot it gives the host to that key, and every
 // frame and report the host publishes is signed with it.
 import { hostname } from 'node:os';
-import type { Logger } from '../log.ts';
+import { errorFrames, type Logger } from '../log.ts';
 import { encodeJson } from '../../schemas/json-message.ts';
 import { decodeRegistrationReply, decodeRunFailure } from '../../schemas/control-messages.ts';
 import type { HostDevice } from '../compute/compute-stage.ts';
@@ -138,7 +138,9 @@ async function followRun(conn: RunConnection, res: RunResources, id: string, dev
       const first = !failed && !(err instanceof SlotLostError);
       failed ??= err;
       if (first) {
-        await runner.reportFailure(`replica ${record.replica} stage ${record.stage} (host ${id}): ${err.message}`)
+        // Where the error was made, when the driver asks for it (a chaos run's JSON line carries the report).
+        const where = process.env.CARAVAN_ERROR_FRAMES === '1' ? errorFrames(err) : '';
+        await runner.reportFailure(`replica ${record.replica} stage ${record.stage} (host ${id}): ${err.message}${where}`)
           .catch((e: Error) => slotLog.warn({ err: e.message }, 'the failure report was not stored'));
         // Whoever started this host hears its exit at once, the coordinator the report through its control log:
         // wait (bounded) for the coordinator to fail the run, so that the run's failure carries the reason.
