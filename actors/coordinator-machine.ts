@@ -1,6 +1,7 @@
 // The Coordinator actor: one per run. Admits hosts, gives the first S×R of
 // them a (replica, stage) slot and keeps the rest as standbys, starts the run
-// once every slot's host is ready, watches heartbeats on the actor clock, and
+// once every slot's host is ready (R: the replicas that start it; each other
+// replica joins later, once S standbys wait), watches heartbeats on the actor clock, and
 // ends the run when every replica has finished. A slot whose host goes quiet
 // goes to the first standby, or, when there is none, to the next host that
 // joins; while the coordinator's own link to NATS is silent, silence counts
@@ -17,10 +18,16 @@ export interface Slot {
 export interface CoordinatorMachineInput {
   readonly stages: number;
   readonly replicas: number;
+  /** Replicas 0…startReplicas−1 start the run; each of the others joins once `stages` standbys wait (default: all start). */
+  readonly startReplicas?: number;
   readonly heartbeatTimeoutMs: number;
   readonly tickMs: number;
   /** A restarted coordinator: the hosts it knew, with their slots; `running` once slots were given out. */
-  readonly restore?: { readonly running: boolean; readonly hosts: ReadonlyArray<{ id: string; datacenter: string; slot: Slot | null }> };
+  readonly restore?: {
+    readonly running: boolean; readonly hosts: ReadonlyArray<{ id: string; datacenter: string; slot: Slot | null }>;
+    /** The replicas that had joined the run (default: those that start it). */
+    readonly active?: readonly number[];
+  };
 }
 
 export interface HostRecord {
@@ -52,6 +59,8 @@ export type CoordinatorCommand =
   | { type: 'START_RUN' }
   | { type: 'HOST_LOST'; host: string; slot: Slot | null }
   | { type: 'SLOT_VACANT'; replica: number; stage: number; lost: string }  // no standby: the next host to join gets it
+  // A replica that did not start the run joins it: the ASSIGNs of its slots follow.
+  | { type: 'REPLICA_JOINED'; replica: number }
   | { type: 'RUN_FINISHED' };
 
 export interface CoordinatorContext extends CoordinatorMachineInput {
@@ -59,10 +68,12 @@ export interface CoordinatorContext extends CoordinatorMachineInput {
   hosts: HostRecord[];         // in join order
   vacant: Array<Slot & { lost: string }>;  // slots whose host was lost and no standby was there
   finished: number[];          // replicas
+  active: number[];            // replicas in the run: those that started it, and those that joined since
   deafSince: number | undefined;  // on the actor clock, while the coordinator's link to NATS is silent
 }
 
-const slotCount = (c: CoordinatorContext) => c.stages * c.replicas;
+/** The slots the run starts with: every stage of the replicas that start it. */
+const slotCount = (c: CoordinatorContext) => c.stages * (c.startReplicas ?? c.replicas);
 
 export const coordinatorMachine = setup({
   types: {
@@ -105,6 +116,20 @@ export const coordinatorMachine = setup({
       enqueue.assign({ hosts: [...context.hosts, record], vacant: rest });
       if (slot) enqueue.emit({ type: 'ASSIGN', host: event.host, replica: slot.replica, stage: slot.stage, replacing: slot.lost });
       else enqueue.emit({ type: 'STANDBY', host: event.host });
+    }),
+    // Once the run is under way, `stages` standbys form a replica that has not joined yet: in join order, grouped by
+    // datacenter as at the start.
+    formReplica: enqueueActions(({ context, enqueue }) => {
+      let hosts = context.hosts;
+      const joining = Array.from({ length: context.replicas }, (_, r) => r).find((r) => !context.active.includes(r));
+      const standbys = hosts.filter((h) => !h.slot);
+      if (joining === undefined || standbys.length < context.stages) return;
+      const dcOrder = [...new Set(standbys.map((h) => h.datacenter))];
+      const chosen = standbys.map((h, i) => ({ id: h.id, key: dcOrder.indexOf(h.datacenter) * standbys.length + i })).sort((a, b) => a.key - b.key).slice(0, context.stages).map((x) => x.id);
+      hosts = hosts.map((h) => (chosen.includes(h.id) ? { ...h, slot: { replica: joining, stage: chosen.indexOf(h.id) } } : h));
+      enqueue.assign({ hosts, active: [...context.active, joining] });
+      enqueue.emit({ type: 'REPLICA_JOINED', replica: joining });
+      chosen.forEach((host, stage) => enqueue.emit({ type: 'ASSIGN', host, replica: joining, stage }));
     }),
     // The lost host's slot goes to the first standby (in join order) in the lost host's datacenter, so the
     // stage stays beside its neighbours; else to the first standby anywhere.
@@ -150,7 +175,7 @@ export const coordinatorMachine = setup({
     allReady: ({ context, event }) =>
       event.type === 'HOST_READY' && context.hosts.filter((h) => h.slot).every((h) => h.ready || h.id === event.host),
     allFinished: ({ context, event }) =>
-      event.type === 'REPLICA_FINISHED' && new Set([...context.finished, event.replica]).size === context.replicas,
+      event.type === 'REPLICA_FINISHED' && context.active.every((r) => r === event.replica || context.finished.includes(r)),
   },
 }).createMachine({
   id: 'coordinator',
@@ -161,6 +186,7 @@ export const coordinatorMachine = setup({
     hosts: (input.restore?.hosts ?? []).map((h) => ({ ...h, lastSeen: 0, ready: h.slot !== null })),
     vacant: [],
     finished: [],
+    active: [...(input.restore?.active ?? Array.from({ length: input.startReplicas ?? input.replicas }, (_, r) => r))],
     deafSince: undefined,
   }),
   states: {
@@ -191,9 +217,9 @@ export const coordinatorMachine = setup({
           },
         },
         running: {
-          entry: enqueueActions(({ enqueue }) => enqueue.emit({ type: 'START_RUN' })),
+          entry: [enqueueActions(({ enqueue }) => enqueue.emit({ type: 'START_RUN' })), 'formReplica'],
           on: {
-            HOST_JOINED: { actions: 'joinLate' },
+            HOST_JOINED: { actions: ['joinLate', 'formReplica'] },
             REPLICA_FINISHED: [
               { guard: 'allFinished', target: 'finished' },
               { actions: assign(({ context, event }) => ({ finished: [...context.finished, event.replica] })) },

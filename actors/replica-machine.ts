@@ -10,6 +10,9 @@
 // the open) and keeps inputs of a step it has not opened, so waiting would
 // only add a round trip to the coordinator between every two steps.
 //
+// A replica told to leave (RETIRE) ends at the step given, as if the run had
+// as many steps: no later step has been opened, so none is half begun.
+//
 // A step whose gradient norm or loss is not finite never reaches the
 // weights: under 'skip-step' it is committed as skipped (every stage leaves
 // its weights and optimizer state as they were), under 'stop' the replica
@@ -34,7 +37,9 @@ export type ReplicaEvent =
   | { type: 'START' }
   /** Σg² per tensor as the stage reported it: null where it was not finite (JSON has no NaN). */
   | { type: 'STAGE_DONE'; stage: number; step: number; sumSquares: ReadonlyArray<number | null>; loss?: number }
-  | { type: 'STAGE_STEPPED'; stage: number; step: number };
+  | { type: 'STAGE_STEPPED'; stage: number; step: number }
+  /** The replica leaves the run after `lastStep` (no step beyond it was opened): that step is its last, as the run's would be. */
+  | { type: 'RETIRE'; lastStep: number };
 
 export type ReplicaCommand =
   | { type: 'OPEN_STEP'; replica: number; step: number }
@@ -84,9 +89,12 @@ export const replicaMachine = setup({
         enqueue.emit({ type: 'OPEN_STEP', replica: context.replica, step });
       }
     }),
+    retire: assign(({ context, event }) => (event.type === 'RETIRE' && event.lastStep >= context.step + (context.openAhead ?? 0) && event.lastStep + 1 < context.steps
+      ? { steps: event.lastStep + 1 } : {})),
   },
 }).createMachine({
   id: 'replica',
+  on: { RETIRE: { actions: 'retire' } },
   context: ({ input }) => ({ ...input, step: input.firstStep ?? 0, reports: [], stepped: [], losses: [] }),
   initial: 'idle',
   states: {

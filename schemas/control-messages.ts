@@ -16,7 +16,8 @@ import type { FrameKind } from './tensor-frame.ts';
 /** Step control on `step.<replica>`, written by the coordinator. A commit's gradNorm and loss are null when not finite (a step committed as skipped). */
 export type StepControl =
   | { type: 'open'; step: number }
-  | { type: 'commit'; step: number; gradScale: number; gradNorm: number | null; loss: number | null; skip?: true }
+  // last: the replica's final step, before the run's (it leaves the run): its stages upload their final states.
+  | { type: 'commit'; step: number; gradScale: number; gradNorm: number | null; loss: number | null; skip?: true; last?: true }
   | RewindControl;
 
 /**
@@ -134,6 +135,19 @@ export interface Registration {
 }
 
 /** The coordinator's answer to a registration. */
+/** `ctl.leave` (the coordinator's credentials only): an operator asks a replica to leave the run at its next outer-step boundary. */
+export interface LeaveRequest {
+  readonly replica: number;
+}
+
+/** The coordinator's answer: the outer step the replica contributes to last, and its last step; or why not. */
+export interface LeaveReply {
+  readonly ok: boolean;
+  readonly reason?: string;
+  readonly outer?: number;
+  readonly last_step?: number;
+}
+
 export interface RegistrationReply {
   readonly ok: boolean;
   readonly run?: string;
@@ -189,7 +203,7 @@ export interface FaultReached {
 // The messages' fields, in the order of the types above.
 const STEP_CONTROL = tagged('type', {
   open: { step: count },
-  commit: { step: count, gradScale: real, gradNorm: nullable(real), loss: nullable(real), skip: optional(oneOf([true])) },
+  commit: { step: count, gradScale: real, gradNorm: nullable(real), loss: nullable(real), skip: optional(oneOf([true])), last: optional(oneOf([true])) },
   rewind: {
     step: oneOf([0]), epoch: count, generations: arrayOf(count), resume: arrayOf(object({ act: optional(count), grad: optional(count) })),
     culprit: object({ stage: count, step: count, host: text }), discarded_steps: count,
@@ -228,6 +242,8 @@ const STAGE_REPORT = tagged('type', {
 });
 
 const REGISTRATION = object({ host: text, datacenter: text, device: optional(text), gpu: optional(text), key: text, proof: text, tflops: optional(real) });
+const LEAVE_REQUEST = object({ replica: count });
+const LEAVE_REPLY = object({ ok: flag, reason: optional(text), outer: optional(count), last_step: optional(count) });
 const REGISTRATION_REPLY = object({ ok: flag, run: optional(text), reason: optional(text), retry: optional(flag) });
 const HOST_ANNOUNCEMENT = object({ host: text, loop_lag_ms: optional(real) });
 const RUN_FAILURE = object({ reason: text });
@@ -241,6 +257,8 @@ export const decodeStepControl = jsonDecoder<StepControl>('step control', STEP_C
 export const decodeStageReport = jsonDecoder<StageReport>('stage report', STAGE_REPORT);
 export const decodeRegistration = jsonDecoder<Registration>('registration', REGISTRATION);
 export const decodeRegistrationReply = jsonDecoder<RegistrationReply>('registration reply', REGISTRATION_REPLY);
+export const decodeLeaveRequest = jsonDecoder<LeaveRequest>('leave request', LEAVE_REQUEST);
+export const decodeLeaveReply = jsonDecoder<LeaveReply>('leave reply', LEAVE_REPLY);
 export const decodeHostAnnouncement = jsonDecoder<HostAnnouncement>('host announcement', HOST_ANNOUNCEMENT);
 export const decodeRunFailure = jsonDecoder<RunFailure>('run failure', RUN_FAILURE);
 export const decodeProgress = jsonDecoder<Progress>('progress', PROGRESS);

@@ -124,12 +124,17 @@ export interface BridgeConfig {
    */
   readonly payload: 'mxint8' | 'fp32' | 'topk';
   readonly topkFraction: number;
-  /** Fewest replicas a sync goes ahead with once timeoutMs has passed since the first contribution (default: all). */
+  /** Fewest replicas a sync goes ahead with once timeoutMs has passed since the first contribution (default: all that start). */
   readonly quorum: number;
   readonly timeoutMs: number;
+  /**
+   * Replicas 0…startReplicas−1 start the run; each of the others joins when a full replica of hosts is waiting as
+   * standbys, at an outer-step boundary, from the Bridge's parameters there (docs/bridge.md). Default: every replica.
+   */
+  readonly startReplicas: number;
 }
 
-export const DEFAULT_BRIDGE: Omit<BridgeConfig, 'syncEvery' | 'quorum'> = {
+export const DEFAULT_BRIDGE: Omit<BridgeConfig, 'syncEvery' | 'quorum' | 'startReplicas'> = {
   outer: 'nesterov', outerLr: 0.7, outerMomentum: 0.9, payload: 'mxint8', topkFraction: 0.01, timeoutMs: 30_000,
 };
 
@@ -198,8 +203,10 @@ export function validateRunConfig(config: unknown): RunConfig {
   if (raw.training.stageLayers !== undefined) validateStageLayers(c, fail);
   if (raw.training.synthetic !== undefined) validateSynthetic(raw.training.synthetic, c.training.stages, fail);
   if (raw.training.audit !== undefined) validateAudit(raw.training, fail);
-  if (raw.training.bridge !== undefined) return { ...c, training: { ...c.training, bridge: validateBridge(raw.training.bridge, c.training.replicas, fail) } };
-  return c;
+  if (raw.training.bridge === undefined) return c;
+  const bridge = validateBridge(raw.training.bridge, c.training.replicas, fail);
+  if (bridge.startReplicas < c.training.replicas && c.training.synthetic) fail('a synthetic run has no parameters for a replica to join from: training.bridge.startReplicas must be the replicas');
+  return { ...c, training: { ...c.training, bridge } };
 }
 
 function validateAudit(t: TrainingConfig, fail: (why: string) => never): void {
@@ -240,8 +247,10 @@ function validateSynthetic(raw: unknown, stages: number, fail: (why: string) => 
 }
 
 function validateBridge(raw: unknown, replicas: number, fail: (why: string) => never): BridgeConfig {
-  if (!raw || typeof raw !== 'object') fail('training.bridge must be an object {syncEvery, outer, outerLr, outerMomentum, payload, quorum, timeoutMs}');
-  const b = { ...DEFAULT_BRIDGE, quorum: replicas, ...(raw as Partial<BridgeConfig>) };
+  if (!raw || typeof raw !== 'object') fail('training.bridge must be an object {syncEvery, outer, outerLr, outerMomentum, payload, quorum, timeoutMs, startReplicas}');
+  const starting = (raw as Partial<BridgeConfig>).startReplicas ?? replicas;
+  if (!Number.isSafeInteger(starting) || starting < 1 || starting > replicas) fail(`training.bridge.startReplicas must be an integer in [1, ${replicas}] (the replicas), got ${JSON.stringify(starting)}`);
+  const b = { ...DEFAULT_BRIDGE, quorum: starting, startReplicas: starting, ...(raw as Partial<BridgeConfig>) };
   if (!Number.isSafeInteger(b.syncEvery) || (b.syncEvery as number) < 1) fail(`training.bridge.syncEvery must be a positive integer, got ${JSON.stringify(b.syncEvery)}`);
   if (b.outer !== 'nesterov' && b.outer !== 'average') fail(`training.bridge.outer must be 'nesterov' or 'average', got ${JSON.stringify(b.outer)}`);
   if (b.payload !== 'mxint8' && b.payload !== 'fp32' && b.payload !== 'topk') fail(`training.bridge.payload must be 'mxint8', 'fp32' or 'topk', got ${JSON.stringify(b.payload)}`);
@@ -252,7 +261,9 @@ function validateBridge(raw: unknown, replicas: number, fail: (why: string) => n
   if (b.outerMomentum >= 1) fail(`training.bridge.outerMomentum must be below 1, got ${b.outerMomentum}`);
   if (!Number.isSafeInteger(b.quorum) || b.quorum < 1 || b.quorum > replicas) fail(`training.bridge.quorum must be an integer in [1, ${replicas}] (the replicas), got ${JSON.stringify(b.quorum)}`);
   if (!Number.isSafeInteger(b.timeoutMs) || b.timeoutMs < 1) fail(`training.bridge.timeoutMs must be a positive integer, got ${JSON.stringify(b.timeoutMs)}`);
-  const known = new Set(['syncEvery', 'outer', 'outerLr', 'outerMomentum', 'payload', 'topkFraction', 'quorum', 'timeoutMs']);
+  // A replica joining mid-run starts with no error-feedback residual, which top-k's restore requires.
+  if (b.startReplicas < replicas && b.payload === 'topk') fail(`training.bridge.startReplicas below the replicas (${b.startReplicas} of ${replicas}) needs payload 'mxint8' or 'fp32': a replica joining mid-run has no top-k residual to restore`);
+  const known = new Set(['syncEvery', 'outer', 'outerLr', 'outerMomentum', 'payload', 'topkFraction', 'quorum', 'timeoutMs', 'startReplicas']);
   for (const k of Object.keys(raw as object)) if (!known.has(k)) fail(`training.bridge.${k} is not a setting (known: ${[...known].join(', ')})`);
   return b as BridgeConfig;
 }

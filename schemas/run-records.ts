@@ -75,6 +75,21 @@ export interface RunState {
   replays?: Array<{ snapshot_seq: number | null; entries: number; log_seq: number }>;
   /** A run started from given stage states (--from-states): the first step it trained; the steps before were not this run's. */
   from_step?: number;
+  /**
+   * With the Bridge, replicas that joined after the start (training.bridge.startReplicas): each from the parameters
+   * of outer step `outer`, training from step `step` on, since `at` (epoch ms). A restarted coordinator reads them.
+   */
+  joined?: MembershipChange[];
+  /** Replicas told to leave (`caravan leave`): each contributes last to outer step `outer`, after its step `step`. */
+  left?: MembershipChange[];
+}
+
+/** A replica joining (from outer step `outer`'s parameters, training from `step`) or leaving (after contributing to `outer`, its last step `step`), decided at `at` (epoch ms). */
+export interface MembershipChange {
+  readonly replica: number;
+  readonly outer: number;
+  readonly step: number;
+  readonly at: number;
 }
 
 /** `bridge.<stage>.<outer>`: one stage's outer step, created once. */
@@ -142,7 +157,8 @@ export interface RunSummary {
   readonly final_loss: number | null;
   readonly tokens_per_s: number;
   readonly params_sha256: string;            // replica 0's parameters, in model order
-  readonly params_sha256_by_replica: string[];
+  /** null for a replica that never joined the run (training.bridge.startReplicas). */
+  readonly params_sha256_by_replica: Array<string | null>;
   readonly losses_by_replica: Array<Array<number | null>>;
   readonly wall_seconds: number;
   readonly dead_letters: number;
@@ -175,6 +191,9 @@ export interface RunSummary {
   /** With a Bridge: outer steps every stage completed, and each sync (stage, outer step, replicas, span, bytes). */
   readonly outer_steps?: number;
   readonly bridge_syncs?: BridgeRecord[];
+  /** Replicas that joined after the start (training.bridge.startReplicas), and that left before the end: where and when. */
+  readonly replicas_joined?: MembershipChange[];
+  readonly replicas_left?: MembershipChange[];
 }
 
 /**
@@ -267,6 +286,8 @@ const AUDIT_SUMMARY: FieldReader<AuditSummary> = object({
   pending: optional(arrayOf(object({ replica: count, stage: count, epoch: count, from: optional(checkpointPointerReader), to: object({ step: count, sha256: text }) }))),
 });
 
+const MEMBERSHIP_CHANGE = object({ replica: count, outer: count, step: count, at: real });
+
 const RUN_STATE = object({
   status: oneOf(['gathering', 'running', 'finishing', 'finished', 'failed']),
   step: count,
@@ -280,6 +301,8 @@ const RUN_STATE = object({
   audits: optional(AUDIT_SUMMARY),
   replays: optional(arrayOf(object({ snapshot_seq: nullable(count), entries: count, log_seq: count }))),
   from_step: optional(count),
+  joined: optional(arrayOf(MEMBERSHIP_CHANGE)),
+  left: optional(arrayOf(MEMBERSHIP_CHANGE)),
 });
 
 const BRIDGE_RECORD: FieldReader<BridgeRecord> = object({
@@ -309,7 +332,7 @@ const RUN_SUMMARY = object({
   final_loss: nullable(real),
   tokens_per_s: real,
   params_sha256: text,
-  params_sha256_by_replica: arrayOf(text),
+  params_sha256_by_replica: arrayOf(nullable(text)),
   losses_by_replica: arrayOf(LOSSES),
   wall_seconds: real,
   dead_letters: count,
@@ -323,6 +346,8 @@ const RUN_SUMMARY = object({
   audits: optional(AUDIT_SUMMARY),
   outer_steps: optional(count),
   bridge_syncs: optional(arrayOf(BRIDGE_RECORD)),
+  replicas_joined: optional(arrayOf(MEMBERSHIP_CHANGE)),
+  replicas_left: optional(arrayOf(MEMBERSHIP_CHANGE)),
 });
 
 const COORDINATOR_RECORD = object({ keys: arrayOf(text) });

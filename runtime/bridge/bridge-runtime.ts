@@ -5,7 +5,7 @@
 // and uploads at the same time as the others'. Each contribution's reported
 // SHA-256 is kept for the combiner, which checks the object's bytes against it.
 import { createActor } from 'xstate';
-import { bridgeMachine, type BridgeCommand } from '../../actors/bridge-machine.ts';
+import { bridgeMachine, type BridgeCommand, type ReplicaSpan } from '../../actors/bridge-machine.ts';
 import type { BridgeConfig, RunConfig } from '../../schemas/run-config.ts';
 import type { ContributionReport } from '../../schemas/control-messages.ts';
 import type { BridgeRecord } from '../../schemas/run-records.ts';
@@ -19,12 +19,21 @@ export { readBridgeRecord } from '../transport/bridge-store.ts';
 
 export interface Bridges {
   contributed(c: ContributionReport): void;
+  /** A replica joins every stage's Bridge: its first contribution is to outer step `from`. */
+  joined(replica: number, from: number): void;
+  /** A replica leaves every stage's Bridge after contributing to outer step `until`. */
+  leaving(replica: number, until: number): void;
+
   /** The records this process stored or found, by stage. */
   records(): BridgeRecord[];
   stop(): void;
 }
 
-export function startBridges(o: { store: BridgeStore; config: RunConfig; bridge: BridgeConfig; log: Logger; onError: (err: Error) => void }): Bridges {
+export function startBridges(o: {
+  store: BridgeStore; config: RunConfig; bridge: BridgeConfig; log: Logger; onError: (err: Error) => void;
+  /** Who contributes to which outer step, as the run's membership has it so far. */
+  members: readonly ReplicaSpan[];
+}): Bridges {
   const { store, config, bridge, log } = o;
   const t = config.training;
   const records: BridgeRecord[] = [];
@@ -36,7 +45,7 @@ export function startBridges(o: { store: BridgeStore; config: RunConfig; bridge:
   const actors = stageRanges(config).map((_, stage) => {
     const combiner = stageCombiner({ store, config, bridge, log, stage, reported: (outer, replica) => reported.get(`${stage}.${outer}.${replica}`) });
     let chain = Promise.resolve();
-    const actor = createActor(bridgeMachine, { input: { stage, replicas: t.replicas, quorum: bridge.quorum, timeoutMs: bridge.timeoutMs, tickMs } });
+    const actor = createActor(bridgeMachine, { input: { stage, members: o.members, quorum: bridge.quorum, timeoutMs: bridge.timeoutMs, tickMs } });
     actor.on('*', (cmd: BridgeCommand) => {
       if (cmd.type === 'LATE') {
         log.info({ stage, outer: cmd.outer, replica: cmd.replica }, 'late contribution: the replica adopts the stored sync');
@@ -59,6 +68,8 @@ export function startBridges(o: { store: BridgeStore; config: RunConfig; bridge:
       reported.set(`${c.stage}.${c.outer}.${c.replica}`, c.sha256);
       actors[c.stage]?.send({ type: 'CONTRIBUTED', outer: c.outer, replica: c.replica });
     },
+    joined: (replica, from) => { for (const a of actors) a.send({ type: 'JOINED', replica, from }); },
+    leaving: (replica, until) => { for (const a of actors) a.send({ type: 'LEAVING', replica, until }); },
     records: () => [...records],
     stop: () => { for (const a of actors) a.stop(); },
   };

@@ -598,7 +598,7 @@ function chaosReport({ summary, reference: { hashes: reference, audits }, kills,
     recovery_s: percentiles(kills.map((k) => k.recovery_s)),
     recovery_s_by_kind: Object.fromEntries(Object.entries(byKind).map(([k, xs]) => [k, percentiles(xs)])),
     params_sha256: summary.params_sha256,
-    reference_params_sha256: reference[0],
+    reference_params_sha256: reference[0]!,  // replica 0 always trains
     hosts_replaced_and_refused: refused,
     hosts_restarted: restarted,
     recoveries: summary.recoveries,
@@ -641,7 +641,7 @@ function cheatReport({ run, cheat, failure, state, summary, reference, kills, be
     params_match_reference: summary !== undefined && summary.params_sha256_by_replica.length === reference.hashes.length && summary.params_sha256_by_replica.every((h, i) => h === reference.hashes[i]),
     params_sha256: summary?.params_sha256 ?? null,
     rewinds: audits?.rewinds ?? [],
-    reference_params_sha256: reference.hashes[0],
+    reference_params_sha256: reference.hashes[0]!,
     kills: kills.length,
     kill_log: kills,
     control_replays: state?.replays ?? [],
@@ -651,7 +651,7 @@ function cheatReport({ run, cheat, failure, state, summary, reference, kills, be
 
 /** The fault-free run: its parameter hashes by replica; with training.audit, what its audits found and the compute they are set against. */
 interface Reference {
-  readonly hashes: readonly string[];
+  readonly hashes: ReadonlyArray<string | null>;
   readonly audits?: AuditSummary;
   /** Σ over every slot of busy_ms in its holder's final report. */
   readonly computeMs?: number;

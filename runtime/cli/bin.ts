@@ -9,6 +9,7 @@ import { credsCommand } from './creds-command.ts';
 import { dashboardCommand } from './dashboard-command.ts';
 import { wanCommand } from './wan-command.ts';
 import { simulateCommand } from './simulate-command.ts';
+import { leaveCommand } from './leave-command.ts';
 import { modelCommands } from './model-commands.ts';
 import { repartitionCommand } from './repartition-command.ts';
 import { processCommands } from './process-commands.ts';
@@ -25,6 +26,7 @@ const program = new Command('caravan')
 trainCommand(program);
 processCommands(program);
 statusCommand(program);
+leaveCommand(program);
 dashboardCommand(program);
 chaosCommand(program);
 modelCommands(program);

@@ -116,6 +116,15 @@ function bridgeLine(b: RunStatus['bridge']): string[] {
   return [`bridge: outer step ${Math.min(...b.map((x) => x.outer))}; last sync by stage: ${b.map((x) => `${x.ms} ms (outer ${x.outer}, replicas ${x.replicas.join(',')})`).join('; ')}`];
 }
 
+/** Replicas that joined after the start (training.bridge.startReplicas) and that left before the end: membership over time. */
+function membershipLines(st: Partial<RunState>): string[] {
+  const when = (at: number) => new Date(at).toISOString();
+  return [
+    ...(st.joined?.length ? [`replicas joined mid-run: ${st.joined.map((j) => `replica ${j.replica} after outer step ${j.outer} (training from step ${j.step}, ${when(j.at)})`).join('; ')}`] : []),
+    ...(st.left?.length ? [`replicas that left: ${st.left.map((l) => `replica ${l.replica} after outer step ${l.outer} (its last step ${l.step}, ${when(l.at)})`).join('; ')}`] : []),
+  ];
+}
+
 /** Audits by exact replay (training.audit): intervals passed and skipped, replay time, and the difference that failed the run. */
 function auditLines(a: AuditSummary | undefined): string[] {
   if (!a) return [];
@@ -155,6 +164,7 @@ export function formatStatus(s: RunStatus): string {
     ...(s.summary ? [...wireLine(s.summary), ...computeLine(s.summary, 'whole run')]
       : [...computeLine(st.metrics, `as of step ${st.metrics?.step}`), ...liveLines(st.metrics)]),
     ...bridgeLine(s.bridge),
+    ...membershipLines(st),
     ...recoveryLine(st.recoveries, st.replays),
     ...auditLines(s.summary?.audits ?? st.audits),
     `dead-lettered frames: ${s.dead_letters.count}`,

@@ -50,6 +50,7 @@ interface TrainFlags extends RunShapeFlags {
   topkFraction?: number;
   quorum?: number;
   syncTimeout?: number;
+  startReplicas?: number;
 }
 
 function fraction(flag: string) {
@@ -62,7 +63,7 @@ function fraction(flag: string) {
 
 /** The Bridge settings given as flags (merged over a config file's training.bridge). */
 function bridgeOverride(flags: TrainFlags): BridgeConfig | undefined {
-  const given = { syncEvery: flags.syncEvery, outer: flags.outer, outerLr: flags.outerLr, outerMomentum: flags.outerMomentum, payload: flags.bridgePayload, topkFraction: flags.topkFraction, quorum: flags.quorum, timeoutMs: flags.syncTimeout };
+  const given = { syncEvery: flags.syncEvery, outer: flags.outer, outerLr: flags.outerLr, outerMomentum: flags.outerMomentum, payload: flags.bridgePayload, topkFraction: flags.topkFraction, quorum: flags.quorum, timeoutMs: flags.syncTimeout, startReplicas: flags.startReplicas };
   return Object.values(given).some((v) => v !== undefined) ? (given as BridgeConfig) : undefined;
 }
 
@@ -113,8 +114,9 @@ export function trainCommand(program: Command): void {
     .option('--outer-momentum <x>', 'outer Nesterov momentum, below 1 (default 0.9)', fraction('--outer-momentum'))
     .addOption(new Option('--bridge-payload <kind>', 'what replicas send: mxint8 pseudo-gradients (8 bits, a scale per 32), fp32 parameters, or topk: the largest pseudo-gradient entries with error feedback').choices(['mxint8', 'fp32', 'topk']))
     .option('--topk-fraction <x>', 'with --bridge-payload topk: the fraction of entries sent (default 0.01)', positiveNumber('--topk-fraction'))
-    .option('--quorum <n>', 'fewest replicas a sync goes ahead with once --sync-timeout has passed (default: all)', positiveInt('--quorum'))
+    .option('--quorum <n>', 'fewest replicas a sync goes ahead with once --sync-timeout has passed (default: all that start)', positiveInt('--quorum'))
     .option('--sync-timeout <ms>', 'how long a sync waits past the first contribution for the rest (default 30000)', positiveInt('--sync-timeout'))
+    .option('--start-replicas <n>', '(NATS, with the Bridge) replicas that start the run (default: all); each other replica joins at an outer step once its hosts wait as standbys (`caravan host --nats URL --run ID`)', positiveInt('--start-replicas'))
     .option('--in-process', 'chain the stages in this process, without NATS')
     .option('--val-every <n>', '(in-process) steps between validation passes', positiveInt('--val-every'), 50)
     .option('--checkpoint-dir <dir>', '(in-process) write stage checkpoints (safetensors) here')

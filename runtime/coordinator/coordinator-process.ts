@@ -22,7 +22,7 @@
 import { createActor } from 'xstate';
 import { coordinatorMachine, type CoordinatorCommand, type CoordinatorEvent, type CoordinatorMachineInput } from '../../actors/coordinator-machine.ts';
 import type { RunConfig } from '../../schemas/run-config.ts';
-import type { StageCounters } from '../../schemas/control-messages.ts';
+import type { LeaveReply, StageCounters } from '../../schemas/control-messages.ts';
 import type { AuditSummary, RunState, RunSummary } from '../../schemas/run-records.ts';
 import { startBridges } from '../bridge/bridge-runtime.ts';
 import type { Logger } from '../log.ts';
@@ -37,6 +37,7 @@ import { Audits } from './audits.ts';
 import { Membership, restoreMembership } from './membership.ts';
 import { OrderedWrites } from './ordered-writes.ts';
 import { Replicas } from './replicas.ts';
+import { bridgeMembers, joinReplica } from './replica-joins.ts';
 import { Reports } from './reports.ts';
 import { Rewinds } from './rewinds.ts';
 import { finishRun } from './run-summary.ts';
@@ -127,8 +128,10 @@ async function coordinate(
   const stuckTimeoutMs = o.stuckTimeoutMs ?? 10 * heartbeatTimeoutMs;
   const stuck = new Set<string>();  // hosts whose last heartbeat said their event loop is stuck
   const tickMs = Math.min(1000, Math.max(50, Math.floor(heartbeatTimeoutMs / 10)));
+  // Replicas that joined before a restart are in the run as much as those that started it.
+  const active = [...new Set([...bridgeMembers(o.config, run.state).map((m) => m.replica)])];
   const coordinator = createActor(coordinatorMachine, {
-    input: { stages: t.stages, replicas: t.replicas, heartbeatTimeoutMs, tickMs, restore },
+    input: { stages: t.stages, replicas: t.replicas, startReplicas: t.bridge?.startReplicas, heartbeatTimeoutMs, tickMs, restore: restore && { ...restore, active } },
   });
   // Deaf to NATS (its server paused or cut off), the coordinator counts no host's silence against it.
   const silentMs = heartbeatTimeoutMs / 2;
@@ -157,6 +160,7 @@ async function coordinate(
       }
     },
     ready: (host) => coordinator.send({ type: 'HOST_READY', host }),
+    leave: (msg, respond) => respond(p.replicaLeaving(msg.replica)),
     failed: (reason) => settle(new Error(reason)),
     refused: (subject, err) => log.warn({ subject, err: err.message }, 'message refused'),
   });
@@ -167,6 +171,7 @@ async function coordinate(
       case 'START_RUN': p.startRun(); return;
       case 'HOST_LOST': p.membership.lost(cmd.host, cmd.slot); return;
       case 'SLOT_VACANT': log.warn({ replica: cmd.replica, stage: cmd.stage, lost: cmd.lost }, 'slot vacant: no standby; waiting for a host to join'); return;
+      case 'REPLICA_JOINED': p.replicaJoined(cmd.replica); return;
       case 'RUN_FINISHED': p.replicasFinished(); return;
     }
   });
@@ -208,7 +213,7 @@ function assemble(
     progress: (p) => net.channel.progress(p), failed: settle, finished: (replica) => send({ type: 'REPLICA_FINISHED', replica }),
     committed: audits && ((replica, step, gradScale, skip) => audits.committed(replica, step, gradScale, skip)),
   });
-  const bridges = t.bridge ? startBridges({ store: net.bridges, config, bridge: t.bridge, log, onError: settle }) : undefined;
+  const bridges = t.bridge ? startBridges({ store: net.bridges, config, bridge: t.bridge, log, onError: settle, members: bridgeMembers(config, run.state) }) : undefined;
   // The run's metrics over OpenTelemetry (off unless OTEL_EXPORTER_OTLP_* names an endpoint): the live state, read when exported.
   const metrics = initRunMetrics({ service: 'caravan-coordinator', run: o.run }, () => run.state);
   // An audit's catch: the caught host banned, its replica trained again from its start (rewinds.ts).
@@ -231,14 +236,14 @@ function assemble(
   let replicasDone = false;
   let finishing = false;
   function maybeFinish(): void {
-    if (finishing || rewinds.busy || !replicasDone || reports.finals.size < t.stages * t.replicas) return;
+    if (finishing || rewinds.busy || !replicasDone || reports.finals.size < t.stages * replicas.active.length) return;
     finishing = true;
     const { finals } = reports, { losses, skipped, rolledBack } = replicas;
     // The last intervals' audits finish before the summary says what they found; one of them may send a replica back to work.
     void (audits?.settled() ?? Promise.resolve())
       .then(() => {
         if (rewinds.busy) { finishing = false; return; }
-        return finishRun({ run: o.run, config, state: run, results: net.results, bridges: net.bridges, counters, finals, losses, skipped, rolledBack, audits: audits?.result() }).then(settle);
+        return finishRun({ run: o.run, config, state: run, results: net.results, bridges: net.bridges, counters, finals, active: replicas.active, losses, skipped, rolledBack, audits: audits?.result() }).then(settle);
       })
       .catch((err: Error) => settle(err));
   }
@@ -263,6 +268,20 @@ function assemble(
       void (audits?.restore() ?? Promise.resolve())
         .then(() => followControlLog({ controlLog: net.controlLog, replicas, reports, rewinds, log, reading: (stop) => { stopLog = stop; }, replayed, snapshots }))
         .catch((err: Error) => settle(new Error(`control log: ${err.message}`)));
+    },
+    replicaJoined: (replica: number) => {
+      if (!bridges) return settle(new Error(`replica ${replica} joined a run without the Bridge`));
+      joinReplica({ replica, config, bridgeStore: net.bridges, slots: net.slots, bridges, replicas, run, writes, log });
+    },
+    replicaLeaving: (replica: number): LeaveReply => {
+      if (!bridges) return { ok: false, reason: 'the run has no Bridge: its replicas train to the end' };
+      const decided = replicas.retire(replica, t.bridge!.syncEvery);
+      if (typeof decided === 'string') return { ok: false, reason: decided };
+      bridges.leaving(replica, decided.outer);
+      run.state.left = [...(run.state.left ?? []), { replica, outer: decided.outer, step: decided.lastStep, at: Date.now() }];
+      void run.save();
+      log.info({ replica, outer: decided.outer, last_step: decided.lastStep }, 'replica leaving: it contributes to this outer step last, and ends after this step');
+      return { ok: true, outer: decided.outer, last_step: decided.lastStep };
     },
     replicasFinished: () => {
       replicasDone = true;

@@ -25,7 +25,12 @@ export class Replicas {
   readonly skipped = new Set<string>();
   /** `${replica}.${step}` whose commit rolled back the stages' provisional update (post-validated schedules). */
   readonly rolledBack = new Set<string>();
-  private readonly actors: Array<Actor<typeof replicaMachine>> = [];
+  /** By replica: none for a replica not in the run (yet). */
+  private readonly actors: Array<Actor<typeof replicaMachine> | undefined> = [];
+  /** The replicas in the run: those that start it (training.bridge.startReplicas), then those that joined (join()). */
+  readonly active: number[];
+  /** Replicas leaving the run (retire()): their last step. */
+  private readonly lastSteps = new Map<number, number>();
   private readonly inLog = new Set<string>();  // step control already in the log, by stepControlId
   /** Each replica's epoch: how many times an audit's catch rewound it (rewinds.ts). */
   private readonly epochs: number[];
@@ -47,6 +52,10 @@ export class Replicas {
     this.losses = Array.from({ length: o.config.training.replicas }, () => []);
     this.epochs = Array.from({ length: o.config.training.replicas }, () => 0);
     this.firstSteps = Array.from({ length: o.config.training.replicas }, () => 0);
+    this.active = Array.from({ length: o.config.training.bridge?.startReplicas ?? o.config.training.replicas }, (_, r) => r);
+    // A restarted coordinator: the replicas that joined before, each from the step it joined at; those leaving, to their last.
+    for (const j of o.run.state.joined ?? []) this.admit(j.replica, j.step);
+    for (const l of o.run.state.left ?? []) this.lastSteps.set(l.replica, l.step);
     this.schedule = runSchedule(o.config);
     this.scheduleUse = { name: this.schedule.name, bound: scheduleBound(this.schedule) };
   }
@@ -100,10 +109,49 @@ export class Replicas {
     });
   }
 
-  /** Starts every replica's actor, then every replica. */
+  /** Starts the actor of every replica in the run, then every replica. */
   start(): void {
-    for (let r = 0; r < this.o.config.training.replicas; r++) this.actors.push(this.startReplica(r));
-    for (const r of this.actors) r.send({ type: 'START' });
+    for (const r of this.active) this.actors[r] = this.startReplica(r);
+    for (const r of this.active) this.actors[r]!.send({ type: 'START' });
+  }
+
+  /**
+   * A replica joins the run at `firstStep` (after the run started): its actor opens that step first. Its steps before
+   * were not trained (no loss). A restarted coordinator's Replicas know it from the run state.
+   */
+  join(replica: number, firstStep: number): void {
+    this.admit(replica, firstStep);
+    this.actors[replica]?.stop();
+    this.actors[replica] = this.startReplica(replica);
+    this.actors[replica].send({ type: 'START' });
+  }
+
+  /**
+   * The replica leaves at the first outer-step boundary past every step it has opened: its step there is its last
+   * (committed as such: its stages upload their final states) and its contribution to that outer step its last.
+   * Returns the outer step and the last step, or why it cannot leave.
+   */
+  retire(replica: number, syncEvery: number): { outer: number; lastStep: number } | string {
+    const actor = this.actors[replica];
+    if (!actor || !this.active.includes(replica)) return `replica ${replica} is not training in this run`;
+    if (this.lastSteps.has(replica)) return `replica ${replica} is leaving already, after step ${this.lastSteps.get(replica)}`;
+    const snapshot = actor.getSnapshot();
+    if (snapshot.status !== 'active') return `replica ${replica} has finished`;
+    const staying = this.active.filter((r) => r !== replica && !this.lastSteps.has(r) && this.actors[r]?.getSnapshot().status === 'active');
+    if (!staying.length) return `replica ${replica} is the last replica training: it cannot leave`;
+    const opened = snapshot.context.step + (snapshot.context.openAhead ?? 0);
+    const outer = Math.floor(opened / syncEvery) + 1;
+    const lastStep = outer * syncEvery - 1;
+    if (lastStep + 1 >= this.o.config.training.steps) return `replica ${replica}'s next outer-step boundary is the run's end (step ${lastStep}): it finishes with the run`;
+    this.lastSteps.set(replica, lastStep);
+    actor.send({ type: 'RETIRE', lastStep });
+    return { outer, lastStep };
+  }
+
+  private admit(replica: number, firstStep: number): void {
+    if (!this.active.includes(replica)) this.active.push(replica);
+    this.firstSteps[replica] = Math.max(this.firstSteps[replica], firstStep);
+    if (this.losses[replica].length < firstStep) this.losses[replica] = Array.from({ length: firstStep }, (_, i) => this.losses[replica][i] ?? NaN);
   }
 
   /** Stops the replica's actor: nothing more of its epoch is decided (rewinds.ts, before the rewind is written). */
@@ -128,14 +176,14 @@ export class Replicas {
   }
 
   stop(): void {
-    for (const r of this.actors) r.stop();
+    for (const r of this.actors) r?.stop();
   }
 
   private startReplica(replica: number): Actor<typeof replicaMachine> {
     const t = this.o.config.training;
     const actor = createActor(replicaMachine, {
       input: {
-        replica, stages: t.stages, microbatches: t.microbatches, steps: t.steps, maxGradNorm: t.maxGradNorm, nonFinite: t.nonFinite,
+        replica, stages: t.stages, microbatches: t.microbatches, steps: Math.min(t.steps, (this.lastSteps.get(replica) ?? Infinity) + 1), maxGradNorm: t.maxGradNorm, nonFinite: t.nonFinite,
         openAhead: this.schedule.postValidated ? 1 : 0, firstStep: this.firstSteps[replica],
       },
     });
@@ -179,11 +227,13 @@ export class Replicas {
     if (attemptAfter({ postValidate: this.schedule.postValidated, microbatches: t.microbatches }, { step: cmd.step, gradScale: cmd.gradScale, skip: cmd.skip === true }) > 0) {
       this.rolledBack.add(`${replica}.${cmd.step}`);
     }
-    const fresh = this.control(replica, { type: 'commit', step: cmd.step, gradScale: cmd.gradScale, gradNorm: cmd.gradNorm, loss: cmd.loss, ...(cmd.skip ? { skip: true as const } : {}) });
+    const last = this.lastSteps.get(replica) === cmd.step ? { last: true as const } : {};
+    const fresh = this.control(replica, { type: 'commit', step: cmd.step, gradScale: cmd.gradScale, gradNorm: cmd.gradNorm, loss: cmd.loss, ...(cmd.skip ? { skip: true as const } : {}), ...last });
     if (!fresh) return;
     if (cmd.skip) log.warn({ replica, step: cmd.step, grad_norm: cmd.gradNorm, loss: cmd.loss }, 'step skipped: its gradients or loss were not finite (training.nonFinite = skip-step)');
     // Commits come in step order: no holes. Steps before given states (--from-states) were not this run's.
-    const stepsDone = this.losses.reduce((n, l) => n + l.length, 0) - (run.state.from_step ?? 0) * t.replicas;
+    const joinedAt = (r: number) => run.state.joined?.find((j) => j.replica === r)?.step ?? run.state.from_step ?? 0;
+    const stepsDone = this.active.reduce((n, r) => n + Math.max(0, this.losses[r].length - joinedAt(r)), 0);
     const tokensPerSecond = (stepsDone * tokensPerStep(t)) / Math.max(run.elapsedSeconds(), 1e-3);
     this.o.progress({ replica, step: cmd.step, loss: cmd.loss, gradNorm: cmd.gradNorm, tokensPerSecond, steps: t.steps });
     if (replica === 0) {

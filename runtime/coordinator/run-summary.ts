@@ -31,6 +31,8 @@ export interface FinishedRun {
   /** The final counters of every slot, `${replica}.${stage}`, and the sha256 of its final state. */
   readonly counters: ReadonlyMap<string, StageCounters>;
   readonly finals: ReadonlyMap<string, string>;
+  /** The replicas that trained in the run: those that started it and those that joined. */
+  readonly active: readonly number[];
   readonly losses: number[][];
   /** `${replica}.${step}` committed as skipped. */
   readonly skipped: ReadonlySet<string>;
@@ -58,7 +60,10 @@ export async function finishRun(o: FinishedRun): Promise<RunSummary> {
     }
   }
   // Steps before a run's given states (--from-states) were not trained in this run's time.
-  const tokensPerS = ((t.steps - (state.state.from_step ?? 0)) * t.replicas * tokensPerStep(t)) / wall;
+  // A replica that joined mid-run trained from the step it joined at.
+  const firstStep = (r: number) => state.state.joined?.find((j) => j.replica === r)?.step ?? state.state.from_step ?? 0;
+  const trained = o.active.reduce((n, r) => n + t.steps - firstStep(r), 0);
+  const tokensPerS = (trained * tokensPerStep(t)) / wall;
   const stagesOf0 = Array.from({ length: t.stages }, (_, s) => counters.get(`0.${s}`)!.compute);
   return {
     run: o.run,
@@ -68,7 +73,7 @@ export async function finishRun(o: FinishedRun): Promise<RunSummary> {
     losses: losses[0],
     final_loss: losses[0][losses[0].length - 1],
     tokens_per_s: tokensPerS,
-    params_sha256: hashes[0],
+    params_sha256: hashes[0]!,  // replica 0 always starts the run
     params_sha256_by_replica: hashes,
     losses_by_replica: losses,
     wall_seconds: wall,
@@ -82,15 +87,18 @@ export async function finishRun(o: FinishedRun): Promise<RunSummary> {
     rolled_back_steps: replicaSteps(o.rolledBack),
     ...(o.audits ? { audits: o.audits } : {}),
     ...(t.bridge ? await bridgeSummary(o.bridges, t.stages, Math.floor(t.steps / t.bridge.syncEvery)) : {}),
+    ...(state.state.joined?.length ? { replicas_joined: state.state.joined } : {}),
+    ...(state.state.left?.length ? { replicas_left: state.state.left } : {}),
   };
 }
 
 /** Each replica's parameter hash, from the final states its holders uploaded and reported. */
-async function finalHashes(o: FinishedRun): Promise<string[]> {
+async function finalHashes(o: FinishedRun): Promise<Array<string | null>> {
   const t = o.config.training;
   const ranges = stageRanges(o.config);
-  const hashes: string[] = [];
+  const hashes: Array<string | null> = [];
   for (let r = 0; r < t.replicas; r++) {
+    if (!o.active.includes(r)) { hashes.push(null); continue; }
     const blobs: Uint8Array[] = [];
     for (const [begin, end] of ranges) {
       const blob = await o.results.finalState(r, begin, end);

@@ -200,7 +200,7 @@ async function stepped(step: number, p: Slot): Promise<void> {
   // The sync belongs to the step: commands run one at a time, so nothing of the next step runs before it is loaded.
   if (p.bridge?.syncsAfter(step)) await p.bridge.sync(step);
   await p.outputs.report({ type: 'stepped', step, contributions: p.work.applied });
-  if (step === p.lastStep) await p.state.final(p.counters);
+  if (step === p.lastStep || p.steps.isLast(step)) await p.state.final(p.counters);
   else if (p.checkpointEvery > 0 && (step + 1) % p.checkpointEvery === 0) await p.state.checkpoint(step, p.bridge);
   p.steps.forget(step);
 }

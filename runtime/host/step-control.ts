@@ -36,7 +36,7 @@ export interface StepControlOptions {
 }
 
 export class StepControl {
-  private readonly commits = new Map<number, { seq: number; gradScale: number; skip: boolean }>();  // each step's commit, with its control-log sequence
+  private readonly commits = new Map<number, { seq: number; gradScale: number; skip: boolean; last: boolean }>();  // each step's commit, with its control-log sequence
   private lastSeq = 0;                                     // the last message taken
 
   constructor(private readonly o: StepControlOptions) {}
@@ -57,7 +57,7 @@ export class StepControl {
       const msg = decodeStepControl(d.data, `step control (control log seq ${d.seq})`);
       if (msg.type === 'open') this.o.send({ type: 'STEP_OPEN', step: msg.step });
       else if (msg.type === 'commit') {
-        this.commits.set(msg.step, { seq: d.seq, gradScale: msg.gradScale, skip: msg.skip === true });
+        this.commits.set(msg.step, { seq: d.seq, gradScale: msg.gradScale, skip: msg.skip === true, last: msg.last === true });
         this.o.send({ type: 'STEP_COMMIT', step: msg.step, gradScale: msg.gradScale, skip: msg.skip === true });
       } else {
         // What follows in the log is the replica's next epoch, from step 0: not for this holder's state.
@@ -76,6 +76,11 @@ export class StepControl {
   attemptAfter(step: number): number {
     const { gradScale, skip } = this.commitOf(step);
     return attemptAfter(this.o, { step, gradScale, skip });
+  }
+
+  /** Whether the step's commit says it is the replica's last (it leaves the run): its stages upload their final states. */
+  isLast(step: number): boolean {
+    return this.commitOf(step).last;
   }
 
   /** The step is done: its commit is no longer needed. */

@@ -58,6 +58,8 @@ export interface DistributedOptions {
   readonly onReady?: (info: { url: string; run: string }) => Promise<void> | void;
   /** Called with the summary while the server (embedded or not) is still up: for reading the run's final states. */
   readonly onFinished?: (info: { url: string; run: string; summary: RunSummary }) => Promise<void> | void;
+  /** Once the coordinator and the first hosts are started: `addHosts(n)` starts n more (a replica that joins later), ended with the run. */
+  readonly onStarted?: (control: { addHosts: (count: number) => void }) => void;
 }
 
 export interface ProcessPlacement {
@@ -102,7 +104,8 @@ export async function trainDistributed(o: DistributedOptions): Promise<RunSummar
 
       const configFile = join(dir, 'run.json');
       await writeFile(configFile, JSON.stringify({ model: o.config.model, optim: o.config.optim, training: o.config.training }));
-      const hosts = t.stages * t.replicas + (o.standbys ?? 0);
+      // Replicas that join later (training.bridge.startReplicas) bring their hosts then: addHosts.
+      const hosts = t.stages * (t.bridge?.startReplicas ?? t.replicas) + (o.standbys ?? 0);
       const spawnChild = (name: string, args: string[], prefix?: readonly string[]) => {
         const echo = Boolean(o.childLogLevel && o.childLogLevel !== 'silent');
         const child = spawnCaravan(name, args, { logLevel: o.childLogLevel, echo, prefix });
@@ -119,8 +122,14 @@ export async function trainDistributed(o: DistributedOptions): Promise<RunSummar
       spawnChild('coordinator', ['coordinator', '--nats', c?.nats ?? url, '--run', run, '--config', configFile, ...timeout, ...nkey(o.credentials?.coordinator),
         ...(o.fromStates ? ['--from-states', o.fromStates] : [])], c?.prefix);
       const perProcess = o.hostsPerProcess ?? 1;
-      for (let first = 0; first < hosts; first += perProcess) {
-        const group = Array.from({ length: Math.min(perProcess, hosts - first) }, (_, k) => first + k);
+      let spawned = 0;
+      const spawnHosts = (count: number) => {
+        const end = spawned + count;
+        for (let first = spawned; first < end; first += perProcess) spawnHostGroup(Array.from({ length: Math.min(perProcess, end - first) }, (_, k) => first + k));
+        spawned = end;
+      };
+      const spawnHostGroup = (group: number[]) => {
+        const first = group[0];
         const places = group.map((i) => o.placement?.host?.(i));
         const p = places[0];
         if (places.some((q) => q?.nats !== p?.nats || q?.prefix?.join(' ') !== p?.prefix?.join(' '))) {
@@ -132,7 +141,9 @@ export async function trainDistributed(o: DistributedOptions): Promise<RunSummar
         if (group.length > 1 && keys.length) throw new Error(`hosts ${name.slice(6)} share a process: they cannot have nkey seed files of their own`);
         spawnChild(name, ['host', '--nats', p?.nats ?? url, '--run', run, '--device', o.device ?? 'cpu', '--gpu', String(o.gpu ?? 0), '--datacenter', labels.join(','), ...beat,
           ...(group.length > 1 ? ['--count', String(group.length)] : []), ...nkey(keys[0])], p?.prefix);
-      }
+      };
+      spawnHosts(hosts);
+      o.onStarted?.({ addHosts: spawnHosts });
       const result = await outcome;
       if (result instanceof Error) throw result;
       await o.onFinished?.({ url, run, summary: result });

@@ -17,6 +17,8 @@ export interface BridgeStore {
   createRecord(record: BridgeRecord): Promise<{ record: BridgeRecord; created: boolean }>;
   /** Moves stage's counter of completed outer steps up to `outer` (never down). */
   advanceOuter(stage: number, outer: number): Promise<void>;
+  /** Stage's counter of completed outer steps: 0 before the first. */
+  readOuter(stage: number): Promise<number>;
   /** A replica's contribution to an outer step: its object's name, and its bytes if it is there. */
   readContribution(stage: number, outer: number, replica: number): Promise<{ name: string; blob: Uint8Array | undefined }>;
   /** An object a record names (parameters, momentum). */
@@ -55,6 +57,7 @@ export function bridgeStore(res: RunResources): BridgeStore {
       }
     },
     advanceOuter: (stage, outer) => advanceCounter(res.kv, n.bridgeOuterKey(stage), outer),
+    readOuter: async (stage) => (await retryTransient(`bridge counter of stage ${stage}`, () => readKvRecord(res.kv, n.bridgeOuterKey(stage), decodeCounterRecord)))?.value ?? 0,
     readContribution: async (stage, outer, replica) => {
       const name = n.bridgeContribution(stage, outer, replica);
       return { name, blob: await retryTransient(`bridge contribution ${name}`, () => res.objects.getBlob(name)) ?? undefined };

@@ -1,13 +1,14 @@
 // The coordinator's core-NATS side of a run (`ctl.*` and heartbeats: about
 // now, not history). It answers registrations (request/reply), hears
-// heartbeats, hosts' word that their slot is ready and word that the run
-// failed (`ctl.failed`: only the coordinator's credentials may publish there,
+// heartbeats, hosts' word that their slot is ready, an operator's request
+// that a replica leave (`ctl.leave`), and word that the run failed
+// (`ctl.failed`: only the coordinator's credentials may publish on either,
 // as an operator's watchdog does; a host reports its failure in a signed
 // stage report instead), each decoded before the caller sees it; and it
 // announces progress, the summary at the end, or the failure.
 import type { NatsConnection } from '@nats-io/transport-node';
 import { encodeJson } from '../../schemas/json-message.ts';
-import { decodeHostAnnouncement, decodeRegistration, decodeRunFailure, type Progress, type Registration, type RegistrationReply } from '../../schemas/control-messages.ts';
+import { decodeHostAnnouncement, decodeLeaveReply, decodeLeaveRequest, decodeRegistration, decodeRunFailure, type LeaveReply, type LeaveRequest, type Progress, type Registration, type RegistrationReply } from '../../schemas/control-messages.ts';
 import type { RunSummary } from '../../schemas/run-records.ts';
 import type { RunNames } from './subjects.ts';
 import { survivable, type OnRefused } from './survivable-callback.ts';
@@ -22,6 +23,8 @@ export interface HostMessages {
   heartbeat(host: string, key: string, loopLagMs: number | undefined): void;
   ready(host: string): void;
   failed(reason: string): void;
+  /** An operator's request that a replica leave the run (`ctl.leave`: the coordinator's credentials only). */
+  leave(request: LeaveRequest, respond: (reply: LeaveReply) => void): void;
   /** A message on one of these subjects that does not decode, or whose handling failed: the channel reads on. */
   refused: OnRefused;
 }
@@ -59,6 +62,19 @@ export function coordinatorChannel(nc: NatsConnection, names: RunNames): Coordin
         }) }),
         nc.subscribe(names.ready, { callback: survivable(h.refused, (m) => h.ready(decodeHostAnnouncement(m.data, 'ready').host)) }),
         nc.subscribe(names.failed, { callback: survivable(h.refused, (m) => h.failed(decodeRunFailure(m.data).reason)) }),
+        nc.subscribe(names.leave, {
+          callback: survivable(h.refused, (m) => {
+            const respond = (reply: LeaveReply) => m.respond(encodeJson(reply));
+            let msg;
+            try {
+              msg = decodeLeaveRequest(m.data);
+            } catch (err) {
+              respond({ ok: false, reason: (err as Error).message });
+              throw err;
+            }
+            h.leave(msg, respond);
+          }),
+        }),
       ];
       return { close: () => { for (const s of subs) s.unsubscribe(); } };
     },
@@ -66,4 +82,15 @@ export function coordinatorChannel(nc: NatsConnection, names: RunNames): Coordin
     failed: (reason) => nc.publish(names.failed, encodeJson({ reason })),
     finished: (summary) => nc.publish(names.finished, encodeJson(summary)),
   };
+}
+
+/** Asks the run's coordinator that `replica` leave (`caravan leave`); its answer, decoded. */
+export async function requestLeave(nc: NatsConnection, names: RunNames, replica: number, timeoutMs = 10_000): Promise<LeaveReply> {
+  let reply;
+  try {
+    reply = await nc.request(names.leave, encodeJson({ replica }), { timeout: timeoutMs });
+  } catch (err) {
+    throw new Error(`no answer from the run's coordinator on ${names.leave} (${(err as Error).message}): is the run going on, and are these the coordinator's credentials?`);
+  }
+  return decodeLeaveReply(reply.data);
 }

@@ -139,6 +139,7 @@ export function runNames(run: string) {
     progress: `${p}.ctl.progress`,
     finished: `${p}.ctl.finished`,                           // coordinator → clients: the summary
     failed: `${p}.ctl.failed`,
+    leave: `${p}.ctl.leave`,                                 // operator → coordinator: a replica leaves (coordinator credentials)
     chaos: (host: string) => `${p}.chaos.${host}`,           // fault injection, only where CARAVAN_CHAOS=1
     chaosReached: `${p}.chaos-reached`,
     chaosRequests: `${p}.chaos.*`,

@@ -333,3 +333,31 @@ test('a timeout that is not a multiple of the tick still never drops a host that
   const after = lost[0].at - quietFrom;
   t.true(after > timeout && after < timeout + 2 * TICK, `lost after ${after} ms`);
 });
+
+test('a replica that does not start the run joins once a replica\'s worth of standbys waits, and the run ends when the replicas in it have finished', (t) => {
+  const { send } = coordinator({ startReplicas: 1 });  // S=3, R=2: replica 0 starts alone
+  for (const h of hostIds(2)) t.deepEqual(send(join(h)), []);
+  t.deepEqual(send(join('h2')), [0, 1, 2].map((stage) => ({ type: 'ASSIGN', host: `h${stage}`, replica: 0, stage })), 'three hosts start replica 0');
+  t.deepEqual(send(join('h3')), [{ type: 'STANDBY', host: 'h3' }], 'before the run runs, a standby');
+  for (const h of hostIds(3)) send({ type: 'HOST_READY', host: h });
+  t.deepEqual(send(join('h4', 'dc-b')), [{ type: 'STANDBY', host: 'h4' }]);
+  t.deepEqual(send(join('h5')), [
+    { type: 'STANDBY', host: 'h5' },
+    { type: 'REPLICA_JOINED', replica: 1 },
+    // Grouped by datacenter as at the start: dc-a's h3 and h5, then dc-b's h4.
+    { type: 'ASSIGN', host: 'h3', replica: 1, stage: 0 },
+    { type: 'ASSIGN', host: 'h5', replica: 1, stage: 1 },
+    { type: 'ASSIGN', host: 'h4', replica: 1, stage: 2 },
+  ]);
+  t.deepEqual(send(join('h6')), [{ type: 'STANDBY', host: 'h6' }], 'every replica is in: a standby stays one');
+  t.deepEqual(send({ type: 'REPLICA_FINISHED', replica: 0 }), [], 'replica 1 is still training');
+  t.deepEqual(send({ type: 'REPLICA_FINISHED', replica: 1 }), [{ type: 'RUN_FINISHED' }]);
+});
+
+test('with a replica that never joined, the run ends when the replicas in it have finished', (t) => {
+  const { send } = coordinator({ startReplicas: 1, stages: 2 });
+  for (const h of hostIds(2)) send(join(h));
+  for (const h of hostIds(2)) send({ type: 'HOST_READY', host: h });
+  t.deepEqual(send(join('h2')), [{ type: 'STANDBY', host: 'h2' }], 'one standby is not a replica');
+  t.deepEqual(send({ type: 'REPLICA_FINISHED', replica: 0 }), [{ type: 'RUN_FINISHED' }]);
+});

@@ -172,3 +172,26 @@ test('a sum that was not finite arrives as null (JSON has no NaN) and counts as 
   t.deepEqual([0, 1].flatMap((s) => stopping.send(done(s, 0, s === 0 ? [3, null] : [4], s === 1 ? 3.25 : undefined))),
     [{ type: 'NOT_FINITE', replica: 2, step: 0, gradNorm: NaN, loss: 3.25, stages: [0] }]);
 });
+
+test('a replica told to leave ends at the step given, as if the run had as many; a last step already opened past, or the run\'s own, changes nothing', (t) => {
+  const { send } = replica({ stages: 1, steps: 6, openAhead: 1 });
+  send({ type: 'START' });  // opens 0 and 1
+  t.deepEqual(send({ type: 'RETIRE', lastStep: 0 }), [], 'step 1 is open already: not its last');
+  send({ type: 'RETIRE', lastStep: 3 });
+  const opened: number[] = [];
+  for (let step = 0; step <= 3; step++) {
+    const out = send(done(0, step, [1], 2));
+    opened.push(...out.flatMap((c) => (c.type === 'OPEN_STEP' ? [c.step] : [])));
+    t.is(commits(out).length, 1, `step ${step} committed`);
+  }
+  t.deepEqual(opened, [2, 3], 'nothing past its last step is opened');
+  t.like(send(stepped(0, 3)), [{ type: 'FINISHED', replica: 2 }]);
+
+  const whole = replica({ stages: 1, steps: 2 });
+  whole.send({ type: 'START' });
+  whole.send({ type: 'RETIRE', lastStep: 1 });  // the run's last step: as it was
+  whole.send(done(0, 0, [1], 2));
+  whole.send(stepped(0, 0));
+  t.is(commits(whole.send(done(0, 1, [1], 2))).length, 1);
+  t.like(whole.send(stepped(0, 1)), [{ type: 'FINISHED' }]);
+});

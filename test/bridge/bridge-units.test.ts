@@ -13,9 +13,9 @@ import { mulberry32 } from '../support/random-weights.ts';
 const TICK = 100;
 
 /** A Bridge on a simulated clock; `at(ms)` advances it to ms tick by tick (SimulatedClock fires one round of timers per increment). */
-function bridge(replicas: number, quorum: number, timeoutMs = 1000) {
+function bridge(replicas: number, quorum: number, timeoutMs = 1000, members = Array.from({ length: replicas }, (_, replica) => ({ replica, from: 1 }))) {
   const clock = new SimulatedClock();
-  const actor = createActor(bridgeMachine, { input: { stage: 2, replicas, quorum, timeoutMs, tickMs: TICK }, clock });
+  const actor = createActor(bridgeMachine, { input: { stage: 2, members, quorum, timeoutMs, tickMs: TICK }, clock });
   const out: BridgeCommand[] = [];
   actor.on('*', (c: BridgeCommand) => out.push(c));
   actor.start();
@@ -60,6 +60,41 @@ test('past the timeout a quorum is enough; below it the sync waits; a late repli
   t.is(out.length, 2, 'never before the timeout');
   at(7000 + TICK);
   t.deepEqual(out.at(-1), { type: 'COMBINE', stage: 2, outer: 2, replicas: [0, 2], firstAt: 6000, at: 7000 + TICK });
+});
+
+test('membership over time: a replica that joins is waited for from its first outer step on, one that leaves after its last; a quorum never asks for more than the members', (t) => {
+  // Replica 0 alone at first, with a quorum of 1: the replica that joins later holds it up no longer than the timeout.
+  const { actor, out, at, contributed } = bridge(2, 1, 1000, [{ replica: 0, from: 1 }]);
+  contributed(0, 1, 0);
+  t.deepEqual(out.at(-1), { type: 'COMBINE', stage: 2, outer: 1, replicas: [0], firstAt: 0, at: 0 }, 'its one member delivered: at once');
+  actor.send({ type: 'COMBINED', outer: 1 });
+  contributed(100, 2, 1);
+  t.deepEqual(out.at(-1), { type: 'LATE', stage: 2, outer: 2, replica: 1 }, 'not a member yet: it adopts the result');
+  actor.send({ type: 'JOINED', replica: 1, from: 3 });
+  contributed(200, 2, 0);
+  t.deepEqual(out.at(-1), { type: 'COMBINE', stage: 2, outer: 2, replicas: [0], firstAt: 200, at: 200 }, 'outer 2 is before its first');
+  actor.send({ type: 'COMBINED', outer: 2 });
+  contributed(300, 3, 0);
+  at(1000);
+  t.is(out.length, 3, 'outer 3 waits for the replica that joined');
+  at(1300 + TICK);
+  t.deepEqual(out.at(-1), { type: 'COMBINE', stage: 2, outer: 3, replicas: [0], firstAt: 300, at: 1300 + TICK }, 'past the timeout, with the quorum: no longer than that');
+  actor.send({ type: 'COMBINED', outer: 3 });
+  contributed(2000, 4, 1);
+  contributed(2100, 4, 0);
+  t.deepEqual(out.at(-1), { type: 'COMBINE', stage: 2, outer: 4, replicas: [0, 1], firstAt: 2000, at: 2100 });
+  actor.send({ type: 'COMBINED', outer: 4 });
+  contributed(2200, 5, 0);
+  actor.send({ type: 'LEAVING', replica: 1, until: 4 });
+  t.deepEqual(out.at(-1), { type: 'COMBINE', stage: 2, outer: 5, replicas: [0], firstAt: 2200, at: 2200 }, 'once it leaves, the outer steps after its last go ahead without it');
+
+  // A quorum of 3 with two members: past the timeout, the two are enough.
+  const small = bridge(3, 3, 1000, [{ replica: 0, from: 1 }, { replica: 2, from: 1 }]);
+  small.contributed(0, 1, 0);
+  small.at(900);
+  t.deepEqual(small.out, []);
+  small.contributed(950, 1, 2);
+  t.like(small.out.at(-1), { type: 'COMBINE', stage: 2, outer: 1, replicas: [0, 2], firstAt: 0 }, 'every member delivered: at once, replica 1 not waited for');
 });
 
 test('outer step: averaging fp32 parameters of one replica gives them back exactly; Nesterov follows DiLoCo in double, rounded once', (t) => {
@@ -117,4 +152,8 @@ test('bridge settings are checked by name', (t) => {
   t.throws(() => withBridge({ syncEvery: 2, outer: 'adam' }), { message: /training\.bridge\.outer must be 'nesterov' or 'average'/ });
   t.throws(() => withBridge({ syncEvery: 2, outerMomentum: 1 }), { message: /outerMomentum must be below 1/ });
   t.throws(() => withBridge({ syncEvery: 2, every: 3 }), { message: /training\.bridge\.every is not a setting/ });
+  t.like(withBridge({ syncEvery: 2, startReplicas: 1 }, 3).training.bridge, { startReplicas: 1, quorum: 1 }, 'the quorum defaults to the replicas that start');
+  t.throws(() => withBridge({ syncEvery: 2, startReplicas: 3 }), { message: /training\.bridge\.startReplicas must be an integer in \[1, 2\]/ });
+  t.throws(() => withBridge({ syncEvery: 2, startReplicas: 1, payload: 'topk' }), { message: /needs payload 'mxint8' or 'fp32'/ });
+  t.throws(() => validateRunConfig({ ...base, training: { ...base.training, replicas: 2, synthetic: { device: 'A100', peakTflops: 312, efficiency: 0.5, timeScale: 1, frameBytes: 1024 }, bridge: { syncEvery: 2, startReplicas: 1 } } }), { message: /a synthetic run has no parameters for a replica to join from/ });
 });

@@ -98,6 +98,52 @@ test.serial('every outer step leaves each stage with the same bits in every repl
   t.deepEqual(summary.params_sha256_by_replica, reference.paramsSha256ByReplica, 'the in-process reference\'s weights');
 });
 
+test.serial('a replica joins a running run when its hosts arrive and leaves when told: the Bridge counts it from the outer step after it joined to the one it left at, and the run ends with the weights of that history replayed in one process', async (t) => {
+  const H = 2, steps = 16;
+  const overrides = { training: { ...shape, steps, stages: 2, replicas: 2, checkpointEvery: 2, bridge: { syncEvery: H, startReplicas: 1, timeoutMs: 3000 } as never } };
+  const config = await loadRunConfig({ preset: 'tiny', overrides });
+  t.is(config.training.bridge!.quorum, 1, 'the quorum defaults to the replicas that start');
+  let where: { url: string; run: string } | undefined;
+  let addHosts: ((n: number) => void) | undefined;
+  let added = false, asked = false;
+  let leaving: Promise<{ stdout: string }> | undefined;
+  let status = '';
+  const summary = await trainDistributed({
+    config, run: 'joining', log: createLogger('test', 'silent'),
+    onReady: (info) => { where = info; },
+    onStarted: (control) => { addHosts = control.addHosts; },
+    onProgress: (p) => {
+      // Two hosts more once replica 0 is past its second outer step: they form replica 1.
+      if (!added && p.replica === 0 && p.step >= 2 * H) { added = true; addHosts!(2); }
+      // Replica 1, two outer steps after it began, is told to leave (`caravan leave`, as an operator would).
+      if (!asked && p.replica === 1 && p.step >= 8) { asked = true; leaving = caravan(['leave', '--nats', where!.url, '--run', where!.run, '--replica', '1', '--json']); }
+    },
+    onFinished: async ({ url, run }) => { status = (await caravan(['status', '--nats', url, '--run', run])).stdout; },
+  });
+  const answer = JSON.parse((await leaving!).stdout) as { ok: boolean; outer: number; last_step: number };
+  const [join] = summary.replicas_joined ?? [];
+  const [left] = summary.replicas_left ?? [];
+  t.like(join, { replica: 1 });
+  t.true(join.outer >= 2 && join.step === join.outer * H, `joined after outer step ${join.outer}, at step ${join.step}`);
+  t.like(left, { replica: 1, outer: answer.outer, step: answer.last_step }, 'the run leaves it where the coordinator answered');
+  t.true(answer.ok && left.step === left.outer * H - 1 && left.step + 1 < steps && left.outer > join.outer, JSON.stringify(answer));
+  t.regex(status, new RegExp(`replicas joined mid-run: replica 1 after outer step ${join.outer} \\(training from step ${join.step}, `), 'caravan status says when it joined');
+  t.regex(status, new RegExp(`replicas that left: replica 1 after outer step ${left.outer} \\(its last step ${left.step}, `), 'and when it left');
+  t.deepEqual(summary.losses_by_replica[1].slice(0, join.step), Array(join.step).fill(null), 'no loss before it joined');
+  t.is(summary.losses_by_replica[1].length, left.step + 1, 'none after it left');
+  t.true(summary.losses_by_replica[1].slice(join.step).every((l) => typeof l === 'number'), 'a loss at every step between');
+  const syncs = summary.bridge_syncs!;
+  for (const s of syncs) {
+    const member = s.outer > join.outer && s.outer <= left.outer;
+    t.true(s.replicas.includes(0) && (member || !s.replicas.includes(1)), `outer step ${s.outer} of stage ${s.stage}: ${s.replicas.join(', ')}`);
+  }
+  t.true(syncs.some((s) => s.replicas.includes(1)), 'the replica that joined was combined');
+  t.is(summary.outer_steps, steps / H, 'replica 0 went on to the end');
+  const reference = await trainLocalBridge({ ...config, joined: [join], left: [left], combined: (stage, o) => syncs.find((s) => s.stage === stage && s.outer === o)!.replicas });
+  t.deepEqual(summary.losses_by_replica, reference.losses, 'every replica\'s losses, step by step');
+  t.deepEqual(summary.params_sha256_by_replica, reference.paramsSha256ByReplica, 'the weights of the history replayed in one process: replica 1\'s as it left');
+});
+
 test.serial('with one replica and plain averaging of fp32 parameters, the Bridge changes nothing: the same bits as without it', async (t) => {
   const common = ['train', '--json', '--no-progress', '--stages', '2', '--steps', '4', '--seq', '32', '--batch', '2', '--microbatches', '2'];
   const [bridged, plain] = await Promise.all([caravan([...common, '--sync-every', '2', '--outer', 'average', '--bridge-payload', 'fp32']), caravan(common)]);

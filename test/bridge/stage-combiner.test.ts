@@ -31,6 +31,7 @@ function memoryStore() {
       return { record, created: true };
     },
     advanceOuter: async () => {},
+    readOuter: async () => 0,
     readContribution: async (stage, outer, replica) => ({ name: contribution(stage, outer, replica), blob: objects.get(contribution(stage, outer, replica)) }),
     readObject: async (name) => objects.get(name),
     writeTheta: async (stage, outer, bytes) => { objects.set(`bridge/stage-${stage}/outer-${outer}/theta`, bytes); return `bridge/stage-${stage}/outer-${outer}/theta`; },
