@@ -130,7 +130,9 @@ test.serial('a restarted coordinator replays a snapshot of the control log and i
 const clusterTest = process.env.CARAVAN_CLUSTER_CHAOS === '1' ? test.serial : test.skip;
 
 clusterTest('on a 3-node NATS cluster, `caravan chaos --faults 20 --seed 11`: thirteen kinds of fault, servers killed, cut off and paused among them: same weights, nothing lost or doubled', async (t) => {
-  const out = await caravan(['chaos', '--json', '--faults', '20', '--seed', '11']);
+  // 60 steps and 20 faults on a 3-node cluster: about 4 minutes beside a busy process, where the guard's default
+  // (280 s) once ended a run that was going on (exit 130, no line) while a third heavy job ran too.
+  const out = await caravan(['chaos', '--json', '--faults', '20', '--seed', '11'], {}, 420_000);
   explainFailure(t, out);
   const r = summaryOf(out) as Record<string, any>;
   t.is(out.code, 0, out.stderr.slice(-2000));

@@ -11,10 +11,11 @@ export interface CliResult {
   readonly stderr: string;
 }
 
-export async function caravan(args: string[], env: Record<string, string> = {}): Promise<CliResult> {
+/** `guardMs`: a guard against a hang (under ava's timeout, package.json), not a speed limit: chaos runs on a loaded 2-core machine take minutes. */
+export async function caravan(args: string[], env: Record<string, string> = {}, guardMs = 280_000): Promise<CliResult> {
   try {
     const { stdout, stderr } = await run(process.execPath, ['--import=tsx', 'runtime/cli/bin.ts', ...args], {
-      env: { ...process.env, ...env }, maxBuffer: 16 << 20, timeout: 280_000,  // a guard against a hang (under ava's 5 min), not a speed limit: chaos runs on a loaded 2-core machine take minutes
+      env: { ...process.env, ...env }, maxBuffer: 16 << 20, timeout: guardMs,
     });
     return { code: 0, stdout, stderr };
   } catch (err) {
