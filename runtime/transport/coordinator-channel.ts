@@ -6,7 +6,7 @@
 // as an operator's watchdog does; a host reports its failure in a signed
 // stage report instead), each decoded before the caller sees it; and it
 // announces progress, the summary at the end, or the failure.
-import type { NatsConnection } from '@nats-io/transport-node';
+import type { Msg, NatsConnection } from '@nats-io/transport-node';
 import { encodeJson } from '../../schemas/json-message.ts';
 import { decodeHostAnnouncement, decodeLeaveReply, decodeLeaveRequest, decodeRegistration, decodeRunFailure, type LeaveReply, type LeaveRequest, type Progress, type Registration, type RegistrationReply } from '../../schemas/control-messages.ts';
 import type { RunSummary } from '../../schemas/run-records.ts';
@@ -37,23 +37,31 @@ export interface CoordinatorChannel {
   finished(summary: RunSummary): void;
 }
 
+/**
+ * A request/reply subscription's callback: the request decoded and handed on with a way to answer it; one that does
+ * not decode is answered `{ ok: false, reason }` and refused.
+ */
+function answering<T, R extends { ok: boolean; reason?: string }>(
+  refused: OnRefused, decode: (bytes: Uint8Array) => T, handle: (msg: T, respond: (reply: R) => void) => void | Promise<void>,
+): (err: Error | null, m: Msg) => void {
+  return survivable(refused, (m) => {
+    const respond = (reply: R) => m.respond(encodeJson(reply));
+    let msg;
+    try {
+      msg = decode(m.data);
+    } catch (err) {
+      respond({ ok: false, reason: (err as Error).message } as R);
+      throw err;
+    }
+    return handle(msg, respond);
+  });
+}
+
 export function coordinatorChannel(nc: NatsConnection, names: RunNames): CoordinatorChannel {
   return {
     listen: (h) => {
       const subs = [
-        nc.subscribe(names.register, {
-          callback: survivable(h.refused, (m) => {
-            const respond = (reply: RegistrationReply) => m.respond(encodeJson(reply));
-            let msg;
-            try {
-              msg = decodeRegistration(m.data);
-            } catch (err) {
-              respond({ ok: false, reason: (err as Error).message });
-              throw err;
-            }
-            return h.register(msg, respond);
-          }),
-        }),
+        nc.subscribe(names.register, { callback: answering(h.refused, decodeRegistration, (msg, respond: (r: RegistrationReply) => void) => h.register(msg, respond)) }),
         nc.subscribe(names.heartbeats, { callback: survivable(h.refused, (m) => {
           const { host, key } = names.heartbeatOf(m.subject);
           const beat = decodeHostAnnouncement(m.data, 'heartbeat');
@@ -62,19 +70,7 @@ export function coordinatorChannel(nc: NatsConnection, names: RunNames): Coordin
         }) }),
         nc.subscribe(names.ready, { callback: survivable(h.refused, (m) => h.ready(decodeHostAnnouncement(m.data, 'ready').host)) }),
         nc.subscribe(names.failed, { callback: survivable(h.refused, (m) => h.failed(decodeRunFailure(m.data).reason)) }),
-        nc.subscribe(names.leave, {
-          callback: survivable(h.refused, (m) => {
-            const respond = (reply: LeaveReply) => m.respond(encodeJson(reply));
-            let msg;
-            try {
-              msg = decodeLeaveRequest(m.data);
-            } catch (err) {
-              respond({ ok: false, reason: (err as Error).message });
-              throw err;
-            }
-            h.leave(msg, respond);
-          }),
-        }),
+        nc.subscribe(names.leave, { callback: answering(h.refused, decodeLeaveRequest, (msg, respond: (r: LeaveReply) => void) => h.leave(msg, respond)) }),
       ];
       return { close: () => { for (const s of subs) s.unsubscribe(); } };
     },

@@ -33,10 +33,12 @@ test('a coordinator restarted after its predecessor declared a standby lost take
 
   const sent: CoordinatorEvent[] = [];
   const writes = new OrderedWrites((err) => t.fail(err.message));
-  const restarted = new Membership({
+  /** A coordinator's Membership as it starts: it knows no host but by its KV record. */
+  const restart = () => new Membership({
     run: 'members', store, writes, log: createLogger('test', 'silent'), recoveries: { hosts_lost: 0, slots_reassigned: 0, coordinator_restarts: 0 },
     send: (e) => sent.push(e),
   });
+  const restarted = restart();
   restarted.heardAgain('h-holder', holder.publicKey);
   restarted.heardAgain('h-old', taken.publicKey);
   restarted.heardAgain('h-standby', stranger.publicKey);
@@ -45,10 +47,7 @@ test('a coordinator restarted after its predecessor declared a standby lost take
   await settle();
   t.deepEqual(sent, [], 'a beat under another key is not the standby: nothing taken back yet');
 
-  const again = new Membership({
-    run: 'members', store, writes, log: createLogger('test', 'silent'), recoveries: { hosts_lost: 0, slots_reassigned: 0, coordinator_restarts: 0 },
-    send: (e) => sent.push(e),
-  });
+  const again = restart();
   again.heardAgain('h-holder', holder.publicKey);
   again.heardAgain('h-old', taken.publicKey);
   again.heardAgain('h-standby', standby.publicKey);
