@@ -172,7 +172,7 @@ export function trainCommand(program: Command): void {
         else ui.log(`done: loss ${summary.firstLoss.toFixed(3)} → ${summary.finalLoss.toFixed(3)} (ln V = ${summary.lnVocab.toFixed(3)}), validation ${summary.valLoss.toFixed(3)}, ${Math.round(summary.tokensPerSecond)} tok/s, params sha256 ${summary.paramsSha256.slice(0, 16)}…`);
         return;
       }
-      ui.log(`caravan train: ${config.model.nLayers} layers d=${config.model.dModel} V=${config.model.vocabSize} in ${t.stages} stages × ${t.replicas} replica(s) over NATS (${flags.nats ?? 'embedded nats-server'}), ${t.steps} steps of ${t.microbatches}×${t.batchSize}×${t.seqLen} tokens`);
+      ui.log(`caravan train: ${config.model.nLayers} layers d=${config.model.dModel} V=${config.model.vocabSize} in ${t.stages} stages × ${t.replicas} replica(s)${t.bridge && t.bridge.startReplicas < t.replicas ? ` (${t.bridge.startReplicas} starting; the others join once ${t.stages} hosts each wait as standbys)` : ''} over NATS (${flags.nats ?? 'embedded nats-server'}), ${t.steps} steps of ${t.microbatches}×${t.batchSize}×${t.seqLen} tokens`);
       let started = false;
       const receiver = flags.traceFile ? await startSpanFileReceiver(flags.traceFile) : undefined;
       if (receiver) {
