@@ -8,6 +8,7 @@ import type { KV } from '@nats-io/kv';
 import { encodeJson } from '../../schemas/json-message.ts';
 import { decodeBridgeRecord, decodeCounterRecord, type BridgeRecord } from '../../schemas/run-records.ts';
 import { retryTransient } from './durable-publish.ts';
+import { readObject } from './object-reads.ts';
 import { changeKvRecord, readKvRecord } from './kv-record.ts';
 import type { RunResources } from './run-resources.ts';
 
@@ -60,9 +61,9 @@ export function bridgeStore(res: RunResources): BridgeStore {
     readOuter: async (stage) => (await retryTransient(`bridge counter of stage ${stage}`, () => readKvRecord(res.kv, n.bridgeOuterKey(stage), decodeCounterRecord)))?.value ?? 0,
     readContribution: async (stage, outer, replica) => {
       const name = n.bridgeContribution(stage, outer, replica);
-      return { name, blob: await retryTransient(`bridge contribution ${name}`, () => res.objects.getBlob(name)) ?? undefined };
+      return { name, blob: await retryTransient(`bridge contribution ${name}`, () => readObject(res.objects, name)) ?? undefined };
     },
-    readObject: async (name) => (await retryTransient(`bridge object ${name}`, () => res.objects.getBlob(name))) ?? undefined,
+    readObject: async (name) => (await retryTransient(`bridge object ${name}`, () => readObject(res.objects, name))) ?? undefined,
     writeTheta: (stage, outer, bytes) => put('bridge result', n.bridgeTheta(stage, outer), bytes),
     writeMomentum: (stage, outer, bytes) => put('bridge momentum', n.bridgeMomentum(stage, outer), bytes),
   };

@@ -19,6 +19,7 @@ import { SIGNATURE_HEADER } from '../security/message-signature.ts';
 import { publishDurable, retryTransient } from './durable-publish.ts';
 import { openReaderConsumer, PULL_EXPIRES_MS, type RunResources } from './run-resources.ts';
 import { openRemakingReader, pullFrom } from './slot-reader.ts';
+import { readObject } from './object-reads.ts';
 
 /** One message of the control log, as the coordinator reads it. */
 export interface ControlLogEntry {
@@ -131,7 +132,7 @@ export function controlLog(res: RunResources, signer: ControlSigner): ControlLog
     readSnapshot: async () => {
       const pointer = await snapshotPointer();
       if (!pointer) return undefined;
-      const body = await retryTransient(`control snapshot ${pointer.object}`, () => res.objects.getBlob(pointer.object));
+      const body = await retryTransient(`control snapshot ${pointer.object}`, () => readObject(res.objects, pointer.object));
       if (!body) throw new Error(`control snapshot ${pointer.object} (log sequence ${pointer.seq}) is missing from the object store`);
       const sha = sha256Hex(body);
       if (sha !== pointer.sha256) throw new Error(`control snapshot ${pointer.object}: its sha256 is ${sha.slice(0, 16)}…, its record says ${pointer.sha256.slice(0, 16)}…: it was overwritten in the object store`);

@@ -1,6 +1,8 @@
 // What a run leaves for its summary besides the coordinator's own records:
 // every slot's final state in the Object Store (uploaded by its holder, who
 // reported its SHA-256), and how many frames went to dead letters.
+import { retryTransient } from './durable-publish.ts';
+import { readObject } from './object-reads.ts';
 import type { RunResources } from './run-resources.ts';
 
 export interface RunResults {
@@ -11,7 +13,10 @@ export interface RunResults {
 
 export function runResults(res: RunResources): RunResults {
   return {
-    finalState: async (replica, begin, end) => (await res.objects.getBlob(res.names.finalState(replica, begin, end))) ?? undefined,
+    finalState: async (replica, begin, end) => {
+      const name = res.names.finalState(replica, begin, end);
+      return (await retryTransient(`final state ${name}`, () => readObject(res.objects, name))) ?? undefined;
+    },
     deadLetters: async () => (await res.jsm.streams.info(res.names.deadStream)).state.messages,
   };
 }

@@ -3,6 +3,7 @@
 // and simulate drivers watching slot holders). The records are the
 // coordinator's (schemas/run-records.ts); a record that is missing or deleted
 // reads as undefined.
+import { readObject } from './object-reads.ts';
 import { decodeRunConfig, type RunConfig } from '../../schemas/run-config.ts';
 import { decodeBridgeRecord, decodeCounterRecord, decodeHostEntry, decodeRunState, decodeRunSummary, type BridgeRecord, type HostEntry, type RunState, type RunSummary, type SlotRecord } from '../../schemas/run-records.ts';
 import { readDeadLetters, type DeadLetter } from './dead-letters.ts';
@@ -138,7 +139,7 @@ export class RunStateReader {
   /** A stage's final state in the object store (stage layers [begin, end) of `replica`), with its object name. */
   async finalState(replica: number, begin: number, end: number): Promise<{ name: string; bytes: Uint8Array | undefined }> {
     const name = this.res.names.finalState(replica, begin, end);
-    return { name, bytes: (await this.res.objects.getBlob(name)) ?? undefined };
+    return { name, bytes: (await readObject(this.res.objects, name)) ?? undefined };
   }
 
   private async record<T>(key: string, decode: (bytes: Uint8Array, what: string) => T): Promise<T | undefined> {

@@ -6,6 +6,7 @@
 import { DeliverPolicy } from '@nats-io/jetstream';
 import { SIGNATURE_HEADER } from '../security/message-signature.ts';
 import { retryTransient } from './durable-publish.ts';
+import { readObject } from './object-reads.ts';
 import type { RunResources } from './run-resources.ts';
 import type { EdgeKind } from './subjects.ts';
 
@@ -47,6 +48,6 @@ export function slotEvidence(res: RunResources): SlotEvidence {
       }
       return frames;
     }),
-    checkpointState: (object) => retryTransient(`checkpoint ${object}`, () => res.objects.getBlob(object)),
+    checkpointState: (object) => retryTransient(`checkpoint ${object}`, () => readObject(res.objects, object)),
   };
 }

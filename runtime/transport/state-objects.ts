@@ -3,6 +3,7 @@
 // each get and put retried while the servers are in transition. `what` names
 // the operation in the error of one that gives up.
 import { retryTransient } from './durable-publish.ts';
+import { readObject } from './object-reads.ts';
 import type { RunResources } from './run-resources.ts';
 
 export interface StateObjects {
@@ -13,7 +14,7 @@ export interface StateObjects {
 
 export function stateObjects(res: RunResources): StateObjects {
   return {
-    get: (name, what) => retryTransient(`${what} ${name}`, () => res.objects.getBlob(name)),
+    get: (name, what) => retryTransient(`${what} ${name}`, () => readObject(res.objects, name)),
     put: async (name, bytes, what) => { await retryTransient(`${what} ${name}`, () => res.objects.putBlob({ name }, bytes)); },
   };
 }
