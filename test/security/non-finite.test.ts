@@ -32,7 +32,7 @@ test.serial("nonFinite 'stop': the poisoned frame is refused before any compute,
   // Step 2: by the time it opens, every stage's step-0 checkpoint is recorded (reported before its step-1 report).
   process.env.CARAVAN_CHAOS_POISON = 'act/0/0/2/0';
   const err = await t.throwsAsync(trainDistributed({ config, nats: server.url, run, log: createLogger('test', 'silent') }));
-  t.regex(err!.message, /^replica 0 stage 1 \(host [\w-]+\): act consumer: an act frame from stage 0 \(host [\w-]+, generation 1\) for step 2 microbatch 0 holds 1 non-finite value\(s\), the first at index 0: stopping the run \(training.nonFinite = stop\)$/);
+  t.regex(err!.message, /^replica 0 stage 1 \(host [\w-]+\): act consumer: an act frame from stage 0 \(host [\w-]+, generation 1\) for step 2 microbatch 0 holds 1 non-finite value\(s\), the first at index 0: stopping the run \(training.nonFinite = stop\)( \[at [^\]]+\])?$/, 'the reason, then where it was made (drivers ask for it: CARAVAN_ERROR_FRAMES)');
 
   const nc = await connectNats(server.url, 'inspect');
   t.teardown(() => nc.close());
