@@ -23,9 +23,10 @@ export interface NatsCredentials {
   readonly publicKey: string;
 }
 
-export async function connectNats(url: string, name: string, o: { credentials?: NatsCredentials; run?: string; reconnectForever?: boolean } = {}): Promise<NatsConnection> {
+/** `onlyThese`: fail over among the given servers only, never to ones the cluster advertises (as CARAVAN_NATS_DISCOVERY=off). */
+export async function connectNats(url: string, name: string, o: { credentials?: NatsCredentials; run?: string; reconnectForever?: boolean; onlyThese?: boolean } = {}): Promise<NatsConnection> {
   // Settings from the environment are checked before connecting: a bad one is no unreachable server.
-  const fromEnv = { ...discoveryFromEnv(), ...tlsFromEnv() };
+  const fromEnv = { ...discoveryFromEnv(), ...tlsFromEnv(), ...(o.onlyThese ? { ignoreClusterUpdates: true } : {}) };
   try {
     // A cluster is given as a comma-separated list of its servers' URLs.
     const servers = url.split(',').map((u) => u.trim()).filter(Boolean);
