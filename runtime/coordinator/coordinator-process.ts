@@ -129,7 +129,7 @@ async function coordinate(
   const stuck = new Set<string>();  // hosts whose last heartbeat said their event loop is stuck
   const tickMs = Math.min(1000, Math.max(50, Math.floor(heartbeatTimeoutMs / 10)));
   // Replicas that joined before a restart are in the run as much as those that started it.
-  const active = [...new Set([...bridgeMembers(o.config, run.state).map((m) => m.replica)])];
+  const active = bridgeMembers(o.config, run.state).map((m) => m.replica);
   const coordinator = createActor(coordinatorMachine, {
     input: { stages: t.stages, replicas: t.replicas, startReplicas: t.bridge?.startReplicas, heartbeatTimeoutMs, tickMs, restore: restore && { ...restore, active } },
   });

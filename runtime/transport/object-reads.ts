@@ -18,7 +18,7 @@ export async function readObject(objects: ObjectStore, name: string, o: { stallM
   if (!r) return null;
   const reader = r.data.getReader();
   const chunks: Uint8Array[] = [];
-  let length = 0;
+  let length = 0;  // bytes read so far
   for (;;) {
     let timer: NodeJS.Timeout | undefined;
     const stalled = new Promise<never>((_, reject) => {
@@ -40,8 +40,5 @@ export async function readObject(objects: ObjectStore, name: string, o: { stallM
   }
   const failed = await r.error;  // a digest that does not match, say
   if (failed) throw failed;
-  const bytes = new Uint8Array(length);
-  let at = 0;
-  for (const c of chunks) { bytes.set(c, at); at += c.length; }
-  return bytes;
+  return Buffer.concat(chunks, length);
 }
