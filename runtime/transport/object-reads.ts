@@ -7,12 +7,33 @@
 // with it (the `nats-checkpoint` tails of 39–44 s). Here a read that brings
 // no chunk for STALL_MS is abandoned with a transient `timeout` error, which
 // the callers' retries (retryTransient) start again from the beginning.
+//
+// The client checks the object's SHA-256 once the last chunk is in. A chaos
+// run saw one read fail that check while a server of the cluster was being
+// killed, and the object read again was whole: the chunk consumer had been
+// moved between servers mid-read. So a mismatch is read again, DIGEST_READS
+// times in all, before the object is called corrupt: what is stored wrong
+// stays wrong, and no retry makes it right.
 import type { ObjectStore } from '@nats-io/obj';
 
 const STALL_MS = 10_000;
+const DIGEST_READS = 3;
+
+type ReadOptions = { stallMs?: number; progress?: (bytes: number) => void };
 
 /** The object's bytes, or null where there is none of that name. `progress` hears the bytes read so far, chunk by chunk. */
-export async function readObject(objects: ObjectStore, name: string, o: { stallMs?: number; progress?: (bytes: number) => void } = {}): Promise<Uint8Array | null> {
+export async function readObject(objects: ObjectStore, name: string, o: ReadOptions = {}): Promise<Uint8Array | null> {
+  for (let read = 1; ; read++) {
+    try {
+      return await readOnce(objects, name, o);
+    } catch (err) {
+      if (!/digests do not match/.test((err as Error).message)) throw err;
+      if (read === DIGEST_READS) throw new Error(`object ${name} is corrupt: its bytes did not match its SHA-256 digest in ${read} whole reads`);
+    }
+  }
+}
+
+async function readOnce(objects: ObjectStore, name: string, o: ReadOptions): Promise<Uint8Array | null> {
   const stallMs = o.stallMs ?? STALL_MS;
   const r = await objects.get(name);
   if (!r) return null;

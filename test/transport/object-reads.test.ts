@@ -31,3 +31,20 @@ test('an object is read whole; a read its server stops feeding is abandoned afte
   server.process.kill('SIGCONT');
   t.true(same(await readObject(objects, 'big')), 'whole once its server is back');
 });
+
+test('an object whose stored chunks do not match its digest is read again, then called corrupt by name, not retried as transient', async (t) => {
+  const server = await startNatsServer();
+  t.teardown(() => server.stop());
+  const nc = await connectNats(server.url, 'object-reads-test');
+  t.teardown(() => nc.close());
+  const { objects } = await openRunResources(nc, 'objcorrupt');
+  await objects.putBlob({ name: 'state' }, new Uint8Array(1000).fill(7));
+  const info = await objects.info('state');
+  // One more chunk on the object's chunk subject: stored as if it were its own, so every read of it sums wrong.
+  nc.publish(`$O.${info!.bucket}.C.${info!.nuid}`, new Uint8Array([1, 2, 3]));
+  await nc.flush();
+  let reads = 0;
+  const err = await t.throwsAsync(readObject(objects, 'state', { progress: (bytes) => { if (bytes === 1000) reads++; } }), { message: /^object state is corrupt: its bytes did not match its SHA-256 digest in 3 whole reads$/ });
+  t.false(isTransient(err));
+  t.is(reads, 3, 'read whole three times');
+});
