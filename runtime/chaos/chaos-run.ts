@@ -22,7 +22,7 @@ import type { FaultPoint, FaultReached, FaultRequest } from '../../schemas/contr
 import type { Logger } from '../log.ts';
 import type { parseCheat } from '../host/fault-points.ts';
 import { connectNats, type NatsConnection } from '../transport/connect.ts';
-import { isRunning, type CaravanChild } from '../train/caravan-child.ts';
+import { isRunning, isStopped, type CaravanChild } from '../train/caravan-child.ts';
 import { newRunId, trainDistributed } from '../train/train-distributed.ts';
 import { trainLocal } from '../train/train-local.ts';
 import { openExistingRun, openRunResources, type RunResources } from '../transport/run-resources.ts';
@@ -517,7 +517,10 @@ class Striker {
     const reply = await this.patiently(`the answer of ${host} to being armed`, () => this.faults.arm(host, request));
     if (!reply.ok) throw new Error(`chaos: ${reply.error}`);
     const from = this.reached.length;
-    const there = () => this.reached.slice(from).some((r) => r.pid === holder.process.pid) || this.watch.summary !== undefined || !isRunning(holder);
+    // The host says it got there (core NATS), then stops itself. A cluster chaos run lost that word once, in a server's
+    // failover: the host stood stopped, was replaced, and the driver waited for it until the run ended, the faults
+    // after it never struck. So a holder found stopped got there too.
+    const there = () => this.reached.slice(from).some((r) => r.pid === holder.process.pid) || this.watch.summary !== undefined || !isRunning(holder) || isStopped(holder);
     await this.watch.until(`${detail} to reach its fault point`, there, 120_000);
   }
 

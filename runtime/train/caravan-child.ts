@@ -2,6 +2,7 @@
 // as it would run on its own machine — with the tail of its stderr kept for
 // the one-line reason when it fails.
 import { spawn, type ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { prettyLine } from '../log.ts';
@@ -51,4 +52,14 @@ export function spawnCaravan(name: string, args: string[], o: { env?: Record<str
 
 export function isRunning(c: CaravanChild): boolean {
   return c.process.exitCode === null && c.process.signalCode === null;
+}
+
+/** Whether the child is stopped (SIGSTOP: state T in /proc/<pid>/stat; Linux). False where that cannot be read. */
+export function isStopped(c: CaravanChild): boolean {
+  try {
+    const stat = readFileSync(`/proc/${c.process.pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) === 'T';
+  } catch {
+    return false;
+  }
 }
