@@ -5,8 +5,10 @@
 // ends the run when every replica has finished. A slot whose host goes quiet
 // goes to the first standby, or, when there is none, to the next host that
 // joins; while the coordinator's own link to NATS is silent, silence counts
-// against no host. A restarted coordinator starts from the hosts and slots it kept in
-// KV (`restore`).
+// against no host. A slot vacant for `retireVacantMs` strands its replica: the
+// runtime may retire it (REPLICA_RETIRED), after which its slots are nobody's
+// to fill and the run ends without it. A restarted coordinator starts from the
+// hosts and slots it kept in KV (`restore`).
 import { assign, enqueueActions, setup } from 'xstate';
 import { elapsedSince, tickDelay } from './actor-clock.ts';
 
@@ -22,11 +24,15 @@ export interface CoordinatorMachineInput {
   readonly startReplicas?: number;
   readonly heartbeatTimeoutMs: number;
   readonly tickMs: number;
+  /** A slot vacant this long strands its replica (REPLICA_STRANDED, once per vacancy); unset: never. */
+  readonly retireVacantMs?: number;
   /** A restarted coordinator: the hosts it knew, with their slots; `running` once slots were given out. */
   readonly restore?: {
     readonly running: boolean; readonly hosts: ReadonlyArray<{ id: string; datacenter: string; slot: Slot | null }>;
     /** The replicas that had joined the run (default: those that start it). */
     readonly active?: readonly number[];
+    /** Replicas retired because a slot stayed vacant. */
+    readonly retired?: readonly number[];
   };
 }
 
@@ -51,6 +57,8 @@ export type CoordinatorEvent =
   // deaf, no host's silence is its host's fault.
   | { type: 'LINK_LOST' }
   | { type: 'LINK_BACK' }
+  // The runtime retired a stranded replica: its slots are filled no more, and the run ends without it.
+  | { type: 'REPLICA_RETIRED'; replica: number }
   | { type: 'SLOT_LOST'; host: string; slot: Slot; datacenter: string };  // raised by the liveness check
 
 export type CoordinatorCommand =
@@ -61,14 +69,17 @@ export type CoordinatorCommand =
   | { type: 'SLOT_VACANT'; replica: number; stage: number; lost: string }  // no standby: the next host to join gets it
   // A replica that did not start the run joins it: the ASSIGNs of its slots follow.
   | { type: 'REPLICA_JOINED'; replica: number }
+  // A slot of the replica has been vacant for retireVacantMs: the runtime decides whether it can be retired.
+  | { type: 'REPLICA_STRANDED'; replica: number; stage: number; vacantMs: number }
   | { type: 'RUN_FINISHED' };
 
 export interface CoordinatorContext extends CoordinatorMachineInput {
   now: number;                 // ms on the actor clock (actor-clock.ts), advanced by ticks
   hosts: HostRecord[];         // in join order
-  vacant: Array<Slot & { lost: string }>;  // slots whose host was lost and no standby was there
+  vacant: Array<Slot & { lost: string; since: number; stranded: boolean }>;  // slots whose host was lost and no standby was there
   finished: number[];          // replicas
   active: number[];            // replicas in the run: those that started it, and those that joined since
+  retired: number[];           // of those, retired because a slot stayed vacant (REPLICA_RETIRED)
   deafSince: number | undefined;  // on the actor clock, while the coordinator's link to NATS is silent
 }
 
@@ -138,10 +149,10 @@ export const coordinatorMachine = setup({
     })),
     unfinish: assign(({ context, event }) => (event.type === 'REPLICA_REWOUND' ? { finished: context.finished.filter((r) => r !== event.replica) } : {})),
     reassign: enqueueActions(({ context, event, enqueue }) => {
-      if (event.type !== 'SLOT_LOST') return;
+      if (event.type !== 'SLOT_LOST' || context.retired.includes(event.slot.replica)) return;  // a retired replica's slot waits for no one
       const standby = context.hosts.find((h) => !h.slot && h.datacenter === event.datacenter) ?? context.hosts.find((h) => !h.slot);
       if (!standby) {
-        enqueue.assign({ vacant: [...context.vacant, { ...event.slot, lost: event.host }] });
+        enqueue.assign({ vacant: [...context.vacant, { ...event.slot, lost: event.host, since: context.now, stranded: false }] });
         enqueue.emit({ type: 'SLOT_VACANT', ...event.slot, lost: event.host });
         return;
       }
@@ -167,7 +178,17 @@ export const coordinatorMachine = setup({
         enqueue.emit({ type: 'HOST_LOST', host: h.id, slot: h.slot });
         if (h.slot) enqueue.raise({ type: 'SLOT_LOST', host: h.id, slot: h.slot, datacenter: h.datacenter });
       }
+      const limit = context.retireVacantMs;
+      if (limit === undefined) return;
+      // One stranding per replica: the first of its slots to reach the limit.
+      const stranded = context.vacant.filter((v, i) => !v.stranded && now - v.since >= limit && !context.vacant.some((w, j) => w.replica === v.replica && (w.stranded || j < i)));
+      if (!stranded.length) return;
+      enqueue.assign({ vacant: context.vacant.map((v) => (stranded.includes(v) ? { ...v, stranded: true } : v)) });
+      for (const v of stranded) enqueue.emit({ type: 'REPLICA_STRANDED', replica: v.replica, stage: v.stage, vacantMs: now - v.since });
     }),
+    retire: assign(({ context, event }) => (event.type === 'REPLICA_RETIRED' ? {
+      retired: [...context.retired, event.replica], vacant: context.vacant.filter((v) => v.replica !== event.replica),
+    } : {})),
   },
   guards: {
     enoughHosts: ({ context, event }) =>
@@ -175,7 +196,10 @@ export const coordinatorMachine = setup({
     allReady: ({ context, event }) =>
       event.type === 'HOST_READY' && context.hosts.filter((h) => h.slot).every((h) => h.ready || h.id === event.host),
     allFinished: ({ context, event }) =>
-      event.type === 'REPLICA_FINISHED' && context.active.every((r) => r === event.replica || context.finished.includes(r)),
+      event.type === 'REPLICA_FINISHED' && context.active.every((r) => r === event.replica || context.finished.includes(r) || context.retired.includes(r)),
+    // Retiring the last replica still training ends the run (the runtime retires only while another trains).
+    othersFinished: ({ context, event }) =>
+      event.type === 'REPLICA_RETIRED' && context.active.every((r) => r === event.replica || context.finished.includes(r) || context.retired.includes(r)),
   },
 }).createMachine({
   id: 'coordinator',
@@ -187,6 +211,7 @@ export const coordinatorMachine = setup({
     vacant: [],
     finished: [],
     active: [...(input.restore?.active ?? Array.from({ length: input.startReplicas ?? input.replicas }, (_, r) => r))],
+    retired: [...(input.restore?.retired ?? [])],
     deafSince: undefined,
   }),
   states: {
@@ -225,6 +250,7 @@ export const coordinatorMachine = setup({
               { actions: assign(({ context, event }) => ({ finished: [...context.finished, event.replica] })) },
             ],
             REPLICA_REWOUND: { actions: 'unfinish' },
+            REPLICA_RETIRED: [{ guard: 'othersFinished', target: 'finished', actions: 'retire' }, { actions: 'retire' }],
             SLOT_LOST: { actions: 'reassign' },
           },
         },

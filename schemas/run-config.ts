@@ -132,6 +132,12 @@ export interface BridgeConfig {
    * standbys, at an outer-step boundary, from the Bridge's parameters there (docs/bridge.md). Default: every replica.
    */
   readonly startReplicas: number;
+  /**
+   * A replica one of whose slots has stayed vacant this long (its host lost, no standby, no host joined) is retired
+   * after the last outer step all its stages contributed to, so that the others' syncs no longer wait for it
+   * (docs/bridge.md). Unset: it waits for a host however long that takes.
+   */
+  readonly retireVacantMs?: number;
 }
 
 export const DEFAULT_BRIDGE: Omit<BridgeConfig, 'syncEvery' | 'quorum' | 'startReplicas'> = {
@@ -247,7 +253,7 @@ function validateSynthetic(raw: unknown, stages: number, fail: (why: string) => 
 }
 
 function validateBridge(raw: unknown, replicas: number, fail: (why: string) => never): BridgeConfig {
-  if (!raw || typeof raw !== 'object') fail('training.bridge must be an object {syncEvery, outer, outerLr, outerMomentum, payload, quorum, timeoutMs, startReplicas}');
+  if (!raw || typeof raw !== 'object') fail('training.bridge must be an object {syncEvery, outer, outerLr, outerMomentum, payload, quorum, timeoutMs, startReplicas, retireVacantMs}');
   const starting = (raw as Partial<BridgeConfig>).startReplicas ?? replicas;
   if (!Number.isSafeInteger(starting) || starting < 1 || starting > replicas) fail(`training.bridge.startReplicas must be an integer in [1, ${replicas}] (the replicas), got ${JSON.stringify(starting)}`);
   const b = { ...DEFAULT_BRIDGE, quorum: starting, startReplicas: starting, ...(raw as Partial<BridgeConfig>) };
@@ -261,9 +267,10 @@ function validateBridge(raw: unknown, replicas: number, fail: (why: string) => n
   if (b.outerMomentum >= 1) fail(`training.bridge.outerMomentum must be below 1, got ${b.outerMomentum}`);
   if (!Number.isSafeInteger(b.quorum) || b.quorum < 1 || b.quorum > replicas) fail(`training.bridge.quorum must be an integer in [1, ${replicas}] (the replicas), got ${JSON.stringify(b.quorum)}`);
   if (!Number.isSafeInteger(b.timeoutMs) || b.timeoutMs < 1) fail(`training.bridge.timeoutMs must be a positive integer, got ${JSON.stringify(b.timeoutMs)}`);
+  if (b.retireVacantMs !== undefined && (!Number.isSafeInteger(b.retireVacantMs) || b.retireVacantMs < 1)) fail(`training.bridge.retireVacantMs must be a positive integer (ms), got ${JSON.stringify(b.retireVacantMs)}`);
   // A replica joining mid-run starts with no error-feedback residual, which top-k's restore requires.
   if (b.startReplicas < replicas && b.payload === 'topk') fail(`training.bridge.startReplicas below the replicas (${b.startReplicas} of ${replicas}) needs payload 'mxint8' or 'fp32': a replica joining mid-run has no top-k residual to restore`);
-  const known = new Set(['syncEvery', 'outer', 'outerLr', 'outerMomentum', 'payload', 'topkFraction', 'quorum', 'timeoutMs', 'startReplicas']);
+  const known = new Set(['syncEvery', 'outer', 'outerLr', 'outerMomentum', 'payload', 'topkFraction', 'quorum', 'timeoutMs', 'startReplicas', 'retireVacantMs']);
   for (const k of Object.keys(raw as object)) if (!known.has(k)) fail(`training.bridge.${k} is not a setting (known: ${[...known].join(', ')})`);
   return b as BridgeConfig;
 }

@@ -90,6 +90,11 @@ export interface MembershipChange {
   readonly outer: number;
   readonly step: number;
   readonly at: number;
+  /**
+   * Left because this stage's slot stayed vacant (training.bridge.retireVacantMs): its last step is the last it
+   * committed, and it has no final weights.
+   */
+  readonly vacant?: { readonly stage: number };
 }
 
 /** `bridge.<stage>.<outer>`: one stage's outer step, created once. */
@@ -286,7 +291,7 @@ const AUDIT_SUMMARY: FieldReader<AuditSummary> = object({
   pending: optional(arrayOf(object({ replica: count, stage: count, epoch: count, from: optional(checkpointPointerReader), to: object({ step: count, sha256: text }) }))),
 });
 
-const MEMBERSHIP_CHANGE = object({ replica: count, outer: count, step: count, at: real });
+const MEMBERSHIP_CHANGE = object({ replica: count, outer: count, step: count, at: real, vacant: optional(object({ stage: count })) });
 
 const RUN_STATE = object({
   status: oneOf(['gathering', 'running', 'finishing', 'finished', 'failed']),

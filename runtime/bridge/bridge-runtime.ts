@@ -23,6 +23,8 @@ export interface Bridges {
   joined(replica: number, from: number): void;
   /** A replica leaves every stage's Bridge after contributing to outer step `until`. */
   leaving(replica: number, until: number): void;
+  /** Whether every stage's Bridge has the replica's contribution to `outer`, or has combined that outer step already. */
+  contributedAll(replica: number, outer: number): boolean;
 
   /** The records this process stored or found, by stage. */
   records(): BridgeRecord[];
@@ -70,6 +72,7 @@ export function startBridges(o: {
     },
     joined: (replica, from) => { for (const a of actors) a.send({ type: 'JOINED', replica, from }); },
     leaving: (replica, until) => { for (const a of actors) a.send({ type: 'LEAVING', replica, until }); },
+    contributedAll: (replica, outer) => actors.every((a, stage) => reported.has(`${stage}.${outer}.${replica}`) || a.getSnapshot().context.done.includes(outer)),
     records: () => [...records],
     stop: () => { for (const a of actors) a.stop(); },
   };

@@ -121,7 +121,7 @@ function membershipLines(st: Partial<RunState>): string[] {
   const when = (at: number) => new Date(at).toISOString();
   return [
     ...(st.joined?.length ? [`replicas joined mid-run: ${st.joined.map((j) => `replica ${j.replica} after outer step ${j.outer} (training from step ${j.step}, ${when(j.at)})`).join('; ')}`] : []),
-    ...(st.left?.length ? [`replicas that left: ${st.left.map((l) => `replica ${l.replica} after outer step ${l.outer} (its last step ${l.step}, ${when(l.at)})`).join('; ')}`] : []),
+    ...(st.left?.length ? [`replicas that left: ${st.left.map((l) => `replica ${l.replica} after outer step ${l.outer} (its last step ${l.step}, ${l.vacant ? `retired: its stage ${l.vacant.stage} slot stayed vacant, ` : ''}${when(l.at)})`).join('; ')}`] : []),
   ];
 }
 

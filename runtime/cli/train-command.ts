@@ -51,6 +51,7 @@ interface TrainFlags extends RunShapeFlags {
   quorum?: number;
   syncTimeout?: number;
   startReplicas?: number;
+  retireVacant?: number;
 }
 
 function fraction(flag: string) {
@@ -63,7 +64,7 @@ function fraction(flag: string) {
 
 /** The Bridge settings given as flags (merged over a config file's training.bridge). */
 function bridgeOverride(flags: TrainFlags): BridgeConfig | undefined {
-  const given = { syncEvery: flags.syncEvery, outer: flags.outer, outerLr: flags.outerLr, outerMomentum: flags.outerMomentum, payload: flags.bridgePayload, topkFraction: flags.topkFraction, quorum: flags.quorum, timeoutMs: flags.syncTimeout, startReplicas: flags.startReplicas };
+  const given = { syncEvery: flags.syncEvery, outer: flags.outer, outerLr: flags.outerLr, outerMomentum: flags.outerMomentum, payload: flags.bridgePayload, topkFraction: flags.topkFraction, quorum: flags.quorum, timeoutMs: flags.syncTimeout, startReplicas: flags.startReplicas, retireVacantMs: flags.retireVacant };
   return Object.values(given).some((v) => v !== undefined) ? (given as BridgeConfig) : undefined;
 }
 
@@ -117,6 +118,7 @@ export function trainCommand(program: Command): void {
     .option('--quorum <n>', 'fewest replicas a sync goes ahead with once --sync-timeout has passed (default: all that start)', positiveInt('--quorum'))
     .option('--sync-timeout <ms>', 'how long a sync waits past the first contribution for the rest (default 30000)', positiveInt('--sync-timeout'))
     .option('--start-replicas <n>', '(NATS, with the Bridge) replicas that start the run (default: all); each other replica joins at an outer step once its hosts wait as standbys (`caravan host --nats URL --run ID`)', positiveInt('--start-replicas'))
+    .option('--retire-vacant <ms>', '(NATS, with the Bridge) retire a replica one of whose slots stays vacant this long (no standby, no host joined), so the others\' syncs stop waiting for it (default: wait for a host)', positiveInt('--retire-vacant'))
     .option('--in-process', 'chain the stages in this process, without NATS')
     .option('--val-every <n>', '(in-process) steps between validation passes', positiveInt('--val-every'), 50)
     .option('--checkpoint-dir <dir>', '(in-process) write stage checkpoints (safetensors) here')

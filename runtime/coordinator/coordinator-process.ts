@@ -130,8 +130,12 @@ async function coordinate(
   const tickMs = Math.min(1000, Math.max(50, Math.floor(heartbeatTimeoutMs / 10)));
   // Replicas that joined before a restart are in the run as much as those that started it.
   const active = bridgeMembers(o.config, run.state).map((m) => m.replica);
+  const retired = (run.state.left ?? []).filter((l) => l.vacant).map((l) => l.replica);
   const coordinator = createActor(coordinatorMachine, {
-    input: { stages: t.stages, replicas: t.replicas, startReplicas: t.bridge?.startReplicas, heartbeatTimeoutMs, tickMs, restore: restore && { ...restore, active } },
+    input: {
+      stages: t.stages, replicas: t.replicas, startReplicas: t.bridge?.startReplicas, heartbeatTimeoutMs, tickMs, retireVacantMs: t.bridge?.retireVacantMs,
+      restore: restore && { ...restore, active, retired },
+    },
   });
   // Deaf to NATS (its server paused or cut off), the coordinator counts no host's silence against it.
   const silentMs = heartbeatTimeoutMs / 2;
@@ -172,6 +176,7 @@ async function coordinate(
       case 'HOST_LOST': p.membership.lost(cmd.host, cmd.slot); return;
       case 'SLOT_VACANT': log.warn({ replica: cmd.replica, stage: cmd.stage, lost: cmd.lost }, 'slot vacant: no standby; waiting for a host to join'); return;
       case 'REPLICA_JOINED': p.replicaJoined(cmd.replica); return;
+      case 'REPLICA_STRANDED': p.replicaStranded(cmd.replica, cmd.stage, cmd.vacantMs); return;
       case 'RUN_FINISHED': p.replicasFinished(); return;
     }
   });
@@ -236,14 +241,14 @@ function assemble(
   let replicasDone = false;
   let finishing = false;
   function maybeFinish(): void {
-    if (finishing || rewinds.busy || !replicasDone || reports.finals.size < t.stages * replicas.active.length) return;
+    if (finishing || rewinds.busy || !replicasDone || reports.finals.size < t.stages * replicas.finishing().length) return;
     finishing = true;
     const { finals } = reports, { losses, skipped, rolledBack } = replicas;
     // The last intervals' audits finish before the summary says what they found; one of them may send a replica back to work.
     void (audits?.settled() ?? Promise.resolve())
       .then(() => {
         if (rewinds.busy) { finishing = false; return; }
-        return finishRun({ run: o.run, config, state: run, results: net.results, bridges: net.bridges, counters, finals, active: replicas.active, losses, skipped, rolledBack, audits: audits?.result() }).then(settle);
+        return finishRun({ run: o.run, config, state: run, results: net.results, bridges: net.bridges, counters, finals, active: replicas.active, finishing: replicas.finishing(), losses, skipped, rolledBack, audits: audits?.result() }).then(settle);
       })
       .catch((err: Error) => settle(err));
   }
@@ -282,6 +287,17 @@ function assemble(
       void run.save();
       log.info({ replica, outer: decided.outer, last_step: decided.lastStep }, 'replica leaving: it contributes to this outer step last, and ends after this step');
       return { ok: true, outer: decided.outer, last_step: decided.lastStep };
+    },
+    // A slot vacant past training.bridge.retireVacantMs: its replica is retired where it stands, so that the others'
+    // syncs stop waiting for it. Its remaining hosts keep their slots, idle, until the run ends.
+    replicaStranded: (replica: number, stage: number, vacantMs: number) => {
+      const decided = bridges ? replicas.strand(replica, t.bridge!.syncEvery, (outer) => bridges.contributedAll(replica, outer)) : 'the run has no Bridge';
+      if (typeof decided === 'string') { log.warn({ replica, stage, vacant_ms: vacantMs }, `slot still vacant; the replica is not retired: ${decided}`); return; }
+      bridges!.leaving(replica, decided.outer);
+      run.state.left = [...(run.state.left ?? []), { replica, outer: decided.outer, step: decided.lastStep, at: Date.now(), vacant: { stage } }];
+      void run.save();
+      log.warn({ replica, stage, vacant_ms: vacantMs, outer: decided.outer, last_step: decided.lastStep }, 'replica retired: a slot of it stayed vacant; the Bridge counts it no more after this outer step, and the run ends without it');
+      send({ type: 'REPLICA_RETIRED', replica });
     },
     replicasFinished: () => {
       replicasDone = true;

@@ -29,8 +29,10 @@ export class Replicas {
   private readonly actors: Array<Actor<typeof replicaMachine> | undefined> = [];
   /** The replicas in the run: those that start it (training.bridge.startReplicas), then those that joined (join()). */
   readonly active: number[];
-  /** Replicas leaving the run (retire()): their last step. */
+  /** Replicas leaving the run (retire(), strand()): their last step. */
   private readonly lastSteps = new Map<number, number>();
+  /** Replicas retired because a slot stayed vacant (strand()): no final weights; the run ends without them. */
+  readonly stranded = new Set<number>();
   private readonly inLog = new Set<string>();  // step control already in the log, by stepControlId
   /** Each replica's epoch: how many times an audit's catch rewound it (rewinds.ts). */
   private readonly epochs: number[];
@@ -55,7 +57,10 @@ export class Replicas {
     this.active = Array.from({ length: o.config.training.bridge?.startReplicas ?? o.config.training.replicas }, (_, r) => r);
     // A restarted coordinator: the replicas that joined before, each from the step it joined at; those leaving, to their last.
     for (const j of o.run.state.joined ?? []) this.admit(j.replica, j.step);
-    for (const l of o.run.state.left ?? []) this.lastSteps.set(l.replica, l.step);
+    for (const l of o.run.state.left ?? []) {
+      this.lastSteps.set(l.replica, l.step);
+      if (l.vacant) this.stranded.add(l.replica);
+    }
     this.schedule = runSchedule(o.config);
     this.scheduleUse = { name: this.schedule.name, bound: scheduleBound(this.schedule) };
   }
@@ -111,8 +116,35 @@ export class Replicas {
 
   /** Starts the actor of every replica in the run, then every replica. */
   start(): void {
-    for (const r of this.active) this.actors[r] = this.startReplica(r);
-    for (const r of this.active) this.actors[r]!.send({ type: 'START' });
+    const training = this.active.filter((r) => !this.stranded.has(r));
+    for (const r of training) this.actors[r] = this.startReplica(r);
+    for (const r of training) this.actors[r]!.send({ type: 'START' });
+  }
+
+  /** The replicas whose stages upload final states: all in the run but those retired for a vacant slot. */
+  finishing(): number[] {
+    return this.active.filter((r) => !this.stranded.has(r));
+  }
+
+  /**
+   * A replica with a slot that stayed vacant is retired where it stands: its actor decides nothing more, and its last
+   * step is the last it committed. `contributedAll(outer)`: whether every stage's Bridge has its contribution to that
+   * outer step (or combined it already). Its last outer step is the latest such at or before its last boundary, so
+   * no stage waits for a contribution that died with the host. Returns both, or why it is not retired.
+   */
+  strand(replica: number, syncEvery: number, contributedAll: (outer: number) => boolean): { outer: number; lastStep: number } | string {
+    const actor = this.actors[replica];
+    if (!actor || !this.active.includes(replica) || this.stranded.has(replica)) return `replica ${replica} is not training in this run`;
+    if (actor.getSnapshot().status !== 'active') return `replica ${replica} has finished`;
+    if (!this.active.some((r) => r !== replica && !this.stranded.has(r))) return `replica ${replica} is the last replica in the run: it waits for a host`;
+    const lastStep = this.losses[replica].length - 1;
+    if (lastStep < this.firstSteps[replica]) return `replica ${replica} has committed no step yet: it waits for a host`;
+    let outer = Math.floor((lastStep + 1) / syncEvery);
+    while (outer > 0 && !contributedAll(outer)) outer--;
+    actor.stop();
+    this.stranded.add(replica);
+    this.lastSteps.set(replica, lastStep);
+    return { outer, lastStep };
   }
 
   /**
@@ -236,7 +268,7 @@ export class Replicas {
     const stepsDone = this.active.reduce((n, r) => n + Math.max(0, this.losses[r].length - joinedAt(r)), 0);
     const tokensPerSecond = (stepsDone * tokensPerStep(t)) / Math.max(run.elapsedSeconds(), 1e-3);
     this.o.progress({ replica, step: cmd.step, loss: cmd.loss, gradNorm: cmd.gradNorm, tokensPerSecond, steps: t.steps });
-    if (replica === 0) {
+    if (replica === this.finishing()[0]) {  // replica 0, unless it was retired for a vacant slot
       const live = liveMetrics({ counters: this.o.counters, stages: t.stages, schedule: this.scheduleUse, model: config.model, seqLen: t.seqLen, step: cmd.step, tokensPerS: tokensPerSecond, recoveries: run.recoveries });
       Object.assign(run.state, { step: cmd.step + 1, loss: cmd.loss, tokens_per_s: tokensPerSecond }, live ? { metrics: live } : {});
       void run.save();

@@ -33,6 +33,8 @@ export interface FinishedRun {
   readonly finals: ReadonlyMap<string, string>;
   /** The replicas that trained in the run: those that started it and those that joined. */
   readonly active: readonly number[];
+  /** Of those, the ones whose stages uploaded final states (not those retired for a vacant slot). */
+  readonly finishing: readonly number[];
   readonly losses: number[][];
   /** `${replica}.${step}` committed as skipped. */
   readonly skipped: ReadonlySet<string>;
@@ -62,25 +64,29 @@ export async function finishRun(o: FinishedRun): Promise<RunSummary> {
   // Steps before a run's given states (--from-states) were not trained in this run's time.
   // A replica that joined mid-run trained from the step it joined at.
   const firstStep = (r: number) => state.state.joined?.find((j) => j.replica === r)?.step ?? state.state.from_step ?? 0;
-  const trained = o.active.reduce((n, r) => n + t.steps - firstStep(r), 0);
+  // A replica that left trained up to its last step.
+  const endStep = (r: number) => (state.state.left?.find((l) => l.replica === r)?.step ?? t.steps - 1) + 1;
+  const trained = o.active.reduce((n, r) => n + endStep(r) - firstStep(r), 0);
   const tokensPerS = (trained * tokensPerStep(t)) / wall;
-  const stagesOf0 = Array.from({ length: t.stages }, (_, s) => counters.get(`0.${s}`)!.compute);
+  // The run's own figures are its first replica's: 0, unless it was retired for a vacant slot.
+  const lead = o.finishing[0];
+  const stagesOfLead = Array.from({ length: t.stages }, (_, s) => counters.get(`${lead}.${s}`)!.compute);
   return {
     run: o.run,
     steps: t.steps,
     stages: t.stages,
     replicas: t.replicas,
-    losses: losses[0],
-    final_loss: losses[0][losses[0].length - 1],
+    losses: losses[lead],
+    final_loss: losses[lead][losses[lead].length - 1],
     tokens_per_s: tokensPerS,
-    params_sha256: hashes[0]!,  // replica 0 always starts the run
+    params_sha256: hashes[lead]!,
     params_sha256_by_replica: hashes,
     losses_by_replica: losses,
     wall_seconds: wall,
     dead_letters: dead,
     wire: { ...wire, ratio_vs_f32: wire.wire_bytes > 0 ? wire.f32_bytes / wire.wire_bytes : 0 },
-    ...pipelineUse(stagesOf0, scheduleUse(config)),
-    devices_by_stage: stagesOf0.map((c) => c.device),
+    ...pipelineUse(stagesOfLead, scheduleUse(config)),
+    devices_by_stage: stagesOfLead.map((c) => c.device),
     mfu_pct: mfuPercent(tokensPerS, config.model, t.seqLen, [...counters.values()].map((c) => c.compute.peak_gflops)),
     recoveries: { ...state.recoveries },
     skipped_steps: replicaSteps(o.skipped),
@@ -98,7 +104,7 @@ async function finalHashes(o: FinishedRun): Promise<Array<string | null>> {
   const ranges = stageRanges(o.config);
   const hashes: Array<string | null> = [];
   for (let r = 0; r < t.replicas; r++) {
-    if (!o.active.includes(r)) { hashes.push(null); continue; }
+    if (!o.finishing.includes(r)) { hashes.push(null); continue; }
     const blobs: Uint8Array[] = [];
     for (const [begin, end] of ranges) {
       const blob = await o.results.finalState(r, begin, end);

@@ -44,8 +44,8 @@ const hostIds = (n: number) => Array.from({ length: n }, (_, i) => `h${i}`);
 const join = (host: string, datacenter = 'dc-a'): CoordinatorEvent => ({ type: 'HOST_JOINED', host, datacenter });
 
 /** Joins S×R hosts (and `extra` more), makes every slotted one ready, and returns the coordinator running. */
-function running(extra = 0) {
-  const c = coordinator();
+function running(extra = 0, input: Partial<CoordinatorMachineInput> = {}) {
+  const c = coordinator(input);
   const slots = c.config.stages * c.config.replicas;
   const hosts = hostIds(slots + extra);
   for (const h of hosts) c.send(join(h));
@@ -228,6 +228,32 @@ test('with no standby the slot stays vacant until the next host joins', (t) => {
   ]);
   t.deepEqual(c.send(join('late')), [{ type: 'ASSIGN', host: 'late', replica: 0, stage: 0, replacing: silent }]);
   t.deepEqual(c.send(join('later')), [{ type: 'STANDBY', host: 'later' }], 'one vacancy, one replacement');
+});
+
+test('a slot vacant for retireVacantMs strands its replica once; retired, its slots are filled no more and the run ends without it', (t) => {
+  const c = running(0, { retireVacantMs: 2000 });
+  const silent = 'h4';  // replica 1, stage 1
+  let out = c.advance(2 * TIMEOUT, c.hosts.filter((h) => h !== silent)).map((e) => e.cmd);
+  t.deepEqual(out.map((x) => x.type), ['HOST_LOST', 'SLOT_VACANT']);
+  const alive = c.hosts.filter((h) => h !== silent);
+  t.deepEqual(c.advance(1000, alive), [], 'not yet: vacant for less than the limit');
+  out = c.advance(2000, alive).map((e) => e.cmd);
+  t.is(out.length, 1);
+  t.like(out[0], { type: 'REPLICA_STRANDED', replica: 1, stage: 1 });
+  t.true((out[0] as { vacantMs: number }).vacantMs >= 2000);
+  t.deepEqual(c.advance(3000, alive), [], 'said once');
+  t.deepEqual(c.send({ type: 'REPLICA_RETIRED', replica: 1 }), []);
+  t.deepEqual(c.send(join('late')), [{ type: 'STANDBY', host: 'late' }], 'a retired replica\'s slot waits for no one');
+  out = c.advance(2 * TIMEOUT, alive.filter((h) => h !== 'h3')).map((e) => e.cmd);
+  t.deepEqual(out, [{ type: 'HOST_LOST', host: 'h3', slot: { replica: 1, stage: 0 } }, { type: 'HOST_LOST', host: 'late', slot: null }], 'and its other slots neither');
+  t.deepEqual(c.send({ type: 'REPLICA_FINISHED', replica: 0 }), [{ type: 'RUN_FINISHED' }], 'the run ends when the replicas not retired have finished');
+});
+
+test('without retireVacantMs a vacant slot waits for a host however long', (t) => {
+  const c = running(0);
+  const alive = c.hosts.filter((h) => h !== 'h4');
+  c.advance(2 * TIMEOUT, alive);
+  t.false(c.advance(60_000, alive).some((e) => e.cmd.type === 'REPLICA_STRANDED'));
 });
 
 test('a slotted host lost before the run starts is replaced too, and the start waits for its replacement', (t) => {

@@ -155,5 +155,7 @@ test('bridge settings are checked by name', (t) => {
   t.like(withBridge({ syncEvery: 2, startReplicas: 1 }, 3).training.bridge, { startReplicas: 1, quorum: 1 }, 'the quorum defaults to the replicas that start');
   t.throws(() => withBridge({ syncEvery: 2, startReplicas: 3 }), { message: /training\.bridge\.startReplicas must be an integer in \[1, 2\]/ });
   t.throws(() => withBridge({ syncEvery: 2, startReplicas: 1, payload: 'topk' }), { message: /needs payload 'mxint8' or 'fp32'/ });
+  t.throws(() => withBridge({ syncEvery: 2, retireVacantMs: 0 }), { message: /training\.bridge\.retireVacantMs must be a positive integer \(ms\), got 0/ });
+  t.is(withBridge({ syncEvery: 2, retireVacantMs: 5000 }).training.bridge!.retireVacantMs, 5000);
   t.throws(() => validateRunConfig({ ...base, training: { ...base.training, replicas: 2, synthetic: { device: 'A100', peakTflops: 312, efficiency: 0.5, timeScale: 1, frameBytes: 1024 }, bridge: { syncEvery: 2, startReplicas: 1 } } }), { message: /a synthetic run has no parameters for a replica to join from/ });
 });

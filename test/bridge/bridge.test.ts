@@ -4,6 +4,9 @@
 // MX int8 and top-k alike; with one replica and plain averaging the run is the run without a
 // Bridge, bit for bit; a replica's host killed mid-sync: the sync completes
 // with the quorum, nothing hangs, the replacement takes up the stored result.
+// A replica that joins and leaves mid-run, and one retired because a host was
+// lost with no standby: the runs end with the weights of that membership
+// history replayed in one process.
 // Bridge objects overwritten in the Object Store by a peer with a host's valid
 // credentials (a server with minted users): a contribution after it was
 // reported is refused by the Bridge (every replica waited for: the sync
@@ -142,6 +145,49 @@ test.serial('a replica joins a running run when its hosts arrive and leaves when
   const reference = await trainLocalBridge({ ...config, joined: [join], left: [left], combined: (stage, o) => syncs.find((s) => s.stage === stage && s.outer === o)!.replicas });
   t.deepEqual(summary.losses_by_replica, reference.losses, 'every replica\'s losses, step by step');
   t.deepEqual(summary.params_sha256_by_replica, reference.paramsSha256ByReplica, 'the weights of the history replayed in one process: replica 1\'s as it left');
+});
+
+test.serial('a replica whose host is lost with no standby is retired once its slot stays vacant: the other trains to the end without waiting on it, with the weights of that history replayed in one process', async (t) => {
+  // Every replica waited for (the quorum is both): without the retirement the run would stall at the next sync.
+  const H = 2, steps = 12;
+  const overrides = { training: { ...shape, steps, stages: 2, replicas: 2, checkpointEvery: 2, bridge: { syncEvery: H, retireVacantMs: 1000, timeoutMs: 600_000 } as never } };
+  const config = await loadRunConfig({ preset: 'tiny', overrides });
+  t.is(config.training.bridge!.quorum, 2);
+  let where: { url: string; run: string } | undefined;
+  let killed: Promise<string> | undefined;
+  let status = '';
+  const summary = await trainDistributed({
+    config, run: 'stranded', log: createLogger('test', 'silent'), heartbeatTimeoutMs: 4000, hostsMayBeKilled: true, childLogLevel: 'warn',
+    onReady: (info) => { where = info; },
+    // Replica 1's stage 1 dies once replica 1 is past step 4; no standby is there to take its slot.
+    onProgress: (p) => {
+      if (killed || p.replica !== 1 || p.step < 4) return;
+      killed = (async () => {
+        const nc = await connect({ servers: where!.url });
+        const res = await openExistingRun(nc, where!.run, where!.url);
+        const slot = await readSlot(res.kv, 1, 1);
+        process.kill(Number(/-(\d+)$/.exec(slot!.record.host)![1]), 'SIGKILL');
+        await nc.close();
+        return slot!.record.host;
+      })();
+    },
+    onFinished: async ({ url, run }) => { status = (await caravan(['status', '--nats', url, '--run', run])).stdout; },
+  });
+  t.regex(await killed!, /-\d+$/, 'a host was killed');
+  const [left] = summary.replicas_left ?? [];
+  t.like(left, { replica: 1, vacant: { stage: 1 } });
+  t.is(summary.losses_by_replica[1].length, left.step + 1, 'its last step is the last it committed');
+  t.true(left.step >= 4 && left.outer >= 2 && left.outer <= Math.floor((left.step + 1) / H), JSON.stringify(left));
+  t.is(summary.params_sha256_by_replica[1], null, 'no final weights for the retired replica');
+  t.is(summary.losses_by_replica[0].length, steps, 'replica 0 trained to the end');
+  t.is(summary.outer_steps, steps / H);
+  const syncs = summary.bridge_syncs!;
+  for (const s of syncs.filter((x) => x.outer > left.outer)) t.deepEqual(s.replicas, [0], `outer step ${s.outer} of stage ${s.stage} went ahead without replica 1`);
+  t.true(syncs.some((s) => s.replicas.includes(1)), 'replica 1 was combined before it was retired');
+  t.regex(status, new RegExp(`replicas that left: replica 1 after outer step ${left.outer} \\(its last step ${left.step}, retired: its stage 1 slot stayed vacant, `));
+  const reference = await trainLocalBridge({ ...config, left: [left], combined: (stage, o) => syncs.find((s) => s.stage === stage && s.outer === o)!.replicas });
+  t.deepEqual(summary.losses_by_replica, reference.losses, 'every replica\'s losses, step by step');
+  t.is(summary.params_sha256_by_replica[0], reference.paramsSha256ByReplica[0], 'replica 0\'s weights are those of the history replayed in one process');
 });
 
 test.serial('with one replica and plain averaging of fp32 parameters, the Bridge changes nothing: the same bits as without it', async (t) => {
