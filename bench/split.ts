@@ -34,7 +34,7 @@ export async function compareSplits(name: string, steps: number, timeScale: numb
     rows[split] = r;
     process.stderr.write(`${split}: layers ${r.layers_by_stage.join('/')}, utilization by stage ${r.utilization_by_stage.join(', ')}, MFU ${r.mfu_pct}%, ${r.tokens_per_s} tokens/s, wall ${r.wall_s} s\n`);
   }
-  const per = (r: SimulateResult) => ({ layers_by_stage: r.layers_by_stage, utilization_by_stage: r.utilization_by_stage, utilization: r.utilization, schedule_bound: r.schedule_bound, mfu_pct: r.mfu_pct, tokens_per_s: r.tokens_per_s });
+  const per = (r: SimulateResult) => ({ layers_by_stage: r.layers_by_stage, memory_by_stage: r.memory_by_stage, utilization_by_stage: r.utilization_by_stage, utilization: r.utilization, schedule_bound: r.schedule_bound, mfu_pct: r.mfu_pct, tokens_per_s: r.tokens_per_s });
   return {
     preset: name, devices_by_stage: rows.even.devices_by_stage, stages: t.stages, microbatches: t.microbatches, steps, time_scale: timeScale, schedule: rows.even.schedule,
     even: per(rows.even), speed: per(rows.speed),

@@ -90,14 +90,17 @@ export interface SyntheticCompute {
   readonly timeScale: number;
   /** Bytes of one activation or gradient frame's payload, as the real model would send at a boundary. */
   readonly frameBytes: number;
+  /** The device's memory (GiB), where known: what the speed-aware split must fit (schemas/model-memory.ts). */
+  readonly memoryGiB?: number;
   /** A device per stage, in order, where stages run on different ones (efficiency is shared); absent: `device` everywhere. */
   readonly stageDevices?: readonly StageDevice[];
 }
 
-/** A simulated device: its name and peak dense bf16 TFLOP/s. */
+/** A simulated device: its name, peak dense bf16 TFLOP/s and, where given, its memory (GiB). */
 export interface StageDevice {
   readonly device: string;
   readonly peakTflops: number;
+  readonly memoryGiB?: number;
 }
 
 /** Which checkpoint intervals are audited: each (replica, stage, interval) with probability `rate`, drawn from `seed` (default: the run's seed). */
@@ -243,12 +246,14 @@ function validateSynthetic(raw: unknown, stages: number, fail: (why: string) => 
     if (typeof s[k] !== 'number' || !Number.isFinite(s[k]) || !((s[k] as number) > 0)) fail(`training.synthetic.${k} must be a positive number, got ${JSON.stringify(s[k])}`);
   }
   if (typeof s.efficiency !== 'number' || !(s.efficiency > 0 && s.efficiency <= 1)) fail(`training.synthetic.efficiency must be in (0, 1], got ${JSON.stringify(s.efficiency)}`);
+  if (s.memoryGiB !== undefined && !(typeof s.memoryGiB === 'number' && Number.isFinite(s.memoryGiB) && s.memoryGiB > 0)) fail(`training.synthetic.memoryGiB must be a positive number, got ${JSON.stringify(s.memoryGiB)}`);
   if (s.stageDevices === undefined) return;
   const devices = s.stageDevices as unknown;
   const good = (d: unknown) => !!d && typeof d === 'object' && typeof (d as { device: unknown }).device === 'string' && !!(d as { device: string }).device
-    && typeof (d as { peakTflops: unknown }).peakTflops === 'number' && (d as { peakTflops: number }).peakTflops > 0 && Number.isFinite((d as { peakTflops: number }).peakTflops);
+    && typeof (d as { peakTflops: unknown }).peakTflops === 'number' && (d as { peakTflops: number }).peakTflops > 0 && Number.isFinite((d as { peakTflops: number }).peakTflops)
+    && ((d as { memoryGiB?: unknown }).memoryGiB === undefined || ((d as { memoryGiB: number }).memoryGiB > 0 && Number.isFinite((d as { memoryGiB: number }).memoryGiB)));
   if (!Array.isArray(devices) || devices.length !== stages || !devices.every(good)) {
-    fail(`training.synthetic.stageDevices must be ${stages} entries {device, peakTflops > 0} (one per stage), got ${JSON.stringify(devices)}`);
+    fail(`training.synthetic.stageDevices must be ${stages} entries {device, peakTflops > 0, memoryGiB > 0 (optional)} (one per stage), got ${JSON.stringify(devices)}`);
   }
 }
 

@@ -28,5 +28,5 @@ export function stageRanges(config: Pick<RunConfig, 'model' | 'training'>): Arra
 /** The simulated device of stage `s`: its entry in `stageDevices`, else the run's one device. */
 export function stageDevice(synthetic: SyntheticCompute, s: number): SyntheticCompute {
   const own = synthetic.stageDevices?.[s];
-  return own ? { ...synthetic, device: own.device, peakTflops: own.peakTflops } : synthetic;
+  return own ? { ...synthetic, device: own.device, peakTflops: own.peakTflops, memoryGiB: own.memoryGiB } : synthetic;
 }

@@ -5,19 +5,22 @@
 // is a lookup) — over its speed; training is three forwards' worth
 // (model-flops.ts), so the forward ranks splits as training does. Exact, by dynamic programming over
 // (stages, layers): O(S·L²), a few million steps for 16 stages of 90 layers.
+// With `fits`, a stage may hold only layers that fit its device's memory
+// (schemas/model-memory.ts): the best split among those that fit.
 import type { LlamaConfig } from '../../schemas/model-config.ts';
 import { stageForwardFlopsPerToken } from '../../schemas/model-flops.ts';
 
 /**
  * Layers per stage (each at least one, summing to m.nLayers) for stages of relative speeds `speeds` (any unit:
  * TFLOPS, or a measured rate), minimising the slowest stage's time. Ties go to the split that gives later
- * stages fewer layers, so the result is one function of its inputs.
+ * stages fewer layers, so the result is one function of its inputs. `fits(s, begin, end)`: whether stage s can hold
+ * layers [begin, end) (its device's memory); a split none of whose choices fit is refused by name.
  */
-export function speedAwareLayers(m: LlamaConfig, seqLen: number, speeds: readonly number[]): number[] {
+export function speedAwareLayers(m: LlamaConfig, seqLen: number, speeds: readonly number[], fits?: (stage: number, begin: number, end: number) => boolean): number[] {
   const S = speeds.length, L = m.nLayers;
   if (S < 1 || S > L) throw new Error(`cannot split ${L} layers into ${S} stages`);
   if (!speeds.every((v) => Number.isFinite(v) && v > 0)) throw new Error(`stage speeds must be positive numbers, got ${JSON.stringify(speeds)}`);
-  const time = (s: number, begin: number, end: number) => stageForwardFlopsPerToken(m, seqLen, begin, end) / speeds[s];
+  const time = (s: number, begin: number, end: number) => (!fits || fits(s, begin, end) ? stageForwardFlopsPerToken(m, seqLen, begin, end) / speeds[s] : Infinity);
   // slowest[s][e]: the least possible slowest time of stages 0..s holding layers [0, e); from[s][e]: where stage s begins then.
   const slowest = Array.from({ length: S }, () => new Float64Array(L + 1).fill(Infinity));
   const from = Array.from({ length: S }, () => new Int32Array(L + 1).fill(-1));
@@ -30,6 +33,7 @@ export function speedAwareLayers(m: LlamaConfig, seqLen: number, speeds: readonl
       }
     }
   }
+  if (slowest[S - 1][L] === Infinity) throw new Error(`no split of ${L} layers into ${S} stages fits the stages' memory: the model needs more memory, or more stages`);
   const counts = new Array<number>(S);
   for (let s = S - 1, e = L; s >= 0; s--) {
     const b = from[s][e];

@@ -4,6 +4,7 @@
 // A100s in 5 datacenters, with activations shrunk 64× at the boundaries (a
 // microbatch of 2 × 4096 tokens crosses as 2.36 MB: 8192 × 9216 bf16 ÷ 64).
 import type { RunConfig, StageDevice, SyntheticCompute } from '../../schemas/run-config.ts';
+import { stageTrainingBytes } from '../../schemas/model-memory.ts';
 import { speedAwareLayers } from '../config/speed-split.ts';
 
 export interface SimulatePreset {
@@ -16,26 +17,33 @@ export interface SimulatePreset {
   readonly syncEvery?: number;
 }
 
-// Peak dense bf16 tensor TFLOPS, as the vendors give them; memory is not modelled.
+// Peak dense bf16 tensor TFLOPS and memory, as the vendors give them. Memory bounds the speed-aware split
+// (schemas/model-memory.ts); the synthetic backend does not allocate it.
 const DEVICES = {
-  h100: { device: 'H100 SXM', peakTflops: 989 },
-  a100: { device: 'A100 80GB', peakTflops: 312 },
-  rtx4090: { device: 'RTX 4090', peakTflops: 165 },
-  rtx3090: { device: 'RTX 3090', peakTflops: 71 },
+  h100: { device: 'H100 SXM', peakTflops: 989, memoryGiB: 80 },
+  a100: { device: 'A100 80GB', peakTflops: 312, memoryGiB: 80 },
+  rtx4090: { device: 'RTX 4090', peakTflops: 165, memoryGiB: 24 },
+  rtx3090: { device: 'RTX 3090', peakTflops: 71, memoryGiB: 24 },
 } as const satisfies Record<string, StageDevice>;
 
 export type LayerSplit = 'even' | 'speed';
 
 /**
  * For `stages` stages of the preset: its devices (its mix given to the stages in turn, or its one device) in
- * `synthetic`, and with split 'speed' the layers per stage that balance them (runtime/config/speed-split.ts).
+ * `synthetic`, and with split 'speed' the layers per stage that balance them among the splits that fit the devices'
+ * memory (runtime/config/speed-split.ts).
  */
 export function splitStages(p: SimulatePreset, synthetic: SyntheticCompute, stages: number, split: LayerSplit): { synthetic: SyntheticCompute; stageLayers?: number[] } {
   const stageDevices = p.mix ? Array.from({ length: stages }, (_, s) => p.mix![s % p.mix!.length]) : undefined;
   const speeds = stageDevices?.map((d) => d.peakTflops) ?? Array.from({ length: stages }, () => synthetic.peakTflops);
+  const t = p.config.training;
+  const fits = (stage: number, begin: number, end: number) => {
+    const limit = stageDevices?.[stage].memoryGiB;
+    return limit === undefined || stageTrainingBytes(p.config.model, { begin, end, stage, stages, microbatches: t.microbatches, microbatchTokens: t.batchSize * t.seqLen }) <= limit * 2 ** 30;
+  };
   return {
     synthetic: { ...synthetic, ...(stageDevices ? { stageDevices } : {}) },
-    ...(split === 'speed' ? { stageLayers: speedAwareLayers(p.config.model, p.config.training.seqLen, speeds) } : {}),
+    ...(split === 'speed' ? { stageLayers: speedAwareLayers(p.config.model, t.seqLen, speeds, fits) } : {}),
   };
 }
 

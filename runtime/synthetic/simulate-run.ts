@@ -24,6 +24,7 @@ import { startSupercluster } from '../nats/nats-supercluster.ts';
 import { startWan, type WanNetwork } from '../wan/wan-network.ts';
 import { planWan, type WanProfile } from '../wan/wan-profile.ts';
 import { stageDevice, stageRanges } from '../../schemas/stage-layers.ts';
+import { stageMemory } from '../../schemas/model-memory.ts';
 import { elementCount, llamaTensorSpecs } from '../../schemas/model-config.ts';
 
 const CLIENT_PORT = 4222, CLUSTER_PORT = 6222, GATEWAY_PORT = 7222;
@@ -55,6 +56,8 @@ export interface SimulateResult {
   /** Each stage's layers (its count), and the simulated device it runs on. */
   readonly layers_by_stage: number[];
   readonly devices_by_stage: string[];
+  /** What each stage would hold training on a GPU (GiB, schemas/model-memory.ts), and its device's memory where known. */
+  readonly memory_by_stage: Array<{ need_gib: number; have_gib: number | null }>;
   readonly recoveries: unknown;
   /** What was killed or cut, after which step, and how long replica 0 then stood still. */
   readonly faults: FaultRecord[];
@@ -210,7 +213,8 @@ export async function simulate(o: SimulateOptions): Promise<SimulateResult> {
     wan_bytes_per_step: Math.round(crossings * 2 * M * frameBytes), frame_bytes: Math.round(frameBytes), time_scale: s.timeScale,
     forward_ms_simulated: +forwardMs.toFixed(1), wall_s: +summary.wall_seconds.toFixed(1),
     utilization_by_stage: summary.utilization_by_stage.map((u) => +u.toFixed(3)),
-    layers_by_stage: ranges.map(([b, e]) => e - b), devices_by_stage: ranges.map((_, st) => stageDevice(s, st).device), recoveries: summary.recoveries, faults: faults.report(),
+    layers_by_stage: ranges.map(([b, e]) => e - b), devices_by_stage: ranges.map((_, st) => stageDevice(s, st).device),
+    memory_by_stage: stageMemory(o.config, ranges.map(([b, e]) => e - b), ranges.map((_, st) => stageDevice(s, st))), recoveries: summary.recoveries, faults: faults.report(),
     hosts, host_processes: Math.ceil(hosts / perProcess), bridge: bridgeFigures(o.config, summary),
     wan: o.wan ? { profile: o.wan.profile.name, rtt_scale: o.wan.rttScale ?? 1, up_mbit: o.wan.rateMbit ?? o.wan.profile.hostUpMbit, down_mbit: o.wan.rateMbit ?? o.wan.profile.hostDownMbit, nats: o.wan.nats ?? 'per-dc' } : null,
   };

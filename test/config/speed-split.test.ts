@@ -4,8 +4,12 @@
 // faster stages get more layers, the LM head's stage fewer; the result is a
 // function of its inputs; bad speeds are refused. The config takes a split
 // (training.stageLayers) and a device per stage (synthetic.stageDevices)
-// only when they fit the run, each refused by name otherwise.
+// only when they fit the run, each refused by name otherwise. With memory
+// limits, the split is the fastest of those that fit (schemas/model-memory.ts),
+// and refused by name when none does.
 import test from 'ava';
+import { stageMemory, stageParams, stageTrainingBytes } from '../../schemas/model-memory.ts';
+import { SIMULATE_PRESETS, splitStages } from '../../runtime/synthetic/simulate-presets.ts';
 import { speedAwareLayers } from '../../runtime/config/speed-split.ts';
 import { stageForwardFlopsPerToken } from '../../schemas/model-flops.ts';
 import { PRESETS } from '../../runtime/config/presets.ts';
@@ -68,7 +72,34 @@ test('stageLayers and stageDevices are taken when they fit the run, refused by n
   const c = validateRunConfig(withDevices([{ device: 'H100 SXM', peakTflops: 989 }, { device: 'RTX 3090', peakTflops: 71 }]));
   t.like(stageDevice(c.training.synthetic!, 1), { device: 'RTX 3090', peakTflops: 71, efficiency: 0.5 });
   t.like(stageDevice({ ...synthetic }, 1), { device: 'A100 80GB', peakTflops: 312 }, 'without them, the one device');
-  t.throws(() => validateRunConfig(withDevices([{ device: 'H100 SXM', peakTflops: 989 }])), { message: /training\.synthetic\.stageDevices must be 2 entries \{device, peakTflops > 0\}/ });
+  t.throws(() => validateRunConfig(withDevices([{ device: 'H100 SXM', peakTflops: 989 }])), { message: /training\.synthetic\.stageDevices must be 2 entries \{device, peakTflops > 0, memoryGiB > 0 \(optional\)\}/ });
   t.throws(() => validateRunConfig(withDevices([{ device: 'H100 SXM', peakTflops: 989 }, { device: '', peakTflops: 71 }])), { message: /stageDevices must be 2 entries/ });
   t.throws(() => validateRunConfig(withDevices([{ device: 'H100 SXM', peakTflops: 989 }, { device: 'x', peakTflops: -1 }])), { message: /stageDevices must be 2 entries/ });
+});
+
+test('memory: a 7B Llama counts its parameters exactly; the speed-aware split is the fastest that fits each device, and none fitting is refused by name', (t) => {
+  const p = SIMULATE_PRESETS['mixed-7b'];
+  const m = p.config.model;
+  t.is(stageParams(m, 0, m.nLayers), 6_738_415_616, 'Llama 2 7B\'s parameter count');
+  t.is(stageParams(m, 0, 16) + stageParams(m, 16, 32), stageParams(m, 0, 32), 'stages add up to the model');
+  const { stageLayers, synthetic } = splitStages(p, p.config.training.synthetic!, 4, 'speed');
+  const fitted = stageMemory(p.config, stageLayers!, synthetic.stageDevices!);
+  t.true(fitted.every((x) => x.need_gib <= x.have_gib!), JSON.stringify(fitted));
+  const even = stageMemory(p.config, [8, 8, 8, 8], synthetic.stageDevices!);
+  t.true(even.slice(2).every((x) => x.need_gib > x.have_gib!), `the even split overflows the 24 GiB cards: ${JSON.stringify(even)}`);
+
+  // The fastest device with half its memory: the split moves layers off it, and is the best of those that fit.
+  const t0 = p.config.training;
+  const bytes = (s: number, b: number, e: number) => stageTrainingBytes(m, { begin: b, end: e, stage: s, stages: 4, microbatches: t0.microbatches, microbatchTokens: t0.batchSize * t0.seqLen });
+  const limits = [40, 80, 24, 24].map((g) => g * 2 ** 30);
+  const fits = (s: number, b: number, e: number) => bytes(s, b, e) <= limits[s];
+  const speeds = [989, 312, 165, 71];
+  const counts = speedAwareLayers(m, t0.seqLen, speeds, fits);
+  const ranges = layerRanges(counts);
+  t.true(ranges.every(([b, e], s) => fits(s, b, e)), `${counts}`);
+  t.true(counts[0] < stageLayers![0], `fewer layers on the smaller H100: ${counts} against ${stageLayers}`);
+  const pace = (c: readonly number[]) => Math.max(...layerRanges(c).map(([b, e], s) => stageForwardFlopsPerToken(m, t0.seqLen, b, e) / speeds[s]));
+  const best = Math.min(...compositions(32, 4).filter((c) => layerRanges(c).every(([b, e], s) => fits(s, b, e))).map(pace));
+  t.is(pace(counts), best, 'as fast as the best split that fits, by brute force');
+  t.throws(() => speedAwareLayers(m, t0.seqLen, speeds, () => false), { message: /^no split of 32 layers into 4 stages fits the stages' memory/ });
 });
