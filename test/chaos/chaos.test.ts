@@ -123,9 +123,10 @@ test.serial('a restarted coordinator replays a snapshot of the control log and i
 // awaits its record), cut off from the other servers past a Raft election,
 // and paused. Opt-in (CARAVAN_CLUSTER_CHAOS=1): run over and over beside a
 // process spinning on a core, it still finds a new way to fail every few
-// runs (docs/recovery.md, items 4–14), each fixed as found; the last, after
-// 5 passes in a row, 4 of 20 faults left unstruck behind a 39 s recovery (an
-// object read stalled on a killed server). Until it passes 10 in a row, a
+// runs (docs/recovery.md, items 4–16), each fixed as found; the last two, 4
+// of 20 faults left unstruck (the driver waiting for a host's word that it
+// reached its fault point, lost in a server's failover) and an object read
+// failing its digest check once mid-failover. Until it passes 10 in a row, a
 // failure in CI would fail the suite for a reason not yet understood.
 const clusterTest = process.env.CARAVAN_CLUSTER_CHAOS === '1' ? test.serial : test.skip;
 
