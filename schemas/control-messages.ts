@@ -140,6 +140,19 @@ export interface LeaveRequest {
   readonly replica: number;
 }
 
+/** `ctl.resplit` (the coordinator's credentials only): an operator asks that the running run go on with another split. */
+export interface ResplitRequest {
+  readonly stage_layers: number[];
+}
+
+/** The coordinator's answer: the step the new split trains from, and the run that trains it; or why not. */
+export interface ResplitReply {
+  readonly ok: boolean;
+  readonly reason?: string;
+  readonly step?: number;
+  readonly run?: string;
+}
+
 /** The coordinator's answer: the outer step the replica contributes to last, and its last step; or why not. */
 export interface LeaveReply {
   readonly ok: boolean;
@@ -244,6 +257,8 @@ const STAGE_REPORT = tagged('type', {
 const REGISTRATION = object({ host: text, datacenter: text, device: optional(text), gpu: optional(text), key: text, proof: text, tflops: optional(real) });
 const LEAVE_REQUEST = object({ replica: count });
 const LEAVE_REPLY = object({ ok: flag, reason: optional(text), outer: optional(count), last_step: optional(count) });
+const RESPLIT_REQUEST = object({ stage_layers: arrayOf(count) });
+const RESPLIT_REPLY = object({ ok: flag, reason: optional(text), step: optional(count), run: optional(text) });
 const REGISTRATION_REPLY = object({ ok: flag, run: optional(text), reason: optional(text), retry: optional(flag) });
 const HOST_ANNOUNCEMENT = object({ host: text, loop_lag_ms: optional(real) });
 const RUN_FAILURE = object({ reason: text });
@@ -259,6 +274,8 @@ export const decodeRegistration = jsonDecoder<Registration>('registration', REGI
 export const decodeRegistrationReply = jsonDecoder<RegistrationReply>('registration reply', REGISTRATION_REPLY);
 export const decodeLeaveRequest = jsonDecoder<LeaveRequest>('leave request', LEAVE_REQUEST);
 export const decodeLeaveReply = jsonDecoder<LeaveReply>('leave reply', LEAVE_REPLY);
+export const decodeResplitRequest = jsonDecoder<ResplitRequest>('resplit request', RESPLIT_REQUEST);
+export const decodeResplitReply = jsonDecoder<ResplitReply>('resplit reply', RESPLIT_REPLY);
 export const decodeHostAnnouncement = jsonDecoder<HostAnnouncement>('host announcement', HOST_ANNOUNCEMENT);
 export const decodeRunFailure = jsonDecoder<RunFailure>('run failure', RUN_FAILURE);
 export const decodeProgress = jsonDecoder<Progress>('progress', PROGRESS);

@@ -55,7 +55,8 @@ export interface LiveMetrics extends PipelineUse {
 
 /** `state`: where the run is. */
 export interface RunState {
-  status: 'gathering' | 'running' | 'finishing' | 'finished' | 'failed';
+  /** resplit: the run goes on as `resplit.run` (its hosts move there); finished once that run has. */
+  status: 'gathering' | 'running' | 'finishing' | 'resplit' | 'finished' | 'failed';
   step: number;
   loss: number | null;
   tokens_per_s: number | null;
@@ -82,6 +83,18 @@ export interface RunState {
   joined?: MembershipChange[];
   /** Replicas told to leave (`caravan leave`): each contributes last to outer step `outer`, after its step `step`. */
   left?: MembershipChange[];
+  /** A re-split decided (`caravan repartition --live`): this run ends before `step`, and `run` trains on from there. */
+  resplit?: Resplit;
+}
+
+/** A running run re-split at a step: the run that trains on from `step` with `stage_layers`, decided at `at` (epoch ms). */
+export interface Resplit {
+  readonly from_run: string;
+  readonly run: string;
+  readonly step: number;
+  readonly from_stage_layers: number[];
+  readonly stage_layers: number[];
+  readonly at: number;
 }
 
 /** A replica joining (from outer step `outer`'s parameters, training from `step`) or leaving (after contributing to `outer`, its last step `step`), decided at `at` (epoch ms). */
@@ -199,6 +212,8 @@ export interface RunSummary {
   /** Replicas that joined after the start (training.bridge.startReplicas), and that left before the end: where and when. */
   readonly replicas_joined?: MembershipChange[];
   readonly replicas_left?: MembershipChange[];
+  /** Re-splits on the way, in order: the run went on as another run from each one's step (its final states are that run's). */
+  readonly resplits?: Resplit[];
 }
 
 /**
@@ -291,10 +306,12 @@ const AUDIT_SUMMARY: FieldReader<AuditSummary> = object({
   pending: optional(arrayOf(object({ replica: count, stage: count, epoch: count, from: optional(checkpointPointerReader), to: object({ step: count, sha256: text }) }))),
 });
 
+const RESPLIT = object({ from_run: text, run: text, step: count, from_stage_layers: arrayOf(count), stage_layers: arrayOf(count), at: real });
 const MEMBERSHIP_CHANGE = object({ replica: count, outer: count, step: count, at: real, vacant: optional(object({ stage: count })) });
 
 const RUN_STATE = object({
-  status: oneOf(['gathering', 'running', 'finishing', 'finished', 'failed']),
+  status: oneOf(['gathering', 'running', 'finishing', 'resplit', 'finished', 'failed']),
+  resplit: optional(RESPLIT),
   step: count,
   loss: nullable(real),
   tokens_per_s: nullable(real),
@@ -353,6 +370,7 @@ const RUN_SUMMARY = object({
   bridge_syncs: optional(arrayOf(BRIDGE_RECORD)),
   replicas_joined: optional(arrayOf(MEMBERSHIP_CHANGE)),
   replicas_left: optional(arrayOf(MEMBERSHIP_CHANGE)),
+  resplits: optional(arrayOf(RESPLIT)),
 });
 
 const COORDINATOR_RECORD = object({ keys: arrayOf(text) });

@@ -125,6 +125,14 @@ function membershipLines(st: Partial<RunState>): string[] {
   ];
 }
 
+/** A live re-split of this run: decided (it ends before the step), under way (its successor trains), or done. */
+function resplitLine(st: Partial<RunState>): string[] {
+  const r = st.resplit;
+  if (!r) return [];
+  const how = st.status === 'resplit' ? 'going on as' : st.status === 'finished' || st.status === 'failed' ? 'went on as' : 'decided; it goes on as';
+  return [`re-split: ${r.from_stage_layers.join('/')} → ${r.stage_layers.join('/')} layers from step ${r.step}, ${how} run ${r.run} (caravan status --run ${r.run})`];
+}
+
 /** Audits by exact replay (training.audit): intervals passed and skipped, replay time, and the difference that failed the run. */
 function auditLines(a: AuditSummary | undefined): string[] {
   if (!a) return [];
@@ -165,6 +173,8 @@ export function formatStatus(s: RunStatus): string {
       : [...computeLine(st.metrics, `as of step ${st.metrics?.step}`), ...liveLines(st.metrics)]),
     ...bridgeLine(s.bridge),
     ...membershipLines(st),
+    ...resplitLine(st),
+    ...(s.summary?.resplits?.length ? [`re-splits on the way: ${s.summary.resplits.map((r) => `${r.from_run} → ${r.run} at step ${r.step} (${r.stage_layers.join('/')})`).join('; ')}`] : []),
     ...recoveryLine(st.recoveries, st.replays),
     ...auditLines(s.summary?.audits ?? st.audits),
     `dead-lettered frames: ${s.dead_letters.count}`,

@@ -22,7 +22,7 @@
 import { createActor } from 'xstate';
 import { coordinatorMachine, type CoordinatorCommand, type CoordinatorEvent, type CoordinatorMachineInput } from '../../actors/coordinator-machine.ts';
 import type { RunConfig } from '../../schemas/run-config.ts';
-import type { LeaveReply, StageCounters } from '../../schemas/control-messages.ts';
+import type { LeaveReply, ResplitReply, StageCounters } from '../../schemas/control-messages.ts';
 import type { AuditSummary, RunState, RunSummary } from '../../schemas/run-records.ts';
 import { startBridges } from '../bridge/bridge-runtime.ts';
 import type { Logger } from '../log.ts';
@@ -31,13 +31,14 @@ import { initRunMetrics } from '../telemetry/metrics.ts';
 import { openCoordinatorTransport, type CoordinatorTransport } from '../transport/coordinator-transport.ts';
 import { edgeLimits } from '../transport/edge-limits.ts';
 import { followControlLog } from './control-log-replay.ts';
-import { seedRunFromStates } from './initial-states.ts';
+import { seedRunFromStates, type GivenStates } from './initial-states.ts';
+import { concludeResplit, decideResplit, handedOverStates, HandOver, resplitConfig } from './resplit.ts';
 import type { ReplayRead } from './control-log-snapshots.ts';
 import { Audits } from './audits.ts';
 import { Membership, restoreMembership } from './membership.ts';
 import { OrderedWrites } from './ordered-writes.ts';
 import { Replicas } from './replicas.ts';
-import { bridgeMembers, joinReplica } from './replica-joins.ts';
+import { bridgeMembers, joinReplica, strandReplica } from './replica-joins.ts';
 import { Reports } from './reports.ts';
 import { Rewinds } from './rewinds.ts';
 import { finishRun } from './run-summary.ts';
@@ -72,6 +73,8 @@ export interface CoordinatorOptions {
   readonly snapshotEvery?: number;
   /** Stage states of one moment (initial-states.ts): a new run starts from them; ignored once the run has begun. */
   readonly fromStates?: string;
+  /** States in hand, for a run that goes on from another's re-split (resplit.ts); ignored once the run has begun. */
+  readonly givenStates?: GivenStates;
 }
 
 /** The default of CoordinatorOptions.snapshotEvery: about 20 steps of a 16 × 3 run. */
@@ -90,40 +93,70 @@ export async function runCoordinator(o: CoordinatorOptions): Promise<RunSummary>
     log.info({ file: hostKeys, keys: keys.size }, 'admitting only the run\'s host keys');
   }
   const net = await openCoordinatorTransport({ url: o.nats, run: o.run, nkey: o.nkey, streamReplicas: o.streamReplicas, limits: edgeLimits(config) });
+  let handOver: HandOver | undefined;
   try {
-    const prior = await net.runState.readState();
-    if (prior?.status === 'finished') {
-      const summary = await net.runState.readSummary();
-      if (summary) { log.info('the run had already finished'); return summary; }
+    handOver = await handedOverBefore(o, net, log);
+    if (!handOver) {
+      const ended = await coordinateRun(o, net, log);
+      if (!(ended instanceof HandOver)) return ended;
+      handOver = ended;
     }
-    if (prior?.status === 'failed') throw new Error(`run ${o.run} failed earlier: ${prior.reason ?? 'no reason recorded'}`);
-    const kept = await net.runState.readConfig();
-    if (kept && JSON.stringify(kept) !== JSON.stringify(config)) {
-      throw new Error(`run ${o.run} already exists with a different config: restart its coordinator with the same config, or use a new run id`);
-    }
-    if (!kept) await net.runState.writeConfig(config);
-    let fromStep: number | undefined;
-    if (o.fromStates && !prior) fromStep = await seedRunFromStates({ dir: o.fromStates, config, slots: net.slots, controlLog: net.controlLog, log });
-    else if (o.fromStates) log.info({ dir: o.fromStates }, 'the run has begun already: --from-states is not used again');
-    const restore = prior ? await restoreMembership(net.runState, net.slots, config) : undefined;
-    if (restore) log.info({ hosts: restore.hosts.length, running: restore.running, step: prior!.step }, 'coordinator restarted: resuming from KV and the control log');
-    return await coordinate(o, net, prior, restore, log, fromStep);
   } finally {
     await net.close();
   }
+  // The run goes on as its successor, coordinated by this process; it ends as that one does.
+  const next = await runCoordinator({ ...o, run: handOver.resplit.run, config: handOver.config, fromStates: undefined, givenStates: handOver.states })
+    .catch((err: Error) => err);
+  return concludeResplit(o, handOver.resplit, next);
+}
+
+/**
+ * A run re-split before this coordinator's restart: its successor goes on, from the final states read again (they
+ * seed it only if it had not been seeded yet; the losses before the re-split are then not carried over).
+ */
+async function handedOverBefore(o: CoordinatorOptions, net: CoordinatorTransport, log: Logger): Promise<HandOver | undefined> {
+  const prior = await net.runState.readState();
+  if (prior?.status !== 'resplit' || !prior.resplit) return undefined;
+  const next = resplitConfig(o.config, prior.resplit.stage_layers);
+  if (typeof next === 'string') throw new Error(`run ${o.run} was re-split as ${prior.resplit.run}, but ${next}`);
+  log.info({ successor: prior.resplit.run }, 'coordinator restarted: the run goes on as its successor');
+  return new HandOver(prior.resplit, next, await handedOverStates({ config: o.config, resplit: prior.resplit, results: net.results, losses: [] }));
+}
+
+/** The run from its (re)start to its end, or to the hand-over to its successor. */
+async function coordinateRun(o: CoordinatorOptions, net: CoordinatorTransport, log: Logger): Promise<RunSummary | HandOver> {
+  const { config } = o;
+  const prior = await net.runState.readState();
+  if (prior?.status === 'finished') {
+    const summary = await net.runState.readSummary();
+    if (summary) { log.info('the run had already finished'); return summary; }
+  }
+  if (prior?.status === 'failed') throw new Error(`run ${o.run} failed earlier: ${prior.reason ?? 'no reason recorded'}`);
+  const kept = await net.runState.readConfig();
+  if (kept && JSON.stringify(kept) !== JSON.stringify(config)) {
+    throw new Error(`run ${o.run} already exists with a different config: restart its coordinator with the same config, or use a new run id`);
+  }
+  if (!kept) await net.runState.writeConfig(config);
+  let fromStep: number | undefined;
+  const given = o.fromStates ? { dir: o.fromStates } : o.givenStates;
+  if (given && !prior) fromStep = await seedRunFromStates({ from: given, config, slots: net.slots, controlLog: net.controlLog, log });
+  else if (o.fromStates) log.info({ dir: o.fromStates }, 'the run has begun already: --from-states is not used again');
+  const restore = prior ? await restoreMembership(net.runState, net.slots, config) : undefined;
+  if (restore) log.info({ hosts: restore.hosts.length, running: restore.running, step: prior!.step }, 'coordinator restarted: resuming from KV and the control log');
+  return await coordinate(o, net, prior, restore, log, fromStep);
 }
 
 async function coordinate(
   o: CoordinatorOptions, net: CoordinatorTransport, prior: RunState | undefined, restore: CoordinatorMachineInput['restore'], log: Logger,
   /** A new run seeded from given states (initial-states.ts): the first step it trains. */
   fromStep?: number,
-): Promise<RunSummary> {
+): Promise<RunSummary | HandOver> {
   const t = o.config.training;
   const run = new LiveRunState(net.runState, prior, restore !== undefined, log);
   if (fromStep !== undefined) Object.assign(run.state, { step: fromStep, from_step: fromStep });
   await run.save();
-  let settle!: (v: RunSummary | Error) => void;
-  const outcome = new Promise<RunSummary | Error>((r) => { settle = r; });
+  let settle!: (v: RunSummary | HandOver | Error) => void;
+  const outcome = new Promise<RunSummary | HandOver | Error>((r) => { settle = r; });
   const heartbeatTimeoutMs = o.heartbeatTimeoutMs ?? 15_000;
   const stuckTimeoutMs = o.stuckTimeoutMs ?? 10 * heartbeatTimeoutMs;
   const stuck = new Set<string>();  // hosts whose last heartbeat said their event loop is stuck
@@ -165,6 +198,7 @@ async function coordinate(
     },
     ready: (host) => coordinator.send({ type: 'HOST_READY', host }),
     leave: (msg, respond) => respond(p.replicaLeaving(msg.replica)),
+    resplit: (msg, respond) => respond(p.resplitRequested(msg.stage_layers)),
     failed: (reason) => settle(new Error(reason)),
     refused: (subject, err) => log.warn({ subject, err: err.message }, 'message refused'),
   });
@@ -190,12 +224,20 @@ async function coordinate(
   hosts.close();
   p.stopLog();
   await p.writes.drained();
+  if (result instanceof HandOver) {
+    // Its hosts hear it and register with the successor; this run's summary waits for the successor's end.
+    run.state.status = 'resplit';
+    await run.save();
+    await p.metrics.shutdown();
+    log.info({ successor: result.resplit.run, step: result.resplit.step, stage_layers: result.resplit.stage_layers }, 're-split: the run goes on as its successor');
+    return result;
+  }
   return conclude(result, run, net, p.metrics, log);
 }
 
 /** The coordinator's pieces, wired to each other, to NATS through `net`, and to the Coordinator actor through `send`. */
 function assemble(
-  o: CoordinatorOptions, net: CoordinatorTransport, run: LiveRunState, log: Logger, settle: (v: RunSummary | Error) => void, send: (e: CoordinatorEvent) => void,
+  o: CoordinatorOptions, net: CoordinatorTransport, run: LiveRunState, log: Logger, settle: (v: RunSummary | HandOver | Error) => void, send: (e: CoordinatorEvent) => void,
 ) {
   const { config } = o;
   const t = config.training;
@@ -248,6 +290,11 @@ function assemble(
     void (audits?.settled() ?? Promise.resolve())
       .then(() => {
         if (rewinds.busy) { finishing = false; return; }
+        const resplit = run.state.resplit;
+        if (resplit) {
+          return handedOverStates({ config, resplit, results: net.results, finals, losses })
+            .then((states) => settle(new HandOver(resplit, resplitConfig(config, resplit.stage_layers) as RunConfig, states)));
+        }
         return finishRun({ run: o.run, config, state: run, results: net.results, bridges: net.bridges, counters, finals, active: replicas.active, finishing: replicas.finishing(), losses, skipped, rolledBack, audits: audits?.result() }).then(settle);
       })
       .catch((err: Error) => settle(err));
@@ -291,14 +338,10 @@ function assemble(
     // A slot vacant past training.bridge.retireVacantMs: its replica is retired where it stands, so that the others'
     // syncs stop waiting for it. Its remaining hosts keep their slots, idle, until the run ends.
     replicaStranded: (replica: number, stage: number, vacantMs: number) => {
-      const decided = bridges ? replicas.strand(replica, t.bridge!.syncEvery, (outer) => bridges.contributedAll(replica, outer)) : 'the run has no Bridge';
-      if (typeof decided === 'string') { log.warn({ replica, stage, vacant_ms: vacantMs }, `slot still vacant; the replica is not retired: ${decided}`); return; }
-      bridges!.leaving(replica, decided.outer);
-      run.state.left = [...(run.state.left ?? []), { replica, outer: decided.outer, step: decided.lastStep, at: Date.now(), vacant: { stage } }];
-      void run.save();
-      log.warn({ replica, stage, vacant_ms: vacantMs, outer: decided.outer, last_step: decided.lastStep }, 'replica retired: a slot of it stayed vacant; the Bridge counts it no more after this outer step, and the run ends without it');
-      send({ type: 'REPLICA_RETIRED', replica });
+      if (strandReplica({ replica, stage, vacantMs, config, bridges, replicas, run, log })) send({ type: 'REPLICA_RETIRED', replica });
     },
+    // `caravan repartition --live`: the run ends at the first step past every step opened, and goes on as its successor.
+    resplitRequested: (stageLayers: number[]): ResplitReply => decideResplit({ run: o.run, config, stageLayers, secured: hostKeys !== undefined, state: run, replicas, writes, log }),
     replicasFinished: () => {
       replicasDone = true;
       maybeFinish();

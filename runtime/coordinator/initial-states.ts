@@ -6,26 +6,31 @@
 // (generation 0). The first host given a slot starts from it, as a
 // replacement would. The control log gets a snapshot whose replicas start at
 // the states' optimizer step, so the Replica actors open that step first;
-// the steps before it have no loss in this run (null). Every replica starts
-// from the same states.
+// the steps before it have no loss in this run (null), unless the states come
+// with the losses of the run they were taken from (a live re-split:
+// resplit.ts). Every replica starts from the same states.
 import { CONTROL_SNAPSHOT_VERSION } from '../../schemas/control-snapshot.ts';
 import type { RunConfig } from '../../schemas/run-config.ts';
 import { stageRanges } from '../../schemas/stage-layers.ts';
 import { modelDifference } from '../../native/index.ts';
 import { reshardStitched } from '../checkpoint/reshard-states.ts';
 import { statesFromCheckpointDir } from '../export/run-stage-states.ts';
-import { stitchStageStates } from '../export/stitch-stages.ts';
+import { stitchStageStates, type StageStateBlob } from '../export/stitch-stages.ts';
 import type { Logger } from '../log.ts';
 import type { ControlLog } from '../transport/control-log.ts';
 import type { SlotStore } from '../transport/slot-store.ts';
 
+/** Stage states of one moment: a directory of checkpoints (--from-states), or blobs in hand, with their run's losses so far. */
+export type GivenStates = { readonly dir: string } | { readonly what: string; readonly blobs: readonly StageStateBlob[]; readonly losses: ReadonlyArray<ReadonlyArray<number | null>> };
+
 /** Stores the states as every slot's starting checkpoint; resolves to the first step the run trains. */
-export async function seedRunFromStates(o: { readonly dir: string; readonly config: RunConfig; readonly slots: SlotStore; readonly controlLog: ControlLog; readonly log: Logger }): Promise<number> {
+export async function seedRunFromStates(o: { readonly from: GivenStates; readonly config: RunConfig; readonly slots: SlotStore; readonly controlLog: ControlLog; readonly log: Logger }): Promise<number> {
   const t = o.config.training;
-  const what = `--from-states ${o.dir}`;
+  const what = 'dir' in o.from ? `--from-states ${o.from.dir}` : o.from.what;
   if (t.bridge) throw new Error(`${what}: a run with the Bridge cannot start from given states yet (its outer steps would have no record)`);
   if (t.audit) throw new Error(`${what}: a run with audits cannot start from given states yet`);
-  const blobs = await statesFromCheckpointDir(o.dir);
+  const blobs = 'dir' in o.from ? await statesFromCheckpointDir(o.from.dir) : o.from.blobs;
+  const losses = 'losses' in o.from ? o.from.losses : undefined;
   const whole = stitchStageStates(blobs);
   const differs = modelDifference(whole.model, o.config.model, { state: 'the states', here: "in the run's config" });
   if (differs) throw new Error(`${what}: ${differs}`);
@@ -38,8 +43,8 @@ export async function seedRunFromStates(o: { readonly dir: string; readonly conf
   }
   await o.controlLog.writeSnapshot({
     version: CONTROL_SNAPSHOT_VERSION, seq: 0, entries: [],
-    replicas: Array.from({ length: t.replicas }, () => ({ first_step: step, losses: Array.from({ length: step }, () => null), skipped: [], rolled_back: [] })),
+    replicas: Array.from({ length: t.replicas }, (_, r) => ({ first_step: step, losses: Array.from({ length: step }, (_, i) => losses?.[r]?.[i] ?? null), skipped: [], rolled_back: [] })),
   });
-  o.log.info({ dir: o.dir, from_stages: blobs.length, layers_by_stage: ranges.map(([b, e]) => e - b), step }, 'run seeded from given stage states: it trains from their optimizer step on');
+  o.log.info({ from: what, from_stages: blobs.length, layers_by_stage: ranges.map(([b, e]) => e - b), step }, 'run seeded from given stage states: it trains from their optimizer step on');
   return step;
 }

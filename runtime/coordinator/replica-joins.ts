@@ -8,6 +8,9 @@
 // coordinator reads it); every stage's Bridge waits for the replica from
 // outer step k+1 on; its Replica actor opens step k·H. Its data shard is its
 // own (replica id), as for every replica.
+//
+// A replica retired for a slot left vacant (strandReplica) leaves the
+// Bridge's membership the same way a replica told to leave does.
 import type { ReplicaSpan } from '../../actors/bridge-machine.ts';
 import type { RunConfig } from '../../schemas/run-config.ts';
 import type { MembershipChange, RunState } from '../../schemas/run-records.ts';
@@ -65,4 +68,23 @@ export function joinReplica(o: {
     if (step >= t.steps) log.warn({ replica, step, steps: t.steps }, 'replica joined after the last outer step: it trains nothing');
     else log.info({ replica, outer, step }, 'replica joined: it starts from the Bridge\'s parameters after this outer step, at this step, and contributes from the next outer step on');
   });
+}
+
+/**
+ * A slot of the replica vacant past training.bridge.retireVacantMs: the replica is retired where it stands
+ * (Replicas.strand), so that the others' syncs stop waiting for it. Its remaining hosts keep their slots, idle, until
+ * the run ends. Says whether it was retired.
+ */
+export function strandReplica(o: {
+  readonly replica: number; readonly stage: number; readonly vacantMs: number; readonly config: RunConfig;
+  readonly bridges: Bridges | undefined; readonly replicas: Replicas; readonly run: LiveRunState; readonly log: Logger;
+}): boolean {
+  const { replica, stage, vacantMs, bridges, run, log } = o;
+  const decided = bridges ? o.replicas.strand(replica, o.config.training.bridge!.syncEvery, (outer) => bridges.contributedAll(replica, outer)) : 'the run has no Bridge';
+  if (typeof decided === 'string') { log.warn({ replica, stage, vacant_ms: vacantMs }, `slot still vacant; the replica is not retired: ${decided}`); return false; }
+  bridges!.leaving(replica, decided.outer);
+  run.state.left = [...(run.state.left ?? []), { replica, outer: decided.outer, step: decided.lastStep, at: Date.now(), vacant: { stage } }];
+  void run.save();
+  log.warn({ replica, stage, vacant_ms: vacantMs, outer: decided.outer, last_step: decided.lastStep }, 'replica retired: a slot of it stayed vacant; the Bridge counts it no more after this outer step, and the run ends without it');
+  return true;
 }

@@ -61,6 +61,9 @@ export class Replicas {
       this.lastSteps.set(l.replica, l.step);
       if (l.vacant) this.stranded.add(l.replica);
     }
+    // A re-split decided before a restart: every replica ends before its step.
+    const resplit = o.run.state.resplit;
+    if (resplit) for (const r of this.active) this.lastSteps.set(r, resplit.step - 1);
     this.schedule = runSchedule(o.config);
     this.scheduleUse = { name: this.schedule.name, bound: scheduleBound(this.schedule) };
   }
@@ -178,6 +181,26 @@ export class Replicas {
     this.lastSteps.set(replica, lastStep);
     actor.send({ type: 'RETIRE', lastStep });
     return { outer, lastStep };
+  }
+
+  /**
+   * Every replica ends at the first step past every step any has opened (a live re-split: resplit.ts): that step is
+   * committed as its last, and its stages upload their final states. Returns the step after it, or why not.
+   */
+  endAll(): number | string {
+    const training = this.active.filter((r) => !this.stranded.has(r) && this.actors[r]?.getSnapshot().status === 'active');
+    if (!training.length) return 'the run has finished training';
+    if (training.some((r) => this.lastSteps.has(r))) return 'a replica is ending already';
+    const lastStep = Math.max(...training.map((r) => {
+      const c = this.actors[r]!.getSnapshot().context;
+      return c.step + (c.openAhead ?? 0);
+    }));
+    if (lastStep + 1 >= this.o.config.training.steps) return `the run's last step (${this.o.config.training.steps - 1}) is under way: it finishes as it is`;
+    for (const r of training) {
+      this.lastSteps.set(r, lastStep);
+      this.actors[r]!.send({ type: 'RETIRE', lastStep });
+    }
+    return lastStep + 1;
   }
 
   private admit(replica: number, firstStep: number): void {

@@ -7,7 +7,8 @@
 // a line saying so. One naming it under a new generation with `rewound` (an
 // audit caught another slot's holder) means its replica starts over: it
 // drops its stage and starts the slot again from that record. It leaves
-// when the run's state says finished or failed.
+// when the run's state says finished or failed. A run re-split live
+// (`resplit`) goes on as another run: the host registers there, anew.
 //
 // Its identity is an nkey: the one `--nkey` names (which also authenticates
 // it to NATS), or a fresh one. It proves it holds the key when it registers;
@@ -61,6 +62,11 @@ export function hostId(k?: number): string {
 }
 
 export async function runHost(o: HostOptions): Promise<void> {
+  for (let run: string | undefined = o.run; run !== undefined;) run = await hostRun({ ...o, run });
+}
+
+/** One run, from registering to its end; resolves to the run it goes on as (a re-split), if any. */
+async function hostRun(o: HostOptions): Promise<string | undefined> {
   // A GPU the engine cannot use is refused before the host joins the run, so the coordinator never hands it a slot.
   let gpu: CudaDeviceInfo | undefined;
   if (o.device === 'cuda') {
@@ -89,7 +95,9 @@ export async function runHost(o: HostOptions): Promise<void> {
       periodMs: o.heartbeatMs ?? 1000, credentials: o.nkey ? { seed: key.seed, publicKey: key.publicKey } : undefined, deadLetters,
     });
     await register(conn, res, id, o, device, key, log);
-    await followRun(conn, res, id, device, log, faults, deadLetters, tracing, key);
+    const successor = await followRun(conn, res, id, device, log, faults, deadLetters, tracing, key);
+    if (successor) log.info({ successor }, 'the run was re-split: it goes on as another run, which this host joins');
+    return successor;
   } finally {
     await heartbeats?.stop();
     faults?.close();
@@ -98,14 +106,15 @@ export async function runHost(o: HostOptions): Promise<void> {
   }
 }
 
-/** Watches the run's state and slots until the run ends or this host loses its slot. */
-async function followRun(conn: RunConnection, res: RunResources, id: string, device: HostDevice, log: Logger, faults: FaultPoints, deadLetters: { count: number }, tracing: Tracing, key: HostKey): Promise<void> {
+/** Watches the run's state and slots until the run ends or this host loses its slot; resolves to the run's successor, if re-split. */
+async function followRun(conn: RunConnection, res: RunResources, id: string, device: HostDevice, log: Logger, faults: FaultPoints, deadLetters: { count: number }, tracing: Tracing, key: HostKey): Promise<string | undefined> {
   const watch = await watchRunState(res);
   const signers = new SlotSigners(res.kv);
   const coordinatorKeys = new CoordinatorKeys(res.kv);
   let stage: StageRunner | undefined;
   let held: SlotEntry | undefined;
   let ending: Promise<void> | undefined;
+  let successor: string | undefined;
   // The watch and the stage both end the host: whichever comes first.
   let failed: Error | undefined;
   // Settles once the run is known to have ended (the coordinator's announcement, or the run state).
@@ -154,6 +163,8 @@ async function followRun(conn: RunConnection, res: RunResources, id: string, dev
       if (e.type === 'status') {
         if (e.status === 'finished' || e.status === 'failed') runEnded();
         if (e.status === 'finished') { stage?.stop(); break; }
+        // Re-split: this run's final states are stored (the coordinator read them before saying so); the next run trains on.
+        if (e.status === 'resplit' && e.successor) { runEnded(); successor = e.successor; stage?.stop(); break; }
         if (e.status === 'failed') { failed ??= new Error('the run failed'); stage?.stop(failed); break; }
         continue;
       }
@@ -185,8 +196,10 @@ async function followRun(conn: RunConnection, res: RunResources, id: string, dev
   if (failed) throw failed;
   // The watch also ends when the connection is gone for good: that is no clean exit, or whoever
   // started this host would wait for a run it has left.
+  if (successor) return successor;
   if (conn.isClosed()) throw new Error('the connection to NATS closed (the server is gone or out of reach): leaving the run');
   if (!held) log.info('the run ended while this host was a standby');
+  return undefined;
 }
 
 /** Whether the slot `held` names is now another holder's: read once more, since the watch may not have said so yet. */

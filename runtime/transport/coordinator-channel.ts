@@ -8,7 +8,7 @@
 // announces progress, the summary at the end, or the failure.
 import type { Msg, NatsConnection } from '@nats-io/transport-node';
 import { encodeJson } from '../../schemas/json-message.ts';
-import { decodeHostAnnouncement, decodeLeaveReply, decodeLeaveRequest, decodeRegistration, decodeRunFailure, type LeaveReply, type LeaveRequest, type Progress, type Registration, type RegistrationReply } from '../../schemas/control-messages.ts';
+import { decodeHostAnnouncement, decodeLeaveReply, decodeLeaveRequest, decodeRegistration, decodeResplitReply, decodeResplitRequest, decodeRunFailure, type LeaveReply, type LeaveRequest, type ResplitReply, type ResplitRequest, type Progress, type Registration, type RegistrationReply } from '../../schemas/control-messages.ts';
 import type { RunSummary } from '../../schemas/run-records.ts';
 import type { RunNames } from './subjects.ts';
 import { survivable, type OnRefused } from './survivable-callback.ts';
@@ -25,6 +25,8 @@ export interface HostMessages {
   failed(reason: string): void;
   /** An operator's request that a replica leave the run (`ctl.leave`: the coordinator's credentials only). */
   leave(request: LeaveRequest, respond: (reply: LeaveReply) => void): void;
+  /** An operator's request that the run go on with another split (`ctl.resplit`: the coordinator's credentials only). */
+  resplit(request: ResplitRequest, respond: (reply: ResplitReply) => void): void;
   /** A message on one of these subjects that does not decode, or whose handling failed: the channel reads on. */
   refused: OnRefused;
 }
@@ -71,6 +73,7 @@ export function coordinatorChannel(nc: NatsConnection, names: RunNames): Coordin
         nc.subscribe(names.ready, { callback: survivable(h.refused, (m) => h.ready(decodeHostAnnouncement(m.data, 'ready').host)) }),
         nc.subscribe(names.failed, { callback: survivable(h.refused, (m) => h.failed(decodeRunFailure(m.data).reason)) }),
         nc.subscribe(names.leave, { callback: answering(h.refused, decodeLeaveRequest, (msg, respond: (r: LeaveReply) => void) => h.leave(msg, respond)) }),
+        nc.subscribe(names.resplit, { callback: answering(h.refused, decodeResplitRequest, (msg, respond: (r: ResplitReply) => void) => h.resplit(msg, respond)) }),
       ];
       return { close: () => { for (const s of subs) s.unsubscribe(); } };
     },
@@ -82,11 +85,18 @@ export function coordinatorChannel(nc: NatsConnection, names: RunNames): Coordin
 
 /** Asks the run's coordinator that `replica` leave (`caravan leave`); its answer, decoded. */
 export async function requestLeave(nc: NatsConnection, names: RunNames, replica: number, timeoutMs = 10_000): Promise<LeaveReply> {
-  let reply;
+  return decodeLeaveReply(await askCoordinator(nc, names.leave, { replica }, timeoutMs));
+}
+
+/** Asks the run's coordinator that the run go on with `stageLayers` (`caravan repartition --live`); its answer, decoded. */
+export async function requestResplit(nc: NatsConnection, names: RunNames, stageLayers: number[], timeoutMs = 10_000): Promise<ResplitReply> {
+  return decodeResplitReply(await askCoordinator(nc, names.resplit, { stage_layers: stageLayers }, timeoutMs));
+}
+
+async function askCoordinator(nc: NatsConnection, subject: string, body: unknown, timeoutMs: number): Promise<Uint8Array> {
   try {
-    reply = await nc.request(names.leave, encodeJson({ replica }), { timeout: timeoutMs });
+    return (await nc.request(subject, encodeJson(body), { timeout: timeoutMs })).data;
   } catch (err) {
-    throw new Error(`no answer from the run's coordinator on ${names.leave} (${(err as Error).message}): is the run going on, and are these the coordinator's credentials?`);
+    throw new Error(`no answer from the run's coordinator on ${subject} (${(err as Error).message}): is the run going on, and are these the coordinator's credentials?`);
   }
-  return decodeLeaveReply(reply.data);
 }

@@ -9,7 +9,8 @@ import type { RunResources } from './run-resources.ts';
 import { decodeSlot, type SlotEntry } from './slots.ts';
 
 export type RunStateChange =
-  | { readonly type: 'status'; readonly status: RunState['status'] | undefined }
+  // successor: with status 'resplit', the run that trains on (its hosts move there).
+  | { readonly type: 'status'; readonly status: RunState['status'] | undefined; readonly successor?: string }
   | { readonly type: 'slot'; readonly entry: SlotEntry };
 
 /** The changes in order, from the current values on; `stop()` ends the iteration. */
@@ -26,7 +27,10 @@ export async function watchRunState(res: RunResources): Promise<RunStateWatch> {
     async *[Symbol.asyncIterator]() {
       for await (const e of watch) {
         const put = e.operation === 'PUT' && e.value.length > 0;
-        if (e.key === stateKey) yield { type: 'status', status: put ? decodeRunState(e.value).status : undefined };
+        if (e.key === stateKey) {
+          const state = put ? decodeRunState(e.value) : undefined;
+          yield { type: 'status', status: state?.status, ...(state?.status === 'resplit' && state.resplit ? { successor: state.resplit.run } : {}) };
+        }
         else if (put) yield { type: 'slot', entry: { record: decodeSlot(e.value, e.key), revision: e.revision } };
       }
     },

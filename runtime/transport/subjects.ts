@@ -140,6 +140,7 @@ export function runNames(run: string) {
     finished: `${p}.ctl.finished`,                           // coordinator → clients: the summary
     failed: `${p}.ctl.failed`,
     leave: `${p}.ctl.leave`,                                 // operator → coordinator: a replica leaves (coordinator credentials)
+    resplit: `${p}.ctl.resplit`,                             // operator → coordinator: re-split the running run (coordinator credentials)
     chaos: (host: string) => `${p}.chaos.${host}`,           // fault injection, only where CARAVAN_CHAOS=1
     chaosReached: `${p}.chaos-reached`,
     chaosRequests: `${p}.chaos.*`,

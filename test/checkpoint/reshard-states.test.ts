@@ -7,7 +7,8 @@
 // --resume`), and over NATS (`--from-states`: the coordinator re-shards and
 // the Replica actors start at step 3). States that are not of one moment, or
 // of another model, and a split that does not cover the model, are refused
-// by name.
+// by name. Live, a running run re-split where it stands (`caravan repartition
+// --live`) goes on as its successor run to the same weights and losses.
 import test from 'ava';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -20,6 +21,7 @@ import { trainDistributed } from '../../runtime/train/train-distributed.ts';
 import { createLogger } from '../../runtime/log.ts';
 import type { RunConfig } from '../../schemas/run-config.ts';
 import { caravan } from '../support/caravan-cli.ts';
+import type { Resplit } from '../../schemas/run-records.ts';
 
 const STEPS = 8, STOP = 3;
 
@@ -95,4 +97,38 @@ test('over NATS: a run started from the 4-stage states at step 3 (--from-states)
   const wider = await config({ stages: 2 });
   const refused = await trainDistributed({ config: { ...wider, model: { ...wider.model, ffnHidden: 384 } }, fromStates: before, log }).then(() => undefined, (err: Error) => err);
   t.regex(refused?.message ?? '', /--from-states .*: model ffnHidden is 352 in the states, 384 in the run's config/);
+});
+
+test('live: a running run split 4 ways, re-split 2/1/1 where it stands (caravan repartition --live), goes on as its successor to the unsplit reference\'s weights and losses', async (t) => {
+  // Long enough that the commands (a process each, started while it trains) find it running.
+  const steps = 40;
+  const long = async (training: Partial<RunConfig['training']>) => {
+    const c = await config({ steps, ...training });
+    return { ...c, optim: { ...c.optim, totalSteps: steps } };
+  };
+  const reference = await train(await long({ stages: 1 }));
+  let where: { url: string; run: string } | undefined;
+  let asked: ReturnType<typeof caravan> | undefined;
+  let refusedSame: ReturnType<typeof caravan> | undefined;
+  let status = '';
+  const summary = await trainDistributed({
+    config: await long({ stages: 4, checkpointEvery: 2 }), log: createLogger('reshard-test', 'warn'),
+    onReady: (info) => { where = info; },
+    onProgress: (p) => {
+      if (asked || p.step < 1) return;
+      refusedSame = caravan(['repartition', '--live', '--nats', where!.url, '--run', where!.run, '--stage-layers', '1,1,1,1', '--json']);
+      asked = refusedSame.then(() => caravan(['repartition', '--live', '--nats', where!.url, '--run', where!.run, '--stage-layers', '2,1,1', '--json']));
+    },
+    onFinished: async ({ url, run }) => { status = (await caravan(['status', '--nats', url, '--run', run])).stdout; },
+  });
+  const answer = JSON.parse((await asked!).stdout) as { ok: boolean; step: number; run: string };
+  t.true(answer.ok && answer.step >= 2 && answer.step < steps && answer.run === `${where!.run}-s2`, JSON.stringify(answer));
+  t.regex((await refusedSame!).stdout, /"ok":false,"reason":"the run is split 1,1,1,1 already"/, 'a split the run has is refused');
+  const [resplit] = summary.resplits ?? [];
+  t.like(resplit, { from_run: where!.run, run: answer.run, step: answer.step, from_stage_layers: [1, 1, 1, 1], stage_layers: [2, 1, 1] } as Partial<Resplit>);
+  t.is(summary.run, answer.run, 'the summary is the successor\'s');
+  t.is(summary.stages, 3);
+  t.is(summary.params_sha256, reference.paramsSha256, 'the weights of the run that never split');
+  t.deepEqual(summary.losses, reference.losses, 'and its losses, step by step, before and after the re-split');
+  t.regex(status, new RegExp(`re-split: 1/1/1/1 → 2/1/1 layers from step ${answer.step}, went on as run ${answer.run} `), 'caravan status of the first run names its successor');
 });

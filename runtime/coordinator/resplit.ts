@@ -1,0 +1,132 @@
+// A running run re-split live (`caravan repartition --live`): the layers go
+// to the stages another way, and the run goes on without stopping its hosts.
+// The coordinator takes the first step k past every step its replica has
+// opened: step k−1 is committed as the replica's last (its stages upload
+// their final states, as at a run's end). Those states of one moment are
+// re-sharded by layer for the new split and seed a successor run, `<run>-sN`,
+// which starts at step k with the losses so far (initial-states.ts). The
+// run's state says `resplit` and names it: its hosts register there
+// (host-process.ts), and this coordinator coordinates it. The run ends with
+// its successor's summary, listing the re-splits on the way. Because the
+// engine's results do not depend on the split, the weights are the ones the
+// run would have had unsplit (test/checkpoint/reshard-states.test.ts).
+//
+// Not for a run with the Bridge (its outer steps' records are per stage),
+// with audits, of more than one replica (without the Bridge each has its own
+// weights, and given states seed them all alike), or under credentials (a
+// host's credentials are for one run id).
+import { validateRunConfig, type RunConfig } from '../../schemas/run-config.ts';
+import type { Resplit, RunSummary } from '../../schemas/run-records.ts';
+import { stageRanges } from '../../schemas/stage-layers.ts';
+import type { StageStateBlob } from '../export/stitch-stages.ts';
+import type { Logger } from '../log.ts';
+import { sha256Hex } from '../security/message-signature.ts';
+import { openCoordinatorTransport } from '../transport/coordinator-transport.ts';
+import { edgeLimits } from '../transport/edge-limits.ts';
+import type { RunResults } from '../transport/run-results.ts';
+import { validateRunId } from '../transport/subjects.ts';
+import type { ResplitReply } from '../../schemas/control-messages.ts';
+import type { GivenStates } from './initial-states.ts';
+import type { OrderedWrites } from './ordered-writes.ts';
+import type { Replicas } from './replicas.ts';
+import type { LiveRunState } from './run-state.ts';
+
+/** What a run that ended for a re-split hands its coordinator: the successor, its config, and the states it starts from. */
+export class HandOver {
+  constructor(readonly resplit: Resplit, readonly config: RunConfig, readonly states: GivenStates) {}
+}
+
+/** The run's config with the layers split as `stageLayers` (checked as a config is), or why not. */
+export function resplitConfig(config: RunConfig, stageLayers: readonly number[]): RunConfig | string {
+  try {
+    return validateRunConfig({ ...config, training: { ...config.training, stages: stageLayers.length, stageLayers: [...stageLayers] } });
+  } catch (err) {
+    return (err as Error).message;
+  }
+}
+
+/** Why the run cannot be re-split live, if it cannot. */
+export function resplitRefusal(config: RunConfig, secured: boolean): string | undefined {
+  const t = config.training;
+  if (t.bridge) return 'a run with the Bridge cannot be re-split live yet: its outer steps\' records are per stage';
+  if (t.audit) return 'a run with audits cannot be re-split live yet';
+  if (t.replicas > 1) return 'a run of more than one replica without the Bridge cannot be re-split live: each replica has weights of its own';
+  if (secured) return 'a run under credentials cannot be re-split live: its hosts\' credentials are for this run id only (re-split between runs: caravan repartition, then --from-states)';
+  return undefined;
+}
+
+/**
+ * An operator's request (`caravan repartition --live`): the run ends at the first step past every step opened, and goes
+ * on as its successor split `stageLayers`; the decision is kept in the run state (a restarted coordinator keeps to it).
+ */
+export function decideResplit(o: {
+  readonly run: string; readonly config: RunConfig; readonly stageLayers: number[]; readonly secured: boolean;
+  readonly state: LiveRunState; readonly replicas: Replicas; readonly writes: OrderedWrites; readonly log: Logger;
+}): ResplitReply {
+  const refused = resplitRefusal(o.config, o.secured);
+  if (refused) return { ok: false, reason: refused };
+  const { state } = o;
+  if (state.state.resplit) return { ok: false, reason: `the run is being re-split already, at step ${state.state.resplit.step}` };
+  const next = resplitConfig(o.config, o.stageLayers);
+  if (typeof next === 'string') return { ok: false, reason: next };
+  const layers = stageRanges(o.config).map(([b, e]) => e - b);
+  if (layers.join(',') === o.stageLayers.join(',')) return { ok: false, reason: `the run is split ${layers.join(',')} already` };
+  const step = o.replicas.endAll();
+  if (typeof step === 'string') return { ok: false, reason: step };
+  const resplit = { from_run: o.run, run: successorRunId(o.run), step, from_stage_layers: layers, stage_layers: [...o.stageLayers], at: Date.now() };
+  state.state.resplit = resplit;
+  o.writes.write('re-split', () => state.save());
+  o.log.info({ step, stage_layers: o.stageLayers, successor: resplit.run }, 're-split decided: the run ends before this step and goes on as its successor, split so');
+  return { ok: true, step, run: resplit.run };
+}
+
+/** The successor's id: `<run>-s2`, then `-s3` for a run already re-split. */
+export function successorRunId(run: string): string {
+  const m = /^(.*)-s(\d+)$/.exec(run);
+  return validateRunId(m ? `${m[1]}-s${Number(m[2]) + 1}` : `${run}-s2`);
+}
+
+/**
+ * Replica 0's final states (they are the run's: one replica), checked against the digests its holders reported where
+ * `finals` has them, as the states a successor starts from.
+ */
+export async function handedOverStates(o: {
+  readonly config: RunConfig; readonly resplit: Resplit; readonly results: RunResults; readonly finals?: ReadonlyMap<string, string>;
+  readonly losses: ReadonlyArray<ReadonlyArray<number>>;
+}): Promise<GivenStates> {
+  const blobs: StageStateBlob[] = [];
+  for (const [s, [begin, end]] of stageRanges(o.config).entries()) {
+    const bytes = await o.results.finalState(0, begin, end);
+    if (!bytes) throw new Error(`re-split of run ${o.resplit.from_run}: the final state of stage ${s} (layers [${begin}, ${end})) is missing from the object store`);
+    const reported = o.finals?.get(`0.${s}`);
+    if (reported && sha256Hex(bytes) !== reported) throw new Error(`re-split of run ${o.resplit.from_run}: the final state of stage ${s} is not the one its holder reported`);
+    blobs.push({ source: `run ${o.resplit.from_run} stage ${s}`, bytes });
+  }
+  const losses = o.losses.map((l) => l.slice(0, o.resplit.step).map((x) => (Number.isFinite(x) ? x : null)));
+  return { what: `the re-split of run ${o.resplit.from_run} at step ${o.resplit.step}`, blobs, losses };
+}
+
+/**
+ * The run whose successor has ended: its state and summary say how (the successor's summary, with this re-split
+ * first among `resplits`), and whoever listens on its channel hears it.
+ */
+export async function concludeResplit(o: { readonly nats: string; readonly run: string; readonly nkey?: string; readonly streamReplicas?: number; readonly config: RunConfig; readonly log: Logger },
+  resplit: Resplit, result: RunSummary | Error): Promise<RunSummary> {
+  const net = await openCoordinatorTransport({ url: o.nats, run: o.run, nkey: o.nkey, streamReplicas: o.streamReplicas, limits: edgeLimits(o.config) });
+  try {
+    const state = (await net.runState.readState())!;
+    if (result instanceof Error) {
+      await net.runState.writeState({ ...state, status: 'failed', reason: `its successor ${resplit.run}: ${result.message}`, updated: new Date().toISOString() });
+      net.channel.failed(`run ${resplit.run}, which run ${o.run} went on as: ${result.message}`);
+      throw result;
+    }
+    const summary: RunSummary = { ...result, resplits: [resplit, ...(result.resplits ?? [])] };
+    await net.runState.writeSummary(summary);
+    await net.runState.writeState({ ...state, status: 'finished', updated: new Date().toISOString() });
+    net.channel.finished(summary);
+    o.log.info({ successor: resplit.run }, 'run finished as its successor did');
+    return summary;
+  } finally {
+    await net.close();
+  }
+}
