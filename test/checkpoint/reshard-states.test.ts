@@ -8,7 +8,9 @@
 // the Replica actors start at step 3). States that are not of one moment, or
 // of another model, and a split that does not cover the model, are refused
 // by name. Live, a running run re-split where it stands (`caravan repartition
-// --live`) goes on as its successor run to the same weights and losses.
+// --live`) goes on as its successor run to the same weights and losses, also
+// when its coordinator is SIGKILLed while the successor trains and started
+// again (it finds the run re-split, and carries on with the successor).
 import test from 'ava';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -21,7 +23,12 @@ import { trainDistributed } from '../../runtime/train/train-distributed.ts';
 import { createLogger } from '../../runtime/log.ts';
 import type { RunConfig } from '../../schemas/run-config.ts';
 import { caravan } from '../support/caravan-cli.ts';
-import type { Resplit } from '../../schemas/run-records.ts';
+import type { Resplit, RunSummary } from '../../schemas/run-records.ts';
+import { startNatsServer } from '../../runtime/nats/nats-server.ts';
+import { connectToRun } from '../../runtime/transport/connect.ts';
+import { followRunEvents } from '../../runtime/transport/run-events.ts';
+import { runNames } from '../../runtime/transport/subjects.ts';
+import { isRunning, spawnCaravan, type CaravanChild } from '../../runtime/train/caravan-child.ts';
 
 const STEPS = 8, STOP = 3;
 
@@ -131,4 +138,60 @@ test('live: a running run split 4 ways, re-split 2/1/1 where it stands (caravan 
   t.is(summary.params_sha256, reference.paramsSha256, 'the weights of the run that never split');
   t.deepEqual(summary.losses, reference.losses, 'and its losses, step by step, before and after the re-split');
   t.regex(status, new RegExp(`re-split: 1/1/1/1 → 2/1/1 layers from step ${answer.step}, went on as run ${answer.run} `), 'caravan status of the first run names its successor');
+});
+
+test('live: the coordinator SIGKILLed while the successor trains is started again and carries on with it, to the same weights and losses', async (t) => {
+  const steps = 40;
+  const c = await config({ steps, stages: 4, checkpointEvery: 2 });
+  const cfg = { ...c, optim: { ...c.optim, totalSteps: steps } };
+  const reference = await train({ ...cfg, training: { ...cfg.training, stages: 1, checkpointEvery: 0 } });
+  const server = await startNatsServer();
+  const dir = await tempDir(t);
+  const children: CaravanChild[] = [];
+  t.teardown(async () => {
+    for (const child of children) if (isRunning(child)) child.process.kill('SIGKILL');
+    await Promise.all(children.map((child) => child.exited));
+    await server.stop();
+  });
+  const run = 'resplit-restart', successor = `${run}-s2`;
+  const file = join(dir, 'run.json');
+  await writeFile(file, JSON.stringify(cfg));
+  const coordinator = () => {
+    const child = spawnCaravan('coordinator', ['coordinator', '--nats', server.url, '--run', run, '--config', file, '--heartbeat-timeout', '6000']);
+    children.push(child);
+    return child;
+  };
+  let first = coordinator();
+  for (let i = 0; i < 4; i++) children.push(spawnCaravan(`host ${i}`, ['host', '--nats', server.url, '--run', run, '--heartbeat', '1000']));
+  const nc = await connectToRun(server.url, 'resplit-restart-test', run);
+  t.teardown(() => nc.close());
+  let settle!: (s: RunSummary | Error) => void;
+  const ended = new Promise<RunSummary | Error>((r) => { settle = r; });
+  let asked: ReturnType<typeof caravan> | undefined;
+  let restarted = false;
+  await followRunEvents(nc, runNames(run), {
+    progress: (p) => { if (!asked && p.step >= 1) asked = caravan(['repartition', '--live', '--nats', server.url, '--run', run, '--stage-layers', '2,2', '--json']); },
+    finished: (summary) => settle(summary),
+    failed: (f) => settle(new Error(f.reason)),
+  });
+  // Once the successor has committed a step of its own, its coordinator dies; one started again as before takes over.
+  const killed = new Promise<number>((resolve) => {
+    void followRunEvents(nc, runNames(successor), {
+      progress: (p) => {
+        if (restarted) return;
+        restarted = true;
+        first.process.kill('SIGKILL');
+        void first.exited.then(() => { first = coordinator(); resolve(p.step); });
+      },
+    });
+  });
+  const summary = await ended;
+  if (summary instanceof Error) return t.fail(summary.message);
+  const answer = JSON.parse((await asked!).stdout) as { ok: boolean; step: number; run: string };
+  t.true(answer.ok && answer.run === successor, JSON.stringify(answer));
+  t.true((await killed) >= answer.step, 'killed while the successor trained');
+  t.like(summary.resplits?.[0], { from_run: run, run: successor, step: answer.step, stage_layers: [2, 2] } as Partial<Resplit>);
+  t.true(summary.recoveries.coordinator_restarts >= 1, JSON.stringify(summary.recoveries));
+  t.is(summary.params_sha256, reference.paramsSha256);
+  t.deepEqual(summary.losses, reference.losses);
 });
