@@ -26,6 +26,8 @@ export interface CoordinatorMachineInput {
   readonly tickMs: number;
   /** A slot vacant this long strands its replica (REPLICA_STRANDED, once per vacancy); unset: never. */
   readonly retireVacantMs?: number;
+  /** Hosts that take the first slots in this order, wherever they joined (a run re-split for its holders' speeds). */
+  readonly preferredHosts?: readonly string[];
   /** A restarted coordinator: the hosts it knew, with their slots; `running` once slots were given out. */
   readonly restore?: {
     readonly running: boolean; readonly hosts: ReadonlyArray<{ id: string; datacenter: string; slot: Slot | null }>;
@@ -104,10 +106,13 @@ export const coordinatorMachine = setup({
     })),
     // Slots in replica-major order go to hosts grouped by datacenter (datacenters in the order their first host
     // joined, hosts in join order within each), so a replica's neighbouring stages share a datacenter wherever
-    // they can and its frames cross as few WAN links as the hosts allow. The rest wait as standbys.
+    // they can and its frames cross as few WAN links as the hosts allow. The rest wait as standbys. Preferred hosts
+    // (a run re-split for their speeds) come first, in their order: each gets the stage the split was sized for.
     assignSlots: enqueueActions(({ context, enqueue }) => {
       const dcOrder = [...new Set(context.hosts.map((h) => h.datacenter))];
-      const order = context.hosts.map((h, i) => ({ id: h.id, key: dcOrder.indexOf(h.datacenter) * context.hosts.length + i }))
+      const n = context.hosts.length;
+      const preferred = (id: string) => context.preferredHosts?.indexOf(id) ?? -1;
+      const order = context.hosts.map((h, i) => ({ id: h.id, key: preferred(h.id) >= 0 ? preferred(h.id) - n * n : dcOrder.indexOf(h.datacenter) * n + i }))
         .sort((a, b) => a.key - b.key).map((x) => x.id);
       const hosts = context.hosts.map((h) => {
         const i = order.indexOf(h.id);

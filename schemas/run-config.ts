@@ -25,6 +25,10 @@ export interface TrainingConfig {
   // possible. `caravan simulate --split speed` chooses them for stages of
   // different speeds (runtime/config/speed-split.ts).
   readonly stageLayers?: readonly number[];
+  // Once every slot's holder has reported its speed, a split those speeds call
+  // for whose slowest stage is this many times faster than the run's is taken
+  // by a live re-split (runtime/coordinator/resplit.ts); absent: never.
+  readonly resplitGain?: number;
   readonly replicas: number;
   readonly seed: number;
   readonly maxGradNorm: number;
@@ -210,6 +214,9 @@ export function validateRunConfig(config: unknown): RunConfig {
   if (c.training.dataFile !== undefined && typeof c.training.dataFile !== 'string') fail('training.dataFile must be a path');
   if (c.model.tiedEmbeddings && c.training.stages > 1) fail('model.tiedEmbeddings needs training.stages = 1 (the head and the embedding on one stage)');
   if (raw.training.stageLayers !== undefined) validateStageLayers(c, fail);
+  const gain = raw.training.resplitGain;
+  if (gain !== undefined && !(typeof gain === 'number' && Number.isFinite(gain) && gain > 1)) fail(`training.resplitGain must be a number above 1 (how many times faster the slowest stage must get), got ${JSON.stringify(gain)}`);
+  if (gain !== undefined && (c.training.replicas > 1 || raw.training.bridge !== undefined || raw.training.audit !== undefined)) fail('training.resplitGain needs a run of one replica, without the Bridge or audits: only such a run is re-split live');
   if (raw.training.synthetic !== undefined) validateSynthetic(raw.training.synthetic, c.training.stages, fail);
   if (raw.training.audit !== undefined) validateAudit(raw.training, fail);
   if (raw.training.bridge === undefined) return c;

@@ -95,6 +95,8 @@ export interface Resplit {
   readonly from_stage_layers: number[];
   readonly stage_layers: number[];
   readonly at: number;
+  /** Re-split for the holders' measured speeds (training.resplitGain): the holders by stage, whom the successor gives the same stages. */
+  readonly hosts_by_stage?: string[];
 }
 
 /** A replica joining (from outer step `outer`'s parameters, training from `step`) or leaving (after contributing to `outer`, its last step `step`), decided at `at` (epoch ms). */
@@ -306,7 +308,7 @@ const AUDIT_SUMMARY: FieldReader<AuditSummary> = object({
   pending: optional(arrayOf(object({ replica: count, stage: count, epoch: count, from: optional(checkpointPointerReader), to: object({ step: count, sha256: text }) }))),
 });
 
-const RESPLIT = object({ from_run: text, run: text, step: count, from_stage_layers: arrayOf(count), stage_layers: arrayOf(count), at: real });
+const RESPLIT = object({ from_run: text, run: text, step: count, from_stage_layers: arrayOf(count), stage_layers: arrayOf(count), at: real, hosts_by_stage: optional(arrayOf(text)) });
 const MEMBERSHIP_CHANGE = object({ replica: count, outer: count, step: count, at: real, vacant: optional(object({ stage: count })) });
 
 const RUN_STATE = object({

@@ -8,7 +8,7 @@ import { runHostGroup } from '../host/host-group.ts';
 import { SlotLostError } from '../transport/slots.ts';
 import { createLogger, LOG_LEVELS } from '../log.ts';
 import { validateRunId } from '../transport/subjects.ts';
-import { nonNegativeInt, positiveInt } from './options.ts';
+import { nonNegativeInt, positiveInt, positiveNumber } from './options.ts';
 
 export function processCommands(program: Command): void {
   program
@@ -47,9 +47,10 @@ export function processCommands(program: Command): void {
     .option('--datacenter <name>', 'where this host runs (shown in status and traces); with --count, a comma-separated list given to the hosts in turn', 'default')
     .option('--heartbeat <ms>', 'heartbeat period (keep it well under the coordinator\'s --heartbeat-timeout)', positiveInt('--heartbeat'), 1000)
     .option('--nkey <file>', 'this host\'s nkey seed (`caravan creds`): its NATS user and the key it signs frames with (default: a fresh key, no NATS authentication)')
+    .option('--speed <tflops>', "report this training speed (TFLOP/s for the run's model) instead of measuring it: a machine whose speed is known, or one whose measure would mislead (shared, throttled)", positiveNumber('--speed'))
     .option('--count <n>', 'run n hosts in this one process, each whole on the wire (its own connection, key, heartbeats, consumers): for simulated runs, whose stages only wait on timers', positiveInt('--count'), 1)
     .addOption(logLevelOption())
-    .action(async (flags: { nats: string; run: string; device: 'cpu' | 'cuda'; gpu: number; datacenter: string; heartbeat: number; logLevel?: string; nkey?: string; count: number }) => {
+    .action(async (flags: { nats: string; run: string; device: 'cpu' | 'cuda'; gpu: number; datacenter: string; heartbeat: number; logLevel?: string; nkey?: string; count: number; speed?: number }) => {
       validateRunId(flags.run);
       const { count, heartbeat, ...rest } = flags;
       if (count > 1 && flags.nkey) throw new Error('--count with --nkey: one seed file is one host\'s identity; hosts sharing a process get fresh keys');

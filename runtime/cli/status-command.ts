@@ -9,8 +9,7 @@ import { openExistingRun } from '../transport/run-resources.ts';
 import { RunStateReader } from '../transport/run-state-reader.ts';
 import { validateRunId } from '../transport/subjects.ts';
 import type { RunConfig } from '../../schemas/run-config.ts';
-import { stageRanges } from '../../schemas/stage-layers.ts';
-import { slowestStageTime, speedAwareLayers } from '../config/speed-split.ts';
+import { measuredSplit, type MeasuredSplit } from '../config/speed-split.ts';
 
 export interface RunStatus {
   readonly run: string;
@@ -25,38 +24,13 @@ export interface RunStatus {
   readonly split?: MeasuredSplit;
 }
 
-/** The split by the holders' measured speeds (a stage's speed: its slowest replica's holder), and what it would gain. */
-export interface MeasuredSplit {
-  readonly layers: number[];
-  readonly stage_tflops: number[];
-  readonly by_speed: number[];
-  /** How much faster the slowest stage would be with `by_speed` than with `layers`: 1 when the run's split is already it. */
-  readonly pace_gain: number;
-}
-
-/** The split the holders' measured speeds call for, or undefined while a slot's holder has no measurement. */
-export function measuredSplit(config: RunConfig, hosts: readonly HostEntry[], slots: readonly SlotRecord[]): MeasuredSplit | undefined {
-  const { model, training: t } = config;
-  const speed = new Map(hosts.map((h) => [h.host, h.tflops]));
-  const stageTflops: number[] = [];
-  for (let s = 0; s < t.stages; s++) {
-    const holders = slots.filter((x) => x.stage === s).map((x) => speed.get(x.host));
-    if (holders.length === 0 || holders.some((v) => v === undefined)) return undefined;
-    stageTflops.push(Math.min(...(holders as number[])));
-  }
-  const layers = stageRanges(config).map(([b, e]) => e - b);
-  const bySpeed = speedAwareLayers(model, t.seqLen, stageTflops);
-  const pace = (split: readonly number[]) => slowestStageTime(model, t.seqLen, split, stageTflops);
-  return { layers, stage_tflops: stageTflops, by_speed: bySpeed, pace_gain: pace(layers) / pace(bySpeed) };
-}
-
 function splitLine(m: MeasuredSplit | undefined): string[] {
   if (!m) return [];
   const same = m.by_speed.every((n, s) => n === m.layers[s]);
   const speeds = m.stage_tflops.map((v) => formatTflops(v)).join(', ');
   return [same
     ? `split ${m.layers.join(',')} layers suits the holders' measured speeds (${speeds} by stage)`
-    : `split by the holders' measured speeds (${speeds} by stage): ${m.by_speed.join(',')} layers would make the slowest stage ${m.pace_gain.toFixed(2)}× faster than ${m.layers.join(',')} (re-split at a checkpoint: caravan repartition, then --from-states)`];
+    : `split by the holders' measured speeds (${speeds} by stage): ${m.by_speed.join(',')} layers would make the slowest stage ${m.pace_gain.toFixed(2)}× faster than ${m.layers.join(',')} (re-split the running run: caravan repartition --live --stage-layers ${m.by_speed.join(',')})`];
 }
 
 export async function readRunStatus(url: string, run: string, nkey?: string): Promise<RunStatus> {

@@ -9,6 +9,9 @@
 // (schemas/model-memory.ts): the best split among those that fit.
 import type { LlamaConfig } from '../../schemas/model-config.ts';
 import { stageForwardFlopsPerToken } from '../../schemas/model-flops.ts';
+import type { RunConfig } from '../../schemas/run-config.ts';
+import type { HostEntry, SlotRecord } from '../../schemas/run-records.ts';
+import { stageRanges } from '../../schemas/stage-layers.ts';
 
 /**
  * Layers per stage (each at least one, summing to m.nLayers) for stages of relative speeds `speeds` (any unit:
@@ -51,4 +54,29 @@ export function slowestStageTime(m: LlamaConfig, seqLen: number, layers: readonl
     begin += n;
   });
   return slowest;
+}
+
+/** The split by the holders' measured speeds (a stage's speed: its slowest replica's holder), and what it would gain. */
+export interface MeasuredSplit {
+  readonly layers: number[];
+  readonly stage_tflops: number[];
+  readonly by_speed: number[];
+  /** How much faster the slowest stage would be with `by_speed` than with `layers`: 1 when the run's split is already it. */
+  readonly pace_gain: number;
+}
+
+/** The split the holders' measured speeds call for, or undefined while a slot's holder has no measurement. */
+export function measuredSplit(config: RunConfig, hosts: readonly HostEntry[], slots: readonly SlotRecord[]): MeasuredSplit | undefined {
+  const { model, training: t } = config;
+  const speed = new Map(hosts.map((h) => [h.host, h.tflops]));
+  const stageTflops: number[] = [];
+  for (let s = 0; s < t.stages; s++) {
+    const holders = slots.filter((x) => x.stage === s).map((x) => speed.get(x.host));
+    if (holders.length === 0 || holders.some((v) => v === undefined)) return undefined;
+    stageTflops.push(Math.min(...(holders as number[])));
+  }
+  const layers = stageRanges(config).map(([b, e]) => e - b);
+  const bySpeed = speedAwareLayers(model, t.seqLen, stageTflops);
+  const pace = (split: readonly number[]) => slowestStageTime(model, t.seqLen, split, stageTflops);
+  return { layers, stage_tflops: stageTflops, by_speed: bySpeed, pace_gain: pace(layers) / pace(bySpeed) };
 }

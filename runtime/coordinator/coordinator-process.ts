@@ -32,7 +32,7 @@ import { openCoordinatorTransport, type CoordinatorTransport } from '../transpor
 import { edgeLimits } from '../transport/edge-limits.ts';
 import { followControlLog } from './control-log-replay.ts';
 import { seedRunFromStates, type GivenStates } from './initial-states.ts';
-import { concludeResplit, decideResplit, handedOverStates, HandOver, resplitConfig } from './resplit.ts';
+import { concludeResplit, decideResplit, handedOverStates, HandOver, resplitConfig, speedResplits } from './resplit.ts';
 import type { ReplayRead } from './control-log-snapshots.ts';
 import { Audits } from './audits.ts';
 import { Membership, restoreMembership } from './membership.ts';
@@ -75,6 +75,8 @@ export interface CoordinatorOptions {
   readonly fromStates?: string;
   /** States in hand, for a run that goes on from another's re-split (resplit.ts); ignored once the run has begun. */
   readonly givenStates?: GivenStates;
+  /** Hosts given the first slots in this order (a run re-split for its holders' speeds: each keeps its stage). */
+  readonly preferredHosts?: readonly string[];
 }
 
 /** The default of CoordinatorOptions.snapshotEvery: about 20 steps of a 16 × 3 run. */
@@ -105,7 +107,7 @@ export async function runCoordinator(o: CoordinatorOptions): Promise<RunSummary>
     await net.close();
   }
   // The run goes on as its successor, coordinated by this process; it ends as that one does.
-  const next = await runCoordinator({ ...o, run: handOver.resplit.run, config: handOver.config, fromStates: undefined, givenStates: handOver.states })
+  const next = await runCoordinator({ ...o, run: handOver.resplit.run, config: handOver.config, fromStates: undefined, givenStates: handOver.states, preferredHosts: handOver.resplit.hosts_by_stage })
     .catch((err: Error) => err);
   return concludeResplit(o, handOver.resplit, next);
 }
@@ -167,6 +169,7 @@ async function coordinate(
   const coordinator = createActor(coordinatorMachine, {
     input: {
       stages: t.stages, replicas: t.replicas, startReplicas: t.bridge?.startReplicas, heartbeatTimeoutMs, tickMs, retireVacantMs: t.bridge?.retireVacantMs,
+      preferredHosts: o.preferredHosts,
       restore: restore && { ...restore, active, retired },
     },
   });
@@ -255,9 +258,11 @@ function assemble(
     changed: saveAudits,
     epochOf: (replica) => replicas.epoch(replica),
   }) : undefined;
+  const bySpeed = speedResplits({ run: o.run, config, secured: hostKeys !== undefined, state: run, replicas: () => replicas, writes, log, runState: net.runState, slots: net.slots });
   const replicas: Replicas = new Replicas({
     config, controlLog: net.controlLog, writes, run, log, counters,
-    progress: (p) => net.channel.progress(p), failed: settle, finished: (replica) => send({ type: 'REPLICA_FINISHED', replica }),
+    progress: (p) => { net.channel.progress(p); bySpeed(p.replica, p.step); },
+    failed: settle, finished: (replica) => send({ type: 'REPLICA_FINISHED', replica }),
     committed: audits && ((replica, step, gradScale, skip) => audits.committed(replica, step, gradScale, skip)),
   });
   const bridges = t.bridge ? startBridges({ store: net.bridges, config, bridge: t.bridge, log, onError: settle, members: bridgeMembers(config, run.state) }) : undefined;
@@ -337,9 +342,7 @@ function assemble(
     },
     // A slot vacant past training.bridge.retireVacantMs: its replica is retired where it stands, so that the others'
     // syncs stop waiting for it. Its remaining hosts keep their slots, idle, until the run ends.
-    replicaStranded: (replica: number, stage: number, vacantMs: number) => {
-      if (strandReplica({ replica, stage, vacantMs, config, bridges, replicas, run, log })) send({ type: 'REPLICA_RETIRED', replica });
-    },
+    replicaStranded: (replica: number, stage: number, vacantMs: number) => strandReplica({ replica, stage, vacantMs, config, bridges, replicas, run, log }) && send({ type: 'REPLICA_RETIRED', replica }),
     // `caravan repartition --live`: the run ends at the first step past every step opened, and goes on as its successor.
     resplitRequested: (stageLayers: number[]): ResplitReply => decideResplit({ run: o.run, config, stageLayers, secured: hostKeys !== undefined, state: run, replicas, writes, log }),
     replicasFinished: () => {

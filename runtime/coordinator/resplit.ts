@@ -16,7 +16,8 @@
 // weights, and given states seed them all alike), or under credentials (a
 // host's credentials are for one run id).
 import { validateRunConfig, type RunConfig } from '../../schemas/run-config.ts';
-import type { Resplit, RunSummary } from '../../schemas/run-records.ts';
+import type { HostEntry, Resplit, RunSummary, SlotRecord } from '../../schemas/run-records.ts';
+import { measuredSplit } from '../config/speed-split.ts';
 import { stageRanges } from '../../schemas/stage-layers.ts';
 import type { StageStateBlob } from '../export/stitch-stages.ts';
 import type { Logger } from '../log.ts';
@@ -24,6 +25,8 @@ import { sha256Hex } from '../security/message-signature.ts';
 import { openCoordinatorTransport } from '../transport/coordinator-transport.ts';
 import { edgeLimits } from '../transport/edge-limits.ts';
 import type { RunResults } from '../transport/run-results.ts';
+import type { RunStateStore } from '../transport/run-state-store.ts';
+import type { SlotStore } from '../transport/slot-store.ts';
 import { validateRunId } from '../transport/subjects.ts';
 import type { ResplitReply } from '../../schemas/control-messages.ts';
 import type { GivenStates } from './initial-states.ts';
@@ -55,13 +58,20 @@ export function resplitRefusal(config: RunConfig, secured: boolean): string | un
   return undefined;
 }
 
+/** What deciding a re-split takes: the run, whether it is under credentials, its state and replicas. */
+interface ResplitContext {
+  readonly run: string; readonly config: RunConfig; readonly secured: boolean;
+  readonly state: LiveRunState; readonly replicas: Replicas; readonly writes: OrderedWrites; readonly log: Logger;
+}
+
 /**
  * An operator's request (`caravan repartition --live`): the run ends at the first step past every step opened, and goes
  * on as its successor split `stageLayers`; the decision is kept in the run state (a restarted coordinator keeps to it).
  */
-export function decideResplit(o: {
-  readonly run: string; readonly config: RunConfig; readonly stageLayers: number[]; readonly secured: boolean;
-  readonly state: LiveRunState; readonly replicas: Replicas; readonly writes: OrderedWrites; readonly log: Logger;
+export function decideResplit(o: ResplitContext & {
+  readonly stageLayers: number[];
+  /** For a re-split by measured speeds: the holders by stage, whom the successor gives the same stages. */
+  readonly hostsByStage?: string[];
 }): ResplitReply {
   const refused = resplitRefusal(o.config, o.secured);
   if (refused) return { ok: false, reason: refused };
@@ -73,11 +83,47 @@ export function decideResplit(o: {
   if (layers.join(',') === o.stageLayers.join(',')) return { ok: false, reason: `the run is split ${layers.join(',')} already` };
   const step = o.replicas.endAll();
   if (typeof step === 'string') return { ok: false, reason: step };
-  const resplit = { from_run: o.run, run: successorRunId(o.run), step, from_stage_layers: layers, stage_layers: [...o.stageLayers], at: Date.now() };
+  const resplit = {
+    from_run: o.run, run: successorRunId(o.run), step, from_stage_layers: layers, stage_layers: [...o.stageLayers], at: Date.now(),
+    ...(o.hostsByStage ? { hosts_by_stage: o.hostsByStage } : {}),
+  };
   state.state.resplit = resplit;
   o.writes.write('re-split', () => state.save());
   o.log.info({ step, stage_layers: o.stageLayers, successor: resplit.run }, 're-split decided: the run ends before this step and goes on as its successor, split so');
   return { ok: true, step, run: resplit.run };
+}
+
+/**
+ * training.resplitGain: once every slot's holder has reported its speed, the split those speeds call for
+ * (config/speed-split.ts measuredSplit) is taken by a live re-split if its slowest stage is `resplitGain` times faster
+ * than the run's; its holders keep their stages in the successor. Says whether it was decided.
+ */
+export async function resplitBySpeed(o: ResplitContext & { readonly hosts: () => Promise<HostEntry[]>; readonly slots: () => Promise<SlotRecord[]> }): Promise<boolean> {
+  const gain = o.config.training.resplitGain;
+  if (gain === undefined || o.state.state.resplit) return false;
+  const slots = await o.slots();
+  const m = measuredSplit(o.config, await o.hosts(), slots);
+  if (!m || m.pace_gain < gain || m.by_speed.join(',') === m.layers.join(',')) return false;
+  const hostsByStage = Array.from({ length: o.config.training.stages }, (_, s) => slots.find((x) => x.replica === 0 && x.stage === s)!.host);
+  o.log.info({ stage_tflops: m.stage_tflops, from: m.layers, to: m.by_speed, pace_gain: Number(m.pace_gain.toFixed(3)), resplit_gain: gain }, 're-splitting for the holders\' measured speeds');
+  const reply = decideResplit({ ...o, stageLayers: m.by_speed, hostsByStage });
+  if (!reply.ok) o.log.warn({ reason: reply.reason }, 'no re-split for the holders\' measured speeds');
+  return reply.ok;
+}
+
+/** resplitBySpeed weighed at each checkpoint step replica 0 commits, one weighing at a time, until a re-split is decided. */
+export function speedResplits(o: Omit<ResplitContext, 'replicas'> & { readonly replicas: () => Replicas; readonly runState: RunStateStore; readonly slots: SlotStore }): (replica: number, step: number) => void {
+  const t = o.config.training;
+  const hosts = () => o.runState.hosts();
+  const slots = async () => (await Promise.all(Array.from({ length: t.stages }, (_, s) => o.slots.read(0, s)))).filter((x) => x !== undefined);
+  let weighing = false;
+  return (replica, step) => {
+    if (t.resplitGain === undefined || replica !== 0 || weighing || o.state.state.resplit || (step + 1) % Math.max(1, t.checkpointEvery) !== 0) return;
+    weighing = true;
+    void resplitBySpeed({ ...o, replicas: o.replicas(), hosts, slots })
+      .catch((err: Error) => o.log.warn({ err: err.message }, 'could not weigh a re-split for the holders\' speeds'))
+      .finally(() => { weighing = false; });
+  };
 }
 
 /** The successor's id: `<run>-s2`, then `-s3` for a run already re-split. */

@@ -48,6 +48,8 @@ export interface HostOptions {
   readonly nkey?: string;
   /** The host's id (default hostId()): each of several hosts sharing one process needs its own. */
   readonly id?: string;
+  /** A training speed (TFLOP/s) to report instead of measuring one. */
+  readonly speed?: number;
 }
 
 /** Exit status of a host that was replaced: not a crash, and not a success either. */
@@ -223,7 +225,7 @@ async function waitForRun(conn: RunConnection, o: HostOptions): Promise<RunResou
 
 async function register(conn: RunConnection, res: RunResources, id: string, o: HostOptions, device: HostDevice, key: HostKey, log: Logger): Promise<void> {
   const deadline = Date.now() + (o.registerTimeoutMs ?? 5 * 60_000);
-  const speed = await measuredSpeed(res, device, log);
+  const speed = o.speed !== undefined ? { tflops: o.speed } : await measuredSpeed(res, device, log);
   const body = {
     host: id, datacenter: o.datacenter, device: device.kind, ...(device.kind === 'cuda' ? { gpu: device.gpu.name } : {}),
     key: key.publicKey, proof: registrationProof(key, o.run, id), ...(speed ? { tflops: speed.tflops } : {}),

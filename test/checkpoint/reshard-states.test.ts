@@ -10,13 +10,18 @@
 // by name. Live, a running run re-split where it stands (`caravan repartition
 // --live`) goes on as its successor run to the same weights and losses, also
 // when its coordinator is SIGKILLed while the successor trains and started
-// again (it finds the run re-split, and carries on with the successor).
+// again (it finds the run re-split, and carries on with the successor), and
+// when the coordinator re-splits by itself for its holders' reported speeds
+// (training.resplitGain). The live runs go one at a time: each is five
+// processes on a 2-core machine.
 import test from 'ava';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadRunConfig } from '../../runtime/config/load-run-config.ts';
 import { reshardStageStates } from '../../runtime/checkpoint/reshard-states.ts';
+import { speedAwareLayers } from '../../runtime/config/speed-split.ts';
+import { hostname } from 'node:os';
 import { statesFromCheckpointDir } from '../../runtime/export/run-stage-states.ts';
 import { trainLocal } from '../../runtime/train/train-local.ts';
 import { trainDistributed } from '../../runtime/train/train-distributed.ts';
@@ -106,7 +111,7 @@ test('over NATS: a run started from the 4-stage states at step 3 (--from-states)
   t.regex(refused?.message ?? '', /--from-states .*: model ffnHidden is 352 in the states, 384 in the run's config/);
 });
 
-test('live: a running run split 4 ways, re-split 2/1/1 where it stands (caravan repartition --live), goes on as its successor to the unsplit reference\'s weights and losses', async (t) => {
+test.serial('live: a running run split 4 ways, re-split 2/1/1 where it stands (caravan repartition --live), goes on as its successor to the unsplit reference\'s weights and losses', async (t) => {
   // Long enough that the commands (a process each, started while it trains) find it running.
   const steps = 40;
   const long = async (training: Partial<RunConfig['training']>) => {
@@ -140,11 +145,11 @@ test('live: a running run split 4 ways, re-split 2/1/1 where it stands (caravan 
   t.regex(status, new RegExp(`re-split: 1/1/1/1 → 2/1/1 layers from step ${answer.step}, went on as run ${answer.run} `), 'caravan status of the first run names its successor');
 });
 
-test('live: the coordinator SIGKILLed while the successor trains is started again and carries on with it, to the same weights and losses', async (t) => {
-  const steps = 40;
-  const c = await config({ steps, stages: 4, checkpointEvery: 2 });
-  const cfg = { ...c, optim: { ...c.optim, totalSteps: steps } };
-  const reference = await train({ ...cfg, training: { ...cfg.training, stages: 1, checkpointEvery: 0 } });
+/**
+ * A run over a fresh nats-server with a coordinator and hosts as separate processes (`hostArgs`: each host's extra
+ * flags), ended (children SIGKILLed, server stopped) with the test. `ended` settles with the first run's summary.
+ */
+async function liveRun(t: import('ava').ExecutionContext, cfg: RunConfig, run: string, hostArgs: string[][]) {
   const server = await startNatsServer();
   const dir = await tempDir(t);
   const children: CaravanChild[] = [];
@@ -153,45 +158,79 @@ test('live: the coordinator SIGKILLed while the successor trains is started agai
     await Promise.all(children.map((child) => child.exited));
     await server.stop();
   });
-  const run = 'resplit-restart', successor = `${run}-s2`;
   const file = join(dir, 'run.json');
   await writeFile(file, JSON.stringify(cfg));
   const coordinator = () => {
-    const child = spawnCaravan('coordinator', ['coordinator', '--nats', server.url, '--run', run, '--config', file, '--heartbeat-timeout', '6000']);
+    const child = spawnCaravan('coordinator', ['coordinator', '--nats', server.url, '--run', run, '--config', file, '--heartbeat-timeout', '15000']);
     children.push(child);
     return child;
   };
-  let first = coordinator();
-  for (let i = 0; i < 4; i++) children.push(spawnCaravan(`host ${i}`, ['host', '--nats', server.url, '--run', run, '--heartbeat', '1000']));
-  const nc = await connectToRun(server.url, 'resplit-restart-test', run);
+  const first = coordinator();
+  const hosts = hostArgs.map((args, i) => spawnCaravan(`host ${i}`, ['host', '--nats', server.url, '--run', run, '--heartbeat', '1000', ...args]));
+  children.push(...hosts);
+  const nc = await connectToRun(server.url, `${run}-test`, run);
   t.teardown(() => nc.close());
   let settle!: (s: RunSummary | Error) => void;
   const ended = new Promise<RunSummary | Error>((r) => { settle = r; });
+  return { url: server.url, nc, first, coordinator, hosts, ended, settle };
+}
+
+/** A 4-layer run of `steps` steps whose learning-rate schedule is the whole run's, and the unsplit in-process reference of it. */
+async function longRun(steps: number, training: Partial<RunConfig['training']>) {
+  const c = await config({ steps, ...training });
+  const cfg = { ...c, optim: { ...c.optim, totalSteps: steps } };
+  return { cfg, reference: await train({ ...cfg, training: { ...cfg.training, stages: 1, checkpointEvery: 0, stageLayers: undefined, resplitGain: undefined } }) };
+}
+
+test.serial('live: the coordinator SIGKILLed while the successor trains is started again and carries on with it, to the same weights and losses', async (t) => {
+  const { cfg, reference } = await longRun(40, { stages: 4, checkpointEvery: 2 });
+  const run = 'resplit-restart', successor = `${run}-s2`;
+  const r = await liveRun(t, cfg, run, [[], [], [], []]);
+  let first = r.first;
   let asked: ReturnType<typeof caravan> | undefined;
   let restarted = false;
-  await followRunEvents(nc, runNames(run), {
-    progress: (p) => { if (!asked && p.step >= 1) asked = caravan(['repartition', '--live', '--nats', server.url, '--run', run, '--stage-layers', '2,2', '--json']); },
-    finished: (summary) => settle(summary),
-    failed: (f) => settle(new Error(f.reason)),
+  await followRunEvents(r.nc, runNames(run), {
+    progress: (p) => { if (!asked && p.step >= 1) asked = caravan(['repartition', '--live', '--nats', r.url, '--run', run, '--stage-layers', '2,2', '--json']); },
+    finished: (summary) => r.settle(summary),
+    failed: (f) => r.settle(new Error(f.reason)),
   });
   // Once the successor has committed a step of its own, its coordinator dies; one started again as before takes over.
   const killed = new Promise<number>((resolve) => {
-    void followRunEvents(nc, runNames(successor), {
+    void followRunEvents(r.nc, runNames(successor), {
       progress: (p) => {
         if (restarted) return;
         restarted = true;
         first.process.kill('SIGKILL');
-        void first.exited.then(() => { first = coordinator(); resolve(p.step); });
+        void first.exited.then(() => { first = r.coordinator(); resolve(p.step); });
       },
     });
   });
-  const summary = await ended;
+  const summary = await r.ended;
   if (summary instanceof Error) return t.fail(summary.message);
   const answer = JSON.parse((await asked!).stdout) as { ok: boolean; step: number; run: string };
   t.true(answer.ok && answer.run === successor, JSON.stringify(answer));
   t.true((await killed) >= answer.step, 'killed while the successor trained');
   t.like(summary.resplits?.[0], { from_run: run, run: successor, step: answer.step, stage_layers: [2, 2] } as Partial<Resplit>);
   t.true(summary.recoveries.coordinator_restarts >= 1, JSON.stringify(summary.recoveries));
+  t.is(summary.params_sha256, reference.paramsSha256);
+  t.deepEqual(summary.losses, reference.losses);
+});
+
+test.serial('by speed (training.resplitGain): holders reporting 1 and 4 TFLOP/s get the split their speeds call for, once, each keeping its stage, to the same weights and losses', async (t) => {
+  const { cfg, reference } = await longRun(24, { stages: 2, checkpointEvery: 2, resplitGain: 1.2 });
+  const run = 'resplit-speed';
+  const speeds = [1, 4];
+  const r = await liveRun(t, cfg, run, speeds.map((v) => ['--speed', String(v)]));
+  const speedOf = new Map(r.hosts.map((h, i) => [`${hostname()}-${h.process.pid}`.replace(/[^A-Za-z0-9_-]/g, '-'), speeds[i]]));
+  await followRunEvents(r.nc, runNames(run), { finished: (summary) => r.settle(summary), failed: (f) => r.settle(new Error(f.reason)) });
+  const summary = await r.ended;
+  if (summary instanceof Error) return t.fail(summary.message);
+  t.is(summary.resplits?.length, 1, `one re-split: the successor's holders keep their stages, so its split is what their speeds call for (${JSON.stringify(summary.resplits)})`);
+  const [resplit] = summary.resplits!;
+  const bySpeed = resplit.hosts_by_stage!.map((h) => speedOf.get(h)!);
+  t.deepEqual(bySpeed.slice().sort(), [1, 4], JSON.stringify(resplit.hosts_by_stage));
+  t.deepEqual(resplit.from_stage_layers, [2, 2]);
+  t.deepEqual(resplit.stage_layers, speedAwareLayers(cfg.model, cfg.training.seqLen, bySpeed), 'the split of the holders\' speeds, stage by stage');
   t.is(summary.params_sha256, reference.paramsSha256);
   t.deepEqual(summary.losses, reference.losses);
 });

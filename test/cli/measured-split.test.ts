@@ -5,8 +5,8 @@
 // measured. Pure: records as the coordinator writes them.
 import test from 'ava';
 import { loadRunConfig } from '../../runtime/config/load-run-config.ts';
-import { formatStatus, measuredSplit } from '../../runtime/cli/status-command.ts';
-import { slowestStageTime, speedAwareLayers } from '../../runtime/config/speed-split.ts';
+import { formatStatus } from '../../runtime/cli/status-command.ts';
+import { measuredSplit, slowestStageTime, speedAwareLayers } from '../../runtime/config/speed-split.ts';
 import type { HostEntry, SlotRecord } from '../../schemas/run-records.ts';
 
 const host = (name: string, tflops?: number): HostEntry => ({ host: name, datacenter: 'dc', status: 'assigned', joined: '', ...(tflops !== undefined ? { tflops } : {}) });
