@@ -71,6 +71,14 @@ test('slots go out in replica-major order once S×R hosts have joined, grouped b
   t.deepEqual(send(join('h2')), [], 'a slotted host joining again keeps its slot, no STANDBY');
 });
 
+test('preferred hosts take the first slots in their order, wherever and whenever they joined; the others follow as usual', (t) => {
+  const c = coordinator({ stages: 3, replicas: 1, preferredHosts: ['h2', 'gone', 'h0'] });
+  const out = ['h0', 'h1', 'h2', 'h3'].flatMap((h) => c.send(join(h, h === 'h2' ? 'dc-b' : 'dc-a')));
+  const assigned = out.flatMap((x) => (x.type === 'ASSIGN' ? [[x.host, x.stage] as const] : [])).sort((a, b) => a[1] - b[1]);
+  t.deepEqual(assigned, [['h2', 0], ['h0', 1], ['h1', 2]]);
+  t.deepEqual(c.send(join('h4')), [{ type: 'STANDBY', host: 'h4' }]);
+});
+
 test('hosts that join interleaved from three datacenters get contiguous stages: a replica crosses each datacenter boundary once', (t) => {
   const { send } = coordinator();  // S=3, R=2
   const dcs = ['dc-x', 'dc-y', 'dc-z'];
