@@ -48,6 +48,7 @@ test('junk on every subject a host may publish to is refused, every process read
   let sent: Promise<string[]> | undefined;
   let failure: string | undefined;
   let leave: string | undefined;
+  let resplit: string | undefined;
   let floodRefused = 0;
   let consumersDeleted = 0;
   // Everything host-2 (valid credentials, no slot) may publish on, by its permissions.
@@ -62,6 +63,8 @@ test('junk on every subject a host may publish to is refused, every process read
     failure = await nc.request(names.failed, text('{"reason":"x"}'), { timeout: 5000 }).then(() => 'answered', (err: Error) => err.message);
     // Nor take a replica out of the run (`caravan leave`).
     leave = await nc.request(names.leave, text('{"replica":0}'), { timeout: 5000 }).then(() => 'answered', (err: Error) => err.message);
+    // Nor re-split it (`caravan repartition --live`).
+    resplit = await nc.request(names.resplit, text('{"stage_layers":[1,3]}'), { timeout: 5000 }).then(() => 'answered', (err: Error) => err.message);
     for (const body of JUNK) {
       for (const subject of [names.heartbeat('host-x', own), names.heartbeat('host-0', own), names.ready, names.chaosReached]) nc.publish(subject, body);
       replies.push(new TextDecoder().decode((await nc.request(names.register, body, { timeout: 5000 })).data));
@@ -98,6 +101,7 @@ test('junk on every subject a host may publish to is refused, every process read
   for (const r of replies) t.regex(r, /"ok":false,"reason":"registration: /, 'a junk registration is answered with why it was refused');
   t.regex(failure ?? '', new RegExp(`Permissions Violation for Publish to "${names.failed.replaceAll('.', '\\.')}"`), 'a host cannot announce the run\'s failure');
   t.regex(leave ?? '', new RegExp(`Permissions Violation for Publish to "${names.leave.replaceAll('.', '\\.')}"`), 'nor take a replica out');
+  t.regex(resplit ?? '', new RegExp(`Permissions Violation for Publish to "${names.resplit.replaceAll('.', '\\.')}"`), 'nor re-split the run');
   t.is(summary.recoveries.hosts_lost, 0, 'the coordinator kept hearing every heartbeat');
   t.true(floodRefused >= 2, 'the flood reached the cap of both subjects it filled');
   t.true(consumersDeleted >= 1, 'a holder\'s consumer was deleted while the run went on');
