@@ -1,6 +1,7 @@
 // Where a run's stage states come from: an in-process run's checkpoint
 // directory (stage-<a>-<b>.safetensors), or a NATS run's final states in its
-// Object Store, with its config (and so its tokenizer) from KV.
+// Object Store, with its config (and so its tokenizer) from KV. A run
+// re-split live ended as its successor: its final states are that run's.
 import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { RunConfig } from '../../schemas/run-config.ts';
@@ -26,6 +27,8 @@ export async function statesFromRun(url: string, run: string, replica: number, n
   const nc = await connectToRun(url, `caravan-export-${run}`, run, nkey);
   try {
     const reader = new RunStateReader(await openExistingRun(nc, run, url));
+    const successor = (await reader.state())?.resplit?.run;
+    if (successor) return await statesFromRun(url, successor, replica, nkey);
     const config = await reader.config();
     if (!config) throw new Error(`run '${run}' has no config in KV`);
     if (!Number.isSafeInteger(replica) || replica < 0 || replica >= config.training.replicas) {

@@ -22,7 +22,8 @@ import { loadRunConfig } from '../../runtime/config/load-run-config.ts';
 import { reshardStageStates } from '../../runtime/checkpoint/reshard-states.ts';
 import { speedAwareLayers } from '../../runtime/config/speed-split.ts';
 import { hostname } from 'node:os';
-import { statesFromCheckpointDir } from '../../runtime/export/run-stage-states.ts';
+import { statesFromCheckpointDir, statesFromRun } from '../../runtime/export/run-stage-states.ts';
+import { hashStageStates } from '../../runtime/coordinator/run-summary.ts';
 import { trainLocal } from '../../runtime/train/train-local.ts';
 import { trainDistributed } from '../../runtime/train/train-distributed.ts';
 import { createLogger } from '../../runtime/log.ts';
@@ -123,6 +124,7 @@ test.serial('live: a running run split 4 ways, re-split 2/1/1 where it stands (c
   let asked: ReturnType<typeof caravan> | undefined;
   let refusedSame: ReturnType<typeof caravan> | undefined;
   let status = '';
+  let exported = '';
   const summary = await trainDistributed({
     config: await long({ stages: 4, checkpointEvery: 2 }), log: createLogger('reshard-test', 'warn'),
     onReady: (info) => { where = info; },
@@ -131,7 +133,10 @@ test.serial('live: a running run split 4 ways, re-split 2/1/1 where it stands (c
       refusedSame = caravan(['repartition', '--live', '--nats', where!.url, '--run', where!.run, '--stage-layers', '1,1,1,1', '--json']);
       asked = refusedSame.then(() => caravan(['repartition', '--live', '--nats', where!.url, '--run', where!.run, '--stage-layers', '2,1,1', '--json']));
     },
-    onFinished: async ({ url, run }) => { status = (await caravan(['status', '--nats', url, '--run', run])).stdout; },
+    onFinished: async ({ url, run }) => {
+      status = (await caravan(['status', '--nats', url, '--run', run])).stdout;
+      exported = hashStageStates((await statesFromRun(url, run, 0)).blobs.map((b) => b.bytes));
+    },
   });
   const answer = JSON.parse((await asked!).stdout) as { ok: boolean; step: number; run: string };
   t.true(answer.ok && answer.step >= 2 && answer.step < steps && answer.run === `${where!.run}-s2`, JSON.stringify(answer));
@@ -143,6 +148,7 @@ test.serial('live: a running run split 4 ways, re-split 2/1/1 where it stands (c
   t.is(summary.params_sha256, reference.paramsSha256, 'the weights of the run that never split');
   t.deepEqual(summary.losses, reference.losses, 'and its losses, step by step, before and after the re-split');
   t.regex(status, new RegExp(`re-split: 1/1/1/1 → 2/1/1 layers from step ${answer.step}, went on as run ${answer.run} `), 'caravan status of the first run names its successor');
+  t.is(exported, reference.paramsSha256, 'the first run\'s final states, as export reads them, are its successor\'s');
 });
 
 /**
