@@ -119,7 +119,7 @@ export class Replicas {
 
   /** Starts the actor of every replica in the run, then every replica. */
   start(): void {
-    const training = this.active.filter((r) => !this.stranded.has(r));
+    const training = this.finishing();
     for (const r of training) this.actors[r] = this.startReplica(r);
     for (const r of training) this.actors[r]!.send({ type: 'START' });
   }
@@ -174,8 +174,7 @@ export class Replicas {
     if (snapshot.status !== 'active') return `replica ${replica} has finished`;
     const staying = this.active.filter((r) => r !== replica && !this.lastSteps.has(r) && this.actors[r]?.getSnapshot().status === 'active');
     if (!staying.length) return `replica ${replica} is the last replica training: it cannot leave`;
-    const opened = snapshot.context.step + (snapshot.context.openAhead ?? 0);
-    const outer = Math.floor(opened / syncEvery) + 1;
+    const outer = Math.floor(this.opened(replica) / syncEvery) + 1;
     const lastStep = outer * syncEvery - 1;
     if (lastStep + 1 >= this.o.config.training.steps) return `replica ${replica}'s next outer-step boundary is the run's end (step ${lastStep}): it finishes with the run`;
     this.lastSteps.set(replica, lastStep);
@@ -191,16 +190,19 @@ export class Replicas {
     const training = this.active.filter((r) => !this.stranded.has(r) && this.actors[r]?.getSnapshot().status === 'active');
     if (!training.length) return 'the run has finished training';
     if (training.some((r) => this.lastSteps.has(r))) return 'a replica is ending already';
-    const lastStep = Math.max(...training.map((r) => {
-      const c = this.actors[r]!.getSnapshot().context;
-      return c.step + (c.openAhead ?? 0);
-    }));
+    const lastStep = Math.max(...training.map((r) => this.opened(r)));
     if (lastStep + 1 >= this.o.config.training.steps) return `the run's last step (${this.o.config.training.steps - 1}) is under way: it finishes as it is`;
     for (const r of training) {
       this.lastSteps.set(r, lastStep);
       this.actors[r]!.send({ type: 'RETIRE', lastStep });
     }
     return lastStep + 1;
+  }
+
+  /** The furthest step the replica's actor has opened (steps are opened ahead under post-validated schedules). */
+  private opened(replica: number): number {
+    const c = this.actors[replica]!.getSnapshot().context;
+    return c.step + (c.openAhead ?? 0);
   }
 
   private admit(replica: number, firstStep: number): void {
