@@ -131,6 +131,8 @@ export interface BridgeRecord {
   /** What the contributions held as fp32, and their size in the Object Store. */
   readonly bytes_raw: number;
   readonly bytes_wire: number;
+  /** Written by a live re-split: the run whose outer step this is, its θ and momentum re-sharded for this run's split. */
+  readonly resharded_from?: string;
 }
 
 /** `bridge-outer.<stage>`: a distributed variable that only moves forward (compare-and-set). */
@@ -342,6 +344,7 @@ const BRIDGE_RECORD: FieldReader<BridgeRecord> = object({
   finished_ms: real,
   bytes_raw: count,
   bytes_wire: count,
+  resharded_from: optional(text),
 });
 
 const COUNTER_RECORD = object({ value: count });

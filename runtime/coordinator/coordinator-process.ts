@@ -77,6 +77,8 @@ export interface CoordinatorOptions {
   readonly givenStates?: GivenStates;
   /** Hosts given the first slots in this order (a run re-split for its holders' speeds: each keeps its stage). */
   readonly preferredHosts?: readonly string[];
+  /** The runs this one goes on from (live re-splits), first first: they hear its progress too. */
+  readonly predecessors?: readonly string[];
 }
 
 /** The default of CoordinatorOptions.snapshotEvery: about 20 steps of a 16 × 3 run. */
@@ -94,7 +96,7 @@ export async function runCoordinator(o: CoordinatorOptions): Promise<RunSummary>
     });
     log.info({ file: hostKeys, keys: keys.size }, 'admitting only the run\'s host keys');
   }
-  const net = await openCoordinatorTransport({ url: o.nats, run: o.run, nkey: o.nkey, streamReplicas: o.streamReplicas, limits: edgeLimits(config) });
+  const net = await openCoordinatorTransport({ url: o.nats, run: o.run, nkey: o.nkey, streamReplicas: o.streamReplicas, limits: edgeLimits(config), predecessors: o.predecessors });
   let handOver: HandOver | undefined;
   try {
     handOver = await handedOverBefore(o, net, log);
@@ -107,7 +109,10 @@ export async function runCoordinator(o: CoordinatorOptions): Promise<RunSummary>
     await net.close();
   }
   // The run goes on as its successor, coordinated by this process; it ends as that one does.
-  const next = await runCoordinator({ ...o, run: handOver.resplit.run, config: handOver.config, fromStates: undefined, givenStates: handOver.states, preferredHosts: handOver.resplit.hosts_by_stage })
+  const next = await runCoordinator({
+    ...o, run: handOver.resplit.run, config: handOver.config, fromStates: undefined, givenStates: handOver.states, preferredHosts: handOver.resplit.hosts_by_stage,
+    predecessors: [...(o.predecessors ?? []), o.run],
+  })
     .catch((err: Error) => err);
   return concludeResplit(o, handOver.resplit, next);
 }
@@ -122,7 +127,7 @@ async function handedOverBefore(o: CoordinatorOptions, net: CoordinatorTransport
   const next = resplitConfig(o.config, prior.resplit.stage_layers);
   if (typeof next === 'string') throw new Error(`run ${o.run} was re-split as ${prior.resplit.run}, but ${next}`);
   log.info({ successor: prior.resplit.run }, 'coordinator restarted: the run goes on as its successor');
-  return new HandOver(prior.resplit, next, await handedOverStates({ config: o.config, resplit: prior.resplit, results: net.results, losses: [] }));
+  return new HandOver(prior.resplit, next, await handedOverStates({ config: o.config, resplit: prior.resplit, results: net.results, bridges: net.bridges, losses: [] }));
 }
 
 /** The run from its (re)start to its end, or to the hand-over to its successor. */
@@ -141,7 +146,7 @@ async function coordinateRun(o: CoordinatorOptions, net: CoordinatorTransport, l
   if (!kept) await net.runState.writeConfig(config);
   let fromStep: number | undefined;
   const given = o.fromStates ? { dir: o.fromStates } : o.givenStates;
-  if (given && !prior) fromStep = await seedRunFromStates({ from: given, config, slots: net.slots, controlLog: net.controlLog, log });
+  if (given && !prior) fromStep = await seedRunFromStates({ from: given, config, slots: net.slots, controlLog: net.controlLog, bridges: net.bridges, log });
   else if (o.fromStates) log.info({ dir: o.fromStates }, 'the run has begun already: --from-states is not used again');
   const restore = prior ? await restoreMembership(net.runState, net.slots, config) : undefined;
   if (restore) log.info({ hosts: restore.hosts.length, running: restore.running, step: prior!.step }, 'coordinator restarted: resuming from KV and the control log');
@@ -297,7 +302,7 @@ function assemble(
         if (rewinds.busy) { finishing = false; return; }
         const resplit = run.state.resplit;
         if (resplit) {
-          return handedOverStates({ config, resplit, results: net.results, finals, losses })
+          return handedOverStates({ config, resplit, results: net.results, bridges: net.bridges, finals, losses })
             .then((states) => settle(new HandOver(resplit, resplitConfig(config, resplit.stage_layers) as RunConfig, states)));
         }
         return finishRun({ run: o.run, config, state: run, results: net.results, bridges: net.bridges, counters, finals, active: replicas.active, finishing: replicas.finishing(), losses, skipped, rolledBack, audits: audits?.result() }).then(settle);

@@ -184,13 +184,15 @@ export class Replicas {
 
   /**
    * Every replica ends at the first step past every step any has opened (a live re-split: resplit.ts): that step is
-   * committed as its last, and its stages upload their final states. Returns the step after it, or why not.
+   * committed as its last, and its stages upload their final states. With the Bridge, the last step is the last of an
+   * outer step, so that every replica ends on the parameters its sync left. Returns the step after it, or why not.
    */
   endAll(): number | string {
     const training = this.active.filter((r) => !this.stranded.has(r) && this.actors[r]?.getSnapshot().status === 'active');
     if (!training.length) return 'the run has finished training';
     if (training.some((r) => this.lastSteps.has(r))) return 'a replica is ending already';
-    const lastStep = Math.max(...training.map((r) => this.opened(r)));
+    const H = this.o.config.training.bridge?.syncEvery ?? 1;
+    const lastStep = Math.ceil((Math.max(...training.map((r) => this.opened(r))) + 1) / H) * H - 1;
     if (lastStep + 1 >= this.o.config.training.steps) return `the run's last step (${this.o.config.training.steps - 1}) is under way: it finishes as it is`;
     for (const r of training) {
       this.lastSteps.set(r, lastStep);

@@ -11,10 +11,11 @@
 // engine's results do not depend on the split, the weights are the ones the
 // run would have had unsplit (test/checkpoint/reshard-states.test.ts).
 //
-// Not for a run with the Bridge (its outer steps' records are per stage),
-// with audits, of more than one replica (without the Bridge each has its own
-// weights, and given states seed them all alike), or under credentials (a
-// host's credentials are for one run id).
+// With the Bridge the run ends on an outer step's last step, and each
+// replica goes on from its own states (resplit-bridge.ts). Not for a run with
+// audits, of more than one replica without the Bridge (each has weights of
+// its own, and nothing syncs them), or under credentials (a host's
+// credentials are for one run id).
 import { validateRunConfig, type RunConfig } from '../../schemas/run-config.ts';
 import type { HostEntry, Resplit, RunSummary, SlotRecord } from '../../schemas/run-records.ts';
 import { measuredSplit } from '../config/speed-split.ts';
@@ -27,10 +28,13 @@ import { edgeLimits } from '../transport/edge-limits.ts';
 import type { RunResults } from '../transport/run-results.ts';
 import type { RunStateStore } from '../transport/run-state-store.ts';
 import type { SlotStore } from '../transport/slot-store.ts';
+import type { BridgeStore } from '../transport/bridge-store.ts';
 import { validateRunId } from '../transport/subjects.ts';
 import type { ResplitReply } from '../../schemas/control-messages.ts';
 import type { GivenStates } from './initial-states.ts';
 import type { OrderedWrites } from './ordered-writes.ts';
+import { bridgeHandOver, bridgeResplitRefusal } from './resplit-bridge.ts';
+import { bridgeSummary } from './run-summary.ts';
 import type { Replicas } from './replicas.ts';
 import type { LiveRunState } from './run-state.ts';
 
@@ -42,7 +46,9 @@ export class HandOver {
 /** The run's config with the layers split as `stageLayers` (checked as a config is), or why not. */
 export function resplitConfig(config: RunConfig, stageLayers: readonly number[]): RunConfig | string {
   try {
-    return validateRunConfig({ ...config, training: { ...config.training, stages: stageLayers.length, stageLayers: [...stageLayers] } });
+    // Every replica is in the run by then (decideResplit): the successor starts them all.
+    const bridge = config.training.bridge && { ...config.training.bridge, startReplicas: config.training.replicas };
+    return validateRunConfig({ ...config, training: { ...config.training, stages: stageLayers.length, stageLayers: [...stageLayers], ...(bridge ? { bridge } : {}) } });
   } catch (err) {
     return (err as Error).message;
   }
@@ -51,9 +57,10 @@ export function resplitConfig(config: RunConfig, stageLayers: readonly number[])
 /** Why the run cannot be re-split live, if it cannot. */
 export function resplitRefusal(config: RunConfig, secured: boolean): string | undefined {
   const t = config.training;
-  if (t.bridge) return 'a run with the Bridge cannot be re-split live yet: its outer steps\' records are per stage';
+  const bridge = bridgeResplitRefusal(config);
+  if (bridge) return bridge;
   if (t.audit) return 'a run with audits cannot be re-split live yet';
-  if (t.replicas > 1) return 'a run of more than one replica without the Bridge cannot be re-split live: each replica has weights of its own';
+  if (t.replicas > 1 && !t.bridge) return 'a run of more than one replica without the Bridge cannot be re-split live: each replica has weights of its own';
   if (secured) return 'a run under credentials cannot be re-split live: its hosts\' credentials are for this run id only (re-split between runs: caravan repartition, then --from-states)';
   return undefined;
 }
@@ -81,6 +88,10 @@ export function decideResplit(o: ResplitContext & {
   if (typeof next === 'string') return { ok: false, reason: next };
   const layers = stageRanges(o.config).map(([b, e]) => e - b);
   if (layers.join(',') === o.stageLayers.join(',')) return { ok: false, reason: `the run is split ${layers.join(',')} already` };
+  const R = o.config.training.replicas;
+  if (o.config.training.bridge && (o.replicas.finishing().length < R || state.state.left?.length)) {
+    return { ok: false, reason: `with the Bridge, a run is re-split live only while all its ${R} replicas train: one that has not joined yet, has left or was retired would have no state to go on from` };
+  }
   const step = o.replicas.endAll();
   if (typeof step === 'string') return { ok: false, reason: step };
   const resplit = {
@@ -133,23 +144,31 @@ export function successorRunId(run: string): string {
 }
 
 /**
- * Replica 0's final states (they are the run's: one replica), checked against the digests its holders reported where
- * `finals` has them, as the states a successor starts from.
+ * The final states the successor starts from, checked against the digests their holders reported where `finals` has
+ * them: replica 0's (the run's, with one replica); with the Bridge every replica's, and the Bridge's after the last sync.
  */
 export async function handedOverStates(o: {
-  readonly config: RunConfig; readonly resplit: Resplit; readonly results: RunResults; readonly finals?: ReadonlyMap<string, string>;
+  readonly config: RunConfig; readonly resplit: Resplit; readonly results: RunResults; readonly bridges: BridgeStore; readonly finals?: ReadonlyMap<string, string>;
   readonly losses: ReadonlyArray<ReadonlyArray<number>>;
 }): Promise<GivenStates> {
-  const blobs: StageStateBlob[] = [];
-  for (const [s, [begin, end]] of stageRanges(o.config).entries()) {
-    const bytes = await o.results.finalState(0, begin, end);
-    if (!bytes) throw new Error(`re-split of run ${o.resplit.from_run}: the final state of stage ${s} (layers [${begin}, ${end})) is missing from the object store`);
-    const reported = o.finals?.get(`0.${s}`);
-    if (reported && sha256Hex(bytes) !== reported) throw new Error(`re-split of run ${o.resplit.from_run}: the final state of stage ${s} is not the one its holder reported`);
-    blobs.push({ source: `run ${o.resplit.from_run} stage ${s}`, bytes });
-  }
+  const statesOf = async (replica: number): Promise<StageStateBlob[]> => {
+    const blobs: StageStateBlob[] = [];
+    for (const [s, [begin, end]] of stageRanges(o.config).entries()) {
+      const bytes = await o.results.finalState(replica, begin, end);
+      if (!bytes) throw new Error(`re-split of run ${o.resplit.from_run}: the final state of replica ${replica} stage ${s} (layers [${begin}, ${end})) is missing from the object store`);
+      const reported = o.finals?.get(`${replica}.${s}`);
+      if (reported && sha256Hex(bytes) !== reported) throw new Error(`re-split of run ${o.resplit.from_run}: the final state of replica ${replica} stage ${s} is not the one its holder reported`);
+      blobs.push({ source: `run ${o.resplit.from_run} replica ${replica} stage ${s}`, bytes });
+    }
+    return blobs;
+  };
+  const blobs = await statesOf(0);
+  const bridge = o.config.training.bridge && await bridgeHandOver({
+    config: o.config, resplit: o.resplit, bridges: o.bridges,
+    byReplica: [blobs, ...await Promise.all(Array.from({ length: o.config.training.replicas - 1 }, (_, r) => statesOf(r + 1)))],
+  });
   const losses = o.losses.map((l) => l.slice(0, o.resplit.step).map((x) => (Number.isFinite(x) ? x : null)));
-  return { what: `the re-split of run ${o.resplit.from_run} at step ${o.resplit.step}`, blobs, losses };
+  return { what: `the re-split of run ${o.resplit.from_run} at step ${o.resplit.step}`, blobs, losses, ...(bridge ? { bridge } : {}) };
 }
 
 /**
@@ -166,7 +185,12 @@ export async function concludeResplit(o: { readonly nats: string; readonly run: 
       net.channel.failed(`run ${resplit.run}, which run ${o.run} went on as: ${result.message}`);
       throw result;
     }
-    const summary: RunSummary = { ...result, resplits: [resplit, ...(result.resplits ?? [])] };
+    // With the Bridge: this run's syncs first, then the successor's (each by the stage of its own split).
+    const bridge = o.config.training.bridge && await bridgeSummary(net.bridges, o.config.training.stages, resplit.step / o.config.training.bridge.syncEvery);
+    const summary: RunSummary = {
+      ...result, resplits: [resplit, ...(result.resplits ?? [])],
+      ...(bridge ? { bridge_syncs: [...bridge.bridge_syncs, ...(result.bridge_syncs ?? [])] } : {}),
+    };
     await net.runState.writeSummary(summary);
     await net.runState.writeState({ ...state, status: 'finished', updated: new Date().toISOString() });
     net.channel.finished(summary);

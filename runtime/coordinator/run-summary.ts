@@ -120,17 +120,23 @@ async function finalHashes(o: FinishedRun): Promise<Array<string | null>> {
   return hashes;
 }
 
-/** Every stored sync, from KV (a restarted coordinator did not see them all), and the outer steps all stages completed. */
-async function bridgeSummary(store: BridgeStore, stages: number, outers: number): Promise<{ outer_steps: number; bridge_syncs: BridgeRecord[] }> {
+/**
+ * Every stored sync, from KV (a restarted coordinator did not see them all), and the outer steps all stages completed.
+ * A record a live re-split wrote (the run's first, re-sharded from its predecessor's) is the predecessor's sync: its
+ * summary lists it (resplit.ts concludeResplit).
+ */
+export async function bridgeSummary(store: BridgeStore, stages: number, outers: number): Promise<{ outer_steps: number; bridge_syncs: BridgeRecord[] }> {
   const syncs: BridgeRecord[] = [];
+  const reached = Array.from({ length: stages }, () => 0);
   for (let stage = 0; stage < stages; stage++) {
     for (let outer = 1; outer <= outers; outer++) {
       const r = await store.readRecord(stage, outer);
-      if (r) syncs.push(r);
+      if (!r) continue;
+      reached[stage] = outer;
+      if (!r.resharded_from) syncs.push(r);
     }
   }
-  const done = Array.from({ length: stages }, (_, stage) => syncs.filter((r) => r.stage === stage).length);
-  return { outer_steps: Math.min(...done), bridge_syncs: syncs };
+  return { outer_steps: Math.min(...reached), bridge_syncs: syncs };
 }
 
 /** `${replica}.${step}` keys as records, in order. */

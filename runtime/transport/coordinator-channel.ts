@@ -59,7 +59,8 @@ function answering<T, R extends { ok: boolean; reason?: string }>(
   });
 }
 
-export function coordinatorChannel(nc: NatsConnection, names: RunNames): CoordinatorChannel {
+/** `alsoProgress`: more runs' names whose progress subject hears this run's progress too (its predecessors). */
+export function coordinatorChannel(nc: NatsConnection, names: RunNames, alsoProgress: readonly RunNames[] = []): CoordinatorChannel {
   return {
     listen: (h) => {
       const subs = [
@@ -77,7 +78,10 @@ export function coordinatorChannel(nc: NatsConnection, names: RunNames): Coordin
       ];
       return { close: () => { for (const s of subs) s.unsubscribe(); } };
     },
-    progress: (p) => nc.publish(names.progress, encodeJson(p)),
+    progress: (p) => {
+      const bytes = encodeJson(p);
+      for (const n of [names, ...alsoProgress]) nc.publish(n.progress, bytes);
+    },
     failed: (reason) => nc.publish(names.failed, encodeJson({ reason })),
     finished: (summary) => nc.publish(names.finished, encodeJson(summary)),
   };

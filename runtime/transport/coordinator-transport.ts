@@ -16,6 +16,7 @@ import { runResults, type RunResults } from './run-results.ts';
 import { runStateStore, type RunStateStore } from './run-state-store.ts';
 import { slotEvidence, type SlotEvidence } from './slot-evidence.ts';
 import { slotStore, type SlotStore } from './slot-store.ts';
+import { runNames } from './subjects.ts';
 
 export interface CoordinatorTransport {
   readonly runState: RunStateStore;
@@ -34,6 +35,8 @@ export interface CoordinatorTransport {
 
 export async function openCoordinatorTransport(o: {
   readonly url: string; readonly run: string; readonly nkey?: string; readonly streamReplicas?: number; readonly limits: EdgeLimits;
+  /** Runs this one goes on from (live re-splits): its progress is announced on theirs too, where `caravan train` follows. */
+  readonly predecessors?: readonly string[];
 }): Promise<CoordinatorTransport> {
   const nc = await connectToRun(o.url, `caravan-coordinator-${o.run}`, o.run, o.nkey);
   const res = await openRunResources(nc, o.run, { replicas: o.streamReplicas, limits: o.limits });
@@ -47,7 +50,7 @@ export async function openCoordinatorTransport(o: {
     controlLog: controlLog(res, signer),
     bridges: bridgeStore(res),
     results: runResults(res),
-    channel: coordinatorChannel(nc, res.names),
+    channel: coordinatorChannel(nc, res.names, (o.predecessors ?? []).map((r) => runNames(r))),
     watchLink: (w) => watchLink(nc, w),
     close: () => nc.drain().catch(() => nc.close()),
   };

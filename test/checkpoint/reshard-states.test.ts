@@ -12,7 +12,9 @@
 // when its coordinator is SIGKILLed while the successor trains and started
 // again (it finds the run re-split, and carries on with the successor), and
 // when the coordinator re-splits by itself for its holders' reported speeds
-// (training.resplitGain). The live runs go one at a time: each is five
+// (training.resplitGain), and with the Bridge: two replicas each go on from
+// their own states, the Bridge from its outer parameters and momentum, to
+// DiLoCo in one process's weights. The live runs go one at a time: each is five
 // processes on a 2-core machine.
 import test from 'ava';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
@@ -26,6 +28,7 @@ import { statesFromCheckpointDir, statesFromRun } from '../../runtime/export/run
 import { hashStageStates } from '../../runtime/coordinator/run-summary.ts';
 import { trainLocal } from '../../runtime/train/train-local.ts';
 import { trainDistributed } from '../../runtime/train/train-distributed.ts';
+import { trainLocalBridge } from '../../runtime/train/train-local-bridge.ts';
 import { createLogger } from '../../runtime/log.ts';
 import type { RunConfig } from '../../schemas/run-config.ts';
 import { caravan } from '../support/caravan-cli.ts';
@@ -149,6 +152,38 @@ test.serial('live: a running run split 4 ways, re-split 2/1/1 where it stands (c
   t.deepEqual(summary.losses, reference.losses, 'and its losses, step by step, before and after the re-split');
   t.regex(status, new RegExp(`re-split: 1/1/1/1 → 2/1/1 layers from step ${answer.step}, went on as run ${answer.run} `), 'caravan status of the first run names its successor');
   t.is(exported, reference.paramsSha256, 'the first run\'s final states, as export reads them, are its successor\'s');
+});
+
+test.serial('live, with the Bridge: 2 replicas split 2/2, re-split 3/1 at an outer step\'s end, each going on from its own states and the Bridge from its outer parameters and momentum: DiLoCo in one process\'s weights and losses', async (t) => {
+  const steps = 24, H = 2;
+  // Every sync waits for both replicas: DiLoCo in one process combines every member.
+  const c = await config({ steps, stages: 2, replicas: 2, checkpointEvery: 2, bridge: { syncEvery: H, quorum: 2, timeoutMs: 600_000 } as never });
+  const cfg = { ...c, optim: { ...c.optim, totalSteps: steps } };
+  const reference = await trainLocalBridge(cfg);
+  let where: { url: string; run: string } | undefined;
+  let asked: ReturnType<typeof caravan> | undefined;
+  let status = '';
+  let heard = -1;
+  const summary = await trainDistributed({
+    config: cfg, log: createLogger('reshard-test', 'warn'),
+    onReady: (info) => { where = info; },
+    onProgress: (p) => {
+      heard = Math.max(heard, p.step);
+      if (!asked && p.step >= 1) asked = caravan(['repartition', '--live', '--nats', where!.url, '--run', where!.run, '--stage-layers', '3,1', '--json']);
+    },
+    onFinished: async ({ url, run }) => { status = (await caravan(['status', '--nats', url, '--run', run])).stdout; },
+  });
+  const answer = JSON.parse((await asked!).stdout) as { ok: boolean; step: number; run: string };
+  t.true(answer.ok && answer.step % H === 0 && answer.step < steps, `the run ends on an outer step's last step: ${JSON.stringify(answer)}`);
+  t.like(summary.resplits?.[0], { from_run: where!.run, run: answer.run, step: answer.step, from_stage_layers: [2, 2], stage_layers: [3, 1] } as Partial<Resplit>);
+  t.deepEqual(summary.params_sha256_by_replica, reference.paramsSha256ByReplica, 'both replicas\' weights are those of the run that never split');
+  t.deepEqual(summary.losses_by_replica, reference.losses, 'and their losses, step by step, before and after the re-split');
+  const syncs = summary.bridge_syncs ?? [];
+  t.deepEqual(syncs.map((s) => `${s.outer}.${s.stage}`).sort(), Array.from({ length: steps / H }, (_, i) => [`${i + 1}.0`, `${i + 1}.1`]).flat().sort(), 'every outer step\'s sync, each once: the run\'s to the re-split, its successor\'s after');
+  t.is(summary.outer_steps, steps / H);
+  t.true(syncs.every((s) => s.replicas.join() === '0,1'));
+  t.regex(status, /re-split: 2\/2 → 3\/1 layers/);
+  t.is(heard, steps - 1, 'the first run\'s progress subject (caravan train\'s lines) heard the successor\'s steps to the end');
 });
 
 /**
