@@ -216,7 +216,10 @@ export function validateRunConfig(config: unknown): RunConfig {
   if (raw.training.stageLayers !== undefined) validateStageLayers(c, fail);
   const gain = raw.training.resplitGain;
   if (gain !== undefined && !(typeof gain === 'number' && Number.isFinite(gain) && gain > 1)) fail(`training.resplitGain must be a number above 1 (how many times faster the slowest stage must get), got ${JSON.stringify(gain)}`);
-  if (gain !== undefined && (c.training.replicas > 1 || raw.training.bridge !== undefined || raw.training.audit !== undefined)) fail('training.resplitGain needs a run of one replica, without the Bridge or audits: only such a run is re-split live');
+  const rawBridge = raw.training.bridge as { payload?: unknown } | undefined;
+  if (gain !== undefined && ((c.training.replicas > 1 && !rawBridge) || rawBridge?.payload === 'topk' || raw.training.audit !== undefined)) {
+    fail('training.resplitGain needs a run of one replica or with the Bridge (not top-k), without audits: only such a run is re-split live');
+  }
   if (raw.training.synthetic !== undefined) validateSynthetic(raw.training.synthetic, c.training.stages, fail);
   if (raw.training.audit !== undefined) validateAudit(raw.training, fail);
   if (raw.training.bridge === undefined) return c;

@@ -95,8 +95,11 @@ export interface Resplit {
   readonly from_stage_layers: number[];
   readonly stage_layers: number[];
   readonly at: number;
-  /** Re-split for the holders' measured speeds (training.resplitGain): the holders by stage, whom the successor gives the same stages. */
-  readonly hosts_by_stage?: string[];
+  /**
+   * Re-split for the holders' measured speeds (training.resplitGain): the holders slot by slot (replica 0's stages in
+   * order, then replica 1's …), whom the successor gives the same slots.
+   */
+  readonly hosts_by_slot?: string[];
 }
 
 /** A replica joining (from outer step `outer`'s parameters, training from `step`) or leaving (after contributing to `outer`, its last step `step`), decided at `at` (epoch ms). */
@@ -310,7 +313,7 @@ const AUDIT_SUMMARY: FieldReader<AuditSummary> = object({
   pending: optional(arrayOf(object({ replica: count, stage: count, epoch: count, from: optional(checkpointPointerReader), to: object({ step: count, sha256: text }) }))),
 });
 
-const RESPLIT = object({ from_run: text, run: text, step: count, from_stage_layers: arrayOf(count), stage_layers: arrayOf(count), at: real, hosts_by_stage: optional(arrayOf(text)) });
+const RESPLIT = object({ from_run: text, run: text, step: count, from_stage_layers: arrayOf(count), stage_layers: arrayOf(count), at: real, hosts_by_slot: optional(arrayOf(text)) });
 const MEMBERSHIP_CHANGE = object({ replica: count, outer: count, step: count, at: real, vacant: optional(object({ stage: count })) });
 
 const RUN_STATE = object({

@@ -123,7 +123,7 @@ export function trainCommand(program: Command): void {
     .option('--in-process', 'chain the stages in this process, without NATS')
     .option('--val-every <n>', '(in-process) steps between validation passes', positiveInt('--val-every'), 50)
     .option('--checkpoint-dir <dir>', '(in-process) write stage checkpoints (safetensors) here')
-    .option('--resplit-gain <x>', '(NATS, one replica) once every holder has reported its speed, re-split the running run as those speeds call for if its slowest stage would get x times faster (training.resplitGain; default: never)', positiveNumber('--resplit-gain'))
+    .option('--resplit-gain <x>', '(NATS; one replica, or several with the Bridge) once every holder has reported its speed, re-split the running run as those speeds call for if its slowest stage would get x times faster (training.resplitGain; default: never)', positiveNumber('--resplit-gain'))
     .option('--stage-layers <list>', 'layers per stage, comma-separated (training.stageLayers; default: as even as possible); the weights do not depend on it', (v: string) => v.split(',').map((x) => Number(x.trim())))
     .option('--checkpoint-every <n>', 'steps between stage checkpoints (to the Object Store; in-process to --checkpoint-dir); 0: none', nonNegativeInt('--checkpoint-every'))
     .addOption(new Option('--non-finite <policy>', 'a step whose gradients or loss are NaN/Inf: stop the run naming where they came from, or skip the step on every stage (default stop)').choices(['stop', 'skip-step']))

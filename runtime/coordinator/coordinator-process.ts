@@ -110,7 +110,7 @@ export async function runCoordinator(o: CoordinatorOptions): Promise<RunSummary>
   }
   // The run goes on as its successor, coordinated by this process; it ends as that one does.
   const next = await runCoordinator({
-    ...o, run: handOver.resplit.run, config: handOver.config, fromStates: undefined, givenStates: handOver.states, preferredHosts: handOver.resplit.hosts_by_stage,
+    ...o, run: handOver.resplit.run, config: handOver.config, fromStates: undefined, givenStates: handOver.states, preferredHosts: handOver.resplit.hosts_by_slot,
     predecessors: [...(o.predecessors ?? []), o.run],
   })
     .catch((err: Error) => err);

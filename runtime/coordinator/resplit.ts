@@ -77,8 +77,8 @@ interface ResplitContext {
  */
 export function decideResplit(o: ResplitContext & {
   readonly stageLayers: number[];
-  /** For a re-split by measured speeds: the holders by stage, whom the successor gives the same stages. */
-  readonly hostsByStage?: string[];
+  /** For a re-split by measured speeds: the holders slot by slot (replica-major), whom the successor gives the same slots. */
+  readonly hostsBySlot?: string[];
 }): ResplitReply {
   const refused = resplitRefusal(o.config, o.secured);
   if (refused) return { ok: false, reason: refused };
@@ -96,7 +96,7 @@ export function decideResplit(o: ResplitContext & {
   if (typeof step === 'string') return { ok: false, reason: step };
   const resplit = {
     from_run: o.run, run: successorRunId(o.run), step, from_stage_layers: layers, stage_layers: [...o.stageLayers], at: Date.now(),
-    ...(o.hostsByStage ? { hosts_by_stage: o.hostsByStage } : {}),
+    ...(o.hostsBySlot ? { hosts_by_slot: o.hostsBySlot } : {}),
   };
   state.state.resplit = resplit;
   o.writes.write('re-split', () => state.save());
@@ -115,9 +115,11 @@ export async function resplitBySpeed(o: ResplitContext & { readonly hosts: () =>
   const slots = await o.slots();
   const m = measuredSplit(o.config, await o.hosts(), slots);
   if (!m || m.pace_gain < gain || m.by_speed.join(',') === m.layers.join(',')) return false;
-  const hostsByStage = Array.from({ length: o.config.training.stages }, (_, s) => slots.find((x) => x.replica === 0 && x.stage === s)!.host);
+  const { stages: S, replicas: R } = o.config.training;
+  const hostsBySlot = Array.from({ length: R * S }, (_, i) => slots.find((x) => x.replica === Math.floor(i / S) && x.stage === i % S)?.host);
+  if (hostsBySlot.some((h) => h === undefined)) return false;
   o.log.info({ stage_tflops: m.stage_tflops, from: m.layers, to: m.by_speed, pace_gain: Number(m.pace_gain.toFixed(3)), resplit_gain: gain }, 're-splitting for the holders\' measured speeds');
-  const reply = decideResplit({ ...o, stageLayers: m.by_speed, hostsByStage });
+  const reply = decideResplit({ ...o, stageLayers: m.by_speed, hostsBySlot: hostsBySlot as string[] });
   if (!reply.ok) o.log.warn({ reason: reply.reason }, 'no re-split for the holders\' measured speeds');
   return reply.ok;
 }
@@ -126,9 +128,12 @@ export async function resplitBySpeed(o: ResplitContext & { readonly hosts: () =>
 export function speedResplits(o: Omit<ResplitContext, 'replicas'> & { readonly replicas: () => Replicas; readonly runState: RunStateStore; readonly slots: SlotStore }): (replica: number, step: number) => void {
   const t = o.config.training;
   const hosts = () => o.runState.hosts();
-  const slots = async () => (await Promise.all(Array.from({ length: t.stages }, (_, s) => o.slots.read(0, s)))).filter((x) => x !== undefined);
+  const slots = async () => (await Promise.all(Array.from({ length: t.replicas * t.stages }, (_, i) => o.slots.read(Math.floor(i / t.stages), i % t.stages)))).filter((x) => x !== undefined);
   let weighing = false;
+  const refused = t.resplitGain === undefined ? undefined : resplitRefusal(o.config, o.secured);
+  if (refused) o.log.warn({ reason: refused }, 'training.resplitGain: this run cannot be re-split live; its split stays');
   return (replica, step) => {
+    if (refused) return;
     if (t.resplitGain === undefined || replica !== 0 || weighing || o.state.state.resplit || (step + 1) % Math.max(1, t.checkpointEvery) !== 0) return;
     weighing = true;
     void resplitBySpeed({ ...o, replicas: o.replicas(), hosts, slots })

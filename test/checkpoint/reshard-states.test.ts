@@ -14,7 +14,8 @@
 // when the coordinator re-splits by itself for its holders' reported speeds
 // (training.resplitGain), and with the Bridge: two replicas each go on from
 // their own states, the Bridge from its outer parameters and momentum, to
-// DiLoCo in one process's weights. The live runs go one at a time: each is five
+// DiLoCo in one process's weights, re-split by an operator or for the
+// slowest holder of each stage. The live runs go one at a time: each is five
 // processes on a 2-core machine.
 import test from 'ava';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
@@ -268,10 +269,33 @@ test.serial('by speed (training.resplitGain): holders reporting 1 and 4 TFLOP/s 
   if (summary instanceof Error) return t.fail(summary.message);
   t.is(summary.resplits?.length, 1, `one re-split: the successor's holders keep their stages, so its split is what their speeds call for (${JSON.stringify(summary.resplits)})`);
   const [resplit] = summary.resplits!;
-  const bySpeed = resplit.hosts_by_stage!.map((h) => speedOf.get(h)!);
-  t.deepEqual(bySpeed.slice().sort(), [1, 4], JSON.stringify(resplit.hosts_by_stage));
+  const bySpeed = resplit.hosts_by_slot!.map((h) => speedOf.get(h)!);
+  t.deepEqual(bySpeed.slice().sort(), [1, 4], JSON.stringify(resplit.hosts_by_slot));
   t.deepEqual(resplit.from_stage_layers, [2, 2]);
   t.deepEqual(resplit.stage_layers, speedAwareLayers(cfg.model, cfg.training.seqLen, bySpeed), 'the split of the holders\' speeds, stage by stage');
   t.is(summary.params_sha256, reference.paramsSha256);
   t.deepEqual(summary.losses, reference.losses);
+});
+
+test.serial('by speed, with the Bridge: 2 replicas whose stages\' slowest holders report 1 and 4 TFLOP/s get the split those speeds call for, once, every holder keeping its slot, to DiLoCo in one process\'s weights', async (t) => {
+  const steps = 24, H = 2;
+  const c = await config({ steps, stages: 2, replicas: 2, checkpointEvery: 2, bridge: { syncEvery: H, quorum: 2, timeoutMs: 600_000 } as never });
+  const cfg = { ...c, optim: { ...c.optim, totalSteps: steps } };
+  const reference = await trainLocalBridge(cfg);
+  const run = 'resplit-bridge-speed';
+  const speeds = [1, 4, 4, 4];
+  const r = await liveRun(t, { ...cfg, training: { ...cfg.training, resplitGain: 1.2 } }, run, speeds.map((v) => ['--speed', String(v)]));
+  const speedOf = new Map(r.hosts.map((h, i) => [`${hostname()}-${h.process.pid}`.replace(/[^A-Za-z0-9_-]/g, '-'), speeds[i]]));
+  await followRunEvents(r.nc, runNames(run), { finished: (summary) => r.settle(summary), failed: (f) => r.settle(new Error(f.reason)) });
+  const summary = await r.ended;
+  if (summary instanceof Error) return t.fail(summary.message);
+  t.is(summary.resplits?.length, 1, `one re-split: the successor's holders keep their slots (${JSON.stringify(summary.resplits)})`);
+  const [resplit] = summary.resplits!;
+  const bySlot = resplit.hosts_by_slot!.map((h) => speedOf.get(h)!);
+  t.deepEqual(bySlot.slice().sort(), [1, 4, 4, 4], JSON.stringify(resplit.hosts_by_slot));
+  const stageTflops = [0, 1].map((s) => Math.min(bySlot[s], bySlot[2 + s]));
+  t.deepEqual(resplit.stage_layers, speedAwareLayers(cfg.model, cfg.training.seqLen, stageTflops), 'the split of each stage\'s slowest holder');
+  t.is(resplit.step % H, 0, 'at an outer step\'s end');
+  t.deepEqual(summary.params_sha256_by_replica, reference.paramsSha256ByReplica);
+  t.deepEqual(summary.losses_by_replica, reference.losses);
 });

@@ -104,10 +104,12 @@ test('memory: a 7B Llama counts its parameters exactly; the speed-aware split is
   t.throws(() => speedAwareLayers(m, t0.seqLen, speeds, () => false), { message: /^no split of 32 layers into 4 stages fits the stages' memory/ });
 });
 
-test('training.resplitGain: a number above 1, for a run of one replica without the Bridge or audits; refused by name otherwise', (t) => {
+test('training.resplitGain: a number above 1, for a run of one replica or with the Bridge (not top-k), without audits; refused by name otherwise', (t) => {
   const base = PRESETS.tiny as RunConfig;
   const withGain = (resplitGain: unknown, more: object = {}) => validateRunConfig({ ...base, training: { ...base.training, resplitGain, ...more } });
   t.is(withGain(1.25).training.resplitGain, 1.25);
   t.throws(() => withGain(1), { message: /training\.resplitGain must be a number above 1/ });
-  t.throws(() => withGain(1.5, { replicas: 2 }), { message: /training\.resplitGain needs a run of one replica, without the Bridge or audits/ });
+  t.throws(() => withGain(1.5, { replicas: 2 }), { message: /training\.resplitGain needs a run of one replica or with the Bridge \(not top-k\), without audits/ });
+  t.is(withGain(1.5, { replicas: 2, bridge: { syncEvery: 2 } }).training.resplitGain, 1.5, 'with the Bridge');
+  t.throws(() => withGain(1.5, { replicas: 2, bridge: { syncEvery: 2, payload: 'topk' } }), { message: /not top-k/ });
 });
