@@ -98,8 +98,11 @@ export async function seedBridgeOuterStep(o: {
       ...(momentumBytes ? { momentum: await o.bridges.writeMomentum(stage, outer, momentumBytes), momentum_sha256: sha256Hex(momentumBytes) } : {}),
       first_ms: o.handOver.firstMs, finished_ms: o.handOver.finishedMs, bytes_raw: 0, bytes_wire: 0, resharded_from: o.handOver.run,
     };
-    const { created } = await o.bridges.createRecord(record);
-    if (!created) throw new Error(`stage ${stage}: outer step ${outer} has a record already: the run is not new`);
+    // A coordinator killed while seeding, started again, seeds again: the record it wrote then stands if it is this one.
+    const { record: standing } = await o.bridges.createRecord(record);
+    if (standing.theta_sha256 !== record.theta_sha256 || standing.momentum_sha256 !== record.momentum_sha256) {
+      throw new Error(`stage ${stage}: outer step ${outer} has a record already, of other parameters: the run had begun before it was seeded`);
+    }
     await o.bridges.advanceOuter(stage, outer);
   }
   o.log.info({ outer, stages: o.states.length, momentum: momentum !== undefined }, 'the Bridge starts from the outer parameters and momentum the re-split run left, re-sharded');
