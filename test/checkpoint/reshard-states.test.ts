@@ -15,7 +15,8 @@
 // (training.resplitGain), and with the Bridge: two replicas each go on from
 // their own states, the Bridge from its outer parameters and momentum, to
 // DiLoCo in one process's weights, re-split by an operator or for the
-// slowest holder of each stage. The live runs go one at a time: each is five
+// slowest holder of each stage (its coordinator SIGKILLed while the
+// successor trains). The live runs go one at a time: each is five
 // processes on a 2-core machine.
 import test from 'ava';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
@@ -277,7 +278,7 @@ test.serial('by speed (training.resplitGain): holders reporting 1 and 4 TFLOP/s 
   t.deepEqual(summary.losses, reference.losses);
 });
 
-test.serial('by speed, with the Bridge: 2 replicas whose stages\' slowest holders report 1 and 4 TFLOP/s get the split those speeds call for, once, every holder keeping its slot, to DiLoCo in one process\'s weights', async (t) => {
+test.serial('by speed, with the Bridge: 2 replicas whose stages\' slowest holders report 1 and 4 TFLOP/s get the split those speeds call for, once, every holder keeping its slot, to DiLoCo in one process\'s weights, the coordinator SIGKILLed while the successor trains', async (t) => {
   const steps = 24, H = 2;
   const c = await config({ steps, stages: 2, replicas: 2, checkpointEvery: 2, bridge: { syncEvery: H, quorum: 2, timeoutMs: 600_000 } as never });
   const cfg = { ...c, optim: { ...c.optim, totalSteps: steps } };
@@ -287,8 +288,19 @@ test.serial('by speed, with the Bridge: 2 replicas whose stages\' slowest holder
   const r = await liveRun(t, { ...cfg, training: { ...cfg.training, resplitGain: 1.2 } }, run, speeds.map((v) => ['--speed', String(v)]));
   const speedOf = new Map(r.hosts.map((h, i) => [`${hostname()}-${h.process.pid}`.replace(/[^A-Za-z0-9_-]/g, '-'), speeds[i]]));
   await followRunEvents(r.nc, runNames(run), { finished: (summary) => r.settle(summary), failed: (f) => r.settle(new Error(f.reason)) });
+  // Once the successor has committed a step, its coordinator dies; one started again reads the hand-over anew.
+  let first = r.first, restarted = false;
+  await followRunEvents(r.nc, runNames(`${run}-s2`), {
+    progress: () => {
+      if (restarted) return;
+      restarted = true;
+      first.process.kill('SIGKILL');
+      void first.exited.then(() => { first = r.coordinator(); });
+    },
+  });
   const summary = await r.ended;
   if (summary instanceof Error) return t.fail(summary.message);
+  t.true(restarted && summary.recoveries.coordinator_restarts >= 1, 'the coordinator was SIGKILLed while the successor trained, and started again');
   t.is(summary.resplits?.length, 1, `one re-split: the successor's holders keep their slots (${JSON.stringify(summary.resplits)})`);
   const [resplit] = summary.resplits!;
   const bySlot = resplit.hosts_by_slot!.map((h) => speedOf.get(h)!);
