@@ -188,7 +188,7 @@ export class Replicas {
    * outer step, so that every replica ends on the parameters its sync left. Returns the step after it, or why not.
    */
   endAll(): number | string {
-    const training = this.active.filter((r) => !this.stranded.has(r) && this.actors[r]?.getSnapshot().status === 'active');
+    const training = this.finishing().filter((r) => this.actors[r]?.getSnapshot().status === 'active');
     if (!training.length) return 'the run has finished training';
     if (training.some((r) => this.lastSteps.has(r))) return 'a replica is ending already';
     const H = this.o.config.training.bridge?.syncEvery ?? 1;

@@ -90,8 +90,9 @@ export async function seedBridgeOuterStep(o: {
   const ranges = stageRanges(o.config);
   const momentum = o.handOver.momentum && reshardStageStates(o.handOver.momentum, ranges);
   for (const [stage, state] of o.states.entries()) {
-    const thetaBytes = encodeParams(paramsOf(o.config, stage, state.bytes), 'fp32').bytes;
-    const momentumBytes = momentum && encodeParams(paramsOf(o.config, stage, momentum[stage].bytes), 'fp32').bytes;
+    const params = stateParams(o.config, stage);
+    const thetaBytes = encodeParams(params(state.bytes), 'fp32').bytes;
+    const momentumBytes = momentum && encodeParams(params(momentum[stage].bytes), 'fp32').bytes;
     const record: BridgeRecord = {
       stage, outer, replicas: o.handOver.replicas,
       theta: await o.bridges.writeTheta(stage, outer, thetaBytes), theta_sha256: sha256Hex(thetaBytes),
@@ -109,10 +110,12 @@ export async function seedBridgeOuterStep(o: {
 }
 
 /** The parameters of a state of the config's stage `stage`, in the engine's order (the order the Bridge's payloads use). */
-function paramsOf(config: RunConfig, stage: number, bytes: Uint8Array): Float32Array {
+function stateParams(config: RunConfig, stage: number): (bytes: Uint8Array) => Float32Array {
   const [layerBegin, layerEnd] = stageRanges(config)[stage];
   // The run's thread count: OpenBLAS's is process-wide.
   const engine = new EngineStage({ model: config.model, optim: config.optim, layerBegin, layerEnd, seed: config.training.seed, threads: config.training.cpuThreads });
-  engine.loadState(bytes, `stage ${stage}'s re-sharded state`);
-  return engine.params().slice();
+  return (bytes) => {
+    engine.loadState(bytes, `stage ${stage}'s re-sharded state`);
+    return engine.params().slice();
+  };
 }

@@ -109,17 +109,18 @@ export function decideResplit(o: ResplitContext & {
  * (config/speed-split.ts measuredSplit) is taken by a live re-split if its slowest stage is `resplitGain` times faster
  * than the run's; its holders keep their stages in the successor. Says whether it was decided.
  */
-export async function resplitBySpeed(o: ResplitContext & { readonly hosts: () => Promise<HostEntry[]>; readonly slots: () => Promise<SlotRecord[]> }): Promise<boolean> {
+export async function resplitBySpeed(o: ResplitContext & {
+  readonly hosts: () => Promise<HostEntry[]>;
+  /** Every slot's record, replica-major: none while a slot has none (a replica not joined yet). */
+  readonly slots: () => Promise<SlotRecord[] | undefined>;
+}): Promise<boolean> {
   const gain = o.config.training.resplitGain;
   if (gain === undefined || o.state.state.resplit) return false;
   const slots = await o.slots();
-  const m = measuredSplit(o.config, await o.hosts(), slots);
-  if (!m || m.pace_gain < gain || m.by_speed.join(',') === m.layers.join(',')) return false;
-  const { stages: S, replicas: R } = o.config.training;
-  const hostsBySlot = Array.from({ length: R * S }, (_, i) => slots.find((x) => x.replica === Math.floor(i / S) && x.stage === i % S)?.host);
-  if (hostsBySlot.some((h) => h === undefined)) return false;
+  const m = slots && measuredSplit(o.config, await o.hosts(), slots);
+  if (!slots || !m || m.pace_gain < gain || m.by_speed.join(',') === m.layers.join(',')) return false;
   o.log.info({ stage_tflops: m.stage_tflops, from: m.layers, to: m.by_speed, pace_gain: Number(m.pace_gain.toFixed(3)), resplit_gain: gain }, 're-splitting for the holders\' measured speeds');
-  const reply = decideResplit({ ...o, stageLayers: m.by_speed, hostsBySlot: hostsBySlot as string[] });
+  const reply = decideResplit({ ...o, stageLayers: m.by_speed, hostsBySlot: slots.map((x) => x.host) });
   if (!reply.ok) o.log.warn({ reason: reply.reason }, 'no re-split for the holders\' measured speeds');
   return reply.ok;
 }
@@ -127,14 +128,20 @@ export async function resplitBySpeed(o: ResplitContext & { readonly hosts: () =>
 /** resplitBySpeed weighed at each checkpoint step replica 0 commits, one weighing at a time, until a re-split is decided. */
 export function speedResplits(o: Omit<ResplitContext, 'replicas'> & { readonly replicas: () => Replicas; readonly runState: RunStateStore; readonly slots: SlotStore }): (replica: number, step: number) => void {
   const t = o.config.training;
+  if (t.resplitGain === undefined) return () => {};
+  const refused = resplitRefusal(o.config, o.secured);
+  if (refused) {
+    o.log.warn({ reason: refused }, 'training.resplitGain: this run cannot be re-split live; its split stays');
+    return () => {};
+  }
   const hosts = () => o.runState.hosts();
-  const slots = async () => (await Promise.all(Array.from({ length: t.replicas * t.stages }, (_, i) => o.slots.read(Math.floor(i / t.stages), i % t.stages)))).filter((x) => x !== undefined);
+  const slots = async () => {
+    const all = await Promise.all(Array.from({ length: t.replicas * t.stages }, (_, i) => o.slots.read(Math.floor(i / t.stages), i % t.stages)));
+    return all.every((x) => x !== undefined) ? all : undefined;
+  };
   let weighing = false;
-  const refused = t.resplitGain === undefined ? undefined : resplitRefusal(o.config, o.secured);
-  if (refused) o.log.warn({ reason: refused }, 'training.resplitGain: this run cannot be re-split live; its split stays');
   return (replica, step) => {
-    if (refused) return;
-    if (t.resplitGain === undefined || replica !== 0 || weighing || o.state.state.resplit || (step + 1) % Math.max(1, t.checkpointEvery) !== 0) return;
+    if (replica !== 0 || weighing || o.state.state.resplit || (step + 1) % Math.max(1, t.checkpointEvery) !== 0) return;
     weighing = true;
     void resplitBySpeed({ ...o, replicas: o.replicas(), hosts, slots })
       .catch((err: Error) => o.log.warn({ err: err.message }, 'could not weigh a re-split for the holders\' speeds'))

@@ -61,6 +61,7 @@ function answering<T, R extends { ok: boolean; reason?: string }>(
 
 /** `alsoProgress`: more runs' names whose progress subject hears this run's progress too (its predecessors). */
 export function coordinatorChannel(nc: NatsConnection, names: RunNames, alsoProgress: readonly RunNames[] = []): CoordinatorChannel {
+  const progressSubjects = [names, ...alsoProgress].map((n) => n.progress);
   return {
     listen: (h) => {
       const subs = [
@@ -80,7 +81,7 @@ export function coordinatorChannel(nc: NatsConnection, names: RunNames, alsoProg
     },
     progress: (p) => {
       const bytes = encodeJson(p);
-      for (const n of [names, ...alsoProgress]) nc.publish(n.progress, bytes);
+      for (const subject of progressSubjects) nc.publish(subject, bytes);
     },
     failed: (reason) => nc.publish(names.failed, encodeJson({ reason })),
     finished: (summary) => nc.publish(names.finished, encodeJson(summary)),
